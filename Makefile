@@ -1,0 +1,35 @@
+# kdiag. `make test` is all a newcomer needs: it installs what is missing, then runs every test.
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: all setup build test lint fmt crd
+
+all: build
+
+## setup: install Debian packages and build/cache the Kubernetes 1.20.2 binaries (once, ~10 min)
+setup:
+	@hack/setup-cluster.sh >/dev/null
+
+## build: build the kdiag binary
+build:
+	$(CARGO) build --bin kdiag
+
+## test: install what is missing, then run all tests against a real control plane
+test: setup
+	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --doc
+
+## lint: formatting and clippy, warnings are errors
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## crd: regenerate config/crd from the Rust types
+crd:
+	$(CARGO) run -q --bin kdiag -- crd --output-dir config/crd
+
+help:
+	@grep -E '^## ' Makefile | sed 's/^## //'

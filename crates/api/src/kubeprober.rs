@@ -1,0 +1,376 @@
+//! `kubeprober.erda.cloud/v1`: KubeProber's `Probe`, `ProbeStatus` and `Cluster`, with the same
+//! JSON names so its probe images, SDK and existing objects work against kdiag unchanged.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{EnvVar, PodSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::schema::free_form_object;
+
+/// Environment variables every checker pod gets.
+pub mod env {
+    pub const PROBE_NAMESPACE: &str = "KUBEPROBER_PROBE_NAMESPACE";
+    pub const PROBE_NAME: &str = "KUBEPROBER_PROBE_NAME";
+    pub const STATUS_REPORT_URL: &str = "KUBEPROBER_STATUS_REPORT_URL";
+}
+
+/// Labels every checker pod gets.
+pub mod labels {
+    pub const APP: &str = "app";
+    pub const APP_VALUE: &str = "kubeprober.erda.cloud";
+    pub const PROBE_NAMESPACE: &str = "kubeprober.erda.cloud/probe-namespace";
+    pub const PROBE_NAME: &str = "kubeprober.erda.cloud/probe-name";
+}
+
+/// A probe: a checker pod run once or every runInterval minutes.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "kubeprober.erda.cloud",
+    version = "v1",
+    kind = "Probe",
+    namespaced,
+    status = "ProbeStates",
+    category = "kdiag",
+    derive = "Default",
+    derive = "PartialEq",
+    doc = "A KubeProber probe: a checker pod run once or every runInterval minutes.",
+    printcolumn(
+        name = "RunInterval",
+        type_ = "integer",
+        json_path = ".spec.policy.runInterval"
+    ),
+    printcolumn(
+        name = "Image",
+        type_ = "string",
+        json_path = ".spec.template.containers[0].image"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeSpec {
+    #[serde(default)]
+    pub policy: ProbePolicy,
+    /// The checker pod (restartPolicy is forced to Never).
+    #[serde(default)]
+    #[schemars(schema_with = "free_form_object", transform = crate::schema::no_default)]
+    pub template: PodSpec,
+    /// Environment appended to every container of the checker pod.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<ProbeConfig>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbePolicy {
+    /// Minutes between runs; absent or ≤ 0 runs the probe once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_interval: Option<i64>,
+    /// Minutes of jitter added to each interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_interval_random: Option<i64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeConfig {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "env_list")]
+    pub env: Vec<EnvVar>,
+}
+
+fn env_list(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+    })
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeStates {
+    /// Hash of the spec, used by KubeProber's master to push updates.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub md5: String,
+    /// DONE for a one-shot probe that ran.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub phase: String,
+}
+
+/// A checker's result. Values are upper-cased on receipt.
+#[derive(
+    Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum CheckerStatus {
+    #[default]
+    Pass,
+    Info,
+    Unknown,
+    Warn,
+    Error,
+}
+
+impl CheckerStatus {
+    /// Worse statuses are greater: ERROR > WARN > UNKNOWN > INFO > PASS.
+    pub fn severity(self) -> u8 {
+        match self {
+            Self::Pass => 0,
+            Self::Info => 1,
+            Self::Unknown => 2,
+            Self::Warn => 3,
+            Self::Error => 4,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pass => "PASS",
+            Self::Info => "INFO",
+            Self::Unknown => "UNKNOWN",
+            Self::Warn => "WARN",
+            Self::Error => "ERROR",
+        }
+    }
+
+    /// Parses a status the way KubeProber does: case-insensitively.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_uppercase().as_str() {
+            "PASS" => Some(Self::Pass),
+            "INFO" => Some(Self::Info),
+            "UNKNOWN" => Some(Self::Unknown),
+            "WARN" => Some(Self::Warn),
+            "ERROR" => Some(Self::Error),
+            _ => None,
+        }
+    }
+}
+
+/// Case-insensitive, as KubeProber upper-cases statuses on receipt.
+impl<'de> Deserialize<'de> for CheckerStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown checker status {s:?}: expected PASS, INFO, WARN, UNKNOWN or ERROR"
+            ))
+        })
+    }
+}
+
+impl std::fmt::Display for CheckerStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The results of a probe's checkers. Same name and namespace as its Probe.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "kubeprober.erda.cloud",
+    version = "v1",
+    kind = "ProbeStatus",
+    namespaced,
+    status = "ProbeStatusStates",
+    category = "kdiag",
+    derive = "Default",
+    derive = "PartialEq",
+    doc = "The results of a probe's checkers.",
+    printcolumn(name = "Status", type_ = "string", json_path = ".status.status"),
+    printcolumn(name = "Message", type_ = "string", json_path = ".status.message"),
+    printcolumn(name = "LastRun", type_ = "string", json_path = ".status.lastRun"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeStatusSpec {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checkers: Vec<ProbeCheckerStatus>,
+}
+
+/// One checker's latest result.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeCheckerStatus {
+    /// Unique within the probe.
+    pub name: String,
+    #[serde(default)]
+    pub status: CheckerStatus,
+    /// Required unless the status is PASS or INFO.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<Time>,
+    /// kdiag extension: the diagnosis of this checker's current failure episode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diagnosis: Option<CheckerDiagnosis>,
+}
+
+/// kdiag extension: the Abnormal a failed checker started and what it found.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckerDiagnosis {
+    /// The Abnormal, as namespace/name.
+    pub abnormal: String,
+    /// Its phase.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub phase: String,
+    /// Its root cause's summary.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub root_cause: String,
+}
+
+/// The per-probe summary: the worst checker, its message and the latest lastRun.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeStatusStates {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<CheckerStatus>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<Time>,
+}
+
+/// What a checker posts to the report endpoint (KubeProber's SDK payload). The top-level
+/// checker fields are inlined, as the SDK sends them (usually with an empty name).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportProbeStatusSpec {
+    pub probe_name: String,
+    pub probe_namespace: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub last_run: Option<Time>,
+    #[serde(default)]
+    pub checkers: Vec<ReportedChecker>,
+}
+
+/// One checker as reported: the status is free text until validated.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportedChecker {
+    pub name: String,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub last_run: Option<Time>,
+}
+
+/// A cluster managed by KubeProber's multi-cluster master.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "kubeprober.erda.cloud",
+    version = "v1",
+    kind = "Cluster",
+    namespaced,
+    status = "ClusterStatus",
+    category = "kdiag",
+    derive = "Default",
+    derive = "PartialEq",
+    doc = "A cluster managed by KubeProber's multi-cluster master.",
+    printcolumn(name = "Version", type_ = "string", json_path = ".spec.k8sVersion"),
+    printcolumn(name = "NodeCount", type_ = "string", json_path = ".status.nodeCount"),
+    printcolumn(
+        name = "ProbeNamespace",
+        type_ = "string",
+        json_path = ".spec.clusterConfig.probeNamespaces"
+    ),
+    printcolumn(name = "Probe", type_ = "string", json_path = ".status.attachedProbes"),
+    printcolumn(name = "Total/Error", type_ = "string", json_path = ".status.checkers"),
+    printcolumn(
+        name = "HeartbeatTime",
+        type_ = "string",
+        json_path = ".status.heartBeatTimeStamp"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterSpec {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub k8s_version: String,
+    #[serde(default)]
+    pub cluster_config: ClusterConfig,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_info: Vec<ExtraVar>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterConfig {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub address: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub token: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ca_cert: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cert_data: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key_data: String,
+    /// Comma-separated namespaces probes run in.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub probe_namespaces: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtraVar {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub value: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStatus {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub heart_beat_time_stamp: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_count: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attached_probes: Vec<String>,
+    /// "total/error".
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub checkers: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub once_probe_list: Vec<OnceProbeItem>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra_status: BTreeMap<String, String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OnceProbeItem {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub create_time: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub finish_time: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<String>,
+}

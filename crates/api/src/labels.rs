@@ -1,0 +1,60 @@
+//! Label and annotation keys kdiag sets, and the pure helpers that compute their values.
+
+/// The label the controller sets on an admitted Abnormal and the node agent selects on, so each
+/// agent watches only its own node's Abnormals (label selectors work on custom resources on
+/// every Kubernetes version; field selectors on them do not).
+pub const NODE_LABEL: &str = "kdiag.io/node";
+
+/// Field manager for every write kdiag makes.
+pub const FIELD_MANAGER: &str = "kdiag";
+
+/// The value of [`NODE_LABEL`] for a node.
+///
+/// Node names may be up to 253 characters of a DNS subdomain; label values at most 63 of
+/// `[A-Za-z0-9._-]` starting and ending alphanumeric. A name that fits is used as is (readable
+/// in `kubectl get -l`); a longer one becomes `h-` and a stable FNV-1a hash of it, which the
+/// agent computes the same way.
+pub fn node_label_value(node_name: &str) -> String {
+    if is_valid_label_value(node_name) {
+        return node_name.to_owned();
+    }
+    let mut hash: u64 = 0xcbf29ce484222325;
+    for b in node_name.bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x100000001b3);
+    }
+    format!("h-{hash:016x}")
+}
+
+/// True when `s` is a valid, non-empty label value.
+pub fn is_valid_label_value(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_node_names_are_used_as_they_are() {
+        assert_eq!(node_label_value("10.177.16.22"), "10.177.16.22");
+        assert_eq!(node_label_value("node-a"), "node-a");
+    }
+
+    #[test]
+    fn long_node_names_become_a_stable_valid_hash() {
+        let long = format!("{}.example.com", "a".repeat(70));
+        let v = node_label_value(&long);
+        assert!(v.starts_with("h-"));
+        assert!(is_valid_label_value(&v));
+        assert_eq!(v, node_label_value(&long));
+        assert_ne!(v, node_label_value(&format!("b{long}")));
+    }
+}

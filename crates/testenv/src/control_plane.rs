@@ -1,0 +1,530 @@
+//! Level 1: etcd + kube-apiserver on free loopback ports, with token auth and RBAC.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use tokio::sync::OnceCell;
+
+use crate::process::{ManagedProcess, at_exit, run_cleanup, tail};
+use crate::{Binaries, TestEnvError, rundir};
+
+const RUN_KIND: &str = "apiserver";
+const START_ATTEMPTS: usize = 3;
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A running etcd + kube-apiserver. Stopped (processes killed, run directory removed) when
+/// dropped or, for the shared instance, when the test binary exits.
+pub struct ControlPlane {
+    inner: Arc<Inner>,
+    cleanup_key: u64,
+}
+
+struct Inner {
+    dir: PathBuf,
+    /// Set once the apiserver is ready.
+    url: std::sync::OnceLock<String>,
+    admin_token: String,
+    /// Set once the apiserver has written its certificate.
+    ca_pem: std::sync::OnceLock<String>,
+    kubeconfig: PathBuf,
+    processes: Mutex<Vec<ManagedProcess>>,
+    /// Extra apiserver flags this instance was started with (level 2 adds some).
+    #[allow(dead_code)]
+    extra_args: Vec<String>,
+}
+
+/// The control plane shared by every test of this test binary. Started on first use.
+///
+/// Panics with the reason when it cannot start: a test that needs the apiserver fails, it is
+/// not skipped.
+pub async fn control_plane() -> &'static ControlPlane {
+    static SHARED: OnceCell<ControlPlane> = OnceCell::const_new();
+    SHARED
+        .get_or_init(|| async {
+            match ControlPlane::start().await {
+                Ok(cp) => cp,
+                Err(e) => panic!("kdiag-testenv: could not start the test control plane: {e}"),
+            }
+        })
+        .await
+}
+
+impl ControlPlane {
+    /// Starts a new etcd + kube-apiserver of its own.
+    pub async fn start() -> Result<Self, TestEnvError> {
+        Self::start_with(Vec::new()).await
+    }
+
+    /// Starts one with extra kube-apiserver flags.
+    pub async fn start_with(extra_apiserver_args: Vec<String>) -> Result<Self, TestEnvError> {
+        crate::install_crypto_provider();
+        let bins = Binaries::locate()?;
+        Binaries::require(&bins.etcd)?;
+        Binaries::require(&bins.kube_apiserver)?;
+        for dir in rundir::stale(RUN_KIND) {
+            rundir::remove(&dir);
+        }
+        let mut last_err = None;
+        for _ in 0..START_ATTEMPTS {
+            match Self::try_start(&bins, &extra_apiserver_args).await {
+                Ok(cp) => return Ok(cp),
+                // A free port taken between choosing and binding it: try again with new ports.
+                Err(e) if e.to_string().contains("address already in use") => last_err = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| TestEnvError::Other("control plane did not start".into())))
+    }
+
+    async fn try_start(bins: &Binaries, extra: &[String]) -> Result<Self, TestEnvError> {
+        let dir = rundir::create(RUN_KIND)?;
+        let inner = Arc::new(Inner {
+            dir: dir.clone(),
+            url: Default::default(),
+            admin_token: random_hex(16),
+            ca_pem: Default::default(),
+            kubeconfig: dir.join("kubeconfig"),
+            processes: Mutex::new(Vec::new()),
+            extra_args: extra.to_vec(),
+        });
+        let weak = Arc::downgrade(&inner);
+        let cleanup_key = at_exit(move || {
+            if let Some(inner) = weak.upgrade() {
+                inner.stop();
+            }
+        });
+        // From here on, dropping `cp` on an error stops whatever started.
+        let cp = Self { inner, cleanup_key };
+        let (url, ca_pem) = cp.launch(bins, extra).await?;
+        let _ = cp.inner.url.set(url);
+        let _ = cp.inner.ca_pem.set(ca_pem);
+        cp.write_kubeconfig()?;
+        // A client through the kubeconfig proves the CA and token work as users will use them.
+        let client = cp.client().await;
+        Api::<Namespace>::all(client)
+            .list(&Default::default())
+            .await
+            .map_err(|e| {
+                TestEnvError::Client(format!(
+                    "listing namespaces through {}: {e}",
+                    cp.inner.kubeconfig.display()
+                ))
+            })?;
+        Ok(cp)
+    }
+
+    async fn launch(
+        &self,
+        bins: &Binaries,
+        extra: &[String],
+    ) -> Result<(String, String), TestEnvError> {
+        let dir = &self.inner.dir;
+        let (etcd_port, peer_port, api_port) = (free_port()?, free_port()?, free_port()?);
+
+        run(Command::new("openssl")
+            .args(["genrsa", "-out"])
+            .arg(dir.join("sa.key"))
+            .arg("2048"))?;
+        run(Command::new("openssl")
+            .arg("rsa")
+            .arg("-in")
+            .arg(dir.join("sa.key"))
+            .arg("-pubout")
+            .arg("-out")
+            .arg(dir.join("sa.pub")))?;
+        let tokens = dir.join("tokens.csv");
+        std::fs::write(
+            &tokens,
+            format!(
+                "{},admin,admin,\"system:masters\"\n",
+                self.inner.admin_token
+            ),
+        )
+        .map_err(TestEnvError::io(&tokens))?;
+
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let etcd = ManagedProcess::spawn(
+            "etcd",
+            &bins.etcd,
+            &[
+                format!("--data-dir={}", dir.join("etcd").display()),
+                format!("--listen-client-urls={etcd_url}"),
+                format!("--advertise-client-urls={etcd_url}"),
+                format!("--listen-peer-urls={peer_url}"),
+                format!("--initial-advertise-peer-urls={peer_url}"),
+                format!("--initial-cluster=default={peer_url}"),
+                // Tests write a lot and need no durability across machine crashes.
+                "--unsafe-no-fsync=true".into(),
+                "--log-level=warn".into(),
+            ],
+            &dir.join("etcd.log"),
+        )?;
+        self.push(etcd);
+        self.wait_for_port("etcd", etcd_port, &dir.join("etcd.log"))
+            .await?;
+
+        let cert_dir = dir.join("certs");
+        let mut args = vec![
+            format!("--etcd-servers={etcd_url}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--secure-port={api_port}"),
+            // 1.20 also serves plain HTTP on 127.0.0.1:8080 unless told not to, which would
+            // collide between runs.
+            "--insecure-port=0".into(),
+            format!("--cert-dir={}", cert_dir.display()),
+            format!("--token-auth-file={}", tokens.display()),
+            "--authorization-mode=RBAC".into(),
+            "--service-account-issuer=https://kubernetes.default.svc".into(),
+            format!(
+                "--service-account-key-file={}",
+                dir.join("sa.pub").display()
+            ),
+            format!(
+                "--service-account-signing-key-file={}",
+                dir.join("sa.key").display()
+            ),
+            "--api-audiences=https://kubernetes.default.svc".into(),
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            "--allow-privileged=true".into(),
+            "--event-ttl=1h".into(),
+            "--v=1".into(),
+        ];
+        args.extend(extra.iter().cloned());
+        let log = dir.join("kube-apiserver.log");
+        let apiserver = ManagedProcess::spawn("kube-apiserver", &bins.kube_apiserver, &args, &log)?;
+        self.push(apiserver);
+        let url = format!("https://127.0.0.1:{api_port}");
+        self.wait_for_ready(&url, &log).await?;
+        let ca_path = cert_dir.join("apiserver.crt");
+        let ca_pem = std::fs::read_to_string(&ca_path).map_err(TestEnvError::io(&ca_path))?;
+        Ok((url, ca_pem))
+    }
+
+    fn push(&self, p: ManagedProcess) {
+        self.inner
+            .processes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(p);
+    }
+
+    fn check_processes(&self) -> Result<(), TestEnvError> {
+        for p in self
+            .inner
+            .processes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter_mut()
+        {
+            p.check_running()?;
+        }
+        Ok(())
+    }
+
+    async fn wait_for_port(&self, what: &str, port: u16, log: &Path) -> Result<(), TestEnvError> {
+        let start = Instant::now();
+        while start.elapsed() < READY_TIMEOUT {
+            self.check_processes()?;
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(TestEnvError::NotReady {
+            what: what.into(),
+            seconds: READY_TIMEOUT.as_secs(),
+            log: log.into(),
+            tail: tail(log, 30),
+        })
+    }
+
+    async fn wait_for_ready(&self, url: &str, log: &Path) -> Result<(), TestEnvError> {
+        let mut config = Config::new(
+            url.parse()
+                .map_err(|e| TestEnvError::Other(format!("bad url {url}: {e}")))?,
+        );
+        // Only while waiting: the certificate is not there until the apiserver wrote it.
+        config.accept_invalid_certs = true;
+        config.auth_info.token = Some(self.inner.admin_token.clone().into());
+        let client = Client::try_from(config).map_err(|e| TestEnvError::Client(e.to_string()))?;
+        let start = Instant::now();
+        while start.elapsed() < READY_TIMEOUT {
+            self.check_processes()?;
+            let req = http::Request::get("/readyz")
+                .body(Vec::new())
+                .expect("static request");
+            if let Ok(body) = client.request_text(req).await
+                && body.trim() == "ok"
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(TestEnvError::NotReady {
+            what: "kube-apiserver /readyz".into(),
+            seconds: READY_TIMEOUT.as_secs(),
+            log: log.into(),
+            tail: tail(log, 30),
+        })
+    }
+
+    fn write_kubeconfig(&self) -> Result<(), TestEnvError> {
+        let yaml = kubeconfig_yaml(self.url(), self.ca_pem(), "admin", &self.inner.admin_token);
+        std::fs::write(&self.inner.kubeconfig, yaml)
+            .map_err(TestEnvError::io(&self.inner.kubeconfig))
+    }
+
+    /// The apiserver's URL.
+    pub fn url(&self) -> &str {
+        self.inner.url.get().map(String::as_str).unwrap_or_default()
+    }
+
+    /// A kubeconfig for the admin user (group system:masters), for kubectl and the binaries.
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.inner.kubeconfig
+    }
+
+    /// The directory of this run (logs, keys, etcd data).
+    pub fn run_dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The PEM CA bundle that verifies the apiserver.
+    pub fn ca_pem(&self) -> &str {
+        self.inner
+            .ca_pem
+            .get()
+            .map(String::as_str)
+            .unwrap_or_default()
+    }
+
+    /// The admin user's bearer token.
+    pub fn admin_token(&self) -> &str {
+        &self.inner.admin_token
+    }
+
+    /// A new admin client. Create one per test: a client belongs to the runtime it was made in.
+    pub async fn client(&self) -> Client {
+        self.client_with_token(&self.inner.admin_token).await
+    }
+
+    /// A new client that authenticates with `token` (a ServiceAccount token, for RBAC tests).
+    pub async fn client_with_token(&self, token: &str) -> Client {
+        crate::install_crypto_provider();
+        let kubeconfig =
+            Kubeconfig::from_yaml(&kubeconfig_yaml(self.url(), self.ca_pem(), "user", token))
+                .expect("kdiag-testenv writes a valid kubeconfig");
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .expect("kdiag-testenv writes a valid kubeconfig");
+        Client::try_from(config).expect("a client for the test control plane")
+    }
+
+    /// Writes a kubeconfig that authenticates with `token`, for running a binary as that user.
+    pub fn write_kubeconfig_for(&self, name: &str, token: &str) -> PathBuf {
+        let path = self.inner.dir.join(format!("kubeconfig-{name}"));
+        std::fs::write(
+            &path,
+            kubeconfig_yaml(self.url(), self.ca_pem(), name, token),
+        )
+        .expect("write a kubeconfig in the run directory");
+        path
+    }
+
+    /// Creates a namespace named `<prefix>-<random>` for one test and returns its name.
+    pub async fn create_namespace(&self, prefix: &str) -> String {
+        let name = format!("{}-{}", prefix.trim_end_matches('-'), random_hex(4));
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(self.client().await)
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap_or_else(|e| panic!("create test namespace {name}: {e}"));
+        name
+    }
+
+    /// Creates the ServiceAccount if needed and returns a fresh token for it (TokenRequest API;
+    /// level 1 has no token controller).
+    pub async fn service_account_token(&self, namespace: &str, name: &str) -> String {
+        let client = self.client().await;
+        let sas: Api<ServiceAccount> = Api::namespaced(client, namespace);
+        let sa = ServiceAccount {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        match sas.create(&PostParams::default(), &sa).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => panic!("create ServiceAccount {namespace}/{name}: {e}"),
+        }
+        let req = TokenRequest {
+            spec: k8s_openapi::api::authentication::v1::TokenRequestSpec {
+                audiences: vec!["https://kubernetes.default.svc".into()],
+                expiration_seconds: Some(24 * 3600),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let resp: TokenRequest = sas
+            .create_subresource("token", name, &PostParams::default(), &req)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("request a token for ServiceAccount {namespace}/{name}: {e}")
+            });
+        resp.status.expect("TokenRequest status").token
+    }
+
+    /// Applies CRDs (server-side apply) and waits until each is Established.
+    pub async fn apply_crds(&self, crds: &[CustomResourceDefinition]) -> Result<(), TestEnvError> {
+        let api: Api<CustomResourceDefinition> = Api::all(self.client().await);
+        let params = PatchParams::apply("kdiag-testenv").force();
+        for crd in crds {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            api.patch(&name, &params, &Patch::Apply(crd))
+                .await
+                .map_err(|e| TestEnvError::Client(format!("apply CRD {name}: {e}")))?;
+        }
+        for crd in crds {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            let cond = kube::runtime::conditions::is_crd_established();
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                kube::runtime::wait::await_condition(api.clone(), &name, cond),
+            )
+            .await
+            .map_err(|_| TestEnvError::Other(format!("CRD {name} not Established after 30s")))?
+            .map_err(|e| TestEnvError::Client(format!("wait for CRD {name}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// A kubectl command pointed at this control plane as admin.
+    pub fn kubectl(&self) -> Command {
+        let mut cmd = Command::new("kubectl");
+        cmd.arg("--kubeconfig").arg(&self.inner.kubeconfig);
+        cmd
+    }
+
+    /// The last lines of the apiserver's log, for failure messages.
+    pub fn apiserver_log_tail(&self, lines: usize) -> String {
+        tail(&self.inner.dir.join("kube-apiserver.log"), lines)
+    }
+
+    /// Pids of etcd and the apiserver, for tests that check nothing is left behind.
+    pub fn pids(&self) -> Vec<i32> {
+        self.inner
+            .processes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(ManagedProcess::pid)
+            .collect()
+    }
+}
+
+impl Inner {
+    fn stop(&self) {
+        let mut procs = self.processes.lock().unwrap_or_else(|e| e.into_inner());
+        // Apiserver before etcd.
+        while let Some(mut p) = procs.pop() {
+            p.stop(Duration::from_secs(5));
+        }
+        rundir::remove(&self.dir);
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        run_cleanup(self.cleanup_key);
+    }
+}
+
+fn kubeconfig_yaml(url: &str, ca_pem: &str, user: &str, token: &str) -> String {
+    let ca = base64_encode(ca_pem.as_bytes());
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: kdiag-test\n  cluster:\n    server: {url}\n    certificate-authority-data: {ca}\nusers:\n- name: {user}\n  user:\n    token: {token}\ncontexts:\n- name: kdiag-test\n  context:\n    cluster: kdiag-test\n    user: {user}\n    namespace: default\ncurrent-context: kdiag-test\n"
+    )
+}
+
+fn free_port() -> Result<u16, TestEnvError> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(TestEnvError::io("127.0.0.1:0"))?;
+    Ok(l.local_addr()
+        .map_err(TestEnvError::io("127.0.0.1:0"))?
+        .port())
+}
+
+fn run(cmd: &mut Command) -> Result<(), TestEnvError> {
+    let out = cmd.output().map_err(|e| TestEnvError::Spawn {
+        process: format!("{cmd:?}"),
+        source: e,
+    })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(TestEnvError::Other(format!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )))
+    }
+}
+
+pub(crate) fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut buf);
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn base64_encode(data: &[u8]) -> String {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(TABLE[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_matches_the_standard_alphabet() {
+        assert_eq!(super::base64_encode(b""), "");
+        assert_eq!(super::base64_encode(b"f"), "Zg==");
+        assert_eq!(super::base64_encode(b"fo"), "Zm8=");
+        assert_eq!(super::base64_encode(b"foo"), "Zm9v");
+        assert_eq!(super::base64_encode(b"foobar"), "Zm9vYmFy");
+    }
+}
