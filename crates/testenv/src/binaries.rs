@@ -58,6 +58,62 @@ impl Binaries {
     }
 }
 
+/// The node's runtime pieces of the level-2 cluster, all from Debian packages (`containerd`,
+/// `runc`, `containernetworking-plugins`, `busybox-static`, `iproute2`), installed by
+/// `hack/setup-cluster.sh`.
+#[derive(Clone, Debug)]
+pub struct NodeBinaries {
+    pub containerd: PathBuf,
+    /// containerd finds its shim through `PATH`; required here so a missing one fails at start
+    /// rather than at the first pod.
+    pub containerd_shim: PathBuf,
+    pub runc: PathBuf,
+    pub ctr: PathBuf,
+    /// The static busybox every local image is made of.
+    pub busybox: PathBuf,
+    /// Where the CNI plugins (bridge, host-local, loopback) live.
+    pub cni_bin_dir: PathBuf,
+    pub ip: PathBuf,
+}
+
+impl NodeBinaries {
+    /// Debian's paths; `KDIAG_BUSYBOX` and `KDIAG_CNI_BIN_DIR` override the two that vary most.
+    pub fn locate() -> Self {
+        let env_or = |var: &str, default: &str| {
+            std::env::var_os(var)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| default.into())
+        };
+        Self {
+            containerd: "/usr/bin/containerd".into(),
+            containerd_shim: "/usr/bin/containerd-shim-runc-v2".into(),
+            runc: "/usr/sbin/runc".into(),
+            ctr: "/usr/bin/ctr".into(),
+            busybox: env_or("KDIAG_BUSYBOX", "/bin/busybox"),
+            cni_bin_dir: env_or("KDIAG_CNI_BIN_DIR", "/usr/lib/cni"),
+            ip: "/usr/sbin/ip".into(),
+        }
+    }
+
+    /// Fails with what to run when any piece is missing.
+    pub(crate) fn require_all(&self) -> Result<(), TestEnvError> {
+        for path in [
+            &self.containerd,
+            &self.containerd_shim,
+            &self.runc,
+            &self.ctr,
+            &self.busybox,
+            &self.ip,
+        ] {
+            Binaries::require(path)?;
+        }
+        for plugin in ["bridge", "host-local", "loopback"] {
+            Binaries::require(&self.cni_bin_dir.join(plugin))?;
+        }
+        Ok(())
+    }
+}
+
 /// kdiag's cache directory, outside any repository.
 pub fn cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("KDIAG_CACHE_DIR") {

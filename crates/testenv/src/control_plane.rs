@@ -3,6 +3,7 @@
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,9 @@ struct Inner {
     /// Extra apiserver flags this instance was started with (level 2 adds some).
     #[allow(dead_code)]
     extra_args: Vec<String>,
+    /// Set by level 2 once the controller-manager runs: a new namespace is only usable for pods
+    /// once its default ServiceAccount has a token.
+    controllers_running: AtomicBool,
 }
 
 /// The control plane shared by every test of this test binary. Started on first use.
@@ -95,6 +99,7 @@ impl ControlPlane {
             kubeconfig: dir.join("kubeconfig"),
             processes: Mutex::new(Vec::new()),
             extra_args: extra.to_vec(),
+            controllers_running: AtomicBool::new(false),
         });
         let weak = Arc::downgrade(&inner);
         let cleanup_key = at_exit(move || {
@@ -342,7 +347,8 @@ impl ControlPlane {
         path
     }
 
-    /// Creates a namespace named `<prefix>-<random>` for one test and returns its name.
+    /// Creates a namespace named `<prefix>-<random>` for one test and returns its name. With a
+    /// controller-manager running (level 2), returns once pods can be created in it.
     pub async fn create_namespace(&self, prefix: &str) -> String {
         let name = format!("{}-{}", prefix.trim_end_matches('-'), random_hex(4));
         let ns = Namespace {
@@ -356,7 +362,50 @@ impl ControlPlane {
             .create(&PostParams::default(), &ns)
             .await
             .unwrap_or_else(|e| panic!("create test namespace {name}: {e}"));
+        if self.inner.controllers_running.load(Ordering::Acquire) {
+            self.wait_for_default_service_account(&name)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
         name
+    }
+
+    /// Waits until the namespace's `default` ServiceAccount has its token secret: until then
+    /// the ServiceAccount admission plugin rejects every pod of the namespace.
+    pub(crate) async fn wait_for_default_service_account(
+        &self,
+        namespace: &str,
+    ) -> Result<(), TestEnvError> {
+        let sas: Api<ServiceAccount> = Api::namespaced(self.client().await, namespace);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            if let Ok(Some(sa)) = sas.get_opt("default").await
+                && sa.secrets.is_some_and(|s| !s.is_empty())
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(TestEnvError::Other(format!(
+            "the default ServiceAccount of namespace {namespace} got no token within 60s: is kube-controller-manager running? See its log in the cluster's run directory"
+        )))
+    }
+
+    pub(crate) fn set_controllers_running(&self) {
+        self.inner
+            .controllers_running
+            .store(true, Ordering::Release);
+    }
+
+    /// The key the apiserver signs ServiceAccount tokens with (the controller-manager's token
+    /// controller needs it).
+    pub(crate) fn service_account_key_path(&self) -> PathBuf {
+        self.inner.dir.join("sa.key")
+    }
+
+    /// The apiserver's self-signed serving certificate, which is also the CA that verifies it.
+    pub(crate) fn ca_path(&self) -> PathBuf {
+        self.inner.dir.join("certs").join("apiserver.crt")
     }
 
     /// Creates the ServiceAccount if needed and returns a fresh token for it (TokenRequest API;
@@ -421,6 +470,9 @@ impl ControlPlane {
     pub fn kubectl(&self) -> Command {
         let mut cmd = Command::new("kubectl");
         cmd.arg("--kubeconfig").arg(&self.inner.kubeconfig);
+        // kubectl caches discovery under ~/.kube/cache by default; keep it in the run.
+        cmd.arg("--cache-dir")
+            .arg(self.inner.dir.join("kubectl-cache"));
         cmd
     }
 
@@ -444,9 +496,10 @@ impl ControlPlane {
 impl Inner {
     fn stop(&self) {
         let mut procs = self.processes.lock().unwrap_or_else(|e| e.into_inner());
-        // Apiserver before etcd.
+        // Apiserver before etcd. Short grace: the data is thrown away, and an apiserver with
+        // open watches takes longer than this to finish a graceful shutdown.
         while let Some(mut p) = procs.pop() {
-            p.stop(Duration::from_secs(5));
+            p.stop(Duration::from_secs(2));
         }
         rundir::remove(&self.dir);
     }
@@ -465,7 +518,7 @@ fn kubeconfig_yaml(url: &str, ca_pem: &str, user: &str, token: &str) -> String {
     )
 }
 
-fn free_port() -> Result<u16, TestEnvError> {
+pub(crate) fn free_port() -> Result<u16, TestEnvError> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(TestEnvError::io("127.0.0.1:0"))?;
     Ok(l.local_addr()
         .map_err(TestEnvError::io("127.0.0.1:0"))?

@@ -54,6 +54,18 @@ impl ManagedProcess {
         args: &[String],
         log: &Path,
     ) -> Result<Self, TestEnvError> {
+        Self::spawn_with(name, program, args, log, |_| {})
+    }
+
+    /// Like [`spawn`](Self::spawn), letting `configure` adjust the command (its environment)
+    /// first.
+    pub fn spawn_with(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log: &Path,
+        configure: impl FnOnce(&mut Command),
+    ) -> Result<Self, TestEnvError> {
         let out = File::options()
             .create(true)
             .append(true)
@@ -62,6 +74,7 @@ impl ManagedProcess {
         let err = out.try_clone().map_err(TestEnvError::io(log))?;
         let mut cmd = Command::new(program);
         cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+        configure(&mut cmd);
         // SAFETY: only async-signal-safe calls (prctl, setpgid) between fork and exec.
         unsafe {
             cmd.pre_exec(|| {
@@ -93,6 +106,11 @@ impl ManagedProcess {
 
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
+    }
+
+    /// Whether the child has not exited yet.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Fails with the log tail if the process has already exited.

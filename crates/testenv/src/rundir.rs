@@ -50,6 +50,24 @@ pub(crate) fn stale(kind: &str) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Run directories of `kind` whose owning process is alive (this process's included).
+pub(crate) fn live(kind: &str) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(base()) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{kind}-")))
+        })
+        .filter(|p| owner_alive(p))
+        .collect()
+}
+
 fn owner_alive(dir: &Path) -> bool {
     let Ok(owner) = std::fs::read_to_string(dir.join(OWNER_FILE)) else {
         // Being created right now by another process, or broken: leave young ones alone.

@@ -1,0 +1,203 @@
+//! Starting the node's processes: containerd, kube-controller-manager, kube-scheduler and the
+//! kubelet, each with its log in the run directory.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::host::PULL_ENDPOINT;
+use super::images::PAUSE_IMAGE;
+use super::layout::RunRecord;
+use super::{cgroups, config};
+use crate::binaries::{Binaries, NodeBinaries};
+use crate::process::{ManagedProcess, tail};
+use crate::{ControlPlane, TestEnvError};
+
+/// The containerd namespace the CRI plugin, and so the kubelet, uses.
+pub const CONTAINERD_NAMESPACE: &str = "k8s.io";
+const CONTAINERD_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Writes the run's containerd and CNI configuration and starts containerd in the run's
+/// runtime cgroup.
+pub(crate) fn start_containerd(
+    run: &RunRecord,
+    bins: &NodeBinaries,
+) -> Result<ManagedProcess, TestEnvError> {
+    let conf_dir = run.cni_conf_dir();
+    std::fs::create_dir_all(&conf_dir).map_err(TestEnvError::io(&conf_dir))?;
+    let conflist = conf_dir.join("10-kdiag.conflist");
+    std::fs::write(&conflist, config::cni_conflist(run)).map_err(TestEnvError::io(&conflist))?;
+    let toml = run.containerd_config();
+    std::fs::write(&toml, config::containerd_toml(run, &bins.cni_bin_dir))
+        .map_err(TestEnvError::io(&toml))?;
+
+    // containerd finds its shim, and the shim finds runc, through PATH.
+    let mut path_dirs: Vec<_> = [&bins.containerd_shim, &bins.runc]
+        .iter()
+        .filter_map(|p| p.parent().map(Path::to_path_buf))
+        .collect();
+    path_dirs.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    let path = std::env::join_paths(path_dirs).map_err(|e| TestEnvError::Other(e.to_string()))?;
+
+    let process = ManagedProcess::spawn_with(
+        "containerd",
+        &bins.containerd,
+        &["--config".into(), toml.to_string_lossy().into_owned()],
+        &run.log("containerd"),
+        |cmd| {
+            cmd.env("PATH", &path);
+            for (k, v) in config::containerd_env(PULL_ENDPOINT) {
+                cmd.env(k, v);
+            }
+        },
+    )?;
+    // Before containerd can start any shim (that needs the kubelet, which is not running yet),
+    // so every shim and container inherits the run's cgroup.
+    cgroups::move_process(&run.runtime_cgroup(), process.pid())?;
+    Ok(process)
+}
+
+/// A `ctr` command for the run's containerd, in the CRI namespace.
+pub(crate) fn ctr(run: &RunRecord, bins: &NodeBinaries) -> Command {
+    let mut cmd = Command::new(&bins.ctr);
+    cmd.arg("--address")
+        .arg(run.containerd_socket())
+        .args(["--namespace", CONTAINERD_NAMESPACE]);
+    cmd
+}
+
+/// Waits until containerd answers on its socket.
+pub(crate) async fn wait_for_containerd(
+    run: &RunRecord,
+    bins: &NodeBinaries,
+    containerd: &mut ManagedProcess,
+) -> Result<(), TestEnvError> {
+    let start = Instant::now();
+    while start.elapsed() < CONTAINERD_READY_TIMEOUT {
+        containerd.check_running()?;
+        if run.containerd_socket().exists()
+            && ctr(run, bins)
+                .arg("version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(TestEnvError::NotReady {
+        what: "containerd".into(),
+        seconds: CONTAINERD_READY_TIMEOUT.as_secs(),
+        log: run.log("containerd"),
+        tail: tail(&run.log("containerd"), 30),
+    })
+}
+
+/// Imports a docker-archive into the run's containerd and unpacks it for the CRI plugin.
+pub(crate) fn import_images(
+    run: &RunRecord,
+    bins: &NodeBinaries,
+    archive: &Path,
+) -> Result<(), TestEnvError> {
+    let mut cmd = ctr(run, bins);
+    cmd.args(["images", "import"]).arg(archive);
+    let out = cmd.output().map_err(|source| TestEnvError::Spawn {
+        process: "ctr images import".into(),
+        source,
+    })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(TestEnvError::CommandFailed {
+            command: format!("{cmd:?}"),
+            output: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+}
+
+pub(crate) fn start_controller_manager(
+    run: &RunRecord,
+    bins: &Binaries,
+    cp: &ControlPlane,
+) -> Result<ManagedProcess, TestEnvError> {
+    let args = vec![
+        format!("--kubeconfig={}", cp.kubeconfig_path().display()),
+        // Node IPAM needs a cluster CIDR; the CNI bridge allocates pod addresses itself.
+        "--controllers=*,-nodeipam".into(),
+        format!(
+            "--service-account-private-key-file={}",
+            cp.service_account_key_path().display()
+        ),
+        format!("--root-ca-file={}", cp.ca_path().display()),
+        "--use-service-account-credentials=false".into(),
+        "--leader-elect=false".into(),
+        // No serving ports: they would collide between runs and nothing reads them.
+        "--port=0".into(),
+        "--secure-port=0".into(),
+        // It creates this directory; keep it in the run, not in /usr/libexec.
+        format!(
+            "--flex-volume-plugin-dir={}",
+            run.volume_plugin_dir().display()
+        ),
+        "--v=1".into(),
+    ];
+    ManagedProcess::spawn(
+        "kube-controller-manager",
+        &bins.kube_controller_manager,
+        &args,
+        &run.log("kube-controller-manager"),
+    )
+}
+
+pub(crate) fn start_scheduler(
+    run: &RunRecord,
+    bins: &Binaries,
+    cp: &ControlPlane,
+) -> Result<ManagedProcess, TestEnvError> {
+    let args = vec![
+        format!("--kubeconfig={}", cp.kubeconfig_path().display()),
+        "--leader-elect=false".into(),
+        "--port=0".into(),
+        "--secure-port=0".into(),
+        "--v=1".into(),
+    ];
+    ManagedProcess::spawn(
+        "kube-scheduler",
+        &bins.kube_scheduler,
+        &args,
+        &run.log("kube-scheduler"),
+    )
+}
+
+pub(crate) fn start_kubelet(
+    run: &RunRecord,
+    bins: &Binaries,
+    cp: &ControlPlane,
+    node_name: &str,
+    address: Ipv4Addr,
+    port: u16,
+) -> Result<ManagedProcess, TestEnvError> {
+    let conf = run.kubelet_config();
+    std::fs::write(&conf, config::kubelet_config(run, address, port))
+        .map_err(TestEnvError::io(&conf))?;
+    let root = run.kubelet_root();
+    let args = vec![
+        format!("--config={}", conf.display()),
+        format!("--kubeconfig={}", cp.kubeconfig_path().display()),
+        format!("--root-dir={}", root.display()),
+        format!("--cert-dir={}", root.join("pki").display()),
+        "--container-runtime=remote".into(),
+        format!(
+            "--container-runtime-endpoint=unix://{}",
+            run.containerd_socket().display()
+        ),
+        format!("--volume-plugin-dir={}", run.volume_plugin_dir().display()),
+        format!("--pod-infra-container-image={PAUSE_IMAGE}"),
+        format!("--hostname-override={node_name}"),
+        "--v=1".into(),
+    ];
+    ManagedProcess::spawn("kubelet", &bins.kubelet, &args, &run.log("kubelet"))
+}

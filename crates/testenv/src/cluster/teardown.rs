@@ -1,0 +1,187 @@
+//! Stopping a run completely, whether its owner stops it or a later start finds it dead.
+//!
+//! Order matters:
+//! 1. pods are force-deleted (`--wait=false`: a pod with a finalizer never goes away) and the
+//!    kubelet gets a few seconds to stop their sandboxes, so CNI tears their networks down;
+//! 2. the kubelet, scheduler, controller-manager and containerd stop, by pid;
+//! 3. what outlives containerd by design — shims (re-parented away, so the parent-death signal
+//!    never reaches them) and containers — is killed: everything in the run's cgroup, frozen
+//!    first, plus any process naming the run's containerd socket and its descendants;
+//! 4. mounts under the run directory are lazily unmounted (network namespaces included);
+//! 5. the bridge, pod logs, CNI cache entries and the cgroup go; then the directory;
+//! 6. the last run of the machine also restores what all runs shared (sysctls…).
+//!
+//! Every step is idempotent and only touches what the run record names, so running it twice,
+//! or on a half-started run, is safe.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use super::layout::RunRecord;
+use super::{RUN_KIND, cgroups, host, mounts};
+use crate::binaries::NodeBinaries;
+use crate::process::ManagedProcess;
+use crate::rundir;
+
+/// How long the kubelet may take to stop the pods' sandboxes before they are killed.
+const POD_STOP_GRACE: Duration = Duration::from_secs(8);
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What only the owner of a live run has.
+pub(crate) struct Live<'a> {
+    pub kubeconfig: &'a Path,
+    /// The run's node processes, in start order.
+    pub processes: &'a mut Vec<ManagedProcess>,
+}
+
+/// Stops the run and removes everything it made. Returns what could not be removed.
+pub(crate) fn stop(run: &RunRecord, live: Option<Live<'_>>) -> Vec<String> {
+    let mut problems = Vec::new();
+    match live {
+        Some(live) => {
+            let kubelet_running = live
+                .processes
+                .iter_mut()
+                .any(|p| p.name == "kubelet" && p.is_running());
+            if kubelet_running {
+                delete_pods_and_wait(run, live.kubeconfig);
+            }
+            // Reverse start order: kubelet first, containerd last.
+            while let Some(mut p) = live.processes.pop() {
+                p.stop(Duration::from_secs(5));
+            }
+        }
+        None => kill_recorded(run),
+    }
+
+    let socket = run.containerd_socket().to_string_lossy().into_owned();
+    let left = kill_run_processes(run, &socket);
+    if !left.is_empty() {
+        problems.push(format!("processes still alive: {left:?}"));
+    }
+
+    // Read before the directory goes: they name the run's entries outside it.
+    let pod_uids = run.pod_uids();
+    let sandbox_ids = run.sandbox_ids();
+
+    problems.extend(mounts::unmount_all(&run.dir));
+    problems.extend(host::delete_link(&NodeBinaries::locate().ip, &run.bridge()));
+    problems.extend(host::remove_pod_logs(&pod_uids));
+    host::remove_cni_cache(&run.cni_network(), &sandbox_ids);
+    problems.extend(cgroups::remove(&run.cgroup()));
+
+    rundir::remove(&run.dir);
+    if run.dir.exists() {
+        problems.push(format!("run directory {} remains", run.dir.display()));
+    }
+
+    let others_live = rundir::live(RUN_KIND).into_iter().any(|d| d != run.dir);
+    if !others_live {
+        problems.extend(host::restore_shared_state());
+    }
+    problems
+}
+
+/// Force-deletes every pod and gives the kubelet a moment to stop their sandboxes, which runs
+/// CNI DEL and removes their network namespaces.
+fn delete_pods_and_wait(run: &RunRecord, kubeconfig: &Path) {
+    let deleted = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--cache-dir")
+        .arg(run.dir.join("kubectl-cache"))
+        .args([
+            "delete",
+            "pods",
+            "--all",
+            "--all-namespaces",
+            "--force",
+            "--grace-period=0",
+            "--wait=false",
+            "--request-timeout=5s",
+        ])
+        .output();
+    if !deleted.is_ok_and(|o| o.status.success()) {
+        return;
+    }
+    let deadline = Instant::now() + POD_STOP_GRACE;
+    while Instant::now() < deadline {
+        let sandboxes_with_network = std::fs::read_dir(run.netns_dir())
+            .map(|d| d.count())
+            .unwrap_or(0);
+        if sandboxes_with_network == 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// SIGKILL to the recorded processes of a dead run that are somehow still alive (the
+/// parent-death signal normally took them). A pid is only killed if its start time matches.
+fn kill_recorded(run: &RunRecord) {
+    for p in &run.processes {
+        let same = rundir::process_start_time(p.pid as u32).is_some_and(|t| t == p.start_time);
+        if same {
+            let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Kills the shims, the containers and anything else of the run; returns the pids still alive
+/// at the deadline.
+fn kill_run_processes(run: &RunRecord, socket: &str) -> Vec<i32> {
+    let deadline = Instant::now() + KILL_TIMEOUT;
+    loop {
+        // The cgroup holds containerd's children (the shims) and every container; the socket
+        // argument finds a shim that escaped it (containerd not yet moved into the cgroup).
+        let by_arg = host::processes_with_arg_and_descendants(socket);
+        for pid in &by_arg {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+        let in_cgroup = cgroups::kill_all(&run.cgroup(), Duration::from_secs(2));
+        let left: Vec<i32> = by_arg
+            .into_iter()
+            .chain(in_cgroup)
+            .filter(|p| host::alive(*p))
+            .collect();
+        if left.is_empty() || Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Finishes the runs whose owner died: reads each record and stops what it names. Runs under a
+/// lock so two starts do not clean the same run at once.
+pub(crate) fn cleanup_stale() -> Vec<String> {
+    let base = rundir::base();
+    if std::fs::create_dir_all(&base).is_err() {
+        return Vec::new();
+    }
+    let lock_path = base.join(format!("{RUN_KIND}.lock"));
+    let Ok(file) = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+    else {
+        return vec![format!("cannot open {}", lock_path.display())];
+    };
+    let _lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive);
+    let mut problems = Vec::new();
+    for dir in rundir::stale(RUN_KIND) {
+        match RunRecord::read(&dir) {
+            Some(run) => problems.extend(stop(&run, None)),
+            // Died before its record was written: nothing outside the directory exists yet.
+            None => {
+                problems.extend(mounts::unmount_all(&dir));
+                rundir::remove(&dir);
+            }
+        }
+    }
+    problems
+}
