@@ -18,7 +18,7 @@ use tokio::sync::OnceCell;
 use crate::process::{ManagedProcess, at_exit, run_cleanup, tail};
 use crate::{Binaries, TestEnvError, rundir};
 
-const RUN_KIND: &str = "apiserver";
+pub(crate) const RUN_KIND: &str = "apiserver";
 const START_ATTEMPTS: usize = 3;
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 

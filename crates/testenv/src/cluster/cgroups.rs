@@ -16,7 +16,7 @@ use nix::unistd::Pid;
 
 use crate::TestEnvError;
 
-/// A mounted cgroup v1 hierarchy.
+/// A mounted cgroup hierarchy (v1, or the v2 one of a hybrid machine).
 #[derive(Clone, Debug)]
 pub(crate) struct Hierarchy {
     pub mount_point: PathBuf,
@@ -29,7 +29,7 @@ impl Hierarchy {
     }
 }
 
-/// The cgroup v1 hierarchies of this machine, from /proc/self/mountinfo.
+/// The cgroup hierarchies of this machine, from /proc/self/mountinfo.
 pub(crate) fn hierarchies() -> Vec<Hierarchy> {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return Vec::new();
@@ -38,7 +38,9 @@ pub(crate) fn hierarchies() -> Vec<Hierarchy> {
         .filter_map(|line| {
             let (left, right) = line.split_once(" - ")?;
             let mut r = right.split_whitespace();
-            if r.next()? != "cgroup" {
+            // A hybrid machine also mounts the v2 hierarchy (at /sys/fs/cgroup/unified), where
+            // runc creates the containers' cgroups too.
+            if !matches!(r.next()?, "cgroup" | "cgroup2") {
                 return None;
             }
             let _source = r.next()?;

@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 use crate::TestEnvError;
 
 pub(crate) const RECORD_FILE: &str = "cluster.json";
+/// Where containerd 1.6 puts shim sockets, whatever its state directory.
+pub(crate) const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct RunRecord {
@@ -146,6 +148,25 @@ impl RunRecord {
             .map(|d| d.join("io.containerd.grpc.v1.cri").join("sandboxes"))
             .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
             .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// The sockets of this run's shims. containerd 1.6 puts them in the machine-wide
+    /// /run/containerd/s/ (named by a hash of socket, namespace and container id); a shim that is
+    /// killed leaves its socket there. Each bundle directory records its shim's address.
+    pub fn shim_sockets(&self) -> Vec<PathBuf> {
+        let tasks = self
+            .containerd_state()
+            .join("io.containerd.runtime.v2.task");
+        std::fs::read_dir(tasks)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|ns| std::fs::read_dir(ns.path()).into_iter().flatten().flatten())
+            .filter_map(|bundle| std::fs::read_to_string(bundle.path().join("address")).ok())
+            .map(|a| PathBuf::from(a.trim().trim_start_matches("unix://")))
+            // Never remove anything else, whatever the file says.
+            .filter(|p| p.parent() == Some(Path::new(SHIM_SOCKET_DIR)))
             .collect()
     }
 

@@ -14,6 +14,7 @@
 //! Every step is idempotent and only touches what the run record names, so running it twice,
 //! or on a half-started run, is safe.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -41,6 +42,11 @@ pub(crate) struct Live<'a> {
 /// Stops the run and removes everything it made. Returns what could not be removed.
 pub(crate) fn stop(run: &RunRecord, live: Option<Live<'_>>) -> Vec<String> {
     let mut problems = Vec::new();
+    // Read first: they name the run's entries outside its directory, and the kubelet removes
+    // pod directories as it stops pods.
+    let pod_uids = run.pod_uids();
+    let sandbox_ids = run.sandbox_ids();
+    let shim_sockets = run.shim_sockets();
     match live {
         Some(live) => {
             let kubelet_running = live
@@ -64,9 +70,12 @@ pub(crate) fn stop(run: &RunRecord, live: Option<Live<'_>>) -> Vec<String> {
         problems.push(format!("processes still alive: {left:?}"));
     }
 
-    // Read before the directory goes: they name the run's entries outside it.
-    let pod_uids = run.pod_uids();
-    let sandbox_ids = run.sandbox_ids();
+    // Sandboxes started since the first look, and their shims.
+    let pod_uids: BTreeSet<String> = pod_uids.into_iter().chain(run.pod_uids()).collect();
+    let sandbox_ids: BTreeSet<String> = sandbox_ids.into_iter().chain(run.sandbox_ids()).collect();
+    for socket in shim_sockets.into_iter().chain(run.shim_sockets()) {
+        let _ = std::fs::remove_file(socket);
+    }
 
     problems.extend(mounts::unmount_all(&run.dir));
     problems.extend(host::delete_link(&NodeBinaries::locate().ip, &run.bridge()));
@@ -155,8 +164,9 @@ fn kill_run_processes(run: &RunRecord, socket: &str) -> Vec<i32> {
     }
 }
 
-/// Finishes the runs whose owner died: reads each record and stops what it names. Runs under a
-/// lock so two starts do not clean the same run at once.
+/// Finishes the runs whose owner died: reads each cluster record and stops what it names, and
+/// removes dead control planes' directories. Runs under a lock so two starts do not clean the
+/// same run at once.
 pub(crate) fn cleanup_stale() -> Vec<String> {
     let base = rundir::base();
     if std::fs::create_dir_all(&base).is_err() {
@@ -173,6 +183,12 @@ pub(crate) fn cleanup_stale() -> Vec<String> {
     };
     let _lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive);
     let mut problems = Vec::new();
+    // The control planes of dead runs: their processes died with their owner (parent-death
+    // signal); only the directory is left.
+    for dir in rundir::stale(crate::control_plane::RUN_KIND) {
+        problems.extend(mounts::unmount_all(&dir));
+        rundir::remove(&dir);
+    }
     for dir in rundir::stale(RUN_KIND) {
         match RunRecord::read(&dir) {
             Some(run) => problems.extend(stop(&run, None)),
