@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run -p kdiag-testenv --example cluster            # start, print how to use it, wait for Ctrl-C
+//! cargo run -p kdiag-testenv --example cluster -- up --env-file F   # also write KEY=value lines to F once ready
 //! cargo run -p kdiag-testenv --example cluster -- measure # image build (fresh cache), cached start, stop
 //! cargo run -p kdiag-testenv --example cluster -- cleanup # finish runs whose owner died
 //! ```
@@ -29,7 +30,7 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
     let code = rt.block_on(async move {
         match mode.as_str() {
-            "up" => up().await,
+            "up" => up(env_file_arg()).await,
             "measure" => measure().await,
             "cleanup" => {
                 let problems = cleanup_stale_runs();
@@ -57,10 +58,32 @@ async fn start() -> Option<Cluster> {
     }
 }
 
+fn env_file_arg() -> Option<std::path::PathBuf> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == "--env-file")
+        .and_then(|i| args.get(i + 1))
+        .map(Into::into)
+}
+
 fn print_phases(cluster: &Cluster) {
     for (phase, took) in cluster.start_phases() {
-        println!("  {phase:<32} {:>6.1}s", took.as_secs_f64());
+        println!("  {phase:<32} {:>8.3}s", took.as_secs_f64());
     }
+}
+
+/// What a script needs to use the cluster, as `KEY=value` lines (sourceable by sh).
+fn env_lines(cluster: &Cluster) -> String {
+    format!(
+        "KUBECONFIG={}\nKDIAG_NODE_NAME={}\nKDIAG_CRI_ENDPOINT={}\nKDIAG_KUBELET_ROOT={}\nKDIAG_CGROUP_ROOT={}\nKDIAG_RUN_DIR={}\nKDIAG_BUSYBOX_IMAGE={}\n",
+        cluster.kubeconfig_path().display(),
+        cluster.node_name(),
+        cluster.cri_endpoint(),
+        cluster.kubelet_root_dir().display(),
+        cluster.cgroup_root(),
+        cluster.run_dir().display(),
+        kdiag_testenv::BUSYBOX_IMAGE,
+    )
 }
 
 fn timed_stop(cluster: Cluster) -> (Duration, bool) {
@@ -72,10 +95,20 @@ fn timed_stop(cluster: Cluster) -> (Duration, bool) {
     (t.elapsed(), result.is_ok())
 }
 
-async fn up() -> i32 {
+async fn up(env_file: Option<std::path::PathBuf>) -> i32 {
     let Some(cluster) = start().await else {
         return 1;
     };
+    if let Some(f) = &env_file {
+        // Written aside and renamed, so a script polling for the file never reads half of it.
+        let tmp = f.with_extension("tmp");
+        if let Err(e) =
+            std::fs::write(&tmp, env_lines(&cluster)).and_then(|()| std::fs::rename(&tmp, f))
+        {
+            eprintln!("could not write {}: {e}", f.display());
+            return i32::from(cluster.stop().is_err()) + 1;
+        }
+    }
     println!("cluster ready:");
     print_phases(&cluster);
     println!(
@@ -97,6 +130,9 @@ async fn up() -> i32 {
         _ = term.recv() => {}
     }
     println!("stopping…");
+    if let Some(f) = &env_file {
+        let _ = std::fs::remove_file(f);
+    }
     let (took, ok) = timed_stop(cluster);
     println!("stopped in {:.1}s", took.as_secs_f64());
     i32::from(!ok)

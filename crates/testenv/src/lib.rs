@@ -26,8 +26,8 @@ mod rundir;
 
 pub use binaries::{Binaries, NodeBinaries, cache_dir};
 pub use cluster::{
-    BUSYBOX_IMAGE, CONTAINERD_NAMESPACE, Cluster, FileContents, ImageFile, ImageSpec, PAUSE_IMAGE,
-    cleanup_stale_runs, cluster,
+    BUSYBOX_IMAGE, CONTAINERD_NAMESPACE, Cluster, ClusterOptions, FileContents, ImageFile,
+    ImageSpec, PAUSE_IMAGE, cleanup_stale_runs, cluster,
 };
 pub use control_plane::{ControlPlane, control_plane};
 pub use error::TestEnvError;

@@ -146,18 +146,36 @@ impl ManagedProcess {
     }
 }
 
-/// The last `lines` lines of a log file, for error messages.
+/// The last `lines` lines of a log file, for error messages, without Go stack dumps: a Go
+/// program that dies on a fatal log line (klog's `F…`) or a panic follows it with every
+/// goroutine's stack, which would push the one line that says why out of any tail.
 pub(crate) fn tail(path: &Path, lines: usize) -> String {
+    const WINDOW: u64 = 512 * 1024;
     let Ok(mut f) = File::open(path) else {
         return format!("(no log at {})", path.display());
     };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let start = len.saturating_sub(16 * 1024);
-    let _ = f.seek(SeekFrom::Start(start));
-    let mut buf = String::new();
-    let _ = f.take(16 * 1024).read_to_string(&mut buf);
-    let all: Vec<&str> = buf.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(WINDOW)));
+    let mut bytes = Vec::new();
+    let _ = f.take(WINDOW).read_to_end(&mut bytes);
+    let text = String::from_utf8_lossy(&bytes);
+    let kept = without_stack_dumps(&text);
+    kept[kept.len().saturating_sub(lines)..].join("\n")
+}
+
+fn without_stack_dumps(text: &str) -> Vec<&str> {
+    let all: Vec<&str> = text.lines().collect();
+    let mut kept = Vec::new();
+    for (i, line) in all.iter().enumerate() {
+        let frame_location = line.starts_with('\t');
+        // A frame's function line is followed by its tab-indented location.
+        let frame_function = all.get(i + 1).is_some_and(|next| next.starts_with('\t'));
+        let header = line.starts_with("goroutine ") && line.ends_with(':');
+        if !(frame_location || frame_function || header || line.is_empty()) {
+            kept.push(*line);
+        }
+    }
+    kept
 }
 
 type Cleanup = Box<dyn FnOnce() + Send>;
@@ -205,5 +223,20 @@ fn run_all_cleanups() {
     let all = std::mem::take(&mut *cleanups().lock().unwrap_or_else(|e| e.into_inner()));
     for (_, f) in all.into_iter().rev() {
         f();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_go_stack_dump_does_not_hide_the_fatal_line() {
+        let log = "I0101 starting\nF0101 server.go:156] unknown flag: --nope\ngoroutine 1 [running]:\nk8s.io/klog.stacks(0x1)\n\t/src/klog.go:1 +0x85\nmain.main()\n\t/src/main.go:41 +0xc5\n\ngoroutine 6 [chan receive]:\nk8s.io/klog.flush()\n\t/src/klog.go:2 +0x1\n";
+        assert_eq!(
+            super::without_stack_dumps(log),
+            vec![
+                "I0101 starting",
+                "F0101 server.go:156] unknown flag: --nope"
+            ]
+        );
     }
 }

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ContainerStatus, Event, Node, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kdiag_testenv::{BUSYBOX_IMAGE, Cluster, ImageSpec, cleanup_stale_runs, cluster};
+use kdiag_testenv::{
+    BUSYBOX_IMAGE, Cluster, ClusterOptions, ImageSpec, TestEnvError, cleanup_stale_runs, cluster,
+};
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, LogParams, Patch,
     PatchParams, PostParams,
@@ -783,6 +785,65 @@ async fn a_stopped_cluster_leaves_nothing_behind_and_a_second_cluster_beside_it_
             .unwrap_or_default()
             .iter()
             .any(|c| c.type_ == "Ready" && c.status == "True")
+    );
+}
+
+/// Run directories of this process, and kdiag cgroups of the machine.
+fn own_runs() -> (BTreeSet<PathBuf>, BTreeSet<PathBuf>) {
+    let prefix = |kind: &str| format!("{kind}-{}-", std::process::id());
+    let dirs = std::fs::read_dir(std::env::temp_dir().join("kdiag-testenv"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with(&prefix("cluster")) || n.starts_with(&prefix("apiserver"))
+            })
+        })
+        .collect();
+    let cgroups = std::fs::read_dir("/sys/fs/cgroup/memory")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("kdiag-"))
+        })
+        .collect();
+    (dirs, cgroups)
+}
+
+#[tokio::test]
+async fn a_kubelet_that_cannot_start_fails_the_start_with_its_log_and_leaves_no_run_behind() {
+    cluster().await;
+    let _serial = SERIAL.lock().await;
+    let (dirs_before, cgroups_before) = own_runs();
+    let err = Cluster::start_with(ClusterOptions {
+        kubelet_args: vec!["--no-such-flag=1".into()],
+        ..Default::default()
+    })
+    .await
+    .err()
+    .expect("a kubelet with an unknown flag cannot start");
+    assert!(
+        matches!(&err, TestEnvError::ExitedEarly { process, .. } if process == "kubelet"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("no-such-flag"),
+        "the kubelet's log tail: {err}"
+    );
+    let (dirs_after, cgroups_after) = own_runs();
+    assert_eq!(
+        dirs_after, dirs_before,
+        "the failed run's directories must be gone"
+    );
+    assert!(
+        cgroups_after.is_subset(&cgroups_before),
+        "the failed run's cgroup must be gone: {cgroups_after:?}"
     );
 }
 

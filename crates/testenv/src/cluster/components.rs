@@ -179,12 +179,13 @@ pub(crate) fn start_kubelet(
     node_name: &str,
     address: Ipv4Addr,
     port: u16,
+    extra_args: &[String],
 ) -> Result<ManagedProcess, TestEnvError> {
     let conf = run.kubelet_config();
     std::fs::write(&conf, config::kubelet_config(run, address, port))
         .map_err(TestEnvError::io(&conf))?;
     let root = run.kubelet_root();
-    let args = vec![
+    let mut args = vec![
         format!("--config={}", conf.display()),
         format!("--kubeconfig={}", cp.kubeconfig_path().display()),
         format!("--root-dir={}", root.display()),
@@ -197,7 +198,12 @@ pub(crate) fn start_kubelet(
         format!("--volume-plugin-dir={}", run.volume_plugin_dir().display()),
         format!("--pod-infra-container-image={PAUSE_IMAGE}"),
         format!("--hostname-override={node_name}"),
+        // cAdvisor's own containerd client, which defaults to the machine's
+        // /run/containerd/containerd.sock. (Its CRI-O client still waits 5 s for
+        // /var/run/crio/crio.sock at every start: a hard-coded path, nothing to do about it.)
+        format!("--containerd={}", run.containerd_socket().display()),
         "--v=1".into(),
     ];
+    args.extend(extra_args.iter().cloned());
     ManagedProcess::spawn("kubelet", &bins.kubelet, &args, &run.log("kubelet"))
 }

@@ -72,15 +72,25 @@ struct Inner {
 /// Panics with the reason when it cannot start: a test that needs a cluster fails, it is not
 /// skipped.
 pub async fn cluster() -> &'static Cluster {
-    static SHARED: OnceCell<Cluster> = OnceCell::const_new();
-    SHARED
-        .get_or_init(|| async {
-            match Cluster::start().await {
-                Ok(c) => c,
-                Err(e) => panic!("kdiag-testenv: could not start the test cluster: {e}"),
-            }
-        })
+    // The failure is kept too: every later test fails at once with the same reason instead of
+    // trying another start.
+    static SHARED: OnceCell<Result<Cluster, String>> = OnceCell::const_new();
+    match SHARED
+        .get_or_init(|| async { Cluster::start().await.map_err(|e| e.to_string()) })
         .await
+    {
+        Ok(c) => c,
+        Err(e) => panic!("kdiag-testenv: could not start the test cluster: {e}"),
+    }
+}
+
+/// What a test may change about a cluster it starts itself.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterOptions {
+    /// Extra kube-apiserver flags.
+    pub apiserver_args: Vec<String>,
+    /// Extra kubelet flags, after the built-in ones (a repeated flag wins).
+    pub kubelet_args: Vec<String>,
 }
 
 /// Finishes the runs of processes that died without stopping their cluster (their shims,
@@ -94,6 +104,11 @@ impl Cluster {
     /// Starts a cluster of its own and returns once its node is Ready and untainted and pods
     /// can be created in the `default` namespace.
     pub async fn start() -> Result<Self, TestEnvError> {
+        Self::start_with(ClusterOptions::default()).await
+    }
+
+    /// Like [`start`](Self::start), with extra flags for the apiserver or the kubelet.
+    pub async fn start_with(options: ClusterOptions) -> Result<Self, TestEnvError> {
         crate::install_crypto_provider();
         let begin = Instant::now();
         let (bins, node_bins) = preflight()?;
@@ -117,27 +132,28 @@ impl Cluster {
         ));
 
         let t = Instant::now();
-        let control_plane =
-            ControlPlane::start_with(vec!["--kubelet-preferred-address-types=Hostname".into()])
-                .await?;
+        // The apiserver reaches the kubelet by the node's hostname, which resolves to loopback:
+        // the kubelet refuses a loopback node IP and must not listen on the network.
+        let mut apiserver_args = vec!["--kubelet-preferred-address-types=Hostname".to_owned()];
+        apiserver_args.extend(options.apiserver_args.iter().cloned());
+        let control_plane = ControlPlane::start_with(apiserver_args).await?;
         phases.push(("etcd + kube-apiserver".into(), t.elapsed()));
 
-        let dir = rundir::create(RUN_KIND)?;
         let taken: Vec<String> = rundir::live(RUN_KIND)
             .iter()
             .filter_map(|d| RunRecord::read(d))
             .map(|r| r.pod_subnet)
             .collect();
-        let run = RunRecord::new(dir, random_hex(3), host::choose_pod_subnet(&taken)?);
-        // Written before anything it names exists, so a crash from here on is cleaned up.
-        run.write()?;
+        let pod_subnet = host::choose_pod_subnet(&taken)?;
+        let kubelet = SocketAddr::from((kubelet_ip, free_port()?));
 
+        let run = RunRecord::new(rundir::create(RUN_KIND)?, random_hex(3), pod_subnet);
         let inner = Arc::new(Inner {
             run: Mutex::new(run),
             processes: Mutex::new(Vec::new()),
             kubeconfig: control_plane.kubeconfig_path().to_owned(),
             node_name,
-            kubelet: SocketAddr::from((kubelet_ip, free_port()?)),
+            kubelet,
             base_images,
             phases: Mutex::new(phases),
             stop_problems: Mutex::new(None),
@@ -157,12 +173,20 @@ impl Cluster {
             inner,
             cleanup_key,
         };
-        cluster.launch(&bins, &node_bins).await?;
+        // Written before anything it names exists, so a crash from here on is cleaned up by the
+        // next start.
+        cluster.run().write()?;
+        cluster.launch(&bins, &node_bins, &options).await?;
         cluster.phase("total", begin.elapsed());
         Ok(cluster)
     }
 
-    async fn launch(&self, bins: &Binaries, node_bins: &NodeBinaries) -> Result<(), TestEnvError> {
+    async fn launch(
+        &self,
+        bins: &Binaries,
+        node_bins: &NodeBinaries,
+        options: &ClusterOptions,
+    ) -> Result<(), TestEnvError> {
         let run = self.run();
         let cp = &self.control_plane;
 
@@ -194,6 +218,7 @@ impl Cluster {
                 std::net::IpAddr::V6(_) => Ipv4Addr::LOCALHOST,
             },
             self.inner.kubelet.port(),
+            &options.kubelet_args,
         )?)?;
         self.wait_for_node().await?;
         self.phase("kubelet to node Ready", t.elapsed());
