@@ -35,6 +35,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
 
+# The level-2 cluster (crates/testenv) needs the hostname to resolve to loopback: the apiserver
+# reaches the kubelet by the node's hostname and the kubelet listens on loopback only. Warn only:
+# level 1 works without it, and the cluster's start says the same.
+host=$(hostname)
+if ! getent ahostsv4 "$host" 2>/dev/null | awk '{print $1}' | grep -q '^127\.'; then
+  log "warning: hostname $host does not resolve to 127.x; the single-node cluster needs it: add '127.0.0.1 $host' to /etc/hosts"
+fi
+
 have_all() {
   for b in "${BINARIES[@]}"; do [ -x "$BIN_DIR/$b" ] || return 1; done
 }

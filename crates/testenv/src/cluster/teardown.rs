@@ -31,6 +31,12 @@ use crate::rundir;
 /// How long the kubelet may take to stop the pods' sandboxes before they are killed.
 const POD_STOP_GRACE: Duration = Duration::from_secs(8);
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+const STOP_ORDER: [&str; 4] = [
+    "kubelet",
+    "kube-scheduler",
+    "kube-controller-manager",
+    "containerd",
+];
 
 /// What only the owner of a live run has.
 pub(crate) struct Live<'a> {
@@ -56,8 +62,10 @@ pub(crate) fn stop(run: &RunRecord, live: Option<Live<'_>>) -> Vec<String> {
             if kubelet_running {
                 delete_pods_and_wait(run, live.kubeconfig);
             }
-            // Reverse start order: kubelet first, containerd last.
-            while let Some(mut p) = live.processes.pop() {
+            // The kubelet first, so it restarts nothing; containerd last.
+            live.processes
+                .sort_by_key(|p| STOP_ORDER.iter().position(|n| *n == p.name));
+            for mut p in live.processes.drain(..) {
                 p.stop(Duration::from_secs(5));
             }
         }
@@ -77,16 +85,13 @@ pub(crate) fn stop(run: &RunRecord, live: Option<Live<'_>>) -> Vec<String> {
         let _ = std::fs::remove_file(socket);
     }
 
-    problems.extend(mounts::unmount_all(&run.dir));
+    let mounts_left = mounts::unmount_all(&run.dir);
     problems.extend(host::delete_link(&NodeBinaries::locate().ip, &run.bridge()));
     problems.extend(host::remove_pod_logs(&pod_uids));
     host::remove_cni_cache(&run.cni_network(), &sandbox_ids);
     problems.extend(cgroups::remove(&run.cgroup()));
 
-    rundir::remove(&run.dir);
-    if run.dir.exists() {
-        problems.push(format!("run directory {} remains", run.dir.display()));
-    }
+    remove_unless_mounted(&run.dir, mounts_left, &mut problems);
 
     let others_live = rundir::live(RUN_KIND).into_iter().any(|d| d != run.dir);
     if !others_live {
@@ -186,18 +191,36 @@ pub(crate) fn cleanup_stale() -> Vec<String> {
     // The control planes of dead runs: their processes died with their owner (parent-death
     // signal); only the directory is left.
     for dir in rundir::stale(crate::control_plane::RUN_KIND) {
-        problems.extend(mounts::unmount_all(&dir));
-        rundir::remove(&dir);
+        let mounts_left = mounts::unmount_all(&dir);
+        remove_unless_mounted(&dir, mounts_left, &mut problems);
     }
     for dir in rundir::stale(RUN_KIND) {
         match RunRecord::read(&dir) {
             Some(run) => problems.extend(stop(&run, None)),
             // Died before its record was written: nothing outside the directory exists yet.
             None => {
-                problems.extend(mounts::unmount_all(&dir));
-                rundir::remove(&dir);
+                let mounts_left = mounts::unmount_all(&dir);
+                remove_unless_mounted(&dir, mounts_left, &mut problems);
             }
         }
     }
     problems
+}
+
+/// Removes a run directory, unless something is still mounted below it: a recursive removal
+/// would descend into the mount, and a pod's subPath mount can be a bind mount of any directory
+/// of this machine.
+fn remove_unless_mounted(dir: &Path, mounts_left: Vec<String>, problems: &mut Vec<String>) {
+    if mounts_left.is_empty() && mounts::under(dir).is_empty() {
+        rundir::remove(dir);
+        if dir.exists() {
+            problems.push(format!("run directory {} remains", dir.display()));
+        }
+    } else {
+        problems.extend(mounts_left);
+        problems.push(format!(
+            "run directory {} kept: mounts are left below it",
+            dir.display()
+        ));
+    }
 }
