@@ -20,6 +20,7 @@ pub mod crds;
 pub mod diagnosis;
 pub mod kubeprober;
 pub mod labels;
+pub mod plugin;
 mod schema;
 
 pub use diagnosis::NamespacedName;

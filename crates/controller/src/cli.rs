@@ -1,6 +1,8 @@
 //! The command line: what each subcommand takes.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -8,14 +10,27 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "kdiag", version, about, propagate_version = true)]
 pub struct Cli {
+    /// Log format: text or json.
+    #[arg(long, global = true, default_value = "text", env = "KDIAG_LOG_FORMAT")]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Print the CustomResourceDefinitions kdiag serves, as YAML (`kubectl apply -f -` takes it).
     Crd(CrdArgs),
+    /// Run the cluster controller: admit, route and garbage-collect Abnormals (one per cluster).
+    Controller(ControllerArgs),
+    /// Run the node agent: process this node's Abnormals (one per node, as a DaemonSet).
+    Agent(AgentArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -23,4 +38,100 @@ pub struct CrdArgs {
     /// Write one file per CRD into this directory instead of printing them.
     #[arg(long)]
     pub output_dir: Option<PathBuf>,
+}
+
+/// Where the HTTP server listens.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// Address to serve /metrics, /healthz and /readyz on.
+    #[arg(long, default_value = "0.0.0.0", env = "KDIAG_BIND_ADDRESS")]
+    pub bind_address: IpAddr,
+    /// Port of the HTTP server.
+    #[arg(long, default_value_t = crate::server::DEFAULT_PORT, env = "KDIAG_PORT")]
+    pub port: u16,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ControllerArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// How long to wait for a pod named in spec.podReference to exist and be scheduled.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub pod_wait: Duration,
+    /// How often garbage collection runs.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub gc_interval: Duration,
+    /// Finished Abnormals older than this are deleted.
+    #[arg(long, default_value = "72h", value_parser = parse_duration)]
+    pub abnormal_ttl: Duration,
+    /// Per node, finished Abnormals beyond the newest this many are deleted.
+    #[arg(long, default_value_t = 200)]
+    pub max_finished_per_node: usize,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// The node this agent runs on (the DaemonSet sets it from spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// Abnormals processed at once.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Namespace of the node policy ConfigMap.
+    #[arg(long, default_value = kdiag_api::SYSTEM_NAMESPACE)]
+    pub policy_namespace: String,
+    /// Name of the node policy ConfigMap (key policy.yaml). Without it, the restrictive defaults apply.
+    #[arg(long, default_value = "kdiag-policy")]
+    pub policy_configmap: String,
+    /// Directory for profiles and other files the agent keeps.
+    #[arg(long, default_value = "/var/lib/kdiag", env = "KDIAG_DATA_ROOT")]
+    pub data_root: PathBuf,
+    /// Address others reach this agent's HTTP server on (links to profiles use it).
+    #[arg(long, env = "POD_IP")]
+    pub advertise_address: Option<IpAddr>,
+    /// The most bytes (as JSON) one step may add to an Abnormal.
+    #[arg(long, default_value_t = 512 * 1024)]
+    pub max_step_output_bytes: usize,
+    /// The most bytes (as JSON) status.context may hold.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub max_context_bytes: usize,
+}
+
+/// Parses durations such as 90s, 5m, 72h, 7d (or a bare number of seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = number.parse().map_err(|_| {
+        format!("{s:?} is not a duration; use a number with s, m, h or d, such as 90s or 72h")
+    })?;
+    let seconds = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("{s:?} has unit {unit:?}; use s, m, h or d")),
+    };
+    Ok(Duration::from_secs(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_kubectl_flags() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("72h"), Ok(Duration::from_secs(72 * 3600)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert!(
+            parse_duration("5 minutes")
+                .unwrap_err()
+                .contains("use s, m, h or d")
+        );
+        assert!(parse_duration("soon").is_err());
+    }
 }

@@ -1,8 +1,20 @@
 //! kdiag: the cluster controller, the node agent, the plugin client, the HTTP server, the CLI and
 //! the local mode, behind one binary.
 
+pub mod agent;
+pub mod builtin;
 pub mod cli;
+pub mod cluster;
 mod commands;
+pub mod metrics;
+pub mod pipeline;
+pub mod plugin;
+pub mod policy;
+pub mod profiler;
+pub mod ready;
+pub mod registrations;
+pub mod server;
+pub mod time;
 
 use std::process::ExitCode;
 

@@ -1,6 +1,9 @@
 //! One module per subcommand.
 
+mod agent;
+mod controller;
 mod crd;
+pub(crate) mod runtime;
 
 use std::process::ExitCode;
 
@@ -12,5 +15,13 @@ pub type CommandError = Box<dyn std::error::Error + Send + Sync>;
 pub fn run(cli: Cli) -> Result<ExitCode, CommandError> {
     match cli.command {
         Command::Crd(args) => crd::run(args),
+        Command::Controller(args) => {
+            runtime::init_logging(cli.log_format);
+            runtime::block_on(controller::run(args))
+        }
+        Command::Agent(args) => {
+            runtime::init_logging(cli.log_format);
+            runtime::block_on(agent::run(args))
+        }
     }
 }

@@ -1,0 +1,158 @@
+//! Running one step: a command executor, a profiler, or a processor (in-process or over HTTP).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use kdiag_api::plugin::{ProcessorContext, ProcessorError};
+use kdiag_api::{Abnormal, ProcessorResult, Stage};
+use kdiag_recoverers::command;
+use kube::Client;
+
+use crate::builtin::Builtins;
+use crate::pipeline::{Step, StepKind, StepOutput, StepResult};
+use crate::plugin::{PluginClient, protocol};
+use crate::policy::PolicyHandle;
+use crate::profiler::Profilers;
+use crate::registrations::{Registrations, Target, kind_of, resolve};
+use crate::time::now;
+
+/// Everything a step may need.
+pub struct Executor {
+    pub client: Client,
+    pub node_name: String,
+    pub builtins: Builtins,
+    pub registrations: Registrations,
+    pub plugins: PluginClient,
+    pub policy: PolicyHandle,
+    pub profilers: Arc<Profilers>,
+    pub max_step_output_bytes: usize,
+    pub command_output_cap: usize,
+}
+
+impl Executor {
+    pub async fn run(&self, abnormal: &Abnormal, step: &Step) -> StepResult {
+        let start_time = now();
+        let started = Instant::now();
+        let (result, message, output) = match step.kind {
+            StepKind::Command(i) => self.command(abnormal, i).await,
+            StepKind::Profiler(i) => self.profiler(abnormal, i).await,
+            StepKind::Processor(i) => self.processor(abnormal, step.stage, i).await,
+        };
+        StepResult {
+            result,
+            message,
+            start_time,
+            duration_ms: started.elapsed().as_millis() as i64,
+            output,
+        }
+    }
+
+    async fn command(
+        &self,
+        abnormal: &Abnormal,
+        i: usize,
+    ) -> (ProcessorResult, String, StepOutput) {
+        let spec = &abnormal.spec.command_executors[i];
+        let policy = self.policy.current();
+        let outcome = command::run(spec, &policy, self.command_output_cap).await;
+        let (result, message) = if outcome.denied {
+            (ProcessorResult::Skipped, outcome.status.error.clone())
+        } else if outcome.succeeded() {
+            (ProcessorResult::Succeeded, "exit status 0".to_owned())
+        } else {
+            (ProcessorResult::Failed, outcome.status.error.clone())
+        };
+        (result, message, StepOutput::Command(outcome.status))
+    }
+
+    async fn profiler(
+        &self,
+        abnormal: &Abnormal,
+        i: usize,
+    ) -> (ProcessorResult, String, StepOutput) {
+        let spec = &abnormal.spec.profilers[i];
+        let status = self.profilers.run(abnormal, spec).await;
+        let (result, message) = if status.error.is_empty() {
+            (
+                ProcessorResult::Succeeded,
+                format!("profile available at {}", status.endpoint),
+            )
+        } else {
+            (ProcessorResult::Failed, status.error.clone())
+        };
+        (result, message, StepOutput::Profiler(status))
+    }
+
+    async fn processor(
+        &self,
+        abnormal: &Abnormal,
+        stage: Stage,
+        i: usize,
+    ) -> (ProcessorResult, String, StepOutput) {
+        let ns = abnormal.metadata.namespace.as_deref().unwrap_or_default();
+        let registration = abnormal.assigned(stage)[i].or_namespace(ns);
+        let Some(spec) = self.registrations.endpoint(stage, &registration) else {
+            let known = self.registrations.names(stage);
+            return failed(format!(
+                "{} {registration} does not exist (deleted after admission?); registered {}s: {}",
+                kind_of(stage),
+                kind_of(stage),
+                if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                }
+            ));
+        };
+        match resolve(&self.client, &self.builtins, &registration, stage, &spec).await {
+            Err(message) => failed(message),
+            Ok(Target::Builtin(processor, timeout)) => {
+                let ctx = ProcessorContext {
+                    node_name: self.node_name.clone(),
+                    client: self.client.clone(),
+                    timeout,
+                    max_output_bytes: self.max_step_output_bytes,
+                };
+                let outcome =
+                    match tokio::time::timeout(timeout, processor.process(&ctx, abnormal)).await {
+                        Ok(r) => r,
+                        Err(_) => Err(ProcessorError::Timeout(timeout)),
+                    };
+                match outcome {
+                    Ok(out) => (
+                        ProcessorResult::Succeeded,
+                        out.message,
+                        StepOutput::Processor {
+                            context: out.context,
+                            root_cause: out.root_cause,
+                            command_executors: None,
+                            profilers: None,
+                        },
+                    ),
+                    Err(ProcessorError::Denied { rule, message }) => (
+                        ProcessorResult::Skipped,
+                        format!("denied by policy rule {rule}: {message}"),
+                        StepOutput::None,
+                    ),
+                    Err(e) => failed(e.to_string()),
+                }
+            }
+            Ok(Target::Http(endpoint)) => match self.plugins.call(&endpoint, abnormal).await {
+                Ok(returned) => {
+                    let output =
+                        protocol::step_output(abnormal, returned.status.unwrap_or_default());
+                    (
+                        ProcessorResult::Succeeded,
+                        format!("{} answered 200", endpoint.url),
+                        output,
+                    )
+                }
+                Err(e) => failed(e.to_string()),
+            },
+        }
+    }
+}
+
+fn failed(message: String) -> (ProcessorResult, String, StepOutput) {
+    (ProcessorResult::Failed, message, StepOutput::None)
+}

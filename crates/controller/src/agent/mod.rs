@@ -1,0 +1,314 @@
+//! The node agent: watches only its own node's Abnormals (by the routing label) and steps each
+//! through collection, diagnosis and recovery.
+//!
+//! - Each Abnormal is handled by one task at a time (kube's Controller guarantees it), and at
+//!   most `concurrency` at once; the rest wait in the queue, none is dropped.
+//! - A slow processor holds only its own Abnormal's worker.
+//! - Failed apiserver calls retry with per-object exponential backoff.
+//! - On shutdown no new step starts; a step with side effects finishes first.
+
+mod executor;
+mod worker;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kdiag_api::labels::{NODE_LABEL, node_label_value};
+use kdiag_api::{Abnormal, AbnormalPhase};
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::DeserializeGuard;
+use kube::core::error_boundary::InvalidObject;
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+pub use executor::Executor;
+
+use crate::builtin::Builtins;
+use crate::metrics::Metrics;
+use crate::pipeline::{self, Limits, Next};
+use crate::plugin::PluginClient;
+use crate::policy::PolicyHandle;
+use crate::profiler::Profilers;
+use crate::registrations::Registrations;
+
+/// How the agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node_name: String,
+    /// Abnormals processed at once.
+    pub concurrency: usize,
+    pub limits: Limits,
+    /// Bytes of stdout and of stderr kept per command executor.
+    pub command_output_cap: usize,
+    /// The node policy ConfigMap, as namespace and name.
+    pub policy_configmap: (String, String),
+    /// Where profiles are kept.
+    pub data_root: PathBuf,
+    /// This agent's HTTP server as others reach it, for profile links.
+    pub public_url: String,
+}
+
+/// Why handling one Abnormal stopped early; it is retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{operation} of Abnormal {abnormal} failed: {source}")]
+    Api {
+        abnormal: String,
+        operation: &'static str,
+        source: Box<kube::Error>,
+    },
+    #[error("Abnormal {0} kept changing under the agent's writes; retrying later")]
+    Conflict(String),
+}
+
+/// What every worker shares.
+pub struct Agent {
+    pub client: Client,
+    pub executor: Executor,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: CancellationToken,
+    pub limits: Limits,
+    workers: Semaphore,
+    backoff: Mutex<HashMap<String, u32>>,
+}
+
+/// Handles to a running agent.
+pub struct AgentHandle {
+    pub ready: Arc<AtomicBool>,
+    pub store: Store<DeserializeGuard<Abnormal>>,
+    pub policy: PolicyHandle,
+    pub executor_view: Arc<Agent>,
+}
+
+/// Builds the agent and returns it with the future that runs it until `shutdown` fires and the
+/// running steps are done.
+pub fn start(
+    client: Client,
+    config: AgentConfig,
+    builtins: Builtins,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> (
+    AgentHandle,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let (registrations, registrations_driver) = Registrations::watch(&client);
+    let policy = PolicyHandle::default();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "kdiag-agent".into(),
+            instance: Some(config.node_name.clone()),
+        },
+    );
+    let agent = Arc::new(Agent {
+        client: client.clone(),
+        executor: Executor {
+            client: client.clone(),
+            node_name: config.node_name.clone(),
+            builtins,
+            registrations: registrations.clone(),
+            plugins: PluginClient::default(),
+            policy: policy.clone(),
+            profilers: Arc::new(Profilers {
+                data_root: config.data_root.clone(),
+                public_url: config.public_url.clone(),
+            }),
+            max_step_output_bytes: config.limits.max_step_output_bytes,
+            command_output_cap: config.command_output_cap,
+        },
+        recorder,
+        metrics,
+        shutdown: shutdown.clone(),
+        limits: config.limits,
+        workers: Semaphore::new(config.concurrency.max(1)),
+        backoff: Mutex::new(HashMap::new()),
+    });
+
+    let api: Api<DeserializeGuard<Abnormal>> = Api::all(client.clone());
+    let selector = format!("{NODE_LABEL}={}", node_label_value(&config.node_name));
+    let controller = Controller::new(api, watcher::Config::default().labels(&selector))
+        // Concurrency is bounded by the agent's own semaphore, so queue depth is observable.
+        .with_config(controller::Config::default().concurrency(0))
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned());
+    let store = controller.store();
+    let ready = Arc::new(AtomicBool::new(false));
+
+    let handle = AgentHandle {
+        ready: ready.clone(),
+        store: store.clone(),
+        policy: policy.clone(),
+        executor_view: agent.clone(),
+    };
+    let (policy_ns, policy_name) = config.policy_configmap.clone();
+    let node = config.node_name.clone();
+    let driver = async move {
+        let policy_task = tokio::spawn(policy.follow(client.clone(), policy_ns, policy_name));
+        let registrations_task = tokio::spawn(registrations_driver);
+        let readiness = {
+            let (store, registrations, ready) =
+                (store.clone(), registrations.clone(), ready.clone());
+            tokio::spawn(async move {
+                crate::ready::store_ready(&store).await;
+                registrations.wait_until_ready().await;
+                ready.store(true, Ordering::Release);
+                tracing::info!("agent ready: watches synced");
+            })
+        };
+        tracing::info!(node = %node, selector = %selector, "agent watching its node's Abnormals");
+        controller
+            .run(reconcile, error_policy, agent)
+            .for_each(|result| async move {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "reconcile");
+                }
+            })
+            .await;
+        readiness.abort();
+        policy_task.abort();
+        registrations_task.abort();
+        tracing::info!("agent stopped");
+    };
+    (handle, driver)
+}
+
+async fn reconcile(
+    obj: Arc<DeserializeGuard<Abnormal>>,
+    agent: Arc<Agent>,
+) -> Result<Action, AgentError> {
+    let abnormal = match &obj.0 {
+        Ok(a) => a,
+        Err(invalid) => {
+            reject_malformed(&agent, invalid).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    if pipeline::next(abnormal) == Next::Idle {
+        agent.forget_backoff(abnormal);
+        return Ok(Action::await_change());
+    }
+    let m = &agent.metrics.agent;
+    m.queue_depth.inc();
+    let permit = agent.workers.acquire().await;
+    m.queue_depth.dec();
+    let Ok(_permit) = permit else {
+        return Ok(Action::await_change());
+    };
+    m.running.inc();
+    let _running = scopeguard(|| m.running.dec());
+
+    // The cached copy may predate this agent's own last write; work from the stored one.
+    let api: Api<Abnormal> = Api::namespaced(
+        agent.client.clone(),
+        &abnormal.namespace().unwrap_or_default(),
+    );
+    let fresh = match api.get(&abnormal.name_any()).await {
+        Ok(a) => a,
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Action::await_change()),
+        Err(e) => {
+            m.api_errors.with_label_values(&["get"]).inc();
+            return Err(AgentError::Api {
+                abnormal: key(abnormal),
+                operation: "get",
+                source: Box::new(e),
+            });
+        }
+    };
+    worker::Worker::new(&agent, fresh).run().await?;
+    agent.forget_backoff(abnormal);
+    Ok(Action::await_change())
+}
+
+fn error_policy(
+    obj: Arc<DeserializeGuard<Abnormal>>,
+    error: &AgentError,
+    agent: Arc<Agent>,
+) -> Action {
+    let k = match &obj.0 {
+        Ok(a) => key(a),
+        Err(i) => format!(
+            "{}/{}",
+            i.metadata.namespace.clone().unwrap_or_default(),
+            i.metadata.name.clone().unwrap_or_default()
+        ),
+    };
+    let attempts = {
+        let mut b = agent.backoff.lock().unwrap_or_else(|e| e.into_inner());
+        let n = b.entry(k.clone()).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    let delay = Duration::from_secs(1u64 << attempts.min(8)).min(Duration::from_secs(300));
+    tracing::warn!(abnormal = %k, error = %error, retry_in = ?delay, "will retry");
+    Action::requeue(delay)
+}
+
+impl Agent {
+    fn forget_backoff(&self, a: &Abnormal) {
+        self.backoff
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key(a));
+    }
+}
+
+/// An Abnormal the agent cannot read (an embedded Event or PodSpec of the wrong shape) ends
+/// Failed with the parse error instead of being retried forever.
+async fn reject_malformed(agent: &Agent, invalid: &InvalidObject) -> Result<(), AgentError> {
+    let ns = invalid.metadata.namespace.clone().unwrap_or_default();
+    let name = invalid.metadata.name.clone().unwrap_or_default();
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        agent.client.clone(),
+        &ns,
+        &kube::api::ApiResource::erase::<Abnormal>(&()),
+    );
+    let raw = api.get(&name).await.map_err(|e| AgentError::Api {
+        abnormal: format!("{ns}/{name}"),
+        operation: "get",
+        source: Box::new(e),
+    })?;
+    let phase = raw.data["status"]["phase"].as_str().unwrap_or_default();
+    if phase == AbnormalPhase::Failed.as_str() || phase == AbnormalPhase::Succeeded.as_str() {
+        return Ok(());
+    }
+    let patch = serde_json::json!({"status": {
+        "phase": "Failed",
+        "reason": "InvalidAbnormal",
+        "message": format!("kdiag cannot read this Abnormal: {}; fix it and create it again", invalid.error),
+    }});
+    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| AgentError::Api {
+            abnormal: format!("{ns}/{name}"),
+            operation: "patch_status",
+            source: Box::new(e),
+        })?;
+    Ok(())
+}
+
+fn key(a: &Abnormal) -> String {
+    format!("{}/{}", a.namespace().unwrap_or_default(), a.name_any())
+}
+
+/// Runs `f` when dropped.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}

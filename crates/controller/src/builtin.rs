@@ -1,0 +1,39 @@
+//! The built-in processors this binary carries, by registration name.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use kdiag_api::plugin::Processor;
+
+/// Built-in processors by the name their registration must have.
+#[derive(Clone, Default)]
+pub struct Builtins {
+    by_name: BTreeMap<&'static str, Arc<dyn Processor>>,
+}
+
+impl Builtins {
+    /// Every built-in of kdiag's processor crates.
+    pub fn standard() -> Self {
+        let mut b = Self::default();
+        for p in kdiag_collectors::all()
+            .into_iter()
+            .chain(kdiag_diagnosers::all())
+        {
+            b.insert(p);
+        }
+        b
+    }
+
+    pub fn insert(&mut self, p: Arc<dyn Processor>) {
+        self.by_name.insert(p.name(), p);
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<dyn Processor>> {
+        self.by_name.get(name).cloned()
+    }
+
+    /// The names, for error messages that list what exists.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.by_name.keys().copied().collect()
+    }
+}

@@ -1,0 +1,503 @@
+//! The cluster controller: admits each new Abnormal exactly once (validates it, resolves its pod
+//! to a node, routes it to that node's agent) and garbage-collects finished ones.
+
+pub mod admission;
+pub mod gc;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kdiag_api::labels::{NODE_LABEL, node_label_value};
+use kdiag_api::{Abnormal, AbnormalConditionType, AbnormalPhase, AbnormalStatus, ConditionStatus};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::core::DeserializeGuard;
+use kube::core::error_boundary::InvalidObject;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use tokio_util::sync::CancellationToken;
+
+use self::admission::{Decision, PodLookup};
+use crate::builtin::Builtins;
+use crate::metrics::Metrics;
+use crate::pipeline::set_condition;
+use crate::registrations::{AdmissionRegistry, Registrations};
+use crate::time::now;
+
+/// How the controller runs.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// How long to wait for a referenced pod to exist and be scheduled.
+    pub pod_wait: Duration,
+    /// How often garbage collection looks.
+    pub gc_interval: Duration,
+    /// Finished Abnormals older than this are deleted.
+    pub ttl: Duration,
+    /// Per node, finished Abnormals beyond the newest this many are deleted.
+    pub max_finished_per_node: usize,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        Self {
+            pod_wait: Duration::from_secs(60),
+            gc_interval: Duration::from_secs(300),
+            ttl: Duration::from_secs(72 * 3600),
+            max_finished_per_node: 200,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("{operation} of Abnormal {abnormal}: {source}")]
+    Api {
+        abnormal: String,
+        operation: &'static str,
+        source: Box<kube::Error>,
+    },
+}
+
+struct Ctx {
+    client: Client,
+    registrations: Registrations,
+    builtins: Builtins,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+    config: ControllerConfig,
+}
+
+/// Handles to a running controller.
+pub struct ControllerHandle {
+    pub ready: Arc<AtomicBool>,
+    pub store: Store<DeserializeGuard<Abnormal>>,
+}
+
+/// Builds the controller and the future that runs it (admission and GC) until `shutdown`.
+pub fn start(
+    client: Client,
+    config: ControllerConfig,
+    builtins: Builtins,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> (
+    ControllerHandle,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let (registrations, registrations_driver) = Registrations::watch(&client);
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "kdiag-controller".into(),
+            instance: None,
+        },
+    );
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        registrations: registrations.clone(),
+        builtins,
+        recorder,
+        metrics,
+        config,
+    });
+    let api: Api<DeserializeGuard<Abnormal>> = Api::all(client.clone());
+    let controller = Controller::new(api, watcher::Config::default())
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned());
+    let store = controller.store();
+    let ready = Arc::new(AtomicBool::new(false));
+    let handle = ControllerHandle {
+        ready: ready.clone(),
+        store: store.clone(),
+    };
+
+    let driver = async move {
+        let registrations_task = tokio::spawn(registrations_driver);
+        let readiness = {
+            let (store, registrations, ready) =
+                (store.clone(), registrations.clone(), ready.clone());
+            tokio::spawn(async move {
+                crate::ready::store_ready(&store).await;
+                registrations.wait_until_ready().await;
+                ready.store(true, Ordering::Release);
+                tracing::info!("controller ready: watches synced");
+            })
+        };
+        let gc_task = tokio::spawn(collect_garbage(
+            ctx.clone(),
+            store.clone(),
+            shutdown.clone(),
+        ));
+        // Admission needs the registrations: validating against an empty cache would reject
+        // every Abnormal that names a processor.
+        registrations.wait_until_ready().await;
+        controller
+            .run(reconcile, error_policy, ctx)
+            .for_each(|r| async move {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "reconcile");
+                }
+            })
+            .await;
+        gc_task.abort();
+        readiness.abort();
+        registrations_task.abort();
+        tracing::info!("controller stopped");
+    };
+    (handle, driver)
+}
+
+async fn reconcile(
+    obj: Arc<DeserializeGuard<Abnormal>>,
+    ctx: Arc<Ctx>,
+) -> Result<Action, ControllerError> {
+    let abnormal = match &obj.0 {
+        Ok(a) => a,
+        Err(invalid) => return reject_malformed(&ctx, invalid).await,
+    };
+    let status = abnormal.status.clone().unwrap_or_default();
+    match status.phase {
+        None => admit(&ctx, abnormal).await,
+        Some(_) if accepted(&status) && !abnormal.labels().contains_key(NODE_LABEL) => {
+            // Admitted before a restart that came before routing: finish routing, admit nothing again.
+            let node = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == AbnormalConditionType::Accepted)
+                .map(|c| c.message.clone());
+            let node = node
+                .as_deref()
+                .and_then(|m| m.strip_prefix(ROUTED_PREFIX))
+                .unwrap_or(&abnormal.spec.node_name)
+                .to_owned();
+            route(&ctx, abnormal, &node).await?;
+            Ok(Action::await_change())
+        }
+        Some(_) => Ok(Action::await_change()),
+    }
+}
+
+const ROUTED_PREFIX: &str = "routed to node ";
+
+fn accepted(status: &AbnormalStatus) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == AbnormalConditionType::Accepted && c.status == ConditionStatus::True)
+}
+
+async fn admit(ctx: &Ctx, abnormal: &Abnormal) -> Result<Action, ControllerError> {
+    let pod = if abnormal.spec.node_name.is_empty() && abnormal.spec.pod_reference.is_some() {
+        lookup_pod(ctx, abnormal).await?
+    } else {
+        PodLookup::NotNeeded
+    };
+    let waited = abnormal
+        .meta()
+        .creation_timestamp
+        .as_ref()
+        .map(|t| jiff::Timestamp::now().duration_since(t.0).unsigned_abs())
+        .unwrap_or_default();
+    let registry = AdmissionRegistry {
+        registrations: &ctx.registrations,
+        builtins: &ctx.builtins,
+    };
+    let decision = admission::decide(abnormal, &registry, &pod, waited, ctx.config.pod_wait);
+    let api: Api<Abnormal> = Api::namespaced(
+        ctx.client.clone(),
+        &abnormal.namespace().unwrap_or_default(),
+    );
+    let now = now();
+    let mut updated = abnormal.clone();
+    let status = updated.status.get_or_insert_default();
+    match decision {
+        Decision::Admit { node } => {
+            status.phase = Some(AbnormalPhase::InformationCollecting);
+            status.start_time = Some(now.clone());
+            status.reason.clear();
+            status.message.clear();
+            let msg = format!("{ROUTED_PREFIX}{node}");
+            set_condition(
+                &mut status.conditions,
+                AbnormalConditionType::Accepted,
+                ConditionStatus::True,
+                "Accepted",
+                &msg,
+                &now,
+            );
+            // The resourceVersion read makes this write fail if anyone admitted it meanwhile,
+            // so an Abnormal is admitted once even across controller restarts.
+            if !write_status(ctx, &api, &updated).await? {
+                return Ok(Action::requeue(Duration::from_millis(200)));
+            }
+            ctx.metrics
+                .controller
+                .admissions
+                .with_label_values(&["accepted"])
+                .inc();
+            publish(ctx, abnormal, "Accepted", &msg, false).await;
+            route(ctx, abnormal, &node).await?;
+            tracing::info!(abnormal = %key(abnormal), node = %node, "admitted");
+            Ok(Action::await_change())
+        }
+        Decision::Reject { reason, message } => {
+            status.phase = Some(AbnormalPhase::Failed);
+            status.reason = reason.into();
+            status.message = message.clone();
+            set_condition(
+                &mut status.conditions,
+                AbnormalConditionType::Accepted,
+                ConditionStatus::False,
+                reason,
+                &message,
+                &now,
+            );
+            if !write_status(ctx, &api, &updated).await? {
+                return Ok(Action::requeue(Duration::from_millis(200)));
+            }
+            ctx.metrics
+                .controller
+                .admissions
+                .with_label_values(&["rejected"])
+                .inc();
+            publish(ctx, abnormal, "Rejected", &message, true).await;
+            tracing::info!(abnormal = %key(abnormal), reason, message = %message, "rejected");
+            Ok(Action::await_change())
+        }
+        Decision::Wait {
+            reason,
+            message,
+            retry_after,
+        } => {
+            if status.reason != reason || status.message != message {
+                status.reason = reason.into();
+                status.message = message;
+                write_status(ctx, &api, &updated).await?;
+            }
+            ctx.metrics
+                .controller
+                .admissions
+                .with_label_values(&["waiting"])
+                .inc();
+            Ok(Action::requeue(retry_after))
+        }
+    }
+}
+
+async fn lookup_pod(ctx: &Ctx, abnormal: &Abnormal) -> Result<PodLookup, ControllerError> {
+    let key = admission::pod_key(abnormal);
+    let (ns, name) = key.split_once('/').unwrap_or_default();
+    match Api::<Pod>::namespaced(ctx.client.clone(), ns)
+        .get_opt(name)
+        .await
+    {
+        Ok(Some(pod)) => Ok(PodLookup::Found {
+            node: pod.spec.and_then(|s| s.node_name),
+        }),
+        Ok(None) => Ok(PodLookup::Missing),
+        Err(e) => Err(api_error(ctx, abnormal, "get pod", e)),
+    }
+}
+
+/// Labels the Abnormal for its node's agent and records the node in spec.nodeName.
+async fn route(ctx: &Ctx, abnormal: &Abnormal, node: &str) -> Result<(), ControllerError> {
+    let api: Api<Abnormal> = Api::namespaced(
+        ctx.client.clone(),
+        &abnormal.namespace().unwrap_or_default(),
+    );
+    let patch = serde_json::json!({
+        "metadata": {"labels": {NODE_LABEL: node_label_value(node)}},
+        "spec": {"nodeName": node},
+    });
+    api.patch(
+        &abnormal.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map_err(|e| api_error(ctx, abnormal, "patch labels", e))?;
+    Ok(())
+}
+
+/// Writes status with a resourceVersion precondition. False when the object changed meanwhile.
+async fn write_status(
+    ctx: &Ctx,
+    api: &Api<Abnormal>,
+    abnormal: &Abnormal,
+) -> Result<bool, ControllerError> {
+    match api
+        .replace_status(&abnormal.name_any(), &PostParams::default(), abnormal)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(e) => Err(api_error(ctx, abnormal, "replace_status", e)),
+    }
+}
+
+async fn reject_malformed(ctx: &Ctx, invalid: &InvalidObject) -> Result<Action, ControllerError> {
+    let ns = invalid.metadata.namespace.clone().unwrap_or_default();
+    let name = invalid.metadata.name.clone().unwrap_or_default();
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        ctx.client.clone(),
+        &ns,
+        &kube::api::ApiResource::erase::<Abnormal>(&()),
+    );
+    let err = |e| ControllerError::Api {
+        abnormal: format!("{ns}/{name}"),
+        operation: "reject malformed",
+        source: Box::new(e),
+    };
+    let raw = api.get(&name).await.map_err(err)?;
+    if raw.data["status"]["phase"].as_str().is_some() {
+        return Ok(Action::await_change());
+    }
+    let message = format!(
+        "kdiag cannot read this Abnormal: {}; fix it and create it again",
+        invalid.error
+    );
+    let patch = serde_json::json!({"status": {"phase": "Failed", "reason": "InvalidAbnormal", "message": message,
+        "conditions": [{"type": "Accepted", "status": "False", "reason": "InvalidAbnormal", "message": message,
+                        "lastTransitionTime": now()}]}});
+    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(err)?;
+    ctx.metrics
+        .controller
+        .admissions
+        .with_label_values(&["rejected"])
+        .inc();
+    tracing::info!(abnormal = %format!("{ns}/{name}"), error = %invalid.error, "rejected malformed Abnormal");
+    Ok(Action::await_change())
+}
+
+fn error_policy(
+    _obj: Arc<DeserializeGuard<Abnormal>>,
+    error: &ControllerError,
+    _ctx: Arc<Ctx>,
+) -> Action {
+    tracing::warn!(error = %error, "admission failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+async fn publish(ctx: &Ctx, abnormal: &Abnormal, reason: &str, note: &str, warning: bool) {
+    let ev = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Admit".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &abnormal.object_ref(&())).await {
+        ctx.metrics
+            .controller
+            .api_errors
+            .with_label_values(&["create_event"])
+            .inc();
+        tracing::warn!(abnormal = %key(abnormal), error = %e, "recording an event");
+    }
+}
+
+/// Every gc_interval: deletes finished Abnormals past the TTL or beyond the per-node maximum.
+async fn collect_garbage(
+    ctx: Arc<Ctx>,
+    store: Store<DeserializeGuard<Abnormal>>,
+    shutdown: CancellationToken,
+) {
+    crate::ready::store_ready(&store).await;
+    loop {
+        let finished: Vec<gc::Finished> = store
+            .state()
+            .iter()
+            .filter_map(|o| o.0.as_ref().ok())
+            .filter_map(gc::finished)
+            .collect();
+        let picked = gc::select(
+            &finished,
+            jiff::Timestamp::now(),
+            ctx.config.ttl,
+            ctx.config.max_finished_per_node,
+        );
+        for (f, reason) in picked {
+            let api: Api<Abnormal> = Api::namespaced(ctx.client.clone(), &f.namespace);
+            let dp = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: Some(f.uid.clone()),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            match api.delete(&f.name, &dp).await {
+                Ok(_) => {
+                    ctx.metrics
+                        .controller
+                        .garbage_collected
+                        .with_label_values(&[reason.as_str()])
+                        .inc();
+                    ctx.metrics.controller.original_gc_success.inc();
+                    tracing::debug!(abnormal = %format!("{}/{}", f.namespace, f.name), reason = reason.as_str(), "garbage-collected");
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+                Err(e) => {
+                    ctx.metrics.controller.original_gc_error.inc();
+                    tracing::warn!(abnormal = %format!("{}/{}", f.namespace, f.name), error = %e, "garbage collection");
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(ctx.config.gc_interval) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Counts a store's Abnormals by phase ("" for not yet admitted).
+pub fn count_by_phase(store: &Store<DeserializeGuard<Abnormal>>) -> BTreeMap<&'static str, i64> {
+    let mut counts: BTreeMap<&'static str, i64> = BTreeMap::new();
+    for phase in AbnormalPhase::ALL {
+        counts.insert(phase.as_str(), 0);
+    }
+    counts.insert("", 0);
+    for o in store.state() {
+        let phase =
+            o.0.as_ref()
+                .ok()
+                .and_then(|a| a.phase())
+                .map(AbnormalPhase::as_str)
+                .unwrap_or("");
+        *counts.entry(phase).or_default() += 1;
+    }
+    counts
+}
+
+fn api_error(
+    ctx: &Ctx,
+    abnormal: &Abnormal,
+    operation: &'static str,
+    e: kube::Error,
+) -> ControllerError {
+    ctx.metrics
+        .controller
+        .api_errors
+        .with_label_values(&[operation])
+        .inc();
+    ControllerError::Api {
+        abnormal: key(abnormal),
+        operation,
+        source: Box::new(e),
+    }
+}
+
+fn key(a: &Abnormal) -> String {
+    format!("{}/{}", a.namespace().unwrap_or_default(), a.name_any())
+}

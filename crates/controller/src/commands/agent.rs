@@ -1,0 +1,97 @@
+//! `kdiag agent`: the node agent and its HTTP server.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use kdiag_api::AbnormalPhase;
+
+use super::{CommandError, runtime};
+use crate::agent::{self, AgentConfig};
+use crate::builtin::Builtins;
+use crate::cli::AgentArgs;
+use crate::cluster::count_by_phase;
+use crate::metrics::Metrics;
+use crate::pipeline::Limits;
+use crate::server::{self, ProcessorService, ServerState};
+
+pub async fn run(args: AgentArgs) -> Result<ExitCode, CommandError> {
+    if args.node_name.trim().is_empty() {
+        return Err("--node-name (or NODE_NAME) is empty: the agent must know which node's Abnormals to process".into());
+    }
+    let client = runtime::client().await?;
+    let shutdown = runtime::shutdown_on_signals();
+    let metrics = Arc::new(Metrics::new());
+    let (handle, driver) = agent::start(
+        client.clone(),
+        agent_config(&args),
+        Builtins::standard(),
+        metrics.clone(),
+        shutdown.clone(),
+    );
+    let state = agent_server_state(&args, client, &metrics, &handle);
+    let addr = SocketAddr::new(args.server.bind_address, args.server.port);
+    let serving = server::serve(addr, state, shutdown.clone().cancelled_owned())
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot listen on {addr}: {e} (another process on the port? choose one with --port)"
+            )
+        })?;
+    let server_task = tokio::spawn(serving);
+    driver.await;
+    shutdown.cancel();
+    let _ = server_task.await;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn agent_config(args: &AgentArgs) -> AgentConfig {
+    let advertise = args
+        .advertise_address
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| args.node_name.clone());
+    AgentConfig {
+        node_name: args.node_name.clone(),
+        concurrency: args.concurrency,
+        limits: Limits {
+            max_step_output_bytes: args.max_step_output_bytes,
+            max_context_bytes: args.max_context_bytes,
+        },
+        command_output_cap: kdiag_recoverers::command::DEFAULT_OUTPUT_CAP,
+        policy_configmap: (args.policy_namespace.clone(), args.policy_configmap.clone()),
+        data_root: args.data_root.clone(),
+        public_url: format!("http://{advertise}:{}", args.server.port),
+    }
+}
+
+/// The agent's part of the HTTP server: readiness, phase gauges, built-ins.
+pub fn agent_server_state(
+    args: &AgentArgs,
+    client: kube::Client,
+    metrics: &Arc<Metrics>,
+    handle: &agent::AgentHandle,
+) -> ServerState {
+    let (m, store) = (metrics.clone(), handle.store.clone());
+    ServerState {
+        metrics: metrics.clone(),
+        refresh: Arc::new(move || {
+            let counts = count_by_phase(&store);
+            let total: i64 = counts.values().sum();
+            for (phase, n) in counts {
+                if phase.is_empty() || phase == AbnormalPhase::Unknown.as_str() {
+                    continue;
+                }
+                m.agent.abnormals.with_label_values(&[phase]).set(n);
+            }
+            m.agent.original.node_abnormal_count.set(total);
+        }),
+        ready: vec![("the agent's watches".into(), handle.ready.clone())],
+        processors: Some(ProcessorService {
+            builtins: Builtins::standard(),
+            client,
+            node_name: args.node_name.clone(),
+            max_output_bytes: args.max_step_output_bytes,
+            data_root: args.data_root.clone(),
+        }),
+    }
+}

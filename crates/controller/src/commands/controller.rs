@@ -1,0 +1,65 @@
+//! `kdiag controller`: the cluster controller and its HTTP server.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use super::{CommandError, runtime};
+use crate::builtin::Builtins;
+use crate::cli::ControllerArgs;
+use crate::cluster::{self, ControllerConfig, count_by_phase};
+use crate::metrics::Metrics;
+use crate::server::{self, ServerState};
+
+pub async fn run(args: ControllerArgs) -> Result<ExitCode, CommandError> {
+    let client = runtime::client().await?;
+    let shutdown = runtime::shutdown_on_signals();
+    let metrics = Arc::new(Metrics::new());
+    let (handle, driver) = cluster::start(
+        client,
+        controller_config(&args),
+        Builtins::standard(),
+        metrics.clone(),
+        shutdown.clone(),
+    );
+    let state = controller_server_state(&metrics, &handle);
+    let addr = SocketAddr::new(args.server.bind_address, args.server.port);
+    let serving = server::serve(addr, state, shutdown.clone().cancelled_owned())
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot listen on {addr}: {e} (another process on the port? choose one with --port)"
+            )
+        })?;
+    let server_task = tokio::spawn(serving);
+    driver.await;
+    shutdown.cancel();
+    let _ = server_task.await;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn controller_config(args: &ControllerArgs) -> ControllerConfig {
+    ControllerConfig {
+        pod_wait: args.pod_wait,
+        gc_interval: args.gc_interval,
+        ttl: args.abnormal_ttl,
+        max_finished_per_node: args.max_finished_per_node,
+    }
+}
+
+pub fn controller_server_state(
+    metrics: &Arc<Metrics>,
+    handle: &cluster::ControllerHandle,
+) -> ServerState {
+    let (m, store) = (metrics.clone(), handle.store.clone());
+    ServerState {
+        metrics: metrics.clone(),
+        refresh: Arc::new(move || {
+            for (phase, n) in count_by_phase(&store) {
+                m.controller.abnormals.with_label_values(&[phase]).set(n);
+            }
+        }),
+        ready: vec![("the controller's watches".into(), handle.ready.clone())],
+        processors: None,
+    }
+}

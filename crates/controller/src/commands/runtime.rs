@@ -1,0 +1,60 @@
+//! What long-running commands share: the async runtime, logging, the client, signals.
+
+use std::process::ExitCode;
+
+use kube::Client;
+use tokio_util::sync::CancellationToken;
+
+use super::CommandError;
+use crate::cli::LogFormat;
+
+pub fn block_on(
+    f: impl std::future::Future<Output = Result<ExitCode, CommandError>>,
+) -> Result<ExitCode, CommandError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,kube=warn,kube_runtime=warn,hyper=warn,warp=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// A client from the in-cluster service account or the kubeconfig, like kubectl.
+pub async fn client() -> Result<Client, CommandError> {
+    Client::try_default().await.map_err(|e| {
+        format!("cannot reach Kubernetes: {e}. Run inside a pod with a service account, or set KUBECONFIG to a kubeconfig").into()
+    })
+}
+
+/// A token cancelled on the first SIGTERM or SIGINT.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: finishing running steps, then stopping"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: finishing running steps, then stopping"),
+        }
+        t.cancel();
+    });
+    token
+}

@@ -1,0 +1,491 @@
+//! The state machine, case by case.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kdiag_api::*;
+use serde_json::json;
+
+use super::*;
+
+fn now() -> Time {
+    Time("2026-11-22T10:00:00Z".parse().unwrap())
+}
+
+fn abnormal(spec: serde_json::Value) -> Abnormal {
+    let mut a: Abnormal = serde_json::from_value(json!({
+        "apiVersion": "diagnosis.netease.com/v1", "kind": "Abnormal",
+        "metadata": {"name": "a", "namespace": "default"}, "spec": spec
+    }))
+    .unwrap();
+    a.status = Some(AbnormalStatus {
+        phase: Some(AbnormalPhase::InformationCollecting),
+        ..Default::default()
+    });
+    a
+}
+
+fn ok(message: &str) -> StepResult {
+    StepResult {
+        result: ProcessorResult::Succeeded,
+        message: message.into(),
+        start_time: now(),
+        duration_ms: 5,
+        output: StepOutput::None,
+    }
+}
+
+fn failed(message: &str) -> StepResult {
+    StepResult {
+        result: ProcessorResult::Failed,
+        message: message.into(),
+        ..ok("")
+    }
+}
+
+fn with_context(key: &str, value: serde_json::Value) -> StepResult {
+    StepResult {
+        output: StepOutput::Processor {
+            context: [(key.to_owned(), value)].into(),
+            root_cause: None,
+            command_executors: None,
+            profilers: None,
+        },
+        ..ok("collected")
+    }
+}
+
+fn expect_run(a: &Abnormal) -> Step {
+    match next(a) {
+        Next::Run(step) => step,
+        other => panic!("expected a step to run, got {other:?}"),
+    }
+}
+
+/// Drives an Abnormal to a final phase, answering each step with `answer(label)`.
+fn drive(a: &mut Abnormal, answer: impl Fn(&Step) -> StepResult) -> Vec<StageEvent> {
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        match next(a) {
+            Next::Idle => return events,
+            Next::Run(step) => {
+                let r = answer(&step);
+                apply_step(a, &step, r, Limits::default());
+            }
+            Next::Abandon(step) => apply_step(a, &step, abandoned(&now()), Limits::default()),
+            Next::EndStage(stage, outcome) => events.push(end_stage(a, stage, &outcome, &now())),
+        }
+    }
+    panic!("did not finish");
+}
+
+fn condition(a: &Abnormal, t: AbnormalConditionType) -> AbnormalCondition {
+    a.status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == t)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {t:?} condition"))
+}
+
+fn seed() -> Abnormal {
+    abnormal(json!({
+        "assignedDiagnosers": [{"name": "pod-disk-usage-diagnoser", "namespace": "kube-diagnoser"}],
+        "assignedInformationCollectors": [{"name": "pod-collector", "namespace": "kube-diagnoser"}],
+        "nodeName": "10.177.16.22", "skipDiagnosis": false, "skipInformationCollection": false, "skipRecovery": true,
+        "source": "Custom"
+    }))
+}
+
+#[test]
+fn the_seed_readme_abnormal_collects_diagnoses_skips_recovery_and_succeeds() {
+    let mut a = seed();
+    let events = drive(&mut a, |step| match step.label.as_str() {
+        "kube-diagnoser/pod-collector" => with_context("podInformation", json!([])),
+        "kube-diagnoser/pod-disk-usage-diagnoser" => ok("pod x uses 90% of the disk"),
+        other => panic!("unexpected step {other}"),
+    });
+    let st = a.status.as_ref().unwrap();
+    assert_eq!(st.phase, Some(AbnormalPhase::Succeeded));
+    assert!(st.identifiable);
+    assert!(!st.recoverable);
+    assert_eq!(
+        st.diagnoser,
+        Some(NamespacedName::new(
+            "kube-diagnoser",
+            "pod-disk-usage-diagnoser"
+        ))
+    );
+    assert_eq!(
+        condition(&a, AbnormalConditionType::InformationCollected).status,
+        ConditionStatus::True
+    );
+    assert_eq!(
+        condition(&a, AbnormalConditionType::Identified).status,
+        ConditionStatus::True
+    );
+    let recovered = condition(&a, AbnormalConditionType::Recovered);
+    assert_eq!(
+        (recovered.status, recovered.reason.as_str()),
+        (ConditionStatus::False, "Skipped")
+    );
+    assert!(
+        recovered.message.contains("skipRecovery is true"),
+        "{}",
+        recovered.message
+    );
+    let reasons: Vec<_> = events.iter().map(|e| e.reason).collect();
+    assert_eq!(reasons, ["Collected", "Identified", "SkippingRecovery"]);
+    assert_eq!(st.context.as_ref().unwrap()["podInformation"], json!([]));
+}
+
+#[test]
+fn steps_run_commands_then_profilers_then_processors_in_the_order_listed() {
+    let a = abnormal(json!({
+        "nodeName": "n",
+        "assignedInformationCollectors": [{"name": "c-zeta"}, {"name": "a-alpha", "namespace": "kube-diagnoser"}, {"name": "m-mid"}],
+        "commandExecutors": [
+            {"command": ["uptime"], "type": "Diagnoser"},
+            {"command": ["ps", "aux"], "type": "InformationCollector"},
+        ],
+        "profilers": [{"name": "heap", "type": "InformationCollector", "go": {"source": "http://127.0.0.1:6060/debug/pprof/heap"}}]
+    }));
+    let labels: Vec<String> = plan(&a, Stage::InformationCollecting)
+        .into_iter()
+        .map(|s| s.label)
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "ps aux",
+            "profiler heap",
+            "default/c-zeta",
+            "kube-diagnoser/a-alpha",
+            "default/m-mid"
+        ]
+    );
+    let labels: Vec<String> = plan(&a, Stage::Diagnosing)
+        .into_iter()
+        .map(|s| s.label)
+        .collect();
+    assert_eq!(labels, ["uptime"]);
+}
+
+#[test]
+fn every_collector_runs_and_one_success_is_enough() {
+    let mut a = abnormal(
+        json!({"nodeName": "n", "assignedInformationCollectors": [{"name": "a"}, {"name": "b"}, {"name": "c"}]}),
+    );
+    let mut ran = Vec::new();
+    while let Next::Run(step) = next(&a) {
+        ran.push(step.label.clone());
+        let r = if step.label.ends_with("/b") {
+            ok("fine")
+        } else {
+            failed("refused")
+        };
+        apply_step(&mut a, &step, r, Limits::default());
+    }
+    assert_eq!(ran, ["default/a", "default/b", "default/c"]);
+    assert_eq!(
+        next(&a),
+        Next::EndStage(
+            Stage::InformationCollecting,
+            StageOutcome::Succeeded {
+                by: None,
+                succeeded: 1,
+                total: 3
+            }
+        )
+    );
+}
+
+#[test]
+fn the_first_diagnoser_to_succeed_wins_and_the_rest_are_recorded_as_skipped() {
+    let mut a = abnormal(
+        json!({"nodeName": "n", "assignedDiagnosers": [{"name": "d1"}, {"name": "d2"}, {"name": "d3"}]}),
+    );
+    let ran = std::cell::RefCell::new(Vec::new());
+    drive(&mut a, |step| {
+        ran.borrow_mut().push(step.label.clone());
+        if step.label.ends_with("d2") {
+            ok("found it")
+        } else {
+            failed("nothing")
+        }
+    });
+    assert_eq!(*ran.borrow(), ["default/d1", "default/d2"]);
+    let st = a.status.unwrap();
+    assert_eq!(st.diagnoser, Some(NamespacedName::new("default", "d2")));
+    let d3 = st
+        .processors
+        .iter()
+        .find(|r| r.processor == "default/d3")
+        .unwrap();
+    assert_eq!(d3.result, ProcessorResult::Skipped);
+    assert_eq!(st.phase, Some(AbnormalPhase::Succeeded));
+}
+
+#[test]
+fn when_every_diagnoser_fails_the_abnormal_fails_with_each_message() {
+    let mut a =
+        abnormal(json!({"nodeName": "n", "assignedDiagnosers": [{"name": "d1"}, {"name": "d2"}]}));
+    let events = drive(&mut a, |step| {
+        failed(&format!("{} found nothing", step.label))
+    });
+    let st = a.status.as_ref().unwrap();
+    assert_eq!(st.phase, Some(AbnormalPhase::Failed));
+    assert_eq!(st.reason, "NotIdentified");
+    assert!(
+        st.message.contains("default/d1: default/d1 found nothing")
+            && st.message.contains("default/d2"),
+        "{}",
+        st.message
+    );
+    assert!(!st.identifiable);
+    assert!(events.last().unwrap().warning);
+    assert_eq!(events.last().unwrap().reason, "FailedIdentify");
+}
+
+#[test]
+fn when_no_collector_succeeds_diagnosis_never_starts() {
+    let mut a = abnormal(
+        json!({"nodeName": "n", "assignedInformationCollectors": [{"name": "c"}], "assignedDiagnosers": [{"name": "d"}]}),
+    );
+    drive(&mut a, |step| {
+        assert!(!step.label.ends_with("/d"), "diagnoser must not run");
+        failed("connection refused")
+    });
+    let st = a.status.unwrap();
+    assert_eq!(st.phase, Some(AbnormalPhase::Failed));
+    assert_eq!(st.reason, "CollectionFailed");
+}
+
+#[test]
+fn empty_lists_skip_their_stage_without_claiming_success() {
+    let mut a = abnormal(json!({"nodeName": "n"}));
+    let events = drive(&mut a, |_| panic!("nothing to run"));
+    let st = a.status.as_ref().unwrap();
+    assert_eq!(st.phase, Some(AbnormalPhase::Succeeded));
+    for t in [
+        AbnormalConditionType::InformationCollected,
+        AbnormalConditionType::Identified,
+        AbnormalConditionType::Recovered,
+    ] {
+        let c = condition(&a, t);
+        assert_eq!(
+            (c.status, c.reason.as_str()),
+            (ConditionStatus::False, "Skipped"),
+            "{t:?}"
+        );
+    }
+    assert!(!st.identifiable && st.diagnoser.is_none());
+    let reasons: Vec<_> = events.iter().map(|e| e.reason).collect();
+    assert_eq!(
+        reasons,
+        [
+            "SkippingCollection",
+            "SkippingDiagnosis",
+            "SkippingRecovery"
+        ]
+    );
+}
+
+#[test]
+fn a_stage_with_only_commands_runs_them_and_then_counts_as_skipped() {
+    let mut a = abnormal(
+        json!({"nodeName": "n", "commandExecutors": [{"command": ["ps", "aux"], "type": "InformationCollector"}]}),
+    );
+    let step = expect_run(&a);
+    assert_eq!(step.kind, StepKind::Command(0));
+    assert!(needs_intent(&step));
+    apply_step(&mut a, &step, ok("exit 0"), Limits::default());
+    assert!(matches!(
+        next(&a),
+        Next::EndStage(Stage::InformationCollecting, StageOutcome::Skipped(_))
+    ));
+}
+
+#[test]
+fn a_recovery_found_running_after_a_restart_is_never_run_again() {
+    let mut a = abnormal(
+        json!({"nodeName": "n", "assignedRecoverers": [{"name": "signal-recoverer", "namespace": "kube-diagnoser"}]}),
+    );
+    a.status.as_mut().unwrap().phase = Some(AbnormalPhase::Recovering);
+    let step = expect_run(&a);
+    assert!(needs_intent(&step));
+    mark_running(&mut a, &step, &now());
+    // The agent dies here. A new one reads the persisted status:
+    let Next::EndStage(stage, outcome) = next(&a) else {
+        panic!("expected the stage to end")
+    };
+    assert_eq!(
+        outcome,
+        StageOutcome::RecoveryInterrupted("kube-diagnoser/signal-recoverer".into())
+    );
+    let event = end_stage(&mut a, stage, &outcome, &now());
+    assert_eq!(event.reason, "RecoveryInterrupted");
+    let st = a.status.unwrap();
+    assert_eq!(st.phase, Some(AbnormalPhase::Failed));
+    assert_eq!(st.reason, "RecoveryInterrupted");
+    assert_eq!(
+        st.processors.len(),
+        1,
+        "the recoverer is recorded once, as failed"
+    );
+    assert_eq!(st.processors[0].result, ProcessorResult::Failed);
+}
+
+#[test]
+fn an_interrupted_command_is_abandoned_and_the_stage_goes_on() {
+    let mut a = abnormal(
+        json!({"nodeName": "n", "assignedInformationCollectors": [{"name": "c"}],
+        "commandExecutors": [{"command": ["kill", "-10", "1000"], "type": "InformationCollector"}]}),
+    );
+    let step = expect_run(&a);
+    mark_running(&mut a, &step, &now());
+    assert_eq!(next(&a), Next::Abandon(step.clone()));
+    apply_step(&mut a, &step, abandoned(&now()), Limits::default());
+    assert_eq!(expect_run(&a).label, "default/c");
+    assert_eq!(a.status.as_ref().unwrap().processors.len(), 1);
+}
+
+#[test]
+fn a_restarted_agent_resumes_after_the_last_recorded_step() {
+    let mut a = abnormal(
+        json!({"nodeName": "n", "assignedInformationCollectors": [{"name": "a"}, {"name": "b"}]}),
+    );
+    let first = expect_run(&a);
+    apply_step(&mut a, &first, ok("done"), Limits::default());
+    // Serialize and read back, as a new agent would.
+    let a: Abnormal = serde_json::from_value(serde_json::to_value(&a).unwrap()).unwrap();
+    assert_eq!(expect_run(&a).label, "default/b");
+}
+
+#[test]
+fn an_output_over_the_cap_fails_the_step_and_keeps_nothing() {
+    let mut a =
+        abnormal(json!({"nodeName": "n", "assignedInformationCollectors": [{"name": "big"}]}));
+    let step = expect_run(&a);
+    let limits = Limits {
+        max_step_output_bytes: 100,
+        max_context_bytes: 1000,
+    };
+    apply_step(
+        &mut a,
+        &step,
+        with_context("podInformation", json!("x".repeat(200))),
+        limits,
+    );
+    let st = a.status.as_ref().unwrap();
+    assert_eq!(st.processors[0].result, ProcessorResult::Failed);
+    assert!(
+        st.processors[0]
+            .message
+            .contains("exceeds the per-step cap of 100 bytes"),
+        "{}",
+        st.processors[0].message
+    );
+    assert!(st.context.is_none());
+}
+
+#[test]
+fn context_that_would_outgrow_the_total_cap_is_refused() {
+    let mut a = abnormal(
+        json!({"nodeName": "n", "assignedInformationCollectors": [{"name": "a"}, {"name": "b"}]}),
+    );
+    let limits = Limits {
+        max_step_output_bytes: 1000,
+        max_context_bytes: 1200,
+    };
+    let s1 = expect_run(&a);
+    apply_step(
+        &mut a,
+        &s1,
+        with_context("one", json!("x".repeat(700))),
+        limits,
+    );
+    let s2 = expect_run(&a);
+    apply_step(
+        &mut a,
+        &s2,
+        with_context("two", json!("y".repeat(700))),
+        limits,
+    );
+    let st = a.status.as_ref().unwrap();
+    assert_eq!(st.processors[0].result, ProcessorResult::Succeeded);
+    assert_eq!(st.processors[1].result, ProcessorResult::Failed);
+    assert!(
+        st.processors[1]
+            .message
+            .contains("over the cap of 1200 bytes")
+    );
+    assert!(!st.context.as_ref().unwrap().contains_key("two"));
+}
+
+#[test]
+fn abnormals_not_yet_admitted_or_already_final_need_nothing() {
+    let mut a = seed();
+    a.status = None;
+    assert_eq!(next(&a), Next::Idle);
+    for phase in [
+        AbnormalPhase::Succeeded,
+        AbnormalPhase::Failed,
+        AbnormalPhase::Unknown,
+    ] {
+        a.status = Some(AbnormalStatus {
+            phase: Some(phase),
+            ..Default::default()
+        });
+        assert_eq!(next(&a), Next::Idle, "{phase:?}");
+    }
+}
+
+#[test]
+fn a_skip_flag_skips_the_stage_and_its_commands() {
+    let mut a = abnormal(json!({"nodeName": "n", "skipInformationCollection": true,
+        "assignedInformationCollectors": [{"name": "c"}],
+        "commandExecutors": [{"command": ["ps"], "type": "InformationCollector"}]}));
+    assert_eq!(
+        next(&a),
+        Next::EndStage(
+            Stage::InformationCollecting,
+            StageOutcome::Skipped("skipInformationCollection is true".into())
+        )
+    );
+    drive(&mut a, |_| panic!("nothing runs"));
+    assert_eq!(a.phase(), Some(AbnormalPhase::Succeeded));
+}
+
+#[test]
+fn a_diagnosers_root_cause_lands_in_status_and_in_the_event() {
+    let mut a = abnormal(json!({"nodeName": "n", "assignedDiagnosers": [{"name": "d"}]}));
+    let events = drive(&mut a, |_| StepResult {
+        output: StepOutput::Processor {
+            context: Default::default(),
+            root_cause: Some(RootCause {
+                summary: "disk full".into(),
+                reason: "DiskFull".into(),
+                ..Default::default()
+            }),
+            command_executors: None,
+            profilers: None,
+        },
+        ..ok("identified")
+    });
+    assert_eq!(
+        a.status
+            .as_ref()
+            .unwrap()
+            .root_cause
+            .as_ref()
+            .unwrap()
+            .reason,
+        "DiskFull"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason == "Identified" && e.message.contains("disk full"))
+    );
+}

@@ -1,0 +1,549 @@
+//! What comes next for an Abnormal, and how a step's result or a stage's end changes its status.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kdiag_api::{
+    Abnormal, AbnormalPhase, AbnormalStatus, CommandExecutorStatus, ConditionStatus,
+    NamespacedName, ProcessorKind, ProcessorRecord, ProcessorResult, ProfilerStatus, RootCause,
+    Stage,
+};
+
+use super::conditions::set_condition;
+use super::plan::{Step, StepKind, plan};
+
+/// Bounds on what steps may add to an Abnormal, so its status always fits in one apiserver
+/// write (etcd refuses requests over 1.5 MiB).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The most bytes (as JSON) one step's output may have.
+    pub max_step_output_bytes: usize,
+    /// The most bytes (as JSON) status.context may grow to.
+    pub max_context_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_step_output_bytes: 512 * 1024,
+            max_context_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// What the agent should do next with an Abnormal.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    /// Nothing: not admitted yet, or already in a final phase.
+    Idle,
+    /// Run this step.
+    Run(Step),
+    /// A step with side effects was started before a restart and never recorded as ended. It may
+    /// have acted, so it is recorded as failed and never run again.
+    Abandon(Step),
+    /// The stage is over; apply this outcome with [`end_stage`].
+    EndStage(Stage, StageOutcome),
+}
+
+/// How a stage ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StageOutcome {
+    /// No processor ran: the stage's list is empty or its skip flag is set. The text says which.
+    Skipped(String),
+    /// Collection: at least one collector succeeded. Diagnosis, recovery: `by` succeeded first.
+    Succeeded {
+        by: Option<String>,
+        succeeded: usize,
+        total: usize,
+    },
+    /// No processor succeeded; one "label: message" per processor that ran.
+    Failed(Vec<String>),
+    /// A recoverer was started and the agent stopped before it ended: it is not run again.
+    RecoveryInterrupted(String),
+}
+
+/// The result of running one step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepResult {
+    pub result: ProcessorResult,
+    pub message: String,
+    pub start_time: Time,
+    pub duration_ms: i64,
+    pub output: StepOutput,
+}
+
+/// What a step adds to the status besides its record.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum StepOutput {
+    #[default]
+    None,
+    Processor {
+        context: BTreeMap<String, serde_json::Value>,
+        root_cause: Option<RootCause>,
+        /// Set by HTTP plugins that changed status.commandExecutors (allowed by the protocol).
+        command_executors: Option<Vec<CommandExecutorStatus>>,
+        /// Set by HTTP plugins that changed status.profilers.
+        profilers: Option<Vec<ProfilerStatus>>,
+    },
+    Command(CommandExecutorStatus),
+    Profiler(ProfilerStatus),
+}
+
+/// An Event to record for a stage's end.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageEvent {
+    pub reason: &'static str,
+    pub message: String,
+    pub warning: bool,
+}
+
+/// True when a step must be recorded as Running before it runs, because running it twice could
+/// do harm: commands (policy may allow ones that change the node) and recoverers.
+pub fn needs_intent(step: &Step) -> bool {
+    match step.kind {
+        StepKind::Command(_) => true,
+        StepKind::Processor(_) => step.stage == Stage::Recovering,
+        StepKind::Profiler(_) => false,
+    }
+}
+
+/// What comes next, from the Abnormal alone.
+pub fn next(abnormal: &Abnormal) -> Next {
+    let stage = match abnormal.phase() {
+        Some(AbnormalPhase::InformationCollecting) => Stage::InformationCollecting,
+        Some(AbnormalPhase::Diagnosing) => Stage::Diagnosing,
+        Some(AbnormalPhase::Recovering) => Stage::Recovering,
+        _ => return Next::Idle,
+    };
+    let steps = plan(abnormal, stage);
+    let records: Vec<&ProcessorRecord> = stage_records(abnormal, stage).collect();
+
+    let mut done = records.len();
+    if let Some(last) = records.last()
+        && last.result == ProcessorResult::Running
+    {
+        done -= 1;
+        if let Some(step) = steps.get(done) {
+            if step.stage == Stage::Recovering && step.is_processor() {
+                return Next::EndStage(
+                    stage,
+                    StageOutcome::RecoveryInterrupted(step.label.clone()),
+                );
+            }
+            if needs_intent(step) {
+                return Next::Abandon(step.clone());
+            }
+        }
+        // A step without side effects: run it again.
+    }
+
+    if stage != Stage::InformationCollecting
+        && let Some(winner) = records
+            .iter()
+            .find(|r| r.kind == ProcessorKind::Processor && r.result == ProcessorResult::Succeeded)
+    {
+        let total = steps.iter().filter(|s| s.is_processor()).count();
+        return Next::EndStage(
+            stage,
+            StageOutcome::Succeeded {
+                by: Some(winner.processor.clone()),
+                succeeded: 1,
+                total,
+            },
+        );
+    }
+    if let Some(step) = steps.get(done) {
+        return Next::Run(step.clone());
+    }
+
+    let processors: Vec<&&ProcessorRecord> = records
+        .iter()
+        .filter(|r| r.kind == ProcessorKind::Processor)
+        .collect();
+    if !steps.iter().any(Step::is_processor) {
+        let why = if abnormal.skip_flag(stage) {
+            format!("{} is true", skip_flag_name(stage))
+        } else {
+            format!("no {} assigned", processor_plural(stage))
+        };
+        return Next::EndStage(stage, StageOutcome::Skipped(why));
+    }
+    let succeeded = processors
+        .iter()
+        .filter(|r| r.result == ProcessorResult::Succeeded)
+        .count();
+    if stage == Stage::InformationCollecting && succeeded > 0 {
+        return Next::EndStage(
+            stage,
+            StageOutcome::Succeeded {
+                by: None,
+                succeeded,
+                total: processors.len(),
+            },
+        );
+    }
+    let failures = processors
+        .iter()
+        .map(|r| format!("{}: {}", r.processor, r.message))
+        .collect();
+    Next::EndStage(stage, StageOutcome::Failed(failures))
+}
+
+fn stage_records(abnormal: &Abnormal, stage: Stage) -> impl Iterator<Item = &ProcessorRecord> {
+    abnormal
+        .status
+        .iter()
+        .flat_map(|s| s.processors.iter())
+        .filter(move |r| r.stage == stage)
+}
+
+/// Records that `step` has started. Persist this before acting when [`needs_intent`] says so.
+pub fn mark_running(abnormal: &mut Abnormal, step: &Step, now: &Time) {
+    status_mut(abnormal).processors.push(ProcessorRecord {
+        processor: step.label.clone(),
+        kind: step.record_kind(),
+        stage: step.stage,
+        result: ProcessorResult::Running,
+        message: String::new(),
+        start_time: now.clone(),
+        duration_milliseconds: None,
+    });
+}
+
+/// Records a step's result and merges its output. An output over the limits fails the step with
+/// a message saying so, and nothing of it is merged.
+pub fn apply_step(abnormal: &mut Abnormal, step: &Step, mut result: StepResult, limits: Limits) {
+    if result.result == ProcessorResult::Succeeded
+        && let StepOutput::Processor { context, .. } = &result.output
+        && let Some(problem) = oversize(abnormal, context, limits)
+    {
+        result.result = ProcessorResult::Failed;
+        result.message = problem;
+        result.output = StepOutput::None;
+    }
+    let status = status_mut(abnormal);
+    let record = ProcessorRecord {
+        processor: step.label.clone(),
+        kind: step.record_kind(),
+        stage: step.stage,
+        result: result.result,
+        message: result.message,
+        start_time: result.start_time,
+        duration_milliseconds: Some(result.duration_ms),
+    };
+    // Replace the Running record written before the step, if there is one.
+    match status.processors.last_mut() {
+        Some(last)
+            if last.result == ProcessorResult::Running
+                && last.stage == step.stage
+                && last.processor == step.label =>
+        {
+            *last = record
+        }
+        _ => status.processors.push(record),
+    }
+    match result.output {
+        StepOutput::None => {}
+        StepOutput::Command(c) => status.command_executors.push(c),
+        StepOutput::Profiler(p) => status.profilers.push(p),
+        StepOutput::Processor {
+            context,
+            root_cause,
+            command_executors,
+            profilers,
+        } => {
+            if result.result != ProcessorResult::Succeeded {
+                return;
+            }
+            status.context.get_or_insert_default().extend(context);
+            if root_cause.is_some() {
+                status.root_cause = root_cause;
+            }
+            if let Some(c) = command_executors {
+                status.command_executors = c;
+            }
+            if let Some(p) = profilers {
+                status.profilers = p;
+            }
+        }
+    }
+}
+
+fn oversize(
+    abnormal: &Abnormal,
+    context: &BTreeMap<String, serde_json::Value>,
+    limits: Limits,
+) -> Option<String> {
+    let added = serde_json::to_vec(context)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if added > limits.max_step_output_bytes {
+        return Some(format!(
+            "output of {added} bytes exceeds the per-step cap of {} bytes; nothing of it was kept (narrow the processor's input, or raise --max-step-output-bytes)",
+            limits.max_step_output_bytes
+        ));
+    }
+    let mut merged = abnormal
+        .status
+        .as_ref()
+        .and_then(|s| s.context.clone())
+        .unwrap_or_default();
+    merged.extend(context.clone());
+    let total = serde_json::to_vec(&merged)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if total > limits.max_context_bytes {
+        return Some(format!(
+            "status.context would grow to {total} bytes, over the cap of {} bytes; nothing of this output was kept (run fewer collectors per Abnormal, or raise --max-context-bytes)",
+            limits.max_context_bytes
+        ));
+    }
+    None
+}
+
+/// Ends a stage: sets its condition, the flags and the next phase, records the processors a
+/// first success made unnecessary as Skipped, and says which Event to record.
+pub fn end_stage(
+    abnormal: &mut Abnormal,
+    stage: Stage,
+    outcome: &StageOutcome,
+    now: &Time,
+) -> StageEvent {
+    let unrun: Vec<Step> = match outcome {
+        StageOutcome::Succeeded { by: Some(_), .. } => {
+            let done = stage_records(abnormal, stage).count();
+            plan(abnormal, stage)
+                .into_iter()
+                .skip(done)
+                .filter(Step::is_processor)
+                .collect()
+        }
+        _ => Vec::new(),
+    };
+    let status = status_mut(abnormal);
+    for step in unrun {
+        status.processors.push(ProcessorRecord {
+            processor: step.label,
+            kind: ProcessorKind::Processor,
+            stage,
+            result: ProcessorResult::Skipped,
+            message: "not run: an earlier processor succeeded".into(),
+            start_time: now.clone(),
+            duration_milliseconds: Some(0),
+        });
+    }
+
+    let condition = stage.condition();
+    let (cond_status, reason, message, next_phase, event): (
+        ConditionStatus,
+        &str,
+        String,
+        AbnormalPhase,
+        StageEvent,
+    ) = match (stage, outcome) {
+        (_, StageOutcome::Skipped(why)) => {
+            let msg = format!("{} skipped: {why}", stage_noun(stage));
+            let event = StageEvent {
+                reason: skipping_event(stage),
+                message: msg.clone(),
+                warning: false,
+            };
+            (
+                ConditionStatus::False,
+                "Skipped",
+                msg,
+                next_phase(stage),
+                event,
+            )
+        }
+        (
+            Stage::InformationCollecting,
+            StageOutcome::Succeeded {
+                succeeded, total, ..
+            },
+        ) => {
+            let msg = format!("{succeeded} of {total} information collectors succeeded");
+            let event = StageEvent {
+                reason: "Collected",
+                message: msg.clone(),
+                warning: false,
+            };
+            (
+                ConditionStatus::True,
+                "Collected",
+                msg,
+                AbnormalPhase::Diagnosing,
+                event,
+            )
+        }
+        (Stage::Diagnosing, StageOutcome::Succeeded { by, .. }) => {
+            let by = by.clone().unwrap_or_default();
+            status.identifiable = true;
+            status.diagnoser = Some(parse_label(&by));
+            let cause = status
+                .root_cause
+                .as_ref()
+                .map(|r| format!(": {}", r.summary))
+                .unwrap_or_default();
+            let msg = format!("identified by {by}{cause}");
+            let event = StageEvent {
+                reason: "Identified",
+                message: msg.clone(),
+                warning: false,
+            };
+            (
+                ConditionStatus::True,
+                "Identified",
+                msg,
+                AbnormalPhase::Recovering,
+                event,
+            )
+        }
+        (Stage::Recovering, StageOutcome::Succeeded { by, .. }) => {
+            let by = by.clone().unwrap_or_default();
+            status.recoverable = true;
+            status.recoverer = Some(parse_label(&by));
+            let msg = format!("recovered by {by}");
+            let event = StageEvent {
+                reason: "Recovered",
+                message: msg.clone(),
+                warning: false,
+            };
+            (
+                ConditionStatus::True,
+                "Recovered",
+                msg,
+                AbnormalPhase::Succeeded,
+                event,
+            )
+        }
+        (_, StageOutcome::Failed(failures)) => {
+            let (cond_reason, event_reason, what) = match stage {
+                Stage::InformationCollecting => (
+                    "CollectionFailed",
+                    "FailedCollect",
+                    "no information collector succeeded",
+                ),
+                Stage::Diagnosing => (
+                    "NotIdentified",
+                    "FailedIdentify",
+                    "no diagnoser identified the cause",
+                ),
+                Stage::Recovering => ("RecoveryFailed", "FailedRecover", "no recoverer succeeded"),
+            };
+            let msg = format!("{what}: {}", failures.join("; "));
+            status.reason = cond_reason.into();
+            status.message = msg.clone();
+            let event = StageEvent {
+                reason: event_reason,
+                message: msg.clone(),
+                warning: true,
+            };
+            (
+                ConditionStatus::False,
+                cond_reason,
+                msg,
+                AbnormalPhase::Failed,
+                event,
+            )
+        }
+        (_, StageOutcome::RecoveryInterrupted(step)) => {
+            let msg = format!(
+                "the agent stopped while {step} was recovering; it may have acted, so it is not run again: check the node, then create a new Abnormal if recovery is still needed"
+            );
+            status.reason = "RecoveryInterrupted".into();
+            status.message = msg.clone();
+            if let Some(last) = status.processors.last_mut()
+                && last.result == ProcessorResult::Running
+            {
+                last.result = ProcessorResult::Failed;
+                last.message =
+                    "interrupted: the agent stopped before it ended; not run again".into();
+            }
+            let event = StageEvent {
+                reason: "RecoveryInterrupted",
+                message: msg.clone(),
+                warning: true,
+            };
+            (
+                ConditionStatus::False,
+                "RecoveryInterrupted",
+                msg,
+                AbnormalPhase::Failed,
+                event,
+            )
+        }
+    };
+    set_condition(
+        &mut status.conditions,
+        condition,
+        cond_status,
+        reason,
+        &message,
+        now,
+    );
+    status.phase = Some(next_phase);
+    event
+}
+
+fn next_phase(stage: Stage) -> AbnormalPhase {
+    match stage {
+        Stage::InformationCollecting => AbnormalPhase::Diagnosing,
+        Stage::Diagnosing => AbnormalPhase::Recovering,
+        Stage::Recovering => AbnormalPhase::Succeeded,
+    }
+}
+
+fn stage_noun(stage: Stage) -> &'static str {
+    match stage {
+        Stage::InformationCollecting => "information collection",
+        Stage::Diagnosing => "diagnosis",
+        Stage::Recovering => "recovery",
+    }
+}
+
+fn skipping_event(stage: Stage) -> &'static str {
+    match stage {
+        Stage::InformationCollecting => "SkippingCollection",
+        Stage::Diagnosing => "SkippingDiagnosis",
+        Stage::Recovering => "SkippingRecovery",
+    }
+}
+
+fn skip_flag_name(stage: Stage) -> &'static str {
+    match stage {
+        Stage::InformationCollecting => "skipInformationCollection",
+        Stage::Diagnosing => "skipDiagnosis",
+        Stage::Recovering => "skipRecovery",
+    }
+}
+
+fn processor_plural(stage: Stage) -> &'static str {
+    match stage {
+        Stage::InformationCollecting => "information collectors",
+        Stage::Diagnosing => "diagnosers",
+        Stage::Recovering => "recoverers",
+    }
+}
+
+fn parse_label(label: &str) -> NamespacedName {
+    match label.split_once('/') {
+        Some((ns, name)) => NamespacedName::new(ns, name),
+        None => NamespacedName::new("", label),
+    }
+}
+
+fn status_mut(abnormal: &mut Abnormal) -> &mut AbnormalStatus {
+    abnormal.status.get_or_insert_default()
+}
+
+/// A failed step's result for a step abandoned after a restart.
+pub fn abandoned(now: &Time) -> StepResult {
+    StepResult {
+        result: ProcessorResult::Failed,
+        message: "interrupted: the agent stopped before this step ended, and it may have acted, so it is not run again".into(),
+        start_time: now.clone(),
+        duration_ms: 0,
+        output: StepOutput::None,
+    }
+}

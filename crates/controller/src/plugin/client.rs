@@ -1,0 +1,255 @@
+//! Calling an HTTP plugin: one POST of the whole Abnormal, bounded in time and size, with
+//! connection errors retried a few times. Every failure names the address and what happened.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use kdiag_api::Abnormal;
+use serde_json::Value;
+
+use super::protocol::check_protected_fields;
+
+/// The most a plugin may answer, as Kube Diagnoser allowed.
+pub const MAX_RESPONSE_BYTES: usize = 2 * 1024 * 1024;
+/// Connection attempts before giving up (nothing was sent when a connection fails, so retrying
+/// is safe even for a recoverer).
+const CONNECT_ATTEMPTS: u32 = 3;
+const RETRY_BACKOFF: Duration = Duration::from_millis(200);
+
+/// Where and how to call one plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    /// The URL called; its host is the name certificates are checked against.
+    pub url: String,
+    /// Connect here instead of resolving the URL's host (a Service resolved to a pod address).
+    pub connect_to: Option<SocketAddr>,
+    /// PEM CAs for https; None means the system's roots.
+    pub ca_pem: Option<String>,
+    pub bearer_token: Option<String>,
+    pub timeout: Duration,
+}
+
+/// Why a plugin call failed.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PluginError {
+    #[error("could not connect to {url} after {attempts} attempts: {reason}")]
+    Connect {
+        url: String,
+        attempts: u32,
+        reason: String,
+    },
+    #[error(
+        "{url} did not answer within {timeout:?} (raise the registration's timeoutSeconds if it needs longer)"
+    )]
+    Timeout { url: String, timeout: Duration },
+    #[error("{url} answered HTTP {code}: {body}")]
+    Status {
+        url: String,
+        code: u16,
+        body: String,
+    },
+    #[error(
+        "{url} answered more than {limit} bytes; a plugin must return the Abnormal within 2 MiB"
+    )]
+    TooLarge { url: String, limit: usize },
+    #[error("{url} answered something that is not an Abnormal in JSON: {reason}")]
+    InvalidJson { url: String, reason: String },
+    #[error("{url} changed {field}, which a plugin must return unchanged")]
+    ChangedProtectedField { url: String, field: String },
+    #[error("{url}: {reason}")]
+    Setup { url: String, reason: String },
+}
+
+/// Calls plugins. Keeps one HTTP client per TLS setup, so connections are reused.
+#[derive(Default)]
+pub struct PluginClient {
+    clients: Mutex<HashMap<(Option<String>, Option<(String, SocketAddr)>), reqwest::Client>>,
+}
+
+impl PluginClient {
+    /// POSTs `abnormal` and returns what the plugin sent back, checked against the protocol.
+    pub async fn call(
+        &self,
+        endpoint: &Endpoint,
+        abnormal: &Abnormal,
+    ) -> Result<Abnormal, PluginError> {
+        let url = &endpoint.url;
+        let request = serde_json::to_value(abnormal).map_err(|e| PluginError::Setup {
+            url: url.clone(),
+            reason: e.to_string(),
+        })?;
+        let body = serde_json::to_vec(&request).map_err(|e| PluginError::Setup {
+            url: url.clone(),
+            reason: e.to_string(),
+        })?;
+        let client = self.client_for(endpoint)?;
+
+        let mut attempt = 0;
+        let response = loop {
+            attempt += 1;
+            let mut req = client
+                .post(url)
+                .timeout(endpoint.timeout)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone());
+            if let Some(token) = &endpoint.bearer_token {
+                req = req.bearer_auth(token);
+            }
+            match req.send().await {
+                Ok(resp) => break resp,
+                Err(e) if e.is_timeout() => {
+                    return Err(PluginError::Timeout {
+                        url: url.clone(),
+                        timeout: endpoint.timeout,
+                    });
+                }
+                Err(e) if e.is_connect() && attempt < CONNECT_ATTEMPTS => {
+                    tokio::time::sleep(RETRY_BACKOFF * 2u32.pow(attempt - 1)).await;
+                }
+                Err(e) => {
+                    return Err(PluginError::Connect {
+                        url: url.clone(),
+                        attempts: attempt,
+                        reason: error_chain(&e),
+                    });
+                }
+            }
+        };
+
+        let code = response.status();
+        let bytes = read_capped(response, MAX_RESPONSE_BYTES, url, endpoint.timeout).await?;
+        if !code.is_success() || code.as_u16() != 200 {
+            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(300)])
+                .trim()
+                .to_owned();
+            return Err(PluginError::Status {
+                url: url.clone(),
+                code: code.as_u16(),
+                body: text,
+            });
+        }
+        let returned: Value =
+            serde_json::from_slice(&bytes).map_err(|e| PluginError::InvalidJson {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+        if !returned.is_object() {
+            return Err(PluginError::InvalidJson {
+                url: url.clone(),
+                reason: "the body is not a JSON object".into(),
+            });
+        }
+        check_protected_fields(&request, &returned).map_err(|field| {
+            PluginError::ChangedProtectedField {
+                url: url.clone(),
+                field,
+            }
+        })?;
+        serde_json::from_value(returned).map_err(|e| PluginError::InvalidJson {
+            url: url.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    fn client_for(&self, endpoint: &Endpoint) -> Result<reqwest::Client, PluginError> {
+        let host = reqwest::Url::parse(&endpoint.url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .ok_or_else(|| PluginError::Setup {
+                url: endpoint.url.clone(),
+                reason: "not a valid URL".into(),
+            })?;
+        let key = (
+            endpoint.ca_pem.clone(),
+            endpoint.connect_to.map(|a| (host.clone(), a)),
+        );
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = clients.get(&key) {
+            return Ok(c.clone());
+        }
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            // Plugins are addressed explicitly; a proxy from the environment would be a surprise.
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(pem) = &endpoint.ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| {
+                PluginError::Setup {
+                    url: endpoint.url.clone(),
+                    reason: format!("the CA bundle is not valid PEM: {e}"),
+                }
+            })?;
+            builder = builder.tls_certs_only(certs);
+        }
+        if let Some(addr) = endpoint.connect_to {
+            builder = builder.resolve(&host, addr);
+        }
+        let client = builder.build().map_err(|e| PluginError::Setup {
+            url: endpoint.url.clone(),
+            reason: error_chain(&e),
+        })?;
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+}
+
+/// Reads a body, failing as soon as it passes `limit` bytes or stalls past `timeout`.
+async fn read_capped(
+    mut response: reqwest::Response,
+    limit: usize,
+    url: &str,
+    timeout: Duration,
+) -> Result<Vec<u8>, PluginError> {
+    if response
+        .content_length()
+        .is_some_and(|n| n as usize > limit)
+    {
+        return Err(PluginError::TooLarge {
+            url: url.to_owned(),
+            limit,
+        });
+    }
+    let mut body = Vec::new();
+    loop {
+        let chunk = match response.chunk().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => return Ok(body),
+            Err(e) if e.is_timeout() => {
+                return Err(PluginError::Timeout {
+                    url: url.to_owned(),
+                    timeout,
+                });
+            }
+            Err(e) => {
+                return Err(PluginError::Connect {
+                    url: url.to_owned(),
+                    attempts: 1,
+                    reason: format!("reading the answer: {}", error_chain(&e)),
+                });
+            }
+        };
+        if body.len() + chunk.len() > limit {
+            return Err(PluginError::TooLarge {
+                url: url.to_owned(),
+                limit,
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+}
+
+/// An error with its causes, which is where reqwest keeps "connection refused".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
+}

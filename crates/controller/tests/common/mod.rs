@@ -1,0 +1,402 @@
+//! Shared by the integration tests: a real apiserver with kdiag's CRDs and config/deploy applied,
+//! the controller running with its own ServiceAccount token, agents started per test.
+
+#![allow(dead_code)]
+
+pub mod plugin;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kdiag_api::{Abnormal, AbnormalPhase, NamespacedName, ProcessorEndpoint};
+use kdiag_controller::agent::{self, AgentConfig};
+use kdiag_controller::builtin::Builtins;
+use kdiag_controller::cluster::{self, ControllerConfig};
+use kdiag_controller::metrics::Metrics;
+use kdiag_controller::pipeline::Limits;
+use kdiag_controller::server::{self, ProcessorService, ServerState};
+use kdiag_testenv::{ControlPlane, control_plane};
+use kube::Client;
+use kube::api::{Api, PostParams};
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+pub use plugin::TestPlugin;
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// kubectl apply -f for a repository path, failing the test with kubectl's message.
+pub fn kubectl_apply(cp: &ControlPlane, path: &str) {
+    let out = cp
+        .kubectl()
+        .arg("apply")
+        .arg("-f")
+        .arg(repo_root().join(path))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl apply -f {path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The control plane with CRDs and config/deploy applied (no controller).
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+pub async fn installed() -> &'static ControlPlane {
+    init_logging();
+    static INSTALLED: OnceCell<()> = OnceCell::const_new();
+    let cp = control_plane().await;
+    INSTALLED
+        .get_or_init(|| async {
+            cp.apply_crds(&kdiag_api::crds::all()).await.unwrap();
+            kubectl_apply(cp, "config/deploy/namespace.yaml");
+            kubectl_apply(cp, "config/deploy");
+        })
+        .await;
+    cp
+}
+
+/// A client authenticated as kdiag's own ServiceAccount (kdiag-controller or kdiag-agent), so
+/// RBAC applies exactly as in a real install.
+pub async fn service_account_client(cp: &ControlPlane, name: &str) -> Client {
+    let token = cp
+        .service_account_token(kdiag_api::SYSTEM_NAMESPACE, name)
+        .await;
+    cp.client_with_token(&token).await
+}
+
+/// The control plane with the controller running (on its own runtime, so it outlives tests).
+pub async fn with_controller() -> &'static ControlPlane {
+    static STARTED: OnceCell<()> = OnceCell::const_new();
+    let cp = installed().await;
+    STARTED
+        .get_or_init(|| async {
+            start_background_controller(
+                cp,
+                ControllerConfig {
+                    pod_wait: Duration::from_secs(4),
+                    ..Default::default()
+                },
+            );
+        })
+        .await;
+    cp
+}
+
+/// Starts a controller on a runtime of its own thread; it runs until the test binary ends.
+pub fn start_background_controller(cp: &'static ControlPlane, config: ControllerConfig) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let client = service_account_client(cp, "kdiag-controller").await;
+            let (handle, driver) = cluster::start(
+                client,
+                config,
+                Builtins::standard(),
+                Arc::new(Metrics::new()),
+                CancellationToken::new(),
+            );
+            let ready = handle.ready.clone();
+            tokio::spawn(driver);
+            while !ready.load(std::sync::atomic::Ordering::Acquire) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tx.send(()).unwrap();
+            std::future::pending::<()>().await;
+        });
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("the controller became ready");
+}
+
+/// An agent for `node` running in the current test's runtime.
+pub struct TestAgent {
+    pub node: String,
+    pub metrics: Arc<Metrics>,
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<()>,
+    pub data_root: PathBuf,
+}
+
+impl TestAgent {
+    pub async fn start(cp: &ControlPlane, node: &str) -> Self {
+        Self::start_with(cp, node, 32).await
+    }
+
+    pub async fn start_with(cp: &ControlPlane, node: &str, concurrency: usize) -> Self {
+        let client = service_account_client(cp, "kdiag-agent").await;
+        let metrics = Arc::new(Metrics::new());
+        let shutdown = CancellationToken::new();
+        let data_root = cp.run_dir().join(format!("agent-{node}"));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let config = AgentConfig {
+            node_name: node.into(),
+            concurrency,
+            limits: Limits::default(),
+            command_output_cap: 64 * 1024,
+            policy_configmap: (kdiag_api::SYSTEM_NAMESPACE.into(), "kdiag-policy".into()),
+            data_root: data_root.clone(),
+            public_url: format!("http://{addr}"),
+        };
+        let (handle, driver) = agent::start(
+            client.clone(),
+            config,
+            Builtins::standard(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        let state = ServerState {
+            metrics: metrics.clone(),
+            refresh: Arc::new(|| {}),
+            ready: vec![("agent".into(), handle.ready.clone())],
+            processors: Some(ProcessorService {
+                builtins: Builtins::standard(),
+                client,
+                node_name: node.into(),
+                max_output_bytes: 512 * 1024,
+                data_root: data_root.clone(),
+            }),
+        };
+        let serving = server::serve(addr, state, shutdown.clone().cancelled_owned())
+            .await
+            .unwrap();
+        let task = tokio::spawn(async move {
+            tokio::join!(driver, serving);
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !handle.ready.load(std::sync::atomic::Ordering::Acquire) {
+            assert!(
+                Instant::now() < deadline,
+                "agent for {node} did not become ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self {
+            node: node.into(),
+            metrics,
+            addr,
+            shutdown,
+            task,
+            data_root,
+        }
+    }
+
+    /// Stops it the hard way, as a crash or kill -9 would: no step gets to finish.
+    pub fn kill(self) {
+        self.task.abort();
+    }
+
+    /// Asks it to stop and waits.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.task).await;
+    }
+
+    pub async fn metrics_text(&self) -> String {
+        let resp = reqwest_get(&format!("http://{}/metrics", self.addr)).await;
+        assert_eq!(resp.0, 200);
+        resp.1
+    }
+}
+
+/// A plain GET returning (status, body), for the agent's own endpoints.
+pub async fn reqwest_get(url: &str) -> (u16, String) {
+    let url: reqwest_lite::Url = url.parse().unwrap();
+    reqwest_lite::get(url).await
+}
+
+/// Just enough HTTP/1.1 client for loopback tests, so the tests do not depend on the code under test.
+pub mod reqwest_lite {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    pub struct Url {
+        host: String,
+        path: String,
+    }
+
+    impl std::str::FromStr for Url {
+        type Err = String;
+        fn from_str(s: &str) -> Result<Self, String> {
+            let rest = s.strip_prefix("http://").ok_or("http only")?;
+            let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            Ok(Self {
+                host: host.into(),
+                path: if path.is_empty() {
+                    "/".into()
+                } else {
+                    path.into()
+                },
+            })
+        }
+    }
+
+    pub async fn request(url: Url, method: &str, body: &[u8]) -> (u16, String) {
+        let mut s = tokio::net::TcpStream::connect(&url.host).await.unwrap();
+        let req = format!(
+            "{method} {} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            url.path,
+            url.host,
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        s.write_all(body).await.unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        let text = String::from_utf8_lossy(&out).to_string();
+        let code = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        // Chunked bodies: good enough to search in.
+        (code, body)
+    }
+
+    pub async fn get(url: Url) -> (u16, String) {
+        request(url, "GET", b"").await
+    }
+}
+
+/// Registers an HTTP plugin of `kind` (InformationCollector, Diagnoser or Recoverer).
+pub async fn register_plugin(
+    client: &Client,
+    ns: &str,
+    kind: &str,
+    name: &str,
+    port: u16,
+    path: &str,
+    timeout_seconds: i32,
+) {
+    let endpoint = ProcessorEndpoint {
+        external_ip: Some("127.0.0.1".into()),
+        external_port: Some(
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(port.into()),
+        ),
+        path: Some(path.into()),
+        timeout_seconds: Some(timeout_seconds),
+        ..Default::default()
+    };
+    let pp = PostParams::default();
+    match kind {
+        "InformationCollector" => {
+            let o = kdiag_api::InformationCollector::new(
+                name,
+                kdiag_api::InformationCollectorSpec { endpoint },
+            );
+            Api::namespaced(client.clone(), ns)
+                .create(&pp, &o)
+                .await
+                .map(|_| ())
+        }
+        "Diagnoser" => {
+            let o = kdiag_api::Diagnoser::new(name, kdiag_api::DiagnoserSpec { endpoint });
+            Api::namespaced(client.clone(), ns)
+                .create(&pp, &o)
+                .await
+                .map(|_| ())
+        }
+        "Recoverer" => {
+            let o = kdiag_api::Recoverer::new(name, kdiag_api::RecovererSpec { endpoint });
+            Api::namespaced(client.clone(), ns)
+                .create(&pp, &o)
+                .await
+                .map(|_| ())
+        }
+        other => panic!("unknown kind {other}"),
+    }
+    .unwrap_or_else(|e| panic!("register {kind} {ns}/{name}: {e}"));
+}
+
+pub fn nn(ns: &str, name: &str) -> NamespacedName {
+    NamespacedName::new(ns, name)
+}
+
+/// Creates an Abnormal from a spec given as JSON.
+pub async fn create_abnormal(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> Abnormal {
+    let a: Abnormal = serde_json::from_value(serde_json::json!({
+        "apiVersion": "diagnosis.netease.com/v1", "kind": "Abnormal",
+        "metadata": {"name": name, "namespace": ns}, "spec": spec
+    }))
+    .unwrap();
+    Api::<Abnormal>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &a)
+        .await
+        .unwrap()
+}
+
+/// Waits until the Abnormal is in a final phase and returns it.
+pub async fn wait_final(client: &Client, ns: &str, name: &str, timeout: Duration) -> Abnormal {
+    wait_for(client, ns, name, timeout, |a| {
+        a.phase().is_some_and(AbnormalPhase::is_final)
+    })
+    .await
+}
+
+/// Waits until `pred` holds for the Abnormal.
+pub async fn wait_for(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    timeout: Duration,
+    pred: impl Fn(&Abnormal) -> bool,
+) -> Abnormal {
+    let api: Api<Abnormal> = Api::namespaced(client.clone(), ns);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let a = api.get(name).await.unwrap();
+        if pred(&a) {
+            return a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{ns}/{name} did not get there within {timeout:?}; it is at {}",
+            serde_json::to_string_pretty(&a.status).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The reasons of the Events recorded on an object, oldest first.
+pub async fn event_reasons(client: &Client, ns: &str, name: &str) -> Vec<String> {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+    let mut list: Vec<_> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .collect();
+    list.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+    list.into_iter().filter_map(|e| e.reason).collect()
+}

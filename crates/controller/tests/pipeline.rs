@@ -1,0 +1,706 @@
+//! The pipeline end to end on a real apiserver: the controller and agents run in-process with
+//! their own ServiceAccount tokens under config/deploy's RBAC; plugins are real HTTP servers.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use kdiag_api::*;
+use kube::ResourceExt;
+use kube::api::Api;
+use serde_json::json;
+
+const FINISH: Duration = Duration::from_secs(60);
+
+fn labels(a: &Abnormal) -> Vec<(String, ProcessorResult)> {
+    a.status
+        .as_ref()
+        .unwrap()
+        .processors
+        .iter()
+        .map(|r| (r.processor.clone(), r.result))
+        .collect()
+}
+
+fn condition(a: &Abnormal, t: AbnormalConditionType) -> AbnormalCondition {
+    a.status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == t)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {t:?}"))
+}
+
+#[tokio::test]
+async fn an_abnormal_walks_through_its_stages_running_processors_in_the_order_listed() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("order").await;
+    let client = cp.client().await;
+    let plugin = TestPlugin::start().await;
+    for (kind, name, path) in [
+        ("InformationCollector", "zeta", "/echo/zeta"),
+        ("InformationCollector", "alpha", "/echo/alpha"),
+        ("InformationCollector", "mid", "/echo/mid"),
+        ("Diagnoser", "finder", "/root-cause/DiskFull"),
+        ("Recoverer", "fixer", "/echo/fixed"),
+    ] {
+        register_plugin(&client, &ns, kind, name, plugin.port, path, 5).await;
+    }
+    let node = format!("{ns}-node");
+    let agent = TestAgent::start(cp, &node).await;
+    create_abnormal(
+        &client,
+        &ns,
+        "ordered",
+        json!({
+            "nodeName": node,
+            "assignedInformationCollectors": [{"name": "zeta"}, {"name": "alpha"}, {"name": "mid"}],
+            "assignedDiagnosers": [{"name": "finder"}],
+            "assignedRecoverers": [{"name": "fixer"}],
+        }),
+    )
+    .await;
+    let a = wait_final(&client, &ns, "ordered", FINISH).await;
+    let st = a.status.clone().unwrap();
+    assert_eq!(st.phase, Some(AbnormalPhase::Succeeded), "{st:#?}");
+    assert_eq!(
+        plugin.calls(),
+        [
+            "/echo/zeta",
+            "/echo/alpha",
+            "/echo/mid",
+            "/root-cause/DiskFull",
+            "/echo/fixed"
+        ]
+    );
+    let ns_ = |n: &str| format!("{ns}/{n}");
+    assert_eq!(
+        labels(&a),
+        [
+            (ns_("zeta"), ProcessorResult::Succeeded),
+            (ns_("alpha"), ProcessorResult::Succeeded),
+            (ns_("mid"), ProcessorResult::Succeeded),
+            (ns_("finder"), ProcessorResult::Succeeded),
+            (ns_("fixer"), ProcessorResult::Succeeded),
+        ]
+    );
+    assert!(
+        st.processors
+            .iter()
+            .all(|r| r.duration_milliseconds.is_some())
+    );
+    let ctx = st.context.unwrap();
+    for key in ["zeta", "alpha", "mid", "fixed"] {
+        assert_eq!(ctx[key], json!(format!("{key}-value")));
+    }
+    assert!(st.identifiable && st.recoverable);
+    assert_eq!(st.diagnoser, Some(nn(&ns, "finder")));
+    assert_eq!(st.recoverer, Some(nn(&ns, "fixer")));
+    assert_eq!(st.root_cause.unwrap().reason, "DiskFull");
+    assert!(st.start_time.is_some());
+    for t in [
+        AbnormalConditionType::Accepted,
+        AbnormalConditionType::InformationCollected,
+        AbnormalConditionType::Identified,
+        AbnormalConditionType::Recovered,
+    ] {
+        assert_eq!(condition(&a, t).status, ConditionStatus::True, "{t:?}");
+    }
+    assert_eq!(a.labels().get(labels::NODE_LABEL), Some(&node));
+    let reasons = event_reasons(&client, &ns, "ordered").await;
+    assert_eq!(
+        reasons,
+        ["Accepted", "Collected", "Identified", "Recovered"]
+    );
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn every_plugin_failure_kind_fails_its_processor_with_a_clear_message_and_the_stage_moves_on()
+{
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("failures").await;
+    let client = cp.client().await;
+    let plugin = TestPlugin::start().await;
+    let closed_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let cases = [
+        (
+            "refused",
+            closed_port,
+            "/echo/x",
+            "could not connect to http://127.0.0.1",
+        ),
+        (
+            "timeout",
+            plugin.port,
+            "/sleep/5000/x",
+            "did not answer within 2s",
+        ),
+        (
+            "http500",
+            plugin.port,
+            "/fail/500",
+            "answered HTTP 500: plugin exploded on purpose",
+        ),
+        (
+            "notjson",
+            plugin.port,
+            "/invalid-json",
+            "not an Abnormal in JSON",
+        ),
+        (
+            "oversize",
+            plugin.port,
+            "/oversize",
+            "more than 2097152 bytes",
+        ),
+        ("liar", plugin.port, "/change-phase", "changed status.phase"),
+        (
+            "slowbody",
+            plugin.port,
+            "/slow-body",
+            "did not answer within 2s",
+        ),
+        ("good", plugin.port, "/echo/good", "answered 200"),
+    ];
+    for (name, port, path, _) in &cases {
+        register_plugin(&client, &ns, "InformationCollector", name, *port, path, 2).await;
+    }
+    let node = format!("{ns}-node");
+    let agent = TestAgent::start(cp, &node).await;
+    let collectors: Vec<_> = cases.iter().map(|(n, ..)| json!({"name": n})).collect();
+    create_abnormal(
+        &client,
+        &ns,
+        "failing",
+        json!({"nodeName": node, "assignedInformationCollectors": collectors}),
+    )
+    .await;
+    let a = wait_final(&client, &ns, "failing", FINISH).await;
+    let st = a.status.clone().unwrap();
+    for (record, (name, port, _, expected)) in st.processors.iter().zip(&cases) {
+        assert_eq!(record.processor, format!("{ns}/{name}"));
+        assert!(
+            record.message.contains(expected),
+            "{name}: {:?} should contain {expected:?}",
+            record.message
+        );
+        assert!(
+            record.message.contains(&format!("127.0.0.1:{port}")),
+            "{name}: the message names the address: {}",
+            record.message
+        );
+        let want = if *name == "good" {
+            ProcessorResult::Succeeded
+        } else {
+            ProcessorResult::Failed
+        };
+        assert_eq!(record.result, want, "{name}");
+    }
+    assert_eq!(st.processors.len(), cases.len());
+    assert_eq!(
+        condition(&a, AbnormalConditionType::InformationCollected).message,
+        "1 of 8 information collectors succeeded"
+    );
+    assert_eq!(st.phase, Some(AbnormalPhase::Succeeded));
+    // What the liar tried to change did not stick.
+    assert!(!st.context.unwrap().contains_key("x"));
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_abnormals_fail_at_admission_with_a_reason_and_what_to_do() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("invalid").await;
+    let client = cp.client().await;
+    let cases = [
+        (
+            "no-target",
+            json!({"assignedInformationCollectors": [{"namespace": "kube-diagnoser", "name": "pod-collector"}]}),
+            "MissingTarget",
+            "spec.nodeName",
+        ),
+        (
+            "unknown-processor",
+            json!({"nodeName": "n", "assignedDiagnosers": [{"namespace": "kube-diagnoser", "name": "no-such-diagnoser"}]}),
+            "ProcessorNotFound",
+            "does not exist",
+        ),
+        (
+            "shell-command",
+            json!({"nodeName": "n", "commandExecutors": [{"command": ["ps aux"], "type": "InformationCollector"}]}),
+            "InvalidCommandExecutor",
+            "never run through a shell",
+        ),
+        (
+            "bad-profiler",
+            json!({"nodeName": "n", "profilers": [{"name": "p", "type": "Diagnoser"}]}),
+            "InvalidProfiler",
+            "exactly one of go and java",
+        ),
+        (
+            "missing-pod",
+            json!({"podReference": {"name": "no-such-pod"}}),
+            "PodNotFound",
+            "does not exist",
+        ),
+    ];
+    for (name, spec, ..) in &cases {
+        create_abnormal(&client, &ns, name, spec.clone()).await;
+    }
+    for (name, _, reason, hint) in &cases {
+        let a = wait_final(&client, &ns, name, FINISH).await;
+        let st = a.status.clone().unwrap();
+        assert_eq!(st.phase, Some(AbnormalPhase::Failed), "{name}");
+        assert_eq!(st.reason, *reason, "{name}");
+        assert!(st.message.contains(hint), "{name}: {}", st.message);
+        let accepted = condition(&a, AbnormalConditionType::Accepted);
+        assert_eq!(
+            (accepted.status, accepted.reason.as_str()),
+            (ConditionStatus::False, *reason)
+        );
+        assert!(
+            a.labels().get(labels::NODE_LABEL).is_none(),
+            "{name} must not be routed"
+        );
+        assert_eq!(
+            event_reasons(&client, &ns, name).await,
+            ["Rejected"],
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_pod_reference_is_resolved_to_the_pods_node_and_waited_for_while_missing() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("podref").await;
+    let client = cp.client().await;
+    let node = format!("{ns}-node");
+    let agent = TestAgent::start(cp, &node).await;
+    create_abnormal(
+        &client,
+        &ns,
+        "late-pod",
+        json!({"podReference": {"namespace": ns, "name": "web"}}),
+    )
+    .await;
+    // The pod appears while the controller waits (its wait is 4s in these tests).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let waiting = Api::<Abnormal>::namespaced(client.clone(), &ns)
+        .get("late-pod")
+        .await
+        .unwrap();
+    assert_eq!(
+        waiting.status.as_ref().map(|s| s.reason.as_str()),
+        Some("WaitingForPod")
+    );
+    // Level 1 runs no controller-manager, so the namespace has no default ServiceAccount yet.
+    cp.service_account_token(&ns, "default").await;
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": ns},
+        "spec": {"nodeName": node, "automountServiceAccountToken": false, "containers": [{"name": "c", "image": "busybox"}]}
+    }))
+    .unwrap();
+    Api::namespaced(client.clone(), &ns)
+        .create(&Default::default(), &pod)
+        .await
+        .unwrap();
+    let a = wait_final(&client, &ns, "late-pod", FINISH).await;
+    assert_eq!(a.spec.node_name, node);
+    assert_eq!(a.phase(), Some(AbnormalPhase::Succeeded));
+    assert_eq!(a.labels().get(labels::NODE_LABEL), Some(&node));
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn an_abnormal_for_node_b_is_never_touched_by_node_as_agent() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("isolation").await;
+    let client = cp.client().await;
+    let plugin = TestPlugin::start().await;
+    register_plugin(
+        &client,
+        &ns,
+        "InformationCollector",
+        "c",
+        plugin.port,
+        "/echo/c",
+        5,
+    )
+    .await;
+    let (node_a, node_b) = (format!("{ns}-a"), format!("{ns}-b"));
+    let agent_a = TestAgent::start(cp, &node_a).await;
+    let agent_b = TestAgent::start(cp, &node_b).await;
+    create_abnormal(
+        &client,
+        &ns,
+        "for-b",
+        json!({"nodeName": node_b, "assignedInformationCollectors": [{"name": "c"}]}),
+    )
+    .await;
+    let a = wait_final(&client, &ns, "for-b", FINISH).await;
+    assert_eq!(a.phase(), Some(AbnormalPhase::Succeeded));
+    let metrics_a = agent_a.metrics_text().await;
+    let metrics_b = agent_b.metrics_text().await;
+    assert!(
+        !metrics_a.contains("kdiag_steps_total{"),
+        "node A's agent ran a step:\n{metrics_a}"
+    );
+    assert!(metrics_b.contains(&format!("kdiag_steps_total{{processor=\"{ns}/c\",result=\"Succeeded\",stage=\"InformationCollecting\"}} 1")), "{metrics_b}");
+    // Node A's agent never even cached it: its watch selects only node A's label.
+    assert!(agent_a.metrics.agent.original.node_abnormal_count.get() == 0);
+    agent_a.stop().await;
+    agent_b.stop().await;
+}
+
+#[tokio::test]
+async fn two_hundred_abnormals_on_one_node_all_finish_while_one_plugin_sleeps() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("many").await;
+    let client = cp.client().await;
+    let plugin = TestPlugin::start().await;
+    register_plugin(
+        &client,
+        &ns,
+        "InformationCollector",
+        "fast",
+        plugin.port,
+        "/echo/fast",
+        5,
+    )
+    .await;
+    register_plugin(
+        &client,
+        &ns,
+        "InformationCollector",
+        "sleepy",
+        plugin.port,
+        "/sleep/60000/sleepy",
+        120,
+    )
+    .await;
+    let node = format!("{ns}-node");
+    let agent = TestAgent::start_with(cp, &node, 8).await;
+    create_abnormal(
+        &client,
+        &ns,
+        "sleeper",
+        json!({"nodeName": node, "assignedInformationCollectors": [{"name": "sleepy"}]}),
+    )
+    .await;
+    // The sleeper holds a worker from here on.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while plugin.count("/sleep") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the sleeping plugin was never called"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let started = Instant::now();
+    let creates = (0..200).map(|i| {
+        let (client, ns, node) = (client.clone(), ns.clone(), node.clone());
+        async move {
+            create_abnormal(
+                &client,
+                &ns,
+                &format!("a-{i:03}"),
+                json!({"nodeName": node, "assignedInformationCollectors": [{"name": "fast"}]}),
+            )
+            .await;
+        }
+    });
+    futures::future::join_all(creates).await;
+    for i in 0..200 {
+        let a = wait_final(&client, &ns, &format!("a-{i:03}"), Duration::from_secs(120)).await;
+        assert_eq!(a.phase(), Some(AbnormalPhase::Succeeded), "a-{i:03}");
+    }
+    eprintln!(
+        "200 Abnormals finished in {:?} while one plugin slept",
+        started.elapsed()
+    );
+    let sleeper = Api::<Abnormal>::namespaced(client.clone(), &ns)
+        .get("sleeper")
+        .await
+        .unwrap();
+    assert!(
+        !sleeper.phase().is_some_and(AbnormalPhase::is_final),
+        "the sleeper should still be running"
+    );
+    assert_eq!(plugin.count("/echo/fast"), 200);
+    agent.kill();
+}
+
+#[tokio::test]
+async fn a_killed_agent_resumes_mid_stage_and_never_repeats_a_recovery() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("resume").await;
+    let client = cp.client().await;
+    let plugin = TestPlugin::start().await;
+    register_plugin(
+        &client,
+        &ns,
+        "InformationCollector",
+        "first",
+        plugin.port,
+        "/echo/first",
+        10,
+    )
+    .await;
+    register_plugin(
+        &client,
+        &ns,
+        "InformationCollector",
+        "slow",
+        plugin.port,
+        "/sleep/3000/slow",
+        10,
+    )
+    .await;
+    register_plugin(
+        &client,
+        &ns,
+        "Recoverer",
+        "risky",
+        plugin.port,
+        "/sleep/3000/recovered",
+        10,
+    )
+    .await;
+    let node = format!("{ns}-node");
+
+    // Resume: killed while the second collector runs; the next agent finishes the stage.
+    let agent = TestAgent::start(cp, &node).await;
+    create_abnormal(&client, &ns, "collect", json!({"nodeName": node, "assignedInformationCollectors": [{"name": "first"}, {"name": "slow"}]})).await;
+    wait_until(|| plugin.count("/sleep/3000/slow") == 1).await;
+    agent.kill();
+    let agent = TestAgent::start(cp, &node).await;
+    let a = wait_final(&client, &ns, "collect", FINISH).await;
+    assert_eq!(a.phase(), Some(AbnormalPhase::Succeeded));
+    assert_eq!(
+        labels(&a).len(),
+        2,
+        "each collector recorded once: {:?}",
+        labels(&a)
+    );
+
+    // Recovery: killed while the recoverer runs; it is never called again.
+    create_abnormal(
+        &client,
+        &ns,
+        "recover",
+        json!({"nodeName": node, "assignedRecoverers": [{"name": "risky"}]}),
+    )
+    .await;
+    wait_until(|| plugin.count("/sleep/3000/recovered") == 1).await;
+    agent.kill();
+    let running = Api::<Abnormal>::namespaced(client.clone(), &ns)
+        .get("recover")
+        .await
+        .unwrap();
+    assert_eq!(
+        labels(&running),
+        [(format!("{ns}/risky"), ProcessorResult::Running)],
+        "the intent was written before acting"
+    );
+    let agent = TestAgent::start(cp, &node).await;
+    let a = wait_final(&client, &ns, "recover", FINISH).await;
+    let st = a.status.clone().unwrap();
+    assert_eq!(st.phase, Some(AbnormalPhase::Failed));
+    assert_eq!(st.reason, "RecoveryInterrupted");
+    assert!(st.message.contains("not run again"), "{}", st.message);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        plugin.count("/sleep/3000/recovered"),
+        1,
+        "the recoverer must run at most once"
+    );
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn an_agent_stopped_gracefully_finishes_a_running_recovery_first() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("graceful").await;
+    let client = cp.client().await;
+    let plugin = TestPlugin::start().await;
+    register_plugin(
+        &client,
+        &ns,
+        "Recoverer",
+        "careful",
+        plugin.port,
+        "/sleep/1500/done",
+        10,
+    )
+    .await;
+    let node = format!("{ns}-node");
+    let agent = TestAgent::start(cp, &node).await;
+    create_abnormal(
+        &client,
+        &ns,
+        "graceful",
+        json!({"nodeName": node, "assignedRecoverers": [{"name": "careful"}]}),
+    )
+    .await;
+    wait_until(|| plugin.count("/sleep/1500/done") == 1).await;
+    agent.stop().await;
+    let a = Api::<Abnormal>::namespaced(client.clone(), &ns)
+        .get("graceful")
+        .await
+        .unwrap();
+    assert_eq!(a.phase(), Some(AbnormalPhase::Succeeded), "{:#?}", a.status);
+    assert!(a.status.unwrap().recoverable);
+}
+
+#[tokio::test]
+async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("metrics").await;
+    let client = cp.client().await;
+    let plugin = TestPlugin::start().await;
+    register_plugin(
+        &client,
+        &ns,
+        "InformationCollector",
+        "ok",
+        plugin.port,
+        "/echo/ok",
+        5,
+    )
+    .await;
+    register_plugin(
+        &client,
+        &ns,
+        "Diagnoser",
+        "nope",
+        plugin.port,
+        "/fail/500",
+        5,
+    )
+    .await;
+    let node = format!("{ns}-node");
+    let agent = TestAgent::start(cp, &node).await;
+    for i in 0..3 {
+        create_abnormal(
+            &client,
+            &ns,
+            &format!("good-{i}"),
+            json!({"nodeName": node, "assignedInformationCollectors": [{"name": "ok"}]}),
+        )
+        .await;
+    }
+    create_abnormal(&client, &ns, "bad", json!({"nodeName": node, "assignedInformationCollectors": [{"name": "ok"}], "assignedDiagnosers": [{"name": "nope"}]})).await;
+    for name in ["good-0", "good-1", "good-2", "bad"] {
+        wait_final(&client, &ns, name, FINISH).await;
+    }
+    let text = agent.metrics_text().await;
+    let samples = parse_prometheus(&text);
+    let get = |name: &str| {
+        samples
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("no sample {name}"))
+    };
+    assert_eq!(
+        get(&format!(
+            "kdiag_steps_total{{processor=\"{ns}/ok\",result=\"Succeeded\",stage=\"InformationCollecting\"}}"
+        )),
+        4.0
+    );
+    assert_eq!(
+        get(&format!(
+            "kdiag_steps_total{{processor=\"{ns}/nope\",result=\"Failed\",stage=\"Diagnosing\"}}"
+        )),
+        1.0
+    );
+    assert_eq!(get("information_manager_sync_success_count"), 4.0);
+    assert_eq!(get("diagnoser_chain_sync_skip_count"), 3.0);
+    assert_eq!(get("diagnoser_chain_sync_fail_count"), 1.0);
+    assert_eq!(get("recoverer_chain_sync_skip_count"), 3.0);
+    assert_eq!(
+        get("kdiag_abnormal_duration_seconds_count{phase=\"Succeeded\"}"),
+        3.0
+    );
+    assert_eq!(
+        get("kdiag_abnormal_duration_seconds_count{phase=\"Failed\"}"),
+        1.0
+    );
+    assert_eq!(
+        get(
+            "kdiag_stage_duration_seconds_count{result=\"Succeeded\",stage=\"InformationCollecting\"}"
+        ),
+        4.0
+    );
+    assert_eq!(get("kdiag_agent_queue_depth"), 0.0);
+    // /healthz and /readyz answer too.
+    assert_eq!(
+        reqwest_get(&format!("http://{}/healthz", agent.addr)).await,
+        (200, "ok".into())
+    );
+    assert_eq!(
+        reqwest_get(&format!("http://{}/readyz", agent.addr))
+            .await
+            .0,
+        200
+    );
+    agent.stop().await;
+}
+
+/// Parses Prometheus' text format strictly enough to catch a malformed line.
+fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix('#') {
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            assert!(
+                matches!(words.first(), Some(&"HELP") | Some(&"TYPE")),
+                "bad comment line: {line}"
+            );
+            if words[0] == "TYPE" {
+                assert!(
+                    ["counter", "gauge", "histogram", "summary", "untyped"].contains(&words[2]),
+                    "bad type: {line}"
+                );
+            }
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad sample line: {line}"));
+        let name_end = series.find('{').unwrap_or(series.len());
+        assert!(
+            series[..name_end]
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name: {line}"
+        );
+        if name_end < series.len() {
+            assert!(series.ends_with('}'), "bad labels: {line}");
+        }
+        let v: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value: {line}"));
+        out.push((series.to_owned(), v));
+    }
+    out
+}
+
+async fn wait_until(cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "condition not reached");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,253 @@
+//! The node policy: what kdiag may do on a node. Read by the agent from a ConfigMap; without one,
+//! the defaults allow only a small set of read-only diagnostic commands and no recovery.
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+
+/// The policy as written in the ConfigMap (key `policy.yaml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicySpec {
+    /// Record what would have been done instead of doing it: commands not in the read-only
+    /// default set, recoverers and signals.
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default)]
+    pub commands: CommandRules,
+}
+
+impl Default for PolicySpec {
+    fn default() -> Self {
+        Self {
+            dry_run: false,
+            commands: CommandRules::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CommandRules {
+    /// Commands that may run. A command runs when some rule's argv is a prefix of it and every
+    /// further argument matches the rule's argsMatch (if it has one).
+    #[serde(default = "default_command_rules")]
+    pub allow: Vec<CommandRule>,
+}
+
+impl Default for CommandRules {
+    fn default() -> Self {
+        Self {
+            allow: default_command_rules(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CommandRule {
+    /// The program and any fixed leading arguments.
+    pub argv: Vec<String>,
+    /// A regular expression every further argument must match (anchored at both ends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args_match: Option<String>,
+}
+
+fn rule(argv: &[&str], args_match: Option<&str>) -> CommandRule {
+    CommandRule {
+        argv: argv.iter().map(|s| (*s).to_owned()).collect(),
+        args_match: args_match.map(str::to_owned),
+    }
+}
+
+/// Read-only commands useful to diagnose a node. Nothing here changes state or reads outside
+/// /proc and /sys by default.
+pub fn default_command_rules() -> Vec<CommandRule> {
+    let flags = Some(r"-[A-Za-z0-9=,_.-]+|[A-Za-z0-9=,_.%-]+");
+    vec![
+        rule(&["ps"], flags),
+        rule(&["df"], Some(r"-[A-Za-z]+|/[A-Za-z0-9/._-]*")),
+        rule(&["du"], Some(r"-[A-Za-z]+|/[A-Za-z0-9/._-]*")),
+        rule(&["uptime"], None),
+        rule(&["free"], flags),
+        rule(&["uname"], flags),
+        rule(&["hostname"], Some("")),
+        rule(&["date"], Some("")),
+        rule(&["nproc"], Some("")),
+        rule(&["lsblk"], flags),
+        rule(&["findmnt"], flags),
+        rule(&["vmstat"], flags),
+        rule(&["ss"], flags),
+        rule(&["ip", "addr"], Some("show|list")),
+        rule(&["ip", "route"], Some("show|list")),
+        rule(&["ip", "link"], Some("show|list")),
+        rule(&["dmesg"], Some(r"-[A-Za-z]+|--[a-z-]+(=[a-z,]+)?")),
+        rule(&["cat"], Some(r"/(proc|sys)/[A-Za-z0-9/._:-]+")),
+        rule(&["ls"], Some(r"-[A-Za-z]+|/[A-Za-z0-9/._-]*")),
+        rule(&["stat"], Some(r"-[A-Za-z]+|/[A-Za-z0-9/._-]*")),
+    ]
+}
+
+/// A policy ready to answer questions.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub spec: PolicySpec,
+    commands: Vec<(Vec<String>, Option<Regex>)>,
+}
+
+/// Why a policy could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error(
+        "the node policy is not valid YAML for kdiag's policy format: {0} (see docs/policy.md)"
+    )]
+    Parse(String),
+    #[error(
+        "the node policy's commands.allow[{index}].argsMatch {pattern:?} is not a valid regular expression: {reason}"
+    )]
+    Pattern {
+        index: usize,
+        pattern: String,
+        reason: String,
+    },
+    #[error("the node policy's commands.allow[{index}].argv is empty; name at least the program")]
+    EmptyArgv { index: usize },
+}
+
+/// A denial: the rule that denied and why, for the step's record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied {
+    pub rule: String,
+    pub message: String,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self::new(PolicySpec::default()).expect("the default policy is valid")
+    }
+}
+
+impl Policy {
+    pub fn new(spec: PolicySpec) -> Result<Self, PolicyError> {
+        let mut commands = Vec::new();
+        for (index, r) in spec.commands.allow.iter().enumerate() {
+            if r.argv.is_empty() {
+                return Err(PolicyError::EmptyArgv { index });
+            }
+            let re =
+                match &r.args_match {
+                    None => None,
+                    Some(p) => Some(Regex::new(&format!("^(?:{p})$")).map_err(|e| {
+                        PolicyError::Pattern {
+                            index,
+                            pattern: p.clone(),
+                            reason: e.to_string(),
+                        }
+                    })?),
+                };
+            commands.push((r.argv.clone(), re));
+        }
+        Ok(Self { spec, commands })
+    }
+
+    /// Parses the ConfigMap's `policy.yaml`.
+    pub fn from_yaml(text: &str) -> Result<Self, PolicyError> {
+        let spec: PolicySpec =
+            serde_yaml::from_str(text).map_err(|e| PolicyError::Parse(e.to_string()))?;
+        Self::new(spec)
+    }
+
+    /// May this argv run?
+    pub fn allows_command(&self, argv: &[String]) -> Result<(), Denied> {
+        let Some(program) = argv.first() else {
+            return Err(Denied {
+                rule: "commands".into(),
+                message: "the command is empty".into(),
+            });
+        };
+        for (prefix, args) in &self.commands {
+            if argv.len() < prefix.len() || argv[..prefix.len()] != prefix[..] {
+                continue;
+            }
+            let rest = &argv[prefix.len()..];
+            if args
+                .as_ref()
+                .is_none_or(|re| rest.iter().all(|a| re.is_match(a)))
+            {
+                return Ok(());
+            }
+        }
+        Err(Denied {
+            rule: "commands.allow".into(),
+            message: format!(
+                "{} is not allowed by the node policy's command allow-list; add a rule for it to the kdiag-policy ConfigMap (docs/policy.md) if it should run",
+                if self.commands.iter().any(|(p, _)| p[0] == *program) {
+                    format!("{program} with these arguments")
+                } else {
+                    program.clone()
+                }
+            ),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn the_default_policy_allows_read_only_diagnostics() {
+        let p = Policy::default();
+        for ok in [
+            "ps aux",
+            "ps -eo pid,ppid,stat,rss,vsz,args",
+            "df -h",
+            "du -sh /var/lib",
+            "uptime",
+            "ip addr show",
+            "cat /proc/meminfo",
+            "dmesg --level=err,warn",
+        ] {
+            assert_eq!(p.allows_command(&argv(ok)), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn the_default_policy_denies_anything_that_changes_the_node_or_reads_secrets() {
+        let p = Policy::default();
+        for denied in [
+            "kill -10 1000",
+            "rm -rf /",
+            "ip addr add 10.0.0.1/24 dev eth0",
+            "cat /etc/shadow",
+            "sh -c ls",
+            "du -sh /; rm -rf /",
+            "hostname evil",
+        ] {
+            let d = p.allows_command(&argv(denied)).expect_err(denied);
+            assert_eq!(d.rule, "commands.allow");
+            assert!(d.message.contains("kdiag-policy"), "{}", d.message);
+        }
+    }
+
+    #[test]
+    fn a_policy_can_allow_more_and_reports_bad_patterns_clearly() {
+        let p = Policy::from_yaml(
+            "commands:\n  allow:\n  - argv: [kill, \"-10\"]\n    argsMatch: '[0-9]+'\n",
+        )
+        .unwrap();
+        assert_eq!(p.allows_command(&argv("kill -10 1000")), Ok(()));
+        assert!(p.allows_command(&argv("kill -9 1000")).is_err());
+        let err = Policy::from_yaml("commands:\n  allow:\n  - argv: [x]\n    argsMatch: '('\n")
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("commands.allow[0].argsMatch"),
+            "{err}"
+        );
+        let err = Policy::from_yaml("comands: {}\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+}
