@@ -3,6 +3,8 @@
 //! Abnormal in, the whole Abnormal out); the node agent adapts between the two.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -20,6 +22,39 @@ pub struct ProcessorContext {
     pub timeout: Duration,
     /// The most bytes of output (serialized JSON) a step may add to the Abnormal.
     pub max_output_bytes: usize,
+    /// Where the node's facts are: /proc, the kubelet root, the container runtime's socket.
+    pub node: Arc<NodeEnvironment>,
+}
+
+/// Where a built-in finds the node it runs on. The agent usually runs in a pod with the host's
+/// directories mounted, so each path is configurable (flags of `kdiag agent`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeEnvironment {
+    /// The host's /proc (the agent runs with hostPID).
+    pub proc_root: PathBuf,
+    /// The host's /sys.
+    pub sys_root: PathBuf,
+    /// The kubelet's root directory; pod directories are `<root>/pods/<uid>`.
+    pub kubelet_root: PathBuf,
+    /// CRI sockets to try, in order (containerd, CRI-O).
+    pub cri_sockets: Vec<PathBuf>,
+    /// The kernel message device.
+    pub kmsg: PathBuf,
+}
+
+impl Default for NodeEnvironment {
+    fn default() -> Self {
+        Self {
+            proc_root: "/proc".into(),
+            sys_root: "/sys".into(),
+            kubelet_root: "/var/lib/kubelet".into(),
+            cri_sockets: vec![
+                "/run/containerd/containerd.sock".into(),
+                "/var/run/crio/crio.sock".into(),
+            ],
+            kmsg: "/dev/kmsg".into(),
+        }
+    }
 }
 
 /// What a processor found or did.

@@ -91,6 +91,21 @@ pub struct AgentArgs {
     /// Address others reach this agent's HTTP server on (links to profiles use it).
     #[arg(long, env = "POD_IP")]
     pub advertise_address: Option<IpAddr>,
+    /// The host's /proc as the agent sees it (the DaemonSet runs with hostPID).
+    #[arg(long, default_value = "/proc")]
+    pub proc_root: PathBuf,
+    /// The host's /sys.
+    #[arg(long, default_value = "/sys")]
+    pub sys_root: PathBuf,
+    /// The kubelet's root directory (pod directories are <root>/pods/<uid>).
+    #[arg(long, default_value = "/var/lib/kubelet", env = "KDIAG_KUBELET_ROOT")]
+    pub kubelet_root: PathBuf,
+    /// A CRI socket to read containers from; repeat to try several in order.
+    #[arg(long = "cri-socket", default_values = ["/run/containerd/containerd.sock", "/var/run/crio/crio.sock"], env = "KDIAG_CRI_SOCKET", value_delimiter = ',')]
+    pub cri_sockets: Vec<PathBuf>,
+    /// The kernel message device.
+    #[arg(long, default_value = "/dev/kmsg")]
+    pub kmsg: PathBuf,
     /// The most bytes (as JSON) one step may add to an Abnormal.
     #[arg(long, default_value_t = 512 * 1024)]
     pub max_step_output_bytes: usize,

@@ -29,6 +29,7 @@ pub struct ProcessorService {
     pub client: kube::Client,
     pub node_name: String,
     pub max_output_bytes: usize,
+    pub node: std::sync::Arc<kdiag_api::plugin::NodeEnvironment>,
     /// Where profiles are kept; served under /profiles/.
     pub data_root: PathBuf,
 }
@@ -177,6 +178,7 @@ async fn run_processor(
         client: svc.client.clone(),
         timeout,
         max_output_bytes: svc.max_output_bytes,
+        node: svc.node.clone(),
     };
     let result = match tokio::time::timeout(timeout, processor.process(&ctx, &abnormal)).await {
         Ok(r) => r,
@@ -224,6 +226,7 @@ async fn raw_data(svc: Option<ProcessorService>, name: String) -> warp::reply::R
         client: svc.client.clone(),
         timeout,
         max_output_bytes: svc.max_output_bytes,
+        node: svc.node.clone(),
     };
     match tokio::time::timeout(timeout, processor.process(&ctx, &abnormal)).await {
         Ok(Ok(out)) => warp::reply::json(&out.context).into_response(),

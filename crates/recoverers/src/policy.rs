@@ -5,7 +5,7 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 
 /// The policy as written in the ConfigMap (key `policy.yaml`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicySpec {
     /// Record what would have been done instead of doing it: commands not in the read-only
@@ -14,15 +14,6 @@ pub struct PolicySpec {
     pub dry_run: bool,
     #[serde(default)]
     pub commands: CommandRules,
-}
-
-impl Default for PolicySpec {
-    fn default() -> Self {
-        Self {
-            dry_run: false,
-            commands: CommandRules::default(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

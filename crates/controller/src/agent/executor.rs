@@ -26,6 +26,7 @@ pub struct Executor {
     pub policy: PolicyHandle,
     pub profilers: Arc<Profilers>,
     pub max_step_output_bytes: usize,
+    pub node: Arc<kdiag_api::plugin::NodeEnvironment>,
     pub command_output_cap: usize,
 }
 
@@ -112,6 +113,7 @@ impl Executor {
                     client: self.client.clone(),
                     timeout,
                     max_output_bytes: self.max_step_output_bytes,
+                    node: self.node.clone(),
                 };
                 let outcome =
                     match tokio::time::timeout(timeout, processor.process(&ctx, abnormal)).await {

@@ -55,6 +55,8 @@ pub struct AgentConfig {
     pub data_root: PathBuf,
     /// This agent's HTTP server as others reach it, for profile links.
     pub public_url: String,
+    /// Where the node's facts are.
+    pub node: kdiag_api::plugin::NodeEnvironment,
 }
 
 /// Why handling one Abnormal stopped early; it is retried with backoff.
@@ -125,6 +127,7 @@ pub fn start(
                 public_url: config.public_url.clone(),
             }),
             max_step_output_bytes: config.limits.max_step_output_bytes,
+            node: Arc::new(config.node.clone()),
             command_output_cap: config.command_output_cap,
         },
         recorder,

@@ -61,6 +61,17 @@ pub fn agent_config(args: &AgentArgs) -> AgentConfig {
         policy_configmap: (args.policy_namespace.clone(), args.policy_configmap.clone()),
         data_root: args.data_root.clone(),
         public_url: format!("http://{advertise}:{}", args.server.port),
+        node: node_environment(args),
+    }
+}
+
+pub fn node_environment(args: &AgentArgs) -> kdiag_api::plugin::NodeEnvironment {
+    kdiag_api::plugin::NodeEnvironment {
+        proc_root: args.proc_root.clone(),
+        sys_root: args.sys_root.clone(),
+        kubelet_root: args.kubelet_root.clone(),
+        cri_sockets: args.cri_sockets.clone(),
+        kmsg: args.kmsg.clone(),
     }
 }
 
@@ -91,6 +102,7 @@ pub fn agent_server_state(
             client,
             node_name: args.node_name.clone(),
             max_output_bytes: args.max_step_output_bytes,
+            node: Arc::new(node_environment(args)),
             data_root: args.data_root.clone(),
         }),
     }

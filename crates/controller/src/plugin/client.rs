@@ -62,10 +62,13 @@ pub enum PluginError {
     Setup { url: String, reason: String },
 }
 
+/// What makes two plugin clients different: the CA bundle, and a host pinned to an address.
+type ClientKey = (Option<String>, Option<(String, SocketAddr)>);
+
 /// Calls plugins. Keeps one HTTP client per TLS setup, so connections are reused.
 #[derive(Default)]
 pub struct PluginClient {
-    clients: Mutex<HashMap<(Option<String>, Option<(String, SocketAddr)>), reqwest::Client>>,
+    clients: Mutex<HashMap<ClientKey, reqwest::Client>>,
 }
 
 impl PluginClient {

@@ -158,6 +158,7 @@ impl TestAgent {
             policy_configmap: (kdiag_api::SYSTEM_NAMESPACE.into(), "kdiag-policy".into()),
             data_root: data_root.clone(),
             public_url: format!("http://{addr}"),
+            node: Default::default(),
         };
         let (handle, driver) = agent::start(
             client.clone(),
@@ -175,6 +176,7 @@ impl TestAgent {
                 client,
                 node_name: node.into(),
                 max_output_bytes: 512 * 1024,
+                node: Default::default(),
                 data_root: data_root.clone(),
             }),
         };
