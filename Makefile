@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all setup build test lint fmt crd
+.PHONY: all setup build test lint fmt crd run clean-clusters
 
 all: build
 
@@ -13,6 +13,14 @@ setup:
 ## build: build the kdiag binary
 build:
 	$(CARGO) build --bin kdiag
+
+## run: a real single-node cluster on this machine with kdiag's controller and agent (needs root)
+run: setup
+	$(CARGO) run -q --bin kdiag -- local
+
+## clean-clusters: remove what a killed `make run` or test run left behind
+clean-clusters:
+	hack/run-cluster.sh cleanup
 
 ## test: install what is missing, then run all tests against a real control plane
 test: setup

@@ -31,6 +31,18 @@ pub enum Command {
     Controller(ControllerArgs),
     /// Run the node agent: process this node's Abnormals (one per node, as a DaemonSet).
     Agent(AgentArgs),
+    /// Try kdiag without a cluster: start a real single-node cluster on this machine, with the
+    /// controller and this node's agent (needs root; `make run`).
+    Local(LocalArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct LocalArgs {
+    /// Address of the HTTP server (/metrics, built-ins, profiles).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind_address: IpAddr,
+    #[arg(long, default_value_t = crate::server::DEFAULT_PORT)]
+    pub port: u16,
 }
 
 #[derive(clap::Args, Debug)]

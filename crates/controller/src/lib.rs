@@ -2,6 +2,7 @@
 //! the local mode, behind one binary.
 
 pub mod agent;
+pub mod apply;
 pub mod builtin;
 pub mod cli;
 pub mod cluster;

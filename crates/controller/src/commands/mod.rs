@@ -3,6 +3,7 @@
 mod agent;
 mod controller;
 mod crd;
+mod local;
 pub(crate) mod runtime;
 
 use std::process::ExitCode;
@@ -22,6 +23,10 @@ pub fn run(cli: Cli) -> Result<ExitCode, CommandError> {
         Command::Agent(args) => {
             runtime::init_logging(cli.log_format);
             runtime::block_on(agent::run(args))
+        }
+        Command::Local(args) => {
+            runtime::init_logging(cli.log_format);
+            runtime::block_on(local::run(args))
         }
     }
 }
