@@ -20,12 +20,12 @@ use crate::server::{self, ProcessorService, ServerState};
 /// What an install applies, embedded so `kdiag local` works from any directory.
 const MANIFESTS: [(&str, &str); 3] = [
     (
-        "config/deploy/namespace.yaml",
-        include_str!("../../../../config/deploy/namespace.yaml"),
+        "config/deploy/00-namespace.yaml",
+        include_str!("../../../../config/deploy/00-namespace.yaml"),
     ),
     (
-        "config/deploy/rbac.yaml",
-        include_str!("../../../../config/deploy/rbac.yaml"),
+        "config/deploy/10-rbac.yaml",
+        include_str!("../../../../config/deploy/10-rbac.yaml"),
     ),
     (
         "config/deploy/processors.yaml",

@@ -62,7 +62,7 @@ pub async fn installed() -> &'static ControlPlane {
     INSTALLED
         .get_or_init(|| async {
             cp.apply_crds(&kdiag_api::crds::all()).await.unwrap();
-            kubectl_apply(cp, "config/deploy/namespace.yaml");
+            kubectl_apply(cp, "config/deploy/00-namespace.yaml");
             kubectl_apply(cp, "config/deploy");
         })
         .await;

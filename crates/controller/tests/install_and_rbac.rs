@@ -1,0 +1,166 @@
+//! The install manifests against a real apiserver: they apply as documented, and the RBAC they
+//! grant is enough (the other tests run the components with these very tokens) and no more.
+
+mod common;
+
+use common::*;
+use kdiag_testenv::ControlPlane;
+
+fn can_i(cp: &ControlPlane, who: &str, args: &[&str]) -> bool {
+    let out = cp
+        .kubectl()
+        .args([
+            "auth",
+            "can-i",
+            &format!("--as=system:serviceaccount:kube-diagnoser:{who}"),
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        answer == "yes" || answer == "no",
+        "kubectl auth can-i said {answer:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    answer == "yes"
+}
+
+#[tokio::test]
+async fn config_crd_and_config_deploy_apply_in_one_kubectl_command() {
+    let cp = kdiag_testenv::control_plane().await;
+    let out = cp
+        .kubectl()
+        .arg("apply")
+        .arg("-f")
+        .arg(repo_root().join("config/crd"))
+        .arg("-f")
+        .arg(repo_root().join("config/deploy"))
+        .output()
+        .unwrap();
+    // CRDs take a moment to be served; kubectl reports the registrations it could not map yet.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        assert!(
+            stderr.contains("ensure CRDs are installed first"),
+            "{stderr}"
+        );
+        let again = cp
+            .kubectl()
+            .arg("apply")
+            .arg("-f")
+            .arg(repo_root().join("config/crd"))
+            .arg("-f")
+            .arg(repo_root().join("config/deploy"))
+            .output()
+            .unwrap();
+        assert!(
+            again.status.success(),
+            "{}",
+            String::from_utf8_lossy(&again.stderr)
+        );
+    }
+    for what in [
+        "deployment/kdiag-controller",
+        "daemonset/kdiag-agent",
+        "serviceaccount/kdiag-agent",
+        "informationcollector/pod-collector",
+    ] {
+        let got = cp
+            .kubectl()
+            .args(["get", "-n", "kube-diagnoser", what])
+            .output()
+            .unwrap();
+        assert!(
+            got.status.success(),
+            "{what} is missing: {}",
+            String::from_utf8_lossy(&got.stderr)
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_agent_may_process_its_abnormals_and_nothing_more() {
+    let cp = installed().await;
+    let allowed: &[&[&str]] = &[
+        &["watch", "abnormals.diagnosis.netease.com", "-A"],
+        &[
+            "update",
+            "abnormals.diagnosis.netease.com",
+            "--subresource=status",
+            "-n",
+            "team",
+        ],
+        &["list", "pods", "-A"],
+        &["create", "events.events.k8s.io", "-n", "team"],
+        &["get", "configmaps", "-n", "kube-diagnoser"],
+        &["get", "secrets", "-n", "kube-diagnoser"],
+    ];
+    for a in allowed {
+        assert!(can_i(cp, "kdiag-agent", a), "the agent needs {a:?}");
+    }
+    let denied: &[&[&str]] = &[
+        &["create", "abnormals.diagnosis.netease.com", "-n", "team"],
+        &["delete", "abnormals.diagnosis.netease.com", "-n", "team"],
+        &["patch", "abnormals.diagnosis.netease.com", "-n", "team"],
+        &["get", "secrets", "-n", "team"],
+        &["list", "secrets", "-A"],
+        &["create", "pods", "-n", "team"],
+        &["delete", "pods", "-n", "team"],
+        &["update", "nodes"],
+        &[
+            "create",
+            "informationcollectors.diagnosis.netease.com",
+            "-n",
+            "kube-diagnoser",
+        ],
+    ];
+    for d in denied {
+        assert!(
+            !can_i(cp, "kdiag-agent", d),
+            "the agent must not be allowed {d:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_controller_may_admit_and_collect_abnormals_and_nothing_more() {
+    let cp = installed().await;
+    let allowed: &[&[&str]] = &[
+        &["watch", "abnormals.diagnosis.netease.com", "-A"],
+        &["patch", "abnormals.diagnosis.netease.com", "-n", "team"],
+        &["delete", "abnormals.diagnosis.netease.com", "-n", "team"],
+        &[
+            "update",
+            "abnormals.diagnosis.netease.com",
+            "--subresource=status",
+            "-n",
+            "team",
+        ],
+        &["get", "pods", "-n", "team"],
+    ];
+    for a in allowed {
+        assert!(
+            can_i(cp, "kdiag-controller", a),
+            "the controller needs {a:?}"
+        );
+    }
+    let denied: &[&[&str]] = &[
+        &["get", "secrets", "-n", "kube-diagnoser"],
+        &["list", "pods", "-A"],
+        &["create", "pods", "-n", "team"],
+        &[
+            "delete",
+            "informationcollectors.diagnosis.netease.com",
+            "-n",
+            "kube-diagnoser",
+        ],
+        &["get", "configmaps", "-n", "kube-diagnoser"],
+    ];
+    for d in denied {
+        assert!(
+            !can_i(cp, "kdiag-controller", d),
+            "the controller must not be allowed {d:?}"
+        );
+    }
+}
