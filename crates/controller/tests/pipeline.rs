@@ -704,3 +704,85 @@ async fn wait_until(cond: impl Fn() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn the_python_plugin_example_identifies_an_evicted_pod_after_the_builtin_pod_collector() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("python").await;
+    let client = cp.client().await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let script = repo_root().join("examples/plugins/python/disk_pressure_diagnoser.py");
+    let mut python = tokio::process::Command::new("python3")
+        .arg(&script)
+        .args(["--address", "127.0.0.1", "--port", &port.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs the example plugin");
+    let mut line = String::new();
+    use tokio::io::AsyncBufReadExt;
+    tokio::io::BufReader::new(python.stdout.take().unwrap())
+        .read_line(&mut line)
+        .await
+        .unwrap();
+    assert!(line.starts_with("listening"), "{line}");
+    register_plugin(&client, &ns, "Diagnoser", "disk-pressure", port, "/", 10).await;
+
+    let node = format!("{ns}-node");
+    cp.service_account_token(&ns, "default").await;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns);
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "metadata": {"name": "hog", "namespace": ns},
+        "spec": {"nodeName": node, "automountServiceAccountToken": false, "containers": [{"name": "c", "image": "busybox"}]}
+    }))
+    .unwrap();
+    pods.create(&Default::default(), &pod).await.unwrap();
+    let agent = TestAgent::start(cp, &node).await;
+    let spec = json!({"nodeName": node,
+        "assignedInformationCollectors": [{"namespace": "kube-diagnoser", "name": "pod-collector"}],
+        "assignedDiagnosers": [{"name": "disk-pressure"}]});
+
+    // Nothing evicted yet: the plugin says what it checked and the diagnosis fails with it.
+    create_abnormal(&client, &ns, "healthy", spec.clone()).await;
+    let a = wait_final(&client, &ns, "healthy", FINISH).await;
+    let st = a.status.unwrap();
+    assert_eq!(st.phase, Some(AbnormalPhase::Failed));
+    assert!(
+        st.message
+            .contains("checked 1 pods for disk-pressure evictions; none found"),
+        "{}",
+        st.message
+    );
+
+    // The kubelet's eviction, as it writes it into the pod's status.
+    let status = json!({"status": {"phase": "Failed", "reason": "Evicted",
+        "message": "Pod ephemeral local storage usage exceeds the total limit of containers 64Mi. "}});
+    pods.patch_status(
+        "hog",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&status),
+    )
+    .await
+    .unwrap();
+    create_abnormal(&client, &ns, "evicted", spec).await;
+    let a = wait_final(&client, &ns, "evicted", FINISH).await;
+    let st = a.status.unwrap();
+    assert_eq!(
+        st.phase,
+        Some(AbnormalPhase::Succeeded),
+        "{:#?}",
+        st.processors
+    );
+    let cause = st.root_cause.unwrap();
+    assert_eq!(cause.reason, "EvictedForDiskPressure");
+    assert!(
+        cause.summary.contains(&format!("pod {ns}/hog")),
+        "{}",
+        cause.summary
+    );
+    assert_eq!(cause.evidence[0].context_key, "podInformation");
+    agent.stop().await;
+}

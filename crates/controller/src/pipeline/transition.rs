@@ -256,8 +256,12 @@ pub fn apply_step(abnormal: &mut Abnormal, step: &Step, mut result: StepResult, 
                 return;
             }
             status.context.get_or_insert_default().extend(context);
-            if root_cause.is_some() {
-                status.root_cause = root_cause;
+            if let Some(mut cause) = root_cause {
+                // Provenance: which processor found it, even if the processor did not say.
+                if cause.processor.is_empty() {
+                    cause.processor = step.label.clone();
+                }
+                status.root_cause = Some(cause);
             }
             if let Some(c) = command_executors {
                 status.command_executors = c;
