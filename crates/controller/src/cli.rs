@@ -34,6 +34,20 @@ pub enum Command {
     /// Try kdiag without a cluster: start a real single-node cluster on this machine, with the
     /// controller and this node's agent (needs root; `make run`).
     Local(LocalArgs),
+    /// The operator's commands (also installed as the kubectl plugin `kubectl-diag`).
+    Diag(crate::diag::DiagArgs),
+}
+
+/// `kubectl diag …`: the same commands when the binary is called as `kubectl-diag`.
+#[derive(Parser, Debug)]
+#[command(
+    name = "kubectl diag",
+    version,
+    about = "Diagnose Kubernetes with kdiag: Abnormals, their root causes, probes"
+)]
+pub struct KubectlDiag {
+    #[command(flatten)]
+    pub args: crate::diag::DiagArgs,
 }
 
 #[derive(clap::Args, Debug, Clone)]

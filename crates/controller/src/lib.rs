@@ -6,7 +6,8 @@ pub mod apply;
 pub mod builtin;
 pub mod cli;
 pub mod cluster;
-mod commands;
+pub mod commands;
+pub mod diag;
 pub mod metrics;
 pub mod pipeline;
 pub mod plugin;
@@ -23,8 +24,24 @@ use clap::Parser;
 
 /// Parses the command line, runs the command and turns its outcome into an exit code.
 pub fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // Installed as `kubectl-diag`, the binary is a kubectl plugin: `kubectl diag get`.
+    let called_as = std::env::args_os().next().map(std::path::PathBuf::from);
+    if called_as
+        .as_deref()
+        .and_then(|p| p.file_name())
+        .is_some_and(|n| n == "kubectl-diag")
+    {
+        let plugin = cli::KubectlDiag::parse();
+        return match diag::run(plugin.args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let cli = cli::Cli::parse();
     match commands::run(cli) {
         Ok(code) => code,
         Err(e) => {

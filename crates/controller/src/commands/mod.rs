@@ -24,6 +24,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CommandError> {
             runtime::init_logging(cli.log_format);
             runtime::block_on(agent::run(args))
         }
+        Command::Diag(args) => crate::diag::run(args),
         Command::Local(args) => {
             runtime::init_logging(cli.log_format);
             runtime::block_on(local::run(args))
