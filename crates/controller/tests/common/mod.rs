@@ -23,6 +23,7 @@ use kube::api::{Api, PostParams};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
+#[allow(unused_imports)]
 pub use plugin::TestPlugin;
 
 pub fn repo_root() -> PathBuf {
