@@ -1,15 +1,47 @@
 //! Built-in information collectors. Each reads real node or cluster data and writes it to
-//! status.context under its Kube Diagnoser key.
+//! status.context under its Kube Diagnoser key (or a kdiag key for the new ones).
+//!
+//! Every collector honours a time budget (most of `ctx.timeout`) and caps its output below
+//! `ctx.max_output_bytes`, saying so when it had to cut. One unreadable /proc entry or
+//! directory is recorded and skipped, never fatal.
+//!
+//! The building blocks are public so the diagnosers use the same code: [`process::scan`]
+//! (/proc), [`cgroup`] (pod and container of a cgroup path), [`du`] (parallel disk usage),
+//! [`mounts`], [`cri`] (the CRI client) and [`kernel_log`].
 
-mod pod;
+pub mod budget;
+pub mod cgroup;
+pub mod cri;
+pub mod du;
+pub mod file_status;
+pub mod kernel_log;
+pub mod mounts;
+pub mod node;
+pub mod pod;
+pub mod process;
+pub mod systemd;
 
 use std::sync::Arc;
 
 use kdiag_api::plugin::Processor;
 
+pub use cri::ContainerCollector;
+pub use file_status::FileStatusCollector;
+pub use kernel_log::KernelLogCollector;
+pub use node::NodeCollector;
 pub use pod::PodCollector;
+pub use process::ProcessCollector;
+pub use systemd::SystemdCollector;
 
 /// Every built-in collector.
 pub fn all() -> Vec<Arc<dyn Processor>> {
-    vec![Arc::new(PodCollector)]
+    vec![
+        Arc::new(PodCollector),
+        Arc::new(ContainerCollector),
+        Arc::new(ProcessCollector),
+        Arc::new(SystemdCollector),
+        Arc::new(FileStatusCollector),
+        Arc::new(KernelLogCollector),
+        Arc::new(NodeCollector),
+    ]
 }

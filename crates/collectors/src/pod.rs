@@ -8,6 +8,8 @@ use kdiag_api::context_keys::POD_INFORMATION;
 use kdiag_api::plugin::{Processor, ProcessorContext, ProcessorError, ProcessorOutput};
 use kube::api::{Api, ListParams};
 
+use crate::budget::{cap_list, output_budget, truncated_key};
+
 /// Lists this node's pods with a field selector on spec.nodeName, so the apiserver sends only
 /// them (Kube Diagnoser cached every pod of the cluster on every node).
 pub struct PodCollector;
@@ -23,12 +25,7 @@ impl Processor for PodCollector {
         _abnormal: &'a Abnormal,
     ) -> BoxFuture<'a, Result<ProcessorOutput, ProcessorError>> {
         async move {
-            let pods: Api<Pod> = Api::all(ctx.client.clone());
-            let lp = ListParams::default().fields(&format!("spec.nodeName={}", ctx.node_name));
-            let list = pods.list(&lp).await.map_err(|e| {
-                ProcessorError::Failed(format!("listing the pods of node {}: {e}", ctx.node_name))
-            })?;
-            let mut items = list.items;
+            let mut items = node_pods(ctx).await?;
             for pod in &mut items {
                 // Bookkeeping no diagnosis needs, and the bulk of a pod's size.
                 pod.metadata.managed_fields = None;
@@ -37,13 +34,34 @@ impl Processor for PodCollector {
                 }
             }
             let n = items.len();
-            let value =
-                serde_json::to_value(&items).map_err(|e| ProcessorError::Failed(e.to_string()))?;
-            Ok(
-                ProcessorOutput::message(format!("collected {n} pods on node {}", ctx.node_name))
-                    .with_context(POD_INFORMATION, value),
-            )
+            let (kept, truncation) = cap_list(&items, output_budget(ctx.max_output_bytes));
+            let mut message = format!("collected {n} pods on node {}", ctx.node_name);
+            if let Some(t) = &truncation {
+                message.push_str(&format!("; {}", t.reason));
+            }
+            let mut out = ProcessorOutput::message(message)
+                .with_context(POD_INFORMATION, serde_json::Value::Array(kept));
+            if let Some(t) = truncation {
+                out = out.with_context(
+                    &truncated_key(POD_INFORMATION),
+                    serde_json::to_value(t).unwrap_or_default(),
+                );
+            }
+            Ok(out)
         }
         .boxed()
     }
+}
+
+/// The pods bound to this node, listed with a field selector on spec.nodeName.
+pub async fn node_pods(ctx: &ProcessorContext) -> Result<Vec<Pod>, ProcessorError> {
+    let pods: Api<Pod> = Api::all(ctx.client.clone());
+    let lp = ListParams::default().fields(&format!("spec.nodeName={}", ctx.node_name));
+    let list = pods.list(&lp).await.map_err(|e| {
+        ProcessorError::Failed(format!(
+            "listing the pods of node {}: {e} (the agent needs list on pods)",
+            ctx.node_name
+        ))
+    })?;
+    Ok(list.items)
 }

@@ -1,0 +1,209 @@
+//! `file-status-collector` → `fileStatusInformation`: stat and disk usage of the paths named in
+//! `filePathInformation`.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use kdiag_api::Abnormal;
+use kdiag_api::context_keys::{FILE_PATH_INFORMATION, FILE_STATUS_INFORMATION};
+use kdiag_api::plugin::{Processor, ProcessorContext, ProcessorError, ProcessorOutput};
+use serde::Serialize;
+
+use crate::budget::{Deadline, blocking, cap_list, output_budget, truncated_key};
+use crate::du::{self, Usage, WalkRoot};
+
+/// Paths accepted in one Abnormal: each directory is walked, so this bounds the work.
+const MAX_PATHS: usize = 100;
+
+/// One path, as written to `fileStatusInformation`.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileStatus {
+    pub path: String,
+    pub exists: bool,
+    /// The last path component (Go's FileInfo.Name).
+    pub name: String,
+    pub size: u64,
+    /// Type and permissions as `ls -l` shows them (`drwxr-xr-x`).
+    pub mode: String,
+    /// Permission bits in octal (`0755`).
+    pub permissions: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub mod_time: String,
+    pub is_dir: bool,
+    pub is_symlink: bool,
+    pub uid: u32,
+    pub gid: u32,
+    /// Bytes allocated on disk: the whole tree for a directory (`du -sx`), the file itself
+    /// otherwise.
+    pub disk_usage: u64,
+    /// For a directory: the walk behind diskUsage (apparent bytes, files, other filesystems
+    /// not walked, whether it finished in time).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tree: Option<Usage>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub error: String,
+}
+
+pub struct FileStatusCollector;
+
+impl Processor for FileStatusCollector {
+    fn name(&self) -> &'static str {
+        "file-status-collector"
+    }
+
+    fn process<'a>(
+        &'a self,
+        ctx: &'a ProcessorContext,
+        abnormal: &'a Abnormal,
+    ) -> BoxFuture<'a, Result<ProcessorOutput, ProcessorError>> {
+        async move {
+            let paths: Vec<String> = abnormal
+                .context_as(FILE_PATH_INFORMATION)?
+                .ok_or_else(|| {
+                    ProcessorError::InvalidInput(format!(
+                        "context key {FILE_PATH_INFORMATION} is missing: set it in spec.context to the paths to stat, e.g. [\"/var/log\", \"/var/lib/kubelet\"]"
+                    ))
+                })?;
+            if paths.is_empty() {
+                return Err(ProcessorError::InvalidInput(format!(
+                    "context key {FILE_PATH_INFORMATION} is an empty list: name at least one path"
+                )));
+            }
+            if paths.len() > MAX_PATHS {
+                return Err(ProcessorError::InvalidInput(format!(
+                    "context key {FILE_PATH_INFORMATION} names {} paths; at most {MAX_PATHS} are accepted per Abnormal",
+                    paths.len()
+                )));
+            }
+            if let Some(p) = paths.iter().find(|p| !p.starts_with('/')) {
+                return Err(ProcessorError::InvalidInput(format!(
+                    "path {p:?} in {FILE_PATH_INFORMATION} is not absolute: give host paths such as /var/log"
+                )));
+            }
+            let deadline = Deadline::within(ctx.timeout);
+            let statuses =
+                blocking("stat and du", move || stat_all(&paths, deadline)).await?;
+            let found = statuses.iter().filter(|s| s.exists).count();
+            let (kept, truncation) = cap_list(&statuses, output_budget(ctx.max_output_bytes));
+            let mut message = format!("stat {} paths, {found} exist", statuses.len());
+            if let Some(t) = &truncation {
+                message.push_str(&format!("; {}", t.reason));
+            }
+            let mut out = ProcessorOutput::message(message)
+                .with_context(FILE_STATUS_INFORMATION, serde_json::Value::Array(kept));
+            if let Some(t) = truncation {
+                out = out.with_context(
+                    &truncated_key(FILE_STATUS_INFORMATION),
+                    serde_json::to_value(t).unwrap_or_default(),
+                );
+            }
+            Ok(out)
+        }
+        .boxed()
+    }
+}
+
+/// Stats each path and measures the directories among them in one parallel walk.
+pub fn stat_all(paths: &[String], deadline: Deadline) -> Vec<FileStatus> {
+    let mut out: Vec<FileStatus> = paths.iter().map(|p| stat(Path::new(p))).collect();
+    let dirs: Vec<usize> = (0..out.len()).filter(|i| out[*i].is_dir).collect();
+    let roots: Vec<WalkRoot> = dirs
+        .iter()
+        .map(|i| WalkRoot::new(PathBuf::from(&out[*i].path)))
+        .collect();
+    let usage = du::walk(&roots, du::default_threads(), deadline);
+    for (i, u) in dirs.into_iter().zip(usage) {
+        out[i].disk_usage = u.allocated_bytes;
+        out[i].tree = Some(u);
+    }
+    out
+}
+
+fn stat(path: &Path) -> FileStatus {
+    let mut s = FileStatus {
+        path: path.display().to_string(),
+        name: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "/".into()),
+        ..Default::default()
+    };
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) => {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                s.error = e.to_string();
+            }
+            return s;
+        }
+    };
+    s.exists = true;
+    s.size = meta.size();
+    s.is_dir = meta.is_dir();
+    s.is_symlink = meta.file_type().is_symlink();
+    s.uid = meta.uid();
+    s.gid = meta.gid();
+    let mode = meta.permissions().mode();
+    s.permissions = format!("{:04o}", mode & 0o7777);
+    s.mode = mode_string(mode);
+    s.mod_time = jiff::Timestamp::from_second(meta.mtime())
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    s.disk_usage = meta.blocks() * 512;
+    s
+}
+
+/// `ls -l`'s first column.
+fn mode_string(mode: u32) -> String {
+    let kind = match mode & libc::S_IFMT {
+        libc::S_IFDIR => 'd',
+        libc::S_IFLNK => 'l',
+        libc::S_IFCHR => 'c',
+        libc::S_IFBLK => 'b',
+        libc::S_IFIFO => 'p',
+        libc::S_IFSOCK => 's',
+        _ => '-',
+    };
+    let mut s = String::with_capacity(10);
+    s.push(kind);
+    for shift in [6, 3, 0] {
+        let bits = (mode >> shift) & 7;
+        s.push(if bits & 4 != 0 { 'r' } else { '-' });
+        s.push(if bits & 2 != 0 { 'w' } else { '-' });
+        s.push(if bits & 1 != 0 { 'x' } else { '-' });
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_directories_and_missing_paths_are_each_described() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("data.log");
+        std::fs::write(&file, vec![0u8; 10_000]).unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/x"), vec![0u8; 50_000]).unwrap();
+        let paths = vec![
+            file.display().to_string(),
+            dir.path().display().to_string(),
+            dir.path().join("missing").display().to_string(),
+        ];
+        let s = stat_all(&paths, Deadline::never());
+        assert!(s[0].exists && !s[0].is_dir);
+        assert_eq!(s[0].size, 10_000);
+        assert_eq!(s[0].name, "data.log");
+        assert!(s[0].mode.starts_with("-rw"));
+        assert!(s[1].is_dir && s[1].mode.starts_with('d'));
+        let tree = s[1].tree.as_ref().unwrap();
+        assert_eq!(tree.files, 2);
+        assert!(tree.apparent_bytes >= 60_000);
+        assert!(s[1].disk_usage >= 60_000);
+        assert!(!s[2].exists && s[2].error.is_empty());
+    }
+}

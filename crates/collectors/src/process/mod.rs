@@ -1,0 +1,85 @@
+//! `process-collector` → `processInformation`: every process of the node, with the pod and the
+//! container it belongs to.
+
+pub mod scan;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use kdiag_api::Abnormal;
+use kdiag_api::context_keys::PROCESS_INFORMATION;
+use kdiag_api::plugin::{Processor, ProcessorContext, ProcessorError, ProcessorOutput};
+
+use crate::budget::{Deadline, blocking, cap_list, output_budget, truncated_key};
+pub use scan::{MemoryInfo, ProcessInfo, SignalInfo, Snapshot};
+
+/// Reads the host's /proc (the agent runs with hostPID; `ctx.node.proc_root`).
+pub struct ProcessCollector;
+
+impl Processor for ProcessCollector {
+    fn name(&self) -> &'static str {
+        "process-collector"
+    }
+
+    fn process<'a>(
+        &'a self,
+        ctx: &'a ProcessorContext,
+        _abnormal: &'a Abnormal,
+    ) -> BoxFuture<'a, Result<ProcessorOutput, ProcessorError>> {
+        async move {
+            let proc_root = ctx.node.proc_root.clone();
+            let deadline = Deadline::within(ctx.timeout);
+            let snap = blocking("the /proc scan", move || {
+                scan::scan(&proc_root, deadline, scan::default_threads())
+            })
+            .await?
+            .map_err(|e| {
+                ProcessorError::Failed(format!(
+                    "{e} (is the node's /proc at {}? set the agent's --proc-root)",
+                    ctx.node.proc_root.display()
+                ))
+            })?;
+            Ok(output(&snap, ctx.max_output_bytes))
+        }
+        .boxed()
+    }
+}
+
+/// The step's output for a scan.
+pub fn output(snap: &Snapshot, max_output_bytes: usize) -> ProcessorOutput {
+    let (kept, truncation) = cap_list(&snap.processes, output_budget(max_output_bytes));
+    let in_pods = snap
+        .processes
+        .iter()
+        .filter(|p| p.pod_uid.is_some())
+        .count();
+    let mut message = format!(
+        "collected {} processes, {in_pods} of them in pods",
+        snap.processes.len()
+    );
+    if !snap.complete {
+        message.push_str("; the time budget ran out before every process was read");
+    }
+    if let Some(t) = &truncation {
+        message.push_str(&format!("; {}", t.reason));
+    }
+    if !snap.problems.is_empty() {
+        message.push_str(&format!(
+            "; {} entries unreadable and skipped (first: {})",
+            snap.problems.len(),
+            snap.problems
+                .items
+                .first()
+                .map(String::as_str)
+                .unwrap_or("")
+        ));
+    }
+    let mut out = ProcessorOutput::message(message)
+        .with_context(PROCESS_INFORMATION, serde_json::Value::Array(kept));
+    if let Some(t) = truncation {
+        out = out.with_context(
+            &truncated_key(PROCESS_INFORMATION),
+            serde_json::to_value(t).unwrap_or_default(),
+        );
+    }
+    out
+}
