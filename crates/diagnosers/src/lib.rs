@@ -1,11 +1,22 @@
 //! Built-in diagnosers. Each identifies a cause (status.rootCause with evidence) or says clearly
-//! what it checked and found nothing.
+//! what it checked and found nothing (`ProcessorError::NotIdentified`).
+
+pub mod pod_disk_usage;
+pub mod pods;
+pub mod quantity;
+pub mod terminating_pod;
 
 use std::sync::Arc;
 
 use kdiag_api::plugin::Processor;
 
+pub use pod_disk_usage::PodDiskUsageDiagnoser;
+pub use terminating_pod::TerminatingPodDiagnoser;
+
 /// Every built-in diagnoser.
 pub fn all() -> Vec<Arc<dyn Processor>> {
-    Vec::new()
+    vec![
+        Arc::new(PodDiskUsageDiagnoser),
+        Arc::new(TerminatingPodDiagnoser),
+    ]
 }

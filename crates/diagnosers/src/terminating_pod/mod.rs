@@ -1,0 +1,383 @@
+//! `terminating-pod-diagnoser`: why pods that were deleted are still there.
+//!
+//! For each terminating pod of the node (or the one the Abnormal's podReference names) it
+//! gathers: the finalizers, the processes that still belong to the pod (found through their
+//! cgroups, which name the pod's UID, and through the runtime shims serving the pod's
+//! sandboxes, containerd-shim-runc-v2 `-id` or CRI-O's conmon), whether each ignores SIGTERM,
+//! and the volumes still mounted under the pod's directory. The rules in [`rules`] turn that
+//! into causes; a SIGKILL is proposed in `signalRecovery` only where ending a process is the
+//! fix (live processes past the deadline, or processes that ignore SIGTERM).
+
+pub mod rules;
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::Pod;
+use kdiag_api::context_keys::{SIGNAL_RECOVERY, TERMINATING_POD_DIAGNOSIS};
+use kdiag_api::plugin::{Processor, ProcessorContext, ProcessorError, ProcessorOutput};
+use kdiag_api::{Abnormal, RootCause};
+use kdiag_collectors::budget::{Deadline, blocking, cap_list, output_budget, truncated_key};
+use kdiag_collectors::cri::CriClient;
+use kdiag_collectors::mounts;
+use kdiag_collectors::process::scan::{self, Snapshot};
+use kube::Api;
+use serde_json::{Value, json};
+
+use crate::pods;
+pub use rules::{Cause, PodFacts, ProcessFact, Role, Signal, Verdict};
+
+/// Used when a pod has neither deletionGracePeriodSeconds nor terminationGracePeriodSeconds.
+const DEFAULT_GRACE_SECONDS: i64 = 30;
+/// The runtime is asked for sandbox IDs only as a second source: never wait long for it.
+const CRI_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct TerminatingPodDiagnoser;
+
+impl Processor for TerminatingPodDiagnoser {
+    fn name(&self) -> &'static str {
+        "terminating-pod-diagnoser"
+    }
+
+    fn process<'a>(
+        &'a self,
+        ctx: &'a ProcessorContext,
+        abnormal: &'a Abnormal,
+    ) -> BoxFuture<'a, Result<ProcessorOutput, ProcessorError>> {
+        async move {
+            let deadline = Deadline::within(ctx.timeout);
+            let (terminating, checked) = terminating_pods(ctx, abnormal).await?;
+            let proc_root = ctx.node.proc_root.clone();
+            let snapshot = blocking("the /proc scan", move || {
+                scan::scan(&proc_root, deadline, scan::default_threads())
+            })
+            .await?
+            .map_err(ProcessorError::Failed)?;
+            let (sandboxes, cri_note) = sandboxes_by_pod(ctx, deadline).await;
+            let host_mounts = mounts::host_mounts(&ctx.node.proc_root).unwrap_or_default();
+            let pods_dir = ctx.node.kubelet_root.join("pods");
+            let facts: Vec<(Pod, PodFacts)> = terminating
+                .into_iter()
+                .map(|pod| {
+                    let f = facts(ctx, &pod, &snapshot, &sandboxes, &host_mounts, &pods_dir);
+                    (pod, f)
+                })
+                .collect();
+            conclude(&facts, checked, &cri_note, &snapshot, ctx.max_output_bytes)
+        }
+        .boxed()
+    }
+}
+
+/// The terminating pods to look at, and how many pods were checked.
+async fn terminating_pods(
+    ctx: &ProcessorContext,
+    abnormal: &Abnormal,
+) -> Result<(Vec<Pod>, usize), ProcessorError> {
+    let (mut all, _) = pods::node_pods(ctx, abnormal).await?;
+    if let Some(reference) = pods::reference(abnormal) {
+        all.retain(|p| pods::referenced(abnormal, p));
+        if all.is_empty() {
+            // Not in podInformation or not listed for this node: ask for it by name.
+            let (ns, name) = reference.split_once('/').unwrap_or(("default", &reference));
+            let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+            match api.get_opt(name).await {
+                Ok(Some(p)) => all.push(p),
+                Ok(None) => {
+                    return Err(ProcessorError::NotIdentified(format!(
+                        "pod {reference} does not exist: it is gone, not stuck"
+                    )));
+                }
+                Err(e) => {
+                    return Err(ProcessorError::Failed(format!(
+                        "reading pod {reference}: {e}"
+                    )));
+                }
+            }
+        }
+        if all.iter().all(|p| p.metadata.deletion_timestamp.is_none()) {
+            return Err(ProcessorError::NotIdentified(format!(
+                "pod {reference} is not terminating (it has no deletionTimestamp)"
+            )));
+        }
+    }
+    let checked = all.len();
+    let terminating: Vec<Pod> = all
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_some())
+        .collect();
+    if terminating.is_empty() {
+        return Err(ProcessorError::NotIdentified(format!(
+            "checked {checked} pods on node {}: none is terminating",
+            ctx.node_name
+        )));
+    }
+    Ok((terminating, checked))
+}
+
+/// Sandbox IDs by pod UID, from the runtime; empty with a note when it cannot be asked (the
+/// cgroups still name the pod's processes).
+async fn sandboxes_by_pod(
+    ctx: &ProcessorContext,
+    deadline: Deadline,
+) -> (HashMap<String, BTreeSet<String>>, String) {
+    let timeout = CRI_TIMEOUT.min(deadline.remaining());
+    let asked = tokio::time::timeout(timeout, async {
+        let mut c = CriClient::connect(&ctx.node.cri_sockets, timeout).await?;
+        c.list_pod_sandboxes().await
+    })
+    .await;
+    match asked {
+        Ok(Ok(sandboxes)) => {
+            let mut by_pod: HashMap<String, BTreeSet<String>> = HashMap::new();
+            for s in sandboxes {
+                if let Some(m) = s.metadata {
+                    by_pod.entry(m.uid).or_default().insert(s.id);
+                }
+            }
+            (by_pod, String::new())
+        }
+        Ok(Err(e)) => (
+            HashMap::new(),
+            format!("; the CRI runtime was not asked: {e}"),
+        ),
+        Err(_) => (
+            HashMap::new(),
+            format!("; the CRI runtime did not answer within {timeout:?}"),
+        ),
+    }
+}
+
+fn facts(
+    ctx: &ProcessorContext,
+    pod: &Pod,
+    snap: &Snapshot,
+    sandboxes: &HashMap<String, BTreeSet<String>>,
+    host_mounts: &[mounts::Mount],
+    pods_dir: &std::path::Path,
+) -> PodFacts {
+    let uid = pods::uid(pod).unwrap_or_default().to_owned();
+    let sandbox_ids = sandboxes.get(&uid).cloned().unwrap_or_default();
+    // Every ID a shim of this pod may serve: its sandboxes and the containers in its cgroups.
+    let mut ids: BTreeSet<String> = sandbox_ids.clone();
+    for p in &snap.processes {
+        if p.pod_uid.as_deref() == Some(uid.as_str())
+            && let Some(c) = &p.container_id
+        {
+            ids.insert(c.clone());
+        }
+    }
+    let mut roles: HashMap<i32, Role> = HashMap::new();
+    for p in &snap.processes {
+        if p.pod_uid.as_deref() == Some(uid.as_str()) {
+            let role = if p.runtime_monitor {
+                Role::Shim
+            } else if p
+                .container_id
+                .as_ref()
+                .is_some_and(|c| sandbox_ids.contains(c))
+            {
+                Role::Sandbox
+            } else {
+                Role::Container
+            };
+            roles.insert(p.pid, role);
+        } else if p.shim_for.as_ref().is_some_and(|s| ids.contains(s)) {
+            roles.insert(p.pid, Role::Shim);
+        }
+    }
+    // Below a shim of this pod run its containers, even where a cgroup does not say so (a
+    // cgroup namespace may hide the path).
+    let shims: BTreeSet<i32> = roles
+        .iter()
+        .filter(|(_, r)| **r == Role::Shim)
+        .map(|(pid, _)| *pid)
+        .collect();
+    if !shims.is_empty() {
+        let by_pid: HashMap<i32, &scan::ProcessInfo> =
+            snap.processes.iter().map(|p| (p.pid, p)).collect();
+        for p in &snap.processes {
+            if roles.contains_key(&p.pid) || p.pod_uid.as_ref().is_some_and(|u| *u != uid) {
+                continue;
+            }
+            let mut cur = p.ppid;
+            for _ in 0..64 {
+                if shims.contains(&cur) {
+                    roles.insert(p.pid, Role::Container);
+                    break;
+                }
+                match by_pid.get(&cur) {
+                    Some(parent) if parent.ppid > 0 => cur = parent.ppid,
+                    _ => break,
+                }
+            }
+        }
+    }
+    let processes = snap
+        .processes
+        .iter()
+        .filter_map(|p| {
+            let role = *roles.get(&p.pid)?;
+            Some(ProcessFact {
+                pid: p.pid,
+                ppid: p.ppid,
+                command: if p.command.is_empty() {
+                    format!("[{}]", p.name)
+                } else {
+                    p.command.join(" ")
+                },
+                state: p.status.clone(),
+                container_id: p.container_id.clone(),
+                role,
+                start_time: p.start_time,
+                ignores_sigterm: p.signals.ignores_sigterm(p.pid),
+            })
+        })
+        .collect();
+    let prefix = format!("{}/", pods_dir.join(&uid).display());
+    let mounts = host_mounts
+        .iter()
+        .filter(|m| !uid.is_empty() && m.mount_point.starts_with(&prefix))
+        .map(|m| m.mount_point.clone())
+        .collect();
+    let spec = pod.spec.as_ref();
+    PodFacts {
+        key: pods::key(pod),
+        uid,
+        deletion_timestamp: pod
+            .metadata
+            .deletion_timestamp
+            .as_ref()
+            .map(|t| t.0)
+            .unwrap_or_else(jiff::Timestamp::now),
+        grace_seconds: pod
+            .metadata
+            .deletion_grace_period_seconds
+            .or_else(|| spec.and_then(|s| s.termination_grace_period_seconds))
+            .unwrap_or(DEFAULT_GRACE_SECONDS),
+        finalizers: pod.metadata.finalizers.clone().unwrap_or_default(),
+        processes,
+        mounts,
+        pre_stop: spec.is_some_and(|s| {
+            s.containers
+                .iter()
+                .any(|c| c.lifecycle.as_ref().is_some_and(|l| l.pre_stop.is_some()))
+        }),
+        node: ctx.node_name.clone(),
+    }
+}
+
+fn conclude(
+    facts: &[(Pod, PodFacts)],
+    checked: usize,
+    cri_note: &str,
+    snap: &Snapshot,
+    max_output_bytes: usize,
+) -> Result<ProcessorOutput, ProcessorError> {
+    let now = jiff::Timestamp::now();
+    let mut judged: Vec<(&Pod, &PodFacts, Verdict)> = facts
+        .iter()
+        .map(|(pod, f)| (pod, f, rules::judge(f, now)))
+        .collect();
+    // Pods with causes first, the longest overdue first.
+    judged.sort_by_key(|(_, _, v)| (v.causes.is_empty(), -v.overdue_seconds));
+    let entries: Vec<Value> = judged
+        .iter()
+        .map(|(pod, f, v)| {
+            json!({
+                "metadata": {
+                    "name": pod.metadata.name,
+                    "namespace": pod.metadata.namespace,
+                    "uid": f.uid,
+                    "deletionTimestamp": f.deletion_timestamp.to_string(),
+                    "deletionGracePeriodSeconds": f.grace_seconds,
+                    "finalizers": f.finalizers,
+                },
+                "deadline": f.deadline().to_string(),
+                "overdueSeconds": v.overdue_seconds,
+                "causes": v.causes,
+                "note": v.note,
+                "processes": f.processes,
+                "mounts": f.mounts,
+            })
+        })
+        .collect();
+    let signals: Vec<&Signal> = judged
+        .iter()
+        .flat_map(|(_, _, v)| v.causes.iter().flat_map(|c| c.signals.iter()))
+        .collect();
+    let (kept, truncation) = cap_list(&entries, output_budget(max_output_bytes) * 3 / 4);
+    let mut out =
+        ProcessorOutput::default().with_context(TERMINATING_POD_DIAGNOSIS, Value::Array(kept));
+    if let Some(t) = truncation {
+        out = out.with_context(
+            &truncated_key(TERMINATING_POD_DIAGNOSIS),
+            serde_json::to_value(t).unwrap_or_default(),
+        );
+    }
+    let partial = if snap.complete {
+        ""
+    } else {
+        "; the /proc scan ran out of time, so some processes may be missing"
+    };
+    let stuck: Vec<&(&Pod, &PodFacts, Verdict)> = judged
+        .iter()
+        .filter(|(_, _, v)| !v.causes.is_empty())
+        .collect();
+    let Some((_, first, verdict)) = stuck.first() else {
+        let notes = judged
+            .iter()
+            .map(|(_, f, v)| format!("{}: {}", f.key, v.note))
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(ProcessorError::NotIdentified(format!(
+            "checked {checked} pods, {} terminating, for finalizers, live processes (cgroups and runtime shims), SIGTERM handling and mounted volumes: {notes}{cri_note}{partial}",
+            judged.len()
+        )));
+    };
+    if !signals.is_empty() {
+        out = out.with_context(
+            SIGNAL_RECOVERY,
+            serde_json::to_value(&signals).unwrap_or_default(),
+        );
+    }
+    let causes = verdict
+        .causes
+        .iter()
+        .map(|c| c.message.as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let when = if verdict.overdue_seconds >= 0 {
+        format!(
+            "is {} s past its deletion deadline",
+            verdict.overdue_seconds
+        )
+    } else {
+        "is terminating".to_owned()
+    };
+    let more = if stuck.len() > 1 {
+        format!(" (and {} more stuck pods)", stuck.len() - 1)
+    } else {
+        String::new()
+    };
+    let summary = format!("pod {} {when}: {causes}{more}", first.key);
+    let evidence = stuck
+        .iter()
+        .flat_map(|(_, _, v)| v.causes.iter().flat_map(|c| c.evidence.iter().cloned()))
+        .take(50)
+        .collect();
+    out.message = format!(
+        "{}: {summary}; {} signal(s) proposed in {SIGNAL_RECOVERY}{cri_note}{partial}",
+        verdict.causes[0].reason,
+        signals.len()
+    );
+    Ok(out.with_root_cause(RootCause {
+        summary,
+        reason: verdict.causes[0].reason.into(),
+        processor: String::new(),
+        suggestion: verdict.causes[0].suggestion.clone(),
+        evidence,
+    }))
+}
