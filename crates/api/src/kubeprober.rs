@@ -9,8 +9,6 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::schema::free_form_object;
-
 /// Environment variables every checker pod gets.
 pub mod env {
     pub const PROBE_NAMESPACE: &str = "KUBEPROBER_PROBE_NAMESPACE";
@@ -58,13 +56,135 @@ pub mod labels {
 pub struct ProbeSpec {
     #[serde(default)]
     pub policy: ProbePolicy,
-    /// The checker pod (restartPolicy is forced to Never).
-    #[serde(default)]
-    #[schemars(schema_with = "free_form_object", transform = crate::schema::no_default)]
-    pub template: PodSpec,
+    /// The checker pod (restartPolicy is forced to Never). Optional when `checks` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::optional_free_form_object")]
+    pub template: Option<PodSpec>,
     /// Environment appended to every container of the checker pod.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub configs: Vec<ProbeConfig>,
+    /// kdiag extension: checks kdiag runs itself, without a checker image, reported as checkers of
+    /// this probe under their names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<NativeCheck>,
+}
+
+/// kdiag extension: a check kdiag runs itself. Exactly one kind is set.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NativeCheck {
+    /// The checker name it reports under (unique in the probe).
+    pub name: String,
+    /// The apiserver answers /readyz, and how fast.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apiserver: Option<ApiserverCheck>,
+    /// Names resolve, against given or discovered resolvers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsCheck>,
+    /// A namespace can be created and deleted (admission webhooks, etcd, the namespace controller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_round_trip: Option<NamespaceRoundTripCheck>,
+    /// No node is NotReady or cordoned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<NodesCheck>,
+    /// Certificates of endpoints or files are not about to expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsCheck>,
+    /// An HTTP endpoint answers with the expected status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpCheck>,
+    /// A TCP endpoint accepts connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpCheck>,
+    /// etcd answers a put, get and delete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<EtcdCheck>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiserverCheck {
+    /// WARN above this latency of /readyz. Default 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warn_milliseconds: Option<i64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsCheck {
+    /// Names that must resolve (A or AAAA records).
+    pub names: Vec<String>,
+    /// Resolvers as ip or ip:port; empty means the nameservers of /etc/resolv.conf.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resolvers: Vec<String>,
+    /// Per query. Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<i32>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceRoundTripCheck {
+    /// Seconds the deletion may take before WARN. Default 60.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<i32>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodesCheck {
+    /// A cordoned node is WARN (default) or ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignore_cordoned: Option<bool>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsCheck {
+    /// host:port endpoints whose served certificate is checked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
+    /// PEM files (on the controller's filesystem) whose certificates are checked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
+    /// WARN when a certificate expires within this many days. Default 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warn_days: Option<i64>,
+    /// ERROR when it expires within this many days (or has expired). Default 7.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_days: Option<i64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpCheck {
+    pub url: String,
+    /// Expected status code. Default: any 2xx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_status: Option<i32>,
+    /// Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<i32>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpCheck {
+    /// host:port.
+    pub address: String,
+    /// Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<i32>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdCheck {
+    /// An etcd client URL, such as http://127.0.0.1:2379 (its v3 HTTP gateway is used).
+    pub endpoint: String,
+    /// Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<i32>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -95,7 +215,7 @@ fn env_list(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProbeStates {
     /// Hash of the spec, used by KubeProber's master to push updates.
@@ -104,6 +224,15 @@ pub struct ProbeStates {
     /// DONE for a one-shot probe that ran.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub phase: String,
+    /// kdiag extension: when kdiag last started a run of this probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run_time: Option<Time>,
+    /// kdiag extension: when the next run is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_run_time: Option<Time>,
+    /// kdiag extension: runs started so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs: Option<i64>,
 }
 
 /// A checker's result. Values are upper-cased on receipt.

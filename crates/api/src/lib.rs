@@ -43,8 +43,8 @@ pub use diagnosis::source::{
 };
 pub use kubeprober::{
     CheckerDiagnosis, CheckerStatus, Cluster, ClusterConfig, ClusterSpec, ClusterStatus, ExtraVar,
-    OnceProbeItem, Probe, ProbeCheckerStatus, ProbeConfig, ProbePolicy, ProbeSpec, ProbeStates,
-    ProbeStatus, ProbeStatusSpec, ProbeStatusStates, ReportProbeStatusSpec,
+    NativeCheck, OnceProbeItem, Probe, ProbeCheckerStatus, ProbeConfig, ProbePolicy, ProbeSpec,
+    ProbeStates, ProbeStatus, ProbeStatusSpec, ProbeStatusStates, ReportProbeStatusSpec,
 };
 
 /// The API group of the Kube Diagnoser kinds.

@@ -93,6 +93,33 @@ pub struct ControllerArgs {
     /// Per node, finished Abnormals beyond the newest this many are deleted.
     #[arg(long, default_value_t = 200)]
     pub max_finished_per_node: usize,
+    /// Abnormals one probe's failures may create: BURST:PER_MINUTE (a token bucket).
+    #[arg(long, default_value = "10:2", value_parser = parse_budget)]
+    pub probe_budget: crate::sources::storm::Budget,
+    /// Abnormals probe failures may create for one node: BURST:PER_MINUTE.
+    #[arg(long, default_value = "10:2", value_parser = parse_budget)]
+    pub probe_node_budget: crate::sources::storm::Budget,
+}
+
+/// Parses a budget written BURST:PER_MINUTE, such as 10:2.
+pub fn parse_budget(s: &str) -> Result<crate::sources::storm::Budget, String> {
+    let (burst, rate) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: write a budget as BURST:PER_MINUTE, such as 10:2"))?;
+    let burst: f64 = burst
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: the burst {burst:?} is not a number"))?;
+    let per_minute: f64 = rate
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: the rate {rate:?} is not a number"))?;
+    if burst < 1.0 || per_minute < 0.0 {
+        return Err(format!(
+            "{s:?}: the burst must be at least 1 and the rate not negative"
+        ));
+    }
+    Ok(crate::sources::storm::Budget { burst, per_minute })
 }
 
 #[derive(clap::Args, Debug, Clone)]

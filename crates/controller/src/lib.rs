@@ -12,10 +12,12 @@ pub mod metrics;
 pub mod pipeline;
 pub mod plugin;
 pub mod policy;
+pub mod probes;
 pub mod profiler;
 pub mod ready;
 pub mod registrations;
 pub mod server;
+pub mod sources;
 pub mod time;
 
 use std::process::ExitCode;

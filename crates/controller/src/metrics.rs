@@ -66,6 +66,10 @@ pub struct ControllerMetrics {
     /// All Abnormals by phase ("" for not yet admitted).
     pub abnormals: IntGaugeVec,
     pub api_errors: IntCounterVec,
+    /// Abnormals created by triggers, by source kind (ProbeStatus, KubernetesEvent, PrometheusAlert).
+    pub triggered: IntCounterVec,
+    /// Triggers storm control or a missing node suppressed, by source kind and reason.
+    pub suppressed: IntCounterVec,
     pub original_gc_success: IntCounter,
     pub original_gc_error: IntCounter,
 }
@@ -222,6 +226,16 @@ impl Metrics {
                 "kdiag_controller_api_errors_total",
                 "Failed apiserver requests of the controller, by operation.",
                 &["operation"],
+            ),
+            triggered: counter_vec(
+                "kdiag_triggered_abnormals_total",
+                "Abnormals created by triggers, by source kind.",
+                &["source"],
+            ),
+            suppressed: counter_vec(
+                "kdiag_suppressed_triggers_total",
+                "Triggers that created no Abnormal, by source kind and reason (probe, node, source budget, no-node, duplicate).",
+                &["source", "reason"],
             ),
             original_gc_success: counter(
                 "abnormal_garbage_collection_success_count".into(),

@@ -147,8 +147,18 @@ async fn the_controller_may_admit_and_collect_abnormals_and_nothing_more() {
     }
     let denied: &[&[&str]] = &[
         &["get", "secrets", "-n", "kube-diagnoser"],
-        &["list", "pods", "-A"],
         &["create", "pods", "-n", "team"],
+        &[
+            "delete",
+            "probestatuses.kubeprober.erda.cloud",
+            "-n",
+            "team",
+        ],
+        &[
+            "get",
+            "customresourcedefinitions",
+            "abnormals.diagnosis.netease.com",
+        ],
         &[
             "delete",
             "informationcollectors.diagnosis.netease.com",

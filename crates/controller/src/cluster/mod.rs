@@ -41,6 +41,8 @@ pub struct ControllerConfig {
     pub ttl: Duration,
     /// Per node, finished Abnormals beyond the newest this many are deleted.
     pub max_finished_per_node: usize,
+    /// Budgets of Abnormals created for failed probe checkers.
+    pub probe_budgets: crate::probes::trigger::ProbeBudgets,
 }
 
 impl Default for ControllerConfig {
@@ -50,6 +52,7 @@ impl Default for ControllerConfig {
             gc_interval: Duration::from_secs(300),
             ttl: Duration::from_secs(72 * 3600),
             max_finished_per_node: 200,
+            probe_budgets: Default::default(),
         }
     }
 }
@@ -66,6 +69,8 @@ pub enum ControllerError {
 
 struct Ctx {
     client: Client,
+    abnormals: Store<DeserializeGuard<Abnormal>>,
+    probe_schema: crate::probes::writeback::SchemaProbe,
     registrations: Registrations,
     builtins: Builtins,
     recorder: Recorder,
@@ -98,18 +103,29 @@ pub fn start(
             instance: None,
         },
     );
+    let api: Api<DeserializeGuard<Abnormal>> = Api::all(client.clone());
+    let controller = Controller::new(api, watcher::Config::default())
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned());
+    let store = controller.store();
+    let (sources, sources_driver) =
+        crate::sources::validity::start(client.clone(), shutdown.clone());
+    let probe_trigger = crate::probes::trigger::start(
+        client.clone(),
+        sources.clone(),
+        config.probe_budgets,
+        metrics.clone(),
+        shutdown.clone(),
+    );
     let ctx = Arc::new(Ctx {
         client: client.clone(),
+        abnormals: store.clone(),
+        probe_schema: Default::default(),
         registrations: registrations.clone(),
         builtins,
         recorder,
         metrics,
         config,
     });
-    let api: Api<DeserializeGuard<Abnormal>> = Api::all(client.clone());
-    let controller = Controller::new(api, watcher::Config::default())
-        .graceful_shutdown_on(shutdown.clone().cancelled_owned());
-    let store = controller.store();
     let ready = Arc::new(AtomicBool::new(false));
     let handle = ControllerHandle {
         ready: ready.clone(),
@@ -133,6 +149,8 @@ pub fn start(
             store.clone(),
             shutdown.clone(),
         ));
+        let sources_task = tokio::spawn(sources_driver);
+        let probes_task = tokio::spawn(probe_trigger);
         // Admission needs the registrations: validating against an empty cache would reject
         // every Abnormal that names a processor.
         registrations.wait_until_ready().await;
@@ -145,6 +163,7 @@ pub fn start(
             })
             .await;
         gc_task.abort();
+        let _ = tokio::join!(sources_task, probes_task);
         readiness.abort();
         registrations_task.abort();
         tracing::info!("controller stopped");
@@ -161,6 +180,12 @@ async fn reconcile(
         Err(invalid) => return reject_malformed(&ctx, invalid).await,
     };
     let status = abnormal.status.clone().unwrap_or_default();
+    if abnormal.spec.probe_status.is_some() && status.phase.is_some() {
+        // The root cause goes next to the probe result; failing to write it is retried.
+        crate::probes::writeback::sync(&ctx.client, &ctx.abnormals, &ctx.probe_schema, abnormal)
+            .await
+            .map_err(|e| api_error(&ctx, abnormal, "write diagnosis to ProbeStatus", e))?;
+    }
     match status.phase {
         None => admit(&ctx, abnormal).await,
         Some(_) if accepted(&status) && !abnormal.labels().contains_key(NODE_LABEL) => {

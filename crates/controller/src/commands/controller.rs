@@ -44,6 +44,10 @@ pub fn controller_config(args: &ControllerArgs) -> ControllerConfig {
         gc_interval: args.gc_interval,
         ttl: args.abnormal_ttl,
         max_finished_per_node: args.max_finished_per_node,
+        probe_budgets: crate::probes::trigger::ProbeBudgets {
+            per_probe: args.probe_budget,
+            per_node: args.probe_node_budget,
+        },
     }
 }
 

@@ -1,0 +1,255 @@
+//! `kubectl diag probes [NAME]`: KubeProber checker results, one row per checker, with the root
+//! cause kdiag found for a failing one.
+//!
+//! The root cause comes from the kdiag extension `spec.checkers[].diagnosis.rootCause`, or else
+//! from the annotation `kdiag.io/diagnosis.<checker>` on the ProbeStatus: plain text (the root
+//! cause itself) or a JSON object shaped like the extension (`{"abnormal", "phase",
+//! "rootCause"}`, `summary` also accepted).
+
+use kdiag_api::{CheckerDiagnosis, ProbeStatus};
+
+use super::client::{Fetched, Kube, PROBESTATUSES, Request};
+use super::render::{self, Style, Table, Tone};
+use super::{DiagError, Output, Scope};
+
+/// Prefix of the per-checker diagnosis annotation.
+pub const DIAGNOSIS_ANNOTATION_PREFIX: &str = "kdiag.io/diagnosis.";
+
+const MESSAGE_WIDTH: usize = 50;
+const ROOT_CAUSE_WIDTH: usize = 60;
+
+fn request(verb: &'static str, namespace: Option<&str>) -> Request<'_> {
+    Request {
+        verb,
+        kind: "ProbeStatus",
+        resource: PROBESTATUSES,
+        namespace,
+        name: None,
+    }
+}
+
+pub async fn run(
+    kube: &Kube,
+    scope: &Scope,
+    name: Option<&str>,
+    output: Option<Output>,
+    style: Style,
+) -> Result<String, DiagError> {
+    let items = match name {
+        Some(name) => vec![
+            kube.get::<ProbeStatus>(&scope.namespace, name, request("get", Some(&scope.namespace)))
+                .await?,
+        ],
+        None => {
+            let ns = scope.list_namespace();
+            kube.list::<ProbeStatus>(ns, request("list", ns)).await?
+        }
+    };
+    match output {
+        Some(Output::Json) | Some(Output::Yaml) => super::objects(
+            items.into_iter().map(|i| i.raw).collect(),
+            name.is_some(),
+            output,
+        ),
+        _ if items.is_empty() => Ok(String::new()),
+        _ => Ok(table(
+            &items,
+            scope.all_namespaces,
+            output == Some(Output::Wide),
+            jiff::Timestamp::now(),
+            style,
+        )
+        .render()),
+    }
+}
+
+/// What `probes` says when there is nothing, on stderr like kubectl.
+pub fn nothing_found(scope: &Scope) -> String {
+    if scope.all_namespaces {
+        "No ProbeStatuses found.".into()
+    } else {
+        format!("No ProbeStatuses found in {} namespace.", scope.namespace)
+    }
+}
+
+/// The diagnosis of one checker: the extension field first, the annotation second.
+pub fn diagnosis(p: &ProbeStatus, checker: &str) -> Option<CheckerDiagnosis> {
+    if let Some(d) = p
+        .spec
+        .checkers
+        .iter()
+        .find(|c| c.name == checker)
+        .and_then(|c| c.diagnosis.clone())
+    {
+        return Some(d);
+    }
+    let value = p
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(&format!("{DIAGNOSIS_ANNOTATION_PREFIX}{checker}"))?;
+    match serde_json::from_str::<serde_json::Value>(value) {
+        Ok(serde_json::Value::Object(o)) => {
+            let text = |k: &str| o.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+            let root_cause = if o.contains_key("rootCause") {
+                text("rootCause")
+            } else {
+                text("summary")
+            };
+            Some(CheckerDiagnosis {
+                abnormal: text("abnormal"),
+                phase: text("phase"),
+                root_cause,
+            })
+        }
+        _ => Some(CheckerDiagnosis {
+            root_cause: value.trim().to_owned(),
+            ..Default::default()
+        }),
+    }
+}
+
+/// One row per checker.
+pub fn table(
+    items: &[Fetched<ProbeStatus>],
+    all_namespaces: bool,
+    wide: bool,
+    now: jiff::Timestamp,
+    style: Style,
+) -> Table {
+    let mut headers = vec![];
+    if all_namespaces {
+        headers.push("NAMESPACE");
+    }
+    headers.extend(["PROBER", "CHECKER", "STATUS", "MESSAGE", "LASTRUN", "ROOT CAUSE"]);
+    if wide {
+        headers.extend(["ABNORMAL", "PHASE"]);
+    }
+    let mut t = Table::new(headers);
+    let cut = |s: &str, w: usize| if wide { s.to_owned() } else { render::truncate(s, w) };
+    for item in items {
+        let mut prefix = vec![];
+        if all_namespaces {
+            prefix.push(item.namespace().to_owned());
+        }
+        prefix.push(item.name().to_owned());
+        let p = match &item.parsed {
+            Ok(p) => p,
+            Err(e) => {
+                let mut row = prefix.clone();
+                row.extend([
+                    String::new(),
+                    style.paint(Tone::Bad, "<invalid>"),
+                    cut(&format!("cannot be read: {e}"), MESSAGE_WIDTH),
+                ]);
+                t.row(row);
+                continue;
+            }
+        };
+        if p.spec.checkers.is_empty() {
+            // A probe that has not reported checkers yet: its summary, if any.
+            let st = p.status.clone().unwrap_or_default();
+            let status = st.status.map(|s| s.as_str()).unwrap_or("");
+            let mut row = prefix.clone();
+            row.extend([
+                "<none>".to_owned(),
+                style.paint(render::checker_tone(status), status),
+                cut(&st.message, MESSAGE_WIDTH),
+                st.last_run.map(|t| render::age_at(t.0, now)).unwrap_or_default(),
+                String::new(),
+            ]);
+            t.row(row);
+            continue;
+        }
+        for c in &p.spec.checkers {
+            let d = diagnosis(p, &c.name).unwrap_or_default();
+            let mut row = prefix.clone();
+            row.extend([
+                c.name.clone(),
+                style.paint(render::checker_tone(c.status.as_str()), c.status.as_str()),
+                cut(&c.message, MESSAGE_WIDTH),
+                c.last_run
+                    .as_ref()
+                    .map(|t| render::age_at(t.0, now))
+                    .unwrap_or_default(),
+                cut(&d.root_cause, ROOT_CAUSE_WIDTH),
+            ]);
+            if wide {
+                row.extend([d.abnormal, d.phase]);
+            }
+            t.row(row);
+        }
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fetched(v: serde_json::Value) -> Fetched<ProbeStatus> {
+        Fetched {
+            parsed: serde_json::from_value(v.clone()).map_err(|e| e.to_string()),
+            raw: v,
+        }
+    }
+
+    fn example() -> Fetched<ProbeStatus> {
+        fetched(json!({
+            "apiVersion": "kubeprober.erda.cloud/v1", "kind": "ProbeStatus",
+            "metadata": {"name": "k8s-probe", "namespace": "kubeprober",
+                "annotations": {"kdiag.io/diagnosis.etcd": "{\"abnormal\": \"kubeprober/etcd-x\", \"phase\": \"Diagnosing\", \"rootCause\": \"etcd member 2 is down\"}",
+                                "kdiag.io/diagnosis.kubelet": "kubelet on node-b cannot reach the apiserver"}},
+            "spec": {"checkers": [
+                {"name": "dns", "status": "PASS", "message": "", "lastRun": "2026-11-22T10:04:00Z"},
+                {"name": "coredns-pods", "status": "error", "message": "2 of 2 coredns pods are CrashLoopBackOff", "lastRun": "2026-11-22T10:04:30Z",
+                 "diagnosis": {"abnormal": "kubeprober/coredns-abc", "phase": "Succeeded", "rootCause": "coredns cannot read its ConfigMap: forbidden"}},
+                {"name": "etcd", "status": "WARN", "message": "slow", "lastRun": "2026-11-22T10:04:30Z"},
+                {"name": "kubelet", "status": "ERROR", "message": "not ready", "lastRun": "2026-11-22T10:04:30Z"}
+            ]}
+        }))
+    }
+
+    fn now() -> jiff::Timestamp {
+        "2026-11-22T10:05:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn one_row_per_checker_with_the_root_cause_from_the_extension_or_the_annotation() {
+        let out = table(&[example()], false, false, now(), Style::PLAIN).render();
+        assert_eq!(
+            out,
+            "\
+PROBER      CHECKER        STATUS   MESSAGE                                   LASTRUN   ROOT CAUSE
+k8s-probe   dns            PASS                                               60s
+k8s-probe   coredns-pods   ERROR    2 of 2 coredns pods are CrashLoopBackOff  30s       coredns cannot read its ConfigMap: forbidden
+k8s-probe   etcd           WARN     slow                                      30s       etcd member 2 is down
+k8s-probe   kubelet        ERROR    not ready                                 30s       kubelet on node-b cannot reach the apiserver
+"
+            .replace("CrashLoopBackOff  30s", "CrashLoopBackOff   30s")
+        );
+    }
+
+    #[test]
+    fn wide_adds_the_abnormal_and_its_phase() {
+        let out = table(&[example()], true, true, now(), Style::PLAIN).render();
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].starts_with("NAMESPACE    PROBER"), "{out}");
+        assert!(lines[0].ends_with("ABNORMAL                  PHASE"), "{out}");
+        assert!(lines[2].ends_with("kubeprober/coredns-abc    Succeeded"), "{out}");
+        assert!(lines[3].ends_with("kubeprober/etcd-x         Diagnosing"), "{out}");
+    }
+
+    #[test]
+    fn a_probe_without_checkers_shows_its_summary() {
+        let p = fetched(json!({
+            "apiVersion": "kubeprober.erda.cloud/v1", "kind": "ProbeStatus",
+            "metadata": {"name": "fresh", "namespace": "kubeprober"},
+            "spec": {},
+            "status": {"status": "UNKNOWN", "message": "never ran"}
+        }));
+        let out = table(&[p], false, false, now(), Style::COLOUR).render();
+        assert!(out.contains("fresh    <none>    \x1b[33mUNKNOWN\x1b[0m   never ran"), "{out:?}");
+    }
+}

@@ -1,0 +1,328 @@
+//! Pure formatting shared by the `kubectl diag` commands: tables, ages, durations, colour.
+//! Nothing here does IO, so every layout is unit-tested.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+/// Whether to colour the output. Decided once at the edge (terminal, `NO_COLOR`, `--color`),
+/// then passed down so the renderers stay pure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Style {
+    pub colour: bool,
+}
+
+/// What a piece of text means, which decides its colour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tone {
+    Good,
+    Bad,
+    Warn,
+    Busy,
+    Dim,
+    Heading,
+}
+
+impl Style {
+    pub const PLAIN: Style = Style { colour: false };
+    pub const COLOUR: Style = Style { colour: true };
+
+    /// `--color=auto` decides by whether stdout is a terminal and by `NO_COLOR`
+    /// (<https://no-color.org>: set and not empty means no colour).
+    pub fn detect(choice: ColorChoice, stdout_is_terminal: bool, no_color: Option<&str>) -> Self {
+        let colour = match choice {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => stdout_is_terminal && no_color.is_none_or(str::is_empty),
+        };
+        Self { colour }
+    }
+
+    /// `text` in the tone's colour, or as it is when colour is off.
+    pub fn paint(self, tone: Tone, text: &str) -> String {
+        if !self.colour || text.is_empty() {
+            return text.to_owned();
+        }
+        let code = match tone {
+            Tone::Good => "32",
+            Tone::Bad => "31",
+            Tone::Warn => "33",
+            Tone::Busy => "36",
+            Tone::Dim => "2",
+            Tone::Heading => "1",
+        };
+        format!("\x1b[{code}m{text}\x1b[0m")
+    }
+}
+
+/// `--color`: when to colour the output.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ColorChoice {
+    /// When stdout is a terminal and NO_COLOR is not set.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+/// The tone of an Abnormal phase ("" before admission).
+pub fn phase_tone(phase: &str) -> Tone {
+    match phase {
+        "Succeeded" => Tone::Good,
+        "Failed" => Tone::Bad,
+        "" | "<pending>" => Tone::Warn,
+        _ => Tone::Busy,
+    }
+}
+
+/// The tone of a step result.
+pub fn result_tone(result: &str) -> Tone {
+    match result {
+        "Succeeded" => Tone::Good,
+        "Failed" => Tone::Bad,
+        "Running" => Tone::Busy,
+        _ => Tone::Dim,
+    }
+}
+
+/// The tone of a KubeProber checker status.
+pub fn checker_tone(status: &str) -> Tone {
+    match status {
+        "PASS" | "INFO" => Tone::Good,
+        "ERROR" => Tone::Bad,
+        "WARN" | "UNKNOWN" => Tone::Warn,
+        _ => Tone::Dim,
+    }
+}
+
+/// A table laid out as kubectl lays out `get`: upper-case headers, columns separated by three
+/// spaces, no trailing spaces. Cells may carry colour; widths count only what is visible.
+#[derive(Debug, Clone, Default)]
+pub struct Table {
+    headers: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new<S: Into<String>>(headers: impl IntoIterator<Item = S>) -> Self {
+        Self {
+            headers: headers.into_iter().map(Into::into).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row<S: Into<String>>(&mut self, cells: impl IntoIterator<Item = S>) {
+        self.rows.push(cells.into_iter().map(Into::into).collect());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    pub fn render(&self) -> String {
+        let columns = self.headers.len();
+        let mut widths: Vec<usize> = self.headers.iter().map(|h| visible_width(h)).collect();
+        for row in &self.rows {
+            for (i, cell) in row.iter().enumerate().take(columns) {
+                widths[i] = widths[i].max(visible_width(cell));
+            }
+        }
+        let mut out = String::new();
+        for line in std::iter::once(&self.headers).chain(&self.rows) {
+            let mut text = String::new();
+            for (i, width) in widths.iter().enumerate() {
+                let cell = line.get(i).map(String::as_str).unwrap_or("");
+                text.push_str(cell);
+                if i + 1 < columns {
+                    let pad = width - visible_width(cell) + 3;
+                    text.extend(std::iter::repeat_n(' ', pad));
+                }
+            }
+            let _ = writeln!(out, "{}", text.trim_end());
+        }
+        out
+    }
+}
+
+/// The number of characters a terminal shows: ANSI colour sequences take no room.
+pub fn visible_width(s: &str) -> usize {
+    let mut width = 0;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // Skip to the end of the sequence (a letter).
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            width += 1;
+        }
+    }
+    width
+}
+
+/// At most `max` characters, the last one an ellipsis when cut. One line only: a table cell
+/// must not break the table.
+pub fn truncate(s: &str, max: usize) -> String {
+    let line = s.lines().next().unwrap_or("");
+    let cut = line.chars().count() > max || s.contains('\n');
+    if !cut {
+        return line.to_owned();
+    }
+    let mut out: String = line.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// An age as kubectl prints it: `45s`, `5m12s`, `3h4m`, `2d5h`, `400d`.
+pub fn age(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..120 => format!("{s}s"),
+        120..600 => format!("{}m{}s", s / 60, s % 60),
+        600..10800 => format!("{}m", s / 60),
+        10800..86400 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+        86400..864000 => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+/// A step's duration: `4ms`, `1.2s`, `2m3s`.
+pub fn duration_ms(ms: i64) -> String {
+    let ms = ms.max(0);
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else {
+        format!("{}m{}s", ms / 60_000, (ms % 60_000) / 1000)
+    }
+}
+
+/// How long after `origin` something happened, for the timeline: `+0.3s`, `+12s`, `+2m3s`.
+pub fn offset(origin: jiff::Timestamp, at: jiff::Timestamp) -> String {
+    let ms = at.duration_since(origin).as_millis();
+    if ms < 0 {
+        return "+0s".into();
+    }
+    let ms = i64::try_from(ms).unwrap_or(i64::MAX);
+    // Kubernetes timestamps are often whole seconds: no decimals that only say ".0".
+    if ms < 10_000 && ms % 1000 != 0 {
+        format!("+{:.1}s", ms as f64 / 1000.0)
+    } else if ms < 120_000 {
+        format!("+{}s", ms / 1000)
+    } else {
+        format!("+{}m{}s", ms / 60_000, (ms % 60_000) / 1000)
+    }
+}
+
+/// The age of `t` at `now`.
+pub fn age_at(t: jiff::Timestamp, now: jiff::Timestamp) -> String {
+    let d = now.duration_since(t);
+    age(d.unsigned_abs())
+}
+
+/// A timestamp for people: RFC 3339 in UTC, to the second.
+pub fn timestamp(t: jiff::Timestamp) -> String {
+    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// Indents every line of `text` by `by` spaces.
+pub fn indent(text: &str, by: usize) -> String {
+    let pad = " ".repeat(by);
+    text.lines()
+        .map(|l| {
+            if l.is_empty() {
+                String::new()
+            } else {
+                format!("{pad}{l}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns_like_kubectl_and_leave_no_trailing_spaces() {
+        let mut t = Table::new(["NAME", "PHASE", "AGE"]);
+        t.row(["demo-web", "Succeeded", "5s"]);
+        t.row(["x", "Failed", ""]);
+        assert_eq!(
+            t.render(),
+            "NAME       PHASE       AGE\n\
+             demo-web   Succeeded   5s\n\
+             x          Failed\n"
+        );
+    }
+
+    #[test]
+    fn coloured_cells_do_not_widen_their_column() {
+        let mut t = Table::new(["A", "B"]);
+        t.row([Style::COLOUR.paint(Tone::Good, "ok"), "x".into()]);
+        let out = t.render();
+        let second = out.lines().nth(1).unwrap();
+        assert_eq!(visible_width(second), "ok   x".len(), "{second:?}");
+        assert!(second.contains("\x1b[32mok\x1b[0m"));
+    }
+
+    #[test]
+    fn plain_style_never_writes_escape_codes() {
+        assert_eq!(Style::PLAIN.paint(Tone::Bad, "Failed"), "Failed");
+    }
+
+    #[test]
+    fn colour_follows_the_terminal_and_no_color() {
+        assert!(Style::detect(ColorChoice::Auto, true, None).colour);
+        assert!(!Style::detect(ColorChoice::Auto, false, None).colour);
+        assert!(!Style::detect(ColorChoice::Auto, true, Some("1")).colour);
+        // NO_COLOR set but empty does not count.
+        assert!(Style::detect(ColorChoice::Auto, true, Some("")).colour);
+        assert!(Style::detect(ColorChoice::Always, false, Some("1")).colour);
+        assert!(!Style::detect(ColorChoice::Never, true, None).colour);
+    }
+
+    #[test]
+    fn ages_read_like_kubectl() {
+        let s = Duration::from_secs;
+        assert_eq!(age(s(0)), "0s");
+        assert_eq!(age(s(119)), "119s");
+        assert_eq!(age(s(130)), "2m10s");
+        assert_eq!(age(s(900)), "15m");
+        assert_eq!(age(s(4 * 3600 + 120)), "4h2m");
+        assert_eq!(age(s(3 * 86400 + 7200)), "3d2h");
+        assert_eq!(age(s(400 * 86400)), "400d");
+    }
+
+    #[test]
+    fn durations_and_offsets_read_at_a_glance() {
+        assert_eq!(duration_ms(4), "4ms");
+        assert_eq!(duration_ms(1234), "1.2s");
+        assert_eq!(duration_ms(123_000), "2m3s");
+        assert_eq!(duration_ms(-5), "0ms");
+        let t0: jiff::Timestamp = "2026-11-22T10:00:00Z".parse().unwrap();
+        let at = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+        assert_eq!(offset(t0, at("2026-11-22T10:00:00.3Z")), "+0.3s");
+        assert_eq!(offset(t0, at("2026-11-22T10:00:42Z")), "+42s");
+        assert_eq!(offset(t0, at("2026-11-22T10:00:02Z")), "+2s");
+        assert_eq!(offset(t0, at("2026-11-22T10:02:03Z")), "+2m3s");
+        assert_eq!(offset(t0, at("2026-11-22T09:59:00Z")), "+0s");
+        assert_eq!(timestamp(t0), "2026-11-22T10:00:00Z");
+    }
+
+    #[test]
+    fn truncation_keeps_one_line_and_marks_the_cut() {
+        assert_eq!(truncate("short", 10), "short");
+        assert_eq!(truncate("abcdefghijkl", 5), "abcd…");
+        assert_eq!(truncate("line one\nline two", 40), "line one…");
+    }
+
+    #[test]
+    fn indent_leaves_empty_lines_empty() {
+        assert_eq!(indent("a\n\nb", 2), "  a\n\n  b");
+    }
+}

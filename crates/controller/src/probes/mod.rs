@@ -1,0 +1,6 @@
+//! KubeProber's probes in kdiag: failed checkers become Abnormals (the trigger), their root causes
+//! are written next to the probe result (the writeback).
+
+pub mod episodes;
+pub mod trigger;
+pub mod writeback;

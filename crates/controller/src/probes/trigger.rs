@@ -1,0 +1,447 @@
+//! The ProbeStatus trigger: watches ProbeStatus objects in every namespace (written by KubeProber,
+//! by kdiag's runner, or by any tool), opens a failure episode when a checker starts failing and
+//! creates one Abnormal per node for it, under storm control.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kdiag_api::kubeprober::labels as probe_labels;
+use kdiag_api::{
+    Abnormal, AbnormalSource, AbnormalSourceType, ProbeCheckerStatus, ProbeReference, ProbeStatus,
+};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::episodes::{
+    self, Decision, EPISODES_ANNOTATION, Episode, Episodes, SUPPRESSED_ANNOTATION,
+};
+use crate::metrics::Metrics;
+use crate::sources::storm::{Buckets, Budget};
+use crate::sources::templates::{CompiledSource, compile, order};
+
+/// Budgets of Abnormals created for probes.
+#[derive(Debug, Clone, Copy)]
+pub struct ProbeBudgets {
+    pub per_probe: Budget,
+    pub per_node: Budget,
+}
+
+impl Default for ProbeBudgets {
+    fn default() -> Self {
+        Self {
+            per_probe: Budget {
+                burst: 10.0,
+                per_minute: 2.0,
+            },
+            per_node: Budget {
+                burst: 10.0,
+                per_minute: 2.0,
+            },
+        }
+    }
+}
+
+pub struct TriggerCtx {
+    pub client: Client,
+    pub sources: Store<AbnormalSource>,
+    pub budgets: ProbeBudgets,
+    pub buckets: Mutex<Buckets>,
+    pub metrics: Arc<Metrics>,
+    /// ProbeStatus objects whose episodes were checked for Abnormals a crash left uncreated.
+    repaired: Mutex<HashSet<String>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TriggerError {
+    #[error("{operation} for ProbeStatus {probe}: {source}")]
+    Api {
+        probe: String,
+        operation: &'static str,
+        source: Box<kube::Error>,
+    },
+}
+
+/// Starts the trigger; the future runs until `shutdown`.
+pub fn start(
+    client: Client,
+    sources: Store<AbnormalSource>,
+    budgets: ProbeBudgets,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let ctx = Arc::new(TriggerCtx {
+        client: client.clone(),
+        sources,
+        budgets,
+        buckets: Mutex::new(Buckets::default()),
+        metrics,
+        repaired: Mutex::new(HashSet::new()),
+    });
+    let api: Api<DeserializeGuard<ProbeStatus>> = Api::all(client);
+    async move {
+        crate::ready::store_ready(&ctx.sources).await;
+        Controller::new(api, watcher::Config::default())
+            .graceful_shutdown_on(shutdown.cancelled_owned())
+            .run(
+                reconcile,
+                |_, e: &TriggerError, _| {
+                    tracing::warn!(error = %e, "probe trigger; retrying");
+                    Action::requeue(Duration::from_secs(5))
+                },
+                ctx,
+            )
+            .for_each(|_| async {})
+            .await;
+    }
+}
+
+/// The valid ProbeStatus sources, in the order they are tried.
+pub fn probe_sources(store: &Store<AbnormalSource>) -> Vec<CompiledSource> {
+    let mut v: Vec<CompiledSource> = store
+        .state()
+        .iter()
+        .filter(|s| s.spec.source_template.type_ == AbnormalSourceType::ProbeStatus)
+        .filter_map(|s| compile(s).ok())
+        .collect();
+    order(&mut v);
+    v
+}
+
+async fn reconcile(
+    obj: Arc<DeserializeGuard<ProbeStatus>>,
+    ctx: Arc<TriggerCtx>,
+) -> Result<Action, TriggerError> {
+    let Ok(ps) = &obj.0 else {
+        tracing::warn!(error = %obj.0.as_ref().err().map(|e| e.error.clone()).unwrap_or_default(), "a ProbeStatus kdiag cannot read; skipped");
+        return Ok(Action::await_change());
+    };
+    let ns = ps.namespace().unwrap_or_default();
+    let name = ps.name_any();
+    let key = format!("{ns}/{name}");
+    let mut open: Episodes = ps
+        .annotations()
+        .get(EPISODES_ANNOTATION)
+        .and_then(|a| serde_json::from_str(a).ok())
+        .unwrap_or_default();
+    let sources = probe_sources(&ctx.sources);
+    let now = crate::time::now().0.to_string();
+    let decisions = episodes::decide(ps, &open, &sources, &now);
+
+    let mut to_create: Vec<Abnormal> = Vec::new();
+    let mut suppressed_now = 0u64;
+    for d in &decisions {
+        match d {
+            Decision::Close { checker } => {
+                open.remove(checker);
+            }
+            Decision::Open {
+                checker,
+                source,
+                since,
+            } => {
+                let (episode, abnormals, suppressed) =
+                    open_episode(&ctx, ps, checker, source, since).await?;
+                suppressed_now += suppressed;
+                open.insert(checker.name.clone(), episode);
+                to_create.extend(abnormals);
+            }
+        }
+    }
+    if !decisions.is_empty() {
+        // The episodes are written before their Abnormals exist: after a crash in between, the
+        // repair below creates what is missing, and a restart never opens an episode twice.
+        let total_suppressed = ps
+            .annotations()
+            .get(SUPPRESSED_ANNOTATION)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            + suppressed_now;
+        let mut annotations = serde_json::Map::new();
+        annotations.insert(
+            EPISODES_ANNOTATION.into(),
+            if open.is_empty() {
+                serde_json::Value::Null
+            } else {
+                json!(serde_json::to_string(&open).unwrap_or_default())
+            },
+        );
+        if suppressed_now > 0 {
+            annotations.insert(
+                SUPPRESSED_ANNOTATION.into(),
+                json!(total_suppressed.to_string()),
+            );
+        }
+        let api: Api<ProbeStatus> = Api::namespaced(ctx.client.clone(), &ns);
+        api.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": annotations}})),
+        )
+        .await
+        .map_err(|e| TriggerError::Api {
+            probe: key.clone(),
+            operation: "patch annotations",
+            source: Box::new(e),
+        })?;
+    }
+    let first_look = ctx
+        .repaired
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key.clone());
+    if first_look {
+        to_create.extend(missing_abnormals(&ctx, ps, &open, &sources, &to_create).await?);
+    }
+    for a in to_create {
+        create(&ctx, &ns, &a).await?;
+    }
+    write_summary(&ctx, ps).await?;
+    Ok(Action::await_change())
+}
+
+/// Resolves the episode's nodes, applies the budgets, and returns the episode with the
+/// Abnormals to create and how many were suppressed.
+async fn open_episode(
+    ctx: &TriggerCtx,
+    ps: &ProbeStatus,
+    checker: &ProbeCheckerStatus,
+    source: &CompiledSource,
+    since: &str,
+) -> Result<(Episode, Vec<Abnormal>, u64), TriggerError> {
+    let ns = ps.namespace().unwrap_or_default();
+    let probe = ps.name_any();
+    let nodes = resolve_nodes(ctx, ps, checker, source).await?;
+    let mut episode = Episode {
+        since: since.to_owned(),
+        status: checker.status.as_str().into(),
+        source: source.key.to_string(),
+        abnormals: Vec::new(),
+        nodes: Vec::new(),
+        suppressed: String::new(),
+    };
+    if nodes.is_empty() {
+        episode.suppressed = "no node: the source names none, the message lists none, and no probe pod was found; set probeStatusTemplate.nodeName".into();
+        ctx.metrics
+            .controller
+            .suppressed
+            .with_label_values(&["ProbeStatus", "no-node"])
+            .inc();
+        tracing::info!(probe = %format!("{ns}/{probe}"), checker = %checker.name, "probe failure with no node to diagnose on");
+        return Ok((episode, Vec::new(), 1));
+    }
+    let mut abnormals = Vec::new();
+    let mut suppressed = 0;
+    for node in nodes {
+        let keys = [
+            (format!("probe:{ns}/{probe}"), ctx.budgets.per_probe),
+            (format!("node:{node}"), ctx.budgets.per_node),
+        ];
+        let allowed = ctx
+            .buckets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(Instant::now(), &keys);
+        if let Err(by) = allowed {
+            suppressed += 1;
+            let budget = by.split(':').next().unwrap_or("budget");
+            ctx.metrics
+                .controller
+                .suppressed
+                .with_label_values(&["ProbeStatus", budget])
+                .inc();
+            episode.suppressed = format!("storm control: the {budget} budget is spent ({by})");
+            continue;
+        }
+        let name = episodes::abnormal_name(&ns, &probe, &checker.name, since, &node);
+        abnormals.push(build_abnormal(ps, checker, source, &name, &node));
+        episode.abnormals.push(name);
+        episode.nodes.push(node);
+    }
+    Ok((episode, abnormals, suppressed))
+}
+
+/// Where to diagnose: the template's node, the nodes a node check names, else the probe pod's.
+async fn resolve_nodes(
+    ctx: &TriggerCtx,
+    ps: &ProbeStatus,
+    checker: &ProbeCheckerStatus,
+    source: &CompiledSource,
+) -> Result<Vec<String>, TriggerError> {
+    if let Some(n) = source
+        .spec
+        .source_template
+        .probe_status_template
+        .as_ref()
+        .map(|t| t.node_name.clone())
+        .filter(|n| !n.is_empty())
+    {
+        return Ok(vec![n]);
+    }
+    let listed = episodes::nodes_in_message(&checker.message);
+    if !listed.is_empty() {
+        return Ok(listed);
+    }
+    let ns = ps.namespace().unwrap_or_default();
+    let selector = format!(
+        "{}={},{}={}",
+        probe_labels::PROBE_NAME,
+        ps.name_any(),
+        probe_labels::PROBE_NAMESPACE,
+        ns
+    );
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let list = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|e| TriggerError::Api {
+            probe: format!("{ns}/{}", ps.name_any()),
+            operation: "list probe pods",
+            source: Box::new(e),
+        })?;
+    let newest = list
+        .items
+        .into_iter()
+        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some())
+        .max_by_key(|p| p.metadata.creation_timestamp.clone());
+    Ok(newest
+        .and_then(|p| p.spec.and_then(|s| s.node_name))
+        .into_iter()
+        .collect())
+}
+
+fn build_abnormal(
+    ps: &ProbeStatus,
+    checker: &ProbeCheckerStatus,
+    source: &CompiledSource,
+    name: &str,
+    node: &str,
+) -> Abnormal {
+    let ns = ps.namespace().unwrap_or_default();
+    let mut spec = source.abnormal_spec();
+    spec.source = AbnormalSourceType::ProbeStatus;
+    spec.node_name = node.to_owned();
+    spec.probe_status = Some(ProbeReference {
+        namespace: ns.clone(),
+        name: ps.name_any(),
+        checker: checker.name.clone(),
+        status: checker.status.as_str().into(),
+        message: checker.message.clone(),
+    });
+    let mut context = spec.context.take().unwrap_or_default();
+    context.insert(
+        "probeChecker".into(),
+        json!({"probe": format!("{ns}/{}", ps.name_any()), "checker": checker.name, "status": checker.status.as_str(),
+               "message": checker.message, "lastRun": checker.last_run, "source": source.key.to_string()}),
+    );
+    spec.context = Some(context);
+    let mut a = Abnormal::new(name, spec);
+    a.metadata.namespace = Some(ns);
+    a.metadata.labels = Some(BTreeMap::from([
+        ("kdiag.io/source".to_owned(), "ProbeStatus".to_owned()),
+        (
+            "kdiag.io/probe".to_owned(),
+            episodes::slug(&ps.name_any(), 63),
+        ),
+    ]));
+    a
+}
+
+/// Abnormals an open episode lists but that do not exist (a crash between writing the episode
+/// and creating them).
+async fn missing_abnormals(
+    ctx: &TriggerCtx,
+    ps: &ProbeStatus,
+    open: &Episodes,
+    sources: &[CompiledSource],
+    about_to_create: &[Abnormal],
+) -> Result<Vec<Abnormal>, TriggerError> {
+    let ns = ps.namespace().unwrap_or_default();
+    let api: Api<Abnormal> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut missing = Vec::new();
+    for (checker_name, episode) in open {
+        let Some(checker) = ps.spec.checkers.iter().find(|c| &c.name == checker_name) else {
+            continue;
+        };
+        let Some(source) = sources.iter().find(|s| s.key.to_string() == episode.source) else {
+            continue;
+        };
+        for (name, node) in episode.abnormals.iter().zip(&episode.nodes) {
+            if about_to_create.iter().any(|a| &a.name_any() == name) {
+                continue;
+            }
+            let exists = api.get_opt(name).await.map_err(|e| TriggerError::Api {
+                probe: format!("{ns}/{}", ps.name_any()),
+                operation: "get Abnormal",
+                source: Box::new(e),
+            })?;
+            if exists.is_none() {
+                missing.push(build_abnormal(ps, checker, source, name, node));
+            }
+        }
+    }
+    Ok(missing)
+}
+
+async fn create(ctx: &TriggerCtx, ns: &str, a: &Abnormal) -> Result<(), TriggerError> {
+    let api: Api<Abnormal> = Api::namespaced(ctx.client.clone(), ns);
+    match api.create(&PostParams::default(), a).await {
+        Ok(_) => {
+            ctx.metrics
+                .controller
+                .triggered
+                .with_label_values(&["ProbeStatus"])
+                .inc();
+            tracing::info!(abnormal = %format!("{ns}/{}", a.name_any()), node = %a.spec.node_name, "probe failure: Abnormal created");
+            Ok(())
+        }
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(TriggerError::Api {
+            probe: a
+                .spec
+                .probe_status
+                .as_ref()
+                .map(|p| format!("{}/{}", p.namespace, p.name))
+                .unwrap_or_default(),
+            operation: "create Abnormal",
+            source: Box::new(e),
+        }),
+    }
+}
+
+/// Writes status.status/message/lastRun (worst checker first) when they differ.
+async fn write_summary(ctx: &TriggerCtx, ps: &ProbeStatus) -> Result<(), TriggerError> {
+    let summary = episodes::summary(&ps.spec.checkers);
+    if ps.status.as_ref() == Some(&summary) || (ps.status.is_none() && ps.spec.checkers.is_empty())
+    {
+        return Ok(());
+    }
+    // Explicit nulls: a merge patch leaves out what it does not name, and an old message must go.
+    let patch = json!({"status": {
+        "status": summary.status,
+        "message": if summary.message.is_empty() { serde_json::Value::Null } else { json!(summary.message) },
+        "lastRun": summary.last_run,
+    }});
+    let api: Api<ProbeStatus> =
+        Api::namespaced(ctx.client.clone(), &ps.namespace().unwrap_or_default());
+    api.patch_status(
+        &ps.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(patch),
+    )
+    .await
+    .map_err(|e| TriggerError::Api {
+        probe: format!("{}/{}", ps.namespace().unwrap_or_default(), ps.name_any()),
+        operation: "patch status",
+        source: Box::new(e),
+    })?;
+    Ok(())
+}

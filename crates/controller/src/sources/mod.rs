@@ -1,0 +1,7 @@
+//! Triggers that create Abnormals: failed ProbeStatus checkers, Kubernetes Events, Prometheus
+//! alerts. Shared here: AbnormalSource templates (compiled, validated, ordered) and storm control.
+
+pub mod pattern;
+pub mod storm;
+pub mod templates;
+pub mod validity;

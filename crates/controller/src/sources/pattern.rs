@@ -1,0 +1,84 @@
+//! Match patterns of AbnormalSource templates: regular expressions matched against the whole
+//! value (anchored), where an empty pattern places no constraint.
+//!
+//! Kube Diagnoser matched unanchored, so `reason: Failed` also matched "FailedMount"; kdiag anchors
+//! so a pattern says exactly what it matches. Write `.*disk.*` for a substring.
+
+use regex::Regex;
+
+/// A compiled pattern.
+#[derive(Debug, Clone)]
+pub struct Pattern(Option<Regex>);
+
+impl Pattern {
+    /// Compiles `pattern`; `field` names it in the error.
+    pub fn compile(field: &str, pattern: &str) -> Result<Self, String> {
+        if pattern.is_empty() {
+            return Ok(Self(None));
+        }
+        Regex::new(&format!("^(?:{pattern})$"))
+            .map(|r| Self(Some(r)))
+            .map_err(|e| {
+                format!(
+                    "{field}: {pattern:?} is not a valid regular expression: {}",
+                    first_line(&e.to_string())
+                )
+            })
+    }
+
+    pub fn matches(&self, value: &str) -> bool {
+        self.0.as_ref().is_none_or(|r| r.is_match(value))
+    }
+
+    /// False for the empty pattern, which matches anything.
+    pub fn constrains(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines()
+        .filter(|l| !l.trim().is_empty())
+        .last()
+        .unwrap_or(s)
+        .trim()
+        .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_the_whole_value() {
+        let p = Pattern::compile("reason", "Failed").unwrap();
+        assert!(p.matches("Failed"));
+        assert!(!p.matches("FailedMount"));
+        assert!(
+            Pattern::compile("reason", "Failed.*")
+                .unwrap()
+                .matches("FailedMount")
+        );
+        assert!(
+            Pattern::compile("reason", "BackOff|Unhealthy")
+                .unwrap()
+                .matches("Unhealthy")
+        );
+    }
+
+    #[test]
+    fn an_empty_pattern_places_no_constraint() {
+        let p = Pattern::compile("message", "").unwrap();
+        assert!(p.matches("anything") && !p.constrains());
+    }
+
+    #[test]
+    fn an_invalid_pattern_names_its_field() {
+        let e = Pattern::compile(
+            "spec.sourceTemplate.kubernetesEventTemplate.regexp.reason",
+            "Back(Off",
+        )
+        .unwrap_err();
+        assert!(e.starts_with("spec.sourceTemplate.kubernetesEventTemplate.regexp.reason: \"Back(Off\" is not a valid regular expression"), "{e}");
+    }
+}

@@ -1,0 +1,348 @@
+//! AbnormalSource templates, compiled: which triggers they match, in which order they are tried,
+//! and what Abnormal a match creates. Pure.
+//!
+//! Matching: every pattern of a template must match its field of the trigger (anchored regular
+//! expressions, empty = any). Among matching sources the highest `priority` wins; ties go to the
+//! first by namespace/name. A template that would match everything is invalid (Kube Diagnoser's
+//! empty pattern matched every Event in the cluster).
+
+use std::collections::BTreeMap;
+
+use kdiag_api::{
+    AbnormalSource, AbnormalSourceSpec, AbnormalSourceType, AbnormalSpec, NamespacedName,
+};
+
+use super::pattern::Pattern;
+
+/// The facts of one trigger, flattened to field path → value (e.g. `involvedObject.kind`).
+pub type Facts = BTreeMap<String, String>;
+
+/// A source ready to match.
+#[derive(Debug, Clone)]
+pub struct CompiledSource {
+    pub key: NamespacedName,
+    pub priority: i32,
+    pub kind: AbnormalSourceType,
+    pub spec: AbnormalSourceSpec,
+    patterns: Vec<(String, Pattern)>,
+    /// ProbeStatus templates: the checker statuses that match.
+    statuses: Vec<String>,
+}
+
+/// Two compiled sources are the same source.
+impl PartialEq for CompiledSource {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key && self.priority == other.priority && self.spec == other.spec
+    }
+}
+
+/// Compiles a source, or says what is wrong with it (for its Valid condition).
+pub fn compile(source: &AbnormalSource) -> Result<CompiledSource, String> {
+    let spec = source.spec.clone();
+    let t = &spec.source_template;
+    let base = "spec.sourceTemplate";
+    let mut patterns: Vec<(String, String, String)> = Vec::new(); // (fact key, field path, pattern)
+    let mut statuses = Vec::new();
+    match t.type_ {
+        AbnormalSourceType::KubernetesEvent => {
+            let Some(tpl) = &t.kubernetes_event_template else {
+                return Err(format!(
+                    "{base}.type is KubernetesEvent but {base}.kubernetesEventTemplate is missing"
+                ));
+            };
+            let r = &tpl.regexp;
+            let f = format!("{base}.kubernetesEventTemplate.regexp");
+            for (k, v) in [
+                ("name", &r.name),
+                ("namespace", &r.namespace),
+                ("reason", &r.reason),
+                ("message", &r.message),
+                ("firstTimestamp", &r.first_timestamp),
+                ("lastTimestamp", &r.last_timestamp),
+                ("count", &r.count),
+                ("type", &r.type_),
+                ("eventTime", &r.event_time),
+                ("action", &r.action),
+                ("reportingController", &r.reporting_controller),
+                ("reportingInstance", &r.reporting_instance),
+            ] {
+                patterns.push((k.into(), format!("{f}.{k}"), v.clone()));
+            }
+            for (group, map) in [
+                ("involvedObject", &r.involved_object),
+                ("source", &r.source),
+                ("related", &r.related),
+            ] {
+                for (k, v) in map {
+                    patterns.push((
+                        format!("{group}.{k}"),
+                        format!("{f}.{group}.{k}"),
+                        v.clone(),
+                    ));
+                }
+            }
+        }
+        AbnormalSourceType::PrometheusAlert => {
+            let Some(tpl) = &t.prometheus_alert_template else {
+                return Err(format!(
+                    "{base}.type is PrometheusAlert but {base}.prometheusAlertTemplate is missing"
+                ));
+            };
+            if tpl.node_name_reference_label.is_empty() {
+                return Err(format!(
+                    "{base}.prometheusAlertTemplate.nodeNameReferenceLabel is empty: name the alert label that holds the node (such as node or instance)"
+                ));
+            }
+            let r = &tpl.regexp;
+            let f = format!("{base}.prometheusAlertTemplate.regexp");
+            for (k, v) in [
+                ("alertName", &r.alert_name),
+                ("startsAt", &r.starts_at),
+                ("endsAt", &r.ends_at),
+                ("generatorURL", &r.generator_url),
+            ] {
+                patterns.push((k.into(), format!("{f}.{k}"), v.clone()));
+            }
+            for (group, map) in [("labels", &r.labels), ("annotations", &r.annotations)] {
+                for (k, v) in map {
+                    patterns.push((
+                        format!("{group}.{k}"),
+                        format!("{f}.{group}.{k}"),
+                        v.clone(),
+                    ));
+                }
+            }
+        }
+        AbnormalSourceType::ProbeStatus => {
+            let Some(tpl) = &t.probe_status_template else {
+                return Err(format!(
+                    "{base}.type is ProbeStatus but {base}.probeStatusTemplate is missing"
+                ));
+            };
+            let m = &tpl.match_;
+            let f = format!("{base}.probeStatusTemplate.match");
+            for (k, v) in [
+                ("probeNamespace", &m.probe_namespace),
+                ("probeName", &m.probe_name),
+                ("checker", &m.checker),
+                ("message", &m.message),
+            ] {
+                patterns.push((k.into(), format!("{f}.{k}"), v.clone()));
+            }
+            statuses = if m.statuses.is_empty() {
+                vec!["ERROR".into()]
+            } else {
+                m.statuses.iter().map(|s| s.to_ascii_uppercase()).collect()
+            };
+            for s in &statuses {
+                if !["ERROR", "WARN", "UNKNOWN"].contains(&s.as_str()) {
+                    return Err(format!(
+                        "{f}.statuses has {s:?}; a failure episode starts on ERROR, WARN or UNKNOWN"
+                    ));
+                }
+            }
+        }
+        AbnormalSourceType::Custom => {
+            return Err(format!(
+                "{base}.type must be KubernetesEvent, PrometheusAlert or ProbeStatus"
+            ));
+        }
+    }
+    let mut compiled = Vec::new();
+    for (key, field, p) in patterns {
+        compiled.push((key, Pattern::compile(&field, &p)?));
+    }
+    if t.type_ != AbnormalSourceType::ProbeStatus && !compiled.iter().any(|(_, p)| p.constrains()) {
+        return Err(format!(
+            "{base} has no pattern, so it would match every {}; give at least one (for Events: reason or message)",
+            if t.type_ == AbnormalSourceType::KubernetesEvent {
+                "Warning Event"
+            } else {
+                "alert"
+            }
+        ));
+    }
+    Ok(CompiledSource {
+        key: NamespacedName::new(
+            source.metadata.namespace.clone().unwrap_or_default(),
+            source.metadata.name.clone().unwrap_or_default(),
+        ),
+        priority: spec.priority.unwrap_or(0),
+        kind: t.type_,
+        spec,
+        patterns: compiled,
+        statuses,
+    })
+}
+
+impl CompiledSource {
+    /// Do the trigger's facts match every pattern (and, for probes, the status)?
+    pub fn matches(&self, facts: &Facts) -> bool {
+        if self.kind == AbnormalSourceType::ProbeStatus {
+            let status = facts.get("status").map(String::as_str).unwrap_or_default();
+            if !self.statuses.iter().any(|s| s == status) {
+                return false;
+            }
+        }
+        self.patterns
+            .iter()
+            .all(|(k, p)| p.matches(facts.get(k).map(String::as_str).unwrap_or_default()))
+    }
+
+    /// The Abnormal spec a match starts from: the source's processors, executors, profilers and
+    /// context. The caller sets source, trigger, node and target.
+    pub fn abnormal_spec(&self) -> AbnormalSpec {
+        AbnormalSpec {
+            source: self.kind,
+            assigned_information_collectors: self.spec.assigned_information_collectors.clone(),
+            assigned_diagnosers: self.spec.assigned_diagnosers.clone(),
+            assigned_recoverers: self.spec.assigned_recoverers.clone(),
+            command_executors: self.spec.command_executors.clone(),
+            profilers: self.spec.profilers.clone(),
+            context: self.spec.context.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Sorts sources into the order they are tried: priority, highest first; then namespace/name.
+pub fn order(sources: &mut [CompiledSource]) {
+    sources.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.key.cmp(&b.key)));
+}
+
+/// The first source (in [`order`]) of `kind` that matches.
+pub fn select<'a>(
+    sources: &'a [CompiledSource],
+    kind: AbnormalSourceType,
+    facts: &Facts,
+) -> Option<&'a CompiledSource> {
+    sources
+        .iter()
+        .filter(|s| s.kind == kind)
+        .find(|s| s.matches(facts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn source(name: &str, spec: serde_json::Value) -> AbnormalSource {
+        serde_json::from_value(
+            json!({"apiVersion": "diagnosis.netease.com/v1", "kind": "AbnormalSource",
+            "metadata": {"name": name, "namespace": "kube-diagnoser"}, "spec": spec}),
+        )
+        .unwrap()
+    }
+
+    fn facts(pairs: &[(&str, &str)]) -> Facts {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn an_event_template_matches_on_every_field_it_names() {
+        let s = compile(&source("backoff", json!({"sourceTemplate": {"type": "KubernetesEvent",
+            "kubernetesEventTemplate": {"regexp": {"reason": "BackOff", "involvedObject": {"kind": "Pod"}, "message": ".*restarting.*"}}}}))).unwrap();
+        assert!(s.matches(&facts(&[
+            ("reason", "BackOff"),
+            ("involvedObject.kind", "Pod"),
+            ("message", "Back-off restarting failed container")
+        ])));
+        assert!(!s.matches(&facts(&[
+            ("reason", "BackOff"),
+            ("involvedObject.kind", "Node"),
+            ("message", "restarting")
+        ])));
+        assert!(!s.matches(&facts(&[
+            ("reason", "BackOffPull"),
+            ("involvedObject.kind", "Pod"),
+            ("message", "restarting")
+        ])));
+    }
+
+    #[test]
+    fn a_template_that_would_match_everything_is_invalid() {
+        let e = compile(&source("all", json!({"sourceTemplate": {"type": "KubernetesEvent", "kubernetesEventTemplate": {"regexp": {}}}}))).unwrap_err();
+        assert!(e.contains("would match every Warning Event"), "{e}");
+    }
+
+    #[test]
+    fn an_invalid_pattern_is_reported_with_its_field() {
+        let e = compile(&source(
+            "bad",
+            json!({"sourceTemplate": {"type": "KubernetesEvent",
+            "kubernetesEventTemplate": {"regexp": {"reason": "Back(Off"}}}}),
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("spec.sourceTemplate.kubernetesEventTemplate.regexp.reason"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_alert_template_needs_the_label_that_names_the_node() {
+        let e = compile(&source(
+            "alert",
+            json!({"sourceTemplate": {"type": "PrometheusAlert",
+            "prometheusAlertTemplate": {"regexp": {"alertName": "NodeDown"}}}}),
+        ))
+        .unwrap_err();
+        assert!(e.contains("nodeNameReferenceLabel"), "{e}");
+        let s = compile(&source("alert", json!({"sourceTemplate": {"type": "PrometheusAlert",
+            "prometheusAlertTemplate": {"regexp": {"alertName": "Node.*", "labels": {"severity": "critical"}}, "nodeNameReferenceLabel": "node"}}}))).unwrap();
+        assert!(s.matches(&facts(&[
+            ("alertName", "NodeDown"),
+            ("labels.severity", "critical")
+        ])));
+        assert!(!s.matches(&facts(&[
+            ("alertName", "NodeDown"),
+            ("labels.severity", "warning")
+        ])));
+    }
+
+    #[test]
+    fn probe_templates_match_error_by_default_and_other_statuses_on_request() {
+        let s = compile(&source("p", json!({"sourceTemplate": {"type": "ProbeStatus", "probeStatusTemplate": {"match": {"probeName": "k8s"}}}}))).unwrap();
+        assert!(s.matches(&facts(&[("probeName", "k8s"), ("status", "ERROR")])));
+        assert!(!s.matches(&facts(&[("probeName", "k8s"), ("status", "WARN")])));
+        let s = compile(&source("p", json!({"sourceTemplate": {"type": "ProbeStatus", "probeStatusTemplate": {"match": {"statuses": ["warn", "ERROR"]}}}}))).unwrap();
+        assert!(s.matches(&facts(&[("status", "WARN")])));
+        let e = compile(&source("p", json!({"sourceTemplate": {"type": "ProbeStatus", "probeStatusTemplate": {"match": {"statuses": ["PASS"]}}}}))).unwrap_err();
+        assert!(e.contains("statuses"), "{e}");
+    }
+
+    #[test]
+    fn the_highest_priority_wins_and_ties_go_to_the_first_name() {
+        let mk = |name: &str, priority: i32| {
+            compile(&source(
+                name,
+                json!({"priority": priority, "sourceTemplate": {"type": "KubernetesEvent",
+                "kubernetesEventTemplate": {"regexp": {"reason": "BackOff"}}}}),
+            ))
+            .unwrap()
+        };
+        let mut sources = vec![mk("zz", 0), mk("low", -5), mk("aa", 0), mk("high", 10)];
+        order(&mut sources);
+        let f = facts(&[("reason", "BackOff")]);
+        assert_eq!(
+            select(&sources, AbnormalSourceType::KubernetesEvent, &f)
+                .unwrap()
+                .key
+                .name,
+            "high"
+        );
+        sources.retain(|s| s.key.name != "high");
+        assert_eq!(
+            select(&sources, AbnormalSourceType::KubernetesEvent, &f)
+                .unwrap()
+                .key
+                .name,
+            "aa"
+        );
+        assert!(select(&sources, AbnormalSourceType::PrometheusAlert, &f).is_none());
+    }
+}
