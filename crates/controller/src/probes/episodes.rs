@@ -49,7 +49,7 @@ pub enum Decision {
     /// Start an episode: create an Abnormal per node (after storm control).
     Open {
         checker: ProbeCheckerStatus,
-        source: CompiledSource,
+        source: Box<CompiledSource>,
         since: String,
     },
     /// The checker passes again (or no source matches it any more): the episode is over.
@@ -97,7 +97,7 @@ pub fn decide(
                     .unwrap_or_else(|| now.to_owned());
                 out.push(Decision::Open {
                     checker: checker.clone(),
-                    source: source.clone(),
+                    source: Box::new(source.clone()),
                     since,
                 });
             }
