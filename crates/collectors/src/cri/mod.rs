@@ -224,6 +224,14 @@ fn apply_status(info: &mut ContainerInfo, r: &proto::ContainerStatusResponse) {
             info.exit_code = Some(s.exit_code);
         }
         info.reason = s.reason.clone();
+        // ListContainers gives the image ID; ContainerStatus resolves it to the tag the pod
+        // asked for (what the kubelet shows), and the reference to a digest.
+        if let Some(image) = s.image.as_ref().filter(|i| !i.image.is_empty()) {
+            info.image = image.image.clone();
+        }
+        if !s.image_ref.is_empty() {
+            info.image_ref = s.image_ref.clone();
+        }
     }
     info.pid = client::pid_from_info(&r.info);
 }
