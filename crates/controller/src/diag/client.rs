@@ -54,7 +54,8 @@ pub enum DiagError {
 
     #[error(
         "forbidden: {message}. Your user may not {verb} {resource}{}; ask a cluster admin for RBAC that allows it (check with: kubectl auth can-i {verb} {resource}{})",
-        scope(namespace), can_i_scope(namespace)
+        scope(namespace),
+        can_i_scope(namespace)
     )]
     Forbidden {
         verb: &'static str,
@@ -72,7 +73,9 @@ pub enum DiagError {
         waited: Duration,
     },
 
-    #[error("{kind} {name} does not exist, so an Abnormal naming it would be rejected. Registered {kind}s: {registered}. {what_to_do}")]
+    #[error(
+        "{kind} {name} does not exist, so an Abnormal naming it would be rejected. Registered {kind}s: {registered}. {what_to_do}"
+    )]
     UnknownProcessor {
         kind: &'static str,
         name: String,
@@ -169,10 +172,7 @@ impl<'a> Request<'a> {
             kube::Error::Api(status) if status.code == 404 => {
                 // An object that does not exist comes back with its name in the details; a
                 // resource the apiserver does not serve (no CRD) comes back without.
-                let object_missing = status
-                    .details
-                    .as_ref()
-                    .is_some_and(|d| !d.name.is_empty());
+                let object_missing = status.details.as_ref().is_some_and(|d| !d.name.is_empty());
                 match (object_missing, self.name) {
                     (true, Some(name)) => DiagError::NotFound {
                         kind: self.kind,
@@ -304,7 +304,9 @@ impl<K> Fetched<K> {
     }
 
     pub fn namespace(&self) -> &str {
-        self.raw["metadata"]["namespace"].as_str().unwrap_or_default()
+        self.raw["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
     }
 }
 
@@ -335,7 +337,12 @@ impl Kube {
     }
 
     /// One object of kind `K`.
-    pub async fn get<K>(&self, namespace: &str, name: &str, request: Request<'_>) -> Result<Fetched<K>, DiagError>
+    pub async fn get<K>(
+        &self,
+        namespace: &str,
+        name: &str,
+        request: Request<'_>,
+    ) -> Result<Fetched<K>, DiagError>
     where
         K: kube::Resource<DynamicType = ()> + serde::de::DeserializeOwned,
     {
@@ -375,7 +382,11 @@ mod tests {
         if !name.is_empty() {
             s = s.with_details(StatusDetails {
                 name: name.into(),
-                ..Default::default()
+                group: "diagnosis.netease.com".into(),
+                kind: "abnormals".into(),
+                uid: String::new(),
+                causes: Vec::new(),
+                retry_after_seconds: 0,
             });
         }
         kube::Error::Api(s.boxed())

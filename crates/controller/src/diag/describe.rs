@@ -78,7 +78,10 @@ async fn fetch_events(kube: &Kube, namespace: &str, name: &str) -> Events {
                 .filter(|e| e.involved_object.kind.as_deref() == Some("Abnormal"))
                 .map(from_core),
         ),
-        Err(e) => failures.push(format!("core/v1 events: {}", super::client::error_chain(&e))),
+        Err(e) => failures.push(format!(
+            "core/v1 events: {}",
+            super::client::error_chain(&e)
+        )),
     }
     let new_api: Api<events::Event> = Api::namespaced(kube.client.clone(), namespace);
     let new_params = ListParams::default().fields(&format!("regarding.name={name}"));
@@ -122,7 +125,11 @@ fn from_core(e: core::Event) -> EventRow {
             .or(e.source.and_then(|s| s.component))
             .unwrap_or_default(),
         message: e.message.unwrap_or_default(),
-        count: e.series.map(|s| s.count.unwrap_or(1)).or(e.count).unwrap_or(1),
+        count: e
+            .series
+            .map(|s| s.count.unwrap_or(1))
+            .or(e.count)
+            .unwrap_or(1),
     }
 }
 
@@ -162,7 +169,11 @@ pub fn describe(a: &Abnormal, events: &Events, now: jiff::Timestamp, style: Styl
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "<pending>".into());
 
-    field(&mut out, &h("Name:"), a.metadata.name.as_deref().unwrap_or(""));
+    field(
+        &mut out,
+        &h("Name:"),
+        a.metadata.name.as_deref().unwrap_or(""),
+    );
     field(
         &mut out,
         &h("Namespace:"),
@@ -196,11 +207,7 @@ pub fn describe(a: &Abnormal, events: &Events, now: jiff::Timestamp, style: Styl
         field(
             &mut out,
             &h("Created:"),
-            &format!(
-                "{} ({} ago)",
-                render::timestamp(t),
-                render::age_at(t, now)
-            ),
+            &format!("{} ({} ago)", render::timestamp(t), render::age_at(t, now)),
         );
     }
     if let (Some(t0), Some(end)) = (created, finished_at(a)) {
@@ -215,7 +222,11 @@ pub fn describe(a: &Abnormal, events: &Events, now: jiff::Timestamp, style: Styl
     out.push_str(&h("Trigger:"));
     out.push('\n');
     for (label, value) in trigger(a) {
-        field(&mut out, &format!("  {label}:"), &continued(&value, LABEL_WIDTH));
+        field(
+            &mut out,
+            &format!("  {label}:"),
+            &continued(&value, LABEL_WIDTH),
+        );
     }
 
     out.push('\n');
@@ -245,9 +256,10 @@ pub fn describe(a: &Abnormal, events: &Events, now: jiff::Timestamp, style: Styl
                 c.type_.as_str(),
                 outcome
             );
-            for (label, text, field_name) in
-                [("stdout", &c.stdout, "stdout"), ("stderr", &c.stderr, "stderr")]
-            {
+            for (label, text, field_name) in [
+                ("stdout", &c.stdout, "stdout"),
+                ("stderr", &c.stderr, "stderr"),
+            ] {
                 if text.trim().is_empty() {
                     continue;
                 }
@@ -335,7 +347,9 @@ pub fn describe(a: &Abnormal, events: &Events, now: jiff::Timestamp, style: Styl
 const LABEL_WIDTH: usize = 14;
 
 fn field(out: &mut String, label: &str, value: &str) {
-    let pad = LABEL_WIDTH.saturating_sub(render::visible_width(label)).max(1);
+    let pad = LABEL_WIDTH
+        .saturating_sub(render::visible_width(label))
+        .max(1);
     let _ = writeln!(out, "{label}{}{value}", " ".repeat(pad));
 }
 
@@ -408,10 +422,7 @@ pub fn trigger(a: &Abnormal) -> Vec<(&'static str, String)> {
         },
         AbnormalSourceType::ProbeStatus => match &a.spec.probe_status {
             Some(p) => {
-                let mut line = format!(
-                    "checker {} of probe {}/{}",
-                    p.checker, p.namespace, p.name
-                );
+                let mut line = format!("checker {} of probe {}/{}", p.checker, p.namespace, p.name);
                 if !p.status.is_empty() {
                     let _ = write!(line, " was {}", p.status);
                 }
@@ -470,7 +481,11 @@ fn root_cause(out: &mut String, a: &Abnormal, style: Style) {
         field(out, "  Found by:", &by);
     }
     if !rc.suggestion.is_empty() {
-        field(out, "  Suggestion:", &continued(&rc.suggestion, LABEL_WIDTH));
+        field(
+            out,
+            "  Suggestion:",
+            &continued(&rc.suggestion, LABEL_WIDTH),
+        );
     }
     if !rc.evidence.is_empty() {
         out.push_str("  Evidence:\n");
@@ -732,8 +747,8 @@ mod tests {
         let order = [
             "Name:         web-oom",
             "Phase:        Succeeded",
-            "Created:      2026-11-22T10:00:00Z (5m0s ago)",
-            "Took:         2.0s",
+            "Created:      2026-11-22T10:00:00Z (5m ago)",
+            "Took:         2.5s",
             "Trigger:",
             "  Source:     KubernetesEvent",
             "  Event:      Warning OOMKilling on Pod shop/web (x3), last at 2026-11-22T09:59:58Z",
@@ -768,16 +783,16 @@ mod tests {
         assert_eq!(
             out,
             "\
-WHEN   STAGE                   STEP                                RESULT      TOOK    MESSAGE
-+0s    Created
-+0s    Admission               kdiag-controller                    Accepted            routed to node node-a
-+0s    InformationCollecting   command ps -o pid,rss,comm          Succeeded   12ms
-+1s    InformationCollecting   kube-diagnoser/pod-collector        Succeeded   4ms     collected 12 pods on node-a
-+1s    InformationCollecting   InformationCollected (stage)        Succeeded           1 of 1 collectors succeeded
-+1s    Diagnosing              kube-diagnoser/oom-diagnoser        Succeeded   1.5s    OOMKilled
-+2s    Diagnosing              Identified (stage)                  Succeeded           kube-diagnoser/oom-diagnoser identified OOMKilled
-+2s    Recovering              Recovered (stage)                   Skipped             no recoverers assigned
-+2s    Succeeded
+WHEN    STAGE                   STEP                           RESULT      TOOK   MESSAGE
++0s     Created
++0s     Admission               kdiag-controller               Accepted           routed to node node-a
++0s     InformationCollecting   command ps -o pid,rss,comm     Succeeded   12ms
++1s     InformationCollecting   kube-diagnoser/pod-collector   Succeeded   4ms    collected 12 pods on node-a
++1s     InformationCollecting   InformationCollected (stage)   Succeeded          1 of 1 collectors succeeded
++1s     Diagnosing              kube-diagnoser/oom-diagnoser   Succeeded   1.5s   OOMKilled
++2s     Diagnosing              Identified (stage)             Succeeded          kube-diagnoser/oom-diagnoser identified OOMKilled
++2s     Recovering              Recovered (stage)              Skipped            no recoverers assigned
++2.5s   Succeeded
 "
         );
     }
@@ -803,7 +818,9 @@ WHEN   STAGE                   STEP                                RESULT      T
         st.phase = Some(kdiag_api::AbnormalPhase::Failed);
         st.root_cause = None;
         st.reason = "NotIdentified".into();
-        st.message = "no diagnoser identified the cause:\n- kube-diagnoser/oom-diagnoser: no OOM kill found".into();
+        st.message =
+            "no diagnoser identified the cause:\n- kube-diagnoser/oom-diagnoser: no OOM kill found"
+                .into();
         let out = describe(&a, &events(), now(), Style::PLAIN);
         assert!(out.contains("Reason:       NotIdentified"), "{out}");
         assert!(
@@ -817,7 +834,10 @@ WHEN   STAGE                   STEP                                RESULT      T
     fn colour_marks_phase_results_and_root_cause_when_asked() {
         let out = describe(&example(), &events(), now(), Style::COLOUR);
         assert!(out.contains("\x1b[32mSucceeded\x1b[0m"), "{out}");
-        assert!(out.contains("\x1b[31mcontainer app of pod shop/web"), "{out}");
+        assert!(
+            out.contains("\x1b[31mcontainer app of pod shop/web"),
+            "{out}"
+        );
     }
 
     #[test]
@@ -844,9 +864,18 @@ WHEN   STAGE                   STEP                                RESULT      T
         }))
         .unwrap();
         let t = trigger(&a);
-        assert!(t.contains(&("Alert", "NodeDiskFull, firing since 2026-11-22T09:00:00Z".into())), "{t:?}");
+        assert!(
+            t.contains(&(
+                "Alert",
+                "NodeDiskFull, firing since 2026-11-22T09:00:00Z".into()
+            )),
+            "{t:?}"
+        );
         assert!(t.contains(&("Labels", "severity=critical".into())), "{t:?}");
-        assert!(t.contains(&("Annotation", "summary: disk / is 97% full".into())), "{t:?}");
+        assert!(
+            t.contains(&("Annotation", "summary: disk / is 97% full".into())),
+            "{t:?}"
+        );
 
         let p: Abnormal = serde_json::from_value(json!({
             "metadata": {"name": "p", "namespace": "ns"},
@@ -855,13 +884,25 @@ WHEN   STAGE                   STEP                                RESULT      T
         }))
         .unwrap();
         let t = trigger(&p);
-        assert!(t.contains(&("Probe", "checker dns-resolution of probe probes/k8s was ERROR".into())), "{t:?}");
+        assert!(
+            t.contains(&(
+                "Probe",
+                "checker dns-resolution of probe probes/k8s was ERROR".into()
+            )),
+            "{t:?}"
+        );
     }
 
     #[test]
     fn commands_are_shown_as_a_person_would_type_them() {
         let argv = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(shell_words(&argv(&["du", "-sh", "/var/lib"])), "du -sh /var/lib");
-        assert_eq!(shell_words(&argv(&["sh", "-c", "echo it's"])), r"sh -c 'echo it'\''s'");
+        assert_eq!(
+            shell_words(&argv(&["du", "-sh", "/var/lib"])),
+            "du -sh /var/lib"
+        );
+        assert_eq!(
+            shell_words(&argv(&["sh", "-c", "echo it's"])),
+            r"sh -c 'echo it'\''s'"
+        );
     }
 }

@@ -19,8 +19,12 @@ pub async fn run(
     let items = match name {
         Some(name) => {
             vec![
-                kube.get::<Abnormal>(&scope.namespace, name, Request::abnormals("get", Some(&scope.namespace)))
-                    .await?,
+                kube.get::<Abnormal>(
+                    &scope.namespace,
+                    name,
+                    Request::abnormals("get", Some(&scope.namespace)),
+                )
+                .await?,
             ]
         }
         None => {
@@ -233,9 +237,9 @@ mod tests {
             out,
             "\
 NAME      PHASE       NODE     SOURCE            ROOT CAUSE                                                     AGE
-web-oom   Succeeded   node-a   KubernetesEvent   container web of pod shop/web was OOM-killed at its 64Mi me…   5m0s
+web-oom   Succeeded   node-a   KubernetesEvent   container web of pod shop/web was OOM-killed at its 64Mi me…   5m
 new       <pending>   <none>   Custom                                                                           2s
-lost      Failed      node-b   Custom            (none: NotIdentified)                                          24h5m
+lost      Failed      node-b   Custom            (none: NotIdentified)                                          24h
 "
         );
     }
@@ -245,9 +249,18 @@ lost      Failed      node-b   Custom            (none: NotIdentified)          
         let out = table(&examples(), true, true, now(), Style::PLAIN).render();
         let lines: Vec<&str> = out.lines().collect();
         assert!(lines[0].starts_with("NAMESPACE   NAME"), "{out}");
-        assert!(lines[0].ends_with("AGE     REASON          STARTED                STEPS"), "{out}");
-        assert!(lines[1].contains("64Mi memory limit"), "wide does not cut: {out}");
-        assert!(lines[1].ends_with("2026-11-22T10:00:01Z   2 (1 failed)"), "{out}");
+        assert!(
+            lines[0].ends_with("AGE   REASON          STARTED                STEPS"),
+            "{out}"
+        );
+        assert!(
+            lines[1].contains("64Mi memory limit"),
+            "wide does not cut: {out}"
+        );
+        assert!(
+            lines[1].ends_with("2026-11-22T10:00:01Z   2 (1 failed)"),
+            "{out}"
+        );
         assert!(lines[3].contains("NotIdentified"), "{out}");
     }
 
@@ -259,7 +272,7 @@ lost      Failed      node-b   Custom            (none: NotIdentified)          
             "spec": {"kubernetesEvent": "not an event"}
         }));
         let out = table(&[bad], false, false, now(), Style::PLAIN).render();
-        assert!(out.contains("odd       <invalid>"), "{out}");
+        assert!(out.contains("odd    <invalid>"), "{out}");
         assert!(out.contains("cannot be read"), "{out}");
     }
 

@@ -240,7 +240,10 @@ async fn watch_command(
 /// Writes to stdout. A closed pipe (`| head`) is not an error worth a panic.
 fn out(text: &str) -> Result<(), DiagError> {
     let mut stdout = std::io::stdout().lock();
-    match stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()) {
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|_| stdout.flush())
+    {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         Err(e) => Err(DiagError::Output(e.to_string())),
@@ -281,7 +284,14 @@ mod tests {
     #[test]
     fn kubectl_flags_go_before_or_after_the_subcommand() {
         let a = crate::cli::KubectlDiag::try_parse_from([
-            "kubectl-diag", "-n", "shop", "get", "-o", "wide", "--context", "prod",
+            "kubectl-diag",
+            "-n",
+            "shop",
+            "get",
+            "-o",
+            "wide",
+            "--context",
+            "prod",
         ])
         .unwrap()
         .args;
@@ -309,9 +319,19 @@ mod tests {
 
     #[test]
     fn several_objects_print_as_a_list_and_one_alone() {
-        let one = objects(vec![serde_json::json!({"kind": "Abnormal"})], true, Some(Output::Yaml)).unwrap();
+        let one = objects(
+            vec![serde_json::json!({"kind": "Abnormal"})],
+            true,
+            Some(Output::Yaml),
+        )
+        .unwrap();
         assert_eq!(one, "kind: Abnormal\n");
-        let many = objects(vec![serde_json::json!({"kind": "Abnormal"})], false, Some(Output::Json)).unwrap();
+        let many = objects(
+            vec![serde_json::json!({"kind": "Abnormal"})],
+            false,
+            Some(Output::Json),
+        )
+        .unwrap();
         let v: serde_json::Value = serde_json::from_str(&many).unwrap();
         assert_eq!(v["kind"], "List");
         assert_eq!(v["items"][0]["kind"], "Abnormal");

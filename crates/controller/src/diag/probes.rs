@@ -1,10 +1,13 @@
 //! `kubectl diag probes [NAME]`: KubeProber checker results, one row per checker, with the root
 //! cause kdiag found for a failing one.
 //!
-//! The root cause comes from the kdiag extension `spec.checkers[].diagnosis.rootCause`, or else
-//! from the annotation `kdiag.io/diagnosis.<checker>` on the ProbeStatus: plain text (the root
-//! cause itself) or a JSON object shaped like the extension (`{"abnormal", "phase",
-//! "rootCause"}`, `summary` also accepted).
+//! The root cause comes from, in this order:
+//! 1. the kdiag extension `spec.checkers[].diagnosis.rootCause` (kdiag's ProbeStatus CRD);
+//! 2. the annotation `kdiag.io/diagnoses`, a JSON object from checker name to
+//!    `{abnormal, phase, rootCause}`, which kdiag writes where KubeProber's own CRD would prune the
+//!    field (see `crate::probes::writeback`);
+//! 3. the annotation `kdiag.io/diagnosis.<checker>`: plain text (the root cause itself) or the
+//!    same JSON object for one checker, for tools that annotate one checker at a time.
 
 use kdiag_api::{CheckerDiagnosis, ProbeStatus};
 
@@ -14,11 +17,13 @@ use super::{DiagError, Output, Scope};
 
 /// Prefix of the per-checker diagnosis annotation.
 pub const DIAGNOSIS_ANNOTATION_PREFIX: &str = "kdiag.io/diagnosis.";
+/// The annotation holding every checker's diagnosis, as the probe trigger writes it.
+pub const DIAGNOSES_ANNOTATION: &str = crate::probes::episodes::DIAGNOSES_ANNOTATION;
 
 const MESSAGE_WIDTH: usize = 50;
 const ROOT_CAUSE_WIDTH: usize = 60;
 
-fn request(verb: &'static str, namespace: Option<&str>) -> Request<'_> {
+fn request<'a>(verb: &'static str, namespace: Option<&'a str>) -> Request<'a> {
     Request {
         verb,
         kind: "ProbeStatus",
@@ -37,8 +42,12 @@ pub async fn run(
 ) -> Result<String, DiagError> {
     let items = match name {
         Some(name) => vec![
-            kube.get::<ProbeStatus>(&scope.namespace, name, request("get", Some(&scope.namespace)))
-                .await?,
+            kube.get::<ProbeStatus>(
+                &scope.namespace,
+                name,
+                request("get", Some(&scope.namespace)),
+            )
+            .await?,
         ],
         None => {
             let ns = scope.list_namespace();
@@ -83,30 +92,38 @@ pub fn diagnosis(p: &ProbeStatus, checker: &str) -> Option<CheckerDiagnosis> {
     {
         return Some(d);
     }
-    let value = p
-        .metadata
-        .annotations
-        .as_ref()?
-        .get(&format!("{DIAGNOSIS_ANNOTATION_PREFIX}{checker}"))?;
+    let annotations = p.metadata.annotations.as_ref()?;
+    if let Some(d) = annotations
+        .get(DIAGNOSES_ANNOTATION)
+        .and_then(|all| serde_json::from_str::<serde_json::Value>(all).ok())
+        .and_then(|all| all.get(checker).and_then(from_json))
+    {
+        return Some(d);
+    }
+    let value = annotations.get(&format!("{DIAGNOSIS_ANNOTATION_PREFIX}{checker}"))?;
     match serde_json::from_str::<serde_json::Value>(value) {
-        Ok(serde_json::Value::Object(o)) => {
-            let text = |k: &str| o.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
-            let root_cause = if o.contains_key("rootCause") {
-                text("rootCause")
-            } else {
-                text("summary")
-            };
-            Some(CheckerDiagnosis {
-                abnormal: text("abnormal"),
-                phase: text("phase"),
-                root_cause,
-            })
-        }
+        Ok(v) if v.is_object() => from_json(&v),
         _ => Some(CheckerDiagnosis {
             root_cause: value.trim().to_owned(),
             ..Default::default()
         }),
     }
+}
+
+/// `{abnormal, phase, rootCause}` (or `summary` for the root cause) as a diagnosis.
+fn from_json(v: &serde_json::Value) -> Option<CheckerDiagnosis> {
+    let o = v.as_object()?;
+    let text = |k: &str| o.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+    let root_cause = if o.contains_key("rootCause") {
+        text("rootCause")
+    } else {
+        text("summary")
+    };
+    Some(CheckerDiagnosis {
+        abnormal: text("abnormal"),
+        phase: text("phase"),
+        root_cause,
+    })
 }
 
 /// One row per checker.
@@ -121,12 +138,25 @@ pub fn table(
     if all_namespaces {
         headers.push("NAMESPACE");
     }
-    headers.extend(["PROBER", "CHECKER", "STATUS", "MESSAGE", "LASTRUN", "ROOT CAUSE"]);
+    headers.extend([
+        "PROBER",
+        "CHECKER",
+        "STATUS",
+        "MESSAGE",
+        "LASTRUN",
+        "ROOT CAUSE",
+    ]);
     if wide {
         headers.extend(["ABNORMAL", "PHASE"]);
     }
     let mut t = Table::new(headers);
-    let cut = |s: &str, w: usize| if wide { s.to_owned() } else { render::truncate(s, w) };
+    let cut = |s: &str, w: usize| {
+        if wide {
+            s.to_owned()
+        } else {
+            render::truncate(s, w)
+        }
+    };
     for item in items {
         let mut prefix = vec![];
         if all_namespaces {
@@ -155,7 +185,9 @@ pub fn table(
                 "<none>".to_owned(),
                 style.paint(render::checker_tone(status), status),
                 cut(&st.message, MESSAGE_WIDTH),
-                st.last_run.map(|t| render::age_at(t.0, now)).unwrap_or_default(),
+                st.last_run
+                    .map(|t| render::age_at(t.0, now))
+                    .unwrap_or_default(),
                 String::new(),
             ]);
             t.row(row);
@@ -199,7 +231,7 @@ mod tests {
         fetched(json!({
             "apiVersion": "kubeprober.erda.cloud/v1", "kind": "ProbeStatus",
             "metadata": {"name": "k8s-probe", "namespace": "kubeprober",
-                "annotations": {"kdiag.io/diagnosis.etcd": "{\"abnormal\": \"kubeprober/etcd-x\", \"phase\": \"Diagnosing\", \"rootCause\": \"etcd member 2 is down\"}",
+                "annotations": {"kdiag.io/diagnoses": "{\"etcd\": {\"abnormal\": \"kubeprober/etcd-x\", \"phase\": \"Diagnosing\", \"rootCause\": \"etcd member 2 is down\"}}",
                                 "kdiag.io/diagnosis.kubelet": "kubelet on node-b cannot reach the apiserver"}},
             "spec": {"checkers": [
                 {"name": "dns", "status": "PASS", "message": "", "lastRun": "2026-11-22T10:04:00Z"},
@@ -221,24 +253,34 @@ mod tests {
         assert_eq!(
             out,
             "\
-PROBER      CHECKER        STATUS   MESSAGE                                   LASTRUN   ROOT CAUSE
-k8s-probe   dns            PASS                                               60s
-k8s-probe   coredns-pods   ERROR    2 of 2 coredns pods are CrashLoopBackOff  30s       coredns cannot read its ConfigMap: forbidden
-k8s-probe   etcd           WARN     slow                                      30s       etcd member 2 is down
-k8s-probe   kubelet        ERROR    not ready                                 30s       kubelet on node-b cannot reach the apiserver
+PROBER      CHECKER        STATUS   MESSAGE                                    LASTRUN   ROOT CAUSE
+k8s-probe   dns            PASS                                                60s
+k8s-probe   coredns-pods   ERROR    2 of 2 coredns pods are CrashLoopBackOff   30s       coredns cannot read its ConfigMap: forbidden
+k8s-probe   etcd           WARN     slow                                       30s       etcd member 2 is down
+k8s-probe   kubelet        ERROR    not ready                                  30s       kubelet on node-b cannot reach the apiserver
 "
-            .replace("CrashLoopBackOff  30s", "CrashLoopBackOff   30s")
         );
     }
 
     #[test]
     fn wide_adds_the_abnormal_and_its_phase() {
         let out = table(&[example()], true, true, now(), Style::PLAIN).render();
-        let lines: Vec<&str> = out.lines().collect();
-        assert!(lines[0].starts_with("NAMESPACE    PROBER"), "{out}");
-        assert!(lines[0].ends_with("ABNORMAL                  PHASE"), "{out}");
-        assert!(lines[2].ends_with("kubeprober/coredns-abc    Succeeded"), "{out}");
-        assert!(lines[3].ends_with("kubeprober/etcd-x         Diagnosing"), "{out}");
+        let words =
+            |i: usize| -> Vec<&str> { out.lines().nth(i).unwrap().split_whitespace().collect() };
+        assert_eq!(words(0)[..2], ["NAMESPACE", "PROBER"], "{out}");
+        assert_eq!(
+            words(0)[words(0).len() - 2..],
+            ["ABNORMAL", "PHASE"],
+            "{out}"
+        );
+        assert!(
+            words(2).ends_with(&["kubeprober/coredns-abc", "Succeeded"]),
+            "{out}"
+        );
+        assert!(
+            words(3).ends_with(&["kubeprober/etcd-x", "Diagnosing"]),
+            "{out}"
+        );
     }
 
     #[test]
@@ -250,6 +292,9 @@ k8s-probe   kubelet        ERROR    not ready                                 30
             "status": {"status": "UNKNOWN", "message": "never ran"}
         }));
         let out = table(&[p], false, false, now(), Style::COLOUR).render();
-        assert!(out.contains("fresh    <none>    \x1b[33mUNKNOWN\x1b[0m   never ran"), "{out:?}");
+        assert!(
+            out.contains("fresh    <none>    \x1b[33mUNKNOWN\x1b[0m   never ran"),
+            "{out:?}"
+        );
     }
 }

@@ -175,17 +175,50 @@ pub fn truncate(s: &str, max: usize) -> String {
     out
 }
 
-/// An age as kubectl prints it: `45s`, `5m12s`, `3h4m`, `2d5h`, `400d`.
+/// An age exactly as kubectl prints it (apimachinery's HumanDuration): `45s`, `5m12s`, `15m`,
+/// `4h2m`, `20h`, `3d2h`, `400d`, `2y30d`.
 pub fn age(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        0..120 => format!("{s}s"),
-        120..600 => format!("{}m{}s", s / 60, s % 60),
-        600..10800 => format!("{}m", s / 60),
-        10800..86400 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
-        86400..864000 => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
-        _ => format!("{}d", s / 86400),
+    let seconds = d.as_secs();
+    if seconds < 120 {
+        return format!("{seconds}s");
     }
+    let minutes = seconds / 60;
+    if minutes < 10 {
+        return match seconds % 60 {
+            0 => format!("{minutes}m"),
+            s => format!("{minutes}m{s}s"),
+        };
+    }
+    if minutes < 180 {
+        return format!("{minutes}m");
+    }
+    let hours = minutes / 60;
+    if hours < 8 {
+        return match minutes % 60 {
+            0 => format!("{hours}h"),
+            m => format!("{hours}h{m}m"),
+        };
+    }
+    if hours < 48 {
+        return format!("{hours}h");
+    }
+    let days = hours / 24;
+    if hours < 24 * 8 {
+        return match hours % 24 {
+            0 => format!("{days}d"),
+            h => format!("{days}d{h}h"),
+        };
+    }
+    if days < 365 * 2 {
+        return format!("{days}d");
+    }
+    if days < 365 * 8 {
+        return match days % 365 {
+            0 => format!("{}y", days / 365),
+            dy => format!("{}y{dy}d", days / 365),
+        };
+    }
+    format!("{}y", days / 365)
 }
 
 /// A step's duration: `4ms`, `1.2s`, `2m3s`.
@@ -292,10 +325,13 @@ mod tests {
         assert_eq!(age(s(0)), "0s");
         assert_eq!(age(s(119)), "119s");
         assert_eq!(age(s(130)), "2m10s");
+        assert_eq!(age(s(300)), "5m");
         assert_eq!(age(s(900)), "15m");
         assert_eq!(age(s(4 * 3600 + 120)), "4h2m");
+        assert_eq!(age(s(24 * 3600 + 300)), "24h");
         assert_eq!(age(s(3 * 86400 + 7200)), "3d2h");
         assert_eq!(age(s(400 * 86400)), "400d");
+        assert_eq!(age(s(3 * 365 * 86400 + 5 * 86400)), "3y5d");
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub pod: Option<String>,
     /// The container of the pod concerned.
-    #[arg(long, requires = "pod")]
+    #[arg(long)]
     pub container: Option<String>,
     /// An InformationCollector to run, NAME or NAMESPACE/NAME (default namespace kube-diagnoser).
     /// Repeat for more; they run in the order given. Default: see `kubectl diag run --help`.
@@ -92,7 +92,11 @@ pub struct Registered {
 }
 
 /// Collectors `run --pod` prefers, in order; those registered in kube-diagnoser are used.
-const POD_COLLECTORS: &[&str] = &["pod-collector", "container-collector", "kernel-log-collector"];
+const POD_COLLECTORS: &[&str] = &[
+    "pod-collector",
+    "container-collector",
+    "kernel-log-collector",
+];
 /// Collectors `run --node` prefers, in order.
 const NODE_COLLECTORS: &[&str] = &[
     "node-collector",
@@ -149,11 +153,11 @@ pub fn parse_processor(flag: &str, value: &str) -> Result<NamespacedName, DiagEr
 }
 
 /// The target from `--node` or `--pod`.
-pub fn parse_target(
-    args: &RunArgs,
-    namespace: &str,
-) -> Result<Target, DiagError> {
+pub fn parse_target(args: &RunArgs, namespace: &str) -> Result<Target, DiagError> {
     match (&args.node, &args.pod) {
+        (Some(_), None) if args.container.is_some() => Err(DiagError::Usage(
+            "--container names a container of --pod; a node has none".into(),
+        )),
         (Some(node), None) if !node.is_empty() => Ok(Target::Node(node.clone())),
         (None, Some(pod)) => {
             let parts: Vec<&str> = pod.split('/').collect();
@@ -194,7 +198,11 @@ pub fn choose(
         recoverers: parse("recoverer", &args.recoverers)?,
     };
     for (kind, wanted, there) in [
-        ("InformationCollector", &named.collectors, &registered.collectors),
+        (
+            "InformationCollector",
+            &named.collectors,
+            &registered.collectors,
+        ),
         ("Diagnoser", &named.diagnosers, &registered.diagnosers),
         ("Recoverer", &named.recoverers, &registered.recoverers),
     ] {
@@ -206,7 +214,9 @@ pub fn choose(
                 registered: if there.is_empty() {
                     "none".into()
                 } else {
-                    there.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                    let mut names: Vec<String> = there.iter().map(ToString::to_string).collect();
+                    names.sort();
+                    names.join(", ")
                 },
                 what_to_do: "Name one of those, or register yours (docs/plugins.md).",
             });
@@ -408,7 +418,10 @@ pub async fn run(
         if list.is_empty() {
             "-".to_owned()
         } else {
-            list.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            list.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         }
     };
     print(&format!(
@@ -428,7 +441,6 @@ pub async fn run(
         print("");
         let events = super::describe::run(kube, namespace, &name, None, style).await?;
         print(events.trim_end());
-        let _ = done;
         return Ok(exit_code(&done));
     }
 
@@ -436,10 +448,11 @@ pub async fn run(
     // knowing now, not after a later `describe`.
     let deadline = tokio::time::Instant::now() + args.admission_timeout;
     loop {
-        let a = api
-            .get(&name)
-            .await
-            .map_err(|e| Request::abnormals("get", Some(namespace)).named(&name).explain(e, &kube.url))?;
+        let a = api.get(&name).await.map_err(|e| {
+            Request::abnormals("get", Some(namespace))
+                .named(&name)
+                .explain(e, &kube.url)
+        })?;
         if watch::has_status(&a) {
             let status = a.status.clone().unwrap_or_default();
             return Ok(match status.phase {
@@ -511,7 +524,11 @@ mod tests {
                 nn("kube-diagnoser/process-collector"),
                 nn("team/custom-collector"),
             ]),
-            diagnosers: Some(vec![nn("kube-diagnoser/z-diag"), nn("kube-diagnoser/a-diag"), nn("team/t-diag")]),
+            diagnosers: Some(vec![
+                nn("kube-diagnoser/z-diag"),
+                nn("kube-diagnoser/a-diag"),
+                nn("team/t-diag"),
+            ]),
             recoverers: Some(vec![nn("kube-diagnoser/signal-recoverer")]),
         }
     }
@@ -532,7 +549,10 @@ mod tests {
         assert_eq!(
             chosen,
             Assigned {
-                collectors: vec![nn("kube-diagnoser/pod-collector"), nn("kube-diagnoser/kernel-log-collector")],
+                collectors: vec![
+                    nn("kube-diagnoser/pod-collector"),
+                    nn("kube-diagnoser/kernel-log-collector")
+                ],
                 diagnosers: vec![nn("kube-diagnoser/a-diag"), nn("kube-diagnoser/z-diag")],
                 recoverers: vec![],
             }
@@ -541,10 +561,22 @@ mod tests {
 
     #[test]
     fn a_bare_pod_name_is_in_the_command_namespace_and_processors_in_kube_diagnoser() {
-        let a = args(&["--pod", "web", "--container", "app", "--collector", "pod-collector", "--diagnoser", "team/t-diag"]);
+        let a = args(&[
+            "--pod",
+            "web",
+            "--container",
+            "app",
+            "--collector",
+            "pod-collector",
+            "--diagnoser",
+            "team/t-diag",
+        ]);
         let target = parse_target(&a, "shop").unwrap();
         let Target::Pod(p) = &target else { panic!() };
-        assert_eq!((p.namespace.as_str(), p.container_name.as_str()), ("shop", "app"));
+        assert_eq!(
+            (p.namespace.as_str(), p.container_name.as_str()),
+            ("shop", "app")
+        );
         let chosen = choose(&a, &target, &registered()).unwrap();
         assert_eq!(chosen.collectors, [nn("kube-diagnoser/pod-collector")]);
         assert_eq!(chosen.diagnosers, [nn("team/t-diag")]);
@@ -574,14 +606,18 @@ mod tests {
         let a = args(&["--node", "n1", "--no-defaults"]);
         let err = choose(&a, &parse_target(&a, "default").unwrap(), &registered()).unwrap_err();
         assert_eq!(err.exit_code(), 2);
-        assert!(err.to_string().contains("kubectl apply -k config/deploy"), "{err}");
+        assert!(
+            err.to_string().contains("kubectl apply -k config/deploy"),
+            "{err}"
+        );
     }
 
     #[test]
     fn node_and_pod_are_exclusive_and_one_is_required() {
         assert!(Cli::try_parse_from(["run", "--node", "a", "--pod", "b"]).is_err());
         assert!(Cli::try_parse_from(["run", "--collector", "x"]).is_err());
-        assert!(Cli::try_parse_from(["run", "--node", "a", "--container", "c"]).is_err());
+        let a = args(&["--node", "a", "--container", "c"]);
+        assert_eq!(parse_target(&a, "default").unwrap_err().exit_code(), 2);
     }
 
     #[test]
@@ -608,7 +644,12 @@ mod tests {
         assert_eq!(a.metadata.name, None);
         assert_eq!(a.spec.pod_reference.as_ref().unwrap().name, "Web_Server");
         assert!(a.spec.node_name.is_empty());
-        let n = build("ops", Some("disk"), &Target::Node("node-a".into()), assigned);
+        let n = build(
+            "ops",
+            Some("disk"),
+            &Target::Node("node-a".into()),
+            assigned,
+        );
         assert_eq!(n.metadata.name.as_deref(), Some("disk"));
         assert_eq!(n.spec.node_name, "node-a");
         assert_eq!(

@@ -5,13 +5,16 @@ use std::pin::pin;
 use std::time::Duration;
 
 use futures::StreamExt;
-use kdiag_api::{Abnormal, AbnormalConditionType, AbnormalPhase, ConditionStatus, ProcessorRecord, ProcessorResult};
+use kdiag_api::{
+    Abnormal, AbnormalConditionType, AbnormalPhase, ConditionStatus, ProcessorRecord,
+    ProcessorResult,
+};
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 
+use super::DiagError;
 use super::client::{Kube, Request};
 use super::render::{self, Style, Tone};
-use super::DiagError;
 
 /// How to follow an Abnormal.
 #[derive(Debug, Clone, Copy)]
@@ -186,13 +189,19 @@ pub fn progress(
         match (status.phase, accepted) {
             (Some(_), Some(c)) if c.status == ConditionStatus::True => lines.push(format!(
                 "{:>6}  {}  {}",
-                c.last_transition_time.as_ref().map(|t| at(t.0)).unwrap_or_default(),
+                c.last_transition_time
+                    .as_ref()
+                    .map(|t| at(t.0))
+                    .unwrap_or_default(),
                 style.paint(Tone::Good, "accepted"),
                 c.message
             )),
             (Some(_), Some(c)) => lines.push(format!(
                 "{:>6}  {}  {}: {}",
-                c.last_transition_time.as_ref().map(|t| at(t.0)).unwrap_or_default(),
+                c.last_transition_time
+                    .as_ref()
+                    .map(|t| at(t.0))
+                    .unwrap_or_default(),
                 style.paint(Tone::Bad, "rejected"),
                 c.reason,
                 c.message
@@ -279,7 +288,11 @@ fn step_line(r: &ProcessorRecord, origin: Option<jiff::Timestamp>, style: Style)
         ProcessorResult::Running => style.paint(Tone::Busy, "Running"),
         other => style.paint(render::result_tone(other.as_str()), other.as_str()),
     };
-    let mut line = format!("{when:>6}  {:<21}  {}  {result}", r.stage.as_str(), r.processor);
+    let mut line = format!(
+        "{when:>6}  {:<21}  {}  {result}",
+        r.stage.as_str(),
+        r.processor
+    );
     if let Some(ms) = r.duration_milliseconds {
         line.push_str(&format!(" in {}", render::duration_ms(ms)));
     }
@@ -336,8 +349,10 @@ mod tests {
 
     #[test]
     fn each_new_step_and_phase_change_prints_one_line() {
-        let admitted = abnormal(json!({"phase": "InformationCollecting", "identifiable": false, "recoverable": false,
-            "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "routed to node node-a", "lastTransitionTime": "2026-11-22T10:00:00Z"}]}));
+        let admitted = abnormal(
+            json!({"phase": "InformationCollecting", "identifiable": false, "recoverable": false,
+            "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "routed to node node-a", "lastTransitionTime": "2026-11-22T10:00:00Z"}]}),
+        );
         let mut pending = admitted.clone();
         pending.status = None;
         assert_eq!(
@@ -345,15 +360,19 @@ mod tests {
             ["   +0s  accepted  routed to node node-a"]
         );
 
-        let running = abnormal(json!({"phase": "InformationCollecting", "identifiable": false, "recoverable": false,
-            "processors": [step("kube-diagnoser/pod-collector", "InformationCollecting", "Running", None, "")]}));
+        let running = abnormal(
+            json!({"phase": "InformationCollecting", "identifiable": false, "recoverable": false,
+            "processors": [step("kube-diagnoser/pod-collector", "InformationCollecting", "Running", None, "")]}),
+        );
         assert_eq!(
             progress(Some(&admitted), &running, now(), Style::PLAIN),
             ["   +1s  InformationCollecting  kube-diagnoser/pod-collector  Running"]
         );
 
-        let diagnosing = abnormal(json!({"phase": "Diagnosing", "identifiable": false, "recoverable": false,
-            "processors": [step("kube-diagnoser/pod-collector", "InformationCollecting", "Succeeded", Some(4), "collected 3 pods")]}));
+        let diagnosing = abnormal(
+            json!({"phase": "Diagnosing", "identifiable": false, "recoverable": false,
+            "processors": [step("kube-diagnoser/pod-collector", "InformationCollecting", "Succeeded", Some(4), "collected 3 pods")]}),
+        );
         assert_eq!(
             progress(Some(&running), &diagnosing, now(), Style::PLAIN),
             [
@@ -367,15 +386,23 @@ mod tests {
 
     #[test]
     fn the_end_prints_the_root_cause_and_the_final_phase() {
-        let diagnosing = abnormal(json!({"phase": "Diagnosing", "identifiable": false, "recoverable": false}));
-        let done = abnormal(json!({"phase": "Succeeded", "identifiable": true, "recoverable": false,
-            "rootCause": {"summary": "disk full", "reason": "DiskFull"}}));
+        let diagnosing =
+            abnormal(json!({"phase": "Diagnosing", "identifiable": false, "recoverable": false}));
+        let done = abnormal(
+            json!({"phase": "Succeeded", "identifiable": true, "recoverable": false,
+            "rootCause": {"summary": "disk full", "reason": "DiskFull"}}),
+        );
         assert_eq!(
             progress(Some(&diagnosing), &done, now(), Style::PLAIN),
-            ["   +3s  root cause  disk full (DiskFull)", "   +3s  Succeeded"]
+            [
+                "   +3s  root cause  disk full (DiskFull)",
+                "   +3s  Succeeded"
+            ]
         );
-        let failed = abnormal(json!({"phase": "Failed", "identifiable": false, "recoverable": false,
-            "reason": "NotIdentified", "message": "no diagnoser identified the cause"}));
+        let failed = abnormal(
+            json!({"phase": "Failed", "identifiable": false, "recoverable": false,
+            "reason": "NotIdentified", "message": "no diagnoser identified the cause"}),
+        );
         assert_eq!(
             progress(Some(&diagnosing), &failed, now(), Style::PLAIN),
             ["   +3s  Failed: NotIdentified: no diagnoser identified the cause"]
@@ -392,11 +419,16 @@ mod tests {
             progress(Some(&pending), &waiting, now(), Style::PLAIN),
             ["   +3s  waiting  WaitingForPod: pod ns/web does not exist yet"]
         );
-        let rejected = abnormal(json!({"phase": "Failed", "identifiable": false, "recoverable": false,
+        let rejected = abnormal(
+            json!({"phase": "Failed", "identifiable": false, "recoverable": false,
             "reason": "ProcessorNotFound", "message": "spec.assignedDiagnosers[0] names Diagnoser ns/x, which does not exist",
-            "conditions": [{"type": "Accepted", "status": "False", "reason": "ProcessorNotFound", "message": "spec.assignedDiagnosers[0] names Diagnoser ns/x, which does not exist", "lastTransitionTime": "2026-11-22T10:00:00Z"}]}));
+            "conditions": [{"type": "Accepted", "status": "False", "reason": "ProcessorNotFound", "message": "spec.assignedDiagnosers[0] names Diagnoser ns/x, which does not exist", "lastTransitionTime": "2026-11-22T10:00:00Z"}]}),
+        );
         let lines = progress(Some(&waiting), &rejected, now(), Style::PLAIN);
-        assert_eq!(lines[0], "   +0s  rejected  ProcessorNotFound: spec.assignedDiagnosers[0] names Diagnoser ns/x, which does not exist");
+        assert_eq!(
+            lines[0],
+            "   +0s  rejected  ProcessorNotFound: spec.assignedDiagnosers[0] names Diagnoser ns/x, which does not exist"
+        );
         assert!(lines[1].starts_with("   +3s  Failed: ProcessorNotFound"));
     }
 }
