@@ -19,7 +19,7 @@ use kdiag_api::plugin::{Processor, ProcessorContext, ProcessorError, ProcessorOu
 use kdiag_api::{Abnormal, RootCause};
 use kdiag_collectors::budget::{Deadline, blocking, cap_list, output_budget, truncated_key};
 use kdiag_collectors::du::{self, Usage, WalkRoot};
-use kdiag_collectors::mounts::{self, percent};
+use kdiag_collectors::mounts;
 use serde_json::{Value, json};
 
 use crate::pods;
@@ -296,7 +296,7 @@ pub fn conclude(
                 "metadata": m.metadata.get(&p.uid).cloned().unwrap_or(json!({"uid": p.uid})),
                 "diskUsage": p.bytes,
                 "path": p.path,
-                "sharePercent": percent(p.bytes, fs.capacity.size_bytes),
+                "sharePercent": share_percent(p.bytes, fs.capacity.size_bytes),
                 "apparentBytes": p.apparent_bytes,
                 "files": p.files,
                 "emptyDirs": p.empty_dirs.iter().map(|d| json!({
@@ -372,6 +372,15 @@ pub fn conclude(
         suggestion: first.suggestion.clone(),
         evidence,
     }))
+}
+
+/// Share of the filesystem in percent, to a thousandth: a pod worth noting on a large disk can
+/// be well under 0.1%.
+fn share_percent(bytes: u64, size: u64) -> f64 {
+    if size == 0 {
+        return 0.0;
+    }
+    (bytes as f64 / size as f64 * 100_000.0).round() / 1000.0
 }
 
 /// For tests and tools: the directory of a pod.

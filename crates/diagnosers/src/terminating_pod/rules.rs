@@ -201,32 +201,6 @@ pub fn judge(pod: &PodFacts, now: jiff::Timestamp) -> Verdict {
                 signals: tops.iter().map(|p| signal(pod, p)).collect(),
             });
         }
-        if !pod.mounts.is_empty() {
-            causes.push(Cause {
-                reason: "VolumeStillMounted",
-                message: format!(
-                    "{} volume(s) still mounted: {}",
-                    pod.mounts.len(),
-                    pod.mounts.join(", ")
-                ),
-                suggestion: format!(
-                    "The kubelet cannot finish while a volume is mounted: look for UnmountVolume or TearDown errors for pod UID {} in the kubelet's log, and for processes keeping the mount busy (fuser -vm <path>).",
-                    pod.uid
-                ),
-                evidence: pod
-                    .mounts
-                    .iter()
-                    .map(|m| Evidence {
-                        kind: "Mount".into(),
-                        message: format!("{m} is still mounted (host mountinfo)"),
-                        object: object.clone(),
-                        context_key: TERMINATING_POD_DIAGNOSIS.into(),
-                        timestamp: None,
-                    })
-                    .collect(),
-                signals: Vec::new(),
-            });
-        }
         if !pod.finalizers.is_empty() {
             causes.push(Cause {
                 reason: "FinalizersPresent",
@@ -252,6 +226,32 @@ pub fn judge(pod: &PodFacts, now: jiff::Timestamp) -> Verdict {
                     context_key: TERMINATING_POD_DIAGNOSIS.into(),
                     timestamp: None,
                 }],
+                signals: Vec::new(),
+            });
+        }
+        if !pod.mounts.is_empty() {
+            causes.push(Cause {
+                reason: "VolumeStillMounted",
+                message: format!(
+                    "{} volume(s) still mounted: {}",
+                    pod.mounts.len(),
+                    pod.mounts.join(", ")
+                ),
+                suggestion: format!(
+                    "The kubelet cannot finish while a volume is mounted: look for UnmountVolume or TearDown errors for pod UID {} in the kubelet's log, and for processes keeping the mount busy (fuser -vm <path>).",
+                    pod.uid
+                ),
+                evidence: pod
+                    .mounts
+                    .iter()
+                    .map(|m| Evidence {
+                        kind: "Mount".into(),
+                        message: format!("{m} is still mounted (host mountinfo)"),
+                        object: object.clone(),
+                        context_key: TERMINATING_POD_DIAGNOSIS.into(),
+                        timestamp: None,
+                    })
+                    .collect(),
                 signals: Vec::new(),
             });
         }
@@ -295,7 +295,8 @@ pub fn judge(pod: &PodFacts, now: jiff::Timestamp) -> Verdict {
         .collect();
     if !ignoring.is_empty() && since_request >= SIGTERM_SETTLE_SECONDS {
         let tops = topmost(&ignoring);
-        let left = -overdue;
+        // The kubelet's SIGKILL comes when the grace period ends: at deletionTimestamp.
+        let kill_in = pod.deletion_timestamp.duration_since(now).as_secs().max(0);
         let list = tops
             .iter()
             .map(|p| format!("pid {} `{}`", p.pid, p.command))
@@ -304,10 +305,11 @@ pub fn judge(pod: &PodFacts, now: jiff::Timestamp) -> Verdict {
         causes.push(Cause {
             reason: "SigtermIgnored",
             message: format!(
-                "{list} ignore{} SIGTERM{}, so only the kubelet's SIGKILL at the end of the {} s grace period ({left} s from now) will end {}",
+                "{list} ignore{} SIGTERM{}, so only the kubelet's SIGKILL at the end of the {} s grace period, at {} ({kill_in} s from now), will end {}",
                 if tops.len() == 1 { "s" } else { "" },
                 if pod.pre_stop { " (after the preStop hook)" } else { "" },
                 pod.grace_seconds,
+                pod.deletion_timestamp,
                 if tops.len() == 1 { "it" } else { "them" },
             ),
             suggestion: "Send the proposed SIGKILL (signal-recoverer) to end the pod now, or wait for the deadline. To fix the image: handle SIGTERM in the application, or run it under an init such as tini or dumb-init (a container's pid 1 gets no default SIGTERM action from the kernel).".into(),
@@ -414,7 +416,7 @@ mod tests {
         let v = judge(&p, at(5));
         assert_eq!(v.causes[0].reason, "SigtermIgnored");
         assert!(
-            v.causes[0].message.contains("55 s from now"),
+            v.causes[0].message.contains("25 s from now"),
             "{}",
             v.causes[0].message
         );

@@ -1,0 +1,382 @@
+//! The diagnosers against a real single-node cluster: a pod filling its emptyDir, a pod held
+//! by a finalizer, a container that ignores SIGTERM under a long grace period.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use kdiag_api::plugin::{NodeEnvironment, Processor, ProcessorContext, ProcessorError};
+use kdiag_api::{Abnormal, AbnormalSpec, PodReference, context_keys};
+use kdiag_diagnosers::{PodDiskUsageDiagnoser, TerminatingPodDiagnoser};
+use kdiag_testenv::{BUSYBOX_IMAGE, Cluster, cluster};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+const POD_TIMEOUT: Duration = Duration::from_secs(120);
+const MIB: u64 = 1024 * 1024;
+
+async fn context(c: &Cluster) -> ProcessorContext {
+    ProcessorContext {
+        node_name: c.node_name().to_owned(),
+        client: c.client().await,
+        timeout: Duration::from_secs(60),
+        max_output_bytes: 512 * 1024,
+        node: Arc::new(NodeEnvironment {
+            proc_root: "/proc".into(),
+            sys_root: "/sys".into(),
+            kubelet_root: c.kubelet_root_dir(),
+            cri_sockets: vec![c.cri_socket()],
+            kmsg: "/dev/kmsg".into(),
+        }),
+    }
+}
+
+fn abnormal(pod: Option<(&str, &str)>, context: Value) -> Abnormal {
+    let mut a = Abnormal::new(
+        "test",
+        AbnormalSpec {
+            context: serde_json::from_value(context).ok(),
+            pod_reference: pod.map(|(ns, name)| PodReference {
+                namespace: ns.into(),
+                name: name.into(),
+                container_name: String::new(),
+            }),
+            ..Default::default()
+        },
+    );
+    a.metadata.namespace = Some("default".into());
+    a
+}
+
+fn pod(name: &str, grace: i64, script: &str, extra: Value) -> Pod {
+    let mut v = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name },
+        "spec": {
+            "terminationGracePeriodSeconds": grace,
+            "containers": [{
+                "name": "main",
+                "image": BUSYBOX_IMAGE,
+                "imagePullPolicy": "IfNotPresent",
+                "command": ["sh", "-c", script],
+            }]
+        }
+    });
+    merge(&mut v, extra);
+    serde_json::from_value(v).expect("a valid pod")
+}
+
+fn merge(into: &mut Value, from: Value) {
+    match (into, from) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
+async fn wait_for(
+    c: &Cluster,
+    pods: &Api<Pod>,
+    name: &str,
+    what: &str,
+    done: impl Fn(&Pod) -> bool,
+) -> Pod {
+    let begin = Instant::now();
+    let mut last = None;
+    while begin.elapsed() < POD_TIMEOUT {
+        if let Ok(p) = pods.get(name).await {
+            if done(&p) {
+                return p;
+            }
+            last = Some(p);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!(
+        "pod {name}: {what} not seen in time. Status: {}\nkubelet: {}",
+        serde_json::to_string_pretty(&last.and_then(|p| p.status)).unwrap_or_default(),
+        c.log_tail("kubelet", 30)
+    );
+}
+
+fn first_state(p: &Pod) -> Option<&k8s_openapi::api::core::v1::ContainerState> {
+    p.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()?
+        .state
+        .as_ref()
+}
+
+fn running(p: &Pod) -> bool {
+    first_state(p).is_some_and(|s| s.running.is_some())
+}
+
+fn uid(p: &Pod) -> String {
+    p.metadata.uid.clone().expect("uid")
+}
+
+#[tokio::test]
+async fn pod_disk_usage_diagnoser_identifies_the_emptydir_hog_and_names_it() {
+    let c = cluster().await;
+    let ns = c.create_namespace("disk").await;
+    let pods: Api<Pod> = Api::namespaced(c.client().await, &ns);
+    let hog = pod(
+        "hog",
+        1,
+        "dd if=/dev/zero of=/spool/fill bs=1M count=64 2>/dev/null; exec sleep 3600",
+        json!({"spec": {
+            "containers": [{"name": "main", "image": BUSYBOX_IMAGE, "imagePullPolicy": "IfNotPresent",
+                "command": ["sh", "-c", "dd if=/dev/zero of=/spool/fill bs=1M count=64 2>/dev/null; exec sleep 3600"],
+                "volumeMounts": [{"name": "spool", "mountPath": "/spool"}]}],
+            "volumes": [{"name": "spool", "emptyDir": {}}],
+        }}),
+    );
+    pods.create(&PostParams::default(), &hog).await.unwrap();
+    let p = wait_for(c, &pods, "hog", "Running", running).await;
+    // Wait until the 64 MiB are on the node's disk, in the kubelet's directory for the volume.
+    let fill = c
+        .pod_dir(&uid(&p))
+        .join("volumes/kubernetes.io~empty-dir/spool/fill");
+    let begin = Instant::now();
+    while std::fs::metadata(&fill).map(|m| m.len()).unwrap_or(0) < 64 * MIB {
+        assert!(
+            begin.elapsed() < POD_TIMEOUT,
+            "{} never reached 64 MiB",
+            fill.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ctx = context(c).await;
+
+    let out = PodDiskUsageDiagnoser
+        .process(
+            &ctx,
+            &abnormal(None, json!({"podDiskUsageThreshold": "32Mi"})),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("not identified: {e}"));
+    let cause = out.root_cause.expect("a root cause");
+    eprintln!("pod-disk-usage-diagnoser: {cause:#?}");
+    assert_eq!(cause.reason, "PodDiskUsageOverThreshold");
+    assert!(
+        cause.summary.starts_with(&format!("pod {ns}/hog uses 64.")),
+        "{}",
+        cause.summary
+    );
+    assert!(
+        cause.summary.contains("emptyDir spool"),
+        "{}",
+        cause.summary
+    );
+    assert!(
+        cause
+            .evidence
+            .iter()
+            .any(|e| e.object == format!("pod/{ns}/hog"))
+    );
+    assert!(!cause.suggestion.is_empty());
+    // The compatibility list, largest first, with Kube Diagnoser's fields.
+    let top = out.context[context_keys::POD_DISK_USAGE_DIAGNOSIS]
+        .as_array()
+        .unwrap();
+    assert_eq!(top[0]["metadata"]["name"], "hog");
+    assert!(top[0]["diskUsage"].as_u64().unwrap() >= 64 * MIB);
+    assert_eq!(top[0]["path"], json!(c.pod_dir(&uid(&p))));
+    assert_eq!(top[0]["emptyDirs"][0]["name"], "spool");
+    assert!(top[0]["sharePercent"].as_f64().unwrap() > 0.0);
+
+    // With a threshold it does not reach, the node is healthy: a clear non-identification that
+    // says what was checked (and still names the largest pod).
+    match PodDiskUsageDiagnoser
+        .process(
+            &ctx,
+            &abnormal(None, json!({"podDiskUsageThreshold": "1Ti"})),
+        )
+        .await
+    {
+        Err(ProcessorError::NotIdentified(m)) => {
+            eprintln!("pod-disk-usage-diagnoser, healthy: {m}");
+            assert!(m.contains("pod directories"), "{m}");
+            assert!(m.contains(&format!("the largest is {ns}/hog")), "{m}");
+            assert!(m.contains("ephemeral-storage limit"), "{m}");
+            assert!(m.contains("% full"), "{m}");
+        }
+        other => panic!("expected NotIdentified, got {other:?}"),
+    }
+    // A wrong threshold is the Abnormal's fault.
+    match PodDiskUsageDiagnoser
+        .process(
+            &ctx,
+            &abnormal(None, json!({"podDiskUsageThreshold": "lots"})),
+        )
+        .await
+    {
+        Err(ProcessorError::InvalidInput(m)) => assert!(m.contains("podDiskUsageThreshold"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn terminating_pod_diagnoser_names_the_finalizer_for_one_pod_and_the_sigterm_ignoring_process_for_another()
+ {
+    let c = cluster().await;
+    let ns = c.create_namespace("terminating").await;
+    let pods: Api<Pod> = Api::namespaced(c.client().await, &ns);
+    let ctx = context(c).await;
+
+    // A pod held by a finalizer nobody removes.
+    let held = pod(
+        "held",
+        2,
+        "exec sleep 86400",
+        json!({"metadata": {"finalizers": ["kdiag.test/never-released"]}}),
+    );
+    // A container that ignores SIGTERM, under a long grace period.
+    let stubborn = pod("stubborn", 300, "trap '' TERM; exec sleep 86400", json!({}));
+    pods.create(&PostParams::default(), &held).await.unwrap();
+    pods.create(&PostParams::default(), &stubborn)
+        .await
+        .unwrap();
+    wait_for(c, &pods, "held", "Running", running).await;
+    let stubborn = wait_for(c, &pods, "stubborn", "Running", running).await;
+
+    // Before deletion: not terminating, nothing to find.
+    match TerminatingPodDiagnoser
+        .process(&ctx, &abnormal(Some((&ns, "held")), json!({})))
+        .await
+    {
+        Err(ProcessorError::NotIdentified(m)) => assert!(m.contains("is not terminating"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+
+    pods.delete("held", &DeleteParams::default()).await.unwrap();
+    pods.delete("stubborn", &DeleteParams::default())
+        .await
+        .unwrap();
+    // The held pod's container stops after its 2 s grace; its deadline (deletionTimestamp +
+    // grace) passes soon after.
+    let held = wait_for(c, &pods, "held", "stopped container", |p| {
+        first_state(p).is_some_and(|s| s.terminated.is_some())
+    })
+    .await;
+    let deletion = held.metadata.deletion_timestamp.clone().unwrap().0;
+    let deadline = deletion
+        .checked_add(jiff::SignedDuration::from_secs(3))
+        .unwrap();
+    while jiff::Timestamp::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    let out = TerminatingPodDiagnoser
+        .process(&ctx, &abnormal(Some((&ns, "held")), json!({})))
+        .await
+        .unwrap_or_else(|e| panic!("held: {e}"));
+    let cause = out.root_cause.clone().unwrap();
+    eprintln!("terminating-pod-diagnoser, held: {cause:#?}");
+    assert_eq!(cause.reason, "FinalizersPresent", "{}", cause.summary);
+    assert!(
+        cause.summary.contains(&format!("pod {ns}/held")),
+        "{}",
+        cause.summary
+    );
+    assert!(
+        cause.summary.contains("kdiag.test/never-released"),
+        "{}",
+        cause.summary
+    );
+    assert!(
+        cause.summary.contains("past its deletion deadline"),
+        "{}",
+        cause.summary
+    );
+    assert!(
+        !out.context.contains_key(context_keys::SIGNAL_RECOVERY),
+        "no signal for a finalizer: {:?}",
+        out.context.get(context_keys::SIGNAL_RECOVERY)
+    );
+    let diag = out.context[context_keys::TERMINATING_POD_DIAGNOSIS]
+        .as_array()
+        .unwrap();
+    assert_eq!(diag[0]["metadata"]["name"], "held");
+    assert!(diag[0]["overdueSeconds"].as_i64().unwrap() >= 0);
+
+    let out = TerminatingPodDiagnoser
+        .process(&ctx, &abnormal(Some((&ns, "stubborn")), json!({})))
+        .await
+        .unwrap_or_else(|e| panic!("stubborn: {e}"));
+    let cause = out.root_cause.clone().unwrap();
+    eprintln!(
+        "terminating-pod-diagnoser, stubborn: {cause:#?}\n{}",
+        serde_json::to_string_pretty(&out.context).unwrap()
+    );
+    assert_eq!(cause.reason, "SigtermIgnored", "{}", cause.summary);
+    assert!(
+        cause
+            .summary
+            .contains(&format!("pod {ns}/stubborn is terminating")),
+        "{}",
+        cause.summary
+    );
+    assert!(cause.summary.contains("sleep 86400"), "{}", cause.summary);
+    let signals = out.context[context_keys::SIGNAL_RECOVERY]
+        .as_array()
+        .unwrap();
+    assert_eq!(signals.len(), 1, "{signals:?}");
+    let pid = signals[0]["pid"].as_i64().unwrap();
+    assert_eq!(signals[0]["signal"], 9);
+    // The proposed pid is the container's sleep, in the stubborn pod's cgroup, and the start
+    // time matches the kernel's, so the recoverer can tell a reused pid.
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(
+        cgroup.contains(&format!("pod{}", uid(&stubborn))),
+        "{cgroup}"
+    );
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let start: u64 = stat[stat.rfind(')').unwrap() + 2..]
+        .split(' ')
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(signals[0]["startTime"], start);
+
+    // Node-wide, both are named, each with its own cause.
+    let out = TerminatingPodDiagnoser
+        .process(&ctx, &abnormal(None, json!({})))
+        .await
+        .unwrap();
+    let diag = out.context[context_keys::TERMINATING_POD_DIAGNOSIS]
+        .as_array()
+        .unwrap();
+    let reason_of = |name: &str| {
+        diag.iter()
+            .find(|d| d["metadata"]["name"] == name && d["metadata"]["namespace"] == ns.as_str())
+            .map(|d| d["causes"][0]["reason"].clone())
+    };
+    assert_eq!(reason_of("held"), Some(json!("FinalizersPresent")));
+    assert_eq!(reason_of("stubborn"), Some(json!("SigtermIgnored")));
+
+    // Release both so the cluster's teardown does not wait for them.
+    pods.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    let _ = pods
+        .delete(
+            "stubborn",
+            &DeleteParams {
+                grace_period_seconds: Some(0),
+                ..Default::default()
+            },
+        )
+        .await;
+}
