@@ -175,7 +175,7 @@ async fn container_collector_lists_a_running_pods_container_with_its_pid_and_pro
 
     // The kernel agrees: that pid is `sleep 3600`.
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-    assert!(String::from_utf8_lossy(&cmdline).starts_with("sleep\03600"));
+    assert!(String::from_utf8_lossy(&cmdline).starts_with("sleep\u{0}3600"));
 
     // process-collector maps the pid to the pod and the container...
     let out = run(&ProcessCollector, &ctx, &abnormal(json!({}))).await;
