@@ -241,8 +241,8 @@ pub fn offset(origin: jiff::Timestamp, at: jiff::Timestamp) -> String {
     }
     let ms = i64::try_from(ms).unwrap_or(i64::MAX);
     // Kubernetes timestamps are often whole seconds: no decimals that only say ".0".
-    if ms < 10_000 && ms % 1000 != 0 {
-        format!("+{:.1}s", ms as f64 / 1000.0)
+    if ms < 10_000 && ms % 1000 >= 100 {
+        format!("+{}.{}s", ms / 1000, (ms % 1000) / 100)
     } else if ms < 120_000 {
         format!("+{}s", ms / 1000)
     } else {
@@ -345,6 +345,7 @@ mod tests {
         assert_eq!(offset(t0, at("2026-11-22T10:00:00.3Z")), "+0.3s");
         assert_eq!(offset(t0, at("2026-11-22T10:00:42Z")), "+42s");
         assert_eq!(offset(t0, at("2026-11-22T10:00:02Z")), "+2s");
+        assert_eq!(offset(t0, at("2026-11-22T10:00:00.012Z")), "+0s");
         assert_eq!(offset(t0, at("2026-11-22T10:02:03Z")), "+2m3s");
         assert_eq!(offset(t0, at("2026-11-22T09:59:00Z")), "+0s");
         assert_eq!(timestamp(t0), "2026-11-22T10:00:00Z");

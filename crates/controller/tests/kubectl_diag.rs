@@ -1,0 +1,883 @@
+//! `kubectl diag` and the install path as an operator meets them: the built kdiag binary, called
+//! as `kdiag diag …` and through kubectl's plugin mechanism (a `kubectl-diag` symlink on PATH),
+//! against a real apiserver with the controller and an agent running in-process under
+//! config/deploy's RBAC; plus `kubectl apply -k config/deploy` on fresh control planes.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use kdiag_api::{Abnormal, AbnormalPhase};
+use kdiag_testenv::ControlPlane;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::OnceCell;
+
+const KDIAG: &str = env!("CARGO_BIN_EXE_kdiag");
+const FINISH: Duration = Duration::from_secs(60);
+
+/// What a command did.
+#[derive(Debug)]
+struct Ran {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Display for Ran {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// `kdiag diag <args>` with KUBECONFIG pointing at `kubeconfig`.
+async fn kdiag_with(kubeconfig: &Path, args: &[&str]) -> Ran {
+    let out = tokio::process::Command::new(KDIAG)
+        .arg("diag")
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env_remove("NO_COLOR")
+        .output()
+        .await
+        .expect("the kdiag binary runs");
+    Ran {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+async fn kdiag(cp: &ControlPlane, args: &[&str]) -> Ran {
+    kdiag_with(cp.kubeconfig_path(), args).await
+}
+
+/// A directory holding `kubectl-diag`, a symlink to the built binary, as a user installs it.
+fn plugin_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("kdiag-plugin-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink(KDIAG, dir.join("kubectl-diag")).unwrap();
+        dir
+    })
+}
+
+/// `kubectl diag <args>`: kubectl finds the plugin on PATH and hands it the arguments.
+async fn kubectl_diag(cp: &ControlPlane, args: &[&str]) -> Ran {
+    let path = format!(
+        "{}:{}",
+        plugin_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = tokio::process::Command::new("kubectl")
+        .arg("diag")
+        .args(args)
+        .env("PATH", path)
+        .env("KUBECONFIG", cp.kubeconfig_path())
+        .output()
+        .await
+        .expect("kubectl runs");
+    Ran {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A namespace with plugins that collect (`echo`), identify a cause (`finder`), fail (`broken`)
+/// and recover (`fixer`), all registered in it.
+async fn namespace_with_plugins(cp: &ControlPlane, prefix: &str) -> (String, TestPlugin) {
+    let ns = cp.create_namespace(prefix).await;
+    let client = cp.client().await;
+    let plugin = TestPlugin::start().await;
+    for (kind, name, path) in [
+        ("InformationCollector", "echo", "/echo/collected"),
+        ("Diagnoser", "finder", "/root-cause/DiskFull"),
+        ("Diagnoser", "broken", "/fail/500"),
+        ("Recoverer", "fixer", "/echo/fixed"),
+    ] {
+        register_plugin(&client, &ns, kind, name, plugin.port, path, 5).await;
+    }
+    (ns, plugin)
+}
+
+/// An Abnormal for `node` that collects with `echo` and finds a cause with `finder`.
+async fn create_succeeding(cp: &ControlPlane, ns: &str, name: &str, node: &str) {
+    create_abnormal(
+        &cp.client().await,
+        ns,
+        name,
+        json!({
+            "nodeName": node,
+            "assignedInformationCollectors": [{"name": "echo"}],
+            "assignedDiagnosers": [{"name": "finder"}],
+            "commandExecutors": [{"command": ["echo", "hello from a command"], "type": "InformationCollector"}],
+        }),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn kubectl_diag_get_lists_abnormals_with_phase_node_source_root_cause_and_age() {
+    let cp = with_controller().await;
+    let (ns, _plugin) = namespace_with_plugins(cp, "get").await;
+    let node = format!("{ns}-node");
+    let _agent = TestAgent::start(cp, &node).await;
+    create_succeeding(cp, &ns, "disk", &node).await;
+    wait_final(&cp.client().await, &ns, "disk", FINISH).await;
+
+    let ran = kubectl_diag(cp, &["get", "-n", &ns]).await;
+    assert_eq!(ran.code, 0, "{ran}");
+    let lines: Vec<&str> = ran.stdout.lines().collect();
+    let words = |l: &str| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    assert_eq!(
+        words(lines[0]),
+        ["NAME", "PHASE", "NODE", "SOURCE", "ROOT", "CAUSE", "AGE"],
+        "{ran}"
+    );
+    let row = words(lines[1]);
+    assert_eq!(row[..4], ["disk", "Succeeded", &node, "Custom"], "{ran}");
+    assert_eq!(row[4..6], ["found", "DiskFull"], "{ran}");
+    assert!(row[6].ends_with('s'), "an age in seconds: {ran}");
+    assert!(!ran.stdout.contains('\x1b'), "no colour into a pipe: {ran}");
+
+    let wide = kubectl_diag(cp, &["get", "disk", "-n", &ns, "-o", "wide"]).await;
+    assert_eq!(wide.code, 0, "{wide}");
+    assert!(
+        wide.stdout
+            .lines()
+            .next()
+            .unwrap()
+            .ends_with("REASON   STARTED                STEPS"),
+        "{wide}"
+    );
+    // echo's command, echo, finder.
+    assert!(
+        wide.stdout.lines().nth(1).unwrap().ends_with("   3"),
+        "{wide}"
+    );
+
+    let json = kdiag(cp, &["get", "-n", &ns, "-o", "json"]).await;
+    let list: serde_json::Value = serde_json::from_str(&json.stdout).expect("-o json is JSON");
+    assert_eq!(list["kind"], "List");
+    assert_eq!(
+        list["items"][0]["status"]["rootCause"]["reason"],
+        "DiskFull"
+    );
+
+    let all = kdiag(cp, &["get", "-A"]).await;
+    assert!(all.stdout.starts_with("NAMESPACE "), "{all}");
+    assert!(all.stdout.contains(&ns), "{all}");
+
+    let missing = kdiag(cp, &["get", "nope", "-n", &ns]).await;
+    assert_eq!(missing.code, 3, "{missing}");
+    assert_eq!(
+        missing.stderr.trim(),
+        format!("error: Abnormal \"nope\" not found in namespace \"{ns}\"")
+    );
+
+    let empty_ns = cp.create_namespace("empty").await;
+    let empty = kdiag(cp, &["get", "-n", &empty_ns]).await;
+    assert_eq!(empty.code, 0, "{empty}");
+    assert_eq!(empty.stdout, "");
+    assert_eq!(
+        empty.stderr.trim(),
+        format!("No Abnormals found in {empty_ns} namespace.")
+    );
+}
+
+#[tokio::test]
+async fn kubectl_diag_describe_tells_trigger_steps_commands_root_cause_and_events() {
+    let cp = with_controller().await;
+    let (ns, _plugin) = namespace_with_plugins(cp, "describe").await;
+    let node = format!("{ns}-node");
+    let _agent = TestAgent::start(cp, &node).await;
+    create_succeeding(cp, &ns, "disk", &node).await;
+    wait_final(&cp.client().await, &ns, "disk", FINISH).await;
+    // Events are written after the status; give the last one a moment.
+    let client = cp.client().await;
+    for _ in 0..50 {
+        if event_reasons(&client, &ns, "disk").await.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let ran = kubectl_diag(cp, &["describe", "disk", "-n", &ns]).await;
+    assert_eq!(ran.code, 0, "{ran}");
+    let out = &ran.stdout;
+    let in_order = [
+        "Name:         disk".to_owned(),
+        format!("Namespace:    {ns}"),
+        "Phase:        Succeeded".into(),
+        format!("Node:         {node}"),
+        "Trigger:".into(),
+        "  Source:     Custom".into(),
+        "Root cause:   found DiskFull".into(),
+        "  Reason:     DiskFull".into(),
+        format!("  Found by:   {ns}/finder"),
+        "Timeline:".into(),
+        "Created".into(),
+        "Admission               kdiag-controller".into(),
+        "InformationCollecting   command echo hello from a command".into(),
+        format!("InformationCollecting   {ns}/echo"),
+        "InformationCollected (stage)".into(),
+        format!("Diagnosing              {ns}/finder"),
+        "Identified (stage)".into(),
+        "Recovered (stage)".into(),
+        "Skipped".into(),
+        "Succeeded".into(),
+        "Commands:".into(),
+        "  echo 'hello from a command' [InformationCollector]".into(),
+        "Collected:    collected".into(),
+        "Events:".into(),
+        "Accepted".into(),
+        "Identified".into(),
+    ];
+    let mut from = 0;
+    for needle in &in_order {
+        let at = out[from..]
+            .find(needle.as_str())
+            .unwrap_or_else(|| panic!("{needle:?} missing (in this order) from:\n{ran}"));
+        from += at + needle.len();
+    }
+    assert!(!out.contains('\x1b'), "plain when not a terminal: {ran}");
+
+    let coloured = kdiag(cp, &["describe", "disk", "-n", &ns, "--color=always"]).await;
+    assert!(
+        coloured.stdout.contains("\x1b[32mSucceeded\x1b[0m"),
+        "{coloured}"
+    );
+    let yaml = kdiag(cp, &["describe", "disk", "-n", &ns, "-o", "yaml"]).await;
+    let parsed: Abnormal = serde_yaml::from_str(&yaml.stdout).expect("-o yaml is the Abnormal");
+    assert_eq!(parsed.phase(), Some(AbnormalPhase::Succeeded));
+}
+
+#[tokio::test]
+async fn kubectl_diag_watch_follows_each_step_live_and_ends_with_the_abnormal() {
+    let cp = with_controller().await;
+    let (ns, _plugin) = namespace_with_plugins(cp, "watch").await;
+    let node = format!("{ns}-node");
+    // No agent yet: the Abnormal is admitted and then waits, so the watch sees it happen.
+    create_succeeding(cp, &ns, "live", &node).await;
+    let mut watch = tokio::process::Command::new(KDIAG)
+        .args(["diag", "watch", "live", "-n", &ns, "--timeout", "90s"])
+        .env("KUBECONFIG", cp.kubeconfig_path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(watch.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    // The watch is running and has seen the admission before any step runs.
+    while !seen.iter().any(|l: &String| l.contains("accepted")) {
+        let line = tokio::time::timeout(FINISH, lines.next_line())
+            .await
+            .expect("the watch prints the admission")
+            .unwrap()
+            .expect("the watch is still running");
+        seen.push(line);
+    }
+    assert!(
+        !seen.iter().any(|l| l.contains("Succeeded")),
+        "nothing ran yet: {seen:#?}"
+    );
+    let _agent = TestAgent::start(cp, &node).await;
+    while let Some(line) = tokio::time::timeout(FINISH, lines.next_line())
+        .await
+        .expect("the watch ends when the Abnormal finishes")
+        .unwrap()
+    {
+        seen.push(line);
+    }
+    let status = watch.wait().await.unwrap();
+    let text = seen.join("\n");
+    assert_eq!(status.code(), Some(0), "Succeeded exits 0:\n{text}");
+    let order = [
+        format!("Abnormal {ns}/live (source Custom, node {node})"),
+        format!("accepted  routed to node {node}"),
+        "InformationCollecting  echo hello from a command  ".into(),
+        format!("InformationCollecting  {ns}/echo  Succeeded in"),
+        "now Diagnosing".into(),
+        format!("Diagnosing             {ns}/finder  Succeeded in"),
+        "root cause  found DiskFull (DiskFull)".into(),
+        "Succeeded".into(),
+        format!("the whole story: kubectl diag describe live -n {ns}"),
+    ];
+    let mut from = 0;
+    for needle in &order {
+        let at = text[from..]
+            .find(needle.as_str())
+            .unwrap_or_else(|| panic!("{needle:?} missing (in this order) from:\n{text}"));
+        from += at + needle.len();
+    }
+
+    // Watching an Abnormal that already failed prints its story and exits 1 at once.
+    let client = cp.client().await;
+    create_abnormal(
+        &client,
+        &ns,
+        "broken",
+        json!({"nodeName": node, "assignedDiagnosers": [{"name": "broken"}]}),
+    )
+    .await;
+    wait_final(&client, &ns, "broken", FINISH).await;
+    let failed = kdiag(cp, &["watch", "broken", "-n", &ns]).await;
+    assert_eq!(failed.code, 1, "{failed}");
+    assert!(failed.stdout.contains("Failed: NotIdentified"), "{failed}");
+}
+
+#[tokio::test]
+async fn kubectl_diag_run_wait_exits_0_only_when_the_diagnosis_succeeds() {
+    let cp = with_controller().await;
+    let (ns, _plugin) = namespace_with_plugins(cp, "run").await;
+    let node = format!("{ns}-node");
+    let _agent = TestAgent::start(cp, &node).await;
+    let echo = format!("{ns}/echo");
+    let finder = format!("{ns}/finder");
+    let broken = format!("{ns}/broken");
+
+    let ok = kubectl_diag(
+        cp,
+        &[
+            "run",
+            "-n",
+            &ns,
+            "--node",
+            &node,
+            "--collector",
+            &echo,
+            "--diagnoser",
+            &finder,
+            "--name",
+            "ok",
+            "--wait",
+        ],
+    )
+    .await;
+    assert_eq!(ok.code, 0, "{ok}");
+    assert!(
+        ok.stdout
+            .starts_with("abnormal.diagnosis.netease.com/ok created"),
+        "{ok}"
+    );
+    assert!(ok.stdout.contains(&format!("  collectors: {echo}")), "{ok}");
+    assert!(ok.stdout.contains("Root cause:   found DiskFull"), "{ok}");
+    assert!(ok.stdout.contains("Phase:        Succeeded"), "{ok}");
+
+    let failed = kubectl_diag(
+        cp,
+        &[
+            "run",
+            "-n",
+            &ns,
+            "--node",
+            &node,
+            "--collector",
+            &echo,
+            "--diagnoser",
+            &broken,
+            "--wait",
+        ],
+    )
+    .await;
+    assert_eq!(failed.code, 1, "a Failed diagnosis exits 1: {failed}");
+    assert!(failed.stdout.contains("Phase:        Failed"), "{failed}");
+    assert!(
+        failed.stdout.contains("Root cause:   none found"),
+        "{failed}"
+    );
+    assert!(
+        failed.stdout.contains("answered HTTP 500"),
+        "the failing step says why: {failed}"
+    );
+    // The generated name comes from the node's.
+    let api: Api<Abnormal> = Api::namespaced(cp.client().await, &ns);
+    let names: Vec<String> = api
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|a| a.metadata.name)
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(
+        names.iter().any(|n| n.starts_with(&format!("{node}-"))),
+        "{names:?}"
+    );
+
+    // Without --wait, run returns once the controller admitted it.
+    let quick = kdiag(
+        cp,
+        &[
+            "run",
+            "-n",
+            &ns,
+            "--node",
+            &node,
+            "--collector",
+            &echo,
+            "--name",
+            "quick",
+        ],
+    )
+    .await;
+    assert_eq!(quick.code, 0, "{quick}");
+    assert!(
+        quick.stdout.contains(&format!(
+            "accepted; follow it with: kubectl diag watch quick -n {ns}"
+        )),
+        "{quick}"
+    );
+}
+
+#[tokio::test]
+async fn kubectl_diag_run_refuses_a_processor_that_does_not_exist_and_lists_those_that_do() {
+    let cp = with_controller().await;
+    let (ns, _plugin) = namespace_with_plugins(cp, "unknown").await;
+    let ran = kdiag(
+        cp,
+        &[
+            "run",
+            "-n",
+            &ns,
+            "--node",
+            "n1",
+            "--diagnoser",
+            &format!("{ns}/oom-diagnoser"),
+        ],
+    )
+    .await;
+    assert_eq!(ran.code, 3, "{ran}");
+    assert!(
+        ran.stderr.contains(&format!(
+            "Diagnoser {ns}/oom-diagnoser does not exist, so an Abnormal naming it would be rejected. Registered Diagnosers: "
+        )),
+        "{ran}"
+    );
+    assert!(
+        ran.stderr.contains(&format!("{ns}/broken, {ns}/finder")),
+        "{ran}"
+    );
+    let api: Api<Abnormal> = Api::namespaced(cp.client().await, &ns);
+    assert!(
+        api.list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "nothing was created"
+    );
+
+    let usage = kdiag(cp, &["run", "-n", &ns, "--collector", "x"]).await;
+    assert_eq!(usage.code, 2, "no target is a usage error: {usage}");
+}
+
+#[tokio::test]
+async fn kubectl_diag_run_for_a_pod_assigns_the_default_collectors_registered_in_kube_diagnoser() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("pod").await;
+    let client = cp.client().await;
+    // Level 1 runs no controller-manager, so the namespace has no default ServiceAccount yet.
+    cp.service_account_token(&ns, "default").await;
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": ns},
+        "spec": {"nodeName": format!("{ns}-node"), "automountServiceAccountToken": false,
+                 "containers": [{"name": "app", "image": "busybox"}]}
+    }))
+    .unwrap();
+    Api::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap();
+
+    let ran = kdiag(
+        cp,
+        &[
+            "run",
+            "-n",
+            &ns,
+            "--pod",
+            "web",
+            "--container",
+            "app",
+            "--name",
+            "triage",
+        ],
+    )
+    .await;
+    assert_eq!(ran.code, 0, "{ran}");
+    let a: Abnormal = Api::namespaced(client, &ns).get("triage").await.unwrap();
+    let p = a.spec.pod_reference.clone().unwrap();
+    assert_eq!(
+        (
+            p.namespace.as_str(),
+            p.name.as_str(),
+            p.container_name.as_str()
+        ),
+        (ns.as_str(), "web", "app")
+    );
+    assert_eq!(
+        a.spec
+            .assigned_information_collectors
+            .first()
+            .map(ToString::to_string),
+        Some("kube-diagnoser/pod-collector".to_owned()),
+        "{:?}",
+        a.spec
+    );
+    assert!(
+        a.spec.assigned_recoverers.is_empty(),
+        "never a recoverer by default"
+    );
+    assert_eq!(
+        a.spec.node_name,
+        format!("{ns}-node"),
+        "routed to the pod's node"
+    );
+}
+
+#[tokio::test]
+async fn kubectl_diag_probes_lists_one_row_per_checker_with_its_root_cause() {
+    let cp = installed().await;
+    let ns = cp.create_namespace("probes").await;
+    let client = cp.client().await;
+    let ps: kdiag_api::ProbeStatus = serde_json::from_value(json!({
+        "apiVersion": "kubeprober.erda.cloud/v1", "kind": "ProbeStatus",
+        "metadata": {"name": "k8s", "namespace": ns, "annotations": {
+            "kdiag.io/diagnoses": "{\"kubelet\": {\"abnormal\": \"x/kubelet-1\", \"phase\": \"Succeeded\", \"rootCause\": \"kubelet on node-b lost its client certificate\"}}"}},
+        "spec": {"checkers": [
+            {"name": "dns", "status": "PASS", "lastRun": "2026-01-01T00:00:00Z"},
+            {"name": "coredns", "status": "ERROR", "message": "2 of 2 coredns pods CrashLoopBackOff", "lastRun": "2026-01-01T00:00:00Z",
+             "diagnosis": {"abnormal": "x/coredns-1", "phase": "Succeeded", "rootCause": "coredns cannot read its ConfigMap"}},
+            {"name": "kubelet", "status": "ERROR", "message": "node-b NotReady", "lastRun": "2026-01-01T00:00:00Z"}
+        ]}
+    }))
+    .unwrap();
+    Api::<kdiag_api::ProbeStatus>::namespaced(client, &ns)
+        .create(&PostParams::default(), &ps)
+        .await
+        .unwrap();
+
+    let ran = kubectl_diag(cp, &["probes", "-n", &ns]).await;
+    assert_eq!(ran.code, 0, "{ran}");
+    let rows: Vec<Vec<&str>> = ran
+        .stdout
+        .lines()
+        .map(|l| {
+            l.split("   ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        rows[0],
+        [
+            "PROBER",
+            "CHECKER",
+            "STATUS",
+            "MESSAGE",
+            "LASTRUN",
+            "ROOT CAUSE"
+        ],
+        "{ran}"
+    );
+    assert_eq!(rows[1][..3], ["k8s", "dns", "PASS"], "{ran}");
+    assert_eq!(
+        rows[2][1..],
+        [
+            "coredns",
+            "ERROR",
+            "2 of 2 coredns pods CrashLoopBackOff",
+            &rows[2][4],
+            "coredns cannot read its ConfigMap"
+        ],
+        "{ran}"
+    );
+    assert_eq!(
+        rows[3].last(),
+        Some(&"kubelet on node-b lost its client certificate"),
+        "the annotation is read too: {ran}"
+    );
+    let wide = kdiag(cp, &["probes", "-n", &ns, "-o", "wide"]).await;
+    assert!(wide.stdout.contains("x/coredns-1"), "{wide}");
+}
+
+#[tokio::test]
+async fn a_user_without_rbac_is_told_which_permission_is_missing() {
+    let cp = installed().await;
+    let ns = cp.create_namespace("rbac").await;
+    let token = cp.service_account_token(&ns, "nobody").await;
+    let kubeconfig = cp.write_kubeconfig_for(&format!("nobody-{ns}"), &token);
+    let ran = kdiag_with(&kubeconfig, &["get", "-n", &ns]).await;
+    assert_eq!(ran.code, 3, "{ran}");
+    assert!(ran.stderr.starts_with("error: forbidden: "), "{ran}");
+    assert!(
+        ran.stderr.contains(&format!(
+            "check with: kubectl auth can-i list abnormals.diagnosis.netease.com -n {ns}"
+        )),
+        "{ran}"
+    );
+}
+
+#[tokio::test]
+async fn a_cluster_without_the_crds_or_a_kubeconfig_gets_told_what_to_do() {
+    let bare = ControlPlane::start().await.expect("a fresh control plane");
+    for args in [
+        &["get"][..],
+        &["describe", "x"],
+        &["watch", "x"],
+        &["probes", "-A"],
+        &["run", "--node", "n1", "--collector", "pod-collector"],
+    ] {
+        let ran = kdiag(&bare, args).await;
+        assert_eq!(ran.code, 3, "{args:?}: {ran}");
+        assert!(
+            ran.stderr.contains(
+                "kdiag's CRDs are not installed. Install them with kubectl apply -f config/crd"
+            ),
+            "{args:?}: {ran}"
+        );
+        assert!(
+            ran.stderr.contains("kubectl apply -k config/deploy"),
+            "{ran}"
+        );
+    }
+
+    let nowhere = std::env::temp_dir().join(format!("kdiag-no-kubeconfig-{}", std::process::id()));
+    let none = kdiag_with(&nowhere, &["get"]).await;
+    assert_eq!(none.code, 3, "{none}");
+    assert!(
+        none.stderr.starts_with("error: no kubeconfig to use: "),
+        "{none}"
+    );
+    assert!(
+        none.stderr.contains("Set KUBECONFIG or pass --kubeconfig"),
+        "{none}"
+    );
+
+    let context = kdiag(&bare, &["get", "--context", "no-such-context"]).await;
+    assert_eq!(context.code, 3, "{context}");
+    assert!(context.stderr.contains("\"no-such-context\""), "{context}");
+}
+
+/// A fresh control plane with everything installed by `kubectl apply -k config/deploy` (and
+/// no controller running: a level-1 control plane has no kubelet to run the Deployment).
+async fn kustomized() -> &'static ControlPlane {
+    static CP: OnceCell<ControlPlane> = OnceCell::const_new();
+    CP.get_or_init(|| async {
+        let cp = ControlPlane::start().await.expect("a fresh control plane");
+        let apply = || {
+            cp.kubectl()
+                .args(["apply", "-k"])
+                .arg(repo_root().join("config/deploy"))
+                .output()
+                .unwrap()
+        };
+        let first = apply();
+        if !first.status.success() {
+            // kubectl maps every object before applying any: custom resources in the same run
+            // as their CRDs are refused once, exactly as with -f config/crd -f config/deploy.
+            let stderr = String::from_utf8_lossy(&first.stderr);
+            assert!(
+                stderr.contains("ensure CRDs are installed first"),
+                "{stderr}"
+            );
+            let again = apply();
+            assert!(
+                again.status.success(),
+                "{}",
+                String::from_utf8_lossy(&again.stderr)
+            );
+        }
+        cp
+    })
+    .await
+}
+
+#[tokio::test]
+async fn kubectl_apply_k_config_deploy_installs_the_crds_and_everything_in_config_deploy() {
+    let cp = kustomized().await;
+    let rendered = cp
+        .kubectl()
+        .arg("kustomize")
+        .arg(repo_root().join("config/deploy"))
+        .output()
+        .unwrap();
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let rendered = String::from_utf8_lossy(&rendered.stdout).into_owned();
+    let mut kinds_names: Vec<(String, String)> = serde_yaml::Deserializer::from_str(&rendered)
+        .map(|d| {
+            let v = serde_yaml::Value::deserialize(d).unwrap();
+            (
+                v["kind"].as_str().unwrap_or_default().to_owned(),
+                v["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    kinds_names.sort();
+    for crd in kdiag_api::crds::all() {
+        let name = crd.metadata.name.unwrap();
+        assert!(
+            kinds_names.contains(&("CustomResourceDefinition".into(), name.clone())),
+            "{name} missing from the kustomization: {kinds_names:?}"
+        );
+    }
+    for (kind, name) in [
+        ("Namespace", "kube-diagnoser"),
+        ("ServiceAccount", "kdiag-controller"),
+        ("ClusterRole", "kdiag-agent"),
+        ("Deployment", "kdiag-controller"),
+        ("DaemonSet", "kdiag-agent"),
+        ("InformationCollector", "pod-collector"),
+    ] {
+        assert!(
+            kinds_names.contains(&(kind.into(), name.into())),
+            "{kind}/{name} missing from the kustomization: {kinds_names:?}"
+        );
+    }
+    // Applied to the real apiserver: every object is there.
+    for what in [
+        "crd/abnormals.diagnosis.netease.com",
+        "crd/probestatuses.kubeprober.erda.cloud",
+        "-n kube-diagnoser deployment/kdiag-controller",
+        "-n kube-diagnoser daemonset/kdiag-agent",
+        "clusterrolebinding/kdiag-agent",
+        "-n kube-diagnoser informationcollector/pod-collector",
+    ] {
+        let got = cp
+            .kubectl()
+            .arg("get")
+            .args(what.split(' '))
+            .output()
+            .unwrap();
+        assert!(
+            got.status.success(),
+            "{what} is missing after kubectl apply -k: {}",
+            String::from_utf8_lossy(&got.stderr)
+        );
+    }
+}
+
+#[tokio::test]
+async fn kubectl_diag_run_says_no_controller_seems_to_be_running_when_nothing_admits_the_abnormal()
+{
+    let cp = kustomized().await;
+    let ran = kdiag(
+        cp,
+        &[
+            "run",
+            "--node",
+            "n1",
+            "--collector",
+            "pod-collector",
+            "--name",
+            "unadmitted",
+            "--admission-timeout",
+            "3s",
+        ],
+    )
+    .await;
+    assert_eq!(ran.code, 3, "{ran}");
+    assert!(
+        ran.stderr.contains("no kdiag controller seems to be running: Abnormal default/unadmitted has had no status for 3s"),
+        "{ran}"
+    );
+    assert!(
+        ran.stderr
+            .contains("kubectl -n kube-diagnoser get deploy kdiag-controller"),
+        "{ran}"
+    );
+    // watch only warns, and a timeout ends it with exit code 3.
+    let watch = kdiag(
+        cp,
+        &[
+            "watch",
+            "unadmitted",
+            "--timeout",
+            "4s",
+            "--admission-timeout",
+            "1s",
+        ],
+    )
+    .await;
+    assert_eq!(watch.code, 3, "{watch}");
+    assert!(
+        watch
+            .stderr
+            .contains("warning: no kdiag controller seems to be running"),
+        "{watch}"
+    );
+    assert!(
+        watch.stderr.contains("is still not admitted after 4s"),
+        "{watch}"
+    );
+}
+
+#[test]
+fn the_kustomizations_list_every_crd_and_every_manifest_of_config_deploy() {
+    // kustomize cannot glob; a manifest added without its line would silently not install.
+    let listed = |path: &str| -> Vec<String> {
+        let text = std::fs::read_to_string(repo_root().join(path)).unwrap();
+        let v: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        v["resources"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let yaml_files = |dir: &str| -> Vec<String> {
+        let mut f: Vec<String> = std::fs::read_dir(repo_root().join(dir))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".yaml") || n.ends_with(".yml"))
+            .collect();
+        f.sort();
+        f
+    };
+    let mut crds = listed("config/crd/Kustomization");
+    crds.sort();
+    let mut generated: Vec<String> = kdiag_api::crds::all()
+        .iter()
+        .map(kdiag_api::crds::file_name)
+        .collect();
+    generated.sort();
+    assert_eq!(
+        crds, generated,
+        "config/crd/Kustomization must list every CRD file"
+    );
+    assert_eq!(crds, yaml_files("config/crd"));
+
+    let deploy = listed("config/deploy/Kustomization");
+    assert_eq!(deploy[0], "../crd", "the CRDs come first");
+    let mut manifests = deploy[1..].to_vec();
+    manifests.sort();
+    assert_eq!(
+        manifests,
+        yaml_files("config/deploy"),
+        "config/deploy/Kustomization must list every manifest in config/deploy"
+    );
+}
+
+use serde::Deserialize as _;
