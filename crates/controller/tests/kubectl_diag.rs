@@ -4,6 +4,7 @@
 //! config/deploy's RBAC; plus `kubectl apply -k config/deploy` on fresh control planes.
 
 mod common;
+mod docs;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -13,6 +14,7 @@ use common::*;
 use kdiag_api::{Abnormal, AbnormalPhase};
 use kdiag_testenv::ControlPlane;
 use kube::api::{Api, PostParams};
+use serde::Deserialize as _;
 use serde_json::json;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::OnceCell;
@@ -880,4 +882,18 @@ fn the_kustomizations_list_every_crd_and_every_manifest_of_config_deploy() {
     );
 }
 
-use serde::Deserialize as _;
+#[test]
+fn the_api_reference_in_docs_is_generated_from_the_crds() {
+    let generated = docs::api_reference();
+    let path = repo_root().join("docs/api-reference.md");
+    if std::env::var_os("KDIAG_UPDATE_DOCS").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+        return;
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "docs/api-reference.md differs from the CRDs: regenerate it with \
+         KDIAG_UPDATE_DOCS=1 cargo test -p kdiag-controller --test kubectl_diag api_reference"
+    );
+}

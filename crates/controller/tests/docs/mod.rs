@@ -1,0 +1,186 @@
+//! docs/api-reference.md, generated from the CRDs kdiag serves (`kdiag_api::crds::all()`, the
+//! same YAML as config/crd). The test that includes this module fails when the committed page
+//! drifts; `KDIAG_UPDATE_DOCS=1 cargo test -p kdiag-controller --test kubectl_diag api_reference`
+//! rewrites it.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+/// Fields whose description starts so are kdiag's additions, and so are their children. Values
+/// kdiag adds to an original field ("or (kdiag) a DNS name") are said in the description itself.
+fn is_extension(description: &str) -> bool {
+    description.starts_with("kdiag extension")
+}
+
+/// The whole page.
+pub fn api_reference() -> String {
+    let crds = kdiag_api::crds::all();
+    let mut out = String::new();
+    out.push_str(
+        "# API reference\n\n\
+         <!-- Generated from the Rust types (kdiag_api::crds::all(), the same as config/crd). Do not edit:\n     \
+         KDIAG_UPDATE_DOCS=1 cargo test -p kdiag-controller --test kubectl_diag api_reference -->\n\n\
+         Every field of every kind kdiag serves, generated from the CustomResourceDefinitions in\n\
+         [config/crd](../config/crd). Fields marked **kdiag** are kdiag's extensions: the original\n\
+         projects (Kube Diagnoser v0.1.6, KubeProber) do not have them, and every one is optional, so\n\
+         objects written for the originals stay valid. [compatibility.md](compatibility.md) explains\n\
+         them; [concepts.md](concepts.md) explains what the Abnormal fields mean in the pipeline.\n\n\
+         Enumerations are checked by the apiserver: a value not listed is refused at `kubectl create`.\n\n",
+    );
+    out.push_str("| kind | API version | scope | short names |\n|---|---|---|---|\n");
+    for crd in &crds {
+        let names = &crd.spec.names;
+        let _ = writeln!(
+            out,
+            "| [{kind}](#{anchor}) | `{group}/{version}` | {scope} | {short} |",
+            kind = names.kind,
+            anchor = names.kind.to_lowercase(),
+            group = crd.spec.group,
+            version = crd.spec.versions[0].name,
+            scope = crd.spec.scope,
+            short = names
+                .short_names
+                .as_ref()
+                .map(|s| s
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_default(),
+        );
+    }
+    for crd in &crds {
+        let names = &crd.spec.names;
+        for version in &crd.spec.versions {
+            let _ = writeln!(out, "\n## {}\n", names.kind);
+            let schema = version
+                .schema
+                .as_ref()
+                .and_then(|s| s.open_api_v3_schema.as_ref())
+                .map(|s| serde_json::to_value(s).unwrap_or_default())
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "`{}/{}` · `kind: {}` · {} · plural `{}`{}",
+                crd.spec.group,
+                version.name,
+                names.kind,
+                crd.spec.scope,
+                names.plural,
+                if version
+                    .subresources
+                    .as_ref()
+                    .is_some_and(|s| s.status.is_some())
+                {
+                    " · status subresource"
+                } else {
+                    ""
+                }
+            );
+            if let Some(d) = schema["description"].as_str() {
+                let _ = writeln!(out, "\n{}", one_paragraph(d));
+            }
+            if let Some(columns) = &version.additional_printer_columns {
+                let cols: Vec<String> = columns
+                    .iter()
+                    .map(|c| format!("{} (`{}`)", c.name, c.json_path))
+                    .collect();
+                let _ = writeln!(out, "\n`kubectl get` shows: {}.", cols.join(", "));
+            }
+            out.push_str("\n| field | type | description |\n|---|---|---|\n");
+            let mut rows = Vec::new();
+            walk(&schema, "", false, &mut rows);
+            for row in rows {
+                out.push_str(&row);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// One row per field, depth first in the schema's (alphabetical) order.
+fn walk(schema: &Value, path: &str, inherited: bool, rows: &mut Vec<String>) {
+    let Some(props) = schema["properties"].as_object() else {
+        return;
+    };
+    let required: Vec<&str> = schema["required"]
+        .as_array()
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    for (name, field) in props {
+        if path.is_empty() && matches!(name.as_str(), "apiVersion" | "kind" | "metadata") {
+            continue;
+        }
+        let here = if path.is_empty() {
+            name.clone()
+        } else {
+            format!("{path}.{name}")
+        };
+        let description = field["description"].as_str().unwrap_or("");
+        let extension = inherited || is_extension(description);
+        let mut cell = format!("`{here}`");
+        if extension {
+            cell.push_str(" **kdiag**");
+        }
+        let mut ty = type_of(field);
+        if required.contains(&name.as_str()) {
+            ty.push_str(", required");
+        }
+        rows.push(format!(
+            "| {cell} | {ty} | {} |",
+            escape(&one_paragraph(description))
+        ));
+        walk(field, &here, extension, rows);
+        // Lists of objects: their item fields under `field[]`.
+        let items = &field["items"];
+        if items.is_object() {
+            walk(items, &format!("{here}[]"), extension, rows);
+        }
+    }
+}
+
+fn type_of(field: &Value) -> String {
+    if field["x-kubernetes-int-or-string"] == Value::Bool(true) {
+        return "integer or string".into();
+    }
+    let base = match field["type"].as_str() {
+        Some("array") => format!("array of {}", type_of(&field["items"])),
+        Some("object")
+            if field["x-kubernetes-preserve-unknown-fields"] == Value::Bool(true)
+                && field["properties"].is_null() =>
+        {
+            "object (free-form)".into()
+        }
+        Some("object") if field["additionalProperties"].is_object() => {
+            format!("map of {}", type_of(&field["additionalProperties"]))
+        }
+        Some(t) => match field["format"].as_str() {
+            Some(f) => format!("{t} ({f})"),
+            None => t.to_owned(),
+        },
+        None if field["x-kubernetes-preserve-unknown-fields"] == Value::Bool(true) => "any".into(),
+        None => "any".into(),
+    };
+    match field["enum"].as_array() {
+        Some(values) => format!(
+            "{base}: {}",
+            values
+                .iter()
+                .filter_map(Value::as_str)
+                .map(|v| format!("`{v}`"))
+                .collect::<Vec<_>>()
+                .join(" \\| ")
+        ),
+        None => base,
+    }
+}
+
+fn one_paragraph(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn escape(s: &str) -> String {
+    s.replace('|', "\\|")
+}
