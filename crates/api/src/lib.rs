@@ -42,9 +42,11 @@ pub use diagnosis::source::{
     PrometheusAlertTemplate, PrometheusAlertTemplateRegexp, SourceCondition, SourceTemplate,
 };
 pub use kubeprober::{
-    CheckerDiagnosis, CheckerStatus, Cluster, ClusterConfig, ClusterSpec, ClusterStatus, ExtraVar,
-    NativeCheck, OnceProbeItem, Probe, ProbeCheckerStatus, ProbeConfig, ProbePolicy, ProbeSpec,
-    ProbeStates, ProbeStatus, ProbeStatusSpec, ProbeStatusStates, ReportProbeStatusSpec,
+    ApiserverCheck, CheckerDiagnosis, CheckerStatus, Cluster, ClusterConfig, ClusterSpec,
+    ClusterStatus, DnsCheck, EtcdCheck, ExtraVar, HttpCheck, NamespaceRoundTripCheck, NativeCheck,
+    NodesCheck, OnceProbeItem, Probe, ProbeCheckerStatus, ProbeConfig, ProbePolicy, ProbeSpec,
+    ProbeStates, ProbeStatus, ProbeStatusSpec, ProbeStatusStates, ReportProbeStatusSpec, TcpCheck,
+    TlsCheck,
 };
 
 /// The API group of the Kube Diagnoser kinds.

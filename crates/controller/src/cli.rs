@@ -93,6 +93,15 @@ pub struct ControllerArgs {
     /// Per node, finished Abnormals beyond the newest this many are deleted.
     #[arg(long, default_value_t = 200)]
     pub max_finished_per_node: usize,
+    /// The URL checker pods report to (KUBEPROBER_STATUS_REPORT_URL): this controller's Service.
+    #[arg(
+        long,
+        default_value = "http://kdiag-controller.kube-diagnoser.svc:10357/probe-status"
+    )]
+    pub probe_report_url: String,
+    /// A periodic probe's results not refreshed for this many intervals are marked stale (UNKNOWN).
+    #[arg(long, default_value_t = 3)]
+    pub probe_stale_intervals: u32,
     /// Abnormals one probe's failures may create: BURST:PER_MINUTE (a token bucket).
     #[arg(long, default_value = "10:2", value_parser = parse_budget)]
     pub probe_budget: crate::sources::storm::Budget,

@@ -43,6 +43,8 @@ pub struct ServerState {
     /// Ready when all of these are true (their watches have synced).
     pub ready: Vec<(String, Arc<AtomicBool>)>,
     pub processors: Option<ProcessorService>,
+    /// Accept KubeProber's result reports at POST /probe-status (the controller does).
+    pub probe_reports: Option<kube::Client>,
 }
 
 /// Serves until `shutdown` resolves. Fails only if the address cannot be bound.
@@ -114,6 +116,15 @@ pub fn routes(
             StatusCode::METHOD_NOT_ALLOWED,
         )
     });
+    let reports = state.probe_reports.clone();
+    let probe_status = warp::path!("probe-status")
+        .and(warp::post())
+        .and(warp::body::content_length_limit(MAX_REQUEST_BYTES))
+        .and(warp::body::bytes())
+        .and_then(move |body: Bytes| {
+            let reports = reports.clone();
+            async move { Ok::<_, Rejection>(probe_report(reports, body).await) }
+        });
     let profiles_dir = state
         .processors
         .as_ref()
@@ -128,6 +139,7 @@ pub fn routes(
         .or(readyz)
         .or(post_processor)
         .or(get_processor)
+        .or(probe_status)
         .or(other_method)
         .or(profiles)
         .recover(|_rej: Rejection| async {
@@ -195,6 +207,25 @@ async fn run_processor(
         }
         Err(e @ ProcessorError::InvalidInput(_)) => text(StatusCode::BAD_REQUEST, e.to_string()),
         Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// A checker's results (KubeProber's SDK payload): 200 when stored, 400 for a bad payload (the
+/// SDK does not retry those), 500 when the apiserver write failed (the SDK retries).
+async fn probe_report(client: Option<kube::Client>, body: Bytes) -> warp::reply::Response {
+    let Some(client) = client else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "this kdiag process takes no probe reports (the controller does)".into(),
+        );
+    };
+    let report = match crate::probes::report::parse(&body, &crate::time::now()) {
+        Ok(r) => r,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    match crate::probes::report::apply(&client, &report).await {
+        Ok(()) => warp::reply::json(&serde_json::json!({"success": true})).into_response(),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
 

@@ -43,6 +43,8 @@ pub struct ControllerConfig {
     pub max_finished_per_node: usize,
     /// Budgets of Abnormals created for failed probe checkers.
     pub probe_budgets: crate::probes::trigger::ProbeBudgets,
+    /// The probe runner's settings.
+    pub runner: crate::probes::runner::RunnerConfig,
 }
 
 impl Default for ControllerConfig {
@@ -53,6 +55,7 @@ impl Default for ControllerConfig {
             ttl: Duration::from_secs(72 * 3600),
             max_finished_per_node: 200,
             probe_budgets: Default::default(),
+            runner: Default::default(),
         }
     }
 }
@@ -116,6 +119,8 @@ pub fn start(
         metrics.clone(),
         shutdown.clone(),
     );
+    let probe_runner =
+        crate::probes::runner::start(client.clone(), config.runner.clone(), shutdown.clone());
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         abnormals: store.clone(),
@@ -151,6 +156,7 @@ pub fn start(
         ));
         let sources_task = tokio::spawn(sources_driver);
         let probes_task = tokio::spawn(probe_trigger);
+        let runner_task = tokio::spawn(probe_runner);
         // Admission needs the registrations: validating against an empty cache would reject
         // every Abnormal that names a processor.
         registrations.wait_until_ready().await;
@@ -163,7 +169,7 @@ pub fn start(
             })
             .await;
         gc_task.abort();
-        let _ = tokio::join!(sources_task, probes_task);
+        let _ = tokio::join!(sources_task, probes_task, runner_task);
         readiness.abort();
         registrations_task.abort();
         tracing::info!("controller stopped");

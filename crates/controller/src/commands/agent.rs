@@ -105,5 +105,6 @@ pub fn agent_server_state(
             node: Arc::new(node_environment(args)),
             data_root: args.data_root.clone(),
         }),
+        probe_reports: None,
     }
 }

@@ -16,13 +16,13 @@ pub async fn run(args: ControllerArgs) -> Result<ExitCode, CommandError> {
     let shutdown = runtime::shutdown_on_signals();
     let metrics = Arc::new(Metrics::new());
     let (handle, driver) = cluster::start(
-        client,
+        client.clone(),
         controller_config(&args),
         Builtins::standard(),
         metrics.clone(),
         shutdown.clone(),
     );
-    let state = controller_server_state(&metrics, &handle);
+    let state = controller_server_state(&metrics, &handle, client);
     let addr = SocketAddr::new(args.server.bind_address, args.server.port);
     let serving = server::serve(addr, state, shutdown.clone().cancelled_owned())
         .await
@@ -44,6 +44,11 @@ pub fn controller_config(args: &ControllerArgs) -> ControllerConfig {
         gc_interval: args.gc_interval,
         ttl: args.abnormal_ttl,
         max_finished_per_node: args.max_finished_per_node,
+        runner: crate::probes::runner::RunnerConfig {
+            report_url: args.probe_report_url.clone(),
+            stale_intervals: args.probe_stale_intervals,
+            ..Default::default()
+        },
         probe_budgets: crate::probes::trigger::ProbeBudgets {
             per_probe: args.probe_budget,
             per_node: args.probe_node_budget,
@@ -54,6 +59,7 @@ pub fn controller_config(args: &ControllerArgs) -> ControllerConfig {
 pub fn controller_server_state(
     metrics: &Arc<Metrics>,
     handle: &cluster::ControllerHandle,
+    client: kube::Client,
 ) -> ServerState {
     let (m, store) = (metrics.clone(), handle.store.clone());
     ServerState {
@@ -65,5 +71,6 @@ pub fn controller_server_state(
         }),
         ready: vec![("the controller's watches".into(), handle.ready.clone())],
         processors: None,
+        probe_reports: Some(client),
     }
 }

@@ -81,9 +81,23 @@ async fn serve(
     };
     let addr = SocketAddr::new(args.bind_address, args.port);
     let data_root = cluster.run_dir().join("kdiag-data");
+    // Checker pods report through the bridge: the host is its gateway.
+    let gateway = gateway_of(&cluster.pod_subnet()).ok_or_else(|| {
+        format!(
+            "cannot tell the pod network's gateway from {}",
+            cluster.pod_subnet()
+        )
+    })?;
+    let config = ControllerConfig {
+        runner: crate::probes::runner::RunnerConfig {
+            report_url: format!("http://{gateway}:{}/probe-status", args.port),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
     let (c_handle, c_driver) = controller::start(
-        controller_client,
-        ControllerConfig::default(),
+        controller_client.clone(),
+        config,
         Builtins::standard(),
         metrics.clone(),
         shutdown.clone(),
@@ -139,12 +153,34 @@ async fn serve(
             node: Arc::new(node_env),
             data_root,
         }),
+        probe_reports: Some(controller_client.clone()),
     };
+    let bridge_state = state.clone();
     let serving = server::serve(addr, state, shutdown.clone().cancelled_owned())
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e} (choose another port with --port)"))?;
     let server_task = tokio::spawn(serving);
-
+    // The same server on the bridge's address, for checker pods' reports. The bridge appears
+    // with the first pod, so keep trying until it is there.
+    let bridge_addr = SocketAddr::new(std::net::IpAddr::V4(gateway), args.port);
+    let bridge_shutdown = shutdown.clone();
+    let bridge_task = tokio::spawn(async move {
+        loop {
+            match server::serve(
+                bridge_addr,
+                bridge_state.clone(),
+                bridge_shutdown.clone().cancelled_owned(),
+            )
+            .await
+            {
+                Ok(serving) => return serving.await,
+                Err(_) if !bridge_shutdown.is_cancelled() => {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await
+                }
+                Err(_) => return,
+            }
+        }
+    });
     println!(
         "\nkdiag local is running: controller and agent for node {node}, on a real single-node cluster.\n\n\
          In another terminal:\n\n  export KUBECONFIG={kubeconfig}\n  kubectl create -f examples/abnormal.yaml\n  kubectl get abnormals -w        # it reaches Succeeded\n  kubectl get abnormal demo-web -o yaml\n\n\
@@ -153,6 +189,13 @@ async fn serve(
         kubeconfig = cluster.kubeconfig_path().display(),
     );
     tokio::join!(c_driver, a_driver);
-    let _ = server_task.await;
+    let _ = tokio::join!(server_task, bridge_task);
     Ok(())
+}
+
+/// The first address of a /24 such as 10.88.5.0/24: the bridge's own address.
+fn gateway_of(subnet: &str) -> Option<std::net::Ipv4Addr> {
+    let base: std::net::Ipv4Addr = subnet.split('/').next()?.parse().ok()?;
+    let o = base.octets();
+    Some(std::net::Ipv4Addr::new(o[0], o[1], o[2], 1))
 }

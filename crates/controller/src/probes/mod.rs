@@ -1,6 +1,10 @@
 //! KubeProber's probes in kdiag: failed checkers become Abnormals (the trigger), their root causes
 //! are written next to the probe result (the writeback).
 
+pub mod checks;
 pub mod episodes;
+pub mod report;
+pub mod runner;
+pub mod schedule;
 pub mod trigger;
 pub mod writeback;

@@ -180,6 +180,7 @@ impl TestAgent {
                 node: Default::default(),
                 data_root: data_root.clone(),
             }),
+            probe_reports: None,
         };
         let serving = server::serve(addr, state, shutdown.clone().cancelled_owned())
             .await

@@ -1,0 +1,550 @@
+//! The probe runner (KubeProber's probe-agent role): runs each Probe on its schedule, as a Job
+//! from its pod template and/or as kdiag's native checks, and turns checker pods that fail, cannot
+//! be scheduled or exit without reporting into UNKNOWN results instead of silence.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{EnvVar, Pod, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use kdiag_api::kubeprober::{env as probe_env, labels as probe_labels};
+use kdiag_api::{CheckerStatus, Probe, ProbeCheckerStatus, ProbeStatus};
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::checks;
+use super::report::{self, Report};
+use super::schedule::{self, Due};
+use crate::time::now;
+
+/// Annotation on a Job once its outcome is recorded.
+const OUTCOME_ANNOTATION: &str = "kdiag.io/outcome";
+/// Seconds a checker pod may run (KubeProber's default).
+const ACTIVE_DEADLINE_SECONDS: i64 = 1800;
+/// Jobs kept per probe.
+const JOBS_KEPT: usize = 3;
+
+/// How the runner runs.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// What checker pods get as KUBEPROBER_STATUS_REPORT_URL.
+    pub report_url: String,
+    /// Results of a periodic probe older than this many intervals are marked stale.
+    pub stale_intervals: u32,
+    /// A checker pod unschedulable this long is reported UNKNOWN.
+    pub unschedulable_after: Duration,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self {
+            report_url: "http://kdiag-controller.kube-diagnoser.svc:10357/probe-status".into(),
+            stale_intervals: 3,
+            unschedulable_after: Duration::from_secs(60),
+        }
+    }
+}
+
+struct Ctx {
+    client: Client,
+    config: RunnerConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error("probe {probe}: {what}")]
+    Probe { probe: String, what: String },
+}
+
+/// Starts the runner: a controller for Probes and one for their Jobs.
+pub fn start(
+    client: Client,
+    config: RunnerConfig,
+    shutdown: CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        config,
+    });
+    let probes = Controller::new(
+        Api::<DeserializeGuard<Probe>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+    .run(reconcile_probe, error_policy, ctx.clone())
+    .for_each(|_| async {});
+    let selector = format!("{}={}", probe_labels::APP, probe_labels::APP_VALUE);
+    let jobs = Controller::new(
+        Api::<Job>::all(client.clone()),
+        watcher::Config::default().labels(&selector),
+    )
+    .owns(
+        Api::<Pod>::all(client),
+        watcher::Config::default().labels(&selector),
+    )
+    .graceful_shutdown_on(shutdown.cancelled_owned())
+    .run(reconcile_job, error_policy, ctx)
+    .for_each(|_| async {});
+    async move {
+        tokio::join!(probes, jobs);
+    }
+}
+
+fn error_policy<K>(_: Arc<K>, e: &RunnerError, _: Arc<Ctx>) -> Action {
+    tracing::warn!(error = %e, "probe runner; retrying");
+    Action::requeue(Duration::from_secs(10))
+}
+
+async fn reconcile_probe(
+    obj: Arc<DeserializeGuard<Probe>>,
+    ctx: Arc<Ctx>,
+) -> Result<Action, RunnerError> {
+    let Ok(probe) = &obj.0 else {
+        return Ok(Action::await_change());
+    };
+    let ns = probe.namespace().unwrap_or_default();
+    let name = probe.name_any();
+    let key = format!("{ns}/{name}");
+    let err = |what: String| RunnerError::Probe {
+        probe: key.clone(),
+        what,
+    };
+    let status = probe.status.clone().unwrap_or_default();
+    let now_ts = jiff::Timestamp::now();
+    let last = status.last_run_time.as_ref().map(|t| t.0);
+    let uid = probe.uid().unwrap_or_default();
+    let every = schedule::interval(&probe.spec.policy);
+    if let Some(every) = every {
+        mark_stale(&ctx, &ns, &name, every * ctx.config.stale_intervals)
+            .await
+            .map_err(err)?;
+    }
+    match schedule::due(
+        &probe.spec.policy,
+        &uid,
+        last,
+        status.runs.unwrap_or(0),
+        now_ts,
+    ) {
+        Due::Never => return Ok(Action::await_change()),
+        Due::At(t) => {
+            return Ok(Action::requeue(
+                t.duration_since(now_ts)
+                    .unsigned_abs()
+                    .max(Duration::from_secs(1)),
+            ));
+        }
+        Due::Now => {}
+    }
+    if probe.spec.template.is_none() && probe.spec.checks.is_empty() {
+        return Ok(Action::await_change());
+    }
+    // Recorded first: a crash after it skips this run instead of running it twice.
+    let runs = status.runs.unwrap_or(0) + 1;
+    let next = every.map(|e| {
+        Time(
+            now_ts
+                + jiff::SignedDuration::try_from(
+                    e + schedule::jitter(&uid, probe.spec.policy.run_interval_random),
+                )
+                .unwrap_or_default(),
+        )
+    });
+    let patch = json!({"status": {"lastRunTime": Time(now_ts), "nextRunTime": next, "runs": runs,
+        "phase": if every.is_none() { json!("DONE") } else { serde_json::Value::Null }}});
+    Api::<Probe>::namespaced(ctx.client.clone(), &ns)
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .map_err(|e| err(format!("recording the run: {e}")))?;
+    if let Some(template) = &probe.spec.template {
+        create_job(&ctx, probe, template, now_ts)
+            .await
+            .map_err(err)?;
+    }
+    if !probe.spec.checks.is_empty() {
+        run_native_checks(&ctx, probe).await.map_err(err)?;
+    }
+    tracing::info!(probe = %key, run = runs, "probe run started");
+    Ok(match every {
+        Some(e) => {
+            Action::requeue(e + schedule::jitter(&uid, probe.spec.policy.run_interval_random))
+        }
+        None => Action::await_change(),
+    })
+}
+
+/// The Job of one run, as KubeProber made it: the probe's pod template, restartPolicy Never, the
+/// KUBEPROBER_* environment and configs appended to every container, its labels, a deadline, no
+/// retries, owned by the Probe. batch/v1 only.
+pub fn job_for(
+    probe: &Probe,
+    template: &k8s_openapi::api::core::v1::PodSpec,
+    at: jiff::Timestamp,
+    report_url: &str,
+) -> Job {
+    let ns = probe.namespace().unwrap_or_default();
+    let name = probe.name_any();
+    let labels: BTreeMap<String, String> = [
+        (
+            probe_labels::APP.to_owned(),
+            probe_labels::APP_VALUE.to_owned(),
+        ),
+        (probe_labels::PROBE_NAME.to_owned(), name.clone()),
+        (probe_labels::PROBE_NAMESPACE.to_owned(), ns.clone()),
+    ]
+    .into();
+    let mut spec = template.clone();
+    spec.restart_policy = Some("Never".into());
+    let mut extra = vec![
+        EnvVar {
+            name: probe_env::PROBE_NAMESPACE.into(),
+            value: Some(ns.clone()),
+            ..Default::default()
+        },
+        EnvVar {
+            name: probe_env::PROBE_NAME.into(),
+            value: Some(name.clone()),
+            ..Default::default()
+        },
+        EnvVar {
+            name: probe_env::STATUS_REPORT_URL.into(),
+            value: Some(report_url.into()),
+            ..Default::default()
+        },
+    ];
+    for config in &probe.spec.configs {
+        extra.extend(config.env.iter().cloned());
+    }
+    for c in &mut spec.containers {
+        let env = c.env.get_or_insert_default();
+        for e in &extra {
+            env.retain(|x| x.name != e.name);
+            env.push(e.clone());
+        }
+    }
+    let owner = probe
+        .controller_owner_ref(&())
+        .map(|mut o: OwnerReference| {
+            o.block_owner_deletion = Some(true);
+            o
+        });
+    Job {
+        metadata: ObjectMeta {
+            name: Some(schedule::job_name(&name, at)),
+            namespace: Some(ns),
+            labels: Some(labels.clone()),
+            owner_references: owner.map(|o| vec![o]),
+            ..Default::default()
+        },
+        spec: Some(JobSpec {
+            backoff_limit: Some(0),
+            active_deadline_seconds: Some(ACTIVE_DEADLINE_SECONDS),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..Default::default()
+                }),
+                spec: Some(spec),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+async fn create_job(
+    ctx: &Ctx,
+    probe: &Probe,
+    template: &k8s_openapi::api::core::v1::PodSpec,
+    at: jiff::Timestamp,
+) -> Result<(), String> {
+    let ns = probe.namespace().unwrap_or_default();
+    let api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    let job = job_for(probe, template, at, &ctx.config.report_url);
+    match api.create(&PostParams::default(), &job).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => return Err(format!("creating its Job: {e}")),
+    }
+    // Keep the last few runs for `kubectl logs`; older Jobs go.
+    let selector = format!("{}={}", probe_labels::PROBE_NAME, probe.name_any());
+    let mut jobs = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|e| format!("listing its Jobs: {e}"))?
+        .items;
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.metadata.creation_timestamp.clone()));
+    for old in jobs.into_iter().skip(JOBS_KEPT) {
+        let _ = api
+            .delete(&old.name_any(), &DeleteParams::background())
+            .await;
+    }
+    Ok(())
+}
+
+async fn run_native_checks(ctx: &Ctx, probe: &Probe) -> Result<(), String> {
+    let runs = probe.spec.checks.iter().map(|c| async move {
+        let outcome =
+            match tokio::time::timeout(Duration::from_secs(120), checks::run(&ctx.client, c)).await
+            {
+                Ok(o) => o,
+                Err(_) => checks::Outcome {
+                    status: CheckerStatus::Unknown,
+                    message: "the check did not finish within 120s".into(),
+                },
+            };
+        ProbeCheckerStatus {
+            name: c.name.clone(),
+            status: outcome.status,
+            message: outcome.message,
+            last_run: Some(now()),
+            diagnosis: None,
+        }
+    });
+    let checkers = futures::future::join_all(runs).await;
+    let r = Report {
+        namespace: probe.namespace().unwrap_or_default(),
+        probe: probe.name_any(),
+        checkers,
+    };
+    report::apply(&ctx.client, &r).await
+}
+
+/// Marks results older than `max_age` stale: UNKNOWN with when they were last refreshed.
+async fn mark_stale(ctx: &Ctx, ns: &str, probe: &str, max_age: Duration) -> Result<(), String> {
+    let api: Api<ProbeStatus> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(ps) = api
+        .get_opt(probe)
+        .await
+        .map_err(|e| format!("reading its ProbeStatus: {e}"))?
+    else {
+        return Ok(());
+    };
+    let now_ts = jiff::Timestamp::now();
+    let stale: Vec<ProbeCheckerStatus> = ps
+        .spec
+        .checkers
+        .iter()
+        .filter(|c| !c.message.starts_with("stale:"))
+        .filter_map(|c| {
+            let last = c.last_run.as_ref()?.0;
+            let age = now_ts.duration_since(last).unsigned_abs();
+            (age > max_age).then(|| ProbeCheckerStatus {
+                name: c.name.clone(),
+                status: CheckerStatus::Unknown,
+                message: format!(
+                    "stale: no result since {last} ({} minutes); the checker has stopped reporting",
+                    age.as_secs() / 60
+                ),
+                last_run: c.last_run.clone(),
+                diagnosis: None,
+            })
+        })
+        .collect();
+    if stale.is_empty() {
+        return Ok(());
+    }
+    report::apply(
+        &ctx.client,
+        &Report {
+            namespace: ns.into(),
+            probe: probe.into(),
+            checkers: stale,
+        },
+    )
+    .await
+}
+
+/// Records a finished or stuck checker pod's outcome when it did not report one itself.
+async fn reconcile_job(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, RunnerError> {
+    if job.annotations().contains_key(OUTCOME_ANNOTATION) {
+        return Ok(Action::await_change());
+    }
+    let ns = job.namespace().unwrap_or_default();
+    let Some(probe) = job.labels().get(probe_labels::PROBE_NAME).cloned() else {
+        return Ok(Action::await_change());
+    };
+    let key = format!("{ns}/{probe}");
+    let err = |what: String| RunnerError::Probe {
+        probe: key.clone(),
+        what,
+    };
+    let started = job
+        .status
+        .as_ref()
+        .and_then(|s| s.start_time.clone())
+        .or_else(|| job.metadata.creation_timestamp.clone());
+    let conditions = job
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let failed = conditions
+        .iter()
+        .find(|c| c.type_ == "Failed" && c.status == "True");
+    let complete = conditions
+        .iter()
+        .any(|c| c.type_ == "Complete" && c.status == "True");
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default().labels(&format!("job-name={}", job.name_any())))
+        .await
+        .map_err(|e| err(format!("listing the checker pods: {e}")))?
+        .items;
+
+    let outcome: Option<(CheckerStatus, String)> = if let Some(f) = failed {
+        Some((
+            CheckerStatus::Unknown,
+            pod_failure_message(&pods, f.reason.as_deref(), f.message.as_deref()),
+        ))
+    } else if complete {
+        if reported_since(&ctx, &ns, &probe, started.as_ref())
+            .await
+            .map_err(err)?
+        {
+            Some((
+                CheckerStatus::Pass,
+                "the checker pod ran and reported its results".into(),
+            ))
+        } else {
+            Some((CheckerStatus::Unknown, "the checker pod exited without reporting any result; check that it calls the report URL in KUBEPROBER_STATUS_REPORT_URL".into()))
+        }
+    } else if let Some(msg) = unschedulable_for(&pods, ctx.config.unschedulable_after) {
+        Some((CheckerStatus::Unknown, msg))
+    } else {
+        None
+    };
+    let Some((status, message)) = outcome else {
+        // Still running: look again when the pod changes, or when it may have become unschedulable long enough.
+        return Ok(Action::requeue(ctx.config.unschedulable_after));
+    };
+    // KubeProber reports a broken checker pod as one checker named after the probe.
+    let only_if_present = status == CheckerStatus::Pass;
+    let existing = Api::<ProbeStatus>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&probe)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let has_probe_checker = existing
+        .as_ref()
+        .is_some_and(|ps| ps.spec.checkers.iter().any(|c| c.name == probe));
+    if !only_if_present || has_probe_checker {
+        let checker = ProbeCheckerStatus {
+            name: probe.clone(),
+            status,
+            message: message.clone(),
+            last_run: Some(now()),
+            diagnosis: None,
+        };
+        report::apply(
+            &ctx.client,
+            &Report {
+                namespace: ns.clone(),
+                probe: probe.clone(),
+                checkers: vec![checker],
+            },
+        )
+        .await
+        .map_err(err)?;
+    }
+    Api::<Job>::namespaced(ctx.client.clone(), &ns)
+        .patch(
+            &job.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {OUTCOME_ANNOTATION: status.as_str()}}}),
+            ),
+        )
+        .await
+        .map_err(|e| err(format!("annotating its Job: {e}")))?;
+    if status != CheckerStatus::Pass {
+        tracing::info!(probe = %key, job = %job.name_any(), message = %message, "checker pod outcome recorded as UNKNOWN");
+    }
+    Ok(Action::await_change())
+}
+
+/// Did any checker of the probe report after the run started?
+async fn reported_since(
+    ctx: &Ctx,
+    ns: &str,
+    probe: &str,
+    started: Option<&Time>,
+) -> Result<bool, String> {
+    let Some(ps) = Api::<ProbeStatus>::namespaced(ctx.client.clone(), ns)
+        .get_opt(probe)
+        .await
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(false);
+    };
+    let since = started.map(|t| t.0.as_second()).unwrap_or(0);
+    Ok(ps
+        .spec
+        .checkers
+        .iter()
+        .filter(|c| c.name != probe)
+        .any(|c| {
+            c.last_run
+                .as_ref()
+                .is_some_and(|t| t.0.as_second() >= since)
+        }))
+}
+
+/// KubeProber's message for a failed checker pod: `pod running failed, reason: …, message: …`.
+pub fn pod_failure_message(
+    pods: &[Pod],
+    job_reason: Option<&str>,
+    job_message: Option<&str>,
+) -> String {
+    let terminated = pods
+        .iter()
+        .filter_map(|p| p.status.as_ref())
+        .flat_map(|s| s.container_statuses.clone().unwrap_or_default())
+        .find_map(|cs| {
+            cs.state
+                .and_then(|st| st.terminated)
+                .filter(|t| t.exit_code != 0)
+        });
+    match terminated {
+        Some(t) => format!(
+            "pod running failed, reason: {}, message: exit code {}{}",
+            t.reason.unwrap_or_else(|| "Error".into()),
+            t.exit_code,
+            t.message
+                .map(|m| format!(": {}", m.trim()))
+                .unwrap_or_default()
+        ),
+        None => format!(
+            "pod running failed, reason: {}, message: {}",
+            job_reason.unwrap_or("Failed"),
+            job_message.unwrap_or("the checker Job failed")
+        ),
+    }
+}
+
+/// A message if a pod has been unschedulable for at least `after`.
+pub fn unschedulable_for(pods: &[Pod], after: Duration) -> Option<String> {
+    let now_ts = jiff::Timestamp::now();
+    pods.iter()
+        .filter_map(|p| p.status.as_ref()?.conditions.as_ref())
+        .flatten()
+        .find_map(|c| {
+            let since = c.last_transition_time.as_ref()?.0;
+            (c.type_ == "PodScheduled"
+                && c.status == "False"
+                && c.reason.as_deref() == Some("Unschedulable")
+                && now_ts.duration_since(since).unsigned_abs() >= after)
+                .then(|| {
+                    format!(
+                        "pod running failed, reason: Unschedulable, message: {}",
+                        c.message.clone().unwrap_or_default()
+                    )
+                })
+        })
+}

@@ -1,0 +1,285 @@
+//! The probe runner on a real single-node cluster: a Probe runs as a Job whose busybox checker
+//! reports over HTTP to the controller; checker pods that fail, exit silently or cannot be
+//! scheduled become UNKNOWN.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use k8s_openapi::api::batch::v1::Job;
+use kdiag_api::*;
+use kdiag_controller::builtin::Builtins;
+use kdiag_controller::cluster::{self as controller, ControllerConfig};
+use kdiag_controller::metrics::Metrics;
+use kdiag_controller::probes::runner::RunnerConfig;
+use kdiag_controller::server::{self, ServerState};
+use kdiag_testenv::{BUSYBOX_IMAGE, Cluster, cluster};
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::json;
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+/// The cluster with kdiag installed and a controller (with its report endpoint on the bridge)
+/// running on a runtime of its own.
+async fn setup() -> &'static Cluster {
+    static READY: OnceCell<()> = OnceCell::const_new();
+    let c = cluster().await;
+    READY
+        .get_or_init(|| async {
+            init_logging();
+            c.apply_crds(&kdiag_api::crds::all()).await.unwrap();
+            kubectl_apply(c, "config/deploy/00-namespace.yaml");
+            kubectl_apply(c, "config/deploy");
+            let subnet = c.pod_subnet();
+            let o: Ipv4Addr = subnet.split('/').next().unwrap().parse().unwrap();
+            let gateway = Ipv4Addr::new(o.octets()[0], o.octets()[1], o.octets()[2], 1);
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let client = service_account_client(c, "kdiag-controller").await;
+                    let config = ControllerConfig {
+                        runner: RunnerConfig {
+                            report_url: format!("http://{gateway}:{port}/probe-status"),
+                            unschedulable_after: Duration::from_secs(3),
+                            ..Default::default()
+                        },
+                        ..Default::default()
+                    };
+                    let metrics = Arc::new(Metrics::new());
+                    let shutdown = CancellationToken::new();
+                    let (handle, driver) = controller::start(
+                        client.clone(),
+                        config,
+                        Builtins::standard(),
+                        metrics.clone(),
+                        shutdown.clone(),
+                    );
+                    let state = ServerState {
+                        metrics,
+                        refresh: Arc::new(|| {}),
+                        ready: vec![("controller".into(), handle.ready.clone())],
+                        processors: None,
+                        probe_reports: Some(client),
+                    };
+                    // All addresses: the bridge the pods reach the host on exists only once a pod runs.
+                    let serving = server::serve(
+                        SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port),
+                        state,
+                        shutdown.cancelled_owned(),
+                    )
+                    .await
+                    .unwrap();
+                    tokio::spawn(serving);
+                    tokio::spawn(driver);
+                    tx.send(()).unwrap();
+                    std::future::pending::<()>().await;
+                });
+            });
+            rx.recv_timeout(Duration::from_secs(60)).unwrap();
+        })
+        .await;
+    c
+}
+
+async fn create_probe(client: &kube::Client, ns: &str, name: &str, spec: serde_json::Value) {
+    let p: Probe = serde_json::from_value(
+        json!({"apiVersion": "kubeprober.erda.cloud/v1", "kind": "Probe",
+        "metadata": {"name": name, "namespace": ns}, "spec": spec}),
+    )
+    .unwrap();
+    Api::<Probe>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &p)
+        .await
+        .unwrap();
+}
+
+async fn wait_checker(
+    client: &kube::Client,
+    ns: &str,
+    probe: &str,
+    checker: &str,
+    timeout: Duration,
+) -> ProbeCheckerStatus {
+    let api: Api<ProbeStatus> = Api::namespaced(client.clone(), ns);
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(ps) = api.get_opt(probe).await.unwrap()
+            && let Some(c) = ps.spec.checkers.iter().find(|c| c.name == checker)
+        {
+            return c.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "checker {checker} of {ns}/{probe} never reported"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn checker_pod(script: &str) -> serde_json::Value {
+    json!({"containers": [{"name": "checker", "image": BUSYBOX_IMAGE, "imagePullPolicy": "IfNotPresent",
+        "command": ["sh", "-c", script]}], "terminationGracePeriodSeconds": 1, "automountServiceAccountToken": false})
+}
+
+#[tokio::test]
+async fn a_probe_runs_as_a_job_like_kubeprobers_and_its_busybox_checker_reports_over_http() {
+    let c = setup().await;
+    let ns = c.create_namespace("probe-run").await;
+    let client = c.client().await;
+    // KubeProber's SDK payload, sent the way a shell prober would.
+    let script = r#"wget -q -O- --header 'Content-Type: application/json' --post-data "{\"probeName\":\"$KUBEPROBER_PROBE_NAME\",\"probeNamespace\":\"$KUBEPROBER_PROBE_NAMESPACE\",\"name\":\"\",\"checkers\":[{\"name\":\"disk-check\",\"status\":\"pass\",\"message\":\"$EXTRA\"}]}" "$KUBEPROBER_STATUS_REPORT_URL""#;
+    create_probe(
+        &client,
+        &ns,
+        "node-disk",
+        json!({"template": checker_pod(script),
+        "configs": [{"name": "extra", "env": [{"name": "EXTRA", "value": "from configs"}]}]}),
+    )
+    .await;
+    let started = Instant::now();
+    let checker = wait_checker(
+        &client,
+        &ns,
+        "node-disk",
+        "disk-check",
+        Duration::from_secs(90),
+    )
+    .await;
+    eprintln!(
+        "probe created → checker result stored in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(checker.status, CheckerStatus::Pass);
+    assert_eq!(
+        checker.message, "from configs",
+        "configs env reaches the checker"
+    );
+
+    let jobs = Api::<Job>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(jobs.len(), 1, "one-shot: one Job");
+    let job = &jobs[0];
+    let labels = job.metadata.labels.clone().unwrap();
+    assert_eq!(labels["app"], "kubeprober.erda.cloud");
+    assert_eq!(labels["kubeprober.erda.cloud/probe-name"], "node-disk");
+    assert_eq!(labels["kubeprober.erda.cloud/probe-namespace"], ns);
+    let spec = job.spec.clone().unwrap();
+    assert_eq!(
+        (spec.backoff_limit, spec.active_deadline_seconds),
+        (Some(0), Some(1800))
+    );
+    let owner = &job.metadata.owner_references.clone().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("Probe", "node-disk")
+    );
+    let pod = spec.template.spec.unwrap();
+    assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+    let env: Vec<String> = pod.containers[0]
+        .env
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    for name in [
+        "KUBEPROBER_PROBE_NAMESPACE",
+        "KUBEPROBER_PROBE_NAME",
+        "KUBEPROBER_STATUS_REPORT_URL",
+        "EXTRA",
+    ] {
+        assert!(env.iter().any(|e| e == name), "{name} missing from {env:?}");
+    }
+    let probe = Api::<Probe>::namespaced(client.clone(), &ns)
+        .get("node-disk")
+        .await
+        .unwrap();
+    let st = probe.status.unwrap();
+    assert_eq!((st.phase.as_str(), st.runs), ("DONE", Some(1)));
+}
+
+#[tokio::test]
+async fn a_checker_pod_that_exits_without_reporting_is_unknown() {
+    let c = setup().await;
+    let ns = c.create_namespace("probe-silent").await;
+    let client = c.client().await;
+    create_probe(
+        &client,
+        &ns,
+        "silent",
+        json!({"template": checker_pod("echo forgot to report; exit 0")}),
+    )
+    .await;
+    let checker = wait_checker(&client, &ns, "silent", "silent", Duration::from_secs(90)).await;
+    assert_eq!(checker.status, CheckerStatus::Unknown);
+    assert!(
+        checker.message.contains("exited without reporting"),
+        "{}",
+        checker.message
+    );
+}
+
+#[tokio::test]
+async fn a_checker_pod_that_fails_is_unknown_with_the_pods_reason() {
+    let c = setup().await;
+    let ns = c.create_namespace("probe-crash").await;
+    let client = c.client().await;
+    create_probe(
+        &client,
+        &ns,
+        "crashing",
+        json!({"template": checker_pod("echo boom >&2; exit 2")}),
+    )
+    .await;
+    let checker = wait_checker(
+        &client,
+        &ns,
+        "crashing",
+        "crashing",
+        Duration::from_secs(90),
+    )
+    .await;
+    assert_eq!(checker.status, CheckerStatus::Unknown);
+    assert!(
+        checker
+            .message
+            .starts_with("pod running failed, reason: Error, message: exit code 2"),
+        "{}",
+        checker.message
+    );
+}
+
+#[tokio::test]
+async fn a_checker_pod_that_cannot_be_scheduled_is_unknown() {
+    let c = setup().await;
+    let ns = c.create_namespace("probe-pending").await;
+    let client = c.client().await;
+    let mut pod = checker_pod("true");
+    pod["nodeSelector"] = json!({"kdiag.io/no-such-node": "true"});
+    create_probe(&client, &ns, "nowhere", json!({"template": pod})).await;
+    let checker = wait_checker(&client, &ns, "nowhere", "nowhere", Duration::from_secs(90)).await;
+    assert_eq!(checker.status, CheckerStatus::Unknown);
+    assert!(
+        checker
+            .message
+            .starts_with("pod running failed, reason: Unschedulable"),
+        "{}",
+        checker.message
+    );
+}
