@@ -897,3 +897,24 @@ fn the_api_reference_in_docs_is_generated_from_the_crds() {
          KDIAG_UPDATE_DOCS=1 cargo test -p kdiag-controller --test kubectl_diag api_reference"
     );
 }
+
+#[test]
+fn the_security_page_shows_the_rbac_and_agent_privileges_config_deploy_grants() {
+    let path = repo_root().join("docs/security.md");
+    let page = std::fs::read_to_string(&path).unwrap();
+    let read = |f: &str| std::fs::read_to_string(repo_root().join(f)).unwrap();
+    let rbac = docs::rbac_tables(&read("config/deploy/10-rbac.yaml"));
+    let agent = docs::agent_privileges(&read("config/deploy/40-agent.yaml"));
+    let generated = docs::replace_generated(&page, "RBAC", &rbac)
+        .and_then(|p| docs::replace_generated(&p, "AGENT", &agent))
+        .expect("docs/security.md has the GENERATED RBAC and AGENT markers");
+    if std::env::var_os("KDIAG_UPDATE_DOCS").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+        return;
+    }
+    assert!(
+        page == generated,
+        "docs/security.md no longer shows what config/deploy grants: regenerate it with \
+         KDIAG_UPDATE_DOCS=1 cargo test -p kdiag-controller --test kubectl_diag the_security_page"
+    );
+}

@@ -184,3 +184,164 @@ fn one_paragraph(s: &str) -> String {
 fn escape(s: &str) -> String {
     s.replace('|', "\\|")
 }
+
+/// The RBAC of config/deploy/10-rbac.yaml as tables, one per role, for docs/security.md.
+pub fn rbac_tables(rbac_yaml: &str) -> String {
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(rbac_yaml)
+        .filter_map(|d| serde::Deserialize::deserialize(d).ok())
+        .collect();
+    let mut out = String::new();
+    let bindings: Vec<&serde_yaml::Value> = docs
+        .iter()
+        .filter(|d| {
+            matches!(
+                d["kind"].as_str(),
+                Some("ClusterRoleBinding" | "RoleBinding")
+            )
+        })
+        .collect();
+    for role in docs
+        .iter()
+        .filter(|d| matches!(d["kind"].as_str(), Some("ClusterRole" | "Role")))
+    {
+        let kind = role["kind"].as_str().unwrap_or_default();
+        let name = role["metadata"]["name"].as_str().unwrap_or_default();
+        let scope = match role["metadata"]["namespace"].as_str() {
+            Some(ns) => format!("namespace `{ns}` only"),
+            None => "every namespace".to_owned(),
+        };
+        let subjects: Vec<String> = bindings
+            .iter()
+            .filter(|b| {
+                b["roleRef"]["kind"].as_str() == Some(kind)
+                    && b["roleRef"]["name"].as_str() == Some(name)
+            })
+            .flat_map(|b| b["subjects"].as_sequence().cloned().unwrap_or_default())
+            .map(|s| {
+                format!(
+                    "{} `{}/{}`",
+                    s["kind"].as_str().unwrap_or_default(),
+                    s["namespace"].as_str().unwrap_or_default(),
+                    s["name"].as_str().unwrap_or_default()
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "\n**{kind} `{name}`** ({scope}), bound to {}:\n",
+            if subjects.is_empty() {
+                "nobody".to_owned()
+            } else {
+                subjects.join(", ")
+            }
+        );
+        out.push_str("| API group | resources | verbs |\n|---|---|---|\n");
+        for rule in role["rules"].as_sequence().into_iter().flatten() {
+            let list = |key: &str| -> Vec<String> {
+                rule[key]
+                    .as_sequence()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            };
+            let groups: Vec<String> = list("apiGroups")
+                .into_iter()
+                .map(|g| if g.is_empty() { "core".into() } else { g })
+                .collect();
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} |",
+                groups.join(", "),
+                list("resources").join(", "),
+                list("verbs").join(", ")
+            );
+        }
+    }
+    out
+}
+
+/// What the agent's pod may touch on its node, from config/deploy/40-agent.yaml.
+pub fn agent_privileges(agent_yaml: &str) -> String {
+    let ds: serde_yaml::Value = serde_yaml::Deserializer::from_str(agent_yaml)
+        .filter_map(|d| serde::Deserialize::deserialize(d).ok())
+        .find(|d: &serde_yaml::Value| d["kind"].as_str() == Some("DaemonSet"))
+        .unwrap_or_default();
+    let pod = &ds["spec"]["template"]["spec"];
+    let mut out = String::from("| setting | value |\n|---|---|\n");
+    let flag = |v: &serde_yaml::Value| v.as_bool().unwrap_or(false).to_string();
+    let _ = writeln!(out, "| `hostPID` | {} |", flag(&pod["hostPID"]));
+    let _ = writeln!(out, "| `hostNetwork` | {} |", flag(&pod["hostNetwork"]));
+    for c in pod["containers"].as_sequence().into_iter().flatten() {
+        let sc = &c["securityContext"];
+        let seq = |v: &serde_yaml::Value| -> String {
+            v.as_sequence()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x.as_str().map(|s| format!("`{s}`")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "| `runAsUser` | {} |",
+            sc["runAsUser"]
+                .as_i64()
+                .map(|u| u.to_string())
+                .unwrap_or_else(|| "image default".into())
+        );
+        let _ = writeln!(out, "| `privileged` | {} |", flag(&sc["privileged"]));
+        let _ = writeln!(
+            out,
+            "| `allowPrivilegeEscalation` | {} |",
+            flag(&sc["allowPrivilegeEscalation"])
+        );
+        let _ = writeln!(
+            out,
+            "| `readOnlyRootFilesystem` | {} |",
+            flag(&sc["readOnlyRootFilesystem"])
+        );
+        let _ = writeln!(
+            out,
+            "| capabilities | drop {}; add {} |",
+            seq(&sc["capabilities"]["drop"]),
+            seq(&sc["capabilities"]["add"])
+        );
+        out.push_str("\n| host path | mounted at | access |\n|---|---|---|\n");
+        let volumes = pod["volumes"].as_sequence().cloned().unwrap_or_default();
+        for m in c["volumeMounts"].as_sequence().into_iter().flatten() {
+            let name = m["name"].as_str().unwrap_or_default();
+            let host = volumes
+                .iter()
+                .find(|v| v["name"].as_str() == Some(name))
+                .and_then(|v| v["hostPath"]["path"].as_str())
+                .unwrap_or("(not a host path)");
+            let access = if m["readOnly"].as_bool().unwrap_or(false) {
+                "read-only"
+            } else {
+                "read-write"
+            };
+            let _ = writeln!(
+                out,
+                "| `{host}` | `{}` | {access} |",
+                m["mountPath"].as_str().unwrap_or_default()
+            );
+        }
+    }
+    out
+}
+
+/// `doc` with the text between `<!-- BEGIN GENERATED name -->` and `<!-- END GENERATED name -->`
+/// replaced by `content`; None when the markers are missing.
+pub fn replace_generated(doc: &str, name: &str, content: &str) -> Option<String> {
+    let begin = format!("<!-- BEGIN GENERATED {name} -->");
+    let end = format!("<!-- END GENERATED {name} -->");
+    let start = doc.find(&begin)? + begin.len();
+    let stop = doc[start..].find(&end)? + start;
+    Some(format!(
+        "{}\n{}\n{}",
+        &doc[..start],
+        content.trim(),
+        &doc[stop..]
+    ))
+}
