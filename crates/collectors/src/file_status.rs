@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::budget::{Deadline, blocking, cap_list, output_budget, truncated_key};
 use crate::du::{self, Usage, WalkRoot};
+use crate::mounts;
 
 /// Paths accepted in one Abnormal: each directory is walked, so this bounds the work.
 const MAX_PATHS: usize = 100;
@@ -84,8 +85,11 @@ impl Processor for FileStatusCollector {
                 )));
             }
             let deadline = Deadline::within(ctx.timeout);
-            let statuses =
-                blocking("stat and du", move || stat_all(&paths, deadline)).await?;
+            let proc_root = ctx.node.proc_root.clone();
+            let statuses = blocking("stat and du", move || {
+                stat_all(&proc_root, &paths, deadline)
+            })
+            .await?;
             let found = statuses.iter().filter(|s| s.exists).count();
             let (kept, truncation) = cap_list(&statuses, output_budget(ctx.max_output_bytes));
             let mut message = format!("stat {} paths, {found} exist", statuses.len());
@@ -106,13 +110,23 @@ impl Processor for FileStatusCollector {
     }
 }
 
-/// Stats each path and measures the directories among them in one parallel walk.
-pub fn stat_all(paths: &[String], deadline: Deadline) -> Vec<FileStatus> {
-    let mut out: Vec<FileStatus> = paths.iter().map(|p| stat(Path::new(p))).collect();
+/// Stats each host path and measures the directories among them in one parallel walk. The
+/// paths are the host's: when the agent runs in a mount namespace of its own, they are reached
+/// through the host init's root (`<proc_root>/1/root`).
+pub fn stat_all(proc_root: &Path, paths: &[String], deadline: Deadline) -> Vec<FileStatus> {
+    let resolved: Vec<PathBuf> = paths
+        .iter()
+        .map(|p| mounts::host_path(proc_root, p))
+        .collect();
+    let mut out: Vec<FileStatus> = paths
+        .iter()
+        .zip(&resolved)
+        .map(|(p, r)| stat(Path::new(p), r))
+        .collect();
     let dirs: Vec<usize> = (0..out.len()).filter(|i| out[*i].is_dir).collect();
     let roots: Vec<WalkRoot> = dirs
         .iter()
-        .map(|i| WalkRoot::new(PathBuf::from(&out[*i].path)))
+        .map(|i| WalkRoot::new(resolved[*i].clone()))
         .collect();
     let usage = du::walk(&roots, du::default_threads(), deadline);
     for (i, u) in dirs.into_iter().zip(usage) {
@@ -122,7 +136,7 @@ pub fn stat_all(paths: &[String], deadline: Deadline) -> Vec<FileStatus> {
     out
 }
 
-fn stat(path: &Path) -> FileStatus {
+fn stat(path: &Path, resolved: &Path) -> FileStatus {
     let mut s = FileStatus {
         path: path.display().to_string(),
         name: path
@@ -131,7 +145,7 @@ fn stat(path: &Path) -> FileStatus {
             .unwrap_or_else(|| "/".into()),
         ..Default::default()
     };
-    let meta = match std::fs::symlink_metadata(path) {
+    let meta = match std::fs::symlink_metadata(resolved) {
         Ok(m) => m,
         Err(e) => {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -194,7 +208,7 @@ mod tests {
             dir.path().display().to_string(),
             dir.path().join("missing").display().to_string(),
         ];
-        let s = stat_all(&paths, Deadline::never());
+        let s = stat_all(Path::new("/proc"), &paths, Deadline::never());
         assert!(s[0].exists && !s[0].is_dir);
         assert_eq!(s[0].size, 10_000);
         assert_eq!(s[0].name, "data.log");
