@@ -918,3 +918,39 @@ fn the_security_page_shows_the_rbac_and_agent_privileges_config_deploy_grants() 
          KDIAG_UPDATE_DOCS=1 cargo test -p kdiag-controller --test kubectl_diag the_security_page"
     );
 }
+
+#[test]
+fn the_grafana_dashboard_uses_only_metrics_the_metrics_page_documents() {
+    let text =
+        std::fs::read_to_string(repo_root().join("config/grafana/kdiag-dashboard.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let metrics_page = std::fs::read_to_string(repo_root().join("docs/metrics.md")).unwrap();
+    let mut exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            exprs.push(t["expr"].as_str().unwrap().to_owned());
+        }
+    }
+    assert!(exprs.len() > 10, "{exprs:?}");
+    let token = regex::Regex::new(r"\b[a-z][a-z_]*[a-z]\b").unwrap();
+    for expr in &exprs {
+        for m in token.find_iter(expr) {
+            let t = m.as_str();
+            if !(t.starts_with("kdiag_") || t.ends_with("_count")) {
+                continue;
+            }
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| t.strip_suffix(s))
+                .unwrap_or(t);
+            // Kube Diagnoser's counters are documented by their family (`diagnoser_chain_sync_*`).
+            let family = t.rsplit_once("_sync_").map(|(f, _)| format!("{f}_sync_*"));
+            assert!(
+                metrics_page.contains(t)
+                    || metrics_page.contains(base)
+                    || family.is_some_and(|f| metrics_page.contains(&f)),
+                "the dashboard uses {t}, which docs/metrics.md does not document: {expr}"
+            );
+        }
+    }
+}
