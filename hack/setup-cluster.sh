@@ -21,10 +21,11 @@ SUDO=
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 
 # Debian packages: etcd for the control plane, Go and rsync for the build, containerd, runc and
-# the CNI plugins for the node, busybox-static for the local images, openssl for keys.
+# the CNI plugins for the node, busybox-static for the local images, openssl for keys; dnsmasq,
+# Prometheus and Alertmanager are real peers for the DNS check and alert-source tests.
 PACKAGES=(etcd-server golang-go rsync golang-github-modern-go-reflect2-dev containerd runc
   containernetworking-plugins busybox-static openssl iproute2 iptables util-linux procps
-  ca-certificates curl)
+  ca-certificates curl dnsmasq-base prometheus prometheus-alertmanager)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

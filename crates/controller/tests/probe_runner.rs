@@ -283,3 +283,46 @@ async fn a_checker_pod_that_cannot_be_scheduled_is_unknown() {
         checker.message
     );
 }
+
+#[tokio::test]
+async fn native_checks_run_without_an_image_and_pass_on_a_healthy_cluster() {
+    let c = setup().await;
+    let ns = c.create_namespace("probe-native").await;
+    let client = c.client().await;
+    create_probe(
+        &client,
+        &ns,
+        "cluster-health",
+        json!({"checks": [
+            {"name": "apiserver", "apiserver": {}},
+            {"name": "namespace-round-trip", "namespaceRoundTrip": {"timeoutSeconds": 60}},
+            {"name": "nodes", "nodes": {}},
+        ]}),
+    )
+    .await;
+    for name in ["apiserver", "namespace-round-trip", "nodes"] {
+        let checker = wait_checker(
+            &client,
+            &ns,
+            "cluster-health",
+            name,
+            Duration::from_secs(90),
+        )
+        .await;
+        assert_eq!(
+            checker.status,
+            CheckerStatus::Pass,
+            "{name}: {}",
+            checker.message
+        );
+    }
+    assert!(
+        Api::<Job>::namespaced(client.clone(), &ns)
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "no Job for native checks"
+    );
+}
