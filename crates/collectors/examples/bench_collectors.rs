@@ -131,7 +131,11 @@ fn main() {
             .args(["-eo", "pid,ppid,stat,rss,vsz,args"])
             .output()
             .expect("run ps");
-        out.stdout.iter().filter(|b| **b == b'\n').count().saturating_sub(1)
+        out.stdout
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            .saturating_sub(1)
     });
     drop(sleepers);
 
@@ -162,7 +166,9 @@ fn main() {
         "the walk and du -sb disagree on the tree's size"
     );
 
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     println!(
         "kdiag collectors benchmark: {cpus} CPUs, median of {} runs after a warm-up",
         a.runs

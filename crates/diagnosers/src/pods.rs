@@ -22,13 +22,17 @@ impl Source {
     }
 }
 
-/// The node's pods: `podInformation` if an earlier collector wrote it, else a fresh list of
-/// the pods bound to this node.
+/// The node's pods: `podInformation` if an earlier collector wrote it whole, else a fresh list
+/// of the pods bound to this node.
 pub async fn node_pods(
     ctx: &ProcessorContext,
     abnormal: &Abnormal,
 ) -> Result<(Vec<Pod>, Source), ProcessorError> {
-    if let Some(pods) = abnormal.context_as::<Vec<Pod>>(POD_INFORMATION)? {
+    // A podInformation cut to fit the output cap lacks pods: ask the apiserver instead.
+    let truncated = abnormal
+        .context_value(&kdiag_collectors::budget::truncated_key(POD_INFORMATION))
+        .is_some_and(|v| !v.is_null());
+    if !truncated && let Some(pods) = abnormal.context_as::<Vec<Pod>>(POD_INFORMATION)? {
         return Ok((pods, Source::Context));
     }
     let pods = kdiag_collectors::pod::node_pods(ctx).await?;

@@ -424,11 +424,34 @@ fn parse_status(text: &str) -> Status {
     s
 }
 
+/// Bytes of command line kept per process: a JVM's or a shell script's argv can run to many
+/// KiB, and a thousand of them would not fit the step's output.
+pub const MAX_COMMAND_BYTES: usize = 1024;
+
 fn parse_cmdline(raw: &[u8]) -> Vec<String> {
-    raw.split(|b| *b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect()
+    let mut out = Vec::new();
+    let mut used = 0;
+    let total = raw.len();
+    for arg in raw.split(|b| *b == 0).filter(|a| !a.is_empty()) {
+        let arg = String::from_utf8_lossy(arg);
+        if used + arg.len() > MAX_COMMAND_BYTES {
+            let room = MAX_COMMAND_BYTES.saturating_sub(used);
+            let mut cut = room.min(arg.len());
+            while !arg.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            if cut > 0 {
+                out.push(arg[..cut].to_owned());
+            }
+            out.push(format!(
+                "…(command line of {total} bytes cut at {MAX_COMMAND_BYTES})"
+            ));
+            break;
+        }
+        used += arg.len() + 1;
+        out.push(arg.into_owned());
+    }
+    out
 }
 
 /// The sandbox or container a runtime shim serves: containerd's shim v2 (`-id <sandbox id>`),
@@ -515,6 +538,16 @@ mod tests {
             ..init
         };
         assert!(!host_process.ignores_sigterm(500));
+    }
+
+    #[test]
+    fn a_very_long_command_line_is_cut_and_says_so() {
+        let long = format!("java\0-cp\0{}\0Main\0", "x".repeat(5000));
+        let cmd = parse_cmdline(long.as_bytes());
+        assert_eq!(&cmd[..2], ["java", "-cp"]);
+        assert!(cmd.iter().map(String::len).sum::<usize>() < MAX_COMMAND_BYTES + 100);
+        assert!(cmd.last().unwrap().contains("cut at 1024"), "{cmd:?}");
+        assert_eq!(parse_cmdline(b"sleep\03600\0"), ["sleep", "3600"]);
     }
 
     #[test]
