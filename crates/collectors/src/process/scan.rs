@@ -547,7 +547,7 @@ mod tests {
         assert_eq!(&cmd[..2], ["java", "-cp"]);
         assert!(cmd.iter().map(String::len).sum::<usize>() < MAX_COMMAND_BYTES + 100);
         assert!(cmd.last().unwrap().contains("cut at 1024"), "{cmd:?}");
-        assert_eq!(parse_cmdline(b"sleep\03600\0"), ["sleep", "3600"]);
+        assert_eq!(parse_cmdline(b"sleep\x003600\x00"), ["sleep", "3600"]);
     }
 
     #[test]
