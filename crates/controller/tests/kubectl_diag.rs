@@ -954,3 +954,104 @@ fn the_grafana_dashboard_uses_only_metrics_the_metrics_page_documents() {
         }
     }
 }
+
+/// Builds examples/plugins/rust (its own Cargo project and target directory, so the workspace's
+/// build lock is not involved) and starts it on a free loopback port.
+async fn start_rust_example() -> (tokio::process::Child, u16) {
+    let dir = repo_root().join("examples/plugins/rust");
+    let built = tokio::process::Command::new(env!("CARGO"))
+        .args(["build", "--locked", "--quiet", "--manifest-path"])
+        .arg(dir.join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", dir.join("target"))
+        .output()
+        .await
+        .expect("cargo runs");
+    assert!(
+        built.status.success(),
+        "examples/plugins/rust does not build: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let mut child = tokio::process::Command::new(dir.join("target/debug/oom-diagnoser"))
+        .args(["--address", "127.0.0.1", "--port", "0"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("the example says where it listens")
+        .unwrap()
+        .unwrap_or_default();
+    let port = first
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {first:?}"));
+    (child, port)
+}
+
+#[tokio::test]
+async fn the_rust_plugin_example_identifies_an_oom_kill_when_run_asks_for_it() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("rust-example").await;
+    let client = cp.client().await;
+    let node = format!("{ns}-node");
+    let (_plugin, port) = start_rust_example().await;
+    register_plugin(&client, &ns, "Diagnoser", "oom-diagnoser", port, "/", 10).await;
+
+    // A pod whose container was OOM-killed, as the kubelet would report it.
+    cp.service_account_token(&ns, "default").await;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns);
+    let pod = serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": ns},
+        "spec": {"nodeName": node, "automountServiceAccountToken": false,
+                 "containers": [{"name": "app", "image": "busybox", "resources": {"limits": {"memory": "64Mi"}}}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    pods.patch_status(
+        "web",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"status": {"containerStatuses": [{
+            "name": "app", "image": "busybox", "imageID": "", "ready": false, "restartCount": 4,
+            "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137,
+                "startedAt": "2026-11-22T10:00:00Z", "finishedAt": "2026-11-22T10:00:05Z"}}
+        }]}})),
+    )
+    .await
+    .unwrap();
+    let _agent = TestAgent::start(cp, &node).await;
+
+    let oom = format!("{ns}/oom-diagnoser");
+    let ran = kdiag(
+        cp,
+        &[
+            "run",
+            "-n",
+            &ns,
+            "--pod",
+            "web",
+            "--collector",
+            "pod-collector",
+            "--diagnoser",
+            &oom,
+            "--wait",
+        ],
+    )
+    .await;
+    assert_eq!(ran.code, 0, "{ran}");
+    assert!(
+        ran.stdout.contains(&format!(
+            "Root cause:   container app of pod {ns}/web was OOM-killed at its 64Mi memory limit"
+        )),
+        "{ran}"
+    );
+    assert!(
+        ran.stdout.contains(&format!(
+            "[PodStatus] Pod/{ns}/web: container app terminated with reason OOMKilled, exit code 137; restarted 4 times"
+        )),
+        "{ran}"
+    );
+}
