@@ -84,7 +84,7 @@ archive="$out/kdiag-${version}.tar"
 rm -f "$archive"
 "${buildah[@]}" push --quiet "$tag" "docker-archive:$archive:$tag" >/dev/null
 echo "==> done"
-echo "    binary : $(du -h "$context/kdiag" | cut -f1) ($target, $(file -b "$context/kdiag" | cut -d, -f1-2))"
+echo "    binary : $(du -h "$context/kdiag" | cut -f1) ($target, $(file -b "$context/kdiag" | grep -o 'static[-a-z]* linked'))"
 echo "    image  : $("${buildah[@]}" images --format '{{.Size}}' "$tag") in buildah's storage as $tag"
 echo "    archive: $archive ($(du -h "$archive" | cut -f1))"
 echo "    load it: ctr -n k8s.io images import $archive   |   docker load -i $archive   |   kind load image-archive $archive"
