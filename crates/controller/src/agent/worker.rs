@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use kdiag_api::{Abnormal, AbnormalPhase, ProcessorResult, Stage};
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 
@@ -26,6 +26,8 @@ pub(super) struct Worker<'a> {
     /// Events for transitions made since the last write; recorded once the write lands.
     pending: Vec<StageEvent>,
     dirty: bool,
+    /// The next write must land on exactly the copy read (an intent record).
+    exclusive: bool,
 }
 
 impl<'a> Worker<'a> {
@@ -37,6 +39,7 @@ impl<'a> Worker<'a> {
             abnormal,
             pending: Vec::new(),
             dirty: false,
+            exclusive: false,
         }
     }
 
@@ -108,7 +111,10 @@ impl<'a> Worker<'a> {
             // does not act again.
             mark_running(&mut self.abnormal, &step, &now());
             self.dirty = true;
-            if !self.persist().await? {
+            self.exclusive = true;
+            let landed = self.persist().await;
+            self.exclusive = false;
+            if !landed? {
                 // The intent did not land, so nothing may act: start over from the stored copy.
                 return Ok(());
             }
@@ -179,15 +185,28 @@ impl<'a> Worker<'a> {
         Err(AgentError::Conflict(self.key()))
     }
 
+    /// Writes the status. An intent record is written with the resourceVersion read, so it lands
+    /// only on the copy it was decided on; other progress is a merge patch of the whole status,
+    /// which the controller's label and annotation updates do not conflict with.
     async fn write(&mut self) -> Result<(), kube::Error> {
-        let stored = self
-            .api
-            .replace_status(
-                &self.abnormal.name_any(),
-                &PostParams::default(),
-                &self.abnormal,
-            )
-            .await?;
+        let stored = if self.exclusive {
+            self.api
+                .replace_status(
+                    &self.abnormal.name_any(),
+                    &PostParams::default(),
+                    &self.abnormal,
+                )
+                .await?
+        } else {
+            let patch = serde_json::json!({ "status": self.abnormal.status });
+            self.api
+                .patch_status(
+                    &self.abnormal.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await?
+        };
         self.abnormal.metadata.resource_version = stored.metadata.resource_version;
         self.dirty = false;
         for event in std::mem::take(&mut self.pending) {
