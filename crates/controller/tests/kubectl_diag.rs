@@ -603,7 +603,7 @@ async fn kubectl_diag_probes_lists_one_row_per_checker_with_its_root_cause() {
             "coredns",
             "ERROR",
             "2 of 2 coredns pods CrashLoopBackOff",
-            &rows[2][4],
+            rows[2][4],
             "coredns cannot read its ConfigMap"
         ],
         "{ran}"

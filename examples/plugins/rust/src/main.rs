@@ -48,7 +48,13 @@ fn main() {
         }
     };
     // The test (and a person) waits for this line before registering the plugin.
-    println!("listening on {}", listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
+    println!(
+        "listening on {}",
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    );
     for stream in listener.incoming().flatten() {
         std::thread::spawn(move || {
             if let Err(e) = serve(stream) {
@@ -79,7 +85,10 @@ fn serve(stream: TcpStream) -> std::io::Result<()> {
     let (code, body) = if !request_line.starts_with("POST ") {
         (405, json!({"error": "POST an Abnormal"}))
     } else if length > MAX_BODY {
-        (413, json!({"error": format!("{length} bytes is more than an Abnormal can be")}))
+        (
+            413,
+            json!({"error": format!("{length} bytes is more than an Abnormal can be")}),
+        )
     } else {
         let mut body = vec![0; length];
         reader.read_exact(&mut body)?;
@@ -151,7 +160,11 @@ fn diagnose(abnormal: &Value) -> Result<Value, String> {
             continue;
         }
         checked += 1;
-        for c in pod["status"]["containerStatuses"].as_array().into_iter().flatten() {
+        for c in pod["status"]["containerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             let container = c["name"].as_str().unwrap_or("?");
             let killed = [&c["state"]["terminated"], &c["lastState"]["terminated"]]
                 .into_iter()
@@ -223,9 +236,16 @@ mod tests {
 
     #[test]
     fn an_oom_killed_container_of_the_pod_named_is_the_root_cause() {
-        let a = answer(abnormal(json!([pod("other", "OOMKilled"), pod("web", "OOMKilled")]))).unwrap();
+        let a = answer(abnormal(json!([
+            pod("other", "OOMKilled"),
+            pod("web", "OOMKilled")
+        ])))
+        .unwrap();
         let rc = &a["status"]["rootCause"];
-        assert_eq!(rc["summary"], "container app of pod shop/web was OOM-killed at its 64Mi memory limit");
+        assert_eq!(
+            rc["summary"],
+            "container app of pod shop/web was OOM-killed at its 64Mi memory limit"
+        );
         assert_eq!(rc["reason"], "OOMKilled");
         assert_eq!(rc["evidence"][0]["object"], "Pod/shop/web");
         assert_eq!(rc["evidence"][0]["timestamp"], "2026-11-22T10:00:00Z");
@@ -239,7 +259,10 @@ mod tests {
         let e = answer(abnormal(json!([pod("web", "Error")]))).unwrap_err();
         assert_eq!(e, "pod shop/web: no container was OOM-killed");
         let e = answer(abnormal(json!([]))).unwrap_err();
-        assert_eq!(e, "pod shop/web is not in podInformation (0 pods collected)");
+        assert_eq!(
+            e,
+            "pod shop/web is not in podInformation (0 pods collected)"
+        );
         let e = answer(json!({"spec": {}, "status": {}})).unwrap_err();
         assert!(e.contains("assign pod-collector"), "{e}");
     }
