@@ -117,6 +117,70 @@ fn running(p: &Pod) -> bool {
     first_state(p).is_some_and(|s| s.running.is_some())
 }
 
+/// A tmpfs mounted for the test, unmounted however the test ends.
+struct Mounted(std::path::PathBuf);
+
+impl Mounted {
+    fn tmpfs(at: &std::path::Path) -> Self {
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "kdiag-test"])
+            .arg(at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount tmpfs at {}", at.display());
+        Self(at.to_owned())
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A container's cgroup frozen for the test (cgroup v1 freezer), thawed however it ends.
+struct Frozen(std::path::PathBuf);
+
+impl Frozen {
+    fn pid(pid: i64) -> Self {
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        let path = cgroup
+            .lines()
+            .find_map(|l| {
+                let mut f = l.splitn(3, ':');
+                let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+                controllers
+                    .split(',')
+                    .any(|c| c == "freezer")
+                    .then(|| path.to_owned())
+            })
+            .expect("a freezer hierarchy (cgroup v1)");
+        let state = std::path::Path::new("/sys/fs/cgroup/freezer")
+            .join(path.trim_start_matches('/'))
+            .join("freezer.state");
+        std::fs::write(&state, "FROZEN").unwrap_or_else(|e| panic!("{}: {e}", state.display()));
+        Self(state)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.0, "THAWED");
+    }
+}
+
+fn container_id(p: &Pod) -> String {
+    p.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .and_then(|c| c.container_id.clone())
+        .unwrap_or_default()
+        .trim_start_matches("containerd://")
+        .to_owned()
+}
+
 fn uid(p: &Pod) -> String {
     p.metadata.uid.clone().expect("uid")
 }
@@ -306,6 +370,27 @@ async fn terminating_pod_diagnoser_names_the_finalizer_for_one_pod_and_the_sigte
     assert_eq!(diag[0]["metadata"]["name"], "held");
     assert!(diag[0]["overdueSeconds"].as_i64().unwrap() >= 0);
 
+    // A volume left mounted under the pod's directory is named too (a real tmpfs mount where
+    // the kubelet keeps the pod's emptyDirs).
+    let extra = c
+        .pod_dir(&uid(&held))
+        .join("volumes/kubernetes.io~empty-dir/extra");
+    std::fs::create_dir_all(&extra).unwrap();
+    let mount = Mounted::tmpfs(&extra);
+    let out = TerminatingPodDiagnoser
+        .process(&ctx, &abnormal(Some((&ns, "held")), json!({})))
+        .await
+        .unwrap_or_else(|e| panic!("held with a mount: {e}"));
+    let cause = out.root_cause.clone().unwrap();
+    assert!(cause.summary.contains("still mounted"), "{}", cause.summary);
+    assert!(
+        cause
+            .evidence
+            .iter()
+            .any(|e| e.kind == "Mount" && e.message.contains("~empty-dir/extra"))
+    );
+    drop(mount);
+
     let out = TerminatingPodDiagnoser
         .process(&ctx, &abnormal(Some((&ns, "stubborn")), json!({})))
         .await
@@ -373,6 +458,88 @@ async fn terminating_pod_diagnoser_names_the_finalizer_for_one_pod_and_the_sigte
     let _ = pods
         .delete(
             "stubborn",
+            &DeleteParams {
+                grace_period_seconds: Some(0),
+                ..Default::default()
+            },
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn terminating_pod_diagnoser_proposes_sigkill_for_a_container_process_alive_past_the_deadline()
+ {
+    let c = cluster().await;
+    let ns = c.create_namespace("alive").await;
+    let pods: Api<Pod> = Api::namespaced(c.client().await, &ns);
+    let ctx = context(c).await;
+    pods.create(
+        &PostParams::default(),
+        &pod("frozen", 1, "exec sleep 86400", json!({})),
+    )
+    .await
+    .unwrap();
+    let p = wait_for(c, &pods, "frozen", "Running", running).await;
+    // The container's process, found the way the diagnoser finds it: by the pod's cgroup.
+    let snap = kdiag_collectors::process::scan::scan(
+        std::path::Path::new("/proc"),
+        kdiag_collectors::budget::Deadline::never(),
+        2,
+    )
+    .unwrap();
+    let sleeper = snap
+        .processes
+        .iter()
+        .find(|q| q.container_id.as_deref() == Some(container_id(&p).as_str()))
+        .expect("the container's sleep");
+    assert_eq!(sleeper.command, ["sleep", "86400"]);
+    // A frozen process cannot die, not even of the kubelet's SIGKILL: the pod outlives its
+    // deadline with its container process alive, as with a process stuck on I/O.
+    let frozen = Frozen::pid(sleeper.pid as i64);
+    pods.delete("frozen", &DeleteParams::default())
+        .await
+        .unwrap();
+    let p = wait_for(c, &pods, "frozen", "deletionTimestamp", |p| {
+        p.metadata.deletion_timestamp.is_some()
+    })
+    .await;
+    let deadline = p
+        .metadata
+        .deletion_timestamp
+        .clone()
+        .unwrap()
+        .0
+        .checked_add(jiff::SignedDuration::from_secs(2))
+        .unwrap();
+    while jiff::Timestamp::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    let out = TerminatingPodDiagnoser
+        .process(&ctx, &abnormal(Some((&ns, "frozen")), json!({})))
+        .await
+        .unwrap_or_else(|e| panic!("frozen: {e}"));
+    let cause = out.root_cause.clone().unwrap();
+    eprintln!("terminating-pod-diagnoser, frozen: {cause:#?}");
+    assert_eq!(cause.reason, "ContainerProcessesAlive", "{}", cause.summary);
+    assert!(
+        cause.summary.contains("past its deletion deadline"),
+        "{}",
+        cause.summary
+    );
+    let signals = out.context[context_keys::SIGNAL_RECOVERY]
+        .as_array()
+        .unwrap();
+    assert_eq!(signals.len(), 1, "{signals:?}");
+    assert_eq!(signals[0]["pid"], sleeper.pid);
+    assert_eq!(signals[0]["signal"], 9);
+    assert_eq!(signals[0]["startTime"], sleeper.start_time);
+
+    // Thawed, the process gets the kubelet's pending SIGKILL and the pod goes.
+    drop(frozen);
+    let _ = pods
+        .delete(
+            "frozen",
             &DeleteParams {
                 grace_period_seconds: Some(0),
                 ..Default::default()
