@@ -4,8 +4,9 @@
 //!   against `ps -eo pid,ppid,stat,rss,vsz,args`;
 //! - pod-disk-usage's directory walk over a tree of ≥ 100,000 files, against `du -sb`.
 //!
-//! Each is run several times after a warm-up (page cache hot for both sides); the table shows
-//! the medians and their ratio (kdiag / reference: below 1 means kdiag is faster).
+//! Each pair runs alternately, several times after a warm-up (page cache hot for both sides), so
+//! load from other work on the machine falls on both alike; the table shows the medians and
+//! their ratio (kdiag / reference: below 1 means kdiag is faster).
 //!
 //! Usage: cargo run --release -p kdiag-collectors --example bench_collectors -- [out.json]
 //!        [--processes N] [--files N] [--runs N] [--walk-threads N]
@@ -32,7 +33,7 @@ fn args() -> Args {
         out: None,
         processes: 1000,
         files: 100_000,
-        runs: 7,
+        runs: 11,
         walk_threads: None,
     };
     let mut it = std::env::args().skip(1);
@@ -72,15 +73,24 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn time<T>(runs: usize, mut f: impl FnMut() -> T) -> (Duration, T) {
-    let mut last = f(); // warm-up
-    let mut times = Vec::with_capacity(runs);
+/// Times `a` and `b` alternately, `runs` times each after one warm-up of each, so load from
+/// other work on the machine falls on both alike. Returns both medians and their last results.
+fn race<A, B>(
+    runs: usize,
+    mut a: impl FnMut() -> A,
+    mut b: impl FnMut() -> B,
+) -> ((Duration, A), (Duration, B)) {
+    let (mut last_a, mut last_b) = (a(), b());
+    let (mut ta, mut tb) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
     for _ in 0..runs {
         let start = Instant::now();
-        last = f();
-        times.push(start.elapsed());
+        last_a = a();
+        ta.push(start.elapsed());
+        let start = Instant::now();
+        last_b = b();
+        tb.push(start.elapsed());
     }
-    (median(times), last)
+    ((median(ta), last_a), (median(tb), last_b))
 }
 
 fn ms(d: Duration) -> f64 {
@@ -121,22 +131,25 @@ fn main() {
             .collect(),
     );
     let proc_root = Path::new("/proc");
-    let (kdiag_ps, (count, json_bytes)) = time(a.runs, || {
-        let snap = scan::scan(proc_root, Deadline::never(), threads_scan).expect("scan /proc");
-        let json = serde_json::to_vec(&snap.processes).expect("serialize");
-        (snap.processes.len(), json.len())
-    });
-    let (ref_ps, ps_lines) = time(a.runs, || {
-        let out = Command::new("ps")
-            .args(["-eo", "pid,ppid,stat,rss,vsz,args"])
-            .output()
-            .expect("run ps");
-        out.stdout
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count()
-            .saturating_sub(1)
-    });
+    let ((kdiag_ps, (count, json_bytes)), (ref_ps, ps_lines)) = race(
+        a.runs,
+        || {
+            let snap = scan::scan(proc_root, Deadline::never(), threads_scan).expect("scan /proc");
+            let json = serde_json::to_vec(&snap.processes).expect("serialize");
+            (snap.processes.len(), json.len())
+        },
+        || {
+            let out = Command::new("ps")
+                .args(["-eo", "pid,ppid,stat,rss,vsz,args"])
+                .output()
+                .expect("run ps");
+            out.stdout
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+                .saturating_sub(1)
+        },
+    );
     drop(sleepers);
 
     // 2. A directory tree.
@@ -144,23 +157,26 @@ fn main() {
     eprintln!("writing {} files under {}…", a.files, dir.path().display());
     let data = make_tree(dir.path(), a.files);
     let roots = [WalkRoot::new(dir.path())];
-    let (kdiag_du, usage) = time(a.runs, || {
-        du::walk(&roots, threads_walk, Deadline::never())
-            .pop()
-            .expect("one root")
-    });
-    let (ref_du, du_bytes) = time(a.runs, || {
-        let out = Command::new("du")
-            .arg("-sb")
-            .arg(dir.path())
-            .output()
-            .expect("run du");
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    });
+    let ((kdiag_du, usage), (ref_du, du_bytes)) = race(
+        a.runs,
+        || {
+            du::walk(&roots, threads_walk, Deadline::never())
+                .pop()
+                .expect("one root")
+        },
+        || {
+            let out = Command::new("du")
+                .arg("-sb")
+                .arg(dir.path())
+                .output()
+                .expect("run du");
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        },
+    );
     assert_eq!(
         usage.apparent_bytes, du_bytes,
         "the walk and du -sb disagree on the tree's size"
@@ -170,7 +186,7 @@ fn main() {
         .map(|n| n.get())
         .unwrap_or(1);
     println!(
-        "kdiag collectors benchmark: {cpus} CPUs, median of {} runs after a warm-up",
+        "kdiag collectors benchmark: {cpus} CPUs, median of {} alternating runs after a warm-up",
         a.runs
     );
     println!(
