@@ -9,7 +9,7 @@
 pub mod rules;
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -381,9 +381,4 @@ fn share_percent(bytes: u64, size: u64) -> f64 {
         return 0.0;
     }
     (bytes as f64 / size as f64 * 100_000.0).round() / 1000.0
-}
-
-/// For tests and tools: the directory of a pod.
-pub fn pod_dir(kubelet_root: &Path, uid: &str) -> PathBuf {
-    kubelet_root.join("pods").join(uid)
 }

@@ -55,8 +55,14 @@ impl Processor for TerminatingPodDiagnoser {
             })
             .await?
             .map_err(ProcessorError::Failed)?;
-            let (sandboxes, cri_note) = sandboxes_by_pod(ctx, deadline).await;
-            let host_mounts = mounts::host_mounts(&ctx.node.proc_root).unwrap_or_default();
+            let (sandboxes, mut notes) = sandboxes_by_pod(ctx, deadline).await;
+            let host_mounts = match mounts::host_mounts(&ctx.node.proc_root) {
+                Ok(m) => m,
+                Err(e) => {
+                    notes.push_str(&format!("; mounts not checked: {e}"));
+                    Vec::new()
+                }
+            };
             let pods_dir = ctx.node.kubelet_root.join("pods");
             let facts: Vec<(Pod, PodFacts)> = terminating
                 .into_iter()
@@ -65,7 +71,7 @@ impl Processor for TerminatingPodDiagnoser {
                     (pod, f)
                 })
                 .collect();
-            conclude(&facts, checked, &cri_note, &snapshot, ctx.max_output_bytes)
+            conclude(&facts, checked, &notes, &snapshot, ctx.max_output_bytes)
         }
         .boxed()
     }
