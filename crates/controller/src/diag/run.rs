@@ -453,27 +453,9 @@ pub async fn run(
                 .named(&name)
                 .explain(e, &kube.url)
         })?;
-        if watch::has_status(&a) {
-            let status = a.status.clone().unwrap_or_default();
-            return Ok(match status.phase {
-                Some(kdiag_api::AbnormalPhase::Failed) => {
-                    print(&format!("rejected: {}: {}", status.reason, status.message));
-                    1
-                }
-                Some(_) => {
-                    print(&format!(
-                        "accepted; follow it with: kubectl diag watch {name} -n {namespace}"
-                    ));
-                    0
-                }
-                None => {
-                    print(&format!(
-                        "{}: {}; follow it with: kubectl diag watch {name} -n {namespace}",
-                        status.reason, status.message
-                    ));
-                    0
-                }
-            });
+        if let Some((line, code)) = admission_outcome(&a, namespace, &name) {
+            print(&line);
+            return Ok(code);
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(DiagError::NoController {
@@ -484,6 +466,43 @@ pub async fn run(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// What `run` without `--wait` reports once the controller has written a status, and its exit
+/// code; None before that. A fast diagnosis may already be over by then.
+pub fn admission_outcome(a: &Abnormal, namespace: &str, name: &str) -> Option<(String, u8)> {
+    if !watch::has_status(a) {
+        return None;
+    }
+    let status = a.status.clone().unwrap_or_default();
+    let accepted = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == kdiag_api::AbnormalConditionType::Accepted)
+        .map(|c| c.status == kdiag_api::ConditionStatus::True);
+    let follow = format!("follow it with: kubectl diag watch {name} -n {namespace}");
+    let story = format!("the whole story: kubectl diag describe {name} -n {namespace}");
+    Some(match (status.phase, accepted) {
+        (Some(kdiag_api::AbnormalPhase::Failed), Some(true)) => (
+            format!(
+                "accepted, and it already Failed: {}: {}; {story}",
+                status.reason, status.message
+            ),
+            1,
+        ),
+        (Some(kdiag_api::AbnormalPhase::Failed), _) => (
+            format!("rejected: {}: {}", status.reason, status.message),
+            1,
+        ),
+        (Some(kdiag_api::AbnormalPhase::Succeeded), _) => {
+            (format!("accepted, and it already Succeeded; {story}"), 0)
+        }
+        (Some(_), _) => (format!("accepted; {follow}"), 0),
+        (None, _) => (
+            format!("{}: {}; {follow}", status.reason, status.message),
+            0,
+        ),
+    })
 }
 
 /// 0 only for Succeeded.
@@ -618,6 +637,58 @@ mod tests {
         assert!(Cli::try_parse_from(["run", "--collector", "x"]).is_err());
         let a = args(&["--node", "a", "--container", "c"]);
         assert_eq!(parse_target(&a, "default").unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn run_without_wait_tells_a_rejection_from_a_diagnosis_that_already_failed() {
+        let with = |status: serde_json::Value| -> Abnormal {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "a", "namespace": "ns"}, "spec": {"nodeName": "n"}, "status": status
+            }))
+            .unwrap()
+        };
+        assert_eq!(
+            admission_outcome(&with(serde_json::json!(null)), "ns", "a"),
+            None
+        );
+        let accepted = |phase: &str| {
+            with(
+                serde_json::json!({"phase": phase, "identifiable": false, "recoverable": false,
+                "reason": if phase == "Failed" { "NotIdentified" } else { "" }, "message": "m",
+                "conditions": [{"type": "Accepted", "status": "True"}]}),
+            )
+        };
+        assert_eq!(
+            admission_outcome(&accepted("Diagnosing"), "ns", "a").unwrap(),
+            (
+                "accepted; follow it with: kubectl diag watch a -n ns".into(),
+                0
+            )
+        );
+        assert_eq!(
+            admission_outcome(&accepted("Failed"), "ns", "a").unwrap(),
+            ("accepted, and it already Failed: NotIdentified: m; the whole story: kubectl diag describe a -n ns".into(), 1)
+        );
+        assert_eq!(
+            admission_outcome(&accepted("Succeeded"), "ns", "a")
+                .unwrap()
+                .1,
+            0
+        );
+        let rejected = with(
+            serde_json::json!({"phase": "Failed", "identifiable": false, "recoverable": false,
+            "reason": "ProcessorNotFound", "message": "m",
+            "conditions": [{"type": "Accepted", "status": "False", "reason": "ProcessorNotFound"}]}),
+        );
+        assert_eq!(
+            admission_outcome(&rejected, "ns", "a").unwrap(),
+            ("rejected: ProcessorNotFound: m".into(), 1)
+        );
+        let waiting = with(
+            serde_json::json!({"identifiable": false, "recoverable": false,
+            "reason": "WaitingForPod", "message": "pod ns/web does not exist yet"}),
+        );
+        assert_eq!(admission_outcome(&waiting, "ns", "a").unwrap().1, 0);
     }
 
     #[test]
