@@ -83,3 +83,32 @@ pub fn output(snap: &Snapshot, max_output_bytes: usize) -> ProcessorOutput {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scan_too_large_for_the_step_keeps_the_first_processes_and_says_how_many_were_cut() {
+        let snap = Snapshot {
+            processes: (1..=500)
+                .map(|pid| ProcessInfo {
+                    pid,
+                    command: vec!["sleep".into(), "600".into()],
+                    ..Default::default()
+                })
+                .collect(),
+            complete: true,
+            ..Default::default()
+        };
+        let out = output(&snap, 16 * 1024);
+        let kept = out.context[PROCESS_INFORMATION].as_array().unwrap();
+        assert!(kept.len() < 500 && !kept.is_empty());
+        assert_eq!(kept[0]["pid"], 1);
+        let cut = &out.context[&truncated_key(PROCESS_INFORMATION)];
+        assert_eq!(cut["total"], 500);
+        assert_eq!(cut["kept"], kept.len());
+        assert!(serde_json::to_vec(&out.context).unwrap().len() < 16 * 1024);
+        assert!(out.message.contains("capped"), "{}", out.message);
+    }
+}
