@@ -186,7 +186,7 @@ pub fn scan(proc_root: &Path, deadline: Deadline, threads: usize) -> Result<Snap
                             out.complete = false;
                             break;
                         }
-                        match reader.read(*pid) {
+                        match reader.read(*pid, &mut out.problems) {
                             Ok(p) => out.processes.push(p),
                             Err(ReadError::Vanished) => out.vanished += 1,
                             Err(ReadError::Unreadable(why)) => out.problems.push(why),
@@ -218,8 +218,9 @@ pub fn scan(proc_root: &Path, deadline: Deadline, threads: usize) -> Result<Snap
 /// Reads one process (for a caller that already knows the pid).
 pub fn read_process(proc_root: &Path, pid: i32) -> Result<ProcessInfo, String> {
     let clock = Clock::read(proc_root)?;
+    let mut partial = Problems::default();
     Reader::new(proc_root, clock)
-        .read(pid)
+        .read(pid, &mut partial)
         .map_err(|e| match e {
             ReadError::Vanished => format!("process {pid} does not exist (any more)"),
             ReadError::Unreadable(why) => why,
@@ -281,7 +282,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn read(&mut self, pid: i32) -> Result<ProcessInfo, ReadError> {
+    fn read(&mut self, pid: i32, problems: &mut Problems) -> Result<ProcessInfo, ReadError> {
         self.load(pid, "stat")?;
         let stat = parse_stat(&String::from_utf8_lossy(&self.buf)).ok_or_else(|| {
             ReadError::Unreadable(format!(
@@ -289,10 +290,24 @@ impl<'a> Reader<'a> {
                 self.proc_root.display()
             ))
         })?;
-        self.load(pid, "status")?;
-        let status = parse_status(&String::from_utf8_lossy(&self.buf));
-        self.load(pid, "cmdline")?;
-        let command = parse_cmdline(&self.buf);
+        // Only stat is required: a process whose other files are denied (a hardened init, a
+        // process of another user under hidepid) is kept with what could be read.
+        let status = match self.load(pid, "status") {
+            Ok(()) => parse_status(&String::from_utf8_lossy(&self.buf)),
+            Err(ReadError::Vanished) => return Err(ReadError::Vanished),
+            Err(ReadError::Unreadable(why)) => {
+                problems.push(why);
+                Status::default()
+            }
+        };
+        let command = match self.load(pid, "cmdline") {
+            Ok(()) => parse_cmdline(&self.buf),
+            Err(ReadError::Vanished) => return Err(ReadError::Vanished),
+            Err(ReadError::Unreadable(why)) => {
+                problems.push(why);
+                Vec::new()
+            }
+        };
         // A process whose cgroup cannot be read is still a process: keep it without a pod.
         let pod = match self.load(pid, "cgroup") {
             Ok(()) => cgroup::parse_proc_cgroup(&String::from_utf8_lossy(&self.buf)),
