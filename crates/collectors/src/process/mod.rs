@@ -64,7 +64,7 @@ pub fn output(snap: &Snapshot, max_output_bytes: usize) -> ProcessorOutput {
     }
     if !snap.problems.is_empty() {
         message.push_str(&format!(
-            "; {} entries unreadable and skipped (first: {})",
+            "; {} /proc files unreadable, their processes listed with what could be read or skipped (first: {})",
             snap.problems.len(),
             snap.problems
                 .items
