@@ -102,6 +102,19 @@ pub struct ControllerArgs {
     /// A periodic probe's results not refreshed for this many intervals are marked stale (UNKNOWN).
     #[arg(long, default_value_t = 3)]
     pub probe_stale_intervals: u32,
+    /// Abnormals one Event or alert source may create: BURST:PER_MINUTE.
+    #[arg(long, default_value = "20:6", value_parser = parse_budget)]
+    pub source_budget: crate::sources::storm::Budget,
+    /// Abnormals Event and alert sources may create for one node: BURST:PER_MINUTE.
+    #[arg(long, default_value = "10:2", value_parser = parse_budget)]
+    pub source_node_budget: crate::sources::storm::Budget,
+    /// The namespace Abnormals for Prometheus alerts are created in.
+    #[arg(long, default_value = kdiag_api::SYSTEM_NAMESPACE)]
+    pub alert_namespace: String,
+    /// Require `Authorization: Bearer <token>` on the alert endpoints (from the environment, so
+    /// it stays out of the process list).
+    #[arg(long, env = "KDIAG_ALERT_TOKEN", hide_env_values = true)]
+    pub alert_token: Option<String>,
     /// Abnormals one probe's failures may create: BURST:PER_MINUTE (a token bucket).
     #[arg(long, default_value = "10:2", value_parser = parse_budget)]
     pub probe_budget: crate::sources::storm::Budget,

@@ -45,6 +45,8 @@ pub struct ServerState {
     pub processors: Option<ProcessorService>,
     /// Accept KubeProber's result reports at POST /probe-status (the controller does).
     pub probe_reports: Option<kube::Client>,
+    /// Accept Prometheus/Alertmanager alerts (the controller does).
+    pub alerts: Option<Arc<crate::sources::alerts::AlertSource>>,
 }
 
 /// Serves until `shutdown` resolves. Fails only if the address cannot be bound.
@@ -125,6 +127,22 @@ pub fn routes(
             let reports = reports.clone();
             async move { Ok::<_, Rejection>(probe_report(reports, body).await) }
         });
+    let alerts = state.alerts.clone();
+    let alert_routes = warp::path!("api" / String / String)
+        .and(warp::post())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::body::content_length_limit(MAX_REQUEST_BYTES))
+        .and(warp::body::bytes())
+        .and_then(
+            move |version: String, endpoint: String, auth: Option<String>, body: Bytes| {
+                let alerts = alerts.clone();
+                async move {
+                    Ok::<_, Rejection>(
+                        receive_alerts(alerts, &version, &endpoint, auth, body).await,
+                    )
+                }
+            },
+        );
     let profiles_dir = state
         .processors
         .as_ref()
@@ -140,6 +158,7 @@ pub fn routes(
         .or(post_processor)
         .or(get_processor)
         .or(probe_status)
+        .or(alert_routes)
         .or(other_method)
         .or(profiles)
         .recover(|_rej: Rejection| async {
@@ -207,6 +226,59 @@ async fn run_processor(
         }
         Err(e @ ProcessorError::InvalidInput(_)) => text(StatusCode::BAD_REQUEST, e.to_string()),
         Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Alerts: `POST /api/v2/alerts` and `/api/v1/alerts` (Alertmanager's API, as Prometheus pushes),
+/// `POST /api/v1/webhook` (Alertmanager's webhook receiver).
+async fn receive_alerts(
+    alerts: Option<Arc<crate::sources::alerts::AlertSource>>,
+    version: &str,
+    endpoint: &str,
+    auth: Option<String>,
+    body: Bytes,
+) -> warp::reply::Response {
+    use crate::sources::alerts::{parse_alerts, parse_webhook};
+    let Some(source) = alerts else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "this kdiag process takes no alerts (the controller does)".into(),
+        );
+    };
+    if let Some(token) = &source.token {
+        let presented = auth
+            .as_deref()
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .map(str::trim);
+        if presented != Some(token.as_str()) {
+            return text(
+                StatusCode::UNAUTHORIZED,
+                "alerts need Authorization: Bearer <token> (see docs/sources.md)".into(),
+            );
+        }
+    }
+    let parsed = match (version, endpoint) {
+        ("v1" | "v2", "alerts") => parse_alerts(&body),
+        ("v1", "webhook") => parse_webhook(&body),
+        _ => {
+            return text(
+                StatusCode::NOT_FOUND,
+                "alert endpoints: POST /api/v2/alerts, /api/v1/alerts, /api/v1/webhook".into(),
+            );
+        }
+    };
+    let alerts = match parsed {
+        Ok(a) => a,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    let via = if endpoint == "webhook" {
+        "webhook"
+    } else {
+        "push"
+    };
+    match source.deliver(alerts, via).await {
+        Ok(summary) => warp::reply::json(&summary).into_response(),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
 

@@ -329,6 +329,7 @@ async fn the_report_endpoint_takes_kubeprobers_payload_and_refuses_malformed_one
         ready: vec![],
         processors: None,
         probe_reports: Some(service_account_client(cp, "kdiag-controller").await),
+        alerts: None,
     };
     let serving = kdiag_controller::server::serve(
         ([127, 0, 0, 1], port).into(),

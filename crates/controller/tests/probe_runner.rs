@@ -73,6 +73,7 @@ async fn setup() -> &'static Cluster {
                         ready: vec![("controller".into(), handle.ready.clone())],
                         processors: None,
                         probe_reports: Some(client),
+                        alerts: None,
                     };
                     // All addresses: the bridge the pods reach the host on exists only once a pod runs.
                     let serving = server::serve(

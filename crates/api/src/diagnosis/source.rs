@@ -48,6 +48,13 @@ pub struct AbnormalSourceSpec {
     /// the first by namespace/name. Default 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<i32>,
+    /// kdiag extension: true stops this source from creating Abnormals (it stays validated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspend: Option<bool>,
+    /// kdiag extension: repeated triggers for the same object and reason within this many seconds
+    /// of the last one count on the existing Abnormal instead of creating another. Default 600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_window_seconds: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub assigned_information_collectors: Vec<NamespacedName>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

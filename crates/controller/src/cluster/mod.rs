@@ -45,6 +45,12 @@ pub struct ControllerConfig {
     pub probe_budgets: crate::probes::trigger::ProbeBudgets,
     /// The probe runner's settings.
     pub runner: crate::probes::runner::RunnerConfig,
+    /// Budgets of Abnormals created by Event and alert sources.
+    pub source_budgets: crate::sources::sink::SourceBudgets,
+    /// The namespace Abnormals for alerts are created in.
+    pub alert_namespace: String,
+    /// A bearer token alert deliveries must carry, if any.
+    pub alert_token: Option<String>,
 }
 
 impl Default for ControllerConfig {
@@ -56,6 +62,9 @@ impl Default for ControllerConfig {
             max_finished_per_node: 200,
             probe_budgets: Default::default(),
             runner: Default::default(),
+            source_budgets: Default::default(),
+            alert_namespace: kdiag_api::SYSTEM_NAMESPACE.into(),
+            alert_token: None,
         }
     }
 }
@@ -85,6 +94,8 @@ struct Ctx {
 pub struct ControllerHandle {
     pub ready: Arc<AtomicBool>,
     pub store: Store<DeserializeGuard<Abnormal>>,
+    /// The alert endpoints' handler, for the HTTP server.
+    pub alerts: Arc<crate::sources::alerts::AlertSource>,
 }
 
 /// Builds the controller and the future that runs it (admission and GC) until `shutdown`.
@@ -121,6 +132,24 @@ pub fn start(
     );
     let probe_runner =
         crate::probes::runner::start(client.clone(), config.runner.clone(), shutdown.clone());
+    let sink = Arc::new(crate::sources::sink::Sink::new(
+        client.clone(),
+        metrics.clone(),
+        config.source_budgets,
+    ));
+    let event_source = Arc::new(crate::sources::events::EventSource::new(
+        sink.clone(),
+        sources.clone(),
+        store.clone(),
+    ));
+    let alerts = Arc::new(crate::sources::alerts::AlertSource {
+        sink: sink.clone(),
+        sources: sources.clone(),
+        namespace: config.alert_namespace.clone(),
+        token: config.alert_token.clone(),
+    });
+    let flusher = sink.run_flusher(std::time::Duration::from_secs(2), shutdown.clone());
+    let events_run = event_source.run(shutdown.clone());
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         abnormals: store.clone(),
@@ -135,6 +164,7 @@ pub fn start(
     let handle = ControllerHandle {
         ready: ready.clone(),
         store: store.clone(),
+        alerts,
     };
 
     let driver = async move {
@@ -157,6 +187,8 @@ pub fn start(
         let sources_task = tokio::spawn(sources_driver);
         let probes_task = tokio::spawn(probe_trigger);
         let runner_task = tokio::spawn(probe_runner);
+        let events_task = tokio::spawn(events_run);
+        let flusher_task = tokio::spawn(flusher);
         // Admission needs the registrations: validating against an empty cache would reject
         // every Abnormal that names a processor.
         registrations.wait_until_ready().await;
@@ -169,7 +201,13 @@ pub fn start(
             })
             .await;
         gc_task.abort();
-        let _ = tokio::join!(sources_task, probes_task, runner_task);
+        let _ = tokio::join!(
+            sources_task,
+            probes_task,
+            runner_task,
+            events_task,
+            flusher_task
+        );
         readiness.abort();
         registrations_task.abort();
         tracing::info!("controller stopped");

@@ -106,5 +106,6 @@ pub fn agent_server_state(
             data_root: args.data_root.clone(),
         }),
         probe_reports: None,
+        alerts: None,
     }
 }

@@ -44,6 +44,12 @@ pub fn controller_config(args: &ControllerArgs) -> ControllerConfig {
         gc_interval: args.gc_interval,
         ttl: args.abnormal_ttl,
         max_finished_per_node: args.max_finished_per_node,
+        source_budgets: crate::sources::sink::SourceBudgets {
+            per_source: args.source_budget,
+            per_node: args.source_node_budget,
+        },
+        alert_namespace: args.alert_namespace.clone(),
+        alert_token: args.alert_token.clone(),
         runner: crate::probes::runner::RunnerConfig {
             report_url: args.probe_report_url.clone(),
             stale_intervals: args.probe_stale_intervals,
@@ -72,5 +78,6 @@ pub fn controller_server_state(
         ready: vec![("the controller's watches".into(), handle.ready.clone())],
         processors: None,
         probe_reports: Some(client),
+        alerts: Some(handle.alerts.clone()),
     }
 }

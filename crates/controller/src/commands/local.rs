@@ -154,6 +154,7 @@ async fn serve(
             data_root,
         }),
         probe_reports: Some(controller_client.clone()),
+        alerts: Some(c_handle.alerts.clone()),
     };
     let bridge_state = state.clone();
     let serving = server::serve(addr, state, shutdown.clone().cancelled_owned())

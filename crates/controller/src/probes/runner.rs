@@ -416,10 +416,9 @@ async fn reconcile_job(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, RunnerErr
         } else {
             Some((CheckerStatus::Unknown, "the checker pod exited without reporting any result; check that it calls the report URL in KUBEPROBER_STATUS_REPORT_URL".into()))
         }
-    } else if let Some(msg) = unschedulable_for(&pods, ctx.config.unschedulable_after) {
-        Some((CheckerStatus::Unknown, msg))
     } else {
-        None
+        unschedulable_for(&pods, ctx.config.unschedulable_after)
+            .map(|msg| (CheckerStatus::Unknown, msg))
     };
     let Some((status, message)) = outcome else {
         // Still running: look again when the pod changes, or when it may have become unschedulable long enough.

@@ -21,6 +21,8 @@ pub type Facts = BTreeMap<String, String>;
 #[derive(Debug, Clone)]
 pub struct CompiledSource {
     pub key: NamespacedName,
+    /// `spec.suspend`: validated, but matches nothing.
+    pub suspended: bool,
     pub priority: i32,
     pub kind: AbnormalSourceType,
     pub spec: AbnormalSourceSpec,
@@ -163,6 +165,7 @@ pub fn compile(source: &AbnormalSource) -> Result<CompiledSource, String> {
         ));
     }
     Ok(CompiledSource {
+        suspended: spec.suspend.unwrap_or(false),
         key: NamespacedName::new(
             source.metadata.namespace.clone().unwrap_or_default(),
             source.metadata.name.clone().unwrap_or_default(),
@@ -178,6 +181,9 @@ pub fn compile(source: &AbnormalSource) -> Result<CompiledSource, String> {
 impl CompiledSource {
     /// Do the trigger's facts match every pattern (and, for probes, the status)?
     pub fn matches(&self, facts: &Facts) -> bool {
+        if self.suspended {
+            return false;
+        }
         if self.kind == AbnormalSourceType::ProbeStatus {
             let status = facts.get("status").map(String::as_str).unwrap_or_default();
             if !self.statuses.iter().any(|s| s == status) {
@@ -202,6 +208,16 @@ impl CompiledSource {
             context: self.spec.context.clone(),
             ..Default::default()
         }
+    }
+
+    /// Seconds within which repeated triggers group into one Abnormal.
+    pub fn group_window(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(
+            self.spec
+                .group_window_seconds
+                .filter(|s| *s > 0)
+                .unwrap_or(600) as u64,
+        )
     }
 }
 

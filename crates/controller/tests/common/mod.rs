@@ -79,6 +79,17 @@ pub async fn service_account_client(cp: &ControlPlane, name: &str) -> Client {
     cp.client_with_token(&token).await
 }
 
+/// The port of the shared controller's HTTP server (alerts, probe reports, metrics).
+pub static CONTROLLER_PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+
+/// The shared controller's base URL, e.g. http://127.0.0.1:4711.
+pub fn controller_url() -> String {
+    format!(
+        "http://127.0.0.1:{}",
+        CONTROLLER_PORT.get().expect("with_controller() was called")
+    )
+}
+
 /// The control plane with the controller running (on its own runtime, so it outlives tests).
 pub async fn with_controller() -> &'static ControlPlane {
     static STARTED: OnceCell<()> = OnceCell::const_new();
@@ -108,14 +119,34 @@ pub fn start_background_controller(cp: &'static ControlPlane, config: Controller
             .unwrap();
         rt.block_on(async move {
             let client = service_account_client(cp, "kdiag-controller").await;
+            let metrics = Arc::new(Metrics::new());
             let (handle, driver) = cluster::start(
-                client,
+                client.clone(),
                 config,
                 Builtins::standard(),
-                Arc::new(Metrics::new()),
+                metrics.clone(),
                 CancellationToken::new(),
             );
             let ready = handle.ready.clone();
+            let state = ServerState {
+                metrics,
+                refresh: Arc::new(|| {}),
+                ready: vec![],
+                processors: None,
+                probe_reports: Some(client),
+                alerts: Some(handle.alerts.clone()),
+            };
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let serving =
+                server::serve(([127, 0, 0, 1], port).into(), state, std::future::pending())
+                    .await
+                    .unwrap();
+            let _ = CONTROLLER_PORT.set(port);
+            tokio::spawn(serving);
             tokio::spawn(driver);
             while !ready.load(std::sync::atomic::Ordering::Acquire) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -181,6 +212,7 @@ impl TestAgent {
                 data_root: data_root.clone(),
             }),
             probe_reports: None,
+            alerts: None,
         };
         let serving = server::serve(addr, state, shutdown.clone().cancelled_owned())
             .await
@@ -256,9 +288,22 @@ pub mod reqwest_lite {
     }
 
     pub async fn request(url: Url, method: &str, body: &[u8]) -> (u16, String) {
+        request_with(url, method, body, &[]).await
+    }
+
+    pub async fn request_with(
+        url: Url,
+        method: &str,
+        body: &[u8],
+        headers: &[(&str, &str)],
+    ) -> (u16, String) {
         let mut s = tokio::net::TcpStream::connect(&url.host).await.unwrap();
+        let extra: String = headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}\r\n"))
+            .collect();
         let req = format!(
-            "{method} {} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            "{method} {} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}connection: close\r\n\r\n",
             url.path,
             url.host,
             body.len()

@@ -1,0 +1,574 @@
+//! Event and alert sources on a real apiserver: Warning Events and Prometheus alerts (from a real
+//! Prometheus, directly and through a real Alertmanager) become Abnormals once per incident,
+//! within budgets.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use k8s_openapi::api::core::v1::Event;
+use kdiag_api::*;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::json;
+
+async fn source(client: &kube::Client, ns: &str, name: &str, spec: serde_json::Value) {
+    let s: AbnormalSource = serde_json::from_value(
+        json!({"apiVersion": "diagnosis.netease.com/v1", "kind": "AbnormalSource",
+        "metadata": {"name": name, "namespace": ns}, "spec": spec}),
+    )
+    .unwrap();
+    Api::<AbnormalSource>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &s)
+        .await
+        .unwrap();
+}
+
+async fn warning(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    pod: &str,
+    reason: &str,
+    message: &str,
+) {
+    let now = jiff::Timestamp::now().to_string();
+    let e: Event = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": ns},
+        "involvedObject": {"kind": "Pod", "namespace": ns, "name": pod, "uid": format!("{ns}-{pod}-uid"), "fieldPath": "spec.containers{app}"},
+        "reason": reason, "message": message, "type": "Warning", "count": 1,
+        "firstTimestamp": now, "lastTimestamp": now,
+        "source": {"component": "kubelet", "host": format!("{ns}-node")}
+    }))
+    .unwrap();
+    Api::<Event>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &e)
+        .await
+        .unwrap();
+}
+
+async fn abnormals(client: &kube::Client, ns: &str, source: &str) -> Vec<Abnormal> {
+    Api::<Abnormal>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&format!("kdiag.io/source={source}")))
+        .await
+        .unwrap()
+        .items
+}
+
+async fn eventually<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_warning_event_makes_one_abnormal_and_fifty_repeats_count_on_it() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("events").await;
+    let client = cp.client().await;
+    source(&client, &ns, "backoff", json!({"sourceTemplate": {"type": "KubernetesEvent",
+        "kubernetesEventTemplate": {"regexp": {"namespace": ns, "reason": "BackOff"}}},
+        "assignedInformationCollectors": [{"namespace": "kube-diagnoser", "name": "pod-collector"}]})).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    warning(
+        &client,
+        &ns,
+        "web.1",
+        "web",
+        "BackOff",
+        "Back-off restarting failed container",
+    )
+    .await;
+    let list = eventually("the Abnormal", Duration::from_secs(20), async || {
+        let l = abnormals(&client, &ns, "KubernetesEvent").await;
+        (l.len() == 1).then_some(l)
+    })
+    .await;
+    let a = &list[0];
+    assert_eq!(a.spec.source, AbnormalSourceType::KubernetesEvent);
+    assert_eq!(
+        a.spec.assigned_information_collectors,
+        [NamespacedName::new("kube-diagnoser", "pod-collector")]
+    );
+    assert_eq!(
+        a.spec.node_name,
+        format!("{ns}-node"),
+        "the node is the Event's source host"
+    );
+    let pod = a.spec.pod_reference.clone().unwrap();
+    assert_eq!(
+        (pod.name.as_str(), pod.container_name.as_str()),
+        ("web", "app")
+    );
+    assert_eq!(
+        a.spec.kubernetes_event.as_ref().unwrap().reason.as_deref(),
+        Some("BackOff")
+    );
+
+    for i in 2..=50 {
+        warning(
+            &client,
+            &ns,
+            &format!("web.{i}"),
+            "web",
+            "BackOff",
+            "Back-off restarting failed container",
+        )
+        .await;
+    }
+    let name = a.name_any();
+    eventually("a count of 50", Duration::from_secs(30), async || {
+        let a = Api::<Abnormal>::namespaced(client.clone(), &ns)
+            .get(&name)
+            .await
+            .unwrap();
+        (a.annotations()
+            .get("kdiag.io/trigger-count")
+            .map(String::as_str)
+            == Some("50"))
+        .then_some(())
+    })
+    .await;
+    assert_eq!(
+        abnormals(&client, &ns, "KubernetesEvent").await.len(),
+        1,
+        "one incident, one Abnormal"
+    );
+}
+
+#[tokio::test]
+async fn an_event_no_template_matches_makes_nothing() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("events-none").await;
+    let client = cp.client().await;
+    source(
+        &client,
+        &ns,
+        "oom",
+        json!({"sourceTemplate": {"type": "KubernetesEvent",
+        "kubernetesEventTemplate": {"regexp": {"namespace": ns, "reason": "OOMKilling"}}}}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    warning(&client, &ns, "web.1", "web", "BackOff", "Back-off").await;
+    warning(
+        &client,
+        &ns,
+        "web.2",
+        "web",
+        "OOMKillingSoon",
+        "near the limit",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(abnormals(&client, &ns, "KubernetesEvent").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_suspended_source_creates_nothing() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("events-suspended").await;
+    let client = cp.client().await;
+    source(
+        &client,
+        &ns,
+        "off",
+        json!({"suspend": true, "sourceTemplate": {"type": "KubernetesEvent",
+        "kubernetesEventTemplate": {"regexp": {"namespace": ns, "reason": "Unhealthy"}}}}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    warning(
+        &client,
+        &ns,
+        "web.1",
+        "web",
+        "Unhealthy",
+        "Liveness probe failed",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(abnormals(&client, &ns, "KubernetesEvent").await.is_empty());
+}
+
+async fn post(path: &str, body: &str, token: Option<&str>) -> (u16, String) {
+    let url: reqwest_lite::Url = format!("{}{path}", controller_url()).parse().unwrap();
+    let _ = token;
+    reqwest_lite::request(url, "POST", body.as_bytes()).await
+}
+
+fn alert(ns: &str, node: &str, starts: &str) -> serde_json::Value {
+    json!({"labels": {"alertname": "KdiagDirect", "test": ns, "node": node, "severity": "critical"},
+           "annotations": {"summary": "direct"}, "startsAt": starts, "generatorURL": "http://prometheus/graph"})
+}
+
+#[tokio::test]
+async fn malformed_alert_payloads_get_400_with_what_is_wrong() {
+    let _ = with_controller().await;
+    for (path, body, expected) in [
+        ("/api/v2/alerts", "{}", "not a JSON array of alerts"),
+        (
+            "/api/v2/alerts",
+            r#"[{"labels": {"node": "n"}}]"#,
+            "no alertname label",
+        ),
+        (
+            "/api/v1/alerts",
+            r#"[{"labels": {"alertname": "A"}, "startsAt": "soon"}]"#,
+            "not an RFC 3339 time",
+        ),
+        (
+            "/api/v1/webhook",
+            r#"{"version": "2", "alerts": []}"#,
+            "kdiag reads version 4",
+        ),
+        ("/api/v1/webhook", "not json", "webhook payload"),
+    ] {
+        let (code, text) = post(path, body, None).await;
+        assert_eq!(code, 400, "{path} {body}: {text}");
+        assert!(text.contains(expected), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn a_redelivered_alert_finds_its_abnormal_even_after_a_controller_restart() {
+    // The dedupe key is the alert's fingerprint and startsAt, kept in the Abnormal's name: a fresh
+    // controller with no memory of the first delivery groups the second into it.
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("alerts-restart").await;
+    let client = cp.client().await;
+    source(&client, &ns, "direct", json!({"sourceTemplate": {"type": "PrometheusAlert",
+        "prometheusAlertTemplate": {"regexp": {"alertName": "KdiagDirect", "labels": {"test": ns}}, "nodeNameReferenceLabel": "node"}}})).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let body = json!([alert(&ns, "n1", "2026-11-22T10:00:00Z")]).to_string();
+    let (code, text) = post("/api/v2/alerts", &body, None).await;
+    assert_eq!(code, 200, "{text}");
+    assert!(text.contains(r#""created":1"#), "{text}");
+
+    // A second controller, started from nothing.
+    let (handle, driver) = kdiag_controller::cluster::start(
+        service_account_client(cp, "kdiag-controller").await,
+        Default::default(),
+        kdiag_controller::builtin::Builtins::standard(),
+        Arc::new(kdiag_controller::metrics::Metrics::new()),
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let task = tokio::spawn(driver);
+    eventually(
+        "the second controller's caches",
+        Duration::from_secs(20),
+        async || handle.ready.load(Ordering::Acquire).then_some(()),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let summary = handle
+        .alerts
+        .deliver(serde_json::from_str(&body).unwrap(), "push")
+        .await
+        .unwrap();
+    task.abort();
+    assert_eq!((summary.created, summary.grouped), (0, 1), "{summary:?}");
+    let list: Vec<_> = abnormals(&client, kdiag_api::SYSTEM_NAMESPACE, "PrometheusAlert")
+        .await
+        .into_iter()
+        .filter(|a| {
+            a.spec
+                .prometheus_alert
+                .as_ref()
+                .and_then(|p| p.labels.get("test"))
+                == Some(&ns)
+        })
+        .collect();
+    assert_eq!(list.len(), 1);
+}
+
+#[tokio::test]
+async fn a_thousand_alerts_in_a_burst_respect_the_budget_and_the_suppressed_count_is_exact() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("alerts-storm").await;
+    let client = cp.client().await;
+    source(&client, &ns, "storm", json!({"sourceTemplate": {"type": "PrometheusAlert",
+        "prometheusAlertTemplate": {"regexp": {"alertName": "KdiagDirect", "labels": {"test": ns}}, "nodeNameReferenceLabel": "node"}}})).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A mass failure: a thousand distinct alerts, each on its own node.
+    let alerts: Vec<_> = (0..1000)
+        .map(|i| alert(&ns, &format!("storm-node-{i}"), "2026-11-22T10:00:00Z"))
+        .collect();
+    let started = Instant::now();
+    let (code, text) = post("/api/v2/alerts", &json!(alerts).to_string(), None).await;
+    assert_eq!(code, 200, "{text}");
+    let summary: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let (created, suppressed) = (
+        summary["created"].as_u64().unwrap(),
+        summary["suppressed"].as_u64().unwrap(),
+    );
+    eprintln!(
+        "1000 alerts in {:?}: {created} created, {suppressed} suppressed",
+        started.elapsed()
+    );
+    assert_eq!(created + suppressed, 1000, "{summary}");
+    // The default per-source budget: a burst of 20, refilled at 6 a minute.
+    let allowed = 20 + (started.elapsed().as_secs_f64() * 6.0 / 60.0).ceil() as u64;
+    assert!(
+        created <= allowed,
+        "{created} created, budget allows {allowed}"
+    );
+    assert!(created >= 20, "{summary}");
+    eventually(
+        "the source's counters",
+        Duration::from_secs(20),
+        async || {
+            let s = Api::<AbnormalSource>::namespaced(client.clone(), &ns)
+                .get("storm")
+                .await
+                .unwrap();
+            let st = s.status.unwrap_or_default();
+            (st.triggered == Some(created as i64) && st.suppressed == Some(suppressed as i64))
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// A child killed when the test ends.
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Serves `kdiag_test_up` as 0 while `down` is set.
+async fn metric_server(down: Arc<AtomicBool>) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let down = down.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let body = format!(
+                    "# TYPE kdiag_test_up gauge\nkdiag_test_up {}\n",
+                    if down.load(Ordering::SeqCst) { 0 } else { 1 }
+                );
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn a_firing_prometheus_rule_reaches_kdiag_directly_and_through_alertmanager_once_and_resolves()
+ {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("alerts-prom").await;
+    let client = cp.client().await;
+    let kdiag = controller_url().trim_start_matches("http://").to_owned();
+    source(&client, &ns, "prom", json!({"sourceTemplate": {"type": "PrometheusAlert",
+        "prometheusAlertTemplate": {"regexp": {"alertName": "KdiagTestDown", "labels": {"test": ns}}, "nodeNameReferenceLabel": "node"}},
+        "assignedInformationCollectors": [{"namespace": "kube-diagnoser", "name": "pod-collector"}]})).await;
+    let down = Arc::new(AtomicBool::new(true));
+    let app = metric_server(down.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (prom_port, am_port, am_cluster) = (free_port(), free_port(), free_port());
+    std::fs::write(dir.path().join("rules.yml"), "groups:\n- name: kdiag\n  rules:\n  - alert: KdiagTestDown\n    expr: kdiag_test_up == 0\n    labels: {severity: critical}\n    annotations: {summary: the test app is down}\n").unwrap();
+    std::fs::write(
+        dir.path().join("prometheus.yml"),
+        format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nrule_files: [rules.yml]\nscrape_configs:\n- job_name: app\n  static_configs:\n  - targets: ['127.0.0.1:{app}']\n    labels: {{node: prom-node-1, test: {ns}}}\nalerting:\n  alertmanagers:\n  - api_version: v2\n    static_configs: [{{targets: ['{kdiag}']}}]\n  - api_version: v2\n    static_configs: [{{targets: ['127.0.0.1:{am_port}']}}]\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("alertmanager.yml"),
+        format!("route: {{receiver: kdiag, group_wait: 1s, group_interval: 1s, repeat_interval: 1h}}\nreceivers:\n- name: kdiag\n  webhook_configs:\n  - url: http://{kdiag}/api/v1/webhook\n    send_resolved: true\n"),
+    )
+    .unwrap();
+    let _alertmanager = Proc(
+        Command::new("/usr/bin/prometheus-alertmanager")
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("alertmanager.yml").display()
+            ))
+            .arg(format!(
+                "--storage.path={}",
+                dir.path().join("am").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{am_port}"))
+            .arg(format!("--cluster.listen-address=127.0.0.1:{am_cluster}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus-alertmanager (installed by make setup)"),
+    );
+    let _prometheus = Proc(
+        Command::new("/usr/bin/prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+            .arg("--rules.alert.resend-delay=1s")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (installed by make setup)"),
+    );
+    let started = Instant::now();
+    let mine = async || -> Vec<Abnormal> {
+        abnormals(&client, kdiag_api::SYSTEM_NAMESPACE, "PrometheusAlert")
+            .await
+            .into_iter()
+            .filter(|a| {
+                a.spec
+                    .prometheus_alert
+                    .as_ref()
+                    .and_then(|p| p.labels.get("test"))
+                    == Some(&ns)
+            })
+            .collect()
+    };
+    let first = eventually(
+        "the alert's Abnormal",
+        Duration::from_secs(90),
+        async || mine().await.into_iter().next(),
+    )
+    .await;
+    eprintln!("rule firing → Abnormal in {:?}", started.elapsed());
+    assert_eq!(first.spec.node_name, "prom-node-1");
+    assert_eq!(
+        first.spec.prometheus_alert.as_ref().unwrap().labels["alertname"],
+        "KdiagTestDown"
+    );
+    // Both paths deliver, repeatedly: wait for several deliveries, then count Abnormals.
+    let name = first.name_any();
+    let api: Api<Abnormal> = Api::namespaced(client.clone(), kdiag_api::SYSTEM_NAMESPACE);
+    eventually(
+        "deliveries through both paths",
+        Duration::from_secs(60),
+        async || {
+            let a = api.get(&name).await.unwrap();
+            let count: u64 = a
+                .annotations()
+                .get("kdiag.io/trigger-count")
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            (count >= 3).then_some(())
+        },
+    )
+    .await;
+    let a = api.get(&name).await.unwrap();
+    let occurrences = a.annotations()["kdiag.io/trigger-occurrences"].clone();
+    assert!(
+        occurrences.contains("@push@") && occurrences.contains("@webhook@"),
+        "both paths delivered: {occurrences}"
+    );
+    assert_eq!(
+        mine().await.len(),
+        1,
+        "one firing, one Abnormal, whichever path delivered"
+    );
+
+    down.store(false, Ordering::SeqCst);
+    eventually("the resolved mark", Duration::from_secs(90), async || {
+        api.get(&name)
+            .await
+            .unwrap()
+            .annotations()
+            .get("kdiag.io/trigger-resolved")
+            .cloned()
+    })
+    .await;
+    assert_eq!(mine().await.len(), 1);
+}
+
+#[tokio::test]
+async fn alert_endpoints_can_require_a_bearer_token() {
+    let cp = with_controller().await;
+    let config = kdiag_controller::cluster::ControllerConfig {
+        alert_token: Some("s3cret".into()),
+        ..Default::default()
+    };
+    let client = service_account_client(cp, "kdiag-controller").await;
+    let metrics = Arc::new(kdiag_controller::metrics::Metrics::new());
+    let (handle, driver) = kdiag_controller::cluster::start(
+        client,
+        config,
+        kdiag_controller::builtin::Builtins::standard(),
+        metrics.clone(),
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let task = tokio::spawn(driver);
+    let state = kdiag_controller::server::ServerState {
+        metrics,
+        refresh: Arc::new(|| {}),
+        ready: vec![],
+        processors: None,
+        probe_reports: None,
+        alerts: Some(handle.alerts.clone()),
+    };
+    let port = free_port();
+    tokio::spawn(
+        kdiag_controller::server::serve(
+            ([127, 0, 0, 1], port).into(),
+            state,
+            std::future::pending(),
+        )
+        .await
+        .unwrap(),
+    );
+    let url = || {
+        format!("http://127.0.0.1:{port}/api/v2/alerts")
+            .parse()
+            .unwrap()
+    };
+    let body = b"[]";
+    let (code, text) = reqwest_lite::request(url(), "POST", body).await;
+    assert_eq!(code, 401, "{text}");
+    assert!(text.contains("Bearer"), "{text}");
+    assert_eq!(
+        reqwest_lite::request_with(url(), "POST", body, &[("Authorization", "Bearer wrong")])
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        reqwest_lite::request_with(url(), "POST", body, &[("Authorization", "Bearer s3cret")])
+            .await
+            .0,
+        200
+    );
+    task.abort();
+}
