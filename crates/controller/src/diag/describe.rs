@@ -513,7 +513,7 @@ fn root_cause(out: &mut String, a: &Abnormal, style: Style) {
 
 /// When the Abnormal reached its final phase, as far as the status tells: the last step's end
 /// or the last condition change.
-fn finished_at(a: &Abnormal) -> Option<jiff::Timestamp> {
+pub fn finished_at(a: &Abnormal) -> Option<jiff::Timestamp> {
     let status = a.status.as_ref()?;
     if !status.phase.is_some_and(|p| p.is_final()) {
         return None;

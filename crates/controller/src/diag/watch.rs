@@ -180,6 +180,15 @@ pub fn progress(
         lines.push(format!("Abnormal {name} ({})", target.join(", ")));
     }
 
+    // Seen live, a change happened about now (status timestamps are often whole seconds, which
+    // would put lines out of order); on the first look, at the time the status records.
+    let live = prev.is_some();
+    let when = |recorded: Option<jiff::Timestamp>| match (live, recorded) {
+        (false, Some(t)) => at(t),
+        _ => at(now),
+    };
+    let finished = super::describe::finished_at(next);
+
     // Admission: the first phase, a rejection, or why the controller waits.
     if before.phase.is_none() {
         let accepted = status
@@ -189,19 +198,13 @@ pub fn progress(
         match (status.phase, accepted) {
             (Some(_), Some(c)) if c.status == ConditionStatus::True => lines.push(format!(
                 "{:>6}  {}  {}",
-                c.last_transition_time
-                    .as_ref()
-                    .map(|t| at(t.0))
-                    .unwrap_or_default(),
+                when(c.last_transition_time.as_ref().map(|t| t.0)),
                 style.paint(Tone::Good, "accepted"),
                 c.message
             )),
             (Some(_), Some(c)) => lines.push(format!(
                 "{:>6}  {}  {}: {}",
-                c.last_transition_time
-                    .as_ref()
-                    .map(|t| at(t.0))
-                    .unwrap_or_default(),
+                when(c.last_transition_time.as_ref().map(|t| t.0)),
                 style.paint(Tone::Bad, "rejected"),
                 c.reason,
                 c.message
@@ -254,7 +257,7 @@ pub fn progress(
     {
         lines.push(format!(
             "{:>6}  {}  {} ({})",
-            at(now),
+            when(finished),
             style.paint(Tone::Heading, "root cause"),
             style.paint(Tone::Bad, &rc.summary),
             rc.reason
@@ -266,7 +269,7 @@ pub fn progress(
     {
         let mut line = format!(
             "{:>6}  {}",
-            at(now),
+            when(finished),
             style.paint(render::phase_tone(p.as_str()), p.as_str())
         );
         if p == AbnormalPhase::Failed && !status.reason.is_empty() {
@@ -357,7 +360,8 @@ mod tests {
         pending.status = None;
         assert_eq!(
             progress(Some(&pending), &admitted, now(), Style::PLAIN),
-            ["   +0s  accepted  routed to node node-a"]
+            // Seen live: stamped when seen, not with the whole-second condition time.
+            ["   +3s  accepted  routed to node node-a"]
         );
 
         let running = abnormal(
@@ -410,6 +414,27 @@ mod tests {
     }
 
     #[test]
+    fn an_abnormal_that_ended_long_ago_shows_when_it_ended_not_when_it_was_looked_at() {
+        let done = abnormal(
+            json!({"phase": "Succeeded", "identifiable": true, "recoverable": false,
+            "conditions": [
+                {"type": "Accepted", "status": "True", "message": "routed to node node-a", "lastTransitionTime": "2026-11-22T10:00:00Z"},
+                {"type": "Identified", "status": "True", "lastTransitionTime": "2026-11-22T10:00:02Z"}],
+            "rootCause": {"summary": "disk full", "reason": "DiskFull"}}),
+        );
+        let much_later: jiff::Timestamp = "2026-11-22T10:30:00Z".parse().unwrap();
+        assert_eq!(
+            progress(None, &done, much_later, Style::PLAIN),
+            [
+                "Abnormal ns/w (source Custom, node node-a)",
+                "   +0s  accepted  routed to node node-a",
+                "   +2s  root cause  disk full (DiskFull)",
+                "   +2s  Succeeded"
+            ]
+        );
+    }
+
+    #[test]
     fn a_rejection_and_a_wait_for_the_pod_are_explained() {
         let pending = abnormal(Value::Null);
         let waiting = abnormal(json!({"identifiable": false, "recoverable": false,
@@ -427,7 +452,7 @@ mod tests {
         let lines = progress(Some(&waiting), &rejected, now(), Style::PLAIN);
         assert_eq!(
             lines[0],
-            "   +0s  rejected  ProcessorNotFound: spec.assignedDiagnosers[0] names Diagnoser ns/x, which does not exist"
+            "   +3s  rejected  ProcessorNotFound: spec.assignedDiagnosers[0] names Diagnoser ns/x, which does not exist"
         );
         assert!(lines[1].starts_with("   +3s  Failed: ProcessorNotFound"));
     }
