@@ -235,7 +235,7 @@ pub fn progress(
             Some(o) => o.result != r.result || o.processor != r.processor,
         };
         if changed {
-            lines.push(step_line(r, origin, style));
+            lines.push(step_line(r, &when(Some(r.start_time.0)), style));
         }
     }
 
@@ -283,10 +283,7 @@ pub fn progress(
     lines
 }
 
-fn step_line(r: &ProcessorRecord, origin: Option<jiff::Timestamp>, style: Style) -> String {
-    let when = origin
-        .map(|o| render::offset(o, r.start_time.0))
-        .unwrap_or_default();
+fn step_line(r: &ProcessorRecord, when: &str, style: Style) -> String {
     let result = match r.result {
         ProcessorResult::Running => style.paint(Tone::Busy, "Running"),
         other => style.paint(render::result_tone(other.as_str()), other.as_str()),
@@ -370,7 +367,7 @@ mod tests {
         );
         assert_eq!(
             progress(Some(&admitted), &running, now(), Style::PLAIN),
-            ["   +1s  InformationCollecting  kube-diagnoser/pod-collector  Running"]
+            ["   +3s  InformationCollecting  kube-diagnoser/pod-collector  Running"]
         );
 
         let diagnosing = abnormal(
@@ -380,7 +377,7 @@ mod tests {
         assert_eq!(
             progress(Some(&running), &diagnosing, now(), Style::PLAIN),
             [
-                "   +1s  InformationCollecting  kube-diagnoser/pod-collector  Succeeded in 4ms: collected 3 pods",
+                "   +3s  InformationCollecting  kube-diagnoser/pod-collector  Succeeded in 4ms: collected 3 pods",
                 "   +3s  now Diagnosing"
             ]
         );
