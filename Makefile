@@ -24,7 +24,7 @@ clean-clusters:
 
 ## test: install what is missing, then run all tests against a real control plane
 test: setup
-	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --all-targets --no-fail-fast
 	$(CARGO) test --workspace --doc
 
 ## lint: formatting and clippy, warnings are errors

@@ -12,7 +12,8 @@ pub struct Builtins {
 }
 
 impl Builtins {
-    /// Every built-in of kdiag's processor crates.
+    /// Every built-in of kdiag's processor crates. Recoverers are bound to a default (most
+    /// restrictive) policy; the agent binds them to the node policy it follows.
     pub fn standard() -> Self {
         let mut b = Self::default();
         for p in kdiag_collectors::all()
@@ -21,7 +22,15 @@ impl Builtins {
         {
             b.insert(p);
         }
+        b.bind_policy(kdiag_recoverers::policy::PolicyHandle::default());
         b
+    }
+
+    /// Binds the recoverers to `policy`.
+    pub fn bind_policy(&mut self, policy: kdiag_recoverers::policy::PolicyHandle) {
+        for p in kdiag_recoverers::all(policy) {
+            self.insert(p);
+        }
     }
 
     pub fn insert(&mut self, p: Arc<dyn Processor>) {

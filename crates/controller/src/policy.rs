@@ -2,36 +2,25 @@
 //! changes. A policy that does not parse is reported and replaced by the defaults, which are the
 //! most restrictive: a typo never widens what kdiag may do.
 
-use std::sync::{Arc, RwLock};
-
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kdiag_recoverers::policy::Policy;
+pub use kdiag_recoverers::policy::PolicyHandle;
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 
 /// The ConfigMap key holding the policy.
 pub const POLICY_KEY: &str = "policy.yaml";
 
-/// The current policy, shared by every step.
-#[derive(Clone, Default)]
-pub struct PolicyHandle(Arc<RwLock<Arc<Policy>>>);
+/// Follows ConfigMap `namespace/name` into `handle` until the process ends.
+pub async fn follow(handle: PolicyHandle, client: kube::Client, namespace: String, name: String) {
+    Follower(handle).follow(client, namespace, name).await
+}
 
-impl PolicyHandle {
-    pub fn new(policy: Policy) -> Self {
-        Self(Arc::new(RwLock::new(Arc::new(policy))))
-    }
+struct Follower(PolicyHandle);
 
-    pub fn current(&self) -> Arc<Policy> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    pub fn set(&self, policy: Policy) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
-    }
-
-    /// Follows ConfigMap `namespace/name` until the process ends.
-    pub async fn follow(self, client: kube::Client, namespace: String, name: String) {
+impl Follower {
+    async fn follow(self, client: kube::Client, namespace: String, name: String) {
         let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
         let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
         let mut stream = watcher(api, config).default_backoff().boxed();
@@ -42,7 +31,7 @@ impl PolicyHandle {
                 }
                 Ok(watcher::Event::Delete(_)) => {
                     tracing::info!(configmap = %format!("{namespace}/{name}"), "node policy deleted; using the defaults");
-                    self.set(Policy::default());
+                    self.0.set(Policy::default());
                 }
                 Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
                 Err(e) => {
@@ -62,11 +51,11 @@ impl PolicyHandle {
         match Policy::from_yaml(&text) {
             Ok(p) => {
                 tracing::info!(configmap = %format!("{namespace}/{name}"), "node policy loaded");
-                self.set(p);
+                self.0.set(p);
             }
             Err(e) => {
                 tracing::error!(configmap = %format!("{namespace}/{name}"), error = %e, "node policy is invalid; using the restrictive defaults until it is fixed");
-                self.set(Policy::default());
+                self.0.set(Policy::default());
             }
         }
     }

@@ -156,8 +156,7 @@ async fn the_controller_may_admit_and_collect_abnormals_and_nothing_more() {
         ],
         &[
             "get",
-            "customresourcedefinitions",
-            "abnormals.diagnosis.netease.com",
+            "customresourcedefinitions/abnormals.diagnosis.netease.com",
         ],
         &[
             "delete",

@@ -1,6 +1,9 @@
 //! The node policy: what kdiag may do on a node. Read by the agent from a ConfigMap; without one,
 //! the defaults allow only a small set of read-only diagnostic commands and no recovery.
 
+use std::sync::{Arc, RwLock};
+
+use nix::sys::signal::Signal;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
@@ -8,12 +11,67 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicySpec {
-    /// Record what would have been done instead of doing it: commands not in the read-only
-    /// default set, recoverers and signals.
+    /// Record what would have been done instead of doing it: commands, recoverers and signals.
     #[serde(default)]
     pub dry_run: bool,
     #[serde(default)]
     pub commands: CommandRules,
+    #[serde(default)]
+    pub recoverers: RecovererRules,
+    #[serde(default)]
+    pub signals: SignalRules,
+    #[serde(default)]
+    pub budget: BudgetRules,
+}
+
+/// Which recoverers may run on this node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RecovererRules {
+    /// Registrations (namespace/name; `*` matches any part) that may run as recoverers. Default:
+    /// all, because signals — the only built-in action — are denied by default.
+    #[serde(default = "all")]
+    pub allow: Vec<String>,
+}
+
+impl Default for RecovererRules {
+    fn default() -> Self {
+        Self { allow: all() }
+    }
+}
+
+fn all() -> Vec<String> {
+    vec!["*".into()]
+}
+
+/// Which signals signal-recoverer may send.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SignalRules {
+    /// Signal names (SIGTERM, SIGKILL, …) or numbers. Default: none.
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+/// How many recoveries a node may run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BudgetRules {
+    /// Recoverers run on this node in any hour, at most. Default 10.
+    #[serde(default = "ten")]
+    pub recoveries_per_hour: u32,
+}
+
+impl Default for BudgetRules {
+    fn default() -> Self {
+        Self {
+            recoveries_per_hour: 10,
+        }
+    }
+}
+
+fn ten() -> u32 {
+    10
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,6 +160,8 @@ pub enum PolicyError {
     },
     #[error("the node policy's commands.allow[{index}].argv is empty; name at least the program")]
     EmptyArgv { index: usize },
+    #[error("the node policy's signals.allow has {0:?}, which is not a signal name or number")]
+    Signal(String),
 }
 
 /// A denial: the rule that denied and why, for the step's record.
@@ -109,6 +169,21 @@ pub enum PolicyError {
 pub struct Denied {
     pub rule: String,
     pub message: String,
+}
+
+/// A signal by name (SIGKILL, KILL, kill) or number (9).
+pub fn parse_signal(s: &str) -> Option<Signal> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).ok();
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse().ok()
 }
 
 impl Default for Policy {
@@ -137,6 +212,14 @@ impl Policy {
                 };
             commands.push((r.argv.clone(), re));
         }
+        if let Some(bad) = spec
+            .signals
+            .allow
+            .iter()
+            .find(|s| parse_signal(s).is_none())
+        {
+            return Err(PolicyError::Signal(bad.clone()));
+        }
         Ok(Self { spec, commands })
     }
 
@@ -145,6 +228,46 @@ impl Policy {
         let spec: PolicySpec =
             serde_yaml::from_str(text).map_err(|e| PolicyError::Parse(e.to_string()))?;
         Self::new(spec)
+    }
+
+    /// May the recoverer registered as `namespace/name` run?
+    pub fn allows_recoverer(&self, registration: &str) -> Result<(), Denied> {
+        let (ns, name) = registration.split_once('/').unwrap_or(("", registration));
+        let ok = self.spec.recoverers.allow.iter().any(|rule| {
+            let (rns, rname) = rule.split_once('/').unwrap_or(("*", rule));
+            (rns == "*" || rns == ns) && (rname == "*" || rname == name)
+        });
+        if ok {
+            Ok(())
+        } else {
+            Err(Denied {
+                rule: "recoverers.allow".into(),
+                message: format!(
+                    "recoverer {registration} is not in the node policy's recoverer allow-list; add it to the kdiag-policy ConfigMap (docs/policy.md) if it should run"
+                ),
+            })
+        }
+    }
+
+    /// May this signal be sent?
+    pub fn allows_signal(&self, signal: Signal) -> Result<(), Denied> {
+        let ok = self
+            .spec
+            .signals
+            .allow
+            .iter()
+            .any(|s| parse_signal(s) == Some(signal));
+        if ok {
+            Ok(())
+        } else {
+            Err(Denied {
+                rule: "signals.allow".into(),
+                message: format!(
+                    "{} is not in the node policy's signal allow-list (default: none); add it to the kdiag-policy ConfigMap (docs/policy.md) to let signal-recoverer send it",
+                    signal.as_str()
+                ),
+            })
+        }
     }
 
     /// May this argv run?
@@ -225,6 +348,37 @@ mod tests {
     }
 
     #[test]
+    fn by_default_no_signal_may_be_sent_and_recoverers_are_gated_by_name() {
+        let p = Policy::default();
+        assert_eq!(
+            p.allows_signal(Signal::SIGKILL).unwrap_err().rule,
+            "signals.allow"
+        );
+        assert!(
+            p.allows_recoverer("kube-diagnoser/signal-recoverer")
+                .is_ok()
+        );
+        let p = Policy::from_yaml(
+            "recoverers:\n  allow: [kube-diagnoser/*]\nsignals:\n  allow: [SIGTERM, kill, \"2\"]\n",
+        )
+        .unwrap();
+        assert!(
+            p.allows_recoverer("kube-diagnoser/signal-recoverer")
+                .is_ok()
+        );
+        assert_eq!(
+            p.allows_recoverer("team/fixer").unwrap_err().rule,
+            "recoverers.allow"
+        );
+        for s in [Signal::SIGTERM, Signal::SIGKILL, Signal::SIGINT] {
+            assert!(p.allows_signal(s).is_ok(), "{s}");
+        }
+        assert!(p.allows_signal(Signal::SIGHUP).is_err());
+        let e = Policy::from_yaml("signals:\n  allow: [SIGNOPE]\n").unwrap_err();
+        assert!(e.to_string().contains("SIGNOPE"), "{e}");
+    }
+
+    #[test]
     fn a_policy_can_allow_more_and_reports_bad_patterns_clearly() {
         let p = Policy::from_yaml(
             "commands:\n  allow:\n  - argv: [kill, \"-10\"]\n    argsMatch: '[0-9]+'\n",
@@ -240,5 +394,23 @@ mod tests {
         );
         let err = Policy::from_yaml("comands: {}\n").unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+}
+
+/// The current policy, shared by every step and swapped whole when the ConfigMap changes.
+#[derive(Clone, Default)]
+pub struct PolicyHandle(Arc<RwLock<Arc<Policy>>>);
+
+impl PolicyHandle {
+    pub fn new(policy: Policy) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(policy))))
+    }
+
+    pub fn current(&self) -> Arc<Policy> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set(&self, policy: Policy) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
     }
 }

@@ -28,6 +28,8 @@ pub struct Executor {
     pub max_step_output_bytes: usize,
     pub node: Arc<kdiag_api::plugin::NodeEnvironment>,
     pub command_output_cap: usize,
+    /// Recoveries run on this node in the last hour.
+    pub recovery_budget: kdiag_recoverers::budget::RecoveryBudget,
 }
 
 impl Executor {
@@ -105,6 +107,11 @@ impl Executor {
                 }
             ));
         };
+        if stage == Stage::Recovering
+            && let Some(denied) = self.recovery_denied(&registration.to_string(), spec.is_builtin())
+        {
+            return (ProcessorResult::Skipped, denied, StepOutput::None);
+        }
         match resolve(&self.client, &self.builtins, &registration, stage, &spec).await {
             Err(message) => failed(message),
             Ok(Target::Builtin(processor, timeout)) => {
@@ -152,6 +159,32 @@ impl Executor {
                 Err(e) => failed(e.to_string()),
             },
         }
+    }
+}
+
+impl Executor {
+    /// Why the node policy stops this recoverer, if it does: not allowed, dry run (for an HTTP
+    /// recoverer; built-ins record their own dry run), or the hourly budget is spent.
+    fn recovery_denied(&self, registration: &str, builtin: bool) -> Option<String> {
+        let policy = self.policy.current();
+        if let Err(d) = policy.allows_recoverer(registration) {
+            return Some(format!("denied by policy rule {}: {}", d.rule, d.message));
+        }
+        if policy.spec.dry_run && !builtin {
+            return Some(format!(
+                "dry run: would have called recoverer {registration}; nothing was done (the node policy has dryRun: true)"
+            ));
+        }
+        let per_hour = policy.spec.budget.recoveries_per_hour;
+        if let Err(ran) = self
+            .recovery_budget
+            .take(std::time::Instant::now(), per_hour)
+        {
+            return Some(format!(
+                "denied by policy rule budget.recoveriesPerHour: {ran} recoveries ran on this node in the last hour (the limit is {per_hour}); try again later or raise the budget"
+            ));
+        }
+        None
     }
 }
 

@@ -87,6 +87,8 @@ pub struct Agent {
 /// Handles to a running agent.
 pub struct AgentHandle {
     pub ready: Arc<AtomicBool>,
+    /// The built-ins, bound to this agent's node policy (serve these over HTTP too).
+    pub builtins: Builtins,
     pub store: Store<DeserializeGuard<Abnormal>>,
     pub policy: PolicyHandle,
     pub executor_view: Arc<Agent>,
@@ -106,6 +108,8 @@ pub fn start(
 ) {
     let (registrations, registrations_driver) = Registrations::watch(&client);
     let policy = PolicyHandle::default();
+    let mut builtins = builtins;
+    builtins.bind_policy(policy.clone());
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -118,8 +122,9 @@ pub fn start(
         executor: Executor {
             client: client.clone(),
             node_name: config.node_name.clone(),
-            builtins,
+            builtins: builtins.clone(),
             registrations: registrations.clone(),
+            recovery_budget: Default::default(),
             plugins: PluginClient::default(),
             policy: policy.clone(),
             profilers: Arc::new(Profilers {
@@ -149,6 +154,7 @@ pub fn start(
 
     let handle = AgentHandle {
         ready: ready.clone(),
+        builtins,
         store: store.clone(),
         policy: policy.clone(),
         executor_view: agent.clone(),
@@ -156,7 +162,12 @@ pub fn start(
     let (policy_ns, policy_name) = config.policy_configmap.clone();
     let node = config.node_name.clone();
     let driver = async move {
-        let policy_task = tokio::spawn(policy.follow(client.clone(), policy_ns, policy_name));
+        let policy_task = tokio::spawn(crate::policy::follow(
+            policy,
+            client.clone(),
+            policy_ns,
+            policy_name,
+        ));
         let registrations_task = tokio::spawn(registrations_driver);
         let readiness = {
             let (store, registrations, ready) =

@@ -98,7 +98,7 @@ pub fn agent_server_state(
         }),
         ready: vec![("the agent's watches".into(), handle.ready.clone())],
         processors: Some(ProcessorService {
-            builtins: Builtins::standard(),
+            builtins: handle.builtins.clone(),
             client,
             node_name: args.node_name.clone(),
             max_output_bytes: args.max_step_output_bytes,

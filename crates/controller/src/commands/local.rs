@@ -146,7 +146,7 @@ async fn serve(
             ("the agent's watches".into(), a_handle.ready.clone()),
         ],
         processors: Some(ProcessorService {
-            builtins: Builtins::standard(),
+            builtins: a_handle.builtins.clone(),
             client: agent_client,
             node_name: node.clone(),
             max_output_bytes: Limits::default().max_step_output_bytes,

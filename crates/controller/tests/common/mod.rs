@@ -204,7 +204,7 @@ impl TestAgent {
             refresh: Arc::new(|| {}),
             ready: vec![("agent".into(), handle.ready.clone())],
             processors: Some(ProcessorService {
-                builtins: Builtins::standard(),
+                builtins: handle.builtins.clone(),
                 client,
                 node_name: node.into(),
                 max_output_bytes: 512 * 1024,
