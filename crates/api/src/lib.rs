@@ -26,10 +26,10 @@ mod schema;
 pub use diagnosis::NamespacedName;
 pub use diagnosis::abnormal::{
     Abnormal, AbnormalCondition, AbnormalConditionType, AbnormalPhase, AbnormalSourceType,
-    AbnormalSpec, AbnormalStatus, CommandExecutorSpec, CommandExecutorStatus, ConditionStatus,
-    Evidence, GoProfilerSpec, JavaProfilerSpec, JavaProfilerType, PodReference, ProbeReference,
-    ProcessorKind, ProcessorRecord, ProcessorResult, ProcessorType, ProfilerSpec, ProfilerStatus,
-    PrometheusAlert, RootCause, Stage,
+    AbnormalSpec, AbnormalStatus, CauseCandidate, CommandExecutorSpec, CommandExecutorStatus,
+    ConditionStatus, Evidence, GoProfilerSpec, JavaProfilerSpec, JavaProfilerType, PodReference,
+    ProbeReference, ProcessorKind, ProcessorRecord, ProcessorResult, ProcessorType, ProfilerSpec,
+    ProfilerStatus, PrometheusAlert, RootCause, Stage,
 };
 pub use diagnosis::context_keys;
 pub use diagnosis::processor::{

@@ -102,6 +102,17 @@ pub struct ControllerArgs {
     /// A periodic probe's results not refreshed for this many intervals are marked stale (UNKNOWN).
     #[arg(long, default_value_t = 3)]
     pub probe_stale_intervals: u32,
+    /// The pod triage's collectors (comma-separated; a bare name is in kube-diagnoser), used when
+    /// an Abnormal names a pod and no processors. Unregistered ones are left out.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "pod-detail-collector,container-collector,process-collector,kernel-log-collector"
+    )]
+    pub triage_collectors: Vec<String>,
+    /// The pod triage's diagnosers.
+    #[arg(long, value_delimiter = ',', default_value = "pod-triage-diagnoser")]
+    pub triage_diagnosers: Vec<String>,
     /// Abnormals one Event or alert source may create: BURST:PER_MINUTE.
     #[arg(long, default_value = "20:6", value_parser = parse_budget)]
     pub source_budget: crate::sources::storm::Budget,

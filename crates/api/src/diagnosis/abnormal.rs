@@ -547,6 +547,23 @@ pub struct RootCause {
     /// The facts the conclusion rests on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub evidence: Vec<Evidence>,
+    /// When the cause first showed, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
+    /// Other causes found at the same time, most likely first (the root cause above ranks first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub others: Vec<CauseCandidate>,
+}
+
+/// kdiag extension: another cause a diagnoser found, ranked below the root cause.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CauseCandidate {
+    pub reason: String,
+    pub summary: String,
+    /// When it first showed, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
 }
 
 /// kdiag extension: one fact a root cause rests on.

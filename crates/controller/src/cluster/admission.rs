@@ -246,6 +246,64 @@ pub fn decide(
     }
 }
 
+/// The processors a pod is triaged with when its Abnormal names none: one documented default
+/// (docs/triage.md), made of registered processors like any other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Triage {
+    pub collectors: Vec<NamespacedName>,
+    pub diagnosers: Vec<NamespacedName>,
+}
+
+impl Default for Triage {
+    fn default() -> Self {
+        let ns = kdiag_api::SYSTEM_NAMESPACE;
+        Self {
+            collectors: [
+                "pod-detail-collector",
+                "container-collector",
+                "process-collector",
+                "kernel-log-collector",
+            ]
+            .into_iter()
+            .map(|n| NamespacedName::new(ns, n))
+            .collect(),
+            diagnosers: vec![NamespacedName::new(ns, "pod-triage-diagnoser")],
+        }
+    }
+}
+
+/// True when the pod triage applies: a pod, and no processor, command or profiler named.
+pub fn wants_triage(a: &Abnormal) -> bool {
+    let s = &a.spec;
+    s.pod_reference.is_some()
+        && s.assigned_information_collectors.is_empty()
+        && s.assigned_diagnosers.is_empty()
+        && s.assigned_recoverers.is_empty()
+        && s.command_executors.is_empty()
+        && s.profilers.is_empty()
+}
+
+/// The Abnormal with the triage's registered processors filled in, if it applies.
+pub fn with_triage(a: &Abnormal, triage: &Triage, registry: &dyn Registry) -> Option<Abnormal> {
+    if !wants_triage(a) {
+        return None;
+    }
+    let mut out = a.clone();
+    out.spec.assigned_information_collectors = triage
+        .collectors
+        .iter()
+        .filter(|n| registry.get(Stage::InformationCollecting, n).is_some())
+        .cloned()
+        .collect();
+    out.spec.assigned_diagnosers = triage
+        .diagnosers
+        .iter()
+        .filter(|n| registry.get(Stage::Diagnosing, n).is_some())
+        .cloned()
+        .collect();
+    Some(out)
+}
+
 /// The pod an Abnormal refers to, as namespace/name (its own namespace by default).
 pub fn pod_key(abnormal: &Abnormal) -> String {
     let p = abnormal.spec.pod_reference.clone().unwrap_or_default();
@@ -440,6 +498,38 @@ mod tests {
             {"name": "p", "type": "Diagnoser", "go": {"source": "http://x/debug/pprof/heap"}},
             {"name": "p", "type": "Diagnoser", "go": {"source": "http://x/debug/pprof/heap"}}]})));
         assert!(m.contains("used twice"), "{m}");
+    }
+
+    #[test]
+    fn a_pod_abnormal_without_processors_gets_the_registered_part_of_the_triage() {
+        let a = abnormal(json!({"podReference": {"name": "web"}}));
+        let triage = Triage {
+            collectors: vec![
+                NamespacedName::new("kube-diagnoser", "pod-collector"),
+                NamespacedName::new("kube-diagnoser", "gone"),
+            ],
+            diagnosers: vec![NamespacedName::new("kube-diagnoser", "remote")],
+        };
+        let t = with_triage(&a, &triage, &registry()).unwrap();
+        assert_eq!(
+            t.spec.assigned_information_collectors,
+            [NamespacedName::new("kube-diagnoser", "pod-collector")]
+        );
+        assert_eq!(
+            t.spec.assigned_diagnosers,
+            [NamespacedName::new("kube-diagnoser", "remote")]
+        );
+        let named = abnormal(
+            json!({"podReference": {"name": "web"}, "assignedDiagnosers": [{"namespace": "kube-diagnoser", "name": "remote"}]}),
+        );
+        assert!(
+            with_triage(&named, &triage, &registry()).is_none(),
+            "a user's choice is kept"
+        );
+        assert!(
+            with_triage(&abnormal(json!({"nodeName": "n"})), &triage, &registry()).is_none(),
+            "a node is not a pod"
+        );
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub struct ControllerConfig {
     pub alert_namespace: String,
     /// A bearer token alert deliveries must carry, if any.
     pub alert_token: Option<String>,
+    /// The processors a pod is triaged with when its Abnormal names none.
+    pub triage: admission::Triage,
 }
 
 impl Default for ControllerConfig {
@@ -65,6 +67,7 @@ impl Default for ControllerConfig {
             source_budgets: Default::default(),
             alert_namespace: kdiag_api::SYSTEM_NAMESPACE.into(),
             alert_token: None,
+            triage: Default::default(),
         }
     }
 }
@@ -276,7 +279,14 @@ async fn admit(ctx: &Ctx, abnormal: &Abnormal) -> Result<Action, ControllerError
         registrations: &ctx.registrations,
         builtins: &ctx.builtins,
     };
-    let decision = admission::decide(abnormal, &registry, &pod, waited, ctx.config.pod_wait);
+    let triaged = admission::with_triage(abnormal, &ctx.config.triage, &registry);
+    let decision = admission::decide(
+        triaged.as_ref().unwrap_or(abnormal),
+        &registry,
+        &pod,
+        waited,
+        ctx.config.pod_wait,
+    );
     let api: Api<Abnormal> = Api::namespaced(
         ctx.client.clone(),
         &abnormal.namespace().unwrap_or_default(),
@@ -379,10 +389,20 @@ async fn route(ctx: &Ctx, abnormal: &Abnormal, node: &str) -> Result<(), Control
         ctx.client.clone(),
         &abnormal.namespace().unwrap_or_default(),
     );
-    let patch = serde_json::json!({
+    let mut patch = serde_json::json!({
         "metadata": {"labels": {NODE_LABEL: node_label_value(node)}},
         "spec": {"nodeName": node},
     });
+    // The triage's processors arrive with the routing label, so the agent sees them at once.
+    let registry = AdmissionRegistry {
+        registrations: &ctx.registrations,
+        builtins: &ctx.builtins,
+    };
+    if let Some(t) = admission::with_triage(abnormal, &ctx.config.triage, &registry) {
+        patch["spec"]["assignedInformationCollectors"] =
+            serde_json::json!(t.spec.assigned_information_collectors);
+        patch["spec"]["assignedDiagnosers"] = serde_json::json!(t.spec.assigned_diagnosers);
+    }
     api.patch(
         &abnormal.name_any(),
         &PatchParams::default(),

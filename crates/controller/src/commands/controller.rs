@@ -49,6 +49,18 @@ pub fn controller_config(args: &ControllerArgs) -> ControllerConfig {
             per_node: args.source_node_budget,
         },
         alert_namespace: args.alert_namespace.clone(),
+        triage: crate::cluster::admission::Triage {
+            collectors: args
+                .triage_collectors
+                .iter()
+                .map(|n| registration(n))
+                .collect(),
+            diagnosers: args
+                .triage_diagnosers
+                .iter()
+                .map(|n| registration(n))
+                .collect(),
+        },
         alert_token: args.alert_token.clone(),
         runner: crate::probes::runner::RunnerConfig {
             report_url: args.probe_report_url.clone(),
@@ -79,5 +91,13 @@ pub fn controller_server_state(
         processors: None,
         probe_reports: Some(client),
         alerts: Some(handle.alerts.clone()),
+    }
+}
+
+/// `ns/name`, or a bare name in kube-diagnoser.
+fn registration(s: &str) -> kdiag_api::NamespacedName {
+    match s.trim().split_once('/') {
+        Some((ns, name)) => kdiag_api::NamespacedName::new(ns, name),
+        None => kdiag_api::NamespacedName::new(kdiag_api::SYSTEM_NAMESPACE, s.trim()),
     }
 }

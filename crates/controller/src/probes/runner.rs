@@ -495,24 +495,31 @@ async fn reported_since(
         }))
 }
 
-/// KubeProber's message for a failed checker pod: `pod running failed, reason: …, message: …`.
+/// KubeProber's message for a failed checker pod: `pod running failed, reason: …, message: …`,
+/// followed by `(pod <name>)` so the trigger can point the diagnosis at it.
 pub fn pod_failure_message(
     pods: &[Pod],
     job_reason: Option<&str>,
     job_message: Option<&str>,
 ) -> String {
-    let terminated = pods
-        .iter()
-        .filter_map(|p| p.status.as_ref())
-        .flat_map(|s| s.container_statuses.clone().unwrap_or_default())
-        .find_map(|cs| {
-            cs.state
-                .and_then(|st| st.terminated)
-                .filter(|t| t.exit_code != 0)
-        });
-    match terminated {
-        Some(t) => format!(
-            "pod running failed, reason: {}, message: exit code {}{}",
+    let failed = pods.iter().find_map(|p| {
+        let terminated = p
+            .status
+            .as_ref()?
+            .container_statuses
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|cs| {
+                cs.state
+                    .and_then(|st| st.terminated)
+                    .filter(|t| t.exit_code != 0)
+            })?;
+        Some((p.metadata.name.clone().unwrap_or_default(), terminated))
+    });
+    match failed {
+        Some((pod, t)) => format!(
+            "pod running failed, reason: {}, message: exit code {}{} (pod {pod})",
             t.reason.unwrap_or_else(|| "Error".into()),
             t.exit_code,
             t.message
@@ -520,9 +527,13 @@ pub fn pod_failure_message(
                 .unwrap_or_default()
         ),
         None => format!(
-            "pod running failed, reason: {}, message: {}",
+            "pod running failed, reason: {}, message: {}{}",
             job_reason.unwrap_or("Failed"),
-            job_message.unwrap_or("the checker Job failed")
+            job_message.unwrap_or("the checker Job failed"),
+            pods.first()
+                .and_then(|p| p.metadata.name.clone())
+                .map(|n| format!(" (pod {n})"))
+                .unwrap_or_default()
         ),
     }
 }
@@ -531,9 +542,14 @@ pub fn pod_failure_message(
 pub fn unschedulable_for(pods: &[Pod], after: Duration) -> Option<String> {
     let now_ts = jiff::Timestamp::now();
     pods.iter()
-        .filter_map(|p| p.status.as_ref()?.conditions.as_ref())
-        .flatten()
-        .find_map(|c| {
+        .filter_map(|p| {
+            Some((
+                p.metadata.name.clone().unwrap_or_default(),
+                p.status.as_ref()?.conditions.as_ref()?,
+            ))
+        })
+        .flat_map(|(pod, cs)| cs.iter().map(move |c| (pod.clone(), c)))
+        .find_map(|(pod, c)| {
             let since = c.last_transition_time.as_ref()?.0;
             (c.type_ == "PodScheduled"
                 && c.status == "False"
@@ -541,7 +557,7 @@ pub fn unschedulable_for(pods: &[Pod], after: Duration) -> Option<String> {
                 && now_ts.duration_since(since).unsigned_abs() >= after)
                 .then(|| {
                     format!(
-                        "pod running failed, reason: Unschedulable, message: {}",
+                        "pod running failed, reason: Unschedulable, message: {} (pod {pod})",
                         c.message.clone().unwrap_or_default()
                     )
                 })

@@ -318,6 +318,11 @@ async fn resolve_nodes(
         .collect())
 }
 
+/// Node-level collectors for a probe failure whose source names no processors and that is not
+/// about a pod.
+const NODE_DEFAULT_COLLECTORS: [&str; 3] =
+    ["node-collector", "kernel-log-collector", "pod-collector"];
+
 fn build_abnormal(
     ps: &ProbeStatus,
     checker: &ProbeCheckerStatus,
@@ -329,6 +334,22 @@ fn build_abnormal(
     let mut spec = source.abnormal_spec();
     spec.source = AbnormalSourceType::ProbeStatus;
     spec.node_name = node.to_owned();
+    let names_nothing = spec.assigned_information_collectors.is_empty()
+        && spec.assigned_diagnosers.is_empty()
+        && spec.assigned_recoverers.is_empty()
+        && spec.command_executors.is_empty()
+        && spec.profilers.is_empty();
+    if names_nothing {
+        if let Some(pod) = failed_probe_pod(ps, checker) {
+            // The probe's own pod failed: the pod triage explains why (docs/triage.md).
+            spec.pod_reference = Some(pod);
+        } else {
+            spec.assigned_information_collectors = NODE_DEFAULT_COLLECTORS
+                .iter()
+                .map(|n| kdiag_api::NamespacedName::new(kdiag_api::SYSTEM_NAMESPACE, *n))
+                .collect();
+        }
+    }
     spec.probe_status = Some(ProbeReference {
         namespace: ns.clone(),
         name: ps.name_any(),
@@ -444,4 +465,25 @@ async fn write_summary(ctx: &TriggerCtx, ps: &ProbeStatus) -> Result<(), Trigger
         source: Box::new(e),
     })?;
     Ok(())
+}
+
+/// The checker pod behind the runner's "pod running failed" result, named in its message, if it is
+/// one. The runner reports a broken checker pod as a checker named after the probe.
+fn failed_probe_pod(
+    ps: &ProbeStatus,
+    checker: &ProbeCheckerStatus,
+) -> Option<kdiag_api::PodReference> {
+    if checker.name != ps.name_any() || !checker.message.starts_with("pod running failed") {
+        return None;
+    }
+    let start = checker.message.rfind("(pod ")? + "(pod ".len();
+    let pod = checker.message[start..]
+        .trim_end_matches(')')
+        .trim()
+        .to_owned();
+    Some(kdiag_api::PodReference {
+        namespace: ps.namespace().unwrap_or_default(),
+        name: pod,
+        container_name: String::new(),
+    })
 }

@@ -371,6 +371,7 @@ pub fn conclude(
         processor: String::new(),
         suggestion: first.suggestion.clone(),
         evidence,
+        ..Default::default()
     }))
 }
 

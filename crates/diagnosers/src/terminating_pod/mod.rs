@@ -385,5 +385,6 @@ fn conclude(
         processor: String::new(),
         suggestion: verdict.causes[0].suggestion.clone(),
         evidence,
+        ..Default::default()
     }))
 }
