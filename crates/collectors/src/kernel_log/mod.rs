@@ -2,7 +2,8 @@
 //! hung tasks and I/O errors parsed into entries with wall-clock timestamps.
 //!
 //! Reads the ring buffer from /dev/kmsg without blocking (every record still in it, oldest
-//! first); where the device cannot be opened, falls back to `dmesg --raw`. Kernel stamps are
+//! first); where the device cannot be opened (a container without a device rule), falls back to
+//! syslog(2) (needs only CAP_SYSLOG), then to `dmesg --raw`. Kernel stamps are
 //! microseconds since boot; boot time = now − /proc/uptime turns them into wall-clock times.
 
 pub mod parse;
@@ -53,8 +54,10 @@ pub fn read(kmsg: &Path, proc_root: &Path, deadline: Deadline) -> Result<KernelL
         .map_err(|e| format!("computing boot time from uptime {uptime}: {e}"))?;
     let (source, mut messages, fallback_reason) = match read_kmsg(kmsg, deadline) {
         Ok(m) => (kmsg.display().to_string(), m, None),
-        Err(kmsg_err) => match read_dmesg() {
-            Ok(m) => ("dmesg --raw".to_owned(), m, Some(kmsg_err)),
+        Err(kmsg_err) => match read_syslog()
+            .or_else(|syslog_err| read_dmesg().map_err(|e| format!("{syslog_err}; and {e}")))
+        {
+            Ok((source, m)) => (source, m, Some(kmsg_err)),
             Err(dmesg_err) => {
                 return Err(format!(
                     "cannot read the kernel log: {kmsg_err}; and {dmesg_err}. The agent needs \
@@ -108,7 +111,29 @@ fn read_kmsg(path: &Path, deadline: Deadline) -> Result<Vec<KernelMessage>, Stri
     Ok(out)
 }
 
-fn read_dmesg() -> Result<Vec<KernelMessage>, String> {
+/// The ring buffer through syslog(2), which needs only CAP_SYSLOG: a container may not open
+/// /dev/kmsg without a device rule (privileged), but may make this call.
+fn read_syslog() -> Result<(String, Vec<KernelMessage>), String> {
+    const SIZE_BUFFER: libc::c_int = 10;
+    const READ_ALL: libc::c_int = 3;
+    // SAFETY: SIZE_BUFFER takes no buffer; READ_ALL writes at most `size` bytes into `buf`.
+    let size = unsafe { libc::klogctl(SIZE_BUFFER, std::ptr::null_mut(), 0) };
+    if size <= 0 {
+        return Err(format!("syslog(2): {}", std::io::Error::last_os_error()));
+    }
+    let mut buf = vec![0u8; size as usize];
+    let n = unsafe { libc::klogctl(READ_ALL, buf.as_mut_ptr().cast(), size) };
+    if n < 0 {
+        return Err(format!("syslog(2): {}", std::io::Error::last_os_error()));
+    }
+    let text = String::from_utf8_lossy(&buf[..n as usize]);
+    Ok((
+        "syslog(2)".to_owned(),
+        text.lines().filter_map(parse::parse_dmesg_line).collect(),
+    ))
+}
+
+fn read_dmesg() -> Result<(String, Vec<KernelMessage>), String> {
     let out = std::process::Command::new("dmesg")
         .args(["--raw", "--kernel"])
         .output()
@@ -119,10 +144,13 @@ fn read_dmesg() -> Result<Vec<KernelMessage>, String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(parse::parse_dmesg_line)
-        .collect())
+    Ok((
+        "dmesg --raw".to_owned(),
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(parse::parse_dmesg_line)
+            .collect(),
+    ))
 }
 
 /// Reads the kernel log of the node (`ctx.node.kmsg`).
@@ -230,7 +258,19 @@ pub fn summarize(
         events.io_errors.len()
     );
     if let Some(why) = &log.fallback_reason {
-        message.push_str(&format!(" (dmesg because {why})"));
+        message.push_str(&format!(" (from {} because {why})", log.source));
     }
     (value, message)
+}
+
+#[cfg(test)]
+mod syslog_tests {
+    #[test]
+    fn syslog_2_reads_the_same_ring_buffer_as_dev_kmsg() {
+        // The path a container without /dev/kmsg takes (CAP_SYSLOG only).
+        let (source, messages) = super::read_syslog().expect("syslog(2) as root");
+        assert_eq!(source, "syslog(2)");
+        assert!(!messages.is_empty(), "the ring buffer is not empty");
+        assert!(messages.iter().all(|m| !m.message.is_empty()));
+    }
 }
