@@ -18,6 +18,7 @@ pub mod kernel_log;
 pub mod mounts;
 pub mod node;
 pub mod pod;
+pub mod pod_detail;
 pub mod process;
 pub mod systemd;
 
@@ -30,6 +31,7 @@ pub use file_status::FileStatusCollector;
 pub use kernel_log::KernelLogCollector;
 pub use node::NodeCollector;
 pub use pod::PodCollector;
+pub use pod_detail::PodDetailCollector;
 pub use process::ProcessCollector;
 pub use systemd::SystemdCollector;
 
@@ -37,6 +39,7 @@ pub use systemd::SystemdCollector;
 pub fn all() -> Vec<Arc<dyn Processor>> {
     vec![
         Arc::new(PodCollector),
+        Arc::new(PodDetailCollector),
         Arc::new(ContainerCollector),
         Arc::new(ProcessCollector),
         Arc::new(SystemdCollector),

@@ -6,6 +6,11 @@ mod common;
 use common::*;
 use kdiag_testenv::ControlPlane;
 
+/// The tests of this file share one control plane and each applies config/deploy; two
+/// `kubectl apply` runs at once race (both see an object missing, the second create fails with
+/// AlreadyExists), so they take turns.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn can_i(cp: &ControlPlane, who: &str, args: &[&str]) -> bool {
     let out = cp
         .kubectl()
@@ -28,6 +33,7 @@ fn can_i(cp: &ControlPlane, who: &str, args: &[&str]) -> bool {
 
 #[tokio::test]
 async fn config_crd_and_config_deploy_apply_in_one_kubectl_command() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let cp = kdiag_testenv::control_plane().await;
     let out = cp
         .kubectl()
@@ -81,6 +87,7 @@ async fn config_crd_and_config_deploy_apply_in_one_kubectl_command() {
 
 #[tokio::test]
 async fn the_agent_may_process_its_abnormals_and_nothing_more() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let cp = installed().await;
     let allowed: &[&[&str]] = &[
         &["watch", "abnormals.diagnosis.netease.com", "-A"],
@@ -95,6 +102,18 @@ async fn the_agent_may_process_its_abnormals_and_nothing_more() {
         &["create", "events.events.k8s.io", "-n", "team"],
         &["get", "configmaps", "-n", "kube-diagnoser"],
         &["get", "secrets", "-n", "kube-diagnoser"],
+        // The pod triage: log tails, Events, nodes, claims and the controllers above a pod.
+        &["get", "pods", "--subresource=log", "-n", "team"],
+        &["list", "events", "-A"],
+        &["get", "nodes"],
+        &["list", "nodes"],
+        &["get", "persistentvolumeclaims", "-n", "team"],
+        &["get", "replicasets.apps", "-n", "team"],
+        &["get", "deployments.apps", "-n", "team"],
+        &["get", "statefulsets.apps", "-n", "team"],
+        &["get", "daemonsets.apps", "-n", "team"],
+        &["get", "jobs.batch", "-n", "team"],
+        &["get", "cronjobs.batch", "-n", "team"],
     ];
     for a in allowed {
         assert!(can_i(cp, "kdiag-agent", a), "the agent needs {a:?}");
@@ -108,6 +127,11 @@ async fn the_agent_may_process_its_abnormals_and_nothing_more() {
         &["create", "pods", "-n", "team"],
         &["delete", "pods", "-n", "team"],
         &["update", "nodes"],
+        &["patch", "nodes"],
+        &["create", "pods", "--subresource=exec", "-n", "team"],
+        &["delete", "events", "-n", "team"],
+        &["update", "deployments.apps", "-n", "team"],
+        &["list", "persistentvolumeclaims", "-A"],
         &[
             "create",
             "informationcollectors.diagnosis.netease.com",
@@ -125,6 +149,7 @@ async fn the_agent_may_process_its_abnormals_and_nothing_more() {
 
 #[tokio::test]
 async fn the_controller_may_admit_and_collect_abnormals_and_nothing_more() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let cp = installed().await;
     let allowed: &[&[&str]] = &[
         &["watch", "abnormals.diagnosis.netease.com", "-A"],

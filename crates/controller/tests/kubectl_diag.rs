@@ -539,8 +539,8 @@ async fn kubectl_diag_run_for_a_pod_assigns_the_default_collectors_registered_in
             .assigned_information_collectors
             .first()
             .map(ToString::to_string),
-        Some("kube-diagnoser/pod-collector".to_owned()),
-        "{:?}",
+        Some("kube-diagnoser/pod-detail-collector".to_owned()),
+        "the pod triage's first collector: {:?}",
         a.spec
     );
     assert!(

@@ -5,6 +5,7 @@ pub mod pod_disk_usage;
 pub mod pods;
 pub mod quantity;
 pub mod terminating_pod;
+pub mod triage;
 
 use std::sync::Arc;
 
@@ -12,11 +13,14 @@ use kdiag_api::plugin::Processor;
 
 pub use pod_disk_usage::PodDiskUsageDiagnoser;
 pub use terminating_pod::TerminatingPodDiagnoser;
+pub use triage::{NodeTriageDiagnoser, PodTriageDiagnoser};
 
 /// Every built-in diagnoser.
 pub fn all() -> Vec<Arc<dyn Processor>> {
     vec![
         Arc::new(PodDiskUsageDiagnoser),
         Arc::new(TerminatingPodDiagnoser),
+        Arc::new(PodTriageDiagnoser),
+        Arc::new(NodeTriageDiagnoser),
     ]
 }

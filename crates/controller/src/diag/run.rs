@@ -108,10 +108,13 @@ const NODE_COLLECTORS: &[&str] = &[
 /// The processors `kubectl diag run` assigns for the kinds the command line leaves out. This is
 /// the one place the defaults live.
 ///
-/// - Collectors: the preferred built-ins for a pod or a node that are registered in
-///   kube-diagnoser.
-/// - Diagnosers: every Diagnoser registered in kube-diagnoser, by name; they are tried until one
-///   identifies the cause, so more only costs time when earlier ones find nothing.
+/// - A pod: the pod triage, the same processors the controller assigns to a pod Abnormal that
+///   names none (`Triage::default()`, docs/triage.md), those of them registered. An install
+///   without the triage's registrations gets the older defaults: the preferred pod collectors
+///   and every Diagnoser.
+/// - A node: the preferred node collectors registered in kube-diagnoser, and every Diagnoser
+///   registered there, node-triage-diagnoser first and without pod-triage-diagnoser (it needs a
+///   pod); they are tried until one identifies the cause.
 /// - Recoverers: none. Recovery acts on the cluster and must be asked for.
 pub fn default_processors(target: &Target, registered: &Registered) -> Assigned {
     let in_system = |list: &Option<Vec<NamespacedName>>| -> Vec<NamespacedName> {
@@ -121,18 +124,52 @@ pub fn default_processors(target: &Target, registered: &Registered) -> Assigned 
             .cloned()
             .collect()
     };
-    let preferred = match target {
-        Target::Pod(_) => POD_COLLECTORS,
-        Target::Node(_) => NODE_COLLECTORS,
-    };
     let collectors_there = in_system(&registered.collectors);
-    let collectors = preferred
-        .iter()
-        .map(|name| NamespacedName::new(PROCESSOR_NAMESPACE, *name))
-        .filter(|n| collectors_there.contains(n))
-        .collect();
-    let mut diagnosers = in_system(&registered.diagnosers);
-    diagnosers.sort();
+    let diagnosers_there = in_system(&registered.diagnosers);
+    let preferred = |names: &[&str]| -> Vec<NamespacedName> {
+        names
+            .iter()
+            .map(|name| NamespacedName::new(PROCESSOR_NAMESPACE, *name))
+            .filter(|n| collectors_there.contains(n))
+            .collect()
+    };
+    let mut every_diagnoser = diagnosers_there.clone();
+    every_diagnoser.sort();
+    let (collectors, diagnosers) = match target {
+        Target::Pod(_) => {
+            let triage = crate::cluster::admission::Triage::default();
+            let collectors: Vec<NamespacedName> = triage
+                .collectors
+                .into_iter()
+                .filter(|n| collectors_there.contains(n))
+                .collect();
+            let diagnosers: Vec<NamespacedName> = triage
+                .diagnosers
+                .into_iter()
+                .filter(|n| diagnosers_there.contains(n))
+                .collect();
+            (
+                if collectors.is_empty() {
+                    preferred(POD_COLLECTORS)
+                } else {
+                    collectors
+                },
+                if diagnosers.is_empty() {
+                    every_diagnoser
+                } else {
+                    diagnosers
+                },
+            )
+        }
+        Target::Node(_) => {
+            let node_triage = NamespacedName::new(PROCESSOR_NAMESPACE, "node-triage-diagnoser");
+            let pod_triage = NamespacedName::new(PROCESSOR_NAMESPACE, "pod-triage-diagnoser");
+            every_diagnoser.retain(|n| *n != pod_triage);
+            // The node triage answers for the node as a whole; the others look at its pods.
+            every_diagnoser.sort_by_key(|n| *n != node_triage);
+            (preferred(NODE_COLLECTORS), every_diagnoser)
+        }
+    };
     Assigned {
         collectors,
         diagnosers,
@@ -553,7 +590,42 @@ mod tests {
     }
 
     #[test]
-    fn a_pod_gets_the_registered_pod_collectors_and_every_system_diagnoser_but_no_recoverer() {
+    fn a_pod_gets_the_pod_triage_when_it_is_registered_and_a_node_the_node_triage_first() {
+        let mut r = registered();
+        for name in ["pod-detail-collector", "container-collector"] {
+            r.collectors
+                .as_mut()
+                .unwrap()
+                .push(nn(&format!("kube-diagnoser/{name}")));
+        }
+        for name in ["pod-triage-diagnoser", "node-triage-diagnoser"] {
+            r.diagnosers
+                .as_mut()
+                .unwrap()
+                .push(nn(&format!("kube-diagnoser/{name}")));
+        }
+        let pod = args(&["--pod", "shop/web"]);
+        let chosen = choose(&pod, &parse_target(&pod, "default").unwrap(), &r).unwrap();
+        let triage = crate::cluster::admission::Triage::default();
+        assert_eq!(chosen.collectors, triage.collectors);
+        assert_eq!(chosen.diagnosers, triage.diagnosers);
+        assert!(chosen.recoverers.is_empty());
+        let node = args(&["--node", "n1"]);
+        let chosen = choose(&node, &parse_target(&node, "default").unwrap(), &r).unwrap();
+        assert_eq!(
+            chosen.diagnosers,
+            [
+                nn("kube-diagnoser/node-triage-diagnoser"),
+                nn("kube-diagnoser/a-diag"),
+                nn("kube-diagnoser/z-diag")
+            ],
+            "the node triage first, the pod triage left out"
+        );
+    }
+
+    #[test]
+    fn a_pod_gets_the_registered_part_of_the_triage_and_every_system_diagnoser_without_the_triage_diagnoser()
+     {
         let a = args(&["--pod", "shop/web"]);
         let target = parse_target(&a, "default").unwrap();
         assert_eq!(
@@ -569,7 +641,7 @@ mod tests {
             chosen,
             Assigned {
                 collectors: vec![
-                    nn("kube-diagnoser/pod-collector"),
+                    nn("kube-diagnoser/process-collector"),
                     nn("kube-diagnoser/kernel-log-collector")
                 ],
                 diagnosers: vec![nn("kube-diagnoser/a-diag"), nn("kube-diagnoser/z-diag")],

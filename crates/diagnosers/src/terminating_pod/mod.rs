@@ -49,32 +49,90 @@ impl Processor for TerminatingPodDiagnoser {
         async move {
             let deadline = Deadline::within(ctx.timeout);
             let (terminating, checked) = terminating_pods(ctx, abnormal).await?;
-            let proc_root = ctx.node.proc_root.clone();
-            let snapshot = blocking("the /proc scan", move || {
-                scan::scan(&proc_root, deadline, scan::default_threads())
-            })
-            .await?
-            .map_err(ProcessorError::Failed)?;
-            let (sandboxes, mut notes) = sandboxes_by_pod(ctx, deadline).await;
-            let host_mounts = match mounts::host_mounts(&ctx.node.proc_root) {
-                Ok(m) => m,
-                Err(e) => {
-                    notes.push_str(&format!("; mounts not checked: {e}"));
-                    Vec::new()
-                }
-            };
+            let node = observe(ctx, deadline).await?;
             let pods_dir = ctx.node.kubelet_root.join("pods");
             let facts: Vec<(Pod, PodFacts)> = terminating
                 .into_iter()
                 .map(|pod| {
-                    let f = facts(ctx, &pod, &snapshot, &sandboxes, &host_mounts, &pods_dir);
+                    let f = facts(
+                        ctx,
+                        &pod,
+                        &node.snapshot,
+                        &node.sandboxes,
+                        &node.mounts,
+                        &pods_dir,
+                    );
                     (pod, f)
                 })
                 .collect();
-            conclude(&facts, checked, &notes, &snapshot, ctx.max_output_bytes)
+            conclude(
+                &facts,
+                checked,
+                &node.notes,
+                &node.snapshot,
+                ctx.max_output_bytes,
+            )
         }
         .boxed()
     }
+}
+
+/// What the node shows about its pods: processes, sandboxes and mounts, with notes on what
+/// could not be checked.
+struct NodeView {
+    snapshot: Snapshot,
+    sandboxes: HashMap<String, BTreeSet<String>>,
+    mounts: Vec<mounts::Mount>,
+    notes: String,
+}
+
+async fn observe(ctx: &ProcessorContext, deadline: Deadline) -> Result<NodeView, ProcessorError> {
+    let proc_root = ctx.node.proc_root.clone();
+    let snapshot = blocking("the /proc scan", move || {
+        scan::scan(&proc_root, deadline, scan::default_threads())
+    })
+    .await?
+    .map_err(ProcessorError::Failed)?;
+    let (sandboxes, mut notes) = sandboxes_by_pod(ctx, deadline).await;
+    let mounts = match mounts::host_mounts(&ctx.node.proc_root) {
+        Ok(m) => m,
+        Err(e) => {
+            notes.push_str(&format!("; mounts not checked: {e}"));
+            Vec::new()
+        }
+    };
+    Ok(NodeView {
+        snapshot,
+        sandboxes,
+        mounts,
+        notes,
+    })
+}
+
+/// Judges one terminating pod of this node (the pod triage uses it): the facts gathered, the
+/// verdict, and notes on what could not be checked.
+pub async fn judge_one(
+    ctx: &ProcessorContext,
+    pod: &Pod,
+) -> Result<(PodFacts, Verdict, String), ProcessorError> {
+    let deadline = Deadline::within(ctx.timeout);
+    let node = observe(ctx, deadline).await?;
+    let pods_dir = ctx.node.kubelet_root.join("pods");
+    let f = facts(
+        ctx,
+        pod,
+        &node.snapshot,
+        &node.sandboxes,
+        &node.mounts,
+        &pods_dir,
+    );
+    let verdict = rules::judge(&f, jiff::Timestamp::now());
+    let partial = if node.snapshot.complete {
+        ""
+    } else {
+        "; the /proc scan ran out of time, so some processes may be missing"
+    };
+    Ok((f, verdict, format!("{}{partial}", node.notes)))
 }
 
 /// The terminating pods to look at, and how many pods were checked.

@@ -1,0 +1,360 @@
+//! The triage: `pod-triage-diagnoser` runs every pod rule on the facts the triage collectors
+//! gathered (pod-detail-collector, container-collector, process-collector,
+//! kernel-log-collector), ranks the causes it finds and names the first as the root cause,
+//! the others below it; `node-triage-diagnoser` runs the node rules on a node.
+//!
+//! One module per failure class: [`oom`], [`crash`], [`start`] (could not start: command,
+//! configuration, volumes, sandbox), [`image`], [`schedule`], [`probe`], [`terminating`],
+//! [`evicted`], [`node`]. Each is a pure function of [`facts::Facts`] returning
+//! [`finding::Finding`]s, so the rules are tested on real objects without a cluster.
+
+pub mod crash;
+pub mod evicted;
+pub mod exit_codes;
+pub mod facts;
+pub mod finding;
+pub mod image;
+pub mod node;
+pub mod oom;
+pub mod probe;
+pub mod schedule;
+pub mod start;
+pub mod terminating;
+
+use std::collections::BTreeMap;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use kdiag_api::Abnormal;
+use kdiag_api::context_keys::{NODE_INFORMATION, PROCESS_INFORMATION, SIGNAL_RECOVERY};
+use kdiag_api::plugin::{Processor, ProcessorContext, ProcessorError, ProcessorOutput};
+use kdiag_collectors::budget::{Deadline, blocking};
+use serde_json::{Value, json};
+
+pub use facts::Facts;
+pub use finding::{Finding, Rank};
+
+/// The context key pod-triage-diagnoser writes: every cause found, ranked.
+pub const POD_TRIAGE_DIAGNOSIS: &str = "podTriageDiagnosis";
+/// The context key node-triage-diagnoser writes.
+pub const NODE_TRIAGE_DIAGNOSIS: &str = "nodeTriageDiagnosis";
+
+/// The classes of failure the pod triage checks, in words, for "nothing found" messages.
+const POD_RULES: &str = "OOM kills, crash loops, start and configuration errors (command, ConfigMap, Secret, volume, sandbox), image pulls, scheduling, probes, stuck termination, eviction and the node's conditions";
+
+pub struct PodTriageDiagnoser;
+
+impl Processor for PodTriageDiagnoser {
+    fn name(&self) -> &'static str {
+        "pod-triage-diagnoser"
+    }
+
+    fn process<'a>(
+        &'a self,
+        ctx: &'a ProcessorContext,
+        abnormal: &'a Abnormal,
+    ) -> BoxFuture<'a, Result<ProcessorOutput, ProcessorError>> {
+        async move {
+            let mut facts = Facts::load(ctx, abnormal).await?;
+            terminating::gather(ctx, &mut facts).await;
+            let mut findings = pod_findings(&facts);
+            // Name the pods of the top consumers only when a node pressure finding lists them.
+            if findings.iter().any(|f| f.reason.starts_with("Node"))
+                && facts.processes.is_some()
+                && let Ok(pods) = kdiag_collectors::pod::node_pods(ctx).await
+            {
+                facts.pod_names = names_by_uid(&pods);
+                findings = pod_findings(&facts);
+            }
+            conclude_pod(&facts, findings)
+        }
+        .boxed()
+    }
+}
+
+/// Every pod rule, ranked.
+pub fn pod_findings(f: &Facts) -> Vec<Finding> {
+    let mut all = Vec::new();
+    all.extend(terminating::check(f));
+    all.extend(start::check(f));
+    all.extend(image::check(f));
+    all.extend(oom::check(f));
+    all.extend(evicted::check(f));
+    all.extend(schedule::check(f));
+    all.extend(probe::check(f));
+    all.extend(crash::check(f));
+    all.extend(node::for_pod(f));
+    finding::rank(&mut all);
+    all
+}
+
+fn names_by_uid(pods: &[k8s_openapi::api::core::v1::Pod]) -> BTreeMap<String, String> {
+    pods.iter()
+        .filter_map(|p| {
+            Some((
+                p.metadata.uid.clone()?,
+                format!(
+                    "{}/{}",
+                    p.metadata.namespace.as_deref().unwrap_or("default"),
+                    p.metadata.name.as_deref()?
+                ),
+            ))
+        })
+        .collect()
+}
+
+fn cause_json(f: &Finding) -> Value {
+    json!({
+        "reason": f.reason,
+        "summary": f.summary,
+        "suggestion": f.suggestion,
+        "since": f.since.map(|t| t.to_string()),
+        "lastSeen": f.last_seen.map(|t| t.to_string()),
+        "evidence": f.evidence.iter().take(10).collect::<Vec<_>>(),
+    })
+}
+
+/// What the triage looked at, in one line.
+fn checked(f: &Facts) -> String {
+    let containers = f
+        .containers()
+        .iter()
+        .map(|c| {
+            let s = c.status;
+            let state = s
+                .and_then(|s| s.state.as_ref())
+                .map(|st| {
+                    if st.running.is_some() {
+                        "running".to_owned()
+                    } else if let Some(w) = &st.waiting {
+                        format!("waiting ({})", w.reason.as_deref().unwrap_or("?"))
+                    } else if let Some(t) = &st.terminated {
+                        format!(
+                            "terminated ({}, exit {})",
+                            t.reason.as_deref().unwrap_or("?"),
+                            t.exit_code
+                        )
+                    } else {
+                        "unknown".to_owned()
+                    }
+                })
+                .unwrap_or_else(|| "no status".into());
+            format!(
+                "{} {state}{}, {} restart(s)",
+                c.name,
+                if s.is_some_and(|s| s.ready) {
+                    ", ready"
+                } else {
+                    ""
+                },
+                s.map_or(0, |s| s.restart_count)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let lines: usize = f
+        .detail
+        .logs
+        .iter()
+        .flat_map(|l| [&l.current, &l.previous])
+        .flatten()
+        .map(|t| t.lines.len())
+        .sum();
+    let kernel = match &f.oom_kills {
+        Some(k) => format!("{} kernel OOM kill(s) of its cgroups", k.len()),
+        None => "no kernel log (kernel-log-collector did not run)".into(),
+    };
+    let node = match &f.detail.node {
+        Some(n) => format!(
+            "node {} ({})",
+            n.name,
+            n.conditions
+                .iter()
+                .map(|c| format!("{}={}", c.type_, c.status))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        None => "no node".into(),
+    };
+    let termination = match &f.terminating {
+        Some((_, v, notes)) => format!(
+            "; termination: {}{notes}",
+            if v.note.is_empty() { "judged" } else { &v.note }
+        ),
+        None => String::new(),
+    };
+    format!(
+        "pod {} ({}; {containers}) from {}: {} event(s), {lines} log line(s), {node}, {kernel}{termination}",
+        f.key(),
+        f.phase(),
+        f.detail_source,
+        f.events().len(),
+    )
+}
+
+fn conclude_pod(f: &Facts, findings: Vec<Finding>) -> Result<ProcessorOutput, ProcessorError> {
+    let what = checked(f);
+    let problems = if f.detail.problems.is_empty() {
+        String::new()
+    } else {
+        format!("; could not read: {}", f.detail.problems.join("; "))
+    };
+    let Some(root) = finding::root_cause(&findings) else {
+        return Err(ProcessorError::NotIdentified(format!(
+            "checked {what}; rules: {POD_RULES}; none found a cause{problems}"
+        )));
+    };
+    let mut out = ProcessorOutput::default().with_context(
+        POD_TRIAGE_DIAGNOSIS,
+        json!({
+            "pod": f.key(),
+            "checked": what,
+            "causes": findings.iter().map(cause_json).collect::<Vec<_>>(),
+            "problems": f.detail.problems,
+        }),
+    );
+    // A stuck termination that ending a process fixes: propose the signal, as
+    // terminating-pod-diagnoser does, for signal-recoverer when it is assigned.
+    if let Some((_, verdict, _)) = &f.terminating
+        && let Some(first) = findings.first()
+        && first.rank == Rank::Terminating
+    {
+        let signals: Vec<_> = verdict
+            .causes
+            .iter()
+            .filter(|c| c.reason == first.reason)
+            .flat_map(|c| c.signals.iter())
+            .collect();
+        if !signals.is_empty() {
+            out = out.with_context(
+                SIGNAL_RECOVERY,
+                serde_json::to_value(&signals).unwrap_or_default(),
+            );
+        }
+    }
+    out.message = format!(
+        "{}: {}{}",
+        root.reason,
+        root.summary,
+        if findings.len() > 1 {
+            format!(
+                " (and {} more: {})",
+                findings.len() - 1,
+                findings[1..]
+                    .iter()
+                    .map(|f| f.reason)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        } else {
+            String::new()
+        }
+    );
+    Ok(out.with_root_cause(root))
+}
+
+/// `node-triage-diagnoser`: the node rules for the Abnormal's node (spec.nodeName, else the
+/// agent's own): NotReady and its cause, memory/disk/PID pressure with the top consumers.
+pub struct NodeTriageDiagnoser;
+
+impl Processor for NodeTriageDiagnoser {
+    fn name(&self) -> &'static str {
+        "node-triage-diagnoser"
+    }
+
+    fn process<'a>(
+        &'a self,
+        ctx: &'a ProcessorContext,
+        abnormal: &'a Abnormal,
+    ) -> BoxFuture<'a, Result<ProcessorOutput, ProcessorError>> {
+        async move {
+            let deadline = Deadline::within(ctx.timeout);
+            let name = if abnormal.spec.node_name.is_empty() {
+                ctx.node_name.clone()
+            } else {
+                abnormal.spec.node_name.clone()
+            };
+            let node = kdiag_collectors::pod_detail::node(&ctx.client, &name).await;
+            if !node.error.is_empty() && node.conditions.is_empty() {
+                return Err(ProcessorError::Failed(node.error));
+            }
+            // The processes and filesystems: from the collectors when they ran, else read now
+            // (only this agent's own node can be read).
+            let processes: Option<Vec<facts::Proc>> = match abnormal
+                .context_value(PROCESS_INFORMATION)
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+            {
+                Some(p) => Some(p),
+                None if name == ctx.node_name => {
+                    let proc_root = ctx.node.proc_root.clone();
+                    blocking("the /proc scan", move || {
+                        kdiag_collectors::process::scan::scan(
+                            &proc_root,
+                            deadline,
+                            kdiag_collectors::process::scan::default_threads(),
+                        )
+                    })
+                    .await?
+                    .ok()
+                    .and_then(|s| serde_json::to_value(&s.processes).ok())
+                    .and_then(|v| serde_json::from_value(v).ok())
+                }
+                None => None,
+            };
+            let node_info = match abnormal.context_value(NODE_INFORMATION).cloned() {
+                Some(v) => Some(v),
+                None if name == ctx.node_name => {
+                    let proc_root = ctx.node.proc_root.clone();
+                    blocking("reading the node's state", move || {
+                        kdiag_collectors::node::collect(&proc_root, deadline)
+                    })
+                    .await?
+                    .ok()
+                }
+                None => None,
+            };
+            let pod_names = match kdiag_collectors::pod::node_pods(&ProcessorContext {
+                node_name: name.clone(),
+                ..ctx.clone()
+            })
+            .await
+            {
+                Ok(p) => names_by_uid(&p),
+                Err(_) => BTreeMap::new(),
+            };
+            let inputs = node::NodeInputs {
+                processes: processes.as_deref(),
+                node_info: node_info.as_ref(),
+                pod_names: &pod_names,
+                node_key: NODE_TRIAGE_DIAGNOSIS,
+            };
+            let mut findings = node::check(&node, &inputs);
+            finding::rank(&mut findings);
+            let conditions = node
+                .conditions
+                .iter()
+                .map(|c| format!("{}={}", c.type_, c.status))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let Some(root) = finding::root_cause(&findings) else {
+                return Err(ProcessorError::NotIdentified(format!(
+                    "checked node {name}: conditions {conditions}; {} process(es), {}; rules: NotReady (kubelet, runtime, PLEG, network plugin), memory, disk and PID pressure, network unavailable; none found a cause",
+                    processes.as_ref().map_or(0, Vec::len),
+                    if node_info.is_some() { "its filesystems" } else { "no filesystem data" }
+                )));
+            };
+            let out = ProcessorOutput::message(format!("{}: {}", root.reason, root.summary))
+                .with_context(
+                    NODE_TRIAGE_DIAGNOSIS,
+                    json!({
+                        "node": name,
+                        "conditions": node.conditions,
+                        "events": node.events,
+                        "causes": findings.iter().map(cause_json).collect::<Vec<_>>(),
+                    }),
+                );
+            Ok(out.with_root_cause(root))
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,393 @@
+//! Node trouble: NotReady (the kubelet or the runtime down, PLEG, the network plugin) and
+//! memory, disk or PID pressure, with the top consumers when the node's processes or
+//! filesystems were collected.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::NodeCondition;
+use kdiag_api::Evidence;
+use kdiag_api::context_keys::{NODE_INFORMATION, PROCESS_INFORMATION};
+use kdiag_collectors::pod_detail::resources::human_bytes;
+use kdiag_collectors::pod_detail::{NodeDetail, POD_DETAIL_INFORMATION};
+use serde_json::Value;
+
+use super::facts::Proc;
+use super::finding::{Finding, Rank, quote};
+
+/// What the node rules may use besides the node itself.
+pub struct NodeInputs<'a> {
+    pub processes: Option<&'a [Proc]>,
+    pub node_info: Option<&'a Value>,
+    /// Pod names by UID, to name a process's pod.
+    pub pod_names: &'a BTreeMap<String, String>,
+    /// The evidence's context key for the node object.
+    pub node_key: &'a str,
+}
+
+fn condition<'a>(node: &'a NodeDetail, type_: &str) -> Option<&'a NodeCondition> {
+    node.conditions.iter().find(|c| c.type_ == type_)
+}
+
+fn condition_evidence(node: &NodeDetail, c: &NodeCondition, key: &str) -> Evidence {
+    Evidence {
+        kind: "NodeCondition".into(),
+        message: format!(
+            "{}={} reason {}: {}",
+            c.type_,
+            c.status,
+            c.reason.as_deref().unwrap_or("?"),
+            c.message.as_deref().unwrap_or("").trim()
+        ),
+        object: format!("node/{}", node.name),
+        context_key: key.to_owned(),
+        timestamp: c.last_transition_time.clone(),
+    }
+}
+
+/// Why a node is not ready, in plain words, from its Ready condition.
+fn not_ready_cause(c: &NodeCondition) -> (String, String) {
+    let message = c.message.as_deref().unwrap_or("");
+    let m = message.to_ascii_lowercase();
+    if c.status == "Unknown" || m.contains("stopped posting node status") {
+        (
+            "the kubelet stopped reporting (it is down, hung, or cannot reach the apiserver)".into(),
+            "On the node: systemctl status kubelet and journalctl -u kubelet (crash loop, certificate expired, out of memory or disk); check the network path from the node to the apiserver.".into(),
+        )
+    } else if m.contains("container runtime is down") || m.contains("runtime status check") {
+        (
+            "the container runtime is down".into(),
+            "On the node: systemctl status containerd (or crio) and its log; the kubelet cannot run or see any container until the runtime answers on its socket.".into(),
+        )
+    } else if m.contains("pleg is not healthy") {
+        (
+            "the kubelet's pod lifecycle event generator (PLEG) is stuck: listing containers takes too long".into(),
+            "The runtime is overloaded or hung (too many containers, a stuck shim, slow disk): check the runtime's log and load; restarting the runtime or the kubelet usually clears it.".into(),
+        )
+    } else if m.contains("network plugin") || m.contains("cni") || m.contains("networkready=false")
+    {
+        (
+            "the network plugin is not ready".into(),
+            "The CNI plugin's configuration or daemon is missing on the node: check the CNI pods (DaemonSet) on this node and /etc/cni/net.d.".into(),
+        )
+    } else {
+        (
+            format!("the kubelet reports it not ready: {}", quote(message, 160)),
+            "Read the kubelet's log on the node for the reason it reports.".into(),
+        )
+    }
+}
+
+pub fn check(node: &NodeDetail, inputs: &NodeInputs) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let object = format!("node/{}", node.name);
+    if let Some(ready) = condition(node, "Ready")
+        && ready.status != "True"
+    {
+        let (why, suggestion) = not_ready_cause(ready);
+        let mut f = Finding::new(
+            "NodeNotReady",
+            Rank::Node,
+            format!("node {} is NotReady: {why}", node.name),
+            suggestion,
+        )
+        .with(condition_evidence(node, ready, inputs.node_key));
+        f.seen(ready.last_transition_time.as_ref().map(|t| t.0), None);
+        for e in node
+            .events
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("NodeNotReady"))
+        {
+            f = f.with_event(e, &object);
+        }
+        out.push(f);
+    }
+    for (type_, reason, resource) in [
+        ("MemoryPressure", "NodeMemoryPressure", "memory"),
+        ("DiskPressure", "NodeDiskPressure", "disk"),
+        ("PIDPressure", "NodePIDPressure", "process IDs"),
+    ] {
+        let Some(c) = condition(node, type_) else {
+            continue;
+        };
+        if c.status != "True" {
+            continue;
+        }
+        let (top, evidence) = match type_ {
+            "MemoryPressure" => top_memory(inputs),
+            "DiskPressure" => top_disk(inputs),
+            _ => top_pids(inputs),
+        };
+        let mut f = Finding::new(
+            reason,
+            Rank::Node,
+            format!(
+                "node {} is under {resource} pressure ({}){}",
+                node.name,
+                quote(c.message.as_deref().unwrap_or(""), 100),
+                if top.is_empty() {
+                    String::new()
+                } else {
+                    format!("; top consumers: {top}")
+                }
+            ),
+            match type_ {
+                "MemoryPressure" => "The kubelet evicts pods above their memory requests until memory.available is above its eviction threshold again. Find the largest consumers (listed), set memory requests and limits close to real use, or add memory.".into(),
+                "DiskPressure" => "The kubelet removes unused images and evicts pods by disk use until the filesystem is below its threshold. Free space on the fullest filesystem (listed): container logs, unused images (crictl rmi --prune), emptyDirs, or grow the disk.".into(),
+                _ => "Processes or threads near the node's limit: find the pod forking most (listed) and set a pod PID limit (--pod-max-pids).".into(),
+            },
+        )
+        .with(condition_evidence(node, c, inputs.node_key))
+        .with_all(evidence);
+        f.seen(c.last_transition_time.as_ref().map(|t| t.0), None);
+        for e in node
+            .events
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("EvictionThresholdMet"))
+        {
+            f = f.with_event(e, &object);
+        }
+        out.push(f);
+    }
+    if let Some(c) = condition(node, "NetworkUnavailable")
+        && c.status == "True"
+    {
+        out.push(
+            Finding::new(
+                "NodeNetworkUnavailable",
+                Rank::Node,
+                format!(
+                    "node {} has no working pod network: {}",
+                    node.name,
+                    quote(c.message.as_deref().unwrap_or(""), 160)
+                ),
+                "The network plugin has not configured this node's routes: check its pods on the node and its log.".into(),
+            )
+            .with(condition_evidence(node, c, inputs.node_key)),
+        );
+    }
+    out
+}
+
+fn pod_of(p: &Proc, names: &BTreeMap<String, String>) -> String {
+    match &p.pod_uid {
+        Some(uid) => match names.get(uid) {
+            Some(n) => format!("pod {n}"),
+            None => format!("pod UID {uid}"),
+        },
+        None => "the host".into(),
+    }
+}
+
+fn command(p: &Proc) -> String {
+    if p.command.is_empty() {
+        format!("[{}]", p.name)
+    } else {
+        quote(&p.command.join(" "), 60)
+    }
+}
+
+/// The five processes with the most resident memory.
+fn top_memory(inputs: &NodeInputs) -> (String, Vec<Evidence>) {
+    let Some(procs) = inputs.processes else {
+        return (String::new(), Vec::new());
+    };
+    let mut sorted: Vec<&Proc> = procs.iter().collect();
+    sorted.sort_by_key(|p| std::cmp::Reverse(p.memory_info.rss));
+    let top: Vec<&Proc> = sorted.into_iter().take(5).collect();
+    let text = top
+        .iter()
+        .map(|p| {
+            format!(
+                "pid {} `{}` ({}) {}",
+                p.pid,
+                command(p),
+                pod_of(p, inputs.pod_names),
+                human_bytes(p.memory_info.rss as i64)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let evidence = top
+        .iter()
+        .map(|p| Evidence {
+            kind: "Process".into(),
+            message: format!(
+                "pid {} `{}` of {} holds {} resident",
+                p.pid,
+                command(p),
+                pod_of(p, inputs.pod_names),
+                human_bytes(p.memory_info.rss as i64)
+            ),
+            object: match (
+                &p.pod_uid,
+                p.pod_uid.as_ref().and_then(|u| inputs.pod_names.get(u)),
+            ) {
+                (_, Some(n)) => format!("pod/{n}"),
+                _ => String::new(),
+            },
+            context_key: PROCESS_INFORMATION.into(),
+            timestamp: None,
+        })
+        .collect();
+    (text, evidence)
+}
+
+/// The three fullest filesystems, from node-collector.
+fn top_disk(inputs: &NodeInputs) -> (String, Vec<Evidence>) {
+    let Some(fs) = inputs
+        .node_info
+        .and_then(|v| v.get("filesystems"))
+        .and_then(Value::as_array)
+    else {
+        return (String::new(), Vec::new());
+    };
+    let used = |v: &Value| v.get("usedPercent").and_then(Value::as_f64).unwrap_or(0.0);
+    let mut sorted: Vec<&Value> = fs.iter().collect();
+    sorted.sort_by(|a, b| used(b).total_cmp(&used(a)));
+    let top: Vec<&Value> = sorted.into_iter().take(3).collect();
+    let line = |v: &Value| {
+        format!(
+            "{} {:.0}% used ({} free)",
+            v.get("mountPoint").and_then(Value::as_str).unwrap_or("?"),
+            used(v),
+            human_bytes(v.get("availableBytes").and_then(Value::as_i64).unwrap_or(0))
+        )
+    };
+    (
+        top.iter().map(|v| line(v)).collect::<Vec<_>>().join(", "),
+        top.iter()
+            .map(|v| Evidence {
+                kind: "DiskUsage".into(),
+                message: line(v),
+                object: String::new(),
+                context_key: NODE_INFORMATION.into(),
+                timestamp: None,
+            })
+            .collect(),
+    )
+}
+
+/// The five pods with the most processes.
+fn top_pids(inputs: &NodeInputs) -> (String, Vec<Evidence>) {
+    let Some(procs) = inputs.processes else {
+        return (String::new(), Vec::new());
+    };
+    let mut by_pod: BTreeMap<String, usize> = BTreeMap::new();
+    for p in procs {
+        *by_pod.entry(pod_of(p, inputs.pod_names)).or_default() += 1;
+    }
+    let mut sorted: Vec<(String, usize)> = by_pod.into_iter().collect();
+    sorted.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    sorted.truncate(5);
+    (
+        sorted
+            .iter()
+            .map(|(who, n)| format!("{who}: {n} processes"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        sorted
+            .iter()
+            .map(|(who, n)| Evidence {
+                kind: "Process".into(),
+                message: format!("{who} runs {n} processes"),
+                object: String::new(),
+                context_key: PROCESS_INFORMATION.into(),
+                timestamp: None,
+            })
+            .collect(),
+    )
+}
+
+/// The pod triage's view: the pod's node, as pod-detail-collector read it.
+pub fn for_pod(f: &super::facts::Facts) -> Vec<Finding> {
+    let Some(node) = f.detail.node.as_ref() else {
+        return Vec::new();
+    };
+    let inputs = NodeInputs {
+        processes: f.processes.as_deref(),
+        node_info: f.node_info.as_ref(),
+        pod_names: &f.pod_names,
+        node_key: POD_DETAIL_INFORMATION,
+    };
+    check(node, &inputs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(conditions: Value) -> NodeDetail {
+        NodeDetail {
+            name: "n1".into(),
+            conditions: serde_json::from_value(conditions).unwrap(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_not_ready_node_says_which_part_is_down() {
+        let names = BTreeMap::new();
+        let inputs = NodeInputs {
+            processes: None,
+            node_info: None,
+            pod_names: &names,
+            node_key: "x",
+        };
+        let f = check(
+            &node(
+                json!([{"type": "Ready", "status": "False", "reason": "KubeletNotReady",
+                "message": "container runtime is down,PLEG is not healthy: pleg was last seen active 3m0s ago"}]),
+            ),
+            &inputs,
+        );
+        assert_eq!(f[0].reason, "NodeNotReady");
+        assert!(
+            f[0].summary.contains("container runtime is down"),
+            "{}",
+            f[0].summary
+        );
+        let f = check(
+            &node(
+                json!([{"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
+                "message": "Kubelet stopped posting node status."}]),
+            ),
+            &inputs,
+        );
+        assert!(
+            f[0].summary.contains("kubelet stopped reporting"),
+            "{}",
+            f[0].summary
+        );
+    }
+
+    #[test]
+    fn memory_pressure_names_the_largest_processes_and_their_pods() {
+        let mut names = BTreeMap::new();
+        names.insert("u1".to_owned(), "shop/cache".to_owned());
+        let procs: Vec<Proc> = serde_json::from_value(json!([
+            {"pid": 10, "name": "redis", "command": ["redis-server"], "memoryInfo": {"rss": 8_000_000_000u64}, "podUID": "u1"},
+            {"pid": 11, "name": "sshd", "command": ["sshd"], "memoryInfo": {"rss": 1_000_000}}
+        ]))
+        .unwrap();
+        let inputs = NodeInputs {
+            processes: Some(&procs),
+            node_info: None,
+            pod_names: &names,
+            node_key: "x",
+        };
+        let f = check(
+            &node(json!([{"type": "Ready", "status": "True"},
+                {"type": "MemoryPressure", "status": "True", "reason": "KubeletHasInsufficientMemory", "message": "kubelet has insufficient memory available"}])),
+            &inputs,
+        );
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].reason, "NodeMemoryPressure");
+        assert!(
+            f[0].summary.contains("redis-server` (pod shop/cache)"),
+            "{}",
+            f[0].summary
+        );
+        assert!(f[0].evidence.iter().any(|e| e.object == "pod/shop/cache"));
+    }
+}
