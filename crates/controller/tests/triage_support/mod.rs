@@ -23,7 +23,25 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-pub const KDIAG: &str = env!("CARGO_BIN_EXE_kdiag");
+/// The built kdiag binary: cargo names it for tests; an example (the benchmark) finds it next to
+/// its own directory (target/<profile>/examples/.. → target/<profile>/kdiag).
+pub fn kdiag_binary() -> PathBuf {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_kdiag") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("the running program's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/examples/<name>");
+    let kdiag = profile_dir.join("kdiag");
+    assert!(
+        kdiag.is_file(),
+        "{} is missing: build it first (cargo build --bin kdiag, with --release for a release benchmark)",
+        kdiag.display()
+    );
+    kdiag
+}
 /// How long a scenario may take to show its failure. Evictions wait for the kubelet's volume
 /// statistics (every minute by default) and its eviction pass (every 10 s).
 pub const FAILURE_TIMEOUT: Duration = Duration::from_secs(180);
@@ -147,7 +165,7 @@ impl Stack {
 
     /// `kdiag diag run -n NS --pod NS/POD --name NAME --wait` as an operator types it.
     pub async fn kubectl_diag_run(&self, pod: &str, name: &str) -> Ran {
-        let out = tokio::process::Command::new(KDIAG)
+        let out = tokio::process::Command::new(kdiag_binary())
             .args(["diag", "run", "-n", &self.namespace, "--pod"])
             .arg(format!("{}/{pod}", self.namespace))
             .args(["--name", name, "--wait", "--timeout", "60s"])
