@@ -2,7 +2,9 @@
 //! NS/POD --wait` to its answer (the process's whole run: admission, routing, the four triage
 //! collectors and pod-triage-diagnoser on the node's agent, the CLI following it to the end),
 //! on a real single-node cluster where each failure really happens. Prints a table and writes
-//! the samples and percentiles as JSON.
+//! the samples and percentiles as JSON. `steps` is the time the Abnormal's steps (collectors and
+//! diagnoser on the agent) took in all, from their records; the rest is the CLI's process,
+//! admission, routing and status writes.
 //!
 //! ```sh
 //! cargo build --release --bin kdiag --example bench_triage
@@ -59,8 +61,14 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len()) - 1]
 }
 
-/// One timed diagnosis: milliseconds and the reason found.
-async fn once(st: &Stack, s: &Scenario, pod: &str, name: &str) -> Result<(f64, String), String> {
+/// One timed diagnosis: milliseconds, the reason found, and the milliseconds its steps (the
+/// collectors and the diagnoser on the agent) took in all.
+async fn once(
+    st: &Stack,
+    s: &Scenario,
+    pod: &str,
+    name: &str,
+) -> Result<(f64, String, f64), String> {
     let begin = Instant::now();
     let abnormal = if s.via_cli {
         let ran = st.kubectl_diag_run(pod, name).await;
@@ -75,12 +83,14 @@ async fn once(st: &Stack, s: &Scenario, pod: &str, name: &str) -> Result<(f64, S
         (begin.elapsed().as_secs_f64() * 1000.0, a)
     };
     let (ms, a) = abnormal;
-    let reason = a
-        .status
-        .and_then(|s| s.root_cause)
-        .map(|r| r.reason)
-        .unwrap_or_default();
-    Ok((ms, reason))
+    let status = a.status.unwrap_or_default();
+    let steps: i64 = status
+        .processors
+        .iter()
+        .filter_map(|p| p.duration_milliseconds)
+        .sum();
+    let reason = status.root_cause.map(|r| r.reason).unwrap_or_default();
+    Ok((ms, reason, steps as f64))
 }
 
 #[tokio::main]
@@ -113,13 +123,15 @@ async fn main() -> std::process::ExitCode {
     }
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); all.len()];
     let mut reasons: Vec<Vec<String>> = vec![Vec::new(); all.len()];
+    let mut steps: Vec<Vec<f64>> = vec![Vec::new(); all.len()];
     // Classes interleaved run by run, so background load falls on all of them alike.
     for run in 0..args.runs {
         for (i, (s, pod)) in all.iter().zip(&pods).enumerate() {
             match once(&st, s, pod, &format!("bench-{}-{run}", s.name)).await {
-                Ok((ms, reason)) => {
+                Ok((ms, reason, step_ms)) => {
                     samples[i].push(ms);
                     reasons[i].push(reason);
+                    steps[i].push(step_ms);
                 }
                 Err(e) => {
                     eprintln!("run {run} of {}: {e}", s.name);
@@ -135,8 +147,8 @@ async fn main() -> std::process::ExitCode {
 
     let mut rows = Vec::new();
     println!(
-        "\n{:<13} {:<29} {:<9} {:>4} {:>8} {:>8} {:>8}",
-        "class", "reason", "via", "runs", "p50 ms", "p99 ms", "max ms"
+        "\n{:<13} {:<29} {:<9} {:>4} {:>8} {:>8} {:>8} {:>10}",
+        "class", "reason", "via", "runs", "p50 ms", "p99 ms", "max ms", "steps p50"
     );
     let mut over = Vec::new();
     for (i, s) in all.iter().enumerate() {
@@ -144,13 +156,16 @@ async fn main() -> std::process::ExitCode {
         sorted.sort_by(f64::total_cmp);
         let (p50, p99) = (percentile(&sorted, 50.0), percentile(&sorted, 99.0));
         let max = sorted.last().copied().unwrap_or(f64::NAN);
+        let mut step_sorted = steps[i].clone();
+        step_sorted.sort_by(f64::total_cmp);
+        let steps_p50 = percentile(&step_sorted, 50.0);
         let wrong: Vec<&String> = reasons[i]
             .iter()
             .filter(|r| !s.reasons.contains(&r.as_str()))
             .collect();
         let via = if s.via_cli { "cli" } else { "abnormal" };
         println!(
-            "{:<13} {:<29} {:<9} {:>4} {:>8.0} {:>8.0} {:>8.0}{}",
+            "{:<13} {:<29} {:<9} {:>4} {:>8.0} {:>8.0} {:>8.0} {:>10.0}{}",
             s.name,
             reasons[i].first().map(String::as_str).unwrap_or("?"),
             via,
@@ -158,6 +173,7 @@ async fn main() -> std::process::ExitCode {
             p50,
             p99,
             max,
+            steps_p50,
             if wrong.is_empty() {
                 String::new()
             } else {
@@ -176,6 +192,8 @@ async fn main() -> std::process::ExitCode {
             "p50Ms": p50,
             "p99Ms": p99,
             "maxMs": max,
+            "stepsMs": steps[i],
+            "stepsP50Ms": steps_p50,
         }));
     }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();

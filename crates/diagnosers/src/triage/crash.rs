@@ -48,6 +48,9 @@ pub fn check(f: &Facts) -> Vec<Finding> {
         }
         let code = t.exit_code;
         let finished = t.finished_at.as_ref().map(|t| t.0);
+        if c.recovered_since(finished, f.now) {
+            continue;
+        }
         // The log of the instance that crashed: the current one while it is terminated, else
         // the previous one.
         let logs = f.logs_of(c.name);

@@ -232,6 +232,21 @@ impl Facts {
     }
 }
 
+/// A failure of a container that runs again and has not failed for this long is history.
+pub const OVER_AFTER_SECONDS: i64 = 600;
+
+impl ContainerView<'_> {
+    /// Whether the container runs again and `finished` (its last failure) is long enough ago to
+    /// be history rather than the current trouble.
+    pub fn recovered_since(&self, finished: Option<jiff::Timestamp>, now: jiff::Timestamp) -> bool {
+        let running = self
+            .status
+            .and_then(|s| s.state.as_ref())
+            .is_some_and(|s| s.running.is_some());
+        running && finished.is_some_and(|f| now.duration_since(f).as_secs() > OVER_AFTER_SECONDS)
+    }
+}
+
 /// A container ID without its runtime prefix (`containerd://…`).
 pub fn bare_id(id: &str) -> &str {
     id.split_once("://").map_or(id, |(_, rest)| rest)

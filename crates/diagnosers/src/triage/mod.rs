@@ -358,3 +358,114 @@ impl Processor for NodeTriageDiagnoser {
         .boxed()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kdiag_collectors::pod_detail::PodDetail;
+
+    /// Facts from a pod and its events as the apiserver returns them.
+    fn facts(pod: Value, events: Value) -> Facts {
+        Facts {
+            detail: PodDetail {
+                pod: serde_json::from_value(pod).unwrap(),
+                events: serde_json::from_value(events).unwrap(),
+                ..Default::default()
+            },
+            detail_source: "test",
+            oom_kills: Some(Vec::new()),
+            processes: None,
+            node_info: None,
+            terminating: None,
+            pod_names: BTreeMap::new(),
+            now: "2026-11-22T10:10:00Z".parse().unwrap(),
+        }
+    }
+
+    fn pod(status: Value) -> Value {
+        json!({
+            "metadata": {"name": "web", "namespace": "shop", "uid": "u1"},
+            "spec": {"nodeName": "n1", "containers": [{"name": "app", "image": "web:1",
+                "resources": {"limits": {"memory": "64Mi"}},
+                "livenessProbe": {"httpGet": {"path": "/healthz", "port": 8080}}}]},
+            "status": status,
+        })
+    }
+
+    fn reasons(f: &Facts) -> Vec<&'static str> {
+        pod_findings(f).iter().map(|f| f.reason).collect()
+    }
+
+    #[test]
+    fn an_oom_killed_container_in_back_off_is_an_oom_kill_not_a_crash_loop() {
+        let f = facts(
+            pod(
+                json!({"phase": "Running", "containerStatuses": [{"name": "app", "image": "web:1",
+                "imageID": "", "ready": false, "restartCount": 4,
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled",
+                    "finishedAt": "2026-11-22T10:09:00Z"}}}]}),
+            ),
+            json!([]),
+        );
+        assert_eq!(reasons(&f), ["OOMKilled"]);
+        let rc = finding::root_cause(&pod_findings(&f)).unwrap();
+        assert!(rc.summary.contains("64Mi"), "{}", rc.summary);
+        assert!(rc.summary.contains("restarted 4 time(s)"), "{}", rc.summary);
+    }
+
+    #[test]
+    fn a_container_killed_for_its_liveness_probe_is_a_probe_failure_not_a_crash_loop() {
+        let event = |reason: &str, message: &str, t: &str| {
+            json!({"metadata": {"name": format!("e-{reason}")}, "type": "Warning", "reason": reason,
+                "message": message, "count": 3, "firstTimestamp": "2026-11-22T10:00:00Z", "lastTimestamp": t,
+                "involvedObject": {"kind": "Pod", "name": "web", "namespace": "shop", "uid": "u1",
+                    "fieldPath": "spec.containers{app}"}})
+        };
+        let f = facts(
+            pod(
+                json!({"phase": "Running", "containerStatuses": [{"name": "app", "image": "web:1",
+                "imageID": "", "ready": false, "restartCount": 3,
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {"terminated": {"exitCode": 137, "reason": "Error",
+                    "finishedAt": "2026-11-22T10:09:00Z"}}}]}),
+            ),
+            json!([
+                event(
+                    "Unhealthy",
+                    "Liveness probe failed: HTTP probe failed with statuscode: 500",
+                    "2026-11-22T10:09:00Z"
+                ),
+                event(
+                    "Killing",
+                    "Container app failed liveness probe, will be restarted",
+                    "2026-11-22T10:09:00Z"
+                ),
+            ]),
+        );
+        assert_eq!(reasons(&f), ["LivenessProbeFailed"]);
+        let rc = finding::root_cause(&pod_findings(&f)).unwrap();
+        assert!(rc.summary.contains("statuscode: 500"), "{}", rc.summary);
+        assert_eq!(rc.since.unwrap().0.to_string(), "2026-11-22T10:00:00Z");
+    }
+
+    #[test]
+    fn a_crash_long_over_on_a_container_that_runs_again_is_history() {
+        let f = facts(
+            pod(
+                json!({"phase": "Running", "containerStatuses": [{"name": "app", "image": "web:1",
+                "imageID": "", "ready": true, "restartCount": 1,
+                "state": {"running": {"startedAt": "2026-11-22T08:00:01Z"}},
+                "lastState": {"terminated": {"exitCode": 1, "reason": "Error",
+                    "finishedAt": "2026-11-22T08:00:00Z"}}}]}),
+            ),
+            json!([]),
+        );
+        assert!(reasons(&f).is_empty());
+        let err = conclude_pod(&f, pod_findings(&f)).unwrap_err();
+        let ProcessorError::NotIdentified(m) = err else {
+            panic!("{err}")
+        };
+        assert!(m.contains("app running, ready, 1 restart(s)"), "{m}");
+    }
+}

@@ -119,12 +119,23 @@ pub fn check(f: &Facts) -> Vec<Finding> {
                 ),
             )
         } else {
+            let last = terminations
+                .iter()
+                .filter_map(|t| t.finished_at.as_ref().map(|t| t.0))
+                .max();
             (
                 "OOMKilled",
                 format!(
-                    "{kind} {} of pod {} was OOM-killed: it reached {limit_text}{usage}{}",
+                    "{kind} {} of pod {} was OOM-killed{}: it reached {limit_text}{usage}{}",
                     c.name,
                     f.key(),
+                    match last {
+                        Some(t) if c.recovered_since(Some(t), f.now) => format!(
+                            " (last at {}; it has run since)",
+                            t.round(jiff::Unit::Second).unwrap_or(t)
+                        ),
+                        _ => String::new(),
+                    },
                     if restarts > 0 {
                         format!("; restarted {restarts} time(s)")
                     } else {

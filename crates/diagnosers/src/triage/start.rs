@@ -34,7 +34,10 @@ pub fn check(f: &Facts) -> Vec<Finding> {
         {
             let message = waiting.and_then(|w| w.message.as_deref()).unwrap_or("");
             out.push(config_error(f, c.name, waiting_reason, message));
-        } else if START_REASONS.contains(&waiting_reason) || terminated.is_some() {
+        } else if START_REASONS.contains(&waiting_reason)
+            || terminated
+                .is_some_and(|t| !c.recovered_since(t.finished_at.as_ref().map(|t| t.0), f.now))
+        {
             let message = waiting
                 .filter(|_| START_REASONS.contains(&waiting_reason))
                 .and_then(|w| w.message.as_deref())
