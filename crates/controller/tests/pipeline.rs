@@ -314,7 +314,20 @@ async fn a_pod_reference_is_resolved_to_the_pods_node_and_waited_for_while_missi
         .unwrap();
     let a = wait_final(&client, &ns, "late-pod", FINISH).await;
     assert_eq!(a.spec.node_name, node);
-    assert_eq!(a.phase(), Some(AbnormalPhase::Succeeded));
+    // No processors named: the controller assigned the pod triage, which finds nothing wrong
+    // with a pod no kubelet runs (docs/triage.md).
+    let status = a.status.clone().unwrap_or_default();
+    assert_eq!(
+        (a.phase(), status.reason.as_str()),
+        (Some(AbnormalPhase::Failed), "NotIdentified"),
+        "{}",
+        status.message
+    );
+    assert!(
+        status.message.contains("pod-triage-diagnoser"),
+        "{}",
+        status.message
+    );
     assert_eq!(a.labels().get(labels::NODE_LABEL), Some(&node));
     agent.stop().await;
 }
