@@ -799,3 +799,154 @@ async fn the_python_plugin_example_identifies_an_evicted_pod_after_the_builtin_p
     assert_eq!(cause.evidence[0].context_key, "podInformation");
     agent.stop().await;
 }
+
+/// Writes a node policy ConfigMap in kube-diagnoser.
+async fn policy_configmap(client: &kube::Client, name: &str, policy: &str) {
+    let cm: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": kdiag_api::SYSTEM_NAMESPACE}, "data": {"policy.yaml": policy}}))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(
+        client.clone(),
+        kdiag_api::SYSTEM_NAMESPACE,
+    )
+    .create(&Default::default(), &cm)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn denied_commands_are_recorded_and_not_run_while_allowed_ones_run() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("commands").await;
+    let client = cp.client().await;
+    let node = format!("{ns}-node");
+    let agent = TestAgent::start(cp, &node).await;
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .unwrap();
+    let pid = sleeper.id().to_string();
+    create_abnormal(
+        &client,
+        &ns,
+        "cmds",
+        json!({"nodeName": node, "commandExecutors": [
+        {"command": ["uptime"], "type": "InformationCollector", "timeoutSeconds": 5},
+        {"command": ["kill", "-9", pid], "type": "Diagnoser", "timeoutSeconds": 5}]}),
+    )
+    .await;
+    let a = wait_final(&client, &ns, "cmds", FINISH).await;
+    let st = a.status.unwrap();
+    assert_eq!(
+        st.phase,
+        Some(AbnormalPhase::Succeeded),
+        "commands never change the phase"
+    );
+    let uptime = &st.command_executors[0];
+    assert!(uptime.stdout.contains("load average"), "{uptime:?}");
+    assert!(uptime.error.is_empty());
+    let kill = &st.command_executors[1];
+    assert!(
+        kill.error
+            .starts_with("denied by policy rule commands.allow"),
+        "{kill:?}"
+    );
+    let record = st
+        .processors
+        .iter()
+        .find(|r| r.kind == ProcessorKind::CommandExecutor && r.processor.starts_with("kill"))
+        .unwrap();
+    assert_eq!(record.result, ProcessorResult::Skipped);
+    assert!(
+        record.message.contains("commands.allow"),
+        "{}",
+        record.message
+    );
+    assert!(
+        sleeper.try_wait().unwrap().is_none(),
+        "the denied kill must not have run"
+    );
+    let _ = sleeper.kill();
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn the_recovery_budget_and_dry_run_of_the_node_policy_are_enforced() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("budget").await;
+    let client = cp.client().await;
+    let plugin = TestPlugin::start().await;
+    register_plugin(
+        &client,
+        &ns,
+        "Recoverer",
+        "fix",
+        plugin.port,
+        "/echo/fixed",
+        5,
+    )
+    .await;
+
+    let budget = format!("{ns}-budget");
+    policy_configmap(&client, &budget, "budget:\n  recoveriesPerHour: 1\n").await;
+    let node = format!("{ns}-a");
+    let agent = TestAgent::start_with_policy(cp, &node, 4, &budget).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for name in ["first", "second"] {
+        create_abnormal(
+            &client,
+            &ns,
+            name,
+            json!({"nodeName": node, "assignedRecoverers": [{"name": "fix"}]}),
+        )
+        .await;
+        wait_final(&client, &ns, name, FINISH).await;
+    }
+    let second = Api::<Abnormal>::namespaced(client.clone(), &ns)
+        .get("second")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(second.phase, Some(AbnormalPhase::Failed));
+    assert_eq!(second.processors[0].result, ProcessorResult::Skipped);
+    assert!(
+        second.processors[0]
+            .message
+            .contains("budget.recoveriesPerHour: 1 recoveries ran on this node in the last hour"),
+        "{}",
+        second.processors[0].message
+    );
+    assert_eq!(
+        plugin.count("/echo/fixed"),
+        1,
+        "the budget let one recovery through"
+    );
+    agent.stop().await;
+
+    let dry = format!("{ns}-dry");
+    policy_configmap(&client, &dry, "dryRun: true\n").await;
+    let node = format!("{ns}-b");
+    let agent = TestAgent::start_with_policy(cp, &node, 4, &dry).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    create_abnormal(
+        &client,
+        &ns,
+        "dry",
+        json!({"nodeName": node, "assignedRecoverers": [{"name": "fix"}]}),
+    )
+    .await;
+    let st = wait_final(&client, &ns, "dry", FINISH)
+        .await
+        .status
+        .unwrap();
+    assert!(
+        st.processors[0]
+            .message
+            .starts_with("dry run: would have called recoverer"),
+        "{}",
+        st.processors[0].message
+    );
+    assert_eq!(plugin.count("/echo/fixed"), 1, "dry run calls nothing");
+    agent.stop().await;
+}

@@ -414,3 +414,27 @@ impl PolicyHandle {
         *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
     }
 }
+
+#[cfg(test)]
+mod shipped {
+    use super::*;
+
+    #[test]
+    fn the_policy_config_deploy_ships_is_the_default() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../config/deploy/20-policy.yaml"
+        );
+        let cm: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let text = cm["data"]["policy.yaml"]
+            .as_str()
+            .expect("data.policy.yaml");
+        let shipped = Policy::from_yaml(text).unwrap();
+        assert_eq!(
+            shipped.spec,
+            PolicySpec::default(),
+            "config/deploy/20-policy.yaml must show the defaults the agent uses without it"
+        );
+    }
+}

@@ -175,6 +175,16 @@ impl TestAgent {
     }
 
     pub async fn start_with(cp: &ControlPlane, node: &str, concurrency: usize) -> Self {
+        Self::start_with_policy(cp, node, concurrency, "kdiag-policy").await
+    }
+
+    /// An agent that follows the node policy in ConfigMap kube-diagnoser/`policy`.
+    pub async fn start_with_policy(
+        cp: &ControlPlane,
+        node: &str,
+        concurrency: usize,
+        policy: &str,
+    ) -> Self {
         let client = service_account_client(cp, "kdiag-agent").await;
         let metrics = Arc::new(Metrics::new());
         let shutdown = CancellationToken::new();
@@ -187,7 +197,7 @@ impl TestAgent {
             concurrency,
             limits: Limits::default(),
             command_output_cap: 64 * 1024,
-            policy_configmap: (kdiag_api::SYSTEM_NAMESPACE.into(), "kdiag-policy".into()),
+            policy_configmap: (kdiag_api::SYSTEM_NAMESPACE.into(), policy.into()),
             data_root: data_root.clone(),
             public_url: format!("http://{addr}"),
             node: Default::default(),
