@@ -294,6 +294,10 @@ async fn kdiag_extensions_are_stored_and_read_back() {
                 context_key: "kernelLogInformation".into(),
                 timestamp: None,
             }],
+            since: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-11-22T09:58:00Z".parse().unwrap(),
+            )),
+            others: vec![],
         }),
         ..Default::default()
     });
