@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod apply;
 pub mod builtin;
+pub mod cache;
 pub mod cli;
 pub mod cluster;
 pub mod commands;
@@ -15,6 +16,7 @@ pub mod policy;
 pub mod probes;
 pub mod profiler;
 pub mod ready;
+pub mod recorder;
 pub mod registrations;
 pub mod server;
 pub mod sources;

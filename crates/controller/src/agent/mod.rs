@@ -23,7 +23,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::core::error_boundary::InvalidObject;
 use kube::runtime::controller::{self, Action, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
@@ -38,6 +38,7 @@ use crate::pipeline::{self, Limits, Next};
 use crate::plugin::PluginClient;
 use crate::policy::PolicyHandle;
 use crate::profiler::Profilers;
+use crate::recorder::UncachedRecorder;
 use crate::registrations::Registrations;
 
 /// How the agent runs.
@@ -76,7 +77,7 @@ pub enum AgentError {
 pub struct Agent {
     pub client: Client,
     pub executor: Executor,
-    pub recorder: Recorder,
+    pub recorder: UncachedRecorder,
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
     pub limits: Limits,
@@ -110,7 +111,7 @@ pub fn start(
     let policy = PolicyHandle::default();
     let mut builtins = builtins;
     builtins.bind_policy(policy.clone());
-    let recorder = Recorder::new(
+    let recorder = UncachedRecorder::new(
         client.clone(),
         Reporter {
             controller: "kdiag-agent".into(),
@@ -145,7 +146,13 @@ pub fn start(
 
     let api: Api<DeserializeGuard<Abnormal>> = Api::all(client.clone());
     let selector = format!("{NODE_LABEL}={}", node_label_value(&config.node_name));
-    let controller = Controller::new(api, watcher::Config::default().labels(&selector))
+    // The cache keeps slimmed copies (crate::cache): reconcile works on a fresh GET.
+    let (store, abnormals) = crate::cache::watch(
+        api,
+        watcher::Config::default().labels(&selector),
+        crate::cache::Reader::Agent,
+    );
+    let controller = Controller::for_stream(abnormals, store)
         // Concurrency is bounded by the agent's own semaphore, so queue depth is observable.
         .with_config(controller::Config::default().concurrency(0))
         .graceful_shutdown_on(shutdown.clone().cancelled_owned());

@@ -17,7 +17,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions
 use kube::core::DeserializeGuard;
 use kube::core::error_boundary::InvalidObject;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Reporter};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
@@ -27,6 +27,7 @@ use self::admission::{Decision, PodLookup};
 use crate::builtin::Builtins;
 use crate::metrics::Metrics;
 use crate::pipeline::set_condition;
+use crate::recorder::UncachedRecorder;
 use crate::registrations::{AdmissionRegistry, Registrations};
 use crate::time::now;
 
@@ -88,7 +89,7 @@ struct Ctx {
     probe_schema: crate::probes::writeback::SchemaProbe,
     registrations: Registrations,
     builtins: Builtins,
-    recorder: Recorder,
+    recorder: UncachedRecorder,
     metrics: Arc<Metrics>,
     config: ControllerConfig,
 }
@@ -113,7 +114,7 @@ pub fn start(
     impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let (registrations, registrations_driver) = Registrations::watch(&client);
-    let recorder = Recorder::new(
+    let recorder = UncachedRecorder::new(
         client.clone(),
         Reporter {
             controller: "kdiag-controller".into(),
@@ -121,7 +122,13 @@ pub fn start(
         },
     );
     let api: Api<DeserializeGuard<Abnormal>> = Api::all(client.clone());
-    let controller = Controller::new(api, watcher::Config::default())
+    // The cache keeps slimmed copies (crate::cache): what admission, routing and GC read.
+    let (store, abnormals) = crate::cache::watch(
+        api,
+        watcher::Config::default(),
+        crate::cache::Reader::Controller,
+    );
+    let controller = Controller::for_stream(abnormals, store)
         .graceful_shutdown_on(shutdown.clone().cancelled_owned());
     let store = controller.store();
     let (sources, sources_driver) =

@@ -1,0 +1,160 @@
+//! What the agent's and the controller's caches keep of an Abnormal: only what is read from them.
+//!
+//! A finished Abnormal is mostly `status.context` (what the collectors gathered), the records of
+//! its steps and `metadata.managedFields`, and a parsed object costs several times its JSON size:
+//! whole objects made each cache about 50 KB per Abnormal (docs/performance.md has the profile).
+//!
+//! - The agent reads its cache only to decide whether an Abnormal has work left (phase, spec and
+//!   `status.processors`) and then works on a copy it GETs. A finished one is just its phase.
+//! - The controller admits Abnormals without a phase from its cache and writes their status back
+//!   whole, so those are kept whole. Once admitted it reads phase, conditions, start time, root
+//!   cause, spec, labels and annotations (routing, GC, ProbeStatus write-back, incident grouping),
+//!   never the context or the execution records.
+//! - managedFields are read by nobody, and a status written from a copy without them leaves the
+//!   stored ones as they are (the apiserver keeps them when a write carries none).
+
+use futures::Stream;
+use kdiag_api::{Abnormal, AbnormalStatus};
+use kube::api::Api;
+use kube::core::DeserializeGuard;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+
+type Guarded = DeserializeGuard<Abnormal>;
+
+/// Whose cache it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reader {
+    Agent,
+    Controller,
+}
+
+/// Watches Abnormals into a store of slimmed copies; the stream yields each changed object (as
+/// `Controller::new` would) for `Controller::for_stream`.
+pub fn watch(
+    api: Api<Guarded>,
+    config: watcher::Config,
+    reader: Reader,
+) -> (
+    Store<Guarded>,
+    impl Stream<Item = Result<Guarded, watcher::Error>> + Send + 'static,
+) {
+    let (store, writer) = reflector::store();
+    let changed = reflector::reflector(
+        writer,
+        watcher(api, config).modify(move |o| slim(reader, o)),
+    )
+    .applied_objects();
+    (store, changed)
+}
+
+/// Drops from a cached Abnormal what `reader` never reads.
+pub fn slim(reader: Reader, obj: &mut Guarded) {
+    let a = match &mut obj.0 {
+        Ok(a) => a,
+        Err(invalid) => {
+            invalid.metadata.managed_fields = None;
+            return;
+        }
+    };
+    a.metadata.managed_fields = None;
+    let Some(status) = a.status.as_mut() else {
+        return;
+    };
+    let Some(phase) = status.phase else {
+        // Not admitted yet: the controller writes this status back whole.
+        return;
+    };
+    match reader {
+        Reader::Agent if phase.is_final() => {
+            // Nothing left to do: only "is it finished" is ever asked.
+            *status = AbnormalStatus {
+                phase: Some(phase),
+                ..Default::default()
+            };
+            a.spec = Default::default();
+        }
+        Reader::Agent => status.context = None,
+        Reader::Controller => {
+            status.context = None;
+            status.processors = Vec::new();
+            status.command_executors = Vec::new();
+            status.profilers = Vec::new();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kdiag_api::AbnormalPhase;
+
+    fn abnormal(phase: Option<&str>) -> Guarded {
+        let mut status = serde_json::json!({
+            "context": {"podInformation": [{"a": 1}]},
+            "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted",
+                            "lastTransitionTime": "2026-11-22T10:00:00Z"}],
+            "processors": [{"processor": "ns/p", "kind": "Processor", "stage": "InformationCollecting",
+                            "result": "Succeeded"}],
+            "rootCause": {"summary": "s", "reason": "R"}});
+        if let Some(p) = phase {
+            status["phase"] = p.into();
+        }
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "diagnosis.netease.com/v1", "kind": "Abnormal",
+            "metadata": {"name": "a", "namespace": "n", "labels": {"kdiag.io/node": "x"},
+                         "managedFields": [{"manager": "kubectl", "operation": "Update"}]},
+            "spec": {"nodeName": "x", "assignedDiagnosers": [{"namespace": "ns", "name": "d"}]},
+            "status": status}))
+        .unwrap()
+    }
+
+    fn slimmed(reader: Reader, phase: Option<&str>) -> Abnormal {
+        let mut g = abnormal(phase);
+        slim(reader, &mut g);
+        g.0.unwrap()
+    }
+
+    #[test]
+    fn nobody_keeps_managed_fields_and_an_abnormal_not_yet_admitted_keeps_the_rest() {
+        for reader in [Reader::Agent, Reader::Controller] {
+            let a = slimmed(reader, None);
+            assert!(a.metadata.managed_fields.is_none());
+            let mut whole = abnormal(None).0.unwrap();
+            whole.metadata.managed_fields = None;
+            assert_eq!(a, whole, "{reader:?}");
+        }
+    }
+
+    #[test]
+    fn the_controller_keeps_what_routing_gc_and_write_back_read() {
+        let a = slimmed(Reader::Controller, Some("Succeeded"));
+        let status = a.status.clone().unwrap();
+        assert!(status.context.is_none() && status.processors.is_empty());
+        assert_eq!(status.phase, Some(AbnormalPhase::Succeeded));
+        assert_eq!(status.conditions.len(), 1);
+        assert_eq!(status.root_cause.unwrap().summary, "s");
+        assert_eq!(a.spec.assigned_diagnosers.len(), 1);
+        assert_eq!(a.metadata.labels.unwrap()["kdiag.io/node"], "x");
+    }
+
+    #[test]
+    fn the_agent_keeps_what_deciding_the_next_step_reads() {
+        let running = slimmed(Reader::Agent, Some("Diagnosing"));
+        let status = running.status.clone().unwrap();
+        assert!(status.context.is_none());
+        assert_eq!(status.processors.len(), 1);
+        assert_eq!(running.spec.assigned_diagnosers.len(), 1);
+
+        let done = slimmed(Reader::Agent, Some("Failed"));
+        assert_eq!(
+            done.status,
+            Some(AbnormalStatus {
+                phase: Some(AbnormalPhase::Failed),
+                ..Default::default()
+            })
+        );
+        assert_eq!(crate::pipeline::next(&done), crate::pipeline::Next::Idle);
+        assert_eq!(done.metadata.labels.unwrap()["kdiag.io/node"], "x");
+    }
+}
