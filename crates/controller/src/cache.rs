@@ -95,7 +95,7 @@ mod tests {
             "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted",
                             "lastTransitionTime": "2026-11-22T10:00:00Z"}],
             "processors": [{"processor": "ns/p", "kind": "Processor", "stage": "InformationCollecting",
-                            "result": "Succeeded"}],
+                            "result": "Succeeded", "startTime": "2026-11-22T10:00:00Z"}],
             "rootCause": {"summary": "s", "reason": "R"}});
         if let Some(p) = phase {
             status["phase"] = p.into();
