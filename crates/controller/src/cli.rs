@@ -107,11 +107,15 @@ pub struct ControllerArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "pod-detail-collector,container-collector,process-collector,kernel-log-collector"
+        default_values = crate::cluster::admission::TRIAGE_COLLECTORS.iter().copied()
     )]
     pub triage_collectors: Vec<String>,
     /// The pod triage's diagnosers.
-    #[arg(long, value_delimiter = ',', default_value = "pod-triage-diagnoser")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_values = crate::cluster::admission::TRIAGE_DIAGNOSERS.iter().copied()
+    )]
     pub triage_diagnosers: Vec<String>,
     /// Abnormals one Event or alert source may create: BURST:PER_MINUTE.
     #[arg(long, default_value = "20:6", value_parser = parse_budget)]

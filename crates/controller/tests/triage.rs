@@ -192,6 +192,31 @@ async fn a_request_no_node_fits_is_compared_with_the_largest_free_node() {
     assert!(s.contains("it requests 64 CPU"), "{s}");
     assert!(s.contains("512.0 GiB"), "{s}");
     assert!(s.contains(&format!("node {node}")), "{s}");
+    let accepted = a
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == kdiag_api::AbnormalConditionType::Accepted)
+        .unwrap();
+    assert!(
+        accepted.message.contains("to stand in for unscheduled pod")
+            && accepted.message.contains("left out: container-collector"),
+        "the pod is on no node, so a node with an agent diagnoses it from the apiserver: {}",
+        accepted.message
+    );
+    let collectors: Vec<&str> = a
+        .spec
+        .assigned_information_collectors
+        .iter()
+        .map(|n| n.name.as_str())
+        .collect();
+    assert_eq!(
+        collectors,
+        ["pod-detail-collector"],
+        "node-local collectors are left out on a stand-in"
+    );
 }
 
 #[tokio::test]

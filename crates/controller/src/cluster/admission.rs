@@ -12,9 +12,11 @@ pub const MAX_TIMEOUT_SECONDS: i32 = 3600;
 pub enum PodLookup {
     /// The Abnormal names its node; no lookup needed.
     NotNeeded,
-    /// The pod exists; its node once scheduled.
+    /// The pod exists; its node once scheduled, and whether the scheduler has said that no node
+    /// fits it (condition PodScheduled=False, reason Unschedulable).
     Found {
         node: Option<String>,
+        unschedulable: bool,
     },
     Missing,
 }
@@ -29,6 +31,10 @@ pub enum Decision {
         reason: &'static str,
         message: String,
     },
+    /// The pod is on no node, and everything the Abnormal asks for reads only the apiserver: any
+    /// node's agent can run it (the pod triage of an unschedulable pod). `why` says why the pod
+    /// is on no node; the controller picks the node.
+    StandIn { pod: String, why: String },
     /// The pod is not there or not scheduled yet; look again after `retry_after`.
     Wait {
         reason: &'static str,
@@ -206,13 +212,26 @@ pub fn decide(
         .min(pod_wait.saturating_sub(waited))
         .max(Duration::from_millis(500));
     match pod {
-        PodLookup::Found { node: Some(node) } if !node.is_empty() => {
-            Decision::Admit { node: node.clone() }
-        }
+        PodLookup::Found {
+            node: Some(node), ..
+        } if !node.is_empty() => Decision::Admit { node: node.clone() },
         PodLookup::NotNeeded => Decision::Reject {
             reason: "MissingTarget",
             message: "no node to route to".into(),
         },
+        PodLookup::Found {
+            unschedulable: true,
+            ..
+        } if can_stand_in(abnormal) => Decision::StandIn {
+            pod: pod_name,
+            why: "the scheduler found no node that fits it".into(),
+        },
+        PodLookup::Found { .. } if waited >= pod_wait && can_stand_in(abnormal) => {
+            Decision::StandIn {
+                pod: pod_name,
+                why: format!("no scheduler placed it within {}s", pod_wait.as_secs()),
+            }
+        }
         PodLookup::Found { .. } if waited >= pod_wait => Decision::Reject {
             reason: "PodNotScheduled",
             message: format!(
@@ -246,6 +265,61 @@ pub fn decide(
     }
 }
 
+/// Collectors (in kube-diagnoser) that read only the apiserver, so that any node's agent can run
+/// them for a pod that is on no node.
+pub const APISERVER_COLLECTORS: &[&str] = &["pod-detail-collector"];
+
+fn reads_only_the_apiserver(n: &NamespacedName) -> bool {
+    n.namespace == kdiag_api::SYSTEM_NAMESPACE && APISERVER_COLLECTORS.contains(&n.name.as_str())
+}
+
+/// True when another node's agent can diagnose this pod Abnormal while the pod is on no node: it
+/// collects with an apiserver-only collector, and asks for nothing that acts on a node
+/// (recoverers, commands, profilers). Node-local collectors are left out when it stands in.
+pub fn can_stand_in(a: &Abnormal) -> bool {
+    let s = &a.spec;
+    s.pod_reference.is_some()
+        && s.assigned_information_collectors
+            .iter()
+            .any(reads_only_the_apiserver)
+        && s.assigned_recoverers.is_empty()
+        && s.command_executors.is_empty()
+        && s.profilers.is_empty()
+}
+
+/// The collectors an Abnormal keeps when another node stands in, and those left out.
+pub fn stand_in_collectors(a: &Abnormal) -> (Vec<NamespacedName>, Vec<NamespacedName>) {
+    a.spec
+        .assigned_information_collectors
+        .iter()
+        .cloned()
+        .partition(reads_only_the_apiserver)
+}
+
+/// The node whose agent stands in for a pod on no node: a node where a kdiag agent runs, else a
+/// Ready node; the same one for the same Abnormal, and spread over nodes for different ones.
+pub fn choose_stand_in(
+    agent_nodes: &[String],
+    ready_nodes: &[String],
+    abnormal: &str,
+) -> Option<String> {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut nodes: Vec<&String> = if agent_nodes.is_empty() {
+        ready_nodes.iter().collect()
+    } else {
+        agent_nodes.iter().collect()
+    };
+    nodes.sort();
+    nodes.dedup();
+    if nodes.is_empty() {
+        return None;
+    }
+    // DefaultHasher::new() has fixed keys: the choice is stable across controller restarts.
+    let mut h = DefaultHasher::new();
+    abnormal.hash(&mut h);
+    Some(nodes[(h.finish() % nodes.len() as u64) as usize].clone())
+}
+
 /// The processors a pod is triaged with when its Abnormal names none: one documented default
 /// (docs/triage.md), made of registered processors like any other.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -254,20 +328,28 @@ pub struct Triage {
     pub diagnosers: Vec<NamespacedName>,
 }
 
+/// The triage's collectors (in kube-diagnoser), in order: the one place they are named.
+pub const TRIAGE_COLLECTORS: &[&str] = &[
+    "pod-detail-collector",
+    "container-collector",
+    "process-collector",
+    "kernel-log-collector",
+];
+
+/// The triage's diagnosers (in kube-diagnoser).
+pub const TRIAGE_DIAGNOSERS: &[&str] = &["pod-triage-diagnoser"];
+
 impl Default for Triage {
     fn default() -> Self {
-        let ns = kdiag_api::SYSTEM_NAMESPACE;
+        let named = |names: &[&str]| {
+            names
+                .iter()
+                .map(|n| NamespacedName::new(kdiag_api::SYSTEM_NAMESPACE, *n))
+                .collect()
+        };
         Self {
-            collectors: [
-                "pod-detail-collector",
-                "container-collector",
-                "process-collector",
-                "kernel-log-collector",
-            ]
-            .into_iter()
-            .map(|n| NamespacedName::new(ns, n))
-            .collect(),
-            diagnosers: vec![NamespacedName::new(ns, "pod-triage-diagnoser")],
+            collectors: named(TRIAGE_COLLECTORS),
+            diagnosers: named(TRIAGE_DIAGNOSERS),
         }
     }
 }
@@ -540,6 +622,7 @@ mod tests {
             &registry(),
             &PodLookup::Found {
                 node: Some("n7".into()),
+                unschedulable: false,
             },
             Duration::ZERO,
             Duration::from_secs(60),
@@ -577,7 +660,10 @@ mod tests {
     #[test]
     fn an_unscheduled_pod_is_waited_for_then_rejected() {
         let a = abnormal(json!({"podReference": {"namespace": "x", "name": "web"}}));
-        let pod = PodLookup::Found { node: None };
+        let pod = PodLookup::Found {
+            node: None,
+            unschedulable: true,
+        };
         assert!(matches!(
             decide(
                 &a,
@@ -597,6 +683,129 @@ mod tests {
         ) else {
             panic!()
         };
-        assert_eq!(reason, "PodNotScheduled");
+        assert_eq!(
+            reason, "PodNotScheduled",
+            "pod-collector needs the pod's node"
+        );
+    }
+
+    fn triaged_pod(extra: serde_json::Value) -> Abnormal {
+        let mut spec = json!({"podReference": {"namespace": "x", "name": "big"},
+            "assignedInformationCollectors": [
+                {"namespace": "kube-diagnoser", "name": "pod-detail-collector"},
+                {"namespace": "kube-diagnoser", "name": "process-collector"}],
+            "assignedDiagnosers": [{"namespace": "kube-diagnoser", "name": "pod-triage-diagnoser"}]});
+        for (k, v) in extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        abnormal(spec)
+    }
+
+    struct Anything;
+
+    impl Registry for Anything {
+        fn get(&self, _: Stage, _: &NamespacedName) -> Option<ProcessorEndpoint> {
+            Some(ProcessorEndpoint::default())
+        }
+        fn names(&self, _: Stage) -> Vec<String> {
+            vec![]
+        }
+        fn builtins(&self) -> Vec<&'static str> {
+            vec![
+                "pod-detail-collector",
+                "process-collector",
+                "pod-triage-diagnoser",
+                "signal-recoverer",
+            ]
+        }
+    }
+
+    #[test]
+    fn an_unschedulable_pods_triage_is_run_at_once_by_another_node_with_only_apiserver_collectors()
+    {
+        let a = triaged_pod(json!({}));
+        let unschedulable = PodLookup::Found {
+            node: None,
+            unschedulable: true,
+        };
+        let d = decide(
+            &a,
+            &Anything,
+            &unschedulable,
+            Duration::ZERO,
+            Duration::from_secs(60),
+        );
+        let Decision::StandIn { pod, why } = d else {
+            panic!("{d:?}")
+        };
+        assert_eq!(pod, "x/big");
+        assert!(why.contains("no node that fits"), "{why}");
+        let (kept, left_out) = stand_in_collectors(&a);
+        assert_eq!(
+            kept,
+            vec![NamespacedName::new(
+                "kube-diagnoser",
+                "pod-detail-collector"
+            )]
+        );
+        assert_eq!(
+            left_out,
+            vec![NamespacedName::new("kube-diagnoser", "process-collector")]
+        );
+    }
+
+    #[test]
+    fn a_pod_no_scheduler_placed_is_triaged_elsewhere_once_the_wait_is_over() {
+        let a = triaged_pod(json!({}));
+        let pending = PodLookup::Found {
+            node: None,
+            unschedulable: false,
+        };
+        let wait = Duration::from_secs(60);
+        assert!(matches!(
+            decide(&a, &Anything, &pending, Duration::from_secs(5), wait),
+            Decision::Wait { .. }
+        ));
+        assert!(matches!(
+            decide(&a, &Anything, &pending, wait, wait),
+            Decision::StandIn { .. }
+        ));
+    }
+
+    #[test]
+    fn nothing_that_acts_on_a_node_ever_runs_on_a_stand_in() {
+        let unschedulable = PodLookup::Found {
+            node: None,
+            unschedulable: true,
+        };
+        let a = triaged_pod(
+            json!({"assignedRecoverers": [{"namespace": "kube-diagnoser", "name": "signal-recoverer"}]}),
+        );
+        assert!(!can_stand_in(&a));
+        assert!(matches!(
+            decide(
+                &a,
+                &Anything,
+                &unschedulable,
+                Duration::ZERO,
+                Duration::from_secs(60)
+            ),
+            Decision::Wait { .. }
+        ));
+    }
+
+    #[test]
+    fn the_stand_in_is_an_agents_node_else_a_ready_one_and_stable_per_abnormal() {
+        let agents = vec!["b".to_owned(), "a".to_owned()];
+        let ready = vec!["c".to_owned()];
+        let first = choose_stand_in(&agents, &ready, "x/one").unwrap();
+        assert!(agents.contains(&first));
+        assert_eq!(choose_stand_in(&agents, &ready, "x/one").unwrap(), first);
+        assert_eq!(choose_stand_in(&[], &ready, "x/one").as_deref(), Some("c"));
+        assert_eq!(choose_stand_in(&[], &[], "x/one"), None);
+        let spread: std::collections::BTreeSet<String> = (0..20)
+            .map(|i| choose_stand_in(&agents, &ready, &format!("x/{i}")).unwrap())
+            .collect();
+        assert_eq!(spread.len(), 2, "different Abnormals use different nodes");
     }
 }

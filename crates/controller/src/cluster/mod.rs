@@ -249,12 +249,13 @@ async fn reconcile(
                 .iter()
                 .find(|c| c.type_ == AbnormalConditionType::Accepted)
                 .map(|c| c.message.clone());
-            let node = node
-                .as_deref()
-                .and_then(|m| m.strip_prefix(ROUTED_PREFIX))
+            let routed = node.as_deref().and_then(|m| m.strip_prefix(ROUTED_PREFIX));
+            let stand_in = routed.is_some_and(|m| m.contains(STAND_IN_MARK));
+            let node = routed
+                .and_then(|m| m.split(' ').next())
                 .unwrap_or(&abnormal.spec.node_name)
                 .to_owned();
-            route(&ctx, abnormal, &node).await?;
+            route(&ctx, abnormal, &node, stand_in).await?;
             Ok(Action::await_change())
         }
         Some(_) => Ok(Action::await_change()),
@@ -262,6 +263,8 @@ async fn reconcile(
 }
 
 const ROUTED_PREFIX: &str = "routed to node ";
+/// Follows the node in the Accepted message when that node's agent stands in for a pod on no node.
+const STAND_IN_MARK: &str = " to stand in for unscheduled pod ";
 
 fn accepted(status: &AbnormalStatus) -> bool {
     status
@@ -287,13 +290,39 @@ async fn admit(ctx: &Ctx, abnormal: &Abnormal) -> Result<Action, ControllerError
         builtins: &ctx.builtins,
     };
     let triaged = admission::with_triage(abnormal, &ctx.config.triage, &registry);
-    let decision = admission::decide(
-        triaged.as_ref().unwrap_or(abnormal),
-        &registry,
-        &pod,
-        waited,
-        ctx.config.pod_wait,
-    );
+    let effective = triaged.as_ref().unwrap_or(abnormal);
+    let mut decision = admission::decide(effective, &registry, &pod, waited, ctx.config.pod_wait);
+    // Set when another node's agent runs the diagnosis of a pod that is on no node.
+    let mut stand_in: Option<String> = None;
+    if let Decision::StandIn { pod, why } = &decision {
+        decision = match pick_stand_in(ctx, abnormal).await? {
+            Some(node) => {
+                let (_, left_out) = admission::stand_in_collectors(effective);
+                let mut note = format!(
+                    "{STAND_IN_MARK}{pod}: it is on no node ({why}); only collectors that read the apiserver run"
+                );
+                if !left_out.is_empty() {
+                    let names: Vec<String> = left_out.iter().map(|n| n.name.clone()).collect();
+                    note.push_str(&format!(" (left out: {})", names.join(", ")));
+                }
+                stand_in = Some(note);
+                Decision::Admit { node }
+            }
+            None if waited >= ctx.config.pod_wait => Decision::Reject {
+                reason: "NoNodeToRunOn",
+                message: format!(
+                    "pod {pod} is on no node ({why}), and no node is Ready with a kdiag agent to diagnose it from; check `kubectl get nodes` and the kdiag-agent DaemonSet"
+                ),
+            },
+            None => Decision::Wait {
+                reason: "WaitingForNode",
+                message: format!(
+                    "pod {pod} is on no node ({why}); waiting for a Ready node with a kdiag agent to diagnose it from"
+                ),
+                retry_after: Duration::from_secs(2),
+            },
+        };
+    }
     let api: Api<Abnormal> = Api::namespaced(
         ctx.client.clone(),
         &abnormal.namespace().unwrap_or_default(),
@@ -307,7 +336,10 @@ async fn admit(ctx: &Ctx, abnormal: &Abnormal) -> Result<Action, ControllerError
             status.start_time = Some(now.clone());
             status.reason.clear();
             status.message.clear();
-            let msg = format!("{ROUTED_PREFIX}{node}");
+            let msg = format!(
+                "{ROUTED_PREFIX}{node}{}",
+                stand_in.as_deref().unwrap_or_default()
+            );
             set_condition(
                 &mut status.conditions,
                 AbnormalConditionType::Accepted,
@@ -327,8 +359,8 @@ async fn admit(ctx: &Ctx, abnormal: &Abnormal) -> Result<Action, ControllerError
                 .with_label_values(&["accepted"])
                 .inc();
             publish(ctx, abnormal, "Accepted", &msg, false).await;
-            route(ctx, abnormal, &node).await?;
-            tracing::info!(abnormal = %key(abnormal), node = %node, "admitted");
+            route(ctx, abnormal, &node, stand_in.is_some()).await?;
+            tracing::info!(abnormal = %key(abnormal), node = %node, stand_in = stand_in.is_some(), "admitted");
             Ok(Action::await_change())
         }
         Decision::Reject { reason, message } => {
@@ -372,6 +404,8 @@ async fn admit(ctx: &Ctx, abnormal: &Abnormal) -> Result<Action, ControllerError
                 .inc();
             Ok(Action::requeue(retry_after))
         }
+        // Turned into Admit, Reject or Wait above, once the stand-in node is known.
+        Decision::StandIn { .. } => Ok(Action::requeue(Duration::from_secs(1))),
     }
 }
 
@@ -383,6 +417,17 @@ async fn lookup_pod(ctx: &Ctx, abnormal: &Abnormal) -> Result<PodLookup, Control
         .await
     {
         Ok(Some(pod)) => Ok(PodLookup::Found {
+            unschedulable: pod
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| {
+                    cs.iter().any(|c| {
+                        c.type_ == "PodScheduled"
+                            && c.status == "False"
+                            && c.reason.as_deref() == Some("Unschedulable")
+                    })
+                }),
             node: pod.spec.and_then(|s| s.node_name),
         }),
         Ok(None) => Ok(PodLookup::Missing),
@@ -390,8 +435,53 @@ async fn lookup_pod(ctx: &Ctx, abnormal: &Abnormal) -> Result<PodLookup, Control
     }
 }
 
-/// Labels the Abnormal for its node's agent and records the node in spec.nodeName.
-async fn route(ctx: &Ctx, abnormal: &Abnormal, node: &str) -> Result<(), ControllerError> {
+/// The node whose agent diagnoses a pod that is on no node: one running a kdiag agent (its
+/// DaemonSet's pods in kube-diagnoser), else a Ready node.
+async fn pick_stand_in(ctx: &Ctx, abnormal: &Abnormal) -> Result<Option<String>, ControllerError> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), kdiag_api::SYSTEM_NAMESPACE);
+    let agents = pods
+        .list(&kube::api::ListParams::default().labels("app.kubernetes.io/name=kdiag-agent"))
+        .await
+        .map_err(|e| api_error(ctx, abnormal, "list kdiag-agent pods", e))?;
+    let agent_nodes: Vec<String> = agents
+        .items
+        .into_iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .filter_map(|p| p.spec.and_then(|s| s.node_name))
+        .collect();
+    let ready_nodes: Vec<String> = if agent_nodes.is_empty() {
+        Api::<k8s_openapi::api::core::v1::Node>::all(ctx.client.clone())
+            .list(&Default::default())
+            .await
+            .map_err(|e| api_error(ctx, abnormal, "list nodes", e))?
+            .items
+            .into_iter()
+            .filter(|n| {
+                n.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .filter_map(|n| n.metadata.name)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(admission::choose_stand_in(
+        &agent_nodes,
+        &ready_nodes,
+        &key(abnormal),
+    ))
+}
+
+/// Labels the Abnormal for its node's agent and records the node in spec.nodeName. A stand-in
+/// (`stand_in`) keeps only the collectors that read the apiserver.
+async fn route(
+    ctx: &Ctx,
+    abnormal: &Abnormal,
+    node: &str,
+    stand_in: bool,
+) -> Result<(), ControllerError> {
     let api: Api<Abnormal> = Api::namespaced(
         ctx.client.clone(),
         &abnormal.namespace().unwrap_or_default(),
@@ -405,10 +495,15 @@ async fn route(ctx: &Ctx, abnormal: &Abnormal, node: &str) -> Result<(), Control
         registrations: &ctx.registrations,
         builtins: &ctx.builtins,
     };
-    if let Some(t) = admission::with_triage(abnormal, &ctx.config.triage, &registry) {
+    let triaged = admission::with_triage(abnormal, &ctx.config.triage, &registry);
+    if let Some(t) = &triaged {
         patch["spec"]["assignedInformationCollectors"] =
             serde_json::json!(t.spec.assigned_information_collectors);
         patch["spec"]["assignedDiagnosers"] = serde_json::json!(t.spec.assigned_diagnosers);
+    }
+    if stand_in {
+        let (kept, _) = admission::stand_in_collectors(triaged.as_ref().unwrap_or(abnormal));
+        patch["spec"]["assignedInformationCollectors"] = serde_json::json!(kept);
     }
     api.patch(
         &abnormal.name_any(),

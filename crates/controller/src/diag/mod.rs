@@ -100,14 +100,21 @@ pub enum DiagCommand {
 }
 
 fn run_defaults_help() -> String {
-    "Defaults for the kinds not named (--no-defaults turns them off):\n  \
-     collectors  --pod: pod-collector, container-collector, kernel-log-collector\n              \
-     --node: node-collector, kernel-log-collector, systemd-collector, process-collector\n              \
-     (those registered in kube-diagnoser)\n  \
-     diagnosers  every Diagnoser registered in kube-diagnoser, tried in name order\n  \
-     recoverers  none\n\n\
-     Exit codes: 0 accepted (with --wait: Succeeded), 1 rejected or Failed, 2 usage, 3 other errors."
-        .into()
+    use crate::cluster::admission::{TRIAGE_COLLECTORS, TRIAGE_DIAGNOSERS};
+    format!(
+        "Defaults for the kinds not named (--no-defaults turns them off), those registered in \
+         kube-diagnoser:\n  \
+         --pod   the pod triage (docs/triage.md): collectors {}; diagnoser {}\n          \
+         (without the triage registered: pod-collector, container-collector, kernel-log-collector\n          \
+         and every Diagnoser)\n  \
+         --node  collectors {}; diagnosers node-triage-diagnoser first, then every other\n          \
+         Diagnoser but pod-triage-diagnoser, tried until one identifies the cause\n  \
+         recoverers: none\n\n\
+         Exit codes: 0 accepted (with --wait: Succeeded), 1 rejected or Failed, 2 usage, 3 other errors.",
+        TRIAGE_COLLECTORS.join(", "),
+        TRIAGE_DIAGNOSERS.join(", "),
+        run::NODE_COLLECTORS.join(", "),
+    )
 }
 
 /// Where a command looks.

@@ -98,7 +98,7 @@ const POD_COLLECTORS: &[&str] = &[
     "kernel-log-collector",
 ];
 /// Collectors `run --node` prefers, in order.
-const NODE_COLLECTORS: &[&str] = &[
+pub const NODE_COLLECTORS: &[&str] = &[
     "node-collector",
     "kernel-log-collector",
     "systemd-collector",

@@ -379,7 +379,7 @@ pub struct Scenario {
     pub delete_when_running: bool,
     /// The reason codes the triage may name as the root cause.
     pub reasons: &'static [&'static str],
-    /// Whether `kubectl diag run --pod` can reach it (it cannot route a pod no node took).
+    /// Whether it is diagnosed with `kubectl diag run --pod` (else by creating the Abnormal).
     pub via_cli: bool,
 }
 
@@ -544,7 +544,7 @@ pub fn scenarios() -> Vec<Scenario> {
             },
             delete_when_running: false,
             reasons: &["InsufficientResources"],
-            via_cli: false,
+            via_cli: true,
         },
         Scenario {
             name: "liveness",
