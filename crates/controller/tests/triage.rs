@@ -4,7 +4,9 @@
 //! that holds a deleted pod, an emptyDir over its sizeLimit, a crash loop), then
 //! `kubectl diag run --pod … --wait` (the built kdiag binary) asks the controller and the
 //! node's agent, running under config/deploy's RBAC, and the root cause must name the reason
-//! and the object.
+//! and the object. The same stack runs two examples as shipped: examples/pods/emptydir-filling
+//! with its Abnormal, and the liveness-probe pod under config/deploy's liveness-failure-evidence
+//! source.
 
 mod triage_support;
 
@@ -293,4 +295,187 @@ async fn a_healthy_pod_is_not_identified_and_the_answer_says_what_was_checked() 
             status.message
         );
     }
+}
+
+/// examples/pods/emptydir-filling as a reader would use it: the pod and then the Abnormal from
+/// the repository, unchanged but for the namespace; pod-collector and pod-disk-usage-diagnoser
+/// must name the pod's emptyDir as over the threshold the Abnormal gives.
+#[tokio::test]
+async fn the_emptydir_filling_example_gives_the_disk_hog_as_its_root_cause() {
+    let st = stack().await;
+    let client = st.client().await;
+    let example = |file: &str| -> Value {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../examples/pods/emptydir-filling/"
+        );
+        let mut v: Value =
+            serde_yaml::from_str(&std::fs::read_to_string(format!("{path}{file}")).unwrap())
+                .unwrap();
+        v["metadata"]["namespace"] = st.namespace.clone().into();
+        v
+    };
+    let mut abnormal = example("abnormal.yaml");
+    abnormal["spec"]["podReference"]["namespace"] = st.namespace.clone().into();
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(client.clone(), &st.namespace);
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(example("pod.yaml")).unwrap();
+    let pod = pods
+        .create(&Default::default(), &pod)
+        .await
+        .expect("create the example pod");
+    let uid = pod.metadata.uid.clone().unwrap();
+
+    // Create the Abnormal once the pod has written more than the example's 32Mi threshold.
+    let spool = st
+        .cluster
+        .pod_dir(&uid)
+        .join("volumes/kubernetes.io~empty-dir/spool");
+    let begin = std::time::Instant::now();
+    loop {
+        let used: u64 = std::fs::read_dir(&spool)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        if used >= 48 << 20 {
+            break;
+        }
+        assert!(
+            begin.elapsed() < Duration::from_secs(120),
+            "the example pod wrote {used} bytes into {} in 120 s",
+            spool.display()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let name = abnormal["metadata"]["name"].as_str().unwrap().to_owned();
+    let abnormal: Abnormal = serde_json::from_value(abnormal).unwrap();
+    kube::Api::<Abnormal>::namespaced(client.clone(), &st.namespace)
+        .create(&Default::default(), &abnormal)
+        .await
+        .expect("create the example Abnormal");
+    let a = st.wait_final(&name, Duration::from_secs(60)).await;
+    let _ = pods.delete("emptydir-filling", &Default::default()).await;
+    let status = a.status.clone().unwrap_or_default();
+    assert_eq!(
+        status.phase,
+        Some(AbnormalPhase::Succeeded),
+        "{}",
+        serde_json::to_string_pretty(&status).unwrap()
+    );
+    let rc = status.root_cause.expect("a root cause");
+    assert_eq!(rc.reason, "PodDiskUsageOverThreshold", "{rc:?}");
+    assert!(
+        rc.summary
+            .contains(&format!("{}/emptydir-filling", st.namespace)),
+        "the summary names the pod: {}",
+        rc.summary
+    );
+}
+
+/// Issue 7's evidence at the moment of failure: config/deploy's liveness-failure-evidence source
+/// (turned on, and narrowed to one pod so the other scenarios' probes stay out) and the
+/// liveness-probe example pod. Its first Unhealthy event must make the node's agent collect while
+/// the failing container still runs: the collected processes include that very container's.
+#[tokio::test]
+async fn a_first_failed_liveness_probe_collects_the_failing_containers_processes() {
+    let st = stack().await;
+    let client = st.client().await;
+    let ns = st.namespace.clone();
+
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../config/deploy/sources.yaml"
+    ))
+    .unwrap();
+    let mut source: Value = serde_yaml::Deserializer::from_str(&shipped)
+        .map(|d| <Value as serde::Deserialize>::deserialize(d).unwrap())
+        .find(|v| v["metadata"]["name"] == "liveness-failure-evidence")
+        .expect("config/deploy/sources.yaml ships liveness-failure-evidence");
+    assert_eq!(source["spec"]["suspend"], true, "it ships switched off");
+    source["metadata"]["namespace"] = ns.clone().into();
+    source["spec"]["suspend"] = false.into();
+    let regexp = &mut source["spec"]["sourceTemplate"]["kubernetesEventTemplate"]["regexp"];
+    regexp["namespace"] = ns.clone().into();
+    regexp["involvedObject"]["name"] = "liveness-probe".into();
+    let source: kdiag_api::AbnormalSource = serde_json::from_value(source).unwrap();
+    kube::Api::<kdiag_api::AbnormalSource>::namespaced(client.clone(), &ns)
+        .create(&Default::default(), &source)
+        .await
+        .expect("create the source");
+
+    let mut pod: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../examples/pods/liveness-probe/pod.yaml"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    pod["metadata"]["namespace"] = ns.clone().into();
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(client.clone(), &ns);
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod).unwrap();
+    let pod = pods
+        .create(&Default::default(), &pod)
+        .await
+        .expect("create the example pod");
+    let uid = pod.metadata.uid.clone().unwrap();
+
+    // The Abnormal the source makes for the pod's first Unhealthy event.
+    let abnormals = kube::Api::<Abnormal>::namespaced(client.clone(), &ns);
+    let begin = std::time::Instant::now();
+    let name = loop {
+        let found = abnormals
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|a| {
+                a.spec.source == kdiag_api::AbnormalSourceType::KubernetesEvent
+                    && a.spec
+                        .pod_reference
+                        .as_ref()
+                        .is_some_and(|p| p.name == "liveness-probe")
+            });
+        if let Some(a) = found {
+            break a.metadata.name.unwrap();
+        }
+        assert!(
+            begin.elapsed() < Duration::from_secs(120),
+            "no Abnormal for the pod's Unhealthy event in 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let a = st.wait_final(&name, Duration::from_secs(60)).await;
+
+    // The first instance of the container: still the current one, or the last terminated one.
+    let now = pods.get("liveness-probe").await.unwrap();
+    let cs = now.status.unwrap().container_statuses.unwrap().remove(0);
+    let mut instances = vec![cs.container_id.clone().unwrap_or_default()];
+    if let Some(t) = cs.last_state.and_then(|s| s.terminated) {
+        instances.push(t.container_id.unwrap_or_default());
+    }
+    let _ = pods.delete("liveness-probe", &Default::default()).await;
+
+    let processes = context(&a, "processInformation");
+    let of_pod: Vec<&Value> = processes
+        .as_array()
+        .expect("processInformation collected")
+        .iter()
+        .filter(|p| p["podUID"] == uid.as_str())
+        .collect();
+    assert!(
+        of_pod.iter().any(|p| {
+            let cid = p["containerID"].as_str().unwrap_or_default();
+            !cid.is_empty()
+                && instances.iter().any(|i| i.ends_with(cid))
+                && p.to_string().contains("httpd")
+        }),
+        "the failing container's httpd was collected while it ran; container instances {instances:?}, the pod's processes: {of_pod:?}"
+    );
 }

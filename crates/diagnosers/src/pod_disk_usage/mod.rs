@@ -79,6 +79,14 @@ impl Processor for PodDiskUsageDiagnoser {
 
 fn settings(abnormal: &Abnormal) -> Result<Settings, ProcessorError> {
     let mut s = Settings::default();
+    s.focus = abnormal.spec.pod_reference.as_ref().map(|p| {
+        let ns = if p.namespace.is_empty() {
+            abnormal.metadata.namespace.clone().unwrap_or_default()
+        } else {
+            p.namespace.clone()
+        };
+        format!("{ns}/{}", p.name)
+    });
     if let Some(v) = abnormal.context_value(THRESHOLD_KEY) {
         let bytes = match v {
             Value::Number(n) => n.as_u64(),

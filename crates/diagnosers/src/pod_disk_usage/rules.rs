@@ -54,6 +54,8 @@ pub struct Settings {
     pub pressure_percent: f64,
     /// `podDiskUsageTopN`: how many pods podDiskUsageDiagnosis lists. Default 10.
     pub top_n: usize,
+    /// The Abnormal's pod (namespace/name), when it names one: findings about it come first.
+    pub focus: Option<String>,
 }
 
 impl Default for Settings {
@@ -62,6 +64,7 @@ impl Default for Settings {
             threshold: None,
             pressure_percent: 90.0,
             top_n: 10,
+            focus: None,
         }
     }
 }
@@ -263,8 +266,14 @@ pub fn findings(pods: &[PodUsage], fs: &Filesystem, s: &Settings) -> Vec<Finding
             reason: if bytes_full { "FilesystemPressure" } else { "InodePressure" },
             summary: format!("the filesystem of {} is {what}{blame}", fs.path.display()),
             suggestion: "Free space on the kubelet's filesystem: clean up the largest pod directories listed in podDiskUsageDiagnosis, unused images (crictl rmi --prune) and old logs; the kubelet starts evicting pods at its DiskPressure threshold.".into(),
-            evidence: ev,
+                        evidence: ev,
         });
+    }
+    // An Abnormal about one pod asks about that pod: its findings lead, in their own order, and
+    // the rest of the node's follow (a stable sort).
+    if let Some(focus) = &s.focus {
+        let object = format!("pod/{focus}");
+        out.sort_by_key(|f| !f.evidence.iter().any(|e| e.object == object));
     }
     out
 }
@@ -330,6 +339,31 @@ mod tests {
         let f = findings(&[p], &fs(20.0, 5.0), &Settings::default());
         assert_eq!(f[0].reason, "EmptyDirSizeLimitExceeded");
         assert!(f[0].summary.contains("emptyDir spool"), "{}", f[0].summary);
+    }
+
+    #[test]
+    fn the_abnormals_own_pod_leads_even_when_another_pod_is_worse() {
+        let mut evicted_soon = pod("a/other", 10 * MIB);
+        evicted_soon.empty_dirs.push(EmptyDirUsage {
+            name: "scratch".into(),
+            path: "/x/scratch".into(),
+            bytes: 8 * MIB,
+            size_limit: Some(MIB),
+        });
+        let pods = [evicted_soon, pod("a/mine", 60 * MIB)];
+        let mut s = Settings {
+            threshold: Some(32 * MIB),
+            ..Default::default()
+        };
+        assert_eq!(
+            findings(&pods, &fs(20.0, 5.0), &s)[0].reason,
+            "EmptyDirSizeLimitExceeded"
+        );
+        s.focus = Some("a/mine".into());
+        let f = findings(&pods, &fs(20.0, 5.0), &s);
+        assert_eq!(f[0].reason, "PodDiskUsageOverThreshold");
+        assert!(f[0].summary.contains("a/mine"), "{}", f[0].summary);
+        assert_eq!(f.len(), 2, "the other pod's finding still follows");
     }
 
     #[test]
