@@ -534,7 +534,7 @@ async fn a_wrongly_typed_field_is_rejected_with_a_clear_message() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-        // kubectl validates against the schema the apiserver publishes once it has published this
+    // kubectl validates against the schema the apiserver publishes once it has published this
     // CRD's (asynchronously), else the apiserver rejects it: either way the message names the
     // field and the type it must have.
     let client_side = stderr.contains("Abnormal.spec.assignedDiagnosers")

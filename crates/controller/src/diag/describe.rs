@@ -471,7 +471,7 @@ fn root_cause(out: &mut String, a: &Abnormal, style: Style) {
         return;
     };
     field(out, &label, &style.paint(Tone::Bad, &rc.summary));
-        field(out, "  Reason:", &rc.reason);
+    field(out, "  Reason:", &rc.reason);
     if let Some(since) = &rc.since {
         field(out, "  Since:", &render::timestamp(since.0));
     }
@@ -508,14 +508,16 @@ fn root_cause(out: &mut String, a: &Abnormal, style: Style) {
             if !notes.is_empty() {
                 let _ = write!(line, " ({})", notes.join(", "));
             }
-                        out.push_str(&continued(&line, 6));
+            out.push_str(&continued(&line, 6));
             out.push('\n');
         }
     }
     if !rc.others.is_empty() {
         // Other causes the diagnoser found, ranked after this one: often a consequence of it.
-        out.push_str("  Also found:
-");
+        out.push_str(
+            "  Also found:
+",
+        );
         for o in &rc.others {
             let mut line = format!("    - {} ({})", o.summary, o.reason);
             if let Some(t) = &o.since {
@@ -773,11 +775,11 @@ mod tests {
             "  Message:    Memory cgroup out of memory: Killed process 4242 (python)",
             "  Pod:        shop/web (container app)",
             "Root cause:   container app of pod shop/web was OOM-killed at its 64Mi limit",
-                        "  Reason:     OOMKilled",
+            "  Reason:     OOMKilled",
             "  Since:      2026-11-22T09:50:00Z",
             "  Found by:   kube-diagnoser/oom-diagnoser",
             "  Suggestion: raise the memory limit of container app",
-                        "    - [KernelLog] Pod/shop/web: Killed process 4242 (python) (at 2026-11-22T09:59:58Z, from status.context.kernelLog)",
+            "    - [KernelLog] Pod/shop/web: Killed process 4242 (python) (at 2026-11-22T09:59:58Z, from status.context.kernelLog)",
             "  Also found:",
             "    - container app of pod shop/web is restarting in a loop (CrashLoopBackOff) since 2026-11-22T09:52:00Z",
             "Timeline:",
