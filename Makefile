@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all setup build test lint fmt crd run clean-clusters
+.PHONY: all setup build test bench lint fmt crd run clean-clusters
 
 all: build
 
@@ -26,6 +26,15 @@ clean-clusters:
 test: setup
 	$(CARGO) test --workspace --all-targets --no-fail-fast
 	$(CARGO) test --workspace --doc
+
+## bench: benchmarks on a real control plane, each figure next to a same-run baseline; prints a
+## table and writes bench/results/latest.json (docs/performance.md). BENCH_ARGS="--help" for options.
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
+bench: setup
+	$(CARGO) build --release --bin kdiag --bin kdiag-bench
+	$(CARGO) build --release -p kdiag-collectors --example bench_collectors
+	$(TARGET_DIR)/release/kdiag-bench --kdiag $(TARGET_DIR)/release/kdiag \
+		--collectors $(TARGET_DIR)/release/examples/bench_collectors $(BENCH_ARGS)
 
 ## lint: formatting and clippy, warnings are errors
 lint:
