@@ -2,7 +2,8 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all setup build test bench lint fmt crd run clean-clusters
+.PHONY: all setup build test bench bench-triage lint fmt crd docs image plugin run clean-clusters
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
 all: build
 
@@ -29,12 +30,18 @@ test: setup
 
 ## bench: benchmarks on a real control plane, each figure next to a same-run baseline; prints a
 ## table and writes bench/results/latest.json (docs/performance.md). BENCH_ARGS="--help" for options.
-TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 bench: setup
 	$(CARGO) build --release --bin kdiag --bin kdiag-bench
 	$(CARGO) build --release -p kdiag-collectors --example bench_collectors
 	$(TARGET_DIR)/release/kdiag-bench --kdiag $(TARGET_DIR)/release/kdiag \
 		--collectors $(TARGET_DIR)/release/examples/bench_collectors $(BENCH_ARGS)
+	$(MAKE) bench-triage
+
+## bench-triage: `kubectl diag run --pod … --wait` to the answer, per failure class of the pod
+## triage, on a real single-node cluster (needs root); writes bench/results/triage.json
+bench-triage: setup
+	$(CARGO) build --release --bin kdiag -p kdiag-controller --example bench_triage
+	$(TARGET_DIR)/release/examples/bench_triage --runs 10 bench/results/triage.json
 
 ## lint: formatting and clippy, warnings are errors
 lint:
@@ -47,6 +54,19 @@ fmt:
 ## crd: regenerate config/crd from the Rust types
 crd:
 	$(CARGO) run -q --bin kdiag -- crd --output-dir config/crd
+
+## docs: regenerate config/crd and the generated parts of docs/ (API reference, security tables)
+docs: crd
+	KDIAG_UPDATE_DOCS=1 $(CARGO) test -q -p kdiag-controller --test kubectl_diag -- api_reference the_security_page
+
+## image: the kdiag image (one static binary on an empty base) with buildah, no Docker daemon
+image:
+	hack/build-image.sh
+
+## plugin: `kubectl diag` for this machine: links /usr/local/bin/kubectl-diag to a release kdiag
+plugin:
+	$(CARGO) build --release --bin kdiag
+	ln -sf "$(abspath $(TARGET_DIR))/release/kdiag" /usr/local/bin/kubectl-diag
 
 help:
 	@grep -E '^## ' Makefile | sed 's/^## //'
