@@ -78,15 +78,17 @@ impl Processor for PodDiskUsageDiagnoser {
 }
 
 fn settings(abnormal: &Abnormal) -> Result<Settings, ProcessorError> {
-    let mut s = Settings::default();
-    s.focus = abnormal.spec.pod_reference.as_ref().map(|p| {
-        let ns = if p.namespace.is_empty() {
-            abnormal.metadata.namespace.clone().unwrap_or_default()
-        } else {
-            p.namespace.clone()
-        };
-        format!("{ns}/{}", p.name)
-    });
+    let mut s = Settings {
+        focus: abnormal.spec.pod_reference.as_ref().map(|p| {
+            let ns = if p.namespace.is_empty() {
+                abnormal.metadata.namespace.clone().unwrap_or_default()
+            } else {
+                p.namespace.clone()
+            };
+            format!("{ns}/{}", p.name)
+        }),
+        ..Settings::default()
+    };
     if let Some(v) = abnormal.context_value(THRESHOLD_KEY) {
         let bytes = match v {
             Value::Number(n) => n.as_u64(),
