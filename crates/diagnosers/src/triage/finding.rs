@@ -64,6 +64,18 @@ impl Finding {
         if let Some(t) = e.timestamp.as_ref().map(|t| t.0) {
             self.seen(Some(t), Some(t));
         }
+        // The same fact twice (the scheduler records a new Event object at each retry) is one
+        // entry, stamped with its latest time.
+        if let Some(same) = self
+            .evidence
+            .iter_mut()
+            .find(|x| x.kind == e.kind && x.object == e.object && x.message == e.message)
+        {
+            if e.timestamp.as_ref().map(|t| t.0) > same.timestamp.as_ref().map(|t| t.0) {
+                same.timestamp = e.timestamp;
+            }
+            return self;
+        }
         self.evidence.push(e);
         self
     }
@@ -297,6 +309,23 @@ mod tests {
         ];
         rank(&mut all);
         assert_eq!(all[0].reason, "CrashLoopBackOff");
+    }
+
+    #[test]
+    fn the_same_fact_twice_is_one_evidence_entry_with_its_latest_time() {
+        let fact = |s: i64| {
+            status(
+                "pod/a/b",
+                "0/1 nodes are available: 1 Insufficient cpu.".into(),
+                at(s),
+            )
+        };
+        let f = f("Unschedulable", Rank::Definite, 0, 0)
+            .with(fact(10))
+            .with(fact(20))
+            .with(status("pod/a/b", "another".into(), at(15)));
+        assert_eq!(f.evidence.len(), 2, "{:?}", f.evidence);
+        assert_eq!(f.evidence[0].timestamp.as_ref().map(|t| t.0), at(20));
     }
 
     #[test]
