@@ -415,6 +415,39 @@ mod tests {
     }
 
     #[test]
+    fn the_oom_summary_names_the_process_that_held_the_memory_not_the_last_one_killed() {
+        let mut f = facts(
+            pod(
+                json!({"phase": "Running", "containerStatuses": [{"name": "app", "image": "web:1",
+                "imageID": "", "ready": true, "restartCount": 1, "containerID": "containerd://c2",
+                "state": {"running": {"startedAt": "2026-11-22T10:09:01Z"}},
+                "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled",
+                    "containerID": "containerd://c1", "finishedAt": "2026-11-22T10:09:00Z"}}}]}),
+            ),
+            json!([]),
+        );
+        let kill = |task: &str, anon: u64| facts::OomKill {
+            timestamp: "2026-11-22T10:09:00Z".into(),
+            task: task.into(),
+            kind: "memcg".into(),
+            pod_uid: Some("u1".into()),
+            container_id: Some("c1".into()),
+            anon_rss_bytes: Some(anon),
+            file_rss_bytes: Some(1 << 20),
+            ..Default::default()
+        };
+        f.oom_kills = Some(vec![kill("tail", 31 << 20), kill("sh", 0)]);
+        let rc = finding::root_cause(&pod_findings(&f)).unwrap();
+        assert_eq!(rc.reason, "OOMKilled");
+        assert!(
+            rc.summary
+                .contains("the killed process `tail` held 32.0 MiB"),
+            "{}",
+            rc.summary
+        );
+    }
+
+    #[test]
     fn a_container_killed_for_its_liveness_probe_is_a_probe_failure_not_a_crash_loop() {
         let event = |reason: &str, message: &str, t: &str| {
             json!({"metadata": {"name": format!("e-{reason}")}, "type": "Warning", "reason": reason,

@@ -72,10 +72,15 @@ pub fn check(f: &Facts) -> Vec<Finding> {
             ),
             None => "no memory limit of its own (the pod's or the node's memory ran out)".into(),
         };
+        // One OOM in a memory cgroup may kill several processes in turn (the hog, then the shell
+        // that started it): of the latest instance's kills, the one holding the most memory is
+        // what reached the limit.
+        let latest = own_kills.last().and_then(|k| k.container_id.as_deref());
         let usage = own_kills
             .iter()
-            .rev()
-            .find_map(|k| {
+            .filter(|k| k.container_id.as_deref() == latest)
+            .max_by_key(|k| (k.anon_rss_bytes.unwrap_or(0), k.file_rss_bytes.unwrap_or(0)))
+            .and_then(|k| {
                 let rss = k.anon_rss_bytes.unwrap_or(0) + k.file_rss_bytes.unwrap_or(0);
                 (rss > 0).then(|| {
                     format!(
