@@ -22,10 +22,11 @@ if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 
 # Debian packages: etcd for the control plane, Go and rsync for the build, containerd, runc and
 # the CNI plugins for the node, busybox-static for the local images, openssl for keys; dnsmasq,
-# Prometheus and Alertmanager are real peers for the DNS check and alert-source tests.
+# Prometheus and Alertmanager are real peers for the DNS check and alert-source tests; the JDK
+# (java, jcmd) runs the real JVMs of the Java profiler tests.
 PACKAGES=(etcd-server golang-go rsync golang-github-modern-go-reflect2-dev containerd runc
   containernetworking-plugins busybox-static openssl iproute2 iptables util-linux procps
-  ca-certificates curl dnsmasq-base prometheus prometheus-alertmanager)
+  ca-certificates curl dnsmasq-base prometheus prometheus-alertmanager openjdk-17-jdk-headless)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

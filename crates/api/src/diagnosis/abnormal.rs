@@ -263,11 +263,17 @@ pub struct GoProfilerSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JavaProfilerSpec {
+    /// Arthas: kdiag runs jcmd instead (VM.version, Thread.print, GC.class_histogram) and keeps
+    /// one text report. MemoryAnalyzer: kdiag keeps the raw HPROF file for Eclipse MAT.
     #[serde(rename = "type")]
     pub type_: JavaProfilerType,
     /// Absolute path of the HPROF file. Required for MemoryAnalyzer.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub hprof_file_path: String,
+    /// (kdiag) The host pid of the Java process to profile. Without it, the Java processes of
+    /// spec.podReference (and its container, if named) on the Abnormal's node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]

@@ -74,11 +74,12 @@ impl Executor {
         i: usize,
     ) -> (ProcessorResult, String, StepOutput) {
         let spec = &abnormal.spec.profilers[i];
-        let status = self.profilers.run(abnormal, spec).await;
+        let run = self.profilers.run(abnormal, spec).await;
+        let status = run.status;
         let (result, message) = if status.error.is_empty() {
             (
                 ProcessorResult::Succeeded,
-                format!("profile available at {}", status.endpoint),
+                format!("{} available at {}", run.summary, status.endpoint),
             )
         } else {
             (ProcessorResult::Failed, status.error.clone())

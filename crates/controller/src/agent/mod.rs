@@ -131,6 +131,8 @@ pub fn start(
             profilers: Arc::new(Profilers {
                 data_root: config.data_root.clone(),
                 public_url: config.public_url.clone(),
+                proc_root: config.node.proc_root.clone(),
+                client: Some(client.clone()),
             }),
             max_step_output_bytes: config.limits.max_step_output_bytes,
             node: Arc::new(config.node.clone()),
