@@ -214,6 +214,19 @@ impl Delta {
             .sum()
     }
 
+    /// Requests except the scrapes and those on `resources` (any verb).
+    pub fn requests_except(&self, resources: &[&str]) -> f64 {
+        self.requests
+            .iter()
+            .filter(|(k, _)| !k.ends_with("(non-resource)"))
+            .filter(|(k, _)| {
+                let resource = k.split_once(' ').map_or("", |(_, r)| r);
+                !resources.contains(&resource)
+            })
+            .map(|(_, v)| v)
+            .sum()
+    }
+
     pub fn watch_events_of(&self, kind: &str) -> f64 {
         self.watch_events.get(kind).copied().unwrap_or(0.0)
     }

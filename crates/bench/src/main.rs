@@ -76,9 +76,8 @@ struct Args {
     /// 1. and 2. Pods bound to the node, which pod-collector collects into every Abnormal.
     #[arg(long, default_value_t = 3)]
     pods: usize,
-    /// 1. and 2. A command line the agent is run under, for profiling; it must exec kdiag, e.g.
-    /// "env LD_PRELOAD=/usr/lib/heaptrack/libheaptrack_preload.so DUMP_HEAPTRACK_OUTPUT=/tmp/a.raw"
-    /// (docs/performance.md).
+    /// Sections 1 and 2: a command line the agent is run under, for profiling; it must exec kdiag:
+    /// `env MALLOC_ARENA_MAX=2`, or heaptrack's preload library (docs/performance.md).
     #[arg(long)]
     agent_wrapper: Option<String>,
     /// 1. and 2. The same for the controller.

@@ -11,6 +11,10 @@ pub struct ProcSample {
     pub rss_kib: u64,
     /// Peak RSS since the process started.
     pub hwm_kib: u64,
+    /// Of the RSS: anonymous memory (heap, stacks) and file pages (the binary's code and data).
+    pub anon_kib: u64,
+    pub file_kib: u64,
+    pub threads: u64,
     /// User + system CPU time.
     pub cpu: Duration,
     pub at: Instant,
@@ -31,6 +35,9 @@ pub fn sample(pid: i32) -> Result<ProcSample> {
     Ok(ProcSample {
         rss_kib: field("VmRSS:"),
         hwm_kib: field("VmHWM:"),
+        anon_kib: field("RssAnon:"),
+        file_kib: field("RssFile:"),
+        threads: field("Threads:"),
         cpu: cpu_time(pid)?,
         at,
     })

@@ -13,6 +13,9 @@ fn num(v: &Value, pointer: &str) -> f64 {
 fn fmt(x: f64) -> String {
     if x.is_nan() {
         "n/a".into()
+    } else if x == 0.0 {
+        // Never "-0.00".
+        "0.00".into()
     } else if x.abs() >= 100.0 {
         format!("{x:.0}")
     } else if x.abs() >= 10.0 {
@@ -344,6 +347,16 @@ fn footprint(out: &mut String, f: &Value) {
     let rows = [
         ("idle RSS (MiB)".to_string(), "/idle/{}/rssMiB", "<= 20"),
         (
+            "  of it anonymous (heap, stacks)".to_string(),
+            "/idle/{}/rssAnonMiB",
+            "",
+        ),
+        (
+            "  of it file-backed (the binary)".to_string(),
+            "/idle/{}/rssFileMiB",
+            "",
+        ),
+        (
             "idle CPU (% of a core)".to_string(),
             "/idle/{}/cpuPercent",
             "near 0",
@@ -352,6 +365,11 @@ fn footprint(out: &mut String, f: &Value) {
             format!("RSS with {n} Abnormals (MiB)"),
             "/full/{}/rssMiB",
             "<= 64",
+        ),
+        (
+            "  of it anonymous (heap, stacks)".to_string(),
+            "/full/{}/rssAnonMiB",
+            "",
         ),
         (
             "peak RSS during the run (MiB)".to_string(),
