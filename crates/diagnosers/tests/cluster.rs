@@ -325,8 +325,18 @@ async fn terminating_pod_diagnoser_names_the_finalizer_for_one_pod_and_the_sigte
         .unwrap();
     // The held pod's container stops after its 2 s grace; its deadline (deletionTimestamp +
     // grace) passes soon after.
+    // The kubelet 1.20 sometimes reports a container it removed during the deletion as
+    // lastState terminated (ContainerStatusUnknown) with state waiting: stopped all the same.
     let held = wait_for(c, &pods, "held", "stopped container", |p| {
-        first_state(p).is_some_and(|s| s.terminated.is_some())
+        let stopped_last = p
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|cs| cs.first())
+            .and_then(|c| c.last_state.as_ref())
+            .is_some_and(|s| s.terminated.is_some());
+        first_state(p)
+            .is_some_and(|s| s.terminated.is_some() || (s.running.is_none() && stopped_last))
     })
     .await;
     let deletion = held.metadata.deletion_timestamp.clone().unwrap().0;
