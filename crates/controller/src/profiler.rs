@@ -846,3 +846,113 @@ fn sanitize(name: &str) -> String {
         .trim_start_matches('.')
         .to_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn process(
+        pid: i32,
+        pod: Option<&str>,
+        container: Option<&str>,
+        monitor: bool,
+    ) -> scan::ProcessInfo {
+        scan::ProcessInfo {
+            pid,
+            pod_uid: pod.map(str::to_owned),
+            container_id: container.map(str::to_owned),
+            runtime_monitor: monitor,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_pods_processes_are_those_its_cgroups_place_in_it_without_the_monitor() {
+        let procs = [
+            process(1, None, None, false),
+            process(10, Some("u1"), Some("pause"), false),
+            process(11, Some("u1"), Some("app"), false),
+            process(12, Some("u1"), Some("app"), false),
+            process(13, Some("u1"), Some("side"), false),
+            process(14, Some("u1"), None, true),
+            process(20, Some("u2"), Some("app2"), false),
+        ];
+        assert_eq!(pod_processes(&procs, "u1", None), vec![10, 11, 12, 13]);
+        assert_eq!(pod_processes(&procs, "u1", Some("app")), vec![11, 12]);
+        assert_eq!(pod_processes(&procs, "", None), Vec::<i32>::new());
+    }
+
+    #[test]
+    fn a_containers_id_comes_without_the_runtime_scheme() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "status": {
+                "containerStatuses": [
+                    {"name": "app", "containerID": "containerd://abc123", "image": "", "imageID": "", "ready": true, "restartCount": 0},
+                    {"name": "waiting", "image": "", "imageID": "", "ready": false, "restartCount": 0}
+                ],
+                "initContainerStatuses": [
+                    {"name": "init", "containerID": "cri-o://def456", "image": "", "imageID": "", "ready": false, "restartCount": 0}
+                ]
+            }
+        }))
+        .unwrap();
+        assert_eq!(container_id(&pod, "app").as_deref(), Some("abc123"));
+        assert_eq!(container_id(&pod, "init").as_deref(), Some("def456"));
+        assert_eq!(container_id(&pod, "waiting"), None);
+        assert_eq!(container_id(&pod, "nope"), None);
+    }
+
+    #[test]
+    fn a_target_is_a_jvm_by_its_name_or_its_libjvm() {
+        let root = tempfile::tempdir().unwrap();
+        let write = |pid: i32, comm: &str, cmdline: &[u8], maps: &str| {
+            let d = root.path().join(pid.to_string());
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(
+                d.join("status"),
+                "Name:\tx\nUid:\t1000\t1001\t1001\t1001\nGid:\t2000\t2001\t2001\t2001\n",
+            )
+            .unwrap();
+            std::fs::write(d.join("comm"), format!("{comm}\n")).unwrap();
+            std::fs::write(d.join("cmdline"), cmdline).unwrap();
+            std::fs::write(d.join("maps"), maps).unwrap();
+        };
+        write(5, "java", b"/usr/bin/java\0-jar\0app.jar\0", "");
+        write(
+            6,
+            "jsvc",
+            b"jsvc\0-home\0/jdk\0",
+            "7f00-7f01 r-xp 0 08:01 1 /jdk/lib/server/libjvm.so\n",
+        );
+        write(
+            7,
+            "sleep",
+            b"sleep\x00100\0",
+            "7f00-7f01 r-xp 0 08:01 1 /usr/lib/libc.so.6\n",
+        );
+        write(8, "kworker/0:1", b"", "");
+        let t = read_target(root.path(), 5, "java.pid".into()).unwrap();
+        assert!(t.jvm);
+        assert_eq!((t.uid, t.gid), (1001, 2001), "the effective ids");
+        assert_eq!(t.command, "/usr/bin/java -jar app.jar");
+        assert!(read_target(root.path(), 6, String::new()).unwrap().jvm);
+        assert!(!read_target(root.path(), 7, String::new()).unwrap().jvm);
+        let kernel = read_target(root.path(), 8, String::new()).unwrap();
+        assert_eq!(kernel.command, "[kworker/0:1]");
+        assert_eq!(
+            read_target(root.path(), 9, String::new()).unwrap_err(),
+            "process 9 does not exist on this node"
+        );
+    }
+
+    #[test]
+    fn an_error_keeps_the_last_lines_of_jcmds_output() {
+        let out = "123:\n\njava.io.IOException: Permission denied\n\tat a\n\tat b\n";
+        assert_eq!(
+            last_lines(out, 3),
+            "java.io.IOException: Permission denied | \tat a | \tat b"
+        );
+        assert_eq!(last_lines("", 3), "");
+    }
+}

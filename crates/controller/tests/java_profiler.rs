@@ -131,6 +131,17 @@ async fn profile(
     node: &str,
     java: serde_json::Value,
 ) -> (ProfilerStatus, String, ProcessorResult) {
+    profile_within(client, ns, name, node, java, 60).await
+}
+
+async fn profile_within(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    node: &str,
+    java: serde_json::Value,
+    timeout_seconds: i32,
+) -> (ProfilerStatus, String, ProcessorResult) {
     create_abnormal(
         client,
         ns,
@@ -138,7 +149,7 @@ async fn profile(
         json!({
             "nodeName": node,
             "profilers": [{
-                "name": "jvm", "type": "InformationCollector", "java": java, "timeoutSeconds": 60
+                "name": "jvm", "type": "InformationCollector", "java": java, "timeoutSeconds": timeout_seconds
             }]
         }),
     )
@@ -280,6 +291,64 @@ async fn a_java_profiler_without_a_target_fails_saying_what_was_searched() {
         "{}",
         status.error
     );
+    agent.stop().await;
+}
+
+/// A JVM that does not answer (stopped, as a hung one would be): jcmd gives up within the
+/// profiler's timeout and the profiler fails saying what to check.
+#[tokio::test]
+async fn a_jvm_that_does_not_answer_fails_the_profiler_within_its_timeout() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("java-stopped").await;
+    let client = cp.client().await;
+    let node = format!("{ns}-node");
+    let agent = TestAgent::start(cp, &node).await;
+    let dir = tempfile::tempdir().unwrap();
+    let jvm = start_jvm(dir.path(), "kdiag-stopped-thread");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(jvm.pid),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let (status, message, result) = profile_within(
+        &client,
+        &ns,
+        "stopped",
+        &node,
+        json!({"type": "Arthas", "pid": jvm.pid}),
+        6,
+    )
+    .await;
+    assert_eq!(result, ProcessorResult::Failed, "{message}");
+    assert!(
+        status.error.starts_with("jcmd could not attach to any JVM")
+            || status
+                .error
+                .contains("did not finish within its timeout of 6s"),
+        "{}",
+        status.error
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    let report = agent.data_root.join(format!("profiles/{ns}/stopped/jvm"));
+    assert!(!report.exists(), "no report for a JVM that did not answer");
+    // No jcmd left behind.
+    let jcmds = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "jcmd")
+                && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    c.split(|b| *b == 0)
+                        .any(|a| a == jvm.pid.to_string().as_bytes())
+                })
+        })
+        .count();
+    assert_eq!(jcmds, 0);
     agent.stop().await;
 }
 

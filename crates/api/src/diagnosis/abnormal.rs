@@ -270,8 +270,8 @@ pub struct JavaProfilerSpec {
     /// Absolute path of the HPROF file. Required for MemoryAnalyzer.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub hprof_file_path: String,
-    /// (kdiag) The host pid of the Java process to profile. Without it, the Java processes of
-    /// spec.podReference (and its container, if named) on the Abnormal's node.
+    /// kdiag extension: the host pid of the Java process to profile. Without it, the Java
+    /// processes of spec.podReference (and its container, if named) on the Abnormal's node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<i32>,
 }
