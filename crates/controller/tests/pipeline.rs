@@ -110,7 +110,7 @@ async fn an_abnormal_walks_through_its_stages_running_processors_in_the_order_li
         assert_eq!(condition(&a, t).status, ConditionStatus::True, "{t:?}");
     }
     assert_eq!(a.labels().get(labels::NODE_LABEL), Some(&node));
-    let reasons = event_reasons(&client, &ns, "ordered").await;
+    let reasons = event_reasons_at_least(&client, &ns, "ordered", 4).await;
     assert_eq!(
         reasons,
         ["Accepted", "Collected", "Identified", "Recovered"]
@@ -270,7 +270,7 @@ async fn invalid_abnormals_fail_at_admission_with_a_reason_and_what_to_do() {
             "{name} must not be routed"
         );
         assert_eq!(
-            event_reasons(&client, &ns, name).await,
+            event_reasons_at_least(&client, &ns, name, 1).await,
             ["Rejected"],
             "{name}"
         );
@@ -614,8 +614,22 @@ async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
     for name in ["good-0", "good-1", "good-2", "bad"] {
         wait_final(&client, &ns, name, FINISH).await;
     }
-    let text = agent.metrics_text().await;
-    let samples = parse_prometheus(&text);
+    // The agent counts an Abnormal's end right after writing it: wait until all four are counted.
+    let mut samples = parse_prometheus(&agent.metrics_text().await);
+    let ended = |samples: &[(String, f64)]| {
+        samples
+            .iter()
+            .filter(|(n, _)| n.starts_with("kdiag_abnormal_duration_seconds_count"))
+            .map(|(_, v)| *v)
+            .sum::<f64>()
+    };
+    for _ in 0..50 {
+        if ended(&samples) >= 4.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        samples = parse_prometheus(&agent.metrics_text().await);
+    }
     let get = |name: &str| {
         samples
             .iter()

@@ -446,6 +446,25 @@ pub async fn wait_for(
 }
 
 /// The reasons of the Events recorded on an object, oldest first.
+/// The reasons once there are at least `n` Events (or after 5 s): an Event is published after
+/// the status write it reports, so a final phase may be seen before its Event.
+pub async fn event_reasons_at_least(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    n: usize,
+) -> Vec<String> {
+    let mut reasons = event_reasons(client, ns, name).await;
+    for _ in 0..50 {
+        if reasons.len() >= n {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        reasons = event_reasons(client, ns, name).await;
+    }
+    reasons
+}
+
 pub async fn event_reasons(client: &Client, ns: &str, name: &str) -> Vec<String> {
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
     let mut list: Vec<_> = events
