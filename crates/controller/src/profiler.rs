@@ -52,6 +52,9 @@ pub struct Profilers {
     pub client: Option<kube::Client>,
 }
 
+/// How often the agent deletes profiles whose expirationSeconds have passed.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
 /// What a profiler run produced.
 pub struct ProfilerRun {
     pub status: ProfilerStatus,
@@ -110,10 +113,55 @@ impl Profilers {
             Ok((url_path, what)) => {
                 status.endpoint = format!("{}{url_path}", self.public_url);
                 summary = what;
+                let keep = spec
+                    .expiration_seconds
+                    .unwrap_or(DEFAULT_EXPIRATION_SECONDS)
+                    .max(1) as i64;
+                let (file, _) = self.location(abnormal, &spec.name);
+                if let Err(e) = self
+                    .record_expiry(&file, jiff::Timestamp::now().as_second() + keep)
+                    .await
+                {
+                    // The profile is there; only its clean-up is at risk, so say it and go on.
+                    tracing::warn!(profile = %file.display(), error = %e, "cannot record when the profile expires; it will not be deleted");
+                }
             }
             Err(e) => status.error = e,
         }
         ProfilerRun { status, summary }
+    }
+
+    /// The marker holding when `file` (under data_root/profiles) expires: the same relative path
+    /// under data_root/profile-expiry, outside what the HTTP server serves.
+    fn expiry_marker(&self, file: &Path) -> Option<PathBuf> {
+        let rel = file.strip_prefix(self.data_root.join("profiles")).ok()?;
+        Some(self.data_root.join("profile-expiry").join(rel))
+    }
+
+    async fn record_expiry(&self, file: &Path, expires_at_unix: i64) -> Result<(), String> {
+        let marker = self
+            .expiry_marker(file)
+            .ok_or_else(|| format!("{} is not under the profiles directory", file.display()))?;
+        if let Some(dir) = marker.parent() {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        }
+        tokio::fs::write(&marker, expires_at_unix.to_string())
+            .await
+            .map_err(|e| format!("writing {}: {e}", marker.display()))
+    }
+
+    /// Deletes the profiles whose expirationSeconds have passed by `now_unix`, and their markers;
+    /// returns how many were deleted. A profile is at most SWEEP_INTERVAL late to go.
+    pub async fn sweep_expired(&self, now_unix: i64) -> usize {
+        let (profiles, markers) = (
+            self.data_root.join("profiles"),
+            self.data_root.join("profile-expiry"),
+        );
+        tokio::task::spawn_blocking(move || sweep(&profiles, &markers, now_unix))
+            .await
+            .unwrap_or(0)
     }
 
     async fn go(
@@ -845,6 +893,77 @@ fn sanitize(name: &str) -> String {
         .collect::<String>()
         .trim_start_matches('.')
         .to_owned()
+}
+
+/// Walks the expiry markers (namespace/abnormal/profile) and deletes what has expired.
+fn sweep(profiles: &Path, markers: &Path, now_unix: i64) -> usize {
+    let mut deleted = 0;
+    let entries = |dir: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    for ns in entries(markers) {
+        for abnormal in entries(&ns) {
+            for marker in entries(&abnormal) {
+                let expires = std::fs::read_to_string(&marker)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<i64>().ok());
+                // An unreadable marker expires now rather than keeping its profile forever.
+                if expires.is_some_and(|t| t > now_unix) {
+                    continue;
+                }
+                if let Ok(rel) = marker.strip_prefix(markers) {
+                    match std::fs::remove_file(profiles.join(rel)) {
+                        Ok(()) => deleted += 1,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => {
+                            tracing::warn!(profile = %profiles.join(rel).display(), error = %e, "cannot delete an expired profile");
+                            continue;
+                        }
+                    }
+                }
+                let _ = std::fs::remove_file(&marker);
+            }
+            let _ = std::fs::remove_dir(&abnormal);
+            let _ = std::fs::remove_dir(
+                profiles.join(abnormal.strip_prefix(markers).unwrap_or(&abnormal)),
+            );
+        }
+        let _ = std::fs::remove_dir(&ns);
+    }
+    deleted
+}
+
+#[cfg(test)]
+mod expiry_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_expired_profile_is_deleted_and_a_fresh_one_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Profilers {
+            data_root: dir.path().to_owned(),
+            public_url: String::new(),
+            proc_root: "/proc".into(),
+            client: None,
+        };
+        let root = dir.path().join("profiles/ns/ab");
+        std::fs::create_dir_all(&root).unwrap();
+        for name in ["old", "new"] {
+            std::fs::write(root.join(name), b"profile").unwrap();
+        }
+        p.record_expiry(&root.join("old"), 100).await.unwrap();
+        p.record_expiry(&root.join("new"), 200).await.unwrap();
+        assert_eq!(p.sweep_expired(150).await, 1);
+        assert!(!root.join("old").exists());
+        assert!(root.join("new").exists(), "not expired yet");
+        assert_eq!(p.sweep_expired(250).await, 1);
+        assert!(
+            !dir.path().join("profiles/ns/ab").exists(),
+            "empty directories go too"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -289,7 +289,8 @@ pub struct ProfilerStatus {
     pub name: String,
     #[serde(rename = "type")]
     pub type_: ProcessorType,
-    /// Where to read the result; `expired` once expirationSeconds have passed.
+    /// Where to read the result (the agent's /profiles/ URL). The agent deletes the result once
+    /// expirationSeconds have passed; the URL then answers 404.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub endpoint: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]

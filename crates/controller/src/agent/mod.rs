@@ -170,7 +170,23 @@ pub fn start(
     };
     let (policy_ns, policy_name) = config.policy_configmap.clone();
     let node = config.node_name.clone();
+    let profilers = agent.executor.profilers.clone();
+    let sweeper_stop = shutdown.clone();
     let driver = async move {
+        // Profiles are deleted once their expirationSeconds have passed.
+        let sweeper = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = sweeper_stop.cancelled() => break,
+                    _ = tokio::time::sleep(crate::profiler::SWEEP_INTERVAL) => {
+                        let n = profilers.sweep_expired(jiff::Timestamp::now().as_second()).await;
+                        if n > 0 {
+                            tracing::info!(deleted = n, "expired profiles deleted");
+                        }
+                    }
+                }
+            }
+        });
         let policy_task = tokio::spawn(crate::policy::follow(
             policy,
             client.clone(),
@@ -200,6 +216,7 @@ pub fn start(
         readiness.abort();
         policy_task.abort();
         registrations_task.abort();
+        sweeper.abort();
         tracing::info!("agent stopped");
     };
     (handle, driver)
