@@ -218,13 +218,24 @@ async fn a_java_profiler_without_a_target_fails_saying_what_was_searched() {
     let node = format!("{ns}-node");
     let agent = TestAgent::start(cp, &node).await;
 
-    // No pid and no pod.
-    let (status, _, result) =
-        profile(&client, &ns, "nothing", &node, json!({"type": "Arthas"})).await;
-    assert_eq!(result, ProcessorResult::Failed);
-    assert_eq!(status.endpoint, "");
-    assert!(status.error.contains("no target JVM"), "{}", status.error);
-    assert!(status.error.contains("java.pid"), "{}", status.error);
+    // No pid and no pod: rejected at admission, before any agent looks.
+    create_abnormal(
+        &client,
+        &ns,
+        "nothing",
+        json!({"nodeName": node, "profilers": [{"name": "jvm", "type": "InformationCollector", "java": {"type": "Arthas"}}]}),
+    )
+    .await;
+    let st = wait_final(&client, &ns, "nothing", FINISH)
+        .await
+        .status
+        .unwrap();
+    assert_eq!(st.reason, "InvalidProfiler");
+    assert!(
+        st.message.contains("names no JVM") && st.message.contains("java.pid"),
+        "{}",
+        st.message
+    );
 
     // A pid that does not exist (above any pid_max).
     let (status, _, _) = profile(

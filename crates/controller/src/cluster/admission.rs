@@ -164,6 +164,20 @@ pub fn validate(
                 }
             }
             (None, Some(java)) => {
+                if java.pid.is_some_and(|pid| pid < 2) {
+                    return Err(bad(format!(
+                        "{field}.java.pid must be the host pid of a Java process (2 or more), or left out to profile the JVMs of spec.podReference"
+                    )));
+                }
+                // A MemoryAnalyzer copy may read a host path; a jcmd report needs a JVM.
+                if java.type_ == kdiag_api::JavaProfilerType::Arthas
+                    && java.pid.is_none()
+                    && spec.pod_reference.is_none()
+                {
+                    return Err(bad(format!(
+                        "{field}.java names no JVM: set java.pid, or spec.podReference to profile that pod's JVMs"
+                    )));
+                }
                 if java.type_ == kdiag_api::JavaProfilerType::MemoryAnalyzer
                     && !java.hprof_file_path.starts_with('/')
                 {
@@ -580,6 +594,12 @@ mod tests {
             {"name": "p", "type": "Diagnoser", "go": {"source": "http://x/debug/pprof/heap"}},
             {"name": "p", "type": "Diagnoser", "go": {"source": "http://x/debug/pprof/heap"}}]})));
         assert!(m.contains("used twice"), "{m}");
+        let (_, m) = reject_reason(&abnormal(json!({"nodeName": "n", "profilers": [
+            {"name": "p", "type": "Diagnoser", "java": {"type": "Arthas", "pid": 0}}]})));
+        assert!(m.contains("java.pid must be the host pid"), "{m}");
+        let (_, m) = reject_reason(&abnormal(json!({"nodeName": "n", "profilers": [
+            {"name": "p", "type": "Diagnoser", "java": {"type": "Arthas"}}]})));
+        assert!(m.contains("names no JVM"), "{m}");
     }
 
     #[test]
