@@ -147,6 +147,7 @@ async fn run(args: Args) -> ExitCode {
                 results.insert("footprint".into(), f);
             }
             Err(e) => {
+                eprintln!("error: section pipeline: {e:#}");
                 errors.insert("pipeline".into(), json!(format!("{e:#}")));
             }
         }
