@@ -243,7 +243,21 @@ async fn reconcile(
     match status.phase {
         None => admit(&ctx, abnormal).await,
         Some(_) if accepted(&status) && !abnormal.labels().contains_key(NODE_LABEL) => {
-            // Admitted before a restart that came before routing: finish routing, admit nothing again.
+            // Admitted before a restart that came before routing: finish routing, admit nothing
+            // again. The cache lags the routing patch that follows every admission, so look at
+            // the stored object first: routing twice cost a write per Abnormal.
+            let api: Api<Abnormal> = Api::namespaced(
+                ctx.client.clone(),
+                &abnormal.namespace().unwrap_or_default(),
+            );
+            match api.get_opt(&abnormal.name_any()).await {
+                Ok(Some(stored)) if stored.labels().contains_key(NODE_LABEL) => {
+                    return Ok(Action::await_change());
+                }
+                Ok(None) => return Ok(Action::await_change()),
+                Ok(Some(_)) => {}
+                Err(e) => return Err(api_error(&ctx, abnormal, "get", e)),
+            }
             let node = status
                 .conditions
                 .iter()

@@ -432,7 +432,15 @@ pub async fn wait_for(
     let api: Api<Abnormal> = Api::namespaced(client.clone(), ns);
     let deadline = Instant::now() + timeout;
     loop {
-        let a = api.get(name).await.unwrap();
+        // A failed read (a dropped connection on a loaded machine) is retried until the deadline.
+        let a = match api.get(name).await {
+            Ok(a) => a,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "{ns}/{name}: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         if pred(&a) {
             return a;
         }
@@ -445,7 +453,6 @@ pub async fn wait_for(
     }
 }
 
-/// The reasons of the Events recorded on an object, oldest first.
 /// The reasons once there are at least `n` Events (or after 5 s): an Event is published after
 /// the status write it reports, so a final phase may be seen before its Event.
 pub async fn event_reasons_at_least(
@@ -465,6 +472,7 @@ pub async fn event_reasons_at_least(
     reasons
 }
 
+/// The reasons of the Events recorded on an object, oldest first.
 pub async fn event_reasons(client: &Client, ns: &str, name: &str) -> Vec<String> {
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
     let mut list: Vec<_> = events
