@@ -11,16 +11,14 @@
 //! /proc/<pid>/root of a process of the pod when there is one.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kdiag_api::{Abnormal, JavaProfilerSpec, JavaProfilerType, ProfilerSpec, ProfilerStatus};
 use kdiag_collectors::budget::Deadline;
 use kdiag_collectors::process::scan;
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use kdiag_recoverers::command::{Ended, run_bounded};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Default seconds a profiling run may take.
 pub const DEFAULT_TIMEOUT_SECONDS: i32 = 30;
@@ -784,17 +782,12 @@ async fn run_jcmd(
         pid.to_string(),
     ])
     .args(command)
-    .current_dir("/")
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .process_group(0)
-    .kill_on_drop(true);
+    .current_dir("/");
     if let Some((uid, gid)) = run_as {
         cmd.uid(uid).gid(gid);
     }
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
+    let ran = match run_bounded(cmd, timeout, cap, cap / 16 + 4096).await {
+        Ok(ran) => ran,
         Err(e) => {
             return JcmdOutput {
                 output: String::new(),
@@ -802,36 +795,16 @@ async fn run_jcmd(
             };
         }
     };
-    let pgid = child.id().map(|p| Pid::from_raw(p as i32));
-    let out = tokio::spawn(read_capped(child.stdout.take(), cap));
-    let err = tokio::spawn(read_capped(child.stderr.take(), cap / 16 + 4096));
-    let error = match tokio::time::timeout(timeout, child.wait()).await {
-        Ok(Ok(status)) if status.success() => None,
-        Ok(Ok(status)) => Some(format!("jcmd {status}")),
-        Ok(Err(e)) => Some(format!("waiting for jcmd: {e}")),
-        Err(_) => {
-            if let Some(pgid) = pgid {
-                let _ = killpg(pgid, Signal::SIGKILL);
-            }
-            let _ = child.wait().await;
-            Some(format!(
-                "jcmd timed out after {}s and was killed",
-                timeout.as_secs_f32().round()
-            ))
-        }
+    let error = match ran.ended {
+        Ended::Success => None,
+        Ended::Failed(status) => Some(format!("jcmd {status}")),
+        Ended::WaitError(e) => Some(format!("waiting for jcmd: {e}")),
+        Ended::TimedOut => Some(format!(
+            "jcmd timed out after {}s and was killed",
+            timeout.as_secs_f32().round()
+        )),
     };
-    if let Some(pgid) = pgid {
-        let _ = killpg(pgid, Signal::SIGKILL);
-    }
-    let collect = |h: tokio::task::JoinHandle<String>| async move {
-        tokio::time::timeout(Duration::from_secs(2), h)
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default()
-    };
-    let mut output = collect(out).await;
-    let stderr = collect(err).await;
+    let (mut output, stderr) = (ran.stdout, ran.stderr);
     if !stderr.trim().is_empty() {
         if !output.is_empty() && !output.ends_with('\n') {
             output.push('\n');
@@ -839,30 +812,6 @@ async fn run_jcmd(
         output.push_str(&stderr);
     }
     JcmdOutput { output, error }
-}
-
-async fn read_capped(stream: Option<impl AsyncRead + Unpin>, cap: usize) -> String {
-    let Some(mut stream) = stream else {
-        return String::new();
-    };
-    let mut kept = Vec::new();
-    let mut dropped = 0usize;
-    let mut buf = [0u8; 8192];
-    loop {
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                let room = cap.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
-                dropped += n.saturating_sub(room);
-            }
-        }
-    }
-    let mut text = String::from_utf8_lossy(&kept).into_owned();
-    if dropped > 0 {
-        text.push_str(&format!("\n[kdiag: {dropped} more bytes not kept]\n"));
-    }
-    text
 }
 
 fn jcmd_missing() -> String {

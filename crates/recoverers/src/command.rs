@@ -81,56 +81,96 @@ pub async fn run(spec: &CommandExecutorSpec, policy: &Policy, output_cap: usize)
 /// Returns (stdout, stderr, error); error is empty on exit status 0.
 async fn execute(argv: &[String], timeout: Duration, cap: usize) -> (String, String, String) {
     let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..])
-        .stdin(Stdio::null())
+    cmd.args(&argv[1..]);
+    match run_bounded(cmd, timeout, cap, cap).await {
+        Err(e) => (
+            String::new(),
+            String::new(),
+            format!("could not start {}: {e}", argv[0]),
+        ),
+        Ok(b) => {
+            let error = match b.ended {
+                Ended::Success => String::new(),
+                Ended::Failed(status) => status,
+                Ended::WaitError(e) => format!("waiting for the command: {e}"),
+                Ended::TimedOut => format!(
+                    "command {argv:?} timed out after {}s and was killed",
+                    timeout.as_secs()
+                ),
+            };
+            (b.stdout, b.stderr, error)
+        }
+    }
+}
+
+/// How a bounded child process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// It exited with status 0.
+    Success,
+    /// It exited otherwise: the status as text, such as "exit status: 2".
+    Failed(String),
+    /// Waiting for it failed.
+    WaitError(String),
+    /// It ran past its time and was killed with its whole process group.
+    TimedOut,
+}
+
+/// What a bounded child process wrote, each stream capped, and how it ended.
+#[derive(Debug, Clone)]
+pub struct Bounded {
+    pub stdout: String,
+    pub stderr: String,
+    pub ended: Ended,
+}
+
+/// Runs `cmd` with no stdin, in a process group of its own, keeping at most `stdout_cap` and
+/// `stderr_cap` bytes of its output, and kills the whole group at `timeout` and again when it
+/// has ended (children it started may hold the pipes). Err: it could not be started.
+pub async fn run_bounded(
+    mut cmd: Command,
+    timeout: Duration,
+    stdout_cap: usize,
+    stderr_cap: usize,
+) -> std::io::Result<Bounded> {
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            return (
-                String::new(),
-                String::new(),
-                format!("could not start {}: {e}", argv[0]),
-            );
-        }
-    };
+    let mut child = cmd.spawn()?;
     let pgid = child.id().map(|p| Pid::from_raw(p as i32));
-    let out = tokio::spawn(read_capped(child.stdout.take(), cap));
-    let err = tokio::spawn(read_capped(child.stderr.take(), cap));
-    let error = match tokio::time::timeout(timeout, child.wait()).await {
-        Ok(Ok(status)) if status.success() => String::new(),
-        Ok(Ok(status)) => status.to_string(),
-        Ok(Err(e)) => format!("waiting for the command: {e}"),
+    let out = tokio::spawn(read_capped(child.stdout.take(), stdout_cap));
+    let err = tokio::spawn(read_capped(child.stderr.take(), stderr_cap));
+    let ended = match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(Ok(status)) if status.success() => Ended::Success,
+        Ok(Ok(status)) => Ended::Failed(status.to_string()),
+        Ok(Err(e)) => Ended::WaitError(e.to_string()),
         Err(_) => {
             // The whole group: the command may have started children of its own.
             if let Some(pgid) = pgid {
                 let _ = killpg(pgid, Signal::SIGKILL);
             }
             let _ = child.wait().await;
-            format!(
-                "command {argv:?} timed out after {}s and was killed",
-                timeout.as_secs()
-            )
+            Ended::TimedOut
         }
     };
     // Children that inherited the pipes may keep them open; do not wait for them forever.
     if let Some(pgid) = pgid {
         let _ = killpg(pgid, Signal::SIGKILL);
     }
-    let stdout = tokio::time::timeout(Duration::from_secs(2), out)
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
-    let stderr = tokio::time::timeout(Duration::from_secs(2), err)
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
-    (stdout, stderr, error)
+    let collect = |h: tokio::task::JoinHandle<String>| async move {
+        tokio::time::timeout(Duration::from_secs(2), h)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default()
+    };
+    Ok(Bounded {
+        stdout: collect(out).await,
+        stderr: collect(err).await,
+        ended,
+    })
 }
 
 async fn read_capped(stream: Option<impl AsyncRead + Unpin>, cap: usize) -> String {
