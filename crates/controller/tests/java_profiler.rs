@@ -90,7 +90,10 @@ fn start_jvm(dir: &Path, thread: &str) -> Jvm {
         "java and jcmd are needed (make setup installs openjdk-17-jdk-headless)"
     );
     let src = spin_source(dir);
+    // jcmd leaves an .attach_pid<pid> file in the JVM's working directory: keep it out of the
+    // repository.
     let mut child = Command::new("java")
+        .current_dir(dir)
         .args(["-Xmx64m", "-XX:+UseSerialGC"])
         .arg(&src)
         .arg(thread)
