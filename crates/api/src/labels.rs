@@ -8,6 +8,11 @@ pub const NODE_LABEL: &str = "kdiag.io/node";
 /// Field manager for every write kdiag makes.
 pub const FIELD_MANAGER: &str = "kdiag";
 
+/// Annotation on a ProbeStatus holding each checker's diagnosis when the installed CRD prunes the
+/// `spec.checkers[].diagnosis` field (KubeProber's own CRD does): the controller writes it,
+/// `kubectl diag probes` reads it.
+pub const DIAGNOSES_ANNOTATION: &str = "kdiag.io/diagnoses";
+
 /// The value of [`NODE_LABEL`] for a node.
 ///
 /// Node names may be up to 253 characters of a DNS subdomain; label values at most 63 of

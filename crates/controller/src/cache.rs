@@ -154,7 +154,7 @@ mod tests {
                 ..Default::default()
             })
         );
-        assert_eq!(crate::pipeline::next(&done), crate::pipeline::Next::Idle);
+        assert_eq!(kdiag_pipeline::next(&done), kdiag_pipeline::Next::Idle);
         assert_eq!(done.metadata.labels.unwrap()["kdiag.io/node"], "x");
     }
 }

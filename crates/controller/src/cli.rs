@@ -107,14 +107,14 @@ pub struct ControllerArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_values = crate::cluster::admission::TRIAGE_COLLECTORS.iter().copied()
+        default_values = kdiag_pipeline::admission::TRIAGE_COLLECTORS.iter().copied()
     )]
     pub triage_collectors: Vec<String>,
     /// The pod triage's diagnosers.
     #[arg(
         long,
         value_delimiter = ',',
-        default_values = crate::cluster::admission::TRIAGE_DIAGNOSERS.iter().copied()
+        default_values = kdiag_pipeline::admission::TRIAGE_DIAGNOSERS.iter().copied()
     )]
     pub triage_diagnosers: Vec<String>,
     /// Abnormals one Event or alert source may create: BURST:PER_MINUTE.

@@ -10,7 +10,6 @@ pub mod cluster;
 pub mod commands;
 pub mod diag;
 pub mod metrics;
-pub mod pipeline;
 pub mod plugin;
 pub mod policy;
 pub mod probes;

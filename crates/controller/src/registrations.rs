@@ -13,6 +13,7 @@ use kdiag_api::{
     Diagnoser, InformationCollector, NamespacedName, ProcessorEndpoint, Recoverer, SecretKeyRef,
     Stage,
 };
+use kdiag_pipeline::admission::kind_of;
 use kube::api::Api;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -135,15 +136,6 @@ impl Registrations {
             Stage::Diagnosing => names_of(&self.diagnosers),
             Stage::Recovering => names_of(&self.recoverers),
         }
-    }
-}
-
-/// The kind name of a stage's registrations.
-pub fn kind_of(stage: Stage) -> &'static str {
-    match stage {
-        Stage::InformationCollecting => "InformationCollector",
-        Stage::Diagnosing => "Diagnoser",
-        Stage::Recovering => "Recoverer",
     }
 }
 
@@ -347,7 +339,7 @@ pub struct AdmissionRegistry<'a> {
     pub builtins: &'a Builtins,
 }
 
-impl crate::cluster::admission::Registry for AdmissionRegistry<'_> {
+impl kdiag_pipeline::admission::Registry for AdmissionRegistry<'_> {
     fn get(&self, stage: Stage, name: &NamespacedName) -> Option<ProcessorEndpoint> {
         self.registrations.endpoint(stage, name)
     }

@@ -5,15 +5,17 @@ use std::time::Instant;
 
 use kdiag_api::plugin::{ProcessorContext, ProcessorError};
 use kdiag_api::{Abnormal, ProcessorResult, Stage};
+use kdiag_pipeline::admission::kind_of;
+use kdiag_pipeline::protocol;
+use kdiag_pipeline::{Step, StepKind, StepOutput, StepResult};
 use kdiag_recoverers::command;
 use kube::Client;
 
 use crate::builtin::Builtins;
-use crate::pipeline::{Step, StepKind, StepOutput, StepResult};
-use crate::plugin::{PluginClient, protocol};
+use crate::plugin::PluginClient;
 use crate::policy::PolicyHandle;
 use crate::profiler::Profilers;
-use crate::registrations::{Registrations, Target, kind_of, resolve};
+use crate::registrations::{Registrations, Target, resolve};
 use crate::time::now;
 
 /// Everything a step may need.

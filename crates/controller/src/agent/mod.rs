@@ -19,6 +19,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use kdiag_api::labels::{NODE_LABEL, node_label_value};
 use kdiag_api::{Abnormal, AbnormalPhase};
+use kdiag_pipeline::{self as pipeline, Limits, Next};
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::core::error_boundary::InvalidObject;
@@ -34,7 +35,6 @@ pub use executor::Executor;
 
 use crate::builtin::Builtins;
 use crate::metrics::Metrics;
-use crate::pipeline::{self, Limits, Next};
 use crate::plugin::PluginClient;
 use crate::policy::PolicyHandle;
 use crate::profiler::Profilers;

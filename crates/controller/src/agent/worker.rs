@@ -4,16 +4,16 @@
 use std::time::Duration;
 
 use kdiag_api::{Abnormal, AbnormalPhase, ProcessorResult, Stage};
+use kdiag_pipeline::{
+    self as pipeline, Next, StageEvent, StageOutcome, Step, StepResult, abandoned, apply_step,
+    end_stage, mark_running, needs_intent,
+};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 
 use super::{Agent, AgentError};
 use crate::metrics::SyncOutcome;
-use crate::pipeline::{
-    self, Next, StageEvent, StageOutcome, Step, StepResult, abandoned, apply_step, end_stage,
-    mark_running, needs_intent,
-};
 use crate::time::{now, seconds_since};
 
 /// How often a write that lost a race is retried on a fresh copy.

@@ -1,7 +1,6 @@
 //! The cluster controller: admits each new Abnormal exactly once (validates it, resolves its pod
 //! to a node, routes it to that node's agent) and garbage-collects finished ones.
 
-pub mod admission;
 pub mod gc;
 
 use std::collections::BTreeMap;
@@ -13,6 +12,8 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kdiag_api::labels::{NODE_LABEL, node_label_value};
 use kdiag_api::{Abnormal, AbnormalConditionType, AbnormalPhase, AbnormalStatus, ConditionStatus};
+use kdiag_pipeline::admission::{self, Decision, PodLookup};
+use kdiag_pipeline::set_condition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::core::DeserializeGuard;
 use kube::core::error_boundary::InvalidObject;
@@ -23,10 +24,8 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
-use self::admission::{Decision, PodLookup};
 use crate::builtin::Builtins;
 use crate::metrics::Metrics;
-use crate::pipeline::set_condition;
 use crate::recorder::UncachedRecorder;
 use crate::registrations::{AdmissionRegistry, Registrations};
 use crate::time::now;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use kdiag_api::AbnormalPhase;
+use kdiag_pipeline::Limits;
 
 use super::{CommandError, runtime};
 use crate::agent::{self, AgentConfig};
@@ -12,7 +13,6 @@ use crate::builtin::Builtins;
 use crate::cli::AgentArgs;
 use crate::cluster::count_by_phase;
 use crate::metrics::Metrics;
-use crate::pipeline::Limits;
 use crate::server::{self, ProcessorService, ServerState};
 
 pub async fn run(args: AgentArgs) -> Result<ExitCode, CommandError> {

@@ -49,7 +49,7 @@ pub fn controller_config(args: &ControllerArgs) -> ControllerConfig {
             per_node: args.source_node_budget,
         },
         alert_namespace: args.alert_namespace.clone(),
-        triage: crate::cluster::admission::Triage {
+        triage: kdiag_pipeline::admission::Triage {
             collectors: args
                 .triage_collectors
                 .iter()

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use kdiag_pipeline::Limits;
 use kdiag_testenv::Cluster;
 
 use super::{CommandError, runtime};
@@ -14,7 +15,6 @@ use crate::builtin::Builtins;
 use crate::cli::LocalArgs;
 use crate::cluster::{self as controller, ControllerConfig};
 use crate::metrics::Metrics;
-use crate::pipeline::Limits;
 use crate::server::{self, ProcessorService, ServerState};
 
 /// What an install applies, embedded so `kdiag local` works from any directory.

@@ -100,7 +100,7 @@ pub enum DiagCommand {
 }
 
 fn run_defaults_help() -> String {
-    use crate::cluster::admission::{TRIAGE_COLLECTORS, TRIAGE_DIAGNOSERS};
+    use kdiag_pipeline::admission::{TRIAGE_COLLECTORS, TRIAGE_DIAGNOSERS};
     format!(
         "Defaults for the kinds not named (--no-defaults turns them off), those registered in \
          kube-diagnoser:\n  \

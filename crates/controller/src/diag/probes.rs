@@ -18,7 +18,7 @@ use super::{DiagError, Output, Scope};
 /// Prefix of the per-checker diagnosis annotation.
 pub const DIAGNOSIS_ANNOTATION_PREFIX: &str = "kdiag.io/diagnosis.";
 /// The annotation holding every checker's diagnosis, as the probe trigger writes it.
-pub const DIAGNOSES_ANNOTATION: &str = crate::probes::episodes::DIAGNOSES_ANNOTATION;
+pub const DIAGNOSES_ANNOTATION: &str = kdiag_api::labels::DIAGNOSES_ANNOTATION;
 
 const MESSAGE_WIDTH: usize = 50;
 const ROOT_CAUSE_WIDTH: usize = 60;

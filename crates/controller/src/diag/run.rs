@@ -137,7 +137,7 @@ pub fn default_processors(target: &Target, registered: &Registered) -> Assigned 
     every_diagnoser.sort();
     let (collectors, diagnosers) = match target {
         Target::Pod(_) => {
-            let triage = crate::cluster::admission::Triage::default();
+            let triage = kdiag_pipeline::admission::Triage::default();
             let collectors: Vec<NamespacedName> = triage
                 .collectors
                 .into_iter()
@@ -606,7 +606,7 @@ mod tests {
         }
         let pod = args(&["--pod", "shop/web"]);
         let chosen = choose(&pod, &parse_target(&pod, "default").unwrap(), &r).unwrap();
-        let triage = crate::cluster::admission::Triage::default();
+        let triage = kdiag_pipeline::admission::Triage::default();
         assert_eq!(chosen.collectors, triage.collectors);
         assert_eq!(chosen.diagnosers, triage.diagnosers);
         assert!(chosen.recoverers.is_empty());

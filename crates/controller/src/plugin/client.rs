@@ -7,9 +7,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use kdiag_api::Abnormal;
+use kdiag_pipeline::protocol::check_protected_fields;
 use serde_json::Value;
-
-use super::protocol::check_protected_fields;
 
 /// The most a plugin may answer, as Kube Diagnoser allowed.
 pub const MAX_RESPONSE_BYTES: usize = 2 * 1024 * 1024;

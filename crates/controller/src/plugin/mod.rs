@@ -1,6 +1,6 @@
-//! HTTP plugins: the protocol (pure) and the client (IO).
+//! HTTP plugins: the client (IO). The protocol's pure half, checking and merging a reply, is
+//! `kdiag_pipeline::protocol`.
 
 pub mod client;
-pub mod protocol;
 
 pub use client::{Endpoint, MAX_RESPONSE_BYTES, PluginClient, PluginError};

@@ -8,15 +8,11 @@ use std::collections::BTreeMap;
 use kdiag_api::{
     AbnormalSourceType, CheckerStatus, ProbeCheckerStatus, ProbeStatus, ProbeStatusStates,
 };
+use kdiag_pipeline::templates::{CompiledSource, Facts, select, slug};
 use serde::{Deserialize, Serialize};
-
-use crate::sources::templates::{CompiledSource, Facts, select};
 
 /// Annotation holding the open episodes, by checker name.
 pub const EPISODES_ANNOTATION: &str = "kdiag.io/episodes";
-/// Annotation holding each checker's diagnosis when the installed CRD prunes the
-/// `spec.checkers[].diagnosis` field (KubeProber's own CRD does).
-pub const DIAGNOSES_ANNOTATION: &str = "kdiag.io/diagnoses";
 /// Annotation counting triggers of this probe that storm control suppressed.
 pub const SUPPRESSED_ANNOTATION: &str = "kdiag.io/suppressed";
 
@@ -175,23 +171,6 @@ pub fn abnormal_name(
     )
 }
 
-/// Lowercase letters, digits and single dashes; at most `max` characters.
-pub fn slug(s: &str, max: usize) -> String {
-    let mut out = String::new();
-    for c in s.chars().flat_map(char::to_lowercase) {
-        if c.is_ascii_alphanumeric() {
-            out.push(c);
-        } else if !out.ends_with('-') {
-            out.push('-');
-        }
-        if out.len() >= max {
-            break;
-        }
-    }
-    let out = out.trim_matches('-').to_owned();
-    if out.is_empty() { "x".into() } else { out }
-}
-
 /// The per-probe summary KubeProber stopped writing: the worst checker, its message, and the
 /// latest lastRun.
 pub fn summary(checkers: &[ProbeCheckerStatus]) -> ProbeStatusStates {
@@ -211,7 +190,7 @@ pub fn summary(checkers: &[ProbeCheckerStatus]) -> ProbeStatusStates {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sources::templates::compile;
+    use kdiag_pipeline::templates::compile;
     use serde_json::json;
 
     fn ps(checkers: serde_json::Value) -> ProbeStatus {

@@ -12,6 +12,7 @@ use kdiag_api::kubeprober::labels as probe_labels;
 use kdiag_api::{
     Abnormal, AbnormalSource, AbnormalSourceType, ProbeCheckerStatus, ProbeReference, ProbeStatus,
 };
+use kdiag_pipeline::templates::{CompiledSource, compile, order, slug};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
@@ -26,7 +27,6 @@ use super::episodes::{
 };
 use crate::metrics::Metrics;
 use crate::sources::storm::{Buckets, Budget};
-use crate::sources::templates::{CompiledSource, compile, order};
 
 /// Budgets of Abnormals created for probes.
 #[derive(Debug, Clone, Copy)]
@@ -368,10 +368,7 @@ fn build_abnormal(
     a.metadata.namespace = Some(ns);
     a.metadata.labels = Some(BTreeMap::from([
         ("kdiag.io/source".to_owned(), "ProbeStatus".to_owned()),
-        (
-            "kdiag.io/probe".to_owned(),
-            episodes::slug(&ps.name_any(), 63),
-        ),
+        ("kdiag.io/probe".to_owned(), slug(&ps.name_any(), 63)),
     ]));
     a
 }

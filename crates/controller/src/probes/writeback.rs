@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kdiag_api::labels::DIAGNOSES_ANNOTATION;
 use kdiag_api::{Abnormal, AbnormalPhase, CheckerDiagnosis, ProbeStatus};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::DeserializeGuard;
@@ -18,7 +19,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use super::episodes::{DIAGNOSES_ANNOTATION, EPISODES_ANNOTATION, Episodes};
+use super::episodes::{EPISODES_ANNOTATION, Episodes};
 
 /// Whether the installed CRD keeps `spec.checkers[].diagnosis`, looked up now and then.
 #[derive(Default)]

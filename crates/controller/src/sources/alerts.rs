@@ -11,12 +11,11 @@ use std::sync::Arc;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kdiag_api::{Abnormal, AbnormalSource, AbnormalSourceType, PrometheusAlert};
+use kdiag_pipeline::templates::{CompiledSource, Facts, compile, order, select, slug};
 use kube::runtime::reflector::Store;
 use serde::{Deserialize, Serialize};
 
 use super::sink::{Outcome, Sink};
-use super::templates::{CompiledSource, Facts, compile, order, select};
-use crate::probes::episodes::slug;
 
 const KIND: &str = "PrometheusAlert";
 

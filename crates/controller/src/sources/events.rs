@@ -10,6 +10,7 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kdiag_api::{Abnormal, AbnormalSource, AbnormalSourceType, PodReference};
+use kdiag_pipeline::templates::{CompiledSource, Facts, compile, order, select, slug};
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::core::DeserializeGuard;
@@ -18,8 +19,6 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio_util::sync::CancellationToken;
 
 use super::sink::{Outcome, Sink, TRIGGER_LAST_SEEN_ANNOTATION};
-use super::templates::{CompiledSource, Facts, compile, order, select};
-use crate::probes::episodes::slug;
 
 /// Label of Abnormals created for an incident: a hash of its object and reason.
 pub const INCIDENT_LABEL: &str = "kdiag.io/incident";

@@ -1,10 +1,10 @@
-//! Triggers that create Abnormals: failed ProbeStatus checkers, Kubernetes Events, Prometheus
-//! alerts. Shared here: AbnormalSource templates (compiled, validated, ordered) and storm control.
+//! Triggers that create Abnormals: Kubernetes Events and Prometheus alerts (failed ProbeStatus
+//! checkers are `crate::probes`). Shared here: the sink that creates the Abnormals, the
+//! validation of AbnormalSources and storm control; the templates themselves are compiled and
+//! matched by `kdiag_pipeline::templates`.
 
 pub mod alerts;
 pub mod events;
-pub mod pattern;
 pub mod sink;
 pub mod storm;
-pub mod templates;
 pub mod validity;

@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kdiag_api::{Abnormal, AbnormalSource};
+use kdiag_pipeline::templates::CompiledSource;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use super::storm::{Buckets, Budget};
-use super::templates::CompiledSource;
 use crate::metrics::Metrics;
 
 /// Annotation: occurrences so far, by trigger identity (an Event's uid, an alert delivery).

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kdiag_api::{AbnormalSource, SourceCondition};
+use kdiag_pipeline::templates::compile;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::Store;
@@ -13,8 +14,6 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-
-use super::templates::compile;
 
 /// Starts the validity reporter; returns the store of AbnormalSources it keeps (the triggers
 /// read it) and the future that runs it.

@@ -16,7 +16,7 @@ use kdiag_controller::apply::apply_yaml;
 use kdiag_controller::builtin::Builtins;
 use kdiag_controller::cluster::{self as controller, ControllerConfig};
 use kdiag_controller::metrics::Metrics;
-use kdiag_controller::pipeline::Limits;
+use kdiag_pipeline::Limits;
 use kdiag_testenv::{BUSYBOX_IMAGE, Cluster};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};

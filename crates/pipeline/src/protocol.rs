@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use kdiag_api::{Abnormal, AbnormalStatus};
 use serde_json::Value;
 
-use crate::pipeline::StepOutput;
+use crate::StepOutput;
 
 /// Status fields a plugin must return unchanged (the Kube Diagnoser list plus kdiag's records).
 pub const PROTECTED_STATUS_FIELDS: [&str; 10] = [

@@ -411,8 +411,13 @@ pub fn pod_key(abnormal: &Abnormal) -> String {
     format!("{ns}/{}", p.name)
 }
 
-fn kind_of(stage: Stage) -> &'static str {
-    crate::registrations::kind_of(stage)
+/// The kind name of a stage's registrations.
+pub fn kind_of(stage: Stage) -> &'static str {
+    match stage {
+        Stage::InformationCollecting => "InformationCollector",
+        Stage::Diagnosing => "Diagnoser",
+        Stage::Recovering => "Recoverer",
+    }
 }
 
 fn list_field(stage: Stage) -> &'static str {

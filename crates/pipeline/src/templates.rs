@@ -12,7 +12,7 @@ use kdiag_api::{
     AbnormalSource, AbnormalSourceSpec, AbnormalSourceType, AbnormalSpec, NamespacedName,
 };
 
-use super::pattern::Pattern;
+use crate::pattern::Pattern;
 
 /// The facts of one trigger, flattened to field path → value (e.g. `involvedObject.kind`).
 pub type Facts = BTreeMap<String, String>;
@@ -236,6 +236,24 @@ pub fn select<'a>(
         .iter()
         .filter(|s| s.kind == kind)
         .find(|s| s.matches(facts))
+}
+
+/// Lowercase letters, digits and single dashes; at most `max` characters: how the names of the
+/// Abnormals triggers create are built from object, reason, probe and checker names.
+pub fn slug(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in s.chars().flat_map(char::to_lowercase) {
+        if c.is_ascii_alphanumeric() {
+            out.push(c);
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+        if out.len() >= max {
+            break;
+        }
+    }
+    let out = out.trim_matches('-').to_owned();
+    if out.is_empty() { "x".into() } else { out }
 }
 
 #[cfg(test)]
