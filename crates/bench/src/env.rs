@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use kdiag_api::{ProcessorEndpoint, SYSTEM_NAMESPACE};
 use kdiag_controller::agent::{self, AgentConfig, AgentHandle};
-use kdiag_controller::builtin::Builtins;
 use kdiag_controller::cluster::{self, ControllerConfig};
-use kdiag_controller::metrics::Metrics;
-use kdiag_controller::server::{self, ServerState};
 use kdiag_pipeline::Limits;
+use kdiag_runtime::builtin::Builtins;
+use kdiag_runtime::metrics::Metrics;
+use kdiag_runtime::server::{self, ServerState};
 use kdiag_testenv::ControlPlane;
 use kube::Client;
 use kube::api::{Api, DynamicObject, PostParams};
@@ -182,9 +182,10 @@ impl InProcController {
             metrics,
             refresh: Arc::new(|| {}),
             ready: vec![],
-            processors: None,
-            probe_reports: Some(client),
-            alerts: Some(handle.alerts.clone()),
+            routes: kdiag_runtime::server::join(
+                kdiag_controller::agent::server::routes(None),
+                kdiag_controller::server::routes(Some(client), Some(handle.alerts.clone())),
+            ),
         };
         let serving = server::serve(
             ([127, 0, 0, 1], port).into(),

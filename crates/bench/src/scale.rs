@@ -240,7 +240,7 @@ impl WatchAll {
             readers.push(reader);
         }
         for r in &readers {
-            kdiag_controller::ready::store_ready(r).await;
+            kdiag_runtime::ready::store_ready(r).await;
         }
         Ok(Self(tasks))
     }

@@ -55,7 +55,7 @@ pub struct LocalArgs {
     /// Address of the HTTP server (/metrics, built-ins, profiles).
     #[arg(long, default_value = "127.0.0.1")]
     pub bind_address: IpAddr,
-    #[arg(long, default_value_t = crate::server::DEFAULT_PORT)]
+    #[arg(long, default_value_t = kdiag_runtime::server::DEFAULT_PORT)]
     pub port: u16,
 }
 
@@ -73,7 +73,7 @@ pub struct ServerArgs {
     #[arg(long, default_value = "0.0.0.0", env = "KDIAG_BIND_ADDRESS")]
     pub bind_address: IpAddr,
     /// Port of the HTTP server.
-    #[arg(long, default_value_t = crate::server::DEFAULT_PORT, env = "KDIAG_PORT")]
+    #[arg(long, default_value_t = kdiag_runtime::server::DEFAULT_PORT, env = "KDIAG_PORT")]
     pub port: u16,
 }
 

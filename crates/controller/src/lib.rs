@@ -2,24 +2,17 @@
 //! the local mode, behind one binary.
 
 pub mod agent;
-pub mod apply;
-pub mod builtin;
-pub mod cache;
 pub mod cli;
 pub mod cluster;
 pub mod commands;
 pub mod diag;
-pub mod metrics;
 pub mod plugin;
 pub mod policy;
 pub mod probes;
 pub mod profiler;
-pub mod ready;
-pub mod recorder;
 pub mod registrations;
 pub mod server;
 pub mod sources;
-pub mod time;
 
 use std::process::ExitCode;
 

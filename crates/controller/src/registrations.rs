@@ -1,142 +1,28 @@
-//! Processor registrations (InformationCollector, Diagnoser, Recoverer objects), watched into
-//! local caches, and their resolution into something to call.
+//! Resolving a processor registration into something to call: a built-in of this binary, or an
+//! HTTP endpoint (with its Service address, CA and token read from the cluster).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Endpoints, Secret, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kdiag_api::plugin::Processor;
-use kdiag_api::{
-    Diagnoser, InformationCollector, NamespacedName, ProcessorEndpoint, Recoverer, SecretKeyRef,
-    Stage,
-};
+use kdiag_api::{NamespacedName, ProcessorEndpoint, SecretKeyRef, Stage};
 use kdiag_pipeline::admission::kind_of;
+use kdiag_runtime::builtin::Builtins;
+use kube::Client;
 use kube::api::Api;
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, Resource};
 
-use crate::builtin::Builtins;
 use crate::plugin::Endpoint;
 
 /// Default seconds one processor call may take, as in Kube Diagnoser.
 pub const DEFAULT_TIMEOUT_SECONDS: i32 = 30;
 
-/// Caches of the three registration kinds.
-#[derive(Clone)]
-pub struct Registrations {
-    collectors: Store<InformationCollector>,
-    diagnosers: Store<Diagnoser>,
-    recoverers: Store<Recoverer>,
-}
-
 /// What a registration resolves to.
 pub enum Target {
     Builtin(Arc<dyn Processor>, Duration),
     Http(Endpoint),
-}
-
-fn reflect<K>(
-    client: &Client,
-) -> (
-    Store<K>,
-    impl std::future::Future<Output = ()> + Send + use<K>,
-)
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let stream = reflector(
-        writer,
-        watcher(Api::<K>::all(client.clone()), watcher::Config::default()).default_backoff(),
-    )
-    .applied_objects()
-    .for_each(|r| async move {
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "watching processor registrations (retrying)");
-        }
-    });
-    (reader, stream)
-}
-
-use kube::runtime::reflector::reflector;
-
-impl Registrations {
-    /// Starts watching all three kinds; the returned future drives the watches.
-    pub fn watch(client: &Client) -> (Self, impl std::future::Future<Output = ()> + Send + use<>) {
-        let (collectors, a) = reflect::<InformationCollector>(client);
-        let (diagnosers, b) = reflect::<Diagnoser>(client);
-        let (recoverers, c) = reflect::<Recoverer>(client);
-        let driver = async move {
-            tokio::join!(a, b, c);
-        };
-        (
-            Self {
-                collectors,
-                diagnosers,
-                recoverers,
-            },
-            driver,
-        )
-    }
-
-    /// Waits until all three caches hold a full list.
-    pub async fn wait_until_ready(&self) {
-        crate::ready::store_ready(&self.collectors).await;
-        crate::ready::store_ready(&self.diagnosers).await;
-        crate::ready::store_ready(&self.recoverers).await;
-    }
-
-    /// The registration of a processor of `stage`, if it exists.
-    pub fn endpoint(&self, stage: Stage, name: &NamespacedName) -> Option<ProcessorEndpoint> {
-        match stage {
-            Stage::InformationCollecting => self
-                .collectors
-                .get(&ObjectRef::new(&name.name).within(&name.namespace))
-                .map(|o| o.spec.endpoint.clone()),
-            Stage::Diagnosing => self
-                .diagnosers
-                .get(&ObjectRef::new(&name.name).within(&name.namespace))
-                .map(|o| o.spec.endpoint.clone()),
-            Stage::Recovering => self
-                .recoverers
-                .get(&ObjectRef::new(&name.name).within(&name.namespace))
-                .map(|o| o.spec.endpoint.clone()),
-        }
-    }
-
-    /// Every registered name of a stage's kind, as namespace/name, for error messages.
-    pub fn names(&self, stage: Stage) -> Vec<String> {
-        fn names_of<K: Resource<DynamicType = ()> + Clone>(s: &Store<K>) -> Vec<String> {
-            let mut v: Vec<String> = s
-                .state()
-                .iter()
-                .map(|o| {
-                    format!(
-                        "{}/{}",
-                        o.meta().namespace.clone().unwrap_or_default(),
-                        o.meta().name.clone().unwrap_or_default()
-                    )
-                })
-                .collect();
-            v.sort();
-            v
-        }
-        match stage {
-            Stage::InformationCollecting => names_of(&self.collectors),
-            Stage::Diagnosing => names_of(&self.diagnosers),
-            Stage::Recovering => names_of(&self.recoverers),
-        }
-    }
 }
 
 /// Resolves a registration into a built-in or an HTTP endpoint. Errors say what is wrong with the
@@ -331,24 +217,4 @@ async fn secret_value(client: &Client, ns: &str, r: &SecretKeyRef) -> Result<Str
         .ok_or_else(|| format!("Secret {ns}/{} has no key {:?}", r.name, r.key))?;
     String::from_utf8(value.0.clone())
         .map_err(|_| format!("Secret {ns}/{} key {:?} is not UTF-8 text", r.name, r.key))
-}
-
-/// Validation at admission looks registrations up in the same caches the agent uses.
-pub struct AdmissionRegistry<'a> {
-    pub registrations: &'a Registrations,
-    pub builtins: &'a Builtins,
-}
-
-impl kdiag_pipeline::admission::Registry for AdmissionRegistry<'_> {
-    fn get(&self, stage: Stage, name: &NamespacedName) -> Option<ProcessorEndpoint> {
-        self.registrations.endpoint(stage, name)
-    }
-
-    fn names(&self, stage: Stage) -> Vec<String> {
-        self.registrations.names(stage)
-    }
-
-    fn builtins(&self) -> Vec<&'static str> {
-        self.builtins.names()
-    }
 }

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use common::*;
 use kdiag_api::*;
-use kdiag_controller::builtin::Builtins;
 use kdiag_controller::cluster::{self, ControllerConfig};
-use kdiag_controller::metrics::Metrics;
+use kdiag_runtime::builtin::Builtins;
+use kdiag_runtime::metrics::Metrics;
 use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 use serde_json::json;

@@ -323,21 +323,22 @@ async fn the_report_endpoint_takes_kubeprobers_payload_and_refuses_malformed_one
     let ns = cp.create_namespace("report").await;
     let client = cp.client().await;
     let port = free_port();
-    let state = kdiag_controller::server::ServerState {
-        metrics: std::sync::Arc::new(kdiag_controller::metrics::Metrics::new()),
+    let state = kdiag_runtime::server::ServerState {
+        metrics: std::sync::Arc::new(kdiag_runtime::metrics::Metrics::new()),
         refresh: std::sync::Arc::new(|| {}),
         ready: vec![],
-        processors: None,
-        probe_reports: Some(service_account_client(cp, "kdiag-controller").await),
-        alerts: None,
+        routes: kdiag_runtime::server::join(
+            kdiag_controller::agent::server::routes(None),
+            kdiag_controller::server::routes(
+                Some(service_account_client(cp, "kdiag-controller").await),
+                None,
+            ),
+        ),
     };
-    let serving = kdiag_controller::server::serve(
-        ([127, 0, 0, 1], port).into(),
-        state,
-        std::future::pending(),
-    )
-    .await
-    .unwrap();
+    let serving =
+        kdiag_runtime::server::serve(([127, 0, 0, 1], port).into(), state, std::future::pending())
+            .await
+            .unwrap();
     tokio::spawn(serving);
     let post = |body: String| async move {
         reqwest_lite::request(

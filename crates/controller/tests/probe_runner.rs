@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use common::*;
 use k8s_openapi::api::batch::v1::Job;
 use kdiag_api::*;
-use kdiag_controller::builtin::Builtins;
 use kdiag_controller::cluster::{self as controller, ControllerConfig};
-use kdiag_controller::metrics::Metrics;
 use kdiag_controller::probes::runner::RunnerConfig;
-use kdiag_controller::server::{self, ServerState};
+use kdiag_runtime::builtin::Builtins;
+use kdiag_runtime::metrics::Metrics;
+use kdiag_runtime::server::{self, ServerState};
 use kdiag_testenv::{BUSYBOX_IMAGE, Cluster, cluster};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
@@ -71,9 +71,10 @@ async fn setup() -> &'static Cluster {
                         metrics,
                         refresh: Arc::new(|| {}),
                         ready: vec![("controller".into(), handle.ready.clone())],
-                        processors: None,
-                        probe_reports: Some(client),
-                        alerts: None,
+                        routes: kdiag_runtime::server::join(
+                            kdiag_controller::agent::server::routes(None),
+                            kdiag_controller::server::routes(Some(client), None),
+                        ),
                     };
                     // All addresses: the bridge the pods reach the host on exists only once a pod runs.
                     let serving = server::serve(

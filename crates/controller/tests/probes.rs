@@ -333,8 +333,8 @@ async fn with_kubeprobers_own_crd_the_diagnosis_goes_into_an_annotation() {
     let (_h, driver) = kdiag_controller::cluster::start(
         controller_client,
         Default::default(),
-        kdiag_controller::builtin::Builtins::standard(),
-        std::sync::Arc::new(kdiag_controller::metrics::Metrics::new()),
+        kdiag_runtime::builtin::Builtins::standard(),
+        std::sync::Arc::new(kdiag_runtime::metrics::Metrics::new()),
         tokio_util::sync::CancellationToken::new(),
     );
     let controller = tokio::spawn(driver);

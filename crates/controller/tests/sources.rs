@@ -258,8 +258,8 @@ async fn a_redelivered_alert_finds_its_abnormal_even_after_a_controller_restart(
     let (handle, driver) = kdiag_controller::cluster::start(
         service_account_client(cp, "kdiag-controller").await,
         Default::default(),
-        kdiag_controller::builtin::Builtins::standard(),
-        Arc::new(kdiag_controller::metrics::Metrics::new()),
+        kdiag_runtime::builtin::Builtins::standard(),
+        Arc::new(kdiag_runtime::metrics::Metrics::new()),
         tokio_util::sync::CancellationToken::new(),
     );
     let task = tokio::spawn(driver);
@@ -522,32 +522,29 @@ async fn alert_endpoints_can_require_a_bearer_token() {
         ..Default::default()
     };
     let client = service_account_client(cp, "kdiag-controller").await;
-    let metrics = Arc::new(kdiag_controller::metrics::Metrics::new());
+    let metrics = Arc::new(kdiag_runtime::metrics::Metrics::new());
     let (handle, driver) = kdiag_controller::cluster::start(
         client,
         config,
-        kdiag_controller::builtin::Builtins::standard(),
+        kdiag_runtime::builtin::Builtins::standard(),
         metrics.clone(),
         tokio_util::sync::CancellationToken::new(),
     );
     let task = tokio::spawn(driver);
-    let state = kdiag_controller::server::ServerState {
+    let state = kdiag_runtime::server::ServerState {
         metrics,
         refresh: Arc::new(|| {}),
         ready: vec![],
-        processors: None,
-        probe_reports: None,
-        alerts: Some(handle.alerts.clone()),
+        routes: kdiag_runtime::server::join(
+            kdiag_controller::agent::server::routes(None),
+            kdiag_controller::server::routes(None, Some(handle.alerts.clone())),
+        ),
     };
     let port = free_port();
     tokio::spawn(
-        kdiag_controller::server::serve(
-            ([127, 0, 0, 1], port).into(),
-            state,
-            std::future::pending(),
-        )
-        .await
-        .unwrap(),
+        kdiag_runtime::server::serve(([127, 0, 0, 1], port).into(), state, std::future::pending())
+            .await
+            .unwrap(),
     );
     let url = || {
         format!("http://127.0.0.1:{port}/api/v2/alerts")

@@ -9,14 +9,15 @@ use kdiag_pipeline::admission::kind_of;
 use kdiag_pipeline::protocol;
 use kdiag_pipeline::{Step, StepKind, StepOutput, StepResult};
 use kdiag_recoverers::command;
+use kdiag_runtime::builtin::Builtins;
+use kdiag_runtime::registrations::Registrations;
+use kdiag_runtime::time::now;
 use kube::Client;
 
-use crate::builtin::Builtins;
 use crate::plugin::PluginClient;
 use crate::policy::PolicyHandle;
 use crate::profiler::Profilers;
-use crate::registrations::{Registrations, Target, resolve};
-use crate::time::now;
+use crate::registrations::{Target, resolve};
 
 /// Everything a step may need.
 pub struct Executor {

@@ -8,6 +8,7 @@
 //! - On shutdown no new step starts; a step with side effects finishes first.
 
 mod executor;
+pub mod server;
 mod worker;
 
 use std::collections::HashMap;
@@ -20,6 +21,10 @@ use futures::StreamExt;
 use kdiag_api::labels::{NODE_LABEL, node_label_value};
 use kdiag_api::{Abnormal, AbnormalPhase};
 use kdiag_pipeline::{self as pipeline, Limits, Next};
+use kdiag_runtime::builtin::Builtins;
+use kdiag_runtime::metrics::Metrics;
+use kdiag_runtime::recorder::UncachedRecorder;
+use kdiag_runtime::registrations::Registrations;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::core::error_boundary::InvalidObject;
@@ -33,13 +38,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use executor::Executor;
 
-use crate::builtin::Builtins;
-use crate::metrics::Metrics;
 use crate::plugin::PluginClient;
 use crate::policy::PolicyHandle;
 use crate::profiler::Profilers;
-use crate::recorder::UncachedRecorder;
-use crate::registrations::Registrations;
 
 /// How the agent runs.
 #[derive(Debug, Clone)]
@@ -148,11 +149,11 @@ pub fn start(
 
     let api: Api<DeserializeGuard<Abnormal>> = Api::all(client.clone());
     let selector = format!("{NODE_LABEL}={}", node_label_value(&config.node_name));
-    // The cache keeps slimmed copies (crate::cache): reconcile works on a fresh GET.
-    let (store, abnormals) = crate::cache::watch(
+    // The cache keeps slimmed copies (kdiag_runtime::cache): reconcile works on a fresh GET.
+    let (store, abnormals) = kdiag_runtime::cache::watch(
         api,
         watcher::Config::default().labels(&selector),
-        crate::cache::Reader::Agent,
+        kdiag_runtime::cache::Reader::Agent,
     );
     let controller = Controller::for_stream(abnormals, store)
         // Concurrency is bounded by the agent's own semaphore, so queue depth is observable.
@@ -198,7 +199,7 @@ pub fn start(
             let (store, registrations, ready) =
                 (store.clone(), registrations.clone(), ready.clone());
             tokio::spawn(async move {
-                crate::ready::store_ready(&store).await;
+                kdiag_runtime::ready::store_ready(&store).await;
                 registrations.wait_until_ready().await;
                 ready.store(true, Ordering::Release);
                 tracing::info!("agent ready: watches synced");

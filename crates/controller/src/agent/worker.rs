@@ -8,13 +8,13 @@ use kdiag_pipeline::{
     self as pipeline, Next, StageEvent, StageOutcome, Step, StepResult, abandoned, apply_step,
     end_stage, mark_running, needs_intent,
 };
+use kdiag_runtime::metrics::SyncOutcome;
+use kdiag_runtime::time::{now, seconds_since};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 
 use super::{Agent, AgentError};
-use crate::metrics::SyncOutcome;
-use crate::time::{now, seconds_since};
 
 /// How often a write that lost a race is retried on a fresh copy.
 const CONFLICT_RETRIES: usize = 5;

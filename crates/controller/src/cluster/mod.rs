@@ -3,7 +3,6 @@
 
 pub mod gc;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -14,6 +13,11 @@ use kdiag_api::labels::{NODE_LABEL, node_label_value};
 use kdiag_api::{Abnormal, AbnormalConditionType, AbnormalPhase, AbnormalStatus, ConditionStatus};
 use kdiag_pipeline::admission::{self, Decision, PodLookup};
 use kdiag_pipeline::set_condition;
+use kdiag_runtime::builtin::Builtins;
+use kdiag_runtime::metrics::Metrics;
+use kdiag_runtime::recorder::UncachedRecorder;
+use kdiag_runtime::registrations::{AdmissionRegistry, Registrations};
+use kdiag_runtime::time::now;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::core::DeserializeGuard;
 use kube::core::error_boundary::InvalidObject;
@@ -23,12 +27,6 @@ use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
-
-use crate::builtin::Builtins;
-use crate::metrics::Metrics;
-use crate::recorder::UncachedRecorder;
-use crate::registrations::{AdmissionRegistry, Registrations};
-use crate::time::now;
 
 /// How the controller runs.
 #[derive(Debug, Clone)]
@@ -121,11 +119,11 @@ pub fn start(
         },
     );
     let api: Api<DeserializeGuard<Abnormal>> = Api::all(client.clone());
-    // The cache keeps slimmed copies (crate::cache): what admission, routing and GC read.
-    let (store, abnormals) = crate::cache::watch(
+    // The cache keeps slimmed copies (kdiag_runtime::cache): what admission, routing and GC read.
+    let (store, abnormals) = kdiag_runtime::cache::watch(
         api,
         watcher::Config::default(),
-        crate::cache::Reader::Controller,
+        kdiag_runtime::cache::Reader::Controller,
     );
     let controller = Controller::for_stream(abnormals, store)
         .graceful_shutdown_on(shutdown.clone().cancelled_owned());
@@ -182,7 +180,7 @@ pub fn start(
             let (store, registrations, ready) =
                 (store.clone(), registrations.clone(), ready.clone());
             tokio::spawn(async move {
-                crate::ready::store_ready(&store).await;
+                kdiag_runtime::ready::store_ready(&store).await;
                 registrations.wait_until_ready().await;
                 ready.store(true, Ordering::Release);
                 tracing::info!("controller ready: watches synced");
@@ -618,7 +616,7 @@ async fn collect_garbage(
     store: Store<DeserializeGuard<Abnormal>>,
     shutdown: CancellationToken,
 ) {
-    crate::ready::store_ready(&store).await;
+    kdiag_runtime::ready::store_ready(&store).await;
     loop {
         let finished: Vec<gc::Finished> = store
             .state()
@@ -663,25 +661,6 @@ async fn collect_garbage(
             _ = shutdown.cancelled() => return,
         }
     }
-}
-
-/// Counts a store's Abnormals by phase ("" for not yet admitted).
-pub fn count_by_phase(store: &Store<DeserializeGuard<Abnormal>>) -> BTreeMap<&'static str, i64> {
-    let mut counts: BTreeMap<&'static str, i64> = BTreeMap::new();
-    for phase in AbnormalPhase::ALL {
-        counts.insert(phase.as_str(), 0);
-    }
-    counts.insert("", 0);
-    for o in store.state() {
-        let phase =
-            o.0.as_ref()
-                .ok()
-                .and_then(|a| a.phase())
-                .map(AbnormalPhase::as_str)
-                .unwrap_or("");
-        *counts.entry(phase).or_default() += 1;
-    }
-    counts
 }
 
 fn api_error(

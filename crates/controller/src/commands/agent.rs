@@ -6,21 +6,23 @@ use std::sync::Arc;
 
 use kdiag_api::AbnormalPhase;
 use kdiag_pipeline::Limits;
+use kdiag_runtime::builtin::Builtins;
+use kdiag_runtime::cache::count_by_phase;
+use kdiag_runtime::metrics::Metrics;
+use kdiag_runtime::process;
+use kdiag_runtime::server::{self, ServerState};
 
-use super::{CommandError, runtime};
+use super::CommandError;
+use crate::agent::server::ProcessorService;
 use crate::agent::{self, AgentConfig};
-use crate::builtin::Builtins;
 use crate::cli::AgentArgs;
-use crate::cluster::count_by_phase;
-use crate::metrics::Metrics;
-use crate::server::{self, ProcessorService, ServerState};
 
 pub async fn run(args: AgentArgs) -> Result<ExitCode, CommandError> {
     if args.node_name.trim().is_empty() {
         return Err("--node-name (or NODE_NAME) is empty: the agent must know which node's Abnormals to process".into());
     }
-    let client = runtime::client().await?;
-    let shutdown = runtime::shutdown_on_signals();
+    let client = process::client().await?;
+    let shutdown = process::shutdown_on_signals();
     let metrics = Arc::new(Metrics::new());
     let (handle, driver) = agent::start(
         client.clone(),
@@ -97,15 +99,16 @@ pub fn agent_server_state(
             m.agent.original.node_abnormal_count.set(total);
         }),
         ready: vec![("the agent's watches".into(), handle.ready.clone())],
-        processors: Some(ProcessorService {
-            builtins: handle.builtins.clone(),
-            client,
-            node_name: args.node_name.clone(),
-            max_output_bytes: args.max_step_output_bytes,
-            node: Arc::new(node_environment(args)),
-            data_root: args.data_root.clone(),
-        }),
-        probe_reports: None,
-        alerts: None,
+        routes: server::join(
+            agent::server::routes(Some(ProcessorService {
+                builtins: handle.builtins.clone(),
+                client,
+                node_name: args.node_name.clone(),
+                max_output_bytes: args.max_step_output_bytes,
+                node: Arc::new(node_environment(args)),
+                data_root: args.data_root.clone(),
+            })),
+            crate::server::routes(None, None),
+        ),
     }
 }

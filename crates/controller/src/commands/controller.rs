@@ -4,16 +4,19 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use super::{CommandError, runtime};
-use crate::builtin::Builtins;
+use kdiag_runtime::builtin::Builtins;
+use kdiag_runtime::cache::count_by_phase;
+use kdiag_runtime::metrics::Metrics;
+use kdiag_runtime::process;
+use kdiag_runtime::server::{self, ServerState};
+
+use super::CommandError;
 use crate::cli::ControllerArgs;
-use crate::cluster::{self, ControllerConfig, count_by_phase};
-use crate::metrics::Metrics;
-use crate::server::{self, ServerState};
+use crate::cluster::{self, ControllerConfig};
 
 pub async fn run(args: ControllerArgs) -> Result<ExitCode, CommandError> {
-    let client = runtime::client().await?;
-    let shutdown = runtime::shutdown_on_signals();
+    let client = process::client().await?;
+    let shutdown = process::shutdown_on_signals();
     let metrics = Arc::new(Metrics::new());
     let (handle, driver) = cluster::start(
         client.clone(),
@@ -88,9 +91,10 @@ pub fn controller_server_state(
             }
         }),
         ready: vec![("the controller's watches".into(), handle.ready.clone())],
-        processors: None,
-        probe_reports: Some(client),
-        alerts: Some(handle.alerts.clone()),
+        routes: server::join(
+            crate::agent::server::routes(None),
+            crate::server::routes(Some(client), Some(handle.alerts.clone())),
+        ),
     }
 }
 

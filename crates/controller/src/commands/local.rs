@@ -6,16 +6,19 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use kdiag_pipeline::Limits;
+use kdiag_runtime::apply::apply_yaml;
+use kdiag_runtime::builtin::Builtins;
+use kdiag_runtime::cache::count_by_phase;
+use kdiag_runtime::metrics::Metrics;
+use kdiag_runtime::process;
+use kdiag_runtime::server::{self, ServerState};
 use kdiag_testenv::Cluster;
 
-use super::{CommandError, runtime};
+use super::CommandError;
+use crate::agent::server::ProcessorService;
 use crate::agent::{self, AgentConfig};
-use crate::apply::apply_yaml;
-use crate::builtin::Builtins;
 use crate::cli::LocalArgs;
 use crate::cluster::{self as controller, ControllerConfig};
-use crate::metrics::Metrics;
-use crate::server::{self, ProcessorService, ServerState};
 
 /// What an install applies, embedded so `kdiag local` works from any directory.
 const MANIFESTS: [(&str, &str); 3] = [
@@ -35,7 +38,7 @@ const MANIFESTS: [(&str, &str); 3] = [
 const DEMO: &str = include_str!("../../../../examples/demo-pod.yaml");
 
 pub async fn run(args: LocalArgs) -> Result<ExitCode, CommandError> {
-    let shutdown = runtime::shutdown_on_signals();
+    let shutdown = process::shutdown_on_signals();
     eprintln!(
         "kdiag local: starting a single-node Kubernetes cluster on this machine (about 15 s)…"
     );
@@ -127,10 +130,10 @@ async fn serve(
     let state = ServerState {
         metrics: metrics.clone(),
         refresh: Arc::new(move || {
-            for (phase, n) in controller::count_by_phase(&c_store) {
+            for (phase, n) in count_by_phase(&c_store) {
                 m.controller.abnormals.with_label_values(&[phase]).set(n);
             }
-            let counts = controller::count_by_phase(&a_store);
+            let counts = count_by_phase(&a_store);
             m.agent
                 .original
                 .node_abnormal_count
@@ -145,16 +148,20 @@ async fn serve(
             ("the controller's watches".into(), c_handle.ready.clone()),
             ("the agent's watches".into(), a_handle.ready.clone()),
         ],
-        processors: Some(ProcessorService {
-            builtins: a_handle.builtins.clone(),
-            client: agent_client,
-            node_name: node.clone(),
-            max_output_bytes: Limits::default().max_step_output_bytes,
-            node: Arc::new(node_env),
-            data_root,
-        }),
-        probe_reports: Some(controller_client.clone()),
-        alerts: Some(c_handle.alerts.clone()),
+        routes: server::join(
+            agent::server::routes(Some(ProcessorService {
+                builtins: a_handle.builtins.clone(),
+                client: agent_client,
+                node_name: node.clone(),
+                max_output_bytes: Limits::default().max_step_output_bytes,
+                node: Arc::new(node_env),
+                data_root,
+            })),
+            crate::server::routes(
+                Some(controller_client.clone()),
+                Some(c_handle.alerts.clone()),
+            ),
+        ),
     };
     let bridge_state = state.clone();
     let serving = server::serve(addr, state, shutdown.clone().cancelled_owned())

@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{EnvVar, Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kdiag_api::kubeprober::{env as probe_env, labels as probe_labels};
 use kdiag_api::{CheckerStatus, Probe, ProbeCheckerStatus, ProbeStatus};
+use kdiag_runtime::time::now;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
@@ -23,7 +24,6 @@ use tokio_util::sync::CancellationToken;
 use super::checks;
 use super::report::{self, Report};
 use super::schedule::{self, Due};
-use crate::time::now;
 
 /// Annotation on a Job once its outcome is recorded.
 const OUTCOME_ANNOTATION: &str = "kdiag.io/outcome";

@@ -13,6 +13,7 @@ use kdiag_api::{
     Abnormal, AbnormalSource, AbnormalSourceType, ProbeCheckerStatus, ProbeReference, ProbeStatus,
 };
 use kdiag_pipeline::templates::{CompiledSource, compile, order, slug};
+use kdiag_runtime::metrics::Metrics;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
@@ -25,7 +26,6 @@ use tokio_util::sync::CancellationToken;
 use super::episodes::{
     self, Decision, EPISODES_ANNOTATION, Episode, Episodes, SUPPRESSED_ANNOTATION,
 };
-use crate::metrics::Metrics;
 use crate::sources::storm::{Buckets, Budget};
 
 /// Budgets of Abnormals created for probes.
@@ -88,7 +88,7 @@ pub fn start(
     });
     let api: Api<DeserializeGuard<ProbeStatus>> = Api::all(client);
     async move {
-        crate::ready::store_ready(&ctx.sources).await;
+        kdiag_runtime::ready::store_ready(&ctx.sources).await;
         Controller::new(api, watcher::Config::default())
             .graceful_shutdown_on(shutdown.cancelled_owned())
             .run(
@@ -133,7 +133,7 @@ async fn reconcile(
         .and_then(|a| serde_json::from_str(a).ok())
         .unwrap_or_default();
     let sources = probe_sources(&ctx.sources);
-    let now = crate::time::now().0.to_string();
+    let now = kdiag_runtime::time::now().0.to_string();
     let decisions = episodes::decide(ps, &open, &sources, &now);
 
     let mut to_create: Vec<Abnormal> = Vec::new();

@@ -143,8 +143,8 @@ impl EventSource {
     /// Watches Warning Events until `shutdown`.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         // Incidents are found through existing Abnormals: wait until they are all known.
-        crate::ready::store_ready(&self.sources).await;
-        crate::ready::store_ready(&self.abnormals).await;
+        kdiag_runtime::ready::store_ready(&self.sources).await;
+        kdiag_runtime::ready::store_ready(&self.abnormals).await;
         let api: Api<Event> = Api::all(self.sink.client.clone());
         // Server-side filtering: only Warning Events ever reach the controller.
         let config = watcher::Config::default().fields("type=Warning");

@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 
 use kdiag_api::{Abnormal, AbnormalSource};
 use kdiag_pipeline::templates::CompiledSource;
+use kdiag_runtime::metrics::Metrics;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use super::storm::{Buckets, Budget};
-use crate::metrics::Metrics;
 
 /// Annotation: occurrences so far, by trigger identity (an Event's uid, an alert delivery).
 pub const TRIGGER_EVENTS_ANNOTATION: &str = "kdiag.io/trigger-occurrences";

@@ -71,7 +71,7 @@ async fn reconcile(
     }
     let transition = match current {
         Some(c) if c.status == status => c.last_transition_time.clone(),
-        _ => Some(crate::time::now()),
+        _ => Some(kdiag_runtime::time::now()),
     };
     let condition = SourceCondition {
         type_: "Valid".into(),

@@ -11,12 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kdiag_api::{Abnormal, AbnormalPhase, NamespacedName, ProcessorEndpoint};
+use kdiag_controller::agent::server::ProcessorService;
 use kdiag_controller::agent::{self, AgentConfig};
-use kdiag_controller::builtin::Builtins;
 use kdiag_controller::cluster::{self, ControllerConfig};
-use kdiag_controller::metrics::Metrics;
-use kdiag_controller::server::{self, ProcessorService, ServerState};
 use kdiag_pipeline::Limits;
+use kdiag_runtime::builtin::Builtins;
+use kdiag_runtime::metrics::Metrics;
+use kdiag_runtime::server::{self, ServerState};
 use kdiag_testenv::{ControlPlane, control_plane};
 use kube::Client;
 use kube::api::{Api, PostParams};
@@ -132,9 +133,10 @@ pub fn start_background_controller(cp: &'static ControlPlane, config: Controller
                 metrics,
                 refresh: Arc::new(|| {}),
                 ready: vec![],
-                processors: None,
-                probe_reports: Some(client),
-                alerts: Some(handle.alerts.clone()),
+                routes: kdiag_runtime::server::join(
+                    kdiag_controller::agent::server::routes(None),
+                    kdiag_controller::server::routes(Some(client), Some(handle.alerts.clone())),
+                ),
             };
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
@@ -213,16 +215,17 @@ impl TestAgent {
             metrics: metrics.clone(),
             refresh: Arc::new(|| {}),
             ready: vec![("agent".into(), handle.ready.clone())],
-            processors: Some(ProcessorService {
-                builtins: handle.builtins.clone(),
-                client,
-                node_name: node.into(),
-                max_output_bytes: 512 * 1024,
-                node: Default::default(),
-                data_root: data_root.clone(),
-            }),
-            probe_reports: None,
-            alerts: None,
+            routes: kdiag_runtime::server::join(
+                kdiag_controller::agent::server::routes(Some(ProcessorService {
+                    builtins: handle.builtins.clone(),
+                    client,
+                    node_name: node.into(),
+                    max_output_bytes: 512 * 1024,
+                    node: Default::default(),
+                    data_root: data_root.clone(),
+                })),
+                kdiag_controller::server::routes(None, None),
+            ),
         };
         let serving = server::serve(addr, state, shutdown.clone().cancelled_owned())
             .await

@@ -1,39 +1,38 @@
-//! What long-running commands share: the async runtime, logging, the client, signals.
-
-use std::process::ExitCode;
+//! What long-running commands (the controller, the agent, local mode) share: the async runtime,
+//! logging, the client, signals.
 
 use kube::Client;
 use tokio_util::sync::CancellationToken;
 
-use super::CommandError;
-use crate::cli::LogFormat;
-
-pub fn block_on(
-    f: impl std::future::Future<Output = Result<ExitCode, CommandError>>,
-) -> Result<ExitCode, CommandError> {
+/// Runs `f` to its end on a multi-threaded runtime of its own.
+pub fn block_on<T, E: From<std::io::Error>>(
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
         .block_on(f)
 }
 
-pub fn init_logging(format: LogFormat) {
+/// Logs to stderr as text, or as JSON lines when `json`; RUST_LOG overrides the levels.
+pub fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,kube=warn,kube_runtime=warn,hyper=warn,warp=warn")
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
     };
 }
 
 /// A client from the in-cluster service account or the kubeconfig, like kubectl.
-pub async fn client() -> Result<Client, CommandError> {
+pub async fn client() -> Result<Client, String> {
     Client::try_default().await.map_err(|e| {
-        format!("cannot reach Kubernetes: {e}. Run inside a pod with a service account, or set KUBECONFIG to a kubeconfig").into()
+        format!("cannot reach Kubernetes: {e}. Run inside a pod with a service account, or set KUBECONFIG to a kubeconfig")
     })
 }
 

@@ -13,8 +13,10 @@
 //! - managedFields are read by nobody, and a status written from a copy without them leaves the
 //!   stored ones as they are (the apiserver keeps them when a write carries none).
 
+use std::collections::BTreeMap;
+
 use futures::Stream;
-use kdiag_api::{Abnormal, AbnormalStatus};
+use kdiag_api::{Abnormal, AbnormalPhase, AbnormalStatus};
 use kube::api::Api;
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{self, Store};
@@ -84,10 +86,28 @@ pub fn slim(reader: Reader, obj: &mut Guarded) {
     }
 }
 
+/// Counts a store's Abnormals by phase ("" for not yet admitted).
+pub fn count_by_phase(store: &Store<DeserializeGuard<Abnormal>>) -> BTreeMap<&'static str, i64> {
+    let mut counts: BTreeMap<&'static str, i64> = BTreeMap::new();
+    for phase in AbnormalPhase::ALL {
+        counts.insert(phase.as_str(), 0);
+    }
+    counts.insert("", 0);
+    for o in store.state() {
+        let phase =
+            o.0.as_ref()
+                .ok()
+                .and_then(|a| a.phase())
+                .map(AbnormalPhase::as_str)
+                .unwrap_or("");
+        *counts.entry(phase).or_default() += 1;
+    }
+    counts
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kdiag_api::AbnormalPhase;
 
     fn abnormal(phase: Option<&str>) -> Guarded {
         let mut status = serde_json::json!({

@@ -1,0 +1,163 @@
+//! The agent's routes on the HTTP server (`kdiag_runtime::server`): the built-in processors over
+//! the plugin protocol (`/processor/<name>`) and the profiles it keeps (`/profiles/...`). A
+//! process without an agent answers these paths with what it does not serve.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kdiag_api::Abnormal;
+use kdiag_api::plugin::{ProcessorContext, ProcessorError};
+use kdiag_runtime::builtin::Builtins;
+use kdiag_runtime::server::{MAX_REQUEST_BYTES, Routes, text};
+use warp::http::StatusCode;
+use warp::{Filter, Rejection, Reply};
+
+/// Built-in processors served over HTTP, as the agent runs them.
+#[derive(Clone)]
+pub struct ProcessorService {
+    pub builtins: Builtins,
+    pub client: kube::Client,
+    pub node_name: String,
+    pub max_output_bytes: usize,
+    pub node: std::sync::Arc<kdiag_api::plugin::NodeEnvironment>,
+    /// Where profiles are kept; served under /profiles/.
+    pub data_root: PathBuf,
+}
+
+/// The agent's routes; `None` in a process without an agent, which then says so.
+pub fn routes(processors: Option<ProcessorService>) -> Routes {
+    let svc = processors.clone();
+    let post_processor = warp::path!("processor" / String)
+        .and(warp::post())
+        .and(warp::body::content_length_limit(MAX_REQUEST_BYTES))
+        .and(warp::body::bytes())
+        .and_then(move |name: String, body: Bytes| {
+            let svc = svc.clone();
+            async move { Ok::<_, Rejection>(run_processor(svc, name, body).await) }
+        });
+    let svc = processors.clone();
+    let get_processor =
+        warp::path!("processor" / String)
+            .and(warp::get())
+            .and_then(move |name: String| {
+                let svc = svc.clone();
+                async move { Ok::<_, Rejection>(raw_data(svc, name).await) }
+            });
+    let other_method = warp::path!("processor" / String).map(|_| {
+        warp::reply::with_status(
+            "use POST with an Abnormal (or GET on a collector)".to_owned(),
+            StatusCode::METHOD_NOT_ALLOWED,
+        )
+    });
+    let profiles_dir = processors
+        .as_ref()
+        .map(|p| p.data_root.join("profiles"))
+        .unwrap_or_else(|| PathBuf::from("/nonexistent"));
+    let profiles = warp::path("profiles")
+        .and(warp::get())
+        .and(warp::fs::dir(profiles_dir));
+
+    post_processor
+        .or(get_processor)
+        .or(other_method)
+        .or(profiles)
+        .map(Reply::into_response)
+        .boxed()
+}
+
+/// The plugin protocol for a built-in: the whole Abnormal in, the whole Abnormal out.
+async fn run_processor(
+    svc: Option<ProcessorService>,
+    name: String,
+    body: Bytes,
+) -> warp::reply::Response {
+    let Some(svc) = svc else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "this kdiag process serves no processors (only agents do)".into(),
+        );
+    };
+    let Some(processor) = svc.builtins.get(&name) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no built-in processor {name:?}; built-ins: {}",
+                svc.builtins.names().join(", ")
+            ),
+        );
+    };
+    let mut abnormal: Abnormal = match serde_json::from_slice(&body) {
+        Ok(a) => a,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not an Abnormal in JSON: {e}"),
+            );
+        }
+    };
+    let timeout = Duration::from_secs(30);
+    let ctx = ProcessorContext {
+        node_name: svc.node_name.clone(),
+        client: svc.client.clone(),
+        timeout,
+        max_output_bytes: svc.max_output_bytes,
+        node: svc.node.clone(),
+    };
+    let result = match tokio::time::timeout(timeout, processor.process(&ctx, &abnormal)).await {
+        Ok(r) => r,
+        Err(_) => Err(ProcessorError::Timeout(timeout)),
+    };
+    match result {
+        Ok(out) => {
+            let status = abnormal.status.get_or_insert_default();
+            status.context.get_or_insert_default().extend(out.context);
+            if out.root_cause.is_some() {
+                status.root_cause = out.root_cause;
+            }
+            warp::reply::json(&abnormal).into_response()
+        }
+        Err(e @ ProcessorError::InvalidInput(_)) => text(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// A collector's data as plain JSON (Kube Diagnoser's GET on collectors).
+async fn raw_data(svc: Option<ProcessorService>, name: String) -> warp::reply::Response {
+    let Some(svc) = svc else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "this kdiag process serves no processors".into(),
+        );
+    };
+    let Some(processor) = svc.builtins.get(&name) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("no built-in processor {name:?}"),
+        );
+    };
+    if !name.ends_with("-collector") {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{name} is not a collector; POST an Abnormal to it"),
+        );
+    }
+    let mut abnormal = Abnormal::new("raw-data", Default::default());
+    abnormal.spec.node_name = svc.node_name.clone();
+    let timeout = Duration::from_secs(30);
+    let ctx = ProcessorContext {
+        node_name: svc.node_name.clone(),
+        client: svc.client.clone(),
+        timeout,
+        max_output_bytes: svc.max_output_bytes,
+        node: svc.node.clone(),
+    };
+    match tokio::time::timeout(timeout, processor.process(&ctx, &abnormal)).await {
+        Ok(Ok(out)) => warp::reply::json(&out.context).into_response(),
+        Ok(Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(_) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("timed out after {timeout:?}"),
+        ),
+    }
+}
