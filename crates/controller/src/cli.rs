@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use kdiag_cli::duration::parse_duration;
 
 /// kdiag: turns a failed probe, a warning event or an alert into a root cause with evidence.
 #[derive(Parser, Debug)]
@@ -35,19 +36,7 @@ pub enum Command {
     /// controller and this node's agent (needs root; `make run`).
     Local(LocalArgs),
     /// The operator's commands (also installed as the kubectl plugin `kubectl-diag`).
-    Diag(crate::diag::DiagArgs),
-}
-
-/// `kubectl diag …`: the same commands when the binary is called as `kubectl-diag`.
-#[derive(Parser, Debug)]
-#[command(
-    name = "kubectl diag",
-    version,
-    about = "Diagnose Kubernetes with kdiag: Abnormals, their root causes, probes"
-)]
-pub struct KubectlDiag {
-    #[command(flatten)]
-    pub args: crate::diag::DiagArgs,
+    Diag(kdiag_cli::DiagArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -204,39 +193,18 @@ pub struct AgentArgs {
     pub max_context_bytes: usize,
 }
 
-/// Parses durations such as 90s, 5m, 72h, 7d (or a bare number of seconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = number.parse().map_err(|_| {
-        format!("{s:?} is not a duration; use a number with s, m, h or d, such as 90s or 72h")
-    })?;
-    let seconds = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
-        _ => return Err(format!("{s:?} has unit {unit:?}; use s, m, h or d")),
-    };
-    Ok(Duration::from_secs(seconds))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn durations_read_like_kubectl_flags() {
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("72h"), Ok(Duration::from_secs(72 * 3600)));
-        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
-        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+    fn the_same_commands_answer_under_kdiag_diag() {
+        let cli = Cli::try_parse_from(["kdiag", "diag", "describe", "web", "-n", "shop"]).unwrap();
+        let Command::Diag(a) = cli.command else {
+            panic!("not diag")
+        };
         assert!(
-            parse_duration("5 minutes")
-                .unwrap_err()
-                .contains("use s, m, h or d")
+            matches!(a.command, Some(kdiag_cli::DiagCommand::Describe { name }) if name == "web")
         );
-        assert!(parse_duration("soon").is_err());
     }
 }

@@ -5,7 +5,6 @@ pub mod agent;
 pub mod cli;
 pub mod cluster;
 pub mod commands;
-pub mod diag;
 pub mod plugin;
 pub mod policy;
 pub mod probes;
@@ -28,8 +27,8 @@ pub fn main() -> ExitCode {
         .and_then(|p| p.file_name())
         .is_some_and(|n| n == "kubectl-diag")
     {
-        let plugin = cli::KubectlDiag::parse();
-        return match diag::run(plugin.args) {
+        let plugin = kdiag_cli::KubectlDiag::parse();
+        return match kdiag_cli::run(plugin.args) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("error: {e}");

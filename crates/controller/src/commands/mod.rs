@@ -25,7 +25,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CommandError> {
             process::init_logging(cli.log_format == LogFormat::Json);
             process::block_on(agent::run(args))
         }
-        Command::Diag(args) => crate::diag::run(args),
+        Command::Diag(args) => kdiag_cli::run(args),
         Command::Local(args) => {
             process::init_logging(cli.log_format == LogFormat::Json);
             process::block_on(local::run(args))

@@ -55,10 +55,10 @@ pub struct RunArgs {
     #[arg(long)]
     pub wait: bool,
     /// With --wait: how long to wait for the end.
-    #[arg(long, default_value = "10m", value_parser = crate::cli::parse_duration)]
+    #[arg(long, default_value = "10m", value_parser = crate::duration::parse_duration)]
     pub timeout: Duration,
     /// How long the controller may take to admit the Abnormal before we say it is not running.
-    #[arg(long, default_value = "20s", value_parser = crate::cli::parse_duration)]
+    #[arg(long, default_value = "20s", value_parser = crate::duration::parse_duration)]
     pub admission_timeout: Duration,
 }
 

@@ -5,7 +5,7 @@
 //! 1. the kdiag extension `spec.checkers[].diagnosis.rootCause` (kdiag's ProbeStatus CRD);
 //! 2. the annotation `kdiag.io/diagnoses`, a JSON object from checker name to
 //!    `{abnormal, phase, rootCause}`, which kdiag writes where KubeProber's own CRD would prune the
-//!    field (see `crate::probes::writeback`);
+//!    field (see kdiag-controller's `probes::writeback`);
 //! 3. the annotation `kdiag.io/diagnosis.<checker>`: plain text (the root cause itself) or the
 //!    same JSON object for one checker, for tools that annotate one checker at a time.
 

@@ -1,5 +1,7 @@
-//! `kubectl diag` (the kdiag binary installed as `kubectl-diag`, or `kdiag diag …`): the
-//! operator's view of Abnormals and probes.
+//! kdiag-cli: `kubectl diag` (the kdiag binary installed as `kubectl-diag`, or `kdiag diag …`):
+//! the operator's view of Abnormals and probes. It talks to the apiserver only, like kubectl, and
+//! depends on kdiag-api, kdiag-pipeline (the pod triage's defaults), kube and clap: never on the
+//! controller or the agent.
 //!
 //! Exit codes: 0 done (for `watch` and `run --wait`: the diagnosis Succeeded); 1 the diagnosis
 //! Failed or was rejected; 2 a command line that cannot work; 3 anything else that stopped the
@@ -10,6 +12,7 @@
 
 pub mod client;
 pub mod describe;
+pub mod duration;
 pub mod get;
 pub mod probes;
 pub mod render;
@@ -27,7 +30,20 @@ pub use client::DiagError;
 use client::{ConnectOptions, Kube};
 use render::{ColorChoice, Style};
 
-use crate::commands::CommandError;
+/// Any error a command ends with; each message says what to do.
+pub type CommandError = Box<dyn std::error::Error + Send + Sync>;
+
+/// `kubectl diag …`: the same commands when the binary is called as `kubectl-diag`.
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "kubectl diag",
+    version,
+    about = "Diagnose Kubernetes with kdiag: Abnormals, their root causes, probes"
+)]
+pub struct KubectlDiag {
+    #[command(flatten)]
+    pub args: DiagArgs,
+}
 
 /// Arguments of `kubectl diag`.
 #[derive(clap::Args, Debug, Clone)]
@@ -83,10 +99,10 @@ pub enum DiagCommand {
     Watch {
         name: String,
         /// Give up after this long (exit code 3); the diagnosis goes on in the cluster.
-        #[arg(long, default_value = "10m", value_parser = crate::cli::parse_duration)]
+        #[arg(long, default_value = "10m", value_parser = crate::duration::parse_duration)]
         timeout: Duration,
         /// Warn when the Abnormal has no status this long after its creation (no controller?).
-        #[arg(long, default_value = "20s", value_parser = crate::cli::parse_duration)]
+        #[arg(long, default_value = "20s", value_parser = crate::duration::parse_duration)]
         admission_timeout: Duration,
     },
     /// Start a diagnosis of a pod or a node without writing YAML.
@@ -134,7 +150,7 @@ impl Scope {
 pub fn run(args: DiagArgs) -> Result<ExitCode, CommandError> {
     let Some(command) = args.command else {
         // `kubectl diag` alone: the help, as kubectl does for a bare group command.
-        let _ = crate::cli::KubectlDiag::command().print_help();
+        let _ = crate::KubectlDiag::command().print_help();
         return Ok(ExitCode::from(2));
     };
     let style = Style::detect(
@@ -290,7 +306,7 @@ mod tests {
 
     #[test]
     fn kubectl_flags_go_before_or_after_the_subcommand() {
-        let a = crate::cli::KubectlDiag::try_parse_from([
+        let a = crate::KubectlDiag::try_parse_from([
             "kubectl-diag",
             "-n",
             "shop",
@@ -307,21 +323,10 @@ mod tests {
         assert_eq!(a.flags.output, Some(Output::Wide));
         assert!(matches!(a.command, Some(DiagCommand::Get { name: None })));
 
-        let b = crate::cli::KubectlDiag::try_parse_from(["kubectl-diag", "probes", "-A"])
+        let b = crate::KubectlDiag::try_parse_from(["kubectl-diag", "probes", "-A"])
             .unwrap()
             .args;
         assert!(b.flags.all_namespaces);
-    }
-
-    #[test]
-    fn the_same_commands_answer_under_kdiag_diag() {
-        let cli =
-            crate::cli::Cli::try_parse_from(["kdiag", "diag", "describe", "web", "-n", "shop"])
-                .unwrap();
-        let crate::cli::Command::Diag(a) = cli.command else {
-            panic!("not diag")
-        };
-        assert!(matches!(a.command, Some(DiagCommand::Describe { name }) if name == "web"));
     }
 
     #[test]
