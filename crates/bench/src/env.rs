@@ -10,9 +10,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use kdiag_agent::{self as agent, AgentConfig, AgentHandle};
 use kdiag_api::{ProcessorEndpoint, SYSTEM_NAMESPACE};
-use kdiag_controller::agent::{self, AgentConfig, AgentHandle};
-use kdiag_controller::cluster::{self, ControllerConfig};
+use kdiag_controller::ControllerConfig;
 use kdiag_pipeline::Limits;
 use kdiag_runtime::builtin::Builtins;
 use kdiag_runtime::metrics::Metrics;
@@ -170,7 +170,7 @@ impl InProcController {
             .await;
         let metrics = Arc::new(Metrics::new());
         let shutdown = CancellationToken::new();
-        let (handle, driver) = cluster::start(
+        let (handle, driver) = kdiag_controller::start(
             client.clone(),
             config,
             Builtins::standard(),
@@ -183,7 +183,7 @@ impl InProcController {
             refresh: Arc::new(|| {}),
             ready: vec![],
             routes: kdiag_runtime::server::join(
-                kdiag_controller::agent::server::routes(None),
+                kdiag_agent::server::routes(None),
                 kdiag_controller::server::routes(Some(client), Some(handle.alerts.clone())),
             ),
         };

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use kdiag_controller::cluster::ControllerConfig;
+use kdiag_controller::ControllerConfig;
 use kdiag_controller::probes::trigger::ProbeBudgets;
 use kdiag_controller::sources::sink::SourceBudgets;
 use kdiag_controller::sources::storm::Budget;

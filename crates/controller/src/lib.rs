@@ -1,47 +1,209 @@
-//! kdiag: the cluster controller, the node agent, the plugin client, the HTTP server, the CLI and
-//! the local mode, behind one binary.
+//! kdiag-controller: the cluster controller, one per cluster. It admits each new Abnormal exactly
+//! once and routes it to its node's agent (`cluster`), garbage-collects finished ones, creates
+//! Abnormals from Warning Events and Prometheus alerts (`sources`) and from failed KubeProber
+//! checkers, runs KubeProber's probes and writes root causes back next to their results
+//! (`probes`), and serves probe reports and alerts over HTTP (`server`).
+//!
+//! Depends on kdiag-api, kdiag-pipeline (admission's decisions, templates), kdiag-runtime, kube,
+//! tokio, warp and the TLS and HTTP clients the native probe checks use; never on the agent.
+//! [`start`] is its composition root; the kdiag binary runs it (`kdiag controller`).
 
-pub mod agent;
-pub mod cli;
 pub mod cluster;
-pub mod commands;
-pub mod plugin;
-pub mod policy;
 pub mod probes;
-pub mod profiler;
-pub mod registrations;
 pub mod server;
 pub mod sources;
 
-use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use clap::Parser;
+use futures::StreamExt;
+use kdiag_api::Abnormal;
+use kdiag_pipeline::admission;
+use kdiag_runtime::builtin::Builtins;
+use kdiag_runtime::metrics::Metrics;
+use kdiag_runtime::recorder::UncachedRecorder;
+use kdiag_runtime::registrations::Registrations;
+use kube::Client;
+use kube::api::Api;
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::Controller;
+use kube::runtime::events::Reporter;
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+use tokio_util::sync::CancellationToken;
 
-/// Parses the command line, runs the command and turns its outcome into an exit code.
-pub fn main() -> ExitCode {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    // Installed as `kubectl-diag`, the binary is a kubectl plugin: `kubectl diag get`.
-    let called_as = std::env::args_os().next().map(std::path::PathBuf::from);
-    if called_as
-        .as_deref()
-        .and_then(|p| p.file_name())
-        .is_some_and(|n| n == "kubectl-diag")
-    {
-        let plugin = kdiag_cli::KubectlDiag::parse();
-        return match kdiag_cli::run(plugin.args) {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    let cli = cli::Cli::parse();
-    match commands::run(cli) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
+use crate::cluster::{Ctx, collect_garbage, error_policy, reconcile};
+
+/// How the controller runs.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// How long to wait for a referenced pod to exist and be scheduled.
+    pub pod_wait: Duration,
+    /// How often garbage collection looks.
+    pub gc_interval: Duration,
+    /// Finished Abnormals older than this are deleted.
+    pub ttl: Duration,
+    /// Per node, finished Abnormals beyond the newest this many are deleted.
+    pub max_finished_per_node: usize,
+    /// Budgets of Abnormals created for failed probe checkers.
+    pub probe_budgets: crate::probes::trigger::ProbeBudgets,
+    /// The probe runner's settings.
+    pub runner: crate::probes::runner::RunnerConfig,
+    /// Budgets of Abnormals created by Event and alert sources.
+    pub source_budgets: crate::sources::sink::SourceBudgets,
+    /// The namespace Abnormals for alerts are created in.
+    pub alert_namespace: String,
+    /// A bearer token alert deliveries must carry, if any.
+    pub alert_token: Option<String>,
+    /// The processors a pod is triaged with when its Abnormal names none.
+    pub triage: admission::Triage,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        Self {
+            pod_wait: Duration::from_secs(60),
+            gc_interval: Duration::from_secs(300),
+            ttl: Duration::from_secs(72 * 3600),
+            max_finished_per_node: 200,
+            probe_budgets: Default::default(),
+            runner: Default::default(),
+            source_budgets: Default::default(),
+            alert_namespace: kdiag_api::SYSTEM_NAMESPACE.into(),
+            alert_token: None,
+            triage: Default::default(),
         }
     }
+}
+
+/// Handles to a running controller.
+pub struct ControllerHandle {
+    pub ready: Arc<AtomicBool>,
+    pub store: Store<DeserializeGuard<Abnormal>>,
+    /// The alert endpoints' handler, for the HTTP server.
+    pub alerts: Arc<crate::sources::alerts::AlertSource>,
+}
+
+/// Builds the controller and the future that runs it (admission and GC) until `shutdown`.
+pub fn start(
+    client: Client,
+    config: ControllerConfig,
+    builtins: Builtins,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> (
+    ControllerHandle,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let (registrations, registrations_driver) = Registrations::watch(&client);
+    let recorder = UncachedRecorder::new(
+        client.clone(),
+        Reporter {
+            controller: "kdiag-controller".into(),
+            instance: None,
+        },
+    );
+    let api: Api<DeserializeGuard<Abnormal>> = Api::all(client.clone());
+    // The cache keeps slimmed copies (kdiag_runtime::cache): what admission, routing and GC read.
+    let (store, abnormals) = kdiag_runtime::cache::watch(
+        api,
+        watcher::Config::default(),
+        kdiag_runtime::cache::Reader::Controller,
+    );
+    let controller = Controller::for_stream(abnormals, store)
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned());
+    let store = controller.store();
+    let (sources, sources_driver) =
+        crate::sources::validity::start(client.clone(), shutdown.clone());
+    let probe_trigger = crate::probes::trigger::start(
+        client.clone(),
+        sources.clone(),
+        config.probe_budgets,
+        metrics.clone(),
+        shutdown.clone(),
+    );
+    let probe_runner =
+        crate::probes::runner::start(client.clone(), config.runner.clone(), shutdown.clone());
+    let sink = Arc::new(crate::sources::sink::Sink::new(
+        client.clone(),
+        metrics.clone(),
+        config.source_budgets,
+    ));
+    let event_source = Arc::new(crate::sources::events::EventSource::new(
+        sink.clone(),
+        sources.clone(),
+        store.clone(),
+    ));
+    let alerts = Arc::new(crate::sources::alerts::AlertSource {
+        sink: sink.clone(),
+        sources: sources.clone(),
+        namespace: config.alert_namespace.clone(),
+        token: config.alert_token.clone(),
+    });
+    let flusher = sink.run_flusher(std::time::Duration::from_secs(2), shutdown.clone());
+    let events_run = event_source.run(shutdown.clone());
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        abnormals: store.clone(),
+        probe_schema: Default::default(),
+        registrations: registrations.clone(),
+        builtins,
+        recorder,
+        metrics,
+        config,
+    });
+    let ready = Arc::new(AtomicBool::new(false));
+    let handle = ControllerHandle {
+        ready: ready.clone(),
+        store: store.clone(),
+        alerts,
+    };
+
+    let driver = async move {
+        let registrations_task = tokio::spawn(registrations_driver);
+        let readiness = {
+            let (store, registrations, ready) =
+                (store.clone(), registrations.clone(), ready.clone());
+            tokio::spawn(async move {
+                kdiag_runtime::ready::store_ready(&store).await;
+                registrations.wait_until_ready().await;
+                ready.store(true, Ordering::Release);
+                tracing::info!("controller ready: watches synced");
+            })
+        };
+        let gc_task = tokio::spawn(collect_garbage(
+            ctx.clone(),
+            store.clone(),
+            shutdown.clone(),
+        ));
+        let sources_task = tokio::spawn(sources_driver);
+        let probes_task = tokio::spawn(probe_trigger);
+        let runner_task = tokio::spawn(probe_runner);
+        let events_task = tokio::spawn(events_run);
+        let flusher_task = tokio::spawn(flusher);
+        // Admission needs the registrations: validating against an empty cache would reject
+        // every Abnormal that names a processor.
+        registrations.wait_until_ready().await;
+        controller
+            .run(reconcile, error_policy, ctx)
+            .for_each(|r| async move {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "reconcile");
+                }
+            })
+            .await;
+        gc_task.abort();
+        let _ = tokio::join!(
+            sources_task,
+            probes_task,
+            runner_task,
+            events_task,
+            flusher_task
+        );
+        readiness.abort();
+        registrations_task.abort();
+        tracing::info!("controller stopped");
+    };
+    (handle, driver)
 }

@@ -4,10 +4,8 @@
 pub mod gc;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kdiag_api::labels::{NODE_LABEL, node_label_value};
 use kdiag_api::{Abnormal, AbnormalConditionType, AbnormalPhase, AbnormalStatus, ConditionStatus};
@@ -21,54 +19,13 @@ use kdiag_runtime::time::now;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::core::DeserializeGuard;
 use kube::core::error_boundary::InvalidObject;
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Reporter};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
-/// How the controller runs.
-#[derive(Debug, Clone)]
-pub struct ControllerConfig {
-    /// How long to wait for a referenced pod to exist and be scheduled.
-    pub pod_wait: Duration,
-    /// How often garbage collection looks.
-    pub gc_interval: Duration,
-    /// Finished Abnormals older than this are deleted.
-    pub ttl: Duration,
-    /// Per node, finished Abnormals beyond the newest this many are deleted.
-    pub max_finished_per_node: usize,
-    /// Budgets of Abnormals created for failed probe checkers.
-    pub probe_budgets: crate::probes::trigger::ProbeBudgets,
-    /// The probe runner's settings.
-    pub runner: crate::probes::runner::RunnerConfig,
-    /// Budgets of Abnormals created by Event and alert sources.
-    pub source_budgets: crate::sources::sink::SourceBudgets,
-    /// The namespace Abnormals for alerts are created in.
-    pub alert_namespace: String,
-    /// A bearer token alert deliveries must carry, if any.
-    pub alert_token: Option<String>,
-    /// The processors a pod is triaged with when its Abnormal names none.
-    pub triage: admission::Triage,
-}
-
-impl Default for ControllerConfig {
-    fn default() -> Self {
-        Self {
-            pod_wait: Duration::from_secs(60),
-            gc_interval: Duration::from_secs(300),
-            ttl: Duration::from_secs(72 * 3600),
-            max_finished_per_node: 200,
-            probe_budgets: Default::default(),
-            runner: Default::default(),
-            source_budgets: Default::default(),
-            alert_namespace: kdiag_api::SYSTEM_NAMESPACE.into(),
-            alert_token: None,
-            triage: Default::default(),
-        }
-    }
-}
+use crate::ControllerConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
@@ -80,149 +37,19 @@ pub enum ControllerError {
     },
 }
 
-struct Ctx {
-    client: Client,
-    abnormals: Store<DeserializeGuard<Abnormal>>,
-    probe_schema: crate::probes::writeback::SchemaProbe,
-    registrations: Registrations,
-    builtins: Builtins,
-    recorder: UncachedRecorder,
-    metrics: Arc<Metrics>,
-    config: ControllerConfig,
+/// What admission, routing and GC share; built by [`crate::start`].
+pub(crate) struct Ctx {
+    pub(crate) client: Client,
+    pub(crate) abnormals: Store<DeserializeGuard<Abnormal>>,
+    pub(crate) probe_schema: crate::probes::writeback::SchemaProbe,
+    pub(crate) registrations: Registrations,
+    pub(crate) builtins: Builtins,
+    pub(crate) recorder: UncachedRecorder,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) config: ControllerConfig,
 }
 
-/// Handles to a running controller.
-pub struct ControllerHandle {
-    pub ready: Arc<AtomicBool>,
-    pub store: Store<DeserializeGuard<Abnormal>>,
-    /// The alert endpoints' handler, for the HTTP server.
-    pub alerts: Arc<crate::sources::alerts::AlertSource>,
-}
-
-/// Builds the controller and the future that runs it (admission and GC) until `shutdown`.
-pub fn start(
-    client: Client,
-    config: ControllerConfig,
-    builtins: Builtins,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) -> (
-    ControllerHandle,
-    impl std::future::Future<Output = ()> + Send + 'static,
-) {
-    let (registrations, registrations_driver) = Registrations::watch(&client);
-    let recorder = UncachedRecorder::new(
-        client.clone(),
-        Reporter {
-            controller: "kdiag-controller".into(),
-            instance: None,
-        },
-    );
-    let api: Api<DeserializeGuard<Abnormal>> = Api::all(client.clone());
-    // The cache keeps slimmed copies (kdiag_runtime::cache): what admission, routing and GC read.
-    let (store, abnormals) = kdiag_runtime::cache::watch(
-        api,
-        watcher::Config::default(),
-        kdiag_runtime::cache::Reader::Controller,
-    );
-    let controller = Controller::for_stream(abnormals, store)
-        .graceful_shutdown_on(shutdown.clone().cancelled_owned());
-    let store = controller.store();
-    let (sources, sources_driver) =
-        crate::sources::validity::start(client.clone(), shutdown.clone());
-    let probe_trigger = crate::probes::trigger::start(
-        client.clone(),
-        sources.clone(),
-        config.probe_budgets,
-        metrics.clone(),
-        shutdown.clone(),
-    );
-    let probe_runner =
-        crate::probes::runner::start(client.clone(), config.runner.clone(), shutdown.clone());
-    let sink = Arc::new(crate::sources::sink::Sink::new(
-        client.clone(),
-        metrics.clone(),
-        config.source_budgets,
-    ));
-    let event_source = Arc::new(crate::sources::events::EventSource::new(
-        sink.clone(),
-        sources.clone(),
-        store.clone(),
-    ));
-    let alerts = Arc::new(crate::sources::alerts::AlertSource {
-        sink: sink.clone(),
-        sources: sources.clone(),
-        namespace: config.alert_namespace.clone(),
-        token: config.alert_token.clone(),
-    });
-    let flusher = sink.run_flusher(std::time::Duration::from_secs(2), shutdown.clone());
-    let events_run = event_source.run(shutdown.clone());
-    let ctx = Arc::new(Ctx {
-        client: client.clone(),
-        abnormals: store.clone(),
-        probe_schema: Default::default(),
-        registrations: registrations.clone(),
-        builtins,
-        recorder,
-        metrics,
-        config,
-    });
-    let ready = Arc::new(AtomicBool::new(false));
-    let handle = ControllerHandle {
-        ready: ready.clone(),
-        store: store.clone(),
-        alerts,
-    };
-
-    let driver = async move {
-        let registrations_task = tokio::spawn(registrations_driver);
-        let readiness = {
-            let (store, registrations, ready) =
-                (store.clone(), registrations.clone(), ready.clone());
-            tokio::spawn(async move {
-                kdiag_runtime::ready::store_ready(&store).await;
-                registrations.wait_until_ready().await;
-                ready.store(true, Ordering::Release);
-                tracing::info!("controller ready: watches synced");
-            })
-        };
-        let gc_task = tokio::spawn(collect_garbage(
-            ctx.clone(),
-            store.clone(),
-            shutdown.clone(),
-        ));
-        let sources_task = tokio::spawn(sources_driver);
-        let probes_task = tokio::spawn(probe_trigger);
-        let runner_task = tokio::spawn(probe_runner);
-        let events_task = tokio::spawn(events_run);
-        let flusher_task = tokio::spawn(flusher);
-        // Admission needs the registrations: validating against an empty cache would reject
-        // every Abnormal that names a processor.
-        registrations.wait_until_ready().await;
-        controller
-            .run(reconcile, error_policy, ctx)
-            .for_each(|r| async move {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "reconcile");
-                }
-            })
-            .await;
-        gc_task.abort();
-        let _ = tokio::join!(
-            sources_task,
-            probes_task,
-            runner_task,
-            events_task,
-            flusher_task
-        );
-        readiness.abort();
-        registrations_task.abort();
-        tracing::info!("controller stopped");
-    };
-    (handle, driver)
-}
-
-async fn reconcile(
+pub(crate) async fn reconcile(
     obj: Arc<DeserializeGuard<Abnormal>>,
     ctx: Arc<Ctx>,
 ) -> Result<Action, ControllerError> {
@@ -579,7 +406,7 @@ async fn reject_malformed(ctx: &Ctx, invalid: &InvalidObject) -> Result<Action, 
     Ok(Action::await_change())
 }
 
-fn error_policy(
+pub(crate) fn error_policy(
     _obj: Arc<DeserializeGuard<Abnormal>>,
     error: &ControllerError,
     _ctx: Arc<Ctx>,
@@ -611,7 +438,7 @@ async fn publish(ctx: &Ctx, abnormal: &Abnormal, reason: &str, note: &str, warni
 }
 
 /// Every gc_interval: deletes finished Abnormals past the TTL or beyond the per-node maximum.
-async fn collect_garbage(
+pub(crate) async fn collect_garbage(
     ctx: Arc<Ctx>,
     store: Store<DeserializeGuard<Abnormal>>,
     shutdown: CancellationToken,

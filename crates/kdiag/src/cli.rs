@@ -34,11 +34,14 @@ pub enum Command {
     Agent(AgentArgs),
     /// Try kdiag without a cluster: start a real single-node cluster on this machine, with the
     /// controller and this node's agent (needs root; `make run`).
+    #[cfg(feature = "local")]
     Local(LocalArgs),
     /// The operator's commands (also installed as the kubectl plugin `kubectl-diag`).
     Diag(kdiag_cli::DiagArgs),
 }
 
+/// `kdiag local`, built with the `local` feature (`make run`).
+#[cfg(feature = "local")]
 #[derive(clap::Args, Debug, Clone)]
 pub struct LocalArgs {
     /// Address of the HTTP server (/metrics, built-ins, profiles).
@@ -108,10 +111,10 @@ pub struct ControllerArgs {
     pub triage_diagnosers: Vec<String>,
     /// Abnormals one Event or alert source may create: BURST:PER_MINUTE.
     #[arg(long, default_value = "20:6", value_parser = parse_budget)]
-    pub source_budget: crate::sources::storm::Budget,
+    pub source_budget: kdiag_controller::sources::storm::Budget,
     /// Abnormals Event and alert sources may create for one node: BURST:PER_MINUTE.
     #[arg(long, default_value = "10:2", value_parser = parse_budget)]
-    pub source_node_budget: crate::sources::storm::Budget,
+    pub source_node_budget: kdiag_controller::sources::storm::Budget,
     /// The namespace Abnormals for Prometheus alerts are created in.
     #[arg(long, default_value = kdiag_api::SYSTEM_NAMESPACE)]
     pub alert_namespace: String,
@@ -121,14 +124,14 @@ pub struct ControllerArgs {
     pub alert_token: Option<String>,
     /// Abnormals one probe's failures may create: BURST:PER_MINUTE (a token bucket).
     #[arg(long, default_value = "10:2", value_parser = parse_budget)]
-    pub probe_budget: crate::sources::storm::Budget,
+    pub probe_budget: kdiag_controller::sources::storm::Budget,
     /// Abnormals probe failures may create for one node: BURST:PER_MINUTE.
     #[arg(long, default_value = "10:2", value_parser = parse_budget)]
-    pub probe_node_budget: crate::sources::storm::Budget,
+    pub probe_node_budget: kdiag_controller::sources::storm::Budget,
 }
 
 /// Parses a budget written BURST:PER_MINUTE, such as 10:2.
-pub fn parse_budget(s: &str) -> Result<crate::sources::storm::Budget, String> {
+pub fn parse_budget(s: &str) -> Result<kdiag_controller::sources::storm::Budget, String> {
     let (burst, rate) = s
         .split_once(':')
         .ok_or_else(|| format!("{s:?}: write a budget as BURST:PER_MINUTE, such as 10:2"))?;
@@ -145,7 +148,7 @@ pub fn parse_budget(s: &str) -> Result<crate::sources::storm::Budget, String> {
             "{s:?}: the burst must be at least 1 and the rate not negative"
         ));
     }
-    Ok(crate::sources::storm::Budget { burst, per_minute })
+    Ok(kdiag_controller::sources::storm::Budget { burst, per_minute })
 }
 
 #[derive(clap::Args, Debug, Clone)]

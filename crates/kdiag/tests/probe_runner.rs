@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use k8s_openapi::api::batch::v1::Job;
 use kdiag_api::*;
-use kdiag_controller::cluster::{self as controller, ControllerConfig};
 use kdiag_controller::probes::runner::RunnerConfig;
+use kdiag_controller::{self as controller, ControllerConfig};
 use kdiag_runtime::builtin::Builtins;
 use kdiag_runtime::metrics::Metrics;
 use kdiag_runtime::server::{self, ServerState};
@@ -72,7 +72,7 @@ async fn setup() -> &'static Cluster {
                         refresh: Arc::new(|| {}),
                         ready: vec![("controller".into(), handle.ready.clone())],
                         routes: kdiag_runtime::server::join(
-                            kdiag_controller::agent::server::routes(None),
+                            kdiag_agent::server::routes(None),
                             kdiag_controller::server::routes(Some(client), None),
                         ),
                     };

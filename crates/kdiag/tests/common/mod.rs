@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kdiag_agent::server::ProcessorService;
+use kdiag_agent::{self as agent, AgentConfig};
 use kdiag_api::{Abnormal, AbnormalPhase, NamespacedName, ProcessorEndpoint};
-use kdiag_controller::agent::server::ProcessorService;
-use kdiag_controller::agent::{self, AgentConfig};
-use kdiag_controller::cluster::{self, ControllerConfig};
+use kdiag_controller::ControllerConfig;
 use kdiag_pipeline::Limits;
 use kdiag_runtime::builtin::Builtins;
 use kdiag_runtime::metrics::Metrics;
@@ -121,7 +121,7 @@ pub fn start_background_controller(cp: &'static ControlPlane, config: Controller
         rt.block_on(async move {
             let client = service_account_client(cp, "kdiag-controller").await;
             let metrics = Arc::new(Metrics::new());
-            let (handle, driver) = cluster::start(
+            let (handle, driver) = kdiag_controller::start(
                 client.clone(),
                 config,
                 Builtins::standard(),
@@ -134,7 +134,7 @@ pub fn start_background_controller(cp: &'static ControlPlane, config: Controller
                 refresh: Arc::new(|| {}),
                 ready: vec![],
                 routes: kdiag_runtime::server::join(
-                    kdiag_controller::agent::server::routes(None),
+                    kdiag_agent::server::routes(None),
                     kdiag_controller::server::routes(Some(client), Some(handle.alerts.clone())),
                 ),
             };
@@ -216,7 +216,7 @@ impl TestAgent {
             refresh: Arc::new(|| {}),
             ready: vec![("agent".into(), handle.ready.clone())],
             routes: kdiag_runtime::server::join(
-                kdiag_controller::agent::server::routes(Some(ProcessorService {
+                kdiag_agent::server::routes(Some(ProcessorService {
                     builtins: handle.builtins.clone(),
                     client,
                     node_name: node.into(),

@@ -5,6 +5,9 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use kdiag_agent::server::ProcessorService;
+use kdiag_agent::{self as agent, AgentConfig};
+use kdiag_controller::{self as controller, ControllerConfig};
 use kdiag_pipeline::Limits;
 use kdiag_runtime::apply::apply_yaml;
 use kdiag_runtime::builtin::Builtins;
@@ -15,10 +18,7 @@ use kdiag_runtime::server::{self, ServerState};
 use kdiag_testenv::Cluster;
 
 use super::CommandError;
-use crate::agent::server::ProcessorService;
-use crate::agent::{self, AgentConfig};
 use crate::cli::LocalArgs;
-use crate::cluster::{self as controller, ControllerConfig};
 
 /// What an install applies, embedded so `kdiag local` works from any directory.
 const MANIFESTS: [(&str, &str); 3] = [
@@ -92,7 +92,7 @@ async fn serve(
         )
     })?;
     let config = ControllerConfig {
-        runner: crate::probes::runner::RunnerConfig {
+        runner: kdiag_controller::probes::runner::RunnerConfig {
             report_url: format!("http://{gateway}:{}/probe-status", args.port),
             ..Default::default()
         },
@@ -157,7 +157,7 @@ async fn serve(
                 node: Arc::new(node_env),
                 data_root,
             })),
-            crate::server::routes(
+            kdiag_controller::server::routes(
                 Some(controller_client.clone()),
                 Some(c_handle.alerts.clone()),
             ),

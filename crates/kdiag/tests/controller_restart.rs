@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use kdiag_api::*;
-use kdiag_controller::cluster::{self, ControllerConfig};
+use kdiag_controller::ControllerConfig;
 use kdiag_runtime::builtin::Builtins;
 use kdiag_runtime::metrics::Metrics;
 use kube::ResourceExt;
@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 async fn start_controller(cp: &kdiag_testenv::ControlPlane) -> tokio::task::JoinHandle<()> {
     let client = service_account_client(cp, "kdiag-controller").await;
-    let (_handle, driver) = cluster::start(
+    let (_handle, driver) = kdiag_controller::start(
         client,
         ControllerConfig::default(),
         Builtins::standard(),

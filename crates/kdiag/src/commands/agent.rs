@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use kdiag_agent::server::ProcessorService;
+use kdiag_agent::{self as agent, AgentConfig};
 use kdiag_api::AbnormalPhase;
 use kdiag_pipeline::Limits;
 use kdiag_runtime::builtin::Builtins;
@@ -13,8 +15,6 @@ use kdiag_runtime::process;
 use kdiag_runtime::server::{self, ServerState};
 
 use super::CommandError;
-use crate::agent::server::ProcessorService;
-use crate::agent::{self, AgentConfig};
 use crate::cli::AgentArgs;
 
 pub async fn run(args: AgentArgs) -> Result<ExitCode, CommandError> {
@@ -108,7 +108,7 @@ pub fn agent_server_state(
                 node: Arc::new(node_environment(args)),
                 data_root: args.data_root.clone(),
             })),
-            crate::server::routes(None, None),
+            kdiag_controller::server::routes(None, None),
         ),
     }
 }

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Event, Pod};
+use kdiag_agent::{self as agent, AgentConfig};
 use kdiag_api::{Abnormal, AbnormalPhase};
-use kdiag_controller::agent::{self, AgentConfig};
-use kdiag_controller::cluster::{self as controller, ControllerConfig};
+use kdiag_controller::{self as controller, ControllerConfig};
 use kdiag_pipeline::Limits;
 use kdiag_runtime::apply::apply_yaml;
 use kdiag_runtime::builtin::Builtins;

@@ -3,6 +3,7 @@
 mod agent;
 mod controller;
 mod crd;
+#[cfg(feature = "local")]
 mod local;
 
 use std::process::ExitCode;
@@ -26,6 +27,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CommandError> {
             process::block_on(agent::run(args))
         }
         Command::Diag(args) => kdiag_cli::run(args),
+        #[cfg(feature = "local")]
         Command::Local(args) => {
             process::init_logging(cli.log_format == LogFormat::Json);
             process::block_on(local::run(args))

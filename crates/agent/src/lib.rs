@@ -1,5 +1,12 @@
-//! The node agent: watches only its own node's Abnormals (by the routing label) and steps each
-//! through collection, diagnosis and recovery.
+//! kdiag-agent: the node agent, one per node. It watches only its own node's Abnormals (by the
+//! routing label the controller sets) and steps each through collection, diagnosis and recovery:
+//! the pure state machine of kdiag-pipeline drives it, and this crate does the IO around it
+//! (running built-in processors, HTTP plugins, commands and profilers, writing status). It also
+//! follows the node policy and serves the built-ins and profiles over HTTP.
+//!
+//! Depends on kdiag-api, kdiag-pipeline, kdiag-runtime, kdiag-recoverers and kdiag-collectors
+//! (commands and process scans), kube, tokio, reqwest and warp; never on the controller.
+//! [`start`] builds it; the kdiag binary runs it (`kdiag agent`).
 //!
 //! - Each Abnormal is handled by one task at a time (kube's Controller guarantees it), and at
 //!   most `concurrency` at once; the rest wait in the queue, none is dropped.
@@ -8,6 +15,10 @@
 //! - On shutdown no new step starts; a step with side effects finishes first.
 
 mod executor;
+pub mod plugin;
+pub mod policy;
+pub mod profiler;
+pub mod registrations;
 pub mod server;
 mod worker;
 

@@ -330,7 +330,7 @@ async fn with_kubeprobers_own_crd_the_diagnosis_goes_into_an_annotation() {
     kubectl_apply(&cp, "config/deploy");
     let client = cp.client().await;
     let controller_client = service_account_client(&cp, "kdiag-controller").await;
-    let (_h, driver) = kdiag_controller::cluster::start(
+    let (_h, driver) = kdiag_controller::start(
         controller_client,
         Default::default(),
         kdiag_runtime::builtin::Builtins::standard(),

@@ -328,7 +328,7 @@ async fn the_report_endpoint_takes_kubeprobers_payload_and_refuses_malformed_one
         refresh: std::sync::Arc::new(|| {}),
         ready: vec![],
         routes: kdiag_runtime::server::join(
-            kdiag_controller::agent::server::routes(None),
+            kdiag_agent::server::routes(None),
             kdiag_controller::server::routes(
                 Some(service_account_client(cp, "kdiag-controller").await),
                 None,

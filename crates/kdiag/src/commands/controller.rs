@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use kdiag_controller::{ControllerConfig, ControllerHandle};
 use kdiag_runtime::builtin::Builtins;
 use kdiag_runtime::cache::count_by_phase;
 use kdiag_runtime::metrics::Metrics;
@@ -12,13 +13,12 @@ use kdiag_runtime::server::{self, ServerState};
 
 use super::CommandError;
 use crate::cli::ControllerArgs;
-use crate::cluster::{self, ControllerConfig};
 
 pub async fn run(args: ControllerArgs) -> Result<ExitCode, CommandError> {
     let client = process::client().await?;
     let shutdown = process::shutdown_on_signals();
     let metrics = Arc::new(Metrics::new());
-    let (handle, driver) = cluster::start(
+    let (handle, driver) = kdiag_controller::start(
         client.clone(),
         controller_config(&args),
         Builtins::standard(),
@@ -47,7 +47,7 @@ pub fn controller_config(args: &ControllerArgs) -> ControllerConfig {
         gc_interval: args.gc_interval,
         ttl: args.abnormal_ttl,
         max_finished_per_node: args.max_finished_per_node,
-        source_budgets: crate::sources::sink::SourceBudgets {
+        source_budgets: kdiag_controller::sources::sink::SourceBudgets {
             per_source: args.source_budget,
             per_node: args.source_node_budget,
         },
@@ -65,12 +65,12 @@ pub fn controller_config(args: &ControllerArgs) -> ControllerConfig {
                 .collect(),
         },
         alert_token: args.alert_token.clone(),
-        runner: crate::probes::runner::RunnerConfig {
+        runner: kdiag_controller::probes::runner::RunnerConfig {
             report_url: args.probe_report_url.clone(),
             stale_intervals: args.probe_stale_intervals,
             ..Default::default()
         },
-        probe_budgets: crate::probes::trigger::ProbeBudgets {
+        probe_budgets: kdiag_controller::probes::trigger::ProbeBudgets {
             per_probe: args.probe_budget,
             per_node: args.probe_node_budget,
         },
@@ -79,7 +79,7 @@ pub fn controller_config(args: &ControllerArgs) -> ControllerConfig {
 
 pub fn controller_server_state(
     metrics: &Arc<Metrics>,
-    handle: &cluster::ControllerHandle,
+    handle: &ControllerHandle,
     client: kube::Client,
 ) -> ServerState {
     let (m, store) = (metrics.clone(), handle.store.clone());
@@ -92,8 +92,8 @@ pub fn controller_server_state(
         }),
         ready: vec![("the controller's watches".into(), handle.ready.clone())],
         routes: server::join(
-            crate::agent::server::routes(None),
-            crate::server::routes(Some(client), Some(handle.alerts.clone())),
+            kdiag_agent::server::routes(None),
+            kdiag_controller::server::routes(Some(client), Some(handle.alerts.clone())),
         ),
     }
 }

@@ -14,7 +14,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 
-use super::{Agent, AgentError};
+use crate::{Agent, AgentError};
 
 /// How often a write that lost a race is retried on a fresh copy.
 const CONFLICT_RETRIES: usize = 5;

@@ -255,7 +255,7 @@ async fn a_redelivered_alert_finds_its_abnormal_even_after_a_controller_restart(
     assert!(text.contains(r#""created":1"#), "{text}");
 
     // A second controller, started from nothing.
-    let (handle, driver) = kdiag_controller::cluster::start(
+    let (handle, driver) = kdiag_controller::start(
         service_account_client(cp, "kdiag-controller").await,
         Default::default(),
         kdiag_runtime::builtin::Builtins::standard(),
@@ -517,13 +517,13 @@ async fn a_firing_prometheus_rule_reaches_kdiag_directly_and_through_alertmanage
 #[tokio::test]
 async fn alert_endpoints_can_require_a_bearer_token() {
     let cp = with_controller().await;
-    let config = kdiag_controller::cluster::ControllerConfig {
+    let config = kdiag_controller::ControllerConfig {
         alert_token: Some("s3cret".into()),
         ..Default::default()
     };
     let client = service_account_client(cp, "kdiag-controller").await;
     let metrics = Arc::new(kdiag_runtime::metrics::Metrics::new());
-    let (handle, driver) = kdiag_controller::cluster::start(
+    let (handle, driver) = kdiag_controller::start(
         client,
         config,
         kdiag_runtime::builtin::Builtins::standard(),
@@ -536,7 +536,7 @@ async fn alert_endpoints_can_require_a_bearer_token() {
         refresh: Arc::new(|| {}),
         ready: vec![],
         routes: kdiag_runtime::server::join(
-            kdiag_controller::agent::server::routes(None),
+            kdiag_agent::server::routes(None),
             kdiag_controller::server::routes(None, Some(handle.alerts.clone())),
         ),
     };
