@@ -17,7 +17,7 @@ build:
 
 ## run: a real single-node cluster on this machine with kdiag's controller and agent (needs root)
 run: setup
-	$(CARGO) run -q --bin kdiag -- local
+	$(CARGO) run -q --bin kdiag --features local -- local
 
 ## clean-clusters: remove what a killed `make run` or test run left behind
 clean-clusters:
@@ -25,7 +25,7 @@ clean-clusters:
 
 ## test: install what is missing, then run all tests against a real control plane
 test: setup
-	$(CARGO) test --workspace --all-targets --no-fail-fast
+	$(CARGO) test --workspace --all-targets --all-features --no-fail-fast
 	$(CARGO) test --workspace --doc
 
 ## bench: benchmarks on a real control plane, each figure next to a same-run baseline; prints a
@@ -39,13 +39,13 @@ bench: setup
 ## bench-triage: `kubectl diag run --pod … --wait` to the answer, per failure class of the pod
 ## triage, on a real single-node cluster (needs root); writes bench/results/triage.json
 bench-triage: setup
-	$(CARGO) build --release --bin kdiag -p kdiag-controller --example bench_triage
+	$(CARGO) build --release --bin kdiag -p kdiag --example bench_triage
 	$(TARGET_DIR)/release/examples/bench_triage --runs 10 bench/results/triage.json
 
 ## lint: formatting and clippy, warnings are errors
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all
@@ -56,7 +56,7 @@ crd:
 
 ## docs: regenerate config/crd and the generated parts of docs/ (API reference, security tables)
 docs: crd
-	KDIAG_UPDATE_DOCS=1 $(CARGO) test -q -p kdiag-controller --test kubectl_diag -- api_reference the_security_page
+	KDIAG_UPDATE_DOCS=1 $(CARGO) test -q -p kdiag --test kubectl_diag -- api_reference the_security_page
 
 ## image: the kdiag image (one static binary on an empty base) with buildah, no Docker daemon
 image:

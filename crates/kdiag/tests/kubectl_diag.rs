@@ -898,7 +898,7 @@ fn the_api_reference_in_docs_is_generated_from_the_crds() {
     assert!(
         committed == generated,
         "docs/api-reference.md differs from the CRDs: regenerate it with \
-         KDIAG_UPDATE_DOCS=1 cargo test -p kdiag-controller --test kubectl_diag api_reference"
+         KDIAG_UPDATE_DOCS=1 cargo test -p kdiag --test kubectl_diag api_reference"
     );
 }
 
@@ -919,7 +919,7 @@ fn the_security_page_shows_the_rbac_and_agent_privileges_config_deploy_grants() 
     assert!(
         page == generated,
         "docs/security.md no longer shows what config/deploy grants: regenerate it with \
-         KDIAG_UPDATE_DOCS=1 cargo test -p kdiag-controller --test kubectl_diag the_security_page"
+         KDIAG_UPDATE_DOCS=1 cargo test -p kdiag --test kubectl_diag the_security_page"
     );
 }
 

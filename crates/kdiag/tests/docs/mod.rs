@@ -1,6 +1,6 @@
 //! docs/api-reference.md, generated from the CRDs kdiag serves (`kdiag_api::crds::all()`, the
 //! same YAML as config/crd). The test that includes this module fails when the committed page
-//! drifts; `KDIAG_UPDATE_DOCS=1 cargo test -p kdiag-controller --test kubectl_diag api_reference`
+//! drifts; `KDIAG_UPDATE_DOCS=1 cargo test -p kdiag --test kubectl_diag api_reference`
 //! rewrites it.
 
 use std::fmt::Write as _;
@@ -20,7 +20,7 @@ pub fn api_reference() -> String {
     out.push_str(
         "# API reference\n\n\
          <!-- Generated from the Rust types (kdiag_api::crds::all(), the same as config/crd). Do not edit:\n     \
-         KDIAG_UPDATE_DOCS=1 cargo test -p kdiag-controller --test kubectl_diag api_reference -->\n\n\
+         KDIAG_UPDATE_DOCS=1 cargo test -p kdiag --test kubectl_diag api_reference -->\n\n\
          Every field of every kind kdiag serves, generated from the CustomResourceDefinitions in\n\
          [config/crd](../config/crd). Fields marked **kdiag** are kdiag's extensions: the original\n\
          projects (Kube Diagnoser v0.1.6, KubeProber) do not have them, and every one is optional, so\n\
