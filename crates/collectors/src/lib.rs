@@ -7,7 +7,7 @@
 //!
 //! The building blocks are public so the diagnosers use the same code: [`process::scan`]
 //! (/proc), [`cgroup`] (pod and container of a cgroup path), [`du`] (parallel disk usage),
-//! [`mounts`], [`cri`] (the CRI client) and [`kernel_log`].
+//! [`mounts`], [`cri`] (the CRI client), [`kernel_log`] and [`quantity`] (resource quantities).
 
 pub mod budget;
 pub mod cgroup;
@@ -20,6 +20,7 @@ pub mod node;
 pub mod pod;
 pub mod pod_detail;
 pub mod process;
+pub mod quantity;
 pub mod systemd;
 
 use std::sync::Arc;

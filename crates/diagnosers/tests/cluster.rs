@@ -432,13 +432,7 @@ async fn terminating_pod_diagnoser_names_the_finalizer_for_one_pod_and_the_sigte
         cgroup.contains(&format!("pod{}", uid(&stubborn))),
         "{cgroup}"
     );
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let start: u64 = stat[stat.rfind(')').unwrap() + 2..]
-        .split(' ')
-        .nth(19)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let start = kdiag_procstat::start_time("/proc".as_ref(), pid as i32).unwrap();
     assert_eq!(signals[0]["startTime"], start);
 
     // Node-wide, both are named, each with its own cause.

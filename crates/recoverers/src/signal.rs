@@ -19,6 +19,9 @@ use serde_json::Value;
 
 use crate::policy::{PolicyHandle, parse_signal};
 
+/// Field 22 of `<proc_root>/<pid>/stat`: when the process started, in clock ticks since boot.
+pub use kdiag_procstat::start_time;
+
 /// One proposed signal, as diagnosers write it (extra fields are ignored).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -166,11 +169,4 @@ fn send_one(r: &SignalRequest, policy: &crate::policy::Policy, proc_root: &Path)
             message: e.desc().to_owned(),
         },
     }
-}
-
-/// Field 22 of /proc/<pid>/stat: when the process started, in clock ticks since boot.
-pub fn start_time(proc_root: &Path, pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
 }

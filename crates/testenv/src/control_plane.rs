@@ -1,12 +1,14 @@
 //! Level 1: etcd + kube-apiserver on free loopback ports, with token auth and RBAC.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -133,19 +135,19 @@ impl ControlPlane {
         extra: &[String],
     ) -> Result<(String, String), TestEnvError> {
         let dir = &self.inner.dir;
-        let (etcd_port, peer_port, api_port) = (free_port()?, free_port()?, free_port()?);
-
-        run(Command::new("openssl")
+        run(tokio::process::Command::new("openssl")
             .args(["genrsa", "-out"])
             .arg(dir.join("sa.key"))
-            .arg("2048"))?;
-        run(Command::new("openssl")
+            .arg("2048"))
+        .await?;
+        run(tokio::process::Command::new("openssl")
             .arg("rsa")
             .arg("-in")
             .arg(dir.join("sa.key"))
             .arg("-pubout")
             .arg("-out")
-            .arg(dir.join("sa.pub")))?;
+            .arg(dir.join("sa.pub")))
+        .await?;
         let tokens = dir.join("tokens.csv");
         std::fs::write(
             &tokens,
@@ -156,6 +158,8 @@ impl ControlPlane {
         )
         .map_err(TestEnvError::io(&tokens))?;
 
+        // Ports are chosen right before the process that binds them starts (see free_ports).
+        let [etcd_port, peer_port] = free_ports()?;
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
         let etcd = ManagedProcess::spawn(
@@ -179,6 +183,7 @@ impl ControlPlane {
             .await?;
 
         let cert_dir = dir.join("certs");
+        let [api_port] = free_ports()?;
         let mut args = vec![
             format!("--etcd-servers={etcd_url}"),
             "--bind-address=127.0.0.1".into(),
@@ -241,7 +246,10 @@ impl ControlPlane {
         let start = Instant::now();
         while start.elapsed() < READY_TIMEOUT {
             self.check_processes()?;
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -512,24 +520,48 @@ impl Drop for ControlPlane {
 }
 
 fn kubeconfig_yaml(url: &str, ca_pem: &str, user: &str, token: &str) -> String {
-    let ca = base64_encode(ca_pem.as_bytes());
+    let ca = BASE64.encode(ca_pem.as_bytes());
     format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: kdiag-test\n  cluster:\n    server: {url}\n    certificate-authority-data: {ca}\nusers:\n- name: {user}\n  user:\n    token: {token}\ncontexts:\n- name: kdiag-test\n  context:\n    cluster: kdiag-test\n    user: {user}\n    namespace: default\ncurrent-context: kdiag-test\n"
     )
 }
 
-pub(crate) fn free_port() -> Result<u16, TestEnvError> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(TestEnvError::io("127.0.0.1:0"))?;
-    Ok(l.local_addr()
-        .map_err(TestEnvError::io("127.0.0.1:0"))?
-        .port())
+/// `N` different loopback ports that were free a moment ago, for processes that bind them
+/// themselves.
+///
+/// There is a race that cannot be closed here: each port is released before the child binds
+/// it, because etcd, kube-apiserver and the kubelet take a port number, not an open socket. Any
+/// process may take the port in between (an outgoing connection gets its local port from the
+/// same range). The gap is the child's start-up; a child that then fails with "address already
+/// in use" makes [`ControlPlane::start_with`] try again with new ports. Callers choose ports
+/// right before starting the process that binds them. A cluster's kubelet is not retried that
+/// way (its port is chosen before containerd starts): its start then fails with the kubelet's
+/// log, which names the port. All `N` listeners are held until every port is chosen, so the
+/// ports chosen together never coincide.
+pub(crate) fn free_ports<const N: usize>() -> Result<[u16; N], TestEnvError> {
+    let listeners = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(TestEnvError::io("127.0.0.1:0"))?;
+    let mut ports = [0; N];
+    for (port, l) in ports.iter_mut().zip(&listeners) {
+        *port = l
+            .local_addr()
+            .map_err(TestEnvError::io("127.0.0.1:0"))?
+            .port();
+    }
+    Ok(ports)
 }
 
-fn run(cmd: &mut Command) -> Result<(), TestEnvError> {
-    let out = cmd.output().map_err(|e| TestEnvError::Spawn {
-        process: format!("{cmd:?}"),
-        source: e,
-    })?;
+async fn run(cmd: &mut tokio::process::Command) -> Result<(), TestEnvError> {
+    let out = cmd
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| TestEnvError::Spawn {
+            process: format!("{cmd:?}"),
+            source: e,
+        })?;
     if out.status.success() {
         Ok(())
     } else {
@@ -549,35 +581,14 @@ pub(crate) fn random_hex(bytes: usize) -> String {
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn base64_encode(data: &[u8]) -> String {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(TABLE[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
-    fn base64_matches_the_standard_alphabet() {
-        assert_eq!(super::base64_encode(b""), "");
-        assert_eq!(super::base64_encode(b"f"), "Zg==");
-        assert_eq!(super::base64_encode(b"fo"), "Zm8=");
-        assert_eq!(super::base64_encode(b"foo"), "Zm9v");
-        assert_eq!(super::base64_encode(b"foobar"), "Zm9vYmFy");
+    fn the_kubeconfig_carries_the_ca_in_standard_base64() {
+        let yaml = super::kubeconfig_yaml("https://127.0.0.1:1", "foobar", "admin", "t");
+        assert!(
+            yaml.contains("certificate-authority-data: Zm9vYmFy\n"),
+            "{yaml}"
+        );
     }
 }

@@ -87,12 +87,11 @@ fn owner_alive(dir: &Path) -> bool {
     process_start_time(pid).is_some_and(|t| start.is_none_or(|s| s == t))
 }
 
-/// Field 22 of /proc/<pid>/stat: the start time in clock ticks since boot.
+/// Field 22 of /proc/<pid>/stat: the start time in clock ticks since boot, as recorded in owner
+/// files and run records.
 pub(crate) fn process_start_time(pid: u32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces; fields after it follow the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19).map(str::to_owned)
+    let pid = i32::try_from(pid).ok()?;
+    kdiag_procstat::start_time(Path::new("/proc"), pid).map(|t| t.to_string())
 }
 
 /// Removes a directory tree, ignoring what is already gone.

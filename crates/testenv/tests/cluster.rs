@@ -548,13 +548,8 @@ struct RunTrace {
 }
 
 fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit(')')
-                .next()
-                .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
+    // A zombie still has a /proc entry; its state letter is Z.
+    kdiag_procstat::alive(Path::new("/proc"), pid)
 }
 
 fn proc_pids() -> Vec<i32> {

@@ -15,13 +15,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn alive(pid: i32) -> bool {
     // A zombie still has a /proc entry; its state letter is Z.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit(')')
-                .next()
-                .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
+    kdiag_procstat::alive(Path::new("/proc"), pid)
 }
 
 fn wait_until_gone(pids: &[i32], dir: Option<&Path>) {

@@ -8,54 +8,21 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use super::types::Resources;
 
-/// A Kubernetes quantity ("500m", "1.5Gi", "2", "1e3") in base units. `None` for anything that
-/// is not one.
-pub fn parse_quantity(q: &str) -> Option<f64> {
-    let q = q.trim();
-    let split = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
-        .unwrap_or(q.len());
-    let (number, suffix) = q.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    if !number.is_finite() {
-        return None;
-    }
-    let factor: f64 = match suffix {
-        "" => 1.0,
-        "n" => 1e-9,
-        "u" => 1e-6,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "Ki" => 1024.0,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        s if s.starts_with(['e', 'E']) => 10f64.powi(s[1..].parse().ok()?),
-        _ => return None,
-    };
-    Some(number * factor)
-}
-
-fn amount(list: Option<&BTreeMap<String, Quantity>>, key: &str, scale: f64) -> i64 {
+/// `key`'s amount in units of 10^-`scale` (3: millicores), rounded up; 0 when absent or not a
+/// quantity.
+fn amount(list: Option<&BTreeMap<String, Quantity>>, key: &str, scale: i32) -> i64 {
     list.and_then(|l| l.get(key))
-        .and_then(|q| parse_quantity(&q.0))
-        .map(|v| (v * scale).ceil() as i64)
+        .and_then(|q| crate::quantity::Quantity::parse(&q.0))
+        .map(|q| q.ceil_scaled(scale))
         .unwrap_or(0)
 }
 
 fn of_list(list: Option<&BTreeMap<String, Quantity>>) -> Resources {
     Resources {
-        cpu_millis: amount(list, "cpu", 1000.0),
-        memory_bytes: amount(list, "memory", 1.0),
-        ephemeral_storage_bytes: amount(list, "ephemeral-storage", 1.0),
-        pods: amount(list, "pods", 1.0),
+        cpu_millis: amount(list, "cpu", 3),
+        memory_bytes: amount(list, "memory", 0),
+        ephemeral_storage_bytes: amount(list, "ephemeral-storage", 0),
+        pods: amount(list, "pods", 0),
     }
 }
 
@@ -140,13 +107,20 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn quantities_of_every_suffix_parse() {
-        assert_eq!(parse_quantity("500m"), Some(0.5));
-        assert_eq!(parse_quantity("2"), Some(2.0));
-        assert_eq!(parse_quantity("1.5Gi"), Some(1_610_612_736.0));
-        assert_eq!(parse_quantity("1k"), Some(1000.0));
-        assert_eq!(parse_quantity("1e3"), Some(1000.0));
-        assert_eq!(parse_quantity("12x"), None);
+    fn a_node_holds_its_allocatable_amounts_exactly() {
+        let node: Node = serde_json::from_value(json!({
+            "status": {"allocatable": {
+                "cpu": "3800m", "memory": "16266384Ki", "ephemeral-storage": "93492209510",
+                "pods": "110"
+            }}
+        }))
+        .unwrap();
+        let r = node_allocatable(&node);
+        // Through f64, 3800m was 3.8000000000000003 cores: 3801 millicores.
+        assert_eq!(r.cpu_millis, 3800);
+        assert_eq!(r.memory_bytes, 16_266_384 * 1024);
+        assert_eq!(r.ephemeral_storage_bytes, 93_492_209_510);
+        assert_eq!(r.pods, 110);
     }
 
     #[test]

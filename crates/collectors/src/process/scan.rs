@@ -376,16 +376,15 @@ struct Stat {
     rss_pages: i64,
 }
 
-/// /proc/<pid>/stat: `pid (comm) state ppid …`. The comm may hold spaces and parentheses, so
-/// the fields are counted from the last `)`.
+/// /proc/<pid>/stat: `pid (comm) state ppid …`, split by kdiag-procstat (the comm may hold
+/// spaces and parentheses); the fields are collected once because a scan reads eight of them.
 fn parse_stat(text: &str) -> Option<Stat> {
-    let open = text.find('(')?;
-    let close = text.rfind(')')?;
-    let comm = text.get(open + 1..close)?.to_owned();
-    let rest: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
+    let stat = kdiag_procstat::Stat::parse(text)?;
+    // rest[0] is field 3 (the state).
+    let rest: Vec<&str> = stat.fields().collect();
     let field = |i: usize| rest.get(i).copied();
     Some(Stat {
-        comm,
+        comm: stat.comm().to_owned(),
         state: field(0)?.chars().next()?,
         ppid: field(1)?.parse().ok()?,
         utime: field(11)?.parse().ok()?,

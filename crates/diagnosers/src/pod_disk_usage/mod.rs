@@ -20,10 +20,11 @@ use kdiag_api::{Abnormal, RootCause};
 use kdiag_collectors::budget::{Deadline, blocking, cap_list, output_budget, truncated_key};
 use kdiag_collectors::du::{self, Usage, WalkRoot};
 use kdiag_collectors::mounts;
+use kdiag_collectors::quantity::bytes as quantity_bytes;
 use serde_json::{Value, json};
 
 use crate::pods;
-use crate::quantity::{human, parse_bytes};
+use crate::quantity::human;
 pub use rules::{EmptyDirUsage, Filesystem, Finding, PodUsage, Settings};
 
 /// Context input: a pod using more bytes than this is a finding (a number or a quantity such
@@ -92,7 +93,7 @@ fn settings(abnormal: &Abnormal) -> Result<Settings, ProcessorError> {
     if let Some(v) = abnormal.context_value(THRESHOLD_KEY) {
         let bytes = match v {
             Value::Number(n) => n.as_u64(),
-            Value::String(q) => parse_bytes(q),
+            Value::String(q) => quantity_bytes(q),
             _ => None,
         };
         s.threshold = Some(bytes.ok_or_else(|| {
@@ -264,7 +265,7 @@ fn empty_dirs_of(pod: &Pod) -> Vec<(String, Option<u64>)> {
             }
             Some((
                 v.name.clone(),
-                e.size_limit.as_ref().and_then(|q| parse_bytes(&q.0)),
+                e.size_limit.as_ref().and_then(|q| quantity_bytes(&q.0)),
             ))
         })
         .collect()
@@ -283,7 +284,7 @@ fn ephemeral_limit(pod: &Pod) -> Option<u64> {
                 .limits
                 .as_ref()?
                 .get("ephemeral-storage")?;
-            parse_bytes(&q.0)
+            quantity_bytes(&q.0)
         })
         .collect();
     (!limits.is_empty()).then(|| limits.iter().sum())

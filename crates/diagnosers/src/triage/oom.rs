@@ -3,7 +3,8 @@
 
 use kdiag_api::Evidence;
 use kdiag_api::context_keys::KERNEL_LOG_INFORMATION;
-use kdiag_collectors::pod_detail::resources::{human_bytes, parse_quantity};
+use kdiag_collectors::pod_detail::resources::human_bytes;
+use kdiag_collectors::quantity::Quantity;
 
 use super::facts::{Facts, OomKill, bare_id};
 use super::finding::{self, Finding, Rank, time};
@@ -66,8 +67,8 @@ pub fn check(f: &Facts) -> Vec<Finding> {
         let limit_text = match &limit {
             Some(l) => format!(
                 "its memory limit {l}{}",
-                parse_quantity(l)
-                    .map(|b| format!(" ({})", human_bytes(b as i64)))
+                Quantity::parse(l)
+                    .map(|q| format!(" ({})", human_bytes(q.ceil_scaled(0))))
                     .unwrap_or_default()
             ),
             None => "no memory limit of its own (the pod's or the node's memory ran out)".into(),

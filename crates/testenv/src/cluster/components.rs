@@ -79,9 +79,11 @@ pub(crate) async fn wait_for_containerd(
     while start.elapsed() < CONTAINERD_READY_TIMEOUT {
         containerd.check_running()?;
         if run.containerd_socket().exists()
-            && ctr(run, bins)
+            && tokio::process::Command::from(ctr(run, bins))
                 .arg("version")
+                .kill_on_drop(true)
                 .output()
+                .await
                 .is_ok_and(|o| o.status.success())
         {
             return Ok(());

@@ -147,7 +147,7 @@ pub(crate) fn processes_with_arg_and_descendants(arg: &str) -> BTreeSet<i32> {
     let mut parents: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
     let mut matched = BTreeSet::new();
     for pid in all_pids() {
-        if let Some(ppid) = parent_of(pid) {
+        if let Some(ppid) = kdiag_procstat::parent(Path::new("/proc"), pid) {
             parents.entry(ppid).or_default().push(pid);
         }
         if let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline"))
@@ -178,24 +178,9 @@ pub(crate) fn all_pids() -> Vec<i32> {
         .unwrap_or_default()
 }
 
-fn parent_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 2..]
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 /// Whether a process exists and is not a zombie.
 pub(crate) fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit(')')
-                .next()
-                .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
+    kdiag_procstat::alive(Path::new("/proc"), pid)
 }
 
 /// Removes the kubelet's log directories of these pods (`/var/log/pods/<ns>_<name>_<uid>`) and

@@ -27,7 +27,7 @@ pub const BUSYBOX_IMAGE: &str = "kdiag.local/busybox:v1";
 pub const PAUSE_IMAGE: &str = "kdiag.local/pause:v1";
 
 /// Bump when the layer or the configs change, so a stale cache is never reused.
-const IMAGES_REVISION: u32 = 1;
+const IMAGES_REVISION: u32 = 2;
 const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// The sandbox only has to hold the pod's namespaces and go away on SIGTERM. As pid 1 of its
 /// pid namespace a shell ignores signals it does not trap, hence the trap.

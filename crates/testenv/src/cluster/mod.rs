@@ -32,7 +32,7 @@ pub use components::CONTAINERD_NAMESPACE;
 pub use images::{BUSYBOX_IMAGE, FileContents, ImageFile, ImageSpec, PAUSE_IMAGE};
 
 use crate::binaries::{Binaries, NodeBinaries};
-use crate::control_plane::{free_port, random_hex};
+use crate::control_plane::{free_ports, random_hex};
 use crate::process::{ManagedProcess, at_exit, run_cleanup, tail};
 use crate::{ControlPlane, TestEnvError, rundir};
 use images::BaseImages;
@@ -111,25 +111,33 @@ impl Cluster {
     pub async fn start_with(options: ClusterOptions) -> Result<Self, TestEnvError> {
         crate::install_crypto_provider();
         let begin = Instant::now();
-        let (bins, node_bins) = preflight()?;
-        let (node_name, kubelet_ip) = host::node_identity()?;
-        for problem in teardown::cleanup_stale() {
-            eprintln!("kdiag-testenv: cleaning up an earlier run: {problem}");
-        }
-        let mut phases = vec![(
-            "preflight and stale-run cleanup".to_owned(),
-            begin.elapsed(),
-        )];
-
-        let t = Instant::now();
-        let base_images = images::base_images(&node_bins)?;
-        phases.push((
-            match base_images.built_in {
-                Some(_) => "local images (built)".to_owned(),
-                None => "local images (cached)".to_owned(),
-            },
-            t.elapsed(),
-        ));
+        // Host checks (a DNS lookup, a connect with a timeout), the cleanup of crashed runs
+        // (kubectl, waits) and building the images (busybox, tar, sha256) all block: they run on
+        // the blocking pool, not on the test's runtime thread.
+        let host = tokio::task::spawn_blocking(move || -> Result<_, TestEnvError> {
+            let (bins, node_bins) = preflight()?;
+            let (node_name, kubelet_ip) = host::node_identity()?;
+            for problem in teardown::cleanup_stale() {
+                eprintln!("kdiag-testenv: cleaning up an earlier run: {problem}");
+            }
+            let mut phases = vec![(
+                "preflight and stale-run cleanup".to_owned(),
+                begin.elapsed(),
+            )];
+            let t = Instant::now();
+            let base_images = images::base_images(&node_bins)?;
+            phases.push((
+                match base_images.built_in {
+                    Some(_) => "local images (built)".to_owned(),
+                    None => "local images (cached)".to_owned(),
+                },
+                t.elapsed(),
+            ));
+            Ok((bins, node_bins, node_name, kubelet_ip, phases, base_images))
+        });
+        let (bins, node_bins, node_name, kubelet_ip, mut phases, base_images) = host
+            .await
+            .map_err(|e| TestEnvError::Other(format!("cluster preflight task: {e}")))??;
 
         let t = Instant::now();
         // The apiserver reaches the kubelet by the node's hostname, which resolves to loopback:
@@ -145,7 +153,8 @@ impl Cluster {
             .map(|r| r.pod_subnet)
             .collect();
         let pod_subnet = host::choose_pod_subnet(&taken)?;
-        let kubelet = SocketAddr::from((kubelet_ip, free_port()?));
+        let [kubelet_port] = free_ports()?;
+        let kubelet = SocketAddr::from((kubelet_ip, kubelet_port));
 
         let run = RunRecord::new(rundir::create(RUN_KIND)?, random_hex(3), pod_subnet);
         let inner = Arc::new(Inner {
@@ -203,7 +212,14 @@ impl Cluster {
         self.phase("containerd", t.elapsed());
 
         let t = Instant::now();
-        components::import_images(&run, node_bins, &self.inner.base_images.archive)?;
+        let (r, b, archive) = (
+            run.clone(),
+            node_bins.clone(),
+            self.inner.base_images.archive.clone(),
+        );
+        tokio::task::spawn_blocking(move || components::import_images(&r, &b, &archive))
+            .await
+            .map_err(|e| TestEnvError::Other(format!("image import task: {e}")))??;
         self.phase("image import", t.elapsed());
 
         let t = Instant::now();

@@ -1,38 +1,41 @@
-//! A minimal, deterministic ustar writer for image layers and docker-archive files.
+//! Deterministic tar archives for image layers and docker-archive files, written with the `tar`
+//! crate.
 //!
-//! Every header field that could vary between machines or builds is fixed: mtime, owner,
-//! group and their names. The caller decides the order of entries (images.rs sorts them), so
-//! the same input always gives the same bytes and the same image digest.
+//! Every header is built here rather than from file metadata (`tar::HeaderMode::Deterministic`
+//! only applies to entries appended from the file system, and would still carry the host file's
+//! mode): ustar format, the caller's mode, owner and group root (0), a fixed mtime. The caller
+//! decides the order of entries (images.rs sorts them), so the same input always gives the same
+//! bytes and the same image digest.
 
 use std::io::{self, Read, Write};
 
-const BLOCK: usize = 512;
+use tar::{Builder, EntryType, Header};
+
 /// A fixed modification time for every entry (2020-01-01T00:00:00Z). Not 0: some tools treat
 /// an epoch mtime as "unknown".
 pub(crate) const MTIME: u64 = 1_577_836_800;
 
 pub(crate) struct TarWriter<W: Write> {
-    out: W,
-}
-
-enum Kind<'a> {
-    File(u64),
-    Dir,
-    Symlink(&'a str),
+    builder: Builder<W>,
 }
 
 impl<W: Write> TarWriter<W> {
     pub fn new(out: W) -> Self {
-        Self { out }
+        Self {
+            builder: Builder::new(out),
+        }
     }
 
     /// A directory; `path` without a trailing slash.
     pub fn dir(&mut self, path: &str, mode: u32) -> io::Result<()> {
-        self.header(&format!("{path}/"), mode, Kind::Dir)
+        let mut h = header(mode, EntryType::Directory, 0);
+        self.builder
+            .append_data(&mut h, format!("{path}/"), io::empty())
     }
 
     pub fn symlink(&mut self, path: &str, target: &str) -> io::Result<()> {
-        self.header(path, 0o777, Kind::Symlink(target))
+        let mut h = header(0o777, EntryType::Symlink, 0);
+        self.builder.append_link(&mut h, path, target)
     }
 
     pub fn file(&mut self, path: &str, mode: u32, contents: &[u8]) -> io::Result<()> {
@@ -47,84 +50,57 @@ impl<W: Write> TarWriter<W> {
         size: u64,
         contents: &mut dyn Read,
     ) -> io::Result<()> {
-        self.header(path, mode, Kind::File(size))?;
-        let copied = io::copy(&mut contents.take(size), &mut self.out)?;
-        if copied != size {
+        let mut h = header(mode, EntryType::Regular, size);
+        // The builder copies whatever the reader gives; the header promised `size` bytes.
+        let mut counted = Counted {
+            inner: contents.take(size),
+            read: 0,
+        };
+        self.builder.append_data(&mut h, path, &mut counted)?;
+        if counted.read != size {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("{path}: expected {size} bytes, read {copied}"),
+                format!("{path}: expected {size} bytes, read {}", counted.read),
             ));
         }
-        let pad = (BLOCK - (size as usize % BLOCK)) % BLOCK;
-        self.out.write_all(&[0u8; BLOCK][..pad])
+        Ok(())
     }
 
-    /// Writes the end-of-archive marker and returns the writer.
-    pub fn finish(mut self) -> io::Result<W> {
-        self.out.write_all(&[0u8; 2 * BLOCK])?;
-        self.out.flush()?;
-        Ok(self.out)
-    }
-
-    fn header(&mut self, path: &str, mode: u32, kind: Kind<'_>) -> io::Result<()> {
-        let mut h = [0u8; BLOCK];
-        let (prefix, name) = split_name(path)?;
-        h[..name.len()].copy_from_slice(name.as_bytes());
-        octal(&mut h[100..108], u64::from(mode & 0o7777));
-        octal(&mut h[108..116], 0); // uid
-        octal(&mut h[116..124], 0); // gid
-        let (size, flag) = match kind {
-            Kind::File(size) => (size, b'0'),
-            Kind::Dir => (0, b'5'),
-            Kind::Symlink(target) => {
-                if target.len() > 100 {
-                    return Err(invalid(format!("symlink target too long: {target}")));
-                }
-                h[157..157 + target.len()].copy_from_slice(target.as_bytes());
-                (0, b'2')
-            }
-        };
-        octal(&mut h[124..136], size);
-        octal(&mut h[136..148], MTIME);
-        h[156] = flag;
-        h[257..263].copy_from_slice(b"ustar\0");
-        h[263..265].copy_from_slice(b"00");
-        h[265..269].copy_from_slice(b"root");
-        h[297..301].copy_from_slice(b"root");
-        h[345..345 + prefix.len()].copy_from_slice(prefix.as_bytes());
-        // The checksum is computed with its own field filled with spaces.
-        h[148..156].copy_from_slice(b"        ");
-        let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
-        let field = format!("{sum:06o}\0 ");
-        h[148..156].copy_from_slice(field.as_bytes());
-        self.out.write_all(&h)
+    /// Writes the end-of-archive marker and returns the writer, flushed.
+    pub fn finish(self) -> io::Result<W> {
+        let mut out = self.builder.into_inner()?;
+        out.flush()?;
+        Ok(out)
     }
 }
 
-/// Splits a path into ustar's prefix (155 bytes) and name (100 bytes) fields.
-fn split_name(path: &str) -> io::Result<(&str, &str)> {
-    if path.len() <= 100 {
-        return Ok(("", path));
-    }
-    // Split at a '/' so that the name part fits and the prefix fits.
-    let bytes = path.as_bytes();
-    for (i, b) in bytes.iter().enumerate() {
-        if *b == b'/' && i <= 155 && path.len() - i - 1 <= 100 && i > 0 {
-            return Ok((&path[..i], &path[i + 1..]));
-        }
-    }
-    Err(invalid(format!("path too long for a ustar header: {path}")))
+/// A ustar header with everything that could differ between machines fixed.
+fn header(mode: u32, kind: EntryType, size: u64) -> Header {
+    let mut h = Header::new_ustar();
+    h.set_entry_type(kind);
+    h.set_mode(mode & 0o7777);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(MTIME);
+    h.set_size(size);
+    // Both names fit the fields: these cannot fail.
+    let _ = h.set_username("root");
+    let _ = h.set_groupname("root");
+    h
 }
 
-fn octal(field: &mut [u8], value: u64) {
-    let digits = field.len() - 1;
-    let s = format!("{value:0digits$o}");
-    field[..digits].copy_from_slice(&s.as_bytes()[s.len() - digits..]);
-    field[digits] = 0;
+/// Counts what passes through a reader.
+struct Counted<R> {
+    inner: R,
+    read: u64,
 }
 
-fn invalid(msg: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, msg)
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        Ok(n)
+    }
 }
 
 #[cfg(test)]
@@ -144,7 +120,7 @@ mod tests {
     #[test]
     fn the_same_entries_give_the_same_bytes() {
         assert_eq!(sample(), sample());
-        assert_eq!(sample().len() % BLOCK, 0);
+        assert_eq!(sample().len() % 512, 0);
     }
 
     #[test]
@@ -175,8 +151,26 @@ mod tests {
     }
 
     #[test]
-    fn a_path_that_cannot_fit_is_an_error_not_a_truncation() {
+    fn a_path_too_long_for_ustar_is_kept_whole() {
+        // Longer than ustar's 155 + 100 bytes: the crate adds a GNU long-name entry, which
+        // GNU tar and Go's archive/tar (containerd) read.
+        let long = format!("{}/file", "x".repeat(300));
         let mut t = TarWriter::new(Vec::new());
-        assert!(t.file(&"x".repeat(300), 0o644, b"").is_err());
+        t.file(&long, 0o644, b"").unwrap();
+        let bytes = t.finish().unwrap();
+        let mut archive = tar::Archive::new(bytes.as_slice());
+        let paths: Vec<String> = archive
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        assert_eq!(paths, [long]);
+    }
+
+    #[test]
+    fn a_file_shorter_than_its_size_is_an_error() {
+        let mut t = TarWriter::new(Vec::new());
+        let err = t.file_from("f", 0o644, 10, &mut &b"abc"[..]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 }
