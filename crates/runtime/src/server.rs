@@ -35,7 +35,7 @@ pub struct ServerState {
     pub metrics: Arc<Metrics>,
     /// Run before each scrape to update gauges computed from caches.
     pub refresh: Arc<dyn Fn() + Send + Sync>,
-    /// Ready when all of these are true (their watches have synced).
+    /// Ready when all of these are true; /readyz names those that are not ("waiting for NAME").
     pub ready: Vec<(String, Arc<AtomicBool>)>,
     /// The routes of the roles this process runs.
     pub routes: Routes,
@@ -82,7 +82,7 @@ pub fn routes(
             warp::reply::with_status("ok".to_owned(), StatusCode::OK)
         } else {
             warp::reply::with_status(
-                format!("not ready: waiting for {} to sync", waiting.join(", ")),
+                format!("not ready: waiting for {}", waiting.join(", ")),
                 StatusCode::SERVICE_UNAVAILABLE,
             )
         }

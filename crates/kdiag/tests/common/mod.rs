@@ -214,7 +214,7 @@ impl TestAgent {
         let state = ServerState {
             metrics: metrics.clone(),
             refresh: Arc::new(|| {}),
-            ready: vec![("agent".into(), handle.ready.clone())],
+            ready: handle.readiness(),
             routes: kdiag_runtime::server::join(
                 kdiag_agent::server::routes(Some(ProcessorService {
                     builtins: handle.builtins.clone(),
