@@ -343,10 +343,7 @@ fn error_policy(
     };
     let delay = agent.backoff.failed(&k, |key| {
         let (ns, name) = key.split_once('/').unwrap_or(("", key));
-        agent
-            .store
-            .get(&ObjectRef::new(name).within(ns))
-            .is_some()
+        agent.store.get(&ObjectRef::new(name).within(ns)).is_some()
     });
     tracing::warn!(abnormal = %k, error = %error, retry_in = ?delay, "will retry");
     Action::requeue(delay)

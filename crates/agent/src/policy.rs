@@ -165,7 +165,11 @@ impl Follower {
         let (warning, reason, note) = match &state {
             PolicyState::Valid => {
                 tracing::info!(configmap = %self.configmap, "node policy loaded");
-                (false, "PolicyLoaded", format!("node policy {} loaded", self.configmap))
+                (
+                    false,
+                    "PolicyLoaded",
+                    format!("node policy {} loaded", self.configmap),
+                )
             }
             PolicyState::Missing(why) => {
                 tracing::error!(configmap = %self.configmap, "{why}");
@@ -228,7 +232,10 @@ mod tests {
     fn a_missing_invalid_or_empty_configmap_closes_the_policy_and_says_why() {
         for (cm, expect) in [
             (None, "does not exist"),
-            (Some(cm(Some("comands: {}\n"))), "is invalid (the node policy is not valid YAML"),
+            (
+                Some(cm(Some("comands: {}\n"))),
+                "is invalid (the node policy is not valid YAML",
+            ),
             (Some(cm(None)), "is invalid (it has no key policy.yaml)"),
         ] {
             let (state, policy) = PolicyState::of("kube-diagnoser/kdiag-policy", cm.as_ref());

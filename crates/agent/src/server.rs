@@ -61,7 +61,12 @@ pub fn routes(processors: Option<ProcessorService>) -> Routes {
         .and(warp::fs::dir(profiles_dir));
     let profiles_method = warp::path("profiles")
         .and(other_method(&[Method::GET, Method::HEAD]))
-        .map(|| text(StatusCode::METHOD_NOT_ALLOWED, "profiles are read with GET".into()));
+        .map(|| {
+            text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "profiles are read with GET".into(),
+            )
+        });
 
     post_processor
         .or(get_processor)

@@ -485,7 +485,12 @@ mod tests {
         assert!(h.current().allows_command(&argv("uptime")).is_err());
         let seen_by_a_step = h.clone();
         h.set(Policy::default());
-        assert!(seen_by_a_step.current().allows_command(&argv("uptime")).is_ok());
+        assert!(
+            seen_by_a_step
+                .current()
+                .allows_command(&argv("uptime"))
+                .is_ok()
+        );
     }
 }
 

@@ -170,9 +170,7 @@ impl PluginClient {
             endpoint.connect_to.map(|a| (host.clone(), a)),
         );
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        clients.get_or_try_insert(&key, Instant::now(), || {
-            Self::build_client(endpoint, &host)
-        })
+        clients.get_or_try_insert(&key, Instant::now(), || Self::build_client(endpoint, &host))
     }
 
     fn build_client(endpoint: &Endpoint, host: &str) -> Result<reqwest::Client, PluginError> {

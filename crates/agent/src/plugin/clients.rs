@@ -99,7 +99,12 @@ mod tests {
         // A plugin pod restarts every minute for a week, each time with a new IP.
         for i in 0..(7 * 24 * 60u32) {
             let now = t0 + Duration::from_secs(60 * u64::from(i));
-            get(&mut c, &format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255), now, &mut made);
+            get(
+                &mut c,
+                &format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
+                now,
+                &mut made,
+            );
             assert!(c.len() <= 11, "{} clients at {i}", c.len());
         }
     }

@@ -247,8 +247,12 @@ mod tests {
         let now = at("2026-12-01T10:30:00Z");
         let old = "2026-12-01T10:00:00Z";
         let recent = "2026-12-01T10:25:00Z";
-        let w = waiting_too_long(&abnormal("InformationCollecting", old, true, false), now, GRACE)
-            .unwrap();
+        let w = waiting_too_long(
+            &abnormal("InformationCollecting", old, true, false),
+            now,
+            GRACE,
+        )
+        .unwrap();
         assert_eq!((w.node.as_str(), w.name.as_str()), ("n1", "a"));
         assert!(
             waiting_too_long(
@@ -263,16 +267,30 @@ mod tests {
         }
         // Not routed yet: routing is admission's business.
         assert!(
-            waiting_too_long(&abnormal("InformationCollecting", old, false, false), now, GRACE)
-                .is_none()
+            waiting_too_long(
+                &abnormal("InformationCollecting", old, false, false),
+                now,
+                GRACE
+            )
+            .is_none()
         );
     }
 
     #[test]
     fn an_abnormal_with_a_step_record_was_taken() {
         let old = "2026-12-01T10:00:00Z";
-        assert!(untouched(&abnormal("InformationCollecting", old, true, false)));
-        assert!(!untouched(&abnormal("InformationCollecting", old, true, true)));
+        assert!(untouched(&abnormal(
+            "InformationCollecting",
+            old,
+            true,
+            false
+        )));
+        assert!(!untouched(&abnormal(
+            "InformationCollecting",
+            old,
+            true,
+            true
+        )));
         assert!(!untouched(&abnormal("Diagnosing", old, true, false)));
     }
 
@@ -281,13 +299,19 @@ mod tests {
         let nodes: BTreeSet<String> = ["n1".into(), "n2".into()].into();
         let agents: BTreeSet<String> = ["n2".into()].into();
         let gone = why_no_agent("n9", &nodes, &agents, GRACE).unwrap();
-        assert!(gone.contains("within 10m") && gone.contains("node n9 does not exist"), "{gone}");
+        assert!(
+            gone.contains("within 10m") && gone.contains("node n9 does not exist"),
+            "{gone}"
+        );
         let idle = why_no_agent("n1", &nodes, &agents, Duration::from_secs(90)).unwrap();
         assert!(
             idle.contains("within 1m30s") && idle.contains("node n1 runs no kdiag-agent pod"),
             "{idle}"
         );
-        assert!(idle.contains("kubectl -n kube-diagnoser get pods"), "{idle}");
+        assert!(
+            idle.contains("kubectl -n kube-diagnoser get pods"),
+            "{idle}"
+        );
         assert_eq!(why_no_agent("n2", &nodes, &agents, GRACE), None);
     }
 }

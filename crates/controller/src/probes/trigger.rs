@@ -544,7 +544,11 @@ mod tests {
                     .and_then(|n| n.parse::<usize>().ok())
                     .is_some_and(|n| n + 10 > i)
             }));
-            assert!(r.names.len() <= 2 * Repaired::FIRST_SWEEP_AT, "{} at {i}", r.names.len());
+            assert!(
+                r.names.len() <= 2 * Repaired::FIRST_SWEEP_AT,
+                "{} at {i}",
+                r.names.len()
+            );
         }
     }
 }

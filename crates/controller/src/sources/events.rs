@@ -272,11 +272,7 @@ impl EventSource {
     ) -> Option<(String, String)> {
         let within =
             |last: Timestamp| seen.duration_since(last).as_secs_f64() <= window.as_secs_f64();
-        if let Some((ns, name, last)) = self
-            .open
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key)
+        if let Some((ns, name, last)) = self.open.lock().unwrap_or_else(|e| e.into_inner()).get(key)
             && within(last)
         {
             return Some((ns, name));

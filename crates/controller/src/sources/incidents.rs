@@ -133,8 +133,19 @@ mod tests {
         // what accumulates between prunes) are kept.
         for i in 0..86_400i64 {
             let now = t0 + jiff::SignedDuration::from_secs(i);
-            open.insert(format!("uid-{i}/BackOff"), "ns".into(), format!("a-{i}"), now, WINDOW, now);
-            assert!(open.len() <= 1201 + PRUNE_EVERY as usize, "{} at {i}", open.len());
+            open.insert(
+                format!("uid-{i}/BackOff"),
+                "ns".into(),
+                format!("a-{i}"),
+                now,
+                WINDOW,
+                now,
+            );
+            assert!(
+                open.len() <= 1201 + PRUNE_EVERY as usize,
+                "{} at {i}",
+                open.len()
+            );
         }
     }
 
@@ -145,7 +156,14 @@ mod tests {
         // A storm: 10,000 incidents within one window.
         for i in 0..10_000i64 {
             let now = t0 + jiff::SignedDuration::from_millis(i);
-            open.insert(format!("k-{i}"), "ns".into(), format!("a-{i}"), now, WINDOW, now);
+            open.insert(
+                format!("k-{i}"),
+                "ns".into(),
+                format!("a-{i}"),
+                now,
+                WINDOW,
+                now,
+            );
             assert!(open.len() <= 100);
         }
         assert!(open.get("k-9999").is_some());

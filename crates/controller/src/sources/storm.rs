@@ -224,7 +224,11 @@ mod tests {
             let key = [(format!("node:n-{i}"), budget)];
             assert_eq!(b.take(now, &key), Ok(()));
             // A bucket refills in 30 s; pruning every 256 takes keeps a few hundred.
-            assert!(b.len() <= 2 * PRUNE_EVERY as usize, "{} keys at {i}", b.len());
+            assert!(
+                b.len() <= 2 * PRUNE_EVERY as usize,
+                "{} keys at {i}",
+                b.len()
+            );
         }
     }
 

@@ -161,6 +161,20 @@ pub fn start_background_controller(cp: &'static ControlPlane, config: Controller
         .expect("the controller became ready");
 }
 
+/// Creates Node `name` if there is none (no kubelet here: a Node object is all admission checks).
+pub async fn ensure_node(client: &Client, name: &str) {
+    let node: k8s_openapi::api::core::v1::Node =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    match Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+        .create(&PostParams::default(), &node)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("create node {name}: {e}"),
+    }
+}
+
 /// An agent for `node` running in the current test's runtime.
 pub struct TestAgent {
     pub node: String,
@@ -187,6 +201,8 @@ impl TestAgent {
         concurrency: usize,
         policy: &str,
     ) -> Self {
+        // An agent runs on a node; admission rejects Abnormals for nodes that do not exist.
+        ensure_node(&cp.client().await, node).await;
         let client = service_account_client(cp, "kdiag-agent").await;
         let metrics = Arc::new(Metrics::new());
         let shutdown = CancellationToken::new();
