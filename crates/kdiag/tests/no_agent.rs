@@ -81,7 +81,8 @@ async fn abnormals_no_agent_takes_end_failed_after_the_grace_period_and_are_coll
         Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
     let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
         "metadata": {"name": format!("kdiag-agent-{ns}"), "labels": {"app.kubernetes.io/name": "kdiag-agent"}},
-        "spec": {"nodeName": busy, "containers": [{"name": "agent", "image": "kdiag"}]}}))
+        "spec": {"nodeName": busy, "serviceAccountName": "kdiag-agent", "automountServiceAccountToken": false,
+                 "containers": [{"name": "agent", "image": "kdiag"}]}}))
     .unwrap();
     pods.create(&PostParams::default(), &pod).await.unwrap();
     pods.patch_status(
