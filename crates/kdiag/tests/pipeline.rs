@@ -1342,3 +1342,164 @@ async fn every_rejected_request_to_the_controller_and_agent_servers_gets_its_sta
     }
     agent.stop().await;
 }
+
+/// How many requests the apiserver refused (403) to list `resource`, from its own metrics.
+async fn refused_lists(client: &kube::Client, resource: &str) -> f64 {
+    let text = client
+        .request_text(http::Request::get("/metrics").body(Vec::new()).unwrap())
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+        .filter(|l| {
+            l.contains("code=\"403\"")
+                && l.contains("verb=\"LIST\"")
+                && l.contains(&format!("resource=\"{resource}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn an_agent_whose_registrations_and_policy_load_late_takes_no_abnormal_before_they_do() {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("late-caches").await;
+    let client = cp.client().await;
+    let plugin = TestPlugin::start().await;
+    register_plugin(
+        &client,
+        &ns,
+        "InformationCollector",
+        "collect",
+        plugin.port,
+        "/echo/collected",
+        5,
+    )
+    .await;
+    register_plugin(
+        &client,
+        &ns,
+        "Recoverer",
+        "fix",
+        plugin.port,
+        "/echo/fixed",
+        5,
+    )
+    .await;
+    let policy = format!("{ns}-policy");
+    policy_configmap(
+        &client,
+        &policy,
+        "commands:\n  allow:\n  - argv: [echo]\nbudget:\n  recoveriesPerHour: 100\n",
+    )
+    .await;
+    let node = format!("{ns}-node");
+    ensure_node(&client, &node).await;
+    let names: Vec<String> = (0..10).map(|i| format!("late-{i:02}")).collect();
+    for name in &names {
+        create_abnormal(
+            &client,
+            &ns,
+            name,
+            json!({"nodeName": node,
+                "assignedInformationCollectors": [{"name": "collect"}],
+                "assignedRecoverers": [{"name": "fix"}],
+                "commandExecutors": [{"command": ["echo", "hello"], "type": "InformationCollector", "timeoutSeconds": 5}]}),
+        )
+        .await;
+        wait_for(&client, &ns, name, FINISH, |a| {
+            a.labels().contains_key(labels::NODE_LABEL)
+        })
+        .await;
+    }
+
+    // The agent's own identity, at first allowed everything but reading registrations and the
+    // policy: their lists are refused and retried, as a slow apiserver would make them late.
+    let sa = format!("{ns}-agent");
+    let token = cp.service_account_token(SYSTEM_NAMESPACE, &sa).await;
+    let subject = json!([{"kind": "ServiceAccount", "name": sa, "namespace": SYSTEM_NAMESPACE}]);
+    let mut early: ClusterRole = Api::<ClusterRole>::all(client.clone())
+        .get("kdiag-agent")
+        .await
+        .unwrap();
+    early.metadata = kube::core::ObjectMeta {
+        name: Some(format!("{ns}-early")),
+        ..Default::default()
+    };
+    early.rules.as_mut().unwrap().retain(|r| {
+        !r.resources
+            .iter()
+            .flatten()
+            .any(|res| res == "informationcollectors")
+    });
+    Api::<ClusterRole>::all(client.clone())
+        .create(&Default::default(), &early)
+        .await
+        .unwrap();
+    let binding = |name: String, role_kind: &str, role: String| -> serde_json::Value {
+        json!({"metadata": {"name": name},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role},
+               "subjects": subject})
+    };
+    let cluster_bindings = Api::<ClusterRoleBinding>::all(client.clone());
+    cluster_bindings
+        .create(
+            &Default::default(),
+            &serde_json::from_value(binding(
+                format!("{ns}-early"),
+                "ClusterRole",
+                format!("{ns}-early"),
+            ))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let refused_before = refused_lists(&client, "informationcollectors").await;
+    let agent_client = cp.client_with_token(&token).await;
+    let agent = TestAgent::start_as(cp, agent_client, &node, 32, &policy).await;
+    eventually("the agent's list of registrations refused", || async {
+        refused_lists(&client, "informationcollectors").await > refused_before
+    })
+    .await;
+    let (code, body) = reqwest_get(&format!("http://{}/readyz", agent.addr)).await;
+    assert_eq!(code, 503, "{body}");
+
+    // Now it may read them.
+    cluster_bindings
+        .create(
+            &Default::default(),
+            &serde_json::from_value(binding(
+                format!("{ns}-agent"),
+                "ClusterRole",
+                "kdiag-agent".into(),
+            ))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    Api::<RoleBinding>::namespaced(client.clone(), SYSTEM_NAMESPACE)
+        .create(
+            &Default::default(),
+            &serde_json::from_value(binding(format!("{ns}-agent"), "Role", "kdiag-agent".into()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    for name in &names {
+        let st = wait_final(&client, &ns, name, FINISH).await.status.unwrap();
+        for r in &st.processors {
+            assert!(
+                r.result == ProcessorResult::Succeeded,
+                "{name}: {} {:?}: {}",
+                r.processor,
+                r.result,
+                r.message
+            );
+        }
+        assert_eq!(st.processors.len(), 3, "{name}: {:#?}", st.processors);
+        assert_eq!(st.phase, Some(AbnormalPhase::Succeeded), "{name}");
+    }
+    assert_eq!(plugin.count("/echo/fixed"), names.len());
+    agent.stop().await;
+}

@@ -183,6 +183,8 @@ pub struct TestAgent {
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<()>,
     pub data_root: PathBuf,
+    /// True once the agent takes work.
+    pub ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl TestAgent {
@@ -201,9 +203,22 @@ impl TestAgent {
         concurrency: usize,
         policy: &str,
     ) -> Self {
+        let client = service_account_client(cp, "kdiag-agent").await;
+        let agent = Self::start_as(cp, client, node, concurrency, policy).await;
+        agent.wait_ready().await;
+        agent
+    }
+
+    /// An agent using `client`, returned at once (not waiting until it takes work).
+    pub async fn start_as(
+        cp: &ControlPlane,
+        client: Client,
+        node: &str,
+        concurrency: usize,
+        policy: &str,
+    ) -> Self {
         // An agent runs on a node; admission rejects Abnormals for nodes that do not exist.
         ensure_node(&cp.client().await, node).await;
-        let client = service_account_client(cp, "kdiag-agent").await;
         let metrics = Arc::new(Metrics::new());
         let shutdown = CancellationToken::new();
         let data_root = cp.run_dir().join(format!("agent-{node}"));
@@ -249,14 +264,6 @@ impl TestAgent {
         let task = tokio::spawn(async move {
             tokio::join!(driver, serving);
         });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !handle.ready.load(std::sync::atomic::Ordering::Acquire) {
-            assert!(
-                Instant::now() < deadline,
-                "agent for {node} did not become ready"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
         Self {
             node: node.into(),
             metrics,
@@ -264,6 +271,20 @@ impl TestAgent {
             shutdown,
             task,
             data_root,
+            ready: handle.ready.clone(),
+        }
+    }
+
+    /// Waits until the agent takes work: its caches synced and its policy read.
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.ready.load(std::sync::atomic::Ordering::Acquire) {
+            assert!(
+                Instant::now() < deadline,
+                "agent for {} did not become ready",
+                self.node
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
