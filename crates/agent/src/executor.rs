@@ -172,7 +172,7 @@ impl Executor {
     fn recovery_denied(&self, registration: &str, builtin: bool) -> Option<String> {
         let policy = self.policy.current();
         if let Err(d) = policy.allows_recoverer(registration) {
-            return Some(format!("denied by policy rule {}: {}", d.rule, d.message));
+            return Some(d.to_string());
         }
         if policy.spec.dry_run && !builtin {
             return Some(format!(

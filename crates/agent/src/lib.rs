@@ -13,7 +13,12 @@
 //! - A slow processor holds only its own Abnormal's worker.
 //! - Failed apiserver calls retry with per-object exponential backoff.
 //! - On shutdown no new step starts; a step with side effects finishes first.
+//! - No Abnormal is taken before the processor registrations are cached and the node policy has
+//!   been read: a step run earlier would find no registration ("does not exist") or no policy
+//!   (denied). A missing or invalid policy denies every action that changes the node
+//!   ([`policy`]).
 
+mod backoff;
 mod executor;
 pub mod plugin;
 pub mod policy;
@@ -22,11 +27,9 @@ pub mod registrations;
 pub mod server;
 mod worker;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use futures::StreamExt;
 use kdiag_api::labels::{NODE_LABEL, node_label_value};
@@ -41,7 +44,7 @@ use kube::core::DeserializeGuard;
 use kube::core::error_boundary::InvalidObject;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::Reporter;
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use tokio::sync::Semaphore;
@@ -94,17 +97,39 @@ pub struct Agent {
     pub shutdown: CancellationToken,
     pub limits: Limits,
     workers: Semaphore,
-    backoff: Mutex<HashMap<String, u32>>,
+    backoff: backoff::Backoff,
+    /// The agent's cache of its node's Abnormals.
+    store: Store<DeserializeGuard<Abnormal>>,
 }
 
 /// Handles to a running agent.
 pub struct AgentHandle {
+    /// True once the agent takes work: its caches are synced and the node policy was read.
     pub ready: Arc<AtomicBool>,
+    /// True while a valid node policy is loaded.
+    pub policy_valid: Arc<AtomicBool>,
     /// The built-ins, bound to this agent's node policy (serve these over HTTP too).
     pub builtins: Builtins,
     pub store: Store<DeserializeGuard<Abnormal>>,
     pub policy: PolicyHandle,
     pub executor_view: Arc<Agent>,
+}
+
+impl AgentHandle {
+    /// What /readyz waits for, by name.
+    pub fn readiness(&self) -> Vec<(String, Arc<AtomicBool>)> {
+        vec![
+            (
+                "the agent's watches and node policy to sync".into(),
+                self.ready.clone(),
+            ),
+            (
+                "a valid node policy (the agent's log and the ConfigMap's Events say what is wrong)"
+                    .into(),
+                self.policy_valid.clone(),
+            ),
+        ]
+    }
 }
 
 /// Builds the agent and returns it with the future that runs it until `shutdown` fires and the
@@ -120,7 +145,7 @@ pub fn start(
     impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let (registrations, registrations_driver) = Registrations::watch(&client);
-    let policy = PolicyHandle::default();
+    let policy = PolicyHandle::not_loaded();
     let mut builtins = builtins;
     builtins.bind_policy(policy.clone());
     let recorder = UncachedRecorder::new(
@@ -130,6 +155,30 @@ pub fn start(
             instance: Some(config.node_name.clone()),
         },
     );
+    let (policy_ns, policy_name) = config.policy_configmap.clone();
+    let (policy_status, policy_driver) = crate::policy::follow(
+        policy.clone(),
+        client.clone(),
+        policy_ns,
+        policy_name,
+        metrics.clone(),
+        recorder.clone(),
+    );
+
+    let api: Api<DeserializeGuard<Abnormal>> = Api::all(client.clone());
+    let selector = format!("{NODE_LABEL}={}", node_label_value(&config.node_name));
+    // The cache keeps slimmed copies (kdiag_runtime::cache): reconcile works on a fresh GET.
+    let (store, abnormals) = kdiag_runtime::cache::watch(
+        api,
+        watcher::Config::default().labels(&selector),
+        kdiag_runtime::cache::Reader::Agent,
+    );
+    let controller = Controller::for_stream(abnormals, store)
+        // Concurrency is bounded by the agent's own semaphore, so queue depth is observable.
+        .with_config(controller::Config::default().concurrency(0))
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned());
+    let store = controller.store();
+
     let agent = Arc::new(Agent {
         client: client.clone(),
         executor: Executor {
@@ -155,32 +204,19 @@ pub fn start(
         shutdown: shutdown.clone(),
         limits: config.limits,
         workers: Semaphore::new(config.concurrency.max(1)),
-        backoff: Mutex::new(HashMap::new()),
+        backoff: Default::default(),
+        store: store.clone(),
     });
-
-    let api: Api<DeserializeGuard<Abnormal>> = Api::all(client.clone());
-    let selector = format!("{NODE_LABEL}={}", node_label_value(&config.node_name));
-    // The cache keeps slimmed copies (kdiag_runtime::cache): reconcile works on a fresh GET.
-    let (store, abnormals) = kdiag_runtime::cache::watch(
-        api,
-        watcher::Config::default().labels(&selector),
-        kdiag_runtime::cache::Reader::Agent,
-    );
-    let controller = Controller::for_stream(abnormals, store)
-        // Concurrency is bounded by the agent's own semaphore, so queue depth is observable.
-        .with_config(controller::Config::default().concurrency(0))
-        .graceful_shutdown_on(shutdown.clone().cancelled_owned());
-    let store = controller.store();
     let ready = Arc::new(AtomicBool::new(false));
 
     let handle = AgentHandle {
         ready: ready.clone(),
+        policy_valid: policy_status.valid.clone(),
         builtins,
         store: store.clone(),
         policy: policy.clone(),
         executor_view: agent.clone(),
     };
-    let (policy_ns, policy_name) = config.policy_configmap.clone();
     let node = config.node_name.clone();
     let profilers = agent.executor.profilers.clone();
     let sweeper_stop = shutdown.clone();
@@ -199,30 +235,41 @@ pub fn start(
                 }
             }
         });
-        let policy_task = tokio::spawn(crate::policy::follow(
-            policy,
-            client.clone(),
-            policy_ns,
-            policy_name,
-        ));
+        let policy_task = tokio::spawn(policy_driver);
         let registrations_task = tokio::spawn(registrations_driver);
         let readiness = {
-            let (store, registrations, ready) =
-                (store.clone(), registrations.clone(), ready.clone());
+            let (store, ready) = (store.clone(), ready.clone());
             tokio::spawn(async move {
                 kdiag_runtime::ready::store_ready(&store).await;
-                registrations.wait_until_ready().await;
                 ready.store(true, Ordering::Release);
-                tracing::info!("agent ready: watches synced");
+                tracing::info!("agent ready: watches synced, node policy read");
             })
         };
-        tracing::info!(node = %node, selector = %selector, "agent watching its node's Abnormals");
+        // No Abnormal is taken before the registrations are cached and the policy was read:
+        // a step run earlier would be recorded as "does not exist" or "denied" for good.
+        tokio::select! {
+            _ = async {
+                registrations.wait_until_ready().await;
+                policy_status.wait_until_known().await;
+            } => {}
+            _ = shutdown.cancelled() => {}
+        }
+        tracing::info!(node = %node, selector = %selector, policy = ?policy_status.current(), "agent taking its node's Abnormals");
+        let forget = agent.clone();
         controller
             .run(reconcile, error_policy, agent)
-            .for_each(|result| async move {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "reconcile");
+            .for_each(|result| {
+                match &result {
+                    // The requeue of an Abnormal deleted while it backed off.
+                    Err(controller::Error::ObjectNotFound(r)) => forget.backoff.forget(&format!(
+                        "{}/{}",
+                        r.namespace.clone().unwrap_or_default(),
+                        r.name
+                    )),
+                    Err(e) => tracing::debug!(error = %e, "reconcile"),
+                    Ok(_) => {}
                 }
+                async {}
             })
             .await;
         readiness.abort();
@@ -294,23 +341,17 @@ fn error_policy(
             i.metadata.name.clone().unwrap_or_default()
         ),
     };
-    let attempts = {
-        let mut b = agent.backoff.lock().unwrap_or_else(|e| e.into_inner());
-        let n = b.entry(k.clone()).or_insert(0);
-        *n = n.saturating_add(1);
-        *n
-    };
-    let delay = Duration::from_secs(1u64 << attempts.min(8)).min(Duration::from_secs(300));
+    let delay = agent.backoff.failed(&k, |key| {
+        let (ns, name) = key.split_once('/').unwrap_or(("", key));
+        agent.store.get(&ObjectRef::new(name).within(ns)).is_some()
+    });
     tracing::warn!(abnormal = %k, error = %error, retry_in = ?delay, "will retry");
     Action::requeue(delay)
 }
 
 impl Agent {
     fn forget_backoff(&self, a: &Abnormal) {
-        self.backoff
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key(a));
+        self.backoff.forget(&key(a));
     }
 }
 

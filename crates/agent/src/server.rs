@@ -9,8 +9,8 @@ use bytes::Bytes;
 use kdiag_api::Abnormal;
 use kdiag_api::plugin::{ProcessorContext, ProcessorError};
 use kdiag_runtime::builtin::Builtins;
-use kdiag_runtime::server::{MAX_REQUEST_BYTES, Routes, text};
-use warp::http::StatusCode;
+use kdiag_runtime::server::{MAX_REQUEST_BYTES, Routes, other_method, text};
+use warp::http::{Method, StatusCode};
 use warp::{Filter, Rejection, Reply};
 
 /// Built-in processors served over HTTP, as the agent runs them.
@@ -44,12 +44,14 @@ pub fn routes(processors: Option<ProcessorService>) -> Routes {
                 let svc = svc.clone();
                 async move { Ok::<_, Rejection>(raw_data(svc, name).await) }
             });
-    let other_method = warp::path!("processor" / String).map(|_| {
-        warp::reply::with_status(
-            "use POST with an Abnormal (or GET on a collector)".to_owned(),
-            StatusCode::METHOD_NOT_ALLOWED,
-        )
-    });
+    let processor_method = warp::path!("processor" / String)
+        .and(other_method(&[Method::GET, Method::POST]))
+        .map(|_| {
+            warp::reply::with_status(
+                "use POST with an Abnormal (or GET on a collector)".to_owned(),
+                StatusCode::METHOD_NOT_ALLOWED,
+            )
+        });
     let profiles_dir = processors
         .as_ref()
         .map(|p| p.data_root.join("profiles"))
@@ -57,12 +59,22 @@ pub fn routes(processors: Option<ProcessorService>) -> Routes {
     let profiles = warp::path("profiles")
         .and(warp::get())
         .and(warp::fs::dir(profiles_dir));
+    let profiles_method = warp::path("profiles")
+        .and(other_method(&[Method::GET, Method::HEAD]))
+        .map(|| {
+            text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "profiles are read with GET".into(),
+            )
+        });
 
     post_processor
         .or(get_processor)
-        .or(other_method)
+        .or(processor_method)
         .or(profiles)
         .map(Reply::into_response)
+        .or(profiles_method)
+        .unify()
         .boxed()
 }
 

@@ -1,5 +1,6 @@
 //! kdiag-controller: the cluster controller, one per cluster. It admits each new Abnormal exactly
-//! once and routes it to its node's agent (`cluster`), garbage-collects finished ones, creates
+//! once and routes it to its node's agent (`cluster`), fails those no agent takes, garbage-collects
+//! finished ones, creates
 //! Abnormals from Warning Events and Prometheus alerts (`sources`) and from failed KubeProber
 //! checkers, runs KubeProber's probes and writes root causes back next to their results
 //! (`probes`), and serves probe reports and alerts over HTTP (`server`).
@@ -46,6 +47,9 @@ pub struct ControllerConfig {
     pub ttl: Duration,
     /// Per node, finished Abnormals beyond the newest this many are deleted.
     pub max_finished_per_node: usize,
+    /// An admitted Abnormal that no agent took within this long (its node is gone or runs no
+    /// agent) ends Failed with reason NoAgent; `None` never fails one ([`cluster::no_agent`]).
+    pub no_agent_grace: Option<Duration>,
     /// Budgets of Abnormals created for failed probe checkers.
     pub probe_budgets: crate::probes::trigger::ProbeBudgets,
     /// The probe runner's settings.
@@ -67,6 +71,7 @@ impl Default for ControllerConfig {
             gc_interval: Duration::from_secs(300),
             ttl: Duration::from_secs(72 * 3600),
             max_finished_per_node: 200,
+            no_agent_grace: Some(cluster::no_agent::DEFAULT_GRACE),
             probe_budgets: Default::default(),
             runner: Default::default(),
             source_budgets: Default::default(),
@@ -177,6 +182,14 @@ pub fn start(
             store.clone(),
             shutdown.clone(),
         ));
+        let no_agent_task = ctx.config.no_agent_grace.map(|grace| {
+            tokio::spawn(cluster::no_agent::fail_abnormals_without_agent(
+                ctx.clone(),
+                store.clone(),
+                grace,
+                shutdown.clone(),
+            ))
+        });
         let sources_task = tokio::spawn(sources_driver);
         let probes_task = tokio::spawn(probe_trigger);
         let runner_task = tokio::spawn(probe_runner);
@@ -194,6 +207,9 @@ pub fn start(
             })
             .await;
         gc_task.abort();
+        if let Some(t) = no_agent_task {
+            t.abort();
+        }
         let _ = tokio::join!(
             sources_task,
             probes_task,

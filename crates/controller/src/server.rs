@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use kdiag_runtime::server::{MAX_REQUEST_BYTES, Routes, text};
-use warp::http::StatusCode;
+use kdiag_runtime::server::{MAX_REQUEST_BYTES, Routes, other_method, text};
+use warp::http::{Method, StatusCode};
 use warp::{Filter, Rejection, Reply};
 
 /// The controller's routes: probe reports written with `probe_reports`, alerts handed to
@@ -40,9 +40,32 @@ pub fn routes(
             },
         );
 
+    // Any other method on these paths: 405 with what they take (a POST's own rejection, such as
+    // a body over the limit, is answered as such).
+    let probe_status_method = warp::path!("probe-status")
+        .and(other_method(&[Method::POST]))
+        .map(|| {
+            text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "POST a KubeProber checker report (JSON) to /probe-status".into(),
+            )
+        });
+    let alert_method = warp::path!("api" / String / String)
+        .and(other_method(&[Method::POST]))
+        .map(|_, _| {
+            text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "POST alerts to /api/v2/alerts, /api/v1/alerts or /api/v1/webhook".into(),
+            )
+        });
+
     probe_status
         .or(alert_routes)
         .map(Reply::into_response)
+        .or(probe_status_method)
+        .unify()
+        .or(alert_method)
+        .unify()
         .boxed()
 }
 

@@ -79,6 +79,11 @@ pub struct ControllerArgs {
     /// How often garbage collection runs.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub gc_interval: Duration,
+    /// An admitted Abnormal that no agent took for this long (still in its first stage with no
+    /// step recorded, and its node is gone or runs no kdiag-agent pod) ends Failed with reason
+    /// NoAgent. 0 never fails one.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub no_agent_grace: Duration,
     /// Finished Abnormals older than this are deleted.
     #[arg(long, default_value = "72h", value_parser = parse_duration)]
     pub abnormal_ttl: Duration,
@@ -164,7 +169,8 @@ pub struct AgentArgs {
     /// Namespace of the node policy ConfigMap.
     #[arg(long, default_value = kdiag_api::SYSTEM_NAMESPACE)]
     pub policy_namespace: String,
-    /// Name of the node policy ConfigMap (key policy.yaml). Without it, the restrictive defaults apply.
+    /// Name of the node policy ConfigMap (key policy.yaml). While it is missing or invalid, every
+    /// command and recovery is denied (fail closed; docs/policy.md).
     #[arg(long, default_value = "kdiag-policy")]
     pub policy_configmap: String,
     /// Directory for profiles and other files the agent keeps.

@@ -34,6 +34,7 @@ async fn a_controller_restarted_after_admitting_but_before_routing_routes_withou
     let cp = installed().await;
     let ns = cp.create_namespace("half-admitted").await;
     let client = cp.client().await;
+    ensure_node(&client, "n1").await;
     let created = create_abnormal(&client, &ns, "half", json!({"nodeName": "n1"})).await;
     // The state a controller leaves when it dies between its status write and its label write.
     let started = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
@@ -81,6 +82,7 @@ async fn controllers_killed_and_restarted_during_admission_admit_each_abnormal_o
     let cp = installed().await;
     let ns = cp.create_namespace("restarts").await;
     let client = cp.client().await;
+    ensure_node(&client, &format!("{ns}-node")).await;
     for i in 0..40 {
         create_abnormal(
             &client,

@@ -904,8 +904,8 @@ async fn the_recovery_budget_and_dry_run_of_the_node_policy_are_enforced() {
     let budget = format!("{ns}-budget");
     policy_configmap(&client, &budget, "budget:\n  recoveriesPerHour: 1\n").await;
     let node = format!("{ns}-a");
+    // The agent takes no Abnormal before it has read its policy: no wait needed here.
     let agent = TestAgent::start_with_policy(cp, &node, 4, &budget).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
     for name in ["first", "second"] {
         create_abnormal(
             &client,
@@ -942,7 +942,6 @@ async fn the_recovery_budget_and_dry_run_of_the_node_policy_are_enforced() {
     policy_configmap(&client, &dry, "dryRun: true\n").await;
     let node = format!("{ns}-b");
     let agent = TestAgent::start_with_policy(cp, &node, 4, &dry).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
     create_abnormal(
         &client,
         &ns,
@@ -962,5 +961,530 @@ async fn the_recovery_budget_and_dry_run_of_the_node_policy_are_enforced() {
         st.processors[0].message
     );
     assert_eq!(plugin.count("/echo/fixed"), 1, "dry run calls nothing");
+    agent.stop().await;
+}
+
+/// A metric's value from the agent's /metrics (None if absent).
+async fn agent_metric(agent: &TestAgent, name: &str) -> Option<f64> {
+    parse_prometheus(&agent.metrics_text().await)
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v)
+}
+
+/// Waits (up to a minute) until `f` holds.
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
+    let deadline = Instant::now() + FINISH;
+    while !f().await {
+        assert!(Instant::now() < deadline, "{what} did not happen");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_agent_started_while_its_abnormals_wait_runs_them_with_its_registrations_and_policy() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("backlog").await;
+    let client = cp.client().await;
+    let plugin = TestPlugin::start().await;
+    register_plugin(
+        &client,
+        &ns,
+        "InformationCollector",
+        "collect",
+        plugin.port,
+        "/echo/collected",
+        5,
+    )
+    .await;
+    register_plugin(
+        &client,
+        &ns,
+        "Recoverer",
+        "fix",
+        plugin.port,
+        "/echo/fixed",
+        5,
+    )
+    .await;
+    // More than the defaults allow: a command outside the default list, and a bigger budget. A
+    // step run before this policy is read would be denied.
+    let policy = format!("{ns}-policy");
+    policy_configmap(
+        &client,
+        &policy,
+        "commands:\n  allow:\n  - argv: [echo]\nbudget:\n  recoveriesPerHour: 100\n",
+    )
+    .await;
+    let node = format!("{ns}-node");
+    ensure_node(&client, &node).await;
+    let names: Vec<String> = (0..20).map(|i| format!("waiting-{i:02}")).collect();
+    for name in &names {
+        create_abnormal(
+            &client,
+            &ns,
+            name,
+            json!({"nodeName": node,
+                "assignedInformationCollectors": [{"name": "collect"}],
+                "assignedRecoverers": [{"name": "fix"}],
+                "commandExecutors": [{"command": ["echo", "hello"], "type": "InformationCollector", "timeoutSeconds": 5}]}),
+        )
+        .await;
+    }
+    // Admitted and routed to a node whose agent is not running yet, as after an agent restart.
+    for name in &names {
+        wait_for(&client, &ns, name, FINISH, |a| {
+            a.labels().contains_key(labels::NODE_LABEL)
+        })
+        .await;
+    }
+    let agent = TestAgent::start_with_policy(cp, &node, 32, &policy).await;
+    for name in &names {
+        let st = wait_final(&client, &ns, name, FINISH).await.status.unwrap();
+        for r in &st.processors {
+            assert!(
+                r.result == ProcessorResult::Succeeded
+                    && !r.message.contains("does not exist")
+                    && !r.message.contains("denied"),
+                "{name}: {} {:?}: {}",
+                r.processor,
+                r.result,
+                r.message
+            );
+        }
+        assert_eq!(st.processors.len(), 3, "{name}: {:#?}", st.processors);
+        assert_eq!(st.phase, Some(AbnormalPhase::Succeeded), "{name}");
+        assert_eq!(st.command_executors[0].stdout.trim(), "hello", "{name}");
+    }
+    assert_eq!(plugin.count("/echo/fixed"), names.len());
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_valid_policy_commands_and_recoveries_are_denied_while_collectors_run() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("fail-closed").await;
+    let client = cp.client().await;
+    let plugin = TestPlugin::start().await;
+    register_plugin(
+        &client,
+        &ns,
+        "InformationCollector",
+        "collect",
+        plugin.port,
+        "/echo/collected",
+        5,
+    )
+    .await;
+    register_plugin(
+        &client,
+        &ns,
+        "Recoverer",
+        "fix",
+        plugin.port,
+        "/echo/fixed",
+        5,
+    )
+    .await;
+    let policy = format!("{ns}-policy");
+    // A typo: the policy does not parse.
+    policy_configmap(&client, &policy, "comands: {}\n").await;
+    let node = format!("{ns}-node");
+    let agent = TestAgent::start_with_policy(cp, &node, 4, &policy).await;
+    let spec = json!({"nodeName": node,
+        "assignedInformationCollectors": [{"name": "collect"}],
+        "assignedRecoverers": [{"name": "fix"}],
+        "commandExecutors": [{"command": ["uptime"], "type": "InformationCollector", "timeoutSeconds": 5}]});
+    let readyz = format!("http://{}/readyz", agent.addr);
+
+    // Invalid: not ready, gauge 0, a Warning Event on the ConfigMap; the collector runs, the
+    // command and the recoverer are denied with the reason, and the Abnormal fails.
+    let (code, body) = reqwest_get(&readyz).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("a valid node policy"), "{body}");
+    assert_eq!(
+        agent_metric(&agent, "kdiag_agent_policy_valid").await,
+        Some(0.0)
+    );
+    create_abnormal(&client, &ns, "invalid", spec.clone()).await;
+    let st = wait_final(&client, &ns, "invalid", FINISH)
+        .await
+        .status
+        .unwrap();
+    assert_eq!(st.phase, Some(AbnormalPhase::Failed));
+    let why = format!("denied: the node policy ConfigMap kube-diagnoser/{policy} is invalid");
+    let by_kind = |kind: ProcessorKind, stage: Stage| {
+        st.processors
+            .iter()
+            .find(|r| r.kind == kind && r.stage == stage)
+            .unwrap_or_else(|| panic!("no {kind:?} record in {stage:?}: {:#?}", st.processors))
+            .clone()
+    };
+    let collector = by_kind(ProcessorKind::Processor, Stage::InformationCollecting);
+    assert_eq!(collector.result, ProcessorResult::Succeeded);
+    let command = by_kind(ProcessorKind::CommandExecutor, Stage::InformationCollecting);
+    assert_eq!(command.result, ProcessorResult::Skipped);
+    assert!(command.message.starts_with(&why), "{}", command.message);
+    assert!(st.command_executors[0].error.starts_with(&why));
+    let recoverer = by_kind(ProcessorKind::Processor, Stage::Recovering);
+    assert_eq!(recoverer.result, ProcessorResult::Skipped);
+    assert!(recoverer.message.starts_with(&why), "{}", recoverer.message);
+    assert_eq!(plugin.count("/echo/collected"), 1);
+    assert_eq!(
+        plugin.count("/echo/fixed"),
+        0,
+        "a denied recoverer is not called"
+    );
+    let events = event_reasons_at_least(&client, SYSTEM_NAMESPACE, &policy, 1).await;
+    assert!(events.contains(&"PolicyInvalid".to_owned()), "{events:?}");
+
+    // Fixed: picked up without a restart.
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+    cms.patch(
+        &policy,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"data": {"policy.yaml": "{}\n"}})),
+    )
+    .await
+    .unwrap();
+    eventually("a valid policy", || async {
+        agent_metric(&agent, "kdiag_agent_policy_valid").await == Some(1.0)
+    })
+    .await;
+    assert_eq!(reqwest_get(&readyz).await.0, 200);
+    create_abnormal(&client, &ns, "valid", spec.clone()).await;
+    let st = wait_final(&client, &ns, "valid", FINISH)
+        .await
+        .status
+        .unwrap();
+    assert_eq!(
+        st.phase,
+        Some(AbnormalPhase::Succeeded),
+        "{:#?}",
+        st.processors
+    );
+    assert_eq!(plugin.count("/echo/fixed"), 1);
+
+    // Deleted: closed again.
+    cms.delete(&policy, &Default::default()).await.unwrap();
+    eventually("the policy closed", || async {
+        agent_metric(&agent, "kdiag_agent_policy_valid").await == Some(0.0)
+    })
+    .await;
+    create_abnormal(&client, &ns, "deleted", spec).await;
+    let st = wait_final(&client, &ns, "deleted", FINISH)
+        .await
+        .status
+        .unwrap();
+    assert_eq!(st.phase, Some(AbnormalPhase::Failed));
+    let denied = st
+        .processors
+        .iter()
+        .find(|r| r.stage == Stage::Recovering)
+        .unwrap();
+    assert!(
+        denied.message.starts_with(&format!(
+            "denied: the node policy ConfigMap kube-diagnoser/{policy} does not exist"
+        )),
+        "{}",
+        denied.message
+    );
+    assert_eq!(plugin.count("/echo/fixed"), 1);
+    let events = event_reasons_at_least(&client, SYSTEM_NAMESPACE, &policy, 3).await;
+    assert!(
+        events.contains(&"PolicyLoaded".to_owned()) && events.contains(&"PolicyMissing".to_owned()),
+        "{events:?}"
+    );
+    agent.stop().await;
+}
+
+/// Sends only a request's head (a body of `length` bytes announced, none sent) and returns the
+/// answer: servers judge a body's size by its Content-Length before reading it.
+async fn head_only(addr: &str, method: &str, path: &str, length: Option<u64>) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let length = length
+        .map(|n| format!("content-length: {n}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n{length}connection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).to_string();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+#[tokio::test]
+async fn every_rejected_request_to_the_controller_and_agent_servers_gets_its_status_and_why() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("http-status").await;
+    let agent = TestAgent::start(cp, &format!("{ns}-node")).await;
+    let controller = controller_url();
+    let controller_addr = controller.trim_start_matches("http://").to_owned();
+    let agent_addr = agent.addr.to_string();
+    let over = kdiag_runtime::server::MAX_REQUEST_BYTES + 1;
+    let limit = kdiag_runtime::server::MAX_REQUEST_BYTES.to_string();
+
+    // Bodies over the limit: 413 with the limit, on every route that takes a body.
+    for (addr, path) in [
+        (&controller_addr, "/api/v2/alerts"),
+        (&controller_addr, "/api/v1/webhook"),
+        (&controller_addr, "/probe-status"),
+        (&agent_addr, "/processor/node-collector"),
+    ] {
+        let (code, body) = head_only(addr, "POST", path, Some(over)).await;
+        assert_eq!(code, 413, "POST {path}: {body}");
+        assert!(
+            body.contains(&limit) && body.contains("3 MiB"),
+            "POST {path}: {body}"
+        );
+    }
+    // No Content-Length: 411.
+    let (code, body) = head_only(&controller_addr, "POST", "/probe-status", None).await;
+    assert_eq!(code, 411, "{body}");
+    assert!(body.contains("Content-Length"), "{body}");
+
+    let request = |base: String, method: &'static str, path: &'static str, body: &'static [u8]| async move {
+        let url: reqwest_lite::Url = format!("{base}{path}").parse().unwrap();
+        reqwest_lite::request(url, method, body).await
+    };
+    let agent_url = format!("http://{agent_addr}");
+    for (base, method, path, body, code, says) in [
+        // Wrong methods: 405 with what the path takes.
+        (
+            &controller,
+            "GET",
+            "/probe-status",
+            &b""[..],
+            405,
+            "POST a KubeProber",
+        ),
+        (
+            &controller,
+            "GET",
+            "/api/v2/alerts",
+            b"",
+            405,
+            "POST alerts",
+        ),
+        (&controller, "POST", "/metrics", b"{}", 405, "use GET"),
+        (
+            &agent_url,
+            "DELETE",
+            "/processor/node-collector",
+            b"",
+            405,
+            "use POST",
+        ),
+        (
+            &agent_url,
+            "GET",
+            "/processor/signal-recoverer",
+            b"",
+            405,
+            "not a collector",
+        ),
+        (&agent_url, "POST", "/profiles/x/y", b"", 405, "GET"),
+        // Bad bodies: 400 with the parse error.
+        (&controller, "POST", "/api/v2/alerts", b"not json", 400, ""),
+        (&controller, "POST", "/probe-status", b"not json", 400, ""),
+        (
+            &agent_url,
+            "POST",
+            "/processor/node-collector",
+            b"not json",
+            400,
+            "not an Abnormal",
+        ),
+        // Nothing there: 404 with what there is.
+        (
+            &controller,
+            "POST",
+            "/api/v3/alerts",
+            b"[]",
+            404,
+            "/api/v2/alerts",
+        ),
+        (&controller, "GET", "/nothing-here", b"", 404, "not found"),
+        (
+            &agent_url,
+            "POST",
+            "/processor/no-such-processor",
+            b"{}",
+            404,
+            "built-ins:",
+        ),
+        (
+            &agent_url,
+            "GET",
+            "/profiles/no/such/profile",
+            b"",
+            404,
+            "not found",
+        ),
+    ] {
+        let (got, text) = request(base.clone(), method, path, body).await;
+        assert_eq!(got, code, "{method} {path}: {text}");
+        assert!(text.contains(says), "{method} {path}: {text}");
+        assert!(!text.trim().is_empty(), "{method} {path} says nothing");
+    }
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn an_agent_whose_registrations_load_late_takes_no_abnormal_before_they_do() {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("late-caches").await;
+    let client = cp.client().await;
+    let plugin = TestPlugin::start().await;
+    register_plugin(
+        &client,
+        &ns,
+        "InformationCollector",
+        "collect",
+        plugin.port,
+        "/echo/collected",
+        5,
+    )
+    .await;
+    register_plugin(
+        &client,
+        &ns,
+        "Recoverer",
+        "fix",
+        plugin.port,
+        "/echo/fixed",
+        5,
+    )
+    .await;
+    let policy = format!("{ns}-policy");
+    policy_configmap(
+        &client,
+        &policy,
+        "commands:\n  allow:\n  - argv: [echo]\nbudget:\n  recoveriesPerHour: 100\n",
+    )
+    .await;
+    let node = format!("{ns}-node");
+    ensure_node(&client, &node).await;
+    let names: Vec<String> = (0..10).map(|i| format!("late-{i:02}")).collect();
+    for name in &names {
+        create_abnormal(
+            &client,
+            &ns,
+            name,
+            json!({"nodeName": node,
+                "assignedInformationCollectors": [{"name": "collect"}],
+                "assignedRecoverers": [{"name": "fix"}],
+                "commandExecutors": [{"command": ["echo", "hello"], "type": "InformationCollector", "timeoutSeconds": 5}]}),
+        )
+        .await;
+        wait_for(&client, &ns, name, FINISH, |a| {
+            a.labels().contains_key(labels::NODE_LABEL)
+        })
+        .await;
+    }
+
+    // The agent's own identity, at first allowed everything but reading registrations: their
+    // lists are refused and retried, as a slow apiserver would make them late.
+    let sa = format!("{ns}-agent");
+    let token = cp.service_account_token(SYSTEM_NAMESPACE, &sa).await;
+    let subject = json!([{"kind": "ServiceAccount", "name": sa, "namespace": SYSTEM_NAMESPACE}]);
+    let mut early: ClusterRole = Api::<ClusterRole>::all(client.clone())
+        .get("kdiag-agent")
+        .await
+        .unwrap();
+    early.metadata = kube::core::ObjectMeta {
+        name: Some(format!("{ns}-early")),
+        ..Default::default()
+    };
+    early.rules.as_mut().unwrap().retain(|r| {
+        !r.resources
+            .iter()
+            .flatten()
+            .any(|res| res == "informationcollectors")
+    });
+    Api::<ClusterRole>::all(client.clone())
+        .create(&Default::default(), &early)
+        .await
+        .unwrap();
+    let binding = |name: String, role_kind: &str, role: String| -> serde_json::Value {
+        json!({"metadata": {"name": name},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role},
+               "subjects": subject})
+    };
+    let cluster_bindings = Api::<ClusterRoleBinding>::all(client.clone());
+    cluster_bindings
+        .create(
+            &Default::default(),
+            &serde_json::from_value(binding(
+                format!("{ns}-early"),
+                "ClusterRole",
+                format!("{ns}-early"),
+            ))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    Api::<RoleBinding>::namespaced(client.clone(), SYSTEM_NAMESPACE)
+        .create(
+            &Default::default(),
+            &serde_json::from_value(binding(format!("{ns}-agent"), "Role", "kdiag-agent".into()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let agent_client = cp.client_with_token(&token).await;
+    let agent = TestAgent::start_as(cp, agent_client, &node, 32, &policy).await;
+    // Its watches run (the policy, listed alongside the registrations, has loaded), and it takes
+    // no Abnormal while the registrations are refused.
+    eventually("the agent's policy loaded", || async {
+        agent_metric(&agent, "kdiag_agent_policy_valid").await == Some(1.0)
+    })
+    .await;
+    let (code, body) = reqwest_get(&format!("http://{}/readyz", agent.addr)).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("the agent's watches"), "{body}");
+
+    // Now it may read them.
+    cluster_bindings
+        .create(
+            &Default::default(),
+            &serde_json::from_value(binding(
+                format!("{ns}-agent"),
+                "ClusterRole",
+                "kdiag-agent".into(),
+            ))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    for name in &names {
+        let st = wait_final(&client, &ns, name, FINISH).await.status.unwrap();
+        for r in &st.processors {
+            assert!(
+                r.result == ProcessorResult::Succeeded,
+                "{name}: {} {:?}: {}",
+                r.processor,
+                r.result,
+                r.message
+            );
+        }
+        assert_eq!(st.processors.len(), 3, "{name}: {:#?}", st.processors);
+        assert_eq!(st.phase, Some(AbnormalPhase::Succeeded), "{name}");
+    }
+    assert_eq!(plugin.count("/echo/fixed"), names.len());
     agent.stop().await;
 }

@@ -44,7 +44,7 @@ pub async fn run(spec: &CommandExecutorSpec, policy: &Policy, output_cap: usize)
         error: String::new(),
     };
     if let Err(denied) = policy.allows_command(&spec.command) {
-        status.error = format!("denied by policy rule {}: {}", denied.rule, denied.message);
+        status.error = denied.to_string();
         return CommandOutcome {
             status,
             denied: true,

@@ -1,7 +1,14 @@
-//! The node policy: what kdiag may do on a node. Read by the agent from a ConfigMap; without one,
-//! the defaults allow only a small set of read-only diagnostic commands and no recovery.
+//! The node policy: what kdiag may do on a node. Read by the agent from a ConfigMap.
+//!
+//! It fails closed: until the agent has read the ConfigMap, and whenever it is missing or does not
+//! parse, the agent holds a [`Policy::closed`] policy that denies every action that changes the
+//! node (command executors, recoverers, signals) and says why. Read-only collectors and
+//! diagnosers do not ask the policy and keep running. The defaults ([`PolicySpec::default`]) are
+//! what a policy ConfigMap that leaves a section out gets; they never stand in for a missing one.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use nix::sys::signal::Signal;
 use regex::Regex;
@@ -141,6 +148,8 @@ pub fn default_command_rules() -> Vec<CommandRule> {
 pub struct Policy {
     pub spec: PolicySpec,
     commands: Vec<(Vec<String>, Option<Regex>)>,
+    /// Set when no valid policy is loaded: why, and every action is denied with it.
+    closed: Option<String>,
 }
 
 /// Why a policy could not be loaded.
@@ -171,6 +180,19 @@ pub struct Denied {
     pub message: String,
 }
 
+/// The rule of the denials of a closed policy (no valid policy loaded).
+pub const CLOSED_RULE: &str = "policy";
+
+impl std::fmt::Display for Denied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.rule == CLOSED_RULE {
+            write!(f, "denied: {}", self.message)
+        } else {
+            write!(f, "denied by policy rule {}: {}", self.rule, self.message)
+        }
+    }
+}
+
 /// A signal by name (SIGKILL, KILL, kill) or number (9).
 pub fn parse_signal(s: &str) -> Option<Signal> {
     let s = s.trim();
@@ -187,6 +209,7 @@ pub fn parse_signal(s: &str) -> Option<Signal> {
 }
 
 impl Default for Policy {
+    /// The defaults of every section ([`PolicySpec::default`]): what an empty `policy.yaml` gets.
     fn default() -> Self {
         Self::new(PolicySpec::default()).expect("the default policy is valid")
     }
@@ -220,7 +243,44 @@ impl Policy {
         {
             return Err(PolicyError::Signal(bad.clone()));
         }
-        Ok(Self { spec, commands })
+        Ok(Self {
+            spec,
+            commands,
+            closed: None,
+        })
+    }
+
+    /// A policy that denies every action that changes the node, because no valid policy is
+    /// loaded; `why` says what happened and what to do, and is the message of every denial.
+    pub fn closed(why: impl Into<String>) -> Self {
+        Self {
+            spec: PolicySpec {
+                dry_run: true,
+                commands: CommandRules { allow: Vec::new() },
+                recoverers: RecovererRules { allow: Vec::new() },
+                signals: SignalRules::default(),
+                budget: BudgetRules {
+                    recoveries_per_hour: 0,
+                },
+            },
+            commands: Vec::new(),
+            closed: Some(why.into()),
+        }
+    }
+
+    /// Why every action is denied, when no valid policy is loaded.
+    pub fn closed_reason(&self) -> Option<&str> {
+        self.closed.as_deref()
+    }
+
+    fn deny_if_closed(&self) -> Result<(), Denied> {
+        match &self.closed {
+            Some(why) => Err(Denied {
+                rule: CLOSED_RULE.into(),
+                message: why.clone(),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Parses the ConfigMap's `policy.yaml`.
@@ -232,6 +292,7 @@ impl Policy {
 
     /// May the recoverer registered as `namespace/name` run?
     pub fn allows_recoverer(&self, registration: &str) -> Result<(), Denied> {
+        self.deny_if_closed()?;
         let (ns, name) = registration.split_once('/').unwrap_or(("", registration));
         let ok = self.spec.recoverers.allow.iter().any(|rule| {
             let (rns, rname) = rule.split_once('/').unwrap_or(("*", rule));
@@ -251,6 +312,7 @@ impl Policy {
 
     /// May this signal be sent?
     pub fn allows_signal(&self, signal: Signal) -> Result<(), Denied> {
+        self.deny_if_closed()?;
         let ok = self
             .spec
             .signals
@@ -272,6 +334,7 @@ impl Policy {
 
     /// May this argv run?
     pub fn allows_command(&self, argv: &[String]) -> Result<(), Denied> {
+        self.deny_if_closed()?;
         let Some(program) = argv.first() else {
             return Err(Denied {
                 rule: "commands".into(),
@@ -395,23 +458,66 @@ mod tests {
         let err = Policy::from_yaml("comands: {}\n").unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
     }
+
+    #[test]
+    fn a_closed_policy_denies_every_action_with_its_reason() {
+        let p = Policy::closed("the node policy ConfigMap kube-diagnoser/kdiag-policy is invalid");
+        for d in [
+            p.allows_command(&argv("uptime")).unwrap_err(),
+            p.allows_recoverer("kube-diagnoser/signal-recoverer")
+                .unwrap_err(),
+            p.allows_signal(Signal::SIGTERM).unwrap_err(),
+        ] {
+            assert_eq!(d.rule, CLOSED_RULE);
+            assert_eq!(
+                d.to_string(),
+                "denied: the node policy ConfigMap kube-diagnoser/kdiag-policy is invalid"
+            );
+        }
+        assert!(p.spec.dry_run && p.spec.budget.recoveries_per_hour == 0);
+        assert!(Policy::default().closed_reason().is_none());
+    }
+
+    #[test]
+    fn a_handle_denies_everything_until_a_policy_is_set() {
+        let h = PolicyHandle::not_loaded();
+        assert_eq!(h.current().closed_reason(), Some(NOT_LOADED));
+        assert!(h.current().allows_command(&argv("uptime")).is_err());
+        let seen_by_a_step = h.clone();
+        h.set(Policy::default());
+        assert!(
+            seen_by_a_step
+                .current()
+                .allows_command(&argv("uptime"))
+                .is_ok()
+        );
+    }
 }
 
-/// The current policy, shared by every step and swapped whole when the ConfigMap changes.
-#[derive(Clone, Default)]
-pub struct PolicyHandle(Arc<RwLock<Arc<Policy>>>);
+/// Why the agent holds no valid policy before it has read the ConfigMap.
+pub const NOT_LOADED: &str = "the node policy has not been loaded yet; nothing that changes the node runs until the agent has read it (docs/policy.md)";
+
+/// The current policy, shared by every step and swapped whole when the ConfigMap changes. It
+/// starts closed ([`NOT_LOADED`]): nothing that changes the node runs before a policy is loaded.
+#[derive(Clone)]
+pub struct PolicyHandle(Arc<ArcSwap<Policy>>);
 
 impl PolicyHandle {
     pub fn new(policy: Policy) -> Self {
-        Self(Arc::new(RwLock::new(Arc::new(policy))))
+        Self(Arc::new(ArcSwap::from_pointee(policy)))
+    }
+
+    /// A handle that denies every action until a policy is [`set`](Self::set).
+    pub fn not_loaded() -> Self {
+        Self::new(Policy::closed(NOT_LOADED))
     }
 
     pub fn current(&self) -> Arc<Policy> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.0.load_full()
     }
 
     pub fn set(&self, policy: Policy) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+        self.0.store(Arc::new(policy));
     }
 }
 
@@ -434,7 +540,7 @@ mod shipped {
         assert_eq!(
             shipped.spec,
             PolicySpec::default(),
-            "config/deploy/20-policy.yaml must show the defaults the agent uses without it"
+            "config/deploy/20-policy.yaml must show the defaults of every section"
         );
     }
 }

@@ -129,7 +129,7 @@ fn send_one(r: &SignalRequest, policy: &crate::policy::Policy, proc_root: &Path)
         return refuse("never to the kdiag agent itself".into());
     }
     if let Err(d) = policy.allows_signal(signal) {
-        return refuse(format!("denied by policy rule {}: {}", d.rule, d.message));
+        return refuse(d.to_string());
     }
     let Some(expected) = r.start_time.as_ref().and_then(|v| {
         v.as_u64()

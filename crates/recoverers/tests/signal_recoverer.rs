@@ -127,7 +127,7 @@ async fn a_reused_pid_is_refused_and_its_new_process_lives() {
 async fn signals_are_denied_by_default_and_dry_run_sends_nothing() {
     let mut p = Sleeper::start();
     let request = json!([{"pid": p.pid(), "signal": "SIGTERM", "startTime": p.started()}]);
-    let err = SignalRecoverer::new(PolicyHandle::default())
+    let err = SignalRecoverer::new(PolicyHandle::new(Policy::default()))
         .process(&ctx(), &abnormal(request.clone()))
         .await
         .unwrap_err();
@@ -143,6 +143,27 @@ async fn signals_are_denied_by_default_and_dry_run_sends_nothing() {
         "{err}"
     );
     assert!(!p.exited(), "nothing may have been sent");
+}
+
+#[tokio::test]
+async fn before_a_policy_is_loaded_no_signal_is_sent_whatever_it_would_allow() {
+    let mut p = Sleeper::start();
+    let handle = PolicyHandle::not_loaded();
+    let r = SignalRecoverer::new(handle.clone());
+    let request = json!([{"pid": p.pid(), "signal": "SIGTERM", "startTime": p.started()}]);
+    let err = r
+        .process(&ctx(), &abnormal(request.clone()))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("denied: the node policy has not been loaded yet"),
+        "{err}"
+    );
+    assert!(!p.exited(), "nothing may have been sent");
+    handle.set(Policy::from_yaml("signals:\n  allow: [SIGTERM]\n").unwrap());
+    r.process(&ctx(), &abnormal(request)).await.unwrap();
+    assert!(p.exited(), "sent once the policy is loaded");
 }
 
 #[tokio::test]

@@ -12,8 +12,8 @@ pub struct Builtins {
 }
 
 impl Builtins {
-    /// Every built-in of kdiag's processor crates. Recoverers are bound to a default (most
-    /// restrictive) policy; the agent binds them to the node policy it follows.
+    /// Every built-in of kdiag's processor crates. Recoverers are bound to a policy that denies
+    /// every action until one is loaded; the agent binds them to the node policy it follows.
     pub fn standard() -> Self {
         let mut b = Self::default();
         for p in kdiag_collectors::all()
@@ -22,7 +22,7 @@ impl Builtins {
         {
             b.insert(p);
         }
-        b.bind_policy(kdiag_recoverers::policy::PolicyHandle::default());
+        b.bind_policy(kdiag_recoverers::policy::PolicyHandle::not_loaded());
         b
     }
 

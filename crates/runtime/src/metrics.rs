@@ -36,6 +36,9 @@ pub struct AgentMetrics {
     pub running: IntGauge,
     /// Failed apiserver requests, by operation.
     pub api_errors: IntCounterVec,
+    /// 1 while a valid node policy is loaded; 0 before, or while it is missing or invalid (then
+    /// every action that changes the node is denied).
+    pub policy_valid: IntGauge,
     /// Kube Diagnoser's own counters, kept so its dashboards keep working.
     pub original: OriginalAgentCounters,
 }
@@ -63,6 +66,8 @@ pub struct ControllerMetrics {
     pub admissions: IntCounterVec,
     /// Abnormals deleted by garbage collection, by reason (ttl, per-node-limit).
     pub garbage_collected: IntCounterVec,
+    /// Admitted Abnormals failed because no agent took them (reason NoAgent).
+    pub no_agent: IntCounter,
     /// All Abnormals by phase ("" for not yet admitted).
     pub abnormals: IntGaugeVec,
     pub api_errors: IntCounterVec,
@@ -196,6 +201,10 @@ impl Metrics {
                 "Failed apiserver requests of the agent, by operation.",
                 &["operation"],
             ),
+            policy_valid: gauge(
+                "kdiag_agent_policy_valid",
+                "1 while a valid node policy is loaded; 0 while none is (every action that changes the node is denied).",
+            ),
             original: OriginalAgentCounters {
                 sync,
                 command_executor,
@@ -216,6 +225,10 @@ impl Metrics {
                 "kdiag_controller_garbage_collected_total",
                 "Abnormals deleted by garbage collection, by reason.",
                 &["reason"],
+            ),
+            no_agent: counter(
+                "kdiag_controller_no_agent_failures_total".into(),
+                "Admitted Abnormals failed because no agent took them within the grace period (reason NoAgent).".into(),
             ),
             abnormals: gauge_vec(
                 "kdiag_controller_abnormals",

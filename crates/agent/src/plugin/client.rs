@@ -1,14 +1,15 @@
 //! Calling an HTTP plugin: one POST of the whole Abnormal, bounded in time and size, with
 //! connection errors retried a few times. Every failure names the address and what happened.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kdiag_api::Abnormal;
 use kdiag_pipeline::protocol::check_protected_fields;
 use serde_json::Value;
+
+use super::clients::Clients;
 
 /// The most a plugin may answer, as Kube Diagnoser allowed.
 pub const MAX_RESPONSE_BYTES: usize = 2 * 1024 * 1024;
@@ -64,10 +65,11 @@ pub enum PluginError {
 /// What makes two plugin clients different: the CA bundle, and a host pinned to an address.
 type ClientKey = (Option<String>, Option<(String, SocketAddr)>);
 
-/// Calls plugins. Keeps one HTTP client per TLS setup, so connections are reused.
+/// Calls plugins. Keeps one HTTP client per TLS setup, so connections are reused (bounded: see
+/// `clients`).
 #[derive(Default)]
 pub struct PluginClient {
-    clients: Mutex<HashMap<ClientKey, reqwest::Client>>,
+    clients: Mutex<Clients<ClientKey, reqwest::Client>>,
 }
 
 impl PluginClient {
@@ -168,9 +170,10 @@ impl PluginClient {
             endpoint.connect_to.map(|a| (host.clone(), a)),
         );
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = clients.get(&key) {
-            return Ok(c.clone());
-        }
+        clients.get_or_try_insert(&key, Instant::now(), || Self::build_client(endpoint, &host))
+    }
+
+    fn build_client(endpoint: &Endpoint, host: &str) -> Result<reqwest::Client, PluginError> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             // Plugins are addressed explicitly; a proxy from the environment would be a surprise.
@@ -186,14 +189,12 @@ impl PluginClient {
             builder = builder.tls_certs_only(certs);
         }
         if let Some(addr) = endpoint.connect_to {
-            builder = builder.resolve(&host, addr);
+            builder = builder.resolve(host, addr);
         }
-        let client = builder.build().map_err(|e| PluginError::Setup {
+        builder.build().map_err(|e| PluginError::Setup {
             url: endpoint.url.clone(),
             reason: error_chain(&e),
-        })?;
-        clients.insert(key, client.clone());
-        Ok(client)
+        })
     }
 }
 

@@ -2,5 +2,6 @@
 //! `kdiag_pipeline::protocol`.
 
 pub mod client;
+mod clients;
 
 pub use client::{Endpoint, MAX_RESPONSE_BYTES, PluginClient, PluginError};

@@ -2,6 +2,8 @@
 //! to a node, routes it to that node's agent) and garbage-collects finished ones.
 
 pub mod gc;
+pub mod no_agent;
+pub mod nodes;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,6 +132,11 @@ async fn admit(ctx: &Ctx, abnormal: &Abnormal) -> Result<Action, ControllerError
     let triaged = admission::with_triage(abnormal, &ctx.config.triage, &registry);
     let effective = triaged.as_ref().unwrap_or(abnormal);
     let mut decision = admission::decide(effective, &registry, &pod, waited, ctx.config.pod_wait);
+    if matches!(decision, Decision::Admit { .. })
+        && let Some(rejection) = nodes::reject_unknown_node(ctx, abnormal).await?
+    {
+        decision = rejection;
+    }
     // Set when another node's agent runs the diagnosis of a pod that is on no node.
     let mut stand_in: Option<String> = None;
     if let Decision::StandIn { pod, why } = &decision {

@@ -17,7 +17,7 @@ use kdiag_runtime::metrics::Metrics;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -57,7 +57,42 @@ pub struct TriggerCtx {
     pub buckets: Mutex<Buckets>,
     pub metrics: Arc<Metrics>,
     /// ProbeStatus objects whose episodes were checked for Abnormals a crash left uncreated.
-    repaired: Mutex<HashSet<String>>,
+    repaired: Mutex<Repaired>,
+    /// The trigger's cache of ProbeStatus objects.
+    probe_statuses: Store<DeserializeGuard<ProbeStatus>>,
+}
+
+/// The ProbeStatus objects (namespace/name) already checked for Abnormals a crash left
+/// uncreated. Bounded: whenever it has doubled since it was last swept, the names of ProbeStatus
+/// objects no longer in the cache go.
+struct Repaired {
+    names: HashSet<String>,
+    sweep_at: usize,
+}
+
+impl Default for Repaired {
+    fn default() -> Self {
+        Self {
+            names: HashSet::new(),
+            sweep_at: Self::FIRST_SWEEP_AT,
+        }
+    }
+}
+
+impl Repaired {
+    const FIRST_SWEEP_AT: usize = 256;
+
+    /// True the first time `key` is seen. `exists` tells whether a ProbeStatus is still cached.
+    fn first_look(&mut self, key: &str, exists: impl Fn(&str) -> bool) -> bool {
+        if !self.names.insert(key.to_owned()) {
+            return false;
+        }
+        if self.names.len() >= self.sweep_at {
+            self.names.retain(|k| k == key || exists(k));
+            self.sweep_at = (self.names.len() * 2).max(Self::FIRST_SWEEP_AT);
+        }
+        true
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,19 +113,21 @@ pub fn start(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let api: Api<DeserializeGuard<ProbeStatus>> = Api::all(client.clone());
+    let controller = Controller::new(api, watcher::Config::default())
+        .graceful_shutdown_on(shutdown.cancelled_owned());
     let ctx = Arc::new(TriggerCtx {
-        client: client.clone(),
+        client,
         sources,
         budgets,
         buckets: Mutex::new(Buckets::default()),
         metrics,
-        repaired: Mutex::new(HashSet::new()),
+        repaired: Mutex::new(Repaired::default()),
+        probe_statuses: controller.store(),
     });
-    let api: Api<DeserializeGuard<ProbeStatus>> = Api::all(client);
     async move {
         kdiag_runtime::ready::store_ready(&ctx.sources).await;
-        Controller::new(api, watcher::Config::default())
-            .graceful_shutdown_on(shutdown.cancelled_owned())
+        controller
             .run(
                 reconcile,
                 |_, e: &TriggerError, _| {
@@ -197,7 +234,12 @@ async fn reconcile(
         .repaired
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(key.clone());
+        .first_look(&key, |k| {
+            let (ns, name) = k.split_once('/').unwrap_or(("", k));
+            ctx.probe_statuses
+                .get(&ObjectRef::new(name).within(ns))
+                .is_some()
+        });
     if first_look {
         to_create.extend(missing_abnormals(&ctx, ps, &open, &sources, &to_create).await?);
     }
@@ -483,4 +525,30 @@ fn failed_probe_pod(
         name: pod,
         container_name: String::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_probe_status_is_repaired_once_and_deleted_ones_are_forgotten() {
+        let mut r = Repaired::default();
+        assert!(r.first_look("ns/p", |_| true));
+        assert!(!r.first_look("ns/p", |_| true));
+        // 100,000 ProbeStatus objects come and go; only the last few still exist.
+        for i in 0..100_000usize {
+            let key = format!("ns/p-{i}");
+            assert!(r.first_look(&key, |k| {
+                k.strip_prefix("ns/p-")
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .is_some_and(|n| n + 10 > i)
+            }));
+            assert!(
+                r.names.len() <= 2 * Repaired::FIRST_SWEEP_AT,
+                "{} at {i}",
+                r.names.len()
+            );
+        }
+    }
 }

@@ -2,7 +2,6 @@
 //! matched against KubernetesEvent templates. One Abnormal per incident: repeats of the same
 //! reason on the same object within the source's group window are counted on it.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,6 +17,7 @@ use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio_util::sync::CancellationToken;
 
+use super::incidents::OpenIncidents;
 use super::sink::{Outcome, Sink, TRIGGER_LAST_SEEN_ANNOTATION};
 
 /// Label of Abnormals created for an incident: a hash of its object and reason.
@@ -121,9 +121,9 @@ pub struct EventSource {
     sink: Arc<Sink>,
     sources: Store<AbnormalSource>,
     abnormals: Store<DeserializeGuard<Abnormal>>,
-    /// Incidents seen since start: key → (Abnormal namespace/name, last seen). The store of
-    /// Abnormals lags behind creations; this does not.
-    open: Mutex<HashMap<String, (String, String, Timestamp)>>,
+    /// Incidents seen recently (bounded): the store of Abnormals lags behind creations; this
+    /// does not.
+    open: Mutex<OpenIncidents>,
 }
 
 impl EventSource {
@@ -136,7 +136,7 @@ impl EventSource {
             sink,
             sources,
             abnormals,
-            open: Mutex::new(HashMap::new()),
+            open: Mutex::new(OpenIncidents::default()),
         }
     }
 
@@ -216,10 +216,14 @@ impl EventSource {
                 .suppressed
                 .with_label_values(&[KIND, "grouped"])
                 .inc();
-            self.open
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(key, (ns.clone(), name.clone(), seen));
+            self.open.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                key,
+                ns.clone(),
+                name.clone(),
+                seen,
+                window,
+                now,
+            );
             return Some(Outcome::Grouped(name));
         }
         let Some(node) = self.node_of(event).await else {
@@ -242,10 +246,14 @@ impl EventSource {
                     count,
                     &seen.to_string(),
                 );
-                self.open
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(key, (ns, abnormal.name_any(), seen));
+                self.open.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                    key,
+                    ns,
+                    abnormal.name_any(),
+                    seen,
+                    window,
+                    now,
+                );
                 Some(outcome)
             }
             Err(e) => {
@@ -264,12 +272,7 @@ impl EventSource {
     ) -> Option<(String, String)> {
         let within =
             |last: Timestamp| seen.duration_since(last).as_secs_f64() <= window.as_secs_f64();
-        if let Some((ns, name, last)) = self
-            .open
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key)
-            .cloned()
+        if let Some((ns, name, last)) = self.open.lock().unwrap_or_else(|e| e.into_inner()).get(key)
             && within(last)
         {
             return Some((ns, name));

@@ -5,6 +5,7 @@
 
 pub mod alerts;
 pub mod events;
+pub mod incidents;
 pub mod sink;
 pub mod storm;
 pub mod validity;

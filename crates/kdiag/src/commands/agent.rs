@@ -98,7 +98,7 @@ pub fn agent_server_state(
             }
             m.agent.original.node_abnormal_count.set(total);
         }),
-        ready: vec![("the agent's watches".into(), handle.ready.clone())],
+        ready: handle.readiness(),
         routes: server::join(
             agent::server::routes(Some(ProcessorService {
                 builtins: handle.builtins.clone(),

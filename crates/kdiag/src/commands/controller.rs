@@ -45,6 +45,7 @@ pub fn controller_config(args: &ControllerArgs) -> ControllerConfig {
     ControllerConfig {
         pod_wait: args.pod_wait,
         gc_interval: args.gc_interval,
+        no_agent_grace: Some(args.no_agent_grace).filter(|d| !d.is_zero()),
         ttl: args.abnormal_ttl,
         max_finished_per_node: args.max_finished_per_node,
         source_budgets: kdiag_controller::sources::sink::SourceBudgets {
@@ -90,7 +91,10 @@ pub fn controller_server_state(
                 m.controller.abnormals.with_label_values(&[phase]).set(n);
             }
         }),
-        ready: vec![("the controller's watches".into(), handle.ready.clone())],
+        ready: vec![(
+            "the controller's watches to sync".into(),
+            handle.ready.clone(),
+        )],
         routes: server::join(
             kdiag_agent::server::routes(None),
             kdiag_controller::server::routes(Some(client), Some(handle.alerts.clone())),

@@ -21,7 +21,7 @@ use super::CommandError;
 use crate::cli::LocalArgs;
 
 /// What an install applies, embedded so `kdiag local` works from any directory.
-const MANIFESTS: [(&str, &str); 3] = [
+const MANIFESTS: [(&str, &str); 4] = [
     (
         "config/deploy/00-namespace.yaml",
         include_str!("../../../../config/deploy/00-namespace.yaml"),
@@ -29,6 +29,11 @@ const MANIFESTS: [(&str, &str); 3] = [
     (
         "config/deploy/10-rbac.yaml",
         include_str!("../../../../config/deploy/10-rbac.yaml"),
+    ),
+    // The node policy: without it the agent denies every command and recovery (fail closed).
+    (
+        "config/deploy/20-policy.yaml",
+        include_str!("../../../../config/deploy/20-policy.yaml"),
     ),
     (
         "config/deploy/processors.yaml",
@@ -92,6 +97,8 @@ async fn serve(
         )
     })?;
     let config = ControllerConfig {
+        // This node's agent runs in this process, not as a kdiag-agent pod.
+        no_agent_grace: None,
         runner: kdiag_controller::probes::runner::RunnerConfig {
             report_url: format!("http://{gateway}:{}/probe-status", args.port),
             ..Default::default()
@@ -144,10 +151,12 @@ async fn serve(
                 }
             }
         }),
-        ready: vec![
-            ("the controller's watches".into(), c_handle.ready.clone()),
-            ("the agent's watches".into(), a_handle.ready.clone()),
-        ],
+        ready: std::iter::once((
+            "the controller's watches to sync".into(),
+            c_handle.ready.clone(),
+        ))
+        .chain(a_handle.readiness())
+        .collect(),
         routes: server::join(
             agent::server::routes(Some(ProcessorService {
                 builtins: a_handle.builtins.clone(),

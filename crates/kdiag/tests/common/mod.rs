@@ -161,6 +161,20 @@ pub fn start_background_controller(cp: &'static ControlPlane, config: Controller
         .expect("the controller became ready");
 }
 
+/// Creates Node `name` if there is none (no kubelet here: a Node object is all admission checks).
+pub async fn ensure_node(client: &Client, name: &str) {
+    let node: k8s_openapi::api::core::v1::Node =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    match Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+        .create(&PostParams::default(), &node)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("create node {name}: {e}"),
+    }
+}
+
 /// An agent for `node` running in the current test's runtime.
 pub struct TestAgent {
     pub node: String,
@@ -169,6 +183,8 @@ pub struct TestAgent {
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<()>,
     pub data_root: PathBuf,
+    /// True once the agent takes work.
+    pub ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl TestAgent {
@@ -188,6 +204,21 @@ impl TestAgent {
         policy: &str,
     ) -> Self {
         let client = service_account_client(cp, "kdiag-agent").await;
+        let agent = Self::start_as(cp, client, node, concurrency, policy).await;
+        agent.wait_ready().await;
+        agent
+    }
+
+    /// An agent using `client`, returned at once (not waiting until it takes work).
+    pub async fn start_as(
+        cp: &ControlPlane,
+        client: Client,
+        node: &str,
+        concurrency: usize,
+        policy: &str,
+    ) -> Self {
+        // An agent runs on a node; admission rejects Abnormals for nodes that do not exist.
+        ensure_node(&cp.client().await, node).await;
         let metrics = Arc::new(Metrics::new());
         let shutdown = CancellationToken::new();
         let data_root = cp.run_dir().join(format!("agent-{node}"));
@@ -214,7 +245,7 @@ impl TestAgent {
         let state = ServerState {
             metrics: metrics.clone(),
             refresh: Arc::new(|| {}),
-            ready: vec![("agent".into(), handle.ready.clone())],
+            ready: handle.readiness(),
             routes: kdiag_runtime::server::join(
                 kdiag_agent::server::routes(Some(ProcessorService {
                     builtins: handle.builtins.clone(),
@@ -233,14 +264,6 @@ impl TestAgent {
         let task = tokio::spawn(async move {
             tokio::join!(driver, serving);
         });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !handle.ready.load(std::sync::atomic::Ordering::Acquire) {
-            assert!(
-                Instant::now() < deadline,
-                "agent for {node} did not become ready"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
         Self {
             node: node.into(),
             metrics,
@@ -248,6 +271,20 @@ impl TestAgent {
             shutdown,
             task,
             data_root,
+            ready: handle.ready.clone(),
+        }
+    }
+
+    /// Waits until the agent takes work: its caches synced and its policy read.
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.ready.load(std::sync::atomic::Ordering::Acquire) {
+            assert!(
+                Instant::now() < deadline,
+                "agent for {} did not become ready",
+                self.node
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
