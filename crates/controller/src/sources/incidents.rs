@@ -73,7 +73,7 @@ impl OpenIncidents {
             },
         );
         self.inserts = self.inserts.wrapping_add(1);
-        if self.inserts % PRUNE_EVERY == 0 || self.by_key.len() > self.max {
+        if self.inserts.is_multiple_of(PRUNE_EVERY) || self.by_key.len() > self.max {
             self.prune(now);
         }
         if self.by_key.len() > self.max {

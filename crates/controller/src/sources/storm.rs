@@ -75,7 +75,7 @@ impl Buckets {
     /// refused.
     pub fn take(&mut self, now: Instant, keys: &[(String, Budget)]) -> Result<(), String> {
         self.takes = self.takes.wrapping_add(1);
-        if self.takes % PRUNE_EVERY == 0 {
+        if self.takes.is_multiple_of(PRUNE_EVERY) {
             self.prune(now);
         }
         for (key, budget) in keys {

@@ -69,6 +69,8 @@ impl Stack {
         for name in [
             "config/deploy/00-namespace.yaml",
             "config/deploy/10-rbac.yaml",
+            // The node policy: without it the agent denies every command and recovery.
+            "config/deploy/20-policy.yaml",
             "config/deploy/processors.yaml",
         ] {
             let yaml = std::fs::read_to_string(repo_root().join(name)).unwrap();
