@@ -269,7 +269,9 @@ async fn kubectl_diag_watch_follows_each_step_live_and_ends_with_the_abnormal() 
     let cp = with_controller().await;
     let (ns, _plugin) = namespace_with_plugins(cp, "watch").await;
     let node = format!("{ns}-node");
-    // No agent yet: the Abnormal is admitted and then waits, so the watch sees it happen.
+    // No agent yet: the Abnormal is admitted (its Node exists) and then waits, so the watch
+    // sees it happen.
+    common::ensure_node(&cp.client().await, &node).await;
     create_succeeding(cp, &ns, "live", &node).await;
     let mut watch = tokio::process::Command::new(KDIAG)
         .args(["diag", "watch", "live", "-n", &ns, "--timeout", "90s"])
