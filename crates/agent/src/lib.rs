@@ -237,6 +237,8 @@ pub fn start(
         });
         let policy_task = tokio::spawn(policy_driver);
         let registrations_task = tokio::spawn(registrations_driver);
+        // The Abnormal watch starts with `controller.run`, after the gate below, so its store is
+        // ready only once the registrations are cached and the policy was read.
         let readiness = {
             let (store, ready) = (store.clone(), ready.clone());
             tokio::spawn(async move {
