@@ -145,11 +145,17 @@ impl PluginClient {
                 reason: "the body is not a JSON object".into(),
             });
         }
-        check_protected_fields(&request, &returned).map_err(|field| {
-            PluginError::ChangedProtectedField {
-                url: url.clone(),
-                field,
+        check_protected_fields(&request, &returned).map_err(|e| match e {
+            kdiag_pipeline::Error::ChangedProtectedField { field } => {
+                PluginError::ChangedProtectedField {
+                    url: url.clone(),
+                    field,
+                }
             }
+            other => PluginError::InvalidJson {
+                url: url.clone(),
+                reason: other.to_string(),
+            },
         })?;
         serde_json::from_value(returned).map_err(|e| PluginError::InvalidJson {
             url: url.clone(),
