@@ -481,14 +481,21 @@ pub async fn run(
     // knowing now, not after a later `describe`.
     let deadline = tokio::time::Instant::now() + args.admission_timeout;
     loop {
-        let a = api.get(&name).await.map_err(|e| {
+        let read = api.get(&name).await.map_err(|e| {
             Request::abnormals("get", Some(namespace))
                 .named(&name)
                 .explain(e, &kube.url)
-        })?;
-        if let Some((line, code)) = admission_outcome(&a, namespace, &name) {
-            print(&line);
-            return Ok(code);
+        });
+        match read {
+            Ok(a) => {
+                if let Some((line, code)) = admission_outcome(&a, namespace, &name) {
+                    print(&line);
+                    return Ok(code);
+                }
+            }
+            // An apiserver that is briefly unreachable or overloaded is read again.
+            Err(e) if e.is_transient() && tokio::time::Instant::now() < deadline => {}
+            Err(e) => return Err(e),
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(DiagError::NoController {

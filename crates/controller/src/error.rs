@@ -79,6 +79,10 @@ pub enum Error {
     StormControl { budget: &'static str, key: String },
 
     /// The TLS check could not get the certificate an endpoint serves.
+    #[error("cannot set up TLS: {reason}")]
+    TlsSetup { reason: String },
+    #[error("no connection within {seconds}s")]
+    TlsConnectTimeout { seconds: u64 },
     #[error("cannot connect: {source}")]
     TlsConnect {
         #[source]
@@ -86,11 +90,15 @@ pub enum Error {
     },
     #[error("not a server name: {reason}")]
     TlsServerName { reason: String },
+    #[error("no TLS handshake within {seconds}s")]
+    TlsHandshakeTimeout { seconds: u64 },
     #[error("TLS handshake failed: {source}")]
     TlsHandshake {
         #[source]
         source: std::io::Error,
     },
+    #[error("no certificate served")]
+    TlsNoCertificate,
 }
 
 impl Error {
@@ -108,7 +116,10 @@ impl Error {
         match self {
             Error::Kube { source, .. } => kube_category(source),
             Error::ReportContended { .. } | Error::WritebackContended { .. } => Category::Transient,
-            Error::TlsConnect { .. } | Error::TlsHandshake { .. } => Category::Transient,
+            Error::TlsConnect { .. }
+            | Error::TlsConnectTimeout { .. }
+            | Error::TlsHandshake { .. }
+            | Error::TlsHandshakeTimeout { .. } => Category::Transient,
             Error::ReportNotJson { .. }
             | Error::ReportWithoutProbe
             | Error::ReportWithoutCheckers
@@ -121,7 +132,9 @@ impl Error {
             | Error::AlertWithoutName { .. }
             | Error::AlertTime { .. }
             | Error::StormControl { .. }
-            | Error::TlsServerName { .. } => Category::Permanent,
+            | Error::TlsSetup { .. }
+            | Error::TlsServerName { .. }
+            | Error::TlsNoCertificate => Category::Permanent,
         }
     }
 
@@ -147,9 +160,13 @@ impl Error {
             | Error::AlertWithoutName { .. }
             | Error::AlertTime { .. } => "invalid_alerts",
             Error::StormControl { .. } => "storm_control",
-            Error::TlsConnect { .. } | Error::TlsServerName { .. } | Error::TlsHandshake { .. } => {
-                "tls_check"
-            }
+            Error::TlsSetup { .. }
+            | Error::TlsConnectTimeout { .. }
+            | Error::TlsConnect { .. }
+            | Error::TlsServerName { .. }
+            | Error::TlsHandshakeTimeout { .. }
+            | Error::TlsHandshake { .. }
+            | Error::TlsNoCertificate => "tls_check",
         }
     }
 }

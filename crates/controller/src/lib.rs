@@ -130,8 +130,12 @@ pub fn start(
         metrics.clone(),
         shutdown.clone(),
     );
-    let probe_runner =
-        crate::probes::runner::start(client.clone(), config.runner.clone(), shutdown.clone());
+    let probe_runner = crate::probes::runner::start(
+        client.clone(),
+        config.runner.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    );
     let sink = Arc::new(crate::sources::sink::Sink::new(
         client.clone(),
         metrics.clone(),

@@ -219,7 +219,8 @@ async fn a_plugin_behind_a_service_with_no_ready_endpoint_yet_is_waited_for_with
     let cp = with_controller().await;
     let ns = cp.create_namespace("not-ready-yet").await;
     let client = cp.client().await;
-    let plugin = TestPlugin::start().await;
+    let ip = host_ipv4();
+    let plugin = TestPlugin::start_on(ip).await;
     // A Service whose Endpoints list no ready address yet: its pod is starting. A transient
     // state, so the step retries resolving it instead of failing at once.
     let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), &ns);
@@ -284,7 +285,7 @@ async fn a_plugin_behind_a_service_with_no_ready_endpoint_yet_is_waited_for_with
             &Default::default(),
             &serde_json::from_value(json!({"metadata": {"name": "echo",
                 "resourceVersion": endpoints.get("echo").await.unwrap().resource_version()},
-                "subsets": [{"addresses": [{"ip": "127.0.0.1"}],
+                "subsets": [{"addresses": [{"ip": ip.to_string()}],
                              "ports": [{"name": "http", "port": plugin.port}]}]}))
             .unwrap(),
         )
