@@ -26,7 +26,17 @@ use crate::plugin::PluginError;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {
     pub kind: &'static str,
-    pub name: NamespacedName,
+    /// namespace/name.
+    pub name: String,
+}
+
+impl Registration {
+    pub fn new(kind: &'static str, name: &NamespacedName) -> Self {
+        Self {
+            kind,
+            name: name.to_string(),
+        }
+    }
 }
 
 impl fmt::Display for Registration {
@@ -331,10 +341,7 @@ mod tests {
     }
 
     fn reg() -> Registration {
-        Registration {
-            kind: "Diagnoser",
-            name: NamespacedName::new("team", "plugin"),
-        }
+        Registration::new("Diagnoser", &NamespacedName::new("team", "plugin"))
     }
 
     #[test]

@@ -181,10 +181,7 @@ impl Executor {
         )
         .await
         .map_err(|_| Error::ResolveTimeout {
-            registration: Registration {
-                kind: kind_of(stage),
-                name: registration.clone(),
-            },
+            registration: Registration::new(kind_of(stage), registration),
             timeout: left,
         })??;
         match target {

@@ -36,10 +36,7 @@ pub async fn resolve(
     stage: Stage,
     spec: &ProcessorEndpoint,
 ) -> Result<Target, Error> {
-    let reg = Registration {
-        kind: kind_of(stage),
-        name: registration.clone(),
-    };
+    let reg = Registration::new(kind_of(stage), registration);
     let timeout = Duration::from_secs(
         spec.timeout_seconds
             .unwrap_or(DEFAULT_TIMEOUT_SECONDS)

@@ -253,6 +253,9 @@ pub fn start(
 /// Subscribers of the shared Abnormal watch: admission's and the write-back's.
 const ABNORMAL_SUBSCRIBERS: usize = 2;
 
+/// What a subscriber of the shared Abnormal watch receives.
+type Subscriber = ReflectHandle<DeserializeGuard<Abnormal>>;
+
 /// Watches every Abnormal into one store of slimmed copies (kdiag_runtime::cache: what
 /// admission, routing, GC and the write-back read) and hands each change to every subscriber.
 /// The future drives the watch; it must be spawned.
@@ -260,7 +263,7 @@ fn watch_abnormals(
     client: Client,
 ) -> (
     Store<DeserializeGuard<Abnormal>>,
-    [ReflectHandle<DeserializeGuard<Abnormal>>; ABNORMAL_SUBSCRIBERS],
+    [Subscriber; ABNORMAL_SUBSCRIBERS],
     impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     // Room for a burst of changes before the watch waits for the slower subscriber.
