@@ -1,7 +1,7 @@
 //! Running one step: a command executor, a profiler, or a processor (in-process or over HTTP).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use kdiag_api::plugin::{ProcessorContext, ProcessorError};
 use kdiag_api::{Abnormal, ProcessorResult, Stage};
@@ -10,14 +10,21 @@ use kdiag_pipeline::protocol;
 use kdiag_pipeline::{Step, StepKind, StepOutput, StepResult};
 use kdiag_recoverers::command;
 use kdiag_runtime::builtin::Builtins;
+use kdiag_runtime::metrics::Metrics;
 use kdiag_runtime::registrations::Registrations;
 use kdiag_runtime::time::now;
 use kube::Client;
 
+use crate::error::{Error, Registration};
 use crate::plugin::PluginClient;
 use crate::policy::PolicyHandle;
 use crate::profiler::Profilers;
-use crate::registrations::{Target, resolve};
+use crate::registrations::{DEFAULT_TIMEOUT_SECONDS, Target, resolve};
+
+/// The first wait before a transient failure of a step is retried; it doubles up to
+/// [`MAX_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_millis(250);
+const MAX_RETRY: Duration = Duration::from_secs(4);
 
 /// Everything a step may need.
 pub struct Executor {
@@ -33,6 +40,7 @@ pub struct Executor {
     pub command_output_cap: usize,
     /// Recoveries run on this node in the last hour.
     pub recovery_budget: kdiag_recoverers::budget::RecoveryBudget,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Executor {
@@ -116,9 +124,68 @@ impl Executor {
         {
             return (ProcessorResult::Skipped, denied, StepOutput::None);
         }
-        match resolve(&self.client, &self.builtins, &registration, stage, &spec).await {
-            Err(message) => failed(message),
-            Ok(Target::Builtin(processor, timeout)) => {
+        // Transient failures (the apiserver failing to answer while the registration's Service,
+        // Endpoints or Secret are read; a plugin not accepting connections yet) are retried with
+        // backoff for as long as the registration's timeout, then recorded like any other.
+        let budget = Duration::from_secs(
+            spec.timeout_seconds
+                .unwrap_or(DEFAULT_TIMEOUT_SECONDS)
+                .max(1) as u64,
+        );
+        let started = Instant::now();
+        let mut delay = FIRST_RETRY;
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let left = budget.saturating_sub(started.elapsed());
+            let error = match self
+                .attempt(abnormal, stage, &registration, &spec, left)
+                .await
+            {
+                Ok(outcome) => return outcome,
+                Err(e) => e,
+            };
+            self.metrics
+                .agent
+                .error(error.metric_label(), error.category());
+            if error.is_transient() && started.elapsed() + delay < budget {
+                tracing::info!(abnormal = %key(abnormal), processor = %registration, error = %error, retry_in = ?delay, "transient failure; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_RETRY);
+                continue;
+            }
+            let mut message = error.to_string();
+            if attempts > 1 {
+                message.push_str(&format!(
+                    "; still failing after {attempts} tries in {:.1}s",
+                    started.elapsed().as_secs_f64()
+                ));
+            }
+            return failed(message);
+        }
+    }
+
+    /// Resolves the registration (within `left`) and runs the processor once. Errors are the
+    /// agent's own (resolving, calling a plugin); a built-in's failure is its step's result.
+    async fn attempt(
+        &self,
+        abnormal: &Abnormal,
+        stage: Stage,
+        registration: &kdiag_api::NamespacedName,
+        spec: &kdiag_api::ProcessorEndpoint,
+        left: Duration,
+    ) -> Result<(ProcessorResult, String, StepOutput), Error> {
+        let target = tokio::time::timeout(
+            left,
+            resolve(&self.client, &self.builtins, registration, stage, spec),
+        )
+        .await
+        .map_err(|_| Error::ResolveTimeout {
+            registration: Registration::new(kind_of(stage), registration),
+            timeout: left,
+        })??;
+        match target {
+            Target::Builtin(processor, timeout) => {
                 let ctx = ProcessorContext {
                     node_name: self.node_name.clone(),
                     client: self.client.clone(),
@@ -131,7 +198,7 @@ impl Executor {
                         Ok(r) => r,
                         Err(_) => Err(ProcessorError::Timeout(timeout)),
                     };
-                match outcome {
+                Ok(match outcome {
                     Ok(out) => (
                         ProcessorResult::Succeeded,
                         out.message,
@@ -148,20 +215,17 @@ impl Executor {
                         StepOutput::None,
                     ),
                     Err(e) => failed(e.to_string()),
-                }
+                })
             }
-            Ok(Target::Http(endpoint)) => match self.plugins.call(&endpoint, abnormal).await {
-                Ok(returned) => {
-                    let output =
-                        protocol::step_output(abnormal, returned.status.unwrap_or_default());
-                    (
-                        ProcessorResult::Succeeded,
-                        format!("{} answered 200", endpoint.url),
-                        output,
-                    )
-                }
-                Err(e) => failed(e.to_string()),
-            },
+            Target::Http(endpoint) => {
+                let returned = self.plugins.call(&endpoint, abnormal).await?;
+                let output = protocol::step_output(abnormal, returned.status.unwrap_or_default());
+                Ok((
+                    ProcessorResult::Succeeded,
+                    format!("{} answered 200", endpoint.url),
+                    output,
+                ))
+            }
         }
     }
 }
@@ -194,4 +258,12 @@ impl Executor {
 
 fn failed(message: String) -> (ProcessorResult, String, StepOutput) {
     (ProcessorResult::Failed, message, StepOutput::None)
+}
+
+fn key(a: &Abnormal) -> String {
+    format!(
+        "{}/{}",
+        a.metadata.namespace.as_deref().unwrap_or_default(),
+        a.metadata.name.as_deref().unwrap_or_default()
+    )
 }

@@ -19,6 +19,7 @@
 //!   ([`policy`]).
 
 mod backoff;
+mod error;
 mod executor;
 pub mod plugin;
 pub mod policy;
@@ -50,6 +51,7 @@ use kube::{Client, ResourceExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+pub use error::{Error, Registration};
 pub use executor::Executor;
 
 use crate::plugin::PluginClient;
@@ -73,19 +75,6 @@ pub struct AgentConfig {
     pub public_url: String,
     /// Where the node's facts are.
     pub node: kdiag_api::plugin::NodeEnvironment,
-}
-
-/// Why handling one Abnormal stopped early; it is retried with backoff.
-#[derive(Debug, thiserror::Error)]
-pub enum AgentError {
-    #[error("{operation} of Abnormal {abnormal} failed: {source}")]
-    Api {
-        abnormal: String,
-        operation: &'static str,
-        source: Box<kube::Error>,
-    },
-    #[error("Abnormal {0} kept changing under the agent's writes; retrying later")]
-    Conflict(String),
 }
 
 /// What every worker shares.
@@ -198,6 +187,7 @@ pub fn start(
             max_step_output_bytes: config.limits.max_step_output_bytes,
             node: Arc::new(config.node.clone()),
             command_output_cap: config.command_output_cap,
+            metrics: metrics.clone(),
         },
         recorder,
         metrics,
@@ -286,7 +276,7 @@ pub fn start(
 async fn reconcile(
     obj: Arc<DeserializeGuard<Abnormal>>,
     agent: Arc<Agent>,
-) -> Result<Action, AgentError> {
+) -> Result<Action, Error> {
     let abnormal = match &obj.0 {
         Ok(a) => a,
         Err(invalid) => {
@@ -318,7 +308,7 @@ async fn reconcile(
         Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Action::await_change()),
         Err(e) => {
             m.api_errors.with_label_values(&["get"]).inc();
-            return Err(AgentError::Api {
+            return Err(Error::Api {
                 abnormal: key(abnormal),
                 operation: "get",
                 source: Box::new(e),
@@ -330,11 +320,7 @@ async fn reconcile(
     Ok(Action::await_change())
 }
 
-fn error_policy(
-    obj: Arc<DeserializeGuard<Abnormal>>,
-    error: &AgentError,
-    agent: Arc<Agent>,
-) -> Action {
+fn error_policy(obj: Arc<DeserializeGuard<Abnormal>>, error: &Error, agent: Arc<Agent>) -> Action {
     let k = match &obj.0 {
         Ok(a) => key(a),
         Err(i) => format!(
@@ -347,7 +333,11 @@ fn error_policy(
         let (ns, name) = key.split_once('/').unwrap_or(("", key));
         agent.store.get(&ObjectRef::new(name).within(ns)).is_some()
     });
-    tracing::warn!(abnormal = %k, error = %error, retry_in = ?delay, "will retry");
+    agent
+        .metrics
+        .agent
+        .error(error.metric_label(), error.category());
+    tracing::warn!(abnormal = %k, error = %error, category = error.category().as_str(), retry_in = ?delay, "will retry");
     Action::requeue(delay)
 }
 
@@ -359,7 +349,7 @@ impl Agent {
 
 /// An Abnormal the agent cannot read (an embedded Event or PodSpec of the wrong shape) ends
 /// Failed with the parse error instead of being retried forever.
-async fn reject_malformed(agent: &Agent, invalid: &InvalidObject) -> Result<(), AgentError> {
+async fn reject_malformed(agent: &Agent, invalid: &InvalidObject) -> Result<(), Error> {
     let ns = invalid.metadata.namespace.clone().unwrap_or_default();
     let name = invalid.metadata.name.clone().unwrap_or_default();
     let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
@@ -367,7 +357,7 @@ async fn reject_malformed(agent: &Agent, invalid: &InvalidObject) -> Result<(), 
         &ns,
         &kube::api::ApiResource::erase::<Abnormal>(&()),
     );
-    let raw = api.get(&name).await.map_err(|e| AgentError::Api {
+    let raw = api.get(&name).await.map_err(|e| Error::Api {
         abnormal: format!("{ns}/{name}"),
         operation: "get",
         source: Box::new(e),
@@ -383,7 +373,7 @@ async fn reject_malformed(agent: &Agent, invalid: &InvalidObject) -> Result<(), 
     }});
     api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
-        .map_err(|e| AgentError::Api {
+        .map_err(|e| Error::Api {
             abnormal: format!("{ns}/{name}"),
             operation: "patch_status",
             source: Box::new(e),

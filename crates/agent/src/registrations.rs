@@ -14,6 +14,7 @@ use kdiag_runtime::builtin::Builtins;
 use kube::Client;
 use kube::api::Api;
 
+use crate::error::{Error, Registration};
 use crate::plugin::Endpoint;
 
 /// Default seconds one processor call may take, as in Kube Diagnoser.
@@ -26,28 +27,30 @@ pub enum Target {
 }
 
 /// Resolves a registration into a built-in or an HTTP endpoint. Errors say what is wrong with the
-/// registration and how to fix it.
+/// registration and how to fix it; [`Error::is_transient`] tells those worth retrying (the
+/// apiserver failed to answer, no pod behind the Service is ready yet) from the others.
 pub async fn resolve(
     client: &Client,
     builtins: &Builtins,
     registration: &NamespacedName,
     stage: Stage,
     spec: &ProcessorEndpoint,
-) -> Result<Target, String> {
-    let kind = kind_of(stage);
+) -> Result<Target, Error> {
+    let reg = Registration::new(kind_of(stage), registration);
     let timeout = Duration::from_secs(
         spec.timeout_seconds
             .unwrap_or(DEFAULT_TIMEOUT_SECONDS)
             .max(1) as u64,
     );
     if spec.is_builtin() {
-        return builtins.get(&registration.name).map(|p| Target::Builtin(p, timeout)).ok_or_else(|| {
-            format!(
-                "{kind} {registration} has no externalIP, externalPort or service, so it names a built-in processor, but kdiag has no built-in called {:?}; built-ins are: {}",
-                registration.name,
-                builtins.names().join(", ")
-            )
-        });
+        return builtins
+            .get(&registration.name)
+            .map(|p| Target::Builtin(p, timeout))
+            .ok_or_else(|| Error::UnknownBuiltin {
+                registration: reg.clone(),
+                name: registration.name.clone(),
+                builtins: builtins.names().join(", "),
+            });
     }
     let scheme = spec
         .scheme
@@ -55,9 +58,10 @@ pub async fn resolve(
         .unwrap_or("http")
         .to_ascii_lowercase();
     if scheme != "http" && scheme != "https" {
-        return Err(format!(
-            "{kind} {registration} has scheme {scheme:?}; use http or https"
-        ));
+        return Err(Error::UnsupportedScheme {
+            registration: reg,
+            scheme,
+        });
     }
     let path = spec.path.clone().unwrap_or_default();
     let path = if path.starts_with('/') {
@@ -69,10 +73,9 @@ pub async fn resolve(
 
     let (host, connect_to) = match (&spec.external_ip, &spec.external_port, &spec.service) {
         (Some(ip), Some(port), None) => {
-            let port = port_number(port).ok_or_else(|| {
-                format!(
-                    "{kind} {registration} has externalPort {port:?}, which is not a port number"
-                )
+            let port = port_number(port).ok_or_else(|| Error::InvalidPort {
+                registration: reg.clone(),
+                port: format!("{port:?}"),
             })?;
             let host = if ip.contains(':') && !ip.starts_with('[') {
                 format!("[{ip}]")
@@ -87,23 +90,17 @@ pub async fn resolve(
             } else {
                 svc.namespace.clone()
             };
-            let addr = service_address(client, &svc_ns, &svc.name, svc.port)
-                .await
-                .map_err(|e| format!("{kind} {registration}: {e}"))?;
+            let addr = service_address(client, &reg, &svc_ns, &svc.name, svc.port).await?;
             (
                 format!("{}.{svc_ns}.svc:{}", svc.name, svc.port),
                 Some(addr),
             )
         }
         (_, _, Some(_)) => {
-            return Err(format!(
-                "{kind} {registration} sets both service and externalIP/externalPort; set one of them"
-            ));
+            return Err(Error::ServiceAndAddress { registration: reg });
         }
         _ => {
-            return Err(format!(
-                "{kind} {registration} sets only one of externalIP and externalPort; set both, or neither for a built-in"
-            ));
+            return Err(Error::HalfAddress { registration: reg });
         }
     };
     let mut ca_pem = spec
@@ -112,11 +109,7 @@ pub async fn resolve(
         .filter(|t| !t.ca_bundle.is_empty())
         .map(|t| t.ca_bundle.clone());
     if let Some(r) = spec.tls.as_ref().and_then(|t| t.ca_secret_ref.as_ref()) {
-        ca_pem = Some(
-            secret_value(client, ns, r)
-                .await
-                .map_err(|e| format!("{kind} {registration}: tls.caSecretRef: {e}"))?,
-        );
+        ca_pem = Some(secret_value(client, &reg, "tls.caSecretRef", ns, r).await?);
     }
     // A serverName override becomes the URL's host; the connection still goes to the address.
     let (host, connect_to) = match spec
@@ -132,7 +125,10 @@ pub async fn resolve(
                     .await
                     .ok()
                     .and_then(|mut a| a.next())
-                    .ok_or_else(|| format!("{kind} {registration}: cannot resolve {host}"))?,
+                    .ok_or_else(|| Error::Unresolvable {
+                        registration: reg.clone(),
+                        host: host.clone(),
+                    })?,
             };
             (format!("{name}:{}", addr.port()), Some(addr))
         }
@@ -140,9 +136,8 @@ pub async fn resolve(
     };
     let bearer_token = match &spec.bearer_token_secret_ref {
         Some(r) => Some(
-            secret_value(client, ns, r)
-                .await
-                .map_err(|e| format!("{kind} {registration}: bearerTokenSecretRef: {e}"))?
+            secret_value(client, &reg, "bearerTokenSecretRef", ns, r)
+                .await?
                 .trim()
                 .to_owned(),
         ),
@@ -168,24 +163,38 @@ fn port_number(p: &IntOrString) -> Option<u16> {
 /// Service is reachable from a hostNetwork agent without cluster DNS or kube-proxy.
 async fn service_address(
     client: &Client,
+    reg: &Registration,
     ns: &str,
     name: &str,
     port: i32,
-) -> Result<SocketAddr, String> {
+) -> Result<SocketAddr, Error> {
+    let service = format!("{ns}/{name}");
     let svc = Api::<Service>::namespaced(client.clone(), ns)
         .get(name)
         .await
-        .map_err(|e| format!("Service {ns}/{name}: {e}"))?;
+        .map_err(|e| Error::ReadService {
+            registration: reg.clone(),
+            service: service.clone(),
+            source: Box::new(e),
+        })?;
     let svc_port = svc
         .spec
         .as_ref()
         .and_then(|s| s.ports.as_ref())
         .and_then(|ports| ports.iter().find(|p| p.port == port).cloned())
-        .ok_or_else(|| format!("Service {ns}/{name} has no port {port}"))?;
+        .ok_or_else(|| Error::NoServicePort {
+            registration: reg.clone(),
+            service: service.clone(),
+            port,
+        })?;
     let eps = Api::<Endpoints>::namespaced(client.clone(), ns)
         .get(name)
         .await
-        .map_err(|e| format!("Endpoints of Service {ns}/{name}: {e}"))?;
+        .map_err(|e| Error::ReadEndpoints {
+            registration: reg.clone(),
+            service: service.clone(),
+            source: Box::new(e),
+        })?;
     for subset in eps.subsets.unwrap_or_default() {
         let Some(ep_port) = subset.ports.as_ref().and_then(|ports| {
             ports
@@ -201,20 +210,41 @@ async fn service_address(
             return Ok(SocketAddr::new(ip, ep_port as u16));
         }
     }
-    Err(format!(
-        "Service {ns}/{name} has no ready endpoint for port {port}"
-    ))
+    Err(Error::NoReadyEndpoint {
+        registration: reg.clone(),
+        service,
+        port,
+    })
 }
 
-async fn secret_value(client: &Client, ns: &str, r: &SecretKeyRef) -> Result<String, String> {
+async fn secret_value(
+    client: &Client,
+    reg: &Registration,
+    field: &'static str,
+    ns: &str,
+    r: &SecretKeyRef,
+) -> Result<String, Error> {
+    let secret_name = format!("{ns}/{}", r.name);
     let secret = Api::<Secret>::namespaced(client.clone(), ns)
         .get(&r.name)
         .await
-        .map_err(|e| format!("reading Secret {ns}/{}: {e} (the agent may read Secrets only in namespaces its Role allows; see docs/security.md)", r.name))?;
+        .map_err(|e| Error::ReadSecret {
+            registration: reg.clone(),
+            field,
+            secret: secret_name.clone(),
+            source: Box::new(e),
+        })?;
     let data = secret.data.unwrap_or_default();
-    let value = data
-        .get(&r.key)
-        .ok_or_else(|| format!("Secret {ns}/{} has no key {:?}", r.name, r.key))?;
-    String::from_utf8(value.0.clone())
-        .map_err(|_| format!("Secret {ns}/{} key {:?} is not UTF-8 text", r.name, r.key))
+    let value = data.get(&r.key).ok_or_else(|| Error::SecretKeyMissing {
+        registration: reg.clone(),
+        field,
+        secret: secret_name.clone(),
+        key: r.key.clone(),
+    })?;
+    String::from_utf8(value.0.clone()).map_err(|_| Error::SecretNotText {
+        registration: reg.clone(),
+        field,
+        secret: secret_name,
+        key: r.key.clone(),
+    })
 }

@@ -14,7 +14,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 
-use crate::{Agent, AgentError};
+use crate::{Agent, Error};
 
 /// How often a write that lost a race is retried on a fresh copy.
 const CONFLICT_RETRIES: usize = 5;
@@ -44,7 +44,7 @@ impl<'a> Worker<'a> {
     }
 
     /// Runs until the Abnormal needs nothing more, or shutdown stops work between steps.
-    pub async fn run(mut self) -> Result<(), AgentError> {
+    pub async fn run(mut self) -> Result<(), Error> {
         let was_final = self.abnormal.phase().is_some_and(AbnormalPhase::is_final);
         loop {
             match pipeline::next(&self.abnormal) {
@@ -104,7 +104,7 @@ impl<'a> Worker<'a> {
         Ok(())
     }
 
-    async fn run_step(&mut self, step: Step) -> Result<(), AgentError> {
+    async fn run_step(&mut self, step: Step) -> Result<(), Error> {
         let intent = needs_intent(&step);
         if intent {
             // Recorded before acting: if the agent dies mid-step, the next one sees Running and
@@ -141,7 +141,7 @@ impl<'a> Worker<'a> {
     /// fail instead of being overwritten. Returns false when it lost such a race: the stored copy
     /// is then loaded and work goes on from it (steps since the last write are redone; they are
     /// side-effect free or were recorded before acting).
-    async fn persist(&mut self) -> Result<bool, AgentError> {
+    async fn persist(&mut self) -> Result<bool, Error> {
         match self.write().await {
             Ok(()) => Ok(true),
             Err(kube::Error::Api(s)) if s.code == 409 => {
@@ -162,11 +162,7 @@ impl<'a> Worker<'a> {
 
     /// Writes a side-effecting step's result. Unlike [`persist`], a conflict must not lose it: the
     /// result is re-applied on the stored copy and written again.
-    async fn persist_step_result(
-        &mut self,
-        step: &Step,
-        result: StepResult,
-    ) -> Result<(), AgentError> {
+    async fn persist_step_result(&mut self, step: &Step, result: StepResult) -> Result<(), Error> {
         for _ in 0..CONFLICT_RETRIES {
             match self.write().await {
                 Ok(()) => return Ok(()),
@@ -182,7 +178,7 @@ impl<'a> Worker<'a> {
                 Err(e) => return Err(self.api_error("replace_status", e)),
             }
         }
-        Err(AgentError::Conflict(self.key()))
+        Err(Error::Conflict(self.key()))
     }
 
     /// Writes the status. An intent record is written with the resourceVersion read, so it lands
@@ -282,7 +278,7 @@ impl<'a> Worker<'a> {
         );
     }
 
-    fn api_error(&self, operation: &'static str, e: kube::Error) -> AgentError {
+    fn api_error(&self, operation: &'static str, e: kube::Error) -> Error {
         self.agent
             .metrics
             .agent
@@ -292,7 +288,7 @@ impl<'a> Worker<'a> {
         if let Some(stage) = self.abnormal.phase().and_then(stage_of) {
             self.agent.metrics.agent.sync_error(stage);
         }
-        AgentError::Api {
+        Error::Api {
             abnormal: self.key(),
             operation,
             source: Box::new(e),

@@ -5,6 +5,12 @@
 /// every Kubernetes version; field selectors on them do not).
 pub const NODE_LABEL: &str = "kdiag.io/node";
 
+/// Annotation the controller sets on an Abnormal it routes to another node's agent because its
+/// pod is on no node: a JSON object `{"pod", "why", "leftOut"}` (kdiag_pipeline's `StandIn`).
+/// With the node label and `spec.nodeName` it records the routing, so that a controller reads
+/// it back after a restart instead of parsing a condition's message.
+pub const STAND_IN_ANNOTATION: &str = "kdiag.io/stand-in";
+
 /// Field manager for every write kdiag makes.
 pub const FIELD_MANAGER: &str = "kdiag";
 

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use kdiag_pipeline::{Category, http_status_category};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
@@ -108,6 +109,9 @@ pub enum DiagError {
 
     #[error("cannot write the output: {0}")]
     Output(String),
+
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[from] std::io::Error),
 }
 
 fn scope(namespace: &Option<String>) -> String {
@@ -131,6 +135,48 @@ impl DiagError {
         match self {
             Self::Usage(_) => 2,
             _ => 3,
+        }
+    }
+
+    /// Whether the same request may well succeed shortly: the apiserver could not be reached,
+    /// or answered that it is overloaded, unavailable or slow (the rule of
+    /// [`kdiag_pipeline::http_status_category`]). A command that polls keeps polling through
+    /// those until its own deadline; everything else is reported at once.
+    pub fn category(&self) -> Category {
+        match self {
+            Self::Unreachable { .. } => Category::Transient,
+            Self::Api { source, .. } => match source {
+                kube::Error::Api(status) => http_status_category(status.code),
+                kube::Error::HyperError(_)
+                | kube::Error::Service(_)
+                | kube::Error::ReadEvents(_) => Category::Transient,
+                _ => Category::Permanent,
+            },
+            _ => Category::Permanent,
+        }
+    }
+
+    pub fn is_transient(&self) -> bool {
+        self.category() == Category::Transient
+    }
+
+    /// A bounded name for what went wrong (kubectl diag exports no metrics; logs and tests use it).
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::NoKubeconfig(_) | Self::Kubeconfig { .. } => "kubeconfig",
+            Self::Unreachable { .. } => "unreachable",
+            Self::Unauthorized { .. } => "unauthorized",
+            Self::CrdsMissing { .. } => "crds_missing",
+            Self::NotFound { .. } => "not_found",
+            Self::Forbidden { .. } => "forbidden",
+            Self::NoController { .. } => "no_controller",
+            Self::UnknownProcessor { .. } => "unknown_processor",
+            Self::Usage(_) => "usage",
+            Self::Deleted { .. } => "deleted",
+            Self::Timeout { .. } => "timeout",
+            Self::Api { .. } => "api",
+            Self::Output(_) => "output",
+            Self::Runtime(_) => "runtime",
         }
     }
 }
@@ -390,6 +436,28 @@ mod tests {
             });
         }
         kube::Error::Api(s.boxed())
+    }
+
+    #[test]
+    fn an_unreachable_or_overloaded_apiserver_is_worth_polling_through() {
+        let r = Request::abnormals("get", Some("ns")).named("a");
+        let unreachable = r.explain(kube::Error::Service("connection refused".into()), "u");
+        assert!(unreachable.is_transient(), "{unreachable}");
+        for code in [429, 500, 503, 504] {
+            let e = r.explain(status(code, ""), "u");
+            assert!(e.is_transient(), "{code}: {e}");
+        }
+    }
+
+    #[test]
+    fn refusals_missing_objects_and_usage_errors_end_the_command_at_once() {
+        let r = Request::abnormals("get", Some("ns")).named("a");
+        for code in [401, 403, 404, 422] {
+            let e = r.explain(status(code, "a"), "u");
+            assert!(!e.is_transient(), "{code}: {e}");
+        }
+        assert!(!DiagError::Usage("x".into()).is_transient());
+        assert_eq!(DiagError::Usage("x".into()).metric_label(), "usage");
     }
 
     #[test]

@@ -30,9 +30,6 @@ pub use client::DiagError;
 use client::{ConnectOptions, Kube};
 use render::{ColorChoice, Style};
 
-/// Any error a command ends with; each message says what to do.
-pub type CommandError = Box<dyn std::error::Error + Send + Sync>;
-
 /// `kubectl diag …`: the same commands when the binary is called as `kubectl-diag`.
 #[derive(clap::Parser, Debug)]
 #[command(
@@ -147,7 +144,7 @@ impl Scope {
     }
 }
 
-pub fn run(args: DiagArgs) -> Result<ExitCode, CommandError> {
+pub fn run(args: DiagArgs) -> Result<ExitCode, DiagError> {
     let Some(command) = args.command else {
         // `kubectl diag` alone: the help, as kubectl does for a bare group command.
         let _ = crate::KubectlDiag::command().print_help();

@@ -8,6 +8,7 @@ use kdiag_api::{
     Abnormal, AbnormalSpec, Diagnoser, InformationCollector, NamespacedName, PodReference,
     Recoverer, Stage,
 };
+use kdiag_pipeline::admission::Triage;
 use kube::api::{Api, ObjectMeta, PostParams};
 
 use super::client::{Kube, Request};
@@ -108,10 +109,10 @@ pub const NODE_COLLECTORS: &[&str] = &[
 /// The processors `kubectl diag run` assigns for the kinds the command line leaves out. This is
 /// the one place the defaults live.
 ///
-/// - A pod: the pod triage, the same processors the controller assigns to a pod Abnormal that
-///   names none (`Triage::default()`, docs/triage.md), those of them registered. An install
-///   without the triage's registrations gets the older defaults: the preferred pod collectors
-///   and every Diagnoser.
+/// - A pod: the registered part of the pod triage (docs/triage.md), asked of the function
+///   admission fills a pod Abnormal that names none with (`Triage::registered` in
+///   kdiag-pipeline). An install without the triage's registrations gets the older defaults:
+///   the preferred pod collectors and every Diagnoser.
 /// - A node: the preferred node collectors registered in kube-diagnoser, and every Diagnoser
 ///   registered there, node-triage-diagnoser first and without pod-triage-diagnoser (it needs a
 ///   pod); they are tried until one identifies the cause.
@@ -137,27 +138,22 @@ pub fn default_processors(target: &Target, registered: &Registered) -> Assigned 
     every_diagnoser.sort();
     let (collectors, diagnosers) = match target {
         Target::Pod(_) => {
-            let triage = kdiag_pipeline::admission::Triage::default();
-            let collectors: Vec<NamespacedName> = triage
-                .collectors
-                .into_iter()
-                .filter(|n| collectors_there.contains(n))
-                .collect();
-            let diagnosers: Vec<NamespacedName> = triage
-                .diagnosers
-                .into_iter()
-                .filter(|n| diagnosers_there.contains(n))
-                .collect();
+            // The same function admission fills a pod Abnormal that names no processors with.
+            let triage = Triage::default().registered(&|stage, n| match stage {
+                Stage::InformationCollecting => collectors_there.contains(n),
+                Stage::Diagnosing => diagnosers_there.contains(n),
+                Stage::Recovering => false,
+            });
             (
-                if collectors.is_empty() {
+                if triage.collectors.is_empty() {
                     preferred(POD_COLLECTORS)
                 } else {
-                    collectors
+                    triage.collectors
                 },
-                if diagnosers.is_empty() {
+                if triage.diagnosers.is_empty() {
                     every_diagnoser
                 } else {
-                    diagnosers
+                    triage.diagnosers
                 },
             )
         }
@@ -485,14 +481,21 @@ pub async fn run(
     // knowing now, not after a later `describe`.
     let deadline = tokio::time::Instant::now() + args.admission_timeout;
     loop {
-        let a = api.get(&name).await.map_err(|e| {
+        let read = api.get(&name).await.map_err(|e| {
             Request::abnormals("get", Some(namespace))
                 .named(&name)
                 .explain(e, &kube.url)
-        })?;
-        if let Some((line, code)) = admission_outcome(&a, namespace, &name) {
-            print(&line);
-            return Ok(code);
+        });
+        match read {
+            Ok(a) => {
+                if let Some((line, code)) = admission_outcome(&a, namespace, &name) {
+                    print(&line);
+                    return Ok(code);
+                }
+            }
+            // An apiserver that is briefly unreachable or overloaded is read again.
+            Err(e) if e.is_transient() && tokio::time::Instant::now() < deadline => {}
+            Err(e) => return Err(e),
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(DiagError::NoController {

@@ -10,6 +10,7 @@
 //! [`start`] is its composition root; the kdiag binary runs it (`kdiag controller`).
 
 pub mod cluster;
+mod error;
 pub mod probes;
 pub mod server;
 pub mod sources;
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use kdiag_api::Abnormal;
 use kdiag_pipeline::admission;
 use kdiag_runtime::builtin::Builtins;
@@ -30,9 +31,11 @@ use kube::api::Api;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::Reporter;
-use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ReflectHandle, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use tokio_util::sync::CancellationToken;
+
+pub use crate::error::Error;
 
 use crate::cluster::{Ctx, collect_garbage, error_policy, reconcile};
 
@@ -109,16 +112,15 @@ pub fn start(
             instance: None,
         },
     );
-    let api: Api<DeserializeGuard<Abnormal>> = Api::all(client.clone());
-    // The cache keeps slimmed copies (kdiag_runtime::cache): what admission, routing and GC read.
-    let (store, abnormals) = kdiag_runtime::cache::watch(
-        api,
-        watcher::Config::default(),
-        kdiag_runtime::cache::Reader::Controller,
-    );
-    let controller = Controller::for_stream(abnormals, store)
+    // One watch of every Abnormal, shared by admission and the ProbeStatus write-back.
+    let (store, [for_admission, for_writeback], watch_abnormals) = watch_abnormals(client.clone());
+    let controller = Controller::for_shared_stream(for_admission, store.clone())
         .graceful_shutdown_on(shutdown.clone().cancelled_owned());
-    let store = controller.store();
+    let writeback = Controller::for_shared_stream(
+        for_writeback.filter(|o| std::future::ready(crate::probes::writeback::concerns(o))),
+        store.clone(),
+    )
+    .graceful_shutdown_on(shutdown.clone().cancelled_owned());
     let (sources, sources_driver) =
         crate::sources::validity::start(client.clone(), shutdown.clone());
     let probe_trigger = crate::probes::trigger::start(
@@ -128,8 +130,12 @@ pub fn start(
         metrics.clone(),
         shutdown.clone(),
     );
-    let probe_runner =
-        crate::probes::runner::start(client.clone(), config.runner.clone(), shutdown.clone());
+    let probe_runner = crate::probes::runner::start(
+        client.clone(),
+        config.runner.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    );
     let sink = Arc::new(crate::sources::sink::Sink::new(
         client.clone(),
         metrics.clone(),
@@ -148,10 +154,14 @@ pub fn start(
     });
     let flusher = sink.run_flusher(std::time::Duration::from_secs(2), shutdown.clone());
     let events_run = event_source.run(shutdown.clone());
-    let ctx = Arc::new(Ctx {
+    let writeback_ctx = Arc::new(crate::probes::writeback::Ctx {
         client: client.clone(),
         abnormals: store.clone(),
-        probe_schema: Default::default(),
+        schema: Default::default(),
+        metrics: metrics.clone(),
+    });
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
         registrations: registrations.clone(),
         builtins,
         recorder,
@@ -166,6 +176,7 @@ pub fn start(
     };
 
     let driver = async move {
+        let watch_task = tokio::spawn(watch_abnormals);
         let registrations_task = tokio::spawn(registrations_driver);
         let readiness = {
             let (store, registrations, ready) =
@@ -195,6 +206,19 @@ pub fn start(
         let runner_task = tokio::spawn(probe_runner);
         let events_task = tokio::spawn(events_run);
         let flusher_task = tokio::spawn(flusher);
+        let writeback_task = tokio::spawn(
+            writeback
+                .run(
+                    crate::probes::writeback::reconcile,
+                    crate::probes::writeback::error_policy,
+                    writeback_ctx,
+                )
+                .for_each(|r| async move {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "write-back");
+                    }
+                }),
+        );
         // Admission needs the registrations: validating against an empty cache would reject
         // every Abnormal that names a processor.
         registrations.wait_until_ready().await;
@@ -215,11 +239,54 @@ pub fn start(
             probes_task,
             runner_task,
             events_task,
-            flusher_task
+            flusher_task,
+            writeback_task
         );
         readiness.abort();
         registrations_task.abort();
+        watch_task.abort();
         tracing::info!("controller stopped");
     };
     (handle, driver)
+}
+
+/// Subscribers of the shared Abnormal watch: admission's and the write-back's.
+const ABNORMAL_SUBSCRIBERS: usize = 2;
+
+/// What a subscriber of the shared Abnormal watch receives.
+type Subscriber = ReflectHandle<DeserializeGuard<Abnormal>>;
+
+/// Watches every Abnormal into one store of slimmed copies (kdiag_runtime::cache: what
+/// admission, routing, GC and the write-back read) and hands each change to every subscriber.
+/// The future drives the watch; it must be spawned.
+fn watch_abnormals(
+    client: Client,
+) -> (
+    Store<DeserializeGuard<Abnormal>>,
+    [Subscriber; ABNORMAL_SUBSCRIBERS],
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    // Room for a burst of changes before the watch waits for the slower subscriber.
+    let (store, writer) = reflector::store_shared(1024);
+    let subscribers = std::array::from_fn(|_| {
+        writer
+            .subscribe()
+            .expect("a shared store hands out subscribers")
+    });
+    let api: Api<DeserializeGuard<Abnormal>> = Api::all(client);
+    let events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(|o| kdiag_runtime::cache::slim(kdiag_runtime::cache::Reader::Controller, o))
+        .reflect_shared(writer);
+    (store, subscribers, drive(events))
+}
+
+/// Polls a watch stream to its end, logging its errors (the watcher retries them).
+async fn drive<T, E: std::fmt::Display>(events: impl Stream<Item = Result<T, E>>) {
+    let mut events = std::pin::pin!(events);
+    while let Some(event) = events.next().await {
+        if let Err(e) = event {
+            tracing::warn!(error = %e, "watching Abnormals; retrying");
+        }
+    }
 }

@@ -109,7 +109,7 @@ async fn receive_alerts(
     };
     let alerts = match parsed {
         Ok(a) => a,
-        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let via = if endpoint == "webhook" {
         "webhook"
@@ -118,7 +118,7 @@ async fn receive_alerts(
     };
     match source.deliver(alerts, via).await {
         Ok(summary) => warp::reply::json(&summary).into_response(),
-        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
@@ -133,10 +133,10 @@ async fn probe_report(client: Option<kube::Client>, body: Bytes) -> warp::reply:
     };
     let report = match crate::probes::report::parse(&body, &kdiag_runtime::time::now()) {
         Ok(r) => r,
-        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
     };
     match crate::probes::report::apply(&client, &report).await {
         Ok(()) => warp::reply::json(&serde_json::json!({"success": true})).into_response(),
-        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

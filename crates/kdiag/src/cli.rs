@@ -136,22 +136,20 @@ pub struct ControllerArgs {
 }
 
 /// Parses a budget written BURST:PER_MINUTE, such as 10:2.
-pub fn parse_budget(s: &str) -> Result<kdiag_controller::sources::storm::Budget, String> {
-    let (burst, rate) = s
-        .split_once(':')
-        .ok_or_else(|| format!("{s:?}: write a budget as BURST:PER_MINUTE, such as 10:2"))?;
+pub fn parse_budget(s: &str) -> anyhow::Result<kdiag_controller::sources::storm::Budget> {
+    let (burst, rate) = s.split_once(':').ok_or_else(|| {
+        anyhow::anyhow!("{s:?}: write a budget as BURST:PER_MINUTE, such as 10:2")
+    })?;
     let burst: f64 = burst
         .trim()
         .parse()
-        .map_err(|_| format!("{s:?}: the burst {burst:?} is not a number"))?;
+        .map_err(|_| anyhow::anyhow!("{s:?}: the burst {burst:?} is not a number"))?;
     let per_minute: f64 = rate
         .trim()
         .parse()
-        .map_err(|_| format!("{s:?}: the rate {rate:?} is not a number"))?;
+        .map_err(|_| anyhow::anyhow!("{s:?}: the rate {rate:?} is not a number"))?;
     if burst < 1.0 || per_minute < 0.0 {
-        return Err(format!(
-            "{s:?}: the burst must be at least 1 and the rate not negative"
-        ));
+        anyhow::bail!("{s:?}: the burst must be at least 1 and the rate not negative");
     }
     Ok(kdiag_controller::sources::storm::Budget { burst, per_minute })
 }

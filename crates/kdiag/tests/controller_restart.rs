@@ -29,52 +29,47 @@ async fn start_controller(cp: &kdiag_testenv::ControlPlane) -> tokio::task::Join
 }
 
 #[tokio::test]
-async fn a_controller_restarted_after_admitting_but_before_routing_routes_without_admitting_again()
+async fn a_controller_restarted_after_routing_but_before_accepting_accepts_from_the_routed_fields()
 {
     let cp = installed().await;
     let ns = cp.create_namespace("half-admitted").await;
     let client = cp.client().await;
-    ensure_node(&client, "n1").await;
-    let created = create_abnormal(&client, &ns, "half", json!({"nodeName": "n1"})).await;
-    // The state a controller leaves when it dies between its status write and its label write.
-    let started = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-        "2026-01-01T00:00:00Z".parse().unwrap(),
-    );
-    let mut admitted = created.clone();
-    admitted.status = Some(AbnormalStatus {
-        phase: Some(AbnormalPhase::InformationCollecting),
-        start_time: Some(started.clone()),
-        conditions: vec![AbnormalCondition {
-            type_: AbnormalConditionType::Accepted,
-            status: ConditionStatus::True,
-            last_transition_time: Some(started.clone()),
-            reason: "Accepted".into(),
-            message: "routed to node n1".into(),
-        }],
-        ..Default::default()
-    });
+    // The state a controller leaves when it dies between its routing patch and its status
+    // write: routed to a node standing in for a pod on no node, no phase. The pod does not
+    // exist, so deciding again could not route it: only the routed fields can.
+    let stand_in = json!({"pod": format!("{ns}/web"), "why": "the scheduler found no node that fits it",
+        "leftOut": ["container-collector"]});
+    let routed: Abnormal = serde_json::from_value(json!({
+        "apiVersion": "diagnosis.netease.com/v1", "kind": "Abnormal",
+        "metadata": {"name": "half", "namespace": ns,
+            "labels": {labels::NODE_LABEL: "n2"},
+            "annotations": {labels::STAND_IN_ANNOTATION: stand_in.to_string()}},
+        "spec": {"podReference": {"name": "web"}, "nodeName": "n2",
+            "assignedInformationCollectors": [{"namespace": "kube-diagnoser", "name": "pod-detail-collector"}]},
+    }))
+    .unwrap();
     let api: Api<Abnormal> = Api::namespaced(client.clone(), &ns);
-    api.replace_status("half", &PostParams::default(), &admitted)
-        .await
-        .unwrap();
+    let created = api.create(&PostParams::default(), &routed).await.unwrap();
 
     let controller = start_controller(cp).await;
-    let routed = wait_for(&client, &ns, "half", Duration::from_secs(30), |a| {
-        a.labels().contains_key(labels::NODE_LABEL)
+    let accepted = wait_for(&client, &ns, "half", Duration::from_secs(30), |a| {
+        a.phase().is_some()
     })
     .await;
+    let reasons = event_reasons_at_least(&client, &ns, "half", 1).await;
     controller.abort();
-    let st = routed.status.unwrap();
-    assert_eq!(
-        st.start_time,
-        Some(started),
-        "startTime is the first admission's"
-    );
+    assert_eq!(accepted.phase(), Some(AbnormalPhase::InformationCollecting));
+    let st = accepted.status.clone().unwrap();
     assert_eq!(st.conditions.len(), 1);
-    assert!(
-        event_reasons(&client, &ns, "half").await.is_empty(),
-        "no second Accepted event"
+    assert_eq!(
+        st.conditions[0].message,
+        format!(
+            "routed to node n2 to stand in for unscheduled pod {ns}/web: it is on no node (the scheduler found no node that fits it); only collectors that read the apiserver run (left out: container-collector)"
+        )
     );
+    assert_eq!(reasons, ["Accepted"]);
+    assert_eq!(accepted.spec, created.spec, "not routed again");
+    assert_eq!(accepted.labels(), created.labels());
 }
 
 #[tokio::test]
@@ -102,7 +97,7 @@ async fn controllers_killed_and_restarted_during_admission_admit_each_abnormal_o
     for i in 0..40 {
         let name = format!("a-{i:02}");
         let a = wait_for(&client, &ns, &name, Duration::from_secs(60), |a| {
-            a.labels().contains_key(labels::NODE_LABEL)
+            a.labels().contains_key(labels::NODE_LABEL) && a.phase().is_some()
         })
         .await;
         assert_eq!(

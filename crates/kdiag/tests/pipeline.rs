@@ -215,6 +215,95 @@ async fn every_plugin_failure_kind_fails_its_processor_with_a_clear_message_and_
 }
 
 #[tokio::test]
+async fn a_plugin_behind_a_service_with_no_ready_endpoint_yet_is_waited_for_within_its_timeout() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("not-ready-yet").await;
+    let client = cp.client().await;
+    let ip = host_ipv4();
+    let plugin = TestPlugin::start_on(ip).await;
+    // A Service whose Endpoints list no ready address yet: its pod is starting. A transient
+    // state, so the step retries resolving it instead of failing at once.
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), &ns);
+    services
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "echo"},
+                "spec": {"ports": [{"name": "http", "port": 80}]}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let endpoints: Api<k8s_openapi::api::core::v1::Endpoints> =
+        Api::namespaced(client.clone(), &ns);
+    endpoints
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "echo"}, "subsets": []})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let collector = kdiag_api::InformationCollector::new(
+        "echo",
+        InformationCollectorSpec {
+            endpoint: ProcessorEndpoint {
+                service: Some(ServiceReference {
+                    namespace: ns.clone(),
+                    name: "echo".into(),
+                    port: 80,
+                }),
+                path: Some("/echo/ready".into()),
+                timeout_seconds: Some(20),
+                ..Default::default()
+            },
+        },
+    );
+    Api::<kdiag_api::InformationCollector>::namespaced(client.clone(), &ns)
+        .create(&Default::default(), &collector)
+        .await
+        .unwrap();
+    let node = format!("{ns}-node");
+    let agent = TestAgent::start(cp, &node).await;
+    create_abnormal(
+        &client,
+        &ns,
+        "waits",
+        json!({"nodeName": node, "assignedInformationCollectors": [{"name": "echo"}]}),
+    )
+    .await;
+    // Once the step has started trying, the plugin's pod becomes ready.
+    wait_until(|| {
+        agent.metrics.render().lines().any(|l| {
+            l.starts_with("kdiag_agent_errors_total{")
+                && l.contains(r#"error="no_ready_endpoint""#)
+                && l.contains(r#"category="transient""#)
+        })
+    })
+    .await;
+    endpoints
+        .replace(
+            "echo",
+            &Default::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "echo",
+                "resourceVersion": endpoints.get("echo").await.unwrap().resource_version()},
+                "subsets": [{"addresses": [{"ip": ip.to_string()}],
+                             "ports": [{"name": "http", "port": plugin.port}]}]}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let a = wait_final(&client, &ns, "waits", FINISH).await;
+    let record = &a.status.as_ref().unwrap().processors[0];
+    assert_eq!(record.result, ProcessorResult::Succeeded, "{record:?}");
+    assert!(
+        record.message.contains("answered 200"),
+        "{}",
+        record.message
+    );
+    assert_eq!(plugin.calls(), ["/echo/ready"]);
+    agent.stop().await;
+}
+
+#[tokio::test]
 async fn invalid_abnormals_fail_at_admission_with_a_reason_and_what_to_do() {
     let cp = with_controller().await;
     let ns = cp.create_namespace("invalid").await;

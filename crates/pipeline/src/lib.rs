@@ -1,11 +1,13 @@
 //! kdiag-pipeline: kdiag's pure logic, shared by the controller, the node agent and `kubectl
 //! diag`. No kube client, no clock, no IO: everything here takes values and returns values, so
-//! it is unit-tested without a cluster. Depends only on kdiag-api, serde_json, jiff, regex and
-//! k8s-openapi's types.
+//! it is unit-tested without a cluster. Depends only on kdiag-api, serde, serde_json, thiserror,
+//! jiff, regex and k8s-openapi's types.
 //!
 //! - The Abnormal state machine: the items at this crate's root (below).
 //! - [`admission`]: is an Abnormal well formed, where does it run, or why not; the pod triage's
-//!   defaults (which `kubectl diag run` shows too).
+//!   defaults (which `kubectl diag run` asks too).
+//! - [`Error`]: why pure checks fail; [`Category`]: the rule every kdiag crate uses to tell an
+//!   error worth retrying from one to record.
 //! - [`protocol`]: checking and merging an HTTP plugin's reply.
 //! - [`templates`] and [`pattern`]: AbnormalSource templates, compiled and matched, and the
 //!   names of the Abnormals they create.
@@ -20,6 +22,7 @@
 //! persist when a stage ends ([`end_stage`]) or before a recovery acts ([`mark_running`]).
 
 mod conditions;
+mod error;
 mod plan;
 mod transition;
 
@@ -29,6 +32,7 @@ pub mod protocol;
 pub mod templates;
 
 pub use conditions::set_condition;
+pub use error::{Category, Error, http_status_category};
 pub use plan::{Step, StepKind, plan};
 pub use transition::{
     Limits, Next, StageEvent, StageOutcome, StepOutput, StepResult, abandoned, apply_step,

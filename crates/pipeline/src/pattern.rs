@@ -6,23 +6,24 @@
 
 use regex::Regex;
 
+use crate::Error;
+
 /// A compiled pattern.
 #[derive(Debug, Clone)]
 pub struct Pattern(Option<Regex>);
 
 impl Pattern {
     /// Compiles `pattern`; `field` names it in the error.
-    pub fn compile(field: &str, pattern: &str) -> Result<Self, String> {
+    pub fn compile(field: &str, pattern: &str) -> Result<Self, Error> {
         if pattern.is_empty() {
             return Ok(Self(None));
         }
         Regex::new(&format!("^(?:{pattern})$"))
             .map(|r| Self(Some(r)))
-            .map_err(|e| {
-                format!(
-                    "{field}: {pattern:?} is not a valid regular expression: {}",
-                    first_line(&e.to_string())
-                )
+            .map_err(|e| Error::InvalidPattern {
+                field: field.to_owned(),
+                pattern: pattern.to_owned(),
+                reason: first_line(&e.to_string()),
             })
     }
 
@@ -77,7 +78,8 @@ mod tests {
             "spec.sourceTemplate.kubernetesEventTemplate.regexp.reason",
             "Back(Off",
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.starts_with("spec.sourceTemplate.kubernetesEventTemplate.regexp.reason: \"Back(Off\" is not a valid regular expression"), "{e}");
     }
 }

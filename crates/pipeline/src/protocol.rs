@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use kdiag_api::{Abnormal, AbnormalStatus};
 use serde_json::Value;
 
-use crate::StepOutput;
+use crate::{Error, StepOutput};
 
 /// Status fields a plugin must return unchanged (the Kube Diagnoser list plus kdiag's records).
 pub const PROTECTED_STATUS_FIELDS: [&str; 10] = [
@@ -33,19 +33,24 @@ pub const PROTECTED_STATUS_FIELDS: [&str; 10] = [
     "processors",
 ];
 
-/// Checks a plugin's response against the request; `Err` names the first field it changed.
-pub fn check_protected_fields(request: &Value, response: &Value) -> Result<(), String> {
+/// Checks a plugin's response against the request; the error names the first field it changed.
+pub fn check_protected_fields(request: &Value, response: &Value) -> Result<(), Error> {
+    let changed = |field: String| Error::ChangedProtectedField { field };
     if !covered(&response["spec"], &request["spec"]) {
-        return Err(first_difference(
+        return Err(changed(first_difference(
             "spec",
             &response["spec"],
             &request["spec"],
-        ));
+        )));
     }
     for field in PROTECTED_STATUS_FIELDS {
         let (resp, req) = (&response["status"][field], &request["status"][field]);
         if !covered(resp, req) {
-            return Err(first_difference(&format!("status.{field}"), resp, req));
+            return Err(changed(first_difference(
+                &format!("status.{field}"),
+                resp,
+                req,
+            )));
         }
     }
     Ok(())
@@ -151,6 +156,12 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn changed(field: &str) -> Error {
+        Error::ChangedProtectedField {
+            field: field.into(),
+        }
+    }
+
     fn request() -> Value {
         json!({
             "apiVersion": "diagnosis.netease.com/v1", "kind": "Abnormal",
@@ -193,7 +204,7 @@ mod tests {
         resp["status"]["phase"] = json!("Succeeded");
         assert_eq!(
             check_protected_fields(&request(), &resp),
-            Err("status.phase".into())
+            Err(changed("status.phase"))
         );
     }
 
@@ -203,13 +214,13 @@ mod tests {
         resp["spec"]["nodeName"] = json!("other");
         assert_eq!(
             check_protected_fields(&request(), &resp),
-            Err("spec.nodeName".into())
+            Err(changed("spec.nodeName"))
         );
         let mut resp = request();
         resp["spec"]["assignedDiagnosers"][0]["name"] = json!("evil");
         assert_eq!(
             check_protected_fields(&request(), &resp),
-            Err("spec.assignedDiagnosers".into())
+            Err(changed("spec.assignedDiagnosers"))
         );
     }
 
@@ -219,7 +230,7 @@ mod tests {
         resp["status"]["identifiable"] = json!(true);
         assert_eq!(
             check_protected_fields(&request(), &resp),
-            Err("status.identifiable".into())
+            Err(changed("status.identifiable"))
         );
     }
 
@@ -227,11 +238,8 @@ mod tests {
     fn rewriting_kdiag_step_records_is_refused() {
         let mut resp = request();
         resp["status"]["processors"][0]["result"] = json!("Failed");
-        assert!(
-            check_protected_fields(&request(), &resp)
-                .unwrap_err()
-                .starts_with("status.processors")
-        );
+        assert!(matches!(check_protected_fields(&request(), &resp),
+                Err(Error::ChangedProtectedField { field }) if field.starts_with("status.processors")));
     }
 
     #[test]
@@ -242,7 +250,7 @@ mod tests {
         resp["status"]["startTime"] = json!("2026-11-22T10:00:05Z");
         assert_eq!(
             check_protected_fields(&request(), &resp),
-            Err("status.startTime".into())
+            Err(changed("status.startTime"))
         );
     }
 

@@ -12,6 +12,7 @@ use kdiag_api::{
     AbnormalSource, AbnormalSourceSpec, AbnormalSourceType, AbnormalSpec, NamespacedName,
 };
 
+use crate::Error;
 use crate::pattern::Pattern;
 
 /// The facts of one trigger, flattened to field path → value (e.g. `involvedObject.kind`).
@@ -39,7 +40,7 @@ impl PartialEq for CompiledSource {
 }
 
 /// Compiles a source, or says what is wrong with it (for its Valid condition).
-pub fn compile(source: &AbnormalSource) -> Result<CompiledSource, String> {
+pub fn compile(source: &AbnormalSource) -> Result<CompiledSource, Error> {
     let spec = source.spec.clone();
     let t = &spec.source_template;
     let base = "spec.sourceTemplate";
@@ -48,9 +49,10 @@ pub fn compile(source: &AbnormalSource) -> Result<CompiledSource, String> {
     match t.type_ {
         AbnormalSourceType::KubernetesEvent => {
             let Some(tpl) = &t.kubernetes_event_template else {
-                return Err(format!(
-                    "{base}.type is KubernetesEvent but {base}.kubernetesEventTemplate is missing"
-                ));
+                return Err(Error::MissingTemplate {
+                    kind: "KubernetesEvent",
+                    template: "kubernetesEventTemplate",
+                });
             };
             let r = &tpl.regexp;
             let f = format!("{base}.kubernetesEventTemplate.regexp");
@@ -86,14 +88,13 @@ pub fn compile(source: &AbnormalSource) -> Result<CompiledSource, String> {
         }
         AbnormalSourceType::PrometheusAlert => {
             let Some(tpl) = &t.prometheus_alert_template else {
-                return Err(format!(
-                    "{base}.type is PrometheusAlert but {base}.prometheusAlertTemplate is missing"
-                ));
+                return Err(Error::MissingTemplate {
+                    kind: "PrometheusAlert",
+                    template: "prometheusAlertTemplate",
+                });
             };
             if tpl.node_name_reference_label.is_empty() {
-                return Err(format!(
-                    "{base}.prometheusAlertTemplate.nodeNameReferenceLabel is empty: name the alert label that holds the node (such as node or instance)"
-                ));
+                return Err(Error::MissingNodeLabel);
             }
             let r = &tpl.regexp;
             let f = format!("{base}.prometheusAlertTemplate.regexp");
@@ -117,9 +118,10 @@ pub fn compile(source: &AbnormalSource) -> Result<CompiledSource, String> {
         }
         AbnormalSourceType::ProbeStatus => {
             let Some(tpl) = &t.probe_status_template else {
-                return Err(format!(
-                    "{base}.type is ProbeStatus but {base}.probeStatusTemplate is missing"
-                ));
+                return Err(Error::MissingTemplate {
+                    kind: "ProbeStatus",
+                    template: "probeStatusTemplate",
+                });
             };
             let m = &tpl.match_;
             let f = format!("{base}.probeStatusTemplate.match");
@@ -138,16 +140,12 @@ pub fn compile(source: &AbnormalSource) -> Result<CompiledSource, String> {
             };
             for s in &statuses {
                 if !["ERROR", "WARN", "UNKNOWN"].contains(&s.as_str()) {
-                    return Err(format!(
-                        "{f}.statuses has {s:?}; a failure episode starts on ERROR, WARN or UNKNOWN"
-                    ));
+                    return Err(Error::InvalidProbeStatus { status: s.clone() });
                 }
             }
         }
         AbnormalSourceType::Custom => {
-            return Err(format!(
-                "{base}.type must be KubernetesEvent, PrometheusAlert or ProbeStatus"
-            ));
+            return Err(Error::UnsupportedSourceType);
         }
     }
     let mut compiled = Vec::new();
@@ -155,14 +153,13 @@ pub fn compile(source: &AbnormalSource) -> Result<CompiledSource, String> {
         compiled.push((key, Pattern::compile(&field, &p)?));
     }
     if t.type_ != AbnormalSourceType::ProbeStatus && !compiled.iter().any(|(_, p)| p.constrains()) {
-        return Err(format!(
-            "{base} has no pattern, so it would match every {}; give at least one (for Events: reason or message)",
-            if t.type_ == AbnormalSourceType::KubernetesEvent {
+        return Err(Error::MatchesEverything {
+            what: if t.type_ == AbnormalSourceType::KubernetesEvent {
                 "Warning Event"
             } else {
                 "alert"
-            }
-        ));
+            },
+        });
     }
     Ok(CompiledSource {
         suspended: spec.suspend.unwrap_or(false),
@@ -299,7 +296,7 @@ mod tests {
 
     #[test]
     fn a_template_that_would_match_everything_is_invalid() {
-        let e = compile(&source("all", json!({"sourceTemplate": {"type": "KubernetesEvent", "kubernetesEventTemplate": {"regexp": {}}}}))).unwrap_err();
+        let e = compile(&source("all", json!({"sourceTemplate": {"type": "KubernetesEvent", "kubernetesEventTemplate": {"regexp": {}}}}))).unwrap_err().to_string();
         assert!(e.contains("would match every Warning Event"), "{e}");
     }
 
@@ -310,7 +307,8 @@ mod tests {
             json!({"sourceTemplate": {"type": "KubernetesEvent",
             "kubernetesEventTemplate": {"regexp": {"reason": "Back(Off"}}}}),
         ))
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains("spec.sourceTemplate.kubernetesEventTemplate.regexp.reason"),
             "{e}"
@@ -324,7 +322,8 @@ mod tests {
             json!({"sourceTemplate": {"type": "PrometheusAlert",
             "prometheusAlertTemplate": {"regexp": {"alertName": "NodeDown"}}}}),
         ))
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("nodeNameReferenceLabel"), "{e}");
         let s = compile(&source("alert", json!({"sourceTemplate": {"type": "PrometheusAlert",
             "prometheusAlertTemplate": {"regexp": {"alertName": "Node.*", "labels": {"severity": "critical"}}, "nodeNameReferenceLabel": "node"}}}))).unwrap();
@@ -345,7 +344,7 @@ mod tests {
         assert!(!s.matches(&facts(&[("probeName", "k8s"), ("status", "WARN")])));
         let s = compile(&source("p", json!({"sourceTemplate": {"type": "ProbeStatus", "probeStatusTemplate": {"match": {"statuses": ["warn", "ERROR"]}}}}))).unwrap();
         assert!(s.matches(&facts(&[("status", "WARN")])));
-        let e = compile(&source("p", json!({"sourceTemplate": {"type": "ProbeStatus", "probeStatusTemplate": {"match": {"statuses": ["PASS"]}}}}))).unwrap_err();
+        let e = compile(&source("p", json!({"sourceTemplate": {"type": "ProbeStatus", "probeStatusTemplate": {"match": {"statuses": ["PASS"]}}}}))).unwrap_err().to_string();
         assert!(e.contains("statuses"), "{e}");
     }
 

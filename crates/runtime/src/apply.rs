@@ -5,43 +5,13 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::{Scope, pinned_kind};
 
-/// Why a manifest could not be applied.
-#[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
-    #[error("document {index} of {source_name} is not valid YAML: {reason}")]
-    Parse {
-        source_name: String,
-        index: usize,
-        reason: String,
-    },
-    #[error(
-        "{kind} {name} in {source_name}: the apiserver does not serve {api_version} (are kdiag's CRDs installed?): {reason}"
-    )]
-    Discovery {
-        source_name: String,
-        kind: String,
-        name: String,
-        api_version: String,
-        reason: String,
-    },
-    #[error("applying {kind} {name} from {source_name}: {reason}")]
-    Apply {
-        source_name: String,
-        kind: String,
-        name: String,
-        reason: String,
-    },
-}
+use crate::Error;
 
 /// Applies every document of `yaml` (named `source_name` in errors), in order.
-pub async fn apply_yaml(
-    client: &Client,
-    source_name: &str,
-    yaml: &str,
-) -> Result<usize, ApplyError> {
+pub async fn apply_yaml(client: &Client, source_name: &str, yaml: &str) -> Result<usize, Error> {
     let mut applied = 0;
     for (index, doc) in serde_yaml::Deserializer::from_str(yaml).enumerate() {
-        let value = serde_json::Value::deserialize_yaml(doc).map_err(|e| ApplyError::Parse {
+        let value = serde_json::Value::deserialize_yaml(doc).map_err(|e| Error::ManifestParse {
             source_name: source_name.into(),
             index,
             reason: e.to_string(),
@@ -49,11 +19,12 @@ pub async fn apply_yaml(
         if value.is_null() {
             continue;
         }
-        let obj: DynamicObject = serde_json::from_value(value).map_err(|e| ApplyError::Parse {
-            source_name: source_name.into(),
-            index,
-            reason: e.to_string(),
-        })?;
+        let obj: DynamicObject =
+            serde_json::from_value(value).map_err(|e| Error::ManifestParse {
+                source_name: source_name.into(),
+                index,
+                reason: e.to_string(),
+            })?;
         let types = obj.types.clone().unwrap_or_default();
         let name = obj.metadata.name.clone().unwrap_or_default();
         let (group, version) = match types.api_version.split_once('/') {
@@ -64,12 +35,12 @@ pub async fn apply_yaml(
         let (resource, caps) =
             pinned_kind(client, &gvk)
                 .await
-                .map_err(|e| ApplyError::Discovery {
+                .map_err(|e| Error::ManifestDiscovery {
                     source_name: source_name.into(),
                     kind: types.kind.clone(),
                     name: name.clone(),
                     api_version: types.api_version.clone(),
-                    reason: e.to_string(),
+                    source: Box::new(e),
                 })?;
         let api: Api<DynamicObject> = match caps.scope {
             Scope::Namespaced => Api::namespaced_with(
@@ -85,11 +56,11 @@ pub async fn apply_yaml(
             &Patch::Apply(&obj),
         )
         .await
-        .map_err(|e| ApplyError::Apply {
+        .map_err(|e| Error::ManifestApply {
             source_name: source_name.into(),
             kind: types.kind.clone(),
             name: name.clone(),
-            reason: e.to_string(),
+            source: Box::new(e),
         })?;
         applied += 1;
     }

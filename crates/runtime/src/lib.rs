@@ -8,6 +8,7 @@
 pub mod apply;
 pub mod builtin;
 pub mod cache;
+pub mod error;
 pub mod metrics;
 pub mod process;
 pub mod ready;
@@ -15,3 +16,6 @@ pub mod recorder;
 pub mod registrations;
 pub mod server;
 pub mod time;
+
+pub use error::{Error, is_transient, kube_category};
+pub use kdiag_pipeline::Category;

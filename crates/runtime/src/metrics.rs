@@ -39,6 +39,9 @@ pub struct AgentMetrics {
     /// 1 while a valid node policy is loaded; 0 before, or while it is missing or invalid (then
     /// every action that changes the node is denied).
     pub policy_valid: IntGauge,
+    /// Errors that stopped a reconcile or a step, by what failed and whether it is retried
+    /// (transient) or recorded (permanent).
+    pub errors: IntCounterVec,
     /// Kube Diagnoser's own counters, kept so its dashboards keep working.
     pub original: OriginalAgentCounters,
 }
@@ -71,6 +74,10 @@ pub struct ControllerMetrics {
     /// All Abnormals by phase ("" for not yet admitted).
     pub abnormals: IntGaugeVec,
     pub api_errors: IntCounterVec,
+    /// Errors of the controller's loops, by loop (admission, writeback, probe-trigger,
+    /// probe-runner), what failed, and whether it is retried soon (transient) or needs someone to
+    /// act (permanent).
+    pub errors: IntCounterVec,
     /// Abnormals created by triggers, by source kind (ProbeStatus, KubernetesEvent, PrometheusAlert).
     pub triggered: IntCounterVec,
     /// Triggers storm control or a missing node suppressed, by source kind and reason.
@@ -205,6 +212,11 @@ impl Metrics {
                 "kdiag_agent_policy_valid",
                 "1 while a valid node policy is loaded; 0 while none is (every action that changes the node is denied).",
             ),
+            errors: counter_vec(
+                "kdiag_agent_errors_total",
+                "Errors of the agent, by what failed and category (transient: retried; permanent: recorded).",
+                &["error", "category"],
+            ),
             original: OriginalAgentCounters {
                 sync,
                 command_executor,
@@ -239,6 +251,11 @@ impl Metrics {
                 "kdiag_controller_api_errors_total",
                 "Failed apiserver requests of the controller, by operation.",
                 &["operation"],
+            ),
+            errors: counter_vec(
+                "kdiag_controller_errors_total",
+                "Errors of the controller's loops, by loop, what failed and category (transient: retried soon; permanent: needs someone to act).",
+                &["controller", "error", "category"],
             ),
             triggered: counter_vec(
                 "kdiag_triggered_abnormals_total",
@@ -282,7 +299,23 @@ impl Default for Metrics {
     }
 }
 
+impl ControllerMetrics {
+    /// Counts an error of one of the controller's loops.
+    pub fn error(&self, controller: &str, error: &str, category: kdiag_pipeline::Category) {
+        self.errors
+            .with_label_values(&[controller, error, category.as_str()])
+            .inc();
+    }
+}
+
 impl AgentMetrics {
+    /// Counts an error of the agent.
+    pub fn error(&self, error: &str, category: kdiag_pipeline::Category) {
+        self.errors
+            .with_label_values(&[error, category.as_str()])
+            .inc();
+    }
+
     pub fn stage_ended(&self, stage: Stage, outcome: SyncOutcome, seconds: f64) {
         self.original.sync[stage_index(stage)][outcome as usize].inc();
         let result = match outcome {

@@ -30,10 +30,12 @@ pub fn init_logging(json: bool) {
 }
 
 /// A client from the in-cluster service account or the kubeconfig, like kubectl.
-pub async fn client() -> Result<Client, String> {
-    Client::try_default().await.map_err(|e| {
-        format!("cannot reach Kubernetes: {e}. Run inside a pod with a service account, or set KUBECONFIG to a kubeconfig")
-    })
+pub async fn client() -> Result<Client, crate::Error> {
+    Client::try_default()
+        .await
+        .map_err(|e| crate::Error::NoClient {
+            source: Box::new(e),
+        })
 }
 
 /// A token cancelled on the first SIGTERM or SIGINT.

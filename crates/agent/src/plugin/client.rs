@@ -62,6 +62,30 @@ pub enum PluginError {
     Setup { url: String, reason: String },
 }
 
+impl PluginError {
+    /// Only a call that sent nothing is worth repeating: a connection that was never made. A
+    /// plugin that answered, or took the request and did not answer in time, may have acted.
+    pub fn category(&self) -> kdiag_pipeline::Category {
+        match self {
+            PluginError::Connect { .. } => kdiag_pipeline::Category::Transient,
+            _ => kdiag_pipeline::Category::Permanent,
+        }
+    }
+
+    /// A bounded label for error metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            PluginError::Connect { .. } => "plugin_connect",
+            PluginError::Timeout { .. } => "plugin_timeout",
+            PluginError::Status { .. } => "plugin_status",
+            PluginError::TooLarge { .. } => "plugin_too_large",
+            PluginError::InvalidJson { .. } => "plugin_invalid_json",
+            PluginError::ChangedProtectedField { .. } => "plugin_protocol",
+            PluginError::Setup { .. } => "plugin_setup",
+        }
+    }
+}
+
 /// What makes two plugin clients different: the CA bundle, and a host pinned to an address.
 type ClientKey = (Option<String>, Option<(String, SocketAddr)>);
 
@@ -145,11 +169,17 @@ impl PluginClient {
                 reason: "the body is not a JSON object".into(),
             });
         }
-        check_protected_fields(&request, &returned).map_err(|field| {
-            PluginError::ChangedProtectedField {
-                url: url.clone(),
-                field,
+        check_protected_fields(&request, &returned).map_err(|e| match e {
+            kdiag_pipeline::Error::ChangedProtectedField { field } => {
+                PluginError::ChangedProtectedField {
+                    url: url.clone(),
+                    field,
+                }
             }
+            other => PluginError::InvalidJson {
+                url: url.clone(),
+                reason: other.to_string(),
+            },
         })?;
         serde_json::from_value(returned).map_err(|e| PluginError::InvalidJson {
             url: url.clone(),

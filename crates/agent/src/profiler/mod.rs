@@ -19,6 +19,8 @@ use std::time::Duration;
 
 use kdiag_api::{Abnormal, ProfilerSpec, ProfilerStatus};
 
+use crate::Error;
+
 /// Default seconds a profiling run may take.
 pub const DEFAULT_TIMEOUT_SECONDS: i32 = 30;
 /// Default seconds a profile stays available.
@@ -73,13 +75,12 @@ impl Profilers {
                     .await
                 {
                     Ok(r) => r,
-                    Err(_) => Err(format!(
-                        "the Java profiler did not finish within its timeout of {}s (timeoutSeconds)",
-                        timeout.as_secs()
-                    )),
+                    Err(_) => Err(Error::JavaTimeout {
+                        seconds: timeout.as_secs(),
+                    }),
                 }
             }
-            _ => Err("a profiler needs exactly one of go and java".to_owned()),
+            _ => Err(Error::ProfilerKind),
         };
         let mut summary = String::new();
         match result {
@@ -99,7 +100,7 @@ impl Profilers {
                     tracing::warn!(profile = %file.display(), error = %e, "cannot record when the profile expires; it will not be deleted");
                 }
             }
-            Err(e) => status.error = e,
+            Err(e) => status.error = e.to_string(),
         }
         ProfilerRun { status, summary }
     }

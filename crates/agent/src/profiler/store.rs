@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use kdiag_api::Abnormal;
 
 use super::Profilers;
+use crate::Error;
 
 impl Profilers {
     /// The file and URL path of one profile.
@@ -29,20 +30,32 @@ impl Profilers {
         abnormal: &Abnormal,
         name: &str,
         body: &[u8],
-    ) -> Result<String, String> {
+    ) -> Result<String, Error> {
         let (file, url_path) = self.location(abnormal, name);
         if let Some(dir) = file.parent() {
             tokio::fs::create_dir_all(dir)
                 .await
-                .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+                .map_err(|error| Error::Io {
+                    action: "creating",
+                    path: dir.to_owned(),
+                    error,
+                })?;
         }
         let tmp = file.with_extension("partial");
         tokio::fs::write(&tmp, body)
             .await
-            .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+            .map_err(|error| Error::Io {
+                action: "writing",
+                path: tmp.clone(),
+                error,
+            })?;
         tokio::fs::rename(&tmp, &file)
             .await
-            .map_err(|e| format!("renaming {} to {}: {e}", tmp.display(), file.display()))?;
+            .map_err(|error| Error::Rename {
+                from: tmp.clone(),
+                to: file.clone(),
+                error,
+            })?;
         Ok(url_path)
     }
 
@@ -57,18 +70,28 @@ impl Profilers {
         &self,
         file: &Path,
         expires_at_unix: i64,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         let marker = self
             .expiry_marker(file)
-            .ok_or_else(|| format!("{} is not under the profiles directory", file.display()))?;
+            .ok_or_else(|| Error::NotUnderProfiles {
+                path: file.to_owned(),
+            })?;
         if let Some(dir) = marker.parent() {
             tokio::fs::create_dir_all(dir)
                 .await
-                .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+                .map_err(|error| Error::Io {
+                    action: "creating",
+                    path: dir.to_owned(),
+                    error,
+                })?;
         }
         tokio::fs::write(&marker, expires_at_unix.to_string())
             .await
-            .map_err(|e| format!("writing {}: {e}", marker.display()))
+            .map_err(|error| Error::Io {
+                action: "writing",
+                path: marker.clone(),
+                error,
+            })
     }
 
     /// Deletes the profiles whose expirationSeconds have passed by `now_unix`, and their markers;

@@ -7,6 +7,8 @@ use kdiag_api::{CheckerStatus, ProbeCheckerStatus, ProbeStatus};
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
 
+use crate::Error;
+
 /// A report, checked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Report {
@@ -16,12 +18,13 @@ pub struct Report {
 }
 
 /// Parses and checks a payload; the error is the 400 body.
-pub fn parse(body: &[u8], now: &Time) -> Result<Report, String> {
-    let spec: ReportProbeStatusSpec = serde_json::from_slice(body).map_err(|e| {
-        format!("the body is not KubeProber's report payload ({e}); expected {{\"probeName\", \"probeNamespace\", \"checkers\": [{{\"name\", \"status\", \"message\"}}]}}")
-    })?;
+pub fn parse(body: &[u8], now: &Time) -> Result<Report, Error> {
+    let spec: ReportProbeStatusSpec =
+        serde_json::from_slice(body).map_err(|e| Error::ReportNotJson {
+            reason: e.to_string(),
+        })?;
     if spec.probe_name.trim().is_empty() || spec.probe_namespace.trim().is_empty() {
-        return Err("probeName and probeNamespace must be set (the checker pod gets them as KUBEPROBER_PROBE_NAME and KUBEPROBER_PROBE_NAMESPACE)".into());
+        return Err(Error::ReportWithoutProbe);
     }
     let mut reported = spec.checkers.clone();
     // The SDK also sends one checker inline at the top level; usually its name is empty.
@@ -34,25 +37,23 @@ pub fn parse(body: &[u8], now: &Time) -> Result<Report, String> {
         });
     }
     if reported.is_empty() {
-        return Err("the report has no checkers".into());
+        return Err(Error::ReportWithoutCheckers);
     }
     let mut checkers = Vec::new();
     for c in reported {
         if c.name.trim().is_empty() {
-            return Err("a checker has an empty name".into());
+            return Err(Error::CheckerWithoutName);
         }
-        let status = CheckerStatus::parse(&c.status).ok_or_else(|| {
-            format!(
-                "checker {:?} has status {:?}; use PASS, INFO, WARN, UNKNOWN or ERROR",
-                c.name, c.status
-            )
-        })?;
+        let status =
+            CheckerStatus::parse(&c.status).ok_or_else(|| Error::CheckerStatusUnknown {
+                checker: c.name.clone(),
+                status: c.status.clone(),
+            })?;
         if status.severity() > CheckerStatus::Info.severity() && c.message.trim().is_empty() {
-            return Err(format!(
-                "checker {:?} is {} but has no message; say what failed",
-                c.name,
-                status.as_str()
-            ));
+            return Err(Error::CheckerWithoutMessage {
+                checker: c.name,
+                status: status.as_str(),
+            });
         }
         checkers.push(ProbeCheckerStatus {
             name: c.name,
@@ -91,14 +92,14 @@ pub fn merge(
 
 /// Writes a report into its ProbeStatus (created if missing), retrying lost races. The error
 /// says what failed, for the 500 answer.
-pub async fn apply(client: &Client, report: &Report) -> Result<(), String> {
+pub async fn apply(client: &Client, report: &Report) -> Result<(), Error> {
     let api: Api<ProbeStatus> = Api::namespaced(client.clone(), &report.namespace);
     let key = format!("{}/{}", report.namespace, report.probe);
     for _ in 0..5 {
         let result = match api
             .get_opt(&report.probe)
             .await
-            .map_err(|e| format!("reading ProbeStatus {key}: {e}"))?
+            .map_err(|e| Error::kube("reading", format!("ProbeStatus {key}"), e))?
         {
             None => {
                 let mut ps = ProbeStatus::new(
@@ -118,14 +119,12 @@ pub async fn apply(client: &Client, report: &Report) -> Result<(), String> {
             }
         };
         match result {
-            Err(kube::Error::Api(s)) if s.code == 409 => continue,
-            Err(e) => return Err(format!("writing ProbeStatus {key}: {e}")),
+            Err(e) if kdiag_runtime::error::is_conflict(&e) => continue,
+            Err(e) => return Err(Error::kube("writing", format!("ProbeStatus {key}"), e)),
             Ok(()) => return Ok(()),
         }
     }
-    Err(format!(
-        "ProbeStatus {key} kept changing under the write; report again"
-    ))
+    Err(Error::ReportContended { probe: key })
 }
 
 #[cfg(test)]
@@ -176,7 +175,8 @@ mod tests {
             (br#"{"probeName":"p","probeNamespace":"n","checkers":[{"name":"a","status":"ERROR"}]}"#, "has no message"),
         ] {
             let e = parse(body, &now()).unwrap_err();
-            assert!(e.contains(expected), "{e}");
+            assert!(!e.is_transient(), "{e}");
+            assert!(e.to_string().contains(expected), "{e}");
         }
     }
 

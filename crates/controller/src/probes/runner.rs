@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{EnvVar, Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kdiag_api::kubeprober::{env as probe_env, labels as probe_labels};
 use kdiag_api::{CheckerStatus, Probe, ProbeCheckerStatus, ProbeStatus};
+use kdiag_runtime::metrics::Metrics;
 use kdiag_runtime::time::now;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::core::DeserializeGuard;
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::checks;
 use super::report::{self, Report};
 use super::schedule::{self, Due};
+use crate::Error;
 
 /// Annotation on a Job once its outcome is recorded.
 const OUTCOME_ANNOTATION: &str = "kdiag.io/outcome";
@@ -56,23 +58,20 @@ impl Default for RunnerConfig {
 struct Ctx {
     client: Client,
     config: RunnerConfig,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RunnerError {
-    #[error("probe {probe}: {what}")]
-    Probe { probe: String, what: String },
+    metrics: Arc<Metrics>,
 }
 
 /// Starts the runner: a controller for Probes and one for their Jobs.
 pub fn start(
     client: Client,
     config: RunnerConfig,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         config,
+        metrics,
     });
     let probes = Controller::new(
         Api::<DeserializeGuard<Probe>>::all(client.clone()),
@@ -98,34 +97,31 @@ pub fn start(
     }
 }
 
-fn error_policy<K>(_: Arc<K>, e: &RunnerError, _: Arc<Ctx>) -> Action {
+fn error_policy<K>(_: Arc<K>, e: &Error, ctx: Arc<Ctx>) -> Action {
+    ctx.metrics
+        .controller
+        .error("probe-runner", e.metric_label(), e.category());
     tracing::warn!(error = %e, "probe runner; retrying");
-    Action::requeue(Duration::from_secs(10))
+    Action::requeue(Duration::from_secs(if e.is_transient() { 10 } else { 60 }))
 }
 
 async fn reconcile_probe(
     obj: Arc<DeserializeGuard<Probe>>,
     ctx: Arc<Ctx>,
-) -> Result<Action, RunnerError> {
+) -> Result<Action, Error> {
     let Ok(probe) = &obj.0 else {
         return Ok(Action::await_change());
     };
     let ns = probe.namespace().unwrap_or_default();
     let name = probe.name_any();
     let key = format!("{ns}/{name}");
-    let err = |what: String| RunnerError::Probe {
-        probe: key.clone(),
-        what,
-    };
     let status = probe.status.clone().unwrap_or_default();
     let now_ts = jiff::Timestamp::now();
     let last = status.last_run_time.as_ref().map(|t| t.0);
     let uid = probe.uid().unwrap_or_default();
     let every = schedule::interval(&probe.spec.policy);
     if let Some(every) = every {
-        mark_stale(&ctx, &ns, &name, every * ctx.config.stale_intervals)
-            .await
-            .map_err(err)?;
+        mark_stale(&ctx, &ns, &name, every * ctx.config.stale_intervals).await?;
     }
     match schedule::due(
         &probe.spec.policy,
@@ -163,14 +159,12 @@ async fn reconcile_probe(
     Api::<Probe>::namespaced(ctx.client.clone(), &ns)
         .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
         .await
-        .map_err(|e| err(format!("recording the run: {e}")))?;
+        .map_err(|e| Error::kube("record the run of", format!("Probe {key}"), e))?;
     if let Some(template) = &probe.spec.template {
-        create_job(&ctx, probe, template, now_ts)
-            .await
-            .map_err(err)?;
+        create_job(&ctx, probe, template, now_ts).await?;
     }
     if !probe.spec.checks.is_empty() {
-        run_native_checks(&ctx, probe).await.map_err(err)?;
+        run_native_checks(&ctx, probe).await?;
     }
     tracing::info!(probe = %key, run = runs, "probe run started");
     Ok(match every {
@@ -265,21 +259,22 @@ async fn create_job(
     probe: &Probe,
     template: &k8s_openapi::api::core::v1::PodSpec,
     at: jiff::Timestamp,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let ns = probe.namespace().unwrap_or_default();
+    let key = format!("Probe {ns}/{}", probe.name_any());
     let api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     let job = job_for(probe, template, at, &ctx.config.report_url);
     match api.create(&PostParams::default(), &job).await {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => return Err(format!("creating its Job: {e}")),
+        Err(e) => return Err(Error::kube("create the Job of", key, e)),
     }
     // Keep the last few runs for `kubectl logs`; older Jobs go.
     let selector = format!("{}={}", probe_labels::PROBE_NAME, probe.name_any());
     let mut jobs = api
         .list(&ListParams::default().labels(&selector))
         .await
-        .map_err(|e| format!("listing its Jobs: {e}"))?
+        .map_err(|e| Error::kube("list the Jobs of", key, e))?
         .items;
     jobs.sort_by_key(|j| std::cmp::Reverse(j.metadata.creation_timestamp.clone()));
     for old in jobs.into_iter().skip(JOBS_KEPT) {
@@ -290,7 +285,7 @@ async fn create_job(
     Ok(())
 }
 
-async fn run_native_checks(ctx: &Ctx, probe: &Probe) -> Result<(), String> {
+async fn run_native_checks(ctx: &Ctx, probe: &Probe) -> Result<(), Error> {
     let runs = probe.spec.checks.iter().map(|c| async move {
         let outcome =
             match tokio::time::timeout(Duration::from_secs(120), checks::run(&ctx.client, c)).await
@@ -319,12 +314,12 @@ async fn run_native_checks(ctx: &Ctx, probe: &Probe) -> Result<(), String> {
 }
 
 /// Marks results older than `max_age` stale: UNKNOWN with when they were last refreshed.
-async fn mark_stale(ctx: &Ctx, ns: &str, probe: &str, max_age: Duration) -> Result<(), String> {
+async fn mark_stale(ctx: &Ctx, ns: &str, probe: &str, max_age: Duration) -> Result<(), Error> {
     let api: Api<ProbeStatus> = Api::namespaced(ctx.client.clone(), ns);
     let Some(ps) = api
         .get_opt(probe)
         .await
-        .map_err(|e| format!("reading its ProbeStatus: {e}"))?
+        .map_err(|e| Error::kube("read", format!("ProbeStatus {ns}/{probe}"), e))?
     else {
         return Ok(());
     };
@@ -364,7 +359,7 @@ async fn mark_stale(ctx: &Ctx, ns: &str, probe: &str, max_age: Duration) -> Resu
 }
 
 /// Records a finished or stuck checker pod's outcome when it did not report one itself.
-async fn reconcile_job(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, RunnerError> {
+async fn reconcile_job(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     if job.annotations().contains_key(OUTCOME_ANNOTATION) {
         return Ok(Action::await_change());
     }
@@ -373,10 +368,7 @@ async fn reconcile_job(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, RunnerErr
         return Ok(Action::await_change());
     };
     let key = format!("{ns}/{probe}");
-    let err = |what: String| RunnerError::Probe {
-        probe: key.clone(),
-        what,
-    };
+    let job_key = format!("Job {ns}/{}", job.name_any());
     let started = job
         .status
         .as_ref()
@@ -396,7 +388,7 @@ async fn reconcile_job(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, RunnerErr
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
         .list(&ListParams::default().labels(&format!("job-name={}", job.name_any())))
         .await
-        .map_err(|e| err(format!("listing the checker pods: {e}")))?
+        .map_err(|e| Error::kube("list the checker pods of", job_key.clone(), e))?
         .items;
 
     let outcome: Option<(CheckerStatus, String)> = if let Some(f) = failed {
@@ -405,10 +397,7 @@ async fn reconcile_job(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, RunnerErr
             pod_failure_message(&pods, f.reason.as_deref(), f.message.as_deref()),
         ))
     } else if complete {
-        if reported_since(&ctx, &ns, &probe, started.as_ref())
-            .await
-            .map_err(err)?
-        {
+        if reported_since(&ctx, &ns, &probe, started.as_ref()).await? {
             Some((
                 CheckerStatus::Pass,
                 "the checker pod ran and reported its results".into(),
@@ -429,7 +418,7 @@ async fn reconcile_job(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, RunnerErr
     let existing = Api::<ProbeStatus>::namespaced(ctx.client.clone(), &ns)
         .get_opt(&probe)
         .await
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| Error::kube("read", format!("ProbeStatus {key}"), e))?;
     let has_probe_checker = existing
         .as_ref()
         .is_some_and(|ps| ps.spec.checkers.iter().any(|c| c.name == probe));
@@ -449,8 +438,7 @@ async fn reconcile_job(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, RunnerErr
                 checkers: vec![checker],
             },
         )
-        .await
-        .map_err(err)?;
+        .await?;
     }
     Api::<Job>::namespaced(ctx.client.clone(), &ns)
         .patch(
@@ -461,7 +449,7 @@ async fn reconcile_job(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, RunnerErr
             ),
         )
         .await
-        .map_err(|e| err(format!("annotating its Job: {e}")))?;
+        .map_err(|e| Error::kube("annotate", job_key.clone(), e))?;
     if status != CheckerStatus::Pass {
         tracing::info!(probe = %key, job = %job.name_any(), message = %message, "checker pod outcome recorded as UNKNOWN");
     }
@@ -474,11 +462,11 @@ async fn reported_since(
     ns: &str,
     probe: &str,
     started: Option<&Time>,
-) -> Result<bool, String> {
+) -> Result<bool, Error> {
     let Some(ps) = Api::<ProbeStatus>::namespaced(ctx.client.clone(), ns)
         .get_opt(probe)
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| Error::kube("read", format!("ProbeStatus {ns}/{probe}"), e))?
     else {
         return Ok(false);
     };

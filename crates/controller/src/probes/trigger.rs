@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::episodes::{
     self, Decision, EPISODES_ANNOTATION, Episode, Episodes, SUPPRESSED_ANNOTATION,
 };
+use crate::Error;
 use crate::sources::storm::{Buckets, Budget};
 
 /// Budgets of Abnormals created for probes.
@@ -95,16 +96,6 @@ impl Repaired {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum TriggerError {
-    #[error("{operation} for ProbeStatus {probe}: {source}")]
-    Api {
-        probe: String,
-        operation: &'static str,
-        source: Box<kube::Error>,
-    },
-}
-
 /// Starts the trigger; the future runs until `shutdown`.
 pub fn start(
     client: Client,
@@ -130,9 +121,12 @@ pub fn start(
         controller
             .run(
                 reconcile,
-                |_, e: &TriggerError, _| {
+                |_, e: &Error, ctx: Arc<TriggerCtx>| {
+                    ctx.metrics
+                        .controller
+                        .error("probe-trigger", e.metric_label(), e.category());
                     tracing::warn!(error = %e, "probe trigger; retrying");
-                    Action::requeue(Duration::from_secs(5))
+                    Action::requeue(Duration::from_secs(if e.is_transient() { 5 } else { 60 }))
                 },
                 ctx,
             )
@@ -156,7 +150,7 @@ pub fn probe_sources(store: &Store<AbnormalSource>) -> Vec<CompiledSource> {
 async fn reconcile(
     obj: Arc<DeserializeGuard<ProbeStatus>>,
     ctx: Arc<TriggerCtx>,
-) -> Result<Action, TriggerError> {
+) -> Result<Action, Error> {
     let Ok(ps) = &obj.0 else {
         tracing::warn!(error = %obj.0.as_ref().err().map(|e| e.error.clone()).unwrap_or_default(), "a ProbeStatus kdiag cannot read; skipped");
         return Ok(Action::await_change());
@@ -224,11 +218,7 @@ async fn reconcile(
             &Patch::Merge(json!({"metadata": {"annotations": annotations}})),
         )
         .await
-        .map_err(|e| TriggerError::Api {
-            probe: key.clone(),
-            operation: "patch annotations",
-            source: Box::new(e),
-        })?;
+        .map_err(|e| Error::kube("patch annotations of", format!("ProbeStatus {key}"), e))?;
     }
     let first_look = ctx
         .repaired
@@ -258,7 +248,7 @@ async fn open_episode(
     checker: &ProbeCheckerStatus,
     source: &CompiledSource,
     since: &str,
-) -> Result<(Episode, Vec<Abnormal>, u64), TriggerError> {
+) -> Result<(Episode, Vec<Abnormal>, u64), Error> {
     let ns = ps.namespace().unwrap_or_default();
     let probe = ps.name_any();
     let nodes = resolve_nodes(ctx, ps, checker, source).await?;
@@ -317,7 +307,7 @@ async fn resolve_nodes(
     ps: &ProbeStatus,
     checker: &ProbeCheckerStatus,
     source: &CompiledSource,
-) -> Result<Vec<String>, TriggerError> {
+) -> Result<Vec<String>, Error> {
     if let Some(n) = source
         .spec
         .source_template
@@ -344,10 +334,12 @@ async fn resolve_nodes(
     let list = pods
         .list(&ListParams::default().labels(&selector))
         .await
-        .map_err(|e| TriggerError::Api {
-            probe: format!("{ns}/{}", ps.name_any()),
-            operation: "list probe pods",
-            source: Box::new(e),
+        .map_err(|e| {
+            Error::kube(
+                "list the pods of",
+                format!("ProbeStatus {ns}/{}", ps.name_any()),
+                e,
+            )
         })?;
     let newest = list
         .items
@@ -423,7 +415,7 @@ async fn missing_abnormals(
     open: &Episodes,
     sources: &[CompiledSource],
     about_to_create: &[Abnormal],
-) -> Result<Vec<Abnormal>, TriggerError> {
+) -> Result<Vec<Abnormal>, Error> {
     let ns = ps.namespace().unwrap_or_default();
     let api: Api<Abnormal> = Api::namespaced(ctx.client.clone(), &ns);
     let mut missing = Vec::new();
@@ -438,11 +430,10 @@ async fn missing_abnormals(
             if about_to_create.iter().any(|a| &a.name_any() == name) {
                 continue;
             }
-            let exists = api.get_opt(name).await.map_err(|e| TriggerError::Api {
-                probe: format!("{ns}/{}", ps.name_any()),
-                operation: "get Abnormal",
-                source: Box::new(e),
-            })?;
+            let exists = api
+                .get_opt(name)
+                .await
+                .map_err(|e| Error::kube("get", format!("Abnormal {ns}/{name}"), e))?;
             if exists.is_none() {
                 missing.push(build_abnormal(ps, checker, source, name, node));
             }
@@ -451,7 +442,7 @@ async fn missing_abnormals(
     Ok(missing)
 }
 
-async fn create(ctx: &TriggerCtx, ns: &str, a: &Abnormal) -> Result<(), TriggerError> {
+async fn create(ctx: &TriggerCtx, ns: &str, a: &Abnormal) -> Result<(), Error> {
     let api: Api<Abnormal> = Api::namespaced(ctx.client.clone(), ns);
     match api.create(&PostParams::default(), a).await {
         Ok(_) => {
@@ -464,21 +455,16 @@ async fn create(ctx: &TriggerCtx, ns: &str, a: &Abnormal) -> Result<(), TriggerE
             Ok(())
         }
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-        Err(e) => Err(TriggerError::Api {
-            probe: a
-                .spec
-                .probe_status
-                .as_ref()
-                .map(|p| format!("{}/{}", p.namespace, p.name))
-                .unwrap_or_default(),
-            operation: "create Abnormal",
-            source: Box::new(e),
-        }),
+        Err(e) => Err(Error::kube(
+            "create",
+            format!("Abnormal {ns}/{}", a.name_any()),
+            e,
+        )),
     }
 }
 
 /// Writes status.status/message/lastRun (worst checker first) when they differ.
-async fn write_summary(ctx: &TriggerCtx, ps: &ProbeStatus) -> Result<(), TriggerError> {
+async fn write_summary(ctx: &TriggerCtx, ps: &ProbeStatus) -> Result<(), Error> {
     let summary = episodes::summary(&ps.spec.checkers);
     if ps.status.as_ref() == Some(&summary) || (ps.status.is_none() && ps.spec.checkers.is_empty())
     {
@@ -498,10 +484,16 @@ async fn write_summary(ctx: &TriggerCtx, ps: &ProbeStatus) -> Result<(), Trigger
         &Patch::Merge(patch),
     )
     .await
-    .map_err(|e| TriggerError::Api {
-        probe: format!("{}/{}", ps.namespace().unwrap_or_default(), ps.name_any()),
-        operation: "patch status",
-        source: Box::new(e),
+    .map_err(|e| {
+        Error::kube(
+            "patch status of",
+            format!(
+                "ProbeStatus {}/{}",
+                ps.namespace().unwrap_or_default(),
+                ps.name_any()
+            ),
+            e,
+        )
     })?;
     Ok(())
 }

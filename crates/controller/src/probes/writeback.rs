@@ -7,19 +7,85 @@
 //! checker name to the same three fields.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kdiag_api::labels::DIAGNOSES_ANNOTATION;
 use kdiag_api::{Abnormal, AbnormalPhase, CheckerDiagnosis, ProbeStatus};
+use kdiag_runtime::metrics::Metrics;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::DeserializeGuard;
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use super::episodes::{EPISODES_ANNOTATION, Episodes};
+use crate::Error;
+
+/// Writes lost to a concurrent writer of the ProbeStatus (probe reports write it often) before
+/// the write-back gives up and is requeued.
+const CONFLICT_ATTEMPTS: usize = 3;
+
+/// What the write-back controller shares.
+pub(crate) struct Ctx {
+    pub(crate) client: Client,
+    pub(crate) abnormals: Store<DeserializeGuard<Abnormal>>,
+    pub(crate) schema: SchemaProbe,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+/// True for the Abnormals the write-back looks at: created for a probe's failure, and admitted.
+pub(crate) fn concerns(obj: &DeserializeGuard<Abnormal>) -> bool {
+    obj.0
+        .as_ref()
+        .is_ok_and(|a| a.spec.probe_status.is_some() && a.phase().is_some())
+}
+
+/// Brings the diagnosis next to the probe result up to date whenever an Abnormal a checker's
+/// failure created changes. Its own controller, beside admission's: a ProbeStatus that cannot be
+/// written (RBAC, a CRD that refuses the write) never holds up routing.
+pub(crate) async fn reconcile(
+    obj: Arc<DeserializeGuard<Abnormal>>,
+    ctx: Arc<Ctx>,
+) -> Result<Action, Error> {
+    if let Ok(abnormal) = &obj.0
+        && concerns(&obj)
+    {
+        sync(&ctx.client, &ctx.abnormals, &ctx.schema, abnormal)
+            .await
+            .inspect_err(|e| {
+                if let Error::Kube { operation, .. } = e {
+                    ctx.metrics
+                        .controller
+                        .api_errors
+                        .with_label_values(&[operation])
+                        .inc();
+                }
+            })?;
+    }
+    Ok(Action::await_change())
+}
+
+/// A lost race or an unavailable apiserver is retried in 5 s, so the final phase reaches the
+/// ProbeStatus; a refusal (RBAC, a CRD that rejects the write) every minute, and said louder.
+pub(crate) fn error_policy(
+    _obj: Arc<DeserializeGuard<Abnormal>>,
+    error: &Error,
+    ctx: Arc<Ctx>,
+) -> Action {
+    ctx.metrics
+        .controller
+        .error("writeback", error.metric_label(), error.category());
+    if error.is_transient() {
+        tracing::warn!(error = %error, "writing a diagnosis to its ProbeStatus; retrying in 5s");
+        Action::requeue(Duration::from_secs(5))
+    } else {
+        tracing::error!(error = %error, "writing a diagnosis to its ProbeStatus; retrying in 60s");
+        Action::requeue(Duration::from_secs(60))
+    }
+}
 
 /// Whether the installed CRD keeps `spec.checkers[].diagnosis`, looked up now and then.
 #[derive(Default)]
@@ -93,20 +159,27 @@ pub fn combine(abnormals: &[Abnormal]) -> CheckerDiagnosis {
     }
 }
 
-/// Brings the checker's diagnosis up to date with `abnormal` and its siblings.
+/// Brings the checker's diagnosis up to date with `abnormal` and its siblings. Idempotent; an
+/// error (also losing [`CONFLICT_ATTEMPTS`] races in a row) is returned so that it is retried.
 pub async fn sync(
     client: &Client,
     store: &Store<DeserializeGuard<Abnormal>>,
     schema: &SchemaProbe,
     abnormal: &Abnormal,
-) -> Result<(), kube::Error> {
+) -> Result<(), Error> {
     let Some(probe) = abnormal.spec.probe_status.clone() else {
         return Ok(());
     };
+    let probe_key = format!("{}/{}", probe.namespace, probe.name);
+    let object = || format!("ProbeStatus {probe_key}");
     let api: Api<ProbeStatus> = Api::namespaced(client.clone(), &probe.namespace);
     let field_mode = schema.keeps_diagnosis_field(client).await;
-    for _attempt in 0..3 {
-        let Some(ps) = api.get_opt(&probe.name).await? else {
+    for _attempt in 0..CONFLICT_ATTEMPTS {
+        let Some(ps) = api
+            .get_opt(&probe.name)
+            .await
+            .map_err(|e| Error::kube("get ProbeStatus", object(), e))?
+        else {
             return Ok(());
         };
         let episodes: Episodes = ps
@@ -170,11 +243,19 @@ pub async fn sync(
                 .map(|_| ())
         };
         match result {
-            Err(kube::Error::Api(s)) if s.code == 409 => continue,
-            other => return other,
+            Err(e) if kdiag_runtime::error::is_conflict(&e) => continue,
+            Err(e) => return Err(Error::kube("write diagnosis to ProbeStatus", object(), e)),
+            Ok(()) => return Ok(()),
         }
     }
-    Ok(())
+    Err(Error::WritebackContended {
+        probe: probe_key,
+        abnormal: format!(
+            "{}/{}",
+            abnormal.namespace().unwrap_or_default(),
+            abnormal.name_any()
+        ),
+    })
 }
 
 #[cfg(test)]

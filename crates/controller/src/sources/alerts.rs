@@ -16,6 +16,7 @@ use kube::runtime::reflector::Store;
 use serde::{Deserialize, Serialize};
 
 use super::sink::{Outcome, Sink};
+use crate::Error;
 
 const KIND: &str = "PrometheusAlert";
 
@@ -51,39 +52,40 @@ pub struct Webhook {
 }
 
 /// Parses `POST /api/v{1,2}/alerts`: a JSON array of alerts.
-pub fn parse_alerts(body: &[u8]) -> Result<Vec<Alert>, String> {
-    let alerts: Vec<Alert> = serde_json::from_slice(body)
-        .map_err(|e| format!("the body is not a JSON array of alerts ({e}); expected [{{\"labels\": {{\"alertname\": …}}, \"annotations\": {{}}, \"startsAt\": …}}]"))?;
+pub fn parse_alerts(body: &[u8]) -> Result<Vec<Alert>, Error> {
+    let alerts: Vec<Alert> = serde_json::from_slice(body).map_err(|e| Error::AlertsNotJson {
+        reason: e.to_string(),
+    })?;
     validate(&alerts)?;
     Ok(alerts)
 }
 
 /// Parses Alertmanager's webhook payload.
-pub fn parse_webhook(body: &[u8]) -> Result<Vec<Alert>, String> {
-    let w: Webhook = serde_json::from_slice(body)
-        .map_err(|e| format!("the body is not Alertmanager's webhook payload ({e}); expected {{\"version\": \"4\", \"alerts\": […]}}"))?;
+pub fn parse_webhook(body: &[u8]) -> Result<Vec<Alert>, Error> {
+    let w: Webhook = serde_json::from_slice(body).map_err(|e| Error::WebhookNotJson {
+        reason: e.to_string(),
+    })?;
     if !w.version.is_empty() && w.version != "4" {
-        return Err(format!(
-            "webhook payload version {:?}; kdiag reads version 4",
-            w.version
-        ));
+        return Err(Error::WebhookVersion { version: w.version });
     }
     validate(&w.alerts)?;
     Ok(w.alerts)
 }
 
-fn validate(alerts: &[Alert]) -> Result<(), String> {
+fn validate(alerts: &[Alert]) -> Result<(), Error> {
     for (i, a) in alerts.iter().enumerate() {
         if a.labels.get("alertname").is_none_or(|n| n.is_empty()) {
-            return Err(format!("alert {i} has no alertname label"));
+            return Err(Error::AlertWithoutName { index: i });
         }
         for (field, v) in [("startsAt", &a.starts_at), ("endsAt", &a.ends_at)] {
             if let Some(t) = v.as_deref().filter(|t| !t.is_empty())
                 && t.parse::<Timestamp>().is_err()
             {
-                return Err(format!(
-                    "alert {i} has {field} {t:?}, which is not an RFC 3339 time"
-                ));
+                return Err(Error::AlertTime {
+                    index: i,
+                    field,
+                    value: t.to_owned(),
+                });
             }
         }
     }
@@ -204,7 +206,7 @@ impl AlertSource {
     }
 
     /// Handles one delivery of alerts; `via` names the path (push, webhook) in the occurrences.
-    pub async fn deliver(&self, alerts: Vec<Alert>, via: &str) -> Result<Summary, String> {
+    pub async fn deliver(&self, alerts: Vec<Alert>, via: &str) -> Result<Summary, Error> {
         let sources = self.sources();
         let now = Timestamp::now();
         let mut summary = Summary::default();
@@ -266,8 +268,9 @@ impl AlertSource {
                 .sink
                 .create(KIND, &source, &abnormal)
                 .await
-                .map_err(|e| format!("creating Abnormal {name}: {e}"))?
-            {
+                .map_err(|e| {
+                    Error::kube("creating", format!("Abnormal {}/{name}", self.namespace), e)
+                })? {
                 Outcome::Created(_) => summary.created += 1,
                 _ => summary.grouped += 1,
             }
@@ -277,13 +280,13 @@ impl AlertSource {
         Ok(summary)
     }
 
-    async fn exists(&self, name: &str) -> Result<bool, String> {
+    async fn exists(&self, name: &str) -> Result<bool, Error> {
         let api: kube::Api<Abnormal> =
             kube::Api::namespaced(self.sink.client.clone(), &self.namespace);
         api.get_opt(name)
             .await
             .map(|o| o.is_some())
-            .map_err(|e| format!("reading Abnormal {name}: {e}"))
+            .map_err(|e| Error::kube("reading", format!("Abnormal {}/{name}", self.namespace), e))
     }
 
     fn build(
@@ -346,26 +349,31 @@ mod tests {
         assert!(
             parse_alerts(b"{}")
                 .unwrap_err()
+                .to_string()
                 .contains("not a JSON array of alerts")
         );
         assert!(
             parse_alerts(br#"[{"labels": {}}]"#)
                 .unwrap_err()
+                .to_string()
                 .contains("no alertname")
         );
         assert!(
             parse_alerts(br#"[{"labels": {"alertname": "A"}, "startsAt": "yesterday"}]"#)
                 .unwrap_err()
+                .to_string()
                 .contains("not an RFC 3339 time")
         );
         assert!(
             parse_webhook(br#"{"version": "3", "alerts": []}"#)
                 .unwrap_err()
+                .to_string()
                 .contains("version")
         );
         assert!(
             parse_webhook(b"[]")
                 .unwrap_err()
+                .to_string()
                 .contains("webhook payload")
         );
     }

@@ -232,8 +232,8 @@ impl EventSource {
                 "no node: the Event names no host and its object is not a scheduled pod".into(),
             ));
         };
-        if let Err(reason) = self.sink.admit(KIND, &source, &node) {
-            return Some(Outcome::Suppressed(reason));
+        if let Err(refused) = self.sink.admit(KIND, &source, &node) {
+            return Some(Outcome::Suppressed(refused.to_string()));
         }
         let abnormal = build(event, &source, &key, &node);
         let ns = abnormal.namespace().unwrap_or_default();

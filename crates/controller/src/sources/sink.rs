@@ -15,6 +15,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use super::storm::{Buckets, Budget};
+use crate::Error;
 
 /// Annotation: occurrences so far, by trigger identity (an Event's uid, an alert delivery).
 pub const TRIGGER_EVENTS_ANNOTATION: &str = "kdiag.io/trigger-occurrences";
@@ -91,7 +92,7 @@ impl Sink {
     }
 
     /// Takes a token from the source's and the node's budgets, or says which is spent.
-    pub fn admit(&self, kind: &str, source: &CompiledSource, node: &str) -> Result<(), String> {
+    pub fn admit(&self, kind: &str, source: &CompiledSource, node: &str) -> Result<(), Error> {
         let keys = [
             (format!("source:{}", source.key), self.budgets.per_source),
             (format!("node:{node}"), self.budgets.per_node),
@@ -110,9 +111,10 @@ impl Sink {
                     "node"
                 };
                 self.suppress(kind, source, reason);
-                Err(format!(
-                    "storm control: the {reason} budget is spent ({by})"
-                ))
+                Err(Error::StormControl {
+                    budget: reason,
+                    key: by,
+                })
             }
         }
     }

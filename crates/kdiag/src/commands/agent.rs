@@ -19,7 +19,9 @@ use crate::cli::AgentArgs;
 
 pub async fn run(args: AgentArgs) -> Result<ExitCode, CommandError> {
     if args.node_name.trim().is_empty() {
-        return Err("--node-name (or NODE_NAME) is empty: the agent must know which node's Abnormals to process".into());
+        anyhow::bail!(
+            "--node-name (or NODE_NAME) is empty: the agent must know which node's Abnormals to process"
+        );
     }
     let client = process::client().await?;
     let shutdown = process::shutdown_on_signals();
@@ -36,7 +38,7 @@ pub async fn run(args: AgentArgs) -> Result<ExitCode, CommandError> {
     let serving = server::serve(addr, state, shutdown.clone().cancelled_owned())
         .await
         .map_err(|e| {
-            format!(
+            anyhow::anyhow!(
                 "cannot listen on {addr}: {e} (another process on the port? choose one with --port)"
             )
         })?;

@@ -30,7 +30,7 @@ pub async fn run(args: ControllerArgs) -> Result<ExitCode, CommandError> {
     let serving = server::serve(addr, state, shutdown.clone().cancelled_owned())
         .await
         .map_err(|e| {
-            format!(
+            anyhow::anyhow!(
                 "cannot listen on {addr}: {e} (another process on the port? choose one with --port)"
             )
         })?;

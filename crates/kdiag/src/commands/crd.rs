@@ -14,11 +14,12 @@ pub fn run(args: CrdArgs) -> Result<ExitCode, CommandError> {
             std::io::stdout().write_all(crds::all_to_yaml()?.as_bytes())?;
         }
         Some(dir) => {
-            std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| anyhow::anyhow!("create {}: {e}", dir.display()))?;
             for crd in crds::all() {
                 let path = dir.join(crds::file_name(&crd));
                 std::fs::write(&path, crds::to_yaml(&crd)?)
-                    .map_err(|e| format!("write {}: {e}", path.display()))?;
+                    .map_err(|e| anyhow::anyhow!("write {}: {e}", path.display()))?;
                 println!("wrote {}", path.display());
             }
         }

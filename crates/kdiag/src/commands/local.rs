@@ -48,13 +48,13 @@ pub async fn run(args: LocalArgs) -> Result<ExitCode, CommandError> {
         "kdiag local: starting a single-node Kubernetes cluster on this machine (about 15 s)…"
     );
     let cluster = Cluster::start().await.map_err(|e| {
-        format!("the local cluster did not start: {e}\n(kdiag local needs root, cgroup v1 or hybrid, and `make setup` done; see docs/development.md)")
+        anyhow::anyhow!("the local cluster did not start: {e}\n(kdiag local needs root, cgroup v1 or hybrid, and `make setup` done; see docs/development.md)")
     })?;
     let result = serve(&cluster, &args, shutdown).await;
     eprintln!("kdiag local: stopping the cluster…");
     let stopped = tokio::task::spawn_blocking(move || cluster.stop()).await?;
     result?;
-    stopped.map_err(|e| format!("stopping the local cluster: {e}"))?;
+    stopped.map_err(|e| anyhow::anyhow!("stopping the local cluster: {e}"))?;
     eprintln!("kdiag local: stopped, nothing left behind.");
     Ok(ExitCode::SUCCESS)
 }
@@ -91,7 +91,7 @@ async fn serve(
     let data_root = cluster.run_dir().join("kdiag-data");
     // Checker pods report through the bridge: the host is its gateway.
     let gateway = gateway_of(&cluster.pod_subnet()).ok_or_else(|| {
-        format!(
+        anyhow::anyhow!(
             "cannot tell the pod network's gateway from {}",
             cluster.pod_subnet()
         )
@@ -175,7 +175,9 @@ async fn serve(
     let bridge_state = state.clone();
     let serving = server::serve(addr, state, shutdown.clone().cancelled_owned())
         .await
-        .map_err(|e| format!("cannot listen on {addr}: {e} (choose another port with --port)"))?;
+        .map_err(|e| {
+            anyhow::anyhow!("cannot listen on {addr}: {e} (choose another port with --port)")
+        })?;
     let server_task = tokio::spawn(serving);
     // The same server on the bridge's address, for checker pods' reports. The bridge appears
     // with the first pod, so keep trying until it is there.

@@ -12,8 +12,9 @@ use kdiag_runtime::process;
 
 use crate::cli::{Cli, Command, LogFormat};
 
-/// Any error a command ends with; each message says what to do.
-pub type CommandError = Box<dyn std::error::Error + Send + Sync>;
+/// Any error a command ends with; each message says what to do. The libraries' errors are typed
+/// (and decide retries where they happen); at the top of the binary they are only printed.
+pub type CommandError = anyhow::Error;
 
 pub fn run(cli: Cli) -> Result<ExitCode, CommandError> {
     match cli.command {
@@ -26,7 +27,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CommandError> {
             process::init_logging(cli.log_format == LogFormat::Json);
             process::block_on(agent::run(args))
         }
-        Command::Diag(args) => kdiag_cli::run(args),
+        Command::Diag(args) => Ok(kdiag_cli::run(args)?),
         #[cfg(feature = "local")]
         Command::Local(args) => {
             process::init_logging(cli.log_format == LogFormat::Json);

@@ -25,7 +25,7 @@ use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
 #[allow(unused_imports)]
-pub use plugin::TestPlugin;
+pub use plugin::{TestPlugin, host_ipv4};
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")

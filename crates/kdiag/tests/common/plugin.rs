@@ -34,7 +34,12 @@ impl Drop for TestPlugin {
 
 impl TestPlugin {
     pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(std::net::Ipv4Addr::LOCALHOST).await
+    }
+
+    /// A plugin listening on `ip` (Endpoints may not list a loopback address).
+    pub async fn start_on(ip: std::net::Ipv4Addr) -> Self {
+        let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let calls = Arc::new(Mutex::new(Vec::new()));
         let in_flight = Arc::new(AtomicUsize::new(0));
@@ -193,4 +198,17 @@ async fn reply(
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(body).await?;
     stream.shutdown().await
+}
+
+/// An IPv4 address of this machine outside the loopback range, from the kernel's routing table
+/// (`/32 host LOCAL` entries of /proc/net/fib_trie).
+pub fn host_ipv4() -> std::net::Ipv4Addr {
+    let trie = std::fs::read_to_string("/proc/net/fib_trie").unwrap();
+    let lines: Vec<&str> = trie.lines().collect();
+    lines
+        .windows(2)
+        .filter(|w| w[1].trim() == "/32 host LOCAL")
+        .filter_map(|w| w[0].trim().trim_start_matches("|--").trim().parse().ok())
+        .find(|ip: &std::net::Ipv4Addr| !ip.is_loopback())
+        .expect("a non-loopback IPv4 address on this machine")
 }

@@ -8,6 +8,7 @@ use kdiag_api::Abnormal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::JavaTarget;
+use crate::Error;
 use crate::profiler::Profilers;
 
 /// The largest HPROF file copied; a bigger one is left where it is, with an error saying so.
@@ -22,7 +23,7 @@ impl Profilers {
         path: &str,
         targets: Option<Vec<JavaTarget>>,
         deadline: Instant,
-    ) -> Result<(String, String), String> {
+    ) -> Result<(String, String), Error> {
         let candidates: Vec<(PathBuf, String)> = match &targets {
             Some(ts) => ts
                 .iter()
@@ -45,12 +46,16 @@ impl Profilers {
                 .map(|m| (p.clone(), what.clone(), m.len()))
         }) else {
             let looked: Vec<&str> = candidates.iter().map(|(_, w)| w.as_str()).collect();
-            return Err(format!("no HPROF file: looked for {}", looked.join(", ")));
+            return Err(Error::NoHprof {
+                looked: looked.join(", "),
+            });
         };
         if size > MAX_HPROF_BYTES {
-            return Err(format!(
-                "{what} is {size} bytes, more than the {MAX_HPROF_BYTES} kdiag copies; copy it yourself (kubectl cp) and open it in Eclipse MAT"
-            ));
+            return Err(Error::HprofTooLarge {
+                what,
+                size,
+                limit: MAX_HPROF_BYTES,
+            });
         }
         let (file, url_path) = self.location(abnormal, name);
         let tmp = file.with_extension("partial");
@@ -60,9 +65,7 @@ impl Profilers {
                 .await
             {
                 Ok(r) => r,
-                Err(_) => Err(format!(
-                    "copying {what} did not finish within the profiler's timeout"
-                )),
+                Err(_) => Err(Error::HprofCopyTimeout { what: what.clone() }),
             };
         if let Err(e) = result {
             let _ = tokio::fs::remove_file(&tmp).await;
@@ -79,41 +82,48 @@ impl Profilers {
 
 /// Copies an HPROF file after checking it is one, at most `size` bytes, then renames the copy
 /// into place.
-async fn copy_hprof(source: &Path, tmp: &Path, file: &Path, size: u64) -> Result<(), String> {
+async fn copy_hprof(source: &Path, tmp: &Path, file: &Path, size: u64) -> Result<(), Error> {
+    let io = |action: &'static str, path: &Path| {
+        let path = path.to_owned();
+        move |error| Error::Io {
+            action,
+            path,
+            error,
+        }
+    };
     let mut src = tokio::fs::File::open(source)
         .await
-        .map_err(|e| format!("opening {}: {e}", source.display()))?;
+        .map_err(io("opening", source))?;
     let mut magic = [0u8; 17];
     src.read_exact(&mut magic)
         .await
-        .map_err(|_| format!("{} is not an HPROF file (too short)", source.display()))?;
+        .map_err(|_| Error::NotHprof {
+            path: source.to_owned(),
+            why: "too short",
+        })?;
     if &magic != b"JAVA PROFILE 1.0." {
-        return Err(format!(
-            "{} is not an HPROF file (it does not start with \"JAVA PROFILE 1.0.\")",
-            source.display()
-        ));
+        return Err(Error::NotHprof {
+            path: source.to_owned(),
+            why: "it does not start with \"JAVA PROFILE 1.0.\"",
+        });
     }
     if let Some(dir) = file.parent() {
         tokio::fs::create_dir_all(dir)
             .await
-            .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            .map_err(io("creating", dir))?;
     }
     let mut dst = tokio::fs::File::create(tmp)
         .await
-        .map_err(|e| format!("creating {}: {e}", tmp.display()))?;
-    dst.write_all(&magic)
-        .await
-        .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+        .map_err(io("creating", tmp))?;
+    dst.write_all(&magic).await.map_err(io("writing", tmp))?;
     // The file may grow while it is copied (a dump being written): never more than its size.
     let mut rest = (&mut src).take(size.saturating_sub(magic.len() as u64));
     tokio::io::copy(&mut rest, &mut dst)
         .await
-        .map_err(|e| format!("copying {}: {e}", source.display()))?;
-    dst.flush()
-        .await
-        .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+        .map_err(io("copying", source))?;
+    dst.flush().await.map_err(io("writing", tmp))?;
     drop(dst);
     tokio::fs::rename(tmp, file)
         .await
-        .map_err(|e| format!("renaming {}: {e}", tmp.display()))
+        .map_err(io("renaming", tmp))
 }

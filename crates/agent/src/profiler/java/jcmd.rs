@@ -9,6 +9,7 @@ use kdiag_api::Abnormal;
 use kdiag_recoverers::command::{Ended, run_bounded};
 
 use super::JavaTarget;
+use crate::Error;
 use crate::profiler::MAX_PROFILE_BYTES;
 
 /// JVMs of one pod profiled by one profiler, at most.
@@ -34,7 +35,7 @@ pub(super) async fn jcmd_report(
     name: &str,
     jvms: &[JavaTarget],
     deadline: Instant,
-) -> Result<JcmdReport, String> {
+) -> Result<JcmdReport, Error> {
     let ns = abnormal.metadata.namespace.as_deref().unwrap_or_default();
     let ab = abnormal.metadata.name.as_deref().unwrap_or_default();
     let commands: Vec<String> = JCMD_COMMANDS.iter().map(|c| c.join(" ")).collect();
@@ -108,11 +109,10 @@ pub(super) async fn jcmd_report(
         }
     }
     if reported.is_empty() {
-        return Err(format!(
-            "jcmd could not attach to any JVM: {}{}",
-            failures.join("; "),
-            attach_hint()
-        ));
+        return Err(Error::JcmdAttach {
+            failures: failures.join("; "),
+            hint: attach_hint(),
+        });
     }
     Ok(JcmdReport {
         text,
@@ -233,13 +233,6 @@ async fn run_jcmd(
         output.push_str(&stderr);
     }
     JcmdOutput { output, error }
-}
-
-pub(super) fn jcmd_missing() -> String {
-    "Java profiling (type Arthas) needs jcmd (a JDK) in the agent's PATH, and none was found; \
-     run the agent from an image with a JDK, or use type MemoryAnalyzer with a heap dump the \
-     JVM wrote (-XX:+HeapDumpOnOutOfMemoryError)"
-        .into()
 }
 
 pub(super) fn which(program: &str) -> Option<PathBuf> {

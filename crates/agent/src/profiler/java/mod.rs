@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use kdiag_api::{Abnormal, JavaProfilerSpec, JavaProfilerType};
 
-use self::jcmd::{jcmd_missing, jcmd_report, which};
+use self::jcmd::{jcmd_report, which};
 use super::Profilers;
+use crate::Error;
 
 /// A process a Java profiler works on.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,15 +36,15 @@ impl Profilers {
         name: &str,
         java: &JavaProfilerSpec,
         timeout: Duration,
-    ) -> Result<(String, String), String> {
+    ) -> Result<(String, String), Error> {
         let deadline = Instant::now() + timeout;
         match java.type_ {
             JavaProfilerType::Arthas => {
-                let jcmd = which("jcmd").ok_or_else(jcmd_missing)?;
+                let jcmd = which("jcmd").ok_or(Error::JcmdMissing)?;
                 let (targets, searched) = self.java_targets(abnormal, java, timeout).await?;
                 let jvms: Vec<JavaTarget> = targets.into_iter().filter(|t| t.jvm).collect();
                 if jvms.is_empty() {
-                    return Err(format!("no Java process found: searched {searched}"));
+                    return Err(Error::NoJvm { searched });
                 }
                 let report = jcmd_report(&jcmd, abnormal, name, &jvms, deadline).await?;
                 let url_path = self.store(abnormal, name, report.text.as_bytes()).await?;
@@ -51,17 +52,12 @@ impl Profilers {
             }
             JavaProfilerType::MemoryAnalyzer => {
                 if !java.hprof_file_path.starts_with('/') {
-                    return Err(
-                        "java.hprofFilePath must be the absolute path of an HPROF file for type MemoryAnalyzer"
-                            .into(),
-                    );
+                    return Err(Error::HprofPathRelative);
                 }
                 let targets = if java.pid.is_some() || abnormal.spec.pod_reference.is_some() {
                     let (mut t, searched) = self.java_targets(abnormal, java, timeout).await?;
                     if t.is_empty() {
-                        return Err(format!(
-                            "no process found to read the HPROF file through: searched {searched}"
-                        ));
+                        return Err(Error::NoProcessForHprof { searched });
                     }
                     // JVMs first: the file is most likely in their filesystem.
                     t.sort_by_key(|t| !t.jvm);

@@ -10,6 +10,7 @@ use kdiag_collectors::budget::Deadline;
 use kdiag_collectors::process::scan;
 
 use super::JavaTarget;
+use crate::Error;
 use crate::profiler::Profilers;
 
 impl Profilers {
@@ -20,10 +21,10 @@ impl Profilers {
         abnormal: &Abnormal,
         java: &JavaProfilerSpec,
         timeout: Duration,
-    ) -> Result<(Vec<JavaTarget>, String), String> {
+    ) -> Result<(Vec<JavaTarget>, String), Error> {
         if let Some(pid) = java.pid {
             if pid <= 0 {
-                return Err(format!("java.pid {pid} is not a process id"));
+                return Err(Error::InvalidPid { pid });
             }
             let t = read_target(&self.proc_root, pid, "java.pid".into())?;
             let searched = format!(
@@ -33,10 +34,7 @@ impl Profilers {
             return Ok((vec![t], searched));
         }
         let Some(r) = &abnormal.spec.pod_reference else {
-            return Err(
-                "no target JVM: set spec.podReference (the pod running Java) or the profiler's java.pid (a host pid)"
-                    .into(),
-            );
+            return Err(Error::NoTarget);
         };
         let ns = if r.namespace.is_empty() {
             abnormal.metadata.namespace.clone().unwrap_or_default()
@@ -44,21 +42,10 @@ impl Profilers {
             r.namespace.clone()
         };
         let pod_name = format!("{ns}/{}", r.name);
-        let client = self.client.clone().ok_or_else(|| {
-            format!("cannot look up pod {pod_name}: this agent has no API client")
+        let client = self.client.clone().ok_or_else(|| Error::NoClient {
+            pod: pod_name.clone(),
         })?;
-        let pod = tokio::time::timeout(
-            timeout / 3,
-            kube::Api::<Pod>::namespaced(client, &ns).get(&r.name),
-        )
-        .await
-        .map_err(|_| {
-            format!(
-                "looking up pod {pod_name} took longer than {:?}",
-                timeout / 3
-            )
-        })?
-        .map_err(|e| format!("looking up pod {pod_name}: {e}"))?;
+        let pod = get_pod(client, &ns, &r.name, &pod_name, timeout / 3).await?;
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let pod_node = pod
             .spec
@@ -69,18 +56,22 @@ impl Profilers {
             && !pod_node.is_empty()
             && pod_node != abnormal.spec.node_name
         {
-            return Err(format!(
-                "pod {pod_name} runs on node {pod_node}, not on {} where this profiler runs",
-                abnormal.spec.node_name
-            ));
+            return Err(Error::PodElsewhere {
+                pod: pod_name,
+                pod_node,
+                node: abnormal.spec.node_name.clone(),
+            });
         }
         let container = r.container_name.as_str();
         let container_id = if container.is_empty() {
             None
         } else {
-            Some(container_id(&pod, container).ok_or_else(|| {
-                format!("container {container} of pod {pod_name} has no container ID (not started, or no such container)")
-            })?)
+            Some(
+                container_id(&pod, container).ok_or_else(|| Error::NoContainerId {
+                    pod: pod_name.clone(),
+                    container: container.to_owned(),
+                })?,
+            )
         };
         let proc_root = self.proc_root.clone();
         let snapshot = tokio::task::spawn_blocking(move || {
@@ -91,7 +82,10 @@ impl Profilers {
             )
         })
         .await
-        .map_err(|e| format!("scanning processes: {e}"))??;
+        .map_err(|e| Error::ProcessScan {
+            reason: e.to_string(),
+        })?
+        .map_err(|e| Error::ProcessScan { reason: e })?;
         let origin = if container.is_empty() {
             format!("pod {pod_name}")
         } else {
@@ -150,14 +144,55 @@ fn pod_processes(
         .collect()
 }
 
+/// The pod of `spec.podReference`. An apiserver that fails to answer is asked again, with a
+/// short backoff, until `within` has passed.
+async fn get_pod(
+    client: kube::Client,
+    ns: &str,
+    name: &str,
+    pod_name: &str,
+    within: Duration,
+) -> Result<Pod, Error> {
+    let api = kube::Api::<Pod>::namespaced(client, ns);
+    let lookup = async {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match api.get(name).await {
+                Ok(pod) => return Ok(pod),
+                Err(e) if kdiag_runtime::is_transient(&e) => {
+                    tracing::debug!(pod = %pod_name, error = %e, "looking up the profiler's pod; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    return Err(Error::PodLookup {
+                        pod: pod_name.to_owned(),
+                        source: Box::new(e),
+                    });
+                }
+            }
+        }
+    };
+    tokio::time::timeout(within, lookup)
+        .await
+        .map_err(|_| Error::PodLookupTimeout {
+            pod: pod_name.to_owned(),
+            timeout: within,
+        })?
+}
+
 /// Reads what a profiler needs of one process.
-fn read_target(proc_root: &Path, pid: i32, origin: String) -> Result<JavaTarget, String> {
+fn read_target(proc_root: &Path, pid: i32, origin: String) -> Result<JavaTarget, Error> {
     let dir = proc_root.join(pid.to_string());
-    let status = std::fs::read_to_string(dir.join("status")).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            format!("process {pid} does not exist on this node")
+    let status = std::fs::read_to_string(dir.join("status")).map_err(|error| {
+        if error.kind() == std::io::ErrorKind::NotFound {
+            Error::NoSuchProcess { pid }
         } else {
-            format!("reading {}/status: {e}", dir.display())
+            Error::Io {
+                action: "reading",
+                path: dir.join("status"),
+                error,
+            }
         }
     })?;
     let id = |key: &str| -> u32 {
@@ -309,7 +344,9 @@ mod tests {
         let kernel = read_target(root.path(), 8, String::new()).unwrap();
         assert_eq!(kernel.command, "[kworker/0:1]");
         assert_eq!(
-            read_target(root.path(), 9, String::new()).unwrap_err(),
+            read_target(root.path(), 9, String::new())
+                .unwrap_err()
+                .to_string(),
             "process 9 does not exist on this node"
         );
     }

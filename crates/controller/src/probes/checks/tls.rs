@@ -7,6 +7,7 @@ use kdiag_api::TlsCheck;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
 use super::Outcome;
+use crate::Error;
 
 pub async fn check(c: &TlsCheck) -> Outcome {
     let warn_days = c.warn_days.unwrap_or(30);
@@ -112,7 +113,8 @@ fn rustls_pemfile_certs(pem: &[u8]) -> Vec<Vec<u8>> {
 
 /// The leaf certificate an endpoint serves, accepted whatever it is: this check is about its
 /// expiry, not about trusting it.
-async fn served_certificate(endpoint: &str) -> Result<Vec<u8>, String> {
+async fn served_certificate(endpoint: &str) -> Result<Vec<u8>, Error> {
+    const WITHIN: Duration = Duration::from_secs(5);
     let host = endpoint
         .rsplit_once(':')
         .map(|(h, _)| h.trim_matches(|c| c == '[' || c == ']'))
@@ -121,29 +123,34 @@ async fn served_certificate(endpoint: &str) -> Result<Vec<u8>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(|e| Error::TlsSetup {
+            reason: e.to_string(),
+        })?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::TcpStream::connect(endpoint),
-    )
-    .await
-    .map_err(|_| "no connection within 5s".to_owned())?
-    .map_err(|e| format!("cannot connect: {e}"))?;
-    let name = ServerName::try_from(host).map_err(|e| format!("not a server name: {e}"))?;
-    let tls = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
+    let tcp = tokio::time::timeout(WITHIN, tokio::net::TcpStream::connect(endpoint))
         .await
-        .map_err(|_| "no TLS handshake within 5s".to_owned())?
-        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+        .map_err(|_| Error::TlsConnectTimeout {
+            seconds: WITHIN.as_secs(),
+        })?
+        .map_err(|source| Error::TlsConnect { source })?;
+    let name = ServerName::try_from(host).map_err(|e| Error::TlsServerName {
+        reason: e.to_string(),
+    })?;
+    let tls = tokio::time::timeout(WITHIN, connector.connect(name, tcp))
+        .await
+        .map_err(|_| Error::TlsHandshakeTimeout {
+            seconds: WITHIN.as_secs(),
+        })?
+        .map_err(|source| Error::TlsHandshake { source })?;
     let (_, session) = tls.get_ref();
     session
         .peer_certificates()
         .and_then(|c| c.first())
         .map(|c| c.to_vec())
-        .ok_or_else(|| "no certificate served".into())
+        .ok_or(Error::TlsNoCertificate)
 }
 
 #[derive(Debug)]

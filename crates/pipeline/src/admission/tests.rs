@@ -1,0 +1,699 @@
+use std::collections::BTreeMap;
+
+use kdiag_api::*;
+use serde_json::json;
+
+use super::*;
+
+struct Known(BTreeMap<(Stage, String), ProcessorEndpoint>);
+
+impl Registry for Known {
+    fn get(&self, stage: Stage, name: &NamespacedName) -> Option<ProcessorEndpoint> {
+        self.0.get(&(stage, name.to_string())).cloned()
+    }
+    fn names(&self, stage: Stage) -> Vec<String> {
+        self.0
+            .keys()
+            .filter(|(s, _)| *s == stage)
+            .map(|(_, n)| n.clone())
+            .collect()
+    }
+    fn builtins(&self) -> Vec<&'static str> {
+        vec!["pod-collector"]
+    }
+}
+
+fn registry() -> Known {
+    let mut m = BTreeMap::new();
+    m.insert(
+        (
+            Stage::InformationCollecting,
+            "kube-diagnoser/pod-collector".to_owned(),
+        ),
+        ProcessorEndpoint::default(),
+    );
+    m.insert(
+        (
+            Stage::InformationCollecting,
+            "kube-diagnoser/not-built-in".to_owned(),
+        ),
+        ProcessorEndpoint::default(),
+    );
+    m.insert(
+        (Stage::Diagnosing, "kube-diagnoser/remote".to_owned()),
+        ProcessorEndpoint {
+            external_ip: Some("10.0.0.1".into()),
+            external_port: Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(80)),
+            ..Default::default()
+        },
+    );
+    Known(m)
+}
+
+fn abnormal(spec: serde_json::Value) -> Abnormal {
+    serde_json::from_value(
+        json!({"apiVersion": "diagnosis.netease.com/v1", "kind": "Abnormal",
+        "metadata": {"name": "a", "namespace": "team"}, "spec": spec}),
+    )
+    .unwrap()
+}
+
+/// `decide` with no stand-in candidates.
+fn decided(
+    a: &Abnormal,
+    registry: &dyn Registry,
+    pod: &PodLookup,
+    waited: Duration,
+    pod_wait: Duration,
+) -> Decision {
+    decide(
+        a,
+        registry,
+        &Facts {
+            node_exists: None,
+            pod: pod.clone(),
+            stand_ins: StandIns::default(),
+            waited,
+            pod_wait,
+        },
+    )
+}
+
+/// The node an Admit routes to.
+fn admitted_to(d: &Decision) -> Option<&str> {
+    match d {
+        Decision::Admit(route) => Some(&route.routing.node),
+        _ => None,
+    }
+}
+
+fn reject_reason(a: &Abnormal) -> (&'static str, String) {
+    match decided(
+        a,
+        &registry(),
+        &PodLookup::NotNeeded,
+        Duration::ZERO,
+        Duration::from_secs(60),
+    ) {
+        Decision::Reject { reason, message } => (reason, message),
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_abnormal_with_a_node_and_known_processors_is_admitted_to_that_node() {
+    let a = abnormal(
+        json!({"nodeName": "n1", "assignedInformationCollectors": [{"namespace": "kube-diagnoser", "name": "pod-collector"}],
+        "assignedDiagnosers": [{"namespace": "kube-diagnoser", "name": "remote"}]}),
+    );
+    let d = decided(
+        &a,
+        &registry(),
+        &PodLookup::NotNeeded,
+        Duration::ZERO,
+        Duration::from_secs(60),
+    );
+    let Decision::Admit(route) = d else {
+        panic!("{d:?}")
+    };
+    assert_eq!(route.routing.node, "n1");
+    assert_eq!(route.routing.stand_in, None);
+    assert_eq!(
+        route.collectors, a.spec.assigned_information_collectors,
+        "the processors are its own"
+    );
+}
+
+#[test]
+fn an_abnormal_without_node_or_pod_is_rejected_with_what_to_set() {
+    let (reason, message) = reject_reason(&abnormal(json!({})));
+    assert_eq!(reason, "MissingTarget");
+    assert!(message.contains("spec.nodeName") && message.contains("spec.podReference"));
+}
+
+#[test]
+fn an_unknown_processor_is_rejected_listing_the_registered_ones() {
+    let (reason, message) = reject_reason(&abnormal(
+        json!({"nodeName": "n", "assignedInformationCollectors": [{"namespace": "kube-diagnoser", "name": "podcollector"}]}),
+    ));
+    assert_eq!(reason, "ProcessorNotFound");
+    assert!(message.contains("kube-diagnoser/podcollector"), "{message}");
+    assert!(
+        message.contains("kube-diagnoser/pod-collector"),
+        "{message}"
+    );
+    assert!(
+        message.contains("spec.assignedInformationCollectors[0]"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_processor_without_namespace_is_looked_up_in_the_abnormals_namespace() {
+    let (_, message) = reject_reason(&abnormal(
+        json!({"nodeName": "n", "assignedInformationCollectors": [{"name": "pod-collector"}]}),
+    ));
+    assert!(message.contains("team/pod-collector"), "{message}");
+}
+
+#[test]
+fn a_registration_without_address_must_name_a_built_in() {
+    let (reason, message) = reject_reason(&abnormal(
+        json!({"nodeName": "n", "assignedInformationCollectors": [{"namespace": "kube-diagnoser", "name": "not-built-in"}]}),
+    ));
+    assert_eq!(reason, "UnknownBuiltinProcessor");
+    assert!(message.contains("built-ins: pod-collector"), "{message}");
+}
+
+#[test]
+fn malformed_command_executors_are_rejected() {
+    let (reason, m) = reject_reason(&abnormal(
+        json!({"nodeName": "n", "commandExecutors": [{"command": [], "type": "Diagnoser"}]}),
+    ));
+    assert_eq!(reason, "InvalidCommandExecutor");
+    assert!(
+        m.contains("spec.commandExecutors[0].command is empty"),
+        "{m}"
+    );
+    let (_, m) = reject_reason(&abnormal(
+        json!({"nodeName": "n", "commandExecutors": [{"command": ["ps aux"], "type": "Diagnoser"}]}),
+    ));
+    assert!(m.contains("never run through a shell"), "{m}");
+    let (_, m) = reject_reason(&abnormal(
+        json!({"nodeName": "n", "commandExecutors": [{"command": ["ps"], "type": "Diagnoser", "timeoutSeconds": 0}]}),
+    ));
+    assert!(m.contains("timeoutSeconds is 0"), "{m}");
+}
+
+#[test]
+fn malformed_profilers_are_rejected() {
+    let (reason, m) = reject_reason(&abnormal(
+        json!({"nodeName": "n", "profilers": [{"name": "p", "type": "Diagnoser"}]}),
+    ));
+    assert_eq!(reason, "InvalidProfiler");
+    assert!(m.contains("exactly one of go and java"), "{m}");
+    let (_, m) = reject_reason(&abnormal(
+        json!({"nodeName": "n", "profilers": [{"name": "p", "type": "Diagnoser", "go": {"source": "/tmp/x"}}]}),
+    ));
+    assert!(m.contains("must be an http(s) URL"), "{m}");
+    let (_, m) = reject_reason(&abnormal(json!({"nodeName": "n", "profilers": [
+        {"name": "p", "type": "Diagnoser", "go": {"source": "http://x/debug/pprof/heap"}},
+        {"name": "p", "type": "Diagnoser", "go": {"source": "http://x/debug/pprof/heap"}}]})));
+    assert!(m.contains("used twice"), "{m}");
+    let (_, m) = reject_reason(&abnormal(json!({"nodeName": "n", "profilers": [
+        {"name": "p", "type": "Diagnoser", "java": {"type": "Arthas", "pid": 0}}]})));
+    assert!(m.contains("java.pid must be the host pid"), "{m}");
+    let (_, m) = reject_reason(&abnormal(json!({"nodeName": "n", "profilers": [
+        {"name": "p", "type": "Diagnoser", "java": {"type": "Arthas"}}]})));
+    assert!(m.contains("names no JVM"), "{m}");
+}
+
+#[test]
+fn a_pod_abnormal_without_processors_gets_the_registered_part_of_the_triage() {
+    let a = abnormal(json!({"podReference": {"name": "web"}}));
+    let triage = Triage {
+        collectors: vec![
+            NamespacedName::new("kube-diagnoser", "pod-collector"),
+            NamespacedName::new("kube-diagnoser", "gone"),
+        ],
+        diagnosers: vec![NamespacedName::new("kube-diagnoser", "remote")],
+    };
+    let t = with_triage(&a, &triage, &registry()).unwrap();
+    assert_eq!(
+        t.spec.assigned_information_collectors,
+        [NamespacedName::new("kube-diagnoser", "pod-collector")]
+    );
+    assert_eq!(
+        t.spec.assigned_diagnosers,
+        [NamespacedName::new("kube-diagnoser", "remote")]
+    );
+    let named = abnormal(
+        json!({"podReference": {"name": "web"}, "assignedDiagnosers": [{"namespace": "kube-diagnoser", "name": "remote"}]}),
+    );
+    assert!(
+        with_triage(&named, &triage, &registry()).is_none(),
+        "a user's choice is kept"
+    );
+    assert!(
+        with_triage(&abnormal(json!({"nodeName": "n"})), &triage, &registry()).is_none(),
+        "a node is not a pod"
+    );
+}
+
+#[test]
+fn a_pod_reference_resolves_to_the_pods_node() {
+    let a = abnormal(json!({"podReference": {"name": "web"}}));
+    let d = decided(
+        &a,
+        &registry(),
+        &PodLookup::Found {
+            node: Some("n7".into()),
+            unschedulable: false,
+        },
+        Duration::ZERO,
+        Duration::from_secs(60),
+    );
+    assert_eq!(admitted_to(&d), Some("n7"));
+}
+
+#[test]
+fn a_missing_pod_is_waited_for_then_rejected() {
+    let a = abnormal(json!({"podReference": {"name": "web"}}));
+    let wait = Duration::from_secs(60);
+    assert!(matches!(
+        decided(
+            &a,
+            &registry(),
+            &PodLookup::Missing,
+            Duration::from_secs(10),
+            wait
+        ),
+        Decision::Wait { .. }
+    ));
+    let Decision::Reject { reason, message } = decided(
+        &a,
+        &registry(),
+        &PodLookup::Missing,
+        Duration::from_secs(61),
+        wait,
+    ) else {
+        panic!()
+    };
+    assert_eq!(reason, "PodNotFound");
+    assert!(message.contains("team/web"), "{message}");
+}
+
+#[test]
+fn an_unscheduled_pod_is_waited_for_then_rejected() {
+    let a = abnormal(json!({"podReference": {"namespace": "x", "name": "web"}}));
+    let pod = PodLookup::Found {
+        node: None,
+        unschedulable: true,
+    };
+    assert!(matches!(
+        decided(
+            &a,
+            &registry(),
+            &pod,
+            Duration::from_secs(1),
+            Duration::from_secs(60)
+        ),
+        Decision::Wait { .. }
+    ));
+    let Decision::Reject { reason, .. } = decided(
+        &a,
+        &registry(),
+        &pod,
+        Duration::from_secs(60),
+        Duration::from_secs(60),
+    ) else {
+        panic!()
+    };
+    assert_eq!(
+        reason, "PodNotScheduled",
+        "pod-collector needs the pod's node"
+    );
+}
+
+fn triaged_pod(extra: serde_json::Value) -> Abnormal {
+    let mut spec = json!({"podReference": {"namespace": "x", "name": "big"},
+        "assignedInformationCollectors": [
+            {"namespace": "kube-diagnoser", "name": "pod-detail-collector"},
+            {"namespace": "kube-diagnoser", "name": "process-collector"}],
+        "assignedDiagnosers": [{"namespace": "kube-diagnoser", "name": "pod-triage-diagnoser"}]});
+    for (k, v) in extra.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    abnormal(spec)
+}
+
+struct Anything;
+
+impl Registry for Anything {
+    fn get(&self, _: Stage, _: &NamespacedName) -> Option<ProcessorEndpoint> {
+        Some(ProcessorEndpoint::default())
+    }
+    fn names(&self, _: Stage) -> Vec<String> {
+        vec![]
+    }
+    fn builtins(&self) -> Vec<&'static str> {
+        vec![
+            "pod-detail-collector",
+            "process-collector",
+            "pod-triage-diagnoser",
+            "signal-recoverer",
+        ]
+    }
+}
+
+fn unschedulable() -> PodLookup {
+    PodLookup::Found {
+        node: None,
+        unschedulable: true,
+    }
+}
+
+fn facts(pod: PodLookup, waited: Duration, stand_ins: &[&str]) -> Facts {
+    Facts {
+        node_exists: None,
+        pod,
+        stand_ins: StandIns {
+            agent_nodes: stand_ins.iter().map(|n| n.to_string()).collect(),
+            ready_nodes: vec![],
+        },
+        waited,
+        pod_wait: Duration::from_secs(60),
+    }
+}
+
+#[test]
+fn an_unschedulable_pods_triage_is_run_at_once_by_another_node_with_only_apiserver_collectors() {
+    let a = triaged_pod(json!({}));
+    let f = facts(unschedulable(), Duration::ZERO, &["n2"]);
+    assert!(needs_stand_ins(&a, &f));
+    let d = decide(&a, &Anything, &f);
+    let Decision::Admit(route) = d else {
+        panic!("{d:?}")
+    };
+    assert_eq!(route.routing.node, "n2");
+    let stand_in = route.routing.stand_in.clone().unwrap();
+    assert_eq!(stand_in.pod, "x/big");
+    assert!(
+        stand_in.why.contains("no node that fits"),
+        "{}",
+        stand_in.why
+    );
+    assert_eq!(stand_in.left_out, ["process-collector"]);
+    assert_eq!(
+        route.collectors,
+        vec![NamespacedName::new(
+            "kube-diagnoser",
+            "pod-detail-collector"
+        )],
+        "node-local collectors are left out"
+    );
+    assert_eq!(route.diagnosers, a.spec.assigned_diagnosers);
+    assert_eq!(
+        route.routing.accepted_message(),
+        "routed to node n2 to stand in for unscheduled pod x/big: it is on no node (the scheduler found no node that fits it); only collectors that read the apiserver run (left out: process-collector)"
+    );
+}
+
+#[test]
+fn a_pod_no_scheduler_placed_is_triaged_elsewhere_once_the_wait_is_over() {
+    let a = triaged_pod(json!({}));
+    let pending = PodLookup::Found {
+        node: None,
+        unschedulable: false,
+    };
+    let early = facts(pending.clone(), Duration::from_secs(5), &[]);
+    assert!(!needs_stand_ins(&a, &early), "no listing while waiting");
+    assert!(matches!(
+        decide(&a, &Anything, &early),
+        Decision::Wait {
+            reason: "WaitingForPod",
+            ..
+        }
+    ));
+    let late = facts(pending, Duration::from_secs(60), &["n2"]);
+    assert!(needs_stand_ins(&a, &late));
+    let d = decide(&a, &Anything, &late);
+    assert_eq!(admitted_to(&d), Some("n2"));
+}
+
+#[test]
+fn without_a_node_to_stand_in_it_waits_then_is_rejected_saying_what_to_check() {
+    let a = triaged_pod(json!({}));
+    let d = decide(&a, &Anything, &facts(unschedulable(), Duration::ZERO, &[]));
+    assert!(
+        matches!(
+            d,
+            Decision::Wait {
+                reason: "WaitingForNode",
+                ..
+            }
+        ),
+        "{d:?}"
+    );
+    let d = decide(
+        &a,
+        &Anything,
+        &facts(unschedulable(), Duration::from_secs(60), &[]),
+    );
+    let Decision::Reject { reason, message } = d else {
+        panic!("{d:?}")
+    };
+    assert_eq!(reason, "NoNodeToRunOn");
+    assert!(message.contains("kdiag-agent DaemonSet"), "{message}");
+}
+
+#[test]
+fn nothing_that_acts_on_a_node_ever_runs_on_a_stand_in() {
+    let a = triaged_pod(
+        json!({"assignedRecoverers": [{"namespace": "kube-diagnoser", "name": "signal-recoverer"}]}),
+    );
+    assert!(!can_stand_in(&a));
+    let f = facts(unschedulable(), Duration::ZERO, &["n2"]);
+    assert!(!needs_stand_ins(&a, &f));
+    assert!(matches!(
+        decide(&a, &Anything, &f),
+        Decision::Wait {
+            reason: "WaitingForPod",
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_scheduled_pod_or_a_named_node_never_needs_a_stand_in() {
+    let a = triaged_pod(json!({}));
+    let scheduled = PodLookup::Found {
+        node: Some("n1".into()),
+        unschedulable: false,
+    };
+    assert!(!needs_stand_ins(
+        &a,
+        &facts(scheduled, Duration::from_secs(90), &[])
+    ));
+    assert!(!needs_stand_ins(
+        &a,
+        &facts(PodLookup::Missing, Duration::from_secs(90), &[])
+    ));
+    let named = triaged_pod(json!({"nodeName": "n1"}));
+    assert!(!needs_stand_ins(
+        &named,
+        &facts(unschedulable(), Duration::ZERO, &[])
+    ));
+}
+
+#[test]
+fn the_stand_in_is_an_agents_node_else_a_ready_one_and_stable_per_abnormal() {
+    let both = StandIns {
+        agent_nodes: vec!["b".to_owned(), "a".to_owned()],
+        ready_nodes: vec!["c".to_owned()],
+    };
+    let ready_only = StandIns {
+        agent_nodes: vec![],
+        ready_nodes: vec!["c".to_owned()],
+    };
+    let first = choose_stand_in(&both, "x/one").unwrap();
+    assert!(both.agent_nodes.contains(&first));
+    assert_eq!(choose_stand_in(&both, "x/one").unwrap(), first);
+    assert_eq!(choose_stand_in(&ready_only, "x/one").as_deref(), Some("c"));
+    assert_eq!(choose_stand_in(&StandIns::default(), "x/one"), None);
+    let spread: std::collections::BTreeSet<String> = (0..20)
+        .map(|i| choose_stand_in(&both, &format!("x/{i}")).unwrap())
+        .collect();
+    assert_eq!(spread.len(), 2, "different Abnormals use different nodes");
+}
+
+/// `abnormal` with a JSON merge patch applied, as the apiserver would.
+fn patched(abnormal: &Abnormal, patch: &serde_json::Value) -> Abnormal {
+    fn merge(target: &mut serde_json::Value, patch: &serde_json::Value) {
+        match patch {
+            serde_json::Value::Object(p) => {
+                if !target.is_object() {
+                    *target = json!({});
+                }
+                let t = target.as_object_mut().unwrap();
+                for (k, v) in p {
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        merge(t.entry(k.clone()).or_insert(json!(null)), v);
+                    }
+                }
+            }
+            other => *target = other.clone(),
+        }
+    }
+    let mut v = serde_json::to_value(abnormal).unwrap();
+    merge(&mut v, patch);
+    serde_json::from_value(v).unwrap()
+}
+
+#[test]
+fn the_routing_is_read_back_from_what_the_routing_patch_wrote() {
+    let a = triaged_pod(json!({}));
+    assert_eq!(Routing::recorded(&a), None, "not routed yet");
+    let Decision::Admit(route) = decide(
+        &a,
+        &Anything,
+        &facts(unschedulable(), Duration::ZERO, &["n2"]),
+    ) else {
+        panic!()
+    };
+    let routed = patched(&a, &route.patch(&a));
+    assert_eq!(Routing::recorded(&routed), Some(route.routing.clone()));
+    assert_eq!(
+        routed.spec.assigned_information_collectors,
+        route.collectors
+    );
+    let plain = abnormal(json!({"nodeName": "n1"}));
+    let Decision::Admit(route) = decided(
+        &plain,
+        &registry(),
+        &PodLookup::NotNeeded,
+        Duration::ZERO,
+        Duration::from_secs(60),
+    ) else {
+        panic!()
+    };
+    let patch = route.patch(&plain);
+    assert!(
+        patch["spec"].get("assignedInformationCollectors").is_none(),
+        "processors unchanged are not written: {patch}"
+    );
+    let routed = patched(&plain, &patch);
+    assert_eq!(
+        Routing::recorded(&routed),
+        Some(Routing {
+            node: "n1".into(),
+            stand_in: None
+        })
+    );
+    assert_eq!(
+        Routing::recorded(&routed).unwrap().accepted_message(),
+        "routed to node n1"
+    );
+}
+
+#[test]
+fn a_node_label_that_disagrees_with_spec_node_name_is_no_routing() {
+    let mut a = abnormal(json!({"nodeName": "n1"}));
+    a.metadata.labels = Some([(labels::NODE_LABEL.to_owned(), "n2".to_owned())].into());
+    assert_eq!(Routing::recorded(&a), None);
+    let long = format!("{}.example.com", "a".repeat(70));
+    let mut a = abnormal(json!({ "nodeName": long }));
+    a.metadata.labels = Some(
+        [(
+            labels::NODE_LABEL.to_owned(),
+            labels::node_label_value(&long),
+        )]
+        .into(),
+    );
+    assert_eq!(Routing::recorded(&a).unwrap().node, long);
+}
+
+#[test]
+fn the_routing_patch_is_conditional_on_the_version_decided_on() {
+    let mut a = abnormal(json!({"nodeName": "n1"}));
+    a.metadata.resource_version = Some("42".into());
+    let Decision::Admit(route) = decided(
+        &a,
+        &registry(),
+        &PodLookup::NotNeeded,
+        Duration::ZERO,
+        Duration::from_secs(60),
+    ) else {
+        panic!()
+    };
+    assert_eq!(route.patch(&a)["metadata"]["resourceVersion"], json!("42"));
+}
+
+#[test]
+fn accepting_starts_collection_once_with_the_routings_message() {
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        "2026-01-01T00:00:00Z".parse().unwrap(),
+    );
+    let mut status = AbnormalStatus {
+        reason: "WaitingForPod".into(),
+        message: "pod team/web does not exist yet".into(),
+        ..Default::default()
+    };
+    let routing = Routing {
+        node: "n1".into(),
+        stand_in: None,
+    };
+    accept(&mut status, &routing, &now);
+    assert_eq!(status.phase, Some(AbnormalPhase::InformationCollecting));
+    assert_eq!(status.start_time, Some(now.clone()));
+    assert!(status.reason.is_empty() && status.message.is_empty());
+    assert_eq!(status.conditions.len(), 1);
+    assert_eq!(status.conditions[0].message, "routed to node n1");
+    assert_eq!(status.conditions[0].status, ConditionStatus::True);
+
+    let mut waiting = AbnormalStatus::default();
+    assert!(wait(&mut waiting, "WaitingForPod", "m"));
+    assert!(
+        !wait(&mut waiting, "WaitingForPod", "m"),
+        "nothing to write"
+    );
+    reject(&mut waiting, "PodNotFound", "gone", &now);
+    assert_eq!(waiting.phase, Some(AbnormalPhase::Failed));
+    assert_eq!(waiting.conditions[0].status, ConditionStatus::False);
+}
+
+#[test]
+fn the_registered_part_of_the_triage_keeps_its_order() {
+    let triage = Triage::default();
+    let registered = triage
+        .registered(&|stage, n| stage == Stage::Diagnosing || n.name != "container-collector");
+    assert_eq!(
+        registered
+            .collectors
+            .iter()
+            .map(|n| n.name.as_str())
+            .collect::<Vec<_>>(),
+        [
+            "pod-detail-collector",
+            "process-collector",
+            "kernel-log-collector"
+        ]
+    );
+    assert_eq!(registered.diagnosers, triage.diagnosers);
+    assert_eq!(
+        triage.registered(&|_, _| false),
+        Triage {
+            collectors: vec![],
+            diagnosers: vec![]
+        }
+    );
+}
+
+#[test]
+fn an_abnormal_for_a_node_that_does_not_exist_is_rejected_naming_the_node_and_what_to_do() {
+    let a = abnormal(json!({"nodeName": "nod-1"}));
+    let facts = |exists| Facts {
+        node_exists: exists,
+        pod: PodLookup::NotNeeded,
+        stand_ins: StandIns::default(),
+        waited: Duration::ZERO,
+        pod_wait: Duration::from_secs(60),
+    };
+    let Decision::Reject { reason, message } = decide(&a, &registry(), &facts(Some(false))) else {
+        panic!("not a rejection")
+    };
+    assert_eq!(reason, "NodeNotFound");
+    assert!(message.contains("\"nod-1\""), "{message}");
+    assert!(message.contains("kubectl get nodes"), "{message}");
+    assert_eq!(
+        admitted_to(&decide(&a, &registry(), &facts(Some(true)))),
+        Some("nod-1")
+    );
+    assert_eq!(
+        admitted_to(&decide(&a, &registry(), &facts(None))),
+        Some("nod-1"),
+        "not looked up: not held against it"
+    );
+}
