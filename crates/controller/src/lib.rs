@@ -11,6 +11,7 @@
 
 pub mod cluster;
 pub mod probes;
+mod retry;
 pub mod server;
 pub mod sources;
 

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use backon::Retryable;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kdiag_api::labels::DIAGNOSES_ANNOTATION;
 use kdiag_api::{Abnormal, AbnormalPhase, CheckerDiagnosis, ProbeStatus};
@@ -20,6 +21,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use super::episodes::{EPISODES_ANNOTATION, Episodes};
+use crate::retry;
 
 /// Whether the installed CRD keeps `spec.checkers[].diagnosis`, looked up now and then.
 #[derive(Default)]
@@ -103,9 +105,10 @@ pub async fn sync(
     let Some(probe) = abnormal.spec.probe_status.clone() else {
         return Ok(());
     };
-    let api: Api<ProbeStatus> = Api::namespaced(client.clone(), &probe.namespace);
+    let api: &Api<ProbeStatus> = &Api::namespaced(client.clone(), &probe.namespace);
     let field_mode = schema.keeps_diagnosis_field(client).await;
-    for _attempt in 0..3 {
+    let probe = &probe;
+    let write = move || async move {
         let Some(ps) = api.get_opt(&probe.name).await? else {
             return Ok(());
         };
@@ -134,7 +137,7 @@ pub async fn sync(
             .unwrap_or_else(|| vec![abnormal.clone()]);
         let diagnosis = combine(&siblings);
 
-        let result = if field_mode {
+        if field_mode {
             let mut updated = ps.clone();
             let Some(entry) = updated
                 .spec
@@ -168,13 +171,18 @@ pub async fn sync(
             api.patch(&probe.name, &PatchParams::default(), &Patch::Merge(patch))
                 .await
                 .map(|_| ())
-        };
-        match result {
-            Err(kube::Error::Api(s)) if s.code == 409 => continue,
-            other => return other,
         }
+    };
+    match write
+        .retry(retry::on_conflict(3))
+        .sleep(tokio::time::sleep)
+        .when(retry::is_conflict)
+        .await
+    {
+        // Three lost races in a row: left for the Abnormal's next change.
+        Err(e) if retry::is_conflict(&e) => Ok(()),
+        other => other,
     }
-    Ok(())
 }
 
 #[cfg(test)]
