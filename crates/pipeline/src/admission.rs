@@ -317,7 +317,6 @@ pub fn choose_stand_in(
     ready_nodes: &[String],
     abnormal: &str,
 ) -> Option<String> {
-    use std::hash::{DefaultHasher, Hash, Hasher};
     let mut nodes: Vec<&String> = if agent_nodes.is_empty() {
         ready_nodes.iter().collect()
     } else {
@@ -328,10 +327,10 @@ pub fn choose_stand_in(
     if nodes.is_empty() {
         return None;
     }
-    // DefaultHasher::new() has fixed keys: the choice is stable across controller restarts.
-    let mut h = DefaultHasher::new();
-    abnormal.hash(&mut h);
-    Some(nodes[(h.finish() % nodes.len() as u64) as usize].clone())
+    // FNV-1a, not DefaultHasher (unspecified across Rust releases): the same choice after a
+    // restart and after an upgrade.
+    let at = crate::hash::fnv1a(abnormal) % nodes.len() as u64;
+    Some(nodes[at as usize].clone())
 }
 
 /// The processors a pod is triaged with when its Abnormal names none: one documented default
@@ -832,5 +831,16 @@ mod tests {
             .map(|i| choose_stand_in(&agents, &ready, &format!("x/{i}")).unwrap())
             .collect();
         assert_eq!(spread.len(), 2, "different Abnormals use different nodes");
+    }
+
+    #[test]
+    fn the_stand_in_is_pinned_so_it_survives_restarts_and_upgrades() {
+        let nodes = ["n3".to_owned(), "n1".to_owned(), "n2".to_owned()];
+        let chosen = |abnormal: &str| choose_stand_in(&nodes, &[], abnormal).unwrap();
+        // FNV-1a of the name modulo 3, over the nodes in name order.
+        assert_eq!(chosen("shop/web-oom"), "n3");
+        assert_eq!(chosen("shop/db-oom"), "n2");
+        assert_eq!(chosen("x/one"), "n1");
+        assert_eq!(choose_stand_in(&[], &nodes, "x/two").unwrap(), "n3");
     }
 }
