@@ -25,7 +25,12 @@ impl Profilers {
             if pid <= 0 {
                 return Err(format!("java.pid {pid} is not a process id"));
             }
-            let t = read_target(&self.proc_root, pid, "java.pid".into())?;
+            let proc_root = self.proc_root.clone();
+            let t = tokio::task::spawn_blocking(move || {
+                read_target(&proc_root, pid, "java.pid".into())
+            })
+            .await
+            .map_err(|e| format!("reading process {pid}: {e}"))??;
             let searched = format!(
                 "process {pid} (java.pid), which is not a JVM ({})",
                 t.command
@@ -98,13 +103,15 @@ impl Profilers {
             format!("pod {pod_name} container {container}")
         };
         let pids = pod_processes(&snapshot.processes, &uid, container_id.as_deref());
-        let mut targets = Vec::new();
-        for pid in pids {
-            // A process that exited since the scan is simply not a target.
-            if let Ok(t) = read_target(&self.proc_root, pid, origin.clone()) {
-                targets.push(t);
-            }
-        }
+        let (proc_root, target_origin) = (self.proc_root.clone(), origin.clone());
+        let targets: Vec<JavaTarget> = tokio::task::spawn_blocking(move || {
+            pids.into_iter()
+                // A process that exited since the scan is simply not a target.
+                .filter_map(|pid| read_target(&proc_root, pid, target_origin.clone()).ok())
+                .collect()
+        })
+        .await
+        .map_err(|e| format!("reading the processes of {origin}: {e}"))?;
         let searched = format!(
             "the {} processes of {origin} (uid {uid}) on this node{}",
             targets.len(),
@@ -150,7 +157,8 @@ fn pod_processes(
         .collect()
 }
 
-/// Reads what a profiler needs of one process.
+/// Reads what a profiler needs of one process. Blocking (/proc reads, up to 100,000 lines of
+/// maps): call it off the async threads.
 fn read_target(proc_root: &Path, pid: i32, origin: String) -> Result<JavaTarget, String> {
     let dir = proc_root.join(pid.to_string());
     let status = std::fs::read_to_string(dir.join("status")).map_err(|e| {
