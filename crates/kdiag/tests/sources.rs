@@ -483,7 +483,8 @@ async fn a_firing_prometheus_rule_reaches_kdiag_directly_and_through_alertmanage
             .arg(format!("--web.listen-address=127.0.0.1:{am_port}"))
             .arg(format!("--cluster.listen-address=127.0.0.1:{am_cluster}"))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            // Kept for the failure message: whether and why its notifications failed.
+            .stderr(std::fs::File::create(dir.path().join("alertmanager.log")).unwrap())
             .spawn()
             .expect("prometheus-alertmanager (installed by make setup)"),
     );
@@ -549,7 +550,8 @@ async fn a_firing_prometheus_rule_reaches_kdiag_directly_and_through_alertmanage
         }
         assert!(
             Instant::now() < deadline,
-            "not both paths within 120s: {occurrences}"
+            "not both paths within 120s: {occurrences}\nAlertmanager's log:\n{}",
+            std::fs::read_to_string(dir.path().join("alertmanager.log")).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
