@@ -148,7 +148,15 @@ pub fn node_from(a: &Alert, label: &str) -> Option<String> {
 
 /// The Abnormal's name for one firing: alert name, fingerprint, and when it started.
 pub fn abnormal_name(a: &Alert, fp: &str) -> String {
-    let h = fnv1a(a.starts_at.as_deref().unwrap_or_default());
+    // One instant, one name: Prometheus pushes milliseconds ("…00.120Z"), Alertmanager's webhook
+    // trims their zeros ("…00.12Z"), so the time is hashed in one form (jiff's, as written when
+    // whole seconds).
+    let starts = a.starts_at.as_deref().unwrap_or_default();
+    let h = fnv1a(
+        starts
+            .parse::<Timestamp>()
+            .map_or_else(|_| starts.to_owned(), |t| t.to_string()),
+    );
     format!(
         "alert-{}-{}-{:06x}",
         slug(
@@ -385,6 +393,13 @@ mod tests {
         assert_ne!(first, abnormal_name(&a, &fp));
         // Pinned: a redelivery after an upgrade must find the same name.
         assert_eq!(first, "alert-diskfull-744e61ca07-3df95a");
+        // The same instant written by the two paths is the same firing.
+        a.starts_at = Some("2026-11-22T12:00:00.120Z".into());
+        let pushed = abnormal_name(&a, &fp);
+        a.starts_at = Some("2026-11-22T12:00:00.12Z".into());
+        assert_eq!(abnormal_name(&a, &fp), pushed);
+        a.starts_at = Some("2026-11-22T12:00:00.12+00:00".into());
+        assert_eq!(abnormal_name(&a, &fp), pushed);
     }
 
     #[test]
