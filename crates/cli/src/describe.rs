@@ -672,21 +672,10 @@ fn one_line(s: &str) -> String {
     render::truncate(s, 160)
 }
 
-/// An argv as a person would type it: words with spaces or quotes are single-quoted.
+/// An argv as a person would type it: words a POSIX shell would read differently are quoted
+/// (`shlex`). An argument holding a NUL byte cannot be typed at all; that argv is shown as a list.
 pub fn shell_words(argv: &[String]) -> String {
-    argv.iter()
-        .map(|w| {
-            if !w.is_empty()
-                && w.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
-            {
-                w.clone()
-            } else {
-                format!("'{}'", w.replace('\'', r"'\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    shlex::try_join(argv.iter().map(String::as_str)).unwrap_or_else(|_| format!("{argv:?}"))
 }
 
 #[cfg(test)]
@@ -784,7 +773,7 @@ mod tests {
             "    - container app of pod shop/web is restarting in a loop (CrashLoopBackOff) since 2026-11-22T09:52:00Z",
             "Timeline:",
             "Commands:",
-            "  ps -o pid,rss,comm [InformationCollector]  ok",
+            "  ps -o 'pid,rss,comm' [InformationCollector]  ok",
             "       4242 65536 python",
             "Collected:    podInformation, processInformation",
             "Events:",
@@ -925,7 +914,22 @@ WHEN    STAGE                   STEP                           RESULT      TOOK 
         );
         assert_eq!(
             shell_words(&argv(&["sh", "-c", "echo it's"])),
-            r"sh -c 'echo it'\''s'"
+            r#"sh -c "echo it's""#
         );
+        // shlex also quotes what only some shells or positions treat specially: `=` (an
+        // assignment as the first word), `,` (brace expansion), `%` (a job).
+        assert_eq!(
+            shell_words(&argv(&[
+                "env",
+                "A=1",
+                "",
+                "echo $HOME",
+                "ps",
+                "-o",
+                "pid,rss"
+            ])),
+            "env 'A=1' '' 'echo $HOME' ps -o 'pid,rss'"
+        );
+        assert_eq!(shell_words(&argv(&["a\0b"])), r#"["a\0b"]"#);
     }
 }

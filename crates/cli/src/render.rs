@@ -1,8 +1,11 @@
 //! Pure formatting shared by the `kubectl diag` commands: tables, ages, durations, colour.
 //! Nothing here does IO, so every layout is unit-tested.
 
-use std::fmt::Write as _;
+use std::io::Write as _;
 use std::time::Duration;
+
+use tabwriter::TabWriter;
+use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
 /// Whether to colour the output. Decided once at the edge (terminal, `NO_COLOR`, `--color`),
 /// then passed down so the renderers stay pure.
@@ -95,7 +98,10 @@ pub fn checker_tone(status: &str) -> Tone {
 }
 
 /// A table laid out as kubectl lays out `get`: upper-case headers, columns separated by three
-/// spaces, no trailing spaces. Cells may carry colour; widths count only what is visible.
+/// spaces, no trailing spaces. Cells may carry colour; widths count only what a terminal shows
+/// (ANSI colour takes no room, a CJK character or an emoji takes two columns).
+///
+/// The layout is `tabwriter`'s, the Rust port of Go's `text/tabwriter` that kubectl uses.
 #[derive(Debug, Clone, Default)]
 pub struct Table {
     headers: Vec<String>,
@@ -120,30 +126,44 @@ impl Table {
 
     pub fn render(&self) -> String {
         let columns = self.headers.len();
-        let mut widths: Vec<usize> = self.headers.iter().map(|h| visible_width(h)).collect();
-        for row in &self.rows {
-            for (i, cell) in row.iter().enumerate().take(columns) {
-                widths[i] = widths[i].max(visible_width(cell));
-            }
-        }
-        let mut out = String::new();
+        let mut text = String::new();
         for line in std::iter::once(&self.headers).chain(&self.rows) {
-            let mut text = String::new();
-            for (i, width) in widths.iter().enumerate() {
-                let cell = line.get(i).map(String::as_str).unwrap_or("");
-                text.push_str(cell);
-                if i + 1 < columns {
-                    let pad = width - visible_width(cell) + 3;
-                    text.extend(std::iter::repeat_n(' ', pad));
+            // Every line has every column (missing cells are empty, extra ones are left out), so
+            // all lines form one block and align together; the last column is not padded.
+            for i in 0..columns {
+                if i > 0 {
+                    text.push('\t');
                 }
+                let cell = line.get(i).map(String::as_str).unwrap_or("");
+                // A tab or a line break would end the cell or the row early.
+                text.extend(cell.chars().map(|c| match c {
+                    '\t' | '\n' | '\r' => ' ',
+                    c => c,
+                }));
             }
-            let _ = writeln!(out, "{}", text.trim_end());
+            text.push('\n');
+        }
+        let mut writer = TabWriter::new(Vec::with_capacity(text.len() * 2))
+            .minwidth(0)
+            .padding(3)
+            .ansi(true);
+        writer
+            .write_all(text.as_bytes())
+            .expect("writing to memory cannot fail");
+        let laid_out = writer.into_inner().expect("writing to memory cannot fail");
+        // Only spaces were added to UTF-8 text.
+        let laid_out = String::from_utf8(laid_out).expect("tabwriter keeps UTF-8 intact");
+        let mut out = String::with_capacity(laid_out.len());
+        for line in laid_out.split_terminator('\n') {
+            out.push_str(line.trim_end());
+            out.push('\n');
         }
         out
     }
 }
 
-/// The number of characters a terminal shows: ANSI colour sequences take no room.
+/// The number of columns a terminal shows: ANSI colour sequences take no room, wide characters
+/// (CJK, most emoji) take two.
 pub fn visible_width(s: &str) -> usize {
     let mut width = 0;
     let mut chars = s.chars();
@@ -156,21 +176,29 @@ pub fn visible_width(s: &str) -> usize {
                 }
             }
         } else {
-            width += 1;
+            width += c.width().unwrap_or(0);
         }
     }
     width
 }
 
-/// At most `max` characters, the last one an ellipsis when cut. One line only: a table cell
+/// At most `max` columns wide, the last one an ellipsis when cut. One line only: a table cell
 /// must not break the table.
 pub fn truncate(s: &str, max: usize) -> String {
     let line = s.lines().next().unwrap_or("");
-    let cut = line.chars().count() > max || s.contains('\n');
+    let cut = line.width() > max || s.contains('\n');
     if !cut {
         return line.to_owned();
     }
-    let mut out: String = line.chars().take(max.saturating_sub(1)).collect();
+    let room = max.saturating_sub(1);
+    let mut used = 0;
+    let mut out: String = line
+        .chars()
+        .take_while(|c| {
+            used += c.width().unwrap_or(0);
+            used <= room
+        })
+        .collect();
     out.push('…');
     out
 }
@@ -304,6 +332,45 @@ mod tests {
     }
 
     #[test]
+    fn wide_characters_take_two_columns_and_keep_the_columns_aligned() {
+        let mut t = Table::new(["NAME", "MESSAGE", "AGE"]);
+        t.row(["日本語", "ディスク満杯", "5s"]);
+        t.row(["abc", "ok", "1m"]);
+        t.row([
+            "🔥".into(),
+            Style::COLOUR.paint(Tone::Bad, "火事"),
+            "2h".into(),
+        ]);
+        assert_eq!(
+            t.render(),
+            "NAME     MESSAGE        AGE\n\
+             日本語   ディスク満杯   5s\n\
+             abc      ok             1m\n\
+             🔥       \x1b[31m火事\x1b[0m           2h\n"
+        );
+        assert_eq!(visible_width("日本語"), 6);
+        assert_eq!(visible_width(&Style::COLOUR.paint(Tone::Bad, "火事")), 4);
+    }
+
+    #[test]
+    fn a_tab_or_line_break_in_a_cell_does_not_break_the_table() {
+        let mut t = Table::new(["A", "B"]);
+        t.row(["x\ty", "z"]);
+        t.row(["1\n2", "3"]);
+        assert_eq!(t.render(), "A     B\nx y   z\n1 2   3\n");
+    }
+
+    #[test]
+    fn cells_missing_or_extra_are_empty_or_left_out() {
+        let mut t = Table::new(["A", "B", "C"]);
+        t.row(["only"]);
+        t.row(["1", "2", "3", "4"]);
+        t.row(Vec::<String>::new());
+        assert_eq!(t.render(), "A      B   C\nonly\n1      2   3\n\n");
+        assert_eq!(Table::new(["ONE"]).render(), "ONE\n");
+    }
+
+    #[test]
     fn plain_style_never_writes_escape_codes() {
         assert_eq!(Style::PLAIN.paint(Tone::Bad, "Failed"), "Failed");
     }
@@ -356,6 +423,13 @@ mod tests {
         assert_eq!(truncate("short", 10), "short");
         assert_eq!(truncate("abcdefghijkl", 5), "abcd…");
         assert_eq!(truncate("line one\nline two", 40), "line one…");
+    }
+
+    #[test]
+    fn truncation_counts_columns_not_characters() {
+        assert_eq!(truncate("日本語テキスト", 5), "日本…");
+        assert_eq!(visible_width(&truncate("日本語テキスト", 5)), 5);
+        assert_eq!(truncate("日本語", 6), "日本語");
     }
 
     #[test]

@@ -12,6 +12,7 @@
 pub mod cluster;
 mod error;
 pub mod probes;
+mod retry;
 pub mod server;
 pub mod sources;
 

@@ -380,16 +380,11 @@ async fn a_pod_reference_is_resolved_to_the_pods_node_and_waited_for_while_missi
         json!({"podReference": {"namespace": ns, "name": "web"}}),
     )
     .await;
-    // The pod appears while the controller waits (its wait is 4s in these tests).
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let waiting = Api::<Abnormal>::namespaced(client.clone(), &ns)
-        .get("late-pod")
-        .await
-        .unwrap();
-    assert_eq!(
-        waiting.status.as_ref().map(|s| s.reason.as_str()),
-        Some("WaitingForPod")
-    );
+    // The controller says it waits for the pod (for 4s in these tests); the pod appears then.
+    wait_for(&client, &ns, "late-pod", FINISH, |a| {
+        a.status.as_ref().map(|s| s.reason.as_str()) == Some("WaitingForPod")
+    })
+    .await;
     // Level 1 runs no controller-manager, so the namespace has no default ServiceAccount yet.
     cp.service_account_token(&ns, "default").await;
     let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
@@ -618,7 +613,19 @@ async fn a_killed_agent_resumes_mid_stage_and_never_repeats_a_recovery() {
     assert_eq!(st.phase, Some(AbnormalPhase::Failed));
     assert_eq!(st.reason, "RecoveryInterrupted");
     assert!(st.message.contains("not run again"), "{}", st.message);
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // A canary through the same agent, after the interrupted recovery ended: once it is done,
+    // the agent has handled everything it saw before it, the recovery's end included.
+    create_abnormal(
+        &client,
+        &ns,
+        "canary",
+        json!({"nodeName": node, "assignedInformationCollectors": [{"name": "first"}]}),
+    )
+    .await;
+    assert_eq!(
+        wait_final(&client, &ns, "canary", FINISH).await.phase(),
+        Some(AbnormalPhase::Succeeded)
+    );
     assert_eq!(
         plugin.count("/sleep/3000/recovered"),
         1,

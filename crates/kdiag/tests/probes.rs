@@ -74,6 +74,25 @@ fn now() -> String {
     jiff::Timestamp::now().to_string()
 }
 
+/// Waits until the trigger has handled the ProbeStatus as it is now: it writes the per-probe
+/// summary (the worst checker's message) at the end of each pass, after any Abnormal it creates.
+async fn wait_handled(client: &kube::Client, ns: &str, name: &str, message: &str) -> ProbeStatus {
+    let api: Api<ProbeStatus> = Api::namespaced(client.clone(), ns);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ps = api.get(name).await.unwrap();
+        if ps.status.as_ref().is_some_and(|s| s.message == message) {
+            return ps;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the trigger never summarised {ns}/{name} as {message:?}: {:?}",
+            ps.status
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_checker_turning_error_is_diagnosed_and_the_root_cause_sits_next_to_the_probe_result() {
     let cp = with_controller().await;
@@ -104,6 +123,7 @@ async fn a_checker_turning_error_is_diagnosed_and_the_root_cause_sits_next_to_th
     probe_source(&client, &ns, "dns-failures", json!({"priority": 10,
         "sourceTemplate": {"type": "ProbeStatus", "probeStatusTemplate": {"match": {"probeNamespace": ns, "checker": "dns-.*"}, "nodeName": node}},
         "assignedInformationCollectors": [{"name": "collect"}], "assignedDiagnosers": [{"name": "find"}]})).await;
+    wait_source_valid(&client, &ns, "dns-failures").await;
     let agent = TestAgent::start(cp, &node).await;
 
     let started = Instant::now();
@@ -180,13 +200,21 @@ async fn repeated_error_reports_make_no_new_abnormal_and_pass_then_error_makes_a
     let client = cp.client().await;
     probe_source(&client, &ns, "all", json!({"priority": 10,
         "sourceTemplate": {"type": "ProbeStatus", "probeStatusTemplate": {"match": {"probeNamespace": ns}, "nodeName": "n1"}}})).await;
+    wait_source_valid(&client, &ns, "all").await;
     put_checkers(&client, &ns, "etcd", json!([{"name": "etcd-put", "status": "ERROR", "message": "context deadline exceeded", "lastRun": now()}])).await;
     wait_count(&client, &ns, 1).await;
+    // Each report is handled before the next is sent, so none is folded into another.
     for i in 0..5 {
-        put_checkers(&client, &ns, "etcd", json!([{"name": "etcd-put", "status": "ERROR", "message": format!("context deadline exceeded ({i})"), "lastRun": now()}])).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let message = format!("context deadline exceeded ({i})");
+        put_checkers(
+            &client,
+            &ns,
+            "etcd",
+            json!([{"name": "etcd-put", "status": "ERROR", "message": message, "lastRun": now()}]),
+        )
+        .await;
+        wait_handled(&client, &ns, "etcd", &message).await;
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         abnormals_of(&client, &ns).await.len(),
         1,
@@ -199,7 +227,23 @@ async fn repeated_error_reports_make_no_new_abnormal_and_pass_then_error_makes_a
         json!([{"name": "etcd-put", "status": "PASS", "lastRun": now()}]),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The episode ends when the trigger sees the PASS: it drops the episode.
+    let api: Api<ProbeStatus> = Api::namespaced(client.clone(), &ns);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while api
+        .get("etcd")
+        .await
+        .unwrap()
+        .metadata
+        .annotations
+        .is_some_and(|a| {
+            a.get("kdiag.io/episodes")
+                .is_some_and(|e| e.contains("etcd-put"))
+        })
+    {
+        assert!(Instant::now() < deadline, "the episode never ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     put_checkers(
         &client,
         &ns,
@@ -216,6 +260,7 @@ async fn a_node_check_naming_three_nodes_makes_three_abnormals() {
     let ns = cp.create_namespace("probe-nodes").await;
     let client = cp.client().await;
     probe_source(&client, &ns, "nodes", json!({"priority": 10, "sourceTemplate": {"type": "ProbeStatus", "probeStatusTemplate": {"match": {"probeNamespace": ns}}}})).await;
+    wait_source_valid(&client, &ns, "nodes").await;
     put_checkers(&client, &ns, "host", json!([{"name": "kubelet-active", "status": "ERROR",
         "message": "kubelet service not active, error node: [ worker-1 worker-2 worker-3 ]", "lastRun": now()}])).await;
     let list = wait_count(&client, &ns, 3).await;
@@ -240,6 +285,7 @@ async fn without_a_node_the_probe_pods_node_is_used() {
         .await
         .unwrap();
     probe_source(&client, &ns, "p", json!({"priority": 10, "sourceTemplate": {"type": "ProbeStatus", "probeStatusTemplate": {"match": {"probeNamespace": ns}}}})).await;
+    wait_source_valid(&client, &ns, "p").await;
     put_checkers(
         &client,
         &ns,
@@ -258,19 +304,20 @@ async fn a_storm_of_failing_checkers_is_held_to_the_probe_budget_and_the_rest_co
     let client = cp.client().await;
     probe_source(&client, &ns, "storm", json!({"priority": 10,
         "sourceTemplate": {"type": "ProbeStatus", "probeStatusTemplate": {"match": {"probeNamespace": ns}, "nodeName": format!("{ns}-node")}}})).await;
+    wait_source_valid(&client, &ns, "storm").await;
     let checkers: Vec<_> = (0..30).map(|i| json!({"name": format!("c{i:02}"), "status": "ERROR", "message": "down", "lastRun": now()})).collect();
     put_checkers(&client, &ns, "big", json!(checkers)).await;
     wait_count(&client, &ns, 10).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A canary report on the same probe, sent last: the same failures again, reworded. Once the
+    // trigger has summarised it, it has handled the storm before it.
+    let again: Vec<_> = (0..30).map(|i| json!({"name": format!("c{i:02}"), "status": "ERROR", "message": "still down", "lastRun": now()})).collect();
+    put_checkers(&client, &ns, "big", json!(again)).await;
+    let ps = wait_handled(&client, &ns, "big", "still down").await;
     assert_eq!(
         abnormals_of(&client, &ns).await.len(),
         10,
         "the default per-probe budget is a burst of 10"
     );
-    let ps = Api::<ProbeStatus>::namespaced(client.clone(), &ns)
-        .get("big")
-        .await
-        .unwrap();
     assert_eq!(
         ps.metadata.annotations.unwrap()["kdiag.io/suppressed"],
         "20"
@@ -342,6 +389,7 @@ async fn with_kubeprobers_own_crd_the_diagnosis_goes_into_an_annotation() {
     let node = format!("{ns}-node");
     let agent = TestAgent::start(&cp, &node).await;
     probe_source(&client, &ns, "p", json!({"priority": 10, "sourceTemplate": {"type": "ProbeStatus", "probeStatusTemplate": {"match": {}, "nodeName": node}}})).await;
+    wait_source_valid(&client, &ns, "p").await;
     put_checkers(&client, &ns, "k8s", json!([{"name": "namespace create", "status": "ERROR", "message": "webhook timed out", "lastRun": now()}])).await;
     let api: Api<ProbeStatus> = Api::namespaced(client.clone(), &ns);
     let deadline = Instant::now() + Duration::from_secs(60);

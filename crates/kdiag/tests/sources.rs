@@ -78,7 +78,7 @@ async fn a_warning_event_makes_one_abnormal_and_fifty_repeats_count_on_it() {
     source(&client, &ns, "backoff", json!({"sourceTemplate": {"type": "KubernetesEvent",
         "kubernetesEventTemplate": {"regexp": {"namespace": ns, "reason": "BackOff"}}},
         "assignedInformationCollectors": [{"namespace": "kube-diagnoser", "name": "pod-collector"}]})).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_source_valid(&client, &ns, "backoff").await;
     warning(
         &client,
         &ns,
@@ -158,7 +158,7 @@ async fn an_event_no_template_matches_makes_nothing() {
         "kubernetesEventTemplate": {"regexp": {"namespace": ns, "reason": "OOMKilling"}}}}),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_source_valid(&client, &ns, "oom").await;
     warning(&client, &ns, "web.1", "web", "BackOff", "Back-off").await;
     warning(
         &client,
@@ -169,8 +169,29 @@ async fn an_event_no_template_matches_makes_nothing() {
         "near the limit",
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(abnormals(&client, &ns, "KubernetesEvent").await.is_empty());
+    // A canary the template does match, sent last: Events are handled in order, so once its
+    // Abnormal exists the two before it were handled too.
+    warning(&client, &ns, "canary.1", "canary", "OOMKilling", "canary").await;
+    let list = eventually(
+        "the canary's Abnormal",
+        Duration::from_secs(20),
+        async || {
+            let l = abnormals(&client, &ns, "KubernetesEvent").await;
+            (!l.is_empty()).then_some(l)
+        },
+    )
+    .await;
+    assert_eq!(list.len(), 1, "only the canary made an Abnormal");
+    assert_eq!(pod_of(&list[0]), "canary");
+}
+
+/// The pod an Event's Abnormal is about.
+fn pod_of(a: &Abnormal) -> String {
+    a.spec
+        .pod_reference
+        .as_ref()
+        .map(|p| p.name.clone())
+        .unwrap_or_default()
 }
 
 #[tokio::test]
@@ -186,7 +207,17 @@ async fn a_suspended_source_creates_nothing() {
         "kubernetesEventTemplate": {"regexp": {"namespace": ns, "reason": "Unhealthy"}}}}),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A source that is not suspended, for a canary.
+    source(
+        &client,
+        &ns,
+        "canary",
+        json!({"sourceTemplate": {"type": "KubernetesEvent",
+        "kubernetesEventTemplate": {"regexp": {"namespace": ns, "reason": "Canary"}}}}),
+    )
+    .await;
+    wait_source_valid(&client, &ns, "off").await;
+    wait_source_valid(&client, &ns, "canary").await;
     warning(
         &client,
         &ns,
@@ -196,8 +227,19 @@ async fn a_suspended_source_creates_nothing() {
         "Liveness probe failed",
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(abnormals(&client, &ns, "KubernetesEvent").await.is_empty());
+    // Sent last: once its Abnormal exists, the Event before it was handled too.
+    warning(&client, &ns, "canary.1", "canary", "Canary", "canary").await;
+    let list = eventually(
+        "the canary's Abnormal",
+        Duration::from_secs(20),
+        async || {
+            let l = abnormals(&client, &ns, "KubernetesEvent").await;
+            (!l.is_empty()).then_some(l)
+        },
+    )
+    .await;
+    assert_eq!(list.len(), 1, "the suspended source made nothing");
+    assert_eq!(pod_of(&list[0]), "canary");
 }
 
 async fn post(path: &str, body: &str, token: Option<&str>) -> (u16, String) {
@@ -248,7 +290,7 @@ async fn a_redelivered_alert_finds_its_abnormal_even_after_a_controller_restart(
     let client = cp.client().await;
     source(&client, &ns, "direct", json!({"sourceTemplate": {"type": "PrometheusAlert",
         "prometheusAlertTemplate": {"regexp": {"alertName": "KdiagDirect", "labels": {"test": ns}}, "nodeNameReferenceLabel": "node"}}})).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_source_valid(&client, &ns, "direct").await;
     let body = json!([alert(&ns, "n1", "2026-11-22T10:00:00Z")]).to_string();
     let (code, text) = post("/api/v2/alerts", &body, None).await;
     assert_eq!(code, 200, "{text}");
@@ -269,7 +311,22 @@ async fn a_redelivered_alert_finds_its_abnormal_even_after_a_controller_restart(
         async || handle.ready.load(Ordering::Acquire).then_some(()),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Its readiness covers the Abnormal cache, not the AbnormalSources the alerts are matched
+    // against: wait until it has this one.
+    eventually(
+        "the source in the second controller's cache",
+        Duration::from_secs(20),
+        async || {
+            handle
+                .alerts
+                .sources
+                .state()
+                .iter()
+                .any(|s| s.name_any() == "direct" && s.namespace().as_deref() == Some(&ns))
+                .then_some(())
+        },
+    )
+    .await;
     let summary = handle
         .alerts
         .deliver(serde_json::from_str(&body).unwrap(), "push")
@@ -298,7 +355,7 @@ async fn a_thousand_alerts_in_a_burst_respect_the_budget_and_the_suppressed_coun
     let client = cp.client().await;
     source(&client, &ns, "storm", json!({"sourceTemplate": {"type": "PrometheusAlert",
         "prometheusAlertTemplate": {"regexp": {"alertName": "KdiagDirect", "labels": {"test": ns}}, "nodeNameReferenceLabel": "node"}}})).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_source_valid(&client, &ns, "storm").await;
     // A mass failure: a thousand distinct alerts, each on its own node.
     let alerts: Vec<_> = (0..1000)
         .map(|i| alert(&ns, &format!("storm-node-{i}"), "2026-11-22T10:00:00Z"))
@@ -395,6 +452,7 @@ async fn a_firing_prometheus_rule_reaches_kdiag_directly_and_through_alertmanage
     source(&client, &ns, "prom", json!({"sourceTemplate": {"type": "PrometheusAlert",
         "prometheusAlertTemplate": {"regexp": {"alertName": "KdiagTestDown", "labels": {"test": ns}}, "nodeNameReferenceLabel": "node"}},
         "assignedInformationCollectors": [{"namespace": "kube-diagnoser", "name": "pod-collector"}]})).await;
+    wait_source_valid(&client, &ns, "prom").await;
     let down = Arc::new(AtomicBool::new(true));
     let app = metric_server(down.clone()).await;
     let dir = tempfile::tempdir().unwrap();
@@ -425,7 +483,8 @@ async fn a_firing_prometheus_rule_reaches_kdiag_directly_and_through_alertmanage
             .arg(format!("--web.listen-address=127.0.0.1:{am_port}"))
             .arg(format!("--cluster.listen-address=127.0.0.1:{am_cluster}"))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            // Kept for the failure message: whether and why its notifications failed.
+            .stderr(std::fs::File::create(dir.path().join("alertmanager.log")).unwrap())
             .spawn()
             .expect("prometheus-alertmanager (installed by make setup)"),
     );
@@ -472,29 +531,31 @@ async fn a_firing_prometheus_rule_reaches_kdiag_directly_and_through_alertmanage
         first.spec.prometheus_alert.as_ref().unwrap().labels["alertname"],
         "KdiagTestDown"
     );
-    // Both paths deliver, repeatedly: wait for several deliveries, then count Abnormals.
+    // Both paths deliver, repeatedly: Prometheus pushes at once, Alertmanager after its group
+    // wait, so the push path alone may have counted several deliveries before the webhook's
+    // first. Wait until the occurrences name both paths, then count Abnormals.
     let name = first.name_any();
     let api: Api<Abnormal> = Api::namespaced(client.clone(), kdiag_api::SYSTEM_NAMESPACE);
-    eventually(
-        "deliveries through both paths",
-        Duration::from_secs(60),
-        async || {
-            let a = api.get(&name).await.unwrap();
-            let count: u64 = a
-                .annotations()
-                .get("kdiag.io/trigger-count")
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0);
-            (count >= 3).then_some(())
-        },
-    )
-    .await;
-    let a = api.get(&name).await.unwrap();
-    let occurrences = a.annotations()["kdiag.io/trigger-occurrences"].clone();
-    assert!(
-        occurrences.contains("@push@") && occurrences.contains("@webhook@"),
-        "both paths delivered: {occurrences}"
-    );
+    // (Alertmanager waits for its gossip to settle before its first notification.)
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let occurrences = loop {
+        let a = api.get(&name).await.unwrap();
+        let occurrences = a
+            .annotations()
+            .get("kdiag.io/trigger-occurrences")
+            .cloned()
+            .unwrap_or_default();
+        if occurrences.contains("@push@") && occurrences.contains("@webhook@") {
+            break occurrences;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not both paths within 120s: {occurrences}\nAlertmanager's log:\n{}",
+            std::fs::read_to_string(dir.path().join("alertmanager.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("both paths delivered: {occurrences}");
     assert_eq!(
         mine().await.len(),
         1,

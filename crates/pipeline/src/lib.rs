@@ -1,7 +1,7 @@
 //! kdiag-pipeline: kdiag's pure logic, shared by the controller, the node agent and `kubectl
 //! diag`. No kube client, no clock, no IO: everything here takes values and returns values, so
 //! it is unit-tested without a cluster. Depends only on kdiag-api, serde, serde_json, thiserror,
-//! jiff, regex and k8s-openapi's types.
+//! jiff, regex, fnv and k8s-openapi's types.
 //!
 //! - The Abnormal state machine: the items at this crate's root (below).
 //! - [`admission`]: is an Abnormal well formed, where does it run, or why not; the pod triage's
@@ -11,6 +11,7 @@
 //! - [`protocol`]: checking and merging an HTTP plugin's reply.
 //! - [`templates`] and [`pattern`]: AbnormalSource templates, compiled and matched, and the
 //!   names of the Abnormals they create.
+//! - [`hash`]: the stable hash (FNV-1a) behind generated names, labels and choices.
 //!
 //! # The state machine
 //!
@@ -27,6 +28,7 @@ mod plan;
 mod transition;
 
 pub mod admission;
+pub mod hash;
 pub mod pattern;
 pub mod protocol;
 pub mod templates;

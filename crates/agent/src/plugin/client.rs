@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use backon::{ExponentialBuilder, Retryable};
 use kdiag_api::Abnormal;
 use kdiag_pipeline::protocol::check_protected_fields;
 use serde_json::Value;
@@ -15,8 +16,16 @@ use super::clients::Clients;
 pub const MAX_RESPONSE_BYTES: usize = 2 * 1024 * 1024;
 /// Connection attempts before giving up (nothing was sent when a connection fails, so retrying
 /// is safe even for a recoverer).
-const CONNECT_ATTEMPTS: u32 = 3;
+const CONNECT_ATTEMPTS: usize = 3;
 const RETRY_BACKOFF: Duration = Duration::from_millis(200);
+
+/// Between connection attempts: 200 ms, then 400 ms.
+fn connect_backoff() -> ExponentialBuilder {
+    ExponentialBuilder::new()
+        .with_min_delay(RETRY_BACKOFF)
+        .with_factor(2.0)
+        .with_max_times(CONNECT_ATTEMPTS - 1)
+}
 
 /// Where and how to call one plugin.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -108,15 +117,19 @@ impl PluginClient {
             url: url.clone(),
             reason: e.to_string(),
         })?;
-        let body = serde_json::to_vec(&request).map_err(|e| PluginError::Setup {
-            url: url.clone(),
-            reason: e.to_string(),
-        })?;
+        // Bytes: each attempt shares the body instead of copying it.
+        let body =
+            bytes::Bytes::from(
+                serde_json::to_vec(&request).map_err(|e| PluginError::Setup {
+                    url: url.clone(),
+                    reason: e.to_string(),
+                })?,
+            );
         let client = self.client_for(endpoint)?;
 
-        let mut attempt = 0;
-        let response = loop {
-            attempt += 1;
+        let mut attempts: u32 = 0;
+        let send = || {
+            attempts += 1;
             let mut req = client
                 .post(url)
                 .timeout(endpoint.timeout)
@@ -125,30 +138,33 @@ impl PluginClient {
             if let Some(token) = &endpoint.bearer_token {
                 req = req.bearer_auth(token);
             }
-            match req.send().await {
-                Ok(resp) => break resp,
-                Err(e) if e.is_timeout() => {
-                    return Err(PluginError::Timeout {
+            req.send()
+        };
+        let response = send
+            .retry(connect_backoff())
+            .sleep(tokio::time::sleep)
+            // Only a failed connection is retried: nothing was sent, so it is safe even for a
+            // recoverer. A timeout may have reached the plugin, so it is not.
+            .when(|e: &reqwest::Error| e.is_connect() && !e.is_timeout())
+            .await
+            .map_err(|e| {
+                if e.is_timeout() {
+                    PluginError::Timeout {
                         url: url.clone(),
                         timeout: endpoint.timeout,
-                    });
-                }
-                Err(e) if e.is_connect() && attempt < CONNECT_ATTEMPTS => {
-                    tokio::time::sleep(RETRY_BACKOFF * 2u32.pow(attempt - 1)).await;
-                }
-                Err(e) => {
-                    return Err(PluginError::Connect {
+                    }
+                } else {
+                    PluginError::Connect {
                         url: url.clone(),
-                        attempts: attempt,
+                        attempts,
                         reason: error_chain(&e),
-                    });
+                    }
                 }
-            }
-        };
+            })?;
 
         let code = response.status();
         let bytes = read_capped(response, MAX_RESPONSE_BYTES, url, endpoint.timeout).await?;
-        if !code.is_success() || code.as_u16() != 200 {
+        if code != reqwest::StatusCode::OK {
             let text = String::from_utf8_lossy(&bytes[..bytes.len().min(300)])
                 .trim()
                 .to_owned();
@@ -285,4 +301,50 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backon::BackoffBuilder;
+
+    #[test]
+    fn connections_are_retried_after_200_then_400_ms() {
+        // (The factor is an f32: microseconds of rounding.)
+        let delays: Vec<u128> = connect_backoff().build().map(|d| d.as_millis()).collect();
+        assert_eq!(delays, [200, 400]);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_tried_three_times_and_named() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://127.0.0.1:{port}/collect");
+        let endpoint = Endpoint {
+            url: url.clone(),
+            connect_to: None,
+            ca_pem: None,
+            bearer_token: None,
+            timeout: Duration::from_secs(5),
+        };
+        let started = std::time::Instant::now();
+        let err = PluginClient::default()
+            .call(&endpoint, &Abnormal::new("a", Default::default()))
+            .await
+            .unwrap_err();
+        match err {
+            PluginError::Connect {
+                url: u, attempts, ..
+            } => assert_eq!((u, attempts), (url, 3)),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            started.elapsed() >= Duration::from_millis(600),
+            "backed off between attempts"
+        );
+    }
 }

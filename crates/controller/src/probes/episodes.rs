@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use kdiag_api::{
     AbnormalSourceType, CheckerStatus, ProbeCheckerStatus, ProbeStatus, ProbeStatusStates,
 };
+use kdiag_pipeline::hash::fnv1a;
 use kdiag_pipeline::templates::{CompiledSource, Facts, select, slug};
 use serde::{Deserialize, Serialize};
 
@@ -155,14 +156,7 @@ pub fn abnormal_name(
     since: &str,
     node: &str,
 ) -> String {
-    let mut hash: u64 = 0xcbf29ce484222325;
-    for b in [namespace, probe, checker, since, node]
-        .join("\u{0}")
-        .bytes()
-    {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x100000001b3);
-    }
+    let hash = fnv1a([namespace, probe, checker, since, node].join("\u{0}"));
     format!(
         "probe-{}-{}-{:010x}",
         slug(probe, 40),
@@ -320,6 +314,17 @@ mod tests {
                 "2026-11-22T10:00:00Z",
                 "n2"
             )
+        );
+        // Pinned: a restarted or upgraded controller must find the episode's Abnormal.
+        assert_eq!(
+            abnormal_name(
+                "kubeprober",
+                "k8s",
+                "dns-check",
+                "2026-11-22T10:00:00Z",
+                "n1"
+            ),
+            "probe-k8s-dns-check-890f2e100e"
         );
     }
 

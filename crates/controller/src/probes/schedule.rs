@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use kdiag_api::ProbePolicy;
+use kdiag_pipeline::hash::fnv1a;
 
 /// What a probe's schedule says now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,12 +33,7 @@ pub fn jitter(uid: &str, random_minutes: Option<i64>) -> Duration {
     if max == 0 {
         return Duration::ZERO;
     }
-    let mut hash: u64 = 0xcbf29ce484222325;
-    for b in uid.bytes() {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x100000001b3);
-    }
-    Duration::from_secs(hash % (max + 1))
+    Duration::from_secs(fnv1a(uid) % (max + 1))
 }
 
 /// Decides whether a probe is due, from its policy, when it last ran and how often.
@@ -124,7 +120,11 @@ mod tests {
     #[test]
     fn jitter_is_stable_per_probe_and_bounded() {
         let a = jitter("uid-a", Some(10));
-        assert_eq!(a, jitter("uid-a", Some(10)));
+        assert_eq!(
+            a,
+            Duration::from_secs(61),
+            "pinned: the same after a restart or upgrade"
+        );
         assert!(a <= Duration::from_secs(600));
         assert_eq!(jitter("uid-a", None), Duration::ZERO);
         let spread: std::collections::BTreeSet<_> = (0..50)

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use backon::Retryable;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kdiag_api::labels::DIAGNOSES_ANNOTATION;
 use kdiag_api::{Abnormal, AbnormalPhase, CheckerDiagnosis, ProbeStatus};
@@ -86,6 +87,7 @@ pub(crate) fn error_policy(
         Action::requeue(Duration::from_secs(60))
     }
 }
+use crate::retry;
 
 /// Whether the installed CRD keeps `spec.checkers[].diagnosis`, looked up now and then.
 #[derive(Default)]
@@ -171,15 +173,11 @@ pub async fn sync(
         return Ok(());
     };
     let probe_key = format!("{}/{}", probe.namespace, probe.name);
-    let object = || format!("ProbeStatus {probe_key}");
-    let api: Api<ProbeStatus> = Api::namespaced(client.clone(), &probe.namespace);
+    let api: &Api<ProbeStatus> = &Api::namespaced(client.clone(), &probe.namespace);
     let field_mode = schema.keeps_diagnosis_field(client).await;
-    for _attempt in 0..CONFLICT_ATTEMPTS {
-        let Some(ps) = api
-            .get_opt(&probe.name)
-            .await
-            .map_err(|e| Error::kube("get ProbeStatus", object(), e))?
-        else {
+    let probe = &probe;
+    let write = move || async move {
+        let Some(ps) = api.get_opt(&probe.name).await? else {
             return Ok(());
         };
         let episodes: Episodes = ps
@@ -207,7 +205,7 @@ pub async fn sync(
             .unwrap_or_else(|| vec![abnormal.clone()]);
         let diagnosis = combine(&siblings);
 
-        let result = if field_mode {
+        if field_mode {
             let mut updated = ps.clone();
             let Some(entry) = updated
                 .spec
@@ -241,21 +239,30 @@ pub async fn sync(
             api.patch(&probe.name, &PatchParams::default(), &Patch::Merge(patch))
                 .await
                 .map(|_| ())
-        };
-        match result {
-            Err(e) if kdiag_runtime::error::is_conflict(&e) => continue,
-            Err(e) => return Err(Error::kube("write diagnosis to ProbeStatus", object(), e)),
-            Ok(()) => return Ok(()),
         }
+    };
+    match write
+        .retry(retry::on_conflict(CONFLICT_ATTEMPTS))
+        .sleep(tokio::time::sleep)
+        .when(retry::is_conflict)
+        .await
+    {
+        Ok(()) => Ok(()),
+        // Lost every race: the error policy requeues it.
+        Err(e) if retry::is_conflict(&e) => Err(Error::WritebackContended {
+            probe: probe_key,
+            abnormal: format!(
+                "{}/{}",
+                abnormal.namespace().unwrap_or_default(),
+                abnormal.name_any()
+            ),
+        }),
+        Err(e) => Err(Error::kube(
+            "write diagnosis to ProbeStatus",
+            format!("ProbeStatus {probe_key}"),
+            e,
+        )),
     }
-    Err(Error::WritebackContended {
-        probe: probe_key,
-        abnormal: format!(
-            "{}/{}",
-            abnormal.namespace().unwrap_or_default(),
-            abnormal.name_any()
-        ),
-    })
 }
 
 #[cfg(test)]

@@ -6,11 +6,13 @@
 //! Abnormal instead of making another.
 
 use std::collections::BTreeMap;
+use std::hash::Hasher as _;
 use std::sync::Arc;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kdiag_api::{Abnormal, AbnormalSource, AbnormalSourceType, PrometheusAlert};
+use kdiag_pipeline::hash::{FnvHasher, fnv1a};
 use kdiag_pipeline::templates::{CompiledSource, Facts, compile, order, select, slug};
 use kube::runtime::reflector::Store;
 use serde::{Deserialize, Serialize};
@@ -95,20 +97,14 @@ fn validate(alerts: &[Alert]) -> Result<(), Error> {
 /// Prometheus' fingerprint of a label set (FNV-1a over sorted names and values, 0xff separated),
 /// as Alertmanager computes and reports it.
 pub fn fingerprint(labels: &BTreeMap<String, String>) -> String {
-    let mut h: u64 = 14695981039346656037;
-    let mut add = |bytes: &[u8]| {
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(1099511628211);
-        }
-    };
+    let mut h = FnvHasher::default();
     for (k, v) in labels {
-        add(k.as_bytes());
-        add(&[255]);
-        add(v.as_bytes());
-        add(&[255]);
+        h.write(k.as_bytes());
+        h.write_u8(255);
+        h.write(v.as_bytes());
+        h.write_u8(255);
     }
-    format!("{h:016x}")
+    format!("{:016x}", h.finish())
 }
 
 /// The facts a PrometheusAlert template matches.
@@ -154,11 +150,15 @@ pub fn node_from(a: &Alert, label: &str) -> Option<String> {
 
 /// The Abnormal's name for one firing: alert name, fingerprint, and when it started.
 pub fn abnormal_name(a: &Alert, fp: &str) -> String {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in a.starts_at.as_deref().unwrap_or_default().bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x100000001b3);
-    }
+    // One instant, one name: Prometheus pushes milliseconds ("…00.120Z"), Alertmanager's webhook
+    // trims their zeros ("…00.12Z"), so the time is hashed in one form (jiff's, as written when
+    // whole seconds).
+    let starts = a.starts_at.as_deref().unwrap_or_default();
+    let h = fnv1a(
+        starts
+            .parse::<Timestamp>()
+            .map_or_else(|_| starts.to_owned(), |t| t.to_string()),
+    );
     format!(
         "alert-{}-{}-{:06x}",
         slug(
@@ -339,8 +339,7 @@ mod tests {
         ]
         .into();
         let fp = fingerprint(&labels);
-        assert_eq!(fp.len(), 16);
-        assert_eq!(fp, fingerprint(&labels));
+        assert_eq!(fp, "9a824ff0fc9ac0b5");
         assert_eq!(fingerprint(&BTreeMap::new()), "cbf29ce484222325");
     }
 
@@ -400,7 +399,15 @@ mod tests {
         assert_eq!(first, abnormal_name(&a, &fp));
         a.starts_at = Some("2026-11-22T12:00:00Z".into());
         assert_ne!(first, abnormal_name(&a, &fp));
-        assert!(first.starts_with("alert-diskfull-"));
+        // Pinned: a redelivery after an upgrade must find the same name.
+        assert_eq!(first, "alert-diskfull-744e61ca07-3df95a");
+        // The same instant written by the two paths is the same firing.
+        a.starts_at = Some("2026-11-22T12:00:00.120Z".into());
+        let pushed = abnormal_name(&a, &fp);
+        a.starts_at = Some("2026-11-22T12:00:00.12Z".into());
+        assert_eq!(abnormal_name(&a, &fp), pushed);
+        a.starts_at = Some("2026-11-22T12:00:00.12+00:00".into());
+        assert_eq!(abnormal_name(&a, &fp), pushed);
     }
 
     #[test]

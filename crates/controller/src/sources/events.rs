@@ -9,6 +9,7 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kdiag_api::{Abnormal, AbnormalSource, AbnormalSourceType, PodReference};
+use kdiag_pipeline::hash::fnv1a;
 use kdiag_pipeline::templates::{CompiledSource, Facts, compile, order, select, slug};
 use kube::ResourceExt;
 use kube::api::Api;
@@ -93,12 +94,7 @@ pub fn incident_key(e: &Event) -> String {
 
 /// A label value for an incident key.
 pub fn incident_label(key: &str) -> String {
-    let mut hash: u64 = 0xcbf29ce484222325;
-    for b in key.bytes() {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x100000001b3);
-    }
-    format!("{hash:016x}")
+    format!("{:016x}", fnv1a(key))
 }
 
 /// When the Event last happened.
@@ -394,6 +390,8 @@ mod tests {
             incident_key(&event("Unhealthy", "a")),
             incident_key(&event("BackOff", "a"))
         );
+        // Pinned: the label finds the incident's Abnormal after a restart or upgrade.
+        assert_eq!(incident_label("Pod/shop/web/BackOff"), "46d94ea7ff5bcb0f");
     }
 
     #[test]

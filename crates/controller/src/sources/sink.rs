@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use backon::Retryable;
 use kdiag_api::{Abnormal, AbnormalSource};
 use kdiag_pipeline::templates::CompiledSource;
 use kdiag_runtime::metrics::Metrics;
@@ -16,6 +17,7 @@ use serde_json::json;
 
 use super::storm::{Buckets, Budget};
 use crate::Error;
+use crate::retry;
 
 /// Annotation: occurrences so far, by trigger identity (an Event's uid, an alert delivery).
 pub const TRIGGER_EVENTS_ANNOTATION: &str = "kdiag.io/trigger-occurrences";
@@ -240,8 +242,8 @@ impl Sink {
         name: &str,
         p: &Pending,
     ) -> Result<(), kube::Error> {
-        let api: Api<Abnormal> = Api::namespaced(self.client.clone(), ns);
-        for _ in 0..5 {
+        let api: &Api<Abnormal> = &Api::namespaced(self.client.clone(), ns);
+        let write = move || async move {
             let a = api.get(name).await?;
             let mut all: BTreeMap<String, u64> = a
                 .annotations()
@@ -267,15 +269,20 @@ impl Sink {
                 annotations.insert(TRIGGER_RESOLVED_ANNOTATION.into(), json!(r));
             }
             let patch = json!({"metadata": {"resourceVersion": a.resource_version(), "annotations": annotations}});
-            match api
-                .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
                 .await
-            {
-                Err(kube::Error::Api(s)) if s.code == 409 => continue,
-                other => return other.map(|_| ()),
-            }
+                .map(|_| ())
+        };
+        match write
+            .retry(retry::on_conflict(5))
+            .sleep(tokio::time::sleep)
+            .when(retry::is_conflict)
+            .await
+        {
+            // Five lost races in a row: these occurrences are not recorded.
+            Err(e) if retry::is_conflict(&e) => Ok(()),
+            other => other,
         }
-        Ok(())
     }
 
     /// Flushes every `interval` until `shutdown`.
@@ -296,17 +303,78 @@ impl Sink {
     }
 }
 
-/// Keeps the map bounded: identities beyond the limit fold into one "earlier" entry.
+/// Keeps the map bounded: identities beyond the limit fold into one "earlier" entry, oldest
+/// first. An alert delivery's identity ends in its time (`fingerprint@path@millis`), so the
+/// oldest deliveries of every path fold and the newest of each path stay; identities with no time
+/// (an Event's uid) fold in name order.
 fn fold_oldest(all: &mut BTreeMap<String, u64>) {
     if all.len() <= MAX_OCCURRENCE_KEYS {
         return;
     }
-    let extra: Vec<String> = all
-        .keys()
-        .filter(|k| k.as_str() != "earlier")
-        .take(all.len() - MAX_OCCURRENCE_KEYS + 1)
-        .cloned()
-        .collect();
+    // Room for the "earlier" entry too, unless it is there already.
+    let excess = all.len() - MAX_OCCURRENCE_KEYS + usize::from(!all.contains_key("earlier"));
+    let mut keys: Vec<&String> = all.keys().filter(|k| k.as_str() != "earlier").collect();
+    keys.sort_by_key(|k| (delivered_at(k), *k));
+    let extra: Vec<String> = keys.into_iter().take(excess).cloned().collect();
     let folded: u64 = extra.iter().filter_map(|k| all.remove(k)).sum();
     *all.entry("earlier".into()).or_insert(0) += folded;
+}
+
+/// When an alert delivery arrived, from its identity's last `@` field (Unix milliseconds).
+fn delivered_at(identity: &str) -> Option<i64> {
+    identity.rsplit_once('@')?.1.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folding_keeps_the_newest_deliveries_of_every_path() {
+        let mut all = BTreeMap::new();
+        // Both paths deliver every second, for longer than the map holds.
+        for i in 0..150i64 {
+            let at = 1_700_000_000_000 + i * 1000;
+            all.insert(format!("fp@push@{at}"), 1);
+            all.insert(format!("fp@webhook@{}", at + 500), 1);
+        }
+        fold_oldest(&mut all);
+        assert_eq!(all.len(), MAX_OCCURRENCE_KEYS);
+        assert_eq!(
+            all.values().sum::<u64>(),
+            300,
+            "nothing is lost, only folded"
+        );
+        assert_eq!(all["earlier"], 101);
+        let newest = |path: &str| {
+            all.keys()
+                .any(|k| k.contains(path) && k.ends_with("149000"))
+        };
+        assert!(
+            newest("@push@"),
+            "{:?}",
+            all.keys().take(3).collect::<Vec<_>>()
+        );
+        assert!(all.contains_key("fp@webhook@1700000149500"));
+        assert!(
+            !all.contains_key("fp@push@1700000000000"),
+            "the oldest went first"
+        );
+        assert!(!all.contains_key("fp@webhook@1700000000500"));
+        // Folding again keeps "earlier" and adds to it.
+        all.insert("fp@push@1700000150000".into(), 1);
+        fold_oldest(&mut all);
+        assert_eq!((all.len(), all["earlier"]), (MAX_OCCURRENCE_KEYS, 102));
+    }
+
+    #[test]
+    fn identities_without_a_time_fold_in_name_order() {
+        let mut all: BTreeMap<String, u64> = (0..MAX_OCCURRENCE_KEYS + 5)
+            .map(|i| (format!("uid-{i:04}"), 2))
+            .collect();
+        fold_oldest(&mut all);
+        assert_eq!(all.len(), MAX_OCCURRENCE_KEYS);
+        assert_eq!(all["earlier"], 12);
+        assert!(!all.contains_key("uid-0005") && all.contains_key("uid-0006"));
+    }
 }

@@ -453,6 +453,34 @@ pub async fn create_abnormal(
         .unwrap()
 }
 
+/// Waits until the controller has read the AbnormalSource `ns/name` and found its template valid:
+/// condition `Valid=True` for its current generation. The controller writes that condition from
+/// the cache its triggers read, so an Event, alert or ProbeStatus sent after this meets the
+/// source.
+pub async fn wait_source_valid(client: &Client, ns: &str, name: &str) {
+    let api: Api<kdiag_api::AbnormalSource> = Api::namespaced(client.clone(), ns);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let source = api.get(name).await.ok();
+        let status = source.as_ref().and_then(|s| s.status.as_ref());
+        let valid = status
+            .and_then(|st| st.conditions.iter().find(|c| c.type_ == "Valid"))
+            .map(|c| c.status.clone());
+        let current = source
+            .as_ref()
+            .is_some_and(|s| status.and_then(|st| st.observed_generation) == s.metadata.generation);
+        if current && valid.as_deref() == Some("True") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "AbnormalSource {ns}/{name} was not found valid within 30s: {:?}",
+            status
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until the Abnormal is in a final phase and returns it.
 pub async fn wait_final(client: &Client, ns: &str, name: &str, timeout: Duration) -> Abnormal {
     wait_for(client, ns, name, timeout, |a| {

@@ -47,7 +47,6 @@ pub fn stand_in_collectors(a: &Abnormal) -> (Vec<NamespacedName>, Vec<Namespaced
 /// The node whose agent stands in for a pod on no node: a node where a kdiag agent runs, else a
 /// Ready node; the same one for the same Abnormal, and spread over nodes for different ones.
 pub fn choose_stand_in(candidates: &StandIns, abnormal: &str) -> Option<String> {
-    use std::hash::{DefaultHasher, Hash, Hasher};
     let mut nodes: Vec<&String> = if candidates.agent_nodes.is_empty() {
         candidates.ready_nodes.iter().collect()
     } else {
@@ -58,8 +57,8 @@ pub fn choose_stand_in(candidates: &StandIns, abnormal: &str) -> Option<String> 
     if nodes.is_empty() {
         return None;
     }
-    // DefaultHasher::new() has fixed keys: the choice is stable across controller restarts.
-    let mut h = DefaultHasher::new();
-    abnormal.hash(&mut h);
-    Some(nodes[(h.finish() % nodes.len() as u64) as usize].clone())
+    // FNV-1a, not DefaultHasher (unspecified across Rust releases): the same choice after a
+    // restart and after an upgrade.
+    let at = crate::hash::fnv1a(abnormal) % nodes.len() as u64;
+    Some(nodes[at as usize].clone())
 }

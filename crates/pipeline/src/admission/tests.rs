@@ -697,3 +697,22 @@ fn an_abnormal_for_a_node_that_does_not_exist_is_rejected_naming_the_node_and_wh
         "not looked up: not held against it"
     );
 }
+
+#[test]
+fn the_stand_in_is_pinned_so_it_survives_restarts_and_upgrades() {
+    let nodes = vec!["n3".to_owned(), "n1".to_owned(), "n2".to_owned()];
+    let agents = StandIns {
+        agent_nodes: nodes.clone(),
+        ready_nodes: vec![],
+    };
+    let chosen = |abnormal: &str| choose_stand_in(&agents, abnormal).unwrap();
+    // FNV-1a of the name modulo 3, over the nodes in name order.
+    assert_eq!(chosen("shop/web-oom"), "n3");
+    assert_eq!(chosen("shop/db-oom"), "n2");
+    assert_eq!(chosen("x/one"), "n1");
+    let ready_only = StandIns {
+        agent_nodes: vec![],
+        ready_nodes: nodes,
+    };
+    assert_eq!(choose_stand_in(&ready_only, "x/two").unwrap(), "n3");
+}

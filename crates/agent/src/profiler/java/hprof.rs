@@ -39,12 +39,16 @@ impl Profilers {
                 .collect(),
             None => vec![(PathBuf::from(path), format!("{path} on the node"))],
         };
-        let Some((source, what, size)) = candidates.iter().find_map(|(p, what)| {
-            std::fs::metadata(p)
-                .ok()
-                .filter(|m| m.is_file())
-                .map(|m| (p.clone(), what.clone(), m.len()))
-        }) else {
+        let mut found = None;
+        for (p, what) in &candidates {
+            if let Ok(m) = tokio::fs::metadata(p).await
+                && m.is_file()
+            {
+                found = Some((p.clone(), what.clone(), m.len()));
+                break;
+            }
+        }
+        let Some((source, what, size)) = found else {
             let looked: Vec<&str> = candidates.iter().map(|(_, w)| w.as_str()).collect();
             return Err(Error::NoHprof {
                 looked: looked.join(", "),

@@ -2,7 +2,7 @@
 //! each JVM, as the JVM's user when the agent may switch to it, each run in its own process group
 //! killed at the profiler's timeout, output capped.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kdiag_api::Abnormal;
@@ -57,8 +57,9 @@ pub(super) async fn jcmd_report(
     let cap = MAX_PROFILE_BYTES / (jvms.len() * JCMD_COMMANDS.len()).max(1);
     let mut reported = Vec::new();
     let mut failures = Vec::new();
+    let may_switch_user = may_switch_user().await;
     for jvm in jvms {
-        let run_as = run_as(jvm);
+        let run_as = run_as(jvm, may_switch_user);
         text.push_str(&format!(
             "\n## pid {} ({}), uid {}: {}\n# jcmd ran as {}\n",
             jvm.pid,
@@ -152,27 +153,32 @@ fn last_lines(text: &str, n: usize) -> String {
     s
 }
 
-/// The user jcmd runs as: the JVM's, when the agent is root, the JVM is not, and the agent may
-/// switch (CAP_SETUID and CAP_SETGID); otherwise the agent's own.
-fn run_as(jvm: &JavaTarget) -> Option<(u32, u32)> {
-    const CAP_SETGID: u32 = 6;
-    const CAP_SETUID: u32 = 7;
-    (nix::unistd::geteuid().is_root()
-        && jvm.uid != 0
-        && has_capability(CAP_SETUID)
-        && has_capability(CAP_SETGID))
-    .then_some((jvm.uid, jvm.gid))
+/// The user jcmd runs as: the JVM's, when the JVM's is not root and the agent may switch to it;
+/// otherwise the agent's own.
+fn run_as(jvm: &JavaTarget, may_switch_user: bool) -> Option<(u32, u32)> {
+    (may_switch_user && jvm.uid != 0).then_some((jvm.uid, jvm.gid))
 }
 
-fn has_capability(cap: u32) -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .is_some_and(|eff| eff & (1 << cap) != 0)
+/// Whether the agent may run jcmd as another user: it is root with CAP_SETUID and CAP_SETGID.
+async fn may_switch_user() -> bool {
+    const CAP_SETGID: u32 = 6;
+    const CAP_SETUID: u32 = 7;
+    if !nix::unistd::geteuid().is_root() {
+        return false;
+    }
+    let status = tokio::fs::read_to_string("/proc/self/status")
+        .await
+        .unwrap_or_default();
+    effective_capabilities(&status)
+        .is_some_and(|eff| eff & (1 << CAP_SETUID) != 0 && eff & (1 << CAP_SETGID) != 0)
+}
+
+/// The `CapEff:` mask of a `/proc/<pid>/status`.
+fn effective_capabilities(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
 }
 
 struct JcmdOutput {
@@ -235,14 +241,6 @@ async fn run_jcmd(
     JcmdOutput { output, error }
 }
 
-pub(super) fn which(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| PathBuf::from(d).join(program))
-        .find(|p| p.is_file())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,5 +253,27 @@ mod tests {
             "java.io.IOException: Permission denied | \tat a | \tat b"
         );
         assert_eq!(last_lines("", 3), "");
+    }
+
+    #[test]
+    fn the_effective_capabilities_are_read_from_the_status_file() {
+        let status = "Name:\tkdiag\nCapPrm:\t000001ffffffffff\nCapEff:\t00000000000000c0\n";
+        assert_eq!(effective_capabilities(status), Some(0xc0));
+        assert_eq!(effective_capabilities("Name:\tx\n"), None);
+        let jvm = |uid| JavaTarget {
+            pid: 1,
+            uid,
+            gid: 7,
+            command: String::new(),
+            jvm: true,
+            origin: String::new(),
+        };
+        assert_eq!(run_as(&jvm(1000), true), Some((1000, 7)));
+        assert_eq!(
+            run_as(&jvm(0), true),
+            None,
+            "a root JVM: the agent's own user"
+        );
+        assert_eq!(run_as(&jvm(1000), false), None);
     }
 }

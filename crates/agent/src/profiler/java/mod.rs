@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use kdiag_api::{Abnormal, JavaProfilerSpec, JavaProfilerType};
 
-use self::jcmd::{jcmd_report, which};
+use self::jcmd::jcmd_report;
 use super::Profilers;
 use crate::Error;
 
@@ -40,7 +40,12 @@ impl Profilers {
         let deadline = Instant::now() + timeout;
         match java.type_ {
             JavaProfilerType::Arthas => {
-                let jcmd = which("jcmd").ok_or(Error::JcmdMissing)?;
+                // `which` stats every PATH entry: off the async threads.
+                let jcmd = tokio::task::spawn_blocking(|| which::which("jcmd"))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .ok_or(Error::JcmdMissing)?;
                 let (targets, searched) = self.java_targets(abnormal, java, timeout).await?;
                 let jvms: Vec<JavaTarget> = targets.into_iter().filter(|t| t.jvm).collect();
                 if jvms.is_empty() {

@@ -26,7 +26,14 @@ impl Profilers {
             if pid <= 0 {
                 return Err(Error::InvalidPid { pid });
             }
-            let t = read_target(&self.proc_root, pid, "java.pid".into())?;
+            let proc_root = self.proc_root.clone();
+            let t = tokio::task::spawn_blocking(move || {
+                read_target(&proc_root, pid, "java.pid".into())
+            })
+            .await
+            .map_err(|e| Error::ProcessScan {
+                reason: format!("reading process {pid}: {e}"),
+            })??;
             let searched = format!(
                 "process {pid} (java.pid), which is not a JVM ({})",
                 t.command
@@ -92,13 +99,17 @@ impl Profilers {
             format!("pod {pod_name} container {container}")
         };
         let pids = pod_processes(&snapshot.processes, &uid, container_id.as_deref());
-        let mut targets = Vec::new();
-        for pid in pids {
-            // A process that exited since the scan is simply not a target.
-            if let Ok(t) = read_target(&self.proc_root, pid, origin.clone()) {
-                targets.push(t);
-            }
-        }
+        let (proc_root, target_origin) = (self.proc_root.clone(), origin.clone());
+        let targets: Vec<JavaTarget> = tokio::task::spawn_blocking(move || {
+            pids.into_iter()
+                // A process that exited since the scan is simply not a target.
+                .filter_map(|pid| read_target(&proc_root, pid, target_origin.clone()).ok())
+                .collect()
+        })
+        .await
+        .map_err(|e| Error::ProcessScan {
+            reason: format!("reading the processes of {origin}: {e}"),
+        })?;
         let searched = format!(
             "the {} processes of {origin} (uid {uid}) on this node{}",
             targets.len(),
@@ -181,7 +192,8 @@ async fn get_pod(
         })?
 }
 
-/// Reads what a profiler needs of one process.
+/// Reads what a profiler needs of one process. Blocking (/proc reads, up to 100,000 lines of
+/// maps): call it off the async threads.
 fn read_target(proc_root: &Path, pid: i32, origin: String) -> Result<JavaTarget, Error> {
     let dir = proc_root.join(pid.to_string());
     let status = std::fs::read_to_string(dir.join("status")).map_err(|error| {

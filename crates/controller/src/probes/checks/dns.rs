@@ -1,11 +1,23 @@
-//! DNS resolution against given resolvers, or those of /etc/resolv.conf: a plain UDP query per
-//! name and resolver, so a failure names which resolver failed for which name.
+//! DNS resolution against given resolvers, or those of /etc/resolv.conf: an A and an AAAA query
+//! per name and resolver, so a failure names which resolver failed for which name.
+//!
+//! The queries go through hickory's DNS client: random query ids and source ports, answers
+//! accepted only from the server asked and for the question asked, retransmission within the
+//! timeout, and TCP when an answer comes back truncated. Names are asked as written (absolute):
+//! resolv.conf's search domains do not apply, so a check tests exactly the name it lists.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use futures::StreamExt;
+use hickory_net::NetError;
+use hickory_net::proto::op::{DnsRequestOptions, DnsResponse, Query, ResponseCode};
+use hickory_net::proto::rr::{Name, RData, RecordType};
+use hickory_net::runtime::TokioRuntimeProvider;
+use hickory_net::tcp::TcpClientStream;
+use hickory_net::udp::UdpClientStream;
+use hickory_net::xfer::DnsHandle;
 use kdiag_api::DnsCheck;
-use tokio::net::UdpSocket;
 
 use super::{Outcome, seconds};
 
@@ -17,7 +29,7 @@ pub async fn check(c: &DnsCheck) -> Outcome {
         };
     }
     let resolvers: Vec<String> = if c.resolvers.is_empty() {
-        discovered_resolvers()
+        discovered_resolvers().await
     } else {
         c.resolvers.clone()
     };
@@ -53,8 +65,9 @@ pub async fn check(c: &DnsCheck) -> Outcome {
     }
 }
 
-fn discovered_resolvers() -> Vec<String> {
-    std::fs::read_to_string("/etc/resolv.conf")
+async fn discovered_resolvers() -> Vec<String> {
+    tokio::fs::read_to_string("/etc/resolv.conf")
+        .await
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.trim().strip_prefix("nameserver"))
@@ -68,120 +81,88 @@ fn parse_resolver(s: &str) -> Option<SocketAddr> {
         .or_else(|| s.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)))
 }
 
-/// A and AAAA records of `name` at `server`.
+/// A and AAAA records of `name` at `server`; each query answers within `timeout` or fails.
 pub async fn resolve(
     server: SocketAddr,
     name: &str,
     timeout: Duration,
 ) -> Result<Vec<IpAddr>, String> {
-    let mut ips = Vec::new();
-    for qtype in [1u16, 28] {
-        ips.extend(query(server, name, qtype, timeout).await?);
-    }
+    let fqdn = absolute(name)?;
+    // Both at once: the slower of the two bounds the wait, not their sum.
+    let (a, aaaa) = tokio::join!(
+        query(server, &fqdn, RecordType::A, timeout),
+        query(server, &fqdn, RecordType::AAAA, timeout),
+    );
+    let mut ips = a?;
+    ips.extend(aaaa?);
     Ok(ips)
 }
 
+/// The name as given, made absolute.
+fn absolute(name: &str) -> Result<Name, String> {
+    let invalid = || format!("{name:?} is not a valid DNS name");
+    let trimmed = name.trim_end_matches('.');
+    if trimmed.is_empty() || trimmed.split('.').any(str::is_empty) {
+        return Err(invalid());
+    }
+    let mut fqdn = Name::from_ascii(trimmed).map_err(|_| invalid())?;
+    fqdn.set_fqdn(true);
+    Ok(fqdn)
+}
+
+/// One question to one server: over UDP, then over TCP if the answer was truncated.
 async fn query(
     server: SocketAddr,
-    name: &str,
-    qtype: u16,
+    name: &Name,
+    qtype: RecordType,
     timeout: Duration,
 ) -> Result<Vec<IpAddr>, String> {
-    let bind: SocketAddr = if server.is_ipv4() {
-        "0.0.0.0:0".parse().expect("static")
-    } else {
-        "[::]:0".parse().expect("static")
+    let ask = async {
+        let provider = TokioRuntimeProvider::default();
+        let udp = UdpClientStream::builder(server, provider.clone())
+            .with_timeout(Some(timeout))
+            .exchange();
+        let response = first(udp.lookup(Query::query(name.clone(), qtype), options())).await?;
+        if !response.metadata.truncation {
+            return Ok(response);
+        }
+        let tcp = TcpClientStream::exchange(server, None, timeout, None, provider).await?;
+        first(tcp.lookup(Query::query(name.clone(), qtype), options())).await
     };
-    let socket = UdpSocket::bind(bind)
-        .await
-        .map_err(|e| format!("no UDP socket: {e}"))?;
-    let id = (std::process::id() as u16) ^ (qtype << 3) ^ (name.len() as u16);
-    let packet = encode_query(id, name, qtype)?;
-    socket
-        .send_to(&packet, server)
-        .await
-        .map_err(|e| format!("sending the query: {e}"))?;
-    let mut buf = [0u8; 1500];
-    let n = match tokio::time::timeout(timeout, socket.recv(&mut buf)).await {
-        Ok(Ok(n)) => n,
+    let response = match tokio::time::timeout(timeout, ask).await {
+        Ok(Ok(response)) => response,
+        Err(_) | Ok(Err(NetError::Timeout)) => {
+            return Err(format!("no answer within {}s", timeout.as_secs()));
+        }
         Ok(Err(e)) => return Err(format!("no answer: {e}")),
-        Err(_) => return Err(format!("no answer within {}s", timeout.as_secs())),
     };
-    decode_answer(&buf[..n], id)
+    match response.metadata.response_code {
+        ResponseCode::NoError => {}
+        ResponseCode::NXDomain => return Ok(Vec::new()),
+        ResponseCode::ServFail => return Err("SERVFAIL".into()),
+        ResponseCode::Refused => return Err("REFUSED".into()),
+        code => return Err(format!("rcode {}", u16::from(code))),
+    }
+    Ok(response
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
+            _ => None,
+        })
+        .collect())
 }
 
-fn encode_query(id: u16, name: &str, qtype: u16) -> Result<Vec<u8>, String> {
-    let mut p = Vec::with_capacity(64);
-    p.extend_from_slice(&id.to_be_bytes());
-    p.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]); // recursion desired, one question
-    for label in name.trim_end_matches('.').split('.') {
-        if label.is_empty() || label.len() > 63 {
-            return Err(format!("{name:?} is not a valid DNS name"));
-        }
-        p.push(label.len() as u8);
-        p.extend_from_slice(label.as_bytes());
-    }
-    p.push(0);
-    p.extend_from_slice(&qtype.to_be_bytes());
-    p.extend_from_slice(&1u16.to_be_bytes());
-    Ok(p)
+/// A recursive query with EDNS, as a stub resolver sends it.
+fn options() -> DnsRequestOptions {
+    DnsRequestOptions::default()
 }
 
-fn decode_answer(msg: &[u8], id: u16) -> Result<Vec<IpAddr>, String> {
-    let short = || "a truncated DNS answer".to_owned();
-    if msg.len() < 12 || u16::from_be_bytes([msg[0], msg[1]]) != id {
-        return Err("an answer that does not match the query".into());
-    }
-    match msg[3] & 0x0f {
-        0 => {}
-        3 => return Ok(Vec::new()), // NXDOMAIN
-        2 => return Err("SERVFAIL".into()),
-        5 => return Err("REFUSED".into()),
-        code => return Err(format!("rcode {code}")),
-    }
-    let qd = u16::from_be_bytes([msg[4], msg[5]]);
-    let an = u16::from_be_bytes([msg[6], msg[7]]);
-    let mut i = 12;
-    for _ in 0..qd {
-        i = skip_name(msg, i).ok_or_else(short)? + 4;
-    }
-    let mut ips = Vec::new();
-    for _ in 0..an {
-        i = skip_name(msg, i).ok_or_else(short)?;
-        let h = msg.get(i..i + 10).ok_or_else(short)?;
-        let (rtype, len) = (
-            u16::from_be_bytes([h[0], h[1]]),
-            u16::from_be_bytes([h[8], h[9]]) as usize,
-        );
-        let data = msg.get(i + 10..i + 10 + len).ok_or_else(short)?;
-        match (rtype, len) {
-            (1, 4) => ips.push(IpAddr::V4(Ipv4Addr::new(
-                data[0], data[1], data[2], data[3],
-            ))),
-            (28, 16) => {
-                let mut b = [0u8; 16];
-                b.copy_from_slice(data);
-                ips.push(IpAddr::V6(Ipv6Addr::from(b)));
-            }
-            _ => {}
-        }
-        i += 10 + len;
-    }
-    Ok(ips)
-}
-
-/// The index after a (possibly compressed) name starting at `i`.
-fn skip_name(msg: &[u8], mut i: usize) -> Option<usize> {
-    loop {
-        let len = *msg.get(i)? as usize;
-        if len == 0 {
-            return Some(i + 1);
-        }
-        if len & 0xc0 == 0xc0 {
-            return Some(i + 2);
-        }
-        i += len + 1;
-    }
+async fn first(
+    mut responses: impl futures::Stream<Item = Result<DnsResponse, NetError>> + Unpin,
+) -> Result<DnsResponse, NetError> {
+    responses.next().await.unwrap_or(Err(NetError::Timeout))
 }
 
 #[cfg(test)]
@@ -189,20 +170,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_query_encodes_and_an_answer_decodes() {
-        let q = encode_query(0x1234, "kubernetes.default.svc", 1).unwrap();
-        // The answer a server sends: the query with QR set, one A record via a name pointer.
-        let mut a = q.clone();
-        a[2] = 0x81;
-        a[3] = 0x80;
-        a[7] = 1;
-        a.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4, 10, 0, 0, 1]);
+    fn names_are_asked_as_written_and_absolute() {
         assert_eq!(
-            decode_answer(&a, 0x1234).unwrap(),
-            [IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))]
+            absolute("kubernetes.default.svc").unwrap().to_string(),
+            "kubernetes.default.svc."
         );
-        a[3] = 0x82;
-        assert_eq!(decode_answer(&a, 0x1234).unwrap_err(), "SERVFAIL");
-        assert!(encode_query(1, "bad..name", 1).is_err());
+        assert_eq!(
+            absolute("example.com.").unwrap().to_string(),
+            "example.com."
+        );
+        for bad in ["bad..name", "", ".", &format!("{}.com", "a".repeat(64))] {
+            assert_eq!(
+                absolute(bad).unwrap_err(),
+                format!("{bad:?} is not a valid DNS name")
+            );
+        }
+    }
+
+    #[test]
+    fn a_resolver_is_an_ip_with_port_53_unless_it_names_one() {
+        assert_eq!(
+            parse_resolver("10.0.0.10"),
+            Some("10.0.0.10:53".parse().unwrap())
+        );
+        assert_eq!(
+            parse_resolver("[fd00::a]:5353"),
+            Some("[fd00::a]:5353".parse().unwrap())
+        );
+        assert_eq!(parse_resolver("dns.example"), None);
     }
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kdiag_api::TlsCheck;
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
 use super::Outcome;
@@ -28,14 +29,17 @@ pub async fn check(c: &TlsCheck) -> Outcome {
         }
     }
     for file in &c.files {
-        match std::fs::read(file) {
+        match tokio::fs::read(file).await {
             Ok(pem) => {
-                let certs: Vec<_> = rustls_pemfile_certs(&pem);
+                let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem).collect();
                 if certs.is_empty() {
                     problems.push(format!("{file}: no PEM certificate in it"));
                 }
-                for der in certs {
-                    consider(&der, file, &mut worst, &mut problems, &mut seen);
+                for cert in certs {
+                    match cert {
+                        Ok(der) => consider(&der, file, &mut worst, &mut problems, &mut seen),
+                        Err(e) => problems.push(format!("{file}: not valid PEM: {e}")),
+                    }
                 }
             }
             Err(e) => problems.push(format!("{file}: {e}")),
@@ -86,29 +90,6 @@ fn consider(
         }
         Err(e) => problems.push(format!("{place}: not a parsable certificate: {e}")),
     }
-}
-
-fn rustls_pemfile_certs(pem: &[u8]) -> Vec<Vec<u8>> {
-    use base64::Engine;
-    let text = String::from_utf8_lossy(pem);
-    let mut out = Vec::new();
-    let mut inside = false;
-    let mut b64 = String::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line == "-----BEGIN CERTIFICATE-----" {
-            inside = true;
-            b64.clear();
-        } else if line == "-----END CERTIFICATE-----" {
-            inside = false;
-            if let Ok(der) = base64::engine::general_purpose::STANDARD.decode(&b64) {
-                out.push(der);
-            }
-        } else if inside {
-            b64.push_str(line);
-        }
-    }
-    out
 }
 
 /// The leaf certificate an endpoint serves, accepted whatever it is: this check is about its
@@ -185,5 +166,50 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn check_files(files: &[&std::path::Path]) -> Outcome {
+        check(&TlsCheck {
+            files: files.iter().map(|f| f.display().to_string()).collect(),
+            ..Default::default()
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_file_without_a_certificate_or_with_a_broken_one_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let (empty, broken) = (dir.path().join("empty.pem"), dir.path().join("broken.pem"));
+        std::fs::write(&empty, "just text\n").unwrap();
+        std::fs::write(
+            &broken,
+            "-----BEGIN CERTIFICATE-----\n!!!not base64!!!\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let out = check_files(&[&empty]).await;
+        assert_eq!(out.status, kdiag_api::CheckerStatus::Error);
+        assert_eq!(
+            out.message,
+            format!("{}: no PEM certificate in it", empty.display())
+        );
+        let out = check_files(&[&broken]).await;
+        assert!(
+            out.message
+                .starts_with(&format!("{}: not valid PEM: ", broken.display())),
+            "{}",
+            out.message
+        );
+        let missing = dir.path().join("missing.pem");
+        let out = check_files(&[&missing]).await;
+        assert!(
+            out.message.starts_with(&format!("{}: ", missing.display())),
+            "{}",
+            out.message
+        );
     }
 }
