@@ -10,7 +10,8 @@
 //! [`mounts`], [`cri`] (the CRI client), [`kernel_log`] and [`quantity`] (resource quantities).
 
 pub mod budget;
-pub mod cgroup;
+/// Which pod and container a cgroup path names (shared with the signal recoverer).
+pub use kdiag_procstat::cgroup;
 pub mod cri;
 pub mod du;
 pub mod file_status;

@@ -1,3 +1,8 @@
+//! kdiag-procstat: what /proc says of one process, read without panics.
+//!
+//! - The crate root: `/proc/<pid>/stat`.
+//! - [`cgroup`]: which pod and container `/proc/<pid>/cgroup` places a process in.
+//!
 //! `/proc/<pid>/stat`: `pid (comm) state ppid … starttime …`, one line per process (proc(5)).
 //!
 //! The command name (field 2) may hold spaces and parentheses, so the fields after it are
@@ -7,6 +12,8 @@
 //! Why not the `procfs` crate for this: its `Stat` parser (procfs-core 0.18) slices
 //! `buf[end_paren + 2..]` and `buf[..start_paren - 1]`, which panic on exactly the malformed
 //! lines this crate must survive, and it fails unless all of the 44 or more fields parse.
+
+pub mod cgroup;
 
 use std::path::Path;
 use std::str::SplitAsciiWhitespace;

@@ -115,14 +115,24 @@ fn rule(argv: &[&str], args_match: Option<&str>) -> CommandRule {
     }
 }
 
-/// Read-only commands useful to diagnose a node. Nothing here changes state or reads outside
-/// /proc and /sys by default.
+/// Read-only commands useful to diagnose a node. Nothing here changes state; paths are limited
+/// to what describes the node (see [`forbidden_argument`], which every command passes first), and
+/// the flags that write (`dmesg -C`, `ss -K`) or read a file named in the command (`dmesg -F`,
+/// `ss -F`) or other processes' environments (`ps e`) are left out.
 pub fn default_command_rules() -> Vec<CommandRule> {
     let flags = Some(r"-[A-Za-z0-9=,_.-]+|[A-Za-z0-9=,_.%-]+");
+    // Absolute paths whose parts do not start with a dot (no `..`).
+    let path = r"/|(/[A-Za-z0-9_:-][A-Za-z0-9._:-]*)+";
+    let listing = format!(r"-[A-Za-z]+|{path}");
     vec![
-        rule(&["ps"], flags),
-        rule(&["df"], Some(r"-[A-Za-z]+|/[A-Za-z0-9/._-]*")),
-        rule(&["du"], Some(r"-[A-Za-z]+|/[A-Za-z0-9/._-]*")),
+        // BSD-style option letters without `e` (which prints every process's environment), or
+        // dashed options and output formats (`-eo pid,args`, which name no environment).
+        rule(
+            &["ps"],
+            Some(r"-[A-Za-z0-9=,_.-]+|[A-DF-Za-df-z]+|[A-Za-z0-9_%.]*[,=][A-Za-z0-9=,_.%-]*"),
+        ),
+        rule(&["df"], Some(&listing)),
+        rule(&["du"], Some(&listing)),
         rule(&["uptime"], None),
         rule(&["free"], flags),
         rule(&["uname"], flags),
@@ -130,17 +140,98 @@ pub fn default_command_rules() -> Vec<CommandRule> {
         rule(&["date"], Some("")),
         rule(&["nproc"], Some("")),
         rule(&["lsblk"], flags),
-        rule(&["findmnt"], flags),
+        rule(
+            &["findmnt"],
+            Some(r"-[A-EG-Za-z0-9=,_.-]*|[A-Za-z0-9=,_.%][A-Za-z0-9=,_.%-]*"),
+        ),
         rule(&["vmstat"], flags),
-        rule(&["ss"], flags),
+        // No -K (kills sockets), -D (writes a dump), -F (reads a filter file).
+        rule(
+            &["ss"],
+            Some(
+                r"-[AHMOabeilmnoprstuwxz0-9]+|--(tcp|udp|raw|unix|listening|processes|numeric|all|summary|info|extended|memory|options|no-header|ipv4|ipv6)|[A-Za-z0-9:.(),]+",
+            ),
+        ),
         rule(&["ip", "addr"], Some("show|list")),
         rule(&["ip", "route"], Some("show|list")),
         rule(&["ip", "link"], Some("show|list")),
-        rule(&["dmesg"], Some(r"-[A-Za-z]+|--[a-z-]+(=[a-z,]+)?")),
-        rule(&["cat"], Some(r"/(proc|sys)/[A-Za-z0-9/._:-]+")),
-        rule(&["ls"], Some(r"-[A-Za-z]+|/[A-Za-z0-9/._-]*")),
-        rule(&["stat"], Some(r"-[A-Za-z]+|/[A-Za-z0-9/._-]*")),
+        // Reading flags only: no -C/-c (clear), -D/-E/-n (console), -F (a file), -w (follow).
+        rule(
+            &["dmesg"],
+            Some(
+                r"-[TkuxtrdeSLPlf]+|--(level|facility)=[a-z,]+|--(ctime|kernel|userspace|decode|raw|nopager|show-delta|reltime|human|notime)|[a-z]+(,[a-z]+)*",
+            ),
+        ),
+        // What describes the node and its processes' state, not what they hold: named files at
+        // the top of /proc (not kcore, kallsyms or keys), its pressure/, sys/ and net/ trees,
+        // a process's own status files, and /sys.
+        rule(
+            &["cat"],
+            Some(
+                r"/proc/(meminfo|cpuinfo|loadavg|stat|vmstat|uptime|version|diskstats|partitions|mounts|swaps|zoneinfo|buddyinfo|pagetypeinfo|interrupts|softirqs|filesystems|cgroups|modules|devices|cmdline|locks|schedstat)|/proc/(pressure|sys|net)(/[A-Za-z0-9_:-][A-Za-z0-9._:-]*)+|/proc/[0-9]+/(status|stat|statm|cgroup|io|limits|oom_score|oom_score_adj|wchan|sched|cmdline|mountinfo)|/sys(/[A-Za-z0-9_:-][A-Za-z0-9._:-]*)+",
+            ),
+        ),
+        rule(&["ls"], Some(&listing)),
+        rule(&["stat"], Some(&listing)),
     ]
+}
+
+/// Why an argument is never allowed, whatever the policy's rules say: it reaches into another
+/// process's files, memory or environment through /proc (`/proc/<pid>/root/...` is that process's
+/// whole filesystem), or climbs out of a path with `..`. The collectors read what kdiag needs of a
+/// process; a command is never the way to a pod's secrets.
+pub fn forbidden_argument(arg: &str) -> Option<&'static str> {
+    const PRIVATE: &[&str] = &[
+        "root",
+        "cwd",
+        "exe",
+        "fd",
+        "fdinfo",
+        "map_files",
+        "environ",
+        "mem",
+        "maps",
+        "smaps",
+        "smaps_rollup",
+        "pagemap",
+        "auxv",
+        "syscall",
+        "stack",
+        "personality",
+        "timers",
+    ];
+    // Every path inside the argument (`--file=/proc/1/environ` too).
+    for (at, _) in arg.match_indices('/') {
+        let tail = &arg[at..];
+        if tail.split('/').any(|part| part == "..") {
+            return Some("a path may not contain `..`");
+        }
+        let Some(rest) = tail.strip_prefix("/proc/") else {
+            continue;
+        };
+        let mut parts = rest.split('/').filter(|p| !p.is_empty());
+        let Some(process) = parts.next() else {
+            continue;
+        };
+        if !(process.bytes().all(|b| b.is_ascii_digit())
+            || process == "self"
+            || process == "thread-self")
+        {
+            continue;
+        }
+        let mut next = parts.next();
+        // /proc/<pid>/task/<tid>/... is the same as /proc/<pid>/...
+        if next == Some("task") {
+            parts.next();
+            next = parts.next();
+        }
+        if next.is_some_and(|n| PRIVATE.contains(&n)) {
+            return Some(
+                "a process's root, working directory, executable, open files, memory, maps or environment under /proc",
+            );
+        }
+    }
+    None
 }
 
 /// A policy ready to answer questions.
@@ -335,6 +426,17 @@ impl Policy {
     /// May this argv run?
     pub fn allows_command(&self, argv: &[String]) -> Result<(), Denied> {
         self.deny_if_closed()?;
+        if let Some((arg, why)) = argv
+            .iter()
+            .find_map(|a| forbidden_argument(a).map(|why| (a, why)))
+        {
+            return Err(Denied {
+                rule: "commands.paths".into(),
+                message: format!(
+                    "{arg:?} is never allowed, whatever the node policy says: {why}; the collectors (process-collector, pod-collector) read what a diagnosis needs of a process"
+                ),
+            });
+        }
         let Some(program) = argv.first() else {
             return Err(Denied {
                 rule: "commands".into(),
@@ -386,7 +488,22 @@ mod tests {
             "uptime",
             "ip addr show",
             "cat /proc/meminfo",
+            "cat /proc/pressure/memory",
+            "cat /proc/sys/vm/overcommit_memory",
+            "cat /proc/1234/status",
+            "cat /proc/1234/cgroup",
+            "cat /sys/fs/cgroup/memory/memory.usage_in_bytes",
             "dmesg --level=err,warn",
+            "dmesg -T -l err,warn",
+            "ps -e",
+            "ps -eo pid,user,args",
+            "ps axjf",
+            "ss -tlnp",
+            "ss -s",
+            "ls -la /var/lib/kubelet/pods",
+            "stat /var/log",
+            "df -h /",
+            "findmnt -o TARGET,SOURCE",
         ] {
             assert_eq!(p.allows_command(&argv(ok)), Ok(()), "{ok}");
         }
@@ -403,11 +520,69 @@ mod tests {
             "sh -c ls",
             "du -sh /; rm -rf /",
             "hostname evil",
+            "cat /proc/kcore",
+            "cat /proc/kallsyms",
+            // The fields the narrowed rules leave out.
+            "ps e",
+            "ps auxe",
+            "ps eww",
+            "dmesg -C",
+            "dmesg -c",
+            "dmesg --clear",
+            "dmesg -n 1",
+            "dmesg -D",
+            "dmesg -F /etc/shadow",
+            "dmesg -w",
+            "ss -K dst 10.0.0.1",
+            "ss --kill",
+            "ss -D /tmp/dump",
+            "ss -F /etc/shadow",
+            "findmnt -F /etc/shadow",
+            "findmnt -F fstab",
         ] {
             let d = p.allows_command(&argv(denied)).expect_err(denied);
             assert_eq!(d.rule, "commands.allow");
             assert!(d.message.contains("kdiag-policy"), "{}", d.message);
         }
+    }
+
+    #[test]
+    fn no_policy_opens_another_processs_files_memory_or_environment() {
+        // Even a policy that allows cat and ls of anything.
+        let p = Policy::from_yaml(
+            "commands:\n  allow:\n  - argv: [cat]\n  - argv: [ls]\n  - argv: [grep]\n",
+        )
+        .unwrap();
+        for denied in [
+            "cat /proc/1/root/etc/shadow",
+            "cat /proc/self/root/etc/shadow",
+            "cat /proc/thread-self/root/etc/kubernetes/admin.conf",
+            "cat /proc/4242/environ",
+            "cat /proc/4242/task/4243/environ",
+            "cat /proc/4242/mem",
+            "cat /proc/4242/maps",
+            "cat /proc/4242/smaps",
+            "ls -l /proc/4242/fd",
+            "ls /proc/4242/cwd/",
+            "ls /proc/4242/map_files",
+            "cat /proc/4242/exe",
+            "grep --file=/proc/1/environ x",
+            "cat /var/log/../../etc/shadow",
+            "cat /proc//1/root/etc/shadow",
+            "cat /proc/1/cmdline/../../etc/shadow",
+            "cat /proc/net/../1/root/etc/shadow",
+        ] {
+            let d = p.allows_command(&argv(denied)).expect_err(denied);
+            assert_eq!(d.rule, "commands.paths", "{denied}");
+            assert!(d.message.contains("never allowed"), "{}", d.message);
+        }
+        assert_eq!(p.allows_command(&argv("cat /proc/4242/status")), Ok(()));
+        assert_eq!(p.allows_command(&argv("cat /etc/os-release")), Ok(()));
+        assert_eq!(
+            p.allows_command(&argv("cat /proc/rootfs/x")),
+            Ok(()),
+            "not a process"
+        );
     }
 
     #[test]

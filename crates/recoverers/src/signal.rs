@@ -1,6 +1,9 @@
 //! `signal-recoverer`: sends the signals a diagnoser proposed (`signalRecovery` in the context:
 //! `[{pid, signal, startTime}]`), under policy, and never to the wrong process:
 //! - never to pid 1 or to the agent itself;
+//! - only to processes of the Abnormal's pod (`spec.podReference`, which must run on this node),
+//!   checked at send time by the process's cgroup, whoever proposed the pid: a creator who names
+//!   a pid in `spec.context` cannot reach another pod's processes or the host's;
 //! - only while the pid still belongs to the process that was diagnosed: its start time (field 22
 //!   of /proc/<pid>/stat) must equal the one recorded, so a reused pid is refused;
 //! - each signal's result is recorded; a partial failure says which were sent and which not.
@@ -9,6 +12,7 @@ use std::path::Path;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::Pod;
 use kdiag_api::Abnormal;
 use kdiag_api::context_keys::{SIGNAL_RECOVERY, SIGNAL_RECOVERY_RESULT};
 use kdiag_api::plugin::{Processor, ProcessorContext, ProcessorError, ProcessorOutput};
@@ -74,8 +78,9 @@ impl Processor for SignalRecoverer {
             if requests.is_empty() {
                 return Err(ProcessorError::InvalidInput(format!("{SIGNAL_RECOVERY} is empty: there is nothing to send")));
             }
+            let pod = target_pod(ctx, abnormal).await?;
             let policy = self.policy.current();
-            let results: Vec<SignalResult> = requests.iter().map(|r| send_one(r, &policy, &ctx.node.proc_root)).collect();
+            let results: Vec<SignalResult> = requests.iter().map(|r| send_one(r, &policy, &ctx.node.proc_root, &pod)).collect();
             let sent: Vec<String> = results.iter().filter(|r| r.result == "sent").map(|r| format!("{} to {}", r.signal, r.pid)).collect();
             let would: Vec<String> = results.iter().filter(|r| r.result == "would-send").map(|r| format!("{} to {}", r.signal, r.pid)).collect();
             let not_sent: Vec<String> = results.iter().filter(|r| r.result == "refused" || r.result == "failed").map(|r| format!("{} to {}: {}", r.signal, r.pid, r.message)).collect();
@@ -100,7 +105,92 @@ impl Processor for SignalRecoverer {
     }
 }
 
-fn send_one(r: &SignalRequest, policy: &crate::policy::Policy, proc_root: &Path) -> SignalResult {
+/// The pod whose processes may be signalled: `spec.podReference`, as the apiserver has it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetPod {
+    /// namespace/name, for messages.
+    pub name: String,
+    pub uid: String,
+}
+
+/// Looks up the Abnormal's pod and checks that it runs on this node. Without a pod there is
+/// nothing signal-recoverer may signal.
+async fn target_pod(
+    ctx: &ProcessorContext,
+    abnormal: &Abnormal,
+) -> Result<TargetPod, ProcessorError> {
+    let reference = abnormal
+        .spec
+        .pod_reference
+        .as_ref()
+        .filter(|r| !r.name.is_empty())
+        .ok_or_else(|| {
+            ProcessorError::InvalidInput(
+                "signal-recoverer signals only processes of the Abnormal's pod, and spec.podReference names none; name the pod whose processes should get the signals".into(),
+            )
+        })?;
+    let namespace = if reference.namespace.is_empty() {
+        abnormal.metadata.namespace.as_deref().unwrap_or("default")
+    } else {
+        &reference.namespace
+    };
+    let name = format!("{namespace}/{}", reference.name);
+    let api: kube::Api<Pod> = kube::Api::namespaced(ctx.client.clone(), namespace);
+    let pod = tokio::time::timeout(ctx.timeout, api.get_opt(&reference.name))
+        .await
+        .map_err(|_| {
+            ProcessorError::Failed(format!(
+                "looking up pod {name} took longer than {:?}; nothing was sent",
+                ctx.timeout
+            ))
+        })?
+        .map_err(|e| {
+            ProcessorError::Failed(format!("looking up pod {name}: {e}; nothing was sent"))
+        })?
+        .ok_or_else(|| {
+            ProcessorError::InvalidInput(format!(
+                "pod {name} (spec.podReference) does not exist; nothing was sent"
+            ))
+        })?;
+    let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+    if node != Some(ctx.node_name.as_str()) {
+        return Err(ProcessorError::InvalidInput(format!(
+            "pod {name} runs on {}, not on this node ({}); nothing was sent",
+            node.unwrap_or("no node"),
+            ctx.node_name
+        )));
+    }
+    let uid = pod.metadata.uid.unwrap_or_default();
+    if uid.is_empty() {
+        return Err(ProcessorError::Failed(format!(
+            "pod {name} has no uid; nothing was sent"
+        )));
+    }
+    Ok(TargetPod { name, uid })
+}
+
+/// Refuses a pid whose cgroup does not place it in `pod`: the one check that ties a proposed
+/// pid to the Abnormal's pod.
+pub fn check_in_pod(proc_root: &Path, pid: i32, pod: &TargetPod) -> Result<(), String> {
+    match kdiag_procstat::cgroup::of_process(proc_root, pid) {
+        Some(found) if found.pod_uid == pod.uid => Ok(()),
+        Some(found) => Err(format!(
+            "pid {pid} is a process of another pod (uid {}), not of pod {}: signals go only to the Abnormal's pod",
+            found.pod_uid, pod.name
+        )),
+        None => Err(format!(
+            "pid {pid} is not a process of pod {} (its cgroup places it in no pod): signals go only to the Abnormal's pod",
+            pod.name
+        )),
+    }
+}
+
+fn send_one(
+    r: &SignalRequest,
+    policy: &crate::policy::Policy,
+    proc_root: &Path,
+    pod: &TargetPod,
+) -> SignalResult {
     let name = match &r.signal {
         Value::Number(n) => n.to_string(),
         Value::String(s) => s.clone(),
@@ -146,6 +236,9 @@ fn send_one(r: &SignalRequest, policy: &crate::policy::Policy, proc_root: &Path)
             ));
         }
         Some(_) => {}
+    }
+    if let Err(message) = check_in_pod(proc_root, r.pid, pod) {
+        return refuse(message);
     }
     if policy.spec.dry_run {
         return SignalResult {

@@ -1,48 +1,117 @@
-//! signal-recoverer against real processes of this machine.
+//! signal-recoverer against real processes of this machine, placed in a pod's cgroup the way the
+//! kubelet places a pod's processes, and a real apiserver that has the pod.
 
+use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kdiag_api::Abnormal;
 use kdiag_api::plugin::{NodeEnvironment, Processor, ProcessorContext, ProcessorError};
 use kdiag_recoverers::policy::{Policy, PolicyHandle};
 use kdiag_recoverers::signal::{SignalRecoverer, start_time};
+use kube::api::PostParams;
 use serde_json::json;
 
-fn ctx() -> ProcessorContext {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    // Never used: signal-recoverer only reads /proc and sends signals.
-    let config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
-    ProcessorContext {
-        node_name: "this-machine".into(),
-        client: kube::Client::try_from(config).unwrap(),
-        timeout: Duration::from_secs(10),
-        max_output_bytes: 1 << 20,
-        node: Arc::new(NodeEnvironment::default()),
-    }
+const NODE: &str = "this-machine";
+
+/// A namespace on the shared control plane with two pods bound to [`NODE`] (their containers
+/// never run: no kubelet serves this node), and the context an agent on [`NODE`] gives a step.
+struct Pods {
+    ns: String,
+    client: kube::Client,
+    /// The uids of `target` and `other`.
+    target: String,
+    other: String,
 }
 
-fn abnormal(requests: serde_json::Value) -> Abnormal {
-    serde_json::from_value(
-        json!({"apiVersion": "diagnosis.netease.com/v1", "kind": "Abnormal",
-        "metadata": {"name": "a", "namespace": "default"},
-        "spec": {"nodeName": "n", "context": {"signalRecovery": requests}}}),
-    )
-    .unwrap()
+impl Pods {
+    async fn new() -> Self {
+        let cp = kdiag_testenv::control_plane().await;
+        let client = cp.client().await;
+        let ns = cp.create_namespace("signals").await;
+        // No controller-manager runs here to create it, and admission asks for it.
+        let sa: ServiceAccount =
+            serde_json::from_value(json!({"metadata": {"name": "default"}})).unwrap();
+        kube::Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &sa)
+            .await
+            .unwrap();
+        let api: kube::Api<Pod> = kube::Api::namespaced(client.clone(), &ns);
+        let mut uids = Vec::new();
+        for name in ["target", "other"] {
+            let pod: Pod = serde_json::from_value(json!({
+                "metadata": {"name": name},
+                "spec": {"nodeName": NODE, "automountServiceAccountToken": false, "containers": [{"name": "c", "image": "busybox"}]},
+            }))
+            .unwrap();
+            let created = api.create(&PostParams::default(), &pod).await.unwrap();
+            uids.push(created.metadata.uid.unwrap());
+        }
+        Self {
+            ns,
+            client,
+            target: uids[0].clone(),
+            other: uids[1].clone(),
+        }
+    }
+
+    fn ctx(&self) -> ProcessorContext {
+        ProcessorContext {
+            node_name: NODE.into(),
+            client: self.client.clone(),
+            timeout: Duration::from_secs(10),
+            max_output_bytes: 1 << 20,
+            node: Arc::new(NodeEnvironment::default()),
+        }
+    }
+
+    /// An Abnormal about pod `target` proposing `requests`.
+    fn abnormal(&self, requests: serde_json::Value) -> Abnormal {
+        serde_json::from_value(json!({
+            "apiVersion": "diagnosis.netease.com/v1", "kind": "Abnormal",
+            "metadata": {"name": "a", "namespace": self.ns},
+            "spec": {"nodeName": NODE, "podReference": {"name": "target"},
+                     "context": {"signalRecovery": requests}},
+        }))
+        .unwrap()
+    }
 }
 
 fn policy(yaml: &str) -> PolicyHandle {
     PolicyHandle::new(Policy::from_yaml(yaml).unwrap())
 }
 
-struct Sleeper(Child);
+/// A `sleep` process, moved into the pids cgroup `kubepods/pod<uid>` below a directory of its
+/// own when given a pod uid: what /proc/<pid>/cgroup shows for a pod's process.
+struct Sleeper {
+    child: Child,
+    cgroup: Option<PathBuf>,
+}
+
 impl Sleeper {
     fn start() -> Self {
-        Self(Command::new("sleep").arg("600").spawn().unwrap())
+        Self {
+            child: Command::new("sleep").arg("600").spawn().unwrap(),
+            cgroup: None,
+        }
     }
+
+    fn in_pod(uid: &str) -> Self {
+        let mut s = Self::start();
+        let root = PathBuf::from(format!("/sys/fs/cgroup/pids/kdiag-signal-test-{}", s.pid()));
+        let dir = root.join("kubepods").join(format!("pod{uid}"));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| {
+            panic!("creating the cgroup {} (these tests need root and cgroup v1's pids hierarchy): {e}", dir.display())
+        });
+        std::fs::write(dir.join("cgroup.procs"), s.pid().to_string()).unwrap();
+        s.cgroup = Some(root);
+        s
+    }
+
     fn pid(&self) -> i32 {
-        self.0.id() as i32
+        self.child.id() as i32
     }
     fn started(&self) -> u64 {
         start_time("/proc".as_ref(), self.pid()).unwrap()
@@ -50,7 +119,7 @@ impl Sleeper {
     /// True once the process has exited (reaped here).
     fn exited(&mut self) -> bool {
         for _ in 0..50 {
-            if self.0.try_wait().unwrap().is_some() {
+            if self.child.try_wait().unwrap().is_some() {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -58,21 +127,34 @@ impl Sleeper {
         false
     }
 }
+
 impl Drop for Sleeper {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(root) = &self.cgroup {
+            // Deepest first; the process is gone, so each is empty.
+            let pod = std::fs::read_dir(root.join("kubepods"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path());
+            for dir in pod.chain([root.join("kubepods"), root.clone()]) {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
     }
 }
 
 #[tokio::test]
 async fn an_allowed_signal_kills_the_process_it_was_proposed_for() {
-    let mut p = Sleeper::start();
+    let pods = Pods::new().await;
+    let mut p = Sleeper::in_pod(&pods.target);
     let r = SignalRecoverer::new(policy("signals:\n  allow: [SIGKILL]\n"));
     let out = r
         .process(
-            &ctx(),
-            &abnormal(json!([{"pid": p.pid(), "signal": 9, "startTime": p.started()}])),
+            &pods.ctx(),
+            &pods.abnormal(json!([{"pid": p.pid(), "signal": 9, "startTime": p.started()}])),
         )
         .await
         .unwrap();
@@ -87,10 +169,11 @@ async fn an_allowed_signal_kills_the_process_it_was_proposed_for() {
 
 #[tokio::test]
 async fn pid_1_and_the_agent_itself_are_never_signalled() {
+    let pods = Pods::new().await;
     let r = SignalRecoverer::new(policy("signals:\n  allow: [SIGKILL]\n"));
     let me = std::process::id();
     let err = r
-        .process(&ctx(), &abnormal(json!([{"pid": 1, "signal": "SIGKILL", "startTime": 1}, {"pid": me, "signal": "KILL", "startTime": 1}])))
+        .process(&pods.ctx(), &pods.abnormal(json!([{"pid": 1, "signal": "SIGKILL", "startTime": 1}, {"pid": me, "signal": "KILL", "startTime": 1}])))
         .await
         .unwrap_err();
     let ProcessorError::Failed(msg) = err else {
@@ -104,20 +187,24 @@ async fn pid_1_and_the_agent_itself_are_never_signalled() {
 
 #[tokio::test]
 async fn a_reused_pid_is_refused_and_its_new_process_lives() {
-    let mut p = Sleeper::start();
+    let pods = Pods::new().await;
+    let mut p = Sleeper::in_pod(&pods.target);
     let r = SignalRecoverer::new(policy("signals:\n  allow: [SIGKILL]\n"));
     // The start time the diagnosis recorded belongs to an earlier process with this pid.
     let err = r
         .process(
-            &ctx(),
-            &abnormal(json!([{"pid": p.pid(), "signal": 9, "startTime": p.started() - 1}])),
+            &pods.ctx(),
+            &pods.abnormal(json!([{"pid": p.pid(), "signal": 9, "startTime": p.started() - 1}])),
         )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("the pid was reused"), "{err}");
     assert!(!p.exited(), "the process must live");
     let err = r
-        .process(&ctx(), &abnormal(json!([{"pid": p.pid(), "signal": 9}])))
+        .process(
+            &pods.ctx(),
+            &pods.abnormal(json!([{"pid": p.pid(), "signal": 9}])),
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("no startTime"), "{err}");
@@ -125,10 +212,11 @@ async fn a_reused_pid_is_refused_and_its_new_process_lives() {
 
 #[tokio::test]
 async fn signals_are_denied_by_default_and_dry_run_sends_nothing() {
-    let mut p = Sleeper::start();
+    let pods = Pods::new().await;
+    let mut p = Sleeper::in_pod(&pods.target);
     let request = json!([{"pid": p.pid(), "signal": "SIGTERM", "startTime": p.started()}]);
     let err = SignalRecoverer::new(PolicyHandle::new(Policy::default()))
-        .process(&ctx(), &abnormal(request.clone()))
+        .process(&pods.ctx(), &pods.abnormal(request.clone()))
         .await
         .unwrap_err();
     assert!(
@@ -137,7 +225,10 @@ async fn signals_are_denied_by_default_and_dry_run_sends_nothing() {
         "{err}"
     );
     let dry = SignalRecoverer::new(policy("dryRun: true\nsignals:\n  allow: [SIGTERM]\n"));
-    let err = dry.process(&ctx(), &abnormal(request)).await.unwrap_err();
+    let err = dry
+        .process(&pods.ctx(), &pods.abnormal(request))
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, ProcessorError::Denied { rule, message } if rule == "dryRun" && message.contains("would have sent SIGTERM")),
         "{err}"
@@ -147,12 +238,13 @@ async fn signals_are_denied_by_default_and_dry_run_sends_nothing() {
 
 #[tokio::test]
 async fn before_a_policy_is_loaded_no_signal_is_sent_whatever_it_would_allow() {
-    let mut p = Sleeper::start();
+    let pods = Pods::new().await;
+    let mut p = Sleeper::in_pod(&pods.target);
     let handle = PolicyHandle::not_loaded();
     let r = SignalRecoverer::new(handle.clone());
     let request = json!([{"pid": p.pid(), "signal": "SIGTERM", "startTime": p.started()}]);
     let err = r
-        .process(&ctx(), &abnormal(request.clone()))
+        .process(&pods.ctx(), &pods.abnormal(request.clone()))
         .await
         .unwrap_err();
     assert!(
@@ -162,17 +254,20 @@ async fn before_a_policy_is_loaded_no_signal_is_sent_whatever_it_would_allow() {
     );
     assert!(!p.exited(), "nothing may have been sent");
     handle.set(Policy::from_yaml("signals:\n  allow: [SIGTERM]\n").unwrap());
-    r.process(&ctx(), &abnormal(request)).await.unwrap();
+    r.process(&pods.ctx(), &pods.abnormal(request))
+        .await
+        .unwrap();
     assert!(p.exited(), "sent once the policy is loaded");
 }
 
 #[tokio::test]
 async fn a_partial_failure_says_what_was_sent_and_what_was_not() {
-    let mut a = Sleeper::start();
-    let b = Sleeper::start();
+    let pods = Pods::new().await;
+    let mut a = Sleeper::in_pod(&pods.target);
+    let b = Sleeper::in_pod(&pods.target);
     let r = SignalRecoverer::new(policy("signals:\n  allow: [SIGKILL]\n"));
     let err = r
-        .process(&ctx(), &abnormal(json!([{"pid": a.pid(), "signal": 9, "startTime": a.started()}, {"pid": b.pid(), "signal": 9, "startTime": 0}])))
+        .process(&pods.ctx(), &pods.abnormal(json!([{"pid": a.pid(), "signal": 9, "startTime": a.started()}, {"pid": b.pid(), "signal": 9, "startTime": 0}])))
         .await
         .unwrap_err();
     let msg = err.to_string();
@@ -182,4 +277,82 @@ async fn a_partial_failure_says_what_was_sent_and_what_was_not() {
         "{msg}"
     );
     assert!(a.exited());
+}
+
+#[tokio::test]
+async fn a_process_outside_the_abnormals_pod_is_never_signalled_whoever_proposed_it() {
+    let pods = Pods::new().await;
+    let mut host = Sleeper::start();
+    let mut neighbour = Sleeper::in_pod(&pods.other);
+    let r = SignalRecoverer::new(policy("signals:\n  allow: [SIGKILL]\n"));
+    let err = r
+        .process(
+            &pods.ctx(),
+            &pods.abnormal(json!([
+                {"pid": host.pid(), "signal": 9, "startTime": host.started()},
+                {"pid": neighbour.pid(), "signal": 9, "startTime": neighbour.started()},
+            ])),
+        )
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!(
+            "pid {} is not a process of pod {}/target",
+            host.pid(),
+            pods.ns
+        )),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!(
+            "pid {} is a process of another pod (uid {})",
+            neighbour.pid(),
+            pods.other
+        )),
+        "{msg}"
+    );
+    assert!(
+        !host.exited() && !neighbour.exited(),
+        "nothing may have been sent"
+    );
+}
+
+#[tokio::test]
+async fn without_a_pod_on_this_node_nothing_is_signalled() {
+    let pods = Pods::new().await;
+    let mut p = Sleeper::in_pod(&pods.target);
+    let r = SignalRecoverer::new(policy("signals:\n  allow: [SIGKILL]\n"));
+    let request = json!([{"pid": p.pid(), "signal": 9, "startTime": p.started()}]);
+
+    let mut no_pod = pods.abnormal(request.clone());
+    no_pod.spec.pod_reference = None;
+    let err = r.process(&pods.ctx(), &no_pod).await.unwrap_err();
+    assert!(
+        matches!(&err, ProcessorError::InvalidInput(m) if m.contains("spec.podReference names none")),
+        "{err}"
+    );
+
+    let mut missing = pods.abnormal(request.clone());
+    missing.spec.pod_reference.as_mut().unwrap().name = "gone".into();
+    let err = r.process(&pods.ctx(), &missing).await.unwrap_err();
+    assert!(
+        err.to_string().contains(&format!(
+            "pod {}/gone (spec.podReference) does not exist",
+            pods.ns
+        )),
+        "{err}"
+    );
+
+    let mut elsewhere = pods.ctx();
+    elsewhere.node_name = "another-node".into();
+    let err = r
+        .process(&elsewhere, &pods.abnormal(request))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("not on this node (another-node)"),
+        "{err}"
+    );
+    assert!(!p.exited(), "nothing may have been sent");
 }

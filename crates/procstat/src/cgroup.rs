@@ -74,6 +74,13 @@ pub fn parse_proc_cgroup(content: &str) -> Option<PodCgroup> {
     best
 }
 
+/// Reads `<proc_root>/<pid>/cgroup`: the pod the process runs in, `None` when it is not in a
+/// pod (or is gone).
+pub fn of_process(proc_root: &std::path::Path, pid: i32) -> Option<PodCgroup> {
+    let text = std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")).ok()?;
+    parse_proc_cgroup(&text)
+}
+
 /// `pod<uid>` (cgroupfs) or `kubepods-<qos>-pod<uid_with_underscores>.slice` (systemd).
 fn pod_uid_of(part: &str) -> Option<String> {
     let name = part.strip_suffix(".slice").unwrap_or(part);
