@@ -170,10 +170,47 @@ pub enum Error {
     GoFetch { url: String, reason: String },
     #[error("{url} answered HTTP {code}")]
     GoStatus { url: String, code: u16 },
+    #[error(
+        "a Go profiler fetches only from the Abnormal's pod, and spec.podReference names none; name the pod whose pprof endpoint go.source ({url}) is"
+    )]
+    GoNoPod { url: String },
+    #[error(
+        "go.source {url} is not an address of pod {pod} (its IPs: {addresses}); a Go profiler fetches only from the Abnormal's own pod, by IP"
+    )]
+    GoTargetNotPod {
+        url: String,
+        pod: String,
+        addresses: String,
+    },
+    #[error(
+        "pod {pod} uses the node's network, so go.source may use only a port its containers declare ({ports}), not {port} ({url}); declare the pprof port in the pod's spec"
+    )]
+    GoUndeclaredPort {
+        url: String,
+        pod: String,
+        port: u16,
+        ports: String,
+    },
+    #[error(
+        "{url} answered HTTP {code}, a redirect to {location}; redirects are not followed: set go.source to the pprof endpoint itself, on the Abnormal's pod"
+    )]
+    GoRedirect {
+        url: String,
+        code: u16,
+        location: String,
+    },
     #[error("reading {url}: {reason}")]
     GoRead { url: String, reason: String },
-    #[error("{url} sent more than {limit} bytes")]
-    GoTooLarge { url: String, limit: usize },
+    #[error("{url} sent more than the {limit} bytes this profile may take ({why})")]
+    GoTooLarge {
+        url: String,
+        limit: u64,
+        why: &'static str,
+    },
+    #[error(
+        "no room for this profile: {which}; profiles go when they expire (expirationSeconds) or when their Abnormal is deleted"
+    )]
+    ProfileQuota { which: String },
     /// A file of the profile store (or of a copy) could not be created, written or read.
     #[error("{action} {}: {error}", path.display())]
     Io {
@@ -278,8 +315,13 @@ impl Error {
             | HttpClient { .. }
             | GoFetch { .. }
             | GoStatus { .. }
+            | GoNoPod { .. }
+            | GoTargetNotPod { .. }
+            | GoUndeclaredPort { .. }
+            | GoRedirect { .. }
             | GoRead { .. }
             | GoTooLarge { .. }
+            | ProfileQuota { .. }
             | Io { .. }
             | Rename { .. }
             | NotUnderProfiles { .. }

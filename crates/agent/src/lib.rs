@@ -183,6 +183,7 @@ pub fn start(
                 public_url: config.public_url.clone(),
                 proc_root: config.node.proc_root.clone(),
                 client: Some(client.clone()),
+                limits: Default::default(),
             }),
             max_step_output_bytes: config.limits.max_step_output_bytes,
             node: Arc::new(config.node.clone()),
@@ -217,9 +218,10 @@ pub fn start(
                 tokio::select! {
                     _ = sweeper_stop.cancelled() => break,
                     _ = tokio::time::sleep(crate::profiler::SWEEP_INTERVAL) => {
-                        let n = profilers.sweep_expired(jiff::Timestamp::now().as_second()).await;
-                        if n > 0 {
-                            tracing::info!(deleted = n, "expired profiles deleted");
+                        let expired = profilers.sweep_expired(jiff::Timestamp::now().as_second()).await;
+                        if !expired.is_empty() {
+                            tracing::info!(deleted = expired.len(), "expired profiles deleted");
+                            profilers.mark_expired(&expired).await;
                         }
                     }
                 }

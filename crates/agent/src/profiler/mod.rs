@@ -12,7 +12,10 @@
 
 mod go;
 mod java;
+pub(crate) mod pod;
 mod store;
+
+pub use store::{EXPIRED_ENDPOINT, ExpiredProfile, MAX_EXPIRATION_SECONDS, ProfileLimits};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -27,6 +30,8 @@ pub const DEFAULT_TIMEOUT_SECONDS: i32 = 30;
 pub const DEFAULT_EXPIRATION_SECONDS: i32 = 7200;
 /// The most bytes of one profile kept (a pprof profile, a jcmd report).
 const MAX_PROFILE_BYTES: usize = 64 * 1024 * 1024;
+/// The same, as a byte count of a file.
+const MAX_PROFILE_FILE_BYTES: u64 = MAX_PROFILE_BYTES as u64;
 
 /// Where profiles are kept and how they are reached.
 pub struct Profilers {
@@ -38,6 +43,8 @@ pub struct Profilers {
     pub proc_root: PathBuf,
     /// To look up the pod of spec.podReference; without it, only `java.pid` names a JVM.
     pub client: Option<kube::Client>,
+    /// How much of the disk profiles may take.
+    pub limits: ProfileLimits,
 }
 
 /// How often the agent deletes profiles whose expirationSeconds have passed.
@@ -87,10 +94,12 @@ impl Profilers {
             Ok((url_path, what)) => {
                 status.endpoint = format!("{}{url_path}", self.public_url);
                 summary = what;
-                let keep = spec
-                    .expiration_seconds
-                    .unwrap_or(DEFAULT_EXPIRATION_SECONDS)
-                    .max(1) as i64;
+                let keep = i64::from(
+                    spec.expiration_seconds
+                        .unwrap_or(DEFAULT_EXPIRATION_SECONDS)
+                        .max(1),
+                )
+                .min(MAX_EXPIRATION_SECONDS);
                 let (file, _) = self.location(abnormal, &spec.name);
                 if let Err(e) = self
                     .record_expiry(&file, jiff::Timestamp::now().as_second() + keep)

@@ -61,6 +61,14 @@ impl Profilers {
                 limit: MAX_HPROF_BYTES,
             });
         }
+        let room = self.room_for(abnormal, name, MAX_HPROF_BYTES).await?;
+        if size > room {
+            return Err(Error::ProfileQuota {
+                which: format!(
+                    "{what} is {size} bytes and only {room} are left of what this Abnormal and this node may keep"
+                ),
+            });
+        }
         let (file, url_path) = self.location(abnormal, name);
         let tmp = file.with_extension("partial");
         let copy = copy_hprof(&source, &tmp, &file, size);

@@ -12,6 +12,7 @@ use kdiag_collectors::process::scan;
 use super::JavaTarget;
 use crate::Error;
 use crate::profiler::Profilers;
+use crate::profiler::pod::ReferencedPod;
 
 impl Profilers {
     /// The processes named by `java.pid`, or those of the Abnormal's pod (and container) on this
@@ -40,35 +41,17 @@ impl Profilers {
             );
             return Ok((vec![t], searched));
         }
+        let Some(ReferencedPod {
+            name: pod_name,
+            pod,
+        }) = self.referenced_pod(abnormal, timeout / 3).await?
+        else {
+            return Err(Error::NoTarget);
+        };
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
         let Some(r) = &abnormal.spec.pod_reference else {
             return Err(Error::NoTarget);
         };
-        let ns = if r.namespace.is_empty() {
-            abnormal.metadata.namespace.clone().unwrap_or_default()
-        } else {
-            r.namespace.clone()
-        };
-        let pod_name = format!("{ns}/{}", r.name);
-        let client = self.client.clone().ok_or_else(|| Error::NoClient {
-            pod: pod_name.clone(),
-        })?;
-        let pod = get_pod(client, &ns, &r.name, &pod_name, timeout / 3).await?;
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let pod_node = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.clone())
-            .unwrap_or_default();
-        if !abnormal.spec.node_name.is_empty()
-            && !pod_node.is_empty()
-            && pod_node != abnormal.spec.node_name
-        {
-            return Err(Error::PodElsewhere {
-                pod: pod_name,
-                pod_node,
-                node: abnormal.spec.node_name.clone(),
-            });
-        }
         let container = r.container_name.as_str();
         let container_id = if container.is_empty() {
             None
@@ -153,43 +136,6 @@ fn pod_processes(
         .filter(|p| container_id.is_none() || p.container_id.as_deref() == container_id)
         .map(|p| p.pid)
         .collect()
-}
-
-/// The pod of `spec.podReference`. An apiserver that fails to answer is asked again, with a
-/// short backoff, until `within` has passed.
-async fn get_pod(
-    client: kube::Client,
-    ns: &str,
-    name: &str,
-    pod_name: &str,
-    within: Duration,
-) -> Result<Pod, Error> {
-    let api = kube::Api::<Pod>::namespaced(client, ns);
-    let lookup = async {
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match api.get(name).await {
-                Ok(pod) => return Ok(pod),
-                Err(e) if kdiag_runtime::is_transient(&e) => {
-                    tracing::debug!(pod = %pod_name, error = %e, "looking up the profiler's pod; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
-                Err(e) => {
-                    return Err(Error::PodLookup {
-                        pod: pod_name.to_owned(),
-                        source: Box::new(e),
-                    });
-                }
-            }
-        }
-    };
-    tokio::time::timeout(within, lookup)
-        .await
-        .map_err(|_| Error::PodLookupTimeout {
-            pod: pod_name.to_owned(),
-            timeout: within,
-        })?
 }
 
 /// Reads what a profiler needs of one process. Blocking (/proc reads, up to 100,000 lines of
