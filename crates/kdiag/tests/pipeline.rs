@@ -1354,8 +1354,13 @@ async fn every_rejected_request_to_the_controller_and_agent_servers_gets_its_sta
 
     // As an admin, so the node API's authentication is passed and what is checked is the rest.
     let bearer = format!("Bearer {}", cp.admin_token());
+    let alerts_bearer = format!("Bearer {ALERT_TOKEN}");
     let request = |base: String, method: &'static str, path: &'static str, body: &'static [u8]| {
-        let bearer = bearer.clone();
+        let bearer = if path.starts_with("/api/") {
+            alerts_bearer.clone()
+        } else {
+            bearer.clone()
+        };
         async move {
             let url: reqwest_lite::Url = format!("{base}{path}").parse().unwrap();
             reqwest_lite::request_with(url, method, body, &[("authorization", &bearer)]).await

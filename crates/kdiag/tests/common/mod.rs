@@ -80,6 +80,9 @@ pub async fn service_account_client(cp: &ControlPlane, name: &str) -> Client {
     cp.client_with_token(&token).await
 }
 
+/// The alert token of the shared controller (alerts need one unless explicitly opted out).
+pub const ALERT_TOKEN: &str = "kdiag-test-alert-token";
+
 /// The port of the shared controller's HTTP server (alerts, probe reports, metrics).
 pub static CONTROLLER_PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
 
@@ -101,6 +104,7 @@ pub async fn with_controller() -> &'static ControlPlane {
                 cp,
                 ControllerConfig {
                     pod_wait: Duration::from_secs(4),
+                    alert_token: Some(ALERT_TOKEN.into()),
                     ..Default::default()
                 },
             );
