@@ -18,6 +18,7 @@
 //!   (denied). A missing or invalid policy denies every action that changes the node
 //!   ([`policy`]).
 
+pub mod access;
 mod backoff;
 mod error;
 mod executor;

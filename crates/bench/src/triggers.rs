@@ -27,6 +27,9 @@ use crate::load::{Hit, Observer};
 use crate::plugin::Plugin;
 use crate::stats::{Summary, ratio, round};
 
+/// The alert token the benchmark's controller requires (alerts need one by default).
+const ALERT_TOKEN: &str = "kdiag-bench-alerts";
+
 const NODE: &str = "trigger-node";
 /// Event and alert Abnormals go to a node without an agent: only their creation is measured.
 const IDLE_NODE: &str = "no-agent-node";
@@ -54,6 +57,7 @@ pub async fn run(episodes: usize) -> Result<Value> {
                 per_node: unlimited,
             },
             alert_namespace: ns.clone(),
+            alert_token: Some(ALERT_TOKEN.into()),
             ..Default::default()
         },
     )
@@ -225,7 +229,13 @@ impl Episodes<'_> {
             "startsAt": jiff::Timestamp::now().to_string(),
             "generatorURL": "http://prometheus/graph"}]);
         let t0 = Instant::now();
-        let resp = self.http.post(self.alerts_url).json(&alert).send().await?;
+        let resp = self
+            .http
+            .post(self.alerts_url)
+            .bearer_auth(ALERT_TOKEN)
+            .json(&alert)
+            .send()
+            .await?;
         let post = t0.elapsed();
         anyhow::ensure!(
             resp.status().is_success(),

@@ -62,8 +62,11 @@ pub struct ControllerConfig {
     pub source_budgets: crate::sources::sink::SourceBudgets,
     /// The namespace Abnormals for alerts are created in.
     pub alert_namespace: String,
-    /// A bearer token alert deliveries must carry, if any.
+    /// The bearer token alert deliveries must carry. Without one, alerts are refused unless
+    /// `alerts_allow_unauthenticated` says to take them from anyone.
     pub alert_token: Option<String>,
+    /// Take alerts without a token (an explicit opt-in; docs/sources.md).
+    pub alerts_allow_unauthenticated: bool,
     /// The processors a pod is triaged with when its Abnormal names none.
     pub triage: admission::Triage,
 }
@@ -81,6 +84,7 @@ impl Default for ControllerConfig {
             source_budgets: Default::default(),
             alert_namespace: kdiag_api::SYSTEM_NAMESPACE.into(),
             alert_token: None,
+            alerts_allow_unauthenticated: false,
             triage: Default::default(),
         }
     }
@@ -152,6 +156,7 @@ pub fn start(
         sources: sources.clone(),
         namespace: config.alert_namespace.clone(),
         token: config.alert_token.clone(),
+        allow_unauthenticated: config.alerts_allow_unauthenticated,
     });
     let flusher = sink.run_flusher(std::time::Duration::from_secs(2), shutdown.clone());
     let events_run = event_source.run(shutdown.clone());

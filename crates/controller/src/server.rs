@@ -69,6 +69,39 @@ pub fn routes(
         .boxed()
 }
 
+/// Whether an alert delivery with this Authorization header is taken: with a token configured,
+/// only when it carries that token (compared in constant time); without one, only when
+/// unauthenticated alerts were explicitly allowed. Err says what to do.
+pub fn alert_sender_allowed(
+    token: Option<&str>,
+    allow_unauthenticated: bool,
+    authorization: Option<&str>,
+) -> Result<(), String> {
+    let Some(token) = token else {
+        return if allow_unauthenticated {
+            Ok(())
+        } else {
+            Err("alerts are refused: this controller has no alert token. Set KDIAG_ALERT_TOKEN (from a Secret) and send it as Authorization: Bearer <token>, or start the controller with --alerts-allow-unauthenticated to take alerts from anyone who can reach it (docs/sources.md)".into())
+        };
+    };
+    let presented = authorization
+        .and_then(|a| {
+            let (scheme, rest) = a.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        })
+        .unwrap_or_default();
+    if constant_time_eq(presented.as_bytes(), token.as_bytes()) {
+        Ok(())
+    } else {
+        Err("alerts need Authorization: Bearer <token> with the controller's alert token (see docs/sources.md)".into())
+    }
+}
+
+/// Equal bytes, in time that depends only on the lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Alerts: `POST /api/v2/alerts` and `/api/v1/alerts` (Alertmanager's API, as Prometheus pushes),
 /// `POST /api/v1/webhook` (Alertmanager's webhook receiver).
 async fn receive_alerts(
@@ -85,27 +118,27 @@ async fn receive_alerts(
             "this kdiag process takes no alerts (the controller does)".into(),
         );
     };
-    if let Some(token) = &source.token {
-        let presented = auth
-            .as_deref()
-            .and_then(|a| a.strip_prefix("Bearer "))
-            .map(str::trim);
-        if presented != Some(token.as_str()) {
-            return text(
-                StatusCode::UNAUTHORIZED,
-                "alerts need Authorization: Bearer <token> (see docs/sources.md)".into(),
-            );
-        }
-    }
-    let parsed = match (version, endpoint) {
-        ("v1" | "v2", "alerts") => parse_alerts(&body),
-        ("v1", "webhook") => parse_webhook(&body),
+    let webhook = match (version, endpoint) {
+        ("v1" | "v2", "alerts") => false,
+        ("v1", "webhook") => true,
         _ => {
             return text(
                 StatusCode::NOT_FOUND,
                 "alert endpoints: POST /api/v2/alerts, /api/v1/alerts, /api/v1/webhook".into(),
             );
         }
+    };
+    if let Err(why) = alert_sender_allowed(
+        source.token.as_deref(),
+        source.allow_unauthenticated,
+        auth.as_deref(),
+    ) {
+        return text(StatusCode::UNAUTHORIZED, why);
+    }
+    let parsed = if webhook {
+        parse_webhook(&body)
+    } else {
+        parse_alerts(&body)
     };
     let alerts = match parsed {
         Ok(a) => a,
@@ -138,5 +171,37 @@ async fn probe_report(client: Option<kube::Client>, body: Bytes) -> warp::reply:
     match crate::probes::report::apply(&client, &report).await {
         Ok(()) => warp::reply::json(&serde_json::json!({"success": true})).into_response(),
         Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::alert_sender_allowed;
+
+    #[test]
+    fn alerts_without_a_configured_token_are_refused_unless_explicitly_allowed() {
+        let why = alert_sender_allowed(None, false, None).unwrap_err();
+        assert!(
+            why.contains("KDIAG_ALERT_TOKEN") && why.contains("--alerts-allow-unauthenticated"),
+            "{why}"
+        );
+        assert!(alert_sender_allowed(None, false, Some("Bearer anything")).is_err());
+        assert!(alert_sender_allowed(None, true, None).is_ok());
+    }
+
+    #[test]
+    fn alerts_with_a_configured_token_need_exactly_that_token() {
+        assert!(alert_sender_allowed(Some("s3cret"), false, Some("Bearer s3cret")).is_ok());
+        assert!(alert_sender_allowed(Some("s3cret"), true, Some("bearer s3cret")).is_ok());
+        for wrong in [
+            None,
+            Some("Bearer s3cre"),
+            Some("Bearer s3cret2"),
+            Some("Basic s3cret"),
+            Some("s3cret"),
+        ] {
+            let why = alert_sender_allowed(Some("s3cret"), true, wrong).unwrap_err();
+            assert!(why.contains("Bearer <token>"), "{wrong:?}: {why}");
+        }
     }
 }

@@ -127,6 +127,10 @@ pub struct ControllerArgs {
     /// it stays out of the process list).
     #[arg(long, env = "KDIAG_ALERT_TOKEN", hide_env_values = true)]
     pub alert_token: Option<String>,
+    /// Take alerts without a token when none is set. Anyone who can reach the controller can
+    /// then create Abnormals through its AbnormalSources; by default alerts need the token.
+    #[arg(long, env = "KDIAG_ALERTS_ALLOW_UNAUTHENTICATED")]
+    pub alerts_allow_unauthenticated: bool,
     /// Abnormals one probe's failures may create: BURST:PER_MINUTE (a token bucket).
     #[arg(long, default_value = "10:2", value_parser = parse_budget)]
     pub probe_budget: kdiag_controller::sources::storm::Budget,

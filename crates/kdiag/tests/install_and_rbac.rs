@@ -114,6 +114,9 @@ async fn the_agent_may_process_its_abnormals_and_nothing_more() {
         &["get", "daemonsets.apps", "-n", "team"],
         &["get", "jobs.batch", "-n", "team"],
         &["get", "cronjobs.batch", "-n", "team"],
+        // The node API checks its callers' tokens and rights (docs/security.md).
+        &["create", "tokenreviews.authentication.k8s.io"],
+        &["create", "subjectaccessreviews.authorization.k8s.io"],
     ];
     for a in allowed {
         assert!(can_i(cp, "kdiag-agent", a), "the agent needs {a:?}");
@@ -132,6 +135,8 @@ async fn the_agent_may_process_its_abnormals_and_nothing_more() {
         &["delete", "events", "-n", "team"],
         &["update", "deployments.apps", "-n", "team"],
         &["list", "persistentvolumeclaims", "-A"],
+        // What the node API asks of its callers, the agent does not have itself.
+        &["get", "nodes", "--subresource=proxy"],
         &[
             "create",
             "informationcollectors.diagnosis.netease.com",

@@ -196,7 +196,7 @@ async fn a_jcmd_report_of_a_jvm_named_by_pid_is_served_by_the_agent() {
     assert!(message.contains("jcmd report"), "{message}");
     assert!(message.contains("Thread.print"), "{message}");
     assert!(message.contains(&format!("pid {}", jvm.pid)), "{message}");
-    let (code, report) = reqwest_get(&status.endpoint).await;
+    let (code, report) = get_with_token(&status.endpoint, cp.admin_token()).await;
     assert_eq!(code, 200);
     assert!(report.contains("Arthas is not part of kdiag"), "{report}");
     assert!(report.contains(&format!("### jcmd {} VM.version", jvm.pid)));
@@ -391,7 +391,10 @@ async fn memory_analyzer_keeps_the_raw_hprof_file_of_a_jvm() {
     assert_eq!(result, ProcessorResult::Succeeded);
     assert!(message.contains("raw HPROF heap dump"), "{message}");
     assert!(message.contains("Eclipse Memory Analyzer"), "{message}");
-    let served = reqwest::get(&status.endpoint)
+    let served = reqwest::Client::new()
+        .get(&status.endpoint)
+        .bearer_auth(cp.admin_token())
+        .send()
         .await
         .unwrap()
         .bytes()
@@ -462,7 +465,7 @@ async fn a_jvm_in_its_own_namespaces_as_another_user_is_profiled_through_proc_ro
     )
     .await;
     assert_eq!(status.error, "", "{message}");
-    let (_, report) = reqwest_get(&status.endpoint).await;
+    let (_, report) = get_with_token(&status.endpoint, cp.admin_token()).await;
     assert!(report.contains(&format!("\"{marker}\"")), "{report}");
     assert!(report.contains("Spin$KdiagMarkerObject"));
     assert!(
@@ -488,7 +491,10 @@ async fn a_jvm_in_its_own_namespaces_as_another_user_is_profiled_through_proc_ro
         )),
         "{message}"
     );
-    let served = reqwest::get(&status.endpoint)
+    let served = reqwest::Client::new()
+        .get(&status.endpoint)
+        .bearer_auth(cp.admin_token())
+        .send()
         .await
         .unwrap()
         .bytes()

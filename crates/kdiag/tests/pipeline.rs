@@ -1352,9 +1352,19 @@ async fn every_rejected_request_to_the_controller_and_agent_servers_gets_its_sta
     assert_eq!(code, 411, "{body}");
     assert!(body.contains("Content-Length"), "{body}");
 
-    let request = |base: String, method: &'static str, path: &'static str, body: &'static [u8]| async move {
-        let url: reqwest_lite::Url = format!("{base}{path}").parse().unwrap();
-        reqwest_lite::request(url, method, body).await
+    // As an admin, so the node API's authentication is passed and what is checked is the rest.
+    let bearer = format!("Bearer {}", cp.admin_token());
+    let alerts_bearer = format!("Bearer {ALERT_TOKEN}");
+    let request = |base: String, method: &'static str, path: &'static str, body: &'static [u8]| {
+        let bearer = if path.starts_with("/api/") {
+            alerts_bearer.clone()
+        } else {
+            bearer.clone()
+        };
+        async move {
+            let url: reqwest_lite::Url = format!("{base}{path}").parse().unwrap();
+            reqwest_lite::request_with(url, method, body, &[("authorization", &bearer)]).await
+        }
     };
     let agent_url = format!("http://{agent_addr}");
     for (base, method, path, body, code, says) in [
@@ -1387,10 +1397,27 @@ async fn every_rejected_request_to_the_controller_and_agent_servers_gets_its_sta
         (
             &agent_url,
             "GET",
-            "/processor/signal-recoverer",
+            "/processor/node-triage-diagnoser",
             b"",
             405,
             "not a collector",
+        ),
+        // Recoverers are never served over HTTP, not even to an admin.
+        (
+            &agent_url,
+            "GET",
+            "/processor/signal-recoverer",
+            b"",
+            403,
+            "never run over HTTP",
+        ),
+        (
+            &agent_url,
+            "POST",
+            "/processor/signal-recoverer",
+            b"{}",
+            403,
+            "never run over HTTP",
         ),
         (&agent_url, "POST", "/profiles/x/y", b"", 405, "GET"),
         // Bad bodies: 400 with the parse error.

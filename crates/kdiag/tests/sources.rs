@@ -244,8 +244,8 @@ async fn a_suspended_source_creates_nothing() {
 
 async fn post(path: &str, body: &str, token: Option<&str>) -> (u16, String) {
     let url: reqwest_lite::Url = format!("{}{path}", controller_url()).parse().unwrap();
-    let _ = token;
-    reqwest_lite::request(url, "POST", body.as_bytes()).await
+    let bearer = format!("Bearer {}", token.unwrap_or(ALERT_TOKEN));
+    reqwest_lite::request_with(url, "POST", body.as_bytes(), &[("authorization", &bearer)]).await
 }
 
 fn alert(ns: &str, node: &str, starts: &str) -> serde_json::Value {
@@ -461,13 +461,13 @@ async fn a_firing_prometheus_rule_reaches_kdiag_directly_and_through_alertmanage
     std::fs::write(
         dir.path().join("prometheus.yml"),
         format!(
-            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nrule_files: [rules.yml]\nscrape_configs:\n- job_name: app\n  static_configs:\n  - targets: ['127.0.0.1:{app}']\n    labels: {{node: prom-node-1, test: {ns}}}\nalerting:\n  alertmanagers:\n  - api_version: v2\n    static_configs: [{{targets: ['{kdiag}']}}]\n  - api_version: v2\n    static_configs: [{{targets: ['127.0.0.1:{am_port}']}}]\n"
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nrule_files: [rules.yml]\nscrape_configs:\n- job_name: app\n  static_configs:\n  - targets: ['127.0.0.1:{app}']\n    labels: {{node: prom-node-1, test: {ns}}}\nalerting:\n  alertmanagers:\n  - api_version: v2\n    authorization: {{credentials: {ALERT_TOKEN}}}\n    static_configs: [{{targets: ['{kdiag}']}}]\n  - api_version: v2\n    static_configs: [{{targets: ['127.0.0.1:{am_port}']}}]\n"
         ),
     )
     .unwrap();
     std::fs::write(
         dir.path().join("alertmanager.yml"),
-        format!("route: {{receiver: kdiag, group_wait: 1s, group_interval: 1s, repeat_interval: 1h}}\nreceivers:\n- name: kdiag\n  webhook_configs:\n  - url: http://{kdiag}/api/v1/webhook\n    send_resolved: true\n"),
+        format!("route: {{receiver: kdiag, group_wait: 1s, group_interval: 1s, repeat_interval: 1h}}\nreceivers:\n- name: kdiag\n  webhook_configs:\n  - url: http://{kdiag}/api/v1/webhook\n    send_resolved: true\n    http_config: {{authorization: {{credentials: {ALERT_TOKEN}}}}}\n"),
     )
     .unwrap();
     let _alertmanager = Proc(
@@ -582,6 +582,66 @@ async fn alert_endpoints_can_require_a_bearer_token() {
         alert_token: Some("s3cret".into()),
         ..Default::default()
     };
+    let (port, task) = serve_controller(cp, config).await;
+    let url = || {
+        format!("http://127.0.0.1:{port}/api/v2/alerts")
+            .parse()
+            .unwrap()
+    };
+    let body = b"[]";
+    let (code, text) = reqwest_lite::request(url(), "POST", body).await;
+    assert_eq!(code, 401, "{text}");
+    assert!(text.contains("Bearer"), "{text}");
+    assert_eq!(
+        reqwest_lite::request_with(url(), "POST", body, &[("Authorization", "Bearer wrong")])
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        reqwest_lite::request_with(url(), "POST", body, &[("Authorization", "Bearer s3cret")])
+            .await
+            .0,
+        200
+    );
+    task.abort();
+}
+
+#[tokio::test]
+async fn without_a_token_alerts_are_refused_unless_explicitly_allowed() {
+    let cp = with_controller().await;
+    for (allow, want) in [(false, 401), (true, 200)] {
+        let config = kdiag_controller::ControllerConfig {
+            alerts_allow_unauthenticated: allow,
+            ..Default::default()
+        };
+        let (port, task) = serve_controller(cp, config).await;
+        for path in ["/api/v2/alerts", "/api/v1/webhook"] {
+            let url = format!("http://127.0.0.1:{port}{path}").parse().unwrap();
+            let body: &[u8] = if path.ends_with("webhook") {
+                br#"{"version": "4", "status": "firing", "alerts": []}"#
+            } else {
+                b"[]"
+            };
+            let (code, text) = reqwest_lite::request(url, "POST", body).await;
+            assert_eq!(code, want, "allow={allow} {path}: {text}");
+            if !allow {
+                assert!(
+                    text.contains("KDIAG_ALERT_TOKEN")
+                        && text.contains("--alerts-allow-unauthenticated"),
+                    "{text}"
+                );
+            }
+        }
+        task.abort();
+    }
+}
+
+/// A controller of its own with `config`, serving on a port of its own: (port, its driver).
+async fn serve_controller(
+    cp: &'static kdiag_testenv::ControlPlane,
+    config: kdiag_controller::ControllerConfig,
+) -> (u16, tokio::task::JoinHandle<()>) {
     let client = service_account_client(cp, "kdiag-controller").await;
     let metrics = Arc::new(kdiag_runtime::metrics::Metrics::new());
     let (handle, driver) = kdiag_controller::start(
@@ -607,26 +667,5 @@ async fn alert_endpoints_can_require_a_bearer_token() {
             .await
             .unwrap(),
     );
-    let url = || {
-        format!("http://127.0.0.1:{port}/api/v2/alerts")
-            .parse()
-            .unwrap()
-    };
-    let body = b"[]";
-    let (code, text) = reqwest_lite::request(url(), "POST", body).await;
-    assert_eq!(code, 401, "{text}");
-    assert!(text.contains("Bearer"), "{text}");
-    assert_eq!(
-        reqwest_lite::request_with(url(), "POST", body, &[("Authorization", "Bearer wrong")])
-            .await
-            .0,
-        401
-    );
-    assert_eq!(
-        reqwest_lite::request_with(url(), "POST", body, &[("Authorization", "Bearer s3cret")])
-            .await
-            .0,
-        200
-    );
-    task.abort();
+    (port, task)
 }

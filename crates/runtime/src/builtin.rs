@@ -1,6 +1,6 @@
 //! The built-in processors this binary carries, by registration name.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use kdiag_api::plugin::Processor;
@@ -9,6 +9,8 @@ use kdiag_api::plugin::Processor;
 #[derive(Clone, Default)]
 pub struct Builtins {
     by_name: BTreeMap<&'static str, Arc<dyn Processor>>,
+    /// The recoverers among them (they change the node; never served over HTTP).
+    recoverers: BTreeSet<&'static str>,
 }
 
 impl Builtins {
@@ -29,6 +31,7 @@ impl Builtins {
     /// Binds the recoverers to `policy`.
     pub fn bind_policy(&mut self, policy: kdiag_recoverers::policy::PolicyHandle) {
         for p in kdiag_recoverers::all(policy) {
+            self.recoverers.insert(p.name());
             self.insert(p);
         }
     }
@@ -39,6 +42,11 @@ impl Builtins {
 
     pub fn get(&self, name: &str) -> Option<Arc<dyn Processor>> {
         self.by_name.get(name).cloned()
+    }
+
+    /// True for a built-in recoverer.
+    pub fn is_recoverer(&self, name: &str) -> bool {
+        self.recoverers.contains(name)
     }
 
     /// The names, for error messages that list what exists.

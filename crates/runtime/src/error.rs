@@ -42,6 +42,30 @@ pub enum Error {
         #[source]
         source: Box<kube::Error>,
     },
+    /// A request to a node API without a bearer token, or with one the apiserver did not accept.
+    #[error(
+        "{reason}. Send 'Authorization: Bearer <token>' with a token the cluster accepts (a user's token from kubeconfig, or a ServiceAccount's)"
+    )]
+    Unauthenticated { reason: String },
+    /// The caller is known but may not do what it asked (docs/security.md, "The node API").
+    #[error("{user} may not {right}{reason}. Grant it with RBAC; check with: {can_i} --as {user}")]
+    Forbidden {
+        user: String,
+        right: String,
+        can_i: String,
+        /// The authorizer's reason, with a leading separator, or empty.
+        reason: String,
+    },
+    /// The apiserver could not be asked who the caller is or what it may do: kdiag refuses
+    /// (fails closed) until it can.
+    #[error(
+        "the request is refused because the apiserver could not be asked to check it ({review} failed: {source}); try again once the apiserver is reachable and the agent may create {review}s"
+    )]
+    ReviewFailed {
+        review: &'static str,
+        #[source]
+        source: Box<kube::Error>,
+    },
 }
 
 impl Error {
@@ -49,8 +73,11 @@ impl Error {
         match self {
             Error::NoClient { source }
             | Error::ManifestDiscovery { source, .. }
-            | Error::ManifestApply { source, .. } => kube_category(source),
-            Error::ManifestParse { .. } => Category::Permanent,
+            | Error::ManifestApply { source, .. }
+            | Error::ReviewFailed { source, .. } => kube_category(source),
+            Error::ManifestParse { .. }
+            | Error::Unauthenticated { .. }
+            | Error::Forbidden { .. } => Category::Permanent,
         }
     }
 
@@ -65,6 +92,9 @@ impl Error {
             Error::ManifestParse { .. } => "manifest_parse",
             Error::ManifestDiscovery { .. } => "manifest_discovery",
             Error::ManifestApply { .. } => "manifest_apply",
+            Error::Unauthenticated { .. } => "unauthenticated",
+            Error::Forbidden { .. } => "forbidden",
+            Error::ReviewFailed { .. } => "review_failed",
         }
     }
 }

@@ -6,6 +6,7 @@
 //! crates (the built-ins), kube, tokio, warp, prometheus and tracing.
 
 pub mod apply;
+pub mod auth;
 pub mod builtin;
 pub mod cache;
 pub mod error;

@@ -112,6 +112,9 @@ pub fn rejection(rej: &Rejection) -> warp::reply::Response {
         InvalidHeader, InvalidQuery, LengthRequired, MethodNotAllowed, MissingHeader,
         PayloadTooLarge, UnsupportedMediaType,
     };
+    if let Some(refusal) = rej.find::<crate::auth::Refusal>() {
+        return refusal.response();
+    }
     let (status, message) = if rej.find::<UnsupportedMediaType>().is_some() {
         (
             StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -188,8 +188,11 @@ pub struct AlertSource {
     pub sources: Store<AbnormalSource>,
     /// Abnormals are created in this namespace (alerts have none of their own).
     pub namespace: String,
-    /// If set, deliveries must carry `Authorization: Bearer <token>`.
+    /// Deliveries must carry `Authorization: Bearer <token>`; without a token they are refused
+    /// unless `allow_unauthenticated`.
     pub token: Option<String>,
+    /// Take deliveries from anyone when no token is set (an explicit opt-in).
+    pub allow_unauthenticated: bool,
 }
 
 impl AlertSource {

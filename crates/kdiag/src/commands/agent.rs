@@ -104,6 +104,7 @@ pub fn agent_server_state(
         routes: server::join(
             agent::server::routes(Some(ProcessorService {
                 builtins: handle.builtins.clone(),
+                authorizer: Arc::new(kdiag_runtime::auth::Authorizer::new(client.clone())),
                 client,
                 node_name: args.node_name.clone(),
                 max_output_bytes: args.max_step_output_bytes,

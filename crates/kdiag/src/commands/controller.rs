@@ -66,6 +66,7 @@ pub fn controller_config(args: &ControllerArgs) -> ControllerConfig {
                 .collect(),
         },
         alert_token: args.alert_token.clone(),
+        alerts_allow_unauthenticated: args.alerts_allow_unauthenticated,
         runner: kdiag_controller::probes::runner::RunnerConfig {
             report_url: args.probe_report_url.clone(),
             stale_intervals: args.probe_stale_intervals,

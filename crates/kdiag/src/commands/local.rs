@@ -160,6 +160,7 @@ async fn serve(
         routes: server::join(
             agent::server::routes(Some(ProcessorService {
                 builtins: a_handle.builtins.clone(),
+                authorizer: Arc::new(kdiag_runtime::auth::Authorizer::new(agent_client.clone())),
                 client: agent_client,
                 node_name: node.clone(),
                 max_output_bytes: Limits::default().max_step_output_bytes,

@@ -80,6 +80,9 @@ pub async fn service_account_client(cp: &ControlPlane, name: &str) -> Client {
     cp.client_with_token(&token).await
 }
 
+/// The alert token of the shared controller (alerts need one unless explicitly opted out).
+pub const ALERT_TOKEN: &str = "kdiag-test-alert-token";
+
 /// The port of the shared controller's HTTP server (alerts, probe reports, metrics).
 pub static CONTROLLER_PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
 
@@ -101,6 +104,7 @@ pub async fn with_controller() -> &'static ControlPlane {
                 cp,
                 ControllerConfig {
                     pod_wait: Duration::from_secs(4),
+                    alert_token: Some(ALERT_TOKEN.into()),
                     ..Default::default()
                 },
             );
@@ -249,6 +253,7 @@ impl TestAgent {
             routes: kdiag_runtime::server::join(
                 kdiag_agent::server::routes(Some(ProcessorService {
                     builtins: handle.builtins.clone(),
+                    authorizer: Arc::new(kdiag_runtime::auth::Authorizer::new(client.clone())),
                     client,
                     node_name: node.into(),
                     max_output_bytes: 512 * 1024,
@@ -310,6 +315,13 @@ impl TestAgent {
 pub async fn reqwest_get(url: &str) -> (u16, String) {
     let url: reqwest_lite::Url = url.parse().unwrap();
     reqwest_lite::get(url).await
+}
+
+/// A GET with `Authorization: Bearer <token>`, for the node API (profiles, processors).
+pub async fn get_with_token(url: &str, token: &str) -> (u16, String) {
+    let url: reqwest_lite::Url = url.parse().unwrap();
+    let bearer = format!("Bearer {token}");
+    reqwest_lite::request_with(url, "GET", b"", &[("authorization", &bearer)]).await
 }
 
 /// Just enough HTTP/1.1 client for loopback tests, so the tests do not depend on the code under test.
