@@ -19,8 +19,10 @@ use crate::{TestEnvError, rundir};
 /// loaded fail at once, locally, with "connection refused".
 pub(crate) const PULL_ENDPOINT: &str = "127.0.0.1:9";
 
-/// The sysctls kubelet 1.20 sets when it starts (`setupKernelTunables`).
-const KUBELET_SYSCTLS: [&str; 6] = [
+/// The sysctls kubelet 1.20 sets when it starts (`setupKernelTunables`), and the one the CNI
+/// bridge plugin sets at the first pod (a gateway bridge turns on forwarding).
+const KUBELET_SYSCTLS: [&str; 7] = [
+    "net/ipv4/ip_forward",
     "vm/overcommit_memory",
     "vm/panic_on_oom",
     "kernel/panic",
