@@ -458,6 +458,13 @@ impl Cluster {
         components::import_images(&run, &NodeBinaries::locate(), &archive)
     }
 
+    /// Imports a docker-archive (`docker save`, `buildah push docker-archive:`, the kdiag image
+    /// of [`kdiag_image`](crate::kdiag_image)) into this run's containerd, as `ctr -n k8s.io
+    /// images import` on a node does. Pods use it with `imagePullPolicy: IfNotPresent`.
+    pub fn import_image_archive(&self, archive: &std::path::Path) -> Result<(), TestEnvError> {
+        components::import_images(&self.run(), &NodeBinaries::locate(), archive)
+    }
+
     /// Path of a component's log: `containerd`, `kubelet`, `kube-scheduler`,
     /// `kube-controller-manager`, `kube-proxy` (the apiserver's is in the control plane's run
     /// directory).
