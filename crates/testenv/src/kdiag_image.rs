@@ -8,10 +8,10 @@
 //!
 //! The binary: `KDIAG_IMAGE_BINARY` when set; else the workspace's release build when it is
 //! newer than every source file of the workspace (`make image`, `make plugin` or `make bench`
-//! built it since the last change); else the debug build, brought up to date by `cargo build
-//! --bin kdiag` — most of it is compiled already by the test build, while a release build of
-//! kdiag takes 10 minutes or more on 2 cores (thin LTO), too long for every change. The image is
-//! the same recipe either way.
+//! built it since the last change); else the debug build when it is (`make test`'s build made
+//! it moments ago); else the debug build brought up to date by `cargo build --bin kdiag`. A
+//! release build of kdiag takes 10 minutes or more on 2 cores (thin LTO), too long to add to a
+//! test run. The image is the same recipe either way.
 //!
 //! [`Cluster::import_image_archive`]: crate::Cluster::import_image_archive
 
@@ -159,8 +159,8 @@ pub fn kdiag_image() -> Result<KdiagImage, TestEnvError> {
     Ok(image(Some(t.elapsed())))
 }
 
-/// The workspace's kdiag: the release build when it is current, else the debug build brought
-/// up to date.
+/// The workspace's kdiag: a release or debug build newer than the sources, else the debug build
+/// brought up to date.
 fn workspace_binary(repo: &Path) -> Result<PathBuf, TestEnvError> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -170,17 +170,39 @@ fn workspace_binary(repo: &Path) -> Result<PathBuf, TestEnvError> {
     } else {
         target
     };
-    let release = target.join("release").join("kdiag");
     let newest_source = newest_mtime(&repo.join("crates"))
         .max(mtime(&repo.join("Cargo.toml")))
         .max(mtime(&repo.join("Cargo.lock")));
-    if release.is_file() && mtime(&release) > newest_source {
-        return Ok(release);
+    for profile in ["release", "debug"] {
+        let binary = target.join(profile).join("kdiag");
+        if binary.is_file() && mtime(&binary) > newest_source {
+            return Ok(binary);
+        }
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(&cargo);
     cmd.current_dir(repo)
         .args(["build", "--locked", "--bin", "kdiag"]);
+    // Without what cargo set for this test process (CARGO_PKG_*, CARGO_MANIFEST_DIR, OUT_DIR,
+    // LD_LIBRARY_PATH…): build scripts that watch such variables would otherwise be rerun, and
+    // the next `cargo test` would rebuild their crates again, each build undoing the other's.
+    cmd.env_clear();
+    for (key, value) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        let set_by_cargo_for_tests = k == "CARGO"
+            || k == "OUT_DIR"
+            || k == "LD_LIBRARY_PATH"
+            || k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_MANIFEST_")
+            || k.starts_with("CARGO_CRATE_")
+            || k.starts_with("CARGO_BIN_")
+            || k.starts_with("CARGO_PRIMARY_")
+            || k == "CARGO_TARGET_TMPDIR"
+            || k.starts_with("RUST_TEST_");
+        if !set_by_cargo_for_tests {
+            cmd.env(key, value);
+        }
+    }
     let out = cmd.output().map_err(|source| TestEnvError::Spawn {
         process: format!("{cmd:?}"),
         source,
