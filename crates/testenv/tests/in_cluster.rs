@@ -304,7 +304,9 @@ async fn kdiag_installed_from_its_image_diagnoses_a_filling_emptydir_and_uninsta
         .unwrap()
         .items
         .remove(0);
+    let mut installed_uids = std::collections::BTreeSet::new();
     for p in pods.list(&ListParams::default()).await.unwrap().items {
+        installed_uids.extend(p.metadata.uid.clone());
         let image_of = p.spec.as_ref().map(|s| s.containers[0].image.clone());
         assert_eq!(
             image_of.flatten().as_deref(),
@@ -593,12 +595,29 @@ async fn kdiag_installed_from_its_image_diagnoses_a_filling_emptydir_and_uninsta
     }
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let uids: Vec<String> = agent_pod.metadata.uid.iter().cloned().collect();
+    let pods_seen = &installed_uids;
     for line in mounts.lines() {
         assert!(
             !uids.iter().any(|u| line.contains(u.as_str())),
             "a mount of the agent pod is left: {line}"
         );
     }
+    let installed_pods: Vec<String> = pods_seen.iter().cloned().collect();
     c.stop().expect("a clean stop");
+    // The kubelet's pod logs outside the run directory go with the run too.
+    for e in std::fs::read_dir("/var/log/pods")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        assert!(
+            !installed_pods
+                .iter()
+                .any(|uid| name.ends_with(uid.as_str())),
+            "pod logs left: {}",
+            e.path().display()
+        );
+    }
     println!("total {:.1}s", begin.elapsed().as_secs_f64());
 }

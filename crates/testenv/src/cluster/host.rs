@@ -213,6 +213,29 @@ pub(crate) fn remove_pod_logs(pod_uids: &BTreeSet<String>) -> Vec<String> {
     problems
 }
 
+/// Removes the kubelet's log directories of pods no live run has any more: a pod deleted shortly
+/// before its run stopped is gone from the kubelet's root (where [`remove_pod_logs`] finds the
+/// run's pods) before the kubelet's garbage collection, once a minute, removed its logs. Only on
+/// a machine without a kubelet of its own (no `/var/lib/kubelet/pods`), whose every pod log
+/// directory is a test run's.
+pub(crate) fn remove_orphaned_pod_logs(live_pod_uids: &BTreeSet<String>) -> Vec<String> {
+    if Path::new(KUBELET_DEFAULT_ROOT).join("pods").exists() {
+        return Vec::new();
+    }
+    let orphans: BTreeSet<String> = read_dir(POD_LOGS)
+        .iter()
+        .filter_map(|d| {
+            d.file_name()?
+                .to_str()?
+                .rsplit('_')
+                .next()
+                .map(str::to_owned)
+        })
+        .filter(|uid| !live_pod_uids.contains(uid))
+        .collect();
+    remove_pod_logs(&orphans)
+}
+
 /// Removes CNI's cached results of this run: its own network's and the loopback network's of
 /// its sandboxes.
 pub(crate) fn remove_cni_cache(network: &str, sandbox_ids: &BTreeSet<String>) {

@@ -97,6 +97,13 @@ pub(crate) fn stop(run: &RunRecord, live: Option<Live<'_>>) -> Vec<String> {
     let mounts_left = mounts::unmount_all(&run.dir);
     problems.extend(host::delete_link(&NodeBinaries::locate().ip, &run.bridge()));
     problems.extend(host::remove_pod_logs(&pod_uids));
+    let live_pod_uids: BTreeSet<String> = rundir::live(RUN_KIND)
+        .iter()
+        .filter(|d| **d != run.dir)
+        .filter_map(|d| RunRecord::read(d))
+        .flat_map(|r| r.pod_uids())
+        .collect();
+    problems.extend(host::remove_orphaned_pod_logs(&live_pod_uids));
     host::remove_cni_cache(&run.cni_network(), &sandbox_ids);
     problems.extend(cgroups::remove(&run.cgroup()));
 
