@@ -23,6 +23,9 @@ use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
 const NAMESPACE: &str = "kube-diagnoser";
 const READY_TIMEOUT: Duration = Duration::from_secs(180);
 const DIAGNOSIS_TIMEOUT: Duration = Duration::from_secs(120);
+/// The kdiag-controller Service's ClusterIP in the test overlay: the last of the apiserver's
+/// service range (10.0.0.0/24), which nothing else asks for.
+const CONTROLLER_IP: &str = "10.0.0.254";
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -75,7 +78,8 @@ fn render_overlay(c: &Cluster, agent_port: u16) -> PathBuf {
         .replace("${KUBELET_ROOT}", &c.kubelet_root_dir().to_string_lossy())
         .replace("${CRI_SOCKET}", &c.cri_socket().to_string_lossy())
         .replace("${RUN_DIR}", &c.run_dir().to_string_lossy())
-        .replace("${AGENT_PORT}", &agent_port.to_string());
+        .replace("${AGENT_PORT}", &agent_port.to_string())
+        .replace("${CONTROLLER_IP}", CONTROLLER_IP);
     assert!(!text.contains("${"), "an unfilled value in:\n{text}");
     std::fs::write(dir.join("kustomization.yaml"), text).unwrap();
     dir
@@ -507,6 +511,70 @@ async fn kdiag_installed_from_its_image_diagnoses_a_filling_emptydir_and_uninsta
         root_cause.contains("crash-loop") && root_cause.contains("exit code 3"),
         "{report}"
     );
+
+    // A Probe's checker Job (run by the controller) reports through the controller's Service,
+    // by ClusterIP; its ERROR opens an episode whose Abnormal the agent finishes, and the
+    // controller writes the diagnosis next to the checker.
+    let t = Instant::now();
+    let report = r#"i=0; until wget -q -O- --header 'Content-Type: application/json' --post-data "{\"probeName\":\"$KUBEPROBER_PROBE_NAME\",\"probeNamespace\":\"$KUBEPROBER_PROBE_NAMESPACE\",\"name\":\"\",\"checkers\":[{\"name\":\"disk-check\",\"status\":\"error\",\"message\":\"/data is 97% full\"}]}" "$KUBEPROBER_STATUS_REPORT_URL"; do i=$((i+1)); [ $i -lt 60 ] || exit 1; sleep 1; done"#;
+    let probe = serde_json::json!({
+        "apiVersion": "kubeprober.erda.cloud/v1", "kind": "Probe",
+        "metadata": {"name": "node-disk", "namespace": "default"},
+        "spec": {"template": {
+            "containers": [{"name": "checker", "image": kdiag_testenv::BUSYBOX_IMAGE,
+                "imagePullPolicy": "IfNotPresent", "command": ["sh", "-c", report]}],
+            "terminationGracePeriodSeconds": 1,
+        }},
+    });
+    let probe_file = c.run_dir().join("probe.yaml");
+    std::fs::write(&probe_file, serde_json::to_vec(&probe).unwrap()).unwrap();
+    let mut create = c.kubectl();
+    create.arg("create").arg("-f").arg(&probe_file);
+    let out = run(create);
+    assert!(out.status.success(), "{}", text(&out));
+    let probe_statuses: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "default",
+        &ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "kubeprober.erda.cloud",
+            "v1",
+            "ProbeStatus",
+        )),
+    );
+    let waited = Instant::now();
+    let checker = loop {
+        let checker = probe_statuses
+            .get_opt("node-disk")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|ps| {
+                ps.data["spec"]["checkers"]
+                    .as_array()
+                    .and_then(|cs| cs.iter().find(|c| c["name"] == "disk-check").cloned())
+            });
+        if let Some(checker) = &checker
+            && checker["diagnosis"]["phase"]
+                .as_str()
+                .is_some_and(|p| p == "Succeeded" || p == "Failed")
+        {
+            break checker.clone();
+        }
+        assert!(
+            waited.elapsed() < DIAGNOSIS_TIMEOUT,
+            "the checker's report and its diagnosis did not arrive: {checker:?}\n{}",
+            describe(&c)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    println!(
+        "probe checker reported through {CONTROLLER_IP} and diagnosed in {:.1}s: {}",
+        t.elapsed().as_secs_f64(),
+        checker
+    );
+    assert_eq!(checker["status"], "ERROR", "{checker}");
+    assert_eq!(checker["message"], "/data is 97% full", "{checker}");
+    assert_eq!(checker["diagnosis"]["phase"], "Succeeded", "{checker}");
 
     // Memory of the two pods so far, against their limits (docs/install.md, sizing).
     for (app, limit) in [
