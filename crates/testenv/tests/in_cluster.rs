@@ -512,6 +512,59 @@ async fn kdiag_installed_from_its_image_diagnoses_a_filling_emptydir_and_uninsta
         "{report}"
     );
 
+    // systemd-collector inside the shipped agent: it cannot run there (a host without systemd,
+    // or no nsenter and CAP_SYS_ADMIN in the container), and its failed step must say which.
+    let systemd = serde_json::json!({
+        "apiVersion": "diagnosis.netease.com/v1", "kind": "Abnormal",
+        "metadata": {"name": "systemd-units", "namespace": "default"},
+        "spec": {
+            "nodeName": c.node_name(),
+            "source": "Custom",
+            "assignedInformationCollectors": [
+                {"namespace": NAMESPACE, "name": "systemd-collector"}
+            ],
+            "context": {"systemdUnitNameInformationContextKey": ["kubelet.service"]},
+        },
+    });
+    let systemd_file = c.run_dir().join("systemd-units.yaml");
+    std::fs::write(&systemd_file, serde_json::to_vec(&systemd).unwrap()).unwrap();
+    let mut create = c.kubectl();
+    create.arg("create").arg("-f").arg(&systemd_file);
+    let out = run(create);
+    assert!(out.status.success(), "{}", text(&out));
+    let waited = Instant::now();
+    let step = loop {
+        let a = abnormals.get("systemd-units").await.ok();
+        let step = a.as_ref().and_then(|a| {
+            a.data["status"]["processors"]
+                .as_array()
+                .and_then(|ps| {
+                    ps.iter()
+                        .find(|p| p["processor"] == format!("{NAMESPACE}/systemd-collector"))
+                })
+                .cloned()
+        });
+        if let Some(step) = step {
+            break step;
+        }
+        assert!(
+            waited.elapsed() < DIAGNOSIS_TIMEOUT,
+            "no systemd-collector step: {:?}\n{}",
+            a.map(|a| a.data["status"].clone()),
+            describe(&c)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let message = step["message"].as_str().unwrap_or_default();
+    println!("systemd-collector in the agent's container: {step}");
+    assert_eq!(step["result"], "Failed", "{step}");
+    assert!(
+        message.contains("does not run systemd")
+            || message.contains("nsenter")
+            || message.contains("CAP_SYS_ADMIN"),
+        "the failed step does not say what it lacks: {step}"
+    );
+
     // A Probe's checker Job (run by the controller) reports through the controller's Service,
     // by ClusterIP; its ERROR opens an episode whose Abnormal the agent finishes, and the
     // controller writes the diagnosis next to the checker.
