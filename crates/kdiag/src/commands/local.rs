@@ -21,8 +21,9 @@ use super::CommandError;
 use crate::cli::LocalArgs;
 
 /// What `kubectl apply -k config/deploy` installs, but for the CRDs ([`kdiag_api::crds::all`],
-/// applied first) and the two workloads ([`IN_PROCESS`]), embedded so `kdiag local` works from
-/// any directory. A test keeps this list and config/deploy/Kustomization equal.
+/// applied first) and the two workloads, which run in this process instead; embedded so
+/// `kdiag local` works from any directory. A test keeps this list and
+/// config/deploy/Kustomization equal.
 const MANIFESTS: [(&str, &str); 5] = [
     (
         "00-namespace.yaml",
@@ -47,9 +48,6 @@ const MANIFESTS: [(&str, &str); 5] = [
         include_str!("../../../../config/deploy/sources.yaml"),
     ),
 ];
-/// The manifests of config/deploy that `kdiag local` replaces with the same components running
-/// in this process: the controller Deployment (and its Service) and the agent DaemonSet.
-const IN_PROCESS: [&str; 2] = ["30-controller.yaml", "40-agent.yaml"];
 const DEMO: &str = include_str!("../../../../examples/demo-pod.yaml");
 
 pub async fn run(args: LocalArgs) -> Result<ExitCode, CommandError> {
@@ -231,7 +229,12 @@ fn gateway_of(subnet: &str) -> Option<std::net::Ipv4Addr> {
 
 #[cfg(test)]
 mod tests {
-    use super::{IN_PROCESS, MANIFESTS};
+    use super::MANIFESTS;
+
+    /// The manifests of config/deploy that `kdiag local` replaces with the same components
+    /// running in its process: the controller Deployment (and its Service) and the agent
+    /// DaemonSet.
+    const IN_PROCESS: [&str; 2] = ["30-controller.yaml", "40-agent.yaml"];
 
     #[test]
     fn local_mode_applies_what_kubectl_apply_k_config_deploy_applies() {
@@ -257,7 +260,7 @@ mod tests {
         local[1..].sort_unstable();
         assert_eq!(
             local, sorted_listed,
-            "kdiag local (commands/local.rs MANIFESTS, IN_PROCESS) must apply what config/deploy/Kustomization lists"
+            "kdiag local (commands/local.rs MANIFESTS, or IN_PROCESS here) must apply what config/deploy/Kustomization lists"
         );
     }
 }
