@@ -58,7 +58,8 @@ crd:
 docs: crd
 	KDIAG_UPDATE_DOCS=1 $(CARGO) test -q -p kdiag --test kubectl_diag -- api_reference the_security_page
 
-## image: the kdiag image (one static binary on an empty base) with buildah, no Docker daemon
+## image: the kdiag image (kdiag and the node policy's diagnostic tools) with buildah, no Docker daemon;
+## target/image/kdiag-<version>.tar to import into nodes (docs/install.md)
 image:
 	hack/build-image.sh
 

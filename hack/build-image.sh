@@ -1,90 +1,109 @@
 #!/usr/bin/env bash
-# Builds the kdiag container image without a Docker daemon or a registry:
-#   1. a static kdiag binary: musl when the Rust target is installed, otherwise glibc linked
-#      statically (crt-static), which needs nothing from the image either;
-#   2. the image from the Dockerfile's prebuilt path with buildah (FROM scratch: the binary and
-#      the CA bundle, nothing else);
-#   3. a check that the binary inside runs `kdiag --version` in a real container (buildah run);
-#   4. a docker-archive for `ctr -n k8s.io images import`, `docker load` or `kind load
-#      image-archive`.
+# Builds the kdiag container image without a Docker daemon or a registry (`make image`):
+#   1. the kdiag binary: the workspace's release build (`cargo build --release --bin kdiag`,
+#      the same one `make plugin` and `make bench` use: nothing is rebuilt when it is current),
+#      or the binary given with --binary;
+#   2. its root filesystem (hack/image-rootfs.sh): /kdiag, and every program the default node
+#      policy allows (hack/image-tools.txt) from this machine's Debian packages, with the shared
+#      libraries they load and a record of each file's package and version;
+#   3. the image from the Dockerfile's prebuilt path with buildah (vfs storage, no daemon);
+#   4. checks in real containers of that image (buildah run): `kdiag --version`, and every
+#      invocation of hack/image-tools.txt exits 0;
+#   5. a docker-archive for `ctr -n k8s.io images import`, `docker load` or
+#      `kind load image-archive`.
 #
-# Usage: hack/build-image.sh [--tag kdiag:0.1.0] [--out target/image] [--skip-build]
-# Needs: cargo, buildah (apt-get install buildah), root or rootless buildah set up.
+# Usage: hack/build-image.sh [--tag kdiag:0.1.0] [--out target/image] [--binary PATH]
+#                            [--storage DIR]
+#   --binary PATH  put this kdiag binary in the image instead of the release build
+#   --storage DIR  keep buildah's images and containers under DIR instead of the machine's
+#                  /var/lib/containers (tests: concurrent builds never share a tag); DIR is
+#                  emptied at the end, only the archive stays
+# Needs: cargo, buildah (apt-get install buildah), root (or rootless buildah set up), dpkg.
 set -euo pipefail
 
+started=$(date +%s)
 repo=$(cd "$(dirname "$0")/.." && pwd)
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$repo/Cargo.toml" | head -1)
 tag="kdiag:${version}"
 out="$repo/target/image"
-skip_build=false
+binary=""
+storage=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --tag) tag=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
-    --skip-build) skip_build=true; shift ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    --binary) binary=$2; shift 2 ;;
+    --storage) storage=$2; shift 2 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 
-# The image build has its own target directory: a release build for another target would
-# otherwise hold cargo's lock on target/ for many minutes and rebuild what `make test` built.
-export CARGO_TARGET_DIR="${KDIAG_IMAGE_TARGET_DIR:-$repo/target/image-build}"
-buildah=(buildah --storage-driver "${STORAGE_DRIVER:-vfs}")
-
 command -v buildah >/dev/null || { echo "buildah is missing: apt-get install buildah" >&2; exit 1; }
-
-musl=x86_64-unknown-linux-musl
-gnu=x86_64-unknown-linux-gnu
-if rustup target list --installed 2>/dev/null | grep -qx "$musl"; then
-  target=$musl
-  rustflags="${RUSTFLAGS:-}"
-  echo "==> static binary: musl ($musl)"
-else
-  # rustup cannot add a target without its download server. glibc with crt-static gives a
-  # fully static binary too (no PT_INTERP, no shared libraries); getaddrinfo works from
-  # /etc/hosts and DNS without NSS modules since glibc 2.34, which is all kdiag needs.
-  target=$gnu
-  rustflags="${RUSTFLAGS:-} -C target-feature=+crt-static"
-  echo "==> static binary: the $musl target is not installed (rustup target add $musl needs the network);"
-  echo "    building $gnu with -C target-feature=+crt-static instead"
-fi
-binary="$CARGO_TARGET_DIR/$target/release/kdiag"
-if ! $skip_build; then
-  (cd "$repo" && RUSTFLAGS="$rustflags" cargo build --release --locked --target "$target" --bin kdiag)
-fi
-[[ -x $binary ]] || { echo "no binary at $binary" >&2; exit 1; }
-if readelf -lW "$binary" | grep -q 'INTERP'; then
-  echo "$binary is dynamically linked (it has a program interpreter): it would not run on an empty base" >&2
-  exit 1
-fi
-if readelf -dW "$binary" | grep -q 'NEEDED'; then
-  echo "$binary needs shared libraries: $(readelf -dW "$binary" | grep NEEDED)" >&2
-  exit 1
+buildah=(buildah --storage-driver "${STORAGE_DRIVER:-vfs}")
+if [[ -n $storage ]]; then
+  mkdir -p "$storage"
+  storage=$(cd "$storage" && pwd)
+  buildah+=(--root "$storage/root" --runroot "$storage/runroot")
 fi
 
-echo "==> image $tag"
+if [[ -z $binary ]]; then
+  echo "==> kdiag: cargo build --release --bin kdiag"
+  (cd "$repo" && cargo build --release --locked --bin kdiag)
+  binary="${CARGO_TARGET_DIR:-$repo/target}/release/kdiag"
+fi
+[[ -x $binary ]] || { echo "no kdiag binary at $binary" >&2; exit 1; }
+
+echo "==> root filesystem"
 context="$out/context"
 rm -rf "$context"
 mkdir -p "$context"
-cp "$binary" "$context/kdiag"
-strip "$context/kdiag" 2>/dev/null || true
-cp /etc/ssl/certs/ca-certificates.crt "$context/ca-certificates.crt"
+"$repo/hack/image-rootfs.sh" "$context/rootfs" "$binary"
+strip "$context/rootfs/kdiag" 2>/dev/null || true
+
+echo "==> image $tag"
 "${buildah[@]}" bud --quiet --layers=false --build-arg KDIAG_BUILD=prebuilt \
   -f "$repo/Dockerfile" -t "$tag" "$context" >/dev/null
 
-echo "==> kdiag --version inside the image"
-container=$("${buildah[@]}" from "$tag")
-trap '"${buildah[@]}" rm "$container" >/dev/null 2>&1 || true' EXIT
-inside=$("${buildah[@]}" run "$container" -- /kdiag --version)
-echo "    $inside"
+echo "==> checks in a container of the image"
+container=$("${buildah[@]}" from --quiet "$tag")
+cleanup() {
+  "${buildah[@]}" rm "$container" >/dev/null 2>&1 || true
+  if [[ -n $storage ]]; then
+    "${buildah[@]}" rmi --all --force >/dev/null 2>&1 || true
+    rm -rf "$storage/root" "$storage/runroot" "$storage/runc"
+  fi
+}
+trap cleanup EXIT
+run_flags=(--network none)
+# runc's state of the check containers, with the rest (else /run/runc of the machine).
+[[ -n $storage ]] && run_flags+=(--runtime-flag "root=$storage/runc")
+run() { "${buildah[@]}" run "${run_flags[@]}" "$container" -- "$@"; }
+inside=$(run /kdiag --version)
 [[ $inside == "kdiag $version" ]] || { echo "expected \"kdiag $version\", got \"$inside\"" >&2; exit 1; }
+echo "    /kdiag --version: $inside"
+failed=()
+while read -r -a argv; do
+  if ! output=$(run "${argv[@]}" 2>&1); then
+    failed+=("${argv[*]}: $output")
+  fi
+done < <(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' "$repo/hack/image-tools.txt")
+if [[ ${#failed[@]} -gt 0 ]]; then
+  echo "these invocations of hack/image-tools.txt fail inside the image:" >&2
+  printf '  %s\n' "${failed[@]}" >&2
+  exit 1
+fi
+echo "    $(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' "$repo/hack/image-tools.txt" | wc -l) tool invocations of hack/image-tools.txt exit 0"
 
 archive="$out/kdiag-${version}.tar"
 rm -f "$archive"
 "${buildah[@]}" push --quiet "$tag" "docker-archive:$archive:$tag" >/dev/null
-echo "==> done"
-echo "    binary : $(du -h "$context/kdiag" | cut -f1) ($target, $(file -b "$context/kdiag" | grep -o 'static[-a-z]* linked'))"
-echo "    image  : $("${buildah[@]}" images --format '{{.Size}}' "$tag") in buildah's storage as $tag"
-echo "    archive: $archive ($(du -h "$archive" | cut -f1))"
-echo "    load it: ctr -n k8s.io images import $archive   |   docker load -i $archive   |   kind load image-archive $archive"
+cp "$context/rootfs/usr/share/kdiag/image-packages.txt" "$out/kdiag-${version}.packages.txt"
+echo "==> done in $(($(date +%s) - started)) s"
+echo "    binary  : $binary ($(du -h "$context/rootfs/kdiag" | cut -f1) stripped)"
+if [[ -z $storage ]]; then
+  echo "    image   : $("${buildah[@]}" images --format '{{.Size}}' "$tag") in buildah's storage as $tag (buildah --storage-driver vfs)"
+fi
+echo "    archive : $archive ($(du -h "$archive" | cut -f1))"
+echo "    contents: $out/kdiag-${version}.packages.txt (each file's Debian package and version)"
+echo "    load it : ctr -n k8s.io images import $archive   |   docker load -i $archive   |   kind load image-archive $archive"

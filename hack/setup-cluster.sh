@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs what kdiag's tests and `make run` need, and builds the Kubernetes 1.20.2 binaries
-# (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet) once from Debian's source
-# package, with the reflect2 fix from ../shared/reference/control-plane.md.
+# (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy) once from
+# Debian's source package, with the reflect2 fix described below.
 #
 # Idempotent: every step is skipped when its result is already there. The binaries are cached
-# outside the repository, in $KDIAG_CACHE_DIR (default ${XDG_CACHE_HOME:-$HOME/.cache}/kdiag).
-# Prints the directory holding the binaries on its last line.
+# outside the repository, in $KDIAG_CACHE_DIR (default ${XDG_CACHE_HOME:-$HOME/.cache}/kdiag),
+# each on its own: only the missing ones are built (a cache made before kube-proxy was added
+# gains kube-proxy, ~6 minutes, without rebuilding the other four). Concurrent runs wait for
+# each other. Prints the directory holding the binaries on its last line.
 set -euo pipefail
 
 K8S_VERSION=1.20.2
@@ -13,7 +15,7 @@ K8S_VERSION=1.20.2
 BUILD_REVISION=1
 CACHE_DIR=${KDIAG_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kdiag}
 BIN_DIR=$CACHE_DIR/kubernetes-$K8S_VERSION-r$BUILD_REVISION/bin
-BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet)
+BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
 
 log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -21,12 +23,13 @@ SUDO=
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 
 # Debian packages: etcd for the control plane, Go and rsync for the build, containerd, runc and
-# the CNI plugins for the node, busybox-static for the local images, openssl for keys; dnsmasq,
+# the CNI plugins for the node, iptables and conntrack for kube-proxy, busybox-static for the
+# local images and the kdiag image's tools, buildah for the kdiag image, openssl for keys; dnsmasq,
 # Prometheus and Alertmanager are real peers for the DNS check and alert-source tests; the JDK
 # (java, jcmd) runs the real JVMs of the Java profiler tests.
 PACKAGES=(etcd-server golang-go rsync golang-github-modern-go-reflect2-dev containerd runc
-  containernetworking-plugins busybox-static openssl iproute2 iptables util-linux procps
-  ca-certificates curl dnsmasq-base prometheus prometheus-alertmanager openjdk-17-jdk-headless)
+  containernetworking-plugins busybox-static openssl iproute2 iptables conntrack util-linux procps
+  buildah ca-certificates curl dnsmasq-base prometheus prometheus-alertmanager openjdk-17-jdk-headless)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -45,15 +48,32 @@ if ! getent ahostsv4 "$host" 2>/dev/null | awk '{print $1}' | grep -q '^127\.'; 
   log "warning: hostname $host does not resolve to 127.x; the single-node cluster needs it: add '127.0.0.1 $host' to /etc/hosts"
 fi
 
-have_all() {
-  for b in "${BINARIES[@]}"; do [ -x "$BIN_DIR/$b" ] || return 1; done
+missing_binaries() {
+  for b in "${BINARIES[@]}"; do [ -x "$BIN_DIR/$b" ] || echo "$b"; done
 }
 
-if have_all; then
+todo=$(missing_binaries)
+if [ -z "$todo" ]; then
   log "Kubernetes $K8S_VERSION binaries cached in $BIN_DIR"
   echo "$BIN_DIR"
   exit 0
 fi
+
+# One build at a time: two would share the work directory below. Whoever waited may find the
+# binaries built by the other.
+mkdir -p "$CACHE_DIR"
+exec 9>"$CACHE_DIR/.setup.lock"
+if ! flock -n 9; then
+  log "another setup is building; waiting for it"
+  flock 9
+fi
+todo=$(missing_binaries)
+if [ -z "$todo" ]; then
+  log "Kubernetes $K8S_VERSION binaries cached in $BIN_DIR"
+  echo "$BIN_DIR"
+  exit 0
+fi
+read -r -a todo <<<"$(echo $todo)"
 
 # Source packages need a deb-src line for bookworm.
 if ! grep -rqs '^Types: deb-src' /etc/apt/sources.list.d/ && ! grep -qs '^deb-src' /etc/apt/sources.list; then
@@ -91,11 +111,15 @@ cp "$R2"/*.go "$R2"/*.s "$SRC/vendor/github.com/modern-go/reflect2/"
 sed -i 's#github.com/modern-go/reflect2 v1.0.1#github.com/modern-go/reflect2 v1.0.2#g' \
   "$SRC/go.mod" "$SRC/vendor/modules.txt"
 
-log "building ${BINARIES[*]} (about 6-8 minutes on 2 cores)"
+if [ ${#todo[@]} -eq ${#BINARIES[@]} ]; then
+  log "building ${todo[*]} (about 8-10 minutes on 2 cores)"
+else
+  log "building ${todo[*]} (the others are cached; still about 6 minutes on 2 cores: the code generators and shared dependencies are most of the build)"
+fi
 cd "$SRC"
 mkdir -p "$WORK/home"
 what=""
-for b in "${BINARIES[@]}"; do what="$what cmd/$b"; done
+for b in "${todo[@]}"; do what="$what cmd/$b"; done
 # Progress: the Makefile prints each step; keep a heartbeat for the long silent link phases.
 ( while sleep 60; do log "still building..."; done ) &
 heartbeat=$!
@@ -103,10 +127,12 @@ trap 'kill $heartbeat 2>/dev/null || true' EXIT
 env HOME="$WORK/home" GOFLAGS= make WHAT="${what# }" >&2
 kill $heartbeat 2>/dev/null || true
 
-mkdir -p "$BIN_DIR.tmp"
-for b in "${BINARIES[@]}"; do cp "_output/bin/$b" "$BIN_DIR.tmp/$b"; done
-rm -rf "$BIN_DIR"
-mv "$BIN_DIR.tmp" "$BIN_DIR"
+# Each binary is renamed into place, so a reader never sees half of one.
+mkdir -p "$BIN_DIR"
+for b in "${todo[@]}"; do
+  cp "_output/bin/$b" "$BIN_DIR/.$b.tmp"
+  mv -f "$BIN_DIR/.$b.tmp" "$BIN_DIR/$b"
+done
 cd "$CACHE_DIR"
 rm -rf "$SRC" "$WORK/home"
 log "cached in $BIN_DIR"

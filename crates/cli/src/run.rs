@@ -98,11 +98,12 @@ const POD_COLLECTORS: &[&str] = &[
     "container-collector",
     "kernel-log-collector",
 ];
-/// Collectors `run --node` prefers, in order.
+/// Collectors `run --node` prefers, in order. Not `systemd-collector`: it needs the units to show
+/// in `spec.context`, which `run` cannot set, and `nsenter` with `CAP_SYS_ADMIN`, which the
+/// shipped agent does not have, so as a default it would only add a failed step.
 pub const NODE_COLLECTORS: &[&str] = &[
     "node-collector",
     "kernel-log-collector",
-    "systemd-collector",
     "process-collector",
 ];
 

@@ -718,4 +718,45 @@ mod shipped {
             "config/deploy/20-policy.yaml must show the defaults of every section"
         );
     }
+
+    /// hack/image-tools.txt: (program, the invocation hack/build-image.sh runs in the image).
+    fn image_tools() -> Vec<(String, Vec<String>)> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../hack/image-tools.txt");
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| l.split('#').next().unwrap_or_default().trim())
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let argv: Vec<String> = l.split_whitespace().map(str::to_owned).collect();
+                (argv[0].clone(), argv)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_image_carries_every_program_the_default_policy_allows() {
+        let tools = image_tools();
+        let missing: Vec<String> = default_command_rules()
+            .into_iter()
+            .map(|r| r.argv[0].clone())
+            .filter(|program| !tools.iter().any(|(t, _)| t == program))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "the default node policy allows {missing:?}, which the kdiag image would not have: add each to hack/image-tools.txt with an invocation the build can check"
+        );
+    }
+
+    #[test]
+    fn every_invocation_the_image_build_checks_is_allowed_by_the_default_policy() {
+        let policy = Policy::default();
+        for (_, argv) in image_tools() {
+            assert!(
+                policy.allows_command(&argv).is_ok(),
+                "hack/image-tools.txt checks `{}` in the image, which the default policy denies: the image would carry a program the policy does not allow, or the check proves nothing about an allowed use",
+                argv.join(" ")
+            );
+        }
+    }
 }

@@ -17,6 +17,8 @@ pub struct Binaries {
     pub kube_controller_manager: PathBuf,
     pub kube_scheduler: PathBuf,
     pub kubelet: PathBuf,
+    /// Only a cluster started with [`ClusterOptions::kube_proxy`](crate::ClusterOptions) runs it.
+    pub kube_proxy: PathBuf,
 }
 
 impl Binaries {
@@ -38,6 +40,7 @@ impl Binaries {
             kube_controller_manager: dir.join("kube-controller-manager"),
             kube_scheduler: dir.join("kube-scheduler"),
             kubelet: dir.join("kubelet"),
+            kube_proxy: dir.join("kube-proxy"),
         };
         Ok(bins)
     }

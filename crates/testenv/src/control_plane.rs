@@ -214,7 +214,14 @@ impl ControlPlane {
         let log = dir.join("kube-apiserver.log");
         let apiserver = ManagedProcess::spawn("kube-apiserver", &bins.kube_apiserver, &args, &log)?;
         self.push(apiserver);
-        let url = format!("https://127.0.0.1:{api_port}");
+        // Where a caller moved the apiserver (a cluster with kube-proxy binds it to the node's
+        // bridge address, which pods reach too); the last flag wins, as for the apiserver.
+        let host = extra
+            .iter()
+            .rev()
+            .find_map(|a| a.strip_prefix("--bind-address="))
+            .unwrap_or("127.0.0.1");
+        let url = format!("https://{host}:{api_port}");
         self.wait_for_ready(&url, &log).await?;
         let ca_path = cert_dir.join("apiserver.crt");
         let ca_pem = std::fs::read_to_string(&ca_path).map_err(TestEnvError::io(&ca_path))?;

@@ -21,6 +21,7 @@ mod binaries;
 mod cluster;
 mod control_plane;
 mod error;
+mod kdiag_image;
 mod process;
 mod rundir;
 
@@ -31,6 +32,7 @@ pub use cluster::{
 };
 pub use control_plane::{ControlPlane, control_plane};
 pub use error::TestEnvError;
+pub use kdiag_image::{KdiagImage, kdiag_image};
 
 /// Installs rustls' ring crypto provider once, as kube's client needs exactly one.
 pub fn install_crypto_provider() {

@@ -20,24 +20,32 @@ use kdiag_testenv::Cluster;
 use super::CommandError;
 use crate::cli::LocalArgs;
 
-/// What an install applies, embedded so `kdiag local` works from any directory.
-const MANIFESTS: [(&str, &str); 4] = [
+/// What `kubectl apply -k config/deploy` installs, but for the CRDs ([`kdiag_api::crds::all`],
+/// applied first) and the two workloads, which run in this process instead; embedded so
+/// `kdiag local` works from any directory. A test keeps this list and
+/// config/deploy/Kustomization equal.
+const MANIFESTS: [(&str, &str); 5] = [
     (
-        "config/deploy/00-namespace.yaml",
+        "00-namespace.yaml",
         include_str!("../../../../config/deploy/00-namespace.yaml"),
     ),
     (
-        "config/deploy/10-rbac.yaml",
+        "10-rbac.yaml",
         include_str!("../../../../config/deploy/10-rbac.yaml"),
     ),
     // The node policy: without it the agent denies every command and recovery (fail closed).
     (
-        "config/deploy/20-policy.yaml",
+        "20-policy.yaml",
         include_str!("../../../../config/deploy/20-policy.yaml"),
     ),
     (
-        "config/deploy/processors.yaml",
+        "processors.yaml",
         include_str!("../../../../config/deploy/processors.yaml"),
+    ),
+    // The default triggers: a failed probe checker becomes an Abnormal (docs/probes.md).
+    (
+        "sources.yaml",
+        include_str!("../../../../config/deploy/sources.yaml"),
     ),
 ];
 const DEMO: &str = include_str!("../../../../examples/demo-pod.yaml");
@@ -67,7 +75,7 @@ async fn serve(
     let admin = cluster.client().await;
     cluster.apply_crds(&kdiag_api::crds::all()).await?;
     for (name, yaml) in MANIFESTS {
-        apply_yaml(&admin, name, yaml).await?;
+        apply_yaml(&admin, &format!("config/deploy/{name}"), yaml).await?;
     }
     apply_yaml(&admin, "examples/demo-pod.yaml", DEMO).await?;
 
@@ -218,4 +226,42 @@ fn gateway_of(subnet: &str) -> Option<std::net::Ipv4Addr> {
     let base: std::net::Ipv4Addr = subnet.split('/').next()?.parse().ok()?;
     let o = base.octets();
     Some(std::net::Ipv4Addr::new(o[0], o[1], o[2], 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MANIFESTS;
+
+    /// The manifests of config/deploy that `kdiag local` replaces with the same components
+    /// running in its process: the controller Deployment (and its Service) and the agent
+    /// DaemonSet.
+    const IN_PROCESS: [&str; 2] = ["30-controller.yaml", "40-agent.yaml"];
+
+    #[test]
+    fn local_mode_applies_what_kubectl_apply_k_config_deploy_applies() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../config/deploy/Kustomization"
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        let kustomization: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let listed: Vec<&str> = kustomization["resources"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap())
+            .collect();
+        // The CRDs first in both; then the same manifests (their order here is the order they
+        // are applied in, the namespace first): one added to config/deploy and not here fails.
+        let mut local: Vec<&str> = vec!["../crd"];
+        local.extend(MANIFESTS.iter().map(|(name, _)| *name));
+        local.extend(IN_PROCESS);
+        let mut sorted_listed = listed.clone();
+        sorted_listed[1..].sort_unstable();
+        local[1..].sort_unstable();
+        assert_eq!(
+            local, sorted_listed,
+            "kdiag local (commands/local.rs MANIFESTS, or IN_PROCESS here) must apply what config/deploy/Kustomization lists"
+        );
+    }
 }

@@ -144,6 +144,50 @@ nodeStatusUpdateFrequency: "1s"
     )
 }
 
+/// kube-proxy's configuration: iptables mode, the run's kubeconfig and pod subnet, loopback
+/// ports of the run's own, and nothing machine-wide it can leave alone. kube-proxy 1.20 would
+/// otherwise raise nf_conntrack_max and its TCP timeouts (conntrack zeros: leave them), lower
+/// its own oom_score_adj (which this sandbox forbids) and hold NodePorts on every address
+/// (only the run's bridge here). What it cannot be told to leave alone is in kube_proxy.rs.
+pub(crate) fn kube_proxy_config(
+    run: &RunRecord,
+    kubeconfig: &Path,
+    node_name: &str,
+    healthz_port: u16,
+    metrics_port: u16,
+    masquerade_all: bool,
+) -> String {
+    format!(
+        r#"apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: iptables
+clientConnection:
+  kubeconfig: {kubeconfig}
+hostnameOverride: "{node_name}"
+# Traffic from outside the pod subnet to a ClusterIP is masqueraded, so replies come back
+# through the node.
+clusterCIDR: "{subnet}"
+healthzBindAddress: "127.0.0.1:{healthz_port}"
+metricsBindAddress: "127.0.0.1:{metrics_port}"
+nodePortAddresses: ["{subnet}"]
+oomScoreAdj: 0
+conntrack:
+  maxPerCore: 0
+  min: 0
+  tcpEstablishedTimeout: 0s
+  tcpCloseWaitTimeout: 0s
+iptables:
+  # Only without bridge netfilter: a pod reaching a Service whose endpoint is on the same
+  # bridge would otherwise get the reply straight from the endpoint's address.
+  masqueradeAll: {masquerade_all}
+  syncPeriod: 30s
+  minSyncPeriod: 0s
+"#,
+        kubeconfig = toml_string(&kubeconfig.to_string_lossy()),
+        subnet = run.pod_subnet,
+    )
+}
+
 fn toml_string(s: &str) -> String {
     let escaped = s.replace('\\', "\\\\").replace('"', "\\\"");
     format!("\"{escaped}\"")
@@ -199,6 +243,30 @@ mod tests {
             conf["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
             "10.201.7.0/24"
         );
+    }
+
+    #[test]
+    fn kube_proxy_uses_iptables_the_run_subnet_and_its_own_loopback_ports() {
+        let yaml = kube_proxy_config(
+            &run(),
+            Path::new("/tmp/kdiag-testenv/apiserver-1-0/kubeconfig"),
+            "node-a",
+            20001,
+            20002,
+            false,
+        );
+        let v: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+        assert_eq!(v["mode"], "iptables");
+        assert_eq!(v["clusterCIDR"], "10.201.7.0/24");
+        assert_eq!(
+            v["clientConnection"]["kubeconfig"],
+            "/tmp/kdiag-testenv/apiserver-1-0/kubeconfig"
+        );
+        assert_eq!(v["healthzBindAddress"], "127.0.0.1:20001");
+        assert_eq!(v["metricsBindAddress"], "127.0.0.1:20002");
+        assert_eq!(v["nodePortAddresses"][0], "10.201.7.0/24");
+        assert_eq!(v["conntrack"]["maxPerCore"], 0);
+        assert_eq!(v["iptables"]["masqueradeAll"], false);
     }
 
     #[test]

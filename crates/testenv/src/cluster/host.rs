@@ -19,8 +19,10 @@ use crate::{TestEnvError, rundir};
 /// loaded fail at once, locally, with "connection refused".
 pub(crate) const PULL_ENDPOINT: &str = "127.0.0.1:9";
 
-/// The sysctls kubelet 1.20 sets when it starts (`setupKernelTunables`).
-const KUBELET_SYSCTLS: [&str; 6] = [
+/// The sysctls kubelet 1.20 sets when it starts (`setupKernelTunables`), and the one the CNI
+/// bridge plugin sets at the first pod (a gateway bridge turns on forwarding).
+const KUBELET_SYSCTLS: [&str; 7] = [
+    "net/ipv4/ip_forward",
     "vm/overcommit_memory",
     "vm/panic_on_oom",
     "kernel/panic",
@@ -209,6 +211,29 @@ pub(crate) fn remove_pod_logs(pod_uids: &BTreeSet<String>) -> Vec<String> {
         }
     }
     problems
+}
+
+/// Removes the kubelet's log directories of pods no live run has any more: a pod deleted shortly
+/// before its run stopped is gone from the kubelet's root (where [`remove_pod_logs`] finds the
+/// run's pods) before the kubelet's garbage collection, once a minute, removed its logs. Only on
+/// a machine without a kubelet of its own (no `/var/lib/kubelet/pods`), whose every pod log
+/// directory is a test run's.
+pub(crate) fn remove_orphaned_pod_logs(live_pod_uids: &BTreeSet<String>) -> Vec<String> {
+    if Path::new(KUBELET_DEFAULT_ROOT).join("pods").exists() {
+        return Vec::new();
+    }
+    let orphans: BTreeSet<String> = read_dir(POD_LOGS)
+        .iter()
+        .filter_map(|d| {
+            d.file_name()?
+                .to_str()?
+                .rsplit('_')
+                .next()
+                .map(str::to_owned)
+        })
+        .filter(|uid| !live_pod_uids.contains(uid))
+        .collect();
+    remove_pod_logs(&orphans)
 }
 
 /// Removes CNI's cached results of this run: its own network's and the loopback network's of

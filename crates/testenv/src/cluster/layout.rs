@@ -23,6 +23,10 @@ pub(crate) struct RunRecord {
     pub pod_subnet: String,
     #[serde(default)]
     pub processes: Vec<RecordedProcess>,
+    /// Whether the run runs kube-proxy, whose iptables chains and sysctl are machine-wide
+    /// (kube_proxy.rs).
+    #[serde(default)]
+    pub kube_proxy: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -40,6 +44,7 @@ impl RunRecord {
             id,
             pod_subnet,
             processes: Vec::new(),
+            kube_proxy: false,
         }
     }
 
@@ -80,6 +85,16 @@ impl RunRecord {
 
     pub fn cni_network(&self) -> String {
         format!("kdiag-{}", self.id)
+    }
+
+    /// The bridge's own address, the pods' gateway: the first address of the pod subnet
+    /// (host-local's default gateway).
+    pub fn gateway(&self) -> std::net::Ipv4Addr {
+        let network = self.pod_subnet.split('/').next().unwrap_or_default();
+        let base = network
+            .parse::<std::net::Ipv4Addr>()
+            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+        std::net::Ipv4Addr::from(u32::from(base) + 1)
     }
 
     // --- paths -------------------------------------------------------------------------
@@ -131,6 +146,10 @@ impl RunRecord {
 
     pub fn kubelet_config(&self) -> PathBuf {
         self.dir.join("kubelet-config.yaml")
+    }
+
+    pub fn kube_proxy_config(&self) -> PathBuf {
+        self.dir.join("kube-proxy-config.yaml")
     }
 
     pub fn volume_plugin_dir(&self) -> PathBuf {
@@ -196,6 +215,7 @@ mod tests {
         assert_eq!(r.cgroup(), "kdiag-0a1b2c");
         assert_eq!(r.runtime_cgroup(), "kdiag-0a1b2c/runtime");
         assert!(r.containerd_socket().starts_with("/tmp/x"));
+        assert_eq!(r.gateway(), std::net::Ipv4Addr::new(10, 200, 1, 1));
     }
 
     #[test]

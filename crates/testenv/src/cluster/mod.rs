@@ -13,6 +13,7 @@ mod components;
 mod config;
 mod host;
 mod images;
+mod kube_proxy;
 mod layout;
 mod mounts;
 mod tar;
@@ -62,6 +63,8 @@ struct Inner {
     node_name: String,
     kubelet: SocketAddr,
     base_images: BaseImages,
+    /// The machine's kube-proxy slot, while this run holds it.
+    kube_proxy_claim: Mutex<Option<kube_proxy::Claim>>,
     phases: Mutex<Vec<(String, Duration)>>,
     /// What the stop could not remove, once it ran.
     stop_problems: Mutex<Option<Vec<String>>>,
@@ -91,6 +94,13 @@ pub struct ClusterOptions {
     pub apiserver_args: Vec<String>,
     /// Extra kubelet flags, after the built-in ones (a repeated flag wins).
     pub kubelet_args: Vec<String>,
+    /// Runs kube-proxy (iptables mode): ClusterIP Services work from pods and from the node,
+    /// and pods reach the apiserver through the `kubernetes` Service, as in-cluster clients do.
+    /// The apiserver then listens on the node's bridge address ([`Cluster::node_ip`]) instead
+    /// of loopback. kube-proxy's iptables chains are machine-wide, so one such cluster runs on a
+    /// machine at a time: a second start waits until the first stops. Removed on stop, chains
+    /// and sysctl included.
+    pub kube_proxy: bool,
 }
 
 /// Finishes the runs of processes that died without stopping their cluster (their shims,
@@ -116,6 +126,9 @@ impl Cluster {
         // the blocking pool, not on the test's runtime thread.
         let host = tokio::task::spawn_blocking(move || -> Result<_, TestEnvError> {
             let (bins, node_bins) = preflight()?;
+            if options.kube_proxy {
+                Binaries::require(&bins.kube_proxy)?;
+            }
             let (node_name, kubelet_ip) = host::node_identity()?;
             for problem in teardown::cleanup_stale() {
                 eprintln!("kdiag-testenv: cleaning up an earlier run: {problem}");
@@ -139,14 +152,6 @@ impl Cluster {
             .await
             .map_err(|e| TestEnvError::Other(format!("cluster preflight task: {e}")))??;
 
-        let t = Instant::now();
-        // The apiserver reaches the kubelet by the node's hostname, which resolves to loopback:
-        // the kubelet refuses a loopback node IP and must not listen on the network.
-        let mut apiserver_args = vec!["--kubelet-preferred-address-types=Hostname".to_owned()];
-        apiserver_args.extend(options.apiserver_args.iter().cloned());
-        let control_plane = ControlPlane::start_with(apiserver_args).await?;
-        phases.push(("etcd + kube-apiserver".into(), t.elapsed()));
-
         let taken: Vec<String> = rundir::live(RUN_KIND)
             .iter()
             .filter_map(|d| RunRecord::read(d))
@@ -155,8 +160,24 @@ impl Cluster {
         let pod_subnet = host::choose_pod_subnet(&taken)?;
         let [kubelet_port] = free_ports()?;
         let kubelet = SocketAddr::from((kubelet_ip, kubelet_port));
+        let mut run = RunRecord::new(rundir::create(RUN_KIND)?, random_hex(3), pod_subnet);
+        run.kube_proxy = options.kube_proxy;
+        // Written before anything it names exists, so a crash from here on is cleaned up by the
+        // next start.
+        run.write()?;
 
-        let run = RunRecord::new(rundir::create(RUN_KIND)?, random_hex(3), pod_subnet);
+        let t = Instant::now();
+        let (control_plane, claim) = match start_control_plane(&run, &node_bins, &options).await {
+            Ok(started) => started,
+            Err(e) => {
+                for problem in teardown::stop(&run, None) {
+                    eprintln!("kdiag-testenv: {problem}");
+                }
+                return Err(e);
+            }
+        };
+        phases.push(("etcd + kube-apiserver".into(), t.elapsed()));
+
         let inner = Arc::new(Inner {
             run: Mutex::new(run),
             processes: Mutex::new(Vec::new()),
@@ -164,6 +185,7 @@ impl Cluster {
             node_name,
             kubelet,
             base_images,
+            kube_proxy_claim: Mutex::new(claim),
             phases: Mutex::new(phases),
             stop_problems: Mutex::new(None),
         });
@@ -182,9 +204,6 @@ impl Cluster {
             inner,
             cleanup_key,
         };
-        // Written before anything it names exists, so a crash from here on is cleaned up by the
-        // next start.
-        cluster.run().write()?;
         cluster.launch(&bins, &node_bins, &options).await?;
         cluster.phase("total", begin.elapsed());
         Ok(cluster)
@@ -243,6 +262,16 @@ impl Cluster {
         cp.wait_for_default_service_account("default").await?;
         cp.set_controllers_running();
         self.phase("default ServiceAccount token", t.elapsed());
+
+        if options.kube_proxy {
+            let t = Instant::now();
+            let mut proxy = kube_proxy::start(&run, bins, cp, &self.inner.node_name)?;
+            let endpoint = cp.url().trim_start_matches("https://").to_owned();
+            let waited = kube_proxy::wait_ready(&run, &mut proxy, &endpoint).await;
+            self.push(proxy)?;
+            waited?;
+            self.phase("kube-proxy to first sync", t.elapsed());
+        }
         Ok(())
     }
 
@@ -399,6 +428,18 @@ impl Cluster {
         self.run().bridge()
     }
 
+    /// The node's address on the pod network (the bridge's, the pods' gateway). With
+    /// [`ClusterOptions::kube_proxy`] the apiserver listens there and is the endpoint of the
+    /// `kubernetes` Service.
+    pub fn node_ip(&self) -> Ipv4Addr {
+        self.run().gateway()
+    }
+
+    /// Whether this cluster runs kube-proxy ([`ClusterOptions::kube_proxy`]).
+    pub fn has_kube_proxy(&self) -> bool {
+        self.run().kube_proxy
+    }
+
     /// The /24 pod addresses come from.
     pub fn pod_subnet(&self) -> String {
         self.run().pod_subnet
@@ -417,8 +458,16 @@ impl Cluster {
         components::import_images(&run, &NodeBinaries::locate(), &archive)
     }
 
+    /// Imports a docker-archive (`docker save`, `buildah push docker-archive:`, the kdiag image
+    /// of [`kdiag_image`](crate::kdiag_image)) into this run's containerd, as `ctr -n k8s.io
+    /// images import` on a node does. Pods use it with `imagePullPolicy: IfNotPresent`.
+    pub fn import_image_archive(&self, archive: &std::path::Path) -> Result<(), TestEnvError> {
+        components::import_images(&self.run(), &NodeBinaries::locate(), archive)
+    }
+
     /// Path of a component's log: `containerd`, `kubelet`, `kube-scheduler`,
-    /// `kube-controller-manager` (the apiserver's is in the control plane's run directory).
+    /// `kube-controller-manager`, `kube-proxy` (the apiserver's is in the control plane's run
+    /// directory).
     pub fn log_path(&self, component: &str) -> PathBuf {
         self.run().log(component)
     }
@@ -491,15 +540,64 @@ impl Inner {
     fn stop(&self) -> Vec<String> {
         let run = self.run.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
-        let problems = teardown::stop(
+        let mut problems = teardown::stop(
             &run,
             Some(teardown::Live {
                 kubeconfig: &self.kubeconfig,
                 processes: &mut processes,
             }),
         );
+        // After kube-proxy stopped: its rules go, and the next kube-proxy cluster may start.
+        if let Some(claim) = self
+            .kube_proxy_claim
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            problems.extend(kube_proxy::release(claim));
+        }
         *self.stop_problems.lock().unwrap_or_else(|e| e.into_inner()) = Some(problems.clone());
         problems
+    }
+}
+
+/// The claim on the machine's kube-proxy slot and the run's bridge when kube-proxy is wanted,
+/// then etcd and the apiserver. On an error, what was claimed is released; the caller removes
+/// the rest with the run.
+async fn start_control_plane(
+    run: &RunRecord,
+    node_bins: &NodeBinaries,
+    options: &ClusterOptions,
+) -> Result<(ControlPlane, Option<kube_proxy::Claim>), TestEnvError> {
+    // The apiserver reaches the kubelet by the node's hostname, which resolves to loopback:
+    // the kubelet refuses a loopback node IP and must not listen on the network.
+    let mut apiserver_args = vec!["--kubelet-preferred-address-types=Hostname".to_owned()];
+    let claim = if options.kube_proxy {
+        let claim = kube_proxy::claim(run).await?;
+        if let Err(e) = kube_proxy::create_bridge(run, &node_bins.ip) {
+            let _ = kube_proxy::release(claim);
+            return Err(e);
+        }
+        // The `kubernetes` Service's endpoint must be an address pods reach (the API rejects
+        // loopback endpoints): the bridge's, where the apiserver then listens instead of on
+        // 127.0.0.1. Its self-signed certificate names that address and the Service's
+        // ClusterIP.
+        let gateway = run.gateway();
+        apiserver_args.push(format!("--bind-address={gateway}"));
+        apiserver_args.push(format!("--advertise-address={gateway}"));
+        Some(claim)
+    } else {
+        None
+    };
+    apiserver_args.extend(options.apiserver_args.iter().cloned());
+    match ControlPlane::start_with(apiserver_args).await {
+        Ok(cp) => Ok((cp, claim)),
+        Err(e) => {
+            if let Some(claim) = claim {
+                let _ = kube_proxy::release(claim);
+            }
+            Err(e)
+        }
     }
 }
 

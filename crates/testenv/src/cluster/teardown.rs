@@ -9,6 +9,8 @@
 //!    first, plus any process naming the run's containerd socket and its descendants;
 //! 4. mounts under the run directory are lazily unmounted (network namespaces included);
 //! 5. the bridge, pod logs, CNI cache entries and the cgroup go; then the directory;
+//!    kube-proxy's iptables chains and sysctl go when the run gives up the machine's kube-proxy
+//!    slot (kube_proxy.rs), or here for a dead run;
 //! 6. the last run of the machine also restores what all runs shared (sysctls…).
 //!
 //! Every step is idempotent and only touches what the run record names, so running it twice,
@@ -23,7 +25,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::layout::RunRecord;
-use super::{RUN_KIND, cgroups, host, mounts};
+use super::{RUN_KIND, cgroups, host, kube_proxy, mounts};
 use crate::binaries::NodeBinaries;
 use crate::process::ManagedProcess;
 use crate::rundir;
@@ -31,7 +33,8 @@ use crate::rundir;
 /// How long the kubelet may take to stop the pods' sandboxes before they are killed.
 const POD_STOP_GRACE: Duration = Duration::from_secs(8);
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
-const STOP_ORDER: [&str; 4] = [
+const STOP_ORDER: [&str; 5] = [
+    "kube-proxy",
     "kubelet",
     "kube-scheduler",
     "kube-controller-manager",
@@ -69,7 +72,13 @@ pub(crate) fn stop(run: &RunRecord, live: Option<Live<'_>>) -> Vec<String> {
                 p.stop(Duration::from_secs(5));
             }
         }
-        None => kill_recorded(run),
+        None => {
+            kill_recorded(run);
+            // A dead run's kube-proxy rules; a live run releases its claim after this stop.
+            if run.kube_proxy {
+                problems.extend(kube_proxy::cleanup_unheld());
+            }
+        }
     }
 
     let socket = run.containerd_socket().to_string_lossy().into_owned();
@@ -88,6 +97,13 @@ pub(crate) fn stop(run: &RunRecord, live: Option<Live<'_>>) -> Vec<String> {
     let mounts_left = mounts::unmount_all(&run.dir);
     problems.extend(host::delete_link(&NodeBinaries::locate().ip, &run.bridge()));
     problems.extend(host::remove_pod_logs(&pod_uids));
+    let live_pod_uids: BTreeSet<String> = rundir::live(RUN_KIND)
+        .iter()
+        .filter(|d| **d != run.dir)
+        .filter_map(|d| RunRecord::read(d))
+        .flat_map(|r| r.pod_uids())
+        .collect();
+    problems.extend(host::remove_orphaned_pod_logs(&live_pod_uids));
     host::remove_cni_cache(&run.cni_network(), &sandbox_ids);
     problems.extend(cgroups::remove(&run.cgroup()));
 
