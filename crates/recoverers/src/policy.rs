@@ -159,7 +159,7 @@ pub fn default_command_rules() -> Vec<CommandRule> {
         rule(
             &["dmesg"],
             Some(
-                r"-[TkuxtrdeSLPlf]+|--(level|facility)=[a-z,]+|--(ctime|kernel|userspace|decode|raw|nopager|show-delta|reltime|human|notime)|[a-z]+(,[a-z]+)*",
+                r"-[TkuxtrdeSLPlfV]+|--(level|facility)=[a-z,]+|--(ctime|kernel|userspace|decode|raw|nopager|show-delta|reltime|human|notime)|[a-z]+(,[a-z]+)*",
             ),
         ),
         // What describes the node and its processes' state, not what they hold: named files at
