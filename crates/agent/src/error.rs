@@ -70,6 +70,13 @@ pub enum Error {
         name: String,
         builtins: String,
     },
+    #[error(
+        "{registration} is registered outside this Abnormal's namespace {namespace} and outside kube-diagnoser, so it may not serve it; register the processor in {namespace}"
+    )]
+    OutOfNamespace {
+        registration: String,
+        namespace: String,
+    },
     #[error("{registration} has scheme {scheme:?}; use http or https")]
     UnsupportedScheme {
         registration: Registration,
@@ -301,6 +308,7 @@ impl Error {
             | PodLookupTimeout { .. } => Category::Transient,
             Plugin(e) => e.category(),
             UnknownBuiltin { .. }
+            | OutOfNamespace { .. }
             | UnsupportedScheme { .. }
             | InvalidPort { .. }
             | ServiceAndAddress { .. }
@@ -365,6 +373,7 @@ impl Error {
             NoReadyEndpoint { .. } => "no_ready_endpoint",
             ReadSecret { .. } | SecretKeyMissing { .. } | SecretNotText { .. } => "read_secret",
             Unresolvable { .. } | ResolveTimeout { .. } => "resolve_address",
+            OutOfNamespace { .. } => "out_of_namespace",
             Plugin(e) => e.metric_label(),
             PodLookup { .. } | PodLookupTimeout { .. } => "profiler_pod_lookup",
             _ => "profiler",

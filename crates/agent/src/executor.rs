@@ -175,6 +175,14 @@ impl Executor {
         spec: &kdiag_api::ProcessorEndpoint,
         left: Duration,
     ) -> Result<(ProcessorResult, String, StepOutput), Error> {
+        // Admission refuses these; checked again here, as the spec is read again here.
+        let namespace = abnormal.metadata.namespace.as_deref().unwrap_or_default();
+        if !kdiag_pipeline::admission::registration_in_scope(&registration.namespace, namespace) {
+            return Err(Error::OutOfNamespace {
+                registration: registration.to_string(),
+                namespace: namespace.to_owned(),
+            });
+        }
         let target = tokio::time::timeout(
             left,
             resolve(&self.client, &self.builtins, registration, stage, spec),

@@ -223,7 +223,7 @@ impl Episodes<'_> {
 
     /// One firing alert; returns the POST's round trip and the time to the Abnormal.
     async fn alert(&self, id: &str) -> Result<(Duration, Duration)> {
-        let alert = json!([{"labels": {"alertname": "KdiagBench", "bench": self.ns,
+        let alert = json!([{"labels": {"alertname": "KdiagBench", "bench": self.ns, "namespace": self.ns,
                 "episode": id, "node": IDLE_NODE, "severity": "critical"},
             "annotations": {"summary": "bench alert"},
             "startsAt": jiff::Timestamp::now().to_string(),

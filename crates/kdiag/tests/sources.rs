@@ -242,6 +242,37 @@ async fn a_suspended_source_creates_nothing() {
     assert_eq!(pod_of(&list[0]), "canary");
 }
 
+#[tokio::test]
+async fn a_source_in_a_teams_namespace_acts_only_on_that_namespaces_events() {
+    let cp = with_controller().await;
+    let (team_a, team_b) = (
+        cp.create_namespace("team-a").await,
+        cp.create_namespace("team-b").await,
+    );
+    let client = cp.client().await;
+    // No namespace in the template: the source's own namespace bounds it.
+    source(&client, &team_a, "everything-crossed", json!({"sourceTemplate": {"type": "KubernetesEvent",
+        "kubernetesEventTemplate": {"regexp": {"reason": "Crossed"}}}})).await;
+    wait_source_valid(&client, &team_a, "everything-crossed").await;
+    warning(&client, &team_b, "web.1", "web", "Crossed", "another team's pod").await;
+    // Sent last: once its Abnormal exists, the other team's Event was handled too.
+    warning(&client, &team_a, "canary.1", "canary", "Crossed", "canary").await;
+    let list = eventually(
+        "the canary's Abnormal",
+        Duration::from_secs(20),
+        async || {
+            let l = abnormals(&client, &team_a, "KubernetesEvent").await;
+            (!l.is_empty()).then_some(l)
+        },
+    )
+    .await;
+    assert_eq!(pod_of(&list[0]), "canary");
+    assert!(
+        abnormals(&client, &team_b, "KubernetesEvent").await.is_empty(),
+        "team-a's source made nothing for team-b's pod"
+    );
+}
+
 async fn post(path: &str, body: &str, token: Option<&str>) -> (u16, String) {
     let url: reqwest_lite::Url = format!("{}{path}", controller_url()).parse().unwrap();
     let bearer = format!("Bearer {}", token.unwrap_or(ALERT_TOKEN));
@@ -249,7 +280,7 @@ async fn post(path: &str, body: &str, token: Option<&str>) -> (u16, String) {
 }
 
 fn alert(ns: &str, node: &str, starts: &str) -> serde_json::Value {
-    json!({"labels": {"alertname": "KdiagDirect", "test": ns, "node": node, "severity": "critical"},
+    json!({"labels": {"alertname": "KdiagDirect", "test": ns, "namespace": ns, "node": node, "severity": "critical"},
            "annotations": {"summary": "direct"}, "startsAt": starts, "generatorURL": "http://prometheus/graph"})
 }
 
@@ -461,7 +492,7 @@ async fn a_firing_prometheus_rule_reaches_kdiag_directly_and_through_alertmanage
     std::fs::write(
         dir.path().join("prometheus.yml"),
         format!(
-            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nrule_files: [rules.yml]\nscrape_configs:\n- job_name: app\n  static_configs:\n  - targets: ['127.0.0.1:{app}']\n    labels: {{node: prom-node-1, test: {ns}}}\nalerting:\n  alertmanagers:\n  - api_version: v2\n    authorization: {{credentials: {ALERT_TOKEN}}}\n    static_configs: [{{targets: ['{kdiag}']}}]\n  - api_version: v2\n    static_configs: [{{targets: ['127.0.0.1:{am_port}']}}]\n"
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nrule_files: [rules.yml]\nscrape_configs:\n- job_name: app\n  static_configs:\n  - targets: ['127.0.0.1:{app}']\n    labels: {{node: prom-node-1, test: {ns}, namespace: {ns}}}\nalerting:\n  alertmanagers:\n  - api_version: v2\n    authorization: {{credentials: {ALERT_TOKEN}}}\n    static_configs: [{{targets: ['{kdiag}']}}]\n  - api_version: v2\n    static_configs: [{{targets: ['127.0.0.1:{am_port}']}}]\n"
         ),
     )
     .unwrap();

@@ -18,6 +18,19 @@ use crate::pattern::Pattern;
 /// The facts of one trigger, flattened to field path → value (e.g. `involvedObject.kind`).
 pub type Facts = BTreeMap<String, String>;
 
+/// The fact that says which namespace a trigger belongs to (the namespace of the Event's
+/// object, the ProbeStatus, or an alert's `namespace` label). A source outside kdiag's own
+/// namespace matches only triggers of its namespace; the name cannot clash with a template's
+/// fields.
+pub const SCOPE_FACT: &str = "@namespace";
+
+/// May a source in `source_namespace` act on a trigger of `trigger_namespace`? Sources in kdiag's
+/// own namespace act cluster-wide; any other only within its namespace, so that a tenant's source
+/// never makes kdiag act on another tenant's objects.
+pub fn in_scope(source_namespace: &str, trigger_namespace: Option<&str>) -> bool {
+    source_namespace == kdiag_api::SYSTEM_NAMESPACE || trigger_namespace == Some(source_namespace)
+}
+
 /// A source ready to match.
 #[derive(Debug, Clone)]
 pub struct CompiledSource {
@@ -178,7 +191,12 @@ pub fn compile(source: &AbnormalSource) -> Result<CompiledSource, Error> {
 impl CompiledSource {
     /// Do the trigger's facts match every pattern (and, for probes, the status)?
     pub fn matches(&self, facts: &Facts) -> bool {
-        if self.suspended {
+        if self.suspended
+            || !in_scope(
+                &self.key.namespace,
+                facts.get(SCOPE_FACT).map(String::as_str),
+            )
+        {
             return false;
         }
         if self.kind == AbnormalSourceType::ProbeStatus {
@@ -377,5 +395,14 @@ mod tests {
             "aa"
         );
         assert!(select(&sources, AbnormalSourceType::PrometheusAlert, &f).is_none());
+    }
+
+    #[test]
+    fn a_source_outside_kdiags_namespace_matches_only_triggers_of_its_own_namespace() {
+        assert!(in_scope(kdiag_api::SYSTEM_NAMESPACE, Some("team-b")));
+        assert!(in_scope(kdiag_api::SYSTEM_NAMESPACE, None));
+        assert!(in_scope("team-a", Some("team-a")));
+        assert!(!in_scope("team-a", Some("team-b")));
+        assert!(!in_scope("team-a", None), "a trigger of no namespace is cluster-wide");
     }
 }

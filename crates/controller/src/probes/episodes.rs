@@ -61,6 +61,10 @@ pub fn facts(ps: &ProbeStatus, checker: &ProbeCheckerStatus) -> Facts {
             ps.metadata.namespace.clone().unwrap_or_default(),
         ),
         ("probeName", ps.metadata.name.clone().unwrap_or_default()),
+        (
+            kdiag_pipeline::templates::SCOPE_FACT,
+            ps.metadata.namespace.clone().unwrap_or_default(),
+        ),
         ("checker", checker.name.clone()),
         ("status", checker.status.as_str().to_owned()),
         ("message", checker.message.clone()),

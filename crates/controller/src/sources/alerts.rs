@@ -123,6 +123,10 @@ pub fn facts(a: &Alert) -> Facts {
     for (k, v) in &a.labels {
         f.insert(format!("labels.{k}"), v.clone());
     }
+    // An alert belongs to the namespace its `namespace` label names, if any.
+    if let Some(ns) = a.labels.get("namespace").filter(|n| !n.is_empty()) {
+        f.insert(kdiag_pipeline::templates::SCOPE_FACT.into(), ns.clone());
+    }
     for (k, v) in &a.annotations {
         f.insert(format!("annotations.{k}"), v.clone());
     }

@@ -33,6 +33,7 @@ pub fn facts(e: &Event) -> Facts {
     };
     put("name", e.metadata.name.clone());
     put("namespace", e.metadata.namespace.clone());
+    put(kdiag_pipeline::templates::SCOPE_FACT, Some(abnormal_namespace(e)));
     put("reason", e.reason.clone());
     put("message", e.message.clone());
     put("type", e.type_.clone());
@@ -315,16 +316,22 @@ impl EventSource {
     }
 }
 
-/// The Abnormal for a new incident: the source's processors, the Event, its pod, its node.
-pub fn build(event: &Event, source: &CompiledSource, key: &str, node: &str) -> Abnormal {
-    let o = &event.involved_object;
-    let ns = event
+/// The namespace an Event's Abnormal is created in, and the one its source must be in (or
+/// kdiag's own): the Event's, else its object's, else `default`.
+fn abnormal_namespace(event: &Event) -> String {
+    event
         .metadata
         .namespace
         .clone()
-        .or_else(|| o.namespace.clone())
+        .or_else(|| event.involved_object.namespace.clone())
         .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| "default".into());
+        .unwrap_or_else(|| "default".into())
+}
+
+/// The Abnormal for a new incident: the source's processors, the Event, its pod, its node.
+pub fn build(event: &Event, source: &CompiledSource, key: &str, node: &str) -> Abnormal {
+    let o = &event.involved_object;
+    let ns = abnormal_namespace(event);
     let mut spec = source.abnormal_spec();
     spec.source = AbnormalSourceType::KubernetesEvent;
     spec.kubernetes_event = Some(event.clone());

@@ -26,7 +26,7 @@ pub use stand_in::{
     APISERVER_COLLECTORS, StandIns, can_stand_in, choose_stand_in, stand_in_collectors,
 };
 pub use triage::{TRIAGE_COLLECTORS, TRIAGE_DIAGNOSERS, Triage, wants_triage, with_triage};
-pub use validate::{MAX_TIMEOUT_SECONDS, validate};
+pub use validate::{MAX_TIMEOUT_SECONDS, registration_in_scope, validate};
 
 /// The reason of the rejection of an Abnormal whose `spec.nodeName` names no node.
 pub const NODE_NOT_FOUND: &str = "NodeNotFound";

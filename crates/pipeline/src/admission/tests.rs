@@ -716,3 +716,19 @@ fn the_stand_in_is_pinned_so_it_survives_restarts_and_upgrades() {
     };
     assert_eq!(choose_stand_in(&ready_only, "x/two").unwrap(), "n3");
 }
+
+#[test]
+fn a_processor_registered_in_another_tenants_namespace_is_refused() {
+    let (reason, message) = reject_reason(&abnormal(
+        json!({"nodeName": "n", "assignedDiagnosers": [{"namespace": "team-b", "name": "their-plugin"}]}),
+    ));
+    assert_eq!(reason, "ProcessorOutOfNamespace");
+    assert!(
+        message.contains("team-b/their-plugin")
+            && message.contains("only processors registered in team or in kube-diagnoser"),
+        "{message}"
+    );
+    assert!(registration_in_scope("kube-diagnoser", "team"));
+    assert!(registration_in_scope("team", "team"));
+    assert!(!registration_in_scope("team-b", "team"));
+}

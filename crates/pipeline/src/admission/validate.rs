@@ -5,6 +5,14 @@ use kdiag_api::{Abnormal, Stage};
 use super::{Registry, kind_of, list_field};
 use crate::Error;
 
+/// May an Abnormal in `abnormal_namespace` use a processor registered in `registration_namespace`?
+/// Registrations in kdiag's own namespace serve every namespace; any other only its own, so a
+/// tenant's plugin never sees, or acts for, another tenant's Abnormals.
+pub fn registration_in_scope(registration_namespace: &str, abnormal_namespace: &str) -> bool {
+    registration_namespace == kdiag_api::SYSTEM_NAMESPACE
+        || registration_namespace == abnormal_namespace
+}
+
 /// Seconds a command executor or profiler may be given at most.
 pub const MAX_TIMEOUT_SECONDS: i32 = 3600;
 
@@ -36,6 +44,16 @@ pub fn validate(abnormal: &Abnormal, registry: &dyn Registry) -> Result<(), Erro
                 return Err(rejected(
                     "InvalidProcessorReference",
                     format!("{field}.name is empty"),
+                ));
+            }
+            if !registration_in_scope(&name.namespace, ns) {
+                return Err(rejected(
+                    "ProcessorOutOfNamespace",
+                    format!(
+                        "{field} names {kind} {name}, registered in namespace {}; an Abnormal in namespace {ns} may use only processors registered in {ns} or in {}",
+                        name.namespace,
+                        kdiag_api::SYSTEM_NAMESPACE
+                    ),
                 ));
             }
             match registry.get(stage, &name) {
