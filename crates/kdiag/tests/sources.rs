@@ -251,10 +251,24 @@ async fn a_source_in_a_teams_namespace_acts_only_on_that_namespaces_events() {
     );
     let client = cp.client().await;
     // No namespace in the template: the source's own namespace bounds it.
-    source(&client, &team_a, "everything-crossed", json!({"sourceTemplate": {"type": "KubernetesEvent",
-        "kubernetesEventTemplate": {"regexp": {"reason": "Crossed"}}}})).await;
+    source(
+        &client,
+        &team_a,
+        "everything-crossed",
+        json!({"sourceTemplate": {"type": "KubernetesEvent",
+        "kubernetesEventTemplate": {"regexp": {"reason": "Crossed"}}}}),
+    )
+    .await;
     wait_source_valid(&client, &team_a, "everything-crossed").await;
-    warning(&client, &team_b, "web.1", "web", "Crossed", "another team's pod").await;
+    warning(
+        &client,
+        &team_b,
+        "web.1",
+        "web",
+        "Crossed",
+        "another team's pod",
+    )
+    .await;
     // Sent last: once its Abnormal exists, the other team's Event was handled too.
     warning(&client, &team_a, "canary.1", "canary", "Crossed", "canary").await;
     let list = eventually(
@@ -268,7 +282,9 @@ async fn a_source_in_a_teams_namespace_acts_only_on_that_namespaces_events() {
     .await;
     assert_eq!(pod_of(&list[0]), "canary");
     assert!(
-        abnormals(&client, &team_b, "KubernetesEvent").await.is_empty(),
+        abnormals(&client, &team_b, "KubernetesEvent")
+            .await
+            .is_empty(),
         "team-a's source made nothing for team-b's pod"
     );
 }

@@ -403,6 +403,9 @@ mod tests {
         assert!(in_scope(kdiag_api::SYSTEM_NAMESPACE, None));
         assert!(in_scope("team-a", Some("team-a")));
         assert!(!in_scope("team-a", Some("team-b")));
-        assert!(!in_scope("team-a", None), "a trigger of no namespace is cluster-wide");
+        assert!(
+            !in_scope("team-a", None),
+            "a trigger of no namespace is cluster-wide"
+        );
     }
 }

@@ -33,7 +33,10 @@ pub fn facts(e: &Event) -> Facts {
     };
     put("name", e.metadata.name.clone());
     put("namespace", e.metadata.namespace.clone());
-    put(kdiag_pipeline::templates::SCOPE_FACT, Some(abnormal_namespace(e)));
+    put(
+        kdiag_pipeline::templates::SCOPE_FACT,
+        Some(abnormal_namespace(e)),
+    );
     put("reason", e.reason.clone());
     put("message", e.message.clone());
     put("type", e.type_.clone());
