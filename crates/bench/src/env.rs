@@ -63,6 +63,18 @@ impl Env {
         self.cp.service_account_token(SYSTEM_NAMESPACE, name).await
     }
 
+    /// A Node object named `name` (no kubelet behind it): admission rejects Abnormals whose
+    /// node does not exist, so every node the bench sends work to must be one.
+    pub async fn node(&self, name: &str) -> Result<()> {
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.admin.clone());
+        let node = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+        match nodes.create(&PostParams::default(), &node).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("creating Node {name}")),
+        }
+    }
+
     pub async fn namespace(&self, prefix: &str) -> String {
         self.cp.create_namespace(prefix).await
     }

@@ -148,6 +148,7 @@ pub async fn run(s: &Settings) -> Result<(Value, Value)> {
     let ns = env.namespace("bench").await;
     let plugin = Plugin::start().await?;
     env.register_plugin(&ns, plugin.port).await?;
+    env.node(NODE).await?;
     env.create_pods(&ns, NODE, s.pods).await?;
     floor::install(&env).await?;
 

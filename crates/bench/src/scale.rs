@@ -105,8 +105,10 @@ async fn start_agents(
     while agents.len() < m {
         let batch: Vec<usize> = (agents.len()..m.min(agents.len() + 25)).collect();
         let started = futures::future::join_all(batch.iter().map(|i| async move {
+            let node = format!("scale-node-{i:03}");
+            env.node(&node).await?;
             let client = env.cp.client_with_token(token).await;
-            InProcAgent::start(client, &format!("scale-node-{i:03}"), data_root).await
+            InProcAgent::start(client, &node, data_root).await
         }))
         .await;
         for a in started {

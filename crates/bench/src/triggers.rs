@@ -66,6 +66,8 @@ pub async fn run(episodes: usize) -> Result<Value> {
         .cp
         .client_with_token(&env.token("kdiag-agent").await)
         .await;
+    env.node(NODE).await?;
+    env.node(IDLE_NODE).await?;
     let agent =
         InProcAgent::start(agent_client, NODE, &env.cp.run_dir().join("trigger-agent")).await?;
     create_sources(&env, &ns).await?;

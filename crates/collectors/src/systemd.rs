@@ -130,11 +130,7 @@ async fn show(
     let output = tokio::time::timeout(timeout, cmd.output())
         .await
         .map_err(|_| ProcessorError::Timeout(timeout))?
-        .map_err(|e| {
-            ProcessorError::Failed(format!(
-                "running systemctl show {unit}: {e} (is systemctl installed on the host?)"
-            ))
-        })?;
+        .map_err(|e| ProcessorError::Failed(cannot_start(unit, host_ns, &e)))?;
     if !output.status.success() {
         return Err(ProcessorError::Failed(format!(
             "systemctl show {unit}: {} {}",
@@ -143,6 +139,23 @@ async fn show(
         )));
     }
     Ok(parse_show(&String::from_utf8_lossy(&output.stdout)))
+}
+
+/// Why `systemctl show` could not even start, and what to do. In the agent's container the
+/// program that is missing is `nsenter`, not the host's systemctl.
+fn cannot_start(unit: &str, host_ns: bool, e: &std::io::Error) -> String {
+    match (host_ns, e.kind()) {
+        (true, std::io::ErrorKind::NotFound) => format!(
+            "running systemctl show {unit} in the host's mount namespace needs nsenter, which is not in the agent's PATH ({e}); run the agent from an image with nsenter (util-linux) and the SYS_ADMIN capability, or read units with a commandExecutor"
+        ),
+        (true, std::io::ErrorKind::PermissionDenied) => format!(
+            "running nsenter -t 1 -m for systemctl show {unit}: {e}; entering the host's mount namespace needs the SYS_ADMIN capability, which the shipped agent does not have"
+        ),
+        (false, std::io::ErrorKind::NotFound) => format!(
+            "running systemctl show {unit}: {e}; systemctl is not installed where the agent runs"
+        ),
+        _ => format!("running systemctl show {unit}: {e}"),
+    }
 }
 
 /// `Key=Value` lines; a value may contain `=`.
@@ -179,5 +192,19 @@ mod tests {
         let err = require_systemd(dir.path()).unwrap_err().to_string();
         assert!(err.contains("does not run systemd"), "{err}");
         assert!(err.contains("\"tini\""), "{err}");
+    }
+
+    #[test]
+    fn a_missing_nsenter_is_named_instead_of_the_hosts_systemctl() {
+        let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let m = cannot_start("kubelet.service", true, &missing);
+        assert!(
+            m.contains("needs nsenter") && m.contains("SYS_ADMIN"),
+            "{m}"
+        );
+        let m = cannot_start("kubelet.service", false, &missing);
+        assert!(m.contains("systemctl is not installed"), "{m}");
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert!(cannot_start("x", true, &denied).contains("SYS_ADMIN"));
     }
 }
