@@ -15,9 +15,7 @@ pub fn on_conflict(attempts: usize) -> ConstantBuilder {
 }
 
 /// True for HTTP 409: the resourceVersion sent is no longer the object's.
-pub fn is_conflict(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 409)
-}
+pub use kdiag_runtime::error::is_conflict;
 
 #[cfg(test)]
 mod tests {

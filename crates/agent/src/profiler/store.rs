@@ -248,7 +248,7 @@ impl Profilers {
                     .await
                 {
                     Ok(_) => break,
-                    Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                    Err(err) if kdiag_runtime::error::is_conflict(&err) => continue,
                     Err(err) => {
                         tracing::warn!(abnormal = %format!("{}/{}", e.namespace, e.abnormal), error = %err, "cannot mark an expired profile's endpoint");
                         break;
