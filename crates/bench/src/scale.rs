@@ -36,9 +36,9 @@ const TIMEOUT: Duration = Duration::from_secs(900);
 
 pub async fn run(s: &Settings) -> Result<Value> {
     let env = Env::start().await?;
-    let reg_ns = env.namespace("scale-plugins").await;
+    // The plugin is registered again in each step's namespace: a namespaced registration only
+    // serves Abnormals of its own namespace (admission refuses others as out of namespace).
     let plugin = Plugin::start().await?;
-    env.register_plugin(&reg_ns, plugin.port).await?;
     let controller = InProcController::start(&env, Default::default()).await?;
     let token = env.token("kdiag-agent").await;
     let data_root = env.cp.run_dir().join("scale-agents");
@@ -63,15 +63,17 @@ pub async fn run(s: &Settings) -> Result<Value> {
             s.abnormals, s.window
         );
         let ns = env.namespace(&format!("scale-{m}")).await;
+        env.register_plugin(&ns, plugin.port).await?;
         let finished_before: Vec<u64> = agents.iter().map(InProcAgent::finished).collect();
-        let (res, api, cpu) = workload(&env, &ns, &reg_ns, &agents, s).await?;
+        let (res, api, cpu) = workload(&env, &ns, &agents, s).await?;
         let routing = routing(&agents, &finished_before, &ns, s.abnormals);
 
         let baseline = if s.baseline {
             eprintln!("  {m} agents + {m} watch-everything watchers (baseline)");
             let watchers = WatchAll::start(&env, &token, m).await?;
             let ns = env.namespace(&format!("scale-{m}-all")).await;
-            let (b_res, b_api, b_cpu) = workload(&env, &ns, &reg_ns, &agents, s).await?;
+            env.register_plugin(&ns, plugin.port).await?;
+            let (b_res, b_api, b_cpu) = workload(&env, &ns, &agents, s).await?;
             watchers.stop();
             Some(step_json(&b_res, &b_api, b_cpu))
         } else {
@@ -123,7 +125,6 @@ async fn start_agents(
 async fn workload(
     env: &Env,
     ns: &str,
-    reg_ns: &str,
     agents: &[InProcAgent],
     s: &Settings,
 ) -> Result<(LoadResult, Delta, f64)> {
@@ -133,7 +134,7 @@ async fn workload(
     let keys: Vec<String> = (0..s.abnormals).map(|i| format!("a-{i:05}")).collect();
     let start = |key: String| {
         let i: usize = key[2..].parse().unwrap_or(0);
-        let spec = abnormal_spec(reg_ns, &nodes[i % nodes.len()]);
+        let spec = abnormal_spec(ns, &nodes[i % nodes.len()]);
         let (api, o) = (api.clone(), object(&abnormal_resource(), ns, &key, &spec));
         async move {
             api.create(&PostParams::default(), &o).await?;
