@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all setup build test bench bench-triage lint fmt crd docs image plugin run clean-clusters
+.PHONY: all setup build test bench bench-triage lint fmt crd docs image plugin run run-in-cluster clean-clusters
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
 all: build
@@ -18,6 +18,11 @@ build:
 ## run: a real single-node cluster on this machine with kdiag's controller and agent (needs root)
 run: setup
 	$(CARGO) run -q --bin kdiag --features local -- local
+
+## run-in-cluster: the same cluster with kdiag installed from its image by `kubectl apply -k`
+## config/deploy (a Deployment and a DaemonSet), as on a real cluster (needs root)
+run-in-cluster: setup
+	$(CARGO) run -q --bin kdiag --features local -- local --in-cluster
 
 ## clean-clusters: remove what a killed `make run` or test run left behind
 clean-clusters:

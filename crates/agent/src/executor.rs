@@ -226,7 +226,18 @@ impl Executor {
                 })
             }
             Target::Http(endpoint) => {
-                let returned = self.plugins.call(&endpoint, abnormal).await?;
+                // Recoveries act: a plugin may use the key to deduplicate.
+                let key = (stage == Stage::Recovering).then(|| {
+                    crate::plugin::client::idempotency_key(
+                        abnormal,
+                        stage,
+                        &registration.to_string(),
+                    )
+                });
+                let returned = self
+                    .plugins
+                    .call(&endpoint, abnormal, key.as_deref())
+                    .await?;
                 let output = protocol::step_output(abnormal, returned.status.unwrap_or_default());
                 Ok((
                     ProcessorResult::Succeeded,

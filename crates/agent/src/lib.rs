@@ -90,6 +90,10 @@ pub struct Agent {
     backoff: backoff::Backoff,
     /// The agent's cache of its node's Abnormals.
     store: Store<DeserializeGuard<Abnormal>>,
+    /// Results of side-effecting steps whose record the apiserver refused until the retries
+    /// ran out: the next run on the Abnormal records them instead of calling the step
+    /// interrupted (worker.rs).
+    unrecorded: worker::Unrecorded,
 }
 
 /// Handles to a running agent.
@@ -198,6 +202,7 @@ pub fn start(
         workers: Semaphore::new(config.concurrency.max(1)),
         backoff: Default::default(),
         store: store.clone(),
+        unrecorded: Default::default(),
     });
     let ready = Arc::new(AtomicBool::new(false));
 

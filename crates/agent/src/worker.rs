@@ -1,13 +1,17 @@
 //! Steps one Abnormal to its final phase (or as far as it can go), persisting its status when a
 //! stage ends with more work ahead, before and after every step with side effects, and at the end.
 
+use std::collections::VecDeque;
+use std::sync::Mutex;
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use kdiag_api::{Abnormal, AbnormalPhase, ProcessorResult, Stage};
 use kdiag_pipeline::{
     self as pipeline, Next, StageEvent, StageOutcome, Step, StepResult, abandoned, apply_step,
     end_stage, mark_running, needs_intent,
 };
+use kdiag_runtime::error::{is_conflict, is_transient};
 use kdiag_runtime::metrics::SyncOutcome;
 use kdiag_runtime::time::{now, seconds_since};
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -18,6 +22,54 @@ use crate::{Agent, Error};
 
 /// How often a write that lost a race is retried on a fresh copy.
 const CONFLICT_RETRIES: usize = 5;
+/// Results kept in memory when their record could not be written; the oldest go first.
+const UNRECORDED_CAP: usize = 256;
+
+/// How a side-effecting step's result is retried while the apiserver fails or is unreachable:
+/// about 45 s in all, well inside the agent's 60 s termination grace period.
+fn record_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(8))
+        .with_max_times(10)
+        .build()
+}
+
+/// Results of side-effecting steps whose record the apiserver refused until the retries ran
+/// out, by Abnormal and step. The next run on that Abnormal finds the step still Running in the
+/// stored copy and records the remembered result instead of calling it interrupted. Held in
+/// memory only: after a restart such a step is interrupted, as before.
+#[derive(Default)]
+pub(crate) struct Unrecorded(Mutex<VecDeque<(String, StepResult)>>);
+
+impl Unrecorded {
+    fn keep(&self, key: String, result: StepResult) {
+        let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        kept.retain(|(k, _)| *k != key);
+        if kept.len() >= UNRECORDED_CAP {
+            kept.pop_front();
+        }
+        kept.push_back((key, result));
+    }
+
+    fn take(&self, key: &str) -> Option<StepResult> {
+        let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let at = kept.iter().position(|(k, _)| k == key)?;
+        kept.remove(at).map(|(_, r)| r)
+    }
+}
+
+/// Which step of which Abnormal: its uid (a recreated Abnormal is another one), stage, kind
+/// and label.
+fn step_key(abnormal: &Abnormal, step: &Step) -> String {
+    format!(
+        "{}/{}/{:?}/{}",
+        abnormal.uid().unwrap_or_default(),
+        step.stage.as_str(),
+        step.record_kind(),
+        step.label
+    )
+}
 
 pub(super) struct Worker<'a> {
     agent: &'a Agent,
@@ -64,15 +116,31 @@ impl<'a> Worker<'a> {
                     self.run_step(step).await?;
                 }
                 Next::Abandon(step) => {
-                    apply_step(
-                        &mut self.abnormal,
-                        &step,
-                        abandoned(&now()),
-                        self.agent.limits,
-                    );
+                    // Running in the stored copy: a step this agent finished but could not
+                    // record is recorded now; anything else may have acted, so it is not run
+                    // again.
+                    let result = self
+                        .agent
+                        .unrecorded
+                        .take(&step_key(&self.abnormal, &step))
+                        .unwrap_or_else(|| abandoned(&now()));
+                    apply_step(&mut self.abnormal, &step, result, self.agent.limits);
                     self.dirty = true;
                 }
                 Next::EndStage(stage, outcome) => {
+                    // An interrupted recovery that this agent finished but could not record is
+                    // recorded now, and the stage ends from that record.
+                    if let StageOutcome::RecoveryInterrupted(label) = &outcome
+                        && let Some(step) = pipeline::plan(&self.abnormal, stage)
+                            .into_iter()
+                            .find(|s| s.label == *label)
+                        && let Some(result) =
+                            self.agent.unrecorded.take(&step_key(&self.abnormal, &step))
+                    {
+                        apply_step(&mut self.abnormal, &step, result, self.agent.limits);
+                        self.dirty = true;
+                        continue;
+                    }
                     let event = end_stage(&mut self.abnormal, stage, &outcome, &now());
                     self.observe_stage(stage, &outcome);
                     self.pending.push(event);
@@ -160,25 +228,76 @@ impl<'a> Worker<'a> {
         }
     }
 
-    /// Writes a side-effecting step's result. Unlike [`persist`], a conflict must not lose it: the
-    /// result is re-applied on the stored copy and written again.
+    /// Writes a side-effecting step's result. Unlike [`persist`], neither a lost race nor an
+    /// apiserver that fails or cannot be reached for a while may lose it: a conflict re-applies
+    /// the result on the stored copy, a transient error is retried with backoff
+    /// ([`record_backoff`]). When the retries run out the result is kept in memory
+    /// ([`Unrecorded`]) for the next run on this Abnormal, with a message that says it was
+    /// recorded late and why.
     async fn persist_step_result(&mut self, step: &Step, result: StepResult) -> Result<(), Error> {
-        for _ in 0..CONFLICT_RETRIES {
-            match self.write().await {
-                Ok(()) => return Ok(()),
-                Err(kube::Error::Api(s)) if s.code == 409 => {
-                    let mut fresh = self
-                        .api
-                        .get(&self.abnormal.name_any())
-                        .await
-                        .map_err(|e| self.api_error("get", e))?;
-                    apply_step(&mut fresh, step, result.clone(), self.agent.limits);
-                    self.abnormal = fresh;
+        let mut delays = record_backoff();
+        let (mut conflicts, mut failures, mut stale) = (0, 0, false);
+        loop {
+            let (operation, error) = if stale {
+                match self.api.get(&self.abnormal.name_any()).await {
+                    Ok(mut fresh) => {
+                        if already_recorded(&fresh, step) {
+                            // The last write landed; only its answer was lost.
+                            self.abnormal = fresh;
+                            self.dirty = false;
+                            return Ok(());
+                        }
+                        apply_step(&mut fresh, step, result.clone(), self.agent.limits);
+                        self.abnormal = fresh;
+                        stale = false;
+                        continue;
+                    }
+                    Err(e) => ("get", e),
                 }
-                Err(e) => return Err(self.api_error("replace_status", e)),
+            } else {
+                match self.write().await {
+                    Ok(()) => return Ok(()),
+                    Err(e) => ("replace_status", e),
+                }
+            };
+            if is_conflict(&error) && conflicts < CONFLICT_RETRIES {
+                conflicts += 1;
+                stale = true;
+                continue;
             }
+            if is_transient(&error)
+                && !is_conflict(&error)
+                && let Some(delay) = delays.next()
+            {
+                failures += 1;
+                self.agent
+                    .metrics
+                    .agent
+                    .api_errors
+                    .with_label_values(&[operation])
+                    .inc();
+                tracing::warn!(abnormal = %self.key(), step = %step.label, error = %error, retry_in = ?delay, "recording a step's result failed; retrying");
+                tokio::time::sleep(delay).await;
+                // The write may have landed before its answer was lost: start from the stored
+                // copy, which then shows the step ended.
+                stale = true;
+                continue;
+            }
+            let mut late = result;
+            late.message = format!(
+                "{} (recorded late: the apiserver refused or did not answer {} writes of this result, the last with: {error})",
+                late.message,
+                failures + 1
+            );
+            self.agent
+                .unrecorded
+                .keep(step_key(&self.abnormal, step), late);
+            return Err(if is_conflict(&error) {
+                Error::Conflict(self.key())
+            } else {
+                self.api_error(operation, error)
+            });
         }
-        Err(Error::Conflict(self.key()))
     }
 
     /// Writes the status. An intent record is written with the resourceVersion read, so it lands
@@ -304,6 +423,19 @@ impl<'a> Worker<'a> {
     }
 }
 
+/// Whether `abnormal`'s last record is `step`'s, ended (its Running intent was replaced).
+fn already_recorded(abnormal: &Abnormal, step: &Step) -> bool {
+    abnormal
+        .status
+        .as_ref()
+        .and_then(|s| s.processors.last())
+        .is_some_and(|r| {
+            r.stage == step.stage
+                && r.processor == step.label
+                && r.result != ProcessorResult::Running
+        })
+}
+
 fn stage_of(phase: AbnormalPhase) -> Option<Stage> {
     match phase {
         AbnormalPhase::InformationCollecting => Some(Stage::InformationCollecting),
@@ -322,4 +454,51 @@ fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kdiag_pipeline::StepOutput;
+
+    fn result(message: &str) -> StepResult {
+        StepResult {
+            result: ProcessorResult::Succeeded,
+            message: message.into(),
+            start_time: now(),
+            duration_ms: 1,
+            output: StepOutput::None,
+        }
+    }
+
+    #[test]
+    fn an_unrecorded_result_is_taken_once() {
+        let kept = Unrecorded::default();
+        kept.keep("a".into(), result("first"));
+        kept.keep("a".into(), result("second"));
+        assert_eq!(kept.take("a").map(|r| r.message), Some("second".into()));
+        assert!(kept.take("a").is_none());
+    }
+
+    #[test]
+    fn unrecorded_results_are_bounded_and_the_oldest_go_first() {
+        let kept = Unrecorded::default();
+        for i in 0..UNRECORDED_CAP + 10 {
+            kept.keep(format!("k{i}"), result("r"));
+        }
+        assert!(kept.take("k0").is_none());
+        assert!(kept.take("k9").is_none());
+        assert!(kept.take("k10").is_some());
+        assert!(kept.take(&format!("k{}", UNRECORDED_CAP + 9)).is_some());
+    }
+
+    #[test]
+    fn the_record_backoff_gives_up_within_the_termination_grace_period() {
+        let total: Duration = record_backoff().sum();
+        assert!(
+            total > Duration::from_secs(30) && total < Duration::from_secs(50),
+            "{total:?}"
+        );
+        assert_eq!(record_backoff().count(), 10);
+    }
 }

@@ -246,6 +246,9 @@ pub fn describe(a: &Abnormal, events: &Events, now: jiff::Timestamp, style: Styl
         for (i, c) in status.command_executors.iter().enumerate() {
             let outcome = if c.error.is_empty() {
                 style.paint(Tone::Good, "ok")
+            } else if c.was_denied() {
+                // Never ran: the Timeline records it Skipped, so say the same here.
+                style.paint(Tone::Warn, &format!("skipped: {}", c.error))
             } else {
                 style.paint(Tone::Bad, &format!("failed: {}", c.error))
             };
@@ -723,7 +726,7 @@ mod tests {
                     "summary": "container app of pod shop/web was OOM-killed at its 64Mi limit",
                     "reason": "OOMKilled", "processor": "kube-diagnoser/oom-diagnoser",
                     "suggestion": "raise the memory limit of container app",
-                    "evidence": [{"kind": "KernelLog", "object": "Pod/shop/web", "message": "Killed process 4242 (python)", "contextKey": "kernelLog", "timestamp": "2026-11-22T09:59:58Z"}],
+                    "evidence": [{"kind": "KernelLog", "object": "pod/shop/web", "message": "Killed process 4242 (python)", "contextKey": "kernelLog", "timestamp": "2026-11-22T09:59:58Z"}],
                     "since": "2026-11-22T09:50:00Z",
                     "others": [{"reason": "CrashLoopBackOff", "summary": "container app of pod shop/web is restarting in a loop", "since": "2026-11-22T09:52:00Z"}]
                 }
@@ -768,7 +771,7 @@ mod tests {
             "  Since:      2026-11-22T09:50:00Z",
             "  Found by:   kube-diagnoser/oom-diagnoser",
             "  Suggestion: raise the memory limit of container app",
-            "    - [KernelLog] Pod/shop/web: Killed process 4242 (python) (at 2026-11-22T09:59:58Z, from status.context.kernelLog)",
+            "    - [KernelLog] pod/shop/web: Killed process 4242 (python) (at 2026-11-22T09:59:58Z, from status.context.kernelLog)",
             "  Also found:",
             "    - container app of pod shop/web is restarting in a loop (CrashLoopBackOff) since 2026-11-22T09:52:00Z",
             "Timeline:",
@@ -807,6 +810,21 @@ WHEN    STAGE                   STEP                           RESULT      TOOK 
 +2.5s   Succeeded
 "
         );
+    }
+
+    #[test]
+    fn a_command_denied_by_policy_is_shown_skipped_as_in_the_timeline() {
+        let mut a = example();
+        let status = a.status.as_mut().unwrap();
+        status.command_executors[0].stdout.clear();
+        status.command_executors[0].error =
+            "denied by policy rule commands.allow: ps is not allowed".into();
+        let out = describe(&a, &events(), now(), Style::PLAIN);
+        assert!(
+            out.contains("[InformationCollector]  skipped: denied by policy rule commands.allow"),
+            "{out}"
+        );
+        assert!(!out.contains("failed: denied"), "{out}");
     }
 
     #[test]

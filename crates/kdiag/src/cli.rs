@@ -49,6 +49,11 @@ pub struct LocalArgs {
     pub bind_address: IpAddr,
     #[arg(long, default_value_t = kdiag_runtime::server::DEFAULT_PORT)]
     pub port: u16,
+    /// Install kdiag's image with config/deploy on the local cluster, as `kubectl apply -k`
+    /// does on a real one (a controller Deployment and an agent DaemonSet), instead of running
+    /// the controller and agent in this process. Builds the image first (`make image`).
+    #[arg(long)]
+    pub in_cluster: bool,
 }
 
 #[derive(clap::Args, Debug)]

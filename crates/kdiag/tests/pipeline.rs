@@ -635,6 +635,84 @@ async fn a_killed_agent_resumes_mid_stage_and_never_repeats_a_recovery() {
 }
 
 #[tokio::test]
+async fn a_recovery_that_ends_while_the_apiserver_is_unreachable_is_recorded_once_it_is_back() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("unreachable").await;
+    let client = cp.client().await;
+    let plugin = TestPlugin::start().await;
+    register_plugin(
+        &client,
+        &ns,
+        "Recoverer",
+        "slow-fix",
+        plugin.port,
+        "/sleep/3000/fixed",
+        10,
+    )
+    .await;
+    let node = format!("{ns}-node");
+    // The agent reaches the real apiserver through a link the test can cut.
+    let link = kdiag_testenv::Link::to(cp.url()).await.unwrap();
+    let token = cp
+        .service_account_token(kdiag_api::SYSTEM_NAMESPACE, "kdiag-agent")
+        .await;
+    let agent_client = cp.client_with_token_at(link.url(), &token).await;
+    let agent = TestAgent::start_as(cp, agent_client, &node, 32, "kdiag-policy").await;
+    agent.wait_ready().await;
+    create_abnormal(
+        &client,
+        &ns,
+        "fix",
+        json!({"nodeName": node, "assignedRecoverers": [{"name": "slow-fix"}]}),
+    )
+    .await;
+    // The recoverer is called once its intent is recorded; while it runs, the apiserver
+    // becomes unreachable, so the first writes of its result fail.
+    wait_until(|| plugin.count("/sleep/3000/fixed") == 1).await;
+    link.cut();
+    let failed_writes = || {
+        agent
+            .metrics
+            .agent
+            .api_errors
+            .with_label_values(&["replace_status"])
+            .get()
+    };
+    let before = failed_writes();
+    wait_until(|| {
+        plugin.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0 && failed_writes() > before
+    })
+    .await;
+    link.restore();
+    let a = wait_final(&client, &ns, "fix", FINISH).await;
+    let st = a.status.clone().unwrap();
+    assert_eq!(
+        st.phase,
+        Some(AbnormalPhase::Succeeded),
+        "the recovery that succeeded is recorded, not called interrupted: {st:?}"
+    );
+    assert_eq!(
+        labels(&a),
+        [(format!("{ns}/slow-fix"), ProcessorResult::Succeeded)],
+        "one record for the one recovery"
+    );
+    assert_eq!(
+        plugin.count("/sleep/3000/fixed"),
+        1,
+        "the recoverer must run at most once"
+    );
+    // The recovery named its decision, for plugins that deduplicate (docs/plugins.md).
+    assert_eq!(
+        *plugin.idempotency_keys.lock().unwrap(),
+        [(
+            "/sleep/3000/fixed".to_owned(),
+            format!("{}/Recovering/{ns}/slow-fix", a.uid().unwrap())
+        )]
+    );
+    agent.stop().await;
+}
+
+#[tokio::test]
 async fn an_agent_stopped_gracefully_finishes_a_running_recovery_first() {
     let cp = with_controller().await;
     let ns = cp.create_namespace("graceful").await;

@@ -341,10 +341,15 @@ impl ControlPlane {
 
     /// A new client that authenticates with `token` (a ServiceAccount token, for RBAC tests).
     pub async fn client_with_token(&self, token: &str) -> Client {
+        self.client_with_token_at(self.url(), token).await
+    }
+
+    /// A new client that authenticates with `token` and reaches the apiserver at `url`: through
+    /// a [`crate::Link`] a test can cut.
+    pub async fn client_with_token_at(&self, url: &str, token: &str) -> Client {
         crate::install_crypto_provider();
-        let kubeconfig =
-            Kubeconfig::from_yaml(&kubeconfig_yaml(self.url(), self.ca_pem(), "user", token))
-                .expect("kdiag-testenv writes a valid kubeconfig");
+        let kubeconfig = Kubeconfig::from_yaml(&kubeconfig_yaml(url, self.ca_pem(), "user", token))
+            .expect("kdiag-testenv writes a valid kubeconfig");
         let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
             .expect("kdiag-testenv writes a valid kubeconfig");

@@ -21,7 +21,9 @@ mod binaries;
 mod cluster;
 mod control_plane;
 mod error;
+pub mod install;
 mod kdiag_image;
+mod link;
 mod process;
 mod rundir;
 
@@ -33,6 +35,7 @@ pub use cluster::{
 pub use control_plane::{ControlPlane, control_plane};
 pub use error::TestEnvError;
 pub use kdiag_image::{KdiagImage, kdiag_image};
+pub use link::Link;
 
 /// Installs rustls' ring crypto provider once, as kube's client needs exactly one.
 pub fn install_crypto_provider() {

@@ -4,8 +4,11 @@
 //! (crates/testenv/overlay: only what differs on the test node). The controller Deployment and
 //! the agent DaemonSet become Ready; then, through those pods only — nothing of kdiag runs in
 //! this process or on the host — a seed-style Abnormal on a pod filling its emptyDir gets its
-//! root cause, the agent's metrics answer on its pod IP, and `kubectl delete -k` removes
-//! everything.
+//! root cause, the agent's metrics answer on its pod IP, the default triage, the systemd
+//! collector and a probe checker run through the installed pods, rolling restarts of both
+//! workloads in the middle of work lose no Abnormal and repeat no recovery (restarts.rs),
+//! 2,000 Abnormals pass with both pods under their memory limits, and `kubectl delete -k`
+//! removes everything.
 //!
 //! The README's "On a cluster" steps and docs/install.md are these steps.
 
@@ -17,72 +20,21 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kdiag_testenv::install::{self, CONTROLLER_IP, NAMESPACE};
 use kdiag_testenv::{Cluster, ClusterOptions, kdiag_image};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
 
-const NAMESPACE: &str = "kube-diagnoser";
+#[path = "in_cluster/restarts.rs"]
+mod restarts;
+
 const READY_TIMEOUT: Duration = Duration::from_secs(180);
 const DIAGNOSIS_TIMEOUT: Duration = Duration::from_secs(120);
-/// The kdiag-controller Service's ClusterIP in the test overlay: the last of the apiserver's
-/// service range (10.0.0.0/24), which nothing else asks for.
-const CONTROLLER_IP: &str = "10.0.0.254";
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
         .canonicalize()
         .unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `path` relative to `from` (both absolute), as kustomize needs for a resource outside the
-/// kustomization's directory.
-fn relative(path: &Path, from: &Path) -> PathBuf {
-    let (p, f): (Vec<_>, Vec<_>) = (path.components().collect(), from.components().collect());
-    let common = p.iter().zip(&f).take_while(|(a, b)| a == b).count();
-    let mut out = PathBuf::new();
-    for _ in common..f.len() {
-        out.push("..");
-    }
-    for c in &p[common..] {
-        out.push(c);
-    }
-    out
-}
-
-/// The test overlay, filled in for this run, in the run directory.
-fn render_overlay(c: &Cluster, agent_port: u16) -> PathBuf {
-    let template = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("overlay/kustomization.yaml"),
-    )
-    .unwrap();
-    let dir = c.run_dir().join("kdiag-overlay");
-    std::fs::create_dir_all(&dir).unwrap();
-    let dir = dir.canonicalize().unwrap();
-    let deploy = relative(&repo_root().join("config/deploy"), &dir);
-    // Without the header, which explains the values.
-    let body: String = template
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    let text = body
-        .replace("${DEPLOY}", &deploy.to_string_lossy())
-        .replace("${KUBELET_ROOT}", &c.kubelet_root_dir().to_string_lossy())
-        .replace("${CRI_SOCKET}", &c.cri_socket().to_string_lossy())
-        .replace("${RUN_DIR}", &c.run_dir().to_string_lossy())
-        .replace("${AGENT_PORT}", &agent_port.to_string())
-        .replace("${CONTROLLER_IP}", CONTROLLER_IP);
-    assert!(!text.contains("${"), "an unfilled value in:\n{text}");
-    std::fs::write(dir.join("kustomization.yaml"), text).unwrap();
-    dir
 }
 
 fn run(mut cmd: Command) -> Output {
@@ -209,7 +161,8 @@ fn memory_peak(c: &Cluster, pod: &Pod) -> u64 {
     );
 }
 
-#[tokio::test]
+// Multi-threaded: the test's own plugin (restarts.rs) answers while kubectl runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kdiag_installed_from_its_image_diagnoses_a_filling_emptydir_and_uninstalls_cleanly() {
     let begin = Instant::now();
     // The image builds while the cluster starts.
@@ -244,58 +197,16 @@ async fn kdiag_installed_from_its_image_diagnoses_a_filling_emptydir_and_uninsta
     // objects of their kinds (kubectl maps every object before applying any); the same command
     // again applies them.
     let t = Instant::now();
-    let overlay = render_overlay(&c, free_port());
-    let mut applied = None;
-    for attempt in 1..=2 {
-        let mut apply = c.kubectl();
-        apply.arg("apply").arg("-k").arg(&overlay);
-        let out = run(apply);
-        if out.status.success() {
-            applied = Some(attempt);
-            break;
-        }
-        assert!(
-            attempt == 1 && text(&out).contains("ensure CRDs are installed first"),
-            "kubectl apply -k failed (attempt {attempt}):\n{}",
-            text(&out)
-        );
-        // The CRDs were created; the second apply needs them served.
-        let mut wait = c.kubectl();
-        wait.args(["wait", "--for=condition=Established", "--timeout=60s", "-f"])
-            .arg(repo_root().join("config/crd"));
-        let out = run(wait);
-        assert!(
-            out.status.success(),
-            "kubectl wait for the CRDs:\n{}",
-            text(&out)
-        );
-    }
+    let overlay = install::render_overlay(&c, install::free_port().unwrap()).unwrap();
+    let applied = install::apply(&c, &overlay).unwrap_or_else(|e| panic!("{e}"));
     println!(
-        "kubectl apply -k: {} run(s), {:.1}s",
-        applied.unwrap(),
+        "kubectl apply -k: {applied} run(s), {:.1}s",
         t.elapsed().as_secs_f64()
     );
 
     // Ready, as docs/install.md checks it.
     let t = Instant::now();
-    for workload in ["deploy/kdiag-controller", "ds/kdiag-agent"] {
-        let mut status = c.kubectl();
-        status.args([
-            "-n",
-            NAMESPACE,
-            "rollout",
-            "status",
-            workload,
-            &format!("--timeout={}s", READY_TIMEOUT.as_secs()),
-        ]);
-        let out = run(status);
-        assert!(
-            out.status.success(),
-            "kubectl rollout status {workload}:\n{}\n{}",
-            text(&out),
-            describe(&c)
-        );
-    }
+    install::wait_ready(&c, READY_TIMEOUT).unwrap_or_else(|e| panic!("{e}\n{}", describe(&c)));
     println!(
         "controller and agent Ready {:.1}s after the apply",
         t.elapsed().as_secs_f64()
@@ -629,7 +540,18 @@ async fn kdiag_installed_from_its_image_diagnoses_a_filling_emptydir_and_uninsta
     assert_eq!(checker["message"], "/data is 97% full", "{checker}");
     assert_eq!(checker["diagnosis"]["phase"], "Succeeded", "{checker}");
 
-    // Memory of the two pods so far, against their limits (docs/install.md, sizing).
+    // Work in flight across rolling restarts of both workloads, then 2,000 Abnormals through
+    // the pods the restarts made.
+    let node = agent_pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .expect("the agent pod's node");
+    restarts::rolling_restarts_lose_no_abnormal_and_repeat_no_recovery(&c, &client, &node).await;
+    restarts::two_thousand_abnormals_pass_through(&c, &client, &node).await;
+
+    // Memory of the running pods, against their limits (docs/install.md, sizing): their peak
+    // covers the 2,000 Abnormals.
     for (app, limit) in [
         ("kdiag-controller", 256u64 << 20),
         ("kdiag-agent", 128 << 20),
@@ -639,7 +561,10 @@ async fn kdiag_installed_from_its_image_diagnoses_a_filling_emptydir_and_uninsta
             .await
             .unwrap()
             .items
-            .remove(0);
+            .into_iter()
+            .find(|p| p.metadata.deletion_timestamp.is_none())
+            .unwrap_or_else(|| panic!("no running {app} pod\n{}", describe(&c)));
+        installed_uids.extend(p.metadata.uid.clone());
         let peak = memory_peak(&c, &p);
         println!(
             "{app}: peak memory {:.1} MiB of its {} MiB limit",
@@ -659,12 +584,7 @@ async fn kdiag_installed_from_its_image_diagnoses_a_filling_emptydir_and_uninsta
         .arg(&crash);
     let out = run(delete);
     assert!(out.status.success(), "{}", text(&out));
-    let mut delete = c.kubectl();
-    delete
-        .args(["delete", "--ignore-not-found", "-k"])
-        .arg(&overlay);
-    let out = run(delete);
-    assert!(out.status.success(), "kubectl delete -k:\n{}", text(&out));
+    install::uninstall(&c, &overlay).unwrap_or_else(|e| panic!("{e}"));
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     wait_until(

@@ -98,6 +98,20 @@ impl PluginError {
 /// What makes two plugin clients different: the CA bundle, and a host pinned to an address.
 type ClientKey = (Option<String>, Option<(String, SocketAddr)>);
 
+/// The header that names one recovery decision: the same value on every request for the same
+/// step of the same Abnormal, so a plugin can tell a repeat from a new request.
+pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
+/// The idempotency key of `abnormal`'s step `label` in `stage`: its uid (a recreated Abnormal is a
+/// new decision), the stage and the step's registration.
+pub fn idempotency_key(abnormal: &Abnormal, stage: kdiag_api::Stage, label: &str) -> String {
+    format!(
+        "{}/{}/{label}",
+        abnormal.metadata.uid.as_deref().unwrap_or_default(),
+        stage.as_str()
+    )
+}
+
 /// Calls plugins. Keeps one HTTP client per TLS setup, so connections are reused (bounded: see
 /// `clients`).
 #[derive(Default)]
@@ -107,10 +121,12 @@ pub struct PluginClient {
 
 impl PluginClient {
     /// POSTs `abnormal` and returns what the plugin sent back, checked against the protocol.
+    /// A recovery carries `idempotency_key` in the [`IDEMPOTENCY_KEY`] header (docs/plugins.md).
     pub async fn call(
         &self,
         endpoint: &Endpoint,
         abnormal: &Abnormal,
+        idempotency_key: Option<&str>,
     ) -> Result<Abnormal, PluginError> {
         let url = &endpoint.url;
         let request = serde_json::to_value(abnormal).map_err(|e| PluginError::Setup {
@@ -137,6 +153,9 @@ impl PluginClient {
                 .body(body.clone());
             if let Some(token) = &endpoint.bearer_token {
                 req = req.bearer_auth(token);
+            }
+            if let Some(key) = idempotency_key {
+                req = req.header(IDEMPOTENCY_KEY, key);
             }
             req.send()
         };
@@ -333,7 +352,7 @@ mod tests {
         };
         let started = std::time::Instant::now();
         let err = PluginClient::default()
-            .call(&endpoint, &Abnormal::new("a", Default::default()))
+            .call(&endpoint, &Abnormal::new("a", Default::default()), None)
             .await
             .unwrap_err();
         match err {

@@ -231,6 +231,14 @@ pub struct CommandExecutorStatus {
     pub error: String,
 }
 
+impl CommandExecutorStatus {
+    /// Whether node policy denied the command, so it never ran (the step is recorded `Skipped`;
+    /// the message is [`crate::plugin`]'s `Denied` error, "denied by policy rule …").
+    pub fn was_denied(&self) -> bool {
+        self.error.starts_with("denied by policy rule ")
+    }
+}
+
 /// A profiling run.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

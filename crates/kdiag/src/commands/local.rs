@@ -1,5 +1,9 @@
 //! `kdiag local`: a real single-node cluster on this machine (crates/testenv, level 2) with the
 //! controller and this node's agent running in this process. `make run` starts it.
+//!
+//! `kdiag local --in-cluster` (`make run-in-cluster`) installs kdiag's image instead, with
+//! `kubectl apply -k` of config/deploy through the test overlay, exactly as the in-cluster
+//! install test does (kdiag_testenv::install), so a newcomer sees what an install does.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -15,7 +19,8 @@ use kdiag_runtime::cache::count_by_phase;
 use kdiag_runtime::metrics::Metrics;
 use kdiag_runtime::process;
 use kdiag_runtime::server::{self, ServerState};
-use kdiag_testenv::Cluster;
+use kdiag_testenv::install;
+use kdiag_testenv::{Cluster, ClusterOptions};
 
 use super::CommandError;
 use crate::cli::LocalArgs;
@@ -51,6 +56,9 @@ const MANIFESTS: [(&str, &str); 5] = [
 const DEMO: &str = include_str!("../../../../examples/demo-pod.yaml");
 
 pub async fn run(args: LocalArgs) -> Result<ExitCode, CommandError> {
+    if args.in_cluster {
+        return run_in_cluster().await;
+    }
     let shutdown = process::shutdown_on_signals();
     eprintln!(
         "kdiag local: starting a single-node Kubernetes cluster on this machine (about 15 s)…"
@@ -218,6 +226,73 @@ async fn serve(
     );
     tokio::join!(c_driver, a_driver);
     let _ = tokio::join!(server_task, bridge_task);
+    Ok(())
+}
+
+/// How long the installed controller and agent get to become Ready.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(180);
+
+async fn run_in_cluster() -> Result<ExitCode, CommandError> {
+    let shutdown = process::shutdown_on_signals();
+    eprintln!(
+        "kdiag local --in-cluster: starting a single-node Kubernetes cluster with kube-proxy, and building kdiag's image (make image)…"
+    );
+    let (cluster, image) = tokio::join!(
+        Cluster::start_with(ClusterOptions {
+            kube_proxy: true,
+            ..Default::default()
+        }),
+        tokio::task::spawn_blocking(kdiag_testenv::kdiag_image)
+    );
+    let cluster = cluster.map_err(|e| {
+        anyhow::anyhow!("the local cluster did not start: {e}\n(kdiag local needs root, cgroup v1 or hybrid, and `make setup` done; see docs/development.md)")
+    })?;
+    let result = install_and_wait(&cluster, image?, shutdown).await;
+    eprintln!("kdiag local: stopping the cluster…");
+    let stopped = tokio::task::spawn_blocking(move || cluster.stop()).await?;
+    result?;
+    stopped.map_err(|e| anyhow::anyhow!("stopping the local cluster: {e}"))?;
+    eprintln!("kdiag local: stopped, nothing left behind.");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Imports the image, installs config/deploy through the test overlay, waits until both
+/// workloads are Ready, and keeps them until Ctrl-C; then uninstalls with `kubectl delete -k`.
+async fn install_and_wait(
+    cluster: &Cluster,
+    image: Result<kdiag_testenv::KdiagImage, kdiag_testenv::TestEnvError>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<(), CommandError> {
+    let image = image.map_err(|e| anyhow::anyhow!("building kdiag's image: {e}"))?;
+    let overlay = tokio::task::block_in_place(|| -> Result<_, kdiag_testenv::TestEnvError> {
+        cluster.import_image_archive(&image.archive)?;
+        let overlay = install::render_overlay(cluster, install::free_port()?)?;
+        install::apply(cluster, &overlay)?;
+        Ok(overlay)
+    })
+    .map_err(|e| anyhow::anyhow!("installing kdiag: {e}"))?;
+    let admin = cluster.client().await;
+    apply_yaml(&admin, "examples/demo-pod.yaml", DEMO).await?;
+    eprintln!(
+        "kdiag local: installed {}; waiting for the controller and agent to be Ready…",
+        image.name
+    );
+    let ready = tokio::task::block_in_place(|| install::wait_ready(cluster, READY_TIMEOUT));
+    if let Err(e) = ready {
+        let _ = tokio::task::block_in_place(|| install::uninstall(cluster, &overlay));
+        return Err(anyhow::anyhow!("kdiag did not become Ready: {e}").into());
+    }
+    println!(
+        "\nkdiag is installed from its image {image} on a real single-node cluster, as `kubectl apply -k config/deploy` installs it\n         (through {overlay}, which changes only the node's paths and ports).\n\n         In another terminal:\n\n  export KUBECONFIG={kubeconfig}\n  kubectl -n {ns} get pods -o wide\n  kubectl create -f examples/abnormal.yaml\n  kubectl get abnormals -w        # it reaches Succeeded\n  kubectl -n {ns} logs deploy/kdiag-controller\n\n         Stop with Ctrl-C (uninstalls with kubectl delete -k, then stops the cluster).\n",
+        image = image.name,
+        overlay = overlay.display(),
+        kubeconfig = cluster.kubeconfig_path().display(),
+        ns = install::NAMESPACE,
+    );
+    shutdown.cancelled().await;
+    eprintln!("kdiag local: uninstalling (kubectl delete -k)…");
+    tokio::task::block_in_place(|| install::uninstall(cluster, &overlay))
+        .map_err(|e| anyhow::anyhow!("uninstalling kdiag: {e}"))?;
     Ok(())
 }
 

@@ -22,6 +22,8 @@ pub struct TestPlugin {
     pub port: u16,
     /// Every request path, in arrival order.
     pub calls: Arc<Mutex<Vec<String>>>,
+    /// The Idempotency-Key header of each request that had one, with its path.
+    pub idempotency_keys: Arc<Mutex<Vec<(String, String)>>>,
     pub in_flight: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -42,17 +44,18 @@ impl TestPlugin {
         let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let calls = Arc::new(Mutex::new(Vec::new()));
+        let idempotency_keys = Arc::new(Mutex::new(Vec::new()));
         let in_flight = Arc::new(AtomicUsize::new(0));
-        let (c, f) = (calls.clone(), in_flight.clone());
+        let (c, k, f) = (calls.clone(), idempotency_keys.clone(), in_flight.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (c, f) = (c.clone(), f.clone());
+                let (c, k, f) = (c.clone(), k.clone(), f.clone());
                 tokio::spawn(async move {
                     f.fetch_add(1, Ordering::SeqCst);
-                    let _ = handle(stream, c).await;
+                    let _ = handle(stream, c, k).await;
                     f.fetch_sub(1, Ordering::SeqCst);
                 });
             }
@@ -60,6 +63,7 @@ impl TestPlugin {
         Self {
             port,
             calls,
+            idempotency_keys,
             in_flight,
             task,
         }
@@ -77,7 +81,11 @@ impl TestPlugin {
     }
 }
 
-async fn handle(mut stream: TcpStream, calls: Arc<Mutex<Vec<String>>>) -> std::io::Result<()> {
+async fn handle(
+    mut stream: TcpStream,
+    calls: Arc<Mutex<Vec<String>>>,
+    keys: Arc<Mutex<Vec<(String, String)>>>,
+) -> std::io::Result<()> {
     let mut buf = Vec::new();
     let mut tmp = [0u8; 8192];
     let header_end = loop {
@@ -109,6 +117,13 @@ async fn handle(mut stream: TcpStream, calls: Arc<Mutex<Vec<String>>>) -> std::i
     }
     let body: Value = serde_json::from_slice(&buf[header_end..]).unwrap_or(Value::Null);
     calls.lock().unwrap().push(path.clone());
+    if let Some(key) = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("idempotency-key")
+            .then(|| value.trim().to_owned())
+    }) {
+        keys.lock().unwrap().push((path.clone(), key));
+    }
 
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match parts.as_slice() {
