@@ -176,7 +176,7 @@ async fn serve(
                 data_root,
             })),
             kdiag_controller::server::routes(
-                Some(controller_client.clone()),
+                Some(c_handle.probe_reports.clone()),
                 Some(c_handle.alerts.clone()),
             ),
         ),
