@@ -342,7 +342,7 @@ async fn a_report_needs_the_projected_token_of_a_checker_pod_of_its_own_probe() 
             Some(wrong_audience),
             "mine",
             401,
-            "not issued for the audience \"kdiag-probe-status\"",
+            "invalid for the target audiences [\"kdiag-probe-status\"]",
         ),
         (
             "a checker pod of another probe",
