@@ -126,10 +126,20 @@ async fn wait_checker(
         {
             return c.clone();
         }
-        assert!(
-            Instant::now() < deadline,
-            "checker {checker} of {ns}/{probe} never reported"
-        );
+        if Instant::now() >= deadline {
+            let ps = api.get_opt(probe).await.unwrap();
+            let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), ns);
+            let mut logs = String::new();
+            for p in pods.list(&ListParams::default()).await.unwrap().items {
+                let name = p.metadata.name.clone().unwrap_or_default();
+                let log = pods.logs(&name, &Default::default()).await.unwrap_or_default();
+                logs.push_str(&format!("\n{name}: {log}"));
+            }
+            panic!(
+                "checker {checker} of {ns}/{probe} never reported: {:?}{logs}",
+                ps.map(|p| p.spec)
+            );
+        }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -247,7 +257,7 @@ async fn a_checker_pod_cannot_report_for_another_probe_nor_without_its_token() {
     // none, then reports what it was answered to its own probe.
     let script = r#"post() { wget -q -O- --header 'Content-Type: application/json' "$@" --post-data '{"probeName":"victim","probeNamespace":"'$KUBEPROBER_PROBE_NAMESPACE'","name":"","checkers":[{"name":"disk-check","status":"pass"}]}' "$KUBEPROBER_STATUS_REPORT_URL" >/dev/null 2>&1 && echo accepted || echo refused; }
 a=$(post --header "Authorization: Bearer $(cat $KDIAG_PROBE_STATUS_TOKEN_FILE)"); b=$(post)
-wget -q -O- --header 'Content-Type: application/json' --header "Authorization: Bearer $(cat $KDIAG_PROBE_STATUS_TOKEN_FILE)" --post-data "{"probeName":"$KUBEPROBER_PROBE_NAME","probeNamespace":"$KUBEPROBER_PROBE_NAMESPACE","name":"","checkers":[{"name":"cross","status":"pass","message":"with token $a, without $b"}]}" "$KUBEPROBER_STATUS_REPORT_URL""#;
+wget -q -O- --header 'Content-Type: application/json' --header "Authorization: Bearer $(cat $KDIAG_PROBE_STATUS_TOKEN_FILE)" --post-data "{\"probeName\":\"$KUBEPROBER_PROBE_NAME\",\"probeNamespace\":\"$KUBEPROBER_PROBE_NAMESPACE\",\"name\":\"\",\"checkers\":[{\"name\":\"cross\",\"status\":\"pass\",\"message\":\"with token $a, without $b\"}]}" "$KUBEPROBER_STATUS_REPORT_URL""#;
     create_probe(&client, &ns, "victim", json!({})).await;
     create_probe(
         &client,
