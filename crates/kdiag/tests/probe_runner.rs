@@ -132,7 +132,10 @@ async fn wait_checker(
             let mut logs = String::new();
             for p in pods.list(&ListParams::default()).await.unwrap().items {
                 let name = p.metadata.name.clone().unwrap_or_default();
-                let log = pods.logs(&name, &Default::default()).await.unwrap_or_default();
+                let log = pods
+                    .logs(&name, &Default::default())
+                    .await
+                    .unwrap_or_default();
                 logs.push_str(&format!("\n{name}: {log}"));
             }
             panic!(
