@@ -14,7 +14,17 @@ pub mod env {
     pub const PROBE_NAMESPACE: &str = "KUBEPROBER_PROBE_NAMESPACE";
     pub const PROBE_NAME: &str = "KUBEPROBER_PROBE_NAME";
     pub const STATUS_REPORT_URL: &str = "KUBEPROBER_STATUS_REPORT_URL";
+    /// kdiag's addition: the file holding the checker pod's projected ServiceAccount token for
+    /// [`super::REPORT_AUDIENCE`], to send as `Authorization: Bearer <token>` with each report.
+    pub const STATUS_REPORT_TOKEN_FILE: &str = "KDIAG_PROBE_STATUS_TOKEN_FILE";
 }
+
+/// The audience of the token a checker pod reports with (`POST /probe-status`).
+pub const REPORT_AUDIENCE: &str = "kdiag-probe-status";
+/// Where kdiag's probe runner mounts that token in every container of a checker pod.
+pub const REPORT_TOKEN_DIR: &str = "/var/run/secrets/kdiag.io/probe-status";
+/// The token's lifetime: the shortest the apiserver issues; the kubelet renews it.
+pub const REPORT_TOKEN_SECONDS: i64 = 600;
 
 /// Labels every checker pod gets.
 pub mod labels {
@@ -81,7 +91,7 @@ pub struct NativeCheck {
     /// Names resolve, against given or discovered resolvers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsCheck>,
-    /// A namespace can be created and deleted (admission webhooks, etcd, the namespace controller).
+    /// A write round trip in kdiag's own namespace: a Lease there can be created and deleted (admission webhooks, etcd).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_round_trip: Option<NamespaceRoundTripCheck>,
     /// No node is NotReady or cordoned.

@@ -196,7 +196,10 @@ impl InProcController {
             ready: vec![],
             routes: kdiag_runtime::server::join(
                 kdiag_agent::server::routes(None),
-                kdiag_controller::server::routes(Some(client), Some(handle.alerts.clone())),
+                kdiag_controller::server::routes(
+                    Some(handle.probe_reports.clone()),
+                    Some(handle.alerts.clone()),
+                ),
             ),
         };
         let serving = server::serve(

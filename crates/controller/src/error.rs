@@ -54,6 +54,26 @@ pub enum Error {
         status: &'static str,
     },
 
+    /// A report whose sender is not one of its probe's checker pods (the 403 answer).
+    #[error(
+        "{reason}; a report for probe {probe} is taken only from that probe's checker pods (kdiag's runner mounts their token, audience kdiag-probe-status, at the file KDIAG_PROBE_STATUS_TOKEN_FILE names), or from anyone when the controller runs with --probe-status-allow-unauthenticated (docs/probes.md)"
+    )]
+    ReportForbidden { probe: String, reason: String },
+    /// A report or alert names nodes that are not Nodes of this cluster (the 422 answer).
+    #[error(
+        "{what} names {nodes}, which {verb} no Node of this cluster; nothing was created for it. Name a node `kubectl get nodes` lists"
+    )]
+    UnknownNodes {
+        what: String,
+        nodes: String,
+        verb: &'static str,
+    },
+    /// The controller's alert token Secret could not be read or created at start.
+    #[error(
+        "the alert token Secret {secret}: {reason}. Create it (kubectl -n kube-diagnoser create secret generic kdiag-alert-token --from-literal=token=$(head -c 32 /dev/urandom | base64)) or grant the controller get/create on it (config/deploy/10-rbac.yaml)"
+    )]
+    AlertTokenSecret { secret: String, reason: String },
+
     /// An alert delivery that is not Alertmanager's API payload (the 400 answer).
     #[error(
         "the body is not a JSON array of alerts ({reason}); expected [{{\"labels\": {{\"alertname\": …}}, \"annotations\": {{}}, \"startsAt\": …}}]"
@@ -126,6 +146,9 @@ impl Error {
             | Error::CheckerWithoutName
             | Error::CheckerStatusUnknown { .. }
             | Error::CheckerWithoutMessage { .. }
+            | Error::ReportForbidden { .. }
+            | Error::UnknownNodes { .. }
+            | Error::AlertTokenSecret { .. }
             | Error::AlertsNotJson { .. }
             | Error::WebhookNotJson { .. }
             | Error::WebhookVersion { .. }
@@ -154,6 +177,9 @@ impl Error {
             | Error::CheckerWithoutName
             | Error::CheckerStatusUnknown { .. }
             | Error::CheckerWithoutMessage { .. } => "invalid_report",
+            Error::ReportForbidden { .. } => "report_forbidden",
+            Error::UnknownNodes { .. } => "unknown_node",
+            Error::AlertTokenSecret { .. } => "alert_token_secret",
             Error::AlertsNotJson { .. }
             | Error::WebhookNotJson { .. }
             | Error::WebhookVersion { .. }

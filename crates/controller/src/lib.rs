@@ -11,6 +11,7 @@
 
 pub mod cluster;
 mod error;
+pub mod nodes;
 pub mod probes;
 mod retry;
 pub mod server;
@@ -67,6 +68,12 @@ pub struct ControllerConfig {
     pub alert_token: Option<String>,
     /// Take alerts without a token (an explicit opt-in; docs/sources.md).
     pub alerts_allow_unauthenticated: bool,
+    /// The Secret (in kube-diagnoser, key `token`) [`prepare`] reads the alert token from, and
+    /// creates with a random token when missing, if `alert_token` is not given.
+    pub alert_token_secret: Option<String>,
+    /// Take `POST /probe-status` reports without a token (KubeProber's SDK sends none): an
+    /// explicit opt-in; by default a report needs its checker pod's projected token.
+    pub probe_status_allow_unauthenticated: bool,
     /// The processors a pod is triaged with when its Abnormal names none.
     pub triage: admission::Triage,
 }
@@ -85,6 +92,8 @@ impl Default for ControllerConfig {
             alert_namespace: kdiag_api::SYSTEM_NAMESPACE.into(),
             alert_token: None,
             alerts_allow_unauthenticated: false,
+            alert_token_secret: None,
+            probe_status_allow_unauthenticated: false,
             triage: Default::default(),
         }
     }
@@ -96,6 +105,27 @@ pub struct ControllerHandle {
     pub store: Store<DeserializeGuard<Abnormal>>,
     /// The alert endpoints' handler, for the HTTP server.
     pub alerts: Arc<crate::sources::alerts::AlertSource>,
+    /// The probe report endpoint's handler, for the HTTP server.
+    pub probe_reports: Arc<crate::probes::report::ProbeReports>,
+}
+
+/// The name of the Secret holding the alert token, in kube-diagnoser.
+pub const ALERT_TOKEN_SECRET: &str = "kdiag-alert-token";
+
+/// What the controller reads before it starts: the alert token from its Secret when none was
+/// given (and alerts are not explicitly open), creating the Secret with a random token if there
+/// is none, so a fresh install takes alerts only with a token nobody had to make up.
+pub async fn prepare(client: &Client, config: &mut ControllerConfig) -> Result<(), Error> {
+    if config.alert_token.is_some() || config.alerts_allow_unauthenticated {
+        return Ok(());
+    }
+    if let Some(secret) = &config.alert_token_secret {
+        config.alert_token = Some(
+            crate::sources::alerts::ensure_alert_token(client, kdiag_api::SYSTEM_NAMESPACE, secret)
+                .await?,
+        );
+    }
+    Ok(())
 }
 
 /// Builds the controller and the future that runs it (admission and GC) until `shutdown`.
@@ -128,13 +158,20 @@ pub fn start(
     .graceful_shutdown_on(shutdown.clone().cancelled_owned());
     let (sources, sources_driver) =
         crate::sources::validity::start(client.clone(), shutdown.clone());
+    let nodes = Arc::new(crate::nodes::KnownNodes::new(client.clone()));
     let probe_trigger = crate::probes::trigger::start(
         client.clone(),
         sources.clone(),
         config.probe_budgets,
         metrics.clone(),
+        nodes.clone(),
         shutdown.clone(),
     );
+    let probe_reports = Arc::new(crate::probes::report::ProbeReports::new(
+        client.clone(),
+        config.probe_status_allow_unauthenticated,
+        nodes.clone(),
+    ));
     let probe_runner = crate::probes::runner::start(
         client.clone(),
         config.runner.clone(),
@@ -157,6 +194,7 @@ pub fn start(
         namespace: config.alert_namespace.clone(),
         token: config.alert_token.clone(),
         allow_unauthenticated: config.alerts_allow_unauthenticated,
+        nodes,
     });
     let flusher = sink.run_flusher(std::time::Duration::from_secs(2), shutdown.clone());
     let events_run = event_source.run(shutdown.clone());
@@ -179,6 +217,7 @@ pub fn start(
         ready: ready.clone(),
         store: store.clone(),
         alerts,
+        probe_reports,
     };
 
     let driver = async move {

@@ -12,17 +12,18 @@ use warp::{Filter, Rejection, Reply};
 /// The controller's routes: probe reports written with `probe_reports`, alerts handed to
 /// `alerts`; `None` for either in a process that does not take them, which then says so.
 pub fn routes(
-    probe_reports: Option<kube::Client>,
+    probe_reports: Option<Arc<crate::probes::report::ProbeReports>>,
     alerts: Option<Arc<crate::sources::alerts::AlertSource>>,
 ) -> Routes {
     let reports = probe_reports;
     let probe_status = warp::path!("probe-status")
         .and(warp::post())
+        .and(warp::header::optional::<String>("authorization"))
         .and(warp::body::content_length_limit(MAX_REQUEST_BYTES))
         .and(warp::body::bytes())
-        .and_then(move |body: Bytes| {
+        .and_then(move |auth: Option<String>, body: Bytes| {
             let reports = reports.clone();
-            async move { Ok::<_, Rejection>(probe_report(reports, body).await) }
+            async move { Ok::<_, Rejection>(probe_report(reports, auth, body).await) }
         });
     let alert_routes = warp::path!("api" / String / String)
         .and(warp::post())
@@ -150,27 +151,43 @@ async fn receive_alerts(
         "push"
     };
     match source.deliver(alerts, via).await {
+        // Alerts naming nodes that do not exist were refused (and created nothing): 422, with
+        // what the others did. Neither Prometheus nor Alertmanager resends a 4xx.
+        Ok(summary) if !summary.refused.is_empty() => warp::reply::with_status(
+            warp::reply::json(&summary),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .into_response(),
         Ok(summary) => warp::reply::json(&summary).into_response(),
         Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
 /// A checker's results (KubeProber's SDK payload): 200 when stored, 400 for a bad payload (the
-/// SDK does not retry those), 500 when the apiserver write failed (the SDK retries).
-async fn probe_report(client: Option<kube::Client>, body: Bytes) -> warp::reply::Response {
-    let Some(client) = client else {
+/// SDK does not retry those), 401/403 for a sender that is not the probe's checker pod, 422 for
+/// nodes that do not exist, 500 when the apiserver write failed (the SDK retries).
+async fn probe_report(
+    reports: Option<Arc<crate::probes::report::ProbeReports>>,
+    auth: Option<String>,
+    body: Bytes,
+) -> warp::reply::Response {
+    let Some(reports) = reports else {
         return text(
             StatusCode::NOT_FOUND,
             "this kdiag process takes no probe reports (the controller does)".into(),
         );
     };
-    let report = match crate::probes::report::parse(&body, &kdiag_runtime::time::now()) {
-        Ok(r) => r,
-        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
-    };
-    match crate::probes::report::apply(&client, &report).await {
-        Ok(()) => warp::reply::json(&serde_json::json!({"success": true})).into_response(),
-        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    match reports.receive(auth.as_deref(), &body).await {
+        (StatusCode::OK, _) => {
+            warp::reply::json(&serde_json::json!({"success": true})).into_response()
+        }
+        (StatusCode::UNAUTHORIZED, message) => warp::reply::with_header(
+            text(StatusCode::UNAUTHORIZED, message),
+            "www-authenticate",
+            "Bearer realm=\"kdiag\"",
+        )
+        .into_response(),
+        (status, message) => text(status, message),
     }
 }
 

@@ -136,6 +136,15 @@ pub struct ControllerArgs {
     /// then create Abnormals through its AbnormalSources; by default alerts need the token.
     #[arg(long, env = "KDIAG_ALERTS_ALLOW_UNAUTHENTICATED")]
     pub alerts_allow_unauthenticated: bool,
+    /// Without --alert-token, the alert token is read from this Secret in kube-diagnoser (key
+    /// `token`), which is created with a random token when missing. Empty: do not use a Secret.
+    #[arg(long, default_value = kdiag_controller::ALERT_TOKEN_SECRET)]
+    pub alert_token_secret: String,
+    /// Take `POST /probe-status` reports without a token, as KubeProber's SDK sends them. Anyone
+    /// who can reach the controller can then write any namespace's ProbeStatus; by default a
+    /// report needs its checker pod's projected token (docs/probes.md).
+    #[arg(long, env = "KDIAG_PROBE_STATUS_ALLOW_UNAUTHENTICATED")]
+    pub probe_status_allow_unauthenticated: bool,
     /// Abnormals one probe's failures may create: BURST:PER_MINUTE (a token bucket).
     #[arg(long, default_value = "10:2", value_parser = parse_budget)]
     pub probe_budget: kdiag_controller::sources::storm::Budget,

@@ -168,6 +168,24 @@ async fn the_controller_may_admit_and_collect_abnormals_and_nothing_more() {
             "team",
         ],
         &["get", "pods", "-n", "team"],
+        // Reports: who sent one (TokenReview), the alert token Secret, the round trip check.
+        &["create", "tokenreviews.authentication.k8s.io"],
+        &["get", "secrets/kdiag-alert-token", "-n", "kube-diagnoser"],
+        &["create", "secrets", "-n", "kube-diagnoser"],
+        &[
+            "create",
+            "leases.coordination.k8s.io",
+            "-n",
+            "kube-diagnoser",
+        ],
+        &[
+            "delete",
+            "leases.coordination.k8s.io",
+            "-n",
+            "kube-diagnoser",
+        ],
+        // The probe runner (ClusterRole kdiag-probe-runner, documented in docs/security.md).
+        &["create", "jobs.batch", "-n", "team"],
     ];
     for a in allowed {
         assert!(
@@ -195,6 +213,29 @@ async fn the_controller_may_admit_and_collect_abnormals_and_nothing_more() {
             "kube-diagnoser",
         ],
         &["get", "configmaps", "-n", "kube-diagnoser"],
+        // No namespace of its own making: the round trip check stays in kube-diagnoser.
+        &["create", "namespaces"],
+        &["delete", "namespaces/team"],
+        &["delete", "namespaces/kube-diagnoser"],
+        &["create", "leases.coordination.k8s.io", "-n", "team"],
+        // Only its own Secret, and none outside kube-diagnoser.
+        &[
+            "get",
+            "secrets/kdiag-agent-plugin-token",
+            "-n",
+            "kube-diagnoser",
+        ],
+        &["list", "secrets", "-n", "kube-diagnoser"],
+        &[
+            "delete",
+            "secrets/kdiag-alert-token",
+            "-n",
+            "kube-diagnoser",
+        ],
+        &["create", "secrets", "-n", "team"],
+        // Jobs only for probes: no CronJobs, no pods of its own, no exec.
+        &["create", "cronjobs.batch", "-n", "team"],
+        &["create", "pods/exec", "-n", "team"],
     ];
     for d in denied {
         assert!(

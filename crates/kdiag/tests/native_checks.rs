@@ -117,17 +117,286 @@ async fn the_dns_check_resolves_through_a_real_resolver_and_names_what_failed() 
 }
 
 #[tokio::test]
-async fn the_namespace_round_trip_warns_when_deletion_never_completes() {
-    // The light control plane runs no namespace controller, so a deleted namespace stays
-    // Terminating: exactly the stuck deletion the check exists to catch. (The passing case runs
-    // on the real cluster in probe_runner.rs.)
-    let out = run(json!({"namespaceRoundTrip": {"timeoutSeconds": 2}})).await;
-    assert_eq!(out.status, CheckerStatus::Warn, "{}", out.message);
+async fn the_round_trip_runs_in_kdiags_namespace_with_the_shipped_role_and_creates_no_namespace() {
+    let cp = installed().await;
+    let controller = service_account_client(cp, "kdiag-controller").await;
+    let namespaces = || async {
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(cp.client().await)
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .len()
+    };
+    let before = namespaces().await;
+    let out = checks::run(
+        &controller,
+        &check(json!({"namespaceRoundTrip": {"timeoutSeconds": 10}})),
+    )
+    .await;
+    assert_eq!(out.status, CheckerStatus::Pass, "{}", out.message);
     assert!(
-        out.message.contains("still terminating after 2s"),
+        out.message
+            .starts_with("Lease kube-diagnoser/kdiag-round-trip-"),
         "{}",
         out.message
     );
+    assert_eq!(namespaces().await, before, "no namespace was made");
+    // The controller's identity may no longer make namespaces at all.
+    let ns: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "kdiag-may-not"}})).unwrap();
+    let refused = Api::<k8s_openapi::api::core::v1::Namespace>::all(controller)
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, kube::Error::Api(s) if s.code == 403),
+        "{refused}"
+    );
+}
+
+/// A report endpoint as the controller serves it, with the shipped RBAC, that takes reports
+/// without a token (the explicit opt-in KubeProber's SDK needs).
+async fn open_reports(
+    cp: &kdiag_testenv::ControlPlane,
+) -> std::sync::Arc<kdiag_controller::probes::report::ProbeReports> {
+    reports(cp, true).await
+}
+
+async fn reports(
+    cp: &kdiag_testenv::ControlPlane,
+    allow_unauthenticated: bool,
+) -> std::sync::Arc<kdiag_controller::probes::report::ProbeReports> {
+    let client = service_account_client(cp, "kdiag-controller").await;
+    std::sync::Arc::new(kdiag_controller::probes::report::ProbeReports::new(
+        client.clone(),
+        allow_unauthenticated,
+        std::sync::Arc::new(kdiag_controller::nodes::KnownNodes::new(client)),
+    ))
+}
+
+/// Serves `reports` on a free port; the URL of /probe-status.
+async fn serve_reports(
+    reports: std::sync::Arc<kdiag_controller::probes::report::ProbeReports>,
+) -> String {
+    let port = free_port();
+    let state = kdiag_runtime::server::ServerState {
+        metrics: std::sync::Arc::new(kdiag_runtime::metrics::Metrics::new()),
+        refresh: std::sync::Arc::new(|| {}),
+        ready: vec![],
+        routes: kdiag_controller::server::routes(Some(reports), None),
+    };
+    let serving =
+        kdiag_runtime::server::serve(([127, 0, 0, 1], port).into(), state, std::future::pending())
+            .await
+            .unwrap();
+    tokio::spawn(serving);
+    format!("http://127.0.0.1:{port}/probe-status")
+}
+
+/// A Probe, the Job its runner would make for it, and a pod of that Job (as the Job controller
+/// would make it; the light control plane runs none); the pod's UID.
+async fn checker_pod_of(client: &kube::Client, ns: &str, probe: &str, sa: &str) -> String {
+    let p: Probe = serde_json::from_value(json!({"apiVersion": "kubeprober.erda.cloud/v1",
+        "kind": "Probe", "metadata": {"name": probe, "namespace": ns}, "spec": {}}))
+    .unwrap();
+    let p = Api::<Probe>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &p)
+        .await
+        .unwrap();
+    let template: k8s_openapi::api::core::v1::PodSpec = serde_json::from_value(json!({
+        "serviceAccountName": sa, "automountServiceAccountToken": false,
+        "containers": [{"name": "c", "image": "checker"}]}))
+    .unwrap();
+    let job = kdiag_controller::probes::runner::job_for(
+        &p,
+        &template,
+        jiff::Timestamp::now(),
+        "http://x/probe-status",
+    );
+    let job = Api::<k8s_openapi::api::batch::v1::Job>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &job)
+        .await
+        .unwrap();
+    let template = job.spec.unwrap().template;
+    let mut pod = k8s_openapi::api::core::v1::Pod {
+        metadata: template.metadata.unwrap(),
+        spec: template.spec,
+        ..Default::default()
+    };
+    pod.metadata.name = Some(format!("{probe}-checker"));
+    pod.metadata.owner_references = Some(vec![
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "batch/v1".into(),
+            kind: "Job".into(),
+            name: job.metadata.name.unwrap(),
+            uid: job.metadata.uid.unwrap(),
+            controller: Some(true),
+            ..Default::default()
+        },
+    ]);
+    Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap()
+}
+
+/// A token of ServiceAccount `sa` for `audience`, bound to pod `pod` (what the kubelet
+/// projects into a checker pod).
+async fn pod_token(
+    client: &kube::Client,
+    ns: &str,
+    sa: &str,
+    audience: &str,
+    pod: (&str, &str),
+) -> String {
+    let req: k8s_openapi::api::authentication::v1::TokenRequest = serde_json::from_value(json!({
+        "spec": {"audiences": [audience], "expirationSeconds": 600,
+            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod.0, "uid": pod.1}}}))
+    .unwrap();
+    let resp: k8s_openapi::api::authentication::v1::TokenRequest =
+        Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), ns)
+            .create_subresource("token", sa, &PostParams::default(), &req)
+            .await
+            .unwrap();
+    resp.status.unwrap().token
+}
+
+#[tokio::test]
+async fn a_report_needs_the_projected_token_of_a_checker_pod_of_its_own_probe() {
+    let cp = installed().await;
+    let ns = cp.create_namespace("report-auth").await;
+    let client = cp.client().await;
+    let sa: k8s_openapi::api::core::v1::ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "checker"}})).unwrap();
+    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &sa)
+        .await
+        .unwrap();
+    let mine_uid = checker_pod_of(&client, &ns, "mine", "checker").await;
+    checker_pod_of(&client, &ns, "other", "checker").await;
+    // A pod that carries the labels of "other"'s checker pods but is no pod of its Jobs.
+    let forged: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "metadata": {"name": "forged", "labels": {"app": "kubeprober.erda.cloud",
+            "kubeprober.erda.cloud/probe-name": "other", "kubeprober.erda.cloud/probe-namespace": ns}},
+        "spec": {"serviceAccountName": "checker", "automountServiceAccountToken": false,
+            "containers": [{"name": "c", "image": "checker"}]}}))
+    .unwrap();
+    let forged_uid = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &forged)
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    let audience = kdiag_api::kubeprober::REPORT_AUDIENCE;
+    let mine = pod_token(
+        &client,
+        &ns,
+        "checker",
+        audience,
+        ("mine-checker", &mine_uid),
+    )
+    .await;
+    let wrong_audience = pod_token(
+        &client,
+        &ns,
+        "checker",
+        "https://kubernetes.default.svc",
+        ("mine-checker", &mine_uid),
+    )
+    .await;
+    let forged = pod_token(&client, &ns, "checker", audience, ("forged", &forged_uid)).await;
+    let url = serve_reports(reports(cp, false).await).await;
+    let report = |probe: &str, message: &str| {
+        format!(
+            r#"{{"probeName":"{probe}","probeNamespace":"{ns}","name":"","checkers":[{{"name":"disk","status":"ERROR","message":"{message}"}}]}}"#
+        )
+    };
+    let post = |body: String, token: Option<String>| {
+        let url = url.clone();
+        async move {
+            let bearer = token.map(|t| format!("Bearer {t}"));
+            let headers: Vec<(&str, &str)> = bearer
+                .as_deref()
+                .map(|b| vec![("authorization", b)])
+                .unwrap_or_default();
+            let url: reqwest_lite::Url = url.parse().unwrap();
+            reqwest_lite::request_with(url, "POST", body.as_bytes(), &headers).await
+        }
+    };
+
+    for (who, token, probe, code, says) in [
+        (
+            "anonymous",
+            None,
+            "mine",
+            401,
+            "--probe-status-allow-unauthenticated",
+        ),
+        (
+            "a token for the apiserver's audience",
+            Some(wrong_audience),
+            "mine",
+            401,
+            "invalid for the target audiences [\"kdiag-probe-status\"]",
+        ),
+        (
+            "a checker pod of another probe",
+            Some(mine.clone()),
+            "other",
+            403,
+            "is not a checker pod of probe",
+        ),
+        (
+            "a pod with a checker's labels but not of the probe's Job",
+            Some(forged),
+            "other",
+            403,
+            "is not a checker pod of probe",
+        ),
+        (
+            "garbage",
+            Some("not-a-token".into()),
+            "mine",
+            401,
+            "did not accept",
+        ),
+    ] {
+        let (status, text) = post(report(probe, "disk full"), token).await;
+        assert_eq!(status, code, "{who}: {text}");
+        assert!(text.contains(says), "{who}: {text}");
+    }
+    let statuses = Api::<ProbeStatus>::namespaced(client.clone(), &ns);
+    for probe in ["mine", "other"] {
+        assert!(
+            statuses.get_opt(probe).await.unwrap().is_none(),
+            "a refused report wrote ProbeStatus {probe}"
+        );
+    }
+
+    // Its own probe's checker pod, with its token: stored.
+    let (status, text) = post(report("mine", "disk full"), Some(mine.clone())).await;
+    assert_eq!(status, 200, "{text}");
+    let ps = statuses.get("mine").await.unwrap();
+    assert_eq!(ps.spec.checkers[0].message, "disk full");
+
+    // A report naming a node that does not exist is refused and changes nothing.
+    let (status, text) = post(
+        report("mine", "kubelet down, error node: [ no-such-node-7 ]"),
+        Some(mine),
+    )
+    .await;
+    assert_eq!(status, 422, "{text}");
+    assert!(
+        text.contains("no-such-node-7") && text.contains("no Node of this cluster"),
+        "{text}"
+    );
+    let ps = statuses.get("mine").await.unwrap();
+    assert_eq!(ps.spec.checkers[0].message, "disk full", "unchanged");
 }
 
 #[tokio::test]
@@ -329,10 +598,8 @@ async fn the_report_endpoint_takes_kubeprobers_payload_and_refuses_malformed_one
         ready: vec![],
         routes: kdiag_runtime::server::join(
             kdiag_agent::server::routes(None),
-            kdiag_controller::server::routes(
-                Some(service_account_client(cp, "kdiag-controller").await),
-                None,
-            ),
+            // KubeProber's SDK sends no token: this endpoint takes them by explicit opt-in.
+            kdiag_controller::server::routes(Some(open_reports(cp).await), None),
         ),
     };
     let serving =

@@ -73,7 +73,10 @@ async fn setup() -> &'static Cluster {
                         ready: vec![("controller".into(), handle.ready.clone())],
                         routes: kdiag_runtime::server::join(
                             kdiag_agent::server::routes(None),
-                            kdiag_controller::server::routes(Some(client), None),
+                            kdiag_controller::server::routes(
+                                Some(handle.probe_reports.clone()),
+                                None,
+                            ),
                         ),
                     };
                     // All addresses: the bridge the pods reach the host on exists only once a pod runs.
@@ -123,10 +126,23 @@ async fn wait_checker(
         {
             return c.clone();
         }
-        assert!(
-            Instant::now() < deadline,
-            "checker {checker} of {ns}/{probe} never reported"
-        );
+        if Instant::now() >= deadline {
+            let ps = api.get_opt(probe).await.unwrap();
+            let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), ns);
+            let mut logs = String::new();
+            for p in pods.list(&ListParams::default()).await.unwrap().items {
+                let name = p.metadata.name.clone().unwrap_or_default();
+                let log = pods
+                    .logs(&name, &Default::default())
+                    .await
+                    .unwrap_or_default();
+                logs.push_str(&format!("\n{name}: {log}"));
+            }
+            panic!(
+                "checker {checker} of {ns}/{probe} never reported: {:?}{logs}",
+                ps.map(|p| p.spec)
+            );
+        }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -141,8 +157,9 @@ async fn a_probe_runs_as_a_job_like_kubeprobers_and_its_busybox_checker_reports_
     let c = setup().await;
     let ns = c.create_namespace("probe-run").await;
     let client = c.client().await;
-    // KubeProber's SDK payload, sent the way a shell prober would.
-    let script = r#"wget -q -O- --header 'Content-Type: application/json' --post-data "{\"probeName\":\"$KUBEPROBER_PROBE_NAME\",\"probeNamespace\":\"$KUBEPROBER_PROBE_NAMESPACE\",\"name\":\"\",\"checkers\":[{\"name\":\"disk-check\",\"status\":\"pass\",\"message\":\"$EXTRA\"}]}" "$KUBEPROBER_STATUS_REPORT_URL""#;
+    // KubeProber's SDK payload, sent the way a shell prober would, with the token kdiag's
+    // runner projects into the pod (the controller takes no report without it).
+    let script = r#"wget -q -O- --header 'Content-Type: application/json' --header "Authorization: Bearer $(cat $KDIAG_PROBE_STATUS_TOKEN_FILE)" --post-data "{\"probeName\":\"$KUBEPROBER_PROBE_NAME\",\"probeNamespace\":\"$KUBEPROBER_PROBE_NAMESPACE\",\"name\":\"\",\"checkers\":[{\"name\":\"disk-check\",\"status\":\"pass\",\"message\":\"$EXTRA\"}]}" "$KUBEPROBER_STATUS_REPORT_URL""#;
     create_probe(
         &client,
         &ns,
@@ -204,16 +221,67 @@ async fn a_probe_runs_as_a_job_like_kubeprobers_and_its_busybox_checker_reports_
         "KUBEPROBER_PROBE_NAMESPACE",
         "KUBEPROBER_PROBE_NAME",
         "KUBEPROBER_STATUS_REPORT_URL",
+        "KDIAG_PROBE_STATUS_TOKEN_FILE",
         "EXTRA",
     ] {
         assert!(env.iter().any(|e| e == name), "{name} missing from {env:?}");
     }
+    // The report token: projected, for the report endpoint's audience, short-lived.
+    let projection = pod
+        .volumes
+        .clone()
+        .unwrap()
+        .into_iter()
+        .find_map(|v| v.projected)
+        .and_then(|p| p.sources)
+        .and_then(|s| s.into_iter().find_map(|s| s.service_account_token))
+        .expect("a projected ServiceAccount token");
+    assert_eq!(
+        (
+            projection.audience.as_deref(),
+            projection.expiration_seconds
+        ),
+        (Some("kdiag-probe-status"), Some(600))
+    );
     let probe = Api::<Probe>::namespaced(client.clone(), &ns)
         .get("node-disk")
         .await
         .unwrap();
     let st = probe.status.unwrap();
     assert_eq!((st.phase.as_str(), st.runs), ("DONE", Some(1)));
+}
+
+#[tokio::test]
+async fn a_checker_pod_cannot_report_for_another_probe_nor_without_its_token() {
+    let c = setup().await;
+    let ns = c.create_namespace("probe-cross").await;
+    let client = c.client().await;
+    // The checker of "intruder" tries to write "victim"'s result, with its own token and with
+    // none, then reports what it was answered to its own probe.
+    let script = r#"post() { wget -q -O- --header 'Content-Type: application/json' "$@" --post-data '{"probeName":"victim","probeNamespace":"'$KUBEPROBER_PROBE_NAMESPACE'","name":"","checkers":[{"name":"disk-check","status":"pass"}]}' "$KUBEPROBER_STATUS_REPORT_URL" >/dev/null 2>&1 && echo accepted || echo refused; }
+a=$(post --header "Authorization: Bearer $(cat $KDIAG_PROBE_STATUS_TOKEN_FILE)"); b=$(post)
+wget -q -O- --header 'Content-Type: application/json' --header "Authorization: Bearer $(cat $KDIAG_PROBE_STATUS_TOKEN_FILE)" --post-data "{\"probeName\":\"$KUBEPROBER_PROBE_NAME\",\"probeNamespace\":\"$KUBEPROBER_PROBE_NAMESPACE\",\"name\":\"\",\"checkers\":[{\"name\":\"cross\",\"status\":\"pass\",\"message\":\"with token $a, without $b\"}]}" "$KUBEPROBER_STATUS_REPORT_URL""#;
+    create_probe(&client, &ns, "victim", json!({})).await;
+    create_probe(
+        &client,
+        &ns,
+        "intruder",
+        json!({"template": checker_pod(script)}),
+    )
+    .await;
+    let checker = wait_checker(&client, &ns, "intruder", "cross", Duration::from_secs(90)).await;
+    assert_eq!(
+        checker.message, "with token refused, without refused",
+        "{checker:?}"
+    );
+    assert!(
+        Api::<ProbeStatus>::namespaced(client.clone(), &ns)
+            .get_opt("victim")
+            .await
+            .unwrap()
+            .is_none(),
+        "victim's ProbeStatus was written"
+    );
 }
 
 #[tokio::test]

@@ -198,6 +198,7 @@ async fn repeated_error_reports_make_no_new_abnormal_and_pass_then_error_makes_a
     let cp = with_controller().await;
     let ns = cp.create_namespace("probe-episodes").await;
     let client = cp.client().await;
+    ensure_node(&client, "n1").await;
     probe_source(&client, &ns, "all", json!({"priority": 10,
         "sourceTemplate": {"type": "ProbeStatus", "probeStatusTemplate": {"match": {"probeNamespace": ns}, "nodeName": "n1"}}})).await;
     wait_source_valid(&client, &ns, "all").await;
@@ -259,6 +260,9 @@ async fn a_node_check_naming_three_nodes_makes_three_abnormals() {
     let cp = with_controller().await;
     let ns = cp.create_namespace("probe-nodes").await;
     let client = cp.client().await;
+    for n in ["worker-1", "worker-2", "worker-3"] {
+        ensure_node(&client, n).await;
+    }
     probe_source(&client, &ns, "nodes", json!({"priority": 10, "sourceTemplate": {"type": "ProbeStatus", "probeStatusTemplate": {"match": {"probeNamespace": ns}}}})).await;
     wait_source_valid(&client, &ns, "nodes").await;
     put_checkers(&client, &ns, "host", json!([{"name": "kubelet-active", "status": "ERROR",
@@ -270,10 +274,43 @@ async fn a_node_check_naming_three_nodes_makes_three_abnormals() {
 }
 
 #[tokio::test]
+async fn nodes_a_message_names_that_do_not_exist_get_no_abnormal_and_no_budget() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("probe-ghosts").await;
+    let client = cp.client().await;
+    let real = format!("{ns}-real");
+    ensure_node(&client, &real).await;
+    probe_source(&client, &ns, "nodes", json!({"priority": 10, "sourceTemplate": {"type": "ProbeStatus", "probeStatusTemplate": {"match": {"probeNamespace": ns}}}})).await;
+    wait_source_valid(&client, &ns, "nodes").await;
+    // Twenty invented names, more than a probe's budget (a burst of 10): were they taken from
+    // it, the real node would get nothing.
+    let ghosts: Vec<String> = (0..20).map(|i| format!("{ns}-ghost-{i}")).collect();
+    let message = format!("kubelet down, error node: [ {} {real} ]", ghosts.join(" "));
+    put_checkers(
+        &client,
+        &ns,
+        "host",
+        json!([{"name": "kubelet-active", "status": "ERROR",
+        "message": message, "lastRun": now()}]),
+    )
+    .await;
+    let list = wait_count(&client, &ns, 1).await;
+    assert_eq!(list[0].spec.node_name, real);
+    let ps = wait_handled(&client, &ns, "host", &message).await;
+    let episodes = ps.metadata.annotations.unwrap()["kdiag.io/episodes"].clone();
+    assert!(
+        episodes.contains("no Node of this cluster") && episodes.contains(&ghosts[19]),
+        "{episodes}"
+    );
+    assert_eq!(abnormals_of(&client, &ns).await.len(), 1);
+}
+
+#[tokio::test]
 async fn without_a_node_the_probe_pods_node_is_used() {
     let cp = with_controller().await;
     let ns = cp.create_namespace("probe-pod").await;
     let client = cp.client().await;
+    ensure_node(&client, "probe-node").await;
     cp.service_account_token(&ns, "default").await;
     let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
         "metadata": {"name": "dns-probe-abc", "namespace": ns,
@@ -302,6 +339,7 @@ async fn a_storm_of_failing_checkers_is_held_to_the_probe_budget_and_the_rest_co
     let cp = with_controller().await;
     let ns = cp.create_namespace("probe-storm").await;
     let client = cp.client().await;
+    ensure_node(&client, &format!("{ns}-node")).await;
     probe_source(&client, &ns, "storm", json!({"priority": 10,
         "sourceTemplate": {"type": "ProbeStatus", "probeStatusTemplate": {"match": {"probeNamespace": ns}, "nodeName": format!("{ns}-node")}}})).await;
     wait_source_valid(&client, &ns, "storm").await;

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
+use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Event;
 use kdiag_api::*;
 use kube::ResourceExt;
@@ -335,6 +336,7 @@ async fn a_redelivered_alert_finds_its_abnormal_even_after_a_controller_restart(
     let cp = with_controller().await;
     let ns = cp.create_namespace("alerts-restart").await;
     let client = cp.client().await;
+    ensure_node(&client, "n1").await;
     source(&client, &ns, "direct", json!({"sourceTemplate": {"type": "PrometheusAlert",
         "prometheusAlertTemplate": {"regexp": {"alertName": "KdiagDirect", "labels": {"test": ns}}, "nodeNameReferenceLabel": "node"}}})).await;
     wait_source_valid(&client, &ns, "direct").await;
@@ -403,7 +405,14 @@ async fn a_thousand_alerts_in_a_burst_respect_the_budget_and_the_suppressed_coun
     source(&client, &ns, "storm", json!({"sourceTemplate": {"type": "PrometheusAlert",
         "prometheusAlertTemplate": {"regexp": {"alertName": "KdiagDirect", "labels": {"test": ns}}, "nodeNameReferenceLabel": "node"}}})).await;
     wait_source_valid(&client, &ns, "storm").await;
-    // A mass failure: a thousand distinct alerts, each on its own node.
+    // A mass failure: a thousand distinct alerts, each on its own node (nodes that exist:
+    // alerts for invented nodes are refused).
+    futures::stream::iter(0..1000)
+        .for_each_concurrent(32, |i| {
+            let client = client.clone();
+            async move { ensure_node(&client, &format!("storm-node-{i}")).await }
+        })
+        .await;
     let alerts: Vec<_> = (0..1000)
         .map(|i| alert(&ns, &format!("storm-node-{i}"), "2026-11-22T10:00:00Z"))
         .collect();
@@ -495,6 +504,7 @@ async fn a_firing_prometheus_rule_reaches_kdiag_directly_and_through_alertmanage
     let cp = with_controller().await;
     let ns = cp.create_namespace("alerts-prom").await;
     let client = cp.client().await;
+    ensure_node(&client, "prom-node-1").await;
     let kdiag = controller_url().trim_start_matches("http://").to_owned();
     source(&client, &ns, "prom", json!({"sourceTemplate": {"type": "PrometheusAlert",
         "prometheusAlertTemplate": {"regexp": {"alertName": "KdiagTestDown", "labels": {"test": ns}}, "nodeNameReferenceLabel": "node"}},
@@ -620,6 +630,111 @@ async fn a_firing_prometheus_rule_reaches_kdiag_directly_and_through_alertmanage
     })
     .await;
     assert_eq!(mine().await.len(), 1);
+}
+
+#[tokio::test]
+async fn an_alert_for_a_node_that_does_not_exist_is_refused_and_creates_nothing() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("alerts-ghost").await;
+    let client = cp.client().await;
+    let real = format!("{ns}-real");
+    ensure_node(&client, &real).await;
+    source(&client, &ns, "direct", json!({"sourceTemplate": {"type": "PrometheusAlert",
+        "prometheusAlertTemplate": {"regexp": {"alertName": "KdiagDirect", "labels": {"test": ns}}, "nodeNameReferenceLabel": "node"}}})).await;
+    wait_source_valid(&client, &ns, "direct").await;
+    // More invented nodes than the source's budget (a burst of 20), then a real one: were the
+    // invented ones taken from the budget, the real one would be suppressed.
+    let mut alerts: Vec<_> = (0..25)
+        .map(|i| alert(&ns, &format!("{ns}-ghost-{i}"), "2026-11-22T10:00:00Z"))
+        .collect();
+    alerts.push(alert(&ns, &real, "2026-11-22T10:00:00Z"));
+    let (code, text) = post("/api/v2/alerts", &json!(alerts).to_string(), None).await;
+    assert_eq!(code, 422, "{text}");
+    let summary: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(summary["created"], 1, "{summary}");
+    let refused = summary["refused"].as_array().unwrap();
+    assert_eq!(refused.len(), 25, "{summary}");
+    assert!(
+        refused[0]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{ns}-ghost-0, which is no Node of this cluster")),
+        "{summary}"
+    );
+    let mine: Vec<_> = abnormals(&client, kdiag_api::SYSTEM_NAMESPACE, "PrometheusAlert")
+        .await
+        .into_iter()
+        .filter(|a| {
+            a.spec
+                .prometheus_alert
+                .as_ref()
+                .and_then(|p| p.labels.get("test"))
+                == Some(&ns)
+        })
+        .collect();
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0].spec.node_name, real);
+}
+
+#[tokio::test]
+async fn a_fresh_controller_creates_its_alert_token_secret_and_takes_alerts_with_it() {
+    let cp = with_controller().await;
+    let admin = cp.client().await;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(admin.clone(), kdiag_api::SYSTEM_NAMESPACE);
+    let _ = secrets
+        .delete(
+            kdiag_controller::ALERT_TOKEN_SECRET,
+            &kube::api::DeleteParams::default(),
+        )
+        .await;
+    eventually("the old Secret gone", Duration::from_secs(20), async || {
+        secrets
+            .get_opt(kdiag_controller::ALERT_TOKEN_SECRET)
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    // As `kdiag controller` starts: no token given, the Secret's name (the default).
+    let mut config = kdiag_controller::ControllerConfig {
+        alert_token_secret: Some(kdiag_controller::ALERT_TOKEN_SECRET.into()),
+        ..Default::default()
+    };
+    let controller = service_account_client(cp, "kdiag-controller").await;
+    kdiag_controller::prepare(&controller, &mut config)
+        .await
+        .unwrap();
+    let secret = secrets
+        .get(kdiag_controller::ALERT_TOKEN_SECRET)
+        .await
+        .unwrap();
+    let token = String::from_utf8(secret.data.unwrap()["token"].0.clone()).unwrap();
+    assert_eq!(token.len(), 64, "256 random bits, hex");
+    assert_eq!(config.alert_token.as_deref(), Some(token.as_str()));
+    // A restart reads the same token.
+    let mut again = kdiag_controller::ControllerConfig {
+        alert_token_secret: Some(kdiag_controller::ALERT_TOKEN_SECRET.into()),
+        ..Default::default()
+    };
+    kdiag_controller::prepare(&controller, &mut again)
+        .await
+        .unwrap();
+    assert_eq!(again.alert_token, config.alert_token);
+
+    let (port, task) = serve_controller(cp, config).await;
+    let url = || {
+        format!("http://127.0.0.1:{port}/api/v2/alerts")
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(reqwest_lite::request(url(), "POST", b"[]").await.0, 401);
+    let bearer = format!("Bearer {token}");
+    let (code, text) =
+        reqwest_lite::request_with(url(), "POST", b"[]", &[("Authorization", &bearer)]).await;
+    assert_eq!(code, 200, "{text}");
+    task.abort();
 }
 
 #[tokio::test]

@@ -226,12 +226,26 @@ impl Authorizer {
 
     /// Who `token` belongs to (TokenReview).
     pub async fn authenticate(&self, token: &str) -> Result<User, Error> {
-        let key = sha256(token);
+        self.authenticate_for(token, None).await
+    }
+
+    /// Who `token` belongs to, if it was issued for `audience` (a TokenReview with
+    /// `spec.audiences`; the apiserver answers with the audiences the token is valid for, which
+    /// must include it). `None`: the apiserver's own audiences, as [`Self::authenticate`].
+    pub async fn authenticate_for(
+        &self,
+        token: &str,
+        audience: Option<&str>,
+    ) -> Result<User, Error> {
+        let key = match audience {
+            None => sha256(token),
+            Some(a) => sha256(&format!("{a}\n{token}")),
+        };
         let cached = lock(&self.tokens).get(&key, Instant::now()).cloned();
         let answer = match cached {
             Some(answer) => answer,
             None => {
-                let answer = self.review_token(token).await?;
+                let answer = self.review_token(token, audience).await?;
                 let ttl = if answer.is_ok() {
                     ALLOWED_TTL
                 } else {
@@ -273,11 +287,15 @@ impl Authorizer {
         })
     }
 
-    async fn review_token(&self, token: &str) -> Result<Result<User, String>, Error> {
+    async fn review_token(
+        &self,
+        token: &str,
+        audience: Option<&str>,
+    ) -> Result<Result<User, String>, Error> {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.to_owned()),
-                ..Default::default()
+                audiences: audience.map(|a| vec![a.to_owned()]),
             },
             ..Default::default()
         };
@@ -296,6 +314,16 @@ impl Authorizer {
             } else {
                 format!("the cluster did not accept the bearer token: {why}")
             }));
+        }
+        if let Some(audience) = audience
+            && !status
+                .audiences
+                .as_ref()
+                .is_some_and(|a| a.iter().any(|x| x == audience))
+        {
+            return Ok(Err(format!(
+                "the bearer token was not issued for the audience {audience:?}"
+            )));
         }
         let info = status.user.unwrap_or_default();
         Ok(Ok(User {
@@ -338,6 +366,16 @@ impl Authorizer {
             .join("; ");
         Ok(Err(reason))
     }
+}
+
+/// A random secret: 32 bytes from the system's generator, as 64 hex digits.
+pub fn random_token() -> String {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("the system's random generator works");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -480,7 +480,9 @@ async fn kdiag_installed_from_its_image_diagnoses_a_filling_emptydir_and_uninsta
     // by ClusterIP; its ERROR opens an episode whose Abnormal the agent finishes, and the
     // controller writes the diagnosis next to the checker.
     let t = Instant::now();
-    let report = r#"i=0; until wget -q -O- --header 'Content-Type: application/json' --post-data "{\"probeName\":\"$KUBEPROBER_PROBE_NAME\",\"probeNamespace\":\"$KUBEPROBER_PROBE_NAMESPACE\",\"name\":\"\",\"checkers\":[{\"name\":\"disk-check\",\"status\":\"error\",\"message\":\"/data is 97% full\"}]}" "$KUBEPROBER_STATUS_REPORT_URL"; do i=$((i+1)); [ $i -lt 60 ] || exit 1; sleep 1; done"#;
+    // It sends the projected token the runner mounts for it: the shipped controller takes no
+    // report without one.
+    let report = r#"i=0; until wget -q -O- --header 'Content-Type: application/json' --header "Authorization: Bearer $(cat $KDIAG_PROBE_STATUS_TOKEN_FILE)" --post-data "{\"probeName\":\"$KUBEPROBER_PROBE_NAME\",\"probeNamespace\":\"$KUBEPROBER_PROBE_NAMESPACE\",\"name\":\"\",\"checkers\":[{\"name\":\"disk-check\",\"status\":\"error\",\"message\":\"/data is 97% full\"}]}" "$KUBEPROBER_STATUS_REPORT_URL"; do i=$((i+1)); [ $i -lt 60 ] || exit 1; sleep 1; done"#;
     let probe = serde_json::json!({
         "apiVersion": "kubeprober.erda.cloud/v1", "kind": "Probe",
         "metadata": {"name": "node-disk", "namespace": "default"},

@@ -1,13 +1,193 @@
 //! The report endpoint (`POST /probe-status`) that checker pods call with KubeProber's SDK
 //! payload, and the merge of results into a ProbeStatus by checker name.
 
+use std::sync::Arc;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kdiag_api::kubeprober::ReportProbeStatusSpec;
-use kdiag_api::{CheckerStatus, ProbeCheckerStatus, ProbeStatus};
+use kdiag_api::kubeprober::{ReportProbeStatusSpec, labels as probe_labels};
+use kdiag_api::{CheckerStatus, Probe, ProbeCheckerStatus, ProbeStatus};
+use kdiag_runtime::auth::{Authorizer, User};
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
+use warp::http::StatusCode;
 
 use crate::Error;
+use crate::nodes::KnownNodes;
+
+/// The key of a bound ServiceAccount token's pod name in a TokenReview's `user.extra`.
+pub const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
+/// The key of its pod's UID.
+pub const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
+
+/// The report endpoint: who may report, and where reports go.
+pub struct ProbeReports {
+    pub client: Client,
+    /// Reviews the checker pods' tokens (TokenReview with the audience below).
+    pub authorizer: Authorizer,
+    /// The audience checker tokens are issued for ([`kdiag_api::kubeprober::REPORT_AUDIENCE`]).
+    pub audience: String,
+    /// Take reports without a token (KubeProber's SDK sends none): an explicit opt-in.
+    pub allow_unauthenticated: bool,
+    pub nodes: Arc<KnownNodes>,
+}
+
+impl ProbeReports {
+    pub fn new(client: Client, allow_unauthenticated: bool, nodes: Arc<KnownNodes>) -> Self {
+        Self {
+            authorizer: Authorizer::new(client.clone()),
+            client,
+            audience: kdiag_api::kubeprober::REPORT_AUDIENCE.into(),
+            allow_unauthenticated,
+            nodes,
+        }
+    }
+
+    /// One `POST /probe-status`: the status and text of the answer. 400 for a bad payload, 401
+    /// without an accepted token, 403 when the token's pod is not a checker pod of the probe
+    /// reported for, 422 when a message names nodes that do not exist, 503 when the apiserver
+    /// could not be asked, 500 when the write failed; 200 when stored.
+    pub async fn receive(&self, authorization: Option<&str>, body: &[u8]) -> (StatusCode, String) {
+        let report = match parse(body, &kdiag_runtime::time::now()) {
+            Ok(r) => r,
+            Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()),
+        };
+        // With the opt-in, a report without a token is taken; one with a token is still checked.
+        let checked = authorization.is_some() || !self.allow_unauthenticated;
+        if checked && let Err(refusal) = self.check_sender(authorization, &report).await {
+            return refusal;
+        }
+        let mut named = Vec::new();
+        for c in &report.checkers {
+            for n in super::episodes::nodes_in_message(&c.message) {
+                if !named.contains(&n) {
+                    named.push(n);
+                }
+            }
+        }
+        match self.nodes.unknown(&named).await {
+            Ok(unknown) if unknown.is_empty() => {}
+            Ok(unknown) => {
+                let e = Error::UnknownNodes {
+                    what: format!("the report for probe {}/{}", report.namespace, report.probe),
+                    verb: if unknown.len() == 1 { "is" } else { "are" },
+                    nodes: unknown.join(", "),
+                };
+                return (StatusCode::UNPROCESSABLE_ENTITY, e.to_string());
+            }
+            Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        }
+        match apply(&self.client, &report).await {
+            Ok(()) => (StatusCode::OK, r#"{"success":true}"#.into()),
+            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+
+    /// Authenticates the sender and checks that its token is bound to a checker pod of the
+    /// probe the report is for.
+    async fn check_sender(
+        &self,
+        authorization: Option<&str>,
+        report: &Report,
+    ) -> Result<(), (StatusCode, String)> {
+        let refuse = |e: kdiag_runtime::Error| {
+            let r = kdiag_runtime::auth::Refusal::of(&e);
+            let mut message = r.message;
+            if matches!(e, kdiag_runtime::Error::Unauthenticated { .. }) {
+                message.push_str(&format!(
+                    ". A checker pod sends the token kdiag's runner mounts for it (the file ${}) as Authorization: Bearer <token>; KubeProber-style reports without one are taken only when the controller runs with --probe-status-allow-unauthenticated (docs/probes.md)",
+                    kdiag_api::kubeprober::env::STATUS_REPORT_TOKEN_FILE
+                ));
+            }
+            (r.status, message)
+        };
+        let token = kdiag_runtime::auth::bearer_token(authorization).map_err(refuse)?;
+        let user = self
+            .authorizer
+            .authenticate_for(token, Some(&self.audience))
+            .await
+            .map_err(refuse)?;
+        match self.pod_belongs(&user, report).await {
+            Ok(()) => Ok(()),
+            Err(e @ Error::ReportForbidden { .. }) => Err((StatusCode::FORBIDDEN, e.to_string())),
+            Err(e) => Err((StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+        }
+    }
+
+    async fn pod_belongs(&self, user: &User, report: &Report) -> Result<(), Error> {
+        let (ns, probe) = (&report.namespace, &report.probe);
+        let forbid = |reason: String| Error::ReportForbidden {
+            probe: format!("{ns}/{probe}"),
+            reason,
+        };
+        let sa_namespace = user
+            .name
+            .strip_prefix("system:serviceaccount:")
+            .and_then(|rest| rest.split_once(':'))
+            .map(|(n, _)| n);
+        if sa_namespace != Some(ns.as_str()) {
+            return Err(forbid(format!(
+                "the token belongs to {}, not to a ServiceAccount of namespace {ns}",
+                user.name
+            )));
+        }
+        let extra = |key: &str| {
+            user.extra
+                .get(key)
+                .and_then(|v| v.first())
+                .cloned()
+                .filter(|v| !v.is_empty())
+        };
+        let (Some(pod_name), Some(pod_uid)) = (extra(POD_NAME_EXTRA), extra(POD_UID_EXTRA)) else {
+            return Err(forbid(format!(
+                "the token of {} is not bound to a pod",
+                user.name
+            )));
+        };
+        let pod = Api::<Pod>::namespaced(self.client.clone(), ns)
+            .get_opt(&pod_name)
+            .await
+            .map_err(|e| Error::kube("get", format!("Pod {ns}/{pod_name}"), e))?
+            .filter(|p| p.metadata.uid.as_deref() == Some(pod_uid.as_str()))
+            .ok_or_else(|| forbid(format!("the token's pod {ns}/{pod_name} no longer exists")))?;
+        let labels = pod.labels();
+        let labelled = labels.get(probe_labels::PROBE_NAME) == Some(probe)
+            && labels.get(probe_labels::PROBE_NAMESPACE) == Some(ns);
+        let job_name = pod
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true) && o.kind == "Job")
+            .map(|o| o.name.clone());
+        let not_a_checker = || {
+            forbid(format!(
+                "the token's pod {ns}/{pod_name} is not a checker pod of probe {ns}/{probe} (kdiag's runner labels those {}={probe} and runs them in Jobs the Probe owns)",
+                probe_labels::PROBE_NAME
+            ))
+        };
+        let (true, Some(job_name)) = (labelled, job_name) else {
+            return Err(not_a_checker());
+        };
+        let job = Api::<Job>::namespaced(self.client.clone(), ns)
+            .get_opt(&job_name)
+            .await
+            .map_err(|e| Error::kube("get", format!("Job {ns}/{job_name}"), e))?
+            .ok_or_else(not_a_checker)?;
+        let probe_uid = Api::<Probe>::namespaced(self.client.clone(), ns)
+            .get_opt(probe)
+            .await
+            .map_err(|e| Error::kube("get", format!("Probe {ns}/{probe}"), e))?
+            .and_then(|p| p.metadata.uid)
+            .ok_or_else(|| forbid(format!("there is no Probe {ns}/{probe}")))?;
+        let owned = job.owner_references().iter().any(|o| {
+            o.controller == Some(true)
+                && o.kind == "Probe"
+                && o.name == *probe
+                && o.uid == probe_uid
+        });
+        if owned { Ok(()) } else { Err(not_a_checker()) }
+    }
+}
 
 /// A report, checked.
 #[derive(Debug, Clone, PartialEq)]

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
-use k8s_openapi::api::core::v1::{EnvVar, Pod, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{
+    EnvVar, Pod, PodTemplateSpec, ProjectedVolumeSource, ServiceAccountTokenProjection, Volume,
+    VolumeMount, VolumeProjection,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kdiag_api::kubeprober::{env as probe_env, labels as probe_labels};
 use kdiag_api::{CheckerStatus, Probe, ProbeCheckerStatus, ProbeStatus};
@@ -214,15 +217,48 @@ pub fn job_for(
             ..Default::default()
         },
     ];
+    // kdiag's addition: the token the checker reports with, projected for the report
+    // endpoint's audience and bound to the pod (docs/probes.md, "Authenticated reports").
+    let token_volume = "kdiag-probe-status-token";
+    extra.push(EnvVar {
+        name: probe_env::STATUS_REPORT_TOKEN_FILE.into(),
+        value: Some(format!("{}/token", kdiag_api::kubeprober::REPORT_TOKEN_DIR)),
+        ..Default::default()
+    });
     for config in &probe.spec.configs {
         extra.extend(config.env.iter().cloned());
     }
+    let volumes = spec.volumes.get_or_insert_default();
+    volumes.retain(|v| v.name != token_volume);
+    volumes.push(Volume {
+        name: token_volume.into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    audience: Some(kdiag_api::kubeprober::REPORT_AUDIENCE.into()),
+                    expiration_seconds: Some(kdiag_api::kubeprober::REPORT_TOKEN_SECONDS),
+                    path: "token".into(),
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
     for c in &mut spec.containers {
         let env = c.env.get_or_insert_default();
         for e in &extra {
             env.retain(|x| x.name != e.name);
             env.push(e.clone());
         }
+        let mounts = c.volume_mounts.get_or_insert_default();
+        mounts.retain(|m| m.name != token_volume);
+        mounts.push(VolumeMount {
+            name: token_volume.into(),
+            mount_path: kdiag_api::kubeprober::REPORT_TOKEN_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
     }
     let owner = probe
         .controller_owner_ref(&())

@@ -57,6 +57,8 @@ pub struct TriggerCtx {
     pub budgets: ProbeBudgets,
     pub buckets: Mutex<Buckets>,
     pub metrics: Arc<Metrics>,
+    /// Abnormals are created only for real nodes.
+    pub nodes: Arc<crate::nodes::KnownNodes>,
     /// ProbeStatus objects whose episodes were checked for Abnormals a crash left uncreated.
     repaired: Mutex<Repaired>,
     /// The trigger's cache of ProbeStatus objects.
@@ -102,6 +104,7 @@ pub fn start(
     sources: Store<AbnormalSource>,
     budgets: ProbeBudgets,
     metrics: Arc<Metrics>,
+    nodes: Arc<crate::nodes::KnownNodes>,
     shutdown: CancellationToken,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let api: Api<DeserializeGuard<ProbeStatus>> = Api::all(client.clone());
@@ -113,6 +116,7 @@ pub fn start(
         budgets,
         buckets: Mutex::new(Buckets::default()),
         metrics,
+        nodes,
         repaired: Mutex::new(Repaired::default()),
         probe_statuses: controller.store(),
     });
@@ -251,7 +255,20 @@ async fn open_episode(
 ) -> Result<(Episode, Vec<Abnormal>, u64), Error> {
     let ns = ps.namespace().unwrap_or_default();
     let probe = ps.name_any();
-    let nodes = resolve_nodes(ctx, ps, checker, source).await?;
+    let resolved = resolve_nodes(ctx, ps, checker, source).await?;
+    // Names from a message or a source that are no Node: nothing is created for them and they
+    // take no budget.
+    let unknown: Vec<String> = ctx
+        .nodes
+        .unknown(&resolved)
+        .await?
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let nodes: Vec<String> = resolved
+        .into_iter()
+        .filter(|n| !unknown.contains(n))
+        .collect();
     let mut episode = Episode {
         since: since.to_owned(),
         status: checker.status.as_str().into(),
@@ -260,6 +277,23 @@ async fn open_episode(
         nodes: Vec::new(),
         suppressed: String::new(),
     };
+    if !unknown.is_empty() {
+        ctx.metrics
+            .controller
+            .suppressed
+            .with_label_values(&["ProbeStatus", "unknown-node"])
+            .inc_by(unknown.len() as u64);
+        episode.suppressed = Error::UnknownNodes {
+            what: format!("checker {} of ProbeStatus {ns}/{probe}", checker.name),
+            verb: if unknown.len() == 1 { "is" } else { "are" },
+            nodes: unknown.join(", "),
+        }
+        .to_string();
+        tracing::info!(probe = %format!("{ns}/{probe}"), checker = %checker.name, nodes = %unknown.join(","), "probe failure names nodes that do not exist");
+        if nodes.is_empty() {
+            return Ok((episode, Vec::new(), unknown.len() as u64));
+        }
+    }
     if nodes.is_empty() {
         episode.suppressed = "no node: the source names none, the message lists none, and no probe pod was found; set probeStatusTemplate.nodeName".into();
         ctx.metrics
@@ -271,7 +305,7 @@ async fn open_episode(
         return Ok((episode, Vec::new(), 1));
     }
     let mut abnormals = Vec::new();
-    let mut suppressed = 0;
+    let mut suppressed = unknown.len() as u64;
     for node in nodes {
         let keys = [
             (format!("probe:{ns}/{probe}"), ctx.budgets.per_probe),

@@ -185,6 +185,9 @@ pub struct Summary {
     pub suppressed: usize,
     pub resolved: usize,
     pub unmatched: usize,
+    /// Alerts refused because the node they name is not a Node: what was wrong, one per alert.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<String>,
 }
 
 pub struct AlertSource {
@@ -197,6 +200,8 @@ pub struct AlertSource {
     pub token: Option<String>,
     /// Take deliveries from anyone when no token is set (an explicit opt-in).
     pub allow_unauthenticated: bool,
+    /// Alerts are taken only for real nodes.
+    pub nodes: Arc<crate::nodes::KnownNodes>,
 }
 
 impl AlertSource {
@@ -252,6 +257,22 @@ impl AlertSource {
                 summary.suppressed += 1;
                 continue;
             };
+            // An invented node name creates nothing and takes no budget.
+            if !self.nodes.exists(&node).await? {
+                self.sink.suppress(KIND, &source, "unknown-node");
+                summary.refused.push(
+                    Error::UnknownNodes {
+                        what: format!(
+                            "alert {} (label {label})",
+                            alert.labels.get("alertname").cloned().unwrap_or_default()
+                        ),
+                        nodes: node,
+                        verb: "is",
+                    }
+                    .to_string(),
+                );
+                continue;
+            }
             // Every delivery counts once: Prometheus and Alertmanager both resend while it fires.
             let delivery = format!("{fp}@{via}@{}", now.as_millisecond());
             if self.exists(&name).await? {
@@ -331,6 +352,65 @@ impl AlertSource {
         );
         a
     }
+}
+
+/// The alert token in Secret `namespace/name` (key `token`); when there is no such Secret, one
+/// is created with a random token (256 bits, hex). The error says what to do.
+pub async fn ensure_alert_token(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<String, Error> {
+    use k8s_openapi::api::core::v1::Secret;
+    let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), namespace);
+    let failed = |what: &str, e: kube::Error| Error::AlertTokenSecret {
+        secret: format!("{namespace}/{name}"),
+        reason: format!("{what}: {e}"),
+    };
+    let read = |s: Secret| -> Result<String, Error> {
+        s.data
+            .and_then(|d| d.get("token").cloned())
+            .map(|b| String::from_utf8_lossy(&b.0).trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| Error::AlertTokenSecret {
+                secret: format!("{namespace}/{name}"),
+                reason: "it has no key token, or it is empty".into(),
+            })
+    };
+    for _ in 0..3 {
+        if let Some(s) = api
+            .get_opt(name)
+            .await
+            .map_err(|e| failed("reading it", e))?
+        {
+            return read(s);
+        }
+        let token = kdiag_runtime::auth::random_token();
+        let secret = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.to_owned()),
+                namespace: Some(namespace.to_owned()),
+                labels: Some([("app.kubernetes.io/part-of".to_owned(), "kdiag".to_owned())].into()),
+                ..Default::default()
+            },
+            string_data: Some([("token".to_owned(), token.clone())].into()),
+            type_: Some("Opaque".into()),
+            ..Default::default()
+        };
+        match api.create(&kube::api::PostParams::default(), &secret).await {
+            Ok(_) => {
+                tracing::info!(secret = %format!("{namespace}/{name}"), "created the alert token Secret with a random token; send it as Authorization: Bearer <token>");
+                return Ok(token);
+            }
+            // Another controller made it first: read theirs.
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) => return Err(failed("creating it", e)),
+        }
+    }
+    Err(Error::AlertTokenSecret {
+        secret: format!("{namespace}/{name}"),
+        reason: "it kept appearing and disappearing".into(),
+    })
 }
 
 #[cfg(test)]

@@ -18,14 +18,18 @@ pub async fn run(args: ControllerArgs) -> Result<ExitCode, CommandError> {
     let client = process::client().await?;
     let shutdown = process::shutdown_on_signals();
     let metrics = Arc::new(Metrics::new());
+    let mut config = controller_config(&args);
+    kdiag_controller::prepare(&client, &mut config)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let (handle, driver) = kdiag_controller::start(
         client.clone(),
-        controller_config(&args),
+        config,
         Builtins::standard(),
         metrics.clone(),
         shutdown.clone(),
     );
-    let state = controller_server_state(&metrics, &handle, client);
+    let state = controller_server_state(&metrics, &handle);
     let addr = SocketAddr::new(args.server.bind_address, args.server.port);
     let serving = server::serve(addr, state, shutdown.clone().cancelled_owned())
         .await
@@ -67,6 +71,8 @@ pub fn controller_config(args: &ControllerArgs) -> ControllerConfig {
         },
         alert_token: args.alert_token.clone(),
         alerts_allow_unauthenticated: args.alerts_allow_unauthenticated,
+        alert_token_secret: Some(args.alert_token_secret.clone()).filter(|s| !s.is_empty()),
+        probe_status_allow_unauthenticated: args.probe_status_allow_unauthenticated,
         runner: kdiag_controller::probes::runner::RunnerConfig {
             report_url: args.probe_report_url.clone(),
             stale_intervals: args.probe_stale_intervals,
@@ -79,11 +85,7 @@ pub fn controller_config(args: &ControllerArgs) -> ControllerConfig {
     }
 }
 
-pub fn controller_server_state(
-    metrics: &Arc<Metrics>,
-    handle: &ControllerHandle,
-    client: kube::Client,
-) -> ServerState {
+pub fn controller_server_state(metrics: &Arc<Metrics>, handle: &ControllerHandle) -> ServerState {
     let (m, store) = (metrics.clone(), handle.store.clone());
     ServerState {
         metrics: metrics.clone(),
@@ -98,7 +100,10 @@ pub fn controller_server_state(
         )],
         routes: server::join(
             kdiag_agent::server::routes(None),
-            kdiag_controller::server::routes(Some(client), Some(handle.alerts.clone())),
+            kdiag_controller::server::routes(
+                Some(handle.probe_reports.clone()),
+                Some(handle.alerts.clone()),
+            ),
         ),
     }
 }

@@ -112,15 +112,20 @@ async fn serve(
             cluster.pod_subnet()
         )
     })?;
-    let config = ControllerConfig {
+    let mut config = ControllerConfig {
         // This node's agent runs in this process, not as a kdiag-agent pod.
         no_agent_grace: None,
+        // As the shipped controller: the alert token from its Secret, made on first start.
+        alert_token_secret: Some(kdiag_controller::ALERT_TOKEN_SECRET.into()),
         runner: kdiag_controller::probes::runner::RunnerConfig {
             report_url: format!("http://{gateway}:{}/probe-status", args.port),
             ..Default::default()
         },
         ..Default::default()
     };
+    controller::prepare(&controller_client, &mut config)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let (c_handle, c_driver) = controller::start(
         controller_client.clone(),
         config,
@@ -184,7 +189,7 @@ async fn serve(
                 data_root,
             })),
             kdiag_controller::server::routes(
-                Some(controller_client.clone()),
+                Some(c_handle.probe_reports.clone()),
                 Some(c_handle.alerts.clone()),
             ),
         ),

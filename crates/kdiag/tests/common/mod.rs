@@ -139,7 +139,10 @@ pub fn start_background_controller(cp: &'static ControlPlane, config: Controller
                 ready: vec![],
                 routes: kdiag_runtime::server::join(
                     kdiag_agent::server::routes(None),
-                    kdiag_controller::server::routes(Some(client), Some(handle.alerts.clone())),
+                    kdiag_controller::server::routes(
+                        Some(handle.probe_reports.clone()),
+                        Some(handle.alerts.clone()),
+                    ),
                 ),
             };
             let port = std::net::TcpListener::bind("127.0.0.1:0")

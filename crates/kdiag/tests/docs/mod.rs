@@ -190,6 +190,7 @@ pub fn rbac_tables(rbac_yaml: &str) -> String {
     let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(rbac_yaml)
         .filter_map(|d| serde::Deserialize::deserialize(d).ok())
         .collect();
+    let whys = rule_comments(rbac_yaml);
     let mut out = String::new();
     let bindings: Vec<&serde_yaml::Value> = docs
         .iter()
@@ -235,8 +236,18 @@ pub fn rbac_tables(rbac_yaml: &str) -> String {
                 subjects.join(", ")
             }
         );
-        out.push_str("| API group | resources | verbs |\n|---|---|---|\n");
-        for rule in role["rules"].as_sequence().into_iter().flatten() {
+        out.push_str("| API group | resources | verbs | needed for |\n|---|---|---|---|\n");
+        let role_whys = whys
+            .iter()
+            .find(|(k, n, _)| k == kind && n == name)
+            .map(|(_, _, w)| w.clone())
+            .unwrap_or_default();
+        for (i, rule) in role["rules"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
             let list = |key: &str| -> Vec<String> {
                 rule[key]
                     .as_sequence()
@@ -249,13 +260,57 @@ pub fn rbac_tables(rbac_yaml: &str) -> String {
                 .into_iter()
                 .map(|g| if g.is_empty() { "core".into() } else { g })
                 .collect();
+            let mut resources = list("resources").join(", ");
+            let names = list("resourceNames");
+            if !names.is_empty() {
+                resources.push_str(&format!(" (only {})", names.join(", ")));
+            }
             let _ = writeln!(
                 out,
-                "| {} | {} | {} |",
+                "| {} | {} | {} | {} |",
                 groups.join(", "),
-                list("resources").join(", "),
-                list("verbs").join(", ")
+                resources,
+                list("verbs").join(", "),
+                escape(role_whys.get(i).map(String::as_str).unwrap_or_default())
             );
+        }
+    }
+    out
+}
+
+/// The comment above each rule of each role in an RBAC manifest, by (kind, name): why the rule
+/// is there. A rule without a comment of its own shares the one above it.
+pub fn rule_comments(rbac_yaml: &str) -> Vec<(String, String, Vec<String>)> {
+    let mut out = Vec::new();
+    for doc in rbac_yaml.split("\n---") {
+        let (mut kind, mut name) = (String::new(), String::new());
+        let (mut block, mut current, mut whys) = (Vec::<String>::new(), String::new(), Vec::new());
+        let mut in_rules = false;
+        for line in doc.lines() {
+            let t = line.trim();
+            if let Some(c) = t.strip_prefix('#') {
+                block.push(c.trim().to_owned());
+                continue;
+            }
+            if !block.is_empty() {
+                current = block.join(" ");
+                block.clear();
+            }
+            if let Some(k) = line.strip_prefix("kind: ") {
+                kind = k.trim().to_owned();
+            } else if let Some(n) = line.strip_prefix("  name: ")
+                && name.is_empty()
+            {
+                name = n.trim().to_owned();
+            } else if line.starts_with("rules:") {
+                in_rules = true;
+                current.clear();
+            } else if in_rules && line.starts_with("- ") {
+                whys.push(current.clone());
+            }
+        }
+        if matches!(kind.as_str(), "ClusterRole" | "Role") {
+            out.push((kind, name, whys));
         }
     }
     out
@@ -291,6 +346,14 @@ pub fn agent_privileges(agent_yaml: &str) -> String {
                 .unwrap_or_else(|| "image default".into())
         );
         let _ = writeln!(out, "| `privileged` | {} |", flag(&sc["privileged"]));
+        let _ = writeln!(
+            out,
+            "| `seccompProfile` | {} |",
+            sc["seccompProfile"]["type"]
+                .as_str()
+                .or(pod["securityContext"]["seccompProfile"]["type"].as_str())
+                .unwrap_or("none (Unconfined on Kubernetes before 1.27)")
+        );
         let _ = writeln!(
             out,
             "| `allowPrivilegeEscalation` | {} |",

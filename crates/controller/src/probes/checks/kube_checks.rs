@@ -2,7 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
 use kdiag_api::{ApiserverCheck, NamespaceRoundTripCheck, NodesCheck};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
@@ -31,11 +32,16 @@ pub async fn apiserver(client: &Client, c: &ApiserverCheck) -> Outcome {
     }
 }
 
+/// A write round trip in kdiag's own namespace: a Lease is created and deleted there, and the
+/// check waits until it is gone. (It once created and deleted a namespace, which needed the right
+/// to create and delete every namespace of the cluster; a Lease in kube-diagnoser needs a Role
+/// there only, and still proves that admission and etcd take writes and deletions.)
 pub async fn namespace_round_trip(client: &Client, c: &NamespaceRoundTripCheck) -> Outcome {
     let timeout = seconds(c.timeout_seconds, 60);
-    let api: Api<Namespace> = Api::all(client.clone());
-    let name = format!("kdiag-check-{:08x}", rand_u32());
-    let ns = Namespace {
+    let ns = kdiag_api::SYSTEM_NAMESPACE;
+    let api: Api<Lease> = Api::namespaced(client.clone(), ns);
+    let name = format!("kdiag-round-trip-{:08x}", rand_u32());
+    let lease = Lease {
         metadata: ObjectMeta {
             name: Some(name.clone()),
             labels: Some(
@@ -50,15 +56,15 @@ pub async fn namespace_round_trip(client: &Client, c: &NamespaceRoundTripCheck) 
         ..Default::default()
     };
     let started = Instant::now();
-    if let Err(e) = api.create(&PostParams::default(), &ns).await {
+    if let Err(e) = api.create(&PostParams::default(), &lease).await {
         return Outcome::error(format!(
-            "creating namespace {name} failed (an admission webhook or etcd?): {e}"
+            "creating Lease {ns}/{name} failed (an admission webhook or etcd?): {e}"
         ));
     }
     let created = started.elapsed().as_millis();
     if let Err(e) = api.delete(&name, &DeleteParams::default()).await {
         return Outcome::error(format!(
-            "namespace {name} was created but deleting it failed: {e}"
+            "Lease {ns}/{name} was created but deleting it failed: {e}"
         ));
     }
     let deadline = Instant::now() + timeout;
@@ -66,18 +72,18 @@ pub async fn namespace_round_trip(client: &Client, c: &NamespaceRoundTripCheck) 
         match api.get_opt(&name).await {
             Ok(None) => {
                 return Outcome::pass(format!(
-                    "namespace created in {created} ms and deleted in {} ms",
+                    "Lease {ns}/{name} created in {created} ms and deleted in {} ms",
                     started.elapsed().as_millis() - created
                 ));
             }
             Ok(Some(_)) if Instant::now() >= deadline => {
                 return Outcome::warn(format!(
-                    "namespace {name} is still terminating after {}s: the namespace controller (kube-controller-manager) or a finalizer is stuck",
+                    "Lease {ns}/{name} is still there {}s after its deletion: a finalizer or the garbage collector is stuck",
                     timeout.as_secs()
                 ));
             }
             Ok(Some(_)) => tokio::time::sleep(Duration::from_millis(250)).await,
-            Err(e) => return Outcome::error(format!("reading namespace {name}: {e}")),
+            Err(e) => return Outcome::error(format!("reading Lease {ns}/{name}: {e}")),
         }
     }
 }
