@@ -51,6 +51,10 @@ async fn config_crd_and_config_deploy_apply_in_one_kubectl_command() {
             stderr.contains("ensure CRDs are installed first"),
             "{stderr}"
         );
+        // The first run installed the admission webhook's configuration, which fails closed;
+        // in a cluster the controller it installed serves the webhook before the second run,
+        // here no controller runs.
+        remove_webhook(cp.kubectl());
         let again = cp
             .kubectl()
             .arg("apply")
@@ -71,6 +75,7 @@ async fn config_crd_and_config_deploy_apply_in_one_kubectl_command() {
         "daemonset/kdiag-agent",
         "serviceaccount/kdiag-agent",
         "informationcollector/pod-collector",
+        "validatingwebhookconfiguration/kdiag-webhook",
     ] {
         let got = cp
             .kubectl()
@@ -168,6 +173,19 @@ async fn the_controller_may_admit_and_collect_abnormals_and_nothing_more() {
             "team",
         ],
         &["get", "pods", "-n", "team"],
+        // The admission webhook: reviews, its configuration's caBundle, its certificate.
+        &["create", "subjectaccessreviews.authorization.k8s.io"],
+        &[
+            "patch",
+            "validatingwebhookconfigurations.admissionregistration.k8s.io/kdiag-webhook",
+        ],
+        &[
+            "update",
+            "secrets/kdiag-webhook-cert",
+            "-n",
+            "kube-diagnoser",
+        ],
+        &["create", "secrets", "-n", "kube-diagnoser"],
     ];
     for a in allowed {
         assert!(
@@ -195,6 +213,16 @@ async fn the_controller_may_admit_and_collect_abnormals_and_nothing_more() {
             "kube-diagnoser",
         ],
         &["get", "configmaps", "-n", "kube-diagnoser"],
+        &["get", "secrets/kdiag-alert-token", "-n", "kube-diagnoser"],
+        &["create", "secrets", "-n", "team"],
+        &[
+            "patch",
+            "validatingwebhookconfigurations.admissionregistration.k8s.io/other",
+        ],
+        &[
+            "create",
+            "validatingwebhookconfigurations.admissionregistration.k8s.io",
+        ],
     ];
     for d in denied {
         assert!(

@@ -241,8 +241,9 @@ async fn kdiag_installed_from_its_image_diagnoses_a_filling_emptydir_and_uninsta
     println!("image import {:.1}s", t.elapsed().as_secs_f64());
 
     // Install, as docs/install.md says: the first apply creates the CRDs and reports the
-    // objects of their kinds (kubectl maps every object before applying any); the same command
-    // again applies them.
+    // objects of their kinds (kubectl maps every object before applying any); once they are
+    // served and the controller (with its admission webhook) is ready, the same command again
+    // applies them.
     let t = Instant::now();
     let overlay = render_overlay(&c, free_port());
     let mut applied = None;
@@ -268,6 +269,25 @@ async fn kdiag_installed_from_its_image_diagnoses_a_filling_emptydir_and_uninsta
             out.status.success(),
             "kubectl wait for the CRDs:\n{}",
             text(&out)
+        );
+        // The first apply also installed the admission webhook's configuration, which fails
+        // closed: the registrations and sources of the second apply need the controller
+        // serving it (it is Ready once it does, with the caBundle written).
+        let mut status = c.kubectl();
+        status.args([
+            "-n",
+            NAMESPACE,
+            "rollout",
+            "status",
+            "deploy/kdiag-controller",
+            &format!("--timeout={}s", READY_TIMEOUT.as_secs()),
+        ]);
+        let out = run(status);
+        assert!(
+            out.status.success(),
+            "kubectl rollout status deploy/kdiag-controller before the second apply:\n{}\n{}",
+            text(&out),
+            describe(&c)
         );
     }
     println!(

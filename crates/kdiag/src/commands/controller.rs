@@ -18,9 +18,11 @@ pub async fn run(args: ControllerArgs) -> Result<ExitCode, CommandError> {
     let client = process::client().await?;
     let shutdown = process::shutdown_on_signals();
     let metrics = Arc::new(Metrics::new());
+    let mut config = controller_config(&args);
+    config.webhook = args.webhook.config(args.server.bind_address)?;
     let (handle, driver) = kdiag_controller::start(
         client.clone(),
-        controller_config(&args),
+        config,
         Builtins::standard(),
         metrics.clone(),
         shutdown.clone(),
@@ -76,6 +78,8 @@ pub fn controller_config(args: &ControllerArgs) -> ControllerConfig {
             per_probe: args.probe_budget,
             per_node: args.probe_node_budget,
         },
+        // Set by `run` from args.webhook, which can fail.
+        webhook: None,
     }
 }
 

@@ -24,7 +24,7 @@ use crate::cli::LocalArgs;
 /// applied first) and the two workloads, which run in this process instead; embedded so
 /// `kdiag local` works from any directory. A test keeps this list and
 /// config/deploy/Kustomization equal.
-const MANIFESTS: [(&str, &str); 5] = [
+const MANIFESTS: [(&str, &str); 6] = [
     (
         "00-namespace.yaml",
         include_str!("../../../../config/deploy/00-namespace.yaml"),
@@ -46,6 +46,12 @@ const MANIFESTS: [(&str, &str); 5] = [
     (
         "sources.yaml",
         include_str!("../../../../config/deploy/sources.yaml"),
+    ),
+    // Last: from here on, creating Abnormals, sources and registrations needs the controller's
+    // admission webhook, which this process serves at a URL (--webhook=url).
+    (
+        "webhook.yaml",
+        include_str!("../../../../config/deploy/webhook.yaml"),
     ),
 ];
 const DEMO: &str = include_str!("../../../../examples/demo-pod.yaml");
@@ -111,6 +117,18 @@ async fn serve(
             report_url: format!("http://{gateway}:{}/probe-status", args.port),
             ..Default::default()
         },
+        // The apiserver reaches this process's webhook at a URL on this host.
+        webhook: Some(kdiag_controller::webhook::WebhookConfig {
+            bind: SocketAddr::new(args.bind_address, kdiag_controller::webhook::DEFAULT_PORT),
+            reach: kdiag_controller::webhook::ClientConfig::Url(format!(
+                "https://127.0.0.1:{}{}",
+                kdiag_controller::webhook::DEFAULT_PORT,
+                kdiag_controller::webhook::PATH
+            )),
+            configuration: kdiag_controller::webhook::DEFAULT_CONFIGURATION.into(),
+            secret: (ns.into(), kdiag_controller::webhook::DEFAULT_SECRET.into()),
+            exempt_users: kdiag_controller::webhook::WebhookConfig::default_exempt_users(),
+        }),
         ..Default::default()
     };
     let (c_handle, c_driver) = controller::start(
