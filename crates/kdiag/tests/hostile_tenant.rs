@@ -30,16 +30,35 @@ const NODE: &str = "hostile-node";
 const ALICE: &str = "system:serviceaccount:team-a:alice";
 const CAROL: &str = "system:serviceaccount:team-a:carol";
 
+/// What every test shares. Clients are made per test: one made on another test's runtime stops
+/// working when that test ends.
 struct Env {
+    cp: &'static ControlPlane,
+    alice_token: String,
+    carol_token: String,
+}
+
+/// Clients of one test.
+struct Clients {
     cp: &'static ControlPlane,
     admin: Client,
     alice: Client,
     carol: Client,
 }
 
+async fn env() -> Clients {
+    let e = shared().await;
+    Clients {
+        cp: e.cp,
+        admin: e.cp.client().await,
+        alice: e.cp.client_with_token(&e.alice_token).await,
+        carol: e.cp.client_with_token(&e.carol_token).await,
+    }
+}
+
 /// The control plane with the webhook's configuration applied and a controller serving it at a
 /// URL (`--webhook=url`), two tenant namespaces with a pod each, and the tenants.
-async fn env() -> &'static Env {
+async fn shared() -> &'static Env {
     static ENV: OnceCell<Env> = OnceCell::const_new();
     ENV.get_or_init(|| async {
         let cp = installed().await;
@@ -79,9 +98,12 @@ async fn env() -> &'static Env {
                 Err(kube::Error::Api(s)) if s.code == 409 => {}
                 Err(e) => panic!("create namespace {ns}: {e}"),
             }
+            // Pods need their namespace's default ServiceAccount (no controller makes it here).
+            cp.service_account_token(ns, "default").await;
             let pod: Pod = serde_json::from_value(json!({
                 "metadata": {"name": "web", "namespace": ns},
-                "spec": {"nodeName": NODE, "containers": [{"name": "web", "image": "busybox"}]}
+                "spec": {"nodeName": NODE, "automountServiceAccountToken": false,
+                         "containers": [{"name": "web", "image": "busybox"}]}
             }))
             .unwrap();
             match Api::<Pod>::namespaced(admin.clone(), ns)
@@ -115,20 +137,15 @@ async fn env() -> &'static Env {
                 {"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": ["get", "list"]}]),
         )
         .await;
-        let alice = cp
-            .client_with_token(&cp.service_account_token("team-a", "alice").await)
-            .await;
-        let carol = cp
-            .client_with_token(&cp.service_account_token("team-a", "carol").await)
-            .await;
+        let alice_token = cp.service_account_token("team-a", "alice").await;
+        let carol_token = cp.service_account_token("team-a", "carol").await;
         // The apiserver picks the configuration's new caBundle up from its own cache: wait
         // until a request really passes through the webhook.
         wait_until_webhook_answers(&admin).await;
         Env {
             cp,
-            admin,
-            alice,
-            carol,
+            alice_token,
+            carol_token,
         }
     })
     .await
@@ -179,8 +196,9 @@ async fn wait_until_webhook_answers(admin: &Client) {
             .await
         {
             Ok(_) => return,
-            Err(e) if Instant::now() < deadline => {
-                tracing::debug!(error = %e, "the webhook does not answer yet");
+            // Connection refused or an unknown authority until the apiserver has the new
+            // caBundle.
+            Err(_) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(e) => panic!("the admission webhook never answered: {e}"),
