@@ -26,6 +26,7 @@ use kdiag_runtime::registrations::{AdmissionRegistry, Registrations};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::Error;
 use decide::{Kind, Need, Request, Setting, Verdict};
 
 /// The path the webhook is served on.
@@ -269,7 +270,8 @@ pub fn describe(right: &Right) -> String {
 }
 
 /// Ensures the serving certificate and the caBundle, then serves the webhook until `shutdown`;
-/// `ready` turns true once it serves with the caBundle in place. Retries what fails (the
+/// `ready` turns true once it serves with the caBundle in place (or with no configuration to
+/// write it into, which it then looks for every 2 s). Retries what fails (the
 /// apiserver unavailable, the configuration not yet applied) with a message, and re-checks every
 /// [`RESYNC`] (a renewed certificate, a re-applied configuration without caBundle).
 pub async fn run(
@@ -283,6 +285,8 @@ pub async fn run(
     let (ns, name) = &config.secret;
     let mut server: Option<serve::Server> = None;
     loop {
+        // Whether the configuration points at this webhook now: until then, look again soon.
+        let mut configured = false;
         match cert::ensure_secret(&client, ns, name, &hosts).await {
             Ok(serving) => {
                 let tls = serve::tls_config(&serving);
@@ -320,7 +324,16 @@ pub async fn run(
                             if wrote {
                                 tracing::info!(configuration = %config.configuration, "admission webhook: caBundle and address written");
                             }
+                            configured = true;
                             ready.store(true, Ordering::Release);
+                        }
+                        // Deleted on purpose (docs/troubleshooting.md) or not applied yet: serve
+                        // anyway, so the controller's other endpoints stay ready, and write the
+                        // caBundle as soon as it is there.
+                        Err(e @ Error::WebhookConfigurationMissing { .. }) => {
+                            if !ready.swap(true, Ordering::AcqRel) {
+                                tracing::warn!(error = %e, "admission webhook: serving, but nothing calls it");
+                            }
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "admission webhook: cannot write the caBundle; retrying")
@@ -332,7 +345,7 @@ pub async fn run(
                 tracing::warn!(error = %e, "admission webhook: no serving certificate yet; retrying")
             }
         }
-        let wait = if ready.load(Ordering::Acquire) {
+        let wait = if configured {
             RESYNC
         } else {
             Duration::from_secs(2)
