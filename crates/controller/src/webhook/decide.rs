@@ -172,6 +172,18 @@ pub fn decide(request: &Request<'_>, setting: &Setting<'_>) -> Verdict {
             _ => {}
         }
     }
+    // Set at creation, they would make the Abnormal look routed already: the controller would
+    // skip its own admission, and the named node's agent would take it at once.
+    if request.kind == Kind::Abnormal
+        && let Some(key) = ROUTING_KEYS
+            .iter()
+            .find(|k| metadata_value(object, k).is_some())
+    {
+        return Verdict::Deny(format!(
+            "{key} is set by kdiag's controller when it routes an Abnormal; create Abnormal {} without it",
+            display_name(object)
+        ));
+    }
     let needs = match request.kind {
         Kind::Abnormal => match serde_json::from_value::<Abnormal>(object.clone()) {
             Ok(a) => abnormal_needs(&a, setting.registry, setting.triage),

@@ -183,9 +183,7 @@ impl Webhook {
         if !request.sub_resource.is_empty() {
             return None;
         }
-        let Some(kind) = Kind::of(&request.resource.group, &request.resource.resource) else {
-            return None;
-        };
+        let kind = Kind::of(&request.resource.group, &request.resource.resource)?;
         // Deciding with an empty registration cache would classify every plugin as unknown.
         self.registrations.wait_until_ready().await;
         let registry = AdmissionRegistry {

@@ -392,3 +392,25 @@ fn every_built_in_is_classified() {
         );
     }
 }
+
+#[test]
+fn a_new_abnormal_cannot_carry_kdiags_routing() {
+    let mut a = abnormal(
+        "team-a",
+        json!({"podReference": {"name": "web"}, "nodeName": "n1"}),
+    );
+    a["metadata"]["labels"] = json!({(kdiag_api::labels::NODE_LABEL): "n1"});
+    match check(Kind::Abnormal, "CREATE", "alice", &a) {
+        Verdict::Deny(m) => assert!(m.contains(kdiag_api::labels::NODE_LABEL), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        check(
+            Kind::Abnormal,
+            "CREATE",
+            "system:serviceaccount:kube-diagnoser:kdiag-controller",
+            &a
+        ),
+        Verdict::Allow
+    );
+}
