@@ -543,3 +543,43 @@ async fn the_webhooks_added_latency_is_small() {
         "a reviewed create takes {with:?}"
     );
 }
+
+#[tokio::test]
+async fn the_certificate_is_kept_in_its_secret_and_a_restart_serves_the_same_one() {
+    use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+    use k8s_openapi::api::core::v1::Secret;
+    use kdiag_controller::webhook::cert;
+    let e = env().await;
+    let secret = Api::<Secret>::namespaced(e.admin.clone(), kdiag_api::SYSTEM_NAMESPACE)
+        .get(kdiag_controller::webhook::DEFAULT_SECRET)
+        .await
+        .unwrap();
+    let ca = secret.data.unwrap()[cert::CA_KEY].0.clone();
+    let configuration = Api::<ValidatingWebhookConfiguration>::all(e.admin.clone())
+        .get(WEBHOOK_CONFIGURATION)
+        .await
+        .unwrap();
+    for w in configuration.webhooks.unwrap() {
+        assert_eq!(
+            w.client_config.ca_bundle.map(|b| b.0),
+            Some(ca.clone()),
+            "the caBundle is the Secret's CA"
+        );
+    }
+    // What a restarted controller (or a second replica) does first, with its own identity.
+    let controller = service_account_client(e.cp, "kdiag-controller").await;
+    let hosts = ClientConfig::Url("https://127.0.0.1:1/validate".into()).hosts();
+    let again = cert::ensure_secret(
+        &controller,
+        kdiag_api::SYSTEM_NAMESPACE,
+        kdiag_controller::webhook::DEFAULT_SECRET,
+        &hosts,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        again.ca_pem.as_bytes(),
+        ca.as_slice(),
+        "the same CA is served"
+    );
+}
