@@ -54,6 +54,23 @@ impl Env {
                 );
             }
         }
+        // The admission webhook's configuration fails closed, and the bench's controller serves
+        // no webhook: without this, no Abnormal could be created.
+        let out = cp
+            .kubectl()
+            .args([
+                "delete",
+                "validatingwebhookconfiguration",
+                "kdiag-webhook",
+                "--ignore-not-found",
+            ])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "kubectl delete validatingwebhookconfiguration kdiag-webhook: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         let admin = cp.client().await;
         Ok(Self { cp, admin })
     }

@@ -119,6 +119,26 @@ pub enum Error {
     },
     #[error("no certificate served")]
     TlsNoCertificate,
+
+    /// The admission webhook's serving certificate could not be made or read.
+    #[error(
+        "the admission webhook's certificate: {reason}; if the Secret holding it is damaged, delete it and the controller makes a new one"
+    )]
+    WebhookCertificate { reason: String },
+    /// The admission webhook's port is taken.
+    #[error(
+        "the admission webhook cannot listen on {addr}: {source} (choose a port with --webhook-port)"
+    )]
+    WebhookListen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The ValidatingWebhookConfiguration whose caBundle the controller keeps is not installed.
+    #[error(
+        "ValidatingWebhookConfiguration {name} does not exist: apply config/deploy/webhook.yaml (kubectl apply -k config/deploy), or start the controller with --webhook=off"
+    )]
+    WebhookConfigurationMissing { name: String },
 }
 
 impl Error {
@@ -140,6 +160,9 @@ impl Error {
             | Error::TlsConnectTimeout { .. }
             | Error::TlsHandshake { .. }
             | Error::TlsHandshakeTimeout { .. } => Category::Transient,
+            Error::WebhookCertificate { .. }
+            | Error::WebhookListen { .. }
+            | Error::WebhookConfigurationMissing { .. } => Category::Permanent,
             Error::ReportNotJson { .. }
             | Error::ReportWithoutProbe
             | Error::ReportWithoutCheckers
@@ -193,6 +216,9 @@ impl Error {
             | Error::TlsHandshakeTimeout { .. }
             | Error::TlsHandshake { .. }
             | Error::TlsNoCertificate => "tls_check",
+            Error::WebhookCertificate { .. }
+            | Error::WebhookListen { .. }
+            | Error::WebhookConfigurationMissing { .. } => "webhook",
         }
     }
 }

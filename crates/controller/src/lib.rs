@@ -16,6 +16,7 @@ pub mod probes;
 mod retry;
 pub mod server;
 pub mod sources;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -76,6 +77,8 @@ pub struct ControllerConfig {
     pub probe_status_allow_unauthenticated: bool,
     /// The processors a pod is triaged with when its Abnormal names none.
     pub triage: admission::Triage,
+    /// The validating admission webhook (`webhook`); `None` serves none.
+    pub webhook: Option<crate::webhook::WebhookConfig>,
 }
 
 impl Default for ControllerConfig {
@@ -95,6 +98,7 @@ impl Default for ControllerConfig {
             alert_token_secret: None,
             probe_status_allow_unauthenticated: false,
             triage: Default::default(),
+            webhook: None,
         }
     }
 }
@@ -204,6 +208,23 @@ pub fn start(
         schema: Default::default(),
         metrics: metrics.clone(),
     });
+    let webhook_ready = Arc::new(AtomicBool::new(config.webhook.is_none()));
+    let webhook_run = config.webhook.clone().map(|webhook_config| {
+        let webhook = Arc::new(crate::webhook::Webhook::new(
+            client.clone(),
+            registrations.clone(),
+            builtins.clone(),
+            config.triage.clone(),
+            webhook_config.exempt_users.clone(),
+        ));
+        crate::webhook::run(
+            client.clone(),
+            webhook_config,
+            webhook,
+            webhook_ready.clone(),
+            shutdown.clone(),
+        )
+    });
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         registrations: registrations.clone(),
@@ -223,12 +244,18 @@ pub fn start(
     let driver = async move {
         let watch_task = tokio::spawn(watch_abnormals);
         let registrations_task = tokio::spawn(registrations_driver);
+        let webhook_task = webhook_run.map(tokio::spawn);
         let readiness = {
             let (store, registrations, ready) =
                 (store.clone(), registrations.clone(), ready.clone());
+            let webhook_ready = webhook_ready.clone();
             tokio::spawn(async move {
                 kdiag_runtime::ready::store_ready(&store).await;
                 registrations.wait_until_ready().await;
+                // Serving, with its caBundle written: until then creation fails closed.
+                while !webhook_ready.load(Ordering::Acquire) {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
                 ready.store(true, Ordering::Release);
                 tracing::info!("controller ready: watches synced");
             })
@@ -288,6 +315,9 @@ pub fn start(
             writeback_task
         );
         readiness.abort();
+        if let Some(t) = webhook_task {
+            let _ = t.await;
+        }
         registrations_task.abort();
         watch_task.abort();
         tracing::info!("controller stopped");

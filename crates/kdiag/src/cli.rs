@@ -151,6 +151,96 @@ pub struct ControllerArgs {
     /// Abnormals probe failures may create for one node: BURST:PER_MINUTE.
     #[arg(long, default_value = "10:2", value_parser = parse_budget)]
     pub probe_node_budget: kdiag_controller::sources::storm::Budget,
+    #[command(flatten)]
+    pub webhook: WebhookArgs,
+}
+
+/// How the apiserver reaches the validating admission webhook.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookReach {
+    /// Through the controller's Service (--webhook-service): the controller runs in the cluster.
+    Service,
+    /// At --webhook-url: the controller runs as a process on a host the apiserver reaches.
+    Url,
+    /// No webhook: nobody's Abnormals are authorized against their creator (docs/security.md).
+    Off,
+}
+
+/// The validating admission webhook (docs/security.md).
+#[derive(clap::Args, Debug, Clone)]
+pub struct WebhookArgs {
+    /// How the apiserver reaches the admission webhook: service, url, or off.
+    #[arg(long = "webhook", default_value = "service", env = "KDIAG_WEBHOOK")]
+    pub reach: WebhookReach,
+    /// Port of the webhook's HTTPS listener (on --bind-address).
+    #[arg(long, default_value_t = kdiag_controller::webhook::DEFAULT_PORT, env = "KDIAG_WEBHOOK_PORT")]
+    pub webhook_port: u16,
+    /// With --webhook=service: the Service in front of the controller, NAMESPACE/NAME:PORT.
+    #[arg(long, default_value = "kube-diagnoser/kdiag-controller:9443")]
+    pub webhook_service: String,
+    /// With --webhook=url: the URL the apiserver calls (its host goes into the certificate).
+    /// Default: https://127.0.0.1:<--webhook-port>/validate.
+    #[arg(long)]
+    pub webhook_url: Option<String>,
+    /// The ValidatingWebhookConfiguration whose caBundle and address the controller keeps.
+    #[arg(long, default_value = kdiag_controller::webhook::DEFAULT_CONFIGURATION)]
+    pub webhook_configuration: String,
+    /// The Secret (in kdiag's namespace) holding the webhook's CA and serving certificate.
+    #[arg(long, default_value = kdiag_controller::webhook::DEFAULT_SECRET)]
+    pub webhook_secret: String,
+    /// Users the webhook never checks (comma-separated): kdiag's own ServiceAccounts, which
+    /// route Abnormals and create them from sources. Default: kube-diagnoser's kdiag-controller
+    /// and kdiag-agent.
+    #[arg(long, value_delimiter = ',')]
+    pub webhook_exempt_users: Vec<String>,
+}
+
+impl WebhookArgs {
+    /// The webhook's settings, None with --webhook=off. Err says which flag is wrong.
+    pub fn config(
+        &self,
+        bind_address: IpAddr,
+    ) -> anyhow::Result<Option<kdiag_controller::webhook::WebhookConfig>> {
+        use kdiag_controller::webhook::{ClientConfig, PATH, WebhookConfig};
+        let reach = match self.reach {
+            WebhookReach::Off => return Ok(None),
+            WebhookReach::Url => ClientConfig::Url(
+                self.webhook_url
+                    .clone()
+                    .unwrap_or_else(|| format!("https://127.0.0.1:{}{PATH}", self.webhook_port)),
+            ),
+            WebhookReach::Service => {
+                let bad = || {
+                    anyhow::anyhow!(
+                        "--webhook-service {:?}: write it NAMESPACE/NAME:PORT, such as kube-diagnoser/kdiag-controller:9443",
+                        self.webhook_service
+                    )
+                };
+                let (namespace, rest) = self.webhook_service.split_once('/').ok_or_else(bad)?;
+                let (name, port) = rest.split_once(':').ok_or_else(bad)?;
+                ClientConfig::Service {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                    port: port.parse().map_err(|_| bad())?,
+                }
+            }
+        };
+        let exempt_users = if self.webhook_exempt_users.is_empty() {
+            WebhookConfig::default_exempt_users()
+        } else {
+            self.webhook_exempt_users.clone()
+        };
+        Ok(Some(WebhookConfig {
+            bind: std::net::SocketAddr::new(bind_address, self.webhook_port),
+            reach,
+            configuration: self.webhook_configuration.clone(),
+            secret: (
+                kdiag_api::SYSTEM_NAMESPACE.to_owned(),
+                self.webhook_secret.clone(),
+            ),
+            exempt_users,
+        }))
+    }
 }
 
 /// Parses a budget written BURST:PER_MINUTE, such as 10:2.

@@ -51,6 +51,10 @@ async fn config_crd_and_config_deploy_apply_in_one_kubectl_command() {
             stderr.contains("ensure CRDs are installed first"),
             "{stderr}"
         );
+        // The first run installed the admission webhook's configuration, which fails closed;
+        // in a cluster the controller it installed serves the webhook before the second run,
+        // here no controller runs.
+        remove_webhook(cp.kubectl());
         let again = cp
             .kubectl()
             .arg("apply")
@@ -71,6 +75,7 @@ async fn config_crd_and_config_deploy_apply_in_one_kubectl_command() {
         "daemonset/kdiag-agent",
         "serviceaccount/kdiag-agent",
         "informationcollector/pod-collector",
+        "validatingwebhookconfiguration/kdiag-webhook",
     ] {
         let got = cp
             .kubectl()
@@ -186,6 +191,18 @@ async fn the_controller_may_admit_and_collect_abnormals_and_nothing_more() {
         ],
         // The probe runner (ClusterRole kdiag-probe-runner, documented in docs/security.md).
         &["create", "jobs.batch", "-n", "team"],
+        // The admission webhook: reviews, its configuration's caBundle, its certificate.
+        &["create", "subjectaccessreviews.authorization.k8s.io"],
+        &[
+            "patch",
+            "validatingwebhookconfigurations.admissionregistration.k8s.io/kdiag-webhook",
+        ],
+        &[
+            "update",
+            "secrets/kdiag-webhook-cert",
+            "-n",
+            "kube-diagnoser",
+        ],
     ];
     for a in allowed {
         assert!(
@@ -236,6 +253,14 @@ async fn the_controller_may_admit_and_collect_abnormals_and_nothing_more() {
         // Jobs only for probes: no CronJobs, no pods of its own, no exec.
         &["create", "cronjobs.batch", "-n", "team"],
         &["create", "pods/exec", "-n", "team"],
+        &[
+            "patch",
+            "validatingwebhookconfigurations.admissionregistration.k8s.io/other",
+        ],
+        &[
+            "create",
+            "validatingwebhookconfigurations.admissionregistration.k8s.io",
+        ],
     ];
     for d in denied {
         assert!(

@@ -33,6 +33,7 @@ async fn setup() -> &'static Cluster {
             c.apply_crds(&kdiag_api::crds::all()).await.unwrap();
             kubectl_apply(c, "config/deploy/00-namespace.yaml");
             kubectl_apply(c, "config/deploy");
+            remove_webhook(c.kubectl());
             let subnet = c.pod_subnet();
             let o: Ipv4Addr = subnet.split('/').next().unwrap().parse().unwrap();
             let gateway = Ipv4Addr::new(o.octets()[0], o.octets()[1], o.octets()[2], 1);

@@ -413,6 +413,7 @@ async fn with_kubeprobers_own_crd_the_diagnosis_goes_into_an_annotation() {
     cp.apply_crds(&crds).await.unwrap();
     kubectl_apply(&cp, "config/deploy/00-namespace.yaml");
     kubectl_apply(&cp, "config/deploy");
+    remove_webhook(cp.kubectl());
     let client = cp.client().await;
     let controller_client = service_account_client(&cp, "kdiag-controller").await;
     let (_h, driver) = kdiag_controller::start(

@@ -109,8 +109,11 @@ fn check(what: &str, out: Output) -> Result<Output, TestEnvError> {
 
 /// `kubectl apply -k overlay` as docs/install.md says: the first apply creates the CRDs and
 /// reports the objects of their kinds (kubectl maps every object before applying any); once
-/// the CRDs are Established the same command applies them. Returns how many applies it took.
-pub fn apply(c: &Cluster, overlay: &Path) -> Result<u32, TestEnvError> {
+/// the CRDs are Established and the controller is Ready the same command applies them (the
+/// first apply also installed the admission webhook's configuration, which fails closed: the
+/// registrations and sources of the second apply need the controller serving it). Returns how
+/// many applies it took.
+pub fn apply(c: &Cluster, overlay: &Path, timeout: Duration) -> Result<u32, TestEnvError> {
     for attempt in 1..=2 {
         let mut apply = c.kubectl();
         apply.arg("apply").arg("-k").arg(overlay);
@@ -129,6 +132,7 @@ pub fn apply(c: &Cluster, overlay: &Path) -> Result<u32, TestEnvError> {
         wait.args(["wait", "--for=condition=Established", "--timeout=60s", "-f"])
             .arg(repo_root().join("config/crd"));
         check("kubectl wait for the CRDs to be Established", run(wait)?)?;
+        rollout_status(c, "deploy/kdiag-controller", timeout)?;
     }
     unreachable!("the loop returns on its second run")
 }
@@ -136,18 +140,22 @@ pub fn apply(c: &Cluster, overlay: &Path) -> Result<u32, TestEnvError> {
 /// `kubectl rollout status` of the controller Deployment and the agent DaemonSet.
 pub fn wait_ready(c: &Cluster, timeout: Duration) -> Result<(), TestEnvError> {
     for workload in ["deploy/kdiag-controller", "ds/kdiag-agent"] {
-        let mut status = c.kubectl();
-        status.args([
-            "-n",
-            NAMESPACE,
-            "rollout",
-            "status",
-            workload,
-            &format!("--timeout={}s", timeout.as_secs()),
-        ]);
-        check(&format!("kubectl rollout status {workload}"), run(status)?)?;
+        rollout_status(c, workload, timeout)?;
     }
     Ok(())
+}
+
+fn rollout_status(c: &Cluster, workload: &str, timeout: Duration) -> Result<(), TestEnvError> {
+    let mut status = c.kubectl();
+    status.args([
+        "-n",
+        NAMESPACE,
+        "rollout",
+        "status",
+        workload,
+        &format!("--timeout={}s", timeout.as_secs()),
+    ]);
+    check(&format!("kubectl rollout status {workload}"), run(status)?).map(|_| ())
 }
 
 /// `kubectl delete -k overlay`: everything the install made, CRDs (and so every Abnormal)

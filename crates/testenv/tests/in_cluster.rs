@@ -194,11 +194,13 @@ async fn kdiag_installed_from_its_image_diagnoses_a_filling_emptydir_and_uninsta
     println!("image import {:.1}s", t.elapsed().as_secs_f64());
 
     // Install, as docs/install.md says: the first apply creates the CRDs and reports the
-    // objects of their kinds (kubectl maps every object before applying any); the same command
-    // again applies them.
+    // objects of their kinds (kubectl maps every object before applying any); once they are
+    // served and the controller (with its admission webhook) is ready, the same command again
+    // applies them.
     let t = Instant::now();
     let overlay = install::render_overlay(&c, install::free_port().unwrap()).unwrap();
-    let applied = install::apply(&c, &overlay).unwrap_or_else(|e| panic!("{e}"));
+    let applied = install::apply(&c, &overlay, READY_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", describe(&c)));
     println!(
         "kubectl apply -k: {applied} run(s), {:.1}s",
         t.elapsed().as_secs_f64()

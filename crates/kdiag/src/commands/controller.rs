@@ -19,6 +19,7 @@ pub async fn run(args: ControllerArgs) -> Result<ExitCode, CommandError> {
     let shutdown = process::shutdown_on_signals();
     let metrics = Arc::new(Metrics::new());
     let mut config = controller_config(&args);
+    config.webhook = args.webhook.config(args.server.bind_address)?;
     kdiag_controller::prepare(&client, &mut config)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -82,6 +83,8 @@ pub fn controller_config(args: &ControllerArgs) -> ControllerConfig {
             per_probe: args.probe_budget,
             per_node: args.probe_node_budget,
         },
+        // Set by `run` from args.webhook, which can fail.
+        webhook: None,
     }
 }
 

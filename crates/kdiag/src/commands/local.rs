@@ -29,7 +29,7 @@ use crate::cli::LocalArgs;
 /// applied first) and the two workloads, which run in this process instead; embedded so
 /// `kdiag local` works from any directory. A test keeps this list and
 /// config/deploy/Kustomization equal.
-const MANIFESTS: [(&str, &str); 5] = [
+const MANIFESTS: [(&str, &str); 6] = [
     (
         "00-namespace.yaml",
         include_str!("../../../../config/deploy/00-namespace.yaml"),
@@ -51,6 +51,12 @@ const MANIFESTS: [(&str, &str); 5] = [
     (
         "sources.yaml",
         include_str!("../../../../config/deploy/sources.yaml"),
+    ),
+    // Last: from here on, creating Abnormals, sources and registrations needs the controller's
+    // admission webhook, which this process serves at a URL (--webhook=url).
+    (
+        "webhook.yaml",
+        include_str!("../../../../config/deploy/webhook.yaml"),
     ),
 ];
 const DEMO: &str = include_str!("../../../../examples/demo-pod.yaml");
@@ -121,6 +127,18 @@ async fn serve(
             report_url: format!("http://{gateway}:{}/probe-status", args.port),
             ..Default::default()
         },
+        // The apiserver reaches this process's webhook at a URL on this host.
+        webhook: Some(kdiag_controller::webhook::WebhookConfig {
+            bind: SocketAddr::new(args.bind_address, kdiag_controller::webhook::DEFAULT_PORT),
+            reach: kdiag_controller::webhook::ClientConfig::Url(format!(
+                "https://127.0.0.1:{}{}",
+                kdiag_controller::webhook::DEFAULT_PORT,
+                kdiag_controller::webhook::PATH
+            )),
+            configuration: kdiag_controller::webhook::DEFAULT_CONFIGURATION.into(),
+            secret: (ns.into(), kdiag_controller::webhook::DEFAULT_SECRET.into()),
+            exempt_users: kdiag_controller::webhook::WebhookConfig::default_exempt_users(),
+        }),
         ..Default::default()
     };
     controller::prepare(&controller_client, &mut config)
@@ -272,7 +290,7 @@ async fn install_and_wait(
     let overlay = tokio::task::block_in_place(|| -> Result<_, kdiag_testenv::TestEnvError> {
         cluster.import_image_archive(&image.archive)?;
         let overlay = install::render_overlay(cluster, install::free_port()?)?;
-        install::apply(cluster, &overlay)?;
+        install::apply(cluster, &overlay, READY_TIMEOUT)?;
         Ok(overlay)
     })
     .map_err(|e| anyhow::anyhow!("installing kdiag: {e}"))?;

@@ -66,9 +66,33 @@ pub async fn installed() -> &'static ControlPlane {
             cp.apply_crds(&kdiag_api::crds::all()).await.unwrap();
             kubectl_apply(cp, "config/deploy/00-namespace.yaml");
             kubectl_apply(cp, "config/deploy");
+            remove_webhook(cp.kubectl());
         })
         .await;
     cp
+}
+
+/// The name of the ValidatingWebhookConfiguration config/deploy/webhook.yaml installs.
+pub const WEBHOOK_CONFIGURATION: &str = "kdiag-webhook";
+
+/// Deletes the admission webhook's configuration that config/deploy installs. It fails closed,
+/// and most tests run a controller without the webhook (or none): only tests of the webhook
+/// (hostile_tenant.rs) apply it again and start a controller that serves it.
+pub fn remove_webhook(mut kubectl: std::process::Command) {
+    let out = kubectl
+        .args([
+            "delete",
+            "validatingwebhookconfiguration",
+            WEBHOOK_CONFIGURATION,
+            "--ignore-not-found",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl delete validatingwebhookconfiguration: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A client authenticated as kdiag's own ServiceAccount (kdiag-controller or kdiag-agent), so
