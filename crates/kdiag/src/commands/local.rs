@@ -303,7 +303,7 @@ async fn install_and_wait(
     let ready = tokio::task::block_in_place(|| install::wait_ready(cluster, READY_TIMEOUT));
     if let Err(e) = ready {
         let _ = tokio::task::block_in_place(|| install::uninstall(cluster, &overlay));
-        return Err(anyhow::anyhow!("kdiag did not become Ready: {e}").into());
+        return Err(anyhow::anyhow!("kdiag did not become Ready: {e}"));
     }
     println!(
         "\nkdiag is installed from its image {image} on a real single-node cluster, as `kubectl apply -k config/deploy` installs it\n         (through {overlay}, which changes only the node's paths and ports).\n\n         In another terminal:\n\n  export KUBECONFIG={kubeconfig}\n  kubectl -n {ns} get pods -o wide\n  kubectl create -f examples/abnormal.yaml\n  kubectl get abnormals -w        # it reaches Succeeded\n  kubectl -n {ns} logs deploy/kdiag-controller\n\n         Stop with Ctrl-C (uninstalls with kubectl delete -k, then stops the cluster).\n",
