@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kdiag_api::{Abnormal, AbnormalSource, InformationCollector};
 use kdiag_controller::ControllerConfig;
 use kdiag_controller::webhook::{ClientConfig, PATH, WebhookConfig};
@@ -500,48 +500,6 @@ fn example_spec(path: &str) -> serde_json::Value {
     let yaml = std::fs::read_to_string(repo_root().join(path)).unwrap();
     let v: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
     v["spec"].clone()
-}
-
-/// Not a pass/fail check: what the webhook adds to a create, printed for docs/performance.md
-/// (dry-run creates of an Abnormal, which the webhook reviews, against ConfigMaps, which it
-/// does not see).
-#[tokio::test]
-async fn the_webhooks_added_latency_is_small() {
-    let e = env().await;
-    let dry_run = PostParams {
-        dry_run: true,
-        ..Default::default()
-    };
-    const N: u32 = 50;
-    let abnormals = Api::<Abnormal>::namespaced(e.alice.clone(), "team-a");
-    let configmaps = Api::<ConfigMap>::namespaced(e.admin.clone(), "team-a");
-    let a = abnormal(
-        "team-a",
-        "latency",
-        json!({"podReference": {"name": "web"},
-               "assignedInformationCollectors": [kdiag("pod-detail-collector")]}),
-    );
-    let cm: ConfigMap =
-        serde_json::from_value(json!({"metadata": {"name": "latency", "namespace": "team-a"}}))
-            .unwrap();
-    let mut with = Duration::ZERO;
-    let mut without = Duration::ZERO;
-    for _ in 0..N {
-        let t = Instant::now();
-        abnormals.create(&dry_run, &a).await.unwrap();
-        with += t.elapsed();
-        let t = Instant::now();
-        configmaps.create(&dry_run, &cm).await.unwrap();
-        without += t.elapsed();
-    }
-    let (with, without) = (with / N, without / N);
-    println!(
-        "webhook latency: an Abnormal create (reviewed, decisions cached) took {with:?} on average, a ConfigMap create (not reviewed) {without:?}"
-    );
-    assert!(
-        with < Duration::from_secs(1),
-        "a reviewed create takes {with:?}"
-    );
 }
 
 #[tokio::test]

@@ -305,7 +305,9 @@ pub struct ProfilerStatus {
     pub error: String,
 }
 
-/// Where an Abnormal is in its lifecycle.
+/// Where an Abnormal is in its lifecycle. `Unknown` is in the enum for Kube Diagnoser
+/// compatibility only: kdiag never sets it, and an Abnormal whose phase is empty or `Unknown`
+/// has not been admitted yet (the controller admits it).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub enum AbnormalPhase {
     InformationCollecting,
@@ -589,7 +591,9 @@ pub struct Evidence {
     pub kind: String,
     /// The fact itself, in a sentence or a quoted line.
     pub message: String,
-    /// The object it is about, as kind/namespace/name, when it is about one.
+    /// The object it is about, when it is about one, as the lower-case resource, then namespace
+    /// and name (`pod/shop/web`; `node/node-a` for a cluster-scoped object), the way `kubectl`
+    /// names objects.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub object: String,
     /// The status.context key it was read from, when it came from collected data.
