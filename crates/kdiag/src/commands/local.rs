@@ -306,7 +306,7 @@ async fn install_and_wait(
         return Err(anyhow::anyhow!("kdiag did not become Ready: {e}"));
     }
     println!(
-        "\nkdiag is installed from its image {image} on a real single-node cluster, as `kubectl apply -k config/deploy` installs it\n         (through {overlay}, which changes only the node's paths and ports).\n\n         In another terminal:\n\n  export KUBECONFIG={kubeconfig}\n  kubectl -n {ns} get pods -o wide\n  kubectl create -f examples/abnormal.yaml\n  kubectl get abnormals -w        # it reaches Succeeded\n  kubectl -n {ns} logs deploy/kdiag-controller\n\n         Stop with Ctrl-C (uninstalls with kubectl delete -k, then stops the cluster).\n",
+        "\nkdiag is installed from its image {image} on a real single-node cluster, as `kubectl apply -k config/deploy` installs it\n(through {overlay}, which changes only the node's paths and ports).\n\nIn another terminal:\n\n  export KUBECONFIG={kubeconfig}\n  kubectl -n {ns} get pods -o wide\n  kubectl create -f examples/abnormal.yaml\n  kubectl get abnormals -w        # it reaches Succeeded\n  kubectl -n {ns} logs deploy/kdiag-controller\n\nStop with Ctrl-C (uninstalls with kubectl delete -k, then stops the cluster).\n",
         image = image.name,
         overlay = overlay.display(),
         kubeconfig = cluster.kubeconfig_path().display(),
