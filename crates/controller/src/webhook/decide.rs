@@ -358,6 +358,9 @@ fn builtin_power(stage: Stage, name: &str, plugin: bool) -> Power {
     }
 }
 
+/// What a user without node-level rights can run about its own pod instead of the whole triage.
+const TRIAGE_WITHOUT_NODE_RIGHTS: &str = "; without that right, name only processors that read the pod, for example `kubectl diag run --pod <pod> --collector pod-detail-collector --diagnoser pod-triage-diagnoser`";
+
 fn processor_reason(name: &str, power: Power, plugin_or_triage: &str) -> String {
     match power {
         Power::Node => format!("it runs {plugin_or_triage}{name}, which reads the whole node"),
@@ -413,11 +416,12 @@ fn work_needs(
         ] {
             for reference in list {
                 let power = processor_power(stage, reference, registry);
-                needs.push(need(
-                    power,
-                    target,
-                    processor_reason(&reference.name, power, "the pod triage's "),
-                ));
+                let mut because = processor_reason(&reference.name, power, "the pod triage's ");
+                if power == Power::Node {
+                    // A tenant can still diagnose its own pod: say how.
+                    because.push_str(TRIAGE_WITHOUT_NODE_RIGHTS);
+                }
+                needs.push(need(power, target, because));
             }
         }
     }

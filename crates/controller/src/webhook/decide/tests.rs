@@ -207,6 +207,10 @@ fn the_pod_triage_needs_what_its_processors_need() {
         because[1].contains("the pod triage's container-collector"),
         "{because:?}"
     );
+    assert!(
+        because[1].contains("--collector pod-detail-collector --diagnoser pod-triage-diagnoser"),
+        "a tenant is told how to diagnose its pod without node rights: {because:?}"
+    );
 }
 
 #[test]
