@@ -270,12 +270,7 @@ impl<'a> Worker<'a> {
                 && let Some(delay) = delays.next()
             {
                 failures += 1;
-                self.agent
-                    .metrics
-                    .agent
-                    .api_errors
-                    .with_label_values(&[operation])
-                    .inc();
+                self.count_api_error(operation);
                 tracing::warn!(abnormal = %self.key(), step = %step.label, error = %error, retry_in = ?delay, "recording a step's result failed; retrying");
                 tokio::time::sleep(delay).await;
                 // The write may have landed before its answer was lost: start from the stored
@@ -397,13 +392,17 @@ impl<'a> Worker<'a> {
         );
     }
 
-    fn api_error(&self, operation: &'static str, e: kube::Error) -> Error {
+    fn count_api_error(&self, operation: &str) {
         self.agent
             .metrics
             .agent
             .api_errors
             .with_label_values(&[operation])
             .inc();
+    }
+
+    fn api_error(&self, operation: &'static str, e: kube::Error) -> Error {
+        self.count_api_error(operation);
         if let Some(stage) = self.abnormal.phase().and_then(stage_of) {
             self.agent.metrics.agent.sync_error(stage);
         }

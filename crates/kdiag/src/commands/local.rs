@@ -69,10 +69,23 @@ pub async fn run(args: LocalArgs) -> Result<ExitCode, CommandError> {
     eprintln!(
         "kdiag local: starting a single-node Kubernetes cluster on this machine (about 15 s)…"
     );
-    let cluster = Cluster::start().await.map_err(|e| {
-        anyhow::anyhow!("the local cluster did not start: {e}\n(kdiag local needs root, cgroup v1 or hybrid, and `make setup` done; see docs/development.md)")
-    })?;
+    let cluster = Cluster::start().await.map_err(not_started)?;
     let result = serve(&cluster, &args, shutdown).await;
+    stop(cluster, result).await
+}
+
+/// Why the local cluster did not start, and what it needs.
+fn not_started(e: kdiag_testenv::TestEnvError) -> CommandError {
+    anyhow::anyhow!(
+        "the local cluster did not start: {e}\n(kdiag local needs root, cgroup v1 or hybrid, and `make setup` done; see docs/development.md)"
+    )
+}
+
+/// Stops the cluster whatever `result` is, then reports `result` first.
+async fn stop(
+    cluster: Cluster,
+    result: Result<(), CommandError>,
+) -> Result<ExitCode, CommandError> {
     eprintln!("kdiag local: stopping the cluster…");
     let stopped = tokio::task::spawn_blocking(move || cluster.stop()).await?;
     result?;
@@ -267,16 +280,9 @@ async fn run_in_cluster() -> Result<ExitCode, CommandError> {
         }),
         tokio::task::spawn_blocking(kdiag_testenv::kdiag_image)
     );
-    let cluster = cluster.map_err(|e| {
-        anyhow::anyhow!("the local cluster did not start: {e}\n(kdiag local needs root, cgroup v1 or hybrid, and `make setup` done; see docs/development.md)")
-    })?;
+    let cluster = cluster.map_err(not_started)?;
     let result = install_and_wait(&cluster, image?, shutdown).await;
-    eprintln!("kdiag local: stopping the cluster…");
-    let stopped = tokio::task::spawn_blocking(move || cluster.stop()).await?;
-    result?;
-    stopped.map_err(|e| anyhow::anyhow!("stopping the local cluster: {e}"))?;
-    eprintln!("kdiag local: stopped, nothing left behind.");
-    Ok(ExitCode::SUCCESS)
+    stop(cluster, result).await
 }
 
 /// Imports the image, installs config/deploy through the test overlay, waits until both
