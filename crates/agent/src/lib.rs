@@ -10,7 +10,10 @@
 //!
 //! - Each Abnormal is handled by one task at a time (kube's Controller guarantees it), and at
 //!   most `concurrency` at once; the rest wait in the queue, none is dropped.
-//! - A slow processor holds only its own Abnormal's worker.
+//! - A slow processor holds only its own Abnormal's worker, and an Abnormal with many steps
+//!   yields its worker between steps once it has had its turn while others wait.
+//! - Every Abnormal ends within its deadline (from admission): what has not run by then is not
+//!   run, and it ends Failed (DeadlineExceeded). A step with side effects is never cut short.
 //! - Failed apiserver calls retry with per-object exponential backoff.
 //! - On shutdown no new step starts; a step with side effects finishes first.
 //! - No Abnormal is taken before the processor registrations are cached and the node policy has
@@ -76,7 +79,18 @@ pub struct AgentConfig {
     pub public_url: String,
     /// Where the node's facts are.
     pub node: kdiag_api::plugin::NodeEnvironment,
+    /// How long an Abnormal may take from admission to its end; then what has not run is not
+    /// run and it ends Failed (DeadlineExceeded). None: no deadline.
+    pub deadline: Option<std::time::Duration>,
+    /// How long an Abnormal holds a worker slot before it yields to others waiting for one
+    /// (between steps; a step itself is never cut short).
+    pub turn: std::time::Duration,
 }
+
+/// The deadline of an Abnormal by default (`--abnormal-deadline`).
+pub const DEFAULT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+/// A worker slot's turn by default (`--turn`).
+pub const DEFAULT_TURN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What every worker shares.
 pub struct Agent {
@@ -86,6 +100,12 @@ pub struct Agent {
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
     pub limits: Limits,
+    /// See [`AgentConfig::deadline`].
+    pub deadline: Option<std::time::Duration>,
+    /// See [`AgentConfig::turn`].
+    pub turn: std::time::Duration,
+    /// Abnormals waiting for a worker slot now.
+    waiting: std::sync::atomic::AtomicUsize,
     workers: Semaphore,
     backoff: backoff::Backoff,
     /// The agent's cache of its node's Abnormals.
@@ -199,6 +219,9 @@ pub fn start(
         metrics,
         shutdown: shutdown.clone(),
         limits: config.limits,
+        deadline: config.deadline,
+        turn: config.turn,
+        waiting: Default::default(),
         workers: Semaphore::new(config.concurrency.max(1)),
         backoff: Default::default(),
         store: store.clone(),
@@ -298,7 +321,9 @@ async fn reconcile(
     }
     let m = &agent.metrics.agent;
     m.queue_depth.inc();
+    agent.waiting.fetch_add(1, Ordering::AcqRel);
     let permit = agent.workers.acquire().await;
+    agent.waiting.fetch_sub(1, Ordering::AcqRel);
     m.queue_depth.dec();
     let Ok(_permit) = permit else {
         return Ok(Action::await_change());
@@ -323,9 +348,13 @@ async fn reconcile(
             });
         }
     };
-    worker::Worker::new(&agent, fresh).run().await?;
+    let exit = worker::Worker::new(&agent, fresh).run().await?;
     agent.forget_backoff(abnormal);
-    Ok(Action::await_change())
+    Ok(match exit {
+        worker::Exit::Done => Action::await_change(),
+        // Back in line behind those that waited (the slot queue is first come, first served).
+        worker::Exit::Yielded => Action::requeue(std::time::Duration::ZERO),
+    })
 }
 
 fn error_policy(obj: Arc<DeserializeGuard<Abnormal>>, error: &Error, agent: Arc<Agent>) -> Action {

@@ -8,10 +8,10 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use kdiag_api::{Abnormal, AbnormalPhase, ProcessorResult, Stage};
 use kdiag_pipeline::{
-    self as pipeline, Next, StageEvent, StageOutcome, Step, StepResult, abandoned, apply_step,
-    end_stage, mark_running, needs_intent,
+    self as pipeline, Next, StageEvent, StageOutcome, Step, StepOutput, StepResult, abandoned,
+    apply_step, deadline_left, end_stage, mark_running, needs_intent, shrink_to_fit,
 };
-use kdiag_runtime::error::{is_conflict, is_transient};
+use kdiag_runtime::error::{is_conflict, is_too_large, is_transient};
 use kdiag_runtime::metrics::SyncOutcome;
 use kdiag_runtime::time::{now, seconds_since};
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -59,6 +59,25 @@ impl Unrecorded {
     }
 }
 
+/// The result of a step the Abnormal's deadline stopped after `ran`.
+fn stopped_at_deadline(
+    deadline: Duration,
+    start_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    ran: Duration,
+) -> StepResult {
+    StepResult {
+        result: ProcessorResult::Failed,
+        message: format!(
+            "stopped after {:.1}s: the Abnormal's deadline of {}s passed (the agent's --abnormal-deadline)",
+            ran.as_secs_f64(),
+            deadline.as_secs()
+        ),
+        start_time,
+        duration_ms: ran.as_millis() as i64,
+        output: StepOutput::None,
+    }
+}
+
 /// Which step of which Abnormal: its uid (a recreated Abnormal is another one), stage, kind
 /// and label.
 fn step_key(abnormal: &Abnormal, step: &Step) -> String {
@@ -71,8 +90,20 @@ fn step_key(abnormal: &Abnormal, step: &Step) -> String {
     )
 }
 
+/// How a worker's run on an Abnormal ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Exit {
+    /// It needs nothing more for now (final, or waiting for a change), or shutdown stopped it.
+    Done,
+    /// Its turn was over and others waited: its progress is written, and it goes to the back of
+    /// the queue.
+    Yielded,
+}
+
 pub(super) struct Worker<'a> {
     agent: &'a Agent,
+    /// When this run took its worker slot.
+    started: std::time::Instant,
     api: Api<Abnormal>,
     abnormal: Abnormal,
     /// Events for transitions made since the last write; recorded once the write lands.
@@ -87,6 +118,7 @@ impl<'a> Worker<'a> {
         let ns = abnormal.namespace().unwrap_or_default();
         Self {
             agent,
+            started: std::time::Instant::now(),
             api: Api::namespaced(agent.client.clone(), &ns),
             abnormal,
             pending: Vec::new(),
@@ -95,8 +127,9 @@ impl<'a> Worker<'a> {
         }
     }
 
-    /// Runs until the Abnormal needs nothing more, or shutdown stops work between steps.
-    pub async fn run(mut self) -> Result<(), Error> {
+    /// Runs until the Abnormal needs nothing more, shutdown stops work between steps, or its
+    /// turn is over while others wait.
+    pub async fn run(mut self) -> Result<Exit, Error> {
         let was_final = self.abnormal.phase().is_some_and(AbnormalPhase::is_final);
         loop {
             match pipeline::next(&self.abnormal) {
@@ -111,7 +144,25 @@ impl<'a> Worker<'a> {
                         // Progress of the current stage since the last write is redone by the
                         // next agent; a step with side effects is never in flight here.
                         tracing::info!(abnormal = %self.key(), "shutting down between steps");
-                        return Ok(());
+                        return Ok(Exit::Done);
+                    }
+                    if let Some(deadline) = self.agent.deadline
+                        && deadline_left(&self.abnormal, deadline, &now()).is_none()
+                    {
+                        let outcome = StageOutcome::DeadlineExceeded(deadline);
+                        let event = end_stage(&mut self.abnormal, step.stage, &outcome, &now());
+                        self.observe_stage(step.stage, &outcome);
+                        self.pending.push(event);
+                        self.dirty = true;
+                        continue;
+                    }
+                    if self.turn_is_over() {
+                        // Fair turns: a long Abnormal does not hold its slot while others wait.
+                        if self.dirty && !self.persist().await? {
+                            continue;
+                        }
+                        tracing::debug!(abnormal = %self.key(), "turn over; back to the queue");
+                        return Ok(Exit::Yielded);
                     }
                     self.run_step(step).await?;
                 }
@@ -169,7 +220,17 @@ impl<'a> Worker<'a> {
                 .unwrap_or_default();
             tracing::info!(abnormal = %self.key(), phase = %phase, reason = %reason, "finished");
         }
-        Ok(())
+        Ok(Exit::Done)
+    }
+
+    /// Whether this run has held its slot for a whole turn while other Abnormals wait for one.
+    fn turn_is_over(&self) -> bool {
+        self.started.elapsed() >= self.agent.turn
+            && self
+                .agent
+                .waiting
+                .load(std::sync::atomic::Ordering::Acquire)
+                > 0
     }
 
     async fn run_step(&mut self, step: Step) -> Result<(), Error> {
@@ -186,13 +247,27 @@ impl<'a> Worker<'a> {
                 // The intent did not land, so nothing may act: start over from the stored copy.
                 return Ok(());
             }
+            if self.abnormal.phase().is_some_and(AbnormalPhase::is_final) {
+                // The write had to end it (refused for its size): nothing more runs.
+                return Ok(());
+            }
         }
         let result = if intent {
-            // Side effects may be under way: finish the step even when shutting down.
+            // Side effects may be under way: finish the step even when shutting down, and even
+            // past the Abnormal's deadline (within the step's own timeout).
             self.agent.executor.run(&self.abnormal, &step).await
         } else {
+            let (deadline, left) = match self.agent.deadline {
+                Some(d) => (
+                    d,
+                    deadline_left(&self.abnormal, d, &now()).unwrap_or_default(),
+                ),
+                None => (Duration::MAX, Duration::MAX),
+            };
+            let started = now();
             tokio::select! {
                 r = self.agent.executor.run(&self.abnormal, &step) => r,
+                _ = tokio::time::sleep(left) => stopped_at_deadline(deadline, started, left),
                 _ = self.agent.shutdown.cancelled() => return Ok(()),
             }
         };
@@ -223,6 +298,22 @@ impl<'a> Worker<'a> {
                 self.pending.clear();
                 self.dirty = false;
                 Ok(false)
+            }
+            Err(e) if is_too_large(&e) => {
+                // Whatever comes next cannot be stored either: drop what kdiag added, say what,
+                // and end (a final phase needs no further write).
+                tracing::warn!(abnormal = %self.key(), error = %e, "status refused for its size; dropping context and command output");
+                let event = shrink_to_fit(&mut self.abnormal, &now());
+                self.pending.push(event);
+                // A replace, so what was dropped is gone from the stored copy too (a merge
+                // patch would keep its keys).
+                self.exclusive = true;
+                let written = self.write().await;
+                self.exclusive = false;
+                match written {
+                    Ok(()) => Ok(true),
+                    Err(e) => Err(self.api_error("replace_status", e)),
+                }
             }
             Err(e) => Err(self.api_error("replace_status", e)),
         }
@@ -375,7 +466,9 @@ impl<'a> Worker<'a> {
         let outcome = match outcome {
             StageOutcome::Skipped(_) => SyncOutcome::Skip,
             StageOutcome::Succeeded { .. } => SyncOutcome::Success,
-            StageOutcome::Failed(_) | StageOutcome::RecoveryInterrupted(_) => SyncOutcome::Fail,
+            StageOutcome::Failed(_)
+            | StageOutcome::RecoveryInterrupted(_)
+            | StageOutcome::DeadlineExceeded(_) => SyncOutcome::Fail,
         };
         let ms: i64 = self
             .abnormal

@@ -54,25 +54,41 @@ impl Env {
                 );
             }
         }
-        // The admission webhook's configuration fails closed, and the bench's controller serves
-        // no webhook: without this, no Abnormal could be created.
-        let out = cp
-            .kubectl()
-            .args([
-                "delete",
-                "validatingwebhookconfiguration",
-                "kdiag-webhook",
-                "--ignore-not-found",
-            ])
-            .output()?;
+        let admin = cp.client().await;
+        let env = Self { cp, admin };
+        // The admission webhook's configuration fails closed, and the in-process controllers
+        // of most sections serve no webhook: without this, no Abnormal could be created.
+        env.without_webhook()?;
+        Ok(env)
+    }
+
+    /// Deletes the admission webhook's configuration: the apiserver stops calling it.
+    pub fn without_webhook(&self) -> Result<()> {
+        self.kubectl(&[
+            "delete",
+            "validatingwebhookconfiguration",
+            "kdiag-webhook",
+            "--ignore-not-found",
+        ])
+    }
+
+    /// Applies the admission webhook's configuration as shipped (config/deploy/webhook.yaml,
+    /// failurePolicy Fail); the controller that serves it writes its address and caBundle.
+    pub fn with_webhook(&self) -> Result<()> {
+        let path = repo_root().join("config/deploy/webhook.yaml");
+        self.kubectl(&["apply", "-f", &path.display().to_string()])
+    }
+
+    fn kubectl(&self, args: &[&str]) -> Result<()> {
+        let out = self.cp.kubectl().args(args).output()?;
         if !out.status.success() {
             bail!(
-                "kubectl delete validatingwebhookconfiguration kdiag-webhook: {}",
+                "kubectl {}: {}",
+                args.join(" "),
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let admin = cp.client().await;
-        Ok(Self { cp, admin })
+        Ok(())
     }
 
     /// A token of kdiag's ServiceAccount `name` (kdiag-controller or kdiag-agent).
@@ -266,6 +282,8 @@ impl InProcAgent {
             data_root: data_root.join(node),
             public_url: "http://127.0.0.1:1".into(),
             node: Default::default(),
+            deadline: Some(kdiag_agent::DEFAULT_DEADLINE),
+            turn: kdiag_agent::DEFAULT_TURN,
         };
         let (handle, driver) = agent::start(
             client,

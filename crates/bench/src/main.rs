@@ -76,6 +76,9 @@ struct Args {
     /// 1. and 2. Pods bound to the node, which pod-collector collects into every Abnormal.
     #[arg(long, default_value_t = 3)]
     pods: usize,
+    /// 1. Abnormals created one at a time through the admission webhook, and as many without.
+    #[arg(long, default_value_t = 300)]
+    admission: usize,
     /// Sections 1 and 2: a command line the agent is run under, for profiling; it must exec kdiag:
     /// `env MALLOC_ARENA_MAX=2`, or heaptrack's preload library (docs/performance.md).
     #[arg(long)]
@@ -138,6 +141,7 @@ async fn run(args: Args) -> ExitCode {
             footprint: args.footprint_abnormals,
             idle_seconds: args.idle_seconds,
             pods: args.pods,
+            admission: args.admission,
             agent_wrapper: args.agent_wrapper.clone(),
             controller_wrapper: args.controller_wrapper.clone(),
         };

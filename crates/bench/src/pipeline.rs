@@ -8,7 +8,12 @@
 //! 3. unloaded: one item at a time, kdiag and floor alternately (latency with no queueing);
 //! 4. loaded: rounds of kdiag and floor alternately, each keeping `window` items in flight (the
 //!    agent's default concurrency), so drift on the shared machine falls on both alike;
-//! 5. footprint: Abnormals up to `footprint` on the node, then RSS and idle CPU again.
+//! 5. footprint: Abnormals up to `footprint` on the node, then RSS and idle CPU again;
+//! 6. admission: creates one at a time through the admission webhook, then the same without it.
+//!
+//! The controller serves the admission webhook as shipped (config/deploy/webhook.yaml, failing
+//! closed) at a URL on the loopback, so every kdiag Abnormal above is authorized against its
+//! creator; the floor's objects are of another group and pass no webhook.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -36,12 +41,16 @@ pub struct Settings {
     pub footprint: usize,
     pub idle_seconds: u64,
     pub pods: usize,
+    /// Abnormals created one at a time with the webhook, and as many without it.
+    pub admission: usize,
     /// Command lines put in front of the agent and the controller, for profiling.
     pub agent_wrapper: Option<String>,
     pub controller_wrapper: Option<String>,
 }
 
 const NODE: &str = "bench-node";
+/// A node with no agent: Abnormals created there to time admission make no work.
+const ADMISSION_NODE: &str = "bench-admission";
 const TIMEOUT: Duration = Duration::from_secs(1800);
 
 /// The processes whose CPU is accounted: kdiag's two and the control plane's two.
@@ -159,6 +168,7 @@ pub async fn run(s: &Settings) -> Result<(Value, Value)> {
     let controller_kc = env
         .cp
         .write_kubeconfig_for("kdiag-controller", &env.token("kdiag-controller").await);
+    env.with_webhook()?;
     // Garbage collection keeps at most 200 finished Abnormals per node by default; it is
     // lifted so the node really holds `footprint` Abnormals.
     let mut controller = RealProc::spawn(
@@ -169,6 +179,9 @@ pub async fn run(s: &Settings) -> Result<(Value, Value)> {
             "controller".into(),
             "--max-finished-per-node".into(),
             "100000000".into(),
+            "--webhook=url".into(),
+            "--webhook-port".into(),
+            crate::env::free_port()?.to_string(),
         ],
         &controller_kc,
         &run_dir.join("kdiag-controller.log"),
@@ -206,6 +219,7 @@ pub async fn run(s: &Settings) -> Result<(Value, Value)> {
     let kdiag_api: Api<DynamicObject> =
         Api::namespaced_with(env.admin.clone(), &ns, &abnormal_resource());
     let floor_api = floor::floor_api(&env, &ns);
+    wait_until_webhook_answers(&kdiag_api, &ns, &abnormal_spec(&ns, NODE)).await?;
     let kdiag_obs = Observer::start(kdiag_api.clone(), final_phase()).await?;
     let floor_obs = Observer::start(floor_api.clone(), final_phase()).await?;
     let spec = abnormal_spec(&ns, NODE);
@@ -307,6 +321,12 @@ pub async fn run(s: &Settings) -> Result<(Value, Value)> {
     let on_node = kdiag_obs.seen_count();
     let sizes = stored_sizes(&kdiag_api, &sample).await?;
     let agent_metrics = agent.metrics(&http).await.unwrap_or_default();
+    eprintln!(
+        "  admission: {} Abnormals one at a time through the webhook, then {} without",
+        s.admission, s.admission
+    );
+    let admission =
+        measure_admission(&env, &controller, &http, &kdiag_api, &ns, s.admission).await?;
     controller.stop();
     agent.stop();
 
@@ -333,6 +353,7 @@ pub async fn run(s: &Settings) -> Result<(Value, Value)> {
                 "throughput": round(ratio(k_acc.per_second(), f_acc.per_second())),
             },
         },
+        "admission": admission,
         "agentApiErrors": metric_sum(&agent_metrics, "kdiag_agent_api_errors_total"),
         "pluginCallsPerAbnormal": round(plugin.calls.load(std::sync::atomic::Ordering::Relaxed) as f64 / created.max(1) as f64),
     });
@@ -364,6 +385,97 @@ async fn measured<T>(
         apiserver::delta(&api0, &api1),
         CpuUsed::between(&cpu0, &cpu1),
     ))
+}
+
+/// Until a dry-run create passes: the apiserver calls the webhook with the caBundle the
+/// controller wrote (before, it fails closed: connection refused or an unknown authority).
+async fn wait_until_webhook_answers(
+    api: &Api<DynamicObject>,
+    ns: &str,
+    spec: &Value,
+) -> Result<()> {
+    let probe = object(&abnormal_resource(), ns, "webhook-probe", spec);
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        match api.create(&dry_run, &probe).await {
+            Ok(_) => return Ok(()),
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(e) => {
+                return Err(e).context("the admission webhook never answered within 120 s");
+            }
+        }
+    }
+}
+
+/// The time of `n` creates one at a time, with the webhook and then without it (the
+/// configuration deleted), on a node with no agent; the controller's review counter shows
+/// which creates it reviewed.
+async fn measure_admission(
+    env: &Env,
+    controller: &RealProc,
+    http: &reqwest::Client,
+    api: &Api<DynamicObject>,
+    ns: &str,
+    n: usize,
+) -> Result<Value> {
+    env.node(ADMISSION_NODE).await?;
+    let spec = abnormal_spec(ns, ADMISSION_NODE);
+    let reviews = || async {
+        let text = controller.metrics(http).await?;
+        anyhow::Ok(metric_sum(&text, "kdiag_webhook_reviews_total"))
+    };
+    let creates = |prefix: &'static str| {
+        let spec = spec.clone();
+        async move {
+            let mut took = Vec::with_capacity(n);
+            for name in names(prefix, n) {
+                let o = object(&abnormal_resource(), ns, &name, &spec);
+                let t = std::time::Instant::now();
+                api.create(&PostParams::default(), &o).await?;
+                took.push(t.elapsed());
+            }
+            anyhow::Ok(took)
+        }
+    };
+    let r0 = reviews().await?;
+    let on = Summary::of(&creates("admit-on").await?);
+    let reviewed_on = reviews().await? - r0;
+
+    env.without_webhook()?;
+    // Until the apiserver has dropped the webhook: a dry-run create it no longer reviews.
+    let probe = object(&abnormal_resource(), ns, "webhook-gone", &spec);
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let before = reviews().await?;
+        api.create(&dry_run, &probe).await?;
+        if reviews().await? == before {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the apiserver still calls the webhook 60 s after its configuration was deleted"
+        );
+    }
+    let r1 = reviews().await?;
+    let off = Summary::of(&creates("admit-off").await?);
+    let reviewed_off = reviews().await? - r1;
+    Ok(json!({
+        "n": n,
+        "webhook": on.json(),
+        "noWebhook": off.json(),
+        "reviews": {"webhook": reviewed_on, "noWebhook": reviewed_off},
+        "ratio": {"p50": round(ratio(on.p50, off.p50)), "p99": round(ratio(on.p99, off.p99))},
+    }))
 }
 
 /// Requests the apiserver makes of itself, kdiag or not.

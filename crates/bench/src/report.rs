@@ -333,6 +333,19 @@ fn pipeline(out: &mut String, p: &Value) {
             parts.join(", ")
         ));
     }
+    out.push_str(&format!(
+        "  admission webhook (above: on, as shipped): {} creates one at a time on a node with no agent, \
+         p50 {} ms / p99 {} ms with it ({} reviews), {} ms / {} ms without ({} reviews): x{} / x{}\n",
+        num(p, "/admission/n"),
+        fmt(num(p, "/admission/webhook/p50Ms")),
+        fmt(num(p, "/admission/webhook/p99Ms")),
+        num(p, "/admission/reviews/webhook"),
+        fmt(num(p, "/admission/noWebhook/p50Ms")),
+        fmt(num(p, "/admission/noWebhook/p99Ms")),
+        num(p, "/admission/reviews/noWebhook"),
+        fmt(num(p, "/admission/ratio/p50")),
+        fmt(num(p, "/admission/ratio/p99")),
+    ));
     out.push('\n');
 }
 

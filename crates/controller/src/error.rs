@@ -139,6 +139,11 @@ pub enum Error {
         "ValidatingWebhookConfiguration {name} does not exist: apply config/deploy/webhook.yaml (kubectl apply -k config/deploy), or start the controller with --webhook=off"
     )]
     WebhookConfigurationMissing { name: String },
+    /// The controller could not join the leader election.
+    #[error(
+        "cannot join the leader election on Lease {lease}: {reason}; check that the controller may get, create and patch Leases in its namespace (config/deploy/10-rbac.yaml), or run a single replica with --leader-elect=false"
+    )]
+    LeaderElection { lease: String, reason: String },
 }
 
 impl Error {
@@ -163,6 +168,7 @@ impl Error {
             Error::WebhookCertificate { .. }
             | Error::WebhookListen { .. }
             | Error::WebhookConfigurationMissing { .. } => Category::Permanent,
+            Error::LeaderElection { .. } => Category::Transient,
             Error::ReportNotJson { .. }
             | Error::ReportWithoutProbe
             | Error::ReportWithoutCheckers
@@ -219,6 +225,7 @@ impl Error {
             Error::WebhookCertificate { .. }
             | Error::WebhookListen { .. }
             | Error::WebhookConfigurationMissing { .. } => "webhook",
+            Error::LeaderElection { .. } => "leader_election",
         }
     }
 }

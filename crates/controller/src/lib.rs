@@ -11,6 +11,7 @@
 
 pub mod cluster;
 mod error;
+pub mod leader;
 pub mod nodes;
 pub mod probes;
 mod retry;
@@ -79,6 +80,8 @@ pub struct ControllerConfig {
     pub triage: admission::Triage,
     /// The validating admission webhook (`webhook`); `None` serves none.
     pub webhook: Option<crate::webhook::WebhookConfig>,
+    /// Leader election among replicas (`leader`); `None` runs as the only one.
+    pub leader_election: Option<crate::leader::LeaderElection>,
 }
 
 impl Default for ControllerConfig {
@@ -99,6 +102,7 @@ impl Default for ControllerConfig {
             probe_status_allow_unauthenticated: false,
             triage: Default::default(),
             webhook: None,
+            leader_election: None,
         }
     }
 }
@@ -111,6 +115,11 @@ pub struct ControllerHandle {
     pub alerts: Arc<crate::sources::alerts::AlertSource>,
     /// The probe report endpoint's handler, for the HTTP server.
     pub probe_reports: Arc<crate::probes::report::ProbeReports>,
+    /// Whether this replica leads.
+    pub leader: crate::leader::LeaderView,
+    /// Set when this replica led and lost its Lease: it stopped, and its process should exit
+    /// with an error so that it restarts as a standby.
+    pub lost_leadership: Arc<AtomicBool>,
 }
 
 /// The name of the Secret holding the alert token, in kube-diagnoser.
@@ -151,15 +160,20 @@ pub fn start(
             instance: None,
         },
     );
+    // What only the leader does stops with `leader_stop`: at shutdown, or when it loses its
+    // Lease. The watches, the webhook and the HTTP endpoints serve on every replica.
+    let leader_stop = shutdown.child_token();
+    let leader = crate::leader::LeaderView::new(&client, config.leader_election.clone());
+    let lost_leadership = Arc::new(AtomicBool::new(false));
     // One watch of every Abnormal, shared by admission and the ProbeStatus write-back.
     let (store, [for_admission, for_writeback], watch_abnormals) = watch_abnormals(client.clone());
     let controller = Controller::for_shared_stream(for_admission, store.clone())
-        .graceful_shutdown_on(shutdown.clone().cancelled_owned());
+        .graceful_shutdown_on(leader_stop.clone().cancelled_owned());
     let writeback = Controller::for_shared_stream(
         for_writeback.filter(|o| std::future::ready(crate::probes::writeback::concerns(o))),
         store.clone(),
     )
-    .graceful_shutdown_on(shutdown.clone().cancelled_owned());
+    .graceful_shutdown_on(leader_stop.clone().cancelled_owned());
     let (sources, sources_driver) =
         crate::sources::validity::start(client.clone(), shutdown.clone());
     let nodes = Arc::new(crate::nodes::KnownNodes::new(client.clone()));
@@ -169,7 +183,7 @@ pub fn start(
         config.probe_budgets,
         metrics.clone(),
         nodes.clone(),
-        shutdown.clone(),
+        leader_stop.clone(),
     );
     let probe_reports = Arc::new(crate::probes::report::ProbeReports::new(
         client.clone(),
@@ -180,7 +194,7 @@ pub fn start(
         client.clone(),
         config.runner.clone(),
         metrics.clone(),
-        shutdown.clone(),
+        leader_stop.clone(),
     );
     let sink = Arc::new(crate::sources::sink::Sink::new(
         client.clone(),
@@ -199,9 +213,10 @@ pub fn start(
         token: config.alert_token.clone(),
         allow_unauthenticated: config.alerts_allow_unauthenticated,
         nodes,
+        leader: leader.clone(),
     });
-    let flusher = sink.run_flusher(std::time::Duration::from_secs(2), shutdown.clone());
-    let events_run = event_source.run(shutdown.clone());
+    let flusher = sink.run_flusher(std::time::Duration::from_secs(2), leader_stop.clone());
+    let events_run = event_source.run(leader_stop.clone());
     let writeback_ctx = Arc::new(crate::probes::writeback::Ctx {
         client: client.clone(),
         abnormals: store.clone(),
@@ -216,6 +231,7 @@ pub fn start(
             builtins.clone(),
             config.triage.clone(),
             webhook_config.exempt_users.clone(),
+            metrics.clone(),
         ));
         crate::webhook::run(
             client.clone(),
@@ -239,18 +255,24 @@ pub fn start(
         store: store.clone(),
         alerts,
         probe_reports,
+        leader: leader.clone(),
+        lost_leadership: lost_leadership.clone(),
     };
 
     let driver = async move {
-        let watch_task = tokio::spawn(watch_abnormals);
         let registrations_task = tokio::spawn(registrations_driver);
         let webhook_task = webhook_run.map(tokio::spawn);
         let readiness = {
             let (store, registrations, ready) =
                 (store.clone(), registrations.clone(), ready.clone());
             let webhook_ready = webhook_ready.clone();
+            // A replica in an election is ready once it serves the webhook and reports (its
+            // Abnormal watch starts only when it leads); a sole controller once it has synced.
+            let elected = ctx.config.leader_election.is_some();
             tokio::spawn(async move {
-                kdiag_runtime::ready::store_ready(&store).await;
+                if !elected {
+                    kdiag_runtime::ready::store_ready(&store).await;
+                }
                 registrations.wait_until_ready().await;
                 // Serving, with its caBundle written: until then creation fails closed.
                 while !webhook_ready.load(Ordering::Acquire) {
@@ -260,69 +282,162 @@ pub fn start(
                 tracing::info!("controller ready: watches synced");
             })
         };
-        let gc_task = tokio::spawn(collect_garbage(
-            ctx.clone(),
-            store.clone(),
-            shutdown.clone(),
-        ));
-        let no_agent_task = ctx.config.no_agent_grace.map(|grace| {
-            tokio::spawn(cluster::no_agent::fail_abnormals_without_agent(
-                ctx.clone(),
-                store.clone(),
-                grace,
-                shutdown.clone(),
-            ))
-        });
         let sources_task = tokio::spawn(sources_driver);
-        let probes_task = tokio::spawn(probe_trigger);
-        let runner_task = tokio::spawn(probe_runner);
-        let events_task = tokio::spawn(events_run);
-        let flusher_task = tokio::spawn(flusher);
-        let writeback_task = tokio::spawn(
-            writeback
-                .run(
-                    crate::probes::writeback::reconcile,
-                    crate::probes::writeback::error_policy,
-                    writeback_ctx,
-                )
-                .for_each(|r| async move {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "write-back");
+        // Standing by until this replica leads (at once without an election).
+        let candidacy = campaign(&ctx.client, &leader, &shutdown).await;
+        let candidacy = match candidacy {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "controller stopping");
+                lost_leadership.store(true, Ordering::Release);
+                shutdown.cancel();
+                None
+            }
+        };
+        // Stopped (or failed to join) while standing by: there is no leader's work to do.
+        let leading = !shutdown.is_cancelled();
+        let mut watch_task = None;
+        let mut lost_task = None;
+        if leading {
+            // The Abnormal watch feeds admission and the write-back, which only the leader
+            // runs: a standby's unread subscribers would stall it.
+            watch_task = Some(tokio::spawn(watch_abnormals));
+            // A leader that loses its Lease stops everything; its process exits and restarts
+            // as a standby, so nothing it started outlives its leadership.
+            lost_task = candidacy.map(|mut candidacy| {
+                let (shutdown, lost_leadership) = (shutdown.clone(), lost_leadership.clone());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = candidacy.lost() => {
+                            tracing::error!("lost the leader Lease: stopping, to restart as a standby");
+                            lost_leadership.store(true, Ordering::Release);
+                            shutdown.cancel();
+                        }
+                        _ = shutdown.cancelled() => {}
                     }
-                }),
-        );
-        // Admission needs the registrations: validating against an empty cache would reject
-        // every Abnormal that names a processor.
-        registrations.wait_until_ready().await;
-        controller
-            .run(reconcile, error_policy, ctx)
-            .for_each(|r| async move {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "reconcile");
-                }
+                    candidacy
+                })
+            });
+            lead(Leading {
+                ctx,
+                store: store.clone(),
+                registrations: registrations.clone(),
+                leader_stop,
+                controller,
+                writeback,
+                writeback_ctx,
+                tasks: vec![
+                    tokio::spawn(probe_trigger),
+                    tokio::spawn(probe_runner),
+                    tokio::spawn(events_run),
+                    tokio::spawn(flusher),
+                ],
             })
             .await;
-        gc_task.abort();
-        if let Some(t) = no_agent_task {
-            t.abort();
         }
-        let _ = tokio::join!(
-            sources_task,
-            probes_task,
-            runner_task,
-            events_task,
-            flusher_task,
-            writeback_task
-        );
+        let _ = sources_task.await;
         readiness.abort();
+        // The leader's work is over: a standby may take over now.
+        if let Some(t) = lost_task
+            && let Ok(candidacy) = t.await
+        {
+            candidacy.release().await;
+        }
         if let Some(t) = webhook_task {
             let _ = t.await;
         }
         registrations_task.abort();
-        watch_task.abort();
+        if let Some(t) = watch_task {
+            t.abort();
+        }
         tracing::info!("controller stopped");
     };
     (handle, driver)
+}
+
+/// What the leader runs, and what it runs it with.
+struct Leading {
+    ctx: Arc<Ctx>,
+    store: Store<DeserializeGuard<Abnormal>>,
+    registrations: Registrations,
+    leader_stop: CancellationToken,
+    controller: Controller<DeserializeGuard<Abnormal>>,
+    writeback: Controller<DeserializeGuard<Abnormal>>,
+    writeback_ctx: Arc<crate::probes::writeback::Ctx>,
+    /// Triggers, the probe runner and the flusher, already started: they end at `leader_stop`.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// The leader's work (admission, garbage collection, the write-back, triggers and probes) until
+/// `leader_stop`.
+async fn lead(l: Leading) {
+    let gc_task = tokio::spawn(collect_garbage(
+        l.ctx.clone(),
+        l.store.clone(),
+        l.leader_stop.clone(),
+    ));
+    let no_agent_task = l.ctx.config.no_agent_grace.map(|grace| {
+        tokio::spawn(cluster::no_agent::fail_abnormals_without_agent(
+            l.ctx.clone(),
+            l.store.clone(),
+            grace,
+            l.leader_stop.clone(),
+        ))
+    });
+    let writeback_task = tokio::spawn(
+        l.writeback
+            .run(
+                crate::probes::writeback::reconcile,
+                crate::probes::writeback::error_policy,
+                l.writeback_ctx,
+            )
+            .for_each(|r| async move {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "write-back");
+                }
+            }),
+    );
+    // Admission needs the registrations: validating against an empty cache would reject
+    // every Abnormal that names a processor.
+    l.registrations.wait_until_ready().await;
+    l.controller
+        .run(reconcile, error_policy, l.ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "reconcile");
+            }
+        })
+        .await;
+    gc_task.abort();
+    if let Some(t) = no_agent_task {
+        t.abort();
+    }
+    let _ = writeback_task.await;
+    for t in l.tasks {
+        let _ = t.await;
+    }
+}
+
+/// Joins the election and waits until this replica leads, or until shutdown (then None).
+async fn campaign(
+    client: &Client,
+    leader: &crate::leader::LeaderView,
+    shutdown: &CancellationToken,
+) -> Result<Option<crate::leader::Candidacy>, Error> {
+    let Some(mut candidacy) = crate::leader::Candidacy::join(client.clone(), leader).await? else {
+        return Ok(None);
+    };
+    tracing::info!("leader election: standing by until this replica holds the Lease");
+    tokio::select! {
+        _ = candidacy.acquired() => {
+            tracing::info!("leader election: this replica leads");
+            Ok(Some(candidacy))
+        }
+        _ = shutdown.cancelled() => {
+            candidacy.release().await;
+            Ok(None)
+        }
+    }
 }
 
 /// Subscribers of the shared Abnormal watch: admission's and the write-back's.

@@ -28,15 +28,28 @@ pub fn routes(
     let alert_routes = warp::path!("api" / String / String)
         .and(warp::post())
         .and(warp::header::optional::<String>("authorization"))
+        .and(warp::header::optional::<String>("content-type"))
+        .and(warp::header::optional::<String>(
+            crate::leader::FORWARDED_HEADER,
+        ))
         .and(warp::body::content_length_limit(MAX_REQUEST_BYTES))
         .and(warp::body::bytes())
         .and_then(
-            move |version: String, endpoint: String, auth: Option<String>, body: Bytes| {
+            move |version: String,
+                  endpoint: String,
+                  auth: Option<String>,
+                  content_type: Option<String>,
+                  forwarded_by: Option<String>,
+                  body: Bytes| {
                 let alerts = alerts.clone();
                 async move {
-                    Ok::<_, Rejection>(
-                        receive_alerts(alerts, &version, &endpoint, auth, body).await,
-                    )
+                    let delivery = Delivery {
+                        auth,
+                        content_type,
+                        forwarded_by,
+                        body,
+                    };
+                    Ok::<_, Rejection>(receive_alerts(alerts, &version, &endpoint, delivery).await)
                 }
             },
         );
@@ -105,13 +118,27 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Alerts: `POST /api/v2/alerts` and `/api/v1/alerts` (Alertmanager's API, as Prometheus pushes),
 /// `POST /api/v1/webhook` (Alertmanager's webhook receiver).
+/// One POST of alerts, as received.
+struct Delivery {
+    auth: Option<String>,
+    content_type: Option<String>,
+    /// The standby that handed it on, if one did.
+    forwarded_by: Option<String>,
+    body: Bytes,
+}
+
 async fn receive_alerts(
     alerts: Option<Arc<crate::sources::alerts::AlertSource>>,
     version: &str,
     endpoint: &str,
-    auth: Option<String>,
-    body: Bytes,
+    delivery: Delivery,
 ) -> warp::reply::Response {
+    let Delivery {
+        auth,
+        content_type,
+        forwarded_by,
+        body,
+    } = delivery;
     use crate::sources::alerts::{parse_alerts, parse_webhook};
     let Some(source) = alerts else {
         return text(
@@ -135,6 +162,34 @@ async fn receive_alerts(
         auth.as_deref(),
     ) {
         return text(StatusCode::UNAUTHORIZED, why);
+    }
+    // A standby hands the delivery to the leader, whose storm budgets count it. Prometheus and
+    // Alertmanager resend on 5xx, so a delivery that cannot be handed on now is not lost.
+    if !source.leader.is_leader() {
+        if let Some(by) = forwarded_by {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "{by} handed these alerts to this replica, which does not lead (leadership is changing); retry"
+                ),
+            );
+        }
+        let path = format!("/api/{version}/{endpoint}");
+        return match source
+            .leader
+            .forward(&path, auth.as_deref(), content_type.as_deref(), body)
+            .await
+        {
+            Ok((status, answer)) => {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+                warp::reply::with_status(
+                    warp::reply::with_header(answer.to_vec(), "content-type", "application/json"),
+                    status,
+                )
+                .into_response()
+            }
+            Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, why),
+        };
     }
     let parsed = if webhook {
         parse_webhook(&body)

@@ -153,6 +153,59 @@ pub struct ControllerArgs {
     pub probe_node_budget: kdiag_controller::sources::storm::Budget,
     #[command(flatten)]
     pub webhook: WebhookArgs,
+    #[command(flatten)]
+    pub leader: LeaderArgs,
+}
+
+/// Leader election among the controller's replicas (docs/install.md).
+#[derive(clap::Args, Debug, Clone)]
+pub struct LeaderArgs {
+    /// Elect one leader among the controller's replicas with a Lease in kube-diagnoser: only the
+    /// leader admits, routes, collects garbage, runs probes and turns triggers into Abnormals;
+    /// every replica serves the admission webhook and probe reports. false: this controller is
+    /// the only one (never run two such).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "KDIAG_LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// The leader Lease's name, in kube-diagnoser.
+    #[arg(long, default_value = kdiag_controller::leader::DEFAULT_LEASE)]
+    pub leader_election_lease: String,
+    /// This replica's identity in the Lease, NAME@HOST:PORT, where HOST:PORT reaches its HTTP
+    /// server from the other replicas (a standby hands alerts there). Default:
+    /// $POD_NAME@$POD_IP:<--port> in a pod, <hostname>@127.0.0.1:<--port> elsewhere.
+    #[arg(long, env = "KDIAG_LEADER_ELECTION_ID")]
+    pub leader_election_id: Option<String>,
+    /// How long a leader's Lease holds without renewal: how long a crashed leader's work
+    /// waits for a standby.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub leader_election_lease_duration: Duration,
+}
+
+impl LeaderArgs {
+    /// The election's settings, None with --leader-elect=false.
+    pub fn config(&self, port: u16) -> Option<kdiag_controller::leader::LeaderElection> {
+        if !self.leader_elect {
+            return None;
+        }
+        let identity = self.leader_election_id.clone().unwrap_or_else(|| {
+            let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+            match (env("POD_NAME"), env("POD_IP")) {
+                (Some(name), Some(ip)) => format!("{name}@{ip}:{port}"),
+                _ => format!(
+                    "{}@127.0.0.1:{port}",
+                    env("HOSTNAME").unwrap_or_else(|| "kdiag-controller".into())
+                ),
+            }
+        });
+        let mut election = kdiag_controller::leader::LeaderElection::new(
+            kdiag_api::SYSTEM_NAMESPACE,
+            &self.leader_election_lease,
+            &identity,
+        );
+        election.lease_duration = self.leader_election_lease_duration;
+        election.renew_before =
+            (self.leader_election_lease_duration / 3).max(Duration::from_secs(1));
+        Some(election)
+    }
 }
 
 /// How the apiserver reaches the validating admission webhook.
@@ -272,6 +325,15 @@ pub struct AgentArgs {
     /// Abnormals processed at once.
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
+    /// How long an Abnormal may take from admission to its end: then the steps it has not run
+    /// are not run and it ends Failed (DeadlineExceeded). A step with side effects already
+    /// running finishes first. 0: no deadline.
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    pub abnormal_deadline: Duration,
+    /// How long an Abnormal keeps a worker slot while others wait for one: then, between two
+    /// steps, it goes to the back of the queue, so many long Abnormals share the slots.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub turn: Duration,
     /// Namespace of the node policy ConfigMap.
     #[arg(long, default_value = kdiag_api::SYSTEM_NAMESPACE)]
     pub policy_namespace: String,
@@ -306,6 +368,10 @@ pub struct AgentArgs {
     /// The most bytes (as JSON) status.context may hold.
     #[arg(long, default_value_t = 1024 * 1024)]
     pub max_context_bytes: usize,
+    /// The most bytes (as JSON) a whole Abnormal may grow to through its steps; output that
+    /// would pass it is dropped, saying so (etcd refuses objects over 1.5 MiB).
+    #[arg(long, default_value_t = 1280 * 1024)]
+    pub max_object_bytes: usize,
 }
 
 #[cfg(test)]

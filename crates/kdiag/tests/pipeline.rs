@@ -1689,3 +1689,249 @@ async fn an_agent_whose_registrations_load_late_takes_no_abnormal_before_they_do
     assert_eq!(plugin.count("/echo/fixed"), names.len());
     agent.stop().await;
 }
+
+#[tokio::test]
+async fn an_abnormal_that_outlives_its_deadline_ends_failed_saying_what_was_not_run() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("deadline").await;
+    let client = cp.client().await;
+    let plugin = TestPlugin::start().await;
+    // A collector that would take 20 s of its 30 s timeout, and one after it.
+    register_plugin(
+        &client,
+        &ns,
+        "InformationCollector",
+        "slow",
+        plugin.port,
+        "/sleep/20000/slow",
+        30,
+    )
+    .await;
+    register_plugin(
+        &client,
+        &ns,
+        "InformationCollector",
+        "after",
+        plugin.port,
+        "/echo/after",
+        5,
+    )
+    .await;
+    let node = format!("{ns}-node");
+    let agent = TestAgent::start_tweaked(cp, &node, 32, |c| {
+        c.deadline = Some(Duration::from_secs(3));
+    })
+    .await;
+    let started = Instant::now();
+    create_abnormal(
+        &client,
+        &ns,
+        "late",
+        json!({"nodeName": node,
+               "assignedInformationCollectors": [{"name": "slow"}, {"name": "after"}]}),
+    )
+    .await;
+    let a = wait_final(&client, &ns, "late", FINISH).await;
+    let took = started.elapsed();
+    let st = a.status.clone().unwrap();
+    assert_eq!(st.phase, Some(AbnormalPhase::Failed), "{st:#?}");
+    assert_eq!(st.reason, "DeadlineExceeded", "{st:#?}");
+    assert!(
+        st.message.contains("deadline of 3s") && st.message.contains("--abnormal-deadline"),
+        "{}",
+        st.message
+    );
+    assert!(
+        took < Duration::from_secs(15),
+        "it ended {took:?} after creation, not at its 3 s deadline"
+    );
+    let records: Vec<_> = st
+        .processors
+        .iter()
+        .map(|r| (r.processor.as_str(), r.result, r.message.as_str()))
+        .collect();
+    let (slow, after) = (format!("{ns}/slow"), format!("{ns}/after"));
+    assert!(
+        matches!(records[..], [(s, ProcessorResult::Failed, m1), (f, ProcessorResult::Skipped, m2)]
+            if s == slow && m1.contains("deadline") && f == after && m2.contains("deadline of 3s")),
+        "{records:#?}"
+    );
+    assert_eq!(
+        plugin.count("/echo/after"),
+        0,
+        "nothing runs after the deadline"
+    );
+    assert!(
+        event_reasons_at_least(&client, &ns, "late", 2)
+            .await
+            .contains(&"DeadlineExceeded".to_string())
+    );
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn a_long_abnormal_gives_its_worker_to_one_that_waits_between_two_steps() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("turns").await;
+    let client = cp.client().await;
+    let plugin = TestPlugin::start().await;
+    for i in 0..4 {
+        register_plugin(
+            &client,
+            &ns,
+            "InformationCollector",
+            &format!("long-{i}"),
+            plugin.port,
+            &format!("/sleep/1500/long-{i}"),
+            10,
+        )
+        .await;
+    }
+    register_plugin(
+        &client,
+        &ns,
+        "InformationCollector",
+        "quick",
+        plugin.port,
+        "/echo/quick",
+        5,
+    )
+    .await;
+    let node = format!("{ns}-node");
+    // One worker slot, and a turn shorter than one of the long Abnormal's steps.
+    let agent = TestAgent::start_tweaked(cp, &node, 1, |c| {
+        c.turn = Duration::from_millis(500);
+    })
+    .await;
+    let long: Vec<_> = (0..4)
+        .map(|i| json!({"name": format!("long-{i}")}))
+        .collect();
+    create_abnormal(
+        &client,
+        &ns,
+        "long",
+        json!({"nodeName": node, "assignedInformationCollectors": long}),
+    )
+    .await;
+    // The long one holds the only slot (its first step has reached the plugin); then the quick
+    // one comes and waits for the slot.
+    let deadline = Instant::now() + FINISH;
+    while plugin.count("/sleep/1500/long-0") == 0 {
+        assert!(Instant::now() < deadline, "the long Abnormal never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    create_abnormal(
+        &client,
+        &ns,
+        "quick",
+        json!({"nodeName": node, "assignedInformationCollectors": [{"name": "quick"}]}),
+    )
+    .await;
+    let quick = wait_final(&client, &ns, "quick", FINISH).await;
+    assert_eq!(quick.phase(), Some(AbnormalPhase::Succeeded));
+    // Without turns the quick one would wait for all four 1.5 s steps of the long one.
+    let long_now = Api::<Abnormal>::namespaced(client.clone(), &ns)
+        .get("long")
+        .await
+        .unwrap();
+    assert!(
+        !long_now.phase().is_some_and(AbnormalPhase::is_final),
+        "the quick Abnormal waited until the long one had ended: {:?}",
+        plugin.calls()
+    );
+    let long_done = wait_final(&client, &ns, "long", FINISH).await;
+    assert_eq!(long_done.phase(), Some(AbnormalPhase::Succeeded));
+    assert_eq!(
+        (0..4)
+            .map(|i| plugin.count(&format!("/sleep/1500/long-{i}")))
+            .sum::<usize>(),
+        4,
+        "yielding ran no step of the long Abnormal twice: {:?}",
+        plugin.calls()
+    );
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn an_abnormal_that_would_outgrow_etcd_drops_what_cannot_be_stored_says_so_and_ends() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("too-large").await;
+    let client = cp.client().await;
+    let plugin = TestPlugin::start().await;
+    register_plugin(
+        &client,
+        &ns,
+        "InformationCollector",
+        "big",
+        plugin.port,
+        "/big/400000/big",
+        10,
+    )
+    .await;
+    register_plugin(
+        &client,
+        &ns,
+        "InformationCollector",
+        "small",
+        plugin.port,
+        "/echo/small",
+        10,
+    )
+    .await;
+    // A spec of 1.2 MB: with the big collector's 400 kB the object would pass etcd's 1.5 MiB.
+    let spec = |node: &str| {
+        json!({"nodeName": node,
+               "assignedInformationCollectors": [{"name": "big"}, {"name": "small"}],
+               "context": {"blob": "s".repeat(1_200_000)}})
+    };
+
+    // The agent's cap on the whole object (1.25 MiB) drops the big output before any write.
+    let capped = format!("{ns}-capped");
+    let agent = TestAgent::start(cp, &capped).await;
+    create_abnormal(&client, &ns, "capped", spec(&capped)).await;
+    let a = wait_final(&client, &ns, "capped", FINISH).await;
+    let st = a.status.clone().unwrap();
+    assert_eq!(st.phase, Some(AbnormalPhase::Succeeded), "{}", st.message);
+    let big = &st.processors[0];
+    assert_eq!(big.result, ProcessorResult::Failed);
+    assert!(
+        big.message.contains("on the whole object"),
+        "{}",
+        big.message
+    );
+    assert_eq!(st.context.unwrap()["small"], json!("small-value"));
+    agent.stop().await;
+
+    // Without that cap, etcd refuses the final write: what kdiag added is dropped, with a
+    // marker, and the Abnormal still ends (its steps did succeed).
+    let uncapped = format!("{ns}-uncapped");
+    let agent = TestAgent::start_tweaked(cp, &uncapped, 32, |c| {
+        c.limits.max_object_bytes = 8 << 20;
+    })
+    .await;
+    create_abnormal(&client, &ns, "uncapped", spec(&uncapped)).await;
+    let a = wait_final(&client, &ns, "uncapped", FINISH).await;
+    let st = a.status.clone().unwrap();
+    assert_eq!(st.phase, Some(AbnormalPhase::Succeeded), "{st:#?}");
+    assert!(
+        st.message
+            .contains("refused to store this Abnormal for its size"),
+        "{}",
+        st.message
+    );
+    let dropped = &st.context.unwrap()["droppedForSize"];
+    assert!(
+        dropped.to_string().contains("status.context.big"),
+        "{dropped}"
+    );
+    let deadline = Instant::now() + FINISH;
+    loop {
+        let reasons = event_reasons(&client, &ns, "uncapped").await;
+        if reasons.iter().any(|r| r == "TooLarge") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no TooLarge Event: {reasons:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    agent.stop().await;
+}

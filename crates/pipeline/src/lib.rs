@@ -38,7 +38,7 @@ pub use error::{Category, Error, http_status_category};
 pub use plan::{Step, StepKind, plan};
 pub use transition::{
     Limits, Next, StageEvent, StageOutcome, StepOutput, StepResult, abandoned, apply_step,
-    end_stage, mark_running, needs_intent, next,
+    deadline_left, end_stage, mark_running, needs_intent, next, shrink_to_fit,
 };
 
 #[cfg(test)]

@@ -370,6 +370,7 @@ fn an_output_over_the_cap_fails_the_step_and_keeps_nothing() {
     let limits = Limits {
         max_step_output_bytes: 100,
         max_context_bytes: 1000,
+        ..Limits::default()
     };
     apply_step(
         &mut a,
@@ -397,6 +398,7 @@ fn context_that_would_outgrow_the_total_cap_is_refused() {
     let limits = Limits {
         max_step_output_bytes: 1000,
         max_context_bytes: 1200,
+        ..Limits::default()
     };
     let s1 = expect_run(&a);
     apply_step(
@@ -488,4 +490,183 @@ fn a_diagnosers_root_cause_lands_in_status_and_in_the_event() {
             .iter()
             .any(|e| e.reason == "Identified" && e.message.contains("disk full"))
     );
+}
+
+#[test]
+fn the_deadline_counts_from_admission_and_is_gone_once_passed() {
+    let deadline = std::time::Duration::from_secs(600);
+    let mut a = abnormal(json!({"nodeName": "n1"}));
+    // Not admitted and no creation time: no clock to count from.
+    assert_eq!(deadline_left(&a, deadline, &now()), None);
+    a.status.as_mut().unwrap().start_time = Some(Time("2026-11-22T09:55:00Z".parse().unwrap()));
+    assert_eq!(
+        deadline_left(&a, deadline, &now()),
+        Some(std::time::Duration::from_secs(300))
+    );
+    a.status.as_mut().unwrap().start_time = Some(Time("2026-11-22T09:50:00Z".parse().unwrap()));
+    assert_eq!(deadline_left(&a, deadline, &now()), None, "exactly at it");
+    a.status.as_mut().unwrap().start_time = Some(Time("2026-11-22T09:00:00Z".parse().unwrap()));
+    assert_eq!(deadline_left(&a, deadline, &now()), None);
+}
+
+#[test]
+fn a_stage_past_the_deadline_records_what_it_did_not_run_and_the_abnormal_fails() {
+    let mut a = abnormal(json!({
+        "nodeName": "n1",
+        "assignedInformationCollectors": [{"namespace": "ns", "name": "c1"}, {"namespace": "ns", "name": "c2"}],
+        "assignedDiagnosers": [{"namespace": "ns", "name": "d1"}],
+    }));
+    let first = expect_run(&a);
+    apply_step(
+        &mut a,
+        &first,
+        failed("stopped: deadline"),
+        Limits::default(),
+    );
+    let outcome = StageOutcome::DeadlineExceeded(std::time::Duration::from_secs(1800));
+    let event = end_stage(&mut a, Stage::InformationCollecting, &outcome, &now());
+    let st = a.status.as_ref().unwrap();
+    assert_eq!(st.phase, Some(AbnormalPhase::Failed));
+    assert_eq!(st.reason, "DeadlineExceeded");
+    assert!(st.message.contains("deadline of 30m"), "{}", st.message);
+    assert_eq!(event.reason, "DeadlineExceeded");
+    assert!(event.warning);
+    let records: Vec<_> = st
+        .processors
+        .iter()
+        .map(|r| (r.processor.as_str(), r.result))
+        .collect();
+    assert_eq!(
+        records,
+        [
+            ("ns/c1", ProcessorResult::Failed),
+            ("ns/c2", ProcessorResult::Skipped)
+        ],
+        "only the collection stage's own steps; diagnosis never starts"
+    );
+    assert_eq!(
+        st.processors[1].message,
+        "not run: the Abnormal's deadline of 30m had passed"
+    );
+    assert_eq!(next(&a), Next::Idle);
+}
+
+#[test]
+fn a_root_cause_that_would_outgrow_the_whole_object_cap_is_dropped_and_the_step_says_why() {
+    let mut a = abnormal(json!({"nodeName": "n", "assignedDiagnosers": [{"name": "d"}]}));
+    a.status.as_mut().unwrap().phase = Some(AbnormalPhase::Diagnosing);
+    let limits = Limits {
+        max_object_bytes: 2000,
+        ..Limits::default()
+    };
+    let step = expect_run(&a);
+    let huge = StepResult {
+        output: StepOutput::Processor {
+            context: Default::default(),
+            root_cause: Some(RootCause {
+                summary: "s".repeat(5000),
+                ..Default::default()
+            }),
+            command_executors: None,
+            profilers: None,
+        },
+        ..ok("found it")
+    };
+    apply_step(&mut a, &step, huge, limits);
+    let st = a.status.as_ref().unwrap();
+    assert!(st.root_cause.is_none(), "nothing of the output was kept");
+    assert_eq!(st.processors[0].result, ProcessorResult::Failed);
+    assert!(
+        st.processors[0]
+            .message
+            .contains("over the cap of 2000 bytes on the whole object"),
+        "{}",
+        st.processors[0].message
+    );
+    assert!(serde_json::to_vec(&a).unwrap().len() <= 2000);
+}
+
+#[test]
+fn a_commands_output_that_would_outgrow_the_whole_object_cap_is_replaced_by_a_marker() {
+    let mut a = abnormal(json!({"nodeName": "n",
+        "assignedInformationCollectors": [{"name": "c"}],
+        "commandExecutors": [{"command": ["uname", "-a"], "type": "InformationCollector"}]}));
+    let limits = Limits {
+        max_object_bytes: 3000,
+        ..Limits::default()
+    };
+    let step = expect_run(&a);
+    assert!(matches!(step.kind, StepKind::Command(_)), "{step:?}");
+    let ran = StepResult {
+        output: StepOutput::Command(CommandExecutorStatus {
+            command: vec!["uname".into(), "-a".into()],
+            type_: ProcessorType::InformationCollector,
+            timeout_seconds: None,
+            stdout: "o".repeat(10_000),
+            stderr: "e".repeat(100),
+            error: String::new(),
+        }),
+        ..ok("exit 0")
+    };
+    apply_step(&mut a, &step, ran, limits);
+    let st = a.status.as_ref().unwrap();
+    assert_eq!(
+        st.processors[0].result,
+        ProcessorResult::Succeeded,
+        "it ran"
+    );
+    let c = &st.command_executors[0];
+    assert!(
+        c.stdout
+            .starts_with("[10100 bytes of output dropped: the Abnormal would have grown to ")
+            && c.stdout
+                .ends_with("over the cap of 3000 bytes on the whole object]"),
+        "{}",
+        c.stdout
+    );
+    assert!(c.stderr.is_empty());
+    assert!(st.processors[0].message.contains("its output was dropped"));
+}
+
+#[test]
+fn a_status_refused_for_its_size_drops_context_and_output_says_what_and_ends() {
+    let mut a =
+        abnormal(json!({"nodeName": "n", "assignedInformationCollectors": [{"name": "c"}]}));
+    {
+        let st = a.status.as_mut().unwrap();
+        st.context = Some([("podInformation".to_owned(), json!("x".repeat(1000)))].into());
+        st.command_executors.push(CommandExecutorStatus {
+            command: vec!["dmesg".into()],
+            type_: ProcessorType::InformationCollector,
+            timeout_seconds: None,
+            stdout: "k".repeat(500),
+            stderr: String::new(),
+            error: String::new(),
+        });
+    }
+    let event = shrink_to_fit(&mut a, &now());
+    let st = a.status.as_ref().unwrap();
+    assert_eq!(st.phase, Some(AbnormalPhase::Failed));
+    assert_eq!(st.reason, "TooLarge");
+    assert_eq!(event.reason, "TooLarge");
+    assert_eq!(
+        st.context.as_ref().unwrap()["droppedForSize"],
+        json!([
+            "status.context.podInformation (1002 bytes)",
+            "the output of command 0 (500 bytes)"
+        ])
+    );
+    assert!(st.command_executors[0].stdout.starts_with("[dropped"));
+    assert_eq!(
+        condition(&a, AbnormalConditionType::InformationCollected).reason,
+        "TooLarge"
+    );
+
+    // One that had ended keeps its phase.
+    let mut done = abnormal(json!({"nodeName": "n"}));
+    done.status.as_mut().unwrap().phase = Some(AbnormalPhase::Succeeded);
+    shrink_to_fit(&mut done, &now());
+    let st = done.status.unwrap();
+    assert_eq!(st.phase, Some(AbnormalPhase::Succeeded));
+    assert!(st.message.contains("refused to store"), "{}", st.message);
 }

@@ -20,6 +20,9 @@ pub struct Limits {
     pub max_step_output_bytes: usize,
     /// The most bytes (as JSON) status.context may grow to.
     pub max_context_bytes: usize,
+    /// The most bytes (as JSON) the whole Abnormal may grow to through its steps: spec, status
+    /// and all. etcd refuses objects over 1.5 MiB; the rest is room for metadata.
+    pub max_object_bytes: usize,
 }
 
 impl Default for Limits {
@@ -27,6 +30,7 @@ impl Default for Limits {
         Self {
             max_step_output_bytes: 512 * 1024,
             max_context_bytes: 1024 * 1024,
+            max_object_bytes: 1280 * 1024,
         }
     }
 }
@@ -60,6 +64,8 @@ pub enum StageOutcome {
     Failed(Vec<String>),
     /// A recoverer was started and the agent stopped before it ended: it is not run again.
     RecoveryInterrupted(String),
+    /// The Abnormal's deadline passed before the stage ended: what had not run is not run.
+    DeadlineExceeded(std::time::Duration),
 }
 
 /// The result of running one step.
@@ -211,7 +217,10 @@ pub fn mark_running(abnormal: &mut Abnormal, step: &Step, now: &Time) {
 }
 
 /// Records a step's result and merges its output. An output over the limits fails the step with
-/// a message saying so, and nothing of it is merged.
+/// a message saying so, and nothing of it is merged. An output that would grow the whole
+/// Abnormal past `limits.max_object_bytes` (a root cause, a plugin's command list, a command's
+/// stdout) is dropped the same way, the record saying what was dropped: the status must always
+/// fit in one write, or the Abnormal could never end.
 pub fn apply_step(abnormal: &mut Abnormal, step: &Step, mut result: StepResult, limits: Limits) {
     if result.result == ProcessorResult::Succeeded
         && let StepOutput::Processor { context, .. } = &result.output
@@ -221,6 +230,134 @@ pub fn apply_step(abnormal: &mut Abnormal, step: &Step, mut result: StepResult, 
         result.message = problem;
         result.output = StepOutput::None;
     }
+    if matches!(result.output, StepOutput::None) {
+        merge_step(abnormal, step, result);
+        return;
+    }
+    let mut grown = abnormal.clone();
+    merge_step(&mut grown, step, result.clone());
+    let size = json_bytes(&grown);
+    if size <= limits.max_object_bytes {
+        *abnormal = grown;
+        return;
+    }
+    merge_step(abnormal, step, without_output(result, size, limits));
+}
+
+/// What a write the apiserver refused for size may still carry: the status without its context
+/// and command output (a marker in status.context says what was dropped), so the Abnormal can
+/// still end. One that was not over ends Failed with reason TooLarge; one that had ended keeps
+/// its phase and root cause, its message saying what was dropped. Returns the Event to record.
+pub fn shrink_to_fit(abnormal: &mut Abnormal, now: &Time) -> StageEvent {
+    let status = status_mut(abnormal);
+    let mut dropped: Vec<String> = Vec::new();
+    if let Some(context) = status.context.take() {
+        for (key, value) in context {
+            dropped.push(format!(
+                "status.context.{key} ({} bytes)",
+                json_bytes(&value)
+            ));
+        }
+    }
+    for (i, c) in status.command_executors.iter_mut().enumerate() {
+        let bytes = c.stdout.len() + c.stderr.len();
+        if bytes > 0 {
+            dropped.push(format!("the output of command {i} ({bytes} bytes)"));
+            c.stdout = "[dropped: the Abnormal was too large to store]".into();
+            c.stderr.clear();
+        }
+    }
+    for r in &mut status.processors {
+        if r.message.len() > 1024 {
+            let cut = (0..=1024)
+                .rev()
+                .find(|&i| r.message.is_char_boundary(i))
+                .unwrap_or(0);
+            r.message.truncate(cut);
+            r.message
+                .push_str(" [cut: the Abnormal was too large to store]");
+        }
+    }
+    if let Some(cause) = &status.root_cause
+        && json_bytes(cause) > 64 * 1024
+    {
+        dropped.push(format!("the root cause ({} bytes)", json_bytes(cause)));
+        status.root_cause = None;
+    }
+    let what = if dropped.is_empty() {
+        "nothing kdiag added could be dropped (is the spec itself near the limit?)".to_owned()
+    } else {
+        format!("dropped {}", dropped.join(", "))
+    };
+    status.context = Some(BTreeMap::from([(
+        "droppedForSize".to_owned(),
+        serde_json::Value::from(dropped.clone()),
+    )]));
+    let message = format!(
+        "the apiserver refused to store this Abnormal for its size; {what}; create it again with fewer collectors (or a smaller spec) to see them"
+    );
+    let stage = match status.phase {
+        Some(AbnormalPhase::InformationCollecting) => Some(Stage::InformationCollecting),
+        Some(AbnormalPhase::Diagnosing) => Some(Stage::Diagnosing),
+        Some(AbnormalPhase::Recovering) => Some(Stage::Recovering),
+        _ => None,
+    };
+    status.message = message.clone();
+    if let Some(stage) = stage {
+        status.phase = Some(AbnormalPhase::Failed);
+        status.reason = "TooLarge".into();
+        set_condition(
+            &mut status.conditions,
+            stage.condition(),
+            ConditionStatus::False,
+            "TooLarge",
+            &message,
+            now,
+        );
+    }
+    StageEvent {
+        reason: "TooLarge",
+        message,
+        warning: true,
+    }
+}
+
+/// The size of `value` as JSON.
+fn json_bytes(value: &impl serde::Serialize) -> usize {
+    serde_json::to_vec(value)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX)
+}
+
+/// `result` with what it would have added dropped, saying so. A command's record stays (it ran)
+/// with its output replaced by a marker; a processor's output goes and the step fails.
+fn without_output(mut result: StepResult, size: usize, limits: Limits) -> StepResult {
+    let why = format!(
+        "the Abnormal would have grown to {size} bytes, over the cap of {} bytes on the whole object",
+        limits.max_object_bytes
+    );
+    match &mut result.output {
+        StepOutput::Command(c) => {
+            let dropped = c.stdout.len() + c.stderr.len();
+            let marker = format!("[{dropped} bytes of output dropped: {why}]");
+            c.stdout = marker;
+            c.stderr.clear();
+            result.message = format!("{} (its output was dropped: {why})", result.message)
+                .trim_start()
+                .to_owned();
+        }
+        _ => {
+            result.result = ProcessorResult::Failed;
+            result.message = format!(
+                "its output was not kept: {why}; narrow what the processor returns, or diagnose with fewer processors per Abnormal"
+            );
+            result.output = StepOutput::None;
+        }
+    }
+    result
+}
+
+fn merge_step(abnormal: &mut Abnormal, step: &Step, result: StepResult) {
     let status = status_mut(abnormal);
     let record = ProcessorRecord {
         processor: step.label.clone(),
@@ -313,25 +450,35 @@ pub fn end_stage(
     outcome: &StageOutcome,
     now: &Time,
 ) -> StageEvent {
-    let unrun: Vec<Step> = match outcome {
-        StageOutcome::Succeeded { by: Some(_), .. } => {
-            let done = stage_records(abnormal, stage).count();
-            plan(abnormal, stage)
+    let not_run = |abnormal: &Abnormal| -> Vec<Step> {
+        let done = stage_records(abnormal, stage).count();
+        plan(abnormal, stage).into_iter().skip(done).collect()
+    };
+    let (unrun, why): (Vec<Step>, String) = match outcome {
+        StageOutcome::Succeeded { by: Some(_), .. } => (
+            not_run(abnormal)
                 .into_iter()
-                .skip(done)
                 .filter(Step::is_processor)
-                .collect()
-        }
-        _ => Vec::new(),
+                .collect(),
+            "not run: an earlier processor succeeded".into(),
+        ),
+        StageOutcome::DeadlineExceeded(deadline) => (
+            not_run(abnormal),
+            format!(
+                "not run: the Abnormal's deadline of {} had passed",
+                duration_text(*deadline)
+            ),
+        ),
+        _ => (Vec::new(), String::new()),
     };
     let status = status_mut(abnormal);
     for step in unrun {
         status.processors.push(ProcessorRecord {
+            kind: step.record_kind(),
             processor: step.label,
-            kind: ProcessorKind::Processor,
             stage,
             result: ProcessorResult::Skipped,
-            message: "not run: an earlier processor succeeded".into(),
+            message: why.clone(),
             start_time: now.clone(),
             duration_milliseconds: Some(0),
         });
@@ -451,6 +598,27 @@ pub fn end_stage(
                 event,
             )
         }
+        (_, StageOutcome::DeadlineExceeded(deadline)) => {
+            let msg = format!(
+                "{} did not end within the Abnormal's deadline of {} (the agent's --abnormal-deadline), so its remaining steps were not run; see each step's time in status.processors, and create a new Abnormal with fewer or faster processors",
+                stage_noun(stage),
+                duration_text(*deadline)
+            );
+            status.reason = "DeadlineExceeded".into();
+            status.message = msg.clone();
+            let event = StageEvent {
+                reason: "DeadlineExceeded",
+                message: msg.clone(),
+                warning: true,
+            };
+            (
+                ConditionStatus::False,
+                "DeadlineExceeded",
+                msg,
+                AbnormalPhase::Failed,
+                event,
+            )
+        }
         (_, StageOutcome::RecoveryInterrupted(step)) => {
             let msg = format!(
                 "the agent stopped while {step} was recovering; it may have acted, so it is not run again: check the node, then create a new Abnormal if recovery is still needed"
@@ -539,6 +707,36 @@ fn parse_label(label: &str) -> NamespacedName {
 
 fn status_mut(abnormal: &mut Abnormal) -> &mut AbnormalStatus {
     abnormal.status.get_or_insert_default()
+}
+
+/// How much of `deadline` is left for the Abnormal at `now`, counted from its admission
+/// (status.startTime) or, before that, its creation; None when it has passed.
+pub fn deadline_left(
+    abnormal: &Abnormal,
+    deadline: std::time::Duration,
+    now: &Time,
+) -> Option<std::time::Duration> {
+    let started = abnormal
+        .status
+        .as_ref()
+        .and_then(|s| s.start_time.as_ref())
+        .or(abnormal.metadata.creation_timestamp.as_ref())?;
+    let elapsed = now.0.duration_since(started.0);
+    let elapsed = std::time::Duration::try_from(elapsed).unwrap_or_default();
+    deadline.checked_sub(elapsed).filter(|left| !left.is_zero())
+}
+
+/// `90s` as "1m30s", `1800s` as "30m".
+fn duration_text(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    let (h, m, s) = (s / 3600, s / 60 % 60, s % 60);
+    let mut out = String::new();
+    for (n, unit) in [(h, "h"), (m, "m"), (s, "s")] {
+        if n > 0 {
+            out.push_str(&format!("{n}{unit}"));
+        }
+    }
+    if out.is_empty() { "0s".into() } else { out }
 }
 
 /// A failed step's result for a step abandoned after a restart.

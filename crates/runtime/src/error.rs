@@ -129,6 +129,18 @@ pub fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
 
+/// True when the apiserver refused a write for the object's size: 413 (its request limit, or
+/// etcd's "request is too large"), or a message that says so.
+pub fn is_too_large(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => {
+            let m = s.message.to_ascii_lowercase();
+            s.code == 413 || m.contains("request is too large") || m.contains("too long")
+        }
+        _ => false,
+    }
+}
+
 /// True when the apiserver answered 409 Conflict (a precondition failed, or it already exists).
 pub fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)

@@ -82,6 +82,12 @@ pub struct ControllerMetrics {
     pub triggered: IntCounterVec,
     /// Triggers storm control or a missing node suppressed, by source kind and reason.
     pub suppressed: IntCounterVec,
+    /// 1 while this replica leads (holds the leader Lease), 0 while it stands by.
+    pub leader: IntGauge,
+    /// Admission reviews the webhook answered, by kind and result (allowed, refused).
+    pub webhook_reviews: IntCounterVec,
+    /// Time the webhook took to answer a review (SubjectAccessReviews included), by kind.
+    pub webhook_duration: HistogramVec,
     pub original_gc_success: IntCounter,
     pub original_gc_error: IntCounter,
 }
@@ -266,6 +272,20 @@ impl Metrics {
                 "kdiag_suppressed_triggers_total",
                 "Triggers that created no Abnormal, by source kind and reason (probe, node, source budget, no-node, duplicate).",
                 &["source", "reason"],
+            ),
+            leader: gauge(
+                "kdiag_controller_leader",
+                "1 while this controller replica leads (holds the leader Lease), 0 while it stands by.",
+            ),
+            webhook_reviews: counter_vec(
+                "kdiag_webhook_reviews_total",
+                "Admission reviews the webhook answered, by kind (Abnormal, AbnormalSource, registration) and result (allowed, refused).",
+                &["kind", "result"],
+            ),
+            webhook_duration: histogram_vec(
+                "kdiag_webhook_review_duration_seconds",
+                "Time the admission webhook took to answer a review, SubjectAccessReviews included, by kind.",
+                &["kind"],
             ),
             original_gc_success: counter(
                 "abnormal_garbage_collection_success_count".into(),

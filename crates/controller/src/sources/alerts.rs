@@ -202,6 +202,8 @@ pub struct AlertSource {
     pub allow_unauthenticated: bool,
     /// Alerts are taken only for real nodes.
     pub nodes: Arc<crate::nodes::KnownNodes>,
+    /// Only the leader takes alerts (its storm budgets count them); a standby hands them on.
+    pub leader: crate::leader::LeaderView,
 }
 
 impl AlertSource {

@@ -22,6 +22,7 @@ use std::time::Duration;
 use kdiag_pipeline::admission::Triage;
 use kdiag_runtime::auth::{Authorizer, Right, User};
 use kdiag_runtime::builtin::Builtins;
+use kdiag_runtime::metrics::Metrics;
 use kdiag_runtime::registrations::{AdmissionRegistry, Registrations};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -137,6 +138,7 @@ pub struct Webhook {
     builtins: Builtins,
     triage: Triage,
     exempt: Vec<String>,
+    metrics: Arc<Metrics>,
 }
 
 impl Webhook {
@@ -146,6 +148,7 @@ impl Webhook {
         builtins: Builtins,
         triage: Triage,
         exempt: Vec<String>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             authorizer: Authorizer::new(client),
@@ -153,6 +156,7 @@ impl Webhook {
             builtins,
             triage,
             exempt,
+            metrics,
         }
     }
 
@@ -161,7 +165,24 @@ impl Webhook {
     pub async fn review(&self, body: &[u8]) -> Result<serde_json::Value, String> {
         let review = review::parse(body)?;
         let request = &review.request;
+        let started = std::time::Instant::now();
         let refusal = self.refusal(request).await;
+        let kind = Kind::of(&request.resource.group, &request.resource.resource)
+            .map_or("other", kind_noun);
+        let m = &self.metrics.controller;
+        m.webhook_duration
+            .with_label_values(&[kind])
+            .observe(started.elapsed().as_secs_f64());
+        m.webhook_reviews
+            .with_label_values(&[
+                kind,
+                if refusal.is_some() {
+                    "refused"
+                } else {
+                    "allowed"
+                },
+            ])
+            .inc();
         if let Some(why) = &refusal {
             tracing::info!(
                 user = %request.user_info.username,

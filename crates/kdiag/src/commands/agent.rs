@@ -60,12 +60,15 @@ pub fn agent_config(args: &AgentArgs) -> AgentConfig {
         limits: Limits {
             max_step_output_bytes: args.max_step_output_bytes,
             max_context_bytes: args.max_context_bytes,
+            max_object_bytes: args.max_object_bytes,
         },
         command_output_cap: kdiag_recoverers::command::DEFAULT_OUTPUT_CAP,
         policy_configmap: (args.policy_namespace.clone(), args.policy_configmap.clone()),
         data_root: args.data_root.clone(),
         public_url: format!("http://{advertise}:{}", args.server.port),
         node: node_environment(args),
+        deadline: Some(args.abnormal_deadline).filter(|d| !d.is_zero()),
+        turn: args.turn,
     }
 }
 

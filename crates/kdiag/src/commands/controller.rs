@@ -20,6 +20,7 @@ pub async fn run(args: ControllerArgs) -> Result<ExitCode, CommandError> {
     let metrics = Arc::new(Metrics::new());
     let mut config = controller_config(&args);
     config.webhook = args.webhook.config(args.server.bind_address)?;
+    config.leader_election = args.leader.config(args.server.port);
     kdiag_controller::prepare(&client, &mut config)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -43,6 +44,13 @@ pub async fn run(args: ControllerArgs) -> Result<ExitCode, CommandError> {
     driver.await;
     shutdown.cancel();
     let _ = server_task.await;
+    if handle
+        .lost_leadership
+        .load(std::sync::atomic::Ordering::Acquire)
+    {
+        // Restarted by the kubelet, it stands by until it holds the Lease again.
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -83,19 +91,21 @@ pub fn controller_config(args: &ControllerArgs) -> ControllerConfig {
             per_probe: args.probe_budget,
             per_node: args.probe_node_budget,
         },
-        // Set by `run` from args.webhook, which can fail.
+        // Set by `run` from args.webhook (which can fail) and args.leader.
         webhook: None,
+        leader_election: None,
     }
 }
 
 pub fn controller_server_state(metrics: &Arc<Metrics>, handle: &ControllerHandle) -> ServerState {
-    let (m, store) = (metrics.clone(), handle.store.clone());
+    let (m, store, leader) = (metrics.clone(), handle.store.clone(), handle.leader.clone());
     ServerState {
         metrics: metrics.clone(),
         refresh: Arc::new(move || {
             for (phase, n) in count_by_phase(&store) {
                 m.controller.abnormals.with_label_values(&[phase]).set(n);
             }
+            m.controller.leader.set(i64::from(leader.is_leader()));
         }),
         ready: vec![(
             "the controller's watches to sync".into(),

@@ -173,6 +173,8 @@ async fn serve(
         data_root: data_root.clone(),
         public_url: format!("http://{addr}"),
         node: node_env.clone(),
+        deadline: Some(kdiag_agent::DEFAULT_DEADLINE),
+        turn: kdiag_agent::DEFAULT_TURN,
     };
     let (a_handle, a_driver) = agent::start(
         agent_client.clone(),

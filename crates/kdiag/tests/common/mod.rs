@@ -248,6 +248,31 @@ impl TestAgent {
         concurrency: usize,
         policy: &str,
     ) -> Self {
+        Self::start_as_with(cp, client, node, concurrency, policy, |_| {}).await
+    }
+
+    /// An agent whose configuration `tweak` changes (deadline, turn), ready to take work.
+    #[allow(dead_code)]
+    pub async fn start_tweaked(
+        cp: &ControlPlane,
+        node: &str,
+        concurrency: usize,
+        tweak: impl FnOnce(&mut AgentConfig),
+    ) -> Self {
+        let client = service_account_client(cp, "kdiag-agent").await;
+        let agent = Self::start_as_with(cp, client, node, concurrency, "kdiag-policy", tweak).await;
+        agent.wait_ready().await;
+        agent
+    }
+
+    async fn start_as_with(
+        cp: &ControlPlane,
+        client: Client,
+        node: &str,
+        concurrency: usize,
+        policy: &str,
+        tweak: impl FnOnce(&mut AgentConfig),
+    ) -> Self {
         // An agent runs on a node; admission rejects Abnormals for nodes that do not exist.
         ensure_node(&cp.client().await, node).await;
         let metrics = Arc::new(Metrics::new());
@@ -256,7 +281,7 @@ impl TestAgent {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        let config = AgentConfig {
+        let mut config = AgentConfig {
             node_name: node.into(),
             concurrency,
             limits: Limits::default(),
@@ -265,7 +290,10 @@ impl TestAgent {
             data_root: data_root.clone(),
             public_url: format!("http://{addr}"),
             node: Default::default(),
+            deadline: Some(kdiag_agent::DEFAULT_DEADLINE),
+            turn: kdiag_agent::DEFAULT_TURN,
         };
+        tweak(&mut config);
         let (handle, driver) = agent::start(
             client.clone(),
             config,

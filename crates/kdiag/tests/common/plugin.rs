@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 /// A running test plugin. Paths:
 /// - `/echo/<key>`: 200 with the Abnormal, status.context[<key>] = "<key>-value"
 /// - `/sleep/<ms>/<key>`: sleeps, then as /echo
+/// - `/big/<bytes>/<key>`: as /echo, with a value of that many bytes
 /// - `/fail/<code>`: that HTTP status with a short body
 /// - `/invalid-json`: 200 with a body that is not JSON
 /// - `/oversize`: 200 with a 3 MiB body
@@ -128,6 +129,11 @@ async fn handle(
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match parts.as_slice() {
         ["echo", key] => reply_json(&mut stream, with_context(body, key)).await,
+        ["big", bytes, key] => {
+            let mut b = with_context(body, key);
+            b["status"]["context"][*key] = json!("b".repeat(bytes.parse().unwrap_or(0)));
+            reply_json(&mut stream, b).await
+        }
         ["sleep", ms, key] => {
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
             reply_json(&mut stream, with_context(body, key)).await

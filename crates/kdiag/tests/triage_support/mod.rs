@@ -306,6 +306,8 @@ fn start_pipeline(cluster: &'static Cluster) {
                     cri_sockets: vec![cluster.cri_socket()],
                     ..Default::default()
                 },
+                deadline: Some(kdiag_agent::DEFAULT_DEADLINE),
+                turn: kdiag_agent::DEFAULT_TURN,
             };
             let (a_handle, a_driver) = agent::start(
                 agent_client,
