@@ -308,3 +308,43 @@ async fn a_report_with_one_bad_checker_stores_the_others_and_names_the_bad_one()
     assert_eq!(code.as_u16(), 400, "{answer}");
     assert!(answer.contains("has no message"), "{answer}");
 }
+
+#[tokio::test]
+async fn an_expired_profiles_endpoint_says_expired_as_in_kube_diagnoser() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("expired").await;
+    let client = cp.client().await;
+    create_abnormal(&client, &ns, "profiled", json!({"nodeName": "n"})).await;
+    // Admission is done with it (no node n: rejected) before its status is set by hand.
+    wait_final(&client, &ns, "profiled", FINISH).await;
+    let url = format!("http://10.0.0.5:10357/profiles/{ns}/profiled/heap");
+    Api::<Abnormal>::namespaced(client.clone(), &ns)
+        .patch_status(
+            "profiled",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"profilers": [
+                {"name": "heap", "type": "InformationCollector", "endpoint": url}]}})),
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let profilers = kdiag_agent::profiler::Profilers {
+        data_root: dir.path().to_owned(),
+        public_url: "http://10.0.0.5:10357".into(),
+        proc_root: "/proc".into(),
+        client: Some(service_account_client(cp, "kdiag-agent").await),
+        limits: Default::default(),
+    };
+    profilers
+        .mark_expired(&[kdiag_agent::profiler::ExpiredProfile {
+            namespace: ns.clone(),
+            abnormal: "profiled".into(),
+            profile: "heap".into(),
+        }])
+        .await;
+    let a: Abnormal = Api::namespaced(client, &ns).get("profiled").await.unwrap();
+    assert_eq!(
+        a.status.unwrap().profilers[0].endpoint,
+        kdiag_agent::profiler::EXPIRED_ENDPOINT
+    );
+}
