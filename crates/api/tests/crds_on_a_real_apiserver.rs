@@ -432,6 +432,21 @@ async fn an_empty_source_from_a_go_client_is_accepted_and_read_as_custom() {
         .await
         .expect("an Abnormal with source \"\" reads back");
     assert_eq!(typed.spec.source, AbnormalSourceType::Custom);
+    // An explicit null (`source:` with no value in YAML) is refused, as Kube Diagnoser's CRD
+    // refused it, naming the values to use.
+    let null: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "diagnosis.netease.com/v1", "kind": "Abnormal", "metadata": {"name": "yaml-null", "namespace": ns},
+        "spec": {"source": null, "nodeName": "n1"}
+    }))
+    .unwrap();
+    let err = api
+        .create(&PostParams::default(), &null)
+        .await
+        .expect_err("source: null is refused");
+    assert!(
+        err.to_string().contains("spec.source") && err.to_string().contains("\"Custom\""),
+        "{err}"
+    );
     // kdiag writes it back as Custom, which the schema accepts as well.
     assert_eq!(
         serde_json::to_value(&typed.spec).unwrap()["source"],

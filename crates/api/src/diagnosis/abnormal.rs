@@ -46,7 +46,7 @@ pub struct AbnormalSpec {
     /// Who created the Abnormal: Custom (a person or tool, the default), KubernetesEvent,
     /// PrometheusAlert or ProbeStatus (kdiag extension). An empty string, which Go clients built
     /// on Kube Diagnoser's types send when they leave it unset, means Custom.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "source_or_custom")]
     #[schemars(schema_with = "source_schema")]
     pub source: AbnormalSourceType,
     /// The alert, when source is PrometheusAlert.
@@ -113,9 +113,13 @@ pub enum AbnormalSourceType {
 
 /// The schema of `Abnormal.spec.source`: the source types, and "" (read as Custom), which Go
 /// clients of Kube Diagnoser send for an unset source and its webhook defaulted.
+///
+/// `nullable` because the apiserver (1.20's OpenAPI validation) takes an empty string for a
+/// missing value and refuses it for a non-nullable `type: string`.
 fn source_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "string",
+        "nullable": true,
         "enum": [
             AbnormalSourceType::Custom.as_str(),
             AbnormalSourceType::KubernetesEvent.as_str(),
@@ -124,6 +128,15 @@ fn source_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
             "",
         ],
     })
+}
+
+/// `source`, with null read as Custom like "" and an absent source. The apiserver refuses a
+/// null source (it is not among the schema's values), but the type accepts what the schema's
+/// `nullable` says is possible.
+fn source_or_custom<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<AbnormalSourceType, D::Error> {
+    Ok(Option::<AbnormalSourceType>::deserialize(d)?.unwrap_or_default())
 }
 
 impl AbnormalSourceType {
@@ -703,8 +716,10 @@ mod tests {
 
     #[test]
     fn an_empty_source_from_a_go_client_is_allowed_by_the_schema_and_read_as_custom() {
-        let spec: AbnormalSpec = serde_json::from_value(json!({"source": ""})).unwrap();
-        assert_eq!(spec.source, AbnormalSourceType::Custom);
+        for source in [json!(""), json!(null)] {
+            let spec: AbnormalSpec = serde_json::from_value(json!({"source": source})).unwrap();
+            assert_eq!(spec.source, AbnormalSourceType::Custom);
+        }
         let crd = serde_json::to_value(Abnormal::crd()).unwrap();
         let source = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
             ["properties"]["source"];
