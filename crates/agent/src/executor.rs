@@ -19,7 +19,7 @@ use crate::error::{Error, Registration};
 use crate::plugin::PluginClient;
 use crate::policy::PolicyHandle;
 use crate::profiler::Profilers;
-use crate::registrations::{DEFAULT_TIMEOUT_SECONDS, Target, resolve};
+use crate::registrations::{Target, resolve};
 
 /// The first wait before a transient failure of a step is retried; it doubles up to
 /// [`MAX_RETRY`].
@@ -107,18 +107,46 @@ impl Executor {
         let ns = abnormal.metadata.namespace.as_deref().unwrap_or_default();
         let registration = abnormal.assigned(stage)[i].or_namespace(ns);
         let Some(spec) = self.registrations.endpoint(stage, &registration) else {
-            let known = self.registrations.names(stage);
-            return failed(format!(
-                "{} {registration} does not exist (deleted after admission?); registered {}s: {}",
-                kind_of(stage),
-                kind_of(stage),
-                if known.is_empty() {
-                    "none".into()
-                } else {
-                    known.join(", ")
-                }
-            ));
+            return self.unregistered(stage, &registration);
         };
+        let (result, mut message, output) =
+            self.registered(abnormal, stage, &registration, &spec).await;
+        // A Kube Diagnoser v0.1.0–v0.1.5 registration works; its step says what to change.
+        if let Some(note) = spec.deprecation_note() {
+            message = if message.is_empty() {
+                note
+            } else {
+                format!("{message}; {note}")
+            };
+        }
+        (result, message, output)
+    }
+
+    fn unregistered(
+        &self,
+        stage: Stage,
+        registration: &kdiag_api::NamespacedName,
+    ) -> (ProcessorResult, String, StepOutput) {
+        let known = self.registrations.names(stage);
+        failed(format!(
+            "{} {registration} does not exist; registered {}s: {}",
+            kind_of(stage),
+            kind_of(stage),
+            if known.is_empty() {
+                "none".into()
+            } else {
+                known.join(", ")
+            }
+        ))
+    }
+
+    async fn registered(
+        &self,
+        abnormal: &Abnormal,
+        stage: Stage,
+        registration: &kdiag_api::NamespacedName,
+        spec: &kdiag_api::ProcessorEndpoint,
+    ) -> (ProcessorResult, String, StepOutput) {
         if stage == Stage::Recovering
             && let Some(denied) = self.recovery_denied(&registration.to_string(), spec.is_builtin())
         {
@@ -127,11 +155,7 @@ impl Executor {
         // Transient failures (the apiserver failing to answer while the registration's Service,
         // Endpoints or Secret are read; a plugin not accepting connections yet) are retried with
         // backoff for as long as the registration's timeout, then recorded like any other.
-        let budget = Duration::from_secs(
-            spec.timeout_seconds
-                .unwrap_or(DEFAULT_TIMEOUT_SECONDS)
-                .max(1) as u64,
-        );
+        let budget = Duration::from_secs(spec.timeout() as u64);
         let started = Instant::now();
         let mut delay = FIRST_RETRY;
         let mut attempts = 0u32;
@@ -139,7 +163,7 @@ impl Executor {
             attempts += 1;
             let left = budget.saturating_sub(started.elapsed());
             let error = match self
-                .attempt(abnormal, stage, &registration, &spec, left)
+                .attempt(abnormal, stage, registration, spec, left)
                 .await
             {
                 Ok(outcome) => return outcome,
@@ -215,6 +239,7 @@ impl Executor {
                             root_cause: out.root_cause,
                             command_executors: None,
                             profilers: None,
+                            removed_context_keys: Vec::new(),
                         },
                     ),
                     Err(ProcessorError::Denied { rule, message }) => (

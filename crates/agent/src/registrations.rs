@@ -18,7 +18,7 @@ use crate::error::{Error, Registration};
 use crate::plugin::Endpoint;
 
 /// Default seconds one processor call may take, as in Kube Diagnoser.
-pub const DEFAULT_TIMEOUT_SECONDS: i32 = 30;
+pub const DEFAULT_TIMEOUT_SECONDS: i32 = ProcessorEndpoint::DEFAULT_TIMEOUT_SECONDS;
 
 /// What a registration resolves to.
 pub enum Target {
@@ -37,11 +37,9 @@ pub async fn resolve(
     spec: &ProcessorEndpoint,
 ) -> Result<Target, Error> {
     let reg = Registration::new(kind_of(stage), registration);
-    let timeout = Duration::from_secs(
-        spec.timeout_seconds
-            .unwrap_or(DEFAULT_TIMEOUT_SECONDS)
-            .max(1) as u64,
-    );
+    // Kube Diagnoser v0.1.0–v0.1.5's ip/port, read as today's fields.
+    let spec = &spec.effective();
+    let timeout = Duration::from_secs(spec.timeout() as u64);
     if spec.is_builtin() {
         return builtins
             .get(&registration.name)

@@ -245,10 +245,9 @@ pub struct ProbeStates {
     pub runs: Option<i64>,
 }
 
-/// A checker's result. Values are upper-cased on receipt.
-#[derive(
-    Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
-)]
+/// A checker's result: PASS, INFO, UNKNOWN, WARN or ERROR, in any case on input (KubeProber
+/// upper-cased what it received); kdiag writes them upper-case.
+#[derive(Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum CheckerStatus {
     #[default]
@@ -302,6 +301,28 @@ impl<'de> Deserialize<'de> for CheckerStatus {
             serde::de::Error::custom(format!(
                 "unknown checker status {s:?}: expected PASS, INFO, WARN, UNKNOWN or ERROR"
             ))
+        })
+    }
+}
+
+/// The statuses in any case, as a pattern (RE2, which the apiserver uses), so the CRD accepts a
+/// ProbeStatus written directly with `pass` as the report endpoint and kdiag's reader do.
+pub const CHECKER_STATUS_PATTERN: &str = "^(?i)(PASS|INFO|UNKNOWN|WARN|ERROR)$";
+
+impl JsonSchema for CheckerStatus {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "CheckerStatus".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "PASS, INFO, UNKNOWN, WARN or ERROR, in any case; kdiag writes them upper-case.",
+            "type": "string",
+            "pattern": CHECKER_STATUS_PATTERN,
         })
     }
 }

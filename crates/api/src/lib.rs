@@ -27,14 +27,16 @@ pub use diagnosis::NamespacedName;
 pub use diagnosis::abnormal::{
     Abnormal, AbnormalCondition, AbnormalConditionType, AbnormalPhase, AbnormalSourceType,
     AbnormalSpec, AbnormalStatus, CauseCandidate, CommandExecutorSpec, CommandExecutorStatus,
-    ConditionStatus, Evidence, GoProfilerSpec, JavaProfilerSpec, JavaProfilerType, PodReference,
-    ProbeReference, ProcessorKind, ProcessorRecord, ProcessorResult, ProcessorType, ProfilerSpec,
-    ProfilerStatus, PrometheusAlert, RootCause, Stage,
+    ConditionStatus, DEFAULT_EXPIRATION_SECONDS, DEFAULT_STEP_TIMEOUT_SECONDS, Evidence,
+    GoProfilerSpec, JavaProfilerSpec, JavaProfilerType, PodReference, ProbeReference,
+    ProcessorKind, ProcessorRecord, ProcessorResult, ProcessorType, ProfilerSpec, ProfilerStatus,
+    PrometheusAlert, RootCause, Stage,
 };
 pub use diagnosis::context_keys;
 pub use diagnosis::processor::{
-    Diagnoser, DiagnoserSpec, InformationCollector, InformationCollectorSpec, ProcessorEndpoint,
-    Recoverer, RecovererSpec, SecretKeyRef, ServiceReference, TlsConfig,
+    Diagnoser, DiagnoserSpec, InformationCollector, InformationCollectorSpec,
+    KUBE_DIAGNOSER_AGENT_PORT, ProcessorEndpoint, ProcessorStatus, Recoverer, RecovererSpec,
+    SecretKeyRef, ServiceReference, TlsConfig,
 };
 pub use diagnosis::source::{
     AbnormalSource, AbnormalSourceSpec, AbnormalSourceStatus, KubernetesEventTemplate,

@@ -246,6 +246,58 @@ async fn a_kubeprober_probestatus_is_accepted_and_round_trips() {
 }
 
 #[tokio::test]
+async fn checker_statuses_are_accepted_in_any_case_and_an_unknown_one_is_refused() {
+    // docs/compatibility.md: statuses are case-insensitive on input, written upper-case.
+    let cp = apiserver().await;
+    let ns = cp.create_namespace("status-case").await;
+    let api = dynamic_api(
+        cp.client().await,
+        "kubeprober.erda.cloud/v1",
+        "ProbeStatus",
+        &ns,
+    );
+    create_from(
+        &api,
+        json!({"apiVersion": "kubeprober.erda.cloud/v1", "kind": "ProbeStatus", "metadata": {"name": "lower"},
+               "spec": {"checkers": [{"name": "a", "status": "pass"}, {"name": "b", "status": "Error", "message": "down"}]}}),
+        &ns,
+    )
+    .await;
+    replace_status(&api, "lower", &json!({"status": "warn"})).await;
+    let ps: ProbeStatus = Api::namespaced(cp.client().await, &ns)
+        .get("lower")
+        .await
+        .unwrap();
+    assert_eq!(
+        ps.spec
+            .checkers
+            .iter()
+            .map(|c| c.status)
+            .collect::<Vec<_>>(),
+        [CheckerStatus::Pass, CheckerStatus::Error]
+    );
+    assert_eq!(ps.status.unwrap().status, Some(CheckerStatus::Warn));
+    assert_eq!(
+        serde_json::to_value(&ps.spec).unwrap()["checkers"][0]["status"],
+        json!("PASS")
+    );
+
+    let unknown: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "kubeprober.erda.cloud/v1", "kind": "ProbeStatus", "metadata": {"name": "ok", "namespace": ns},
+        "spec": {"checkers": [{"name": "a", "status": "OK"}]}
+    }))
+    .unwrap();
+    let err = api
+        .create(&PostParams::default(), &unknown)
+        .await
+        .expect_err("a status outside the five must be refused");
+    assert!(
+        err.to_string().contains("spec.checkers") && err.to_string().contains("PASS|INFO"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn kdiag_extensions_are_stored_and_read_back() {
     let cp = apiserver().await;
     let ns = cp.create_namespace("extensions").await;
@@ -281,6 +333,7 @@ async fn kdiag_extensions_are_stored_and_read_back() {
                 "2026-11-22T10:00:00Z".parse().unwrap(),
             ),
             duration_milliseconds: Some(42),
+            context_keys: vec!["podInformation".into()],
         }],
         root_cause: Some(RootCause {
             summary: "pod default/web is OOM-killed: container app exceeds its 64Mi limit".into(),
@@ -357,6 +410,51 @@ async fn a_source_left_out_defaults_to_custom() {
 }
 
 #[tokio::test]
+async fn an_empty_source_from_a_go_client_is_accepted_and_read_as_custom() {
+    // Kube Diagnoser's Go types have no omitempty on source: an unset one is sent as "".
+    let cp = apiserver().await;
+    let ns = cp.create_namespace("empty-source").await;
+    let api = dynamic_api(
+        cp.client().await,
+        "diagnosis.netease.com/v1",
+        "Abnormal",
+        &ns,
+    );
+    create_from(
+        &api,
+        json!({"apiVersion": "diagnosis.netease.com/v1", "kind": "Abnormal", "metadata": {"name": "go-client"},
+               "spec": {"source": "", "nodeName": "n1"}}),
+        &ns,
+    )
+    .await;
+    let typed: Abnormal = Api::namespaced(cp.client().await, &ns)
+        .get("go-client")
+        .await
+        .expect("an Abnormal with source \"\" reads back");
+    assert_eq!(typed.spec.source, AbnormalSourceType::Custom);
+    // An explicit null (`source:` with no value in YAML) is refused, as Kube Diagnoser's CRD
+    // refused it, naming the values to use.
+    let null: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "diagnosis.netease.com/v1", "kind": "Abnormal", "metadata": {"name": "yaml-null", "namespace": ns},
+        "spec": {"source": null, "nodeName": "n1"}
+    }))
+    .unwrap();
+    let err = api
+        .create(&PostParams::default(), &null)
+        .await
+        .expect_err("source: null is refused");
+    assert!(
+        err.to_string().contains("spec.source") && err.to_string().contains("\"Custom\""),
+        "{err}"
+    );
+    // kdiag writes it back as Custom, which the schema accepts as well.
+    assert_eq!(
+        serde_json::to_value(&typed.spec).unwrap()["source"],
+        json!("Custom")
+    );
+}
+
+#[tokio::test]
 async fn a_minimal_object_of_every_kind_round_trips() {
     let cp = apiserver().await;
     let ns = cp.create_namespace("minimal").await;
@@ -392,6 +490,7 @@ async fn a_minimal_object_of_every_kind_round_trips() {
                     key: "token".into(),
                 }),
                 service: None,
+                ..Default::default()
             },
         },
     );

@@ -75,7 +75,7 @@ pub enum DiagError {
     },
 
     #[error(
-        "{kind} {name} does not exist, so an Abnormal naming it would be rejected. Registered {kind}s: {registered}. {what_to_do}"
+        "{kind} {name} does not exist, so the step of an Abnormal naming it would fail. Registered {kind}s: {registered}. {what_to_do}"
     )]
     UnknownProcessor {
         kind: &'static str,

@@ -683,7 +683,7 @@ mod tests {
         let err = choose(&a, &parse_target(&a, "default").unwrap(), &registered()).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "Diagnoser kube-diagnoser/oom does not exist, so an Abnormal naming it would be rejected. Registered Diagnosers: kube-diagnoser/a-diag, kube-diagnoser/z-diag, team/t-diag. Name one of those, or register yours (docs/plugins.md)."
+            "Diagnoser kube-diagnoser/oom does not exist, so the step of an Abnormal naming it would fail. Registered Diagnosers: kube-diagnoser/a-diag, kube-diagnoser/z-diag, team/t-diag. Name one of those, or register yours (docs/plugins.md)."
         );
     }
 

@@ -37,6 +37,10 @@ pub struct FileStatus {
     pub is_symlink: bool,
     pub uid: u32,
     pub gid: u32,
+    /// The inode number (Kube Diagnoser's `inode`).
+    pub inode: u64,
+    /// The number of hard links (Kube Diagnoser's `links`).
+    pub links: u64,
     /// Bytes allocated on disk: the whole tree for a directory (`du -sx`), the file itself
     /// otherwise.
     pub disk_usage: u64,
@@ -160,6 +164,8 @@ fn stat(path: &Path, resolved: &Path) -> FileStatus {
     s.is_symlink = meta.file_type().is_symlink();
     s.uid = meta.uid();
     s.gid = meta.gid();
+    s.inode = meta.ino();
+    s.links = meta.nlink();
     let mode = meta.permissions().mode();
     s.permissions = format!("{:04o}", mode & 0o7777);
     s.mode = mode_string(mode);
@@ -219,5 +225,41 @@ mod tests {
         assert!(tree.apparent_bytes >= 60_000);
         assert!(s[1].disk_usage >= 60_000);
         assert!(!s[2].exists && s[2].error.is_empty());
+    }
+
+    /// Kube Diagnoser's `types.FileStatusList` with the Go field types as Rust ones (`modTime` a
+    /// `time.Time`: an RFC 3339 string).
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    #[allow(dead_code)]
+    struct UpstreamFileStatusList {
+        uid: u32,
+        gid: u32,
+        inode: u64,
+        links: u64,
+        mode: String,
+        mod_time: jiff::Timestamp,
+        disk_usage: i64,
+        path: String,
+        #[serde(default)]
+        file_statuses: Vec<serde_json::Value>,
+    }
+
+    #[test]
+    fn file_status_information_decodes_with_kube_diagnosers_go_types() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("data.log");
+        std::fs::write(&file, b"x").unwrap();
+        let s = stat_all(
+            Path::new("/proc"),
+            &[file.display().to_string()],
+            Deadline::never(),
+        );
+        let upstream: Vec<UpstreamFileStatusList> =
+            serde_json::from_value(serde_json::to_value(&s).unwrap())
+                .expect("decodes into Kube Diagnoser's types.FileStatusList");
+        assert_eq!(upstream[0].links, 1);
+        assert!(upstream[0].inode > 0);
+        assert!(upstream[0].mode.starts_with("-rw"));
     }
 }

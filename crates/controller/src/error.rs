@@ -44,8 +44,12 @@ pub enum Error {
     ReportWithoutProbe,
     #[error("the report has no checkers")]
     ReportWithoutCheckers,
-    #[error("a checker has an empty name")]
-    CheckerWithoutName,
+    #[error("checkers[{index}] has an empty name; name the check")]
+    CheckerWithoutName { index: usize },
+    /// Every checker of a report was refused (the 400 answer); a report with some good ones
+    /// stores those and names the others in its answer and an Event.
+    #[error("no checker of the report could be stored: {problems}")]
+    ReportWithoutValidCheckers { problems: String },
     #[error("checker {checker:?} has status {status:?}; use PASS, INFO, WARN, UNKNOWN or ERROR")]
     CheckerStatusUnknown { checker: String, status: String },
     #[error("checker {checker:?} is {status} but has no message; say what failed")]
@@ -172,7 +176,8 @@ impl Error {
             Error::ReportNotJson { .. }
             | Error::ReportWithoutProbe
             | Error::ReportWithoutCheckers
-            | Error::CheckerWithoutName
+            | Error::CheckerWithoutName { .. }
+            | Error::ReportWithoutValidCheckers { .. }
             | Error::CheckerStatusUnknown { .. }
             | Error::CheckerWithoutMessage { .. }
             | Error::ReportForbidden { .. }
@@ -203,7 +208,8 @@ impl Error {
             Error::ReportNotJson { .. }
             | Error::ReportWithoutProbe
             | Error::ReportWithoutCheckers
-            | Error::CheckerWithoutName
+            | Error::CheckerWithoutName { .. }
+            | Error::ReportWithoutValidCheckers { .. }
             | Error::CheckerStatusUnknown { .. }
             | Error::CheckerWithoutMessage { .. } => "invalid_report",
             Error::ReportForbidden { .. } => "report_forbidden",

@@ -470,7 +470,7 @@ async fn kubectl_diag_run_refuses_a_processor_that_does_not_exist_and_lists_thos
     assert_eq!(ran.code, 3, "{ran}");
     assert!(
         ran.stderr.contains(&format!(
-            "Diagnoser {ns}/oom-diagnoser does not exist, so an Abnormal naming it would be rejected. Registered Diagnosers: "
+            "Diagnoser {ns}/oom-diagnoser does not exist, so the step of an Abnormal naming it would fail. Registered Diagnosers: "
         )),
         "{ran}"
     );

@@ -316,12 +316,6 @@ async fn invalid_abnormals_fail_at_admission_with_a_reason_and_what_to_do() {
             "spec.nodeName",
         ),
         (
-            "unknown-processor",
-            json!({"nodeName": "n", "assignedDiagnosers": [{"namespace": "kube-diagnoser", "name": "no-such-diagnoser"}]}),
-            "ProcessorNotFound",
-            "does not exist",
-        ),
-        (
             "shell-command",
             json!({"nodeName": "n", "commandExecutors": [{"command": ["ps aux"], "type": "InformationCollector"}]}),
             "InvalidCommandExecutor",

@@ -1,9 +1,10 @@
 //! Kube Diagnoser's HTTP plugin protocol, the pure part: checking what a plugin returned and
 //! turning it into a step's output.
 //!
-//! A plugin receives the whole Abnormal and must return it whole. It may change status.context,
+//! A plugin receives the whole Abnormal and returns it, or only the parts it changed (Kube
+//! Diagnoser decoded the reply into a copy of the request). It may change status.context,
 //! status.commandExecutors, status.profilers and (kdiag) status.rootCause; spec and the other
-//! status fields must come back unchanged.
+//! status fields must come back unchanged when they come back at all.
 //!
 //! "Unchanged" is judged by content, not bytes, because plugins written against Kube Diagnoser's
 //! Go types legitimately re-encode the object: they drop fields they do not know (kdiag's
@@ -56,16 +57,39 @@ pub fn check_protected_fields(request: &Value, response: &Value) -> Result<(), E
     Ok(())
 }
 
-/// What a successful plugin call adds: the context keys it added or changed, the root cause it
-/// set, and the command executor and profiler lists if it changed them.
+/// Completes a reply the way Kube Diagnoser read it: it decoded the body into a copy of the
+/// request, so a top-level field the reply leaves out (or sends as null) keeps the request's
+/// value. A plugin may thus answer with `{"status": {...}}` alone.
+pub fn complete_reply(request: &Value, reply: &mut Value) {
+    let (Value::Object(request), Value::Object(reply)) = (request, reply) else {
+        return;
+    };
+    for (key, value) in request {
+        match reply.get(key) {
+            None | Some(Value::Null) => {
+                reply.insert(key.clone(), value.clone());
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+/// What a successful plugin call adds: the context keys it added or changed, the keys it asked
+/// to remove (returned as `null`), the root cause it set, and the command executor and profiler
+/// lists if it changed them. A key it leaves out is kept: plugins built on Go types drop what
+/// they do not decode, so only an explicit `null` removes.
 pub fn step_output(before: &Abnormal, returned: AbnormalStatus) -> StepOutput {
     let old = before.status.clone().unwrap_or_default();
     let old_context = old.context.unwrap_or_default();
-    let context: BTreeMap<String, Value> = returned
+    let (removed, context): (BTreeMap<String, Value>, BTreeMap<String, Value>) = returned
         .context
         .unwrap_or_default()
         .into_iter()
         .filter(|(k, v)| old_context.get(k) != Some(v))
+        .partition(|(_, v)| v.is_null());
+    let removed_context_keys = removed
+        .into_keys()
+        .filter(|k| old_context.contains_key(k))
         .collect();
     let root_cause = returned
         .root_cause
@@ -80,6 +104,7 @@ pub fn step_output(before: &Abnormal, returned: AbnormalStatus) -> StepOutput {
         root_cause,
         command_executors,
         profilers,
+        removed_context_keys,
     }
 }
 
@@ -268,11 +293,61 @@ mod tests {
             root_cause,
             command_executors,
             profilers,
+            ..
         } = step_output(&before, returned)
         else {
             panic!()
         };
         assert_eq!(context.keys().collect::<Vec<_>>(), ["diskUsage"]);
         assert!(root_cause.is_none() && command_executors.is_none() && profilers.is_none());
+    }
+
+    #[test]
+    fn a_status_only_reply_is_completed_from_the_request_and_passes() {
+        // Kube Diagnoser decoded the reply into a copy of the request.
+        let mut reply = json!({"status": {"context": {"found": "yes"}}});
+        complete_reply(&request(), &mut reply);
+        assert_eq!(reply["metadata"], request()["metadata"]);
+        assert_eq!(reply["spec"], request()["spec"]);
+        assert_eq!(check_protected_fields(&request(), &reply), Ok(()));
+        let returned: Abnormal = serde_json::from_value(reply).expect("a completed reply parses");
+        let before: Abnormal = serde_json::from_value(request()).unwrap();
+        let StepOutput::Processor { context, .. } =
+            step_output(&before, returned.status.unwrap_or_default())
+        else {
+            panic!()
+        };
+        assert_eq!(context.keys().collect::<Vec<_>>(), ["found"]);
+    }
+
+    #[test]
+    fn a_reply_whose_spec_differs_is_still_refused() {
+        let mut reply = json!({"spec": {"nodeName": "other"}, "status": {"context": {}}});
+        complete_reply(&request(), &mut reply);
+        assert_eq!(
+            check_protected_fields(&request(), &reply),
+            Err(changed("spec.nodeName"))
+        );
+    }
+
+    #[test]
+    fn a_null_context_key_asks_for_its_removal_and_a_left_out_one_is_kept() {
+        let before: Abnormal = serde_json::from_value(request()).unwrap();
+        let returned: AbnormalStatus =
+            serde_json::from_value(json!({"context": {"podInformation": null, "never": null}}))
+                .unwrap();
+        let StepOutput::Processor {
+            context,
+            removed_context_keys,
+            ..
+        } = step_output(&before, returned)
+        else {
+            panic!()
+        };
+        assert!(
+            context.is_empty(),
+            "null is not a value to store: {context:?}"
+        );
+        assert_eq!(removed_context_keys, ["podInformation"]);
     }
 }

@@ -48,6 +48,7 @@ fn with_context(key: &str, value: serde_json::Value) -> StepResult {
             root_cause: None,
             command_executors: None,
             profilers: None,
+            removed_context_keys: Vec::new(),
         },
         ..ok("collected")
     }
@@ -472,6 +473,7 @@ fn a_diagnosers_root_cause_lands_in_status_and_in_the_event() {
             }),
             command_executors: None,
             profilers: None,
+            removed_context_keys: Vec::new(),
         },
         ..ok("identified")
     });
@@ -669,4 +671,49 @@ fn a_status_refused_for_its_size_drops_context_and_output_says_what_and_ends() {
     let st = done.status.unwrap();
     assert_eq!(st.phase, Some(AbnormalPhase::Succeeded));
     assert!(st.message.contains("refused to store"), "{}", st.message);
+/// A plugin's answer that writes `added` and returns `removed` as null.
+fn plugin_answer(added: &[&str], removed: &[&str]) -> StepResult {
+    StepResult {
+        output: StepOutput::Processor {
+            context: added
+                .iter()
+                .map(|k| (k.to_string(), json!(format!("{k}-value"))))
+                .collect(),
+            root_cause: None,
+            command_executors: None,
+            profilers: None,
+            removed_context_keys: removed.iter().map(|k| k.to_string()).collect(),
+        },
+        ..ok("answered 200")
+    }
+}
+
+#[test]
+fn a_plugin_removes_a_context_key_it_wrote_but_not_one_another_processor_wrote() {
+    // The same registration name as collector and diagnoser: its diagnoser step may drop the
+    // scratch key its collector step wrote; the other collector's key stays.
+    let mut a = abnormal(json!({"nodeName": "n",
+        "assignedInformationCollectors": [{"name": "plugin"}, {"name": "other"}],
+        "assignedDiagnosers": [{"name": "plugin"}]}));
+    drive(&mut a, |step| match (step.stage, step.label.as_str()) {
+        (Stage::InformationCollecting, "default/plugin") => plugin_answer(&["scratch"], &[]),
+        (Stage::InformationCollecting, _) => plugin_answer(&["podInformation"], &[]),
+        _ => plugin_answer(&["verdict"], &["scratch", "podInformation"]),
+    });
+    let status = a.status.as_ref().unwrap();
+    let keys: Vec<&String> = status.context.as_ref().unwrap().keys().collect();
+    assert_eq!(keys, ["podInformation", "verdict"]);
+    let diagnoser = status
+        .processors
+        .iter()
+        .find(|r| r.stage == Stage::Diagnosing)
+        .unwrap();
+    assert_eq!(diagnoser.context_keys, ["verdict"]);
+    assert!(
+        diagnoser.message.contains(
+            "kept status.context keys it returned as null but did not write: podInformation"
+        ),
+        "{}",
+        diagnoser.message
+    );
 }

@@ -90,6 +90,9 @@ pub enum StepOutput {
         command_executors: Option<Vec<CommandExecutorStatus>>,
         /// Set by HTTP plugins that changed status.profilers.
         profilers: Option<Vec<ProfilerStatus>>,
+        /// Keys an HTTP plugin returned as `null`: removed from status.context if the step owns
+        /// them (see [`apply_step`]).
+        removed_context_keys: Vec<String>,
     },
     Command(CommandExecutorStatus),
     Profiler(ProfilerStatus),
@@ -213,6 +216,7 @@ pub fn mark_running(abnormal: &mut Abnormal, step: &Step, now: &Time) {
         message: String::new(),
         start_time: now.clone(),
         duration_milliseconds: None,
+        context_keys: Vec::new(),
     });
 }
 
@@ -359,6 +363,31 @@ fn without_output(mut result: StepResult, size: usize, limits: Limits) -> StepRe
 
 fn merge_step(abnormal: &mut Abnormal, step: &Step, result: StepResult) {
     let status = status_mut(abnormal);
+    let mut removed = Vec::new();
+    if result.result == ProcessorResult::Succeeded
+        && let StepOutput::Processor {
+            removed_context_keys,
+            ..
+        } = &result.output
+    {
+        let (owned, foreign): (Vec<&String>, Vec<&String>) = removed_context_keys
+            .iter()
+            .partition(|k| context_key_owner(status, k) == Some(step.label.as_str()));
+        removed = owned.into_iter().cloned().collect();
+        if !foreign.is_empty() {
+            let keys: Vec<&str> = foreign.iter().map(|k| k.as_str()).collect();
+            result.message.push_str(&format!(
+                "; kept status.context keys it returned as null but did not write: {} (a plugin may remove only keys it wrote)",
+                keys.join(", ")
+            ));
+        }
+    }
+    let context_keys = match &result.output {
+        StepOutput::Processor { context, .. } if result.result == ProcessorResult::Succeeded => {
+            context.keys().cloned().collect()
+        }
+        _ => Vec::new(),
+    };
     let record = ProcessorRecord {
         processor: step.label.clone(),
         kind: step.record_kind(),
@@ -367,6 +396,7 @@ fn merge_step(abnormal: &mut Abnormal, step: &Step, result: StepResult) {
         message: result.message,
         start_time: result.start_time,
         duration_milliseconds: Some(result.duration_ms),
+        context_keys,
     };
     // Replace the Running record written before the step, if there is one.
     match status.processors.last_mut() {
@@ -388,11 +418,16 @@ fn merge_step(abnormal: &mut Abnormal, step: &Step, result: StepResult) {
             root_cause,
             command_executors,
             profilers,
+            removed_context_keys: _,
         } => {
             if result.result != ProcessorResult::Succeeded {
                 return;
             }
-            status.context.get_or_insert_default().extend(context);
+            let status_context = status.context.get_or_insert_default();
+            for key in &removed {
+                status_context.remove(key);
+            }
+            status_context.extend(context);
             if let Some(mut cause) = root_cause {
                 // Provenance: which processor found it, even if the processor did not say.
                 if cause.processor.is_empty() {
@@ -408,6 +443,17 @@ fn merge_step(abnormal: &mut Abnormal, step: &Step, result: StepResult) {
             }
         }
     }
+}
+
+/// The processor that last wrote `key` into status.context, from the step records. A key of
+/// spec.context, or one no record names, has no owner.
+fn context_key_owner<'a>(status: &'a AbnormalStatus, key: &str) -> Option<&'a str> {
+    status
+        .processors
+        .iter()
+        .rev()
+        .find(|r| r.context_keys.iter().any(|k| k == key))
+        .map(|r| r.processor.as_str())
 }
 
 fn oversize(
@@ -481,6 +527,7 @@ pub fn end_stage(
             message: why.clone(),
             start_time: now.clone(),
             duration_milliseconds: Some(0),
+            context_keys: Vec::new(),
         });
     }
 

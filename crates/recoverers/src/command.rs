@@ -13,7 +13,7 @@ use tokio::process::Command;
 use crate::policy::Policy;
 
 /// Default seconds a command may run, as in Kube Diagnoser.
-pub const DEFAULT_TIMEOUT_SECONDS: i32 = 30;
+pub const DEFAULT_TIMEOUT_SECONDS: i32 = kdiag_api::DEFAULT_STEP_TIMEOUT_SECONDS;
 /// Bytes of stdout and of stderr kept per command.
 pub const DEFAULT_OUTPUT_CAP: usize = 64 * 1024;
 
@@ -62,11 +62,7 @@ pub async fn run(spec: &CommandExecutorSpec, policy: &Policy, output_cap: usize)
             duration: started.elapsed(),
         };
     }
-    let timeout = Duration::from_secs(
-        spec.timeout_seconds
-            .unwrap_or(DEFAULT_TIMEOUT_SECONDS)
-            .max(1) as u64,
-    );
+    let timeout = Duration::from_secs(spec.timeout().max(1) as u64);
     let (stdout, stderr, error) = execute(&spec.command, timeout, output_cap).await;
     status.stdout = stdout;
     status.stderr = stderr;

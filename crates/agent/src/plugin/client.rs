@@ -193,7 +193,7 @@ impl PluginClient {
                 body: text,
             });
         }
-        let returned: Value =
+        let mut returned: Value =
             serde_json::from_slice(&bytes).map_err(|e| PluginError::InvalidJson {
                 url: url.clone(),
                 reason: e.to_string(),
@@ -204,6 +204,8 @@ impl PluginClient {
                 reason: "the body is not a JSON object".into(),
             });
         }
+        // A reply may carry only what changed (status alone), as Kube Diagnoser allowed.
+        kdiag_pipeline::protocol::complete_reply(&request, &mut returned);
         check_protected_fields(&request, &returned).map_err(|e| match e {
             kdiag_pipeline::Error::ChangedProtectedField { field } => {
                 PluginError::ChangedProtectedField {

@@ -25,9 +25,9 @@ use kdiag_api::{Abnormal, ProfilerSpec, ProfilerStatus};
 use crate::Error;
 
 /// Default seconds a profiling run may take.
-pub const DEFAULT_TIMEOUT_SECONDS: i32 = 30;
+pub const DEFAULT_TIMEOUT_SECONDS: i32 = kdiag_api::DEFAULT_STEP_TIMEOUT_SECONDS;
 /// Default seconds a profile stays available.
-pub const DEFAULT_EXPIRATION_SECONDS: i32 = 7200;
+pub const DEFAULT_EXPIRATION_SECONDS: i32 = kdiag_api::DEFAULT_EXPIRATION_SECONDS;
 /// The most bytes of one profile kept (a pprof profile, a jcmd report).
 const MAX_PROFILE_BYTES: usize = 64 * 1024 * 1024;
 /// The same, as a byte count of a file.
@@ -66,11 +66,7 @@ impl Profilers {
             endpoint: String::new(),
             error: String::new(),
         };
-        let timeout = Duration::from_secs(
-            spec.timeout_seconds
-                .unwrap_or(DEFAULT_TIMEOUT_SECONDS)
-                .max(1) as u64,
-        );
+        let timeout = Duration::from_secs(spec.timeout().max(1) as u64);
         let result = match (&spec.go, &spec.java) {
             (Some(go), None) => self
                 .go(abnormal, &spec.name, &go.source, timeout)
@@ -94,12 +90,7 @@ impl Profilers {
             Ok((url_path, what)) => {
                 status.endpoint = format!("{}{url_path}", self.public_url);
                 summary = what;
-                let keep = i64::from(
-                    spec.expiration_seconds
-                        .unwrap_or(DEFAULT_EXPIRATION_SECONDS)
-                        .max(1),
-                )
-                .min(MAX_EXPIRATION_SECONDS);
+                let keep = i64::from(spec.expiration().max(1)).min(MAX_EXPIRATION_SECONDS);
                 let (file, _) = self.location(abnormal, &spec.name);
                 if let Err(e) = self
                     .record_expiry(&file, jiff::Timestamp::now().as_second() + keep)

@@ -44,8 +44,10 @@ use crate::schema::optional_free_form_object;
 #[serde(rename_all = "camelCase")]
 pub struct AbnormalSpec {
     /// Who created the Abnormal: Custom (a person or tool, the default), KubernetesEvent,
-    /// PrometheusAlert or ProbeStatus (kdiag extension).
-    #[serde(default)]
+    /// PrometheusAlert or ProbeStatus (kdiag extension). An empty string, which Go clients built
+    /// on Kube Diagnoser's types send when they leave it unset, means Custom.
+    #[serde(default, deserialize_with = "source_or_custom")]
+    #[schemars(schema_with = "source_schema")]
     pub source: AbnormalSourceType,
     /// The alert, when source is PrometheusAlert.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -99,12 +101,42 @@ pub struct AbnormalSpec {
 /// Who created an Abnormal.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
 pub enum AbnormalSourceType {
+    // Kube Diagnoser's webhook turned "" into Custom; Go clients send "" for an unset source.
     #[default]
+    #[serde(alias = "")]
     Custom,
     KubernetesEvent,
     PrometheusAlert,
     /// kdiag extension: a KubeProber-compatible checker turned ERROR.
     ProbeStatus,
+}
+
+/// The schema of `Abnormal.spec.source`: the source types, and "" (read as Custom), which Go
+/// clients of Kube Diagnoser send for an unset source and its webhook defaulted.
+///
+/// `nullable` because the apiserver (1.20's OpenAPI validation) takes an empty string for a
+/// missing value and refuses it for a non-nullable `type: string`.
+fn source_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "nullable": true,
+        "enum": [
+            AbnormalSourceType::Custom.as_str(),
+            AbnormalSourceType::KubernetesEvent.as_str(),
+            AbnormalSourceType::PrometheusAlert.as_str(),
+            AbnormalSourceType::ProbeStatus.as_str(),
+            "",
+        ],
+    })
+}
+
+/// `source`, with null read as Custom like "" and an absent source. The apiserver refuses a
+/// null source (it is not among the schema's values), but the type accepts what the schema's
+/// `nullable` says is possible.
+fn source_or_custom<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<AbnormalSourceType, D::Error> {
+    Ok(Option::<AbnormalSourceType>::deserialize(d)?.unwrap_or_default())
 }
 
 impl AbnormalSourceType {
@@ -205,9 +237,28 @@ pub struct CommandExecutorSpec {
     /// The stage it runs in.
     #[serde(rename = "type")]
     pub type_: ProcessorType,
-    /// Seconds before the command's process group is killed. Default 30.
+    /// Seconds before the command's process group is killed. Default (also for 0, as in Kube
+    /// Diagnoser): 30.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<i32>,
+}
+
+/// Kube Diagnoser's defaults for command executors and profilers, which its webhook also put in
+/// place of an explicit 0.
+pub const DEFAULT_STEP_TIMEOUT_SECONDS: i32 = 30;
+/// How long a profile stays available when expirationSeconds is left out or 0.
+pub const DEFAULT_EXPIRATION_SECONDS: i32 = 7200;
+
+/// `value`, or `default` when it is left out or 0 (Kube Diagnoser's webhook defaulted a 0).
+fn or_default(value: Option<i32>, default: i32) -> i32 {
+    value.filter(|s| *s != 0).unwrap_or(default)
+}
+
+impl CommandExecutorSpec {
+    /// Seconds the command may run: timeoutSeconds, or 30 when it is left out or 0.
+    pub fn timeout(&self) -> i32 {
+        or_default(self.timeout_seconds, DEFAULT_STEP_TIMEOUT_SECONDS)
+    }
 }
 
 /// The outcome of one command executor.
@@ -253,12 +304,24 @@ pub struct ProfilerSpec {
     /// A Java program. Exactly one of go and java.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub java: Option<JavaProfilerSpec>,
-    /// Seconds the profiling may take. Default 30.
+    /// Seconds the profiling may take. Default (also for 0, as in Kube Diagnoser): 30.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<i32>,
-    /// Seconds the result stays available. Default 7200.
+    /// Seconds the result stays available. Default (also for 0, as in Kube Diagnoser): 7200.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expiration_seconds: Option<i32>,
+}
+
+impl ProfilerSpec {
+    /// Seconds the profiling may take: timeoutSeconds, or 30 when it is left out or 0.
+    pub fn timeout(&self) -> i32 {
+        or_default(self.timeout_seconds, DEFAULT_STEP_TIMEOUT_SECONDS)
+    }
+
+    /// Seconds the result stays: expirationSeconds, or 7200 when it is left out or 0.
+    pub fn expiration(&self) -> i32 {
+        or_default(self.expiration_seconds, DEFAULT_EXPIRATION_SECONDS)
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -513,6 +576,10 @@ pub struct ProcessorRecord {
     /// Milliseconds the step took; absent while it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_milliseconds: Option<i64>,
+    /// The status.context keys the step wrote (added or changed). A plugin may remove a key
+    /// only when the last step that wrote it was its own registration.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub context_keys: Vec<String>,
 }
 
 /// What ran in a step.
@@ -639,3 +706,26 @@ impl Abnormal {
 
 /// A free-form context value, as a processor's output board holds it.
 pub type Context = BTreeMap<String, serde_json::Value>;
+
+#[cfg(test)]
+mod tests {
+    use kube::CustomResourceExt;
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn an_empty_source_from_a_go_client_is_allowed_by_the_schema_and_read_as_custom() {
+        for source in [json!(""), json!(null)] {
+            let spec: AbnormalSpec = serde_json::from_value(json!({"source": source})).unwrap();
+            assert_eq!(spec.source, AbnormalSourceType::Custom);
+        }
+        let crd = serde_json::to_value(Abnormal::crd()).unwrap();
+        let source = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"]["source"];
+        assert!(
+            source["enum"].as_array().unwrap().contains(&json!("")),
+            "{source}"
+        );
+    }
+}

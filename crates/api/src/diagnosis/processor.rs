@@ -1,7 +1,9 @@
 //! Processor registrations: `InformationCollector`, `Diagnoser` and `Recoverer` share one spec.
 //!
 //! A registration with neither externalIP/externalPort nor service names a built-in processor,
-//! run in-process by the node agent; otherwise it is an HTTP plugin at that address.
+//! run in-process by the node agent; otherwise it is an HTTP plugin at that address. The
+//! v0.1.0–v0.1.5 fields `ip` and `port` are read as externalIP and externalPort
+//! ([`ProcessorEndpoint::effective`]).
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::CustomResource;
@@ -32,7 +34,7 @@ pub struct ProcessorEndpoint {
     /// http (default) or https.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheme: Option<String>,
-    /// Seconds one call may take. Default 30.
+    /// Seconds one call may take. Default (also for 0, as in Kube Diagnoser): 30.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<i32>,
     /// kdiag extension: how to verify an https processor.
@@ -42,7 +44,37 @@ pub struct ProcessorEndpoint {
     /// sent as `Authorization: Bearer <token>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bearer_token_secret_ref: Option<SecretKeyRef>,
+    /// Deprecated (Kube Diagnoser v0.1.0–v0.1.5): the processor's host; read as externalIP.
+    /// `0.0.0.0` or a loopback address with port 8090 named Kube Diagnoser's own agent, so
+    /// such a registration names kdiag's built-in of the same name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// Deprecated (Kube Diagnoser v0.1.0–v0.1.5; a string in v0.1.0): the processor's port;
+    /// read as externalPort.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<IntOrString>,
+    /// Deprecated (Kube Diagnoser v0.1.0–v0.1.5): kept, unused, as it was in Kube Diagnoser.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric_path: Option<String>,
+    /// Deprecated (Kube Diagnoser v0.1.0–v0.1.1): a core/v1 Probe; kept, unused, as it was in
+    /// Kube Diagnoser.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::optional_free_form_object")]
+    pub readiness_probe: Option<serde_json::Value>,
 }
+
+/// The status of a processor registration: only Kube Diagnoser's `ready`, kept so the apiserver
+/// does not prune it. kdiag does not write it (Kube Diagnoser did not either).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessorStatus {
+    /// Kube Diagnoser v0.1.0–v0.1.5: whether the processor passed its readiness probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<bool>,
+}
+
+/// The port Kube Diagnoser's agent served its built-ins on.
+pub const KUBE_DIAGNOSER_AGENT_PORT: i32 = 8090;
 
 /// kdiag extension: a Service and port that front a processor.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -80,9 +112,86 @@ pub struct SecretKeyRef {
 }
 
 impl ProcessorEndpoint {
+    /// Seconds one call may take when timeoutSeconds is left out or 0, as in Kube Diagnoser.
+    pub const DEFAULT_TIMEOUT_SECONDS: i32 = 30;
+
+    /// Seconds one call may take: timeoutSeconds, or the default when it is left out or not
+    /// positive (Kube Diagnoser's webhook turned 0 into 30).
+    pub fn timeout(&self) -> i32 {
+        self.timeout_seconds
+            .filter(|s| *s > 0)
+            .unwrap_or(Self::DEFAULT_TIMEOUT_SECONDS)
+    }
+
     /// A built-in processor: no address of its own, so the node agent runs it in-process.
     pub fn is_builtin(&self) -> bool {
-        self.external_ip.is_none() && self.external_port.is_none() && self.service.is_none()
+        let e = self.effective();
+        e.external_ip.is_none() && e.external_port.is_none() && e.service.is_none()
+    }
+
+    /// True when the address comes from the deprecated `ip`/`port` alone: today's fields
+    /// (externalIP, externalPort, service) win when both are given.
+    pub fn uses_legacy_address(&self) -> bool {
+        (self.ip.is_some() || self.port.is_some())
+            && self.external_ip.is_none()
+            && self.external_port.is_none()
+            && self.service.is_none()
+    }
+
+    /// True when the deprecated address names Kube Diagnoser's own agent (0.0.0.0 or loopback,
+    /// port 8090), where its built-ins were served: kdiag runs its own built-in instead.
+    pub fn legacy_address_names_the_agent(&self) -> bool {
+        let local = matches!(
+            self.ip.as_deref().map(str::trim),
+            Some("0.0.0.0" | "127.0.0.1" | "::" | "::1" | "localhost" | "")
+        );
+        let agent_port = match &self.port {
+            Some(IntOrString::Int(p)) => *p == KUBE_DIAGNOSER_AGENT_PORT,
+            Some(IntOrString::String(p)) => {
+                p.trim().parse::<i32>().ok() == Some(KUBE_DIAGNOSER_AGENT_PORT)
+            }
+            None => false,
+        };
+        self.uses_legacy_address() && local && agent_port
+    }
+
+    /// The endpoint with the deprecated `ip`/`port` read as today's fields: externalIP and
+    /// externalPort, or no address (a built-in) when they named Kube Diagnoser's agent.
+    pub fn effective(&self) -> ProcessorEndpoint {
+        let mut e = self.clone();
+        if self.uses_legacy_address() && !self.legacy_address_names_the_agent() {
+            e.external_ip = self.ip.clone().filter(|ip| !ip.trim().is_empty());
+            e.external_port = self.port.clone();
+        }
+        e.ip = None;
+        e.port = None;
+        e
+    }
+
+    /// What to say about a registration that uses the deprecated fields: how it was read and
+    /// what to change.
+    pub fn deprecation_note(&self) -> Option<String> {
+        if !self.uses_legacy_address() {
+            return None;
+        }
+        let address = format!(
+            "{}:{}",
+            self.ip.as_deref().unwrap_or_default(),
+            match &self.port {
+                Some(IntOrString::Int(p)) => p.to_string(),
+                Some(IntOrString::String(p)) => p.clone(),
+                None => String::new(),
+            }
+        );
+        Some(if self.legacy_address_names_the_agent() {
+            format!(
+                "the registration uses Kube Diagnoser's deprecated spec.ip/spec.port ({address}, its agent), read as kdiag's built-in of the same name; remove spec.ip and spec.port"
+            )
+        } else {
+            format!(
+                "the registration uses Kube Diagnoser's deprecated spec.ip/spec.port ({address}); rename them spec.externalIP and spec.externalPort"
+            )
+        })
     }
 }
 
@@ -93,6 +202,7 @@ impl ProcessorEndpoint {
     version = "v1",
     kind = "InformationCollector",
     namespaced,
+    status = "ProcessorStatus",
     shortname = "ic",
     category = "kdiag",
     derive = "Default",
@@ -119,6 +229,7 @@ pub struct InformationCollectorSpec {
     version = "v1",
     kind = "Diagnoser",
     namespaced,
+    status = "ProcessorStatus",
     shortname = "dg",
     category = "kdiag",
     derive = "Default",
@@ -145,6 +256,7 @@ pub struct DiagnoserSpec {
     version = "v1",
     kind = "Recoverer",
     namespaced,
+    status = "ProcessorStatus",
     shortname = "rcv",
     category = "kdiag",
     derive = "Default",
@@ -162,4 +274,68 @@ pub struct DiagnoserSpec {
 pub struct RecovererSpec {
     #[serde(flatten)]
     pub endpoint: ProcessorEndpoint,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn endpoint(spec: serde_json::Value) -> ProcessorEndpoint {
+        serde_json::from_value(spec).unwrap()
+    }
+
+    #[test]
+    fn a_v015_plugin_registration_is_read_as_external_ip_and_port() {
+        let e = endpoint(
+            json!({"ip": "10.0.0.7", "port": 8000, "path": "/collect", "metricPath": "/metrics"}),
+        );
+        assert!(!e.is_builtin());
+        let effective = e.effective();
+        assert_eq!(effective.external_ip.as_deref(), Some("10.0.0.7"));
+        assert_eq!(effective.external_port, Some(IntOrString::Int(8000)));
+        assert!(
+            e.deprecation_note()
+                .unwrap()
+                .contains("rename them spec.externalIP")
+        );
+    }
+
+    #[test]
+    fn a_v010_port_written_as_a_string_is_read_too() {
+        let e = endpoint(json!({"ip": "10.0.0.7", "port": "8000"}));
+        assert_eq!(
+            e.effective().external_port,
+            Some(IntOrString::String("8000".into()))
+        );
+    }
+
+    #[test]
+    fn kube_diagnosers_own_builtin_registrations_stay_builtins() {
+        for ip in ["0.0.0.0", "127.0.0.1"] {
+            let e = endpoint(
+                json!({"ip": ip, "port": 8090, "path": "/informationcollector/podcollector"}),
+            );
+            assert!(e.is_builtin(), "{ip}:8090 named Kube Diagnoser's agent");
+            assert!(e.deprecation_note().unwrap().contains("built-in"));
+        }
+        assert!(!endpoint(json!({"ip": "0.0.0.0", "port": 9000})).is_builtin());
+    }
+
+    #[test]
+    fn todays_fields_win_over_the_deprecated_ones() {
+        let e = endpoint(
+            json!({"externalIP": "10.0.0.8", "externalPort": 80, "ip": "10.0.0.7", "port": 1}),
+        );
+        assert_eq!(e.effective().external_ip.as_deref(), Some("10.0.0.8"));
+        assert!(e.deprecation_note().is_none());
+        assert!(endpoint(json!({})).is_builtin());
+    }
+
+    #[test]
+    fn a_timeout_of_zero_means_the_default_as_in_kube_diagnoser() {
+        assert_eq!(endpoint(json!({"timeoutSeconds": 0})).timeout(), 30);
+        assert_eq!(endpoint(json!({})).timeout(), 30);
+        assert_eq!(endpoint(json!({"timeoutSeconds": 5})).timeout(), 5);
+    }
 }

@@ -88,6 +88,47 @@ pub fn output(snap: &Snapshot, max_output_bytes: usize) -> ProcessorOutput {
 mod tests {
     use super::*;
 
+    /// Kube Diagnoser's `types.Process`, with the Go field types as Rust ones: `createTime` a
+    /// `time.Time`, which decodes only from an RFC 3339 string.
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    #[allow(dead_code)]
+    struct UpstreamProcess {
+        pid: i32,
+        ppid: i32,
+        tgid: i32,
+        command: Vec<String>,
+        status: String,
+        create_time: jiff::Timestamp,
+        cpu_percent: f64,
+        nice: i32,
+        memory_info: Option<serde_json::Value>,
+    }
+
+    #[test]
+    fn process_information_decodes_with_kube_diagnosers_go_types() {
+        let snap = Snapshot {
+            processes: vec![ProcessInfo {
+                pid: 42,
+                command: vec!["sleep".into()],
+                status: "S".into(),
+                create_time: 1_764_000_000_123,
+                create_time_milliseconds: 1_764_000_000_123,
+                ..Default::default()
+            }],
+            complete: true,
+            ..Default::default()
+        };
+        let out = output(&snap, 1 << 20);
+        let entry = &out.context[PROCESS_INFORMATION][0];
+        assert_eq!(entry["createTime"], "2025-11-24T16:00:00.123Z");
+        assert_eq!(entry["createTimeMilliseconds"], 1_764_000_000_123_i64);
+        let upstream: Vec<UpstreamProcess> =
+            serde_json::from_value(out.context[PROCESS_INFORMATION].clone())
+                .expect("decodes into Kube Diagnoser's types.Process");
+        assert_eq!(upstream[0].create_time.as_millisecond(), 1_764_000_000_123);
+    }
+
     #[test]
     fn a_scan_too_large_for_the_step_keeps_the_first_processes_and_says_how_many_were_cut() {
         let snap = Snapshot {

@@ -27,8 +27,13 @@ pub struct ProcessInfo {
     pub command: Vec<String>,
     /// The state letter: R running, S sleeping, D uninterruptible, Z zombie, T stopped, I idle.
     pub status: String,
-    /// Start time in milliseconds since the epoch (gopsutil's createTime).
+    /// Start time in milliseconds since the epoch (gopsutil's createTime). Written as an RFC
+    /// 3339 string, the JSON of the Go `time.Time` in Kube Diagnoser's `types.Process`, so its
+    /// plugins decode the key; the number is in `createTimeMilliseconds`.
+    #[serde(serialize_with = "rfc3339_from_milliseconds")]
     pub create_time: i64,
+    /// kdiag: the start time as milliseconds since the epoch.
+    pub create_time_milliseconds: i64,
     /// Start time in clock ticks after boot, exactly as /proc/<pid>/stat field 22 has it. The
     /// signal recoverer compares it before signalling, so a reused pid is never hit.
     pub start_time: u64,
@@ -51,6 +56,16 @@ pub struct ProcessInfo {
     /// Signal dispositions and pid namespace, for the diagnosers; not written to the context.
     #[serde(skip)]
     pub signals: SignalInfo,
+}
+
+/// Milliseconds since the epoch as RFC 3339 (UTC), as Go's `time.Time` marshals.
+fn rfc3339_from_milliseconds<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+    match jiff::Timestamp::from_millisecond(*ms) {
+        Ok(t) => s.collect_str(&t),
+        Err(e) => Err(serde::ser::Error::custom(format!(
+            "start time {ms} ms is out of range: {e}"
+        ))),
+    }
 }
 
 /// Memory use in bytes (gopsutil's MemoryInfoExStat names).
@@ -330,6 +345,7 @@ impl<'a> Reader<'a> {
             monitor,
         } = pod.unwrap_or_default();
         let shim_for = shim_target(&stat.comm, &command);
+        let create_time = ((clock.boot_time as f64 + started_after_boot) * 1000.0) as i64;
         Ok(ProcessInfo {
             pid,
             ppid: stat.ppid,
@@ -337,7 +353,8 @@ impl<'a> Reader<'a> {
             name: stat.comm,
             command,
             status: stat.state.to_string(),
-            create_time: ((clock.boot_time as f64 + started_after_boot) * 1000.0) as i64,
+            create_time,
+            create_time_milliseconds: create_time,
             start_time: stat.starttime,
             cpu_percent,
             nice: stat.nice,

@@ -9,8 +9,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kdiag_api::kubeprober::{ReportProbeStatusSpec, labels as probe_labels};
 use kdiag_api::{CheckerStatus, Probe, ProbeCheckerStatus, ProbeStatus};
 use kdiag_runtime::auth::{Authorizer, User};
+use kdiag_runtime::recorder::UncachedRecorder;
 use kube::api::{Api, PostParams};
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use warp::http::StatusCode;
 
 use crate::Error;
@@ -31,11 +32,20 @@ pub struct ProbeReports {
     /// Take reports without a token (KubeProber's SDK sends none): an explicit opt-in.
     pub allow_unauthenticated: bool,
     pub nodes: Arc<KnownNodes>,
+    /// Publishes the Event naming the checkers of a report that were not stored.
+    pub recorder: UncachedRecorder,
 }
 
 impl ProbeReports {
     pub fn new(client: Client, allow_unauthenticated: bool, nodes: Arc<KnownNodes>) -> Self {
         Self {
+            recorder: UncachedRecorder::new(
+                client.clone(),
+                kube::runtime::events::Reporter {
+                    controller: "kdiag-controller".into(),
+                    instance: None,
+                },
+            ),
             authorizer: Authorizer::new(client.clone()),
             client,
             audience: kdiag_api::kubeprober::REPORT_AUDIENCE.into(),
@@ -44,10 +54,12 @@ impl ProbeReports {
         }
     }
 
-    /// One `POST /probe-status`: the status and text of the answer. 400 for a bad payload, 401
-    /// without an accepted token, 403 when the token's pod is not a checker pod of the probe
-    /// reported for, 422 when a message names nodes that do not exist, 503 when the apiserver
-    /// could not be asked, 500 when the write failed; 200 when stored.
+    /// One `POST /probe-status`: the status and text of the answer. 400 for a bad payload (or
+    /// one with no checker that can be stored), 401 without an accepted token, 403 when the
+    /// token's pod is not a checker pod of the probe reported for, 422 when a message names
+    /// nodes that do not exist, 503 when the apiserver could not be asked, 500 when the write
+    /// failed; 200 when stored, with `rejected` listing the checkers that were not (also in a
+    /// Warning Event `CheckersRejected` on the ProbeStatus).
     pub async fn receive(&self, authorization: Option<&str>, body: &[u8]) -> (StatusCode, String) {
         let report = match parse(body, &kdiag_runtime::time::now()) {
             Ok(r) => r,
@@ -79,8 +91,43 @@ impl ProbeReports {
             Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         }
         match apply(&self.client, &report).await {
-            Ok(()) => (StatusCode::OK, r#"{"success":true}"#.into()),
+            Ok(written) => {
+                if !report.rejected.is_empty() {
+                    self.record_rejected(&written, &report.rejected).await;
+                }
+                (StatusCode::OK, answer(&report))
+            }
             Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+
+    /// A Warning Event on the ProbeStatus naming the checkers of a report that were not stored,
+    /// for whoever reads the ProbeStatus rather than the checker pod's log. Best effort: the
+    /// answer says the same.
+    async fn record_rejected(&self, written: &ProbeStatus, rejected: &[RejectedChecker]) {
+        let list: Vec<String> = rejected
+            .iter()
+            .map(|r| format!("{}: {}", r.checker, r.reason))
+            .collect();
+        let note = format!(
+            "{} checker(s) of a report were not stored (the others were): {}",
+            rejected.len(),
+            list.join("; ")
+        );
+        let event = kube::runtime::events::Event {
+            type_: kube::runtime::events::EventType::Warning,
+            reason: "CheckersRejected".into(),
+            // The Events API caps a note at 1 kB.
+            note: Some(note.chars().take(1000).collect()),
+            action: "Report".into(),
+            secondary: None,
+        };
+        if let Err(e) = self
+            .recorder
+            .publish(&event, &written.object_ref(&()))
+            .await
+        {
+            tracing::warn!(probe = %written.name_any(), error = %e, "cannot record the rejected checkers of a report");
         }
     }
 
@@ -189,12 +236,32 @@ impl ProbeReports {
     }
 }
 
-/// A report, checked.
+/// A report, checked: the checkers to store and those refused.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Report {
     pub namespace: String,
     pub probe: String,
     pub checkers: Vec<ProbeCheckerStatus>,
+    /// Checkers that cannot be stored, each with why. KubeProber's SDK never resends a batch
+    /// answered 400, so one bad checker must not cost the others theirs.
+    pub rejected: Vec<RejectedChecker>,
+}
+
+/// A checker of a report that was not stored.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RejectedChecker {
+    /// Its name, or `checkers[<index>]` when it has none.
+    pub checker: String,
+    /// What is wrong and what to do.
+    pub reason: String,
+}
+
+/// The answer to a report that was stored, naming the checkers that were not.
+pub fn answer(report: &Report) -> String {
+    if report.rejected.is_empty() {
+        return r#"{"success":true}"#.into();
+    }
+    serde_json::json!({"success": true, "rejected": report.rejected}).to_string()
 }
 
 /// Parses and checks a payload; the error is the 400 body.
@@ -220,33 +287,63 @@ pub fn parse(body: &[u8], now: &Time) -> Result<Report, Error> {
         return Err(Error::ReportWithoutCheckers);
     }
     let mut checkers = Vec::new();
-    for c in reported {
-        if c.name.trim().is_empty() {
-            return Err(Error::CheckerWithoutName);
+    let mut rejected = Vec::new();
+    for (index, c) in reported.into_iter().enumerate() {
+        let name = c.name.clone();
+        match checker(index, c, now) {
+            Ok(c) => checkers.push(c),
+            Err(e) => rejected.push(RejectedChecker {
+                checker: if name.trim().is_empty() {
+                    format!("checkers[{index}]")
+                } else {
+                    name
+                },
+                reason: e.to_string(),
+            }),
         }
-        let status =
-            CheckerStatus::parse(&c.status).ok_or_else(|| Error::CheckerStatusUnknown {
-                checker: c.name.clone(),
-                status: c.status.clone(),
-            })?;
-        if status.severity() > CheckerStatus::Info.severity() && c.message.trim().is_empty() {
-            return Err(Error::CheckerWithoutMessage {
-                checker: c.name,
-                status: status.as_str(),
-            });
-        }
-        checkers.push(ProbeCheckerStatus {
-            name: c.name,
-            status,
-            message: c.message,
-            last_run: Some(c.last_run.unwrap_or_else(|| now.clone())),
-            diagnosis: None,
+    }
+    if checkers.is_empty() {
+        return Err(Error::ReportWithoutValidCheckers {
+            problems: rejected
+                .iter()
+                .map(|r| r.reason.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
         });
     }
     Ok(Report {
         namespace: spec.probe_namespace,
         probe: spec.probe_name,
         checkers,
+        rejected,
+    })
+}
+
+/// One reported checker, checked; its status read case-insensitively.
+fn checker(
+    index: usize,
+    c: kdiag_api::kubeprober::ReportedChecker,
+    now: &Time,
+) -> Result<ProbeCheckerStatus, Error> {
+    if c.name.trim().is_empty() {
+        return Err(Error::CheckerWithoutName { index });
+    }
+    let status = CheckerStatus::parse(&c.status).ok_or_else(|| Error::CheckerStatusUnknown {
+        checker: c.name.clone(),
+        status: c.status.clone(),
+    })?;
+    if status.severity() > CheckerStatus::Info.severity() && c.message.trim().is_empty() {
+        return Err(Error::CheckerWithoutMessage {
+            checker: c.name,
+            status: status.as_str(),
+        });
+    }
+    Ok(ProbeCheckerStatus {
+        name: c.name,
+        status,
+        message: c.message,
+        last_run: Some(c.last_run.unwrap_or_else(|| now.clone())),
+        diagnosis: None,
     })
 }
 
@@ -270,9 +367,9 @@ pub fn merge(
     out
 }
 
-/// Writes a report into its ProbeStatus (created if missing), retrying lost races. The error
-/// says what failed, for the 500 answer.
-pub async fn apply(client: &Client, report: &Report) -> Result<(), Error> {
+/// Writes a report into its ProbeStatus (created if missing), retrying lost races; returns what
+/// was written. The error says what failed, for the 500 answer.
+pub async fn apply(client: &Client, report: &Report) -> Result<ProbeStatus, Error> {
     let api: Api<ProbeStatus> = Api::namespaced(client.clone(), &report.namespace);
     let key = format!("{}/{}", report.namespace, report.probe);
     for _ in 0..5 {
@@ -289,19 +386,18 @@ pub async fn apply(client: &Client, report: &Report) -> Result<(), Error> {
                     },
                 );
                 ps.metadata.namespace = Some(report.namespace.clone());
-                api.create(&PostParams::default(), &ps).await.map(|_| ())
+                api.create(&PostParams::default(), &ps).await
             }
             Some(mut ps) => {
                 ps.spec.checkers = merge(&ps.spec.checkers, &report.checkers);
                 api.replace(&ps.name_any(), &PostParams::default(), &ps)
                     .await
-                    .map(|_| ())
             }
         };
         match result {
             Err(e) if kdiag_runtime::error::is_conflict(&e) => continue,
             Err(e) => return Err(Error::kube("writing", format!("ProbeStatus {key}"), e)),
-            Ok(()) => return Ok(()),
+            Ok(written) => return Ok(written),
         }
     }
     Err(Error::ReportContended { probe: key })
@@ -358,6 +454,40 @@ mod tests {
             assert!(!e.is_transient(), "{e}");
             assert!(e.to_string().contains(expected), "{e}");
         }
+    }
+
+    #[test]
+    fn one_bad_checker_does_not_cost_the_others_their_results() {
+        // KubeProber's SDK never resends a batch answered 400.
+        let body = br#"{"probeName":"p","probeNamespace":"n","checkers":[
+            {"name":"dns","status":"pass"},
+            {"name":"","status":"PASS"},
+            {"name":"custom","status":"OK","message":"m"},
+            {"name":"silent","status":"ERROR"},
+            {"name":"api","status":"Error","message":"apiserver answered 500"}]}"#;
+        let r = parse(body, &now()).unwrap();
+        assert_eq!(
+            r.checkers
+                .iter()
+                .map(|c| (c.name.as_str(), c.status))
+                .collect::<Vec<_>>(),
+            [("dns", CheckerStatus::Pass), ("api", CheckerStatus::Error)]
+        );
+        let rejected: Vec<&str> = r.rejected.iter().map(|c| c.checker.as_str()).collect();
+        assert_eq!(rejected, ["checkers[1]", "custom", "silent"]);
+        assert!(
+            r.rejected[1].reason.contains("use PASS, INFO"),
+            "{:?}",
+            r.rejected
+        );
+        assert!(
+            r.rejected[2].reason.contains("has no message"),
+            "{:?}",
+            r.rejected
+        );
+        let answer: serde_json::Value = serde_json::from_str(&answer(&r)).unwrap();
+        assert_eq!(answer["success"], true);
+        assert_eq!(answer["rejected"][0]["checker"], "checkers[1]");
     }
 
     #[test]

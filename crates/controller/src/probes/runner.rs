@@ -345,8 +345,9 @@ async fn run_native_checks(ctx: &Ctx, probe: &Probe) -> Result<(), Error> {
         namespace: probe.namespace().unwrap_or_default(),
         probe: probe.name_any(),
         checkers,
+        rejected: Vec::new(),
     };
-    report::apply(&ctx.client, &r).await
+    report::apply(&ctx.client, &r).await.map(|_| ())
 }
 
 /// Marks results older than `max_age` stale: UNKNOWN with when they were last refreshed.
@@ -389,9 +390,11 @@ async fn mark_stale(ctx: &Ctx, ns: &str, probe: &str, max_age: Duration) -> Resu
             namespace: ns.into(),
             probe: probe.into(),
             checkers: stale,
+            rejected: Vec::new(),
         },
     )
     .await
+    .map(|_| ())
 }
 
 /// Records a finished or stuck checker pod's outcome when it did not report one itself.
@@ -472,6 +475,7 @@ async fn reconcile_job(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 namespace: ns.clone(),
                 probe: probe.clone(),
                 checkers: vec![checker],
+                rejected: Vec::new(),
             },
         )
         .await?;

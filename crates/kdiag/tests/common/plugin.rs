@@ -19,6 +19,8 @@ use tokio::net::{TcpListener, TcpStream};
 /// - `/change-phase`: 200 with status.phase changed
 /// - `/slow-body`: 200 headers, then the body one byte per second
 /// - `/root-cause/<reason>`: 200 with status.rootCause set
+/// - `/status-only/<key>`: 200 with only `{"status": {"context": {<key>: "<key>-value"}}}`
+/// - `/drop/<key>`: 200 with only `{"status": {"context": {<key>: null}}}`
 pub struct TestPlugin {
     pub port: u16,
     /// Every request path, in arrival order.
@@ -180,6 +182,17 @@ async fn handle(
             b["status"]["rootCause"] =
                 json!({"summary": format!("found {reason}"), "reason": reason});
             reply_json(&mut stream, b).await
+        }
+        // Kube Diagnoser decoded replies into a copy of the request: status alone sufficed.
+        ["status-only", key] => {
+            reply_json(
+                &mut stream,
+                json!({"status": {"context": {*key: format!("{key}-value")}}}),
+            )
+            .await
+        }
+        ["drop", key] => {
+            reply_json(&mut stream, json!({"status": {"context": {*key: null}}})).await
         }
         _ => reply(&mut stream, 404, "text/plain", b"no such test path").await,
     }

@@ -132,28 +132,67 @@ fn an_abnormal_without_node_or_pod_is_rejected_with_what_to_set() {
 }
 
 #[test]
-fn an_unknown_processor_is_rejected_listing_the_registered_ones() {
-    let (reason, message) = reject_reason(&abnormal(
-        json!({"nodeName": "n", "assignedInformationCollectors": [{"namespace": "kube-diagnoser", "name": "podcollector"}]}),
-    ));
-    assert_eq!(reason, "ProcessorNotFound");
-    assert!(message.contains("kube-diagnoser/podcollector"), "{message}");
-    assert!(
-        message.contains("kube-diagnoser/pod-collector"),
-        "{message}"
+fn an_unregistered_processor_does_not_reject_the_abnormal_as_in_kube_diagnoser() {
+    let a = abnormal(json!({"nodeName": "n", "assignedInformationCollectors": [
+        {"namespace": "kube-diagnoser", "name": "podcollector"},
+        {"namespace": "kube-diagnoser", "name": "pod-collector"}]}));
+    let d = decided(
+        &a,
+        &registry(),
+        &PodLookup::NotNeeded,
+        Duration::ZERO,
+        Duration::from_secs(60),
     );
+    assert!(matches!(d, Decision::Admit(_)), "{d:?}");
+}
+
+#[test]
+fn a_timeout_of_zero_means_the_default_and_a_negative_one_is_rejected() {
+    let zero = abnormal(json!({"nodeName": "n",
+        "commandExecutors": [{"command": ["ps"], "type": "Diagnoser", "timeoutSeconds": 0}],
+        "profilers": [{"name": "p", "type": "Diagnoser", "go": {"source": "http://x/debug/pprof/heap"},
+                       "timeoutSeconds": 0, "expirationSeconds": 0}]}));
+    let d = decided(
+        &zero,
+        &registry(),
+        &PodLookup::NotNeeded,
+        Duration::ZERO,
+        Duration::from_secs(60),
+    );
+    assert!(matches!(d, Decision::Admit(_)), "{d:?}");
+    assert_eq!(zero.spec.command_executors[0].timeout(), 30);
+    assert_eq!(zero.spec.profilers[0].timeout(), 30);
+    assert_eq!(zero.spec.profilers[0].expiration(), 7200);
+    let (reason, m) = reject_reason(&abnormal(
+        json!({"nodeName": "n", "commandExecutors": [{"command": ["ps"], "type": "Diagnoser", "timeoutSeconds": -1}]}),
+    ));
+    assert_eq!(reason, "InvalidCommandExecutor");
     assert!(
-        message.contains("spec.assignedInformationCollectors[0]"),
-        "{message}"
+        m.contains("timeoutSeconds is -1") && m.contains("0 or left out for 30"),
+        "{m}"
     );
 }
 
 #[test]
 fn a_processor_without_namespace_is_looked_up_in_the_abnormals_namespace() {
-    let (_, message) = reject_reason(&abnormal(
-        json!({"nodeName": "n", "assignedInformationCollectors": [{"name": "pod-collector"}]}),
-    ));
-    assert!(message.contains("team/pod-collector"), "{message}");
+    let mut known = registry();
+    known.0.insert(
+        (Stage::InformationCollecting, "team/not-built-in".to_owned()),
+        ProcessorEndpoint::default(),
+    );
+    let d = decided(
+        &abnormal(
+            json!({"nodeName": "n", "assignedInformationCollectors": [{"name": "not-built-in"}]}),
+        ),
+        &known,
+        &PodLookup::NotNeeded,
+        Duration::ZERO,
+        Duration::from_secs(60),
+    );
+    let Decision::Reject { message, .. } = d else {
+        panic!("{d:?}")
+    };
+    assert!(message.contains("team/not-built-in"), "{message}");
 }
 
 #[test]
@@ -180,9 +219,9 @@ fn malformed_command_executors_are_rejected() {
     ));
     assert!(m.contains("never run through a shell"), "{m}");
     let (_, m) = reject_reason(&abnormal(
-        json!({"nodeName": "n", "commandExecutors": [{"command": ["ps"], "type": "Diagnoser", "timeoutSeconds": 0}]}),
+        json!({"nodeName": "n", "commandExecutors": [{"command": ["ps"], "type": "Diagnoser", "timeoutSeconds": 3601}]}),
     ));
-    assert!(m.contains("timeoutSeconds is 0"), "{m}");
+    assert!(m.contains("timeoutSeconds is 3601"), "{m}");
 }
 
 #[test]

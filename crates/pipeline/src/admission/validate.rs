@@ -57,20 +57,11 @@ pub fn validate(abnormal: &Abnormal, registry: &dyn Registry) -> Result<(), Erro
                 ));
             }
             match registry.get(stage, &name) {
-                None => {
-                    let known = registry.names(stage);
-                    return Err(rejected(
-                        "ProcessorNotFound",
-                        format!(
-                            "{field} names {kind} {name}, which does not exist; registered {kind}s: {}",
-                            if known.is_empty() {
-                                "none (install config/deploy to register the built-ins)".into()
-                            } else {
-                                known.join(", ")
-                            }
-                        ),
-                    ));
-                }
+                // Kube Diagnoser ran the registered processors an Abnormal named and passed over
+                // the others, so one missing name does not reject the Abnormal: its step fails
+                // at run time saying what is registered, and the stage's usual rule decides
+                // (a collection needs one success, a diagnosis one identification).
+                None => {}
                 Some(endpoint)
                     if endpoint.is_builtin()
                         && !registry.builtins().contains(&name.name.as_str()) =>
@@ -168,8 +159,11 @@ pub fn validate(abnormal: &Abnormal, registry: &dyn Registry) -> Result<(), Erro
             "timeoutSeconds",
             p.timeout_seconds,
         )?;
-        if p.expiration_seconds.is_some_and(|s| s < 1) {
-            return Err(bad(format!("{field}.expirationSeconds must be at least 1")));
+        // 0 means the default, as Kube Diagnoser's webhook made it.
+        if p.expiration_seconds.is_some_and(|s| s < 0) {
+            return Err(bad(format!(
+                "{field}.expirationSeconds must be at least 1 (or 0 or left out for 7200)"
+            )));
         }
     }
     Ok(())
@@ -182,9 +176,13 @@ fn check_seconds(
     v: Option<i32>,
 ) -> Result<(), Error> {
     match v {
-        Some(s) if !(1..=MAX_TIMEOUT_SECONDS).contains(&s) => Err(rejected(
+        // 0 means the default, as Kube Diagnoser's webhook made it.
+        Some(s) if s != 0 && !(1..=MAX_TIMEOUT_SECONDS).contains(&s) => Err(rejected(
             reason,
-            format!("{field}.{name} is {s}; it must be between 1 and {MAX_TIMEOUT_SECONDS}"),
+            format!(
+                "{field}.{name} is {s}; it must be between 1 and {MAX_TIMEOUT_SECONDS} (or 0 or left out for {})",
+                kdiag_api::DEFAULT_STEP_TIMEOUT_SECONDS
+            ),
         )),
         _ => Ok(()),
     }
