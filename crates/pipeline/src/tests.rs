@@ -571,6 +571,7 @@ fn a_root_cause_that_would_outgrow_the_whole_object_cap_is_dropped_and_the_step_
             }),
             command_executors: None,
             profilers: None,
+            removed_context_keys: Vec::new(),
         },
         ..ok("found it")
     };
