@@ -9,7 +9,8 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use kdiag_api::{Abnormal, AbnormalPhase, ProcessorResult, Stage};
 use kdiag_pipeline::{
     self as pipeline, Next, StageEvent, StageOutcome, Step, StepOutput, StepResult, abandoned,
-    apply_step, deadline_left, end_stage, mark_running, needs_intent, shrink_to_fit,
+    apply_step, deadline_left, end_stage, mark_running_attempt, needs_intent, retry_interrupted,
+    shrink_to_fit,
 };
 use kdiag_runtime::error::{is_conflict, is_too_large, is_transient};
 use kdiag_runtime::metrics::SyncOutcome;
@@ -111,6 +112,9 @@ pub(super) struct Worker<'a> {
     dirty: bool,
     /// The next write must land on exactly the copy read (an intent record).
     exclusive: bool,
+    /// The attempt the next side-effecting step is (above 1 only for an idempotent recovery
+    /// run again after a restart).
+    attempt: u32,
 }
 
 impl<'a> Worker<'a> {
@@ -124,6 +128,7 @@ impl<'a> Worker<'a> {
             pending: Vec::new(),
             dirty: false,
             exclusive: false,
+            attempt: 1,
         }
     }
 
@@ -156,7 +161,8 @@ impl<'a> Worker<'a> {
                         self.dirty = true;
                         continue;
                     }
-                    if self.turn_is_over() {
+                    // Not between the retry of a recovery and its new intent record.
+                    if self.attempt == 1 && self.turn_is_over() {
                         // Fair turns: a long Abnormal does not hold its slot while others wait.
                         if self.dirty && !self.persist().await? {
                             continue;
@@ -189,6 +195,34 @@ impl<'a> Worker<'a> {
                             self.agent.unrecorded.take(&step_key(&self.abnormal, &step))
                     {
                         apply_step(&mut self.abnormal, &step, result, self.agent.limits);
+                        self.dirty = true;
+                        continue;
+                    }
+                    // An idempotent recoverer is called again (same Idempotency-Key), within
+                    // a bounded number of attempts.
+                    if let StageOutcome::RecoveryInterrupted(label) = &outcome
+                        && let Some(step) = pipeline::plan(&self.abnormal, stage)
+                            .into_iter()
+                            .find(|s| s.label == *label)
+                        && let pipeline::StepKind::Processor(i) = step.kind
+                        && let Some(name) = self.abnormal.assigned(stage).get(i).map(|p| {
+                            p.or_namespace(
+                                self.abnormal
+                                    .metadata
+                                    .namespace
+                                    .as_deref()
+                                    .unwrap_or_default(),
+                            )
+                        })
+                        && self
+                            .agent
+                            .executor
+                            .registrations
+                            .recoverer_is_idempotent(&name)
+                        && let Some(attempt) = retry_interrupted(&mut self.abnormal)
+                    {
+                        tracing::info!(abnormal = %self.key(), recoverer = %label, attempt, "an idempotent recovery the agent stopped during runs again");
+                        self.attempt = attempt;
                         self.dirty = true;
                         continue;
                     }
@@ -238,7 +272,8 @@ impl<'a> Worker<'a> {
         if intent {
             // Recorded before acting: if the agent dies mid-step, the next one sees Running and
             // does not act again.
-            mark_running(&mut self.abnormal, &step, &now());
+            mark_running_attempt(&mut self.abnormal, &step, &now(), self.attempt);
+            self.attempt = 1;
             self.dirty = true;
             self.exclusive = true;
             let landed = self.persist().await;

@@ -1929,3 +1929,68 @@ async fn an_abnormal_that_would_outgrow_etcd_drops_what_cannot_be_stored_says_so
     }
     agent.stop().await;
 }
+
+#[tokio::test]
+async fn an_idempotent_recovery_stopped_by_a_killed_agent_runs_again_with_the_same_key_and_succeeds()
+ {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("idempotent").await;
+    let client = cp.client().await;
+    let plugin = TestPlugin::start().await;
+    let recoverer = kdiag_api::Recoverer::new(
+        "safe",
+        kdiag_api::RecovererSpec {
+            endpoint: ProcessorEndpoint {
+                external_ip: Some("127.0.0.1".into()),
+                external_port: Some(
+                    k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(
+                        plugin.port.into(),
+                    ),
+                ),
+                path: Some("/sleep/3000/recovered".into()),
+                timeout_seconds: Some(10),
+                ..Default::default()
+            },
+            idempotent: true,
+        },
+    );
+    Api::namespaced(client.clone(), &ns)
+        .create(&kube::api::PostParams::default(), &recoverer)
+        .await
+        .unwrap();
+    let node = format!("{ns}-node");
+    let agent = TestAgent::start(cp, &node).await;
+    create_abnormal(
+        &client,
+        &ns,
+        "recover",
+        json!({"nodeName": node, "assignedRecoverers": [{"name": "safe"}]}),
+    )
+    .await;
+    wait_until(|| plugin.count("/sleep/3000/recovered") == 1).await;
+    agent.kill();
+    let agent = TestAgent::start(cp, &node).await;
+    let a = wait_final(&client, &ns, "recover", FINISH).await;
+    let st = a.status.clone().unwrap();
+    assert_eq!(st.phase, Some(AbnormalPhase::Succeeded), "{st:#?}");
+    assert_eq!(
+        labels(&a),
+        [(format!("{ns}/safe"), ProcessorResult::Succeeded)],
+        "one record for the recovery"
+    );
+    assert_eq!(
+        plugin.count("/sleep/3000/recovered"),
+        2,
+        "called again once"
+    );
+    let keys: Vec<String> = plugin
+        .idempotency_keys
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, k)| k.clone())
+        .collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert_eq!(keys[0], keys[1], "the same Idempotency-Key both times");
+    agent.stop().await;
+}

@@ -37,8 +37,9 @@ pub use conditions::set_condition;
 pub use error::{Category, Error, http_status_category};
 pub use plan::{Step, StepKind, plan};
 pub use transition::{
-    Limits, Next, StageEvent, StageOutcome, StepOutput, StepResult, abandoned, apply_step,
-    deadline_left, end_stage, mark_running, needs_intent, next, shrink_to_fit,
+    Limits, MAX_RECOVERY_ATTEMPTS, Next, StageEvent, StageOutcome, StepOutput, StepResult,
+    abandoned, apply_step, deadline_left, end_stage, mark_running, mark_running_attempt,
+    needs_intent, next, retry_interrupted, shrink_to_fit,
 };
 
 #[cfg(test)]

@@ -720,3 +720,30 @@ fn a_plugin_removes_a_context_key_it_wrote_but_not_one_another_processor_wrote()
         diagnoser.message
     );
 }
+
+#[test]
+fn an_interrupted_idempotent_recovery_is_retried_up_to_three_attempts() {
+    let mut a = abnormal(json!({"nodeName": "n", "assignedRecoverers": [{"name": "r"}]}));
+    a.status.as_mut().unwrap().phase = Some(AbnormalPhase::Recovering);
+    let step = expect_run(&a);
+    mark_running(&mut a, &step, &now());
+    assert_eq!(
+        next(&a),
+        Next::EndStage(
+            Stage::Recovering,
+            StageOutcome::RecoveryInterrupted("default/r".into())
+        )
+    );
+    assert_eq!(retry_interrupted(&mut a), Some(2));
+    assert_eq!(next(&a), Next::Run(step.clone()), "it runs again");
+    mark_running_attempt(&mut a, &step, &now(), 2);
+    assert!(
+        a.status.as_ref().unwrap().processors[0]
+            .message
+            .starts_with("attempt 2: run again after the agent stopped during attempt 1")
+    );
+    assert_eq!(retry_interrupted(&mut a), Some(3));
+    mark_running_attempt(&mut a, &step, &now(), 3);
+    assert_eq!(retry_interrupted(&mut a), None, "three attempts in all");
+    assert_eq!(a.status.as_ref().unwrap().processors.len(), 1);
+}

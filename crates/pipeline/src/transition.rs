@@ -220,6 +220,44 @@ pub fn mark_running(abnormal: &mut Abnormal, step: &Step, now: &Time) {
     });
 }
 
+/// The most attempts of an idempotent recovery the agent stopped during.
+pub const MAX_RECOVERY_ATTEMPTS: u32 = 3;
+
+/// Marks a step Running, as [`mark_running`], as attempt `attempt` of it.
+pub fn mark_running_attempt(abnormal: &mut Abnormal, step: &Step, now: &Time, attempt: u32) {
+    mark_running(abnormal, step, now);
+    if attempt > 1
+        && let Some(last) = status_mut(abnormal).processors.last_mut()
+    {
+        last.message = format!(
+            "attempt {attempt}: run again after the agent stopped during attempt {} (the recoverer is idempotent)",
+            attempt - 1
+        );
+    }
+}
+
+/// For a recovery the agent stopped during, by an idempotent recoverer: removes its Running
+/// record so that it runs again, and returns the attempt that comes next; None when it has had
+/// [`MAX_RECOVERY_ATTEMPTS`] (it then ends RecoveryInterrupted as any other).
+pub fn retry_interrupted(abnormal: &mut Abnormal) -> Option<u32> {
+    let processors = &mut abnormal.status.as_mut()?.processors;
+    let last = processors.last()?;
+    if last.result != ProcessorResult::Running || last.stage != Stage::Recovering {
+        return None;
+    }
+    let attempt: u32 = last
+        .message
+        .strip_prefix("attempt ")
+        .and_then(|m| m.split(':').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    if attempt >= MAX_RECOVERY_ATTEMPTS {
+        return None;
+    }
+    processors.pop();
+    Some(attempt + 1)
+}
+
 /// Records a step's result and merges its output. An output over the limits fails the step with
 /// a message saying so, and nothing of it is merged. An output that would grow the whole
 /// Abnormal past `limits.max_object_bytes` (a root cause, a plugin's command list, a command's

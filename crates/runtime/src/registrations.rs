@@ -96,6 +96,13 @@ impl Registrations {
         }
     }
 
+    /// Whether the recoverer `name` declares itself idempotent (may be called again).
+    pub fn recoverer_is_idempotent(&self, name: &NamespacedName) -> bool {
+        self.recoverers
+            .get(&ObjectRef::new(&name.name).within(&name.namespace))
+            .is_some_and(|o| o.spec.idempotent)
+    }
+
     /// Every registered name of a stage's kind, as namespace/name, for error messages.
     pub fn names(&self, stage: Stage) -> Vec<String> {
         fn names_of<K: Resource<DynamicType = ()> + Clone>(s: &Store<K>) -> Vec<String> {

@@ -274,6 +274,12 @@ pub struct DiagnoserSpec {
 pub struct RecovererSpec {
     #[serde(flatten)]
     pub endpoint: ProcessorEndpoint,
+    /// kdiag extension: the recoverer may be called again with the same `Idempotency-Key`
+    /// header (`<uid>/Recovering/<namespace>/<name>`) without acting twice (docs/plugins.md). A
+    /// recovery the agent stopped during is then run again after its restart, up to 3 attempts
+    /// in all, instead of ending the Abnormal with reason RecoveryInterrupted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub idempotent: bool,
 }
 
 #[cfg(test)]

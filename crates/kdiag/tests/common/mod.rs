@@ -487,7 +487,13 @@ pub async fn register_plugin(
                 .map(|_| ())
         }
         "Recoverer" => {
-            let o = kdiag_api::Recoverer::new(name, kdiag_api::RecovererSpec { endpoint });
+            let o = kdiag_api::Recoverer::new(
+                name,
+                kdiag_api::RecovererSpec {
+                    endpoint,
+                    idempotent: false,
+                },
+            );
             Api::namespaced(client.clone(), ns)
                 .create(&pp, &o)
                 .await
