@@ -119,30 +119,36 @@ pub const NODE_COLLECTORS: &[&str] = &[
 ///   pod); they are tried until one identifies the cause.
 /// - Recoverers: none. Recovery acts on the cluster and must be asked for.
 pub fn default_processors(target: &Target, registered: &Registered) -> Assigned {
-    let in_system = |list: &Option<Vec<NamespacedName>>| -> Vec<NamespacedName> {
-        list.iter()
-            .flatten()
-            .filter(|n| n.namespace == PROCESSOR_NAMESPACE)
-            .cloned()
-            .collect()
+    // None: the user may not list that kind (RBAC), so which are registered is unknown; the
+    // defaults are asked for and the controller checks them at admission.
+    let in_system = |list: &Option<Vec<NamespacedName>>| -> Option<Vec<NamespacedName>> {
+        list.as_ref().map(|l| {
+            l.iter()
+                .filter(|n| n.namespace == PROCESSOR_NAMESPACE)
+                .cloned()
+                .collect()
+        })
     };
     let collectors_there = in_system(&registered.collectors);
     let diagnosers_there = in_system(&registered.diagnosers);
+    let maybe_registered = |list: &Option<Vec<NamespacedName>>, n: &NamespacedName| {
+        list.as_ref().is_none_or(|l| l.contains(n))
+    };
     let preferred = |names: &[&str]| -> Vec<NamespacedName> {
         names
             .iter()
             .map(|name| NamespacedName::new(PROCESSOR_NAMESPACE, *name))
-            .filter(|n| collectors_there.contains(n))
+            .filter(|n| maybe_registered(&collectors_there, n))
             .collect()
     };
-    let mut every_diagnoser = diagnosers_there.clone();
+    let mut every_diagnoser = diagnosers_there.clone().unwrap_or_default();
     every_diagnoser.sort();
     let (collectors, diagnosers) = match target {
         Target::Pod(_) => {
             // The same function admission fills a pod Abnormal that names no processors with.
             let triage = Triage::default().registered(&|stage, n| match stage {
-                Stage::InformationCollecting => collectors_there.contains(n),
-                Stage::Diagnosing => diagnosers_there.contains(n),
+                Stage::InformationCollecting => maybe_registered(&collectors_there, n),
+                Stage::Diagnosing => maybe_registered(&diagnosers_there, n),
                 Stage::Recovering => false,
             });
             (
@@ -574,6 +580,20 @@ mod tests {
     fn nn(s: &str) -> NamespacedName {
         let (ns, n) = s.split_once('/').unwrap();
         NamespacedName::new(ns, n)
+    }
+
+    #[test]
+    fn a_user_who_may_not_list_registrations_still_asks_for_the_pod_triage() {
+        let unknown = Registered {
+            collectors: None,
+            diagnosers: None,
+            recoverers: None,
+        };
+        let a = args(&["--pod", "web"]);
+        let chosen = choose(&a, &parse_target(&a, "default").unwrap(), &unknown).unwrap();
+        let triage = Triage::default();
+        assert_eq!(chosen.collectors, triage.collectors);
+        assert_eq!(chosen.diagnosers, triage.diagnosers);
     }
 
     fn registered() -> Registered {
