@@ -361,7 +361,7 @@ fn without_output(mut result: StepResult, size: usize, limits: Limits) -> StepRe
     result
 }
 
-fn merge_step(abnormal: &mut Abnormal, step: &Step, result: StepResult) {
+fn merge_step(abnormal: &mut Abnormal, step: &Step, mut result: StepResult) {
     let status = status_mut(abnormal);
     let mut removed = Vec::new();
     if result.result == ProcessorResult::Succeeded
