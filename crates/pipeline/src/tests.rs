@@ -672,6 +672,8 @@ fn a_status_refused_for_its_size_drops_context_and_output_says_what_and_ends() {
     let st = done.status.unwrap();
     assert_eq!(st.phase, Some(AbnormalPhase::Succeeded));
     assert!(st.message.contains("refused to store"), "{}", st.message);
+}
+
 /// A plugin's answer that writes `added` and returns `removed` as null.
 fn plugin_answer(added: &[&str], removed: &[&str]) -> StepResult {
     StepResult {
