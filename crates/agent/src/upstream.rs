@@ -88,7 +88,6 @@ pub fn routes(processors: Option<ProcessorService>) -> Routes {
         });
     let svc = processors.clone();
     let post = known
-        .clone()
         .and(warp::post())
         .and(warp::body::content_length_limit(MAX_REQUEST_BYTES))
         .and(warp::body::bytes())
@@ -102,7 +101,7 @@ pub fn routes(processors: Option<ProcessorService>) -> Routes {
             },
         );
     let svc = processors.clone();
-    let get = known.clone().and(warp::get()).and(authorization()).then(
+    let get = known.and(warp::get()).and(authorization()).then(
         move |(name, key): (&'static str, Option<&'static str>), auth: Option<String>| {
             let svc = svc.clone();
             async move { as_array(svc, name, key, auth).await }
