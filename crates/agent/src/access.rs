@@ -10,6 +10,10 @@
 //! | `POST /processor/<other collector or diagnoser>` | `get nodes/proxy` on the node |
 //! | `GET /processor/<collector>` | `get nodes/proxy` on the node |
 //! | `POST` or `GET /processor/<recoverer>` | refused for everyone |
+//! | `GET /informationcollector`, `/diagnoser`, `/recoverer` (`--kube-diagnoser-port`) | `get nodes/proxy` on the node |
+//!
+//! Kube Diagnoser's paths for the built-ins (`--kube-diagnoser-port`, `crate::upstream`) are
+//! other names for `/processor/<built-in>` and need what it needs.
 //!
 //! Why: the built-ins run with the agent's identity and host privileges. What reads the whole
 //! node (processes, every pod on it, the kernel log, files) is node-wide, as the kubelet's own
@@ -37,6 +41,9 @@ pub enum Request<'a> {
     RawData { name: &'a str, recoverer: bool },
     /// `GET /profiles/<path>`.
     Profile { path: &'a str },
+    /// Kube Diagnoser's `GET /informationcollector` (`/diagnoser`, `/recoverer`): the
+    /// registrations of a kind.
+    Registrations,
 }
 
 /// What the request needs before it is served.
@@ -71,7 +78,9 @@ pub fn required(request: &Request<'_>, node: &str) -> Access {
                 None => Access::Needs(Right::node_proxy(node)),
             }
         }
-        Request::Run { .. } | Request::RawData { .. } => Access::Needs(Right::node_proxy(node)),
+        Request::Run { .. } | Request::RawData { .. } | Request::Registrations => {
+            Access::Needs(Right::node_proxy(node))
+        }
         Request::Profile { path } => {
             let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
             match parts.as_slice() {

@@ -30,6 +30,7 @@ pub mod policy;
 pub mod profiler;
 pub mod registrations;
 pub mod server;
+pub mod upstream;
 mod worker;
 
 use std::path::PathBuf;

@@ -36,7 +36,7 @@ pub struct ProcessorService {
 }
 
 /// The Authorization header of a request, if it has one.
-fn authorization()
+pub(crate) fn authorization()
 -> impl Filter<Extract = (Option<String>,), Error = std::convert::Infallible> + Clone {
     warp::header::optional::<String>("authorization")
         .or_else(|_| async { Ok::<_, std::convert::Infallible>((None,)) })
@@ -119,7 +119,7 @@ pub fn routes(processors: Option<ProcessorService>) -> Routes {
 }
 
 /// Whether the caller may make `request`: Ok, or the status and message to answer.
-async fn allowed(
+pub(crate) async fn allowed(
     svc: &ProcessorService,
     request: &access::Request<'_>,
     authorization: Option<&str>,
@@ -137,12 +137,12 @@ async fn allowed(
 }
 
 /// The answer to a refused request (401 with `WWW-Authenticate`, 403, 503).
-fn refused((status, message): (StatusCode, String)) -> warp::reply::Response {
+pub(crate) fn refused((status, message): (StatusCode, String)) -> warp::reply::Response {
     Refusal { status, message }.response()
 }
 
 /// The plugin protocol for a built-in: the whole Abnormal in, the whole Abnormal out.
-async fn run_processor(
+pub(crate) async fn run_processor(
     svc: Option<ProcessorService>,
     name: String,
     body: Bytes,
@@ -225,33 +225,46 @@ async fn raw_data(
     name: String,
     authorization: Option<String>,
 ) -> warp::reply::Response {
+    match collected(svc, &name, authorization).await {
+        Ok(context) => warp::reply::json(&context).into_response(),
+        Err(refusal) => refusal,
+    }
+}
+
+/// What collector `name` collects about the node without an Abnormal, as its context map; or the
+/// answer that refuses it (not served here, no such collector, not a collector, no right, failed).
+pub(crate) async fn collected(
+    svc: Option<ProcessorService>,
+    name: &str,
+    authorization: Option<String>,
+) -> Result<std::collections::BTreeMap<String, serde_json::Value>, warp::reply::Response> {
     let Some(svc) = svc else {
-        return text(
+        return Err(text(
             StatusCode::NOT_FOUND,
             "this kdiag process serves no processors".into(),
-        );
+        ));
     };
-    let Some(processor) = svc.builtins.get(&name) else {
-        return text(
+    let Some(processor) = svc.builtins.get(name) else {
+        return Err(text(
             StatusCode::NOT_FOUND,
             format!("no built-in processor {name:?}"),
-        );
+        ));
     };
     let request = access::Request::RawData {
-        name: &name,
-        recoverer: svc.builtins.is_recoverer(&name),
+        name,
+        recoverer: svc.builtins.is_recoverer(name),
     };
     if let access::Access::Refused(why) = access::required(&request, &svc.node_name) {
-        return text(StatusCode::FORBIDDEN, why);
+        return Err(text(StatusCode::FORBIDDEN, why));
     }
     if !name.ends_with("-collector") {
-        return text(
+        return Err(text(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{name} is not a collector; POST an Abnormal to it"),
-        );
+        ));
     }
     if let Err(refusal) = allowed(&svc, &request, authorization.as_deref()).await {
-        return refused(refusal);
+        return Err(refused(refusal));
     }
     let mut abnormal = Abnormal::new("raw-data", Default::default());
     abnormal.spec.node_name = svc.node_name.clone();
@@ -264,11 +277,11 @@ async fn raw_data(
         node: svc.node.clone(),
     };
     match tokio::time::timeout(timeout, processor.process(&ctx, &abnormal)).await {
-        Ok(Ok(out)) => warp::reply::json(&out.context).into_response(),
-        Ok(Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(_) => text(
+        Ok(Ok(out)) => Ok(out.context),
+        Ok(Err(e)) => Err(text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Err(_) => Err(text(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("timed out after {timeout:?}"),
-        ),
+        )),
     }
 }

@@ -25,6 +25,13 @@ pub const REPORT_AUDIENCE: &str = "kdiag-probe-status";
 pub const REPORT_TOKEN_DIR: &str = "/var/run/secrets/kdiag.io/probe-status";
 /// The token's lifetime: the shortest the apiserver issues; the kubelet renews it.
 pub const REPORT_TOKEN_SECONDS: i64 = 600;
+/// The ServiceAccount checker pods run as when their Probe's template names none, as KubeProber
+/// forced it; the probe runner creates it, and binds the ClusterRole of the same name to it, in
+/// each Probe's namespace (docs/probes.md).
+pub const WORKER_SERVICE_ACCOUNT: &str = "kubeprober-worker";
+/// The ConfigMap whose keys every checker container gets as environment variables (KubeProber's
+/// `extra-config`); optional, so a namespace without it still runs its probes.
+pub const EXTRA_CONFIG_MAP: &str = "extra-config";
 
 /// Labels every checker pod gets.
 pub mod labels {

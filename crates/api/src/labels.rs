@@ -11,6 +11,14 @@ pub const NODE_LABEL: &str = "kdiag.io/node";
 /// it back after a restart instead of parsing a condition's message.
 pub const STAND_IN_ANNOTATION: &str = "kdiag.io/stand-in";
 
+/// Annotation on an Abnormal asking for the rules of the Kube Diagnoser release that wrote it,
+/// `v0.1.0` to `v0.1.6`, where they differ from kdiag's: with `v0.1.0`–`v0.1.3` an empty
+/// processor list (and the stage's skip flag false) means every registered processor of the
+/// stage's kind, and with `v0.1.2`–`v0.1.3` a skip flag skips the stage's processors but not its
+/// command executors and profilers (docs/compatibility.md). Without it kdiag's rules apply,
+/// which are those of v0.1.4–v0.1.6.
+pub const KUBE_DIAGNOSER_VERSION_ANNOTATION: &str = "kdiag.io/kube-diagnoser-version";
+
 /// Field manager for every write kdiag makes.
 pub const FIELD_MANAGER: &str = "kdiag";
 

@@ -246,6 +246,20 @@ async fn probe_report(
     }
 }
 
+/// Kube Diagnoser's master's `/clusterhealth`, answered as it answered with its cluster health
+/// evaluator turned off (422, any method): kdiag scores no cluster health, so a client polling it
+/// learns that at once instead of getting a 404 it might retry.
+pub fn cluster_health() -> Routes {
+    warp::path!("clusterhealth")
+        .map(|| {
+            text(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "cluster health evaluator is not enabled: kdiag does not score cluster health; run a Probe with kdiag's native checks (apiserver, nodes) instead, see docs/probes.md".into(),
+            )
+        })
+        .boxed()
+}
+
 #[cfg(test)]
 mod tests {
     use super::alert_sender_allowed;

@@ -136,6 +136,13 @@ pub struct ControllerArgs {
     /// then create Abnormals through its AbnormalSources; by default alerts need the token.
     #[arg(long, env = "KDIAG_ALERTS_ALLOW_UNAUTHENTICATED")]
     pub alerts_allow_unauthenticated: bool,
+    /// Also take alerts on this port (on --bind-address), at Kube Diagnoser's master's paths:
+    /// `/api/v1/alerts` (and kdiag's `/api/v2/alerts`, `/api/v1/webhook`), with the same token,
+    /// and `/clusterhealth`, which answers 422 as Kube Diagnoser did with its cluster health
+    /// evaluator off. Kube Diagnoser's master listened on 8090 behind a Service on 8089. Off
+    /// when not given (docs/compatibility.md).
+    #[arg(long, env = "KDIAG_KUBE_DIAGNOSER_ALERTS_PORT")]
+    pub kube_diagnoser_alerts_port: Option<u16>,
     /// Without --alert-token, the alert token is read from this Secret in kube-diagnoser (key
     /// `token`), which is created with a random token when missing. Empty: do not use a Secret.
     #[arg(long, default_value = kdiag_controller::ALERT_TOKEN_SECRET)]
@@ -347,6 +354,13 @@ pub struct AgentArgs {
     /// Address others reach this agent's HTTP server on (links to profiles use it).
     #[arg(long, env = "POD_IP")]
     pub advertise_address: Option<IpAddr>,
+    /// Also serve Kube Diagnoser's agent paths on this port (on --bind-address), as its agent
+    /// did on 8090: `/informationcollector/podcollector` and the other built-ins (POST an
+    /// Abnormal; GET on a collector answers the array it collects), and GET
+    /// `/informationcollector`, `/diagnoser`, `/recoverer` (the registrations). The same token
+    /// and rights as the node API. Off when not given (docs/compatibility.md).
+    #[arg(long, env = "KDIAG_KUBE_DIAGNOSER_PORT")]
+    pub kube_diagnoser_port: Option<u16>,
     /// The host's /proc as the agent sees it (the DaemonSet runs with hostPID).
     #[arg(long, default_value = "/proc")]
     pub proc_root: PathBuf,

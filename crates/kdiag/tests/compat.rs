@@ -348,3 +348,69 @@ async fn an_expired_profiles_endpoint_says_expired_as_in_kube_diagnoser() {
         kdiag_agent::profiler::EXPIRED_ENDPOINT
     );
 }
+
+#[tokio::test]
+async fn under_v0_1_1_rules_admission_fills_empty_lists_with_every_registered_processor() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("every-registered").await;
+    let client = cp.client().await;
+    register_plugin(
+        &client,
+        &ns,
+        "InformationCollector",
+        "present",
+        9,
+        "/echo/present",
+        5,
+    )
+    .await;
+    let node = format!("{ns}-node");
+    ensure_node(&client, &node).await;
+    // Kube Diagnoser v0.1.1's shape: no lists, a skip flag; no agent runs it here.
+    let a: Abnormal = serde_json::from_value(json!({
+        "apiVersion": "diagnosis.netease.com/v1", "kind": "Abnormal",
+        "metadata": {"name": "old", "namespace": ns,
+                     "annotations": {"kdiag.io/kube-diagnoser-version": "v0.1.1"}},
+        "spec": {"nodeName": node, "skipRecovery": true}
+    }))
+    .unwrap();
+    let api = Api::<Abnormal>::namespaced(client.clone(), &ns);
+    api.create(&PostParams::default(), &a).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let admitted = loop {
+        let a = api.get("old").await.unwrap();
+        if a.phase().is_some() {
+            break a;
+        }
+        assert!(std::time::Instant::now() < deadline, "not admitted: {a:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        admitted.phase(),
+        Some(AbnormalPhase::InformationCollecting),
+        "{:#?}",
+        admitted.status
+    );
+    let names = |l: &[NamespacedName]| l.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    let collectors = names(&admitted.spec.assigned_information_collectors);
+    for expected in [
+        "kube-diagnoser/pod-collector".to_owned(),
+        "kube-diagnoser/process-collector".to_owned(),
+        format!("{ns}/present"),
+    ] {
+        assert!(collectors.contains(&expected), "{expected}: {collectors:?}");
+    }
+    let mut sorted = collectors.clone();
+    sorted.sort();
+    assert_eq!(collectors, sorted);
+    assert!(
+        names(&admitted.spec.assigned_diagnosers)
+            .contains(&"kube-diagnoser/pod-triage-diagnoser".to_owned()),
+        "{:?}",
+        admitted.spec.assigned_diagnosers
+    );
+    assert!(
+        admitted.spec.assigned_recoverers.is_empty(),
+        "skipRecovery keeps the recoverers empty"
+    );
+}

@@ -191,6 +191,18 @@ async fn the_controller_may_admit_and_collect_abnormals_and_nothing_more() {
         ],
         // The probe runner (ClusterRole kdiag-probe-runner, documented in docs/security.md).
         &["create", "jobs.batch", "-n", "team"],
+        // Its checker pods' account kubeprober-worker, bound to that one ClusterRole.
+        &["create", "serviceaccounts", "-n", "team"],
+        &[
+            "create",
+            "rolebindings.rbac.authorization.k8s.io",
+            "-n",
+            "team",
+        ],
+        &[
+            "bind",
+            "clusterroles.rbac.authorization.k8s.io/kubeprober-worker",
+        ],
         // The admission webhook: reviews, its configuration's caBundle, its certificate.
         &["create", "subjectaccessreviews.authorization.k8s.io"],
         &[
@@ -250,6 +262,26 @@ async fn the_controller_may_admit_and_collect_abnormals_and_nothing_more() {
             "kube-diagnoser",
         ],
         &["create", "secrets", "-n", "team"],
+        // kubeprober-worker is created, never changed; no other role may be bound.
+        &["update", "serviceaccounts/kubeprober-worker", "-n", "team"],
+        &[
+            "delete",
+            "rolebindings.rbac.authorization.k8s.io",
+            "-n",
+            "team",
+        ],
+        &[
+            "bind",
+            "clusterroles.rbac.authorization.k8s.io/cluster-admin",
+        ],
+        &["bind", "clusterroles.rbac.authorization.k8s.io/edit"],
+        &[
+            "create",
+            "serviceaccounts",
+            "--subresource=token",
+            "-n",
+            "team",
+        ],
         // Jobs only for probes: no CronJobs, no pods of its own, no exec.
         &["create", "cronjobs.batch", "-n", "team"],
         &["create", "pods/exec", "-n", "team"],

@@ -363,3 +363,176 @@ async fn when_the_apiserver_cannot_be_asked_the_node_api_refuses_with_503() {
     let (code, _) = call(&base, "GET", "/healthz", b"", None).await;
     assert_eq!(code, 200);
 }
+
+/// `routes` served on a free loopback port, as `--kube-diagnoser-port` serves them.
+async fn serve_routes(routes: kdiag_runtime::server::Routes) -> String {
+    let state = ServerState {
+        metrics: Arc::new(Metrics::new()),
+        refresh: Arc::new(|| {}),
+        ready: vec![],
+        routes,
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let serving = server::serve(([127, 0, 0, 1], port).into(), state, std::future::pending())
+        .await
+        .unwrap();
+    tokio::spawn(serving);
+    format!("http://127.0.0.1:{port}")
+}
+
+#[tokio::test]
+async fn kube_diagnosers_agent_paths_answer_in_its_shapes_to_callers_with_the_node_apis_rights() {
+    let cp = with_controller().await;
+    let admin = cp.client().await;
+    let ns = cp.create_namespace("upstream-paths").await;
+    let node = format!("{ns}-node");
+    let client = service_account_client(cp, "kdiag-agent").await;
+    let base = serve_routes(kdiag_agent::upstream::routes(Some(ProcessorService {
+        builtins: Builtins::standard(),
+        authorizer: Arc::new(Authorizer::new(client.clone())),
+        client,
+        node_name: node.clone(),
+        max_output_bytes: 1024 * 1024,
+        node: Default::default(),
+        data_root: cp.run_dir().join(format!("upstream-{node}")),
+    })))
+    .await;
+    cp.service_account_token(&ns, "default").await;
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "metadata": {"name": "app", "namespace": ns},
+        "spec": {"nodeName": node, "automountServiceAccountToken": false,
+                 "containers": [{"name": "app", "image": "app:1"}]}
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::Pod>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap();
+    let body = abnormal_json(&ns, "app");
+    let token = cp.service_account_token(&ns, "tool").await;
+    let user = format!("system:serviceaccount:{ns}:tool");
+    let calls: [(&str, &str, &[u8]); 4] = [
+        ("GET", "/informationcollector/podcollector", b""),
+        ("POST", "/informationcollector/podcollector", &body),
+        ("POST", "/diagnoser/terminatingpoddiagnoser", &body),
+        ("GET", "/informationcollector", b""),
+    ];
+
+    // Anonymous: 401; a token without the right: 403 naming it; /healthz stays open.
+    for (method, path, body) in calls {
+        let (code, text) = call(&base, method, path, body, None).await;
+        assert_eq!(code, 401, "{method} {path}: {text}");
+        let (code, text) = call(&base, method, path, body, Some(&token)).await;
+        assert_eq!(code, 403, "{method} {path}: {text}");
+        assert!(
+            text.contains(&format!("{user} may not get nodes/proxy named {node}")),
+            "{text}"
+        );
+    }
+    assert_eq!(call(&base, "GET", "/healthz", b"", None).await.0, 200);
+
+    grant(
+        &admin,
+        &ns,
+        "tool",
+        "ClusterRole",
+        &format!("{ns}-node-proxy"),
+        json!([{"apiGroups": [""], "resources": ["nodes/proxy"], "verbs": ["get"],
+                "resourceNames": [node]}]),
+    )
+    .await;
+    // GET on a collector: the array itself, as Kube Diagnoser's []corev1.Pod.
+    let pods = until_status(
+        &base,
+        "GET",
+        "/informationcollector/podcollector",
+        b"",
+        &token,
+        200,
+    )
+    .await;
+    let pods: serde_json::Value = serde_json::from_str(&pods).unwrap();
+    assert_eq!(pods[0]["metadata"]["name"], "app", "{pods}");
+    assert_eq!(pods.as_array().map(Vec::len), Some(1), "{pods}");
+    // POST: the plugin protocol, the Abnormal back with the collector's key.
+    let (code, text) = call(
+        &base,
+        "POST",
+        "/informationcollector/podcollector",
+        &body,
+        Some(&token),
+    )
+    .await;
+    assert_eq!(code, 200, "{text}");
+    let answered: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answered["metadata"]["name"], "ask");
+    assert_eq!(
+        answered["status"]["context"]["podInformation"][0]["metadata"]["name"], "app",
+        "{answered}"
+    );
+    // The diagnoser runs (it finds no terminating pod here: not identified, 500, as Kube
+    // Diagnoser answered a diagnoser that failed).
+    let (code, text) = call(
+        &base,
+        "POST",
+        "/diagnoser/terminatingpoddiagnoser",
+        &body,
+        Some(&token),
+    )
+    .await;
+    assert!(![401, 403, 404, 405].contains(&code), "{code}: {text}");
+    // The registrations of a kind, as an array.
+    let (code, text) = call(&base, "GET", "/informationcollector", b"", Some(&token)).await;
+    assert_eq!(code, 200, "{text}");
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&text)
+            .unwrap()
+            .is_array(),
+        "{text}"
+    );
+    // A diagnoser has no GET; a recoverer is never served, not even to an admin; other paths
+    // are not there.
+    let (code, _) = call(
+        &base,
+        "GET",
+        "/diagnoser/poddiskusagediagnoser",
+        b"",
+        Some(&token),
+    )
+    .await;
+    assert_eq!(code, 405);
+    let (code, text) = call(
+        &base,
+        "POST",
+        "/recoverer/signalrecoverer",
+        &body,
+        Some(cp.admin_token()),
+    )
+    .await;
+    assert_eq!(code, 403, "{text}");
+    assert!(text.contains("never run over HTTP"), "{text}");
+    let (code, _) = call(
+        &base,
+        "GET",
+        "/informationcollector/nosuchcollector",
+        b"",
+        Some(&token),
+    )
+    .await;
+    assert_eq!(code, 404);
+}
+
+#[tokio::test]
+async fn kube_diagnosers_cluster_health_path_says_it_is_not_enabled() {
+    let base = serve_routes(kdiag_controller::server::cluster_health()).await;
+    let (code, text) = call(&base, "GET", "/clusterhealth", b"", None).await;
+    assert_eq!(code, 422, "{text}");
+    assert!(
+        text.starts_with("cluster health evaluator is not enabled"),
+        "{text}"
+    );
+}

@@ -397,3 +397,106 @@ async fn native_checks_run_without_an_image_and_pass_on_a_healthy_cluster() {
         "no Job for native checks"
     );
 }
+
+/// Whether `user` may `verb` `resource` in `ns`, as the apiserver's RBAC says.
+async fn may(client: &kube::Client, user: &str, verb: &str, resource: &str, ns: &str) -> bool {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    };
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(user.into()),
+            groups: Some(vec!["system:serviceaccounts".into()]),
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(verb.into()),
+                resource: Some(resource.into()),
+                namespace: Some(ns.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<SubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .allowed
+}
+
+#[tokio::test]
+async fn a_checker_pod_runs_as_kubeprober_worker_with_the_extra_config_map_like_kubeprobers() {
+    let c = setup().await;
+    let ns = c.create_namespace("probe-worker").await;
+    let client = c.client().await;
+    let cm: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "extra-config"}, "data": {"CLUSTER_NAME": "erda-test"}}))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &cm)
+        .await
+        .unwrap();
+    let script = r#"wget -q -O- --header 'Content-Type: application/json' --header "Authorization: Bearer $(cat $KDIAG_PROBE_STATUS_TOKEN_FILE)" --post-data "{\"probeName\":\"$KUBEPROBER_PROBE_NAME\",\"probeNamespace\":\"$KUBEPROBER_PROBE_NAMESPACE\",\"checkers\":[{\"name\":\"extra\",\"status\":\"PASS\",\"message\":\"cluster $CLUSTER_NAME\"}]}" "$KUBEPROBER_STATUS_REPORT_URL""#;
+    create_probe(
+        &client,
+        &ns,
+        "erda",
+        json!({"template": checker_pod(script)}),
+    )
+    .await;
+    let checker = wait_checker(&client, &ns, "erda", "extra", Duration::from_secs(90)).await;
+    assert_eq!(
+        checker.message, "cluster erda-test",
+        "extra-config reaches the checker"
+    );
+
+    // The pod the Job controller made runs as the worker account the runner created.
+    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default().labels("kubeprober.erda.cloud/probe-name=erda"))
+        .await
+        .unwrap()
+        .items;
+    let pod = pods[0].spec.clone().unwrap();
+    assert_eq!(
+        pod.service_account_name.as_deref(),
+        Some("kubeprober-worker")
+    );
+    let container = &pod.containers[0];
+    assert_eq!(
+        container.image_pull_policy.as_deref(),
+        Some("IfNotPresent"),
+        "the template's pull policy is kept"
+    );
+    let from = container.env_from.clone().unwrap();
+    let cm_ref = from[0].config_map_ref.clone().unwrap();
+    assert_eq!(
+        (cm_ref.name.as_str(), cm_ref.optional),
+        ("extra-config", Some(true))
+    );
+
+    // kubeprober-worker reads the Probe's namespace, and nothing secret nor anything elsewhere.
+    let worker = format!("system:serviceaccount:{ns}:kubeprober-worker");
+    assert!(may(&client, &worker, "list", "pods", &ns).await);
+    assert!(!may(&client, &worker, "get", "secrets", &ns).await);
+    assert!(!may(&client, &worker, "create", "pods", &ns).await);
+    assert!(!may(&client, &worker, "list", "pods", "kube-system").await);
+}
+
+#[tokio::test]
+async fn a_probe_without_the_extra_config_map_still_runs() {
+    let c = setup().await;
+    let ns = c.create_namespace("probe-no-extra").await;
+    let client = c.client().await;
+    let script = r#"wget -q -O- --header 'Content-Type: application/json' --header "Authorization: Bearer $(cat $KDIAG_PROBE_STATUS_TOKEN_FILE)" --post-data "{\"probeName\":\"$KUBEPROBER_PROBE_NAME\",\"probeNamespace\":\"$KUBEPROBER_PROBE_NAMESPACE\",\"checkers\":[{\"name\":\"plain\",\"status\":\"PASS\"}]}" "$KUBEPROBER_STATUS_REPORT_URL""#;
+    create_probe(
+        &client,
+        &ns,
+        "plain",
+        json!({"template": checker_pod(script)}),
+    )
+    .await;
+    let checker = wait_checker(&client, &ns, "plain", "plain", Duration::from_secs(90)).await;
+    assert_eq!(checker.status, CheckerStatus::Pass);
+}

@@ -39,11 +39,18 @@ impl Step {
 
 /// The steps of `stage`: its command executors, then its profilers (they run before the
 /// processors, as in Kube Diagnoser), then its processors in the order listed. Nothing when the
-/// stage's v0.1.0 skip flag is set.
+/// stage's v0.1.0 skip flag is set, except the command executors and profilers of an Abnormal
+/// that asks for v0.1.2–v0.1.3's rules, which ran them whatever the flag said.
 pub fn plan(abnormal: &Abnormal, stage: Stage) -> Vec<Step> {
-    if abnormal.skip_flag(stage) {
+    let skipped = abnormal.skip_flag(stage);
+    if skipped && abnormal.skip_flag_skips_commands() {
         return Vec::new();
     }
+    let assigned = if skipped {
+        &[][..]
+    } else {
+        abnormal.assigned(stage)
+    };
     let t = stage.processor_type();
     let ns = abnormal.metadata.namespace.as_deref().unwrap_or_default();
     let commands = abnormal
@@ -68,15 +75,11 @@ pub fn plan(abnormal: &Abnormal, stage: Stage) -> Vec<Step> {
             kind: StepKind::Profiler(i),
             label: format!("profiler {}", p.name),
         });
-    let processors = abnormal
-        .assigned(stage)
-        .iter()
-        .enumerate()
-        .map(|(i, p)| Step {
-            stage,
-            kind: StepKind::Processor(i),
-            label: p.or_namespace(ns).to_string(),
-        });
+    let processors = assigned.iter().enumerate().map(|(i, p)| Step {
+        stage,
+        kind: StepKind::Processor(i),
+        label: p.or_namespace(ns).to_string(),
+    });
     commands.chain(profilers).chain(processors).collect()
 }
 

@@ -460,6 +460,64 @@ fn a_skip_flag_skips_the_stage_and_its_commands() {
     assert_eq!(a.phase(), Some(AbnormalPhase::Succeeded));
 }
 
+fn of_release(release: &str, spec: serde_json::Value) -> Abnormal {
+    let mut a = abnormal(spec);
+    a.metadata.annotations = Some(
+        [(
+            kdiag_api::labels::KUBE_DIAGNOSER_VERSION_ANNOTATION.to_owned(),
+            release.to_owned(),
+        )]
+        .into(),
+    );
+    a
+}
+
+#[test]
+fn under_v0_1_2_and_v0_1_3_rules_a_skip_flag_still_runs_the_stages_commands_and_profilers() {
+    for release in ["v0.1.2", "v0.1.3"] {
+        // Kube Diagnoser v0.1.2's own command executor sample: every skip flag set.
+        let mut a = of_release(
+            release,
+            json!({"nodeName": "n", "skipInformationCollection": true, "skipDiagnosis": true,
+            "skipRecovery": true, "assignedInformationCollectors": [{"name": "c"}],
+            "commandExecutors": [{"command": ["ps"], "type": "InformationCollector"},
+                {"command": ["uname"], "type": "Diagnoser"}],
+            "profilers": [{"name": "heap", "type": "Recoverer", "go": {"source": "http://10.0.0.1/"}}]}),
+        );
+        let ran = std::cell::RefCell::new(Vec::new());
+        let events = drive(&mut a, |step| {
+            ran.borrow_mut().push(step.label.clone());
+            ok("ran")
+        });
+        assert_eq!(
+            *ran.borrow(),
+            ["ps", "uname", "profiler heap"],
+            "{release}: the commands and profiler, not the processor"
+        );
+        assert_eq!(a.phase(), Some(AbnormalPhase::Succeeded), "{release}");
+        assert!(
+            events
+                .iter()
+                .any(|e| e.message.contains("skipInformationCollection is true")),
+            "{release}: {events:?}"
+        );
+    }
+}
+
+#[test]
+fn under_v0_1_0_and_v0_1_1_rules_and_kdiags_a_skip_flag_skips_the_commands_too() {
+    let spec = json!({"nodeName": "n", "skipInformationCollection": true,
+        "commandExecutors": [{"command": ["ps"], "type": "InformationCollector"}]});
+    for mut a in [
+        of_release("v0.1.1", spec.clone()),
+        of_release("v0.1.4", spec.clone()),
+        abnormal(spec.clone()),
+    ] {
+        drive(&mut a, |_| panic!("nothing runs"));
+        assert_eq!(a.phase(), Some(AbnormalPhase::Succeeded));
+    }
+}
+
 #[test]
 fn a_diagnosers_root_cause_lands_in_status_and_in_the_event() {
     let mut a = abnormal(json!({"nodeName": "n", "assignedDiagnosers": [{"name": "d"}]}));

@@ -686,8 +686,51 @@ impl Abnormal {
         }
     }
 
-    /// True when a stage's v0.1.0 skip flag is set: nothing of that stage runs, not even its
-    /// command executors and profilers.
+    /// The Kube Diagnoser release whose rules the Abnormal asks for with
+    /// [`crate::labels::KUBE_DIAGNOSER_VERSION_ANNOTATION`], as N of v0.1.N: None without the
+    /// annotation, an error naming the accepted values when it names no release.
+    pub fn kube_diagnoser_release(&self) -> Result<Option<u8>, String> {
+        let Some(value) = self
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(crate::labels::KUBE_DIAGNOSER_VERSION_ANNOTATION))
+        else {
+            return Ok(None);
+        };
+        let release = value.trim();
+        release
+            .strip_prefix('v')
+            .unwrap_or(release)
+            .strip_prefix("0.1.")
+            .and_then(|n| n.parse::<u8>().ok())
+            .filter(|n| *n <= 6)
+            .map(Some)
+            .ok_or_else(|| {
+                format!(
+                    "annotation {} is {value:?}, which names no Kube Diagnoser release; give one of v0.1.0 to v0.1.6, or remove it for kdiag's rules (those of v0.1.4 to v0.1.6)",
+                    crate::labels::KUBE_DIAGNOSER_VERSION_ANNOTATION
+                )
+            })
+    }
+
+    /// True when an empty processor list of a stage whose skip flag is false means every
+    /// registered processor of its kind, as in Kube Diagnoser v0.1.0–v0.1.3; asked for with
+    /// [`crate::labels::KUBE_DIAGNOSER_VERSION_ANNOTATION`].
+    pub fn empty_list_means_every_registered(&self) -> bool {
+        matches!(self.kube_diagnoser_release(), Ok(Some(0..=3)))
+    }
+
+    /// True when a set skip flag skips the stage's command executors and profilers too, as
+    /// kdiag and Kube Diagnoser v0.1.0–v0.1.1 do (v0.1.0 had neither); false for v0.1.2–v0.1.3,
+    /// which ran them before looking at the flag.
+    pub fn skip_flag_skips_commands(&self) -> bool {
+        !matches!(self.kube_diagnoser_release(), Ok(Some(2 | 3)))
+    }
+
+    /// True when a stage's v0.1.0 skip flag is set: none of the stage's processors runs, nor,
+    /// unless [`Self::skip_flag_skips_commands`] says otherwise, its command executors and
+    /// profilers.
     pub fn skip_flag(&self, stage: Stage) -> bool {
         match stage {
             Stage::InformationCollecting => self.spec.skip_information_collection,

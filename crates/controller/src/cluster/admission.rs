@@ -36,8 +36,10 @@ pub(super) async fn admit(ctx: &Ctx, abnormal: &Abnormal) -> Result<Action, Erro
         builtins: &ctx.builtins,
     };
     // Once per admission: what is decided on is what is routed.
-    let triaged = admission::with_triage(abnormal, &ctx.config.triage, &registry);
-    let effective = triaged.as_ref().unwrap_or(abnormal);
+    let every = admission::with_every_registered(abnormal, &registry);
+    let listed = every.as_ref().unwrap_or(abnormal);
+    let triaged = admission::with_triage(listed, &ctx.config.triage, &registry);
+    let effective = triaged.as_ref().unwrap_or(listed);
     let pod = if effective.spec.node_name.is_empty() && effective.spec.pod_reference.is_some() {
         lookup_pod(ctx, abnormal).await?
     } else {

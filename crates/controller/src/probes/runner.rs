@@ -9,11 +9,14 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    EnvVar, Pod, PodTemplateSpec, ProjectedVolumeSource, ServiceAccountTokenProjection, Volume,
-    VolumeMount, VolumeProjection,
+    ConfigMapEnvSource, EnvFromSource, EnvVar, Pod, PodTemplateSpec, ProjectedVolumeSource,
+    ServiceAccount, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
+use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
-use kdiag_api::kubeprober::{env as probe_env, labels as probe_labels};
+use kdiag_api::kubeprober::{
+    EXTRA_CONFIG_MAP, WORKER_SERVICE_ACCOUNT, env as probe_env, labels as probe_labels,
+};
 use kdiag_api::{CheckerStatus, Probe, ProbeCheckerStatus, ProbeStatus};
 use kdiag_runtime::metrics::Metrics;
 use kdiag_runtime::time::now;
@@ -179,7 +182,9 @@ async fn reconcile_probe(
 }
 
 /// The Job of one run, as KubeProber made it: the probe's pod template, restartPolicy Never, the
-/// KUBEPROBER_* environment and configs appended to every container, its labels, a deadline, no
+/// KUBEPROBER_* environment and configs appended to every container, `envFrom` the `extra-config`
+/// ConfigMap (optional), `imagePullPolicy: Always` where a container sets none, the
+/// `kubeprober-worker` ServiceAccount where the template names none, its labels, a deadline, no
 /// retries, owned by the Probe. batch/v1 only.
 pub fn job_for(
     probe: &Probe,
@@ -200,6 +205,11 @@ pub fn job_for(
     .into();
     let mut spec = template.clone();
     spec.restart_policy = Some("Never".into());
+    // KubeProber forced its worker account; a template that names an account of its own keeps
+    // it (KubeProber overwrote it, so no upstream Probe relied on one).
+    if runs_as_worker(template) {
+        spec.service_account_name = Some(WORKER_SERVICE_ACCOUNT.into());
+    }
     let mut extra = vec![
         EnvVar {
             name: probe_env::PROBE_NAMESPACE.into(),
@@ -245,7 +255,26 @@ pub fn job_for(
         }),
         ..Default::default()
     });
+    let extra_config = EnvFromSource {
+        config_map_ref: Some(ConfigMapEnvSource {
+            name: EXTRA_CONFIG_MAP.into(),
+            // Optional, unlike KubeProber's: a namespace without it still runs its probes.
+            optional: Some(true),
+        }),
+        ..Default::default()
+    };
     for c in &mut spec.containers {
+        // KubeProber forced Always; a policy the template sets is kept, so images loaded on
+        // the nodes without a registry (IfNotPresent, Never) still run.
+        c.image_pull_policy.get_or_insert_with(|| "Always".into());
+        let env_from = c.env_from.get_or_insert_default();
+        if !env_from.iter().any(|e| {
+            e.config_map_ref
+                .as_ref()
+                .is_some_and(|r| r.name == EXTRA_CONFIG_MAP)
+        }) {
+            env_from.push(extra_config.clone());
+        }
         let env = c.env.get_or_insert_default();
         for e in &extra {
             env.retain(|x| x.name != e.name);
@@ -290,6 +319,74 @@ pub fn job_for(
     }
 }
 
+/// True when the checker pods of `template` run as [`WORKER_SERVICE_ACCOUNT`]: it names no
+/// account of its own.
+pub fn runs_as_worker(template: &k8s_openapi::api::core::v1::PodSpec) -> bool {
+    let named = |n: &Option<String>| n.as_deref().is_some_and(|n| !n.is_empty());
+    !named(&template.service_account_name) && !named(&template.service_account)
+}
+
+/// Creates the `kubeprober-worker` ServiceAccount in `ns` and binds the ClusterRole of that name
+/// (config/deploy/10-rbac.yaml) to it, unless they exist. An existing account or binding is left
+/// as it is, so an administrator may bind more rights to it, or bind it to another role.
+async fn ensure_worker(ctx: &Ctx, ns: &str, key: &str) -> Result<(), Error> {
+    let labels: BTreeMap<String, String> = [(
+        "app.kubernetes.io/managed-by".to_owned(),
+        "kdiag".to_owned(),
+    )]
+    .into();
+    let meta = ObjectMeta {
+        name: Some(WORKER_SERVICE_ACCOUNT.into()),
+        namespace: Some(ns.into()),
+        labels: Some(labels),
+        ..Default::default()
+    };
+    let account = ServiceAccount {
+        metadata: meta.clone(),
+        ..Default::default()
+    };
+    match Api::<ServiceAccount>::namespaced(ctx.client.clone(), ns)
+        .create(&PostParams::default(), &account)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => {
+            return Err(Error::kube(
+                "create the ServiceAccount kubeprober-worker for",
+                key.to_owned(),
+                e,
+            ));
+        }
+    }
+    let binding = RoleBinding {
+        metadata: meta,
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "ClusterRole".into(),
+            name: WORKER_SERVICE_ACCOUNT.into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: WORKER_SERVICE_ACCOUNT.into(),
+            namespace: Some(ns.into()),
+            ..Default::default()
+        }]),
+    };
+    match Api::<RoleBinding>::namespaced(ctx.client.clone(), ns)
+        .create(&PostParams::default(), &binding)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(Error::kube(
+            "bind the ClusterRole kubeprober-worker for",
+            key.to_owned(),
+            e,
+        )),
+    }
+}
+
 async fn create_job(
     ctx: &Ctx,
     probe: &Probe,
@@ -298,6 +395,9 @@ async fn create_job(
 ) -> Result<(), Error> {
     let ns = probe.namespace().unwrap_or_default();
     let key = format!("Probe {ns}/{}", probe.name_any());
+    if runs_as_worker(template) {
+        ensure_worker(ctx, &ns, &key).await?;
+    }
     let api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     let job = job_for(probe, template, at, &ctx.config.report_url);
     match api.create(&PostParams::default(), &job).await {
@@ -590,4 +690,76 @@ pub fn unschedulable_for(pods: &[Pod], after: Duration) -> Option<String> {
                     )
                 })
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe_with(template: serde_json::Value) -> (Probe, k8s_openapi::api::core::v1::PodSpec) {
+        let probe: Probe = serde_json::from_value(json!({
+            "apiVersion": "kubeprober.erda.cloud/v1", "kind": "Probe",
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u"},
+            "spec": {"template": template}
+        }))
+        .unwrap();
+        let spec = probe.spec.template.clone().unwrap();
+        (probe, spec)
+    }
+
+    fn pod_of(job: &Job) -> k8s_openapi::api::core::v1::PodSpec {
+        job.spec.clone().unwrap().template.spec.unwrap()
+    }
+
+    #[test]
+    fn a_checker_pod_gets_kubeprobers_account_pull_policy_and_extra_config() {
+        let (probe, template) = probe_with(json!({"containers": [
+            {"name": "a", "image": "x"},
+            {"name": "b", "image": "y", "imagePullPolicy": "IfNotPresent"}]}));
+        let pod = pod_of(&job_for(
+            &probe,
+            &template,
+            jiff::Timestamp::UNIX_EPOCH,
+            "u",
+        ));
+        assert_eq!(
+            pod.service_account_name.as_deref(),
+            Some("kubeprober-worker")
+        );
+        let policies: Vec<_> = pod
+            .containers
+            .iter()
+            .map(|c| c.image_pull_policy.as_deref())
+            .collect();
+        assert_eq!(policies, [Some("Always"), Some("IfNotPresent")]);
+        for c in &pod.containers {
+            let from = c.env_from.clone().unwrap();
+            assert_eq!(from.len(), 1, "{from:?}");
+            let r = from[0].config_map_ref.clone().unwrap();
+            assert_eq!((r.name.as_str(), r.optional), ("extra-config", Some(true)));
+        }
+        assert!(
+            pod.volumes
+                .unwrap()
+                .iter()
+                .any(|v| v.name == "kdiag-probe-status-token"),
+            "the report token is still projected"
+        );
+    }
+
+    #[test]
+    fn a_template_that_names_its_account_or_already_reads_extra_config_keeps_them() {
+        let (probe, template) = probe_with(json!({"serviceAccountName": "mine", "containers": [
+            {"name": "a", "image": "x",
+             "envFrom": [{"configMapRef": {"name": "extra-config"}}]}]}));
+        assert!(!runs_as_worker(&template));
+        let pod = pod_of(&job_for(
+            &probe,
+            &template,
+            jiff::Timestamp::UNIX_EPOCH,
+            "u",
+        ));
+        assert_eq!(pod.service_account_name.as_deref(), Some("mine"));
+        assert_eq!(pod.containers[0].env_from.clone().unwrap().len(), 1);
+    }
 }

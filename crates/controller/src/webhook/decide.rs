@@ -11,6 +11,7 @@
 //! | host pids (`java.pid`, `spec.context.signalRecovery`) | `get nodes/proxy` |
 //! | anything with no pod reference (a node Abnormal) | `get nodes/proxy` (named after `spec.nodeName` when set) |
 //! | a pod Abnormal that names nothing: the pod triage | what the triage's processors need |
+//! | empty lists under Kube Diagnoser v0.1.0–v0.1.3's rules (`kdiag.io/kube-diagnoser-version`) | what every registered processor admission fills in needs |
 //!
 //! A source or registration outside kdiag's namespace acts only within its own namespace (the
 //! controller and the agent enforce that when they run); one in kdiag's namespace acts on every
@@ -486,6 +487,11 @@ fn work_needs(
 
 /// The rights an Abnormal needs its creator to have.
 pub fn abnormal_needs(a: &Abnormal, registry: &dyn Registry, triage: &Triage) -> Vec<Need> {
+    // What admission will run is what is checked: under Kube Diagnoser v0.1.0-v0.1.3's rules
+    // (kdiag.io/kube-diagnoser-version) admission fills empty lists with every registered
+    // processor, recoverers included.
+    let filled = kdiag_pipeline::admission::with_every_registered(a, registry);
+    let a = filled.as_ref().unwrap_or(a);
     let namespace = a.metadata.namespace.as_deref().unwrap_or_default();
     let target = match &a.spec.pod_reference {
         Some(p) => Target::Pod {

@@ -33,7 +33,8 @@ pub async fn run(args: AgentArgs) -> Result<ExitCode, CommandError> {
         metrics.clone(),
         shutdown.clone(),
     );
-    let state = agent_server_state(&args, client, &metrics, &handle);
+    let state = agent_server_state(&args, client.clone(), &metrics, &handle);
+    let state_base = state.clone();
     let addr = SocketAddr::new(args.server.bind_address, args.server.port);
     let serving = server::serve(addr, state, shutdown.clone().cancelled_owned())
         .await
@@ -43,9 +44,30 @@ pub async fn run(args: AgentArgs) -> Result<ExitCode, CommandError> {
             )
         })?;
     let server_task = tokio::spawn(serving);
+    let upstream_task = match args.kube_diagnoser_port {
+        Some(port) => {
+            let addr = SocketAddr::new(args.server.bind_address, port);
+            let state = ServerState {
+                routes: agent::upstream::routes(Some(processor_service(&args, client, &handle))),
+                ..state_base
+            };
+            let serving = server::serve(addr, state, shutdown.clone().cancelled_owned())
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot listen on {addr}: {e} (another process on the port? choose one with --kube-diagnoser-port)"
+                    )
+                })?;
+            Some(tokio::spawn(serving))
+        }
+        None => None,
+    };
     driver.await;
     shutdown.cancel();
     let _ = server_task.await;
+    if let Some(task) = upstream_task {
+        let _ = task.await;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -105,16 +127,25 @@ pub fn agent_server_state(
         }),
         ready: handle.readiness(),
         routes: server::join(
-            agent::server::routes(Some(ProcessorService {
-                builtins: handle.builtins.clone(),
-                authorizer: Arc::new(kdiag_runtime::auth::Authorizer::new(client.clone())),
-                client,
-                node_name: args.node_name.clone(),
-                max_output_bytes: args.max_step_output_bytes,
-                node: Arc::new(node_environment(args)),
-                data_root: args.data_root.clone(),
-            })),
+            agent::server::routes(Some(processor_service(args, client, handle))),
             kdiag_controller::server::routes(None, None),
         ),
+    }
+}
+
+/// The built-ins as the agent serves them over HTTP.
+fn processor_service(
+    args: &AgentArgs,
+    client: kube::Client,
+    handle: &agent::AgentHandle,
+) -> ProcessorService {
+    ProcessorService {
+        builtins: handle.builtins.clone(),
+        authorizer: Arc::new(kdiag_runtime::auth::Authorizer::new(client.clone())),
+        client,
+        node_name: args.node_name.clone(),
+        max_output_bytes: args.max_step_output_bytes,
+        node: Arc::new(node_environment(args)),
+        data_root: args.data_root.clone(),
     }
 }

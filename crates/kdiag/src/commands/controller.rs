@@ -41,9 +41,33 @@ pub async fn run(args: ControllerArgs) -> Result<ExitCode, CommandError> {
             )
         })?;
     let server_task = tokio::spawn(serving);
+    let upstream_task = match args.kube_diagnoser_alerts_port {
+        Some(port) => {
+            let addr = SocketAddr::new(args.server.bind_address, port);
+            let state = ServerState {
+                routes: server::join(
+                    kdiag_controller::server::routes(None, Some(handle.alerts.clone())),
+                    kdiag_controller::server::cluster_health(),
+                ),
+                ..controller_server_state(&metrics, &handle)
+            };
+            let serving = server::serve(addr, state, shutdown.clone().cancelled_owned())
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot listen on {addr}: {e} (another process on the port? choose one with --kube-diagnoser-alerts-port)"
+                    )
+                })?;
+            Some(tokio::spawn(serving))
+        }
+        None => None,
+    };
     driver.await;
     shutdown.cancel();
     let _ = server_task.await;
+    if let Some(task) = upstream_task {
+        let _ = task.await;
+    }
     if handle
         .lost_leadership
         .load(std::sync::atomic::Ordering::Acquire)

@@ -227,15 +227,20 @@ pub fn rbac_tables(rbac_yaml: &str) -> String {
                 )
             })
             .collect();
-        let _ = writeln!(
-            out,
-            "\n**{kind} `{name}`** ({scope}), bound to {}:\n",
-            if subjects.is_empty() {
-                "nobody".to_owned()
-            } else {
+        if subjects.is_empty() {
+            // Such a role is bound at run time, by a RoleBinding in one namespace
+            // (kubeprober-worker, by the probe runner), so its scope is that namespace.
+            let _ = writeln!(
+                out,
+                "\n**{kind} `{name}`** (bound to nobody in config/deploy; kdiag binds it in a namespace with a RoleBinding, which grants it there only):\n"
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "\n**{kind} `{name}`** ({scope}), bound to {}:\n",
                 subjects.join(", ")
-            }
-        );
+            );
+        }
         out.push_str("| API group | resources | verbs | needed for |\n|---|---|---|---|\n");
         let role_whys = whys
             .iter()

@@ -3,8 +3,10 @@
 //! The controller gathers the facts (IO), then asks [`decide`], which is total: every outcome is
 //! a [`Decision`] the controller only has to write.
 //!
-//! 1. [`with_triage`]: a pod Abnormal that names no processors gets the pod triage's registered
-//!    ones. Computed once; the rest of admission works on its result.
+//! 1. [`with_every_registered`]: an Abnormal that asks for Kube Diagnoser v0.1.0–v0.1.3's rules
+//!    gets every registered processor in each empty list; then [`with_triage`]: a pod Abnormal
+//!    that names no processors gets the pod triage's registered ones. Computed once; the rest of
+//!    admission works on the result.
 //! 2. The pod's node ([`PodLookup`]), and only when [`needs_stand_ins`] says so the nodes that
 //!    could stand in for a pod on no node ([`StandIns`]).
 //! 3. [`decide`]: [`Decision::Admit`] with the [`Route`] to write, [`Decision::Reject`], or
@@ -12,6 +14,7 @@
 //! 4. The controller routes (the [`Route::patch`]), then accepts ([`accept`]) from what the
 //!    routed object records ([`Routing::recorded`]).
 
+mod legacy;
 mod routing;
 mod stand_in;
 mod triage;
@@ -21,6 +24,7 @@ use std::time::Duration;
 
 use kdiag_api::{Abnormal, NamespacedName, ProcessorEndpoint, Stage};
 
+pub use legacy::with_every_registered;
 pub use routing::{Route, Routing, StandIn, accept, reject, wait};
 pub use stand_in::{
     APISERVER_COLLECTORS, StandIns, can_stand_in, choose_stand_in, stand_in_collectors,
@@ -129,6 +133,7 @@ pub fn decide(abnormal: &Abnormal, registry: &dyn Registry, facts: &Facts) -> De
         },
         collectors: abnormal.spec.assigned_information_collectors.clone(),
         diagnosers: abnormal.spec.assigned_diagnosers.clone(),
+        recoverers: abnormal.spec.assigned_recoverers.clone(),
     };
     let named = &abnormal.spec.node_name;
     if !named.is_empty() {
@@ -161,6 +166,7 @@ pub fn decide(abnormal: &Abnormal, registry: &dyn Registry, facts: &Facts) -> De
                     },
                     collectors: kept,
                     diagnosers: abnormal.spec.assigned_diagnosers.clone(),
+                    recoverers: abnormal.spec.assigned_recoverers.clone(),
                 })
             }
             None if waited >= pod_wait => Decision::Reject {

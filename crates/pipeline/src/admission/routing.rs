@@ -79,13 +79,15 @@ impl Routing {
     }
 }
 
-/// What admission writes when it admits: where the Abnormal runs, and the collectors and
-/// diagnosers it runs (the pod triage's when it named none, a stand-in's share of them).
+/// What admission writes when it admits: where the Abnormal runs, and the processors it runs (the
+/// pod triage's when it named none, a stand-in's share of them, every registered one where it
+/// asks for Kube Diagnoser v0.1.0–v0.1.3's rules).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub routing: Routing,
     pub collectors: Vec<NamespacedName>,
     pub diagnosers: Vec<NamespacedName>,
+    pub recoverers: Vec<NamespacedName>,
 }
 
 impl Route {
@@ -113,6 +115,9 @@ impl Route {
         }
         if self.diagnosers != abnormal.spec.assigned_diagnosers {
             patch["spec"]["assignedDiagnosers"] = json!(self.diagnosers);
+        }
+        if self.recoverers != abnormal.spec.assigned_recoverers {
+            patch["spec"]["assignedRecoverers"] = json!(self.recoverers);
         }
         patch
     }

@@ -132,6 +132,19 @@ fn an_abnormal_without_node_or_pod_is_rejected_with_what_to_set() {
 }
 
 #[test]
+fn an_abnormal_for_every_node_as_old_kube_diagnosers_ran_it_is_told_to_create_one_per_node() {
+    for release in ["v0.1.0", "v0.1.5"] {
+        let (reason, message) = reject_reason(&of_release(release, json!({})));
+        assert_eq!(reason, "MissingTarget");
+        assert!(
+            message.contains("ran such an Abnormal on every node")
+                && message.contains("create one per node"),
+            "{message}"
+        );
+    }
+}
+
+#[test]
 fn an_unregistered_processor_does_not_reject_the_abnormal_as_in_kube_diagnoser() {
     let a = abnormal(json!({"nodeName": "n", "assignedInformationCollectors": [
         {"namespace": "kube-diagnoser", "name": "podcollector"},
@@ -770,4 +783,121 @@ fn a_processor_registered_in_another_tenants_namespace_is_refused() {
     assert!(registration_in_scope("kube-diagnoser", "team"));
     assert!(registration_in_scope("team", "team"));
     assert!(!registration_in_scope("team-b", "team"));
+}
+
+fn of_release(release: &str, spec: serde_json::Value) -> Abnormal {
+    let mut a = abnormal(spec);
+    a.metadata.annotations = Some(
+        [(
+            kdiag_api::labels::KUBE_DIAGNOSER_VERSION_ANNOTATION.to_owned(),
+            release.to_owned(),
+        )]
+        .into(),
+    );
+    a
+}
+
+/// A built-in and a plugin collector, a tenant's collector in another namespace, a diagnoser and
+/// a recoverer.
+fn with_recoverer() -> Known {
+    let remote = || ProcessorEndpoint {
+        external_ip: Some("10.0.0.1".into()),
+        external_port: Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(80)),
+        ..Default::default()
+    };
+    let mut m = BTreeMap::new();
+    for (stage, name, endpoint) in [
+        (
+            Stage::InformationCollecting,
+            "kube-diagnoser/pod-collector",
+            ProcessorEndpoint::default(),
+        ),
+        (
+            Stage::InformationCollecting,
+            "kube-diagnoser/a-plugin",
+            remote(),
+        ),
+        (Stage::InformationCollecting, "other-team/theirs", remote()),
+        (Stage::Diagnosing, "kube-diagnoser/remote", remote()),
+        (Stage::Recovering, "kube-diagnoser/restarter", remote()),
+    ] {
+        m.insert((stage, name.to_owned()), endpoint);
+    }
+    Known(m)
+}
+
+#[test]
+fn under_v0_1_0_to_v0_1_3_rules_an_empty_list_means_every_registered_processor_it_may_use() {
+    for release in ["v0.1.0", "v0.1.1", "0.1.2", "v0.1.3"] {
+        let a = of_release(
+            release,
+            json!({"nodeName": "n", "assignedDiagnosers": [{"name": "remote", "namespace": "kube-diagnoser"}]}),
+        );
+        let filled = with_every_registered(&a, &with_recoverer()).expect(release);
+        let names = |l: &[NamespacedName]| l.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            names(&filled.spec.assigned_information_collectors),
+            ["kube-diagnoser/a-plugin", "kube-diagnoser/pod-collector"],
+            "{release}: sorted, and not another tenant's"
+        );
+        assert_eq!(
+            names(&filled.spec.assigned_diagnosers),
+            ["kube-diagnoser/remote"],
+            "{release}: a list given is kept"
+        );
+        assert_eq!(
+            names(&filled.spec.assigned_recoverers),
+            ["kube-diagnoser/restarter"]
+        );
+        // What admission routes with is written: the patch carries all three lists.
+        let route = match decided(
+            &filled,
+            &with_recoverer(),
+            &PodLookup::NotNeeded,
+            Duration::ZERO,
+            Duration::from_secs(60),
+        ) {
+            Decision::Admit(route) => route,
+            other => panic!("{other:?}"),
+        };
+        let routed = patched(&a, &route.patch(&a));
+        assert_eq!(routed.spec, filled.spec);
+    }
+}
+
+#[test]
+fn a_stage_whose_skip_flag_is_set_gets_no_processors_under_old_rules() {
+    let a = of_release(
+        "v0.1.1",
+        json!({"nodeName": "n", "skipDiagnosis": true, "skipRecovery": true}),
+    );
+    let filled = with_every_registered(&a, &with_recoverer()).unwrap();
+    assert_eq!(filled.spec.assigned_information_collectors.len(), 2);
+    assert!(filled.spec.assigned_diagnosers.is_empty());
+    assert!(filled.spec.assigned_recoverers.is_empty());
+}
+
+#[test]
+fn under_v0_1_4_rules_or_kdiags_an_empty_list_runs_nothing() {
+    let spec = json!({"nodeName": "n"});
+    for a in [
+        abnormal(spec.clone()),
+        of_release("v0.1.4", spec.clone()),
+        of_release("v0.1.6", spec.clone()),
+    ] {
+        assert!(with_every_registered(&a, &with_recoverer()).is_none());
+    }
+}
+
+#[test]
+fn a_kube_diagnoser_version_that_names_no_release_is_rejected_with_the_accepted_values() {
+    for bad in ["v0.2.0", "0.1.7", "latest", ""] {
+        let (reason, message) = reject_reason(&of_release(bad, json!({"nodeName": "n"})));
+        assert_eq!(reason, "InvalidKubeDiagnoserVersion", "{bad:?}");
+        assert!(
+            message.contains("v0.1.0 to v0.1.6")
+                && message.contains("kdiag.io/kube-diagnoser-version"),
+            "{message}"
+        );
+    }
 }

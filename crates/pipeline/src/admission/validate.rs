@@ -20,10 +20,13 @@ pub const MAX_TIMEOUT_SECONDS: i32 = 3600;
 /// profilers.
 pub fn validate(abnormal: &Abnormal, registry: &dyn Registry) -> Result<(), Error> {
     let spec = &abnormal.spec;
+    if let Err(message) = abnormal.kube_diagnoser_release() {
+        return Err(rejected("InvalidKubeDiagnoserVersion", message));
+    }
     if spec.node_name.is_empty() && spec.pod_reference.is_none() {
         return Err(rejected(
             "MissingTarget",
-            "neither spec.nodeName nor spec.podReference is set: set spec.nodeName to the node to diagnose, or spec.podReference {namespace, name} to a pod".into(),
+            "neither spec.nodeName nor spec.podReference is set: set spec.nodeName to the node to diagnose, or spec.podReference {namespace, name} to a pod. Kube Diagnoser v0.1.0-v0.1.5 ran such an Abnormal on every node; kdiag runs each Abnormal on one node, so create one per node to diagnose them all (docs/compatibility.md)".into(),
         ));
     }
     if let Some(p) = &spec.pod_reference

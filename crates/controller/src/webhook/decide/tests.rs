@@ -17,8 +17,12 @@ impl Registry for Registered {
         }
         Some(ProcessorEndpoint::default())
     }
-    fn names(&self, _stage: Stage) -> Vec<String> {
-        Vec::new()
+    fn names(&self, stage: Stage) -> Vec<String> {
+        match stage {
+            Stage::InformationCollecting => vec!["kube-diagnoser/pod-detail-collector".into()],
+            Stage::Diagnosing => vec!["kube-diagnoser/pod-triage-diagnoser".into()],
+            Stage::Recovering => vec!["kube-diagnoser/signal-recoverer".into()],
+        }
     }
     fn builtins(&self) -> Vec<&'static str> {
         Vec::new()
@@ -416,5 +420,24 @@ fn a_new_abnormal_cannot_carry_kdiags_routing() {
             &a
         ),
         Verdict::Allow
+    );
+}
+
+#[test]
+fn under_old_kube_diagnoser_rules_every_registered_processor_admission_fills_in_is_checked() {
+    let mut a = abnormal(
+        "team-a",
+        json!({"podReference": {"namespace": "team-a", "name": "web"}}),
+    );
+    a["metadata"]["annotations"] = json!({"kdiag.io/kube-diagnoser-version": "v0.1.0"});
+    let because = becauses(check(
+        Kind::Abnormal,
+        "CREATE",
+        "system:serviceaccount:team-a:dev",
+        &a,
+    ));
+    assert!(
+        because.iter().any(|b| b.contains("signal-recoverer")),
+        "{because:?}"
     );
 }
