@@ -434,11 +434,13 @@ fn work_needs(
         for reference in list {
             let reference = reference.or_namespace(work.namespace);
             let power = processor_power(stage, &reference, registry);
-            needs.push(need(
-                power,
-                target,
-                processor_reason(&reference.name, power, ""),
-            ));
+            let mut because = processor_reason(&reference.name, power, "");
+            if is_pod && power == Power::Node && stage != Stage::Recovering {
+                // A tenant can still diagnose its own pod (as `kubectl diag run` names the
+                // triage's processors itself): say how.
+                because.push_str(TRIAGE_WITHOUT_NODE_RIGHTS);
+            }
+            needs.push(need(power, target, because));
         }
     }
     for command in work.commands {

@@ -174,6 +174,34 @@ fn node_wide_built_ins_and_host_pids_need_the_node_right() {
 }
 
 #[test]
+fn a_pod_abnormal_naming_a_node_wide_collector_says_what_a_tenant_may_name_instead() {
+    let a = abnormal(
+        "team-a",
+        json!({"podReference": {"namespace": "team-a", "name": "web"},
+               "assignedInformationCollectors": [{"namespace": "kube-diagnoser", "name": "container-collector"}]}),
+    );
+    let because = becauses(check(Kind::Abnormal, "CREATE", "alice", &a));
+    assert!(
+        because.iter().any(
+            |b| b.contains("container-collector, which reads the whole node")
+                && b.contains("--collector pod-detail-collector --diagnoser pod-triage-diagnoser")
+        ),
+        "{because:?}"
+    );
+    // About a node, there is no pod to diagnose instead.
+    let n = abnormal(
+        "team-a",
+        json!({"nodeName": "n1",
+               "assignedInformationCollectors": [{"namespace": "kube-diagnoser", "name": "container-collector"}]}),
+    );
+    let because = becauses(check(Kind::Abnormal, "CREATE", "alice", &n));
+    assert!(
+        because.iter().all(|b| !b.contains("--collector")),
+        "{because:?}"
+    );
+}
+
+#[test]
 fn an_abnormal_about_a_node_needs_the_node_right_on_that_node() {
     for spec in [
         json!({"nodeName": "n1"}),
