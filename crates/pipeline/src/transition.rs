@@ -499,9 +499,7 @@ fn oversize(
     context: &BTreeMap<String, serde_json::Value>,
     limits: Limits,
 ) -> Option<String> {
-    let added = serde_json::to_vec(context)
-        .map(|v| v.len())
-        .unwrap_or(usize::MAX);
+    let added = json_bytes(context);
     if added > limits.max_step_output_bytes {
         return Some(format!(
             "output of {added} bytes exceeds the per-step cap of {} bytes; nothing of it was kept (narrow the processor's input, or raise --max-step-output-bytes)",
@@ -514,9 +512,7 @@ fn oversize(
         .and_then(|s| s.context.clone())
         .unwrap_or_default();
     merged.extend(context.clone());
-    let total = serde_json::to_vec(&merged)
-        .map(|v| v.len())
-        .unwrap_or(usize::MAX);
+    let total = json_bytes(&merged);
     if total > limits.max_context_bytes {
         return Some(format!(
             "status.context would grow to {total} bytes, over the cap of {} bytes; nothing of this output was kept (run fewer collectors per Abnormal, or raise --max-context-bytes)",
