@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use kdiag_api::{Abnormal, AbnormalPhase, ProcessorResult, Stage};
+use kdiag_api::{Abnormal, AbnormalPhase, AbnormalSpec, AbnormalStatus, ProcessorResult, Stage};
 use kdiag_pipeline::{
     self as pipeline, Next, StageEvent, StageOutcome, Step, StepOutput, StepResult, abandoned,
     apply_step, deadline_left, end_stage, mark_running_attempt, needs_intent, retry_interrupted,
@@ -15,7 +15,7 @@ use kdiag_pipeline::{
 use kdiag_runtime::error::{is_conflict, is_too_large, is_transient};
 use kdiag_runtime::metrics::SyncOutcome;
 use kdiag_runtime::time::{now, seconds_since};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 
@@ -110,8 +110,10 @@ pub(super) struct Worker<'a> {
     /// Events for transitions made since the last write; recorded once the write lands.
     pending: Vec<StageEvent>,
     dirty: bool,
-    /// The next write must land on exactly the copy read (an intent record).
-    exclusive: bool,
+    /// The stored spec and status the in-memory status was computed from (as last read or
+    /// written): a write that conflicts only with changes elsewhere (the controller's labels and
+    /// annotations) is re-sent on the newer copy instead of losing the work since.
+    based_on: (AbnormalSpec, Option<AbnormalStatus>),
     /// The attempt the next side-effecting step is (above 1 only for an idempotent recovery
     /// run again after a restart).
     attempt: u32,
@@ -124,10 +126,10 @@ impl<'a> Worker<'a> {
             agent,
             started: std::time::Instant::now(),
             api: Api::namespaced(agent.client.clone(), &ns),
+            based_on: (abnormal.spec.clone(), abnormal.status.clone()),
             abnormal,
             pending: Vec::new(),
             dirty: false,
-            exclusive: false,
             attempt: 1,
         }
     }
@@ -275,9 +277,7 @@ impl<'a> Worker<'a> {
             mark_running_attempt(&mut self.abnormal, &step, &now(), self.attempt);
             self.attempt = 1;
             self.dirty = true;
-            self.exclusive = true;
             let landed = self.persist().await;
-            self.exclusive = false;
             if !landed? {
                 // The intent did not land, so nothing may act: start over from the stored copy.
                 return Ok(());
@@ -329,7 +329,7 @@ impl<'a> Worker<'a> {
                     .await
                     .map_err(|e| self.api_error("get", e))?;
                 tracing::debug!(abnormal = %self.key(), "status write conflicted; continuing from the stored copy");
-                self.abnormal = fresh;
+                self.adopt(fresh);
                 self.pending.clear();
                 self.dirty = false;
                 Ok(false)
@@ -340,12 +340,7 @@ impl<'a> Worker<'a> {
                 tracing::warn!(abnormal = %self.key(), error = %e, "status refused for its size; dropping context and command output");
                 let event = shrink_to_fit(&mut self.abnormal, &now());
                 self.pending.push(event);
-                // A replace, so what was dropped is gone from the stored copy too (a merge
-                // patch would keep its keys).
-                self.exclusive = true;
-                let written = self.write().await;
-                self.exclusive = false;
-                match written {
+                match self.write().await {
                     Ok(()) => Ok(true),
                     Err(e) => Err(self.api_error("replace_status", e)),
                 }
@@ -366,15 +361,15 @@ impl<'a> Worker<'a> {
         loop {
             let (operation, error) = if stale {
                 match self.api.get(&self.abnormal.name_any()).await {
-                    Ok(mut fresh) => {
+                    Ok(fresh) => {
                         if already_recorded(&fresh, step) {
                             // The last write landed; only its answer was lost.
-                            self.abnormal = fresh;
+                            self.adopt(fresh);
                             self.dirty = false;
                             return Ok(());
                         }
-                        apply_step(&mut fresh, step, result.clone(), self.agent.limits);
-                        self.abnormal = fresh;
+                        self.adopt(fresh);
+                        apply_step(&mut self.abnormal, step, result.clone(), self.agent.limits);
                         stale = false;
                         continue;
                     }
@@ -421,34 +416,50 @@ impl<'a> Worker<'a> {
         }
     }
 
-    /// Writes the status. An intent record is written with the resourceVersion read, so it lands
-    /// only on the copy it was decided on; other progress is a merge patch of the whole status,
-    /// which the controller's label and annotation updates do not conflict with.
+    /// Writes the whole status, conditional on the resourceVersion it was computed from: it
+    /// lands only on the copy read, or fails with 409 Conflict and is recomputed from the stored
+    /// copy ([`Self::persist`]). A replace, not a merge patch, so what a step removed (a context
+    /// key its plugin dropped, a root cause replaced by another) is gone from the stored copy
+    /// too, and two writers' results never merge into one object.
     async fn write(&mut self) -> Result<(), kube::Error> {
-        let stored = if self.exclusive {
-            self.api
+        let mut rebased = 0;
+        let stored = loop {
+            match self
+                .api
                 .replace_status(
                     &self.abnormal.name_any(),
                     &PostParams::default(),
                     &self.abnormal,
                 )
-                .await?
-        } else {
-            let patch = serde_json::json!({ "status": self.abnormal.status });
-            self.api
-                .patch_status(
-                    &self.abnormal.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await?
+                .await
+            {
+                Ok(stored) => break stored,
+                Err(e) if is_conflict(&e) && rebased < CONFLICT_RETRIES => {
+                    let fresh = self.api.get(&self.abnormal.name_any()).await?;
+                    if (&fresh.spec, &fresh.status) != (&self.based_on.0, &self.based_on.1) {
+                        return Err(e);
+                    }
+                    // Only metadata changed: the status still follows from the stored one.
+                    rebased += 1;
+                    self.abnormal.metadata = fresh.metadata;
+                }
+                Err(e) => return Err(e),
+            }
         };
         self.abnormal.metadata.resource_version = stored.metadata.resource_version;
+        // As the apiserver stored it, so the comparison above is exact.
+        self.based_on.1 = stored.status;
         self.dirty = false;
         for event in std::mem::take(&mut self.pending) {
             self.publish(event).await;
         }
         Ok(())
+    }
+
+    /// Continues from a stored copy read from the apiserver.
+    fn adopt(&mut self, fresh: Abnormal) {
+        self.based_on = (fresh.spec.clone(), fresh.status.clone());
+        self.abnormal = fresh;
     }
 
     async fn publish(&self, event: StageEvent) {
@@ -503,7 +514,8 @@ impl<'a> Worker<'a> {
             StageOutcome::Succeeded { .. } => SyncOutcome::Success,
             StageOutcome::Failed(_)
             | StageOutcome::RecoveryInterrupted(_)
-            | StageOutcome::DeadlineExceeded(_) => SyncOutcome::Fail,
+            | StageOutcome::DeadlineExceeded(_)
+            | StageOutcome::PlanChanged(_) => SyncOutcome::Fail,
         };
         let ms: i64 = self
             .abnormal

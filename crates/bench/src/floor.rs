@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::ApiResource;
 use serde_json::{Value, json};
 
@@ -66,21 +66,21 @@ impl Plan {
     }
 }
 
-/// Creates `name` and writes each status of the plan as a merge patch of /status, one after the
-/// other, as a client doing nothing else would.
+/// Creates `name` and writes each status of the plan as kdiag's agent does: a replace of
+/// /status conditional on the resourceVersion last read, one after the other, as a client doing
+/// nothing else would.
 pub async fn run_one(api: Api<DynamicObject>, ns: String, name: String, plan: Plan) -> Result<()> {
-    api.create(
-        &PostParams::default(),
-        &object(&resource(), &ns, &name, &plan.spec),
-    )
-    .await?;
-    for status in &plan.statuses {
-        api.patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status })),
+    let mut stored = api
+        .create(
+            &PostParams::default(),
+            &object(&resource(), &ns, &name, &plan.spec),
         )
         .await?;
+    for status in &plan.statuses {
+        stored.data["status"] = status.clone();
+        stored = api
+            .replace_status(&name, &PostParams::default(), &stored)
+            .await?;
     }
     Ok(())
 }

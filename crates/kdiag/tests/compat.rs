@@ -78,6 +78,51 @@ async fn a_plugin_may_answer_with_status_alone_and_remove_the_context_key_it_wro
     agent.stop().await;
 }
 
+#[tokio::test]
+async fn a_context_key_removed_after_it_was_stored_is_gone_from_the_stored_abnormal() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("removed-key").await;
+    let client = cp.client().await;
+    let plugin = TestPlugin::start().await;
+    for (kind, name, path) in [
+        ("InformationCollector", "helper", "/status-only/scratch"),
+        ("Diagnoser", "helper", "/drop/scratch"),
+    ] {
+        register_plugin(&client, &ns, kind, name, plugin.port, path, 5).await;
+    }
+    let node = format!("{ns}-node");
+    let agent = TestAgent::start(cp, &node).await;
+    // The diagnosing stage's command is written as Running before it runs, so the collected
+    // key is stored before the diagnoser removes it: the last write must remove it there too.
+    create_abnormal(
+        &client,
+        &ns,
+        "stored-then-removed",
+        json!({
+            "nodeName": node,
+            "assignedInformationCollectors": [{"name": "helper"}],
+            "assignedDiagnosers": [{"name": "helper"}],
+            "commandExecutors": [{"command": ["uptime"], "type": "Diagnoser", "timeoutSeconds": 5}],
+        }),
+    )
+    .await;
+    let a = wait_final(&client, &ns, "stored-then-removed", FINISH).await;
+    let st = a.status.clone().unwrap();
+    assert_eq!(st.phase, Some(AbnormalPhase::Succeeded), "{st:#?}");
+    assert!(
+        st.command_executors
+            .iter()
+            .any(|c| c.stdout.contains("load average")),
+        "{st:#?}"
+    );
+    let context = st.context.unwrap_or_default();
+    assert!(
+        !context.contains_key("scratch"),
+        "the diagnoser removed the key after it was stored: {context:?}"
+    );
+    agent.stop().await;
+}
+
 /// A registration as Kube Diagnoser v0.1.0–v0.1.5 wrote it, created from JSON so that only the
 /// apiserver's schema decides what is kept.
 async fn register_legacy(client: &kube::Client, ns: &str, name: &str, spec: serde_json::Value) {
