@@ -29,7 +29,13 @@ pub fn all() -> Vec<CustomResourceDefinition> {
 fn tidy(crd: CustomResourceDefinition) -> CustomResourceDefinition {
     let mut value = serde_json::to_value(&crd).expect("a CRD serializes");
     crate::schema::tidy(&mut value);
-    serde_json::from_value(value).expect("a tidied CRD still parses")
+    let mut crd: CustomResourceDefinition =
+        serde_json::from_value(value).expect("a tidied CRD still parses");
+    // Said explicitly, so that applying these over Kube Diagnoser's or KubeProber's v1beta1
+    // definitions (where it defaulted to true) turns pruning on: kubectl apply keeps a field the
+    // applied object leaves out, and the apiserver refuses schema defaults while it is true.
+    crd.spec.preserve_unknown_fields = Some(false);
+    crd
 }
 
 /// The file name of a CRD in config/crd/: `<group>_<plural>.yaml`, as controller-gen names them.
