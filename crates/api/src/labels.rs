@@ -11,6 +11,13 @@ pub const NODE_LABEL: &str = "kdiag.io/node";
 /// it back after a restart instead of parsing a condition's message.
 pub const STAND_IN_ANNOTATION: &str = "kdiag.io/stand-in";
 
+/// Annotation the controller sets on an Abnormal when it routes it: a fingerprint of what the
+/// agent builds the Abnormal's steps from (its command executors, profilers, assigned
+/// processors, skip flags and Kube Diagnoser rules), as admitted. The agent runs only that plan:
+/// if the spec no longer matches it, the Abnormal ends Failed (PlanChanged) instead of running
+/// steps nobody admitted or matching results to the wrong steps.
+pub const PLAN_ANNOTATION: &str = "kdiag.io/plan";
+
 /// Annotation on an Abnormal asking for the rules of the Kube Diagnoser release that wrote it,
 /// `v0.1.0` to `v0.1.6`, where they differ from kdiag's: with `v0.1.0`–`v0.1.3` an empty
 /// processor list (and the stage's skip flag false) means every registered processor of the

@@ -1994,3 +1994,59 @@ async fn an_idempotent_recovery_stopped_by_a_killed_agent_runs_again_with_the_sa
     assert_eq!(keys[0], keys[1], "the same Idempotency-Key both times");
     agent.stop().await;
 }
+
+#[tokio::test]
+async fn a_spec_changed_while_the_agent_works_ends_the_abnormal_plan_changed_and_runs_nothing_new()
+{
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("plan-changed").await;
+    let client = cp.client().await;
+    let plugin = TestPlugin::start().await;
+    let key = format!("{ns}-held");
+    register_plugin(
+        &client,
+        &ns,
+        "InformationCollector",
+        "held",
+        plugin.port,
+        &format!("/hold/{key}"),
+        60,
+    )
+    .await;
+    let node = format!("{ns}-node");
+    let agent = TestAgent::start(cp, &node).await;
+    create_abnormal(
+        &client,
+        &ns,
+        "edited",
+        json!({"nodeName": node, "assignedInformationCollectors": [{"name": "held"}]}),
+    )
+    .await;
+    // The agent works on the admitted copy while the spec gains a command nobody admitted (no
+    // webhook runs here to refuse the edit).
+    let deadline = Instant::now() + FINISH;
+    while plugin.count("/hold/") == 0 {
+        assert!(Instant::now() < deadline, "the collector was never called");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Api::<Abnormal>::namespaced(client.clone(), &ns)
+        .patch(
+            "edited",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"commandExecutors": [
+                {"command": ["uptime"], "type": "Diagnoser", "timeoutSeconds": 5}]}})),
+        )
+        .await
+        .unwrap();
+    common::plugin::release(&key);
+    let a = wait_final(&client, &ns, "edited", FINISH).await;
+    let st = a.status.unwrap();
+    assert_eq!(st.phase, Some(AbnormalPhase::Failed), "{st:#?}");
+    assert_eq!(st.reason, "PlanChanged", "{}", st.message);
+    assert!(
+        st.command_executors.is_empty(),
+        "the command added after admission never ran: {:?}",
+        st.command_executors
+    );
+    agent.stop().await;
+}

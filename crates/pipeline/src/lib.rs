@@ -35,7 +35,7 @@ pub mod templates;
 
 pub use conditions::set_condition;
 pub use error::{Category, Error, http_status_category};
-pub use plan::{Step, StepKind, plan};
+pub use plan::{Step, StepKind, fingerprint, plan, plan_changed, records_by_step};
 pub use transition::{
     Limits, MAX_RECOVERY_ATTEMPTS, Next, StageEvent, StageOutcome, StepOutput, StepResult,
     abandoned, apply_step, deadline_left, end_stage, mark_running, mark_running_attempt,

@@ -1,6 +1,12 @@
 //! Which steps a stage has, in the order they run.
 
-use kdiag_api::{Abnormal, ProcessorKind, Stage};
+use std::collections::{HashMap, VecDeque};
+
+use kdiag_api::labels::{KUBE_DIAGNOSER_VERSION_ANNOTATION, PLAN_ANNOTATION};
+use kdiag_api::{Abnormal, ProcessorKind, ProcessorRecord, Stage};
+use serde_json::json;
+
+use crate::hash::fnv1a;
 
 /// What a step runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +87,65 @@ pub fn plan(abnormal: &Abnormal, stage: Stage) -> Vec<Step> {
         label: p.or_namespace(ns).to_string(),
     });
     commands.chain(profilers).chain(processors).collect()
+}
+
+/// Pairs each step of a stage with its record, by identity rather than position: a record
+/// belongs to the step of its kind and label, the n-th such record to the n-th such step (a
+/// processor listed twice has two). So a record never lands on a neighbour's step, whatever the
+/// order records were written in. Records of no step are left out.
+pub fn records_by_step<'a>(
+    steps: &[Step],
+    records: impl IntoIterator<Item = &'a ProcessorRecord>,
+) -> Vec<Option<&'a ProcessorRecord>> {
+    let mut by_identity: HashMap<(ProcessorKind, &str), VecDeque<&'a ProcessorRecord>> =
+        HashMap::new();
+    for r in records {
+        by_identity
+            .entry((r.kind, r.processor.as_str()))
+            .or_default()
+            .push_back(r);
+    }
+    steps
+        .iter()
+        .map(|s| {
+            by_identity
+                .get_mut(&(s.record_kind(), s.label.as_str()))
+                .and_then(VecDeque::pop_front)
+        })
+        .collect()
+}
+
+/// A fingerprint of everything the steps of every stage are built from: what admission
+/// records in [`PLAN_ANNOTATION`] and the agent compares before each step.
+pub fn fingerprint(abnormal: &Abnormal) -> String {
+    let spec = &abnormal.spec;
+    let rules = abnormal
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(KUBE_DIAGNOSER_VERSION_ANNOTATION));
+    let inputs = json!({
+        "commandExecutors": spec.command_executors,
+        "profilers": spec.profilers,
+        "collectors": spec.assigned_information_collectors,
+        "diagnosers": spec.assigned_diagnosers,
+        "recoverers": spec.assigned_recoverers,
+        "skip": [spec.skip_information_collection, spec.skip_diagnosis, spec.skip_recovery],
+        "rules": rules,
+    });
+    format!("{:016x}", fnv1a(inputs.to_string()))
+}
+
+/// What changed since admission, when the plan recorded at admission no longer matches the
+/// spec. None when it matches, or when the Abnormal was admitted before plans were recorded.
+pub fn plan_changed(abnormal: &Abnormal) -> Option<String> {
+    let admitted = abnormal
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(PLAN_ANNOTATION)?;
+    let now = fingerprint(abnormal);
+    (*admitted != now).then(|| format!("admitted plan {admitted}, spec now {now}"))
 }
 
 /// An argv as one line, shortened for a record.

@@ -805,3 +805,135 @@ fn an_interrupted_idempotent_recovery_is_retried_up_to_three_attempts() {
     assert_eq!(retry_interrupted(&mut a), None, "three attempts in all");
     assert_eq!(a.status.as_ref().unwrap().processors.len(), 1);
 }
+
+#[test]
+fn a_command_inserted_after_a_crash_does_not_shift_the_records_onto_other_steps() {
+    let mut a = abnormal(json!({"nodeName": "n", "commandExecutors": [
+        {"command": ["kill", "-10", "1000"], "type": "Recoverer"}],
+        "assignedRecoverers": [{"name": "r"}]}));
+    a.status.as_mut().unwrap().phase = Some(AbnormalPhase::Recovering);
+    let kill = expect_run(&a);
+    apply_step(&mut a, &kill, ok("exit 0"), Limits::default());
+    // An Abnormal admitted before plans were recorded, edited while no agent ran it: a command
+    // inserted first. Matched by position, the kill's record would land on the new command and
+    // the kill would run a second time.
+    a.spec.command_executors.insert(
+        0,
+        serde_json::from_value(json!({"command": ["uptime"], "type": "Recoverer"})).unwrap(),
+    );
+    let step = expect_run(&a);
+    assert_eq!(step.label, "uptime");
+    apply_step(&mut a, &step, ok("exit 0"), Limits::default());
+    assert_eq!(
+        expect_run(&a).label,
+        "default/r",
+        "the kill is not run again"
+    );
+}
+
+#[test]
+fn a_processor_listed_twice_runs_twice_and_each_run_has_its_own_record() {
+    let mut a = abnormal(json!({"nodeName": "n",
+        "assignedInformationCollectors": [{"name": "c"}, {"name": "d"}, {"name": "c"}]}));
+    drive(&mut a, |_| ok("collected"));
+    let st = a.status.unwrap();
+    let labels: Vec<&str> = st
+        .processors
+        .iter()
+        .filter(|r| r.stage == Stage::InformationCollecting)
+        .map(|r| r.processor.as_str())
+        .collect();
+    assert_eq!(labels, ["default/c", "default/d", "default/c"]);
+}
+
+#[test]
+fn records_are_matched_to_steps_by_kind_label_and_occurrence_not_position() {
+    let a = abnormal(json!({"nodeName": "n",
+        "assignedInformationCollectors": [{"name": "c"}, {"name": "d"}, {"name": "c"}]}));
+    let steps = plan(&a, Stage::InformationCollecting);
+    let record = |name: &str| ProcessorRecord {
+        processor: format!("default/{name}"),
+        kind: ProcessorKind::Processor,
+        stage: Stage::InformationCollecting,
+        result: ProcessorResult::Succeeded,
+        message: String::new(),
+        start_time: now(),
+        duration_milliseconds: Some(1),
+        context_keys: Vec::new(),
+    };
+    // Written in another order, with one of c's two runs missing.
+    let records = [record("d"), record("c"), record("x")];
+    let matched = records_by_step(&steps, &records);
+    let names: Vec<Option<&str>> = matched
+        .iter()
+        .map(|r| r.map(|r| r.processor.as_str()))
+        .collect();
+    assert_eq!(names, [Some("default/c"), Some("default/d"), None]);
+}
+
+#[test]
+fn a_spec_changed_after_admission_ends_the_abnormal_without_running_anything_new() {
+    let mut a =
+        abnormal(json!({"nodeName": "n", "assignedInformationCollectors": [{"name": "c"}]}));
+    a.metadata.annotations = Some(
+        [(
+            kdiag_api::labels::PLAN_ANNOTATION.to_owned(),
+            fingerprint(&a),
+        )]
+        .into(),
+    );
+    assert_eq!(plan_changed(&a), None);
+    assert_eq!(expect_run(&a).label, "default/c");
+    a.spec.command_executors.push(
+        serde_json::from_value(
+            json!({"command": ["rm", "-rf", "/tmp/x"], "type": "InformationCollector"}),
+        )
+        .unwrap(),
+    );
+    let Next::EndStage(stage, outcome) = next(&a) else {
+        panic!("expected the stage to end")
+    };
+    assert!(
+        matches!(outcome, StageOutcome::PlanChanged(_)),
+        "{outcome:?}"
+    );
+    let event = end_stage(&mut a, stage, &outcome, &now());
+    assert_eq!(event.reason, "PlanChanged");
+    let st = a.status.unwrap();
+    assert_eq!(st.phase, Some(AbnormalPhase::Failed));
+    assert!(
+        st.message.contains("create a new Abnormal"),
+        "{}",
+        st.message
+    );
+    assert!(
+        st.processors
+            .iter()
+            .all(|r| r.kind != ProcessorKind::CommandExecutor),
+        "the new command never ran: {:?}",
+        st.processors
+    );
+}
+
+#[test]
+fn the_plan_fingerprint_covers_every_input_of_the_steps() {
+    let base = abnormal(json!({"nodeName": "n", "assignedDiagnosers": [{"name": "d"}]}));
+    let f = fingerprint(&base);
+    let mut changed = base.clone();
+    changed.spec.skip_diagnosis = true;
+    assert_ne!(fingerprint(&changed), f);
+    let mut changed = base.clone();
+    changed.spec.assigned_recoverers.push(NamespacedName {
+        name: "r".into(),
+        namespace: String::new(),
+    });
+    assert_ne!(fingerprint(&changed), f);
+    let mut same = base.clone();
+    same.spec.node_name = "other".into();
+    same.status = None;
+    assert_eq!(
+        fingerprint(&same),
+        f,
+        "where it runs is not part of the plan"
+    );
+}

@@ -10,7 +10,7 @@ use kdiag_api::{
 };
 
 use super::conditions::set_condition;
-use super::plan::{Step, StepKind, plan};
+use super::plan::{Step, StepKind, plan, plan_changed, records_by_step};
 
 /// Bounds on what steps may add to an Abnormal, so its status always fits in one apiserver
 /// write (etcd refuses requests over 1.5 MiB).
@@ -66,6 +66,9 @@ pub enum StageOutcome {
     RecoveryInterrupted(String),
     /// The Abnormal's deadline passed before the stage ended: what had not run is not run.
     DeadlineExceeded(std::time::Duration),
+    /// The spec no longer builds the plan admitted (what changed, as fingerprints): nothing
+    /// more runs.
+    PlanChanged(String),
 }
 
 /// The result of running one step.
@@ -124,26 +127,27 @@ pub fn next(abnormal: &Abnormal) -> Next {
         Some(AbnormalPhase::Recovering) => Stage::Recovering,
         _ => return Next::Idle,
     };
+    if let Some(change) = plan_changed(abnormal) {
+        return Next::EndStage(stage, StageOutcome::PlanChanged(change));
+    }
     let steps = plan(abnormal, stage);
-    let records: Vec<&ProcessorRecord> = stage_records(abnormal, stage).collect();
+    let matched = records_by_step(&steps, stage_records(abnormal, stage));
+    let records: Vec<&ProcessorRecord> = matched.iter().flatten().copied().collect();
 
-    let mut done = records.len();
-    if let Some(last) = records.last()
-        && last.result == ProcessorResult::Running
+    // Steps run one at a time, so at most one is Running: the one the agent stopped during.
+    if let Some((step, _)) = steps
+        .iter()
+        .zip(&matched)
+        .find(|(_, r)| r.is_some_and(|r| r.result == ProcessorResult::Running))
     {
-        done -= 1;
-        if let Some(step) = steps.get(done) {
-            if step.stage == Stage::Recovering && step.is_processor() {
-                return Next::EndStage(
-                    stage,
-                    StageOutcome::RecoveryInterrupted(step.label.clone()),
-                );
-            }
-            if needs_intent(step) {
-                return Next::Abandon(step.clone());
-            }
+        if step.stage == Stage::Recovering && step.is_processor() {
+            return Next::EndStage(stage, StageOutcome::RecoveryInterrupted(step.label.clone()));
+        }
+        if needs_intent(step) {
+            return Next::Abandon(step.clone());
         }
         // A step without side effects: run it again.
+        return Next::Run(step.clone());
     }
 
     if stage != Stage::InformationCollecting
@@ -161,7 +165,7 @@ pub fn next(abnormal: &Abnormal) -> Next {
             },
         );
     }
-    if let Some(step) = steps.get(done) {
+    if let Some((step, _)) = steps.iter().zip(&matched).find(|(_, r)| r.is_none()) {
         return Next::Run(step.clone());
     }
 
@@ -531,8 +535,14 @@ pub fn end_stage(
     now: &Time,
 ) -> StageEvent {
     let not_run = |abnormal: &Abnormal| -> Vec<Step> {
-        let done = stage_records(abnormal, stage).count();
-        plan(abnormal, stage).into_iter().skip(done).collect()
+        let steps = plan(abnormal, stage);
+        let matched = records_by_step(&steps, stage_records(abnormal, stage));
+        let unrecorded: Vec<bool> = matched.iter().map(Option::is_none).collect();
+        steps
+            .into_iter()
+            .zip(unrecorded)
+            .filter_map(|(s, none)| none.then_some(s))
+            .collect()
     };
     let (unrun, why): (Vec<Step>, String) = match outcome {
         StageOutcome::Succeeded { by: Some(_), .. } => (
@@ -695,6 +705,26 @@ pub fn end_stage(
             (
                 ConditionStatus::False,
                 "DeadlineExceeded",
+                msg,
+                AbnormalPhase::Failed,
+                event,
+            )
+        }
+        (_, StageOutcome::PlanChanged(change)) => {
+            let msg = format!(
+                "the spec's command executors, profilers, processors or skip flags changed after admission ({change}); kdiag runs only what was admitted, so {} stopped here and nothing more runs: create a new Abnormal with the spec you want",
+                stage_noun(stage)
+            );
+            status.reason = "PlanChanged".into();
+            status.message = msg.clone();
+            let event = StageEvent {
+                reason: "PlanChanged",
+                message: msg.clone(),
+                warning: true,
+            };
+            (
+                ConditionStatus::False,
+                "PlanChanged",
                 msg,
                 AbnormalPhase::Failed,
                 event,

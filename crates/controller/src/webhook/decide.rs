@@ -127,9 +127,10 @@ pub struct Setting<'a> {
 
 /// Labels and annotations the controller writes to route an Abnormal: nobody else may change
 /// them after creation, or an Abnormal could be moved to another node's agent.
-const ROUTING_KEYS: [&str; 2] = [
+const ROUTING_KEYS: [&str; 3] = [
     kdiag_api::labels::NODE_LABEL,
     kdiag_api::labels::STAND_IN_ANNOTATION,
+    kdiag_api::labels::PLAN_ANNOTATION,
 ];
 
 /// The verdict on one request. Total: any request it cannot read is refused (fail closed).

@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 /// A running test plugin. Paths:
 /// - `/echo/<key>`: 200 with the Abnormal, status.context[<key>] = "<key>-value"
 /// - `/sleep/<ms>/<key>`: sleeps, then as /echo
+/// - `/hold/<key>`: waits until the test calls [`release`] for `<key>`, then as /echo
 /// - `/big/<bytes>/<key>`: as /echo, with a value of that many bytes
 /// - `/fail/<code>`: that HTTP status with a short body
 /// - `/invalid-json`: 200 with a body that is not JSON
@@ -84,6 +85,24 @@ impl TestPlugin {
     }
 }
 
+/// The gates `/hold/<key>` waits at, by key (unique per test), in every plugin of the process.
+fn gate(key: &str) -> Arc<tokio::sync::Semaphore> {
+    static GATES: std::sync::LazyLock<
+        Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    > = std::sync::LazyLock::new(Default::default);
+    GATES
+        .lock()
+        .unwrap()
+        .entry(key.to_owned())
+        .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(0)))
+        .clone()
+}
+
+/// Lets one `/hold/<key>` request through (now or when it arrives).
+pub fn release(key: &str) {
+    gate(key).add_permits(1);
+}
+
 async fn handle(
     mut stream: TcpStream,
     calls: Arc<Mutex<Vec<String>>>,
@@ -135,6 +154,12 @@ async fn handle(
             let mut b = with_context(body, key);
             b["status"]["context"][*key] = json!("b".repeat(bytes.parse().unwrap_or(0)));
             reply_json(&mut stream, b).await
+        }
+        ["hold", key] => {
+            if let Ok(permit) = gate(key).acquire().await {
+                permit.forget();
+            }
+            reply_json(&mut stream, with_context(body, key)).await
         }
         ["sleep", ms, key] => {
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;

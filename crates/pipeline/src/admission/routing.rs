@@ -10,13 +10,14 @@
 //! the resourceVersion of the routed object, so it is accepted once.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kdiag_api::labels::{NODE_LABEL, STAND_IN_ANNOTATION, node_label_value};
+use kdiag_api::labels::{NODE_LABEL, PLAN_ANNOTATION, STAND_IN_ANNOTATION, node_label_value};
 use kdiag_api::{
     Abnormal, AbnormalConditionType, AbnormalPhase, AbnormalStatus, ConditionStatus, NamespacedName,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::plan::fingerprint;
 use crate::set_condition;
 
 /// Another node's agent diagnoses a pod that is on no node, with the collectors that read only
@@ -92,8 +93,8 @@ pub struct Route {
 
 impl Route {
     /// The JSON merge patch that routes `abnormal` (the copy the decision was made on): the node
-    /// label, `spec.nodeName`, the stand-in annotation (removed when there is none), and the
-    /// processors where they differ from its own. Its resourceVersion makes the patch fail with
+    /// label, `spec.nodeName`, the stand-in annotation (removed when there is none), the plan's
+    /// fingerprint ([`PLAN_ANNOTATION`]), and the processors where they differ from its own. Its resourceVersion makes the patch fail with
     /// 409 Conflict if the Abnormal changed since it was read, so no Abnormal is routed twice.
     pub fn patch(&self, abnormal: &Abnormal) -> Value {
         let stand_in = self
@@ -101,11 +102,19 @@ impl Route {
             .stand_in
             .as_ref()
             .and_then(|s| serde_json::to_string(s).ok());
+        // The plan as admitted: the spec with these processors, frozen for the agent.
+        let mut routed = abnormal.clone();
+        routed.spec.assigned_information_collectors = self.collectors.clone();
+        routed.spec.assigned_diagnosers = self.diagnosers.clone();
+        routed.spec.assigned_recoverers = self.recoverers.clone();
         let mut patch = json!({
             "metadata": {
                 "resourceVersion": abnormal.metadata.resource_version,
                 "labels": {NODE_LABEL: node_label_value(&self.routing.node)},
-                "annotations": {STAND_IN_ANNOTATION: stand_in},
+                "annotations": {
+                    STAND_IN_ANNOTATION: stand_in,
+                    PLAN_ANNOTATION: fingerprint(&routed),
+                },
             },
             "spec": {"nodeName": self.routing.node},
         });

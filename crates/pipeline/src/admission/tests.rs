@@ -601,6 +601,19 @@ fn the_routing_is_read_back_from_what_the_routing_patch_wrote() {
         routed.spec.assigned_information_collectors,
         route.collectors
     );
+    assert_eq!(
+        crate::plan_changed(&routed),
+        None,
+        "the plan recorded is the routed spec's, with the processors admission chose"
+    );
+    assert_eq!(
+        routed
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(labels::PLAN_ANNOTATION)),
+        Some(&crate::fingerprint(&routed))
+    );
     let plain = abnormal(json!({"nodeName": "n1"}));
     let Decision::Admit(route) = decided(
         &plain,

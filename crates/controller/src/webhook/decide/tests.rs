@@ -293,6 +293,13 @@ fn the_spec_of_an_abnormal_cannot_change_but_its_other_metadata_can() {
         check_update(Kind::Abnormal, "UPDATE", "alice", Some(&old), &rerouted),
         Verdict::Deny(_)
     ));
+    // The plan admission froze is the controller's too: nobody else may set or change it.
+    let mut replanned = old.clone();
+    replanned["metadata"]["annotations"] = json!({(kdiag_api::labels::PLAN_ANNOTATION): "0"});
+    match check_update(Kind::Abnormal, "UPDATE", "alice", Some(&old), &replanned) {
+        Verdict::Deny(m) => assert!(m.contains("kdiag.io/plan"), "{m}"),
+        other => panic!("{other:?}"),
+    }
     assert_eq!(
         check_update(
             Kind::Abnormal,
