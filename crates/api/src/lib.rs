@@ -40,7 +40,7 @@ pub use diagnosis::processor::{
 };
 pub use diagnosis::source::{
     AbnormalSource, AbnormalSourceSpec, AbnormalSourceStatus, KubernetesEventTemplate,
-    KubernetesEventTemplateRegexp, ProbeStatusTemplate, ProbeStatusTemplateMatch,
+    KubernetesEventTemplateRegexp, Matching, ProbeStatusTemplate, ProbeStatusTemplateMatch,
     PrometheusAlertTemplate, PrometheusAlertTemplateRegexp, SourceCondition, SourceTemplate,
 };
 pub use kubeprober::{

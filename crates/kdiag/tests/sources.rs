@@ -831,3 +831,65 @@ async fn serve_controller(
     );
     (port, task)
 }
+
+#[tokio::test]
+async fn a_kube_diagnoser_matching_source_takes_normal_events_by_substring_and_a_whole_one_does_not()
+ {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("events-upstream").await;
+    let client = cp.client().await;
+    source(
+        &client,
+        &ns,
+        "upstream",
+        json!({"matching": "KubeDiagnoser", "sourceTemplate": {"type": "KubernetesEvent",
+        "kubernetesEventTemplate": {"regexp": {"reason": "Pull", "message": "image"}}}}),
+    )
+    .await;
+    source(
+        &client,
+        &ns,
+        "whole",
+        json!({"sourceTemplate": {"type": "KubernetesEvent",
+        "kubernetesEventTemplate": {"regexp": {"reason": "Killing"}}}}),
+    )
+    .await;
+    wait_source_valid(&client, &ns, "upstream").await;
+    wait_source_valid(&client, &ns, "whole").await;
+    let normal = async |name: &str, pod: &str, reason: &str, message: &str| {
+        let now = jiff::Timestamp::now().to_string();
+        let e: Event = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": ns},
+            "involvedObject": {"kind": "Pod", "namespace": ns, "name": pod, "uid": format!("{ns}-{pod}-uid")},
+            "reason": reason, "message": message, "type": "Normal", "count": 1,
+            "firstTimestamp": now, "lastTimestamp": now,
+            "source": {"component": "kubelet", "host": format!("{ns}-node")}
+        }))
+        .unwrap();
+        Api::<Event>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &e)
+            .await
+            .unwrap();
+    };
+    // A Normal Event only a Whole source names: ignored. Sent first, so once the next one's
+    // Abnormal exists, this one was handled too (one watch, in order).
+    normal("web.1", "web", "Killing", "Stopping container app").await;
+    normal(
+        "web.2",
+        "pulled",
+        "Pulled",
+        "Successfully pulled image \"busybox\"",
+    )
+    .await;
+    let list = eventually(
+        "the Abnormal of the Normal Event",
+        Duration::from_secs(30),
+        async || {
+            let l = abnormals(&client, &ns, "KubernetesEvent").await;
+            (!l.is_empty()).then_some(l)
+        },
+    )
+    .await;
+    assert_eq!(list.len(), 1, "the Whole source ignored the Normal Event");
+    assert_eq!(pod_of(&list[0]), "pulled");
+}

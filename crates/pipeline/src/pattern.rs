@@ -2,7 +2,8 @@
 //! value (anchored), where an empty pattern places no constraint.
 //!
 //! Kube Diagnoser matched unanchored, so `reason: Failed` also matched "FailedMount"; kdiag anchors
-//! so a pattern says exactly what it matches. Write `.*disk.*` for a substring.
+//! so a pattern says exactly what it matches. Write `.*disk.*` for a substring, or give the
+//! source `matching: KubeDiagnoser` ([`Pattern::compile_anywhere`]).
 
 use regex::Regex;
 
@@ -15,10 +16,20 @@ pub struct Pattern(Option<Regex>);
 impl Pattern {
     /// Compiles `pattern`; `field` names it in the error.
     pub fn compile(field: &str, pattern: &str) -> Result<Self, Error> {
+        Self::build(field, pattern, &format!("^(?:{pattern})$"))
+    }
+
+    /// Compiles `pattern` to match anywhere in the value, as Kube Diagnoser's `regexp.MatchString`
+    /// did.
+    pub fn compile_anywhere(field: &str, pattern: &str) -> Result<Self, Error> {
+        Self::build(field, pattern, pattern)
+    }
+
+    fn build(field: &str, pattern: &str, regex: &str) -> Result<Self, Error> {
         if pattern.is_empty() {
             return Ok(Self(None));
         }
-        Regex::new(&format!("^(?:{pattern})$"))
+        Regex::new(regex)
             .map(|r| Self(Some(r)))
             .map_err(|e| Error::InvalidPattern {
                 field: field.to_owned(),
@@ -48,6 +59,25 @@ fn first_line(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kube_diagnoser_patterns_match_anywhere_in_the_value() {
+        let p = Pattern::compile_anywhere("reason", "Failed").unwrap();
+        assert!(p.matches("FailedMount"));
+        assert!(p.matches("PodFailed"));
+        assert!(!p.matches("Killing"));
+        assert!(
+            Pattern::compile_anywhere("reason", "^Failed$")
+                .unwrap()
+                .matches("Failed")
+        );
+        assert!(
+            !Pattern::compile_anywhere("reason", "")
+                .unwrap()
+                .constrains()
+        );
+        assert!(Pattern::compile_anywhere("reason", "(").is_err());
+    }
 
     #[test]
     fn patterns_match_the_whole_value() {

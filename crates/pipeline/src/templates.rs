@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use kdiag_api::{
-    AbnormalSource, AbnormalSourceSpec, AbnormalSourceType, AbnormalSpec, NamespacedName,
+    AbnormalSource, AbnormalSourceSpec, AbnormalSourceType, AbnormalSpec, Matching, NamespacedName,
 };
 
 use crate::Error;
@@ -23,6 +23,37 @@ pub type Facts = BTreeMap<String, String>;
 /// namespace matches only triggers of its namespace; the name cannot clash with a template's
 /// fields.
 pub const SCOPE_FACT: &str = "@namespace";
+
+/// Prefix of the facts that hold a time as Go prints it ([`go_time`]), next to the fact of the
+/// same name in RFC 3339: what a `matching: KubeDiagnoser` source matches timestamps against.
+pub const GO_TIME_PREFIX: &str = "@go.";
+
+/// The time facts that Kube Diagnoser matched in Go's format.
+const GO_TIME_FACTS: [&str; 4] = ["firstTimestamp", "lastTimestamp", "startsAt", "endsAt"];
+
+/// A time as Go's `time.Time.String()` prints it, in UTC: `2006-01-02 15:04:05 +0000 UTC`, with
+/// the fraction of a second only when there is one (trailing zeros dropped).
+pub fn go_time(t: jiff::Timestamp) -> String {
+    let nanos = t.subsec_nanosecond();
+    let fraction = if nanos == 0 {
+        String::new()
+    } else {
+        format!(".{:09}", nanos).trim_end_matches('0').to_owned()
+    };
+    format!("{}{fraction} +0000 UTC", t.strftime("%Y-%m-%d %H:%M:%S"))
+}
+
+/// Adds the Go-format twin of each time fact that parses as RFC 3339.
+pub fn add_go_times(facts: &mut Facts) {
+    let twins: Vec<(String, String)> = GO_TIME_FACTS
+        .iter()
+        .filter_map(|k| {
+            let t: jiff::Timestamp = facts.get(*k)?.parse().ok()?;
+            Some((format!("{GO_TIME_PREFIX}{k}"), go_time(t)))
+        })
+        .collect();
+    facts.extend(twins);
+}
 
 /// May a source in `source_namespace` act on a trigger of `trigger_namespace`? Sources in kdiag's
 /// own namespace act cluster-wide; any other only within its namespace, so that a tenant's source
@@ -43,6 +74,8 @@ pub struct CompiledSource {
     patterns: Vec<(String, Pattern)>,
     /// ProbeStatus templates: the checker statuses that match.
     statuses: Vec<String>,
+    /// `spec.matching: KubeDiagnoser` on an Event or alert template.
+    kube_diagnoser: bool,
 }
 
 /// Two compiled sources are the same source.
@@ -161,9 +194,16 @@ pub fn compile(source: &AbnormalSource) -> Result<CompiledSource, Error> {
             return Err(Error::UnsupportedSourceType);
         }
     }
+    let kube_diagnoser = spec.matching == Some(Matching::KubeDiagnoser)
+        && t.type_ != AbnormalSourceType::ProbeStatus;
     let mut compiled = Vec::new();
     for (key, field, p) in patterns {
-        compiled.push((key, Pattern::compile(&field, &p)?));
+        let pattern = if kube_diagnoser {
+            Pattern::compile_anywhere(&field, &p)?
+        } else {
+            Pattern::compile(&field, &p)?
+        };
+        compiled.push((key, pattern));
     }
     if t.type_ != AbnormalSourceType::ProbeStatus && !compiled.iter().any(|(_, p)| p.constrains()) {
         return Err(Error::MatchesEverything {
@@ -185,6 +225,7 @@ pub fn compile(source: &AbnormalSource) -> Result<CompiledSource, Error> {
         spec,
         patterns: compiled,
         statuses,
+        kube_diagnoser,
     })
 }
 
@@ -205,9 +246,42 @@ impl CompiledSource {
                 return false;
             }
         }
-        self.patterns
-            .iter()
-            .all(|(k, p)| p.matches(facts.get(k).map(String::as_str).unwrap_or_default()))
+        if !self.kube_diagnoser {
+            // Only Warning Events (those the apiserver sends kdiag by default).
+            if self.kind == AbnormalSourceType::KubernetesEvent
+                && facts
+                    .get("type")
+                    .is_some_and(|t| !t.is_empty() && t != "Warning")
+            {
+                return false;
+            }
+            return self
+                .patterns
+                .iter()
+                .all(|(k, p)| p.matches(facts.get(k).map(String::as_str).unwrap_or_default()));
+        }
+        self.patterns.iter().all(|(k, p)| {
+            if !p.constrains() {
+                return true;
+            }
+            let value = if GO_TIME_FACTS.contains(&k.as_str()) {
+                facts.get(&format!("{GO_TIME_PREFIX}{k}"))
+            } else {
+                facts.get(k)
+            };
+            match value.map(String::as_str) {
+                // Kube Diagnoser matched a missing label or annotation as no match, and an Event
+                // without a count as 0.
+                None if k.starts_with("labels.") || k.starts_with("annotations.") => false,
+                None | Some("") if k == "count" => p.matches("0"),
+                v => p.matches(v.unwrap_or_default()),
+            }
+        })
+    }
+
+    /// True for a `matching: KubeDiagnoser` source: it considers Events of every type.
+    pub fn wants_every_event_type(&self) -> bool {
+        self.kube_diagnoser && self.kind == AbnormalSourceType::KubernetesEvent && !self.suspended
     }
 
     /// The Abnormal spec a match starts from: the source's processors, executors, profilers and
@@ -310,6 +384,79 @@ mod tests {
             ("involvedObject.kind", "Pod"),
             ("message", "restarting")
         ])));
+    }
+
+    #[test]
+    fn a_kube_diagnoser_source_matches_substrings_and_every_event_type_and_a_whole_one_does_not() {
+        let spec = |matching: Option<&str>| {
+            let mut v = json!({"sourceTemplate": {"type": "KubernetesEvent",
+                "kubernetesEventTemplate": {"regexp": {"reason": "Failed", "message": "probe failed"}}}});
+            if let Some(m) = matching {
+                v["matching"] = json!(m);
+            }
+            v
+        };
+        let event = facts(&[
+            ("reason", "FailedMount"),
+            ("message", "Readiness probe failed: connection refused"),
+            ("type", "Normal"),
+        ]);
+        let upstream = compile(&source("u", spec(Some("KubeDiagnoser")))).unwrap();
+        assert!(upstream.matches(&event));
+        assert!(upstream.wants_every_event_type());
+        let whole = compile(&source("w", spec(None))).unwrap();
+        assert!(!whole.wants_every_event_type());
+        assert!(!whole.matches(&event));
+        let exact = facts(&[
+            ("reason", "Failed"),
+            ("message", "probe failed"),
+            ("type", "Normal"),
+        ]);
+        assert!(
+            !whole.matches(&exact),
+            "a Whole source considers Warning Events only"
+        );
+        let warning = facts(&[
+            ("reason", "Failed"),
+            ("message", "probe failed"),
+            ("type", "Warning"),
+        ]);
+        assert!(whole.matches(&warning));
+    }
+
+    #[test]
+    fn a_kube_diagnoser_source_reads_missing_labels_counts_and_times_as_kube_diagnoser_did() {
+        let s = compile(&source("u", json!({"matching": "KubeDiagnoser", "sourceTemplate": {
+            "type": "PrometheusAlert", "prometheusAlertTemplate": {"nodeNameReferenceLabel": "node",
+            "regexp": {"alertName": "Disk", "labels": {"team": ".*"}, "startsAt": "^2021-03-01 10:00:00 \\+0000 UTC$"}}}}))).unwrap();
+        let mut alert = facts(&[
+            ("alertName", "NodeDiskFull"),
+            ("labels.team", "storage"),
+            ("startsAt", "2021-03-01T10:00:00Z"),
+        ]);
+        add_go_times(&mut alert);
+        assert!(s.matches(&alert));
+        alert.remove("labels.team");
+        assert!(
+            !s.matches(&alert),
+            "a missing label never matches, even `.*`"
+        );
+        let e = compile(&source(
+            "c",
+            json!({"matching": "KubeDiagnoser", "sourceTemplate": {
+            "type": "KubernetesEvent", "kubernetesEventTemplate": {"regexp": {"count": "^0$"}}}}),
+        ))
+        .unwrap();
+        assert!(e.matches(&facts(&[("count", "")])), "no count reads as 0");
+        assert!(!e.matches(&facts(&[("count", "3")])));
+    }
+
+    #[test]
+    fn times_print_as_go_prints_them() {
+        let t: jiff::Timestamp = "2021-03-01T10:00:00Z".parse().unwrap();
+        assert_eq!(go_time(t), "2021-03-01 10:00:00 +0000 UTC");
+        let t: jiff::Timestamp = "2021-03-01T10:00:00.1234Z".parse().unwrap();
+        assert_eq!(go_time(t), "2021-03-01 10:00:00.1234 +0000 UTC");
     }
 
     #[test]

@@ -55,6 +55,15 @@ pub struct AbnormalSourceSpec {
     /// of the last one count on the existing Abnormal instead of creating another. Default 600.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_window_seconds: Option<i64>,
+    /// kdiag extension: how the template's patterns match. `Whole` (the default): each pattern
+    /// must match the whole value, only Warning Events are considered, a pattern on a label or
+    /// annotation the alert lacks is matched against "". `KubeDiagnoser`: as Kube Diagnoser
+    /// matched, for sources written for it: a pattern matches anywhere in the value (`Failed`
+    /// matches "FailedMount"), Events of every type are considered, a missing label or
+    /// annotation never matches, an Event without a count is matched as "0", and timestamps are
+    /// matched as Go prints them (`2006-01-02 15:04:05 +0000 UTC`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matching: Option<Matching>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub assigned_information_collectors: Vec<NamespacedName>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -69,6 +78,16 @@ pub struct AbnormalSourceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "optional_free_form_object")]
     pub context: Option<BTreeMap<String, serde_json::Value>>,
+}
+
+/// How a source's patterns match (`spec.matching`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Matching {
+    /// Whole values, Warning Events only (kdiag's default).
+    #[default]
+    Whole,
+    /// Kube Diagnoser's rules: anywhere in the value, Events of every type.
+    KubeDiagnoser,
 }
 
 /// What a source matches. Exactly one template, the one named by type.

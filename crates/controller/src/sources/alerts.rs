@@ -130,6 +130,7 @@ pub fn facts(a: &Alert) -> Facts {
     for (k, v) in &a.annotations {
         f.insert(format!("annotations.{k}"), v.clone());
     }
+    kdiag_pipeline::templates::add_go_times(&mut f);
     f
 }
 

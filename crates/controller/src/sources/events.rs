@@ -79,6 +79,7 @@ pub fn facts(e: &Event) -> Facts {
             put(&format!("related.{k}"), v.clone());
         }
     }
+    kdiag_pipeline::templates::add_go_times(&mut f);
     f
 }
 
@@ -140,27 +141,63 @@ impl EventSource {
         }
     }
 
-    /// Watches Warning Events until `shutdown`.
+    /// Watches Warning Events until `shutdown`, and Events of other types while a source asks
+    /// for them ([`Self::watch_other_types`]).
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         // Incidents are found through existing Abnormals: wait until they are all known.
         kdiag_runtime::ready::store_ready(&self.sources).await;
         kdiag_runtime::ready::store_ready(&self.abnormals).await;
+        tokio::spawn(self.clone().watch_other_types(shutdown.clone()));
+        // Server-side filtering: only Warning Events reach the controller unless a source asks.
+        self.watch("type=Warning", &shutdown, || true).await;
+    }
+
+    /// Watches Events whose type is not Warning while a `matching: KubeDiagnoser` source wants
+    /// them (Kube Diagnoser considered every Event), checking every few seconds; without one,
+    /// the controller never receives them.
+    async fn watch_other_types(self: Arc<Self>, shutdown: CancellationToken) {
+        const CHECK: std::time::Duration = std::time::Duration::from_secs(5);
+        let wanted = || self.sources().iter().any(|s| s.wants_every_event_type());
+        loop {
+            if wanted() {
+                tracing::info!(
+                    "a source matches Events of every type; watching non-Warning Events"
+                );
+                self.watch("type!=Warning", &shutdown, wanted).await;
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                tracing::info!(
+                    "no source matches non-Warning Events any more; stopped watching them"
+                );
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(CHECK) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Handles the Events the field selector lets through until shutdown, or until `go_on`
+    /// (asked every few seconds) says to stop.
+    async fn watch(&self, fields: &str, shutdown: &CancellationToken, go_on: impl Fn() -> bool) {
         let api: Api<Event> = Api::all(self.sink.client.clone());
-        // Server-side filtering: only Warning Events ever reach the controller.
-        let config = watcher::Config::default().fields("type=Warning");
+        let config = watcher::Config::default().fields(fields);
         let mut stream = watcher(api, config)
             .default_backoff()
             .applied_objects()
             .boxed();
+        let mut check = tokio::time::interval(std::time::Duration::from_secs(5));
         loop {
             tokio::select! {
                 next = stream.next() => match next {
                     Some(Ok(event)) => {
                         self.handle(&event).await;
                     }
-                    Some(Err(e)) => tracing::warn!(error = %e, "watching Warning Events (retrying)"),
+                    Some(Err(e)) => tracing::warn!(error = %e, fields, "watching Events (retrying)"),
                     None => return,
                 },
+                _ = check.tick() => if !go_on() { return },
                 _ = shutdown.cancelled() => return,
             }
         }
