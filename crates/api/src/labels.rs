@@ -11,6 +11,10 @@ pub const NODE_LABEL: &str = "kdiag.io/node";
 /// it back after a restart instead of parsing a condition's message.
 pub const STAND_IN_ANNOTATION: &str = "kdiag.io/stand-in";
 
+/// Label on the Abnormals the controller creates for one that names no node and no pod (one per
+/// node, as Kube Diagnoser v0.1.0–v0.1.5 ran such an Abnormal on every node): the parent's uid.
+pub const FAN_OUT_PARENT_LABEL: &str = "kdiag.io/fan-out-parent";
+
 /// Annotation the controller sets on an Abnormal when it routes it: a fingerprint of what the
 /// agent builds the Abnormal's steps from (its command executors, profilers, assigned
 /// processors, skip flags and Kube Diagnoser rules), as admitted. The agent runs only that plan:

@@ -54,6 +54,10 @@ pub struct ControllerConfig {
     pub ttl: Duration,
     /// Per node, finished Abnormals beyond the newest this many are deleted.
     pub max_finished_per_node: usize,
+    /// An Abnormal naming neither a node nor a pod runs on every node, as one child Abnormal per
+    /// node, if the cluster has at most this many nodes; 0 rejects such an Abnormal
+    /// (MissingTarget) instead.
+    pub fan_out_max_nodes: usize,
     /// An admitted Abnormal that no agent took within this long (its node is gone or runs no
     /// agent) ends Failed with reason NoAgent; `None` never fails one ([`cluster::no_agent`]).
     pub no_agent_grace: Option<Duration>,
@@ -91,6 +95,7 @@ impl Default for ControllerConfig {
             gc_interval: Duration::from_secs(300),
             ttl: Duration::from_secs(72 * 3600),
             max_finished_per_node: 200,
+            fan_out_max_nodes: 100,
             no_agent_grace: Some(cluster::no_agent::DEFAULT_GRACE),
             probe_budgets: Default::default(),
             runner: Default::default(),

@@ -84,6 +84,12 @@ pub struct ControllerArgs {
     /// How often garbage collection runs.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub gc_interval: Duration,
+    /// An Abnormal naming neither spec.nodeName nor spec.podReference runs on every node (as
+    /// Kube Diagnoser v0.1.0-v0.1.5 ran it), as one Abnormal per node, when the cluster has at
+    /// most this many nodes; more are refused (FanOutTooLarge). 0 rejects every such Abnormal
+    /// (MissingTarget).
+    #[arg(long, default_value_t = 100, value_name = "NODES")]
+    pub fan_out_max_nodes: usize,
     /// An admitted Abnormal that no agent took for this long (still in its first stage with no
     /// step recorded, and its node is gone or runs no kdiag-agent pod) ends Failed with reason
     /// NoAgent. 0 never fails one.

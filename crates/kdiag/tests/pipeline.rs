@@ -310,12 +310,6 @@ async fn invalid_abnormals_fail_at_admission_with_a_reason_and_what_to_do() {
     let client = cp.client().await;
     let cases = [
         (
-            "no-target",
-            json!({"assignedInformationCollectors": [{"namespace": "kube-diagnoser", "name": "pod-collector"}]}),
-            "MissingTarget",
-            "spec.nodeName",
-        ),
-        (
             "shell-command",
             json!({"nodeName": "n", "commandExecutors": [{"command": ["ps aux"], "type": "InformationCollector"}]}),
             "InvalidCommandExecutor",

@@ -40,6 +40,16 @@ pub(super) async fn admit(ctx: &Ctx, abnormal: &Abnormal) -> Result<Action, Erro
     let listed = every.as_ref().unwrap_or(abnormal);
     let triaged = admission::with_triage(listed, &ctx.config.triage, &registry);
     let effective = triaged.as_ref().unwrap_or(listed);
+    if admission::fan_out::fans_out(effective) && ctx.config.fan_out_max_nodes > 0 {
+        // Checked as each node's child will be: everything but the target.
+        let mut on_a_node = effective.clone();
+        on_a_node.spec.node_name = "every-node".into();
+        if let Err(e) = admission::validate(&on_a_node, &registry) {
+            let (reason, message) = e.rejection();
+            return reject(ctx, abnormal, reason, &message).await;
+        }
+        return super::fan_out::fan_out(ctx, abnormal, effective).await;
+    }
     let pod = if effective.spec.node_name.is_empty() && effective.spec.pod_reference.is_some() {
         lookup_pod(ctx, abnormal).await?
     } else {
@@ -126,7 +136,7 @@ async fn accept(ctx: &Ctx, routed: &Abnormal) -> Result<Action, Error> {
     Ok(Action::await_change())
 }
 
-async fn reject(
+pub(super) async fn reject(
     ctx: &Ctx,
     abnormal: &Abnormal,
     reason: &'static str,
@@ -172,7 +182,7 @@ async fn route(ctx: &Ctx, abnormal: &Abnormal, route: &Route) -> Result<Option<A
 
 /// Writes status with the copy's resourceVersion as precondition. False when the object changed
 /// meanwhile or is gone.
-async fn write_status(ctx: &Ctx, abnormal: &Abnormal) -> Result<bool, Error> {
+pub(super) async fn write_status(ctx: &Ctx, abnormal: &Abnormal) -> Result<bool, Error> {
     match abnormals(ctx, abnormal)
         .replace_status(&abnormal.name_any(), &PostParams::default(), abnormal)
         .await

@@ -2,6 +2,7 @@
 //! to a node, routes it to that node's agent) and garbage-collects finished ones.
 
 mod admission;
+mod fan_out;
 pub mod gc;
 pub mod no_agent;
 
@@ -47,7 +48,10 @@ pub(crate) async fn reconcile(
         Ok(a) => a,
         Err(invalid) => return reject_malformed(&ctx, invalid).await,
     };
-    if abnormal.status.as_ref().and_then(|s| s.phase).is_some() {
+    if let Some(phase) = abnormal.status.as_ref().and_then(|s| s.phase) {
+        if !phase.is_final() && kdiag_pipeline::admission::fan_out::fans_out(abnormal) {
+            return fan_out::follow(&ctx, abnormal).await;
+        }
         return Ok(Action::await_change());
     }
     match Routing::recorded(abnormal) {

@@ -81,6 +81,7 @@ pub async fn run(args: ControllerArgs) -> Result<ExitCode, CommandError> {
 pub fn controller_config(args: &ControllerArgs) -> ControllerConfig {
     ControllerConfig {
         pod_wait: args.pod_wait,
+        fan_out_max_nodes: args.fan_out_max_nodes,
         gc_interval: args.gc_interval,
         no_agent_grace: Some(args.no_agent_grace).filter(|d| !d.is_zero()),
         ttl: args.abnormal_ttl,

@@ -14,6 +14,7 @@
 //! 4. The controller routes (the [`Route::patch`]), then accepts ([`accept`]) from what the
 //!    routed object records ([`Routing::recorded`]).
 
+pub mod fan_out;
 mod legacy;
 mod routing;
 mod stand_in;

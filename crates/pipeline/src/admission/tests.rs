@@ -132,13 +132,15 @@ fn an_abnormal_without_node_or_pod_is_rejected_with_what_to_set() {
 }
 
 #[test]
-fn an_abnormal_for_every_node_as_old_kube_diagnosers_ran_it_is_told_to_create_one_per_node() {
+fn without_fan_out_an_abnormal_for_every_node_is_told_how_to_get_it() {
+    // decide() sees such an Abnormal only when the controller does not fan out
+    // (--fan-out-max-nodes=0); the message says so.
     for release in ["v0.1.0", "v0.1.5"] {
         let (reason, message) = reject_reason(&of_release(release, json!({})));
         assert_eq!(reason, "MissingTarget");
         assert!(
             message.contains("ran such an Abnormal on every node")
-                && message.contains("create one per node"),
+                && message.contains("--fan-out-max-nodes=0"),
             "{message}"
         );
     }

@@ -26,7 +26,7 @@ pub fn validate(abnormal: &Abnormal, registry: &dyn Registry) -> Result<(), Erro
     if spec.node_name.is_empty() && spec.pod_reference.is_none() {
         return Err(rejected(
             "MissingTarget",
-            "neither spec.nodeName nor spec.podReference is set: set spec.nodeName to the node to diagnose, or spec.podReference {namespace, name} to a pod. Kube Diagnoser v0.1.0-v0.1.5 ran such an Abnormal on every node; kdiag runs each Abnormal on one node, so create one per node to diagnose them all (docs/compatibility.md)".into(),
+            "neither spec.nodeName nor spec.podReference is set: set spec.nodeName to the node to diagnose, or spec.podReference {namespace, name} to a pod. Kube Diagnoser v0.1.0-v0.1.5 ran such an Abnormal on every node, and so does kdiag (one Abnormal per node) unless its controller runs with --fan-out-max-nodes=0, as this one does (docs/compatibility.md)".into(),
         ));
     }
     if let Some(p) = &spec.pod_reference
