@@ -384,7 +384,12 @@ mod tests {
     fn a_pid_now_held_by_another_process_is_confirmed_as_gone_and_not_signalled() {
         let r = confirm_one(&request(json!("1000")), Some(2000)).unwrap();
         assert_eq!(r.result, "confirmed");
-        assert!(r.message.contains("now belongs to a process started at tick 2000"), "{}", r.message);
+        assert!(
+            r.message
+                .contains("now belongs to a process started at tick 2000"),
+            "{}",
+            r.message
+        );
     }
 
     #[test]
@@ -401,8 +406,15 @@ mod tests {
     fn only_a_running_recovery_record_of_attempt_two_or_more_is_a_retry() {
         let retry = "attempt 2: run again after the agent stopped during attempt 1 (the recoverer is idempotent)";
         assert_eq!(retry_attempt(&running(retry, "Recovering")), Some(2));
-        assert_eq!(retry_attempt(&running("attempt 3: again", "Recovering")), Some(3));
-        assert_eq!(retry_attempt(&running("", "Recovering")), None, "a first attempt");
+        assert_eq!(
+            retry_attempt(&running("attempt 3: again", "Recovering")),
+            Some(3)
+        );
+        assert_eq!(
+            retry_attempt(&running("", "Recovering")),
+            None,
+            "a first attempt"
+        );
         assert_eq!(retry_attempt(&running(retry, "Diagnosing")), None);
         let mut a = running(retry, "Recovering");
         a.status.as_mut().unwrap().processors[1].result = kdiag_api::ProcessorResult::Failed;

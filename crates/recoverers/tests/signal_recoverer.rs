@@ -426,7 +426,8 @@ async fn a_retried_recovery_whose_targets_are_all_gone_succeeds_as_confirmed_wit
     let out = r.process(&pods.ctx(), &abnormal).await.unwrap();
     assert!(out.message.starts_with("confirmed: "), "{}", out.message);
     assert!(
-        out.message.contains("now belongs to a process started at tick"),
+        out.message
+            .contains("now belongs to a process started at tick"),
         "{}",
         out.message
     );
@@ -439,7 +440,6 @@ async fn a_retried_recovery_whose_targets_are_all_gone_succeeds_as_confirmed_wit
     assert!(err.to_string().contains("the process is gone"), "{err}");
     assert!(!reused.exited());
 }
-
 
 #[test]
 fn every_built_in_recoverer_is_registered_idempotent_as_it_confirms_its_effect_on_a_retry() {
@@ -456,10 +456,9 @@ fn every_built_in_recoverer_is_registered_idempotent_as_it_confirms_its_effect_o
             idempotent.push((name, registered.idempotent));
         }
     }
-    let built_in: Vec<(String, bool)> =
-        kdiag_recoverers::all(PolicyHandle::new(Policy::default()))
-            .iter()
-            .map(|p| (p.name().to_owned(), true))
-            .collect();
+    let built_in: Vec<(String, bool)> = kdiag_recoverers::all(PolicyHandle::new(Policy::default()))
+        .iter()
+        .map(|p| (p.name().to_owned(), true))
+        .collect();
     assert_eq!(idempotent, built_in);
 }
