@@ -119,7 +119,9 @@ impl Kdiag {
         let log = cp.run_dir().join(format!("{name}.log"));
         let process = ManagedProcess::spawn_with(name, Path::new(KDIAG), &args, &log, |cmd| {
             cmd.env("KUBECONFIG", &kubeconfig)
-                .env("RUST_LOG", "info,kube=warn,hyper=warn,warp=warn");
+                .env("RUST_LOG", "info,kube=warn,hyper=warn,warp=warn")
+                // JSON lines, so that a test can read what the processes did.
+                .env("KDIAG_LOG_FORMAT", "json");
         })
         .unwrap_or_else(|e| panic!("start {name}: {e}"));
         Self {
@@ -180,6 +182,11 @@ impl Drop for Kdiag {
     fn drop(&mut self) {
         self.process.kill();
     }
+}
+
+/// Where every life of the agent for `node` logs.
+fn agent_log(cp: &ControlPlane, node: &str) -> PathBuf {
+    cp.run_dir().join(format!("agent-{node}.log"))
 }
 
 fn free_port() -> u16 {
@@ -383,12 +390,37 @@ fn pipeline_spec(node: &str, recoverer: &str) -> serde_json::Value {
            "assignedRecoverers": [{"name": recoverer}]})
 }
 
-/// The outcome of a kill scenario's Abnormals, checked; returns (recoveries repeated, lost).
+/// The highest attempt at which the agents' log (JSON lines, every life of the agent appends
+/// to it) says each Abnormal's interrupted idempotent recovery ran again.
+fn retried_attempts(log: &Path) -> BTreeMap<String, u64> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut attempts = BTreeMap::new();
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let f = &v["fields"];
+        if f["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("idempotent recovery the agent stopped during runs again"))
+            && let (Some(abnormal), Some(attempt)) = (f["abnormal"].as_str(), f["attempt"].as_u64())
+        {
+            let seen = attempts.entry(abnormal.to_owned()).or_insert(0);
+            *seen = attempt.max(*seen);
+        }
+    }
+    attempts
+}
+
+/// The outcome of a kill scenario's Abnormals, checked against what the plugin saw and the
+/// agent's log; returns (recoveries repeated, lost, a note for the summary).
 fn check_pipeline_outcome(
     abnormals: &[Abnormal],
     plugin: &TestPlugin,
+    agent_log: &Path,
     strict: bool,
 ) -> (usize, usize, String) {
+    let attempts = retried_attempts(agent_log);
     let mut lost = 0;
     let mut abandoned = Vec::new();
     let mut interrupted = 0;
@@ -409,6 +441,12 @@ fn check_pipeline_outcome(
             if st.phase != Some(AbnormalPhase::Succeeded) {
                 assert!(!strict, "{name} did not complete: {st:#?}");
                 assert_eq!(st.reason, "RecoveryInterrupted", "{name}: {st:#?}");
+                let key = format!("{}/{name}", a.namespace().unwrap_or_default());
+                assert_eq!(
+                    attempts.get(&key).copied(),
+                    Some(u64::from(kdiag_pipeline::MAX_RECOVERY_ATTEMPTS)),
+                    "{name} was given up before its last attempt (retries logged: {attempts:?})"
+                );
                 abandoned.push(name.clone());
             }
         } else if st.phase != Some(AbnormalPhase::Succeeded) {
@@ -474,7 +512,8 @@ async fn an_agent_killed_at_random_points_ends_every_abnormal_and_repeats_no_rec
     }
     let agent = Kdiag::agent(cp, &node, &[]).await.ready().await;
     let abnormals = all_final(&client, &ns, &names).await;
-    let (repeated, lost, note) = check_pipeline_outcome(&abnormals, &plugin, false);
+    let (repeated, lost, note) =
+        check_pipeline_outcome(&abnormals, &plugin, &agent_log(cp, &node), false);
     drop(agent);
     report(Row {
         scenario: "agent SIGKILLed at random points",
@@ -517,7 +556,8 @@ async fn an_apiserver_and_etcd_restarted_mid_run_lose_no_abnormal_and_no_result(
         .unwrap_or_else(|e| panic!("restarting the control plane: {e}"));
     let outage = stopped.elapsed();
     let abnormals = all_final(&client, &ns, &names).await;
-    let (repeated, lost, note) = check_pipeline_outcome(&abnormals, &plugin, true);
+    let (repeated, lost, note) =
+        check_pipeline_outcome(&abnormals, &plugin, &agent_log(cp, &node), true);
     assert!(
         controller.is_running() && agent.is_running(),
         "kdiag survives the apiserver's restart"
