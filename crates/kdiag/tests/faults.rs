@@ -467,6 +467,23 @@ fn check_pipeline_outcome(
         .filter(|(_, n)| **n > kdiag_pipeline::MAX_RECOVERY_ATTEMPTS as usize)
         .collect();
     assert!(over.is_empty(), "more attempts than allowed: {over:?}");
+    // Each call after the first was an attempt the agent logged (the key starts with the uid).
+    for a in abnormals {
+        let uid = a.uid().unwrap_or_default();
+        let key = format!("{}/{}", a.namespace().unwrap_or_default(), a.name_any());
+        let calls = safe
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{uid}/")))
+            .map(|(_, n)| *n as u64)
+            .sum::<u64>();
+        if calls > 1 {
+            assert!(
+                attempts.get(&key).is_some_and(|&logged| logged >= calls),
+                "{key}: {calls} calls, the agent logged attempts {:?}",
+                attempts.get(&key)
+            );
+        }
+    }
     let retried = safe.values().filter(|n| **n > 1).count();
     let note = format!(
         "idempotent retried {retried}, given up after {} attempts {}; not idempotent interrupted {interrupted}",
