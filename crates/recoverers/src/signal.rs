@@ -88,14 +88,14 @@ impl Processor for SignalRecoverer {
             }
             let proc_root = &ctx.node.proc_root;
             // On a retry, whatever an earlier attempt may have done is checked first.
-            let confirmed: Vec<Option<SignalResult>> = if retry_attempt(abnormal).is_some() {
+            let already: Vec<Option<SignalResult>> = if retry_attempt(abnormal).is_some() {
                 requests.iter().map(|r| confirm_one(r, start_time(proc_root, r.pid))).collect()
             } else {
                 vec![None; requests.len()]
             };
-            if confirmed.iter().all(Option::is_some) {
+            if already.iter().all(Option::is_some) {
                 // Every target is gone: no pod lookup, nothing to send, the effect is there.
-                let results: Vec<SignalResult> = confirmed.into_iter().flatten().collect();
+                let results: Vec<SignalResult> = already.into_iter().flatten().collect();
                 let value = serde_json::to_value(&results).map_err(|e| ProcessorError::Failed(e.to_string()))?;
                 let what: Vec<String> = results.iter().map(|r| r.message.clone()).collect();
                 return Ok(ProcessorOutput::message(format!("confirmed: {}", what.join("; "))).with_context(SIGNAL_RECOVERY_RESULT, value));
@@ -104,7 +104,7 @@ impl Processor for SignalRecoverer {
             let policy = self.policy.current();
             let results: Vec<SignalResult> = requests
                 .iter()
-                .zip(confirmed)
+                .zip(already)
                 .map(|(r, c)| c.unwrap_or_else(|| send_one(r, &policy, proc_root, &pod)))
                 .collect();
             let confirmed: Vec<String> = results.iter().filter(|r| r.result == "confirmed").map(|r| r.message.clone()).collect();
