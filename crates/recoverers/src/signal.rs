@@ -7,6 +7,13 @@
 //! - only while the pid still belongs to the process that was diagnosed: its start time (field 22
 //!   of /proc/<pid>/stat) must equal the one recorded, so a reused pid is refused;
 //! - each signal's result is recorded; a partial failure says which were sent and which not.
+//!
+//! It is registered `idempotent: true`: when the agent stopped while it ran, the agent calls it
+//! again (attempt 2 or 3). Attempt 1 may have sent a signal already, so before acting again it
+//! checks whether the effect happened: a target that is gone, or whose pid now belongs to another
+//! process, is recorded `confirmed` and gets nothing. A target still there with the same start
+//! time did not end, so it gets the signal again (for the termination signals diagnosers propose,
+//! one more is what a second attempt should do).
 
 use std::path::Path;
 
@@ -44,7 +51,8 @@ pub struct SignalRequest {
 pub struct SignalResult {
     pub pid: i32,
     pub signal: String,
-    /// sent, would-send (dry run), refused, failed.
+    /// sent, would-send (dry run), refused, failed, or confirmed (a retried attempt found the
+    /// target gone: nothing sent again).
     pub result: String,
     pub message: String,
 }
@@ -78,9 +86,28 @@ impl Processor for SignalRecoverer {
             if requests.is_empty() {
                 return Err(ProcessorError::InvalidInput(format!("{SIGNAL_RECOVERY} is empty: there is nothing to send")));
             }
+            let proc_root = &ctx.node.proc_root;
+            // On a retry, whatever an earlier attempt may have done is checked first.
+            let already: Vec<Option<SignalResult>> = if retry_attempt(abnormal).is_some() {
+                requests.iter().map(|r| confirm_one(r, start_time(proc_root, r.pid))).collect()
+            } else {
+                vec![None; requests.len()]
+            };
+            if already.iter().all(Option::is_some) {
+                // Every target is gone: no pod lookup, nothing to send, the effect is there.
+                let results: Vec<SignalResult> = already.into_iter().flatten().collect();
+                let value = serde_json::to_value(&results).map_err(|e| ProcessorError::Failed(e.to_string()))?;
+                let what: Vec<String> = results.iter().map(|r| r.message.clone()).collect();
+                return Ok(ProcessorOutput::message(format!("confirmed: {}", what.join("; "))).with_context(SIGNAL_RECOVERY_RESULT, value));
+            }
             let pod = target_pod(ctx, abnormal).await?;
             let policy = self.policy.current();
-            let results: Vec<SignalResult> = requests.iter().map(|r| send_one(r, &policy, &ctx.node.proc_root, &pod)).collect();
+            let results: Vec<SignalResult> = requests
+                .iter()
+                .zip(already)
+                .map(|(r, c)| c.unwrap_or_else(|| send_one(r, &policy, proc_root, &pod)))
+                .collect();
+            let confirmed: Vec<String> = results.iter().filter(|r| r.result == "confirmed").map(|r| r.message.clone()).collect();
             let sent: Vec<String> = results.iter().filter(|r| r.result == "sent").map(|r| format!("{} to {}", r.signal, r.pid)).collect();
             let would: Vec<String> = results.iter().filter(|r| r.result == "would-send").map(|r| format!("{} to {}", r.signal, r.pid)).collect();
             let not_sent: Vec<String> = results.iter().filter(|r| r.result == "refused" || r.result == "failed").map(|r| format!("{} to {}: {}", r.signal, r.pid, r.message)).collect();
@@ -99,10 +126,71 @@ impl Processor for SignalRecoverer {
                     message: format!("dry run: would have sent {}; nothing was sent", would.join(", ")),
                 });
             }
-            Ok(ProcessorOutput::message(format!("sent {}", sent.join(", "))).with_context(SIGNAL_RECOVERY_RESULT, value))
+            let mut msg = format!("sent {}", sent.join(", "));
+            if !confirmed.is_empty() {
+                msg = format!("{msg}; confirmed: {}", confirmed.join("; "));
+            }
+            Ok(ProcessorOutput::message(msg).with_context(SIGNAL_RECOVERY_RESULT, value))
         }
         .boxed()
     }
+}
+
+/// The attempt this run is when it is a retry of a recovery the agent stopped during (2 or 3),
+/// None on a first attempt. The agent records its intent before calling a recoverer, and a retry's
+/// Running record says `attempt N: …` (kdiag_pipeline's `mark_running_attempt`).
+pub fn retry_attempt(abnormal: &Abnormal) -> Option<u32> {
+    let last = abnormal.status.as_ref()?.processors.last()?;
+    if last.result != kdiag_api::ProcessorResult::Running
+        || last.stage != kdiag_api::Stage::Recovering
+    {
+        return None;
+    }
+    let attempt: u32 = last
+        .message
+        .strip_prefix("attempt ")?
+        .split(':')
+        .next()?
+        .parse()
+        .ok()?;
+    (attempt > 1).then_some(attempt)
+}
+
+/// On a retry: whether the effect of `r` is already there, given the start time of whatever
+/// holds its pid now (None: no process). The target is gone, or its pid was reused by a process
+/// that started at another time: the signal has nothing left to do, and sending it again could
+/// only reach the wrong process. None when the diagnosed process still runs (or its start time
+/// was not recorded, so nothing can be confirmed): then it is treated as on a first attempt.
+pub fn confirm_one(r: &SignalRequest, now_started: Option<u64>) -> Option<SignalResult> {
+    let expected = recorded_start(r)?;
+    let signal = match &r.signal {
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let signal = parse_signal(&signal).map_or(signal, |s| s.as_str().to_owned());
+    let message = match now_started {
+        None => format!("pid {} (started at tick {expected}) is gone", r.pid),
+        Some(actual) if actual != expected => format!(
+            "pid {} (started at tick {expected}) is gone; the pid now belongs to a process started at tick {actual}",
+            r.pid
+        ),
+        Some(_) => return None,
+    };
+    Some(SignalResult {
+        pid: r.pid,
+        signal,
+        result: "confirmed".into(),
+        message,
+    })
+}
+
+/// The start time a diagnoser recorded for the target (a number or a numeric string).
+fn recorded_start(r: &SignalRequest) -> Option<u64> {
+    r.start_time.as_ref().and_then(|v| {
+        v.as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+    })
 }
 
 /// The pod whose processes may be signalled: `spec.podReference`, as the apiserver has it now.
@@ -221,10 +309,7 @@ fn send_one(
     if let Err(d) = policy.allows_signal(signal) {
         return refuse(d.to_string());
     }
-    let Some(expected) = r.start_time.as_ref().and_then(|v| {
-        v.as_u64()
-            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-    }) else {
+    let Some(expected) = recorded_start(r) else {
         return refuse("no startTime: without it kdiag cannot tell that the pid still belongs to the process that was diagnosed".into());
     };
     match start_time(proc_root, r.pid) {
@@ -261,5 +346,78 @@ fn send_one(
             result: "failed".into(),
             message: e.desc().to_owned(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn request(start_time: Value) -> SignalRequest {
+        serde_json::from_value(json!({"pid": 4242, "signal": 9, "startTime": start_time})).unwrap()
+    }
+
+    /// An Abnormal whose last record is the agent's intent for a recovery, with `message`.
+    fn running(message: &str, stage: &str) -> Abnormal {
+        serde_json::from_value(json!({
+            "apiVersion": "diagnosis.netease.com/v1", "kind": "Abnormal",
+            "metadata": {"name": "a", "namespace": "default"},
+            "spec": {"nodeName": "n"},
+            "status": {"processors": [
+                {"stage": "InformationCollecting", "processor": "default/x", "kind": "Processor", "result": "Succeeded", "message": "attempt 7: not a recovery", "startTime": "2026-12-04T10:00:00Z"},
+                {"stage": stage, "processor": "default/signal-recoverer", "kind": "Processor", "result": "Running", "message": message, "startTime": "2026-12-04T10:00:01Z"},
+            ]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_target_that_is_gone_on_a_retry_is_confirmed_and_gets_nothing() {
+        let r = confirm_one(&request(json!(1000)), None).unwrap();
+        assert_eq!(r.result, "confirmed");
+        assert_eq!(r.signal, "SIGKILL");
+        assert_eq!(r.message, "pid 4242 (started at tick 1000) is gone");
+    }
+
+    #[test]
+    fn a_pid_now_held_by_another_process_is_confirmed_as_gone_and_not_signalled() {
+        let r = confirm_one(&request(json!("1000")), Some(2000)).unwrap();
+        assert_eq!(r.result, "confirmed");
+        assert!(
+            r.message
+                .contains("now belongs to a process started at tick 2000"),
+            "{}",
+            r.message
+        );
+    }
+
+    #[test]
+    fn the_diagnosed_process_still_running_is_not_confirmed() {
+        assert_eq!(confirm_one(&request(json!(1000)), Some(1000)), None);
+    }
+
+    #[test]
+    fn without_a_recorded_start_time_nothing_can_be_confirmed() {
+        assert_eq!(confirm_one(&request(Value::Null), None), None);
+    }
+
+    #[test]
+    fn only_a_running_recovery_record_of_attempt_two_or_more_is_a_retry() {
+        let retry = "attempt 2: run again after the agent stopped during attempt 1 (the recoverer is idempotent)";
+        assert_eq!(retry_attempt(&running(retry, "Recovering")), Some(2));
+        assert_eq!(
+            retry_attempt(&running("attempt 3: again", "Recovering")),
+            Some(3)
+        );
+        assert_eq!(
+            retry_attempt(&running("", "Recovering")),
+            None,
+            "a first attempt"
+        );
+        assert_eq!(retry_attempt(&running(retry, "Diagnosing")), None);
+        let mut a = running(retry, "Recovering");
+        a.status.as_mut().unwrap().processors[1].result = kdiag_api::ProcessorResult::Failed;
+        assert_eq!(retry_attempt(&a), None, "not running: no attempt under way");
     }
 }

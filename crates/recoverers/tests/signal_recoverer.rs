@@ -356,3 +356,109 @@ async fn without_a_pod_on_this_node_nothing_is_signalled() {
     );
     assert!(!p.exited(), "nothing may have been sent");
 }
+
+/// `abnormal` as the agent passes it to a retried recovery: its last record is the intent of
+/// attempt 2, written after the agent stopped during attempt 1.
+fn as_retry(mut abnormal: Abnormal) -> Abnormal {
+    abnormal.status = Some(
+        serde_json::from_value(json!({"processors": [{
+            "stage": "Recovering", "processor": "kube-diagnoser/signal-recoverer", "kind": "Processor",
+            "result": "Running", "startTime": "2026-12-04T10:00:00Z",
+            "message": "attempt 2: run again after the agent stopped during attempt 1 (the recoverer is idempotent)"}]}))
+        .unwrap(),
+    );
+    abnormal
+}
+
+#[tokio::test]
+async fn a_retried_recovery_confirms_what_its_first_attempt_killed_and_signals_what_still_runs() {
+    let pods = Pods::new().await;
+    let r = SignalRecoverer::new(policy("signals:\n  allow: [SIGKILL]\n"));
+    let mut killed = Sleeper::in_pod(&pods.target);
+    let mut survivor = Sleeper::in_pod(&pods.target);
+    let killed_started = killed.started();
+    let requests = json!([
+        {"pid": killed.pid(), "signal": 9, "startTime": killed.started()},
+        {"pid": survivor.pid(), "signal": 9, "startTime": survivor.started()},
+    ]);
+    // Attempt 1 reached the first process only, then the agent died.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(killed.pid()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(killed.exited());
+    let out = r
+        .process(&pods.ctx(), &as_retry(pods.abnormal(requests)))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.message,
+        format!(
+            "sent SIGKILL to {}; confirmed: pid {} (started at tick {}) is gone",
+            survivor.pid(),
+            killed.pid(),
+            killed_started
+        )
+    );
+    let results = &out.context["signalRecoveryResult"];
+    assert_eq!(results[0]["result"], "confirmed");
+    assert_eq!(results[1]["result"], "sent");
+    assert!(survivor.exited());
+}
+
+#[tokio::test]
+async fn a_retried_recovery_whose_targets_are_all_gone_succeeds_as_confirmed_without_its_pod() {
+    let pods = Pods::new().await;
+    let r = SignalRecoverer::new(policy("signals:\n  allow: [SIGKILL]\n"));
+    let mut gone = Sleeper::in_pod(&pods.target);
+    let mut reused = Sleeper::in_pod(&pods.target);
+    let requests = json!([
+        {"pid": gone.pid(), "signal": "SIGKILL", "startTime": gone.started()},
+        // The pid is held by a process that started later than the one diagnosed.
+        {"pid": reused.pid(), "signal": "SIGKILL", "startTime": reused.started() - 1},
+    ]);
+    gone.child.kill().unwrap();
+    assert!(gone.exited());
+    // The pod itself is gone too (deleted after its process died): nothing needs it now.
+    let mut abnormal = as_retry(pods.abnormal(requests.clone()));
+    abnormal.spec.pod_reference.as_mut().unwrap().name = "deleted".into();
+    let out = r.process(&pods.ctx(), &abnormal).await.unwrap();
+    assert!(out.message.starts_with("confirmed: "), "{}", out.message);
+    assert!(
+        out.message
+            .contains("now belongs to a process started at tick"),
+        "{}",
+        out.message
+    );
+    assert!(!reused.exited(), "the process that reuses the pid lives");
+    // The same request on a first attempt refuses, as before: nothing is confirmed then.
+    let err = r
+        .process(&pods.ctx(), &pods.abnormal(requests))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("the process is gone"), "{err}");
+    assert!(!reused.exited());
+}
+
+#[test]
+fn every_built_in_recoverer_is_registered_idempotent_as_it_confirms_its_effect_on_a_retry() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../config/deploy/processors.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut idempotent = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v: serde_yaml::Value = serde::Deserialize::deserialize(doc).unwrap();
+        if v["kind"].as_str() == Some("Recoverer") {
+            let name = v["metadata"]["name"].as_str().unwrap().to_owned();
+            let registered: kdiag_api::RecovererSpec =
+                serde_yaml::from_value(v["spec"].clone()).unwrap();
+            idempotent.push((name, registered.idempotent));
+        }
+    }
+    let built_in: Vec<(String, bool)> = kdiag_recoverers::all(PolicyHandle::new(Policy::default()))
+        .iter()
+        .map(|p| (p.name().to_owned(), true))
+        .collect();
+    assert_eq!(idempotent, built_in);
+}

@@ -501,6 +501,50 @@ impl ControlPlane {
         tail(&self.inner.dir.join("kube-apiserver.log"), lines)
     }
 
+    /// Restarts etcd and the apiserver as a control-plane upgrade or a crash of both would: the
+    /// apiserver is stopped (SIGTERM, then SIGKILL after a short grace) and etcd killed, then
+    /// both start again on the same ports, data directory and certificates, so clients keep
+    /// their URL and CA and the data is still there. Returns once the apiserver is ready again.
+    /// Every open connection and watch breaks; clients see the apiserver unreachable meanwhile.
+    pub async fn restart(&self) -> Result<(), TestEnvError> {
+        let mut stopped = std::mem::take(
+            &mut *self
+                .inner
+                .processes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        // Started etcd first, so the apiserver is last.
+        for p in stopped.iter_mut().rev() {
+            if p.name == "etcd" {
+                p.kill();
+            } else {
+                p.stop(Duration::from_secs(2));
+            }
+        }
+        let etcd_port: Option<u16> = stopped
+            .iter()
+            .find(|p| p.name == "etcd")
+            .and_then(|p| {
+                p.args()
+                    .iter()
+                    .find_map(|a| a.strip_prefix("--listen-client-urls=http://127.0.0.1:"))
+            })
+            .and_then(|port| port.parse().ok());
+        for mut p in stopped {
+            p.respawn()?;
+            let (name, log) = (p.name.clone(), p.log.clone());
+            self.push(p);
+            if name == "etcd"
+                && let Some(port) = etcd_port
+            {
+                self.wait_for_port("etcd", port, &log).await?;
+            }
+        }
+        let log = self.inner.dir.join("kube-apiserver.log");
+        self.wait_for_ready(self.url(), &log).await
+    }
+
     /// Pids of etcd and the apiserver, for tests that check nothing is left behind.
     pub fn pids(&self) -> Vec<i32> {
         self.inner

@@ -36,6 +36,7 @@ pub use control_plane::{ControlPlane, control_plane};
 pub use error::TestEnvError;
 pub use kdiag_image::{KdiagImage, kdiag_image};
 pub use link::Link;
+pub use process::{ManagedProcess, tail as log_tail};
 
 /// Installs rustls' ring crypto provider once, as kube's client needs exactly one.
 pub fn install_crypto_provider() {

@@ -38,12 +38,16 @@ fn spawner() -> &'static Mutex<Sender<SpawnRequest>> {
     })
 }
 
-/// A running child with its log file.
+/// A running child with its log file. Public so that tests can run kdiag's own binary the same
+/// way (it dies with the test binary), kill it as a crash would and start it again.
 #[derive(Debug)]
-pub(crate) struct ManagedProcess {
+pub struct ManagedProcess {
     pub name: String,
     pub child: Child,
     pub log: PathBuf,
+    /// How it was started, for [`ManagedProcess::respawn`].
+    program: PathBuf,
+    args: Vec<String>,
 }
 
 impl ManagedProcess {
@@ -101,7 +105,35 @@ impl ManagedProcess {
             name: name.into(),
             child,
             log: log.to_owned(),
+            program: program.to_owned(),
+            args: args.to_vec(),
         })
+    }
+
+    /// Starts it again with the same program, arguments and log (the old one must have been
+    /// stopped or killed). The environment is the test binary's: a `configure` of
+    /// [`spawn_with`](Self::spawn_with) is not repeated.
+    pub fn respawn(&mut self) -> Result<(), TestEnvError> {
+        let again = Self::spawn(&self.name, &self.program, &self.args, &self.log)?;
+        *self = again;
+        Ok(())
+    }
+
+    /// Its command line arguments.
+    pub fn args(&self) -> &[String] {
+        &self.args
+    }
+
+    /// SIGKILL to its process group, as a crash or `kill -9` would end it: nothing gets to
+    /// clean up. Reaps the child.
+    pub fn kill(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            // Reaped already: its pid (and group id) may belong to another process by now.
+            return;
+        }
+        let _ = killpg(Pid::from_raw(self.pid()), Signal::SIGKILL);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn pid(&self) -> i32 {
@@ -149,7 +181,7 @@ impl ManagedProcess {
 /// The last `lines` lines of a log file, for error messages, without Go stack dumps: a Go
 /// program that dies on a fatal log line (klog's `F…`) or a panic follows it with every
 /// goroutine's stack, which would push the one line that says why out of any tail.
-pub(crate) fn tail(path: &Path, lines: usize) -> String {
+pub fn tail(path: &Path, lines: usize) -> String {
     const WINDOW: u64 = 512 * 1024;
     let Ok(mut f) = File::open(path) else {
         return format!("(no log at {})", path.display());

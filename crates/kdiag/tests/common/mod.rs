@@ -504,6 +504,55 @@ pub async fn register_plugin(
     .unwrap_or_else(|e| panic!("register {kind} {ns}/{name}: {e}"));
 }
 
+/// Registers an HTTP Recoverer that says whether it is idempotent (may be called again with the
+/// same Idempotency-Key after the agent stopped while it ran).
+pub async fn register_recoverer(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    port: u16,
+    path: &str,
+    timeout_seconds: i32,
+    idempotent: bool,
+) {
+    let endpoint = ProcessorEndpoint {
+        external_ip: Some("127.0.0.1".into()),
+        external_port: Some(
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(port.into()),
+        ),
+        path: Some(path.into()),
+        timeout_seconds: Some(timeout_seconds),
+        ..Default::default()
+    };
+    let o = kdiag_api::Recoverer::new(
+        name,
+        kdiag_api::RecovererSpec {
+            endpoint,
+            idempotent,
+        },
+    );
+    Api::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &o)
+        .await
+        .map(|_: kdiag_api::Recoverer| ())
+        .unwrap_or_else(|e| panic!("register Recoverer {ns}/{name}: {e}"));
+}
+
+/// Writes (or replaces) a node policy ConfigMap `name` in kube-diagnoser.
+pub async fn write_policy(client: &Client, name: &str, policy: &str) {
+    let cm: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": kdiag_api::SYSTEM_NAMESPACE},
+        "data": {"policy.yaml": policy},
+    }))
+    .unwrap();
+    let api: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), kdiag_api::SYSTEM_NAMESPACE);
+    let _ = api.delete(name, &Default::default()).await;
+    api.create(&PostParams::default(), &cm)
+        .await
+        .unwrap_or_else(|e| panic!("create policy ConfigMap {name}: {e}"));
+}
+
 pub fn nn(ns: &str, name: &str) -> NamespacedName {
     NamespacedName::new(ns, name)
 }

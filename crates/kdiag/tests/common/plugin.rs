@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 /// - `/invalid-json`: 200 with a body that is not JSON
 /// - `/oversize`: 200 with a 3 MiB body
 /// - `/change-phase`: 200 with status.phase changed
+/// - `/change-spec`: 200 with a recoverer added to spec.assignedRecoverers
 /// - `/slow-body`: 200 headers, then the body one byte per second
 /// - `/root-cause/<reason>`: 200 with status.rootCause set
 /// - `/status-only/<key>`: 200 with only `{"status": {"context": {<key>: "<key>-value"}}}`
@@ -187,6 +188,11 @@ async fn handle(
         ["change-phase"] => {
             let mut b = body;
             b["status"]["phase"] = json!("Succeeded");
+            reply_json(&mut stream, b).await
+        }
+        ["change-spec"] => {
+            let mut b = body;
+            b["spec"]["assignedRecoverers"] = json!([{"namespace": "kube-system", "name": "evil"}]);
             reply_json(&mut stream, b).await
         }
         ["slow-body"] => {
