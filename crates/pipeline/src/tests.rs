@@ -804,6 +804,20 @@ fn an_interrupted_idempotent_recovery_is_retried_up_to_three_attempts() {
     mark_running_attempt(&mut a, &step, &now(), 3);
     assert_eq!(retry_interrupted(&mut a), None, "three attempts in all");
     assert_eq!(a.status.as_ref().unwrap().processors.len(), 1);
+    // The end says how many attempts there were.
+    let outcome = StageOutcome::RecoveryInterrupted("default/r".into());
+    end_stage(&mut a, Stage::Recovering, &outcome, &now());
+    let st = a.status.unwrap();
+    assert!(
+        st.message.contains("in each of its 3 attempts"),
+        "{}",
+        st.message
+    );
+    assert!(
+        st.processors[0].message.contains("before attempt 3 ended"),
+        "{}",
+        st.processors[0].message
+    );
 }
 
 #[test]

@@ -734,14 +734,32 @@ pub fn end_stage(
             let msg = format!(
                 "the agent stopped while {step} was recovering; it may have acted, so it is not run again: check the node, then create a new Abnormal if recovery is still needed"
             );
+            let attempts = status
+                .processors
+                .last()
+                .filter(|r| r.result == ProcessorResult::Running)
+                .and_then(|r| r.message.strip_prefix("attempt "))
+                .and_then(|m| m.split(':').next())
+                .and_then(|n| n.parse::<u32>().ok());
+            let msg = match attempts {
+                // An idempotent recoverer that had every attempt it may have.
+                Some(n) => format!(
+                    "the agent stopped while {step} was recovering, in each of its {n} attempts (the most an idempotent recoverer gets); check the node, then create a new Abnormal if recovery is still needed"
+                ),
+                None => msg,
+            };
             status.reason = "RecoveryInterrupted".into();
             status.message = msg.clone();
             if let Some(last) = status.processors.last_mut()
                 && last.result == ProcessorResult::Running
             {
                 last.result = ProcessorResult::Failed;
-                last.message =
-                    "interrupted: the agent stopped before it ended; not run again".into();
+                last.message = match attempts {
+                    Some(n) => format!(
+                        "interrupted: the agent stopped before attempt {n} ended; not run again"
+                    ),
+                    None => "interrupted: the agent stopped before it ended; not run again".into(),
+                };
             }
             let event = StageEvent {
                 reason: "RecoveryInterrupted",
