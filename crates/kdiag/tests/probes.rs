@@ -909,3 +909,81 @@ async fn a_per_config_probe_runs_one_job_per_config_and_its_run_lists_them() {
     configs.sort();
     assert_eq!(configs, ["cart", "frontend"]);
 }
+
+#[tokio::test]
+async fn the_root_cause_of_a_failed_run_lands_in_its_history() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("run-root-cause").await;
+    let client = cp.client().await;
+    let node = format!("{ns}-node");
+    let plugin = TestPlugin::start().await;
+    register_plugin(
+        &client,
+        &ns,
+        "InformationCollector",
+        "collect",
+        plugin.port,
+        "/echo/collected",
+        5,
+    )
+    .await;
+    register_plugin(
+        &client,
+        &ns,
+        "Diagnoser",
+        "find",
+        plugin.port,
+        "/root-cause/RedisDown",
+        5,
+    )
+    .await;
+    probe_source(&client, &ns, "cache-failures", json!({"priority": 10,
+        "sourceTemplate": {"type": "ProbeStatus", "probeStatusTemplate": {"match": {"probeNamespace": ns}, "nodeName": node}},
+        "assignedInformationCollectors": [{"name": "collect"}], "assignedDiagnosers": [{"name": "find"}]})).await;
+    wait_source_valid(&client, &ns, "cache-failures").await;
+    let agent = TestAgent::start(cp, &node).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    create_probe(&client, &ns, "cache", json!({
+        "checks": [{"name": "redis", "tcp": {"address": format!("127.0.0.1:{closed}"), "timeoutSeconds": 2}}]})).await;
+    let runs = wait_runs(
+        &client,
+        &ns,
+        "cache",
+        "the run with the root cause",
+        |runs| {
+            runs.iter().any(|r| {
+                r.status.as_ref().is_some_and(|s| {
+                    s.checkers.iter().any(|c| {
+                        c.diagnosis
+                            .as_ref()
+                            .is_some_and(|d| d.root_cause == "found RedisDown")
+                    })
+                })
+            })
+        },
+    )
+    .await;
+    let abnormal = runs[0].status.clone().unwrap().checkers[0]
+        .diagnosis
+        .clone()
+        .unwrap()
+        .abnormal;
+    assert!(
+        abnormal.starts_with(&format!("{ns}/probe-cache-redis-")),
+        "{abnormal}"
+    );
+    let (code, out, err) = kubectl_diag(cp, &["probe", "history", &format!("{ns}/cache")]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("redis: found RedisDown"), "{out}");
+    let id = kube::ResourceExt::name_any(&runs[0]);
+    let (_, out, _) = kubectl_diag(cp, &["probe", "history", "-n", &ns, "-i", &id]).await;
+    assert!(
+        out.contains(&abnormal) && out.contains("found RedisDown"),
+        "{out}"
+    );
+    agent.stop().await;
+}

@@ -624,13 +624,13 @@ async fn reconcile_job(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         .map_err(|e| Error::kube("list the checker pods of", job_key.clone(), e))?
         .items;
 
+    let config = job.annotations().get(PROBE_CONFIG_ANNOTATION).cloned();
     let outcome: Option<(CheckerStatus, String)> = if let Some(f) = failed {
         Some((
             CheckerStatus::Unknown,
             pod_failure_message(&pods, f.reason.as_deref(), f.message.as_deref()),
         ))
     } else if complete {
-        let config = job.annotations().get(PROBE_CONFIG_ANNOTATION).cloned();
         if reported_since(&ctx, &ns, &probe, config.as_deref(), started.as_ref()).await? {
             Some((
                 CheckerStatus::Pass,
@@ -662,7 +662,16 @@ async fn reconcile_job(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let has_probe_checker = existing
         .as_ref()
         .is_some_and(|ps| ps.spec.checkers.iter().any(|c| c.name == own));
-    if !only_if_present || has_probe_checker {
+    // A config's checker holds what its pod reported: the pod's own outcome replaces it only
+    // when the pod reported nothing this run.
+    let config_reported = match &config {
+        Some(config) => {
+            status == CheckerStatus::Pass
+                || reported_since(&ctx, &ns, &probe, Some(config), started.as_ref()).await?
+        }
+        None => false,
+    };
+    if !config_reported && (!only_if_present || has_probe_checker) {
         let checker = ProbeCheckerStatus {
             name: own.clone(),
             status,

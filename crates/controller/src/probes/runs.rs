@@ -36,6 +36,9 @@ use crate::Error;
 pub const DEFAULT_HISTORY: usize = 20;
 /// How long after a run finished its failures' root causes are still looked for.
 pub const DIAGNOSIS_WAIT: Duration = Duration::from_secs(600);
+/// Longer than native checks may take (each has 120 s): a run of native checks only that is
+/// still Running after this was interrupted.
+const NATIVE_DEADLINE: Duration = Duration::from_secs(150);
 /// How often a running run's Job, or a finished run's diagnoses, are looked at again.
 const POLL: Duration = Duration::from_secs(3);
 
@@ -68,7 +71,8 @@ pub(super) async fn run_scheduled(
         Err(kube::Error::Api(s)) if s.code == 409 => {}
         Err(e) => return Err(Error::kube("create", format!("ProbeRun {ns}/{name}"), e)),
     }
-    let status = json!({"status": {"phase": ProbeRunPhase::Running, "startedAt": Time(at)}});
+    let status = json!({"status": {"phase": ProbeRunPhase::Running, "startedAt": Time(at),
+        "jobs": planned_jobs(ctx, probe, &name, at)}});
     api.patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
         .await
         .map_err(|e| Error::kube("start", format!("ProbeRun {ns}/{name}"), e))?;
@@ -80,16 +84,8 @@ pub(super) async fn run_scheduled(
 /// without a Job is finished here with the native checks' results.
 async fn execute(ctx: &Ctx, probe: &Probe, run: &str, at: jiff::Timestamp) -> Result<(), Error> {
     let ns = probe.namespace().unwrap_or_default();
-    let api: Api<ProbeRun> = Api::namespaced(ctx.client.clone(), &ns);
     if let Some(template) = &probe.spec.template {
-        let jobs = create_job(ctx, probe, template, at, run).await?;
-        api.patch_status(
-            run,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"jobs": jobs}})),
-        )
-        .await
-        .map_err(|e| Error::kube("record the Job of", format!("ProbeRun {ns}/{run}"), e))?;
+        create_job(ctx, probe, template, at, run).await?;
     }
     let native = if probe.spec.checks.is_empty() {
         Vec::new()
@@ -101,6 +97,22 @@ async fn execute(ctx: &Ctx, probe: &Probe, run: &str, at: jiff::Timestamp) -> Re
         finish(ctx, &ns, run, checkers).await?;
     }
     Ok(())
+}
+
+/// The names of the Jobs the run `run` will have: recorded with its start, in the same write,
+/// so the run is never seen running without them (and taken for a run of native checks only).
+fn planned_jobs(ctx: &Ctx, probe: &Probe, run: &str, at: jiff::Timestamp) -> Vec<String> {
+    probe
+        .spec
+        .template
+        .as_ref()
+        .map(|t| {
+            super::runner::jobs_for(probe, t, at, &ctx.config.report_url, run)
+                .iter()
+                .map(|j| j.name_any())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn checker_of(c: &ProbeCheckerStatus) -> ProbeRunChecker {
@@ -177,7 +189,8 @@ pub(super) async fn reconcile(
             }
             let now = jiff::Timestamp::now();
             let patch = json!({"metadata": {"resourceVersion": run.resource_version()},
-                "status": {"phase": ProbeRunPhase::Running, "startedAt": Time(now)}});
+                "status": {"phase": ProbeRunPhase::Running, "startedAt": Time(now),
+                           "jobs": planned_jobs(&ctx, &probe, &name, now)}});
             if !claim(&api, &name, patch, &key).await? {
                 return Ok(Action::await_change());
             }
@@ -199,14 +212,26 @@ pub(super) async fn reconcile(
         }
         ProbeRunPhase::Running => {
             let started = status.started_at.as_ref().map(|t| t.0);
-            // Native checks only: their results were stored before a crash, if any.
+            // Native checks only: the runner finishes the run itself once they are done; it
+            // is finished here only when that cannot have happened (the controller restarted
+            // mid-run), with the results stored before, if any.
+            let age = started
+                .map(|s| jiff::Timestamp::now().duration_since(s).unsigned_abs())
+                .unwrap_or(NATIVE_DEADLINE);
+            if status.jobs.is_empty() && age < NATIVE_DEADLINE {
+                return Ok(Action::requeue(NATIVE_DEADLINE - age));
+            }
             let mut ended = true;
             for job in &status.jobs {
-                let done = Api::<Job>::namespaced(ctx.client.clone(), &ns)
+                let done = match Api::<Job>::namespaced(ctx.client.clone(), &ns)
                     .get_opt(job)
                     .await
                     .map_err(|e| Error::kube("read the Job of", key.clone(), e))?
-                    .is_none_or(|j| j.annotations().contains_key(OUTCOME_ANNOTATION));
+                {
+                    Some(j) => j.annotations().contains_key(OUTCOME_ANNOTATION),
+                    // Not created yet (the run has just started), or deleted since.
+                    None => age >= NATIVE_DEADLINE,
+                };
                 ended &= done;
             }
             if !ended {
