@@ -68,7 +68,7 @@ pub struct Flags {
     /// The namespace (default: the context's namespace, else `default`).
     #[arg(short = 'n', long, global = true, value_name = "NAMESPACE")]
     pub namespace: Option<String>,
-    /// Every namespace (get, probes).
+    /// Every namespace (get, probes, gate, probe history).
     #[arg(short = 'A', long, global = true)]
     pub all_namespaces: bool,
     /// Output format: wide (more columns), json or yaml (the objects as stored).
