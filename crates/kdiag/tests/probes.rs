@@ -704,6 +704,39 @@ async fn the_gate_over_http_needs_a_token_allowed_to_get_probestatuses_and_answe
         (kdiag_api::gate::Reason::Failing, 4),
         "a WARN fails the gate, before the missing probe's unknown: {body}"
     );
+
+    // By the labels of the Probes: only the labelled one counts, from either side.
+    let labelled: Probe = serde_json::from_value(json!({"apiVersion": "kubeprober.erda.cloud/v1",
+        "kind": "Probe", "metadata": {"name": "k8s", "namespace": ns, "labels": {"tier": "release"}},
+        "spec": {}}))
+    .unwrap();
+    Api::<Probe>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &labelled)
+        .await
+        .unwrap();
+    put_checkers(
+        &client,
+        &ns,
+        "unlabelled",
+        json!([
+        {"name": "x", "status": "ERROR", "message": "not asked about", "lastRun": now()}]),
+    )
+    .await;
+    let url = format!(
+        "{}/gate?namespace={ns}&selector=tier%3Drelease",
+        controller_url()
+    );
+    let (status, body) = get_with_token(&url, &deployer).await;
+    assert_eq!(status, 200, "{body}");
+    let http: kdiag_api::gate::Verdict = serde_json::from_str(&body).unwrap();
+    let (code, out, err) =
+        kubectl_diag(cp, &["gate", "-n", &ns, "-l", "tier=release", "-o", "json"]).await;
+    let cli: kdiag_api::gate::Verdict =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+    assert_eq!(code, 4, "{out}");
+    assert_eq!(shape(&http), shape(&cli), "{body}\n{out}");
+    let names: Vec<_> = cli.probes.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["k8s"], "{out}");
 }
 
 async fn create_probe(
