@@ -147,13 +147,8 @@ pub async fn run(
     }
 }
 
-/// A label value for a probe name (names may be longer than a label's 63 characters).
 fn label_value(name: &str) -> String {
-    name.chars()
-        .take(63)
-        .collect::<String>()
-        .trim_end_matches(['-', '.', '_'])
-        .to_owned()
+    kdiag_api::diagnosis::probe_run::probe_label_value(name)
 }
 
 /// `probe history`: the table of runs, or one run in full.

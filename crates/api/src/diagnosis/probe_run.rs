@@ -20,6 +20,13 @@ pub const PROBE_RUN_PROBE_LABEL: &str = "kdiag.io/probe";
 /// The label on the Job of a run: the ProbeRun's name.
 pub const PROBE_RUN_LABEL: &str = "kdiag.io/probe-run";
 
+/// The value of [`PROBE_RUN_PROBE_LABEL`] for a probe: its name, cut to a label value's 63
+/// characters (a name may have 253); `spec.probe` says which probe for sure.
+pub fn probe_label_value(probe: &str) -> String {
+    let cut: String = probe.chars().take(63).collect();
+    cut.trim_end_matches(['-', '.', '_']).to_owned()
+}
+
 /// One run of a Probe.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
@@ -138,4 +145,17 @@ pub struct ProbeRunChecker {
     /// The Abnormal the failure started and its root cause, once kdiag wrote it back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diagnosis: Option<CheckerDiagnosis>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_probe_name_is_cut_to_a_valid_label_value() {
+        assert_eq!(probe_label_value("k8s"), "k8s");
+        let long = format!("{}-{}", "a".repeat(62), "b".repeat(100));
+        let v = probe_label_value(&long);
+        assert_eq!(v, "a".repeat(62), "cut at 63, without the trailing dash");
+    }
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kdiag_api::diagnosis::probe_run::{PROBE_RUN_PROBE_LABEL, ProbeRunChecker};
+use kdiag_api::diagnosis::probe_run::{PROBE_RUN_PROBE_LABEL, ProbeRunChecker, probe_label_value};
 use kdiag_api::{
     CheckerStatus, Probe, ProbeCheckerStatus, ProbeRun, ProbeRunPhase, ProbeRunSpec,
     ProbeRunTrigger, ProbeStatus,
@@ -54,7 +54,13 @@ pub(super) async fn run_scheduled(
         metadata: ObjectMeta {
             name: Some(name.clone()),
             namespace: Some(ns.clone()),
-            labels: Some([(PROBE_RUN_PROBE_LABEL.to_owned(), probe.name_any())].into()),
+            labels: Some(
+                [(
+                    PROBE_RUN_PROBE_LABEL.to_owned(),
+                    probe_label_value(&probe.name_any()),
+                )]
+                .into(),
+            ),
             owner_references: probe.controller_owner_ref(&()).map(|o| vec![o]),
             ..Default::default()
         },
@@ -201,7 +207,7 @@ pub(super) async fn reconcile(
                 &PatchParams::default(),
                 &Patch::Merge(json!({"metadata": {
                     "ownerReferences": owner.map(|o| vec![o]),
-                    "labels": {PROBE_RUN_PROBE_LABEL: probe.name_any()}}})),
+                    "labels": {PROBE_RUN_PROBE_LABEL: probe_label_value(&probe.name_any())}}})),
             )
             .await
             .map_err(|e| Error::kube("set the owner of", key.clone(), e))?;
@@ -300,12 +306,17 @@ async fn claim(
 async fn prune(ctx: &Ctx, ns: &str, probe: &str) -> Result<(), Error> {
     let api: Api<ProbeRun> = Api::namespaced(ctx.client.clone(), ns);
     let runs = api
-        .list(&ListParams::default().labels(&format!("{PROBE_RUN_PROBE_LABEL}={probe}")))
+        .list(&ListParams::default().labels(&format!(
+            "{PROBE_RUN_PROBE_LABEL}={}",
+            probe_label_value(probe)
+        )))
         .await
         .map_err(|e| Error::kube("list the ProbeRuns of", format!("Probe {ns}/{probe}"), e))?
         .items;
     let listed: Vec<Listed> = runs
         .iter()
+        // The label may be cut short: another probe's runs may share it.
+        .filter(|r| r.spec.probe == probe)
         .map(|r| Listed {
             name: r.name_any(),
             created: r
