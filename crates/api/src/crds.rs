@@ -5,8 +5,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 
 use crate::{
-    Abnormal, AbnormalSource, Cluster, Diagnoser, InformationCollector, Probe, ProbeStatus,
-    Recoverer,
+    Abnormal, AbnormalSource, Cluster, Diagnoser, InformationCollector, Probe, ProbeRun,
+    ProbeStatus, Recoverer,
 };
 
 /// Every CRD kdiag serves, sorted by file name, so `kdiag crd` prints what
@@ -18,6 +18,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         Diagnoser::crd(),
         Recoverer::crd(),
         AbnormalSource::crd(),
+        ProbeRun::crd(),
         Probe::crd(),
         ProbeStatus::crd(),
         Cluster::crd(),

@@ -17,7 +17,13 @@ pub mod env {
     /// kdiag's addition: the file holding the checker pod's projected ServiceAccount token for
     /// [`super::REPORT_AUDIENCE`], to send as `Authorization: Bearer <token>` with each report.
     pub const STATUS_REPORT_TOKEN_FILE: &str = "KDIAG_PROBE_STATUS_TOKEN_FILE";
+    /// kdiag's addition, with `spec.perConfig`: the name of the `configs` entry a pod runs.
+    pub const PROBE_CONFIG: &str = "KDIAG_PROBE_CONFIG";
 }
+
+/// With `spec.perConfig`, the annotation on a checker pod (and its Job) naming the `configs`
+/// entry it runs: its results are stored under that name.
+pub const PROBE_CONFIG_ANNOTATION: &str = "kdiag.io/probe-config";
 
 /// The audience of the token a checker pod reports with (`POST /probe-status`).
 pub const REPORT_AUDIENCE: &str = "kdiag-probe-status";
@@ -77,9 +83,16 @@ pub struct ProbeSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::schema::optional_free_form_object")]
     pub template: Option<PodSpec>,
-    /// Environment appended to every container of the checker pod.
+    /// Environment appended to every container of the checker pod: every entry's, in one pod
+    /// (KubeProber's way), unless `perConfig`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub configs: Vec<ProbeConfig>,
+    /// kdiag extension: one checker pod per `configs` entry (one case template, many cases), each
+    /// with only its entry's environment and `KDIAG_PROBE_CONFIG=<name>`, its results reported
+    /// under the entry's name (`<name>`, or `<name>/<checker>` when the pod reports several).
+    /// Default false: every entry's environment in one pod, as KubeProber does.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub per_config: bool,
     /// kdiag extension: checks kdiag runs itself, without a checker image, reported as checkers of
     /// this probe under their names.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

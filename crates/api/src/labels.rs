@@ -37,6 +37,9 @@ pub const FIELD_MANAGER: &str = "kdiag";
 /// `spec.checkers[].diagnosis` field (KubeProber's own CRD does): the controller writes it,
 /// `kubectl diag probes` reads it.
 pub const DIAGNOSES_ANNOTATION: &str = "kdiag.io/diagnoses";
+/// Prefix of the per-checker diagnosis annotation `kdiag.io/diagnosis.<checker>` (plain text or
+/// `{abnormal, phase, rootCause}`), for tools that annotate one checker at a time.
+pub const DIAGNOSIS_ANNOTATION_PREFIX: &str = "kdiag.io/diagnosis.";
 
 /// The value of [`NODE_LABEL`] for a node.
 ///

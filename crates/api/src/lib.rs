@@ -2,7 +2,8 @@
 //!
 //! Two API groups live here:
 //! - `diagnosis.netease.com/v1` ([`diagnosis`]): `Abnormal`, `InformationCollector`, `Diagnoser`,
-//!   `Recoverer` and `AbnormalSource`, wire-compatible with Kube Diagnoser v0.1.6 so its YAML and
+//!   `Recoverer` and `AbnormalSource`, plus kdiag's own `ProbeRun` (a probe run's history),
+//!   wire-compatible with Kube Diagnoser v0.1.6 so its YAML and
 //!   HTTP plugins keep working. kdiag's additions are optional fields, marked "kdiag extension" in
 //!   their doc comments.
 //! - `kubeprober.erda.cloud/v1` ([`kubeprober`]): `Probe`, `ProbeStatus` and `Cluster` as KubeProber
@@ -18,6 +19,8 @@
 
 pub mod crds;
 pub mod diagnosis;
+pub mod duration;
+pub mod gate;
 pub mod kubeprober;
 pub mod labels;
 pub mod plugin;
@@ -33,6 +36,9 @@ pub use diagnosis::abnormal::{
     PrometheusAlert, RootCause, Stage,
 };
 pub use diagnosis::context_keys;
+pub use diagnosis::probe_run::{
+    ProbeRun, ProbeRunChecker, ProbeRunPhase, ProbeRunSpec, ProbeRunStatus, ProbeRunTrigger,
+};
 pub use diagnosis::processor::{
     Diagnoser, DiagnoserSpec, InformationCollector, InformationCollectorSpec,
     KUBE_DIAGNOSER_AGENT_PORT, ProcessorEndpoint, ProcessorStatus, Recoverer, RecovererSpec,

@@ -100,6 +100,16 @@ pub enum DiagError {
         waited: Duration,
     },
 
+    #[error(
+        "probe run {namespace}/{id} has not finished after {waited:?}; it goes on in the cluster. See it with: kubectl diag probe history {namespace}/{probe} -i {id}"
+    )]
+    RunTimeout {
+        namespace: String,
+        id: String,
+        probe: String,
+        waited: Duration,
+    },
+
     #[error("{doing}: {source}")]
     Api {
         doing: String,
@@ -173,7 +183,7 @@ impl DiagError {
             Self::UnknownProcessor { .. } => "unknown_processor",
             Self::Usage(_) => "usage",
             Self::Deleted { .. } => "deleted",
-            Self::Timeout { .. } => "timeout",
+            Self::Timeout { .. } | Self::RunTimeout { .. } => "timeout",
             Self::Api { .. } => "api",
             Self::Output(_) => "output",
             Self::Runtime(_) => "runtime",
@@ -195,6 +205,7 @@ pub struct Request<'a> {
 
 pub const ABNORMALS: &str = "abnormals.diagnosis.netease.com";
 pub const PROBESTATUSES: &str = "probestatuses.kubeprober.erda.cloud";
+pub const PROBES: &str = "probes.kubeprober.erda.cloud";
 
 impl<'a> Request<'a> {
     pub fn abnormals(verb: &'static str, namespace: Option<&'a str>) -> Self {
@@ -366,13 +377,30 @@ impl Kube {
     where
         K: kube::Resource<DynamicType = ()> + serde::de::DeserializeOwned,
     {
+        self.list_selected(namespace, None, request).await
+    }
+
+    /// Those objects of kind `K` whose labels match `selector` (kubectl's `-l` syntax; None: all).
+    pub async fn list_selected<K>(
+        &self,
+        namespace: Option<&str>,
+        selector: Option<&str>,
+        request: Request<'_>,
+    ) -> Result<Vec<Fetched<K>>, DiagError>
+    where
+        K: kube::Resource<DynamicType = ()> + serde::de::DeserializeOwned,
+    {
+        let mut params = kube::api::ListParams::default();
+        if let Some(selector) = selector {
+            params = params.labels(selector);
+        }
         let resource = kube::api::ApiResource::erase::<K>(&());
         let api: kube::Api<kube::api::DynamicObject> = match namespace {
             Some(ns) => kube::Api::namespaced_with(self.client.clone(), ns, &resource),
             None => kube::Api::all_with(self.client.clone(), &resource),
         };
         let list = api
-            .list(&Default::default())
+            .list(&params)
             .await
             .map_err(|e| request.explain(e, &self.url))?;
         Ok(list

@@ -3,9 +3,11 @@
 //! depends on kdiag-api, kdiag-pipeline (the pod triage's defaults), kube and clap: never on the
 //! controller or the agent.
 //!
-//! Exit codes: 0 done (for `watch` and `run --wait`: the diagnosis Succeeded); 1 the diagnosis
-//! Failed or was rejected; 2 a command line that cannot work; 3 anything else that stopped the
-//! command (no kubeconfig, cluster unreachable, CRDs or controller missing, RBAC, …).
+//! Exit codes: 0 done (for `watch` and `run --wait`: the diagnosis Succeeded; for `gate`: every
+//! probe passes); 1 the diagnosis Failed or was rejected; 2 a command line that cannot work; 3
+//! anything else that stopped the command (no kubeconfig, cluster unreachable, CRDs or controller
+//! missing, RBAC, …). `gate` adds its verdicts, never used by other commands: 4 a checker fails,
+//! 5 a result is stale, 6 a result is unknown or missing (`kdiag_api::gate::Reason`).
 //!
 //! Layout: the renderers (`render`, and the pure halves of `get`, `describe`, `watch`, `run`,
 //! `probes`) take values and return text; `client` and the `run` functions do the IO.
@@ -13,7 +15,9 @@
 pub mod client;
 pub mod describe;
 pub mod duration;
+pub mod gate;
 pub mod get;
+pub mod probe_runs;
 pub mod probes;
 pub mod render;
 pub mod run;
@@ -64,7 +68,7 @@ pub struct Flags {
     /// The namespace (default: the context's namespace, else `default`).
     #[arg(short = 'n', long, global = true, value_name = "NAMESPACE")]
     pub namespace: Option<String>,
-    /// Every namespace (get, probes).
+    /// Every namespace (get, probes, gate, probe history).
     #[arg(short = 'A', long, global = true)]
     pub all_namespaces: bool,
     /// Output format: wide (more columns), json or yaml (the objects as stored).
@@ -109,6 +113,19 @@ pub enum DiagCommand {
     Probes {
         /// One ProbeStatus instead of all in the namespace.
         name: Option<String>,
+    },
+    /// A release gate: exit 0 only when every probe's latest result is PASS and fresh; otherwise
+    /// the failing checkers with their root causes.
+    #[command(
+        after_help = "Exit codes: 0 every probe passes; 4 a checker fails (ERROR or WARN); \
+5 a result is older than --max-age; 6 a result is unknown or missing (no ProbeStatus, UNKNOWN, \
+no probe matched); 2 usage; 3 other errors. When several apply: 4 before 5 before 6."
+    )]
+    Gate(gate::GateArgs),
+    /// Run a probe now, or list its past runs with their results and root causes.
+    Probe {
+        #[command(subcommand)]
+        command: probe_runs::ProbeCommand,
     },
 }
 
@@ -198,6 +215,39 @@ async fn dispatch(flags: &Flags, command: DiagCommand, style: Style) -> Result<u
             out(&text)?;
             Ok(0)
         }
+        DiagCommand::Gate(args) => {
+            let (verdict, text) = gate::run(&kube, &scope, &args, output, style).await?;
+            out(&text)?;
+            Ok(verdict.exit_code)
+        }
+        DiagCommand::Probe { command } => match command {
+            probe_runs::ProbeCommand::Run {
+                probe,
+                wait,
+                timeout,
+            } => {
+                let mut print = |line: &str| {
+                    let _ = out(&format!("{line}\n"));
+                };
+                probe_runs::run(&kube, &scope, &probe, wait, timeout, style, &mut print).await
+            }
+            probe_runs::ProbeCommand::History { probe, id } => {
+                let text = probe_runs::history(
+                    &kube,
+                    &scope,
+                    probe.as_deref(),
+                    id.as_deref(),
+                    output,
+                    style,
+                )
+                .await?;
+                if text.is_empty() {
+                    eprintln!("No probe runs found.");
+                }
+                out(&text)?;
+                Ok(0)
+            }
+        },
         DiagCommand::Describe { name } => {
             let text = describe::run(&kube, &scope.namespace, &name, output, style).await?;
             out(&text)?;

@@ -16,7 +16,7 @@ use super::render::{self, Style, Table, Tone};
 use super::{DiagError, Output, Scope};
 
 /// Prefix of the per-checker diagnosis annotation.
-pub const DIAGNOSIS_ANNOTATION_PREFIX: &str = "kdiag.io/diagnosis.";
+pub const DIAGNOSIS_ANNOTATION_PREFIX: &str = kdiag_api::labels::DIAGNOSIS_ANNOTATION_PREFIX;
 /// The annotation holding every checker's diagnosis, as the probe trigger writes it.
 pub const DIAGNOSES_ANNOTATION: &str = kdiag_api::labels::DIAGNOSES_ANNOTATION;
 
@@ -81,49 +81,10 @@ pub fn nothing_found(scope: &Scope) -> String {
     }
 }
 
-/// The diagnosis of one checker: the extension field first, the annotation second.
+/// The diagnosis of one checker: the extension field first, the annotations second (the rules
+/// are [`kdiag_api::gate::diagnosis`]'s, shared with the release gate).
 pub fn diagnosis(p: &ProbeStatus, checker: &str) -> Option<CheckerDiagnosis> {
-    if let Some(d) = p
-        .spec
-        .checkers
-        .iter()
-        .find(|c| c.name == checker)
-        .and_then(|c| c.diagnosis.clone())
-    {
-        return Some(d);
-    }
-    let annotations = p.metadata.annotations.as_ref()?;
-    if let Some(d) = annotations
-        .get(DIAGNOSES_ANNOTATION)
-        .and_then(|all| serde_json::from_str::<serde_json::Value>(all).ok())
-        .and_then(|all| all.get(checker).and_then(from_json))
-    {
-        return Some(d);
-    }
-    let value = annotations.get(&format!("{DIAGNOSIS_ANNOTATION_PREFIX}{checker}"))?;
-    match serde_json::from_str::<serde_json::Value>(value) {
-        Ok(v) if v.is_object() => from_json(&v),
-        _ => Some(CheckerDiagnosis {
-            root_cause: value.trim().to_owned(),
-            ..Default::default()
-        }),
-    }
-}
-
-/// `{abnormal, phase, rootCause}` (or `summary` for the root cause) as a diagnosis.
-fn from_json(v: &serde_json::Value) -> Option<CheckerDiagnosis> {
-    let o = v.as_object()?;
-    let text = |k: &str| o.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
-    let root_cause = if o.contains_key("rootCause") {
-        text("rootCause")
-    } else {
-        text("summary")
-    };
-    Some(CheckerDiagnosis {
-        abnormal: text("abnormal"),
-        phase: text("phase"),
-        root_cause,
-    })
+    kdiag_api::gate::diagnosis(p, checker)
 }
 
 /// One row per checker.

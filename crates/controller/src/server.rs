@@ -1,7 +1,9 @@
 //! The controller's routes on the HTTP server (`kdiag_runtime::server`): KubeProber's result
-//! reports (`POST /probe-status`) and Prometheus/Alertmanager alerts (`POST /api/...`). A process
-//! without them answers these paths with what it does not take.
+//! reports (`POST /probe-status`), the release gate over them (`GET /gate`) and
+//! Prometheus/Alertmanager alerts (`POST /api/...`). A process without them answers these paths
+//! with what it does not take.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -16,6 +18,17 @@ pub fn routes(
     alerts: Option<Arc<crate::sources::alerts::AlertSource>>,
 ) -> Routes {
     let reports = probe_reports;
+    let gate_reports = reports.clone();
+    let gate = warp::path!("gate")
+        .and(warp::get())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::query::<HashMap<String, String>>())
+        .and_then(
+            move |auth: Option<String>, params: HashMap<String, String>| {
+                let reports = gate_reports.clone();
+                async move { Ok::<_, Rejection>(gate_answer(reports, auth, params).await) }
+            },
+        );
     let probe_status = warp::path!("probe-status")
         .and(warp::post())
         .and(warp::header::optional::<String>("authorization"))
@@ -73,9 +86,22 @@ pub fn routes(
             )
         });
 
+    let gate_method = warp::path!("gate")
+        .and(other_method(&[Method::GET]))
+        .map(|| {
+            text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "GET /gate?namespace=<ns>[&probes=a,b|&selector=k=v][&maxAge=10m]".into(),
+            )
+        });
+
     probe_status
         .or(alert_routes)
         .map(Reply::into_response)
+        .or(gate)
+        .unify()
+        .or(gate_method)
+        .unify()
         .or(probe_status_method)
         .unify()
         .or(alert_method)
@@ -243,6 +269,38 @@ async fn probe_report(
         )
         .into_response(),
         (status, message) => text(status, message),
+    }
+}
+
+/// The release gate (`crate::probes::gate`): 200 with the verdict, or 400/401/403/503 with why
+/// there is none. It is served by the process that takes probe reports, with their client.
+async fn gate_answer(
+    reports: Option<Arc<crate::probes::report::ProbeReports>>,
+    auth: Option<String>,
+    params: HashMap<String, String>,
+) -> warp::reply::Response {
+    let Some(reports) = reports else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "this kdiag process serves no release gate (the controller does)".into(),
+        );
+    };
+    match crate::probes::gate::answer(
+        &reports.client,
+        &reports.authorizer,
+        auth.as_deref(),
+        &params,
+    )
+    .await
+    {
+        Ok(verdict) => warp::reply::json(&verdict).into_response(),
+        Err((StatusCode::UNAUTHORIZED, message)) => warp::reply::with_header(
+            text(StatusCode::UNAUTHORIZED, message),
+            "www-authenticate",
+            "Bearer realm=\"kdiag\"",
+        )
+        .into_response(),
+        Err((status, message)) => text(status, message),
     }
 }
 

@@ -110,6 +110,9 @@ pub struct ControllerArgs {
     /// A periodic probe's results not refreshed for this many intervals are marked stale (UNKNOWN).
     #[arg(long, default_value_t = 3)]
     pub probe_stale_intervals: u32,
+    /// ProbeRuns (the history of probe runs) kept per probe; older finished runs are deleted.
+    #[arg(long, default_value_t = kdiag_controller::probes::runs::DEFAULT_HISTORY)]
+    pub probe_history: usize,
     /// The pod triage's collectors (comma-separated; a bare name is in kube-diagnoser), used when
     /// an Abnormal names a pod and no processors. Unregistered ones are left out.
     #[arg(

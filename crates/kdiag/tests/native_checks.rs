@@ -668,3 +668,141 @@ async fn the_report_endpoint_takes_kubeprobers_payload_and_refuses_malformed_one
 fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
+
+#[tokio::test]
+async fn with_per_config_each_configs_checker_pod_reports_under_its_configs_name() {
+    let cp = installed().await;
+    let ns = cp.create_namespace("per-config").await;
+    let client = cp.client().await;
+    let sa: k8s_openapi::api::core::v1::ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "checker"}})).unwrap();
+    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &sa)
+        .await
+        .unwrap();
+    let p: Probe = serde_json::from_value(json!({"apiVersion": "kubeprober.erda.cloud/v1",
+        "kind": "Probe", "metadata": {"name": "shop", "namespace": ns}, "spec": {
+            "perConfig": true,
+            "template": {"serviceAccountName": "checker", "automountServiceAccountToken": false,
+                "containers": [{"name": "c", "image": "http-checker"}]},
+            "configs": [
+                {"name": "frontend", "env": [{"name": "URL", "value": "http://frontend"}]},
+                {"name": "cart", "env": [{"name": "URL", "value": "http://cart"}]}]}}))
+    .unwrap();
+    let p = Api::<Probe>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &p)
+        .await
+        .unwrap();
+    let template = p.spec.template.clone().unwrap();
+    // The Jobs the runner makes for a run, and a pod of each (the light control plane runs no
+    // Job controller), each with the token the kubelet would project into it.
+    let jobs = kdiag_controller::probes::runner::jobs_for(
+        &p,
+        &template,
+        jiff::Timestamp::now(),
+        "http://x/probe-status",
+        "shop-run",
+    );
+    assert_eq!(jobs.len(), 2, "one checker pod per config");
+    let mut tokens = vec![];
+    for job in jobs {
+        let job = Api::<k8s_openapi::api::batch::v1::Job>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &job)
+            .await
+            .unwrap();
+        let template = job.spec.clone().unwrap().template;
+        let env = template.spec.as_ref().unwrap().containers[0]
+            .env
+            .clone()
+            .unwrap();
+        let config = env
+            .iter()
+            .find(|e| e.name == "KDIAG_PROBE_CONFIG")
+            .and_then(|e| e.value.clone())
+            .unwrap();
+        let url = env
+            .iter()
+            .find(|e| e.name == "URL")
+            .and_then(|e| e.value.clone())
+            .unwrap();
+        assert_eq!(url, format!("http://{config}"), "only its own config's env");
+        let pod_name = format!("{}-pod", job.metadata.name.clone().unwrap());
+        let mut pod = k8s_openapi::api::core::v1::Pod {
+            metadata: template.metadata.unwrap(),
+            spec: template.spec,
+            ..Default::default()
+        };
+        pod.metadata.name = Some(pod_name.clone());
+        pod.metadata.owner_references = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                api_version: "batch/v1".into(),
+                kind: "Job".into(),
+                name: job.metadata.name.clone().unwrap(),
+                uid: job.metadata.uid.clone().unwrap(),
+                controller: Some(true),
+                ..Default::default()
+            },
+        ]);
+        let uid = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &pod)
+            .await
+            .unwrap()
+            .metadata
+            .uid
+            .unwrap();
+        let token = pod_token(
+            &client,
+            &ns,
+            "checker",
+            kdiag_api::kubeprober::REPORT_AUDIENCE,
+            (&pod_name, &uid),
+        )
+        .await;
+        tokens.push((config, token));
+    }
+    let url: String = serve_reports(reports(cp, false).await).await;
+    for (config, token) in &tokens {
+        // The same case template reports the same checker name from every pod.
+        let (status, message, extra) = if config == "cart" {
+            (
+                "ERROR",
+                "503 from http://cart",
+                r#",{"name":"latency","status":"PASS"}"#,
+            )
+        } else {
+            ("PASS", "", "")
+        };
+        let body = format!(
+            r#"{{"probeName":"shop","probeNamespace":"{ns}","name":"","checkers":[{{"name":"http","status":"{status}","message":"{message}"}}{extra}]}}"#
+        );
+        let bearer = format!("Bearer {token}");
+        let (code, answer) = reqwest_lite::request_with(
+            url.parse().unwrap(),
+            "POST",
+            body.as_bytes(),
+            &[("authorization", &bearer)],
+        )
+        .await;
+        assert_eq!(code, 200, "{config}: {answer}");
+    }
+    let ps = Api::<ProbeStatus>::namespaced(client.clone(), &ns)
+        .get("shop")
+        .await
+        .unwrap();
+    let mut got: Vec<(&str, CheckerStatus)> = ps
+        .spec
+        .checkers
+        .iter()
+        .map(|c| (c.name.as_str(), c.status))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("cart/http", CheckerStatus::Error),
+            ("cart/latency", CheckerStatus::Pass),
+            ("frontend", CheckerStatus::Pass)
+        ],
+        "one checker per config, under its name (config/checker when a pod reports several)"
+    );
+}

@@ -500,3 +500,55 @@ async fn a_probe_without_the_extra_config_map_still_runs() {
     let checker = wait_checker(&client, &ns, "plain", "plain", Duration::from_secs(90)).await;
     assert_eq!(checker.status, CheckerStatus::Pass);
 }
+
+#[tokio::test]
+async fn a_per_config_probe_runs_one_checker_pod_per_config_each_reporting_under_its_name() {
+    let c = setup().await;
+    let ns = c.create_namespace("per-config").await;
+    let client = c.client().await;
+    // One case template: every pod reports the same checker name, with its config's values.
+    let script = r#"wget -q -O- --header 'Content-Type: application/json' --header "Authorization: Bearer $(cat $KDIAG_PROBE_STATUS_TOKEN_FILE)" --post-data "{\"probeName\":\"$KUBEPROBER_PROBE_NAME\",\"probeNamespace\":\"$KUBEPROBER_PROBE_NAMESPACE\",\"name\":\"\",\"checkers\":[{\"name\":\"http\",\"status\":\"$STATUS\",\"message\":\"$URL as $KDIAG_PROBE_CONFIG\"}]}" "$KUBEPROBER_STATUS_REPORT_URL""#;
+    create_probe(
+        &client,
+        &ns,
+        "shop",
+        json!({"template": checker_pod(script), "perConfig": true, "configs": [
+            {"name": "frontend", "env": [{"name": "STATUS", "value": "pass"}, {"name": "URL", "value": "http://frontend"}]},
+            {"name": "cart", "env": [{"name": "STATUS", "value": "error"}, {"name": "URL", "value": "http://cart"}]}]}),
+    )
+    .await;
+    let frontend = wait_checker(&client, &ns, "shop", "frontend", Duration::from_secs(90)).await;
+    let cart = wait_checker(&client, &ns, "shop", "cart", Duration::from_secs(90)).await;
+    assert_eq!(
+        (frontend.status, frontend.message.as_str()),
+        (CheckerStatus::Pass, "http://frontend as frontend")
+    );
+    assert_eq!(
+        (cart.status, cart.message.as_str()),
+        (CheckerStatus::Error, "http://cart as cart")
+    );
+    // The run that made both pods finishes once both Jobs have ended, with both results.
+    let runs: Api<ProbeRun> = Api::namespaced(client.clone(), &ns);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let run = loop {
+        let list = runs.list(&ListParams::default()).await.unwrap().items;
+        if let Some(r) = list.iter().find(|r| {
+            r.status
+                .as_ref()
+                .is_some_and(|s| s.phase == ProbeRunPhase::Finished)
+        }) {
+            break r.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run never finished: {list:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let st = run.status.unwrap();
+    assert_eq!(st.jobs.len(), 2, "{st:?}");
+    assert_eq!(st.result, Some(CheckerStatus::Error), "{st:?}");
+    let mut names: Vec<_> = st.checkers.iter().map(|c| c.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["cart", "frontend"], "{st:?}");
+}

@@ -463,3 +463,560 @@ async fn with_kubeprobers_own_crd_the_diagnosis_goes_into_an_annotation() {
     agent.stop().await;
     controller.abort();
 }
+
+/// `kdiag diag <args>` (the CLI as `kubectl diag` runs it) with this control plane's kubeconfig.
+async fn kubectl_diag(cp: &kdiag_testenv::ControlPlane, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kdiag"))
+        .arg("diag")
+        .args(args)
+        .env("KUBECONFIG", cp.kubeconfig_path())
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .expect("the kdiag binary runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Waits until kdiag has written a finished diagnosis next to `checker`.
+async fn wait_diagnosed(
+    client: &kube::Client,
+    ns: &str,
+    probe: &str,
+    checker: &str,
+) -> CheckerDiagnosis {
+    let api: Api<ProbeStatus> = Api::namespaced(client.clone(), ns);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ps = api.get(probe).await.unwrap();
+        let d = ps
+            .spec
+            .checkers
+            .iter()
+            .find(|c| c.name == checker)
+            .and_then(|c| c.diagnosis.clone());
+        if let Some(d) = d.filter(|d| d.phase == "Succeeded") {
+            return d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no diagnosis on the checker: {:#?}",
+            ps.spec.checkers
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_release_gate_fails_with_the_root_cause_while_a_checker_fails_and_passes_after_it_recovers()
+ {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("gate").await;
+    let client = cp.client().await;
+    let node = format!("{ns}-node");
+    let plugin = TestPlugin::start().await;
+    register_plugin(
+        &client,
+        &ns,
+        "InformationCollector",
+        "collect",
+        plugin.port,
+        "/echo/collected",
+        5,
+    )
+    .await;
+    register_plugin(
+        &client,
+        &ns,
+        "Diagnoser",
+        "find",
+        plugin.port,
+        "/root-cause/CoreDNSDown",
+        5,
+    )
+    .await;
+    probe_source(&client, &ns, "dns-failures", json!({"priority": 10,
+        "sourceTemplate": {"type": "ProbeStatus", "probeStatusTemplate": {"match": {"probeNamespace": ns}, "nodeName": node}},
+        "assignedInformationCollectors": [{"name": "collect"}], "assignedDiagnosers": [{"name": "find"}]})).await;
+    wait_source_valid(&client, &ns, "dns-failures").await;
+    let agent = TestAgent::start(cp, &node).await;
+
+    put_checkers(&client, &ns, "k8s", json!([
+        {"name": "dns-resolution-check", "status": "ERROR", "message": "lookup kubernetes.default: i/o timeout", "lastRun": now()},
+        {"name": "deployment-service-check", "status": "PASS", "lastRun": now()}])).await;
+    wait_diagnosed(&client, &ns, "k8s", "dns-resolution-check").await;
+    let (code, out, err) = kubectl_diag(cp, &["gate", "-n", &ns, "--probes", "k8s"]).await;
+    assert_eq!(code, 4, "failing: {out}{err}");
+    let row = out
+        .lines()
+        .find(|l| l.contains("dns-resolution-check"))
+        .unwrap_or_else(|| panic!("the failing checker is named: {out}"));
+    assert!(
+        row.contains("ERROR") && row.contains("failing") && row.contains("found CoreDNSDown"),
+        "with its status and root cause: {out}"
+    );
+    assert!(
+        !out.contains("deployment-service-check"),
+        "a passing checker holds nothing: {out}"
+    );
+    assert!(out.contains("gate closed (failing, exit 4)"), "{out}");
+
+    put_checkers(
+        &client,
+        &ns,
+        "k8s",
+        json!([
+        {"name": "dns-resolution-check", "status": "PASS", "lastRun": now()},
+        {"name": "deployment-service-check", "status": "PASS", "lastRun": now()}]),
+    )
+    .await;
+    let (code, out, err) = kubectl_diag(cp, &["gate", "-n", &ns, "--probes", "k8s"]).await;
+    assert_eq!(code, 0, "recovered: {out}{err}");
+    assert!(
+        out.starts_with("gate passed: 1 probe(s), 2 checker(s)"),
+        "{out}"
+    );
+
+    let hour_ago = (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1)).to_string();
+    put_checkers(
+        &client,
+        &ns,
+        "k8s",
+        json!([
+        {"name": "dns-resolution-check", "status": "PASS", "lastRun": hour_ago},
+        {"name": "deployment-service-check", "status": "PASS", "lastRun": hour_ago}]),
+    )
+    .await;
+    let (code, out, err) = kubectl_diag(
+        cp,
+        &["gate", "-n", &ns, "--probes", "k8s", "--max-age", "10m"],
+    )
+    .await;
+    assert_eq!(code, 5, "stale: {out}{err}");
+    assert!(out.contains("stale"), "{out}");
+    let (code, out, _) = kubectl_diag(
+        cp,
+        &["gate", "-n", &ns, "--probes", "k8s", "--max-age", "2h"],
+    )
+    .await;
+    assert_eq!(code, 0, "fresh enough for a longer max age: {out}");
+
+    let (code, out, err) =
+        kubectl_diag(cp, &["gate", "-n", &ns, "--probes", "no-such-probe"]).await;
+    assert_eq!(code, 6, "unknown: {out}{err}");
+    assert!(out.contains("no ProbeStatus"), "{out}");
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn the_gate_over_http_needs_a_token_allowed_to_get_probestatuses_and_answers_as_the_cli() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("gate-http").await;
+    let client = cp.client().await;
+    // WARN: failing for the gate, and no Abnormal from the default source (ERROR only).
+    put_checkers(
+        &client,
+        &ns,
+        "k8s",
+        json!([
+        {"name": "etcd", "status": "WARN", "message": "slow: 1.4s", "lastRun": now()},
+        {"name": "dns", "status": "PASS", "lastRun": now()}]),
+    )
+    .await;
+    let url = format!(
+        "{}/gate?namespace={ns}&probes=k8s,missing&maxAge=10m",
+        controller_url()
+    );
+
+    let (status, body) = reqwest_get(&url).await;
+    assert_eq!(status, 401, "no token: {body}");
+    let nobody = cp.service_account_token(&ns, "nobody").await;
+    let (status, body) = get_with_token(&url, &nobody).await;
+    assert_eq!(status, 403, "a token without the right: {body}");
+    assert!(
+        body.contains("kubectl auth can-i get probestatuses.kubeprober.erda.cloud"),
+        "{body}"
+    );
+
+    let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(json!({
+        "metadata": {"name": "gate-reader", "namespace": ns},
+        "rules": [{"apiGroups": ["kubeprober.erda.cloud"], "resources": ["probestatuses"], "verbs": ["get"]}]
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "release-gate", "namespace": ns},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "gate-reader"},
+        "subjects": [{"kind": "ServiceAccount", "name": "deployer", "namespace": ns}]
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    let deployer = cp.service_account_token(&ns, "deployer").await;
+    let (status, body) = get_with_token(&url, &deployer).await;
+    assert_eq!(status, 200, "{body}");
+    let http: kdiag_api::gate::Verdict = serde_json::from_str(&body).unwrap();
+    // The same question to the CLI.
+    let (code, out, err) = kubectl_diag(
+        cp,
+        &[
+            "gate",
+            "-n",
+            &ns,
+            "--probes",
+            "k8s,missing",
+            "--max-age",
+            "10m",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    let cli: kdiag_api::gate::Verdict =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+    assert_eq!(i32::from(cli.exit_code), code);
+    let shape = |v: &kdiag_api::gate::Verdict| {
+        let probes: Vec<_> = v
+            .probes
+            .iter()
+            .map(|p| {
+                let checkers: Vec<_> = p
+                    .checkers
+                    .iter()
+                    .map(|c| (c.name.clone(), c.reason))
+                    .collect();
+                (p.namespace.clone(), p.name.clone(), p.reason, checkers)
+            })
+            .collect();
+        (v.pass, v.reason, v.exit_code, v.max_age_seconds, probes)
+    };
+    assert_eq!(shape(&http), shape(&cli), "{body}\n{out}");
+    assert_eq!(
+        (http.reason, http.exit_code),
+        (kdiag_api::gate::Reason::Failing, 4),
+        "a WARN fails the gate, before the missing probe's unknown: {body}"
+    );
+
+    // By the labels of the Probes: only the labelled one counts, from either side.
+    let labelled: Probe = serde_json::from_value(json!({"apiVersion": "kubeprober.erda.cloud/v1",
+        "kind": "Probe", "metadata": {"name": "k8s", "namespace": ns, "labels": {"tier": "release"}},
+        "spec": {}}))
+    .unwrap();
+    Api::<Probe>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &labelled)
+        .await
+        .unwrap();
+    put_checkers(
+        &client,
+        &ns,
+        "unlabelled",
+        json!([
+        {"name": "x", "status": "ERROR", "message": "not asked about", "lastRun": now()}]),
+    )
+    .await;
+    let url = format!(
+        "{}/gate?namespace={ns}&selector=tier%3Drelease",
+        controller_url()
+    );
+    let (status, body) = get_with_token(&url, &deployer).await;
+    assert_eq!(status, 200, "{body}");
+    let http: kdiag_api::gate::Verdict = serde_json::from_str(&body).unwrap();
+    let (code, out, err) =
+        kubectl_diag(cp, &["gate", "-n", &ns, "-l", "tier=release", "-o", "json"]).await;
+    let cli: kdiag_api::gate::Verdict =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+    assert_eq!(code, 4, "{out}");
+    assert_eq!(shape(&http), shape(&cli), "{body}\n{out}");
+    let names: Vec<_> = cli.probes.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["k8s"], "{out}");
+}
+
+async fn create_probe(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> Probe {
+    let p: Probe = serde_json::from_value(
+        json!({"apiVersion": "kubeprober.erda.cloud/v1", "kind": "Probe",
+        "metadata": {"name": name, "namespace": ns}, "spec": spec}),
+    )
+    .unwrap();
+    Api::<Probe>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &p)
+        .await
+        .unwrap()
+}
+
+/// The probe's ProbeRuns once `done` says they are what the test waits for.
+async fn wait_runs(
+    client: &kube::Client,
+    ns: &str,
+    probe: &str,
+    what: &str,
+    done: impl Fn(&[ProbeRun]) -> bool,
+) -> Vec<ProbeRun> {
+    let api: Api<ProbeRun> = Api::namespaced(client.clone(), ns);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let runs = api
+            .list(&ListParams::default().labels(&format!("kdiag.io/probe={probe}")))
+            .await
+            .unwrap()
+            .items;
+        if done(&runs) {
+            return runs;
+        }
+        assert!(Instant::now() < deadline, "{what}: {runs:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn finished(r: &ProbeRun) -> bool {
+    r.status
+        .as_ref()
+        .is_some_and(|s| s.phase == ProbeRunPhase::Finished)
+}
+
+#[tokio::test]
+async fn a_manual_run_of_a_scheduled_probe_appears_in_history_with_its_results() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("probe-run").await;
+    let client = cp.client().await;
+    let open = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let probe = create_probe(&client, &ns, "health", json!({
+        "policy": {"runInterval": 60},
+        "checks": [
+            {"name": "web", "tcp": {"address": open.local_addr().unwrap().to_string()}},
+            {"name": "redis", "tcp": {"address": format!("127.0.0.1:{closed}"), "timeoutSeconds": 2}}
+        ]})).await;
+    // The schedule's first run, recorded by the runner.
+    let scheduled = wait_runs(&client, &ns, "health", "the scheduled run", |r| {
+        r.iter()
+            .any(|r| r.spec.trigger == ProbeRunTrigger::Schedule && finished(r))
+    })
+    .await;
+    assert_eq!(scheduled.len(), 1, "{scheduled:#?}");
+
+    let (code, out, err) =
+        kubectl_diag(cp, &["probe", "run", &format!("{ns}/health"), "--wait"]).await;
+    assert_eq!(code, 4, "a checker fails: {out}{err}");
+    let id = out
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("probe run "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("the run's id comes first: {out}"))
+        .to_owned();
+    assert!(out.contains("Trigger:  Manual"), "{out}");
+    let redis = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("redis"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(redis.contains("ERROR"), "{out}");
+    let web = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("web"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(web.contains("PASS"), "{out}");
+
+    let run: ProbeRun = Api::namespaced(client.clone(), &ns).get(&id).await.unwrap();
+    let owner = run.metadata.owner_references.clone().unwrap_or_default();
+    assert_eq!(
+        owner.iter().map(|o| o.uid.as_str()).collect::<Vec<_>>(),
+        [probe.metadata.uid.as_deref().unwrap()],
+        "owned by its Probe, so deleted with it"
+    );
+
+    let (code, out, err) = kubectl_diag(cp, &["probe", "history", &format!("{ns}/health")]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let rows: Vec<&str> = out.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "the manual and the scheduled run: {out}");
+    assert!(
+        rows[0].starts_with(&id) && rows[0].contains("Manual") && rows[0].contains("ERROR"),
+        "newest first: {out}"
+    );
+    assert!(rows[1].contains("Schedule"), "{out}");
+    assert!(
+        rows[0].contains("web=PASS redis=ERROR") || rows[0].contains("redis=ERROR web=PASS"),
+        "{out}"
+    );
+
+    let (code, out, _) = kubectl_diag(cp, &["probe", "history", "-n", &ns, "-i", &id]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("Run:      {ns}/{id}")), "{out}");
+    assert!(
+        out.contains("connect"),
+        "the failure's message is kept: {out}"
+    );
+    drop(open);
+}
+
+#[tokio::test]
+async fn the_history_of_a_probe_stays_bounded() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("probe-history").await;
+    let client = cp.client().await;
+    let open = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // No schedule: it runs once by itself, then only when asked.
+    create_probe(
+        &client,
+        &ns,
+        "once",
+        json!({
+        "checks": [{"name": "web", "tcp": {"address": open.local_addr().unwrap().to_string()}}]}),
+    )
+    .await;
+    wait_runs(&client, &ns, "once", "the first run", |r| {
+        r.iter().any(finished)
+    })
+    .await;
+    let mut ids = vec![];
+    for _ in 0..PROBE_HISTORY + 2 {
+        let (code, out, err) =
+            kubectl_diag(cp, &["probe", "run", "once", "-n", &ns, "--wait"]).await;
+        assert_eq!(code, 0, "{out}{err}");
+        ids.push(out.split_whitespace().nth(2).unwrap().to_owned());
+    }
+    let kept = wait_runs(&client, &ns, "once", "pruned to the history", |r| {
+        r.len() == PROBE_HISTORY && r.iter().all(finished)
+    })
+    .await;
+    let mut kept: Vec<String> = kept.iter().map(kube::ResourceExt::name_any).collect();
+    kept.sort();
+    let mut newest = ids[ids.len() - PROBE_HISTORY..].to_vec();
+    newest.sort();
+    assert_eq!(kept, newest, "the newest runs are kept");
+    drop(open);
+}
+
+#[tokio::test]
+async fn a_per_config_probe_runs_one_job_per_config_and_its_run_lists_them() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("per-config-run").await;
+    let client = cp.client().await;
+    create_probe(
+        &client,
+        &ns,
+        "shop",
+        json!({
+        "perConfig": true,
+        "template": {"containers": [{"name": "c", "image": "http-checker"}]},
+        "configs": [
+            {"name": "frontend", "env": [{"name": "URL", "value": "http://frontend"}]},
+            {"name": "cart", "env": [{"name": "URL", "value": "http://cart"}]}]}),
+    )
+    .await;
+    let runs = wait_runs(&client, &ns, "shop", "a run with its Jobs", |r| {
+        r.iter()
+            .any(|r| r.status.as_ref().is_some_and(|s| s.jobs.len() == 2))
+    })
+    .await;
+    let jobs = runs[0].status.clone().unwrap().jobs;
+    let api: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), &ns);
+    let mut configs = vec![];
+    for name in &jobs {
+        let job = api.get(name).await.unwrap();
+        let pod = job.spec.unwrap().template;
+        configs.push(pod.metadata.unwrap().annotations.unwrap()["kdiag.io/probe-config"].clone());
+        let env = pod.spec.unwrap().containers[0].env.clone().unwrap();
+        assert_eq!(
+            env.iter().filter(|e| e.name == "URL").count(),
+            1,
+            "only its own config's env: {env:?}"
+        );
+    }
+    configs.sort();
+    assert_eq!(configs, ["cart", "frontend"]);
+}
+
+#[tokio::test]
+async fn the_root_cause_of_a_failed_run_lands_in_its_history() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("run-root-cause").await;
+    let client = cp.client().await;
+    let node = format!("{ns}-node");
+    let plugin = TestPlugin::start().await;
+    register_plugin(
+        &client,
+        &ns,
+        "InformationCollector",
+        "collect",
+        plugin.port,
+        "/echo/collected",
+        5,
+    )
+    .await;
+    register_plugin(
+        &client,
+        &ns,
+        "Diagnoser",
+        "find",
+        plugin.port,
+        "/root-cause/RedisDown",
+        5,
+    )
+    .await;
+    probe_source(&client, &ns, "cache-failures", json!({"priority": 10,
+        "sourceTemplate": {"type": "ProbeStatus", "probeStatusTemplate": {"match": {"probeNamespace": ns}, "nodeName": node}},
+        "assignedInformationCollectors": [{"name": "collect"}], "assignedDiagnosers": [{"name": "find"}]})).await;
+    wait_source_valid(&client, &ns, "cache-failures").await;
+    let agent = TestAgent::start(cp, &node).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    create_probe(&client, &ns, "cache", json!({
+        "checks": [{"name": "redis", "tcp": {"address": format!("127.0.0.1:{closed}"), "timeoutSeconds": 2}}]})).await;
+    let runs = wait_runs(
+        &client,
+        &ns,
+        "cache",
+        "the run with the root cause",
+        |runs| {
+            runs.iter().any(|r| {
+                r.status.as_ref().is_some_and(|s| {
+                    s.checkers.iter().any(|c| {
+                        c.diagnosis
+                            .as_ref()
+                            .is_some_and(|d| d.root_cause == "found RedisDown")
+                    })
+                })
+            })
+        },
+    )
+    .await;
+    let abnormal = runs[0].status.clone().unwrap().checkers[0]
+        .diagnosis
+        .clone()
+        .unwrap()
+        .abnormal;
+    assert!(
+        abnormal.starts_with(&format!("{ns}/probe-cache-redis-")),
+        "{abnormal}"
+    );
+    let (code, out, err) = kubectl_diag(cp, &["probe", "history", &format!("{ns}/cache")]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("redis: found RedisDown"), "{out}");
+    let id = kube::ResourceExt::name_any(&runs[0]);
+    let (_, out, _) = kubectl_diag(cp, &["probe", "history", "-n", &ns, "-i", &id]).await;
+    assert!(
+        out.contains(&abnormal) && out.contains("found RedisDown"),
+        "{out}"
+    );
+    agent.stop().await;
+}

@@ -2,6 +2,7 @@
 
 pub mod abnormal;
 pub mod context_keys;
+pub mod probe_run;
 pub mod processor;
 pub mod source;
 

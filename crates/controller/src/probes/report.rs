@@ -6,7 +6,9 @@ use std::sync::Arc;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kdiag_api::kubeprober::{ReportProbeStatusSpec, labels as probe_labels};
+use kdiag_api::kubeprober::{
+    PROBE_CONFIG_ANNOTATION, ReportProbeStatusSpec, labels as probe_labels,
+};
 use kdiag_api::{CheckerStatus, Probe, ProbeCheckerStatus, ProbeStatus};
 use kdiag_runtime::auth::{Authorizer, User};
 use kdiag_runtime::recorder::UncachedRecorder;
@@ -67,8 +69,14 @@ impl ProbeReports {
         };
         // With the opt-in, a report without a token is taken; one with a token is still checked.
         let checked = authorization.is_some() || !self.allow_unauthenticated;
-        if checked && let Err(refusal) = self.check_sender(authorization, &report).await {
-            return refusal;
+        let mut report = report;
+        if checked {
+            match self.check_sender(authorization, &report).await {
+                // A pod of one `configs` entry (perConfig): its results under the entry's name.
+                Ok(Some(config)) => report = under_config(report, &config),
+                Ok(None) => {}
+                Err(refusal) => return refusal,
+            }
         }
         let mut named = Vec::new();
         for c in &report.checkers {
@@ -132,12 +140,12 @@ impl ProbeReports {
     }
 
     /// Authenticates the sender and checks that its token is bound to a checker pod of the
-    /// probe the report is for.
+    /// probe the report is for; the `configs` entry the pod runs, with perConfig.
     async fn check_sender(
         &self,
         authorization: Option<&str>,
         report: &Report,
-    ) -> Result<(), (StatusCode, String)> {
+    ) -> Result<Option<String>, (StatusCode, String)> {
         let refuse = |e: kdiag_runtime::Error| {
             let r = kdiag_runtime::auth::Refusal::of(&e);
             let mut message = r.message;
@@ -156,13 +164,14 @@ impl ProbeReports {
             .await
             .map_err(refuse)?;
         match self.pod_belongs(&user, report).await {
-            Ok(()) => Ok(()),
+            Ok(config) => Ok(config),
             Err(e @ Error::ReportForbidden { .. }) => Err((StatusCode::FORBIDDEN, e.to_string())),
             Err(e) => Err((StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
         }
     }
 
-    async fn pod_belongs(&self, user: &User, report: &Report) -> Result<(), Error> {
+    /// Ok with the pod's `configs` entry (its [`PROBE_CONFIG_ANNOTATION`]), if it runs one.
+    async fn pod_belongs(&self, user: &User, report: &Report) -> Result<Option<String>, Error> {
         let (ns, probe) = (&report.namespace, &report.probe);
         let forbid = |reason: String| Error::ReportForbidden {
             probe: format!("{ns}/{probe}"),
@@ -232,8 +241,34 @@ impl ProbeReports {
                 && o.name == *probe
                 && o.uid == probe_uid
         });
-        if owned { Ok(()) } else { Err(not_a_checker()) }
+        if !owned {
+            return Err(not_a_checker());
+        }
+        Ok(pod.annotations().get(PROBE_CONFIG_ANNOTATION).cloned())
     }
+}
+
+/// The report of a checker pod that runs one `configs` entry (perConfig): its checkers stored
+/// under the entry's name — the name alone for a single checker (one case per config, as
+/// KubeProber's templates are written), `<config>/<checker>` for several.
+pub fn under_config(mut report: Report, config: &str) -> Report {
+    let single = report.checkers.len() == 1;
+    for c in &mut report.checkers {
+        c.name = if single {
+            config.to_owned()
+        } else {
+            format!("{config}/{}", c.name)
+        };
+    }
+    report
+}
+
+/// Whether a stored checker name is of the `configs` entry `config` ([`under_config`]).
+pub fn of_config(checker: &str, config: &str) -> bool {
+    checker == config
+        || checker
+            .strip_prefix(config)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// A report, checked: the checkers to store and those refused.
@@ -406,6 +441,31 @@ pub async fn apply(client: &Client, report: &Report) -> Result<ProbeStatus, Erro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn checker(name: &str) -> ProbeCheckerStatus {
+        ProbeCheckerStatus {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_per_config_pods_results_are_stored_under_its_configs_name() {
+        let report = |names: &[&str]| Report {
+            namespace: "n".into(),
+            probe: "p".into(),
+            checkers: names.iter().map(|n| checker(n)).collect(),
+            rejected: vec![],
+        };
+        let one = under_config(report(&["http-check"]), "shop-frontend");
+        assert_eq!(one.checkers[0].name, "shop-frontend");
+        let two = under_config(report(&["a", "b"]), "shop-frontend");
+        let names: Vec<_> = two.checkers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["shop-frontend/a", "shop-frontend/b"]);
+        assert!(of_config("shop-frontend", "shop-frontend"));
+        assert!(of_config("shop-frontend/a", "shop-frontend"));
+        assert!(!of_config("shop-frontend-2", "shop-frontend"));
+    }
 
     fn now() -> Time {
         Time("2026-11-22T10:00:00Z".parse().unwrap())

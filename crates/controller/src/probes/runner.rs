@@ -15,7 +15,8 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kdiag_api::kubeprober::{
-    EXTRA_CONFIG_MAP, WORKER_SERVICE_ACCOUNT, env as probe_env, labels as probe_labels,
+    EXTRA_CONFIG_MAP, PROBE_CONFIG_ANNOTATION, WORKER_SERVICE_ACCOUNT, env as probe_env,
+    labels as probe_labels,
 };
 use kdiag_api::{CheckerStatus, Probe, ProbeCheckerStatus, ProbeStatus};
 use kdiag_runtime::metrics::Metrics;
@@ -34,7 +35,7 @@ use super::schedule::{self, Due};
 use crate::Error;
 
 /// Annotation on a Job once its outcome is recorded.
-const OUTCOME_ANNOTATION: &str = "kdiag.io/outcome";
+pub(super) const OUTCOME_ANNOTATION: &str = "kdiag.io/outcome";
 /// Seconds a checker pod may run (KubeProber's default).
 const ACTIVE_DEADLINE_SECONDS: i64 = 1800;
 /// Jobs kept per probe.
@@ -49,6 +50,8 @@ pub struct RunnerConfig {
     pub stale_intervals: u32,
     /// A checker pod unschedulable this long is reported UNKNOWN.
     pub unschedulable_after: Duration,
+    /// ProbeRuns kept per probe (`--probe-history`); older finished runs are deleted.
+    pub history: usize,
 }
 
 impl Default for RunnerConfig {
@@ -57,17 +60,18 @@ impl Default for RunnerConfig {
             report_url: "http://kdiag-controller.kube-diagnoser.svc:10357/probe-status".into(),
             stale_intervals: 3,
             unschedulable_after: Duration::from_secs(60),
+            history: super::runs::DEFAULT_HISTORY,
         }
     }
 }
 
-struct Ctx {
-    client: Client,
-    config: RunnerConfig,
-    metrics: Arc<Metrics>,
+pub(super) struct Ctx {
+    pub(super) client: Client,
+    pub(super) config: RunnerConfig,
+    pub(super) metrics: Arc<Metrics>,
 }
 
-/// Starts the runner: a controller for Probes and one for their Jobs.
+/// Starts the runner: a controller for Probes, one for their Jobs, one for their ProbeRuns.
 pub fn start(
     client: Client,
     config: RunnerConfig,
@@ -86,6 +90,13 @@ pub fn start(
     .graceful_shutdown_on(shutdown.clone().cancelled_owned())
     .run(reconcile_probe, error_policy, ctx.clone())
     .for_each(|_| async {});
+    let runs = Controller::new(
+        Api::<DeserializeGuard<kdiag_api::ProbeRun>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+    .run(super::runs::reconcile, error_policy, ctx.clone())
+    .for_each(|_| async {});
     let selector = format!("{}={}", probe_labels::APP, probe_labels::APP_VALUE);
     let jobs = Controller::new(
         Api::<Job>::all(client.clone()),
@@ -99,11 +110,11 @@ pub fn start(
     .run(reconcile_job, error_policy, ctx)
     .for_each(|_| async {});
     async move {
-        tokio::join!(probes, jobs);
+        tokio::join!(probes, jobs, runs);
     }
 }
 
-fn error_policy<K>(_: Arc<K>, e: &Error, ctx: Arc<Ctx>) -> Action {
+pub(super) fn error_policy<K>(_: Arc<K>, e: &Error, ctx: Arc<Ctx>) -> Action {
     ctx.metrics
         .controller
         .error("probe-runner", e.metric_label(), e.category());
@@ -166,12 +177,7 @@ async fn reconcile_probe(
         .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
         .await
         .map_err(|e| Error::kube("record the run of", format!("Probe {key}"), e))?;
-    if let Some(template) = &probe.spec.template {
-        create_job(&ctx, probe, template, now_ts).await?;
-    }
-    if !probe.spec.checks.is_empty() {
-        run_native_checks(&ctx, probe).await?;
-    }
+    super::runs::run_scheduled(&ctx, probe, now_ts).await?;
     tracing::info!(probe = %key, run = runs, "probe run started");
     Ok(match every {
         Some(e) => {
@@ -191,6 +197,78 @@ pub fn job_for(
     template: &k8s_openapi::api::core::v1::PodSpec,
     at: jiff::Timestamp,
     report_url: &str,
+) -> Job {
+    job_with(probe, template, at, report_url, &probe.spec.configs)
+}
+
+/// The Jobs of the run `run`: one named as the run with every config's environment (KubeProber's
+/// way), or with `spec.perConfig` one per `configs` entry, named `<run>-<index>`, with only that
+/// entry's environment, `KDIAG_PROBE_CONFIG` and the annotation naming the entry on the Job and
+/// its pod (the report endpoint stores the pod's results under that name).
+pub fn jobs_for(
+    probe: &Probe,
+    template: &k8s_openapi::api::core::v1::PodSpec,
+    at: jiff::Timestamp,
+    report_url: &str,
+    run: &str,
+) -> Vec<Job> {
+    let with_run = |mut job: Job, name: String| {
+        job.metadata.name = Some(name);
+        job.metadata.labels.get_or_insert_default().insert(
+            kdiag_api::diagnosis::probe_run::PROBE_RUN_LABEL.into(),
+            run.into(),
+        );
+        job
+    };
+    if !probe.spec.per_config || probe.spec.configs.is_empty() {
+        let job = job_with(probe, template, at, report_url, &probe.spec.configs);
+        return vec![with_run(job, run.to_owned())];
+    }
+    probe
+        .spec
+        .configs
+        .iter()
+        .enumerate()
+        .map(|(i, config)| {
+            let name = config_name(config, i);
+            let mut config = config.clone();
+            config.env.push(EnvVar {
+                name: probe_env::PROBE_CONFIG.into(),
+                value: Some(name.clone()),
+                ..Default::default()
+            });
+            let mut job = job_with(probe, template, at, report_url, &[config]);
+            let annotate = |meta: &mut ObjectMeta| {
+                meta.annotations
+                    .get_or_insert_default()
+                    .insert(PROBE_CONFIG_ANNOTATION.into(), name.clone());
+            };
+            annotate(&mut job.metadata);
+            if let Some(spec) = job.spec.as_mut() {
+                annotate(spec.template.metadata.get_or_insert_default());
+            }
+            let suffix = format!("-{i}");
+            let base: String = run.chars().take(63 - suffix.len()).collect();
+            with_run(job, format!("{}{suffix}", base.trim_end_matches('-')))
+        })
+        .collect()
+}
+
+/// The name a `configs` entry's results are stored under: its name, or `config-<index>`.
+pub fn config_name(config: &kdiag_api::ProbeConfig, index: usize) -> String {
+    if config.name.trim().is_empty() {
+        format!("config-{index}")
+    } else {
+        config.name.trim().to_owned()
+    }
+}
+
+fn job_with(
+    probe: &Probe,
+    template: &k8s_openapi::api::core::v1::PodSpec,
+    at: jiff::Timestamp,
+    report_url: &str,
+    configs: &[kdiag_api::ProbeConfig],
 ) -> Job {
     let ns = probe.namespace().unwrap_or_default();
     let name = probe.name_any();
@@ -235,7 +313,7 @@ pub fn job_for(
         value: Some(format!("{}/token", kdiag_api::kubeprober::REPORT_TOKEN_DIR)),
         ..Default::default()
     });
-    for config in &probe.spec.configs {
+    for config in configs {
         extra.extend(config.env.iter().cloned());
     }
     let volumes = spec.volumes.get_or_insert_default();
@@ -387,23 +465,29 @@ async fn ensure_worker(ctx: &Ctx, ns: &str, key: &str) -> Result<(), Error> {
     }
 }
 
-async fn create_job(
+/// Creates the Jobs of the run `run` ([`jobs_for`]) and returns their names; deletes the
+/// probe's Jobs beyond the last few runs.
+pub(super) async fn create_job(
     ctx: &Ctx,
     probe: &Probe,
     template: &k8s_openapi::api::core::v1::PodSpec,
     at: jiff::Timestamp,
-) -> Result<(), Error> {
+    run: &str,
+) -> Result<Vec<String>, Error> {
     let ns = probe.namespace().unwrap_or_default();
     let key = format!("Probe {ns}/{}", probe.name_any());
     if runs_as_worker(template) {
         ensure_worker(ctx, &ns, &key).await?;
     }
     let api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
-    let job = job_for(probe, template, at, &ctx.config.report_url);
-    match api.create(&PostParams::default(), &job).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => return Err(Error::kube("create the Job of", key, e)),
+    let jobs = jobs_for(probe, template, at, &ctx.config.report_url, run);
+    let names: Vec<String> = jobs.iter().map(|j| j.name_any()).collect();
+    for job in jobs {
+        match api.create(&PostParams::default(), &job).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(Error::kube("create the Job of", key.clone(), e)),
+        }
     }
     // Keep the last few runs for `kubectl logs`; older Jobs go.
     let selector = format!("{}={}", probe_labels::PROBE_NAME, probe.name_any());
@@ -413,15 +497,24 @@ async fn create_job(
         .map_err(|e| Error::kube("list the Jobs of", key, e))?
         .items;
     jobs.sort_by_key(|j| std::cmp::Reverse(j.metadata.creation_timestamp.clone()));
-    for old in jobs.into_iter().skip(JOBS_KEPT) {
+    let per_run = if probe.spec.per_config {
+        probe.spec.configs.len().max(1)
+    } else {
+        1
+    };
+    for old in jobs.into_iter().skip(JOBS_KEPT * per_run) {
         let _ = api
             .delete(&old.name_any(), &DeleteParams::background())
             .await;
     }
-    Ok(())
+    Ok(names)
 }
 
-async fn run_native_checks(ctx: &Ctx, probe: &Probe) -> Result<(), Error> {
+/// Runs the probe's native checks, stores their results in its ProbeStatus, and returns them.
+pub(super) async fn run_native_checks(
+    ctx: &Ctx,
+    probe: &Probe,
+) -> Result<Vec<ProbeCheckerStatus>, Error> {
     let runs = probe.spec.checks.iter().map(|c| async move {
         let outcome =
             match tokio::time::timeout(Duration::from_secs(120), checks::run(&ctx.client, c)).await
@@ -444,10 +537,11 @@ async fn run_native_checks(ctx: &Ctx, probe: &Probe) -> Result<(), Error> {
     let r = Report {
         namespace: probe.namespace().unwrap_or_default(),
         probe: probe.name_any(),
-        checkers,
+        checkers: checkers.clone(),
         rejected: Vec::new(),
     };
-    report::apply(&ctx.client, &r).await.map(|_| ())
+    report::apply(&ctx.client, &r).await?;
+    Ok(checkers)
 }
 
 /// Marks results older than `max_age` stale: UNKNOWN with when they were last refreshed.
@@ -530,13 +624,14 @@ async fn reconcile_job(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         .map_err(|e| Error::kube("list the checker pods of", job_key.clone(), e))?
         .items;
 
+    let config = job.annotations().get(PROBE_CONFIG_ANNOTATION).cloned();
     let outcome: Option<(CheckerStatus, String)> = if let Some(f) = failed {
         Some((
             CheckerStatus::Unknown,
             pod_failure_message(&pods, f.reason.as_deref(), f.message.as_deref()),
         ))
     } else if complete {
-        if reported_since(&ctx, &ns, &probe, started.as_ref()).await? {
+        if reported_since(&ctx, &ns, &probe, config.as_deref(), started.as_ref()).await? {
             Some((
                 CheckerStatus::Pass,
                 "the checker pod ran and reported its results".into(),
@@ -552,7 +647,13 @@ async fn reconcile_job(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         // Still running: look again when the pod changes, or when it may have become unschedulable long enough.
         return Ok(Action::requeue(ctx.config.unschedulable_after));
     };
-    // KubeProber reports a broken checker pod as one checker named after the probe.
+    // KubeProber reports a broken checker pod as one checker named after the probe; a pod of
+    // one `configs` entry (perConfig) under the entry's name.
+    let own = job
+        .annotations()
+        .get(PROBE_CONFIG_ANNOTATION)
+        .cloned()
+        .unwrap_or_else(|| probe.clone());
     let only_if_present = status == CheckerStatus::Pass;
     let existing = Api::<ProbeStatus>::namespaced(ctx.client.clone(), &ns)
         .get_opt(&probe)
@@ -560,10 +661,19 @@ async fn reconcile_job(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         .map_err(|e| Error::kube("read", format!("ProbeStatus {key}"), e))?;
     let has_probe_checker = existing
         .as_ref()
-        .is_some_and(|ps| ps.spec.checkers.iter().any(|c| c.name == probe));
-    if !only_if_present || has_probe_checker {
+        .is_some_and(|ps| ps.spec.checkers.iter().any(|c| c.name == own));
+    // A config's checker holds what its pod reported: the pod's own outcome replaces it only
+    // when the pod reported nothing this run.
+    let config_reported = match &config {
+        Some(config) => {
+            status == CheckerStatus::Pass
+                || reported_since(&ctx, &ns, &probe, Some(config), started.as_ref()).await?
+        }
+        None => false,
+    };
+    if !config_reported && (!only_if_present || has_probe_checker) {
         let checker = ProbeCheckerStatus {
-            name: probe.clone(),
+            name: own.clone(),
             status,
             message: message.clone(),
             last_run: Some(now()),
@@ -596,11 +706,13 @@ async fn reconcile_job(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     Ok(Action::await_change())
 }
 
-/// Did any checker of the probe report after the run started?
+/// Did any checker of the probe (of its `configs` entry `config`, with perConfig) report after
+/// the run started?
 async fn reported_since(
     ctx: &Ctx,
     ns: &str,
     probe: &str,
+    config: Option<&str>,
     started: Option<&Time>,
 ) -> Result<bool, Error> {
     let Some(ps) = Api::<ProbeStatus>::namespaced(ctx.client.clone(), ns)
@@ -615,7 +727,10 @@ async fn reported_since(
         .spec
         .checkers
         .iter()
-        .filter(|c| c.name != probe)
+        .filter(|c| match config {
+            Some(config) => super::report::of_config(&c.name, config),
+            None => c.name != probe,
+        })
         .any(|c| {
             c.last_run
                 .as_ref()
@@ -745,6 +860,82 @@ mod tests {
                 .any(|v| v.name == "kdiag-probe-status-token"),
             "the report token is still projected"
         );
+    }
+
+    fn env_of(job: &Job) -> Vec<(String, String)> {
+        pod_of(job).containers[0]
+            .env
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| {
+                !e.name.starts_with("KUBEPROBER_") && !e.name.starts_with("KDIAG_PROBE_STATUS")
+            })
+            .map(|e| (e.name, e.value.unwrap_or_default()))
+            .collect()
+    }
+
+    #[test]
+    fn configs_go_into_one_pod_unless_per_config_makes_one_job_per_config() {
+        let probe = |per_config: bool| -> Probe {
+            serde_json::from_value(json!({
+                "apiVersion": "kubeprober.erda.cloud/v1", "kind": "Probe",
+                "metadata": {"name": "p", "namespace": "ns", "uid": "u"},
+                "spec": {"template": {"containers": [{"name": "a", "image": "x"}]},
+                    "perConfig": per_config,
+                    "configs": [
+                        {"name": "shop", "env": [{"name": "URL", "value": "http://shop"}]},
+                        {"env": [{"name": "URL", "value": "http://cart"}]}]}
+            }))
+            .unwrap()
+        };
+        let merged = probe(false);
+        let template = merged.spec.template.clone().unwrap();
+        let jobs = jobs_for(
+            &merged,
+            &template,
+            jiff::Timestamp::UNIX_EPOCH,
+            "u",
+            "p-run",
+        );
+        assert_eq!(jobs.len(), 1, "KubeProber's way: one pod");
+        assert_eq!(jobs[0].name_any(), "p-run");
+        assert_eq!(
+            env_of(&jobs[0]),
+            [("URL".to_owned(), "http://cart".to_owned())],
+            "every config's env, the later winning as in KubeProber"
+        );
+
+        let split = probe(true);
+        let jobs = jobs_for(&split, &template, jiff::Timestamp::UNIX_EPOCH, "u", "p-run");
+        let names: Vec<_> = jobs.iter().map(|j| j.name_any()).collect();
+        assert_eq!(names, ["p-run-0", "p-run-1"]);
+        for (job, (config, url)) in jobs
+            .iter()
+            .zip([("shop", "http://shop"), ("config-1", "http://cart")])
+        {
+            assert_eq!(
+                env_of(job),
+                [
+                    ("URL".to_owned(), url.to_owned()),
+                    ("KDIAG_PROBE_CONFIG".to_owned(), config.to_owned())
+                ]
+            );
+            let pod_annotations = job
+                .spec
+                .clone()
+                .unwrap()
+                .template
+                .metadata
+                .unwrap()
+                .annotations
+                .unwrap();
+            assert_eq!(pod_annotations[PROBE_CONFIG_ANNOTATION], config);
+            assert_eq!(
+                job.labels()[kdiag_api::diagnosis::probe_run::PROBE_RUN_LABEL],
+                "p-run"
+            );
+        }
     }
 
     #[test]

@@ -110,6 +110,7 @@ pub fn controller_config(args: &ControllerArgs) -> ControllerConfig {
         runner: kdiag_controller::probes::runner::RunnerConfig {
             report_url: args.probe_report_url.clone(),
             stale_intervals: args.probe_stale_intervals,
+            history: args.probe_history,
             ..Default::default()
         },
         probe_budgets: kdiag_controller::probes::trigger::ProbeBudgets {

@@ -118,6 +118,9 @@ pub fn controller_url() -> String {
     )
 }
 
+/// ProbeRuns the shared controller keeps per probe: small, so a test sees the history bounded.
+pub const PROBE_HISTORY: usize = 3;
+
 /// The control plane with the controller running (on its own runtime, so it outlives tests).
 pub async fn with_controller() -> &'static ControlPlane {
     static STARTED: OnceCell<()> = OnceCell::const_new();
@@ -129,6 +132,10 @@ pub async fn with_controller() -> &'static ControlPlane {
                 ControllerConfig {
                     pod_wait: Duration::from_secs(4),
                     alert_token: Some(ALERT_TOKEN.into()),
+                    runner: kdiag_controller::probes::runner::RunnerConfig {
+                        history: PROBE_HISTORY,
+                        ..Default::default()
+                    },
                     ..Default::default()
                 },
             );
