@@ -125,7 +125,9 @@ pub struct AgentHandle {
     pub policy_valid: Arc<AtomicBool>,
     /// The built-ins, bound to this agent's node policy (serve these over HTTP too).
     pub builtins: Builtins,
+    /// The Abnormals with work left (finished ones are only counted, in `finished`).
     pub store: Store<DeserializeGuard<Abnormal>>,
+    pub finished: kdiag_runtime::cache::Finished,
     pub policy: PolicyHandle,
     pub executor_view: Arc<Agent>,
 }
@@ -183,7 +185,7 @@ pub fn start(
     let api: Api<DeserializeGuard<Abnormal>> = Api::all(client.clone());
     let selector = format!("{NODE_LABEL}={}", node_label_value(&config.node_name));
     // The cache keeps slimmed copies (kdiag_runtime::cache): reconcile works on a fresh GET.
-    let (store, abnormals) = kdiag_runtime::cache::watch(
+    let (store, abnormals, finished) = kdiag_runtime::cache::watch(
         api,
         watcher::Config::default().labels(&selector),
         kdiag_runtime::cache::Reader::Agent,
@@ -235,6 +237,7 @@ pub fn start(
         policy_valid: policy_status.valid.clone(),
         builtins,
         store: store.clone(),
+        finished,
         policy: policy.clone(),
         executor_view: agent.clone(),
     };

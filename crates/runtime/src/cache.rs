@@ -5,7 +5,8 @@
 //! whole objects made each cache about 50 KB per Abnormal (docs/performance.md has the profile).
 //!
 //! - The agent reads its cache only to decide whether an Abnormal has work left (phase, spec and
-//!   `status.processors`) and then works on a copy it GETs. A finished one is just its phase.
+//!   `status.processors`) and then works on a copy it GETs. A finished one is not kept at all,
+//!   only counted by phase ([`Finished`]).
 //! - The controller admits Abnormals without a phase from its cache and writes their status back
 //!   whole, so those are kept whole. Once admitted it reads phase, conditions, start time, root
 //!   cause, spec, labels and annotations (routing, GC, ProbeStatus write-back, incident grouping),
@@ -13,9 +14,10 @@
 //! - managedFields are read by nobody, and a status written from a copy without them leaves the
 //!   stored ones as they are (the apiserver keeps them when a write carries none).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use kdiag_api::{Abnormal, AbnormalPhase, AbnormalStatus};
 use kube::api::Api;
 use kube::core::DeserializeGuard;
@@ -32,7 +34,9 @@ pub enum Reader {
 }
 
 /// Watches Abnormals into a store of slimmed copies; the stream yields each changed object (as
-/// `Controller::new` would) for `Controller::for_stream`.
+/// `Controller::new` would) for `Controller::for_stream`. The agent's store keeps no finished
+/// Abnormal at all (it never works on one again): a finished one leaves the store as if deleted,
+/// and only its phase is counted, in [`Finished`], for the node's gauges.
 pub fn watch(
     api: Api<Guarded>,
     config: watcher::Config,
@@ -40,14 +44,99 @@ pub fn watch(
 ) -> (
     Store<Guarded>,
     impl Stream<Item = Result<Guarded, watcher::Error>> + Send + 'static,
+    Finished,
 ) {
     let (store, writer) = reflector::store();
-    let changed = reflector::reflector(
-        writer,
-        watcher(api, config).modify(move |o| slim(reader, o)),
-    )
-    .applied_objects();
-    (store, changed)
+    let finished = Finished::default();
+    let counted = finished.clone();
+    let events = watcher(api, config)
+        .modify(move |o| slim(reader, o))
+        .filter_map(move |event| {
+            let routed = match event {
+                Ok(e) if reader == Reader::Agent => counted.route(e).map(Ok),
+                other => Some(other),
+            };
+            std::future::ready(routed)
+        });
+    let changed = reflector::reflector(writer, events).applied_objects();
+    (store, changed, finished)
+}
+
+/// How many finished Abnormals the agent's node has, by phase, kept instead of the Abnormals.
+#[derive(Clone, Default)]
+pub struct Finished(Arc<Mutex<FinishedCounts>>);
+
+#[derive(Default)]
+struct FinishedCounts {
+    /// namespace/name → phase of every finished Abnormal seen.
+    current: HashMap<String, AbnormalPhase>,
+    /// Being rebuilt by a relist (between Init and InitDone).
+    relisting: Option<HashMap<String, AbnormalPhase>>,
+}
+
+impl Finished {
+    /// Counts by phase.
+    pub fn counts(&self) -> BTreeMap<&'static str, i64> {
+        let inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut counts = BTreeMap::new();
+        for phase in inner.current.values() {
+            *counts.entry(phase.as_str()).or_default() += 1;
+        }
+        counts
+    }
+
+    /// What the store sees of a watch event: a finished Abnormal is counted here and leaves the
+    /// store (as a deletion, or not at all during a relist).
+    fn route(&self, event: watcher::Event<Guarded>) -> Option<watcher::Event<Guarded>> {
+        let finished = |o: &Guarded| {
+            o.0.as_ref()
+                .ok()
+                .and_then(|a| a.phase())
+                .filter(|p| p.is_final())
+        };
+        let key = |o: &Guarded| {
+            let m = match &o.0 {
+                Ok(a) => &a.metadata,
+                Err(i) => &i.metadata,
+            };
+            format!(
+                "{}/{}",
+                m.namespace.as_deref().unwrap_or_default(),
+                m.name.as_deref().unwrap_or_default()
+            )
+        };
+        let mut inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match event {
+            watcher::Event::Init => {
+                inner.relisting = Some(HashMap::new());
+                Some(watcher::Event::Init)
+            }
+            watcher::Event::InitApply(o) => match finished(&o) {
+                Some(phase) => {
+                    inner.relisting.get_or_insert_default().insert(key(&o), phase);
+                    None
+                }
+                None => Some(watcher::Event::InitApply(o)),
+            },
+            watcher::Event::InitDone => {
+                if let Some(listed) = inner.relisting.take() {
+                    inner.current = listed;
+                }
+                Some(watcher::Event::InitDone)
+            }
+            watcher::Event::Apply(o) => match finished(&o) {
+                Some(phase) => {
+                    inner.current.insert(key(&o), phase);
+                    Some(watcher::Event::Delete(o))
+                }
+                None => Some(watcher::Event::Apply(o)),
+            },
+            watcher::Event::Delete(o) => {
+                inner.current.remove(&key(&o));
+                Some(watcher::Event::Delete(o))
+            }
+        }
+    }
 }
 
 /// Drops from a cached Abnormal what `reader` never reads.
@@ -84,6 +173,18 @@ pub fn slim(reader: Reader, obj: &mut Guarded) {
             status.profilers = Vec::new();
         }
     }
+}
+
+/// Counts the agent's Abnormals by phase: those in its store and the finished ones it counts.
+pub fn count_with_finished(
+    store: &Store<DeserializeGuard<Abnormal>>,
+    finished: &Finished,
+) -> BTreeMap<&'static str, i64> {
+    let mut counts = count_by_phase(store);
+    for (phase, n) in finished.counts() {
+        *counts.entry(phase).or_default() += n;
+    }
+    counts
 }
 
 /// Counts a store's Abnormals by phase ("" for not yet admitted).

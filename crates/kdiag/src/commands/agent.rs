@@ -9,7 +9,7 @@ use kdiag_agent::{self as agent, AgentConfig};
 use kdiag_api::AbnormalPhase;
 use kdiag_pipeline::Limits;
 use kdiag_runtime::builtin::Builtins;
-use kdiag_runtime::cache::count_by_phase;
+use kdiag_runtime::cache::count_with_finished;
 use kdiag_runtime::metrics::Metrics;
 use kdiag_runtime::process;
 use kdiag_runtime::server::{self, ServerState};
@@ -111,11 +111,15 @@ pub fn agent_server_state(
     metrics: &Arc<Metrics>,
     handle: &agent::AgentHandle,
 ) -> ServerState {
-    let (m, store) = (metrics.clone(), handle.store.clone());
+    let (m, store, finished) = (
+        metrics.clone(),
+        handle.store.clone(),
+        handle.finished.clone(),
+    );
     ServerState {
         metrics: metrics.clone(),
         refresh: Arc::new(move || {
-            let counts = count_by_phase(&store);
+            let counts = count_with_finished(&store, &finished);
             let total: i64 = counts.values().sum();
             for (phase, n) in counts {
                 if phase.is_empty() || phase == AbnormalPhase::Unknown.as_str() {

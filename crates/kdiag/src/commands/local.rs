@@ -15,7 +15,7 @@ use kdiag_controller::{self as controller, ControllerConfig};
 use kdiag_pipeline::Limits;
 use kdiag_runtime::apply::apply_yaml;
 use kdiag_runtime::builtin::Builtins;
-use kdiag_runtime::cache::count_by_phase;
+use kdiag_runtime::cache::{count_by_phase, count_with_finished};
 use kdiag_runtime::metrics::Metrics;
 use kdiag_runtime::process;
 use kdiag_runtime::server::{self, ServerState};
@@ -183,10 +183,11 @@ async fn serve(
         metrics.clone(),
         shutdown.clone(),
     );
-    let (m, c_store, a_store) = (
+    let (m, c_store, a_store, a_finished) = (
         metrics.clone(),
         c_handle.store.clone(),
         a_handle.store.clone(),
+        a_handle.finished.clone(),
     );
     let state = ServerState {
         metrics: metrics.clone(),
@@ -194,7 +195,7 @@ async fn serve(
             for (phase, n) in count_by_phase(&c_store) {
                 m.controller.abnormals.with_label_values(&[phase]).set(n);
             }
-            let counts = count_by_phase(&a_store);
+            let counts = count_with_finished(&a_store, &a_finished);
             m.agent
                 .original
                 .node_abnormal_count
