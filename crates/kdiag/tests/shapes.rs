@@ -150,7 +150,11 @@ async fn a_go_profiler_copies_a_pprof_file_only_from_a_directory_the_agent_allow
             )
             .await;
             let a = wait_final(&client, &ns, &name, FINISH).await;
-            a.status.unwrap().profilers.into_iter().next().unwrap()
+            let st = a.status.unwrap();
+            st.profilers
+                .first()
+                .cloned()
+                .unwrap_or_else(|| panic!("{name}: no profiler status in {st:#?}"))
         }
     };
 
