@@ -167,7 +167,7 @@ pub fn stat_all(proc_root: &Path, paths: &[String], deadline: Deadline) -> Vec<F
         .collect();
     // Each directory's entries; its subdirectories are measured as roots of their own (after
     // the directories themselves), so an entry's diskUsage is its whole tree.
-    let mut listings: Vec<(usize, Vec<(FileEntry, Option<usize>)>)> = Vec::new();
+    let mut listings: Vec<(usize, Vec<Listed>)> = Vec::new();
     for &i in &dirs {
         let (entries, omitted) = read_entries(Path::new(&out[i].path), &resolved[i]);
         out[i].file_statuses_omitted = omitted;
@@ -207,6 +207,9 @@ pub fn stat_all(proc_root: &Path, paths: &[String], deadline: Deadline) -> Vec<F
     }
     out
 }
+
+/// An entry of a directory, with the index of its walk root when it is a subdirectory.
+type Listed = (FileEntry, Option<usize>);
 
 /// The entries of a directory (at most [`MAX_DIR_ENTRIES_READ`]) stat'ed without following
 /// symlinks, each with the resolved path of the subdirectory to measure when it is one, and how
@@ -402,9 +405,17 @@ mod tests {
             .collect();
         assert_eq!(names, ["big", "medium", "small"]);
         // A subdirectory counts its whole tree; the paths are the host paths asked for.
-        assert!(entries[0].disk_usage >= 200_000, "{}", entries[0].disk_usage);
+        assert!(
+            entries[0].disk_usage >= 200_000,
+            "{}",
+            entries[0].disk_usage
+        );
         assert!(entries[0].mode.starts_with('d'));
-        assert!(entries[1].path.starts_with(&dir.path().display().to_string()));
+        assert!(
+            entries[1]
+                .path
+                .starts_with(&dir.path().display().to_string())
+        );
         assert_eq!(s[0].file_statuses_omitted, 0);
     }
 

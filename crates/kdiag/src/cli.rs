@@ -365,7 +365,11 @@ pub struct AgentArgs {
     /// absolute path, as Kube Diagnoser allowed). Repeat it, or give a comma-separated list in
     /// the environment. None by default: every file source is refused, saying to set this
     /// (docs/profilers.md).
-    #[arg(long = "go-profile-dir", env = "KDIAG_GO_PROFILE_DIRS", value_delimiter = ',')]
+    #[arg(
+        long = "go-profile-dir",
+        env = "KDIAG_GO_PROFILE_DIRS",
+        value_delimiter = ','
+    )]
     pub go_profile_dirs: Vec<PathBuf>,
     /// The host's /proc as the agent sees it (the DaemonSet runs with hostPID).
     #[arg(long, default_value = "/proc")]

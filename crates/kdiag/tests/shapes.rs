@@ -160,16 +160,25 @@ async fn a_go_profiler_copies_a_pprof_file_only_from_a_directory_the_agent_allow
 
     // A path and a file:// URL under the allowed directory: copied, served from the agent.
     let file = allowed.path().join("heap.pprof").display().to_string();
-    for (name, source) in [("by-path", file.clone()), ("by-url", format!("file://{file}"))] {
+    for (name, source) in [
+        ("by-path", file.clone()),
+        ("by-url", format!("file://{file}")),
+    ] {
         let p = profile(name, source.clone()).await;
         assert_eq!(p.error, "", "{source}: {p:?}");
         assert!(
             p.endpoint.ends_with(&format!("/profiles/{ns}/{name}/heap")),
             "{p:?}"
         );
-        let kept =
-            std::fs::read(agent.data_root.join("profiles").join(&ns).join(name).join("heap"))
-                .unwrap();
+        let kept = std::fs::read(
+            agent
+                .data_root
+                .join("profiles")
+                .join(&ns)
+                .join(name)
+                .join("heap"),
+        )
+        .unwrap();
         assert_eq!(kept, PPROF_BYTES);
     }
 

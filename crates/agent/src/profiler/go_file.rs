@@ -223,7 +223,10 @@ mod tests {
     fn files_outside_the_allowed_directories_and_tricky_paths_are_refused() {
         let allowed = dirs(&["/var/run/pprof"]);
         for (path, want) in [
-            ("/etc/kubernetes/admin.conf", "under none of them (/var/run/pprof)"),
+            (
+                "/etc/kubernetes/admin.conf",
+                "under none of them (/var/run/pprof)",
+            ),
             ("/var/run/pprofx/heap", "under none of them"),
             ("/var/run/pprof", "under none of them"),
             ("/var/run/pprof/../../etc/shadow", "`..`"),

@@ -16,7 +16,9 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Pod;
-use kdiag_api::context_keys::{SIGNAL_RECOVERY, TERMINATING_POD_DIAGNOSIS, TERMINATING_POD_FINDINGS};
+use kdiag_api::context_keys::{
+    SIGNAL_RECOVERY, TERMINATING_POD_DIAGNOSIS, TERMINATING_POD_FINDINGS,
+};
 use kdiag_api::plugin::{Processor, ProcessorContext, ProcessorError, ProcessorOutput};
 use kdiag_api::{Abnormal, RootCause};
 use kdiag_collectors::budget::{Deadline, blocking, cap_list, output_budget, truncated_key};
@@ -501,7 +503,10 @@ mod tests {
         let decoded: Vec<Pod> = serde_json::from_value(json.clone()).unwrap();
         assert_eq!(decoded.len(), 1, "only the pod past its deadline: {json}");
         assert_eq!(decoded[0].metadata.name.as_deref(), Some("late"));
-        assert_eq!(json[0]["metadata"]["deletionTimestamp"], "2024-01-01T00:00:00Z");
+        assert_eq!(
+            json[0]["metadata"]["deletionTimestamp"],
+            "2024-01-01T00:00:00Z"
+        );
         assert_eq!(json[0]["spec"]["containers"][0]["name"], "app");
         assert!(json[0]["metadata"].get("managedFields").is_none());
     }

@@ -267,7 +267,10 @@ fn malformed_profilers_are_rejected() {
 
 #[test]
 fn a_go_profiler_may_name_a_pprof_file_on_the_node_as_in_kube_diagnoser() {
-    for source in ["/var/run/pprof/heap.pprof", "file:///var/run/pprof/heap.pprof"] {
+    for source in [
+        "/var/run/pprof/heap.pprof",
+        "file:///var/run/pprof/heap.pprof",
+    ] {
         let a = abnormal(
             json!({"nodeName": "n1", "profilers": [{"name": "p", "type": "Diagnoser", "go": {"source": source}}]}),
         );
