@@ -341,7 +341,11 @@ fn facts(
 fn upstream_pods(judged: &[(&Pod, i64)]) -> Vec<Pod> {
     judged
         .iter()
-        .filter(|(_, overdue_seconds)| *overdue_seconds >= 0)
+        // As Kube Diagnoser: a pod whose state is Unknown (its node lost) is not called stuck.
+        .filter(|(pod, overdue_seconds)| {
+            *overdue_seconds >= 0
+                && pod.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Unknown")
+        })
         .map(|(pod, _)| {
             let mut pod = (*pod).clone();
             pod.metadata.managed_fields = None;
@@ -496,12 +500,17 @@ mod tests {
             }))
             .unwrap()
         };
-        let (late, early) = (pod("late"), pod("early"));
-        let out = upstream_pods(&[(&late, 120), (&early, -5)]);
+        let (late, early, mut lost) = (pod("late"), pod("early"), pod("lost"));
+        lost.status.as_mut().unwrap().phase = Some("Unknown".into());
+        let out = upstream_pods(&[(&late, 120), (&early, -5), (&lost, 300)]);
         let json = serde_json::to_value(&out).unwrap();
         // Decoded as a Go plugin decodes `[]corev1.Pod` (k8s-openapi mirrors those types).
         let decoded: Vec<Pod> = serde_json::from_value(json.clone()).unwrap();
-        assert_eq!(decoded.len(), 1, "only the pod past its deadline: {json}");
+        assert_eq!(
+            decoded.len(),
+            1,
+            "only the pod past its deadline and not Unknown: {json}"
+        );
         assert_eq!(decoded[0].metadata.name.as_deref(), Some("late"));
         assert_eq!(
             json[0]["metadata"]["deletionTimestamp"],
