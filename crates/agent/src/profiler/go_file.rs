@@ -5,7 +5,7 @@
 //! read only under a directory the agent was started with (`--go-profile-dir`, none by default):
 //! otherwise an Abnormal could have the agent copy any node file (a kubeconfig, a key) and serve
 //! it. The path must be absolute without `.` or `..`, lie under an allowed directory, and still
-//! do so with its symlinks resolved.
+//! do so with its symlinks resolved as the host sees them ([`resolve_in_root`]).
 
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
@@ -65,32 +65,37 @@ impl Profilers {
         timeout: Duration,
     ) -> Result<(String, String), Error> {
         let path_buf = check_file_path(path, &self.go_file_dirs)?;
-        let resolved = kdiag_collectors::mounts::host_path(&self.proc_root, path);
-        // With its symlinks resolved, the file must still be under an allowed directory (itself
-        // resolved the same way), so a link cannot lead out of it.
-        let real = tokio::fs::canonicalize(&resolved)
-            .await
-            .map_err(|error| Error::Io {
-                action: "resolving",
-                path: path_buf.clone(),
-                error,
-            })?;
-        let mut inside = false;
-        for dir in &self.go_file_dirs {
-            let dir = kdiag_collectors::mounts::host_path(&self.proc_root, &dir.to_string_lossy());
-            if let Ok(real_dir) = tokio::fs::canonicalize(&dir).await
-                && real.starts_with(&real_dir)
-            {
-                inside = true;
-                break;
-            }
-        }
+        // Symlinks are resolved as the host sees them, inside the host's root as the agent
+        // reaches it (`/proc/1/root` from the agent's own mount namespace): canonicalize would
+        // read that root as the agent's own `/`.
+        let root = kdiag_collectors::mounts::host_path(&self.proc_root, "/");
+        let dirs = self.go_file_dirs.clone();
+        let (root_, target) = (root.clone(), path_buf.clone());
+        let resolved = tokio::task::spawn_blocking(move || {
+            let real = resolve_in_root(&root_, &target)?;
+            let inside = dirs.iter().any(|dir| {
+                resolve_in_root(&root_, dir).is_ok_and(|real_dir| real.starts_with(real_dir))
+            });
+            Ok::<_, std::io::Error>((real, inside))
+        })
+        .await
+        .map_err(|e| Error::Io {
+            action: "resolving",
+            path: path_buf.clone(),
+            error: std::io::Error::other(e.to_string()),
+        })?;
+        let (real, inside) = resolved.map_err(|error| Error::Io {
+            action: "resolving",
+            path: path_buf.clone(),
+            error,
+        })?;
         if !inside {
             return Err(Error::GoFilePath {
                 path: path.to_owned(),
                 why: "a symlink on the way leads out of the allowed directories",
             });
         }
+        let real = root.join(real.strip_prefix("/").unwrap_or(&real));
         let meta = tokio::fs::metadata(&real)
             .await
             .map_err(|error| Error::Io {
@@ -141,6 +146,57 @@ impl Profilers {
             }
         }
     }
+}
+
+/// The most symlinks followed while resolving one path, as Linux allows (ELOOP).
+const MAX_SYMLINKS: usize = 40;
+
+/// Resolves the symlinks of the host path `path` inside `root`, the host's root as the agent
+/// reaches it: an absolute link target starts again at the host's root, and `..` never climbs
+/// above it. Returns the resolved host path (absolute, without symlinks).
+pub fn resolve_in_root(root: &Path, path: &Path) -> std::io::Result<PathBuf> {
+    use std::ffi::OsString;
+    let mut resolved = PathBuf::from("/");
+    // Components still to walk, the next one last.
+    let mut pending: Vec<OsString> = Vec::new();
+    let push_all = |pending: &mut Vec<OsString>, p: &Path| {
+        for c in p.components().rev() {
+            match c {
+                Component::Normal(n) => pending.push(n.to_owned()),
+                Component::ParentDir => pending.push("..".into()),
+                Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+            }
+        }
+    };
+    push_all(&mut pending, path);
+    let mut links = 0;
+    while let Some(part) = pending.pop() {
+        if part == ".." {
+            resolved.pop();
+            continue;
+        }
+        let candidate = resolved.join(&part);
+        let on_disk = root.join(candidate.strip_prefix("/").unwrap_or(&candidate));
+        if std::fs::symlink_metadata(&on_disk)?
+            .file_type()
+            .is_symlink()
+        {
+            links += 1;
+            if links > MAX_SYMLINKS {
+                return Err(std::io::Error::other(format!(
+                    "more than {MAX_SYMLINKS} symlinks"
+                )));
+            }
+            let target = std::fs::read_link(&on_disk)?;
+            if target.is_absolute() {
+                resolved = PathBuf::from("/");
+            }
+            push_all(&mut pending, &target);
+        } else {
+            resolved = candidate;
+        }
+    }
+    Ok(resolved)
 }
 
 /// Copies at most `limit` bytes of `source` to `tmp` (a file that grew past it fails), then
@@ -236,5 +292,42 @@ mod tests {
             let e = check_file_path(path, &allowed).unwrap_err().to_string();
             assert!(e.contains(want), "{path}: {e}");
         }
+    }
+
+    #[test]
+    fn symlinks_resolve_inside_the_hosts_root_as_the_agent_reaches_it() {
+        // A stand-in for /proc/1/root: absolute link targets are the host's paths.
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join("data/pprof")).unwrap();
+        std::fs::create_dir_all(r.join("etc")).unwrap();
+        std::fs::write(r.join("data/pprof/heap"), b"x").unwrap();
+        std::fs::write(r.join("etc/secret"), b"x").unwrap();
+        std::os::unix::fs::symlink("/data/pprof/heap", r.join("data/pprof/abs")).unwrap();
+        std::os::unix::fs::symlink("../../etc/secret", r.join("data/pprof/rel")).unwrap();
+        std::os::unix::fs::symlink("/data", r.join("link-to-data")).unwrap();
+        std::os::unix::fs::symlink("../../../../../etc/secret", r.join("data/pprof/climb"))
+            .unwrap();
+        std::os::unix::fs::symlink("loop", r.join("data/pprof/loop")).unwrap();
+        let resolve = |p: &str| resolve_in_root(r, Path::new(p));
+        assert_eq!(
+            resolve("/data/pprof/abs").unwrap(),
+            Path::new("/data/pprof/heap")
+        );
+        assert_eq!(
+            resolve("/data/pprof/rel").unwrap(),
+            Path::new("/etc/secret")
+        );
+        assert_eq!(
+            resolve("/link-to-data/pprof/heap").unwrap(),
+            Path::new("/data/pprof/heap")
+        );
+        // `..` stops at the host's root, as it does at `/`.
+        assert_eq!(
+            resolve("/data/pprof/climb").unwrap(),
+            Path::new("/etc/secret")
+        );
+        assert!(resolve("/data/pprof/loop").is_err());
+        assert!(resolve("/data/pprof/missing").is_err());
     }
 }
