@@ -171,6 +171,14 @@ pub enum Error {
     GoSourceNotUrl { url: String, reason: String },
     #[error("go.source {url:?} must be an http or https URL of a pprof endpoint")]
     GoSourceScheme { url: String },
+    #[error(
+        "go.source {path:?} names a file on the node, which this agent reads only under the directories of its --go-profile-dir (KDIAG_GO_PROFILE_DIRS), and {allowed}; to allow it, add the directory holding the file to the agent's --go-profile-dir (docs/profilers.md#a-pprof-file-on-the-node)"
+    )]
+    GoFileNotAllowed { path: String, allowed: String },
+    #[error("go.source {path:?} is not a usable file path: {why}")]
+    GoFilePath { path: String, why: &'static str },
+    #[error("go.source {path} is not a regular file on this node")]
+    GoFileNotRegular { path: String },
     #[error("building an HTTP client: {reason}")]
     HttpClient { reason: String },
     #[error("fetching {url}: {reason}")]
@@ -320,6 +328,9 @@ impl Error {
             | ProfilerKind
             | GoSourceNotUrl { .. }
             | GoSourceScheme { .. }
+            | GoFileNotAllowed { .. }
+            | GoFilePath { .. }
+            | GoFileNotRegular { .. }
             | HttpClient { .. }
             | GoFetch { .. }
             | GoStatus { .. }

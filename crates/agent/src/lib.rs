@@ -86,6 +86,8 @@ pub struct AgentConfig {
     /// How long an Abnormal holds a worker slot before it yields to others waiting for one
     /// (between steps; a step itself is never cut short).
     pub turn: std::time::Duration,
+    /// Node directories a Go profiler may read a pprof file from (`--go-profile-dir`).
+    pub go_profile_dirs: Vec<PathBuf>,
 }
 
 /// The deadline of an Abnormal by default (`--abnormal-deadline`).
@@ -212,6 +214,7 @@ pub fn start(
                 proc_root: config.node.proc_root.clone(),
                 client: Some(client.clone()),
                 limits: Default::default(),
+                go_file_dirs: config.go_profile_dirs.clone(),
             }),
             max_step_output_bytes: config.limits.max_step_output_bytes,
             node: Arc::new(config.node.clone()),

@@ -284,6 +284,7 @@ impl InProcAgent {
             node: Default::default(),
             deadline: Some(kdiag_agent::DEFAULT_DEADLINE),
             turn: kdiag_agent::DEFAULT_TURN,
+            go_profile_dirs: Vec::new(),
         };
         let (handle, driver) = agent::start(
             client,

@@ -17,6 +17,11 @@ use crate::mounts;
 
 /// Paths accepted in one Abnormal: each directory is walked, so this bounds the work.
 const MAX_PATHS: usize = 100;
+/// Entries of a directory listed in its `fileStatuses`: the largest by disk usage.
+pub const MAX_DIR_ENTRIES: usize = 100;
+/// Entries of a directory read to choose them from; a larger directory's others are not
+/// ranked (counted in `fileStatusesOmitted`).
+pub const MAX_DIR_ENTRIES_READ: usize = 10_000;
 
 /// One path, as written to `fileStatusInformation`.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -50,6 +55,34 @@ pub struct FileStatus {
     pub tree: Option<Usage>,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub error: String,
+    /// For a directory: its entries (not their contents), the largest by disk usage first, at
+    /// most [`MAX_DIR_ENTRIES`], as Kube Diagnoser's `FileStatusList.fileStatuses`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub file_statuses: Vec<FileEntry>,
+    /// For a directory: how many entries are not in `fileStatuses` (beyond the bounds).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub file_statuses_omitted: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// One entry of a directory, with exactly Kube Diagnoser's `types.FileStatus` fields.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileEntry {
+    pub uid: u32,
+    pub gid: u32,
+    pub inode: u64,
+    pub links: u64,
+    pub mode: String,
+    /// RFC 3339.
+    pub mod_time: String,
+    /// Bytes allocated on disk; a subdirectory's whole tree.
+    pub disk_usage: u64,
+    /// The host path of the entry.
+    pub path: String,
 }
 
 pub struct FileStatusCollector;
@@ -128,16 +161,88 @@ pub fn stat_all(proc_root: &Path, paths: &[String], deadline: Deadline) -> Vec<F
         .map(|(p, r)| stat(Path::new(p), r))
         .collect();
     let dirs: Vec<usize> = (0..out.len()).filter(|i| out[*i].is_dir).collect();
-    let roots: Vec<WalkRoot> = dirs
+    let mut roots: Vec<WalkRoot> = dirs
         .iter()
         .map(|i| WalkRoot::new(resolved[*i].clone()))
         .collect();
+    // Each directory's entries; its subdirectories are measured as roots of their own (after
+    // the directories themselves), so an entry's diskUsage is its whole tree.
+    let mut listings: Vec<(usize, Vec<Listed>)> = Vec::new();
+    for &i in &dirs {
+        let (entries, omitted) = read_entries(Path::new(&out[i].path), &resolved[i]);
+        out[i].file_statuses_omitted = omitted;
+        let entries = entries
+            .into_iter()
+            .map(|(entry, subdir)| {
+                let root = subdir.map(|d| {
+                    roots.push(WalkRoot::new(d));
+                    roots.len() - 1
+                });
+                (entry, root)
+            })
+            .collect();
+        listings.push((i, entries));
+    }
     let usage = du::walk(&roots, du::default_threads(), deadline);
-    for (i, u) in dirs.into_iter().zip(usage) {
-        out[i].disk_usage = u.allocated_bytes;
-        out[i].tree = Some(u);
+    for (i, u) in dirs.iter().zip(&usage) {
+        out[*i].disk_usage = u.allocated_bytes;
+        out[*i].tree = Some(u.clone());
+    }
+    for (i, entries) in listings {
+        let mut entries: Vec<FileEntry> = entries
+            .into_iter()
+            .map(|(mut entry, root)| {
+                if let Some(u) = root.and_then(|r| usage.get(r)) {
+                    entry.disk_usage = u.allocated_bytes;
+                }
+                entry
+            })
+            .collect();
+        entries.sort_by(|a, b| b.disk_usage.cmp(&a.disk_usage).then(a.path.cmp(&b.path)));
+        if entries.len() > MAX_DIR_ENTRIES {
+            out[i].file_statuses_omitted += (entries.len() - MAX_DIR_ENTRIES) as u64;
+            entries.truncate(MAX_DIR_ENTRIES);
+        }
+        out[i].file_statuses = entries;
     }
     out
+}
+
+/// An entry of a directory, with the index of its walk root when it is a subdirectory.
+type Listed = (FileEntry, Option<usize>);
+
+/// The entries of a directory (at most [`MAX_DIR_ENTRIES_READ`]) stat'ed without following
+/// symlinks, each with the resolved path of the subdirectory to measure when it is one, and how
+/// many entries were not read. An unreadable directory has no entries: its own stat says enough.
+fn read_entries(path: &Path, resolved: &Path) -> (Vec<(FileEntry, Option<PathBuf>)>, u64) {
+    let Ok(dir) = std::fs::read_dir(resolved) else {
+        return (Vec::new(), 0);
+    };
+    let mut entries = Vec::new();
+    let mut omitted = 0u64;
+    for item in dir.flatten() {
+        if entries.len() >= MAX_DIR_ENTRIES_READ {
+            omitted += 1;
+            continue;
+        }
+        let Ok(meta) = std::fs::symlink_metadata(item.path()) else {
+            continue;
+        };
+        let entry = FileEntry {
+            uid: meta.uid(),
+            gid: meta.gid(),
+            inode: meta.ino(),
+            links: meta.nlink(),
+            mode: mode_string(meta.permissions().mode()),
+            mod_time: jiff::Timestamp::from_second(meta.mtime())
+                .map(|t| t.to_string())
+                .unwrap_or_default(),
+            disk_usage: meta.blocks() * 512,
+            path: path.join(item.file_name()).display().to_string(),
+        };
+        entries.push((entry, meta.is_dir().then(|| item.path())));
+    }
+    (entries, omitted)
 }
 
 fn stat(path: &Path, resolved: &Path) -> FileStatus {
@@ -242,7 +347,22 @@ mod tests {
         disk_usage: i64,
         path: String,
         #[serde(default)]
-        file_statuses: Vec<serde_json::Value>,
+        file_statuses: Vec<UpstreamFileStatus>,
+    }
+
+    /// Kube Diagnoser's `types.FileStatus`, every field required.
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    #[allow(dead_code)]
+    struct UpstreamFileStatus {
+        uid: u32,
+        gid: u32,
+        inode: u64,
+        links: u64,
+        mode: String,
+        mod_time: jiff::Timestamp,
+        disk_usage: i64,
+        path: String,
     }
 
     #[test]
@@ -261,5 +381,58 @@ mod tests {
         assert_eq!(upstream[0].links, 1);
         assert!(upstream[0].inode > 0);
         assert!(upstream[0].mode.starts_with("-rw"));
+    }
+
+    #[test]
+    fn a_directorys_entries_are_listed_largest_first_and_decode_as_upstreams_file_statuses() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("small"), vec![1u8; 100]).unwrap();
+        std::fs::create_dir(dir.path().join("big")).unwrap();
+        std::fs::write(dir.path().join("big/inside"), vec![1u8; 200_000]).unwrap();
+        std::fs::write(dir.path().join("medium"), vec![1u8; 50_000]).unwrap();
+        let s = stat_all(
+            Path::new("/proc"),
+            &[dir.path().display().to_string()],
+            Deadline::never(),
+        );
+        let upstream: Vec<UpstreamFileStatusList> =
+            serde_json::from_value(serde_json::to_value(&s).unwrap())
+                .expect("decodes into Kube Diagnoser's []types.FileStatusList");
+        let entries = &upstream[0].file_statuses;
+        let names: Vec<&str> = entries
+            .iter()
+            .map(|e| e.path.rsplit('/').next().unwrap())
+            .collect();
+        assert_eq!(names, ["big", "medium", "small"]);
+        // A subdirectory counts its whole tree; the paths are the host paths asked for.
+        assert!(
+            entries[0].disk_usage >= 200_000,
+            "{}",
+            entries[0].disk_usage
+        );
+        assert!(entries[0].mode.starts_with('d'));
+        assert!(
+            entries[1]
+                .path
+                .starts_with(&dir.path().display().to_string())
+        );
+        assert_eq!(s[0].file_statuses_omitted, 0);
+    }
+
+    #[test]
+    fn a_large_directory_lists_only_its_largest_entries_and_counts_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..MAX_DIR_ENTRIES + 5 {
+            std::fs::write(dir.path().join(format!("f{i}")), vec![1u8; i * 10]).unwrap();
+        }
+        let s = stat_all(
+            Path::new("/proc"),
+            &[dir.path().display().to_string()],
+            Deadline::never(),
+        );
+        assert_eq!(s[0].file_statuses.len(), MAX_DIR_ENTRIES);
+        assert_eq!(s[0].file_statuses_omitted, 5);
+        let json = serde_json::to_value(&s[0]).unwrap();
+        assert_eq!(json["fileStatusesOmitted"], 5);
     }
 }

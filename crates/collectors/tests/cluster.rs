@@ -152,7 +152,7 @@ async fn container_collector_lists_a_running_pods_container_with_its_pid_and_pro
 
     let out = run(&ContainerCollector, &ctx, &abnormal(json!({}))).await;
     assert!(out.message.contains("containerd"), "{}", out.message);
-    let containers = list(&out, context_keys::CONTAINER_INFORMATION);
+    let containers = list(&out, context_keys::CRI_CONTAINER_INFORMATION);
     let entry = containers
         .iter()
         .find(|e| e["podNamespace"] == ns.as_str() && e["podName"] == "sleeper")
@@ -172,6 +172,23 @@ async fn container_collector_lists_a_running_pods_container_with_its_pid_and_pro
     let pid = entry["pid"]
         .as_i64()
         .expect("containerd gives the pid of a running container");
+    // The same container in Docker's shape, under Kube Diagnoser's key.
+    let docker = list(&out, context_keys::CONTAINER_INFORMATION);
+    let listed = docker
+        .iter()
+        .find(|e| e["Id"] == container_id(&p).as_str())
+        .unwrap_or_else(|| panic!("sleeper not in {docker:#?}"));
+    assert_eq!(listed["State"], "running");
+    assert!(
+        listed["Status"].as_str().unwrap().starts_with("Up "),
+        "{listed}"
+    );
+    assert_eq!(
+        listed["Names"][0],
+        format!("/k8s_main_sleeper_{ns}_{}_0", uid(&p))
+    );
+    assert_eq!(listed["Labels"]["io.kubernetes.pod.name"], "sleeper");
+    assert!(listed["Created"].as_i64().unwrap() > 0, "{listed}");
 
     // The kernel agrees: that pid is `sleep 3600`.
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();

@@ -374,11 +374,17 @@ async fn terminating_pod_diagnoser_names_the_finalizer_for_one_pod_and_the_sigte
         "no signal for a finalizer: {:?}",
         out.context.get(context_keys::SIGNAL_RECOVERY)
     );
-    let diag = out.context[context_keys::TERMINATING_POD_DIAGNOSIS]
+    let diag = out.context[context_keys::TERMINATING_POD_FINDINGS]
         .as_array()
         .unwrap();
     assert_eq!(diag[0]["metadata"]["name"], "held");
     assert!(diag[0]["overdueSeconds"].as_i64().unwrap() >= 0);
+    // Kube Diagnoser's key holds the overdue pod itself, as a Pod object.
+    let pods_out: Vec<Pod> =
+        serde_json::from_value(out.context[context_keys::TERMINATING_POD_DIAGNOSIS].clone())
+            .expect("terminatingPodDiagnosis is a list of Pods");
+    assert_eq!(pods_out[0].metadata.name.as_deref(), Some("held"));
+    assert!(pods_out[0].metadata.deletion_timestamp.is_some());
 
     // A volume left mounted under the pod's directory is named too (a real tmpfs mount where
     // the kubelet keeps the pod's emptyDirs).
@@ -440,7 +446,7 @@ async fn terminating_pod_diagnoser_names_the_finalizer_for_one_pod_and_the_sigte
         .process(&ctx, &abnormal(None, json!({})))
         .await
         .unwrap();
-    let diag = out.context[context_keys::TERMINATING_POD_DIAGNOSIS]
+    let diag = out.context[context_keys::TERMINATING_POD_FINDINGS]
         .as_array()
         .unwrap();
     let reason_of = |name: &str| {

@@ -370,6 +370,16 @@ pub struct AgentArgs {
     /// and rights as the node API. Off when not given (docs/compatibility.md).
     #[arg(long, env = "KDIAG_KUBE_DIAGNOSER_PORT")]
     pub kube_diagnoser_port: Option<u16>,
+    /// A node directory under which a Go profiler may read a pprof file (`go.source` an
+    /// absolute path, as Kube Diagnoser allowed). Repeat it, or give a comma-separated list in
+    /// the environment. None by default: every file source is refused, saying to set this
+    /// (docs/profilers.md).
+    #[arg(
+        long = "go-profile-dir",
+        env = "KDIAG_GO_PROFILE_DIRS",
+        value_delimiter = ','
+    )]
+    pub go_profile_dirs: Vec<PathBuf>,
     /// The host's /proc as the agent sees it (the DaemonSet runs with hostPID).
     #[arg(long, default_value = "/proc")]
     pub proc_root: PathBuf,

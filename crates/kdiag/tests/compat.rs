@@ -379,6 +379,7 @@ async fn an_expired_profiles_endpoint_says_expired_as_in_kube_diagnoser() {
         proc_root: "/proc".into(),
         client: Some(service_account_client(cp, "kdiag-agent").await),
         limits: Default::default(),
+        go_file_dirs: Vec::new(),
     };
     profilers
         .mark_expired(&[kdiag_agent::profiler::ExpiredProfile {

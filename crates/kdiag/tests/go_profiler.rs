@@ -87,6 +87,7 @@ async fn a_go_profile_comes_only_from_the_abnormals_own_pod() {
         proc_root: "/proc".into(),
         client: Some(client.clone()),
         limits: Default::default(),
+        go_file_dirs: Vec::new(),
     };
     let run = |pod: Option<&'static str>, source: String| {
         let (a, p) = abnormal(c, &ns, pod, &source);

@@ -269,7 +269,7 @@ async fn an_abnormal_about_another_namespaces_pod_is_refused_naming_the_right() 
 }
 
 #[tokio::test]
-async fn node_wide_and_host_pid_abnormals_are_refused_to_a_tenant() {
+async fn node_wide_host_pid_and_node_file_abnormals_are_refused_to_a_tenant() {
     let e = env().await;
     let cases = [
         (
@@ -286,6 +286,12 @@ async fn node_wide_and_host_pid_abnormals_are_refused_to_a_tenant() {
                    "profilers": [{"name": "jvm", "type": "Diagnoser",
                                   "java": {"type": "Arthas", "pid": 1}}]}),
             "names host pid 1".to_owned(),
+        ),
+        (
+            json!({"podReference": {"name": "web"},
+                   "profilers": [{"name": "heap", "type": "Diagnoser",
+                                  "go": {"source": "/etc/kubernetes/admin.conf"}}]}),
+            "reads file /etc/kubernetes/admin.conf of the node".to_owned(),
         ),
         (
             json!({"podReference": {"name": "web"},

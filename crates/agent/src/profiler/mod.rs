@@ -1,4 +1,5 @@
-//! Profilers: a Go program's pprof profile fetched over HTTP, or a Java program's jcmd report or
+//! Profilers: a Go program's pprof profile fetched over HTTP (or copied from a pprof file on the
+//! node, under the directories `--go-profile-dir` allows), or a Java program's jcmd report or
 //! HPROF file, kept under the agent's data root and served by the agent's own HTTP server under a
 //! per-Abnormal path (no random host ports, unlike Kube Diagnoser).
 //!
@@ -11,10 +12,12 @@
 //! /proc/<pid>/root of a process of the pod when there is one.
 
 mod go;
+mod go_file;
 mod java;
 pub(crate) mod pod;
 mod store;
 
+pub use go_file::check_file_path;
 pub use store::{EXPIRED_ENDPOINT, ExpiredProfile, MAX_EXPIRATION_SECONDS, ProfileLimits};
 
 use std::path::PathBuf;
@@ -45,6 +48,9 @@ pub struct Profilers {
     pub client: Option<kube::Client>,
     /// How much of the disk profiles may take.
     pub limits: ProfileLimits,
+    /// Directories of the node under which a Go profiler may read a pprof file
+    /// (`--go-profile-dir`); none by default, so no file is read.
+    pub go_file_dirs: Vec<PathBuf>,
 }
 
 /// How often the agent deletes profiles whose expirationSeconds have passed.
@@ -68,10 +74,13 @@ impl Profilers {
         };
         let timeout = Duration::from_secs(spec.timeout().max(1) as u64);
         let result = match (&spec.go, &spec.java) {
-            (Some(go), None) => self
-                .go(abnormal, &spec.name, &go.source, timeout)
-                .await
-                .map(|p| (p, format!("pprof profile from {}", go.source))),
+            (Some(go), None) => match go.local_file() {
+                Some(path) => self.go_file(abnormal, &spec.name, path, timeout).await,
+                None => self
+                    .go(abnormal, &spec.name, &go.source, timeout)
+                    .await
+                    .map(|p| (p, format!("pprof profile from {}", go.source))),
+            },
             (None, Some(java)) => {
                 // Everything, target lookup included, within the profiler's timeout.
                 match tokio::time::timeout(timeout, self.java(abnormal, &spec.name, java, timeout))

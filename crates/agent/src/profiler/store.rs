@@ -347,6 +347,7 @@ mod expiry_tests {
             proc_root: "/proc".into(),
             client: None,
             limits: ProfileLimits::default(),
+            go_file_dirs: Vec::new(),
         };
         let root = dir.path().join("profiles/ns/ab");
         std::fs::create_dir_all(&root).unwrap();
@@ -412,6 +413,7 @@ mod quota_tests {
             proc_root: "/proc".into(),
             client: None,
             limits: LIMITS,
+            go_file_dirs: Vec::new(),
         };
         let a: Abnormal = serde_json::from_value(serde_json::json!({
             "apiVersion": "diagnosis.netease.com/v1", "kind": "Abnormal",

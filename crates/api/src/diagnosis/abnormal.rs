@@ -327,8 +327,25 @@ impl ProfilerSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GoProfilerSpec {
-    /// URL of the pprof endpoint, such as http://127.0.0.1:6060/debug/pprof/heap.
+    /// URL of the pprof endpoint, such as http://10.88.0.7:6060/debug/pprof/heap (an address of
+    /// the Abnormal's pod), or the absolute path of a pprof file on the node (or a file:// URL),
+    /// read only under a directory the agent's --go-profile-dir allows.
     pub source: String,
+}
+
+impl GoProfilerSpec {
+    /// The node file `source` names, when it names one rather than a URL: an absolute path
+    /// (`/var/run/app/heap.pprof`) or a `file://` URL (`file:///var/run/app/heap.pprof`). Kube
+    /// Diagnoser passed `source` to `go tool pprof`, which reads a file when the source is not a
+    /// URL with a host; a relative path would be read against the agent's working directory, so
+    /// it is returned as is for the agent to refuse.
+    pub fn local_file(&self) -> Option<&str> {
+        let source = self.source.trim();
+        if let Some(path) = source.strip_prefix("file://") {
+            return Some(path);
+        }
+        source.starts_with('/').then_some(source)
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
@@ -756,6 +773,24 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn a_go_source_is_a_node_file_when_it_is_an_absolute_path_or_a_file_url() {
+        let go = |s: &str| GoProfilerSpec { source: s.into() };
+        assert_eq!(go("/tmp/heap.pprof").local_file(), Some("/tmp/heap.pprof"));
+        assert_eq!(
+            go("file:///tmp/heap.pprof").local_file(),
+            Some("/tmp/heap.pprof")
+        );
+        assert_eq!(go("file://heap.pprof").local_file(), Some("heap.pprof"));
+        for url in [
+            "http://10.0.0.1:6060/debug/pprof/heap",
+            "https://10.0.0.1/debug/pprof/heap",
+            "10.0.0.1:6060/debug/pprof/heap",
+        ] {
+            assert_eq!(go(url).local_file(), None, "{url}");
+        }
+    }
 
     #[test]
     fn an_empty_source_from_a_go_client_is_allowed_by_the_schema_and_read_as_custom() {

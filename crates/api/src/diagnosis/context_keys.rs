@@ -4,7 +4,9 @@
 
 /// Output of pod-collector: the pods on the node.
 pub const POD_INFORMATION: &str = "podInformation";
-/// Output of container-collector: the containers on the node.
+/// Output of container-collector: the containers on the node, shaped as Docker's
+/// `types.Container` list Kube Diagnoser wrote here (filled from the CRI runtime; kdiag's own,
+/// richer view is [`CRI_CONTAINER_INFORMATION`]).
 pub const CONTAINER_INFORMATION: &str = "containerInformation";
 /// Output of process-collector: every process on the node.
 pub const PROCESS_INFORMATION: &str = "processInformation";
@@ -18,7 +20,8 @@ pub const SYSTEMD_UNIT_NAME_INFORMATION: &str = "systemdUnitNameInformationConte
 pub const SYSTEMD_UNIT_PROPERTY_INFORMATION: &str = "systemdUnitPropertyInformationContextKey";
 /// Output of pod-disk-usage-diagnoser.
 pub const POD_DISK_USAGE_DIAGNOSIS: &str = "podDiskUsageDiagnosis";
-/// Output of terminating-pod-diagnoser.
+/// Output of terminating-pod-diagnoser: the whole Pods past their deadline (`[]corev1.Pod`), as
+/// Kube Diagnoser wrote them; kdiag's findings about them are [`TERMINATING_POD_FINDINGS`].
 pub const TERMINATING_POD_DIAGNOSIS: &str = "terminatingPodDiagnosis";
 /// Input of signal-recoverer: `[{pid, signal}]`, from spec.context or a diagnoser.
 pub const SIGNAL_RECOVERY: &str = "signalRecovery";
@@ -29,3 +32,11 @@ pub const KERNEL_LOG_INFORMATION: &str = "kernelLogInformation";
 pub const NODE_INFORMATION: &str = "nodeInformation";
 /// kdiag: output of signal-recoverer, one entry per signal with its result.
 pub const SIGNAL_RECOVERY_RESULT: &str = "signalRecoveryResult";
+/// kdiag: output of container-collector, the node's containers as the CRI runtime reports them
+/// (pod, container name, attempt, state, times, exit code, reason, pid); what kdiag's own readers
+/// use. [`CONTAINER_INFORMATION`] holds the same containers in Kube Diagnoser's shape.
+pub const CRI_CONTAINER_INFORMATION: &str = "criContainerInformation";
+/// kdiag: output of terminating-pod-diagnoser, one finding per terminating pod (deadline, how
+/// long overdue, causes, live processes, mounts); what the root cause points at.
+/// [`TERMINATING_POD_DIAGNOSIS`] holds the overdue pods themselves, as Kube Diagnoser wrote them.
+pub const TERMINATING_POD_FINDINGS: &str = "terminatingPodFindings";

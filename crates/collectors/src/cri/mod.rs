@@ -1,13 +1,17 @@
-//! `container-collector` → `containerInformation`: the node's containers, from its CRI runtime
-//! (containerd or CRI-O) over the runtime's socket.
+//! `container-collector` → `criContainerInformation` (kdiag's view) and `containerInformation`
+//! (the same containers in Docker's shape, as Kube Diagnoser wrote them): the node's containers,
+//! from its CRI runtime (containerd or CRI-O) over the runtime's socket.
 
 pub mod client;
+pub mod docker_shape;
 pub mod proto;
+
+use std::collections::BTreeMap;
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use kdiag_api::Abnormal;
-use kdiag_api::context_keys::CONTAINER_INFORMATION;
+use kdiag_api::context_keys::{CONTAINER_INFORMATION, CRI_CONTAINER_INFORMATION};
 use kdiag_api::plugin::{Processor, ProcessorContext, ProcessorError, ProcessorOutput};
 use serde::Serialize;
 
@@ -24,7 +28,7 @@ pub const LABEL_CONTAINER_NAME: &str = "io.kubernetes.container.name";
 /// Container statuses asked at once: enough to be quick, few enough not to load the runtime.
 const STATUS_CONCURRENCY: usize = 8;
 
-/// One container, as written to `containerInformation`.
+/// One container, as written to `criContainerInformation`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerInfo {
@@ -57,6 +61,10 @@ pub struct ContainerInfo {
     pub pid: Option<i64>,
     #[serde(rename = "sandboxID")]
     pub sandbox_id: String,
+    /// The runtime's labels on it (the kubelet's `io.kubernetes.*`): only in the Docker-shaped
+    /// list, as Docker listed them.
+    #[serde(skip)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Asks the runtime at the first of `ctx.node.cri_sockets` that answers.
@@ -87,8 +95,16 @@ impl Processor for ContainerCollector {
                 client.version.runtime_api_version,
                 client.socket.display()
             );
-            let (kept, truncation) =
-                cap_list(&listed.containers, output_budget(ctx.max_output_bytes));
+            // Both lists share the step's budget: half each.
+            let half = output_budget(ctx.max_output_bytes) / 2;
+            let (kept, truncation) = cap_list(&listed.containers, half);
+            let now = jiff::Timestamp::now();
+            let docker: Vec<docker_shape::DockerContainer> = listed
+                .containers
+                .iter()
+                .map(|c| docker_shape::docker_container(c, now))
+                .collect();
+            let (docker_kept, docker_truncation) = cap_list(&docker, half);
             let running = listed
                 .containers
                 .iter()
@@ -109,12 +125,18 @@ impl Processor for ContainerCollector {
                 message.push_str(&format!("; {}", t.reason));
             }
             let mut out = ProcessorOutput::message(message)
-                .with_context(CONTAINER_INFORMATION, serde_json::Value::Array(kept));
-            if let Some(t) = truncation {
-                out = out.with_context(
-                    &truncated_key(CONTAINER_INFORMATION),
-                    serde_json::to_value(t).unwrap_or_default(),
-                );
+                .with_context(CRI_CONTAINER_INFORMATION, serde_json::Value::Array(kept))
+                .with_context(CONTAINER_INFORMATION, serde_json::Value::Array(docker_kept));
+            for (key, t) in [
+                (CRI_CONTAINER_INFORMATION, truncation),
+                (CONTAINER_INFORMATION, docker_truncation),
+            ] {
+                if let Some(t) = t {
+                    out = out.with_context(
+                        &truncated_key(key),
+                        serde_json::to_value(t).unwrap_or_default(),
+                    );
+                }
             }
             Ok(out)
         }
@@ -211,6 +233,11 @@ fn from_container(c: &proto::Container) -> ContainerInfo {
         state: state_word(c.state),
         created_at: nanos_to_rfc3339(c.created_at).unwrap_or_default(),
         sandbox_id: c.pod_sandbox_id.clone(),
+        labels: c
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         ..Default::default()
     }
 }

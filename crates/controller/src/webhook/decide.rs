@@ -8,7 +8,7 @@
 //! | a recoverer (`signal-recoverer`, an HTTP plugin recoverer) or a profiler about a pod | `create pods/exec` on the pod, in its namespace |
 //! | a built-in that reads the whole node (`process-collector`, `container-collector`, `kernel-log-collector`, `pod-collector`, `systemd-collector`, `file-status-collector`, `node-collector`, `node-triage-diagnoser`, any unknown name) | `get nodes/proxy` |
 //! | a command executor (commands run in the host's namespaces, not the pod's) | `get nodes/proxy` |
-//! | host pids (`java.pid`, `spec.context.signalRecovery`) | `get nodes/proxy` |
+//! | host pids (`java.pid`, `spec.context.signalRecovery`), a node file (a Go profiler's `go.source` path) | `get nodes/proxy` |
 //! | anything with no pod reference (a node Abnormal) | `get nodes/proxy` (named after `spec.nodeName` when set) |
 //! | a pod Abnormal that names nothing: the pod triage | what the triage's processors need |
 //! | empty lists under Kube Diagnoser v0.1.0–v0.1.3's rules (`kdiag.io/kube-diagnoser-version`) | what every registered processor admission fills in needs |
@@ -456,12 +456,20 @@ fn work_needs(
     }
     for profiler in work.profilers {
         let java_pid = profiler.java.as_ref().and_then(|j| j.pid);
-        let (power, what) = match java_pid {
-            Some(pid) => (
+        let node_file = profiler.go.as_ref().and_then(|g| g.local_file());
+        let (power, what) = match (java_pid, node_file) {
+            (Some(pid), _) => (
                 Power::Node,
                 format!("its profiler {} names host pid {pid}", profiler.name),
             ),
-            None => (Power::Exec, format!("it runs profiler {}", profiler.name)),
+            (None, Some(path)) => (
+                Power::Node,
+                format!(
+                    "its profiler {} reads file {path} of the node",
+                    profiler.name
+                ),
+            ),
+            (None, None) => (Power::Exec, format!("it runs profiler {}", profiler.name)),
         };
         needs.push(need(power, target, what));
     }

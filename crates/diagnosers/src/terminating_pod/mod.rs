@@ -16,7 +16,9 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Pod;
-use kdiag_api::context_keys::{SIGNAL_RECOVERY, TERMINATING_POD_DIAGNOSIS};
+use kdiag_api::context_keys::{
+    SIGNAL_RECOVERY, TERMINATING_POD_DIAGNOSIS, TERMINATING_POD_FINDINGS,
+};
 use kdiag_api::plugin::{Processor, ProcessorContext, ProcessorError, ProcessorOutput};
 use kdiag_api::{Abnormal, RootCause};
 use kdiag_collectors::budget::{Deadline, blocking, cap_list, output_budget, truncated_key};
@@ -333,6 +335,25 @@ fn facts(
     }
 }
 
+/// What Kube Diagnoser wrote under `terminatingPodDiagnosis`: the whole Pods past their
+/// deadline (`[]corev1.Pod`), in the order of the findings. `metadata.managedFields` is left out: it
+/// says nothing about why a pod is stuck and would take most of the budget.
+fn upstream_pods(judged: &[(&Pod, i64)]) -> Vec<Pod> {
+    judged
+        .iter()
+        // As Kube Diagnoser: a pod whose state is Unknown (its node lost) is not called stuck.
+        .filter(|(pod, overdue_seconds)| {
+            *overdue_seconds >= 0
+                && pod.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Unknown")
+        })
+        .map(|(pod, _)| {
+            let mut pod = (*pod).clone();
+            pod.metadata.managed_fields = None;
+            pod
+        })
+        .collect()
+}
+
 fn conclude(
     facts: &[(Pod, PodFacts)],
     checked: usize,
@@ -372,14 +393,29 @@ fn conclude(
         .iter()
         .flat_map(|(_, _, v)| v.causes.iter().flat_map(|c| c.signals.iter()))
         .collect();
-    let (kept, truncation) = cap_list(&entries, output_budget(max_output_bytes) * 3 / 4);
-    let mut out =
-        ProcessorOutput::default().with_context(TERMINATING_POD_DIAGNOSIS, Value::Array(kept));
-    if let Some(t) = truncation {
-        out = out.with_context(
-            &truncated_key(TERMINATING_POD_DIAGNOSIS),
-            serde_json::to_value(t).unwrap_or_default(),
-        );
+    let overdue = upstream_pods(
+        &judged
+            .iter()
+            .map(|(pod, _, v)| (*pod, v.overdue_seconds))
+            .collect::<Vec<_>>(),
+    );
+    // Three quarters of the budget for the two lists (half each), the rest for the signals.
+    let share = output_budget(max_output_bytes) * 3 / 8;
+    let (kept, truncation) = cap_list(&entries, share);
+    let (pods_kept, pods_truncation) = cap_list(&overdue, share);
+    let mut out = ProcessorOutput::default()
+        .with_context(TERMINATING_POD_FINDINGS, Value::Array(kept))
+        .with_context(TERMINATING_POD_DIAGNOSIS, Value::Array(pods_kept));
+    for (key, t) in [
+        (TERMINATING_POD_FINDINGS, truncation),
+        (TERMINATING_POD_DIAGNOSIS, pods_truncation),
+    ] {
+        if let Some(t) = t {
+            out = out.with_context(
+                &truncated_key(key),
+                serde_json::to_value(t).unwrap_or_default(),
+            );
+        }
     }
     let partial = if snap.complete {
         ""
@@ -445,4 +481,42 @@ fn conclude(
         evidence,
         ..Default::default()
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminating_pod_diagnosis_holds_the_overdue_pods_as_kubernetes_pods() {
+        let pod = |name: &str| -> Pod {
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "shop", "uid": format!("u-{name}"),
+                    "deletionTimestamp": "2024-01-01T00:00:00Z", "deletionGracePeriodSeconds": 30,
+                    "finalizers": ["example.com/hold"],
+                    "managedFields": [{"manager": "kubectl", "operation": "Update"}]},
+                "spec": {"containers": [{"name": "app", "image": "busybox"}]},
+                "status": {"phase": "Running"},
+            }))
+            .unwrap()
+        };
+        let (late, early, mut lost) = (pod("late"), pod("early"), pod("lost"));
+        lost.status.as_mut().unwrap().phase = Some("Unknown".into());
+        let out = upstream_pods(&[(&late, 120), (&early, -5), (&lost, 300)]);
+        let json = serde_json::to_value(&out).unwrap();
+        // Decoded as a Go plugin decodes `[]corev1.Pod` (k8s-openapi mirrors those types).
+        let decoded: Vec<Pod> = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(
+            decoded.len(),
+            1,
+            "only the pod past its deadline and not Unknown: {json}"
+        );
+        assert_eq!(decoded[0].metadata.name.as_deref(), Some("late"));
+        assert_eq!(
+            json[0]["metadata"]["deletionTimestamp"],
+            "2024-01-01T00:00:00Z"
+        );
+        assert_eq!(json[0]["spec"]["containers"][0]["name"], "app");
+        assert!(json[0]["metadata"].get("managedFields").is_none());
+    }
 }

@@ -1,7 +1,7 @@
 //! Why a terminating pod is not gone: pure rules over the facts gathered about it.
 
 use kdiag_api::Evidence;
-use kdiag_api::context_keys::TERMINATING_POD_DIAGNOSIS;
+use kdiag_api::context_keys::TERMINATING_POD_FINDINGS;
 use serde::Serialize;
 
 /// Seconds after the deletion request by which the kubelet has sent SIGTERM (when there is no
@@ -131,7 +131,7 @@ fn process_evidence(pod: &PodFacts, p: &ProcessFact, what: &str) -> Evidence {
             short(&p.container_id)
         ),
         object: format!("pod/{}", pod.key),
-        context_key: TERMINATING_POD_DIAGNOSIS.into(),
+        context_key: TERMINATING_POD_FINDINGS.into(),
         timestamp: None,
     }
 }
@@ -223,7 +223,7 @@ pub fn judge(pod: &PodFacts, now: jiff::Timestamp) -> Verdict {
                         pod.grace_seconds
                     ),
                     object: object.clone(),
-                    context_key: TERMINATING_POD_DIAGNOSIS.into(),
+                    context_key: TERMINATING_POD_FINDINGS.into(),
                     timestamp: None,
                 }],
                 signals: Vec::new(),
@@ -248,7 +248,7 @@ pub fn judge(pod: &PodFacts, now: jiff::Timestamp) -> Verdict {
                         kind: "Mount".into(),
                         message: format!("{m} is still mounted (host mountinfo)"),
                         object: object.clone(),
-                        context_key: TERMINATING_POD_DIAGNOSIS.into(),
+                        context_key: TERMINATING_POD_FINDINGS.into(),
                         timestamp: None,
                     })
                     .collect(),
@@ -273,7 +273,7 @@ pub fn judge(pod: &PodFacts, now: jiff::Timestamp) -> Verdict {
                         pod.deletion_timestamp, pod.grace_seconds
                     ),
                     object,
-                    context_key: TERMINATING_POD_DIAGNOSIS.into(),
+                    context_key: TERMINATING_POD_FINDINGS.into(),
                     timestamp: None,
                 }],
                 signals: Vec::new(),

@@ -91,6 +91,7 @@ pub fn agent_config(args: &AgentArgs) -> AgentConfig {
         node: node_environment(args),
         deadline: Some(args.abnormal_deadline).filter(|d| !d.is_zero()),
         turn: args.turn,
+        go_profile_dirs: args.go_profile_dirs.clone(),
     }
 }
 

@@ -175,6 +175,7 @@ async fn serve(
         node: node_env.clone(),
         deadline: Some(kdiag_agent::DEFAULT_DEADLINE),
         turn: kdiag_agent::DEFAULT_TURN,
+        go_profile_dirs: Vec::new(),
     };
     let (a_handle, a_driver) = agent::start(
         agent_client.clone(),

@@ -299,6 +299,7 @@ impl TestAgent {
             node: Default::default(),
             deadline: Some(kdiag_agent::DEFAULT_DEADLINE),
             turn: kdiag_agent::DEFAULT_TURN,
+            go_profile_dirs: Vec::new(),
         };
         tweak(&mut config);
         let (handle, driver) = agent::start(

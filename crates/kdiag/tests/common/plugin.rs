@@ -29,6 +29,8 @@ pub struct TestPlugin {
     pub calls: Arc<Mutex<Vec<String>>>,
     /// The Idempotency-Key header of each request that had one, with its path.
     pub idempotency_keys: Arc<Mutex<Vec<(String, String)>>>,
+    /// Every request's path and JSON body (null when it was not JSON), in arrival order.
+    pub bodies: Arc<Mutex<Vec<(String, Value)>>>,
     pub in_flight: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -51,16 +53,22 @@ impl TestPlugin {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let idempotency_keys = Arc::new(Mutex::new(Vec::new()));
         let in_flight = Arc::new(AtomicUsize::new(0));
-        let (c, k, f) = (calls.clone(), idempotency_keys.clone(), in_flight.clone());
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let (c, k, f, b) = (
+            calls.clone(),
+            idempotency_keys.clone(),
+            in_flight.clone(),
+            bodies.clone(),
+        );
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (c, k, f) = (c.clone(), k.clone(), f.clone());
+                let (c, k, f, b) = (c.clone(), k.clone(), f.clone(), b.clone());
                 tokio::spawn(async move {
                     f.fetch_add(1, Ordering::SeqCst);
-                    let _ = handle(stream, c, k).await;
+                    let _ = handle(stream, c, k, b).await;
                     f.fetch_sub(1, Ordering::SeqCst);
                 });
             }
@@ -69,6 +77,7 @@ impl TestPlugin {
             port,
             calls,
             idempotency_keys,
+            bodies,
             in_flight,
             task,
         }
@@ -76,6 +85,17 @@ impl TestPlugin {
 
     pub fn calls(&self) -> Vec<String> {
         self.calls.lock().unwrap().clone()
+    }
+
+    /// The body of the first request to `path`, if one came.
+    #[allow(dead_code)]
+    pub fn body_of(&self, path: &str) -> Option<Value> {
+        self.bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, b)| b.clone())
     }
 
     pub fn count(&self, path_prefix: &str) -> usize {
@@ -108,6 +128,7 @@ async fn handle(
     mut stream: TcpStream,
     calls: Arc<Mutex<Vec<String>>>,
     keys: Arc<Mutex<Vec<(String, String)>>>,
+    bodies: Arc<Mutex<Vec<(String, Value)>>>,
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
     let mut tmp = [0u8; 8192];
@@ -140,6 +161,7 @@ async fn handle(
     }
     let body: Value = serde_json::from_slice(&buf[header_end..]).unwrap_or(Value::Null);
     calls.lock().unwrap().push(path.clone());
+    bodies.lock().unwrap().push((path.clone(), body.clone()));
     if let Some(key) = head.lines().find_map(|l| {
         let (name, value) = l.split_once(':')?;
         name.eq_ignore_ascii_case("idempotency-key")

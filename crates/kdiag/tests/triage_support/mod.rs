@@ -308,6 +308,7 @@ fn start_pipeline(cluster: &'static Cluster) {
                 },
                 deadline: Some(kdiag_agent::DEFAULT_DEADLINE),
                 turn: kdiag_agent::DEFAULT_TURN,
+                go_profile_dirs: Vec::new(),
             };
             let (a_handle, a_driver) = agent::start(
                 agent_client,

@@ -246,10 +246,15 @@ fn malformed_profilers_are_rejected() {
     ));
     assert_eq!(reason, "InvalidProfiler");
     assert!(m.contains("exactly one of go and java"), "{m}");
-    let (_, m) = reject_reason(&abnormal(
-        json!({"nodeName": "n", "profilers": [{"name": "p", "type": "Diagnoser", "go": {"source": "/tmp/x"}}]}),
-    ));
-    assert!(m.contains("must be an http(s) URL"), "{m}");
+    for source in ["tmp/x", "file://tmp/x", "ftp://x/heap"] {
+        let (_, m) = reject_reason(&abnormal(
+            json!({"nodeName": "n", "profilers": [{"name": "p", "type": "Diagnoser", "go": {"source": source}}]}),
+        ));
+        assert!(
+            m.contains("must be an http(s) URL") && m.contains("absolute path"),
+            "{source}: {m}"
+        );
+    }
     let (_, m) = reject_reason(&abnormal(json!({"nodeName": "n", "profilers": [
         {"name": "p", "type": "Diagnoser", "go": {"source": "http://x/debug/pprof/heap"}},
         {"name": "p", "type": "Diagnoser", "go": {"source": "http://x/debug/pprof/heap"}}]})));
@@ -260,6 +265,26 @@ fn malformed_profilers_are_rejected() {
     let (_, m) = reject_reason(&abnormal(json!({"nodeName": "n", "profilers": [
         {"name": "p", "type": "Diagnoser", "java": {"type": "Arthas"}}]})));
     assert!(m.contains("names no JVM"), "{m}");
+}
+
+#[test]
+fn a_go_profiler_may_name_a_pprof_file_on_the_node_as_in_kube_diagnoser() {
+    for source in [
+        "/var/run/pprof/heap.pprof",
+        "file:///var/run/pprof/heap.pprof",
+    ] {
+        let a = abnormal(
+            json!({"nodeName": "n1", "profilers": [{"name": "p", "type": "Diagnoser", "go": {"source": source}}]}),
+        );
+        let d = decided(
+            &a,
+            &registry(),
+            &PodLookup::NotNeeded,
+            Duration::ZERO,
+            Duration::from_secs(60),
+        );
+        assert_eq!(admitted_to(&d), Some("n1"), "{source}: {d:?}");
+    }
 }
 
 #[test]

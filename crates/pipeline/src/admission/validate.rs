@@ -123,10 +123,13 @@ pub fn validate(abnormal: &Abnormal, registry: &dyn Registry) -> Result<(), Erro
         }
         match (&p.go, &p.java) {
             (Some(go), None) => {
-                let ok = go.source.starts_with("http://") || go.source.starts_with("https://");
-                if !ok {
+                // A URL, or (as Kube Diagnoser allowed) an absolute path of a pprof file on the
+                // node, which the agent reads only under its --go-profile-dir.
+                let url = go.source.starts_with("http://") || go.source.starts_with("https://");
+                let file = go.local_file().is_some_and(|p| p.starts_with('/'));
+                if !url && !file {
                     return Err(bad(format!(
-                        "{field}.go.source {:?} must be an http(s) URL of a pprof endpoint, such as http://127.0.0.1:6060/debug/pprof/heap",
+                        "{field}.go.source {:?} must be an http(s) URL of a pprof endpoint, such as http://10.88.0.7:6060/debug/pprof/heap, or the absolute path of a pprof file on the node, such as /var/run/pprof/heap.pprof",
                         go.source
                     )));
                 }

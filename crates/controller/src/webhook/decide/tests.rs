@@ -148,12 +148,14 @@ fn commands_run_on_the_host_and_need_the_node_right_even_about_a_pod() {
 }
 
 #[test]
-fn node_wide_built_ins_and_host_pids_need_the_node_right() {
+fn node_wide_built_ins_host_pids_and_node_files_need_the_node_right() {
     for spec in [
         json!({"podReference": {"namespace": "team-a", "name": "web"},
                "assignedInformationCollectors": [{"namespace": "kube-diagnoser", "name": "process-collector"}]}),
         json!({"podReference": {"namespace": "team-a", "name": "web"},
                "profilers": [{"name": "heap", "type": "Diagnoser", "java": {"type": "Arthas", "pid": 1}}]}),
+        json!({"podReference": {"namespace": "team-a", "name": "web"},
+               "profilers": [{"name": "heap", "type": "Diagnoser", "go": {"source": "/var/run/pprof/heap"}}]}),
         json!({"podReference": {"namespace": "team-a", "name": "web"},
                "assignedInformationCollectors": [{"namespace": "kube-diagnoser", "name": "pod-detail-collector"}],
                "context": {"signalRecovery": [{"pid": 1, "signal": 9}]}}),
