@@ -929,7 +929,15 @@ async fn a_per_config_probe_runs_one_job_per_config_and_its_run_lists_them() {
     let api: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), &ns);
     let mut configs = vec![];
     for name in &jobs {
-        let job = api.get(name).await.unwrap();
+        // The run names its Jobs in the write that starts it, before it creates them.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let job = loop {
+            if let Some(job) = api.get_opt(name).await.unwrap() {
+                break job;
+            }
+            assert!(Instant::now() < deadline, "Job {name} was never created");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         let pod = job.spec.unwrap().template;
         configs.push(pod.metadata.unwrap().annotations.unwrap()["kdiag.io/probe-config"].clone());
         let env = pod.spec.unwrap().containers[0].env.clone().unwrap();

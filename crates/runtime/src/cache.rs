@@ -113,7 +113,10 @@ impl Finished {
             }
             watcher::Event::InitApply(o) => match finished(&o) {
                 Some(phase) => {
-                    inner.relisting.get_or_insert_default().insert(key(&o), phase);
+                    inner
+                        .relisting
+                        .get_or_insert_default()
+                        .insert(key(&o), phase);
                     None
                 }
                 None => Some(watcher::Event::InitApply(o)),
@@ -277,5 +280,65 @@ mod tests {
         );
         assert_eq!(kdiag_pipeline::next(&done), kdiag_pipeline::Next::Idle);
         assert_eq!(done.metadata.labels.unwrap()["kdiag.io/node"], "x");
+    }
+
+    fn named(name: &str, phase: Option<&str>) -> Guarded {
+        let mut g = abnormal(phase);
+        if let Ok(a) = &mut g.0 {
+            a.metadata.name = Some(name.into());
+        }
+        g
+    }
+
+    fn kind(e: &Option<watcher::Event<Guarded>>) -> &'static str {
+        match e {
+            None => "dropped",
+            Some(watcher::Event::Init) => "init",
+            Some(watcher::Event::InitApply(_)) => "init-apply",
+            Some(watcher::Event::InitDone) => "init-done",
+            Some(watcher::Event::Apply(_)) => "apply",
+            Some(watcher::Event::Delete(_)) => "delete",
+        }
+    }
+
+    #[test]
+    fn the_agent_keeps_no_finished_abnormal_and_counts_each_by_phase() {
+        let f = Finished::default();
+        let seen: Vec<&str> = [
+            watcher::Event::Init,
+            watcher::Event::InitApply(named("done", Some("Succeeded"))),
+            watcher::Event::InitApply(named("busy", Some("Diagnosing"))),
+            watcher::Event::InitDone,
+            watcher::Event::Apply(named("busy", Some("Failed"))),
+            watcher::Event::Apply(named("new", None)),
+        ]
+        .into_iter()
+        .map(|e| kind(&f.route(e)))
+        .collect();
+        assert_eq!(
+            seen,
+            [
+                "init",
+                "dropped",
+                "init-apply",
+                "init-done",
+                "delete",
+                "apply"
+            ],
+            "a finished one never reaches the store, and one that finishes leaves it"
+        );
+        assert_eq!(f.counts(), [("Failed", 1), ("Succeeded", 1)].into());
+        // Garbage collection deletes one; a relist rebuilds the counts from what is listed.
+        f.route(watcher::Event::Delete(named("done", Some("Succeeded"))));
+        assert_eq!(f.counts(), [("Failed", 1)].into());
+        f.route(watcher::Event::Init);
+        assert_eq!(
+            f.counts(),
+            [("Failed", 1)].into(),
+            "kept until the relist is done"
+        );
+        f.route(watcher::Event::InitApply(named("other", Some("Succeeded"))));
+        f.route(watcher::Event::InitDone);
+        assert_eq!(f.counts(), [("Succeeded", 1)].into());
     }
 }
