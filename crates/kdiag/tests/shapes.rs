@@ -229,3 +229,91 @@ async fn a_go_profiler_copies_a_pprof_file_only_from_a_directory_the_agent_allow
     );
     plain.stop().await;
 }
+
+/// Builds and starts the Go plugin in tests/upstream_go_plugin (standard library only); returns
+/// the process and its port.
+fn start_go_plugin(dir: &std::path::Path) -> (std::process::Child, u16) {
+    let source = repo_root().join("crates/kdiag/tests/upstream_go_plugin/main.go");
+    let binary = dir.join("upstream-go-plugin");
+    let built = std::process::Command::new("go")
+        .args(["build", "-o"])
+        .arg(&binary)
+        .arg(&source)
+        .env("GO111MODULE", "off")
+        .output()
+        .expect("the go toolchain runs");
+    assert!(
+        built.status.success(),
+        "go build: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let port_file = dir.join("port");
+    let child = std::process::Command::new(&binary)
+        .arg("--port-file")
+        .arg(&port_file)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(port) = std::fs::read_to_string(&port_file)
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+        {
+            return (child, port);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the Go plugin never listened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_go_plugin_built_on_kube_diagnosers_types_decodes_what_kdiags_built_ins_wrote() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("go-plugin").await;
+    let client = cp.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut go, port) = tokio::task::block_in_place(|| start_go_plugin(dir.path()));
+    register_plugin(&client, &ns, "Diagnoser", "go-types", port, "/", 10).await;
+    let files = dir.path().join("files");
+    std::fs::create_dir_all(files.join("logs")).unwrap();
+    std::fs::write(files.join("logs/app.log"), vec![b'x'; 100_000]).unwrap();
+    let node = format!("{ns}-node");
+    let agent = TestAgent::start(cp, &node).await;
+    create_abnormal(
+        &client,
+        &ns,
+        "decoded",
+        json!({
+            "nodeName": node,
+            "context": {"filePathInformation": [files]},
+            "assignedInformationCollectors": [
+                {"namespace": "kube-diagnoser", "name": "process-collector"},
+                {"namespace": "kube-diagnoser", "name": "file-status-collector"}],
+            "assignedDiagnosers": [{"name": "go-types"}],
+        }),
+    )
+    .await;
+    let a = wait_final(&client, &ns, "decoded", FINISH).await;
+    let _ = go.kill();
+    let st = a.status.unwrap();
+    assert_eq!(
+        st.phase,
+        Some(AbnormalPhase::Succeeded),
+        "{:#?}",
+        st.processors
+    );
+    let decoded = &st.context.unwrap_or_default()["goPluginDecoded"];
+    assert!(decoded["processes"].as_u64().unwrap() > 1, "{decoded}");
+    assert!(
+        decoded["oldestProcess"]
+            .as_str()
+            .is_some_and(|t| t.len() >= 20),
+        "createTime decoded as Go's time.Time: {decoded}"
+    );
+    assert_eq!(decoded["files"], json!(1), "{decoded}");
+    assert!(decoded["fileStatuses"].as_u64().unwrap() >= 1, "{decoded}");
+    agent.stop().await;
+}
