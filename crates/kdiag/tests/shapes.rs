@@ -230,9 +230,19 @@ async fn a_go_profiler_copies_a_pprof_file_only_from_a_directory_the_agent_allow
     plain.stop().await;
 }
 
+/// The Go plugin's process, stopped when dropped.
+struct GoPlugin(std::process::Child);
+
+impl Drop for GoPlugin {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Builds and starts the Go plugin in tests/upstream_go_plugin (standard library only); returns
 /// the process and its port.
-fn start_go_plugin(dir: &std::path::Path) -> (std::process::Child, u16) {
+fn start_go_plugin(dir: &std::path::Path) -> (GoPlugin, u16) {
     let source = repo_root().join("crates/kdiag/tests/upstream_go_plugin/main.go");
     let binary = dir.join("upstream-go-plugin");
     let built = std::process::Command::new("go")
@@ -248,11 +258,13 @@ fn start_go_plugin(dir: &std::path::Path) -> (std::process::Child, u16) {
         String::from_utf8_lossy(&built.stderr)
     );
     let port_file = dir.join("port");
-    let child = std::process::Command::new(&binary)
-        .arg("--port-file")
-        .arg(&port_file)
-        .spawn()
-        .unwrap();
+    let child = GoPlugin(
+        std::process::Command::new(&binary)
+            .arg("--port-file")
+            .arg(&port_file)
+            .spawn()
+            .unwrap(),
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(port) = std::fs::read_to_string(&port_file)
@@ -275,7 +287,7 @@ async fn a_go_plugin_built_on_kube_diagnosers_types_decodes_what_kdiags_built_in
     let ns = cp.create_namespace("go-plugin").await;
     let client = cp.client().await;
     let dir = tempfile::tempdir().unwrap();
-    let (mut go, port) = tokio::task::block_in_place(|| start_go_plugin(dir.path()));
+    let (go, port) = tokio::task::block_in_place(|| start_go_plugin(dir.path()));
     register_plugin(&client, &ns, "Diagnoser", "go-types", port, "/", 10).await;
     let files = dir.path().join("files");
     std::fs::create_dir_all(files.join("logs")).unwrap();
@@ -297,7 +309,7 @@ async fn a_go_plugin_built_on_kube_diagnosers_types_decodes_what_kdiags_built_in
     )
     .await;
     let a = wait_final(&client, &ns, "decoded", FINISH).await;
-    let _ = go.kill();
+    drop(go);
     let st = a.status.unwrap();
     assert_eq!(
         st.phase,
