@@ -1,8 +1,8 @@
 //! Installing kdiag over an existing Kube Diagnoser: its CRDs as Kube Diagnoser v0.1.x shipped
 //! them (apiextensions.k8s.io/v1beta1, so unknown fields were kept; written here from their
-//! documented fields) with objects stored under them, then `kubectl apply -f config/crd` as
-//! docs/install.md says. This binary has a control plane of its own, so replacing CRDs disturbs
-//! no other test.
+//! documented fields) with objects stored under them, then `kubectl apply -f config/crd` and the
+//! rest of config/deploy as docs/install.md says, and kdiag's controller and an agent. This
+//! binary has a control plane of its own, so replacing CRDs disturbs no other test.
 
 mod common;
 
@@ -84,7 +84,8 @@ fn kubectl_ok(cp: &kdiag_testenv::ControlPlane, args: &[&str]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn applying_kdiags_crds_over_kube_diagnosers_keeps_every_object_and_its_fields() {
+async fn an_install_over_kube_diagnoser_keeps_every_object_and_runs_the_abnormals_it_never_processed()
+ {
     init_logging();
     let cp = kdiag_testenv::control_plane().await;
     let crds = [
@@ -261,4 +262,40 @@ async fn applying_kdiags_crds_over_kube_diagnosers_keeps_every_object_and_its_fi
         json!("Abnormal"),
         "the definition is kdiag's"
     );
+
+    // Then the rest of the install, kdiag's controller and the node's agent (Kube Diagnoser's
+    // workloads are gone): the Abnormal Kube Diagnoser never processed is admitted and run, the
+    // one it finished is left as it was.
+    tokio::task::block_in_place(|| {
+        kubectl_apply(cp, "config/deploy/00-namespace.yaml");
+        kubectl_apply(cp, "config/deploy");
+        remove_webhook(cp.kubectl());
+    });
+    ensure_node(&client, "node-1").await;
+    start_background_controller(cp, kdiag_controller::ControllerConfig::default());
+    let agent = TestAgent::start(cp, "node-1").await;
+    let processed = wait_final(
+        &client,
+        &ns,
+        "never-processed",
+        std::time::Duration::from_secs(60),
+    )
+    .await;
+    let st = processed.status.unwrap();
+    assert!(
+        st.conditions.iter().any(
+            |c| c.type_ == AbnormalConditionType::Accepted && c.status == ConditionStatus::True
+        ),
+        "admitted by kdiag: {st:#?}"
+    );
+    let untouched = abnormals.get("finished").await.unwrap().status.unwrap();
+    assert_eq!(untouched.phase, Some(AbnormalPhase::Succeeded));
+    assert!(
+        untouched
+            .conditions
+            .iter()
+            .all(|c| c.type_ != AbnormalConditionType::Accepted),
+        "kdiag leaves an Abnormal Kube Diagnoser finished as it was: {untouched:#?}"
+    );
+    agent.stop().await;
 }
