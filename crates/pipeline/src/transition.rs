@@ -249,12 +249,7 @@ pub fn retry_interrupted(abnormal: &mut Abnormal) -> Option<u32> {
     if last.result != ProcessorResult::Running || last.stage != Stage::Recovering {
         return None;
     }
-    let attempt: u32 = last
-        .message
-        .strip_prefix("attempt ")
-        .and_then(|m| m.split(':').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1);
+    let attempt = last.attempt().unwrap_or(1);
     if attempt >= MAX_RECOVERY_ATTEMPTS {
         return None;
     }
@@ -738,9 +733,7 @@ pub fn end_stage(
                 .processors
                 .last()
                 .filter(|r| r.result == ProcessorResult::Running)
-                .and_then(|r| r.message.strip_prefix("attempt "))
-                .and_then(|m| m.split(':').next())
-                .and_then(|n| n.parse::<u32>().ok());
+                .and_then(ProcessorRecord::attempt);
             let msg = match attempts {
                 // An idempotent recoverer that had every attempt it may have.
                 Some(n) => format!(

@@ -146,14 +146,7 @@ pub fn retry_attempt(abnormal: &Abnormal) -> Option<u32> {
     {
         return None;
     }
-    let attempt: u32 = last
-        .message
-        .strip_prefix("attempt ")?
-        .split(':')
-        .next()?
-        .parse()
-        .ok()?;
-    (attempt > 1).then_some(attempt)
+    last.attempt().filter(|a| *a > 1)
 }
 
 /// On a retry: whether the effect of `r` is already there, given the start time of whatever

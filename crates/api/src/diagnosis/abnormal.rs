@@ -599,6 +599,19 @@ pub struct ProcessorRecord {
     pub context_keys: Vec<String>,
 }
 
+impl ProcessorRecord {
+    /// The attempt a Running record of an idempotent recovery says it is (its message starts
+    /// `attempt N:` from the second attempt on); None for a first attempt or any other record.
+    pub fn attempt(&self) -> Option<u32> {
+        self.message
+            .strip_prefix("attempt ")?
+            .split(':')
+            .next()?
+            .parse()
+            .ok()
+    }
+}
+
 /// What ran in a step.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub enum ProcessorKind {
