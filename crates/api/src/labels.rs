@@ -30,6 +30,11 @@ pub const PLAN_ANNOTATION: &str = "kdiag.io/plan";
 /// which are those of v0.1.4–v0.1.6.
 pub const KUBE_DIAGNOSER_VERSION_ANNOTATION: &str = "kdiag.io/kube-diagnoser-version";
 
+/// Annotation on an Abnormal a source (an Event or an alert) created: when its trigger was last
+/// seen. Events of one incident join the Abnormal whose trigger was seen within the grouping
+/// window, so the controller's cache keeps this one annotation even of finished Abnormals.
+pub const TRIGGER_LAST_SEEN_ANNOTATION: &str = "kdiag.io/trigger-last-seen";
+
 /// Field manager for every write kdiag makes.
 pub const FIELD_MANAGER: &str = "kdiag";
 

@@ -32,9 +32,8 @@ use serde_json::json;
 
 const KDIAG: &str = env!("CARGO_BIN_EXE_kdiag");
 
-/// How many times the agent is killed, unless KDIAG_FAULT_KILLS says otherwise (the issue names
-/// 100; 75 keep this binary near three minutes on two cores).
-const KILLS: usize = 75;
+/// How many times the agent is killed, unless KDIAG_FAULT_KILLS says otherwise.
+const KILLS: usize = 100;
 
 /// How long every Abnormal of a scenario may take to end once the faults stop.
 const FINISH: Duration = Duration::from_secs(120);

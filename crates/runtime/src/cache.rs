@@ -10,7 +10,8 @@
 //! - The controller admits Abnormals without a phase from its cache and writes their status back
 //!   whole, so those are kept whole. Once admitted it reads phase, conditions, start time, root
 //!   cause, spec, labels and annotations (routing, GC, ProbeStatus write-back, incident grouping),
-//!   never the context or the execution records.
+//!   never the context or the execution records. A finished one is never routed again: it keeps
+//!   only what GC, the write-back and incident grouping read ([`summarize_finished`]).
 //! - managedFields are read by nobody, and a status written from a copy without them leaves the
 //!   stored ones as they are (the apiserver keeps them when a write carries none).
 
@@ -169,6 +170,7 @@ pub fn slim(reader: Reader, obj: &mut Guarded) {
             a.spec = Default::default();
         }
         Reader::Agent => status.context = None,
+        Reader::Controller if phase.is_final() => summarize_finished(a),
         Reader::Controller => {
             status.context = None;
             status.processors = Vec::new();
@@ -176,6 +178,52 @@ pub fn slim(reader: Reader, obj: &mut Guarded) {
             status.profilers = Vec::new();
         }
     }
+}
+
+/// What the controller keeps of a finished Abnormal: nothing routes or admits it again, so only
+/// what garbage collection (phase, node label, the latest time its status records), the
+/// ProbeStatus write-back (probe reference, node, root cause summary), incident grouping (labels,
+/// when its trigger was last seen) and the gauges read. A node full of finished Abnormals is
+/// most of the controller's memory: this keeps each to its names and a few short strings.
+fn summarize_finished(a: &mut Abnormal) {
+    let m = &mut a.metadata;
+    m.annotations = m.annotations.take().and_then(|mut all| {
+        all.retain(|k, _| k == kdiag_api::labels::TRIGGER_LAST_SEEN_ANNOTATION);
+        (!all.is_empty()).then_some(all)
+    });
+    m.owner_references = None;
+    m.generate_name = None;
+    a.spec = kdiag_api::AbnormalSpec {
+        node_name: std::mem::take(&mut a.spec.node_name),
+        probe_status: a.spec.probe_status.take(),
+        source: a.spec.source,
+        ..Default::default()
+    };
+    let Some(status) = a.status.take() else {
+        return;
+    };
+    // GC dates the end by the latest time the status records; one condition carries it.
+    let last = status
+        .conditions
+        .into_iter()
+        .max_by_key(|c| c.last_transition_time.as_ref().map(|t| t.0))
+        .map(|c| kdiag_api::AbnormalCondition {
+            message: String::new(),
+            ..c
+        });
+    a.status = Some(AbnormalStatus {
+        phase: status.phase,
+        start_time: status.start_time,
+        conditions: last.into_iter().collect(),
+        reason: status.reason,
+        root_cause: status.root_cause.map(|r| kdiag_api::RootCause {
+            summary: r.summary,
+            reason: r.reason,
+            processor: r.processor,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
 }
 
 /// Counts the agent's Abnormals by phase: those in its store and the finished ones it counts.
@@ -212,6 +260,7 @@ pub fn count_by_phase(store: &Store<DeserializeGuard<Abnormal>>) -> BTreeMap<&'s
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::ResourceExt;
 
     fn abnormal(phase: Option<&str>) -> Guarded {
         let mut status = serde_json::json!({
@@ -258,8 +307,75 @@ mod tests {
         assert_eq!(status.phase, Some(AbnormalPhase::Succeeded));
         assert_eq!(status.conditions.len(), 1);
         assert_eq!(status.root_cause.unwrap().summary, "s");
-        assert_eq!(a.spec.assigned_diagnosers.len(), 1);
         assert_eq!(a.metadata.labels.unwrap()["kdiag.io/node"], "x");
+
+        let routed = slimmed(Reader::Controller, Some("Diagnosing"));
+        assert_eq!(
+            routed.spec.assigned_diagnosers.len(),
+            1,
+            "a running one keeps its spec (fan-out and the no-agent sweep read it)"
+        );
+    }
+
+    #[test]
+    fn the_controller_keeps_of_a_finished_abnormal_only_what_gc_write_back_and_grouping_read() {
+        let mut g = abnormal(Some("Failed"));
+        if let Ok(a) = &mut g.0 {
+            a.metadata.annotations = Some(
+                [
+                    ("kdiag.io/plan".to_owned(), "abc".to_owned()),
+                    (
+                        kdiag_api::labels::TRIGGER_LAST_SEEN_ANNOTATION.to_owned(),
+                        "2026-11-22T10:00:00Z".to_owned(),
+                    ),
+                ]
+                .into(),
+            );
+            let status = a.status.as_mut().unwrap();
+            status.conditions.push(
+                serde_json::from_value(serde_json::json!({
+                    "type": "Identified", "status": "True", "reason": "Identified",
+                    "message": "a long message", "lastTransitionTime": "2026-11-22T10:05:00Z"}))
+                .unwrap(),
+            );
+            status.root_cause.as_mut().unwrap().evidence = vec![Default::default()];
+            a.spec.probe_status = Some(Default::default());
+        }
+        let before = g.0.as_ref().unwrap().clone();
+        slim(Reader::Controller, &mut g);
+        let a = g.0.unwrap();
+
+        assert_eq!(
+            a.annotations().keys().collect::<Vec<_>>(),
+            [kdiag_api::labels::TRIGGER_LAST_SEEN_ANNOTATION]
+        );
+        assert!(a.spec.assigned_diagnosers.is_empty());
+        assert_eq!(a.spec.node_name, "x");
+        assert!(a.spec.probe_status.is_some());
+        let status = a.status.clone().unwrap();
+        assert_eq!(status.conditions.len(), 1, "only the latest condition");
+        assert!(status.conditions[0].message.is_empty());
+        let root = status.root_cause.unwrap();
+        assert_eq!((root.summary.as_str(), root.evidence.len()), ("s", 0));
+        assert_eq!(
+            gc_end(&a),
+            gc_end(&before),
+            "garbage collection dates it as before"
+        );
+        assert_eq!(a.phase(), before.phase());
+        assert_eq!(a.labels(), before.labels());
+    }
+
+    /// The end garbage collection computes (the latest time the status records).
+    fn gc_end(a: &Abnormal) -> Option<jiff::Timestamp> {
+        let s = a.status.as_ref()?;
+        s.conditions
+            .iter()
+            .filter_map(|c| c.last_transition_time.as_ref())
+            .chain(s.start_time.as_ref())
+            .chain(a.metadata.creation_timestamp.as_ref())
+            .map(|t| t.0)
+            .max()
     }
 
     #[test]

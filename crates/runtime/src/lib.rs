@@ -10,6 +10,7 @@ pub mod auth;
 pub mod builtin;
 pub mod cache;
 pub mod error;
+pub mod memory;
 pub mod metrics;
 pub mod process;
 pub mod ready;

@@ -4,14 +4,18 @@
 use kube::Client;
 use tokio_util::sync::CancellationToken;
 
-/// Runs `f` to its end on a multi-threaded runtime of its own.
+/// Runs `f` to its end on a multi-threaded runtime of its own, handing freed heap back to the
+/// system as it goes (memory.rs).
 pub fn block_on<T, E: From<std::io::Error>>(
     f: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, E> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(f)
+        .block_on(async {
+            crate::memory::spawn_trimming();
+            f.await
+        })
 }
 
 /// Logs to stderr as text, or as JSON lines when `json`; RUST_LOG overrides the levels.

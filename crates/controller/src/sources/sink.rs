@@ -24,7 +24,7 @@ pub const TRIGGER_EVENTS_ANNOTATION: &str = "kdiag.io/trigger-occurrences";
 /// Annotation: the total of occurrences grouped into this Abnormal.
 pub const TRIGGER_COUNT_ANNOTATION: &str = "kdiag.io/trigger-count";
 /// Annotation: when the trigger was last seen.
-pub const TRIGGER_LAST_SEEN_ANNOTATION: &str = "kdiag.io/trigger-last-seen";
+pub use kdiag_api::labels::TRIGGER_LAST_SEEN_ANNOTATION;
 /// Annotation: when the trigger resolved (an alert's endsAt), if it did.
 pub const TRIGGER_RESOLVED_ANNOTATION: &str = "kdiag.io/trigger-resolved";
 /// Identities kept per Abnormal; beyond, the oldest fold into one entry.
