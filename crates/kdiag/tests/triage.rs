@@ -222,6 +222,21 @@ async fn a_request_no_node_fits_is_compared_with_the_largest_free_node() {
 }
 
 #[tokio::test]
+async fn a_host_port_conflict_names_the_port_and_the_pod_holding_it() {
+    let (a, _) = diagnose("host-port").await;
+    let s = summary(&a);
+    let st = stack().await;
+    let node = st.cluster.node_name().to_owned();
+    assert!(
+        s.contains(&format!(
+            "18080/TCP is held by pod {}/host-port-holder on node {node}",
+            st.namespace
+        )),
+        "{s}"
+    );
+}
+
+#[tokio::test]
 async fn a_failing_liveness_probe_names_its_target_error_and_restarts() {
     let (a, _) = diagnose("liveness").await;
     let s = summary(&a);

@@ -35,6 +35,8 @@ const MAX_OTHER_EVENTS: usize = 10;
 const MAX_OWNERS: usize = 4;
 /// Nodes listed for an unscheduled pod (those with the most free memory).
 const MAX_NODES: usize = 50;
+/// Pods named per node as holding a hostPort the pod asks for.
+const MAX_PORT_HOLDERS_PER_NODE: usize = 5;
 
 pub struct PodDetailCollector;
 
@@ -411,11 +413,32 @@ async fn scheduling(client: &Client, pod: &Pod) -> (Scheduling, Vec<String>) {
         claims(client, pod)
     );
     let mut requested_on: BTreeMap<String, types::Resources> = BTreeMap::new();
+    let wanted_ports = resources::host_ports(pod);
+    let mut port_holders: BTreeMap<String, Vec<types::HostPortHolder>> = BTreeMap::new();
     match bound {
         Ok(list) => {
             for p in list.items {
                 if let Some(n) = p.spec.as_ref().and_then(|s| s.node_name.clone()) {
                     let r = resources::pod_requests(&p);
+                    let holders = port_holders.entry(n.clone()).or_default();
+                    for held in resources::host_ports(&p) {
+                        if holders.len() < MAX_PORT_HOLDERS_PER_NODE
+                            && wanted_ports
+                                .iter()
+                                .any(|w| resources::host_ports_clash(w, &held))
+                        {
+                            holders.push(types::HostPortHolder {
+                                port: held.port,
+                                protocol: held.protocol,
+                                host_ip: held.host_ip,
+                                pod: format!(
+                                    "{}/{}",
+                                    p.metadata.namespace.as_deref().unwrap_or_default(),
+                                    p.metadata.name.as_deref().unwrap_or_default()
+                                ),
+                            });
+                        }
+                    }
                     let e = requested_on.entry(n).or_default();
                     *e = e.plus(r);
                 }
@@ -449,6 +472,7 @@ async fn scheduling(client: &Client, pod: &Pod) -> (Scheduling, Vec<String>) {
                     allocatable,
                     requested: used,
                     free: allocatable.minus(used),
+                    host_port_holders: port_holders.remove(&name).unwrap_or_default(),
                 }
             })
             .collect(),

@@ -101,6 +101,43 @@ pub fn human_cpu(millis: i64) -> String {
     }
 }
 
+/// A hostPort a container asks for: (port, protocol, host IP), as the scheduler compares them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    pub port: i32,
+    pub protocol: String,
+    pub host_ip: String,
+}
+
+/// Every hostPort `pod`'s containers (and init containers) ask for.
+pub fn host_ports(pod: &Pod) -> Vec<HostPort> {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Vec::new();
+    };
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            let port = p.host_port.filter(|&h| h > 0)?;
+            Some(HostPort {
+                port,
+                protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                host_ip: p.host_ip.clone().unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// Whether two hostPorts cannot share a node: the same port and protocol on overlapping
+/// addresses (equal, or either binds every address).
+pub fn host_ports_clash(a: &HostPort, b: &HostPort) -> bool {
+    let every = |ip: &str| ip.is_empty() || ip == "0.0.0.0" || ip == "::";
+    a.port == b.port
+        && a.protocol == b.protocol
+        && (every(&a.host_ip) || every(&b.host_ip) || a.host_ip == b.host_ip)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,5 +188,38 @@ mod tests {
         assert_eq!(human_bytes(-2048), "-2.0 KiB");
         assert_eq!(human_cpu(1500), "1500m");
         assert_eq!(human_cpu(2000), "2");
+    }
+
+    fn with_host_ports(ports: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "n"},
+            "spec": {"containers": [{"name": "c", "ports": ports}]}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn host_ports_are_read_from_containers_with_tcp_by_default() {
+        let pod = with_host_ports(serde_json::json!([
+            {"containerPort": 80, "hostPort": 8080},
+            {"containerPort": 53, "hostPort": 53, "protocol": "UDP", "hostIP": "10.0.0.1"},
+            {"containerPort": 9000}]));
+        let ports = host_ports(&pod);
+        assert_eq!(ports.len(), 2, "a port without hostPort holds nothing on the node");
+        assert_eq!((ports[0].port, ports[0].protocol.as_str()), (8080, "TCP"));
+        assert_eq!(ports[1].host_ip, "10.0.0.1");
+    }
+
+    #[test]
+    fn host_ports_clash_on_the_same_port_protocol_and_an_overlapping_address() {
+        let p = |port, proto: &str, ip: &str| HostPort {
+            port,
+            protocol: proto.into(),
+            host_ip: ip.into(),
+        };
+        assert!(host_ports_clash(&p(80, "TCP", ""), &p(80, "TCP", "10.0.0.1")));
+        assert!(host_ports_clash(&p(80, "TCP", "10.0.0.1"), &p(80, "TCP", "10.0.0.1")));
+        assert!(!host_ports_clash(&p(80, "TCP", "10.0.0.1"), &p(80, "TCP", "10.0.0.2")));
+        assert!(!host_ports_clash(&p(80, "TCP", ""), &p(80, "UDP", "")));
+        assert!(!host_ports_clash(&p(80, "TCP", ""), &p(81, "TCP", "")));
     }
 }

@@ -200,6 +200,24 @@ pub struct NodeFit {
     pub requested: Resources,
     /// allocatable − requested.
     pub free: Resources,
+    /// The pods on the node holding a hostPort the pod asks for (the scheduler's "didn't have
+    /// free ports"), at most a few per node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_port_holders: Vec<HostPortHolder>,
+}
+
+/// A hostPort a pod on a node holds that the pod being diagnosed also asks for.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HostPortHolder {
+    pub port: i32,
+    /// TCP, UDP or SCTP.
+    pub protocol: String,
+    /// The address it binds; empty for every address.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host_ip: String,
+    /// `namespace/name` of the pod holding it.
+    pub pod: String,
 }
 
 /// A PersistentVolumeClaim the pod mounts, and whether it is bound.

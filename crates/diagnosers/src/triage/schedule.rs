@@ -202,6 +202,31 @@ pub fn check(f: &Facts) -> Vec<Finding> {
 }
 
 /// The plain words, reason code and suggestion for one scheduler reason.
+/// "the hostPort it asks for is taken", naming per node the port and the pod that holds it.
+fn host_port_conflict(s: &Scheduling) -> String {
+    let held: Vec<String> = s
+        .nodes
+        .iter()
+        .flat_map(|n| n.host_port_holders.iter().map(move |h| (n, h)))
+        .map(|(n, h)| {
+            let on = if h.host_ip.is_empty() {
+                String::new()
+            } else {
+                format!(" on {}", h.host_ip)
+            };
+            format!(
+                "{}/{}{on} is held by pod {} on node {}",
+                h.port, h.protocol, h.pod, n.name
+            )
+        })
+        .collect();
+    if held.is_empty() {
+        "the hostPort it asks for is taken on every node".into()
+    } else {
+        format!("the hostPort it asks for is taken: {}", held.join("; "))
+    }
+}
+
 fn explain(f: &Facts, r: &SchedulerReason, s: &Scheduling) -> (&'static str, String, String) {
     let text = r.text.as_str();
     let spec = f.pod().spec.clone().unwrap_or_default();
@@ -334,8 +359,8 @@ fn explain(f: &Facts, r: &SchedulerReason, s: &Scheduling) -> (&'static str, Str
     if text.contains("free ports") {
         return (
             "HostPortConflict",
-            "the hostPort it asks for is taken on every node".into(),
-            "Drop hostPort from the pod (use a Service), or free the port on a node.".into(),
+            host_port_conflict(s),
+            "Drop hostPort from the pod (use a Service), or free the port on a node: delete or move the pod holding it, or give one of them another hostPort.".into(),
         );
     }
     if text.contains("pod affinity") || text.contains("anti-affinity") {
@@ -489,5 +514,31 @@ mod tests {
             &taint
         ));
         assert!(!tolerates(&[], &taint));
+    }
+
+    #[test]
+    fn a_host_port_conflict_names_the_port_and_the_pod_holding_it_on_each_node() {
+        let s = Scheduling {
+            nodes: vec![NodeFit {
+                name: "n1".into(),
+                host_port_holders: vec![kdiag_collectors::pod_detail::types::HostPortHolder {
+                    port: 8080,
+                    protocol: "TCP".into(),
+                    host_ip: String::new(),
+                    pod: "web/holder".into(),
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            host_port_conflict(&s),
+            "the hostPort it asks for is taken: 8080/TCP is held by pod web/holder on node n1"
+        );
+        assert_eq!(
+            host_port_conflict(&Scheduling::default()),
+            "the hostPort it asks for is taken on every node",
+            "without the holders (the pods could not be listed) it says no more than it knows"
+        );
     }
 }

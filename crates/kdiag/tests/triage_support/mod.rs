@@ -552,6 +552,39 @@ pub fn scenarios() -> Vec<Scenario> {
             via_cli: true,
         },
         Scenario {
+            name: "host-port",
+            // A pod bound first holds hostPort 18080 on the only node; this one asks for it too.
+            object: pod(
+                "host-port",
+                spec_with(
+                    {
+                        let mut c = busybox(json!(["sleep", "3600"]));
+                        c["ports"] = json!([{"containerPort": 18080, "hostPort": 18080}]);
+                        c
+                    },
+                    json!({}),
+                ),
+            ),
+            extras: vec![pod(
+                "host-port-holder",
+                spec_with(
+                    {
+                        let mut c = busybox(json!(["sleep", "3600"]));
+                        c["ports"] = json!([{"containerPort": 18080, "hostPort": 18080}]);
+                        c
+                    },
+                    json!({}),
+                ),
+            )],
+            shows: |p, events| {
+                has_event(events, "FailedScheduling", "free ports")
+                    && p.spec.as_ref().is_some_and(|s| s.node_name.is_none())
+            },
+            delete_when_running: false,
+            reasons: &["HostPortConflict"],
+            via_cli: true,
+        },
+        Scenario {
             name: "liveness",
             // Nothing listens on 8080: every probe is refused, the kubelet restarts it.
             object: pod(
