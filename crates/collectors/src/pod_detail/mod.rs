@@ -456,6 +456,7 @@ async fn scheduling(client: &Client, pod: &Pod) -> (Scheduling, Vec<String>) {
                 let name = n.metadata.name.clone().unwrap_or_default();
                 let allocatable = resources::node_allocatable(&n);
                 let used = requested_on.get(&name).copied().unwrap_or_default();
+                let host_port_holders = port_holders.remove(&name).unwrap_or_default();
                 let spec = n.spec.clone().unwrap_or_default();
                 let ready = n
                     .status
@@ -472,7 +473,7 @@ async fn scheduling(client: &Client, pod: &Pod) -> (Scheduling, Vec<String>) {
                     allocatable,
                     requested: used,
                     free: allocatable.minus(used),
-                    host_port_holders: port_holders.remove(&name).unwrap_or_default(),
+                    host_port_holders,
                 }
             })
             .collect(),
