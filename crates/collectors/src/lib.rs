@@ -10,6 +10,7 @@
 //! [`mounts`], [`cri`] (the CRI client), [`kernel_log`] and [`quantity`] (resource quantities).
 
 pub mod budget;
+pub mod certs;
 /// Which pod and container a cgroup path names (shared with the signal recoverer).
 pub use kdiag_procstat::cgroup;
 pub mod cri;

@@ -1,5 +1,6 @@
 //! `node-collector` → `nodeInformation`: load, memory, pressure (PSI), filesystems (bytes and
-//! inodes), pid usage, uptime and clock synchronization of the node.
+//! inodes), pid usage, uptime, clock synchronization and offset from the apiserver's clock, and
+//! the kubelet's certificates with their expiry.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -56,12 +57,19 @@ impl Processor for NodeCollector {
     ) -> BoxFuture<'a, Result<ProcessorOutput, ProcessorError>> {
         async move {
             let proc_root = ctx.node.proc_root.clone();
+            let pki = ctx.node.kubelet_root.join("pki");
             let deadline = Deadline::within(ctx.timeout);
-            let value = blocking("reading the node's state", move || {
-                collect(&proc_root, deadline)
-            })
-            .await?
-            .map_err(ProcessorError::Failed)?;
+            let (value, skew) = tokio::join!(
+                blocking("reading the node's state", move || {
+                    collect(&proc_root, deadline).map(|mut v| {
+                        v["certificates"] = certificates(&pki, jiff::Timestamp::now());
+                        v
+                    })
+                }),
+                apiserver_skew(&ctx.client)
+            );
+            let mut value = value?.map_err(ProcessorError::Failed)?;
+            value["clock"]["apiserver"] = skew;
             let message = describe(&value, &ctx.node_name);
             Ok(ProcessorOutput::message(message).with_context(NODE_INFORMATION, value))
         }
@@ -303,6 +311,57 @@ fn filesystems(proc_root: &Path, deadline: Deadline, problems: &mut Problems) ->
         ));
     }
     Value::Array(out)
+}
+
+/// The kubelet's certificates under `pki` (kubelet root/pki): each one's subject, expiry and
+/// seconds left, and what could not be read.
+fn certificates(pki: &Path, now: jiff::Timestamp) -> Value {
+    let (certs, problems) = crate::certs::scan(pki);
+    json!({
+        "directory": pki.display().to_string(),
+        "certificates": certs.iter().map(|c| c.to_json(now)).collect::<Vec<_>>(),
+        "problems": problems,
+    })
+}
+
+/// How far this node's clock is from the apiserver's: the `Date` of an answer against the
+/// middle of the request as this node saw it. `Date` has whole seconds, so the uncertainty is a
+/// second plus half the round trip.
+async fn apiserver_skew(client: &kube::Client) -> Value {
+    let request = match http::Request::get("/version").body(Vec::new().into()) {
+        Ok(r) => r,
+        Err(e) => return json!({"error": e.to_string()}),
+    };
+    let sent = jiff::Timestamp::now();
+    let started = std::time::Instant::now();
+    let answer =
+        tokio::time::timeout(std::time::Duration::from_secs(5), client.send(request)).await;
+    let rtt = started.elapsed().as_secs_f64();
+    let response = match answer {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return json!({"error": format!("asking the apiserver: {e}")}),
+        Err(_) => return json!({"error": "the apiserver did not answer within 5 s"}),
+    };
+    let Some(date) = response
+        .headers()
+        .get(http::header::DATE)
+        .and_then(|d| d.to_str().ok())
+    else {
+        return json!({"error": "the apiserver's answer has no Date header"});
+    };
+    match jiff::fmt::rfc2822::parse(date) {
+        Ok(theirs) => {
+            let middle = sent.as_millisecond() as f64 / 1000.0 + rtt / 2.0;
+            // Date is truncated to the second: its true time is up to a second later.
+            let theirs = theirs.timestamp().as_second() as f64 + 0.5;
+            json!({
+                "skewSeconds": ((middle - theirs) * 10.0).round() / 10.0,
+                "uncertaintySeconds": ((0.5 + rtt / 2.0) * 10.0).ceil() / 10.0,
+                "apiserverDate": date,
+            })
+        }
+        Err(e) => json!({"error": format!("the apiserver's Date {date:?}: {e}")}),
+    }
 }
 
 /// The kernel's NTP state (adjtimex, read-only): whether a time daemon keeps the clock in sync.

@@ -333,7 +333,8 @@ async fn kernel_log_collector_finds_the_oom_kill_of_a_real_oom_pod() {
 }
 
 #[tokio::test]
-async fn node_collector_reports_load_memory_pressure_filesystems_pids_and_clock() {
+async fn node_collector_reports_load_memory_pressure_filesystems_pids_clock_and_kubelet_certificates()
+ {
     let c = cluster().await;
     let ctx = context(c).await;
     let out = run(&NodeCollector, &ctx, &abnormal(json!({}))).await;
@@ -360,6 +361,25 @@ async fn node_collector_reports_load_memory_pressure_filesystems_pids_and_clock(
             .any(|s| out.message.contains(s)),
         "{}",
         out.message
+    );
+    // The apiserver runs on this machine: the clocks agree within the measurement's error.
+    let skew = &n["clock"]["apiserver"];
+    let (offset, uncertainty) = (
+        skew["skewSeconds"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{skew}")),
+        skew["uncertaintySeconds"].as_f64().unwrap(),
+    );
+    assert!(offset.abs() <= uncertainty + 0.1, "{skew}");
+    // The kubelet made its self-signed serving certificate in its cert dir (<root>/pki).
+    let certs = n["certificates"]["certificates"].as_array().unwrap();
+    let serving = certs
+        .iter()
+        .find(|c| c["path"].as_str().unwrap().ends_with("/pki/kubelet.crt"))
+        .unwrap_or_else(|| panic!("{}", n["certificates"]));
+    assert!(
+        serving["expiresInSeconds"].as_i64().unwrap() > 300 * 86400,
+        "{serving}"
     );
 }
 

@@ -204,7 +204,11 @@ mod tests {
             {"containerPort": 53, "hostPort": 53, "protocol": "UDP", "hostIP": "10.0.0.1"},
             {"containerPort": 9000}]));
         let ports = host_ports(&pod);
-        assert_eq!(ports.len(), 2, "a port without hostPort holds nothing on the node");
+        assert_eq!(
+            ports.len(),
+            2,
+            "a port without hostPort holds nothing on the node"
+        );
         assert_eq!((ports[0].port, ports[0].protocol.as_str()), (8080, "TCP"));
         assert_eq!(ports[1].host_ip, "10.0.0.1");
     }
@@ -216,9 +220,18 @@ mod tests {
             protocol: proto.into(),
             host_ip: ip.into(),
         };
-        assert!(host_ports_clash(&p(80, "TCP", ""), &p(80, "TCP", "10.0.0.1")));
-        assert!(host_ports_clash(&p(80, "TCP", "10.0.0.1"), &p(80, "TCP", "10.0.0.1")));
-        assert!(!host_ports_clash(&p(80, "TCP", "10.0.0.1"), &p(80, "TCP", "10.0.0.2")));
+        assert!(host_ports_clash(
+            &p(80, "TCP", ""),
+            &p(80, "TCP", "10.0.0.1")
+        ));
+        assert!(host_ports_clash(
+            &p(80, "TCP", "10.0.0.1"),
+            &p(80, "TCP", "10.0.0.1")
+        ));
+        assert!(!host_ports_clash(
+            &p(80, "TCP", "10.0.0.1"),
+            &p(80, "TCP", "10.0.0.2")
+        ));
         assert!(!host_ports_clash(&p(80, "TCP", ""), &p(80, "UDP", "")));
         assert!(!host_ports_clash(&p(80, "TCP", ""), &p(81, "TCP", "")));
     }

@@ -165,7 +165,128 @@ pub fn check(node: &NodeDetail, inputs: &NodeInputs) -> Vec<Finding> {
             .with(condition_evidence(node, c, inputs.node_key)),
         );
     }
+    if let Some(info) = inputs.node_info {
+        out.extend(clock_skew(node, info));
+        out.extend(certificates(node, info));
+    }
     out
+}
+
+/// A node clock this far from the apiserver's (beyond the measurement's own uncertainty) breaks
+/// what compares times across machines: tokens and certificates judged not yet or no longer
+/// valid, leases and node heartbeats that look stale, logs out of order.
+pub const CLOCK_SKEW_LIMIT_SECONDS: f64 = 5.0;
+/// A kubelet certificate this close to its expiry is a finding: the kubelet rotates its client
+/// certificate well before (at 70–90 % of its life), so one still this close means rotation is
+/// failing (or is off) and the node will lose the apiserver when it expires.
+pub const CERTIFICATE_WARNING_SECONDS: i64 = 7 * 24 * 3600;
+
+fn info_evidence(node: &NodeDetail, message: String) -> Evidence {
+    Evidence {
+        kind: "NodeInformation".into(),
+        message,
+        object: format!("node/{}", node.name),
+        context_key: NODE_INFORMATION.into(),
+        timestamp: None,
+    }
+}
+
+fn clock_skew(node: &NodeDetail, info: &Value) -> Option<Finding> {
+    let api = info.pointer("/clock/apiserver")?;
+    let skew = api.get("skewSeconds")?.as_f64()?;
+    let uncertainty = api
+        .get("uncertaintySeconds")
+        .and_then(Value::as_f64)
+        .unwrap_or(1.0);
+    if skew.abs() - uncertainty < CLOCK_SKEW_LIMIT_SECONDS {
+        return None;
+    }
+    let direction = if skew > 0.0 { "ahead of" } else { "behind" };
+    let synced = match info.pointer("/clock/synchronized") {
+        Some(Value::Bool(false)) => {
+            "; no time daemon keeps it in sync (adjtimex reports it unsynchronized)"
+        }
+        Some(Value::Bool(true)) => {
+            "; its time daemon believes it is in sync, so its time source is wrong"
+        }
+        _ => "",
+    };
+    Some(
+        Finding::new(
+            "NodeClockSkew",
+            Rank::Node,
+            format!(
+                "node {}'s clock is {:.0} s {direction} the apiserver's{synced}",
+                node.name,
+                skew.abs()
+            ),
+            "Fix the node's time: check chronyd/ntpd/systemd-timesyncd and its sources (chronyc tracking, timedatectl); tokens, certificates and node leases are judged by the clock, so a skewed node fails authentication or looks dead.".into(),
+        )
+        .with(info_evidence(
+            node,
+            format!(
+                "node clock minus apiserver Date: {skew:+.1} s (±{uncertainty:.1} s); apiserver Date {}",
+                api.get("apiserverDate").and_then(Value::as_str).unwrap_or("?")
+            ),
+        )),
+    )
+}
+
+fn certificates(node: &NodeDetail, info: &Value) -> Vec<Finding> {
+    let Some(certs) = info
+        .pointer("/certificates/certificates")
+        .and_then(Value::as_array)
+    else {
+        return Vec::new();
+    };
+    certs
+        .iter()
+        .filter_map(|c| {
+            let left = c.get("expiresInSeconds")?.as_i64()?;
+            if left > CERTIFICATE_WARNING_SECONDS {
+                return None;
+            }
+            let path = c.get("path").and_then(Value::as_str).unwrap_or("?");
+            let subject = c.get("subject").and_then(Value::as_str).unwrap_or("?");
+            let not_after = c.get("notAfter").and_then(Value::as_str).unwrap_or("?");
+            let (reason, state) = if left <= 0 {
+                (
+                    "NodeCertificateExpired",
+                    format!("expired {} ago", human_duration(-left)),
+                )
+            } else {
+                (
+                    "NodeCertificateExpiring",
+                    format!("expires in {}", human_duration(left)),
+                )
+            };
+            Some(
+                Finding::new(
+                    reason,
+                    Rank::Node,
+                    format!(
+                        "node {}: the kubelet's certificate {path} ({subject}) {state}",
+                        node.name
+                    ),
+                    "Renew it: with client rotation on (rotateCertificates: true) the kubelet asks for a new one through a CertificateSigningRequest that must be approved (kubectl get csr); otherwise issue a new certificate for the node (kubeadm certs renew, or your provisioner) and restart the kubelet.".into(),
+                )
+                .with(info_evidence(
+                    node,
+                    format!("{path}: subject {subject}, notAfter {not_after}"),
+                )),
+            )
+        })
+        .collect()
+}
+
+/// `93784` → "1 d 2 h", `300` → "5 min".
+fn human_duration(seconds: i64) -> String {
+    let (d, h, m) = (seconds / 86400, seconds % 86400 / 3600, seconds % 3600 / 60);
+    match (d, h) {
+        (0, 0) => format!("{} min", m.max(1)),
+        (0, h) => format!("{h} h {m} min"),
+        (d, h) => format!("{d} d {h} h"),
+    }
 }
 
 fn pod_of(p: &Proc, names: &BTreeMap<String, String>) -> String {
@@ -389,5 +510,71 @@ mod tests {
             f[0].summary
         );
         assert!(f[0].evidence.iter().any(|e| e.object == "pod/shop/cache"));
+    }
+
+    fn inputs_with(info: &Value) -> NodeInputs<'_> {
+        static NAMES: std::sync::OnceLock<BTreeMap<String, String>> = std::sync::OnceLock::new();
+        NodeInputs {
+            processes: None,
+            node_info: Some(info),
+            pod_names: NAMES.get_or_init(BTreeMap::new),
+            node_key: POD_DETAIL_INFORMATION,
+        }
+    }
+
+    #[test]
+    fn a_clock_beyond_the_limit_and_its_uncertainty_is_named_with_its_direction() {
+        let ready = node(json!([{"type": "Ready", "status": "True"}]));
+        let skewed = json!({"clock": {"synchronized": false,
+            "apiserver": {"skewSeconds": -42.3, "uncertaintySeconds": 0.6, "apiserverDate": "Fri, 04 Dec 2026 22:00:00 GMT"}}});
+        let f = check(&ready, &inputs_with(&skewed));
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].reason, "NodeClockSkew");
+        assert!(
+            f[0].summary.contains("42 s behind the apiserver's"),
+            "{}",
+            f[0].summary
+        );
+        assert!(f[0].summary.contains("unsynchronized"), "{}", f[0].summary);
+
+        let within =
+            json!({"clock": {"apiserver": {"skewSeconds": 5.3, "uncertaintySeconds": 0.6}}});
+        assert!(
+            check(&ready, &inputs_with(&within)).is_empty(),
+            "within the measurement's own error"
+        );
+    }
+
+    #[test]
+    fn kubelet_certificates_expired_or_within_a_week_are_named_and_others_are_not() {
+        let ready = node(json!([{"type": "Ready", "status": "True"}]));
+        let info = json!({"certificates": {"certificates": [
+            {"path": "/var/lib/kubelet/pki/kubelet-client-current.pem", "subject": "CN=system:node:n1",
+             "notAfter": "2026-11-01T00:00:00Z", "expiresInSeconds": -2 * 86400 - 3600},
+            {"path": "/var/lib/kubelet/pki/kubelet.crt", "subject": "CN=n1@1",
+             "notAfter": "2026-12-07T00:00:00Z", "expiresInSeconds": 3 * 86400},
+            {"path": "/var/lib/kubelet/pki/other.crt", "subject": "CN=x",
+             "notAfter": "2027-12-07T00:00:00Z", "expiresInSeconds": 300 * 86400}]}});
+        let f = check(&ready, &inputs_with(&info));
+        let reasons: Vec<&str> = f.iter().map(|f| f.reason).collect();
+        assert_eq!(
+            reasons,
+            ["NodeCertificateExpired", "NodeCertificateExpiring"]
+        );
+        assert!(
+            f[0].summary.contains("kubelet-client-current.pem"),
+            "{}",
+            f[0].summary
+        );
+        assert!(
+            f[0].summary.contains("expired 2 d 1 h ago"),
+            "{}",
+            f[0].summary
+        );
+        assert!(
+            f[1].summary.contains("expires in 3 d 0 h"),
+            "{}",
+            f[1].summary
+        );
     }
 }
