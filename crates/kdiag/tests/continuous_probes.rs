@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
 use kdiag_api::*;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -173,6 +174,11 @@ async fn a_continuous_probe_on_a_path_failing_one_in_ten_stays_pass_and_one_abno
         "a 1-in-10 flap stayed PASS: {seen:?}"
     );
     let window = flapping.window.clone().unwrap();
+    eprintln!(
+        "flapping 1 in 10, after {} requests: {:?} {window:?}",
+        server.hits(),
+        flapping.status
+    );
     assert!(
         (0.85..1.0).contains(&window.success_rate),
         "the success rate shows the flap: {window:?}"
@@ -376,4 +382,171 @@ async fn a_continuous_probe_with_a_checker_image_is_one_resident_deployment_the_
         },
     )
     .await;
+}
+
+/// A token of ServiceAccount `sa` for the report audience, bound to pod `pod` (what the kubelet
+/// projects into a checker pod).
+async fn report_token(client: &kube::Client, ns: &str, sa: &str, pod: &Pod) -> String {
+    let req: k8s_openapi::api::authentication::v1::TokenRequest = serde_json::from_value(json!({
+        "spec": {"audiences": [kdiag_api::kubeprober::REPORT_AUDIENCE], "expirationSeconds": 600,
+            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod.name_any(), "uid": pod.uid().unwrap()}}}))
+    .unwrap();
+    let resp: k8s_openapi::api::authentication::v1::TokenRequest =
+        Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), ns)
+            .create_subresource("token", sa, &PostParams::default(), &req)
+            .await
+            .unwrap();
+    resp.status.unwrap().token
+}
+
+#[tokio::test]
+async fn a_resident_pods_reports_pass_the_denoiser_and_reports_beyond_the_token_bucket_are_refused_and_counted()
+ {
+    let cp = with_controller().await;
+    let client = cp.client().await;
+    let ns = cp.create_namespace("continuous-report").await;
+    let sa: k8s_openapi::api::core::v1::ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "checker"}})).unwrap();
+    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &sa)
+        .await
+        .unwrap();
+    // A long interval: the bucket (5 at once, 2 per interval) does not refill during the test.
+    create_probe(
+        &client,
+        &ns,
+        "shop",
+        json!({
+        "policy": {"mode": "Continuous", "intervalSeconds": 600},
+        "template": {"serviceAccountName": "checker", "automountServiceAccountToken": false,
+            "containers": [{"name": "checker", "image": "registry.example/checker:1"}]}}),
+    )
+    .await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let d = wait_for(Duration::from_secs(30), "no resident Deployment", || {
+        let deployments = deployments.clone();
+        async move { deployments.get_opt("shop-continuous").await.unwrap() }
+    })
+    .await;
+    // What the Deployment and ReplicaSet controllers would make (the light control plane runs
+    // none): the resident pod, under a ReplicaSet the Deployment controls.
+    let spec = d.spec.clone().unwrap();
+    let owner = |kind: &str, api_version: &str, name: String, uid: String| {
+        vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                api_version: api_version.into(),
+                kind: kind.into(),
+                name,
+                uid,
+                controller: Some(true),
+                ..Default::default()
+            },
+        ]
+    };
+    let rs = ReplicaSet {
+        metadata: kube::api::ObjectMeta {
+            name: Some("shop-continuous-1".into()),
+            owner_references: Some(owner(
+                "Deployment",
+                "apps/v1",
+                d.name_any(),
+                d.uid().unwrap(),
+            )),
+            ..Default::default()
+        },
+        spec: Some(k8s_openapi::api::apps::v1::ReplicaSetSpec {
+            selector: spec.selector.clone(),
+            template: Some(spec.template.clone()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let rs = Api::<ReplicaSet>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &rs)
+        .await
+        .unwrap();
+    let mut pod = Pod {
+        metadata: spec.template.metadata.clone().unwrap(),
+        spec: spec.template.spec.clone(),
+        ..Default::default()
+    };
+    pod.metadata.name = Some("shop-continuous-1-x".into());
+    pod.metadata.owner_references = Some(owner(
+        "ReplicaSet",
+        "apps/v1",
+        rs.name_any(),
+        rs.uid().unwrap(),
+    ));
+    let pod = Api::<Pod>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap();
+    let token = report_token(&client, &ns, "checker", &pod).await;
+    let bearer = format!("Bearer {token}");
+    let url: String = format!("{}/probe-status", controller_url());
+    let report = |status: &str| {
+        json!({"probeName": "shop", "probeNamespace": ns, "name": "",
+            "checkers": [{"name": "cart", "status": status, "message": "cart answered 503", "latencyMillis": 12}]})
+        .to_string()
+    };
+    let post = |body: String| {
+        let (url, bearer) = (url.clone(), bearer.clone());
+        async move {
+            reqwest_lite::request_with(
+                url.parse().unwrap(),
+                "POST",
+                body.as_bytes(),
+                &[
+                    ("authorization", &bearer),
+                    ("content-type", "application/json"),
+                ],
+            )
+            .await
+        }
+    };
+    let statuses: Api<ProbeStatus> = Api::namespaced(client.clone(), &ns);
+
+    // Two failures: taken, but below the denoiser's threshold nothing is stored.
+    for _ in 0..2 {
+        let (code, body) = post(report("ERROR")).await;
+        assert_eq!(code, 200, "{body}");
+    }
+    assert!(
+        statuses.get_opt("shop").await.unwrap().is_none(),
+        "two failures are noise"
+    );
+    // The third failure among the last ten turns the checker to ERROR, with its window.
+    let (code, body) = post(report("ERROR")).await;
+    assert_eq!(code, 200, "{body}");
+    let ps = statuses.get("shop").await.unwrap();
+    let cart = ps.spec.checkers.iter().find(|c| c.name == "cart").unwrap();
+    assert_eq!(cart.status, CheckerStatus::Error);
+    assert_eq!(
+        cart.window,
+        Some(CheckerWindow {
+            results: 3,
+            success_rate: 0.0,
+            p50_millis: Some(12),
+            p99_millis: Some(12)
+        })
+    );
+    // Two more fit the bucket of five; the sixth report is refused, and counted.
+    for _ in 0..2 {
+        let (code, body) = post(report("ERROR")).await;
+        assert_eq!(code, 200, "{body}");
+    }
+    let (code, body) = post(report("PASS")).await;
+    assert_eq!(code, 429, "{body}");
+    assert!(body.contains("faster than its interval allows"), "{body}");
+    let (_, metrics) = reqwest_get(&format!("{}/metrics", controller_url())).await;
+    let limited = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("kdiag_continuous_probe_results_total")
+                && l.contains(r#"outcome="limited""#)
+                && l.contains(r#"path="report""#)
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(limited >= 1.0, "the refused report is counted:\n{metrics}");
 }
