@@ -231,7 +231,7 @@ pub fn render(r: &Value) -> String {
     }
     let t = targets(r);
     if !t.is_empty() {
-        out.push_str("Targets (issue 9)\n");
+        out.push_str("Targets (issues 9 and 19)\n");
         let mut tab = Table::new(&["target", "measured", "limit", "verdict"]);
         for x in &t {
             tab.row(vec![
