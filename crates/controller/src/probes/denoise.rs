@@ -167,26 +167,15 @@ impl Checker {
             .take(s.window)
             .filter(|x| !x.passed)
             .count();
-        match self.status {
-            Some(current) if failing(current) => {
-                if passed && self.passes_in_a_row >= s.recoveries {
-                    self.status = Some(status);
-                    self.message = message.to_owned();
-                } else if !passed {
-                    // Still failing: its latest failure says how.
-                    self.status = Some(status);
-                    self.message = message.to_owned();
-                }
-            }
-            _ => {
-                if !passed && recent_failures >= s.failures {
-                    self.status = Some(status);
-                    self.message = message.to_owned();
-                } else if passed {
-                    self.status = Some(status);
-                    self.message = message.to_owned();
-                }
-            }
+        // Failing, a checker follows each new failure and leaves only after its recoveries;
+        // otherwise it follows each pass and fails only at the threshold.
+        let follows = match self.status {
+            Some(current) if failing(current) => !passed || self.passes_in_a_row >= s.recoveries,
+            _ => passed || recent_failures >= s.failures,
+        };
+        if follows {
+            self.status = Some(status);
+            self.message = message.to_owned();
         }
         let status = self.status?;
         let entry = Entry {
