@@ -226,6 +226,43 @@ pub struct ProbePolicy {
     /// Minutes of jitter added to each interval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_interval_random: Option<i64>,
+    /// kdiag extension: `Periodic` (default: KubeProber's runs every runInterval minutes) or
+    /// `Continuous` (native checks run inside the controller, a checker image as one resident
+    /// pod, every intervalSeconds; results pass the denoiser before they reach the ProbeStatus).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<ProbeMode>,
+    /// kdiag extension, Continuous only: seconds between results. Default 10, minimum 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_seconds: Option<i32>,
+    /// kdiag extension, Continuous only: when a checker's raw results change its status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denoise: Option<Denoise>,
+}
+
+/// kdiag extension: how a probe runs.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ProbeMode {
+    /// A run every runInterval minutes, or once (KubeProber's).
+    #[default]
+    Periodic,
+    /// A result every intervalSeconds, denoised.
+    Continuous,
+}
+
+/// kdiag extension: a continuous checker turns ERROR only after `failures` failures among its
+/// last `window` results, and back to PASS only after `recoveries` passes in a row.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Denoise {
+    /// Default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures: Option<i32>,
+    /// Default 10 (at least `failures`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<i32>,
+    /// Default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recoveries: Option<i32>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -396,6 +433,26 @@ pub struct ProbeCheckerStatus {
     /// kdiag extension: the diagnosis of this checker's current failure episode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diagnosis: Option<CheckerDiagnosis>,
+    /// kdiag extension, continuous probes: the raw results behind the denoised status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<CheckerWindow>,
+}
+
+/// kdiag extension: a continuous checker's recent raw results, so a flapping path shows without
+/// paging anyone.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckerWindow {
+    /// How many results the window holds (up to 100, the newest).
+    pub results: i32,
+    /// The share of them that passed (PASS or INFO), 0 to 1, to two decimals.
+    pub success_rate: f64,
+    /// Median latency of a result, in milliseconds (absent when no result carried one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p50_millis: Option<i64>,
+    /// 99th percentile latency, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_millis: Option<i64>,
 }
 
 /// kdiag extension: the Abnormal a failed checker started and what it found.
@@ -454,6 +511,9 @@ pub struct ReportedChecker {
     pub message: String,
     #[serde(default)]
     pub last_run: Option<Time>,
+    /// kdiag extension: how long the check took, for a continuous probe's latency percentiles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_millis: Option<i64>,
 }
 
 /// A cluster managed by KubeProber's multi-cluster master.

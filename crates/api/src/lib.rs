@@ -56,6 +56,7 @@ pub use kubeprober::{
     ProbeStates, ProbeStatus, ProbeStatusSpec, ProbeStatusStates, ReportProbeStatusSpec, TcpCheck,
     TlsCheck,
 };
+pub use kubeprober::{CheckerWindow, Denoise, ProbeMode};
 
 /// The API group of the Kube Diagnoser kinds.
 pub const DIAGNOSIS_GROUP: &str = "diagnosis.netease.com";

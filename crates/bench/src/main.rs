@@ -7,7 +7,8 @@
 //!    bare client doing the same create + status writes), and 2. their footprint;
 //! 3. `scale`: 50, 100, 200 agents against one apiserver;
 //! 4. `triggers`: ProbeStatus, Event and alert to Abnormal (and to the root cause);
-//! 5. `collectors`: kdiag-collectors' benchmark against `ps` and `du`.
+//! 5. `collectors`: kdiag-collectors' benchmark against `ps` and `du`;
+//! 6. `probes`: continuous probes' controller CPU and apiserver writes against periodic ones.
 //!
 //! Prints a table and writes `latest.json`, a timestamped copy and `latest.txt` to `--out`. A
 //! number never fails the run; a section that cannot run does (after the others have run).
@@ -19,6 +20,7 @@ mod floor;
 mod load;
 mod pipeline;
 mod plugin;
+mod probes;
 mod procstat;
 mod realproc;
 mod report;
@@ -40,7 +42,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "pipeline,scale,triggers,collectors"
+        default_value = "pipeline,scale,triggers,collectors,probes"
     )]
     sections: Vec<String>,
     /// The kdiag binary run as agent and controller processes (a release build).
@@ -98,6 +100,15 @@ struct Args {
     /// 4. Episodes per trigger path.
     #[arg(long, default_value_t = 200)]
     episodes: usize,
+    /// 6. Probes run continuously, and as many periodically.
+    #[arg(long, default_value_t = 20)]
+    probe_count: usize,
+    /// 6. Seconds between a continuous probe's results.
+    #[arg(long, default_value_t = 5)]
+    probe_interval: u64,
+    /// 6. Seconds each mode is measured.
+    #[arg(long, default_value_t = 60)]
+    probe_seconds: u64,
 }
 
 fn main() -> ExitCode {
@@ -181,6 +192,16 @@ async fn run(args: Args) -> ExitCode {
         record(&mut results, &mut errors, "collectors", r);
     }
 
+    if wants("probes") {
+        eprintln!("== 6. continuous probes against periodic ones");
+        let s = probes::Settings {
+            kdiag: args.kdiag.clone(),
+            probes: args.probe_count,
+            interval: args.probe_interval,
+            seconds: args.probe_seconds,
+        };
+        record(&mut results, &mut errors, "probes", probes::run(&s).await);
+    }
     results.insert(
         "durationSeconds".into(),
         json!(stats::round(started.elapsed().as_secs_f64())),

@@ -146,6 +146,18 @@ pub fn targets(r: &Value) -> Vec<Target> {
         "near 0 (<= 0.5)",
         |v| v <= 0.5,
     );
+    add(
+        "controller CPU, continuous probes (% of a core)",
+        num(r, "/probes/continuous/controllerCpuPercentOfCore"),
+        "< 2 (issue 19)",
+        |v| v < 2.0,
+    );
+    add(
+        "apiserver writes while continuous results are unchanged",
+        num(r, "/probes/continuous/apiserverWrites"),
+        "0 (issue 19)",
+        |v| v == 0.0,
+    );
     if let Some(steps) = r.pointer("/scale/steps").and_then(Value::as_array)
         && let (Some(first), Some(last)) = (steps.first(), steps.last())
     {
@@ -214,9 +226,12 @@ pub fn render(r: &Value) -> String {
     if let Some(c) = r.get("collectors").filter(|v| !v.is_null()) {
         collectors(&mut out, c);
     }
+    if let Some(p) = r.get("probes").filter(|v| !v.is_null()) {
+        probes(&mut out, p);
+    }
     let t = targets(r);
     if !t.is_empty() {
-        out.push_str("Targets (issue 9)\n");
+        out.push_str("Targets (issues 9 and 19)\n");
         let mut tab = Table::new(&["target", "measured", "limit", "verdict"]);
         for x in &t {
             tab.row(vec![
@@ -494,6 +509,34 @@ fn triggers(out: &mut String, tr: &Value) {
             fmt(p("latency/p99Ms")),
             fmt(p("ratioToWrite/p50")),
             fmt(p("ratioToWrite/p99")),
+        ]);
+    }
+    t.render(out);
+    out.push('\n');
+}
+
+fn probes(out: &mut String, p: &Value) {
+    out.push_str(&format!(
+        "6. Probes: {} native TCP probes with unchanged results for {} s; continuous every {} s \
+         against the same probes periodic (runInterval 1 minute), the baseline\n",
+        p["probes"], p["seconds"], p["intervalSeconds"],
+    ));
+    let mut t = Table::new(&[
+        "mode",
+        "controller CPU % of a core",
+        "apiserver writes",
+        "apiserver requests",
+    ]);
+    for (name, key) in [
+        ("continuous", "continuous"),
+        ("periodic (baseline)", "periodic"),
+    ] {
+        let q = |f: &str| num(p, &format!("/{key}/{f}"));
+        t.row(vec![
+            name.into(),
+            fmt(q("controllerCpuPercentOfCore")),
+            fmt(q("apiserverWrites")),
+            fmt(q("apiserverRequests")),
         ]);
     }
     t.render(out);

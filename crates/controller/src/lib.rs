@@ -190,11 +190,19 @@ pub fn start(
         nodes.clone(),
         leader_stop.clone(),
     );
-    let probe_reports = Arc::new(crate::probes::report::ProbeReports::new(
+    let continuous = crate::probes::continuous::Continuous::new(
+        client.clone(),
+        metrics.clone(),
+        config.runner.report_url.clone(),
+    );
+    let mut probe_reports = crate::probes::report::ProbeReports::new(
         client.clone(),
         config.probe_status_allow_unauthenticated,
         nodes.clone(),
-    ));
+    );
+    probe_reports.continuous = Some(continuous.clone());
+    let probe_reports = Arc::new(probe_reports);
+    let continuous_run = continuous.run(leader_stop.clone());
     let probe_runner = crate::probes::runner::start(
         client.clone(),
         config.runner.clone(),
@@ -334,6 +342,7 @@ pub fn start(
                 tasks: vec![
                     tokio::spawn(probe_trigger),
                     tokio::spawn(probe_runner),
+                    tokio::spawn(continuous_run),
                     tokio::spawn(events_run),
                     tokio::spawn(flusher),
                 ],

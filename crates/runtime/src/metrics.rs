@@ -82,6 +82,13 @@ pub struct ControllerMetrics {
     pub triggered: IntCounterVec,
     /// Triggers storm control or a missing node suppressed, by source kind and reason.
     pub suppressed: IntCounterVec,
+    /// Results of continuous probes, by path (native, report) and outcome (taken, or limited
+    /// by the probe's token bucket).
+    pub continuous_results: IntCounterVec,
+    /// ProbeStatus writes of continuous probes, by reason (status, stats, heartbeat).
+    pub continuous_writes: IntCounterVec,
+    /// Continuous probes whose loop runs in this controller.
+    pub continuous_probes: IntGauge,
     /// 1 while this replica leads (holds the leader Lease), 0 while it stands by.
     pub leader: IntGauge,
     /// Admission reviews the webhook answered, by kind and result (allowed, refused).
@@ -267,6 +274,20 @@ impl Metrics {
                 "kdiag_triggered_abnormals_total",
                 "Abnormals created by triggers, by source kind.",
                 &["source"],
+            ),
+            continuous_results: counter_vec(
+                "kdiag_continuous_probe_results_total",
+                "Raw results of continuous probes, by path (native, report) and outcome (taken; limited: refused by the probe's token bucket).",
+                &["path", "outcome"],
+            ),
+            continuous_writes: counter_vec(
+                "kdiag_continuous_probe_writes_total",
+                "ProbeStatus writes of continuous probes, by reason (status: the denoised status changed; stats: the window moved; heartbeat: lastRun refreshed).",
+                &["reason"],
+            ),
+            continuous_probes: gauge(
+                "kdiag_continuous_probes",
+                "Continuous probes this controller runs (native loops and resident checker pods).",
             ),
             suppressed: counter_vec(
                 "kdiag_suppressed_triggers_total",

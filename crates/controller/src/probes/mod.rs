@@ -2,6 +2,8 @@
 //! are written next to the probe result (the writeback), and the release gate reads them.
 
 pub mod checks;
+pub mod continuous;
+pub mod denoise;
 pub mod episodes;
 pub mod gate;
 pub mod report;

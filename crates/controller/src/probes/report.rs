@@ -36,6 +36,8 @@ pub struct ProbeReports {
     pub nodes: Arc<KnownNodes>,
     /// Publishes the Event naming the checkers of a report that were not stored.
     pub recorder: UncachedRecorder,
+    /// Continuous probes: their reports pass the token bucket and the denoiser instead.
+    pub continuous: Option<Arc<super::continuous::Continuous>>,
 }
 
 impl ProbeReports {
@@ -53,6 +55,7 @@ impl ProbeReports {
             audience: kdiag_api::kubeprober::REPORT_AUDIENCE.into(),
             allow_unauthenticated,
             nodes,
+            continuous: None,
         }
     }
 
@@ -97,6 +100,11 @@ impl ProbeReports {
                 return (StatusCode::UNPROCESSABLE_ENTITY, e.to_string());
             }
             Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        }
+        if let Some(continuous) = &self.continuous
+            && let Some(answer) = continuous.receive(&report).await
+        {
+            return answer;
         }
         match apply(&self.client, &report).await {
             Ok(written) => {
@@ -170,6 +178,19 @@ impl ProbeReports {
         }
     }
 
+    /// The UID of Probe `ns/probe`; forbidden when there is none.
+    async fn probe_uid(&self, ns: &str, probe: &str) -> Result<String, Error> {
+        Api::<Probe>::namespaced(self.client.clone(), ns)
+            .get_opt(probe)
+            .await
+            .map_err(|e| Error::kube("get", format!("Probe {ns}/{probe}"), e))?
+            .and_then(|p| p.metadata.uid)
+            .ok_or_else(|| Error::ReportForbidden {
+                probe: format!("{ns}/{probe}"),
+                reason: format!("there is no Probe {ns}/{probe}"),
+            })
+    }
+
     /// Ok with the pod's `configs` entry (its [`PROBE_CONFIG_ANNOTATION`]), if it runs one.
     async fn pod_belongs(&self, user: &User, report: &Report) -> Result<Option<String>, Error> {
         let (ns, probe) = (&report.namespace, &report.probe);
@@ -221,6 +242,14 @@ impl ProbeReports {
                 probe_labels::PROBE_NAME
             ))
         };
+        // A continuous probe's resident checker pod: its ReplicaSet's Deployment is the Probe's.
+        if labelled && job_name.is_none() {
+            let probe_uid = self.probe_uid(ns, probe).await?;
+            if super::continuous::is_resident_pod(&self.client, ns, probe, &probe_uid, &pod).await?
+            {
+                return Ok(pod.annotations().get(PROBE_CONFIG_ANNOTATION).cloned());
+            }
+        }
         let (true, Some(job_name)) = (labelled, job_name) else {
             return Err(not_a_checker());
         };
@@ -229,12 +258,7 @@ impl ProbeReports {
             .await
             .map_err(|e| Error::kube("get", format!("Job {ns}/{job_name}"), e))?
             .ok_or_else(not_a_checker)?;
-        let probe_uid = Api::<Probe>::namespaced(self.client.clone(), ns)
-            .get_opt(probe)
-            .await
-            .map_err(|e| Error::kube("get", format!("Probe {ns}/{probe}"), e))?
-            .and_then(|p| p.metadata.uid)
-            .ok_or_else(|| forbid(format!("there is no Probe {ns}/{probe}")))?;
+        let probe_uid = self.probe_uid(ns, probe).await?;
         let owned = job.owner_references().iter().any(|o| {
             o.controller == Some(true)
                 && o.kind == "Probe"
@@ -316,6 +340,7 @@ pub fn parse(body: &[u8], now: &Time) -> Result<Report, Error> {
             status: spec.status.clone().unwrap_or_default(),
             message: spec.message.clone(),
             last_run: spec.last_run.clone(),
+            latency_millis: None,
         });
     }
     if reported.is_empty() {
@@ -379,6 +404,7 @@ fn checker(
         message: c.message,
         last_run: Some(c.last_run.unwrap_or_else(|| now.clone())),
         diagnosis: None,
+        window: super::continuous::reported_window(status, c.latency_millis),
     })
 }
 

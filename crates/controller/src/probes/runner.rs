@@ -129,6 +129,10 @@ async fn reconcile_probe(
     let Ok(probe) = &obj.0 else {
         return Ok(Action::await_change());
     };
+    // Continuous probes run in their own loop (continuous.rs), not on a schedule.
+    if super::denoise::is_continuous(&probe.spec.policy) {
+        return Ok(Action::await_change());
+    }
     let ns = probe.namespace().unwrap_or_default();
     let name = probe.name_any();
     let key = format!("{ns}/{name}");
@@ -408,6 +412,15 @@ pub fn runs_as_worker(template: &k8s_openapi::api::core::v1::PodSpec) -> bool {
 /// (config/deploy/10-rbac.yaml) to it, unless they exist. An existing account or binding is left
 /// as it is, so an administrator may bind more rights to it, or bind it to another role.
 async fn ensure_worker(ctx: &Ctx, ns: &str, key: &str) -> Result<(), Error> {
+    ensure_worker_account(&ctx.client, ns, key).await
+}
+
+/// [`ensure_worker`] with a client: for continuous probes' resident checker pods too.
+pub(super) async fn ensure_worker_account(
+    client: &Client,
+    ns: &str,
+    key: &str,
+) -> Result<(), Error> {
     let labels: BTreeMap<String, String> = [(
         "app.kubernetes.io/managed-by".to_owned(),
         "kdiag".to_owned(),
@@ -423,7 +436,7 @@ async fn ensure_worker(ctx: &Ctx, ns: &str, key: &str) -> Result<(), Error> {
         metadata: meta.clone(),
         ..Default::default()
     };
-    match Api::<ServiceAccount>::namespaced(ctx.client.clone(), ns)
+    match Api::<ServiceAccount>::namespaced(client.clone(), ns)
         .create(&PostParams::default(), &account)
         .await
     {
@@ -451,7 +464,7 @@ async fn ensure_worker(ctx: &Ctx, ns: &str, key: &str) -> Result<(), Error> {
             ..Default::default()
         }]),
     };
-    match Api::<RoleBinding>::namespaced(ctx.client.clone(), ns)
+    match Api::<RoleBinding>::namespaced(client.clone(), ns)
         .create(&PostParams::default(), &binding)
         .await
     {
@@ -531,6 +544,7 @@ pub(super) async fn run_native_checks(
             message: outcome.message,
             last_run: Some(now()),
             diagnosis: None,
+            window: None,
         }
     });
     let checkers = futures::future::join_all(runs).await;
@@ -572,6 +586,7 @@ async fn mark_stale(ctx: &Ctx, ns: &str, probe: &str, max_age: Duration) -> Resu
                 ),
                 last_run: c.last_run.clone(),
                 diagnosis: None,
+                window: None,
             })
         })
         .collect();
@@ -678,6 +693,7 @@ async fn reconcile_job(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             message: message.clone(),
             last_run: Some(now()),
             diagnosis: None,
+            window: None,
         };
         report::apply(
             &ctx.client,

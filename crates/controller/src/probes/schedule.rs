@@ -73,6 +73,7 @@ mod tests {
         ProbePolicy {
             run_interval: every,
             run_interval_random: random,
+            ..Default::default()
         }
     }
 
