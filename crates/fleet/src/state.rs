@@ -103,7 +103,7 @@ pub fn connected(
         "checkers": format!("{}/{}", checkers.0, checkers.1),
         "state": CONNECTED,
         "stateSince": since,
-        "message": null,
+        "message": "",
         "lastHeartbeatTime": now.to_string(),
         "kdiagVersion": facts.kdiag_version,
         "droppedResults": facts.dropped_results,
