@@ -180,7 +180,7 @@ pub async fn start(
             let (hub, acceptor, shutdown) = (hub.clone(), acceptor.clone(), shutdown.clone());
             tokio::spawn(async move {
                 if let Err(e) = serve_link(&hub, acceptor, tcp, &shutdown).await {
-                    tracing::info!(%peer, error = %e, "fleet link ended");
+                    tracing::warn!(%peer, error = %e, "fleet link ended");
                 }
             });
         }
@@ -459,7 +459,7 @@ async fn heartbeat(
     }
     let previous = written.or_else(|| cached.and_then(|c| c.status.clone()));
     let patch = state::connected(previous.as_ref(), facts, checkers, jiff::Timestamp::now());
-    let status: ClusterStatus = serde_json::from_value(patch["status"].clone()).unwrap_or_default();
+    let status = state::status_of(&patch);
     api.patch_status(cluster, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map_err(|e| Error::kube("patch status of", format!("Cluster {cluster}"), e))?;

@@ -97,17 +97,31 @@ pub fn connected(
         }
         _ => Some(now.to_string()),
     };
-    json!({"status": {
+    let mut patch = json!({"status": {
         "heartBeatTimeStamp": now.to_string(),
         "nodeCount": facts.node_count,
         "checkers": format!("{}/{}", checkers.0, checkers.1),
         "state": CONNECTED,
         "stateSince": since,
-        "message": "",
         "lastHeartbeatTime": now.to_string(),
         "kdiagVersion": facts.kdiag_version,
         "droppedResults": facts.dropped_results,
-    }})
+    }});
+    // An offline reason is removed (null deletes a key in a merge patch); a null or an empty
+    // string for a key the object lacks fails validation on the 1.20 apiserver.
+    if previous.is_some_and(|p| !p.message.is_empty()) {
+        patch["status"]["message"] = Value::Null;
+    }
+    patch
+}
+
+/// The status a merge patch from [`connected`] or [`offline`] leaves (without its deletions).
+pub fn status_of(patch: &Value) -> ClusterStatus {
+    let mut status = patch["status"].clone();
+    if let Some(map) = status.as_object_mut() {
+        map.retain(|_, v| !v.is_null());
+    }
+    serde_json::from_value(status).unwrap_or_default()
 }
 
 /// The Cluster's status once it is offline for `why`, or None when it already says so.
@@ -167,7 +181,7 @@ mod tests {
     }
 
     fn status(v: &Value) -> ClusterStatus {
-        serde_json::from_value(v["status"].clone()).unwrap()
+        status_of(v)
     }
 
     #[test]
@@ -208,13 +222,16 @@ mod tests {
         let off = ClusterStatus {
             state: OFFLINE.into(),
             state_since: Some(Time(t("2026-12-04T09:00:00Z"))),
+            message: "no heartbeat".into(),
             ..Default::default()
         };
         let now = t("2026-12-04T10:00:00Z");
-        assert_eq!(
-            status(&connected(Some(&off), &facts(), (0, 0), now)).state_since,
-            Some(Time(now))
-        );
+        let patch = connected(Some(&off), &facts(), (0, 0), now);
+        assert_eq!(status(&patch).state_since, Some(Time(now)));
+        // The offline reason goes; a first heartbeat sends no message at all.
+        assert!(patch["status"]["message"].is_null() && patch["status"].get("message").is_some());
+        let first = connected(None, &facts(), (0, 0), now);
+        assert!(first["status"].get("message").is_none());
     }
 
     #[test]
