@@ -123,8 +123,8 @@ pub async fn add(
     rotate: bool,
 ) -> Result<String, DiagError> {
     kdiag_fleet::credential::check_cluster_name(name).map_err(DiagError::Usage)?;
-    let token = kdiag_fleet::credential::generate_token()
-        .map_err(|e| DiagError::Usage(e.to_string()))?;
+    let token =
+        kdiag_fleet::credential::generate_token().map_err(|e| DiagError::Usage(e.to_string()))?;
     let secret = kdiag_fleet::credential::secret(fleet_namespace, name, &token);
     let api: Api<Secret> = Api::namespaced(kube.client.clone(), fleet_namespace);
     let secret_name = kdiag_fleet::credential::secret_name(name);

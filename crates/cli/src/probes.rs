@@ -97,7 +97,7 @@ pub async fn run_for_cluster(
             source == name || source.rsplit_once('/').is_some_and(|(_, n)| n == name)
         });
     }
-    items.sort_by(|a, b| source(a).cmp(&source(b)));
+    items.sort_by_key(source);
     match output {
         Some(Output::Json) | Some(Output::Yaml) => {
             super::objects(items.into_iter().map(|i| i.raw).collect(), false, output)

@@ -226,9 +226,10 @@ pub fn start(
     });
     let flusher = sink.run_flusher(std::time::Duration::from_secs(2), leader_stop.clone());
     // One link per cluster: the leader's, so replicas do not report the cluster twice.
-    let fleet_link = config.fleet.clone().map(|member| {
-        kdiag_fleet::member::run(client.clone(), member, leader_stop.clone())
-    });
+    let fleet_link = config
+        .fleet
+        .clone()
+        .map(|member| kdiag_fleet::member::run(client.clone(), member, leader_stop.clone()));
     let events_run = event_source.run(leader_stop.clone());
     let writeback_ctx = Arc::new(crate::probes::writeback::Ctx {
         client: client.clone(),

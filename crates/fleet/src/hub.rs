@@ -121,7 +121,13 @@ pub async fn start(
     client: kube::Client,
     config: HubConfig,
     shutdown: CancellationToken,
-) -> Result<(SocketAddr, impl std::future::Future<Output = ()> + Send + 'static), Error> {
+) -> Result<
+    (
+        SocketAddr,
+        impl std::future::Future<Output = ()> + Send + 'static,
+    ),
+    Error,
+> {
     let tls = crate::tls::server_config(&config.tls_cert_file, &config.tls_key_file)?;
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
@@ -192,7 +198,10 @@ pub async fn start(
     Ok((local, run))
 }
 
-async fn drive<T, E: std::fmt::Display>(what: &str, events: impl futures::Stream<Item = Result<T, E>>) {
+async fn drive<T, E: std::fmt::Display>(
+    what: &str,
+    events: impl futures::Stream<Item = Result<T, E>>,
+) {
     let mut events = std::pin::pin!(events);
     while let Some(e) = events.next().await {
         if let Err(e) = e {
@@ -203,7 +212,8 @@ async fn drive<T, E: std::fmt::Display>(what: &str, events: impl futures::Stream
 
 /// Marks connected clusters whose heartbeats stopped offline.
 async fn sweep(hub: Arc<Hub>, shutdown: CancellationToken) {
-    let period = (hub.config.offline_after / 3).clamp(Duration::from_millis(200), Duration::from_secs(10));
+    let period =
+        (hub.config.offline_after / 3).clamp(Duration::from_millis(200), Duration::from_secs(10));
     let message = state::missed_heartbeats_message(hub.config.offline_after);
     loop {
         tokio::select! {
@@ -266,6 +276,8 @@ async fn serve_link(
         .map_err(|_| link("the TLS handshake timed out".into()))?
         .map_err(|e| link(format!("TLS: {e}")))?;
     let mut admitted: Option<(String, String, Accepted)> = None;
+    // tungstenite's handshake callback returns its own (large) error response type.
+    #[allow(clippy::result_large_err)]
     let callback = |request: &Request, response: Response| {
         if request.uri().path() != PATH {
             return Err(refuse(404, format!("the fleet link is served at {PATH}")));
@@ -278,8 +290,8 @@ async fn serve_link(
                 .map(str::to_owned)
         };
         let cluster = header(CLUSTER_HEADER).unwrap_or_default();
-        let token = header("authorization")
-            .and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned));
+        let token =
+            header("authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned));
         match hub.authenticate(&cluster, token.as_deref()) {
             Ok(how) => {
                 admitted = Some((cluster, token.unwrap_or_default(), how));
@@ -350,7 +362,11 @@ async fn member_frames(
         };
         let text = match frame {
             None | Some(Ok(Message::Close(_))) => return Ok(()),
-            Some(Err(e)) => return Err(Error::Link { reason: e.to_string() }),
+            Some(Err(e)) => {
+                return Err(Error::Link {
+                    reason: e.to_string(),
+                });
+            }
             Some(Ok(Message::Text(t))) => t,
             Some(Ok(_)) => continue,
         };
@@ -366,16 +382,31 @@ async fn member_frames(
                 if let Err(refusal) = hub.authenticate(cluster, Some(token)) {
                     let previous = hub.cluster(cluster);
                     if let Some(c) = previous {
-                        let _ = mark_offline(hub, cluster, &c.metadata, c.status.as_ref(), &refusal.message()).await;
+                        let _ = mark_offline(
+                            hub,
+                            cluster,
+                            &c.metadata,
+                            c.status.as_ref(),
+                            &refusal.message(),
+                        )
+                        .await;
                     }
                     tracing::warn!(%cluster, why = %refusal.message(), "fleet: closing a live link");
-                    return Err(Error::Refused { status: refusal.status(), message: refusal.message() });
+                    return Err(Error::Refused {
+                        status: refusal.status(),
+                        message: refusal.message(),
+                    });
                 }
                 let total = counts.values().fold((0, 0), |a, c| (a.0 + c.0, a.1 + c.1));
                 written = Some(heartbeat(hub, cluster, &facts, total, written).await?);
                 reply(ws, &HubMessage::HeartbeatAck).await?;
             }
-            MemberMessage::ProbeStatus { seq, namespace, name, object } => {
+            MemberMessage::ProbeStatus {
+                seq,
+                namespace,
+                name,
+                object,
+            } => {
                 let stored = state::stored_name(cluster, &namespace, &name);
                 match store(hub, cluster, &namespace, &name, object.as_ref()).await {
                     Ok(()) => {}
@@ -386,8 +417,12 @@ async fn member_frames(
                     Err(e) => return Err(e),
                 }
                 match &object {
-                    Some(o) => { counts.insert(stored, o.counts()); }
-                    None => { counts.remove(&stored); }
+                    Some(o) => {
+                        counts.insert(stored, o.counts());
+                    }
+                    None => {
+                        counts.remove(&stored);
+                    }
                 }
                 reply(ws, &HubMessage::Ack { seq }).await?;
             }
@@ -408,13 +443,23 @@ async fn ensure_cluster(hub: &Hub, cluster: &str) -> Result<(), Error> {
         metadata: ObjectMeta {
             name: Some(cluster.to_owned()),
             namespace: Some(hub.config.namespace.clone()),
-            labels: Some([("app.kubernetes.io/managed-by".to_owned(), state::FIELD_MANAGER.to_owned())].into()),
+            labels: Some(
+                [(
+                    "app.kubernetes.io/managed-by".to_owned(),
+                    state::FIELD_MANAGER.to_owned(),
+                )]
+                .into(),
+            ),
             ..Default::default()
         },
         spec: Default::default(),
         status: None,
     };
-    match hub.clusters_api().create(&PostParams::default(), &object).await {
+    match hub
+        .clusters_api()
+        .create(&PostParams::default(), &object)
+        .await
+    {
         Ok(_) => {
             tracing::info!(%cluster, "fleet: Cluster created on the member's first link");
             Ok(())
@@ -451,7 +496,10 @@ async fn heartbeat(
 ) -> Result<ClusterStatus, Error> {
     let api = hub.clusters_api();
     let cached = hub.cluster(cluster);
-    if cached.as_ref().is_none_or(|c| c.spec.k8s_version != facts.kubernetes_version) {
+    if cached
+        .as_ref()
+        .is_none_or(|c| c.spec.k8s_version != facts.kubernetes_version)
+    {
         let patch = json!({"spec": {"k8sVersion": facts.kubernetes_version}});
         api.patch(cluster, &PatchParams::default(), &Patch::Merge(&patch))
             .await

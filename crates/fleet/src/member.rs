@@ -249,11 +249,9 @@ async fn send(ws: &mut Link, message: &MemberMessage) -> Result<(), Error> {
     let text = serde_json::to_string(message).map_err(|e| Error::Link {
         reason: e.to_string(),
     })?;
-    ws.send(Message::text(text))
-        .await
-        .map_err(|e| Error::Link {
-            reason: e.to_string(),
-        })
+    ws.send(Message::text(text)).await.map_err(|e| Error::Link {
+        reason: e.to_string(),
+    })
 }
 
 /// Dials the hub once and hangs up: Ok when the hub's certificate verifies and the hub takes
@@ -285,12 +283,11 @@ async fn dial(config: &MemberConfig) -> Result<Link, Error> {
     let (host, port) = hub_address(&config.hub_url)?;
     let addr = format!("{host}:{port}");
     let tls = crate::tls::client_config(&config.hub_ca_file)?;
-    let token = std::fs::read_to_string(&config.credential_file).map_err(|source| {
-        Error::ReadFile {
+    let token =
+        std::fs::read_to_string(&config.credential_file).map_err(|source| Error::ReadFile {
             path: config.credential_file.clone(),
             source,
-        }
-    })?;
+        })?;
     let unreachable = |reason: String| Error::Unreachable {
         addr: addr.clone(),
         reason,
@@ -323,10 +320,9 @@ async fn dial(config: &MemberConfig) -> Result<Link, Error> {
             reason: "the credential or cluster name is not a valid header value".into(),
         })
     };
-    request.headers_mut().insert(
-        "authorization",
-        header(format!("Bearer {}", token.trim()))?,
-    );
+    request
+        .headers_mut()
+        .insert("authorization", header(format!("Bearer {}", token.trim()))?);
     request
         .headers_mut()
         .insert(CLUSTER_HEADER, header(config.cluster.clone())?);
@@ -375,10 +371,7 @@ mod tests {
             hub_address("wss://hub.example").unwrap(),
             ("hub.example".into(), 443)
         );
-        assert_eq!(
-            hub_address("wss://[::1]:9").unwrap(),
-            ("::1".into(), 9)
-        );
+        assert_eq!(hub_address("wss://[::1]:9").unwrap(), ("::1".into(), 9));
         assert!(matches!(
             hub_address("ws://hub.example:80"),
             Err(Error::HubUrl { .. })

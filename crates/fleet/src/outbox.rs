@@ -260,7 +260,10 @@ mod tests {
             object: None,
         }));
         let sent = o.unsent();
-        assert!(matches!(&sent[..], [MemberMessage::ProbeStatus { object: None, .. }]));
+        assert!(matches!(
+            &sent[..],
+            [MemberMessage::ProbeStatus { object: None, .. }]
+        ));
         o.ack(2);
         // Created again after the deletion: news.
         assert!(o.push(update("a", CheckerStatus::Pass)));

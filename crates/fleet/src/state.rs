@@ -55,7 +55,10 @@ pub fn stored_object(
     result: &ProbeResult,
 ) -> Value {
     let mut annotations = serde_json::Map::new();
-    annotations.insert(SOURCE_ANNOTATION.into(), json!(format!("{namespace}/{name}")));
+    annotations.insert(
+        SOURCE_ANNOTATION.into(),
+        json!(format!("{namespace}/{name}")),
+    );
     for (k, v) in &result.annotations {
         annotations.insert(k.clone(), json!(v));
     }

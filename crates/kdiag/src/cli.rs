@@ -29,7 +29,8 @@ pub enum Command {
     /// Print the CustomResourceDefinitions kdiag serves, as YAML (`kubectl apply -f -` takes it).
     Crd(CrdArgs),
     /// Run the cluster controller: admit, route and garbage-collect Abnormals (one per cluster).
-    Controller(ControllerArgs),
+    // Boxed: its many flags would make every other command's value as large.
+    Controller(Box<ControllerArgs>),
     /// Run the node agent: process this node's Abnormals (one per node, as a DaemonSet).
     Agent(AgentArgs),
     /// Try kdiag without a cluster: start a real single-node cluster on this machine, with the

@@ -86,7 +86,8 @@ impl Pki {
                 (p, key, cert)
             };
             let (ca_params, ca_key, ca_cert) = ca("fleet test CA");
-            let leaf = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+            let leaf =
+                CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
             let leaf_key = KeyPair::generate().unwrap();
             let leaf_cert = leaf
                 .signed_by(&leaf_key, &Issuer::new(ca_params, ca_key))
@@ -351,14 +352,20 @@ async fn a_member_controller_links_out_and_the_hub_shows_its_cluster_and_root_ca
     let (ok, out, err) = kdiag_diag(hub_cp().await, &["probes", "-c", &cluster]);
     assert!(ok, "{err}");
     assert!(out.contains(&format!("{ns}/k8s")), "{out}");
-    assert!(out.contains("coredns-pods") && out.contains(root_cause), "{out}");
+    assert!(
+        out.contains("coredns-pods") && out.contains(root_cause),
+        "{out}"
+    );
     let (ok, out, err) = kdiag_diag(hub_cp().await, &["clusters"]);
     assert!(ok, "{err}");
     let line = out
         .lines()
         .find(|l| l.starts_with(&cluster))
         .unwrap_or_else(|| panic!("{cluster} not listed: {out}"));
-    assert!(line.contains("Connected") && line.contains(&version), "{line}");
+    assert!(
+        line.contains("Connected") && line.contains(&version),
+        "{line}"
+    );
 
     stop.cancel();
     let _ = controller.await;
@@ -437,7 +444,12 @@ async fn results_queued_while_the_hub_is_down_arrive_when_it_is_back() {
 
     // The member runs on; its result waits in its queue.
     let ns = member_cp().await.create_namespace("fleet-queued").await;
-    write_result(&ns, "queued", "kubelet on node-b cannot reach the apiserver").await;
+    write_result(
+        &ns,
+        "queued",
+        "kubelet on node-b cannot reach the apiserver",
+    )
+    .await;
     assert!(!stored_exists(&cluster, &ns, "queued").await);
 
     let hub = TestHub::start(port, None).await;
@@ -462,7 +474,8 @@ async fn a_revoked_credential_is_refused_and_its_live_link_is_closed() {
 
     // Revoked on its Cluster: the live link ends at its next heartbeat.
     let clusters: Api<Cluster> = Api::namespaced(hub_admin().await, FLEET_NAMESPACE);
-    let patch = json!({"metadata": {"annotations": {kdiag_fleet::credential::REVOKED_ANNOTATION: "true"}}});
+    let patch =
+        json!({"metadata": {"annotations": {kdiag_fleet::credential::REVOKED_ANNOTATION: "true"}}});
     clusters
         .patch(&cluster, &PatchParams::default(), &Patch::Merge(&patch))
         .await
@@ -480,7 +493,8 @@ async fn a_revoked_credential_is_refused_and_its_live_link_is_closed() {
     // Revoked by deleting its credential (`kubectl diag clusters revoke`): unknown from then on.
     let (ok, out, err) = kdiag_diag(hub_cp().await, &["clusters", "revoke", &cluster]);
     assert!(ok, "{out}{err}");
-    let patch = json!({"metadata": {"annotations": {kdiag_fleet::credential::REVOKED_ANNOTATION: null}}});
+    let patch =
+        json!({"metadata": {"annotations": {kdiag_fleet::credential::REVOKED_ANNOTATION: null}}});
     clusters
         .patch(&cluster, &PatchParams::default(), &Patch::Merge(&patch))
         .await

@@ -908,6 +908,14 @@ fn the_kustomizations_list_every_crd_and_every_manifest_of_config_deploy() {
         yaml_files("config/deploy"),
         "config/deploy/Kustomization must list every manifest in config/deploy"
     );
+    // The fleet hub's own directory, applied on its own in a management cluster.
+    let mut hub = listed("config/deploy/hub/Kustomization");
+    hub.sort();
+    assert_eq!(
+        hub,
+        yaml_files("config/deploy/hub"),
+        "config/deploy/hub/Kustomization must list every manifest in config/deploy/hub"
+    );
 }
 
 #[test]
@@ -934,7 +942,10 @@ fn the_security_page_shows_the_rbac_and_agent_privileges_config_deploy_grants() 
     let rbac = docs::rbac_tables(&read("config/deploy/10-rbac.yaml"));
     let hub_rbac = docs::rbac_tables(&read("config/deploy/hub/10-rbac.yaml"));
     // Every permission says which feature needs it.
-    for file in ["config/deploy/10-rbac.yaml", "config/deploy/hub/10-rbac.yaml"] {
+    for file in [
+        "config/deploy/10-rbac.yaml",
+        "config/deploy/hub/10-rbac.yaml",
+    ] {
         for (kind, name, whys) in docs::rule_comments(&read(file)) {
             assert!(
                 !whys.is_empty() && whys.iter().all(|w| !w.is_empty()),

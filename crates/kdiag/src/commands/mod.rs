@@ -22,7 +22,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CommandError> {
         Command::Crd(args) => crd::run(args),
         Command::Controller(args) => {
             process::init_logging(cli.log_format == LogFormat::Json);
-            process::block_on(controller::run(args))
+            process::block_on(controller::run(*args))
         }
         Command::Agent(args) => {
             process::init_logging(cli.log_format == LogFormat::Json);
