@@ -17,7 +17,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kdiag_api::{Cluster, ClusterStatus, ProbeStatus};
+use kdiag_api::{Cluster, ClusterStatus, Probe, ProbeStatus};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -74,6 +74,8 @@ struct Hub {
     config: HubConfig,
     secrets: Store<Secret>,
     clusters: Store<Cluster>,
+    /// The Probes of the fleet namespace, assigned to clusters by their labels.
+    probes: Store<Probe>,
     /// The live link of each cluster: a newer link of the same cluster ends the older.
     links: Mutex<HashMap<String, (u64, CancellationToken)>>,
     next_link: AtomicU64,
@@ -141,6 +143,13 @@ pub async fn start(
     })?;
     let (secrets, secrets_writer) = reflector::store();
     let (clusters, clusters_writer) = reflector::store();
+    let (probes, probes_writer) = reflector::store();
+    let probes_watch = watcher(
+        Api::<Probe>::namespaced(client.clone(), &config.namespace),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(probes_writer);
     let secrets_watch = watcher(
         Api::<Secret>::namespaced(client.clone(), &config.namespace),
         watcher::Config::default().labels(credential::CLUSTER_LABEL),
@@ -158,6 +167,7 @@ pub async fn start(
         config,
         secrets,
         clusters,
+        probes,
         links: Mutex::new(HashMap::new()),
         next_link: AtomicU64::new(1),
     });
@@ -165,10 +175,12 @@ pub async fn start(
         let watches = [
             tokio::spawn(drive("credential Secrets", secrets_watch)),
             tokio::spawn(drive("Clusters", clusters_watch)),
+            tokio::spawn(drive("Probes", probes_watch)),
         ];
         let ready = async {
             let _ = hub.secrets.wait_until_ready().await;
             let _ = hub.clusters.wait_until_ready().await;
+            let _ = hub.probes.wait_until_ready().await;
         };
         tokio::select! {
             _ = ready => {}
@@ -354,6 +366,8 @@ async fn member_frames(
     let mut counts = seed_counts(hub, cluster).await?;
     // What this link wrote last, so `since` holds even while the cache lags behind.
     let mut written: Option<ClusterStatus> = None;
+    // The assignment last sent down (None: nothing yet on this link, so the first is sent).
+    let mut assigned: Option<String> = None;
     loop {
         let frame = tokio::select! {
             f = ws.next() => f,
@@ -400,6 +414,18 @@ async fn member_frames(
                 let total = counts.values().fold((0, 0), |a, c| (a.0 + c.0, a.1 + c.1));
                 written = Some(heartbeat(hub, cluster, &facts, total, written).await?);
                 reply(ws, &HubMessage::HeartbeatAck).await?;
+                // Checked at each heartbeat: a label change reaches the member within one.
+                let labels = hub
+                    .cluster(cluster)
+                    .and_then(|c| c.metadata.labels.clone())
+                    .unwrap_or_default();
+                let probes: Vec<Probe> = hub.probes.state().iter().map(|p| (**p).clone()).collect();
+                let now = state::assigned_probes(&labels, &probes);
+                let fingerprint = serde_json::to_string(&now).unwrap_or_default();
+                if assigned.as_ref() != Some(&fingerprint) {
+                    reply(ws, &HubMessage::Probes { probes: now }).await?;
+                    assigned = Some(fingerprint);
+                }
             }
             MemberMessage::ProbeStatus {
                 seq,

@@ -52,7 +52,17 @@ pub struct MemberConfig {
     /// The first and the longest wait between connection attempts.
     pub retry_min: Duration,
     pub retry_max: Duration,
+    /// Create, update and delete the Probes the hub assigns (an opt-in: a Probe runs the pods
+    /// its template says, so this lets the hub run checker pods here).
+    pub accept_probes: bool,
+    /// The namespace assigned Probes are created in.
+    pub probe_namespace: String,
 }
+
+/// The label on the Probes the member created for its hub: only those are updated or removed.
+pub const MANAGED_LABEL: &str = "kdiag.io/fleet-managed";
+/// The field manager of the member's writes of assigned Probes.
+pub const FIELD_MANAGER: &str = "kdiag-fleet-member";
 
 impl MemberConfig {
     pub fn new(
@@ -70,6 +80,8 @@ impl MemberConfig {
             queue_capacity: 1000,
             retry_min: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
+            accept_probes: false,
+            probe_namespace: "kubeprober".into(),
         }
     }
 }
@@ -227,6 +239,16 @@ async fn link(
                     Message::Text(text) => match serde_json::from_str::<HubMessage>(&text) {
                         Ok(HubMessage::Ack { seq }) => shared.outbox().ack(seq),
                         Ok(HubMessage::HeartbeatAck) => {}
+                        Ok(HubMessage::Probes { probes }) if config.accept_probes => {
+                            if let Err(e) = apply_probes(client, &config.probe_namespace, &probes).await {
+                                tracing::warn!(error = %e, "fleet: the Probes the hub assigns; tried again when it sends them next");
+                            }
+                        }
+                        Ok(HubMessage::Probes { probes }) => {
+                            if !probes.is_empty() {
+                                tracing::info!(count = probes.len(), "fleet: the hub assigns Probes; not taken without --fleet-accept-probes");
+                            }
+                        }
                         Err(e) => tracing::warn!(error = %e, "fleet: a frame from the hub kdiag does not know; ignored"),
                     },
                     Message::Close(_) => return Ok(()),
@@ -340,6 +362,53 @@ async fn dial(config: &MemberConfig) -> Result<Link, Error> {
             reason: e.to_string(),
         }),
     }
+}
+
+/// Makes the managed Probes of `namespace` exactly `probes`: each applied (created or updated),
+/// and those the hub no longer assigns deleted. Probes not labelled [`MANAGED_LABEL`] are never
+/// touched.
+async fn apply_probes(
+    client: &kube::Client,
+    namespace: &str,
+    probes: &[crate::protocol::AssignedProbe],
+) -> Result<(), Error> {
+    let api: Api<kdiag_api::Probe> = Api::namespaced(client.clone(), namespace);
+    let apply = kube::api::PatchParams::apply(FIELD_MANAGER).force();
+    for p in probes {
+        let body = serde_json::json!({
+            "apiVersion": "kubeprober.erda.cloud/v1",
+            "kind": "Probe",
+            "metadata": {"name": p.name, "namespace": namespace, "labels": {MANAGED_LABEL: "true"}},
+            "spec": p.spec,
+        });
+        api.patch(&p.name, &apply, &kube::api::Patch::Apply(&body))
+            .await
+            .map_err(|e| Error::kube("apply", format!("Probe {namespace}/{}", p.name), e))?;
+    }
+    let managed = api
+        .list(&ListParams::default().labels(MANAGED_LABEL))
+        .await
+        .map_err(|e| Error::kube("list", format!("the managed Probes of {namespace}"), e))?;
+    for existing in managed.items {
+        let name = existing.metadata.name.unwrap_or_default();
+        if probes.iter().any(|p| p.name == name) {
+            continue;
+        }
+        match api.delete(&name, &Default::default()).await {
+            Ok(_) => {
+                tracing::info!(probe = %name, "fleet: a Probe the hub no longer assigns, removed")
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                return Err(Error::kube(
+                    "delete",
+                    format!("Probe {namespace}/{name}"),
+                    e,
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The cluster's nodes, counted page by page from their metadata.

@@ -37,13 +37,25 @@ pub enum MemberMessage {
 }
 
 /// What the hub sends.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum HubMessage {
     /// The result with this sequence number is stored: the member may forget it.
     Ack { seq: u64 },
     /// A heartbeat arrived: the hub is alive (the member reconnects after hearing nothing).
     HeartbeatAck,
+    /// Every Probe assigned to the cluster now (by the label `probe/<name>=true` on its
+    /// Cluster): the member creates or updates them and removes those it got before and no
+    /// longer gets. Sent on each link and whenever the assignment changes.
+    Probes { probes: Vec<AssignedProbe> },
+}
+
+/// A Probe the hub assigns: its name and spec (the member decides the namespace).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AssignedProbe {
+    pub name: String,
+    pub spec: kdiag_api::ProbeSpec,
 }
 
 /// The cluster's facts a heartbeat carries.

@@ -164,6 +164,32 @@ pub fn missed_heartbeats_message(timeout: Duration) -> String {
     )
 }
 
+/// The label prefix that assigns a Probe to a Cluster: `probe/<probe name>=true` (KubeProber's).
+pub const PROBE_LABEL_PREFIX: &str = "probe/";
+
+/// The Probes of the fleet namespace assigned to a Cluster with `labels`, by name.
+pub fn assigned_probes(
+    labels: &std::collections::BTreeMap<String, String>,
+    probes: &[kdiag_api::Probe],
+) -> Vec<crate::protocol::AssignedProbe> {
+    let mut out: Vec<_> = probes
+        .iter()
+        .filter_map(|p| {
+            let name = p.metadata.name.clone()?;
+            let label = labels.get(&format!("{PROBE_LABEL_PREFIX}{name}"))?;
+            label
+                .trim()
+                .eq_ignore_ascii_case("true")
+                .then(|| crate::protocol::AssignedProbe {
+                    name,
+                    spec: p.spec.clone(),
+                })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +211,24 @@ mod tests {
 
     fn status(v: &Value) -> ClusterStatus {
         status_of(v)
+    }
+
+    #[test]
+    fn a_probe_is_assigned_by_the_label_probe_slash_its_name_equal_true() {
+        let probe = |name: &str| kdiag_api::Probe::new(name, Default::default());
+        let probes = [probe("k8s"), probe("host"), probe("dns")];
+        let labels = [
+            ("probe/k8s".to_string(), "true".to_string()),
+            ("probe/host".to_string(), "false".to_string()),
+            ("probe/gone".to_string(), "true".to_string()),
+            ("team".to_string(), "sre".to_string()),
+        ]
+        .into();
+        let names: Vec<String> = assigned_probes(&labels, &probes)
+            .into_iter()
+            .map(|a| a.name)
+            .collect();
+        assert_eq!(names, ["k8s"]);
     }
 
     #[test]

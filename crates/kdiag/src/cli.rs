@@ -93,6 +93,14 @@ pub struct FleetArgs {
     /// Results waiting for the hub at most; beyond, the oldest is dropped and counted.
     #[arg(long, default_value_t = 1000)]
     pub fleet_queue: usize,
+    /// Create, update and remove the Probes the hub assigns to this cluster (its Cluster labelled
+    /// probe/<name>=true). A Probe runs the pods its template says: this lets the hub run
+    /// checker pods here. Off by default.
+    #[arg(long, env = "KDIAG_FLEET_ACCEPT_PROBES")]
+    pub fleet_accept_probes: bool,
+    /// The namespace assigned Probes are created in (it must exist).
+    #[arg(long, default_value = "kubeprober")]
+    pub fleet_probe_namespace: String,
 }
 
 impl FleetArgs {
@@ -116,6 +124,8 @@ impl FleetArgs {
         );
         config.heartbeat = self.fleet_heartbeat;
         config.queue_capacity = self.fleet_queue;
+        config.accept_probes = self.fleet_accept_probes;
+        config.probe_namespace = self.fleet_probe_namespace.clone();
         Ok(Some(config))
     }
 }

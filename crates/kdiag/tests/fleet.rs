@@ -566,3 +566,122 @@ async fn kubeprobers_shared_secret_key_is_accepted_only_by_a_hub_that_opted_in()
     let clusters: Api<Cluster> = Api::namespaced(hub_admin().await, FLEET_NAMESPACE);
     let _ = clusters.delete(&cluster, &DeleteParams::default()).await;
 }
+
+/// Waits until the member's Probe `namespace/name` exists (or, with `present` false, is gone).
+async fn wait_member_probe(namespace: &str, name: &str, present: bool) -> Option<kdiag_api::Probe> {
+    let api: Api<kdiag_api::Probe> = Api::namespaced(member_cp().await.client().await, namespace);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let p = api.get_opt(name).await.ok().flatten();
+        if p.is_some() == present {
+            return p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Probe {namespace}/{name} in the member: present={} within {WAIT:?}, wanted {present}",
+            p.is_some()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labelling_a_cluster_probe_slash_name_assigns_that_probe_and_removing_the_label_removes_it()
+{
+    let hub = TestHub::start(0, None).await;
+    let files = tempfile::tempdir().unwrap();
+    let cluster = unique("assigned");
+    let token_file = add_credential(hub_cp().await, &cluster, files.path());
+    // The Probe, once, in the hub's fleet namespace (KubeProber's template probe).
+    let probe_name = unique("dns");
+    let probes: Api<kdiag_api::Probe> = Api::namespaced(hub_admin().await, FLEET_NAMESPACE);
+    let probe: kdiag_api::Probe = serde_json::from_value(json!({
+        "apiVersion": "kubeprober.erda.cloud/v1", "kind": "Probe",
+        "metadata": {"name": probe_name},
+        "spec": {"policy": {"runInterval": 5},
+                 "checks": [{"name": "resolves", "dns": {"names": ["kubernetes.default.svc"]}}]}
+    }))
+    .unwrap();
+    probes.create(&PostParams::default(), &probe).await.unwrap();
+
+    let member_ns = member_cp().await.create_namespace("fleet-assigned").await;
+    let mut config = member_config(&hub, &cluster, token_file, "ca.crt");
+    config.accept_probes = true;
+    config.probe_namespace = member_ns.clone();
+    let link = start_link(config).await;
+    wait_cluster(&cluster, |c| {
+        c.status.as_ref().is_some_and(|s| s.state == "Connected")
+    })
+    .await;
+
+    // KubeProber's rule: `kubectl label cluster NAME probe/<probe>=true`.
+    let out = hub_cp()
+        .await
+        .kubectl()
+        .args(["-n", FLEET_NAMESPACE, "label", "cluster", &cluster])
+        .arg(format!("probe/{probe_name}=true"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created = wait_member_probe(&member_ns, &probe_name, true)
+        .await
+        .unwrap();
+    assert_eq!(created.spec, probe.spec);
+    assert_eq!(
+        created
+            .metadata
+            .labels
+            .unwrap_or_default()
+            .get(kdiag_fleet::member::MANAGED_LABEL)
+            .map(String::as_str),
+        Some("true")
+    );
+
+    // A change of the hub's Probe is carried over.
+    let patch = json!({"spec": {"policy": {"runInterval": 10}}});
+    probes
+        .patch(&probe_name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let member_probes: Api<kdiag_api::Probe> =
+        Api::namespaced(member_cp().await.client().await, &member_ns);
+    let deadline = Instant::now() + WAIT;
+    while member_probes
+        .get(&probe_name)
+        .await
+        .unwrap()
+        .spec
+        .policy
+        .run_interval
+        != Some(10)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the new runInterval never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The label goes: the Probe goes.
+    let out = hub_cp()
+        .await
+        .kubectl()
+        .args(["-n", FLEET_NAMESPACE, "label", "cluster", &cluster])
+        .arg(format!("probe/{probe_name}-"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_member_probe(&member_ns, &probe_name, false).await;
+
+    link.cancel();
+    hub.stop().await;
+    let _ = probes.delete(&probe_name, &DeleteParams::default()).await;
+}
