@@ -185,6 +185,78 @@ pub async fn revoke(kube: &Kube, fleet_namespace: &str, name: &str) -> Result<St
     ))
 }
 
+/// `probe once -c`: asks the hub, through an annotation on the Cluster, for a one-time run; the
+/// hub sends it to the member at its next heartbeat. Returns what to print (the id).
+pub async fn once(
+    kube: &Kube,
+    fleet_namespace: &str,
+    cluster: &str,
+    probes: &[String],
+) -> Result<String, DiagError> {
+    let now = jiff::Timestamp::now();
+    let suffix =
+        kdiag_fleet::credential::generate_token().map_err(|e| DiagError::Usage(e.to_string()))?;
+    let id = format!("{}-{}", now.strftime("%Y%m%d%H%M%S"), &suffix[..6]);
+    let request = kdiag_fleet::state::OnceRequest {
+        id: id.clone(),
+        probes: probes.to_vec(),
+        create_time: now.to_string(),
+    };
+    let value = serde_json::to_string(&request).unwrap_or_default();
+    let patch = serde_json::json!({"metadata": {"annotations": {
+        kdiag_fleet::state::PROBE_ONCE_ANNOTATION: value}}});
+    let api: Api<Cluster> = Api::namespaced(kube.client.clone(), fleet_namespace);
+    api.patch(
+        cluster,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .map_err(|e| request_for("patch", fleet_namespace, cluster).explain(e, &kube.url))?;
+    Ok(format!(
+        "{id}
+one-time run of cluster {cluster} asked for: the hub sends it at the member's next heartbeat.
+         Its results: kubectl diag probes -c {cluster}; the runs: kubectl diag probe history -c {cluster}
+"
+    ))
+}
+
+/// `probe history -c`: the cluster's last one-time runs (`status.onceProbeList`).
+pub async fn once_history(
+    kube: &Kube,
+    fleet_namespace: &str,
+    cluster: &str,
+) -> Result<String, DiagError> {
+    let c = kube
+        .get::<Cluster>(
+            fleet_namespace,
+            cluster,
+            request_for("get", fleet_namespace, cluster),
+        )
+        .await?;
+    let Ok(c) = c.parsed else {
+        return Ok(String::new());
+    };
+    let list = c.status.map(|s| s.once_probe_list).unwrap_or_default();
+    if list.is_empty() {
+        return Ok(String::new());
+    }
+    let mut t = Table::new(["ID", "CREATED", "PROBES"]);
+    for item in list.iter().rev() {
+        let probes = if item.probes.is_empty() {
+            "<all assigned>".to_owned()
+        } else {
+            item.probes.join(",")
+        };
+        t.row([item.id.clone(), item.create_time.clone(), probes]);
+    }
+    Ok(t.render())
+}
+
+fn request_for<'a>(verb: &'static str, namespace: &'a str, name: &'a str) -> Request<'a> {
+    request(verb, namespace).named(name)
+}
+
 /// The label selector of one cluster's stored results.
 pub fn results_selector(cluster: &str) -> String {
     format!("{}={cluster}", kdiag_fleet::credential::CLUSTER_LABEL)

@@ -296,7 +296,23 @@ async fn dispatch(flags: &Flags, command: DiagCommand, style: Style) -> Result<u
                 };
                 probe_runs::run(&kube, &scope, &probe, wait, timeout, style, &mut print).await
             }
-            probe_runs::ProbeCommand::History { probe, id } => {
+            probe_runs::ProbeCommand::Once { cluster, probes } => {
+                let text = clusters::once(&kube, &flags.fleet_namespace, &cluster, &probes).await?;
+                out(&text)?;
+                Ok(0)
+            }
+            probe_runs::ProbeCommand::History {
+                cluster: Some(cluster),
+                ..
+            } => {
+                let text = clusters::once_history(&kube, &flags.fleet_namespace, &cluster).await?;
+                if text.is_empty() {
+                    eprintln!("No one-time runs of cluster {cluster}.");
+                }
+                out(&text)?;
+                Ok(0)
+            }
+            probe_runs::ProbeCommand::History { probe, id, .. } => {
                 let text = probe_runs::history(
                     &kube,
                     &scope,

@@ -368,6 +368,8 @@ async fn member_frames(
     let mut written: Option<ClusterStatus> = None;
     // The assignment last sent down (None: nothing yet on this link, so the first is sent).
     let mut assigned: Option<String> = None;
+    // The one-time run last sent down on this link (the cache may lag behind its record).
+    let mut sent_once: Option<String> = None;
     loop {
         let frame = tokio::select! {
             f = ws.next() => f,
@@ -426,6 +428,7 @@ async fn member_frames(
                     reply(ws, &HubMessage::Probes { probes: now }).await?;
                     assigned = Some(fingerprint);
                 }
+                run_once(hub, ws, cluster, &mut sent_once).await?;
             }
             MemberMessage::ProbeStatus {
                 seq,
@@ -454,6 +457,51 @@ async fn member_frames(
             }
         }
     }
+}
+
+/// Sends a one-time run asked for on the Cluster down, once, and records it in
+/// `status.onceProbeList`.
+async fn run_once(
+    hub: &Hub,
+    ws: &mut Link,
+    cluster: &str,
+    sent: &mut Option<String>,
+) -> Result<(), Error> {
+    let Some(c) = hub.cluster(cluster) else {
+        return Ok(());
+    };
+    let Some(request) = state::once_request(c.metadata.annotations.as_ref()) else {
+        return Ok(());
+    };
+    if sent.as_deref() == Some(request.id.as_str()) {
+        return Ok(());
+    }
+    let list = c
+        .status
+        .as_ref()
+        .map(|s| s.once_probe_list.clone())
+        .unwrap_or_default();
+    let Some(list) = state::once_list_with(&list, &request) else {
+        // Recorded by an earlier link: sent then.
+        *sent = Some(request.id);
+        return Ok(());
+    };
+    reply(
+        ws,
+        &HubMessage::RunOnce {
+            id: request.id.clone(),
+            probes: request.probes.clone(),
+        },
+    )
+    .await?;
+    let patch = json!({"status": {"onceProbeList": list}});
+    hub.clusters_api()
+        .patch_status(cluster, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| Error::kube("record a one-time run of", format!("Cluster {cluster}"), e))?;
+    tracing::info!(%cluster, id = %request.id, "fleet: one-time run sent");
+    *sent = Some(request.id);
+    Ok(())
 }
 
 fn is_permanent(e: &kube::Error) -> bool {

@@ -244,6 +244,14 @@ async fn link(
                                 tracing::warn!(error = %e, "fleet: the Probes the hub assigns; tried again when it sends them next");
                             }
                         }
+                        Ok(HubMessage::RunOnce { id, probes }) if config.accept_probes => {
+                            if let Err(e) = run_once(client, &config.probe_namespace, &id, &probes).await {
+                                tracing::warn!(error = %e, %id, "fleet: a one-time run the hub asked for");
+                            }
+                        }
+                        Ok(HubMessage::RunOnce { id, .. }) => {
+                            tracing::info!(%id, "fleet: the hub asks for a one-time run; not taken without --fleet-accept-probes");
+                        }
                         Ok(HubMessage::Probes { probes }) => {
                             if !probes.is_empty() {
                                 tracing::info!(count = probes.len(), "fleet: the hub assigns Probes; not taken without --fleet-accept-probes");
@@ -407,6 +415,62 @@ async fn apply_probes(
                 ));
             }
         }
+    }
+    Ok(())
+}
+
+/// The label on the ProbeRuns of a one-time run the hub asked for: its id.
+pub const ONCE_LABEL: &str = "kdiag.io/fleet-once";
+
+/// Starts a one-time run of the named managed Probes (all when `probes` is empty): one manual
+/// ProbeRun each, which kdiag's probe runner runs (docs/probes.md).
+async fn run_once(
+    client: &kube::Client,
+    namespace: &str,
+    id: &str,
+    probes: &[String],
+) -> Result<(), Error> {
+    let managed: Api<kdiag_api::Probe> = Api::namespaced(client.clone(), namespace);
+    let names: Vec<String> = managed
+        .list(&ListParams::default().labels(MANAGED_LABEL))
+        .await
+        .map_err(|e| Error::kube("list", format!("the managed Probes of {namespace}"), e))?
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .filter(|n| probes.is_empty() || probes.contains(n))
+        .collect();
+    let runs: Api<kdiag_api::ProbeRun> = Api::namespaced(client.clone(), namespace);
+    for name in names {
+        let base: String = name.chars().take(50).collect();
+        let run = kdiag_api::ProbeRun {
+            metadata: kube::api::ObjectMeta {
+                generate_name: Some(format!("{}-", base.trim_end_matches('-'))),
+                namespace: Some(namespace.to_owned()),
+                labels: Some(
+                    [
+                        (
+                            kdiag_api::diagnosis::probe_run::PROBE_RUN_PROBE_LABEL.to_owned(),
+                            kdiag_api::diagnosis::probe_run::probe_label_value(&name),
+                        ),
+                        (
+                            ONCE_LABEL.to_owned(),
+                            kdiag_api::labels::node_label_value(id),
+                        ),
+                    ]
+                    .into(),
+                ),
+                ..Default::default()
+            },
+            spec: kdiag_api::ProbeRunSpec {
+                probe: name.clone(),
+                trigger: kdiag_api::ProbeRunTrigger::Manual,
+            },
+            status: None,
+        };
+        runs.create(&Default::default(), &run)
+            .await
+            .map_err(|e| Error::kube("create", format!("a ProbeRun of {namespace}/{name}"), e))?;
     }
     Ok(())
 }

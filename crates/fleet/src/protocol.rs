@@ -48,6 +48,8 @@ pub enum HubMessage {
     /// Cluster): the member creates or updates them and removes those it got before and no
     /// longer gets. Sent on each link and whenever the assignment changes.
     Probes { probes: Vec<AssignedProbe> },
+    /// Run these assigned Probes once now (all of them when empty): `kubectl diag probe once -c`.
+    RunOnce { id: String, probes: Vec<String> },
 }
 
 /// A Probe the hub assigns: its name and spec (the member decides the namespace).

@@ -190,6 +190,54 @@ pub fn assigned_probes(
     out
 }
 
+/// On a Cluster: the latest one-time run asked for (`kubectl diag probe once -c`), as JSON
+/// [`OnceRequest`]. The hub sends it down once and records it in `status.onceProbeList`.
+pub const PROBE_ONCE_ANNOTATION: &str = "kdiag.io/probe-once";
+/// One-time runs kept in `status.onceProbeList` (KubeProber kept the last 5).
+pub const ONCE_HISTORY: usize = 5;
+
+/// A one-time run asked for.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct OnceRequest {
+    pub id: String,
+    /// Probe names; empty: every Probe assigned to the cluster.
+    #[serde(default)]
+    pub probes: Vec<String>,
+    #[serde(default)]
+    pub create_time: String,
+}
+
+/// The request on a Cluster's annotations, if any readable one.
+pub fn once_request(
+    annotations: Option<&std::collections::BTreeMap<String, String>>,
+) -> Option<OnceRequest> {
+    let raw = annotations?.get(PROBE_ONCE_ANNOTATION)?;
+    serde_json::from_str::<OnceRequest>(raw)
+        .ok()
+        .filter(|r| !r.id.is_empty())
+}
+
+/// `status.onceProbeList` with `request` added (the last [`ONCE_HISTORY`] kept), or None when it
+/// is already there.
+pub fn once_list_with(
+    list: &[kdiag_api::OnceProbeItem],
+    request: &OnceRequest,
+) -> Option<Vec<kdiag_api::OnceProbeItem>> {
+    if list.iter().any(|i| i.id == request.id) {
+        return None;
+    }
+    let mut out = list.to_vec();
+    out.push(kdiag_api::OnceProbeItem {
+        id: request.id.clone(),
+        create_time: request.create_time.clone(),
+        finish_time: String::new(),
+        probes: request.probes.clone(),
+    });
+    let skip = out.len().saturating_sub(ONCE_HISTORY);
+    Some(out.split_off(skip))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +277,31 @@ mod tests {
             .map(|a| a.name)
             .collect();
         assert_eq!(names, ["k8s"]);
+    }
+
+    #[test]
+    fn a_one_time_run_is_recorded_once_and_only_the_last_five_are_kept() {
+        let request = |id: &str| OnceRequest {
+            id: id.into(),
+            probes: vec!["k8s".into()],
+            create_time: "2026-12-04T10:00:00Z".into(),
+        };
+        let one = once_list_with(&[], &request("a")).unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(once_list_with(&one, &request("a")), None);
+        let mut list = one;
+        for id in ["b", "c", "d", "e", "f"] {
+            list = once_list_with(&list, &request(id)).unwrap();
+        }
+        let ids: Vec<&str> = list.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["b", "c", "d", "e", "f"]);
+        let annotations = [(
+            PROBE_ONCE_ANNOTATION.to_string(),
+            r#"{"id": "x1", "probes": []}"#.to_string(),
+        )]
+        .into();
+        assert_eq!(once_request(Some(&annotations)).unwrap().id, "x1");
+        assert_eq!(once_request(None), None);
     }
 
     #[test]

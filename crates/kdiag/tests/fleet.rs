@@ -586,8 +586,8 @@ async fn wait_member_probe(namespace: &str, name: &str, present: bool) -> Option
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn labelling_a_cluster_probe_slash_name_assigns_that_probe_and_removing_the_label_removes_it()
-{
+async fn labelling_a_cluster_probe_slash_name_assigns_that_probe_it_runs_once_on_demand_and_removing_the_label_removes_it()
+ {
     let hub = TestHub::start(0, None).await;
     let files = tempfile::tempdir().unwrap();
     let cluster = unique("assigned");
@@ -665,6 +665,38 @@ async fn labelling_a_cluster_probe_slash_name_assigns_that_probe_and_removing_th
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // `kubectl diag probe once -c`: a one-time run, through the hub, in the member.
+    let (ok, out, err) = kdiag_diag(hub_cp().await, &["probe", "once", "-c", &cluster]);
+    assert!(ok, "{out}{err}");
+    let id = out.lines().next().unwrap_or_default().trim().to_owned();
+    let runs: Api<kdiag_api::ProbeRun> =
+        Api::namespaced(member_cp().await.client().await, &member_ns);
+    let selector = format!("{}={id}", kdiag_fleet::member::ONCE_LABEL);
+    let deadline = Instant::now() + WAIT;
+    let run = loop {
+        let list = runs
+            .list(&kube::api::ListParams::default().labels(&selector))
+            .await
+            .unwrap();
+        if let Some(run) = list.items.into_iter().next() {
+            break run;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ProbeRun for one-time run {id}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(run.spec.probe, probe_name);
+    wait_cluster(&cluster, |c| {
+        c.status
+            .as_ref()
+            .is_some_and(|s| s.once_probe_list.iter().any(|i| i.id == id))
+    })
+    .await;
+    let (ok, out, err) = kdiag_diag(hub_cp().await, &["probe", "history", "-c", &cluster]);
+    assert!(ok && out.contains(&id), "{out}{err}");
 
     // The label goes: the Probe goes.
     let out = hub_cp()
