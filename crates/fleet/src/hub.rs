@@ -423,6 +423,16 @@ async fn member_frames(
                     .unwrap_or_default();
                 let probes: Vec<Probe> = hub.probes.state().iter().map(|p| (**p).clone()).collect();
                 let now = state::assigned_probes(&labels, &probes);
+                let names: Vec<String> = now.iter().map(|p| p.name.clone()).collect();
+                let cached = hub.cluster(cluster).and_then(|c| c.status.clone());
+                if let Some(patch) = state::attached_probes(cached.as_ref(), &names) {
+                    hub.clusters_api()
+                        .patch_status(cluster, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                        .map_err(|e| {
+                            Error::kube("patch attachedProbes of", format!("Cluster {cluster}"), e)
+                        })?;
+                }
                 let fingerprint = serde_json::to_string(&now).unwrap_or_default();
                 if assigned.as_ref() != Some(&fingerprint) {
                     reply(ws, &HubMessage::Probes { probes: now }).await?;

@@ -190,6 +190,24 @@ pub fn assigned_probes(
     out
 }
 
+/// KubeProber's `status.attachedProbes` for the assigned `names`, as a merge patch, or None when
+/// it already says so. An empty list deletes the key (an empty value for a key the object lacks
+/// fails validation on the 1.20 apiserver).
+pub fn attached_probes(previous: Option<&ClusterStatus>, names: &[String]) -> Option<Value> {
+    let current = previous
+        .map(|p| p.attached_probes.as_slice())
+        .unwrap_or_default();
+    if current == names {
+        return None;
+    }
+    let value = if names.is_empty() {
+        Value::Null
+    } else {
+        json!(names)
+    };
+    Some(json!({"status": {"attachedProbes": value}}))
+}
+
 /// On a Cluster: the latest one-time run asked for (`kubectl diag probe once -c`), as JSON
 /// [`OnceRequest`]. The hub sends it down once and records it in `status.onceProbeList`.
 pub const PROBE_ONCE_ANNOTATION: &str = "kdiag.io/probe-once";
@@ -302,6 +320,20 @@ mod tests {
         .into();
         assert_eq!(once_request(Some(&annotations)).unwrap().id, "x1");
         assert_eq!(once_request(None), None);
+    }
+
+    #[test]
+    fn attached_probes_are_written_when_they_change_and_deleted_when_none_are_left() {
+        let names = vec!["dns".to_string(), "k8s".to_string()];
+        let patch = attached_probes(None, &names).unwrap();
+        assert_eq!(patch["status"]["attachedProbes"], json!(["dns", "k8s"]));
+        let s = ClusterStatus {
+            attached_probes: names.clone(),
+            ..Default::default()
+        };
+        assert_eq!(attached_probes(Some(&s), &names), None);
+        assert!(attached_probes(Some(&s), &[]).unwrap()["status"]["attachedProbes"].is_null());
+        assert_eq!(attached_probes(None, &[]), None);
     }
 
     #[test]

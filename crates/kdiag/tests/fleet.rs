@@ -631,6 +631,13 @@ async fn labelling_a_cluster_probe_slash_name_assigns_that_probe_it_runs_once_on
         .await
         .unwrap();
     assert_eq!(created.spec, probe.spec);
+    // KubeProber's attachedProbes names it.
+    wait_cluster(&cluster, |c| {
+        c.status
+            .as_ref()
+            .is_some_and(|s| s.attached_probes == [probe_name.clone()])
+    })
+    .await;
     assert_eq!(
         created
             .metadata
@@ -712,6 +719,12 @@ async fn labelling_a_cluster_probe_slash_name_assigns_that_probe_it_runs_once_on
         String::from_utf8_lossy(&out.stderr)
     );
     wait_member_probe(&member_ns, &probe_name, false).await;
+    wait_cluster(&cluster, |c| {
+        c.status
+            .as_ref()
+            .is_some_and(|s| s.attached_probes.is_empty())
+    })
+    .await;
 
     link.cancel();
     hub.stop().await;
