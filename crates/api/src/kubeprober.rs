@@ -528,6 +528,7 @@ pub struct ReportedChecker {
     derive = "Default",
     derive = "PartialEq",
     doc = "A cluster managed by KubeProber's multi-cluster master.",
+    printcolumn(name = "State", type_ = "string", json_path = ".status.state"),
     printcolumn(name = "Version", type_ = "string", json_path = ".spec.k8sVersion"),
     printcolumn(name = "NodeCount", type_ = "string", json_path = ".status.nodeCount"),
     printcolumn(
@@ -600,6 +601,25 @@ pub struct ClusterStatus {
     pub once_probe_list: Vec<OnceProbeItem>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra_status: BTreeMap<String, String>,
+    /// kdiag extension: `Connected` while the cluster's member link heartbeats to the hub,
+    /// `Offline` once it missed them (docs/fleet.md).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub state: String,
+    /// kdiag extension: since when `state` holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_since: Option<Time>,
+    /// kdiag extension: why the cluster is offline (missed heartbeats, revoked credential).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// kdiag extension: the last heartbeat the hub received, as a timestamp.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat_time: Option<Time>,
+    /// kdiag extension: the kdiag version of the member.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kdiag_version: String,
+    /// kdiag extension: results the member dropped because its queue to the hub was full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropped_results: Option<i64>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]

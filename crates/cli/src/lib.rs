@@ -13,6 +13,7 @@
 //! `probes`) take values and return text; `client` and the `run` functions do the IO.
 
 pub mod client;
+pub mod clusters;
 pub mod describe;
 pub mod duration;
 pub mod gate;
@@ -74,6 +75,15 @@ pub struct Flags {
     /// Output format: wide (more columns), json or yaml (the objects as stored).
     #[arg(short = 'o', long, global = true, value_name = "FORMAT")]
     pub output: Option<Output>,
+    /// The fleet namespace in the hub's cluster (clusters, probes -c).
+    #[arg(
+        long,
+        global = true,
+        value_name = "NAMESPACE",
+        env = "KDIAG_FLEET_NAMESPACE",
+        default_value = "kdiag-fleet"
+    )]
+    pub fleet_namespace: String,
     /// Colour: auto (when stdout is a terminal and NO_COLOR is unset), always or never.
     #[arg(long, global = true, default_value = "auto", value_name = "WHEN")]
     pub color: ColorChoice,
@@ -111,8 +121,18 @@ pub enum DiagCommand {
     Run(run::RunArgs),
     /// KubeProber checker results, one row per checker, with kdiag's root cause for failures.
     Probes {
-        /// One ProbeStatus instead of all in the namespace.
+        /// One ProbeStatus instead of all in the namespace (with -c: its name in the member).
         name: Option<String>,
+        /// A member cluster's latest results, as the fleet hub stores them (run against the
+        /// hub's cluster; as `kubectl probe status -c`).
+        #[arg(short = 'c', long, value_name = "CLUSTER")]
+        cluster: Option<String>,
+    },
+    /// The fleet, from the hub's cluster: every member cluster, connected or not, with its
+    /// health summary; `add` and `revoke` manage members' credentials (docs/fleet.md).
+    Clusters {
+        #[command(subcommand)]
+        command: Option<clusters::ClustersCommand>,
     },
     /// A release gate: exit 0 only when every probe's latest result is PASS and fresh; otherwise
     /// the failing checkers with their root causes.
@@ -207,11 +227,56 @@ async fn dispatch(flags: &Flags, command: DiagCommand, style: Style) -> Result<u
             out(&text)?;
             Ok(0)
         }
-        DiagCommand::Probes { name } => {
+        DiagCommand::Probes {
+            name,
+            cluster: Some(cluster),
+        } => {
+            let text = probes::run_for_cluster(
+                &kube,
+                &flags.fleet_namespace,
+                &cluster,
+                name.as_deref(),
+                output,
+                style,
+            )
+            .await?;
+            if text.is_empty() {
+                eprintln!(
+                    "No results of cluster {cluster} in the fleet namespace {}.",
+                    flags.fleet_namespace
+                );
+            }
+            out(&text)?;
+            Ok(0)
+        }
+        DiagCommand::Probes {
+            name,
+            cluster: None,
+        } => {
             let text = probes::run(&kube, &scope, name.as_deref(), output, style).await?;
             if text.is_empty() {
                 eprintln!("{}", probes::nothing_found(&scope));
             }
+            out(&text)?;
+            Ok(0)
+        }
+        DiagCommand::Clusters { command } => {
+            let ns = &flags.fleet_namespace;
+            let text = match command {
+                None => {
+                    let text = clusters::list(&kube, ns, output, style).await?;
+                    if text.is_empty() {
+                        eprintln!("No clusters in the fleet namespace {ns}.");
+                    }
+                    text
+                }
+                Some(clusters::ClustersCommand::Add { name, rotate }) => {
+                    clusters::add(&kube, ns, &name, rotate).await?
+                }
+                Some(clusters::ClustersCommand::Revoke { name }) => {
+                    clusters::revoke(&kube, ns, &name).await?
+                }
+            };
             out(&text)?;
             Ok(0)
         }
@@ -231,7 +296,23 @@ async fn dispatch(flags: &Flags, command: DiagCommand, style: Style) -> Result<u
                 };
                 probe_runs::run(&kube, &scope, &probe, wait, timeout, style, &mut print).await
             }
-            probe_runs::ProbeCommand::History { probe, id } => {
+            probe_runs::ProbeCommand::Once { cluster, probes } => {
+                let text = clusters::once(&kube, &flags.fleet_namespace, &cluster, &probes).await?;
+                out(&text)?;
+                Ok(0)
+            }
+            probe_runs::ProbeCommand::History {
+                cluster: Some(cluster),
+                ..
+            } => {
+                let text = clusters::once_history(&kube, &flags.fleet_namespace, &cluster).await?;
+                if text.is_empty() {
+                    eprintln!("No one-time runs of cluster {cluster}.");
+                }
+                out(&text)?;
+                Ok(0)
+            }
+            probe_runs::ProbeCommand::History { probe, id, .. } => {
                 let text = probe_runs::history(
                     &kube,
                     &scope,

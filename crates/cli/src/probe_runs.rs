@@ -45,6 +45,20 @@ ERROR or WARN; 6 a checker UNKNOWN, no result, or the run could not start; 3 tim
         /// One run in full: every checker with its message, Abnormal and root cause.
         #[arg(short = 'i', long = "id", value_name = "ID")]
         id: Option<String>,
+        /// A member cluster's one-time runs, as the fleet hub records them (from the hub's
+        /// cluster; as `kubectl probe oncestatus -c -l`).
+        #[arg(short = 'c', long, value_name = "CLUSTER", conflicts_with_all = ["probe", "id"])]
+        cluster: Option<String>,
+    },
+    /// Run a member cluster's assigned Probes once, now, through the fleet hub (from the hub's
+    /// cluster; as `kubectl probe once -c`). Prints the run's id; the results arrive as the
+    /// cluster's (`kubectl diag probes -c CLUSTER`).
+    Once {
+        #[arg(short = 'c', long, value_name = "CLUSTER")]
+        cluster: String,
+        /// Only these Probes (comma-separated); default every Probe assigned to the cluster.
+        #[arg(short = 'p', long, value_delimiter = ',', value_name = "PROBES")]
+        probes: Vec<String>,
     },
 }
 

@@ -72,6 +72,55 @@ pub async fn run(
     }
 }
 
+/// `probes -c CLUSTER`: the results the fleet hub stores for a member cluster, one row per
+/// checker, the PROBER column naming each probe as it is in the member (namespace/name).
+/// With `name`, only that probe (its name, or namespace/name, in the member).
+pub async fn run_for_cluster(
+    kube: &Kube,
+    fleet_namespace: &str,
+    cluster: &str,
+    name: Option<&str>,
+    output: Option<Output>,
+    style: Style,
+) -> Result<String, DiagError> {
+    let selector = super::clusters::results_selector(cluster);
+    let mut items = kube
+        .list_selected::<ProbeStatus>(
+            Some(fleet_namespace),
+            Some(&selector),
+            request("list", Some(fleet_namespace)),
+        )
+        .await?;
+    if let Some(name) = name {
+        items.retain(|i| {
+            let source = source(i).unwrap_or_default();
+            source == name || source.rsplit_once('/').is_some_and(|(_, n)| n == name)
+        });
+    }
+    items.sort_by_key(source);
+    match output {
+        Some(Output::Json) | Some(Output::Yaml) => {
+            super::objects(items.into_iter().map(|i| i.raw).collect(), false, output)
+        }
+        _ if items.is_empty() => Ok(String::new()),
+        _ => Ok(table(
+            &items,
+            false,
+            output == Some(Output::Wide),
+            jiff::Timestamp::now(),
+            style,
+        )
+        .render()),
+    }
+}
+
+/// Where a result the fleet hub stores comes from: namespace/name in its member cluster.
+fn source<K>(item: &Fetched<K>) -> Option<String> {
+    item.raw["metadata"]["annotations"][kdiag_fleet::state::SOURCE_ANNOTATION]
+        .as_str()
+        .map(str::to_owned)
+}
+
 /// What `probes` says when there is nothing, on stderr like kubectl.
 pub fn nothing_found(scope: &Scope) -> String {
     if scope.all_namespaces {
@@ -123,7 +172,8 @@ pub fn table(
         if all_namespaces {
             prefix.push(item.namespace().to_owned());
         }
-        prefix.push(item.name().to_owned());
+        // A member's result stored by the fleet hub is named after its source in the member.
+        prefix.push(source(item).unwrap_or_else(|| item.name().to_owned()));
         let p = match &item.parsed {
             Ok(p) => p,
             Err(e) => {

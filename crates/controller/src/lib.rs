@@ -86,6 +86,9 @@ pub struct ControllerConfig {
     pub webhook: Option<crate::webhook::WebhookConfig>,
     /// Leader election among replicas (`leader`); `None` runs as the only one.
     pub leader_election: Option<crate::leader::LeaderElection>,
+    /// The link to a fleet hub (kdiag-fleet's member link), run by the leader; `None` links to
+    /// no hub.
+    pub fleet: Option<kdiag_fleet::member::MemberConfig>,
 }
 
 impl Default for ControllerConfig {
@@ -108,6 +111,7 @@ impl Default for ControllerConfig {
             triage: Default::default(),
             webhook: None,
             leader_election: None,
+            fleet: None,
         }
     }
 }
@@ -229,6 +233,11 @@ pub fn start(
         leader: leader.clone(),
     });
     let flusher = sink.run_flusher(std::time::Duration::from_secs(2), leader_stop.clone());
+    // One link per cluster: the leader's, so replicas do not report the cluster twice.
+    let fleet_link = config
+        .fleet
+        .clone()
+        .map(|member| kdiag_fleet::member::run(client.clone(), member, leader_stop.clone()));
     let events_run = event_source.run(leader_stop.clone());
     let writeback_ctx = Arc::new(crate::probes::writeback::Ctx {
         client: client.clone(),
@@ -339,13 +348,16 @@ pub fn start(
                 controller,
                 writeback,
                 writeback_ctx,
-                tasks: vec![
+                tasks: [
                     tokio::spawn(probe_trigger),
                     tokio::spawn(probe_runner),
                     tokio::spawn(continuous_run),
                     tokio::spawn(events_run),
                     tokio::spawn(flusher),
-                ],
+                ]
+                .into_iter()
+                .chain(fleet_link.map(tokio::spawn))
+                .collect(),
             })
             .await;
         }

@@ -29,7 +29,8 @@ pub enum Command {
     /// Print the CustomResourceDefinitions kdiag serves, as YAML (`kubectl apply -f -` takes it).
     Crd(CrdArgs),
     /// Run the cluster controller: admit, route and garbage-collect Abnormals (one per cluster).
-    Controller(ControllerArgs),
+    // Boxed: its many flags would make every other command's value as large.
+    Controller(Box<ControllerArgs>),
     /// Run the node agent: process this node's Abnormals (one per node, as a DaemonSet).
     Agent(AgentArgs),
     /// Try kdiag without a cluster: start a real single-node cluster on this machine, with the
@@ -38,6 +39,95 @@ pub enum Command {
     Local(LocalArgs),
     /// The operator's commands (also installed as the kubectl plugin `kubectl-diag`).
     Diag(kdiag_cli::DiagArgs),
+    /// Run the fleet hub in the management cluster: member clusters' controllers link to it and
+    /// it keeps their Cluster objects and results (docs/fleet.md).
+    Hub(HubArgs),
+}
+
+/// `kdiag hub` (docs/fleet.md).
+#[derive(clap::Args, Debug, Clone)]
+pub struct HubArgs {
+    /// Address member links come in on (TLS).
+    #[arg(long, default_value = "0.0.0.0", env = "KDIAG_BIND_ADDRESS")]
+    pub bind_address: IpAddr,
+    /// Port member links come in on.
+    #[arg(long, default_value_t = kdiag_fleet::hub::DEFAULT_PORT, env = "KDIAG_HUB_PORT")]
+    pub port: u16,
+    /// The fleet namespace: Clusters, members' credential Secrets and their stored results.
+    #[arg(long, default_value = kdiag_fleet::hub::DEFAULT_NAMESPACE, env = "KDIAG_FLEET_NAMESPACE")]
+    pub namespace: String,
+    /// The hub's serving certificate (PEM, with its chain); members check it against their CA.
+    #[arg(long, default_value = "/var/run/secrets/kdiag.io/hub-tls/tls.crt")]
+    pub tls_cert_file: PathBuf,
+    /// Its private key (PEM).
+    #[arg(long, default_value = "/var/run/secrets/kdiag.io/hub-tls/tls.key")]
+    pub tls_key_file: PathBuf,
+    /// A connected cluster without a heartbeat for this long is marked Offline.
+    #[arg(long, default_value = "90s", value_parser = parse_duration)]
+    pub offline_after: Duration,
+    /// Also accept KubeProber's single SECRET_KEY (from the environment variable SECRET_KEY)
+    /// from any cluster, for migrating KubeProber agents. Anyone holding it can then report as
+    /// any cluster; by default each cluster needs its own credential.
+    #[arg(long, env = "KDIAG_HUB_ACCEPT_SHARED_SECRET_KEY")]
+    pub accept_shared_secret_key: bool,
+}
+
+/// The controller's link to a fleet hub (docs/fleet.md). Off unless --fleet-hub is given.
+#[derive(clap::Args, Debug, Clone)]
+pub struct FleetArgs {
+    /// The hub to link to, wss://HOST:PORT. The controller dials out; nothing comes in.
+    #[arg(long, env = "KDIAG_FLEET_HUB")]
+    pub fleet_hub: Option<String>,
+    /// This cluster's name at the hub (a DNS label).
+    #[arg(long, env = "KDIAG_FLEET_CLUSTER")]
+    pub fleet_cluster: Option<String>,
+    /// The file holding this cluster's credential (`kubectl diag clusters add` prints it).
+    #[arg(long, default_value = "/var/run/secrets/kdiag.io/fleet/token")]
+    pub fleet_credential_file: PathBuf,
+    /// The CA (PEM) the hub's certificate must verify against; nothing else is trusted.
+    #[arg(long, default_value = "/var/run/secrets/kdiag.io/fleet/ca.crt")]
+    pub fleet_hub_ca: PathBuf,
+    /// How often a heartbeat goes to the hub.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub fleet_heartbeat: Duration,
+    /// Results waiting for the hub at most; beyond, the oldest is dropped and counted.
+    #[arg(long, default_value_t = 1000)]
+    pub fleet_queue: usize,
+    /// Create, update and remove the Probes the hub assigns to this cluster (its Cluster labelled
+    /// probe/<name>=true). A Probe runs the pods its template says: this lets the hub run
+    /// checker pods here. Off by default.
+    #[arg(long, env = "KDIAG_FLEET_ACCEPT_PROBES")]
+    pub fleet_accept_probes: bool,
+    /// The namespace assigned Probes are created in (it must exist).
+    #[arg(long, default_value = "kubeprober")]
+    pub fleet_probe_namespace: String,
+}
+
+impl FleetArgs {
+    /// The member link's settings, None without --fleet-hub.
+    pub fn config(&self) -> anyhow::Result<Option<kdiag_fleet::member::MemberConfig>> {
+        // Empty counts as unset: the Deployment passes them from an optional Secret.
+        let Some(hub) = self.fleet_hub.as_ref().filter(|h| !h.trim().is_empty()) else {
+            return Ok(None);
+        };
+        let Some(cluster) = self.fleet_cluster.as_ref().filter(|c| !c.trim().is_empty()) else {
+            anyhow::bail!("--fleet-hub needs --fleet-cluster: this cluster's name at the hub");
+        };
+        kdiag_fleet::credential::check_cluster_name(cluster)
+            .map_err(|why| anyhow::anyhow!("--fleet-cluster: {why}"))?;
+        kdiag_fleet::member::hub_address(hub).map_err(|e| anyhow::anyhow!("--fleet-hub: {e}"))?;
+        let mut config = kdiag_fleet::member::MemberConfig::new(
+            hub.clone(),
+            cluster.clone(),
+            self.fleet_credential_file.clone(),
+            self.fleet_hub_ca.clone(),
+        );
+        config.heartbeat = self.fleet_heartbeat;
+        config.queue_capacity = self.fleet_queue;
+        config.accept_probes = self.fleet_accept_probes;
+        config.probe_namespace = self.fleet_probe_namespace.clone();
+        Ok(Some(config))
+    }
 }
 
 /// `kdiag local`, built with the `local` feature (`make run`).
@@ -171,6 +261,8 @@ pub struct ControllerArgs {
     pub webhook: WebhookArgs,
     #[command(flatten)]
     pub leader: LeaderArgs,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
 }
 
 /// Leader election among the controller's replicas (docs/install.md).

@@ -908,6 +908,14 @@ fn the_kustomizations_list_every_crd_and_every_manifest_of_config_deploy() {
         yaml_files("config/deploy"),
         "config/deploy/Kustomization must list every manifest in config/deploy"
     );
+    // The fleet hub's own directory, applied on its own in a management cluster.
+    let mut hub = listed("config/deploy/hub/Kustomization");
+    hub.sort();
+    assert_eq!(
+        hub,
+        yaml_files("config/deploy/hub"),
+        "config/deploy/hub/Kustomization must list every manifest in config/deploy/hub"
+    );
 }
 
 #[test]
@@ -932,17 +940,24 @@ fn the_security_page_shows_the_rbac_and_agent_privileges_config_deploy_grants() 
     let page = std::fs::read_to_string(&path).unwrap();
     let read = |f: &str| std::fs::read_to_string(repo_root().join(f)).unwrap();
     let rbac = docs::rbac_tables(&read("config/deploy/10-rbac.yaml"));
+    let hub_rbac = docs::rbac_tables(&read("config/deploy/hub/10-rbac.yaml"));
     // Every permission says which feature needs it.
-    for (kind, name, whys) in docs::rule_comments(&read("config/deploy/10-rbac.yaml")) {
-        assert!(
-            !whys.is_empty() && whys.iter().all(|w| !w.is_empty()),
-            "{kind} {name} in config/deploy/10-rbac.yaml has a rule without a comment saying which feature needs it: {whys:?}"
-        );
+    for file in [
+        "config/deploy/10-rbac.yaml",
+        "config/deploy/hub/10-rbac.yaml",
+    ] {
+        for (kind, name, whys) in docs::rule_comments(&read(file)) {
+            assert!(
+                !whys.is_empty() && whys.iter().all(|w| !w.is_empty()),
+                "{kind} {name} in {file} has a rule without a comment saying which feature needs it: {whys:?}"
+            );
+        }
     }
     let agent = docs::agent_privileges(&read("config/deploy/40-agent.yaml"));
     let generated = docs::replace_generated(&page, "RBAC", &rbac)
         .and_then(|p| docs::replace_generated(&p, "AGENT", &agent))
-        .expect("docs/security.md has the GENERATED RBAC and AGENT markers");
+        .and_then(|p| docs::replace_generated(&p, "HUB RBAC", &hub_rbac))
+        .expect("docs/security.md has the GENERATED RBAC, AGENT and HUB RBAC markers");
     if std::env::var_os("KDIAG_UPDATE_DOCS").is_some() {
         std::fs::write(&path, &generated).unwrap();
         return;

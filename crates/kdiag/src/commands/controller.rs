@@ -21,6 +21,7 @@ pub async fn run(args: ControllerArgs) -> Result<ExitCode, CommandError> {
     let mut config = controller_config(&args);
     config.webhook = args.webhook.config(args.server.bind_address)?;
     config.leader_election = args.leader.config(args.server.port);
+    config.fleet = args.fleet.config()?;
     kdiag_controller::prepare(&client, &mut config)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -117,9 +118,10 @@ pub fn controller_config(args: &ControllerArgs) -> ControllerConfig {
             per_probe: args.probe_budget,
             per_node: args.probe_node_budget,
         },
-        // Set by `run` from args.webhook (which can fail) and args.leader.
+        // Set by `run` from args.webhook and args.fleet (which can fail) and args.leader.
         webhook: None,
         leader_election: None,
+        fleet: None,
     }
 }
 

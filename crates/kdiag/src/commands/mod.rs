@@ -3,6 +3,7 @@
 mod agent;
 mod controller;
 mod crd;
+mod hub;
 #[cfg(feature = "local")]
 mod local;
 
@@ -21,13 +22,17 @@ pub fn run(cli: Cli) -> Result<ExitCode, CommandError> {
         Command::Crd(args) => crd::run(args),
         Command::Controller(args) => {
             process::init_logging(cli.log_format == LogFormat::Json);
-            process::block_on(controller::run(args))
+            process::block_on(controller::run(*args))
         }
         Command::Agent(args) => {
             process::init_logging(cli.log_format == LogFormat::Json);
             process::block_on(agent::run(args))
         }
         Command::Diag(args) => Ok(kdiag_cli::run(args)?),
+        Command::Hub(args) => {
+            process::init_logging(cli.log_format == LogFormat::Json);
+            process::block_on(hub::run(args))
+        }
         #[cfg(feature = "local")]
         Command::Local(args) => {
             process::init_logging(cli.log_format == LogFormat::Json);

@@ -1,0 +1,432 @@
+//! The hub's pure decisions: what a member's results are stored as, what a `Cluster`'s status
+//! says after a heartbeat, and when a silent cluster is offline. No IO, the time is passed in.
+//!
+//! Storage: every member's ProbeStatuses live in the hub's one fleet namespace, named
+//! `<cluster>.<namespace>.<name>` and labelled [`CLUSTER_LABEL`]`=<cluster>`, so
+//! `kubectl get probestatus -n kdiag-fleet -l kdiag.io/fleet-cluster=prod-1` is one cluster's
+//! view and `kubectl get probestatus -n kdiag-fleet` every cluster's. One namespace needs no
+//! right to create namespaces and keeps the hub's RBAC to a Role.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use kdiag_api::ClusterStatus;
+use serde_json::{Value, json};
+
+use crate::protocol::{Facts, ProbeResult};
+
+pub use crate::credential::CLUSTER_LABEL;
+
+/// `status.state` while the member heartbeats.
+pub const CONNECTED: &str = "Connected";
+/// `status.state` once it stopped.
+pub const OFFLINE: &str = "Offline";
+/// On a stored ProbeStatus: its namespace/name in the member.
+pub const SOURCE_ANNOTATION: &str = "kdiag.io/fleet-source";
+/// The field manager of the hub's writes.
+pub const FIELD_MANAGER: &str = "kdiag-hub";
+
+/// Longest object name (a DNS subdomain).
+const MAX_NAME: usize = 253;
+
+/// The name a member's ProbeStatus `namespace/name` is stored under in the hub. Names that
+/// would be too long keep a prefix and a hash of the whole, so they stay unique.
+pub fn stored_name(cluster: &str, namespace: &str, name: &str) -> String {
+    let full = format!("{cluster}.{namespace}.{name}");
+    if full.len() <= MAX_NAME {
+        return full;
+    }
+    let hash = kdiag_api::labels::node_label_value(&full);
+    let keep = MAX_NAME - hash.len() - 1;
+    let mut prefix = full[..keep].to_owned();
+    while prefix.ends_with(['.', '-']) {
+        prefix.pop();
+    }
+    format!("{prefix}-{hash}")
+}
+
+/// The stored ProbeStatus (for a server-side apply): spec, labels and annotations. Its status
+/// goes in a second apply to the status subresource ([`stored_status`]).
+pub fn stored_object(
+    hub_namespace: &str,
+    cluster: &str,
+    namespace: &str,
+    name: &str,
+    result: &ProbeResult,
+) -> Value {
+    let mut annotations = serde_json::Map::new();
+    annotations.insert(
+        SOURCE_ANNOTATION.into(),
+        json!(format!("{namespace}/{name}")),
+    );
+    for (k, v) in &result.annotations {
+        annotations.insert(k.clone(), json!(v));
+    }
+    json!({
+        "apiVersion": "kubeprober.erda.cloud/v1",
+        "kind": "ProbeStatus",
+        "metadata": {
+            "name": stored_name(cluster, namespace, name),
+            "namespace": hub_namespace,
+            "labels": {CLUSTER_LABEL: cluster, "app.kubernetes.io/managed-by": FIELD_MANAGER},
+            "annotations": annotations,
+        },
+        "spec": result.spec,
+    })
+}
+
+/// The stored ProbeStatus's status, for an apply to the status subresource.
+pub fn stored_status(hub_namespace: &str, stored_name: &str, result: &ProbeResult) -> Value {
+    json!({
+        "apiVersion": "kubeprober.erda.cloud/v1",
+        "kind": "ProbeStatus",
+        "metadata": {"name": stored_name, "namespace": hub_namespace},
+        "status": result.status.clone().unwrap_or_default(),
+    })
+}
+
+/// The Cluster's status after a heartbeat with `facts`: connected (since now, unless it already
+/// was), KubeProber's fields (heartBeatTimeStamp, nodeCount, checkers `total/error`) and kdiag's.
+/// A merge patch of the status subresource.
+pub fn connected(
+    previous: Option<&ClusterStatus>,
+    facts: &Facts,
+    checkers: (u64, u64),
+    now: Timestamp,
+) -> Value {
+    let since = match previous {
+        Some(p) if p.state == CONNECTED && p.state_since.is_some() => {
+            p.state_since.as_ref().map(|t| t.0.to_string())
+        }
+        _ => Some(now.to_string()),
+    };
+    let mut patch = json!({"status": {
+        "heartBeatTimeStamp": now.to_string(),
+        "nodeCount": facts.node_count,
+        "checkers": format!("{}/{}", checkers.0, checkers.1),
+        "state": CONNECTED,
+        "stateSince": since,
+        "lastHeartbeatTime": now.to_string(),
+        "kdiagVersion": facts.kdiag_version,
+        "droppedResults": facts.dropped_results,
+    }});
+    // An offline reason is removed (null deletes a key in a merge patch); a null or an empty
+    // string for a key the object lacks fails validation on the 1.20 apiserver.
+    if previous.is_some_and(|p| !p.message.is_empty()) {
+        patch["status"]["message"] = Value::Null;
+    }
+    patch
+}
+
+/// The status a merge patch from [`connected`] or [`offline`] leaves (without its deletions).
+pub fn status_of(patch: &Value) -> ClusterStatus {
+    let mut status = patch["status"].clone();
+    if let Some(map) = status.as_object_mut() {
+        map.retain(|_, v| !v.is_null());
+    }
+    serde_json::from_value(status).unwrap_or_default()
+}
+
+/// The Cluster's status once it is offline for `why`, or None when it already says so.
+pub fn offline(previous: Option<&ClusterStatus>, why: &str, now: Timestamp) -> Option<Value> {
+    if previous.is_some_and(|p| p.state == OFFLINE && p.message == why) {
+        return None;
+    }
+    let since = match previous {
+        Some(p) if p.state == OFFLINE => p.state_since.as_ref().map(|t| t.0),
+        _ => None,
+    }
+    .unwrap_or(now);
+    Some(json!({"status": {
+        "state": OFFLINE,
+        "stateSince": since.to_string(),
+        "message": why,
+    }}))
+}
+
+/// Whether a cluster shown connected has missed its heartbeats for longer than `timeout`.
+pub fn missed_heartbeats(status: &ClusterStatus, now: Timestamp, timeout: Duration) -> bool {
+    if status.state != CONNECTED {
+        return false;
+    }
+    let Some(last) = &status.last_heartbeat_time else {
+        return true;
+    };
+    let silent = now.duration_since(last.0);
+    silent.as_secs_f64() > timeout.as_secs_f64()
+}
+
+/// The message of a cluster offline for missed heartbeats.
+pub fn missed_heartbeats_message(timeout: Duration) -> String {
+    format!(
+        "no heartbeat for more than {}s: the member's link is down",
+        timeout.as_secs()
+    )
+}
+
+/// The label prefix that assigns a Probe to a Cluster: `probe/<probe name>=true` (KubeProber's).
+pub const PROBE_LABEL_PREFIX: &str = "probe/";
+
+/// The Probes of the fleet namespace assigned to a Cluster with `labels`, by name.
+pub fn assigned_probes(
+    labels: &std::collections::BTreeMap<String, String>,
+    probes: &[kdiag_api::Probe],
+) -> Vec<crate::protocol::AssignedProbe> {
+    let mut out: Vec<_> = probes
+        .iter()
+        .filter_map(|p| {
+            let name = p.metadata.name.clone()?;
+            let label = labels.get(&format!("{PROBE_LABEL_PREFIX}{name}"))?;
+            label
+                .trim()
+                .eq_ignore_ascii_case("true")
+                .then(|| crate::protocol::AssignedProbe {
+                    name,
+                    spec: p.spec.clone(),
+                })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// KubeProber's `status.attachedProbes` for the assigned `names`, as a merge patch, or None when
+/// it already says so. An empty list deletes the key (an empty value for a key the object lacks
+/// fails validation on the 1.20 apiserver).
+pub fn attached_probes(previous: Option<&ClusterStatus>, names: &[String]) -> Option<Value> {
+    let current = previous
+        .map(|p| p.attached_probes.as_slice())
+        .unwrap_or_default();
+    if current == names {
+        return None;
+    }
+    let value = if names.is_empty() {
+        Value::Null
+    } else {
+        json!(names)
+    };
+    Some(json!({"status": {"attachedProbes": value}}))
+}
+
+/// On a Cluster: the latest one-time run asked for (`kubectl diag probe once -c`), as JSON
+/// [`OnceRequest`]. The hub sends it down once and records it in `status.onceProbeList`.
+pub const PROBE_ONCE_ANNOTATION: &str = "kdiag.io/probe-once";
+/// One-time runs kept in `status.onceProbeList` (KubeProber kept the last 5).
+pub const ONCE_HISTORY: usize = 5;
+
+/// A one-time run asked for.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct OnceRequest {
+    pub id: String,
+    /// Probe names; empty: every Probe assigned to the cluster.
+    #[serde(default)]
+    pub probes: Vec<String>,
+    #[serde(default)]
+    pub create_time: String,
+}
+
+/// The request on a Cluster's annotations, if any readable one.
+pub fn once_request(
+    annotations: Option<&std::collections::BTreeMap<String, String>>,
+) -> Option<OnceRequest> {
+    let raw = annotations?.get(PROBE_ONCE_ANNOTATION)?;
+    serde_json::from_str::<OnceRequest>(raw)
+        .ok()
+        .filter(|r| !r.id.is_empty())
+}
+
+/// `status.onceProbeList` with `request` added (the last [`ONCE_HISTORY`] kept), or None when it
+/// is already there.
+pub fn once_list_with(
+    list: &[kdiag_api::OnceProbeItem],
+    request: &OnceRequest,
+) -> Option<Vec<kdiag_api::OnceProbeItem>> {
+    if list.iter().any(|i| i.id == request.id) {
+        return None;
+    }
+    let mut out = list.to_vec();
+    out.push(kdiag_api::OnceProbeItem {
+        id: request.id.clone(),
+        create_time: request.create_time.clone(),
+        finish_time: String::new(),
+        probes: request.probes.clone(),
+    });
+    let skip = out.len().saturating_sub(ONCE_HISTORY);
+    Some(out.split_off(skip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn facts() -> Facts {
+        Facts {
+            protocol: 1,
+            kdiag_version: "0.1.0".into(),
+            kubernetes_version: "v1.20.2".into(),
+            node_count: 3,
+            dropped_results: 0,
+        }
+    }
+
+    fn status(v: &Value) -> ClusterStatus {
+        status_of(v)
+    }
+
+    #[test]
+    fn a_probe_is_assigned_by_the_label_probe_slash_its_name_equal_true() {
+        let probe = |name: &str| kdiag_api::Probe::new(name, Default::default());
+        let probes = [probe("k8s"), probe("host"), probe("dns")];
+        let labels = [
+            ("probe/k8s".to_string(), "true".to_string()),
+            ("probe/host".to_string(), "false".to_string()),
+            ("probe/gone".to_string(), "true".to_string()),
+            ("team".to_string(), "sre".to_string()),
+        ]
+        .into();
+        let names: Vec<String> = assigned_probes(&labels, &probes)
+            .into_iter()
+            .map(|a| a.name)
+            .collect();
+        assert_eq!(names, ["k8s"]);
+    }
+
+    #[test]
+    fn a_one_time_run_is_recorded_once_and_only_the_last_five_are_kept() {
+        let request = |id: &str| OnceRequest {
+            id: id.into(),
+            probes: vec!["k8s".into()],
+            create_time: "2026-12-04T10:00:00Z".into(),
+        };
+        let one = once_list_with(&[], &request("a")).unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(once_list_with(&one, &request("a")), None);
+        let mut list = one;
+        for id in ["b", "c", "d", "e", "f"] {
+            list = once_list_with(&list, &request(id)).unwrap();
+        }
+        let ids: Vec<&str> = list.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["b", "c", "d", "e", "f"]);
+        let annotations = [(
+            PROBE_ONCE_ANNOTATION.to_string(),
+            r#"{"id": "x1", "probes": []}"#.to_string(),
+        )]
+        .into();
+        assert_eq!(once_request(Some(&annotations)).unwrap().id, "x1");
+        assert_eq!(once_request(None), None);
+    }
+
+    #[test]
+    fn attached_probes_are_written_when_they_change_and_deleted_when_none_are_left() {
+        let names = vec!["dns".to_string(), "k8s".to_string()];
+        let patch = attached_probes(None, &names).unwrap();
+        assert_eq!(patch["status"]["attachedProbes"], json!(["dns", "k8s"]));
+        let s = ClusterStatus {
+            attached_probes: names.clone(),
+            ..Default::default()
+        };
+        assert_eq!(attached_probes(Some(&s), &names), None);
+        assert!(attached_probes(Some(&s), &[]).unwrap()["status"]["attachedProbes"].is_null());
+        assert_eq!(attached_probes(None, &[]), None);
+    }
+
+    #[test]
+    fn stored_names_keep_cluster_namespace_and_name_and_stay_valid_when_long() {
+        assert_eq!(
+            stored_name("prod-1", "kubeprober", "k8s"),
+            "prod-1.kubeprober.k8s"
+        );
+        let long = "n".repeat(253);
+        let a = stored_name("prod-1", "kubeprober", &long);
+        let b = stored_name("prod-1", "kubeprober", &format!("{long}x"));
+        assert!(a.len() <= 253 && b.len() <= 253);
+        assert_ne!(a, b);
+        assert!(a.starts_with("prod-1.kubeprober.nnn"));
+    }
+
+    #[test]
+    fn a_first_heartbeat_connects_the_cluster_since_now_and_later_ones_keep_the_since() {
+        let now = t("2026-12-04T10:00:00Z");
+        let first = connected(None, &facts(), (4, 1), now);
+        let s = status(&first);
+        assert_eq!(s.state, CONNECTED);
+        assert_eq!(s.state_since, Some(Time(now)));
+        assert_eq!(s.checkers, "4/1");
+        assert_eq!(s.node_count, Some(3));
+        assert_eq!(s.heart_beat_time_stamp, "2026-12-04T10:00:00Z");
+        let later = connected(Some(&s), &facts(), (4, 0), t("2026-12-04T10:00:30Z"));
+        let s2 = status(&later);
+        assert_eq!(s2.state_since, Some(Time(now)));
+        assert_eq!(
+            s2.last_heartbeat_time,
+            Some(Time(t("2026-12-04T10:00:30Z")))
+        );
+    }
+
+    #[test]
+    fn a_cluster_that_was_offline_reconnects_since_now() {
+        let off = ClusterStatus {
+            state: OFFLINE.into(),
+            state_since: Some(Time(t("2026-12-04T09:00:00Z"))),
+            message: "no heartbeat".into(),
+            ..Default::default()
+        };
+        let now = t("2026-12-04T10:00:00Z");
+        let patch = connected(Some(&off), &facts(), (0, 0), now);
+        assert_eq!(status(&patch).state_since, Some(Time(now)));
+        // The offline reason goes; a first heartbeat sends no message at all.
+        assert!(patch["status"]["message"].is_null() && patch["status"].get("message").is_some());
+        let first = connected(None, &facts(), (0, 0), now);
+        assert!(first["status"].get("message").is_none());
+    }
+
+    #[test]
+    fn a_cluster_is_offline_only_after_its_heartbeats_stop_for_the_timeout() {
+        let s = ClusterStatus {
+            state: CONNECTED.into(),
+            last_heartbeat_time: Some(Time(t("2026-12-04T10:00:00Z"))),
+            ..Default::default()
+        };
+        let timeout = Duration::from_secs(90);
+        assert!(!missed_heartbeats(&s, t("2026-12-04T10:01:29Z"), timeout));
+        assert!(missed_heartbeats(&s, t("2026-12-04T10:01:31Z"), timeout));
+        let off = ClusterStatus {
+            state: OFFLINE.into(),
+            ..s
+        };
+        assert!(!missed_heartbeats(&off, t("2026-12-04T11:00:00Z"), timeout));
+    }
+
+    #[test]
+    fn going_offline_is_written_once_and_keeps_its_since() {
+        let now = t("2026-12-04T10:00:00Z");
+        let patch = offline(None, "gone", now).unwrap();
+        let s = status(&patch);
+        assert_eq!((s.state.as_str(), s.message.as_str()), (OFFLINE, "gone"));
+        assert_eq!(offline(Some(&s), "gone", now), None);
+        let revoked = status(&offline(Some(&s), "revoked", t("2026-12-04T11:00:00Z")).unwrap());
+        assert_eq!(revoked.state_since, Some(Time(now)));
+    }
+
+    #[test]
+    fn a_stored_result_names_its_cluster_and_source_and_keeps_root_causes() {
+        let result = ProbeResult {
+            annotations: [("kdiag.io/diagnoses".to_string(), "{}".to_string())].into(),
+            ..Default::default()
+        };
+        let o = stored_object("kdiag-fleet", "prod-1", "kubeprober", "k8s", &result);
+        assert_eq!(o["metadata"]["name"], "prod-1.kubeprober.k8s");
+        assert_eq!(o["metadata"]["labels"][CLUSTER_LABEL], "prod-1");
+        assert_eq!(
+            o["metadata"]["annotations"][SOURCE_ANNOTATION],
+            "kubeprober/k8s"
+        );
+        assert_eq!(o["metadata"]["annotations"]["kdiag.io/diagnoses"], "{}");
+    }
+}
