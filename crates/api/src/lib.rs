@@ -24,6 +24,7 @@ pub mod gate;
 pub mod kubeprober;
 pub mod labels;
 pub mod plugin;
+pub mod probe_trigger;
 mod schema;
 
 pub use diagnosis::NamespacedName;
@@ -48,6 +49,9 @@ pub use diagnosis::source::{
     AbnormalSource, AbnormalSourceSpec, AbnormalSourceStatus, KubernetesEventTemplate,
     KubernetesEventTemplateRegexp, Matching, ProbeStatusTemplate, ProbeStatusTemplateMatch,
     PrometheusAlertTemplate, PrometheusAlertTemplateRegexp, SourceCondition, SourceTemplate,
+};
+pub use probe_trigger::{
+    ChangeType, ProbeCondition, ProbeRunChange, ProbeTrigger, TriggerKind,
 };
 pub use kubeprober::{
     ApiserverCheck, CheckerDiagnosis, CheckerStatus, Cluster, ClusterConfig, ClusterSpec,

@@ -7,7 +7,9 @@
 //!    bare client doing the same create + status writes), and 2. their footprint;
 //! 3. `scale`: 50, 100, 200 agents against one apiserver;
 //! 4. `triggers`: ProbeStatus, Event and alert to Abnormal (and to the root cause);
-//! 5. `collectors`: kdiag-collectors' benchmark against `ps` and `du`.
+//! 5. `collectors`: kdiag-collectors' benchmark against `ps` and `du`;
+//! 6. `probe-triggers`: a change a Probe's triggers watch → the probe's result, against a manual
+//!    run → its result.
 //!
 //! Prints a table and writes `latest.json`, a timestamped copy and `latest.txt` to `--out`. A
 //! number never fails the run; a section that cannot run does (after the others have run).
@@ -19,6 +21,7 @@ mod floor;
 mod load;
 mod pipeline;
 mod plugin;
+mod probe_triggers;
 mod procstat;
 mod realproc;
 mod report;
@@ -40,7 +43,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "pipeline,scale,triggers,collectors"
+        default_value = "pipeline,scale,triggers,collectors,probe-triggers"
     )]
     sections: Vec<String>,
     /// The kdiag binary run as agent and controller processes (a release build).
@@ -98,6 +101,9 @@ struct Args {
     /// 4. Episodes per trigger path.
     #[arg(long, default_value_t = 200)]
     episodes: usize,
+    /// 6. Rollouts that trigger the probe (and as many manual runs).
+    #[arg(long, default_value_t = 20)]
+    trigger_changes: usize,
 }
 
 fn main() -> ExitCode {
@@ -173,6 +179,15 @@ async fn run(args: Args) -> ExitCode {
             &mut errors,
             "triggers",
             triggers::run(args.episodes).await,
+        );
+    }
+    if wants("probe-triggers") {
+        eprintln!("== 6. probes triggered by change");
+        record(
+            &mut results,
+            &mut errors,
+            "probeTriggers",
+            probe_triggers::run(args.trigger_changes).await,
         );
     }
     if wants("collectors") {

@@ -113,6 +113,14 @@ pub struct ControllerArgs {
     /// ProbeRuns (the history of probe runs) kept per probe; older finished runs are deleted.
     #[arg(long, default_value_t = kdiag_controller::probes::runs::DEFAULT_HISTORY)]
     pub probe_history: usize,
+    /// Probes triggered by change: a run starts once no further matching change came for this
+    /// long, for triggers that set no `quietSeconds`.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub probe_trigger_quiet: Duration,
+    /// Probes triggered by change: a run starts at the latest this long after the first change of
+    /// its batch, for triggers that set no `maxWaitSeconds`.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub probe_trigger_max_wait: Duration,
     /// The pod triage's collectors (comma-separated; a bare name is in kube-diagnoser), used when
     /// an Abnormal names a pod and no processors. Unregistered ones are left out.
     #[arg(

@@ -1,6 +1,7 @@
 //! KubeProber's probes in kdiag: failed checkers become Abnormals (the trigger), their root causes
 //! are written next to the probe result (the writeback), and the release gate reads them.
 
+pub mod change;
 pub mod checks;
 pub mod episodes;
 pub mod gate;
@@ -9,4 +10,5 @@ pub mod runner;
 pub mod runs;
 pub mod schedule;
 pub mod trigger;
+pub mod triggers;
 pub mod writeback;

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kdiag_controller::{ControllerConfig, ControllerHandle};
 use kdiag_runtime::builtin::Builtins;
@@ -112,6 +113,10 @@ pub fn controller_config(args: &ControllerArgs) -> ControllerConfig {
             stale_intervals: args.probe_stale_intervals,
             history: args.probe_history,
             ..Default::default()
+        },
+        probe_triggers: kdiag_controller::probes::change::Debounce {
+            quiet: args.probe_trigger_quiet,
+            max_wait: args.probe_trigger_max_wait.max(Duration::from_secs(1)),
         },
         probe_budgets: kdiag_controller::probes::trigger::ProbeBudgets {
             per_probe: args.probe_budget,
