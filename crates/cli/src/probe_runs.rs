@@ -292,7 +292,8 @@ pub fn table(
 }
 
 /// The TRIGGER column: the trigger, and for a run started by change the first change of its
-/// batch (`Change: DaemonSet kube-system/kube-proxy RolloutFinished +2`).
+/// batch (`Change: DaemonSet kube-proxy RolloutFinished +2`). A trigger only watches objects of
+/// its Probe's namespace (and Nodes), the run's own, so the namespace is left out.
 fn trigger_cell(r: &ProbeRun) -> String {
     let Some(first) = r.spec.changes.first() else {
         return r.spec.trigger.as_str().to_owned();
@@ -304,7 +305,13 @@ fn trigger_cell(r: &ProbeRun) -> String {
         String::new()
     };
     render::truncate(
-        &format!("{}: {}{more}", r.spec.trigger.as_str(), first.summary()),
+        &format!(
+            "{}: {} {} {}{more}",
+            r.spec.trigger.as_str(),
+            first.kind,
+            first.name,
+            first.change
+        ),
         TRIGGER_WIDTH,
     )
 }
@@ -524,7 +531,7 @@ mod tests {
         };
         let out = table(&[item], false, now(), Style::PLAIN).render();
         assert!(
-            out.contains("Change: DaemonSet kube-system/kube-proxy RolloutFinished +4"),
+            out.contains("Change: DaemonSet kube-proxy RolloutFinished +4"),
             "{out}"
         );
         let r: ProbeRun = serde_json::from_value(raw).unwrap();

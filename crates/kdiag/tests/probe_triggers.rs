@@ -223,9 +223,7 @@ async fn a_finished_rollout_runs_the_probe_once_and_the_run_records_what_trigger
         kubectl_diag(cp, &["probe", "history", &format!("{ns}/after-rollout")]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.contains(&format!(
-            "Change: Deployment {ns}/web RolloutFinished"
-        )),
+        out.contains("Change: Deployment web RolloutFinished"),
         "history shows what triggered each run: {out}"
     );
     let id = runs[0].name_any();
