@@ -50,9 +50,6 @@ pub use diagnosis::source::{
     KubernetesEventTemplateRegexp, Matching, ProbeStatusTemplate, ProbeStatusTemplateMatch,
     PrometheusAlertTemplate, PrometheusAlertTemplateRegexp, SourceCondition, SourceTemplate,
 };
-pub use probe_trigger::{
-    ChangeType, ProbeCondition, ProbeRunChange, ProbeTrigger, TriggerKind,
-};
 pub use kubeprober::{
     ApiserverCheck, CheckerDiagnosis, CheckerStatus, Cluster, ClusterConfig, ClusterSpec,
     ClusterStatus, DnsCheck, EtcdCheck, ExtraVar, HttpCheck, NamespaceRoundTripCheck, NativeCheck,
@@ -60,6 +57,7 @@ pub use kubeprober::{
     ProbeStates, ProbeStatus, ProbeStatusSpec, ProbeStatusStates, ReportProbeStatusSpec, TcpCheck,
     TlsCheck,
 };
+pub use probe_trigger::{ChangeType, ProbeCondition, ProbeRunChange, ProbeTrigger, TriggerKind};
 
 /// The API group of the Kube Diagnoser kinds.
 pub const DIAGNOSIS_GROUP: &str = "diagnosis.netease.com";

@@ -45,8 +45,11 @@ pub async fn run(changes: usize) -> Result<Value> {
         Arc::new(run_key),
     )
     .await?;
-    let probes: Api<DynamicObject> =
-        Api::namespaced_with(env.admin.clone(), &ns, &ApiResource::erase::<kdiag_api::Probe>(&()));
+    let probes: Api<DynamicObject> = Api::namespaced_with(
+        env.admin.clone(),
+        &ns,
+        &ApiResource::erase::<kdiag_api::Probe>(&()),
+    );
     let probe = DynamicObject::new(PROBE, &ApiResource::erase::<kdiag_api::Probe>(&()))
         .within(&ns)
         .data(json!({"spec": {
@@ -94,12 +97,19 @@ pub async fn run(changes: usize) -> Result<Value> {
 
 /// The Deployment controller's status once every replica runs the current spec.
 async fn finish_rollout(api: &Api<Deployment>) -> Result<()> {
-    let generation = api.get("web").await?.metadata.generation.unwrap_or_default();
+    let generation = api
+        .get("web")
+        .await?
+        .metadata
+        .generation
+        .unwrap_or_default();
     api.patch_status(
         "web",
         &PatchParams::default(),
-        &Patch::Merge(json!({"status": {"observedGeneration": generation, "replicas": 2,
-            "updatedReplicas": 2, "readyReplicas": 2, "availableReplicas": 2}})),
+        &Patch::Merge(
+            json!({"status": {"observedGeneration": generation, "replicas": 2,
+            "updatedReplicas": 2, "readyReplicas": 2, "availableReplicas": 2}}),
+        ),
     )
     .await?;
     Ok(())
@@ -110,12 +120,10 @@ async fn wait_watching(probes: &Api<DynamicObject>) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let p = probes.get(PROBE).await?;
-        let watching = p.data["status"]["conditions"]
-            .as_array()
-            .is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c["type"] == "TriggersValid" && c["status"] == "True")
-            });
+        let watching = p.data["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "TriggersValid" && c["status"] == "True")
+        });
         if watching {
             return Ok(());
         }

@@ -518,8 +518,14 @@ fn probe_triggers(out: &mut String, p: &Value) {
     ));
     let mut t = Table::new(&["path", "p50 ms", "p99 ms", "max ms"]);
     for (name, key) in [
-        ("rollout finished -> ProbeRun (Change) has its results", "changeToResult"),
-        ("manual ProbeRun created -> it has its results", "manualRunToResult"),
+        (
+            "rollout finished -> ProbeRun (Change) has its results",
+            "changeToResult",
+        ),
+        (
+            "manual ProbeRun created -> it has its results",
+            "manualRunToResult",
+        ),
     ] {
         t.row(vec![
             name.into(),

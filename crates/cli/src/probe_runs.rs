@@ -351,11 +351,10 @@ pub fn detail(r: &ProbeRun, now: jiff::Timestamp, style: Style) -> String {
     line("Probe:", r.spec.probe.clone());
     line("Trigger:", r.spec.trigger.as_str().to_owned());
     for c in &r.spec.changes {
-        let when = c
-            .at
-            .as_ref()
-            .map(|t| format!(" at {}", render::timestamp(t.0)))
-            .unwrap_or_default();
+        let when =
+            c.at.as_ref()
+                .map(|t| format!(" at {}", render::timestamp(t.0)))
+                .unwrap_or_default();
         let detail = if c.detail.is_empty() {
             String::new()
         } else {

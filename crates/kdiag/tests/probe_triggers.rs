@@ -148,8 +148,10 @@ async fn set_rollout(client: &kube::Client, ns: &str, name: &str, updated: i64) 
     api.patch_status(
         name,
         &PatchParams::default(),
-        &Patch::Merge(json!({"status": {"observedGeneration": generation, "replicas": 2,
-            "updatedReplicas": updated, "readyReplicas": 2, "availableReplicas": 2}})),
+        &Patch::Merge(
+            json!({"status": {"observedGeneration": generation, "replicas": 2,
+            "updatedReplicas": updated, "readyReplicas": 2, "availableReplicas": 2}}),
+        ),
     )
     .await
     .unwrap();
@@ -194,9 +196,13 @@ async fn a_finished_rollout_runs_the_probe_once_and_the_run_records_what_trigger
     change_image(&client, &ns, "web", "web:2").await;
     set_rollout(&client, &ns, "web", 1).await;
     set_rollout(&client, &ns, "web", 2).await;
-    let runs = wait_change_runs(&client, &ns, "after-rollout", "the run of the rollout", |r| {
-        r.iter().any(finished)
-    })
+    let runs = wait_change_runs(
+        &client,
+        &ns,
+        "after-rollout",
+        "the run of the rollout",
+        |r| r.iter().any(finished),
+    )
     .await;
     assert_eq!(runs.len(), 1, "{runs:#?}");
     let run = &runs[0];
@@ -286,7 +292,10 @@ async fn several_changes_within_the_quiet_period_are_one_run() {
     })
     .await;
     assert_eq!(runs.len(), 2, "{runs:#?}");
-    assert_eq!(changed(&runs[1]), [format!("Deployment {ns}/a SpecChanged")]);
+    assert_eq!(
+        changed(&runs[1]),
+        [format!("Deployment {ns}/a SpecChanged")]
+    );
     drop(open);
 }
 
@@ -303,7 +312,9 @@ async fn a_change_no_trigger_matches_runs_nothing() {
     )
     .unwrap();
     let maps = Api::<ConfigMap>::namespaced(client.clone(), &ns);
-    maps.create(&PostParams::default(), &settings).await.unwrap();
+    maps.create(&PostParams::default(), &settings)
+        .await
+        .unwrap();
     probe_with_triggers(
         &client,
         &ns,
@@ -375,7 +386,11 @@ async fn a_node_turning_not_ready_runs_a_probe_that_asks_for_it() {
         .await
         .unwrap();
     nodes
-        .patch_status(&node, &PatchParams::default(), &Patch::Merge(ready("False")))
+        .patch_status(
+            &node,
+            &PatchParams::default(),
+            &Patch::Merge(ready("False")),
+        )
         .await
         .unwrap();
     let runs = wait_change_runs(&client, &ns, "nodes", "the run of the Ready flip", |r| {
@@ -413,9 +428,8 @@ async fn a_trigger_on_another_namespace_is_refused_with_the_reason_and_runs_noth
     let c = wait_triggers_valid(&client, &ns, "nosy", "False").await;
     assert_eq!(c.reason, "InvalidTrigger");
     assert!(
-        c.message.contains(&format!(
-            "namespace {other} is not the Probe's own ({ns})"
-        )),
+        c.message
+            .contains(&format!("namespace {other} is not the Probe's own ({ns})")),
         "{c:?}"
     );
 }

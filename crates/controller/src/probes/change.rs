@@ -221,12 +221,18 @@ pub fn diff(
             if rolling && let Some(r) = next.rollout.filter(Rollout::finished) {
                 out.push(seen(
                     ChangeType::RolloutFinished,
-                    format!("generation {}, {}/{} ready", r.generation, r.ready, r.desired),
+                    format!(
+                        "generation {}, {}/{} ready",
+                        r.generation, r.ready, r.desired
+                    ),
                 ));
                 rolling = false;
             }
-            let types: BTreeSet<&String> =
-                old.conditions.keys().chain(next.conditions.keys()).collect();
+            let types: BTreeSet<&String> = old
+                .conditions
+                .keys()
+                .chain(next.conditions.keys())
+                .collect();
             let flipped: Vec<(String, String)> = types
                 .into_iter()
                 .filter_map(|t| {
@@ -430,7 +436,12 @@ impl<K: Ord + Clone> Debouncer<K> {
         batch.due = (now + quiet).min(batch.latest);
         let repeat = batch.changes.iter().any(|c| {
             (&c.kind, &c.namespace, &c.name, &c.change)
-                == (&change.kind, &change.namespace, &change.name, &change.change)
+                == (
+                    &change.kind,
+                    &change.namespace,
+                    &change.name,
+                    &change.change,
+                )
         });
         if repeat || batch.changes.len() >= MAX_LISTED {
             batch.omitted += 1;
@@ -490,13 +501,21 @@ mod tests {
     fn a_spec_change_then_a_finished_rollout_are_two_changes_and_the_pods_between_none() {
         let start = first_seen(deploy(1, 1, 3, 3));
         assert!(!start.rolling);
-        let (t, s) = diff(TriggerKind::Deployment, Some(&start), Some(deploy(2, 1, 3, 3)));
+        let (t, s) = diff(
+            TriggerKind::Deployment,
+            Some(&start),
+            Some(deploy(2, 1, 3, 3)),
+        );
         assert_eq!(kinds(&s), [ChangeType::SpecChanged]);
         let t = t.unwrap();
         assert!(t.rolling);
         let (t, s) = diff(TriggerKind::Deployment, Some(&t), Some(deploy(2, 2, 1, 3)));
         assert!(s.is_empty(), "one pod updated: {s:?}");
-        let (t, s) = diff(TriggerKind::Deployment, t.as_ref(), Some(deploy(2, 2, 3, 3)));
+        let (t, s) = diff(
+            TriggerKind::Deployment,
+            t.as_ref(),
+            Some(deploy(2, 2, 3, 3)),
+        );
         assert_eq!(kinds(&s), [ChangeType::RolloutFinished]);
         assert_eq!(s[0].detail, "generation 2, 3/3 ready");
         let t = t.unwrap();
@@ -504,7 +523,11 @@ mod tests {
         // A pod that restarts later is no rollout.
         let (t, s) = diff(TriggerKind::Deployment, Some(&t), Some(deploy(2, 2, 3, 2)));
         assert!(s.is_empty());
-        let (_, s) = diff(TriggerKind::Deployment, t.as_ref(), Some(deploy(2, 2, 3, 3)));
+        let (_, s) = diff(
+            TriggerKind::Deployment,
+            t.as_ref(),
+            Some(deploy(2, 2, 3, 3)),
+        );
         assert!(s.is_empty(), "ready again without a spec change: {s:?}");
     }
 
@@ -610,12 +633,16 @@ mod tests {
         let d = Debounce::default();
         let err = compile(
             "shop",
-            &[trigger(json!({"kind": "DaemonSet", "namespace": "kube-system"}))],
+            &[trigger(
+                json!({"kind": "DaemonSet", "namespace": "kube-system"}),
+            )],
             d,
         )
         .unwrap_err();
         assert!(
-            err.contains("spec.triggers[0] (DaemonSet): namespace kube-system is not the Probe's own (shop)"),
+            err.contains(
+                "spec.triggers[0] (DaemonSet): namespace kube-system is not the Probe's own (shop)"
+            ),
             "{err}"
         );
         assert!(
@@ -668,7 +695,13 @@ mod tests {
         assert_eq!(ok[1].quiet, Duration::from_secs(5));
     }
 
-    fn change(kind: TriggerKind, ns: &str, name: &str, c: ChangeType, conds: &[&str]) -> ObjectChange {
+    fn change(
+        kind: TriggerKind,
+        ns: &str,
+        name: &str,
+        c: ChangeType,
+        conds: &[&str],
+    ) -> ObjectChange {
         ObjectChange {
             kind,
             namespace: ns.into(),
@@ -693,23 +726,46 @@ mod tests {
         .unwrap()[0];
         use ChangeType::*;
         use TriggerKind::*;
-        assert!(matches(t, &change(DaemonSet, "kube-system", "kube-proxy", RolloutFinished, &[])));
-        assert!(!matches(t, &change(DaemonSet, "shop", "kube-proxy", RolloutFinished, &[])));
-        assert!(!matches(t, &change(Deployment, "kube-system", "dns", RolloutFinished, &[])));
-        assert!(!matches(t, &change(DaemonSet, "kube-system", "kube-proxy", SpecChanged, &[])));
+        assert!(matches(
+            t,
+            &change(DaemonSet, "kube-system", "kube-proxy", RolloutFinished, &[])
+        ));
+        assert!(!matches(
+            t,
+            &change(DaemonSet, "shop", "kube-proxy", RolloutFinished, &[])
+        ));
+        assert!(!matches(
+            t,
+            &change(Deployment, "kube-system", "dns", RolloutFinished, &[])
+        ));
+        assert!(!matches(
+            t,
+            &change(DaemonSet, "kube-system", "kube-proxy", SpecChanged, &[])
+        ));
         let mut other = change(DaemonSet, "kube-system", "kube-proxy", RolloutFinished, &[]);
         other.labels.clear();
         assert!(!matches(t, &other), "labels");
 
         let n = &compile(
             "p",
-            &[trigger(json!({"kind": "Node", "name": "n1", "conditionTypes": ["Ready"]}))],
+            &[trigger(
+                json!({"kind": "Node", "name": "n1", "conditionTypes": ["Ready"]}),
+            )],
             Debounce::default(),
         )
         .unwrap()[0];
-        assert!(matches(n, &change(Node, "", "n1", ConditionChanged, &["Ready"])));
-        assert!(!matches(n, &change(Node, "", "n1", ConditionChanged, &["DiskPressure"])));
-        assert!(!matches(n, &change(Node, "", "n2", ConditionChanged, &["Ready"])));
+        assert!(matches(
+            n,
+            &change(Node, "", "n1", ConditionChanged, &["Ready"])
+        ));
+        assert!(!matches(
+            n,
+            &change(Node, "", "n1", ConditionChanged, &["DiskPressure"])
+        ));
+        assert!(!matches(
+            n,
+            &change(Node, "", "n2", ConditionChanged, &["Ready"])
+        ));
     }
 
     fn rec(name: &str, c: &str) -> ProbeRunChange {
@@ -748,7 +804,13 @@ mod tests {
         let s = Duration::from_secs;
         let mut d = Debouncer::default();
         for i in 0..30 {
-            d.push("p", rec(&format!("w{i}"), "SpecChanged"), s(5), s(20), t0 + s(i));
+            d.push(
+                "p",
+                rec(&format!("w{i}"), "SpecChanged"),
+                s(5),
+                s(20),
+                t0 + s(i),
+            );
         }
         assert_eq!(d.next_due(), Some(t0 + s(20)));
         let due = d.take_due(t0 + s(20));

@@ -210,7 +210,10 @@ fn reconcile_kinds(
     kinds.retain(|kind, token| {
         let keep = wanted.contains(kind);
         if !keep {
-            tracing::info!(kind = kind.as_str(), "no probe triggers on this kind any more: its watch stops");
+            tracing::info!(
+                kind = kind.as_str(),
+                "no probe triggers on this kind any more: its watch stops"
+            );
             token.cancel();
             synced.remove(kind);
         }
@@ -218,7 +221,10 @@ fn reconcile_kinds(
     });
     for kind in wanted {
         kinds.entry(kind).or_insert_with(|| {
-            tracing::info!(kind = kind.as_str(), "a probe triggers on this kind: its watch starts");
+            tracing::info!(
+                kind = kind.as_str(),
+                "a probe triggers on this kind: its watch starts"
+            );
             let token = CancellationToken::new();
             tokio::spawn(watch_kind(client.clone(), kind, tx.clone(), token.clone()));
             token
@@ -408,7 +414,11 @@ async fn write_condition(
         )
         .await;
     if let Err(e) = r {
-        let e = Error::kube("record the trigger condition of", format!("Probe {}/{}", key.0, key.1), e);
+        let e = Error::kube(
+            "record the trigger condition of",
+            format!("Probe {}/{}", key.0, key.1),
+            e,
+        );
         metrics
             .controller
             .error("probe-triggers", e.metric_label(), e.category());
@@ -481,7 +491,10 @@ mod tests {
     fn a_trigger_on_another_namespace_makes_triggers_valid_false_at_once() {
         let p = probe(json!([{"kind": "DaemonSet", "namespace": "kube-system"}]));
         let c = condition(&p, Debounce::default(), &HashSet::new()).unwrap();
-        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "InvalidTrigger"));
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "InvalidTrigger")
+        );
         assert!(c.message.contains("own namespace"), "{}", c.message);
     }
 }
