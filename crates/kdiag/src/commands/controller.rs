@@ -115,8 +115,8 @@ pub fn controller_config(args: &ControllerArgs) -> ControllerConfig {
             ..Default::default()
         },
         probe_triggers: kdiag_controller::probes::change::Debounce {
-            quiet: args.probe_trigger_quiet,
-            max_wait: args.probe_trigger_max_wait.max(Duration::from_secs(1)),
+            quiet: Duration::from_secs(args.probe_trigger_quiet.into()),
+            max_wait: Duration::from_secs(args.probe_trigger_max_wait.max(1).into()),
         },
         probe_budgets: kdiag_controller::probes::trigger::ProbeBudgets {
             per_probe: args.probe_budget,
