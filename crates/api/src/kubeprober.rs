@@ -97,6 +97,11 @@ pub struct ProbeSpec {
     /// this probe under their names.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<NativeCheck>,
+    /// kdiag extension: objects whose changes run this probe at once (a rollout finished, a
+    /// spec or a condition changed), debounced into one run; only objects of the Probe's own
+    /// namespace, and Nodes (docs/probes.md, "Probes triggered by change").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<crate::probe_trigger::ProbeTrigger>,
 }
 
 /// kdiag extension: a check kdiag runs itself. Exactly one kind is set.
@@ -300,6 +305,10 @@ pub struct ProbeStates {
     /// kdiag extension: runs started so far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runs: Option<i64>,
+    /// kdiag extension: TriggersValid=False with the reason when `spec.triggers` cannot be
+    /// used (they are then ignored).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<crate::probe_trigger::ProbeCondition>,
 }
 
 /// A checker's result: PASS, INFO, UNKNOWN, WARN or ERROR, in any case on input (KubeProber

@@ -24,6 +24,7 @@ pub mod gate;
 pub mod kubeprober;
 pub mod labels;
 pub mod plugin;
+pub mod probe_trigger;
 mod schema;
 
 pub use diagnosis::NamespacedName;
@@ -57,6 +58,7 @@ pub use kubeprober::{
     TlsCheck,
 };
 pub use kubeprober::{CheckerWindow, Denoise, ProbeMode};
+pub use probe_trigger::{ChangeType, ProbeCondition, ProbeRunChange, ProbeTrigger, TriggerKind};
 
 /// The API group of the Kube Diagnoser kinds.
 pub const DIAGNOSIS_GROUP: &str = "diagnosis.netease.com";

@@ -9,6 +9,8 @@
 //! 4. `triggers`: ProbeStatus, Event and alert to Abnormal (and to the root cause);
 //! 5. `collectors`: kdiag-collectors' benchmark against `ps` and `du`;
 //! 6. `probes`: continuous probes' controller CPU and apiserver writes against periodic ones.
+//! 7. `probe-triggers`: a change a Probe's triggers watch → the probe's result, against a manual
+//!    run → its result.
 //!
 //! Prints a table and writes `latest.json`, a timestamped copy and `latest.txt` to `--out`. A
 //! number never fails the run; a section that cannot run does (after the others have run).
@@ -21,6 +23,7 @@ mod load;
 mod pipeline;
 mod plugin;
 mod probes;
+mod probe_triggers;
 mod procstat;
 mod realproc;
 mod report;
@@ -42,7 +45,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "pipeline,scale,triggers,collectors,probes"
+        default_value = "pipeline,scale,triggers,collectors,probes,probe-triggers"
     )]
     sections: Vec<String>,
     /// The kdiag binary run as agent and controller processes (a release build).
@@ -109,6 +112,9 @@ struct Args {
     /// 6. Seconds each mode is measured.
     #[arg(long, default_value_t = 60)]
     probe_seconds: u64,
+    /// 7. Rollouts that trigger the probe (and as many manual runs).
+    #[arg(long, default_value_t = 20)]
+    trigger_changes: usize,
 }
 
 fn main() -> ExitCode {
@@ -184,6 +190,15 @@ async fn run(args: Args) -> ExitCode {
             &mut errors,
             "triggers",
             triggers::run(args.episodes).await,
+        );
+    }
+    if wants("probe-triggers") {
+        eprintln!("== 7. probes triggered by change");
+        record(
+            &mut results,
+            &mut errors,
+            "probeTriggers",
+            probe_triggers::run(args.trigger_changes).await,
         );
     }
     if wants("collectors") {

@@ -187,6 +187,12 @@ pub fn targets(r: &Value) -> Vec<Target> {
             |v| v <= 1.1,
         );
     }
+    add(
+        "change -> probe result p99 (ms, issue 19)",
+        num(r, "/probeTriggers/changeToResult/p99Ms"),
+        "< 10000",
+        |v| v < 10_000.0,
+    );
     t
 }
 
@@ -228,6 +234,9 @@ pub fn render(r: &Value) -> String {
     }
     if let Some(p) = r.get("probes").filter(|v| !v.is_null()) {
         probes(&mut out, p);
+    }
+    if let Some(p) = r.get("probeTriggers").filter(|v| !v.is_null()) {
+        probe_triggers(&mut out, p);
     }
     let t = targets(r);
     if !t.is_empty() {
@@ -539,6 +548,41 @@ fn probes(out: &mut String, p: &Value) {
             fmt(q("apiserverRequests")),
         ]);
     }
+    t.render(out);
+    out.push('\n');
+}
+
+fn probe_triggers(out: &mut String, p: &Value) {
+    out.push_str(&format!(
+        "7. Probes triggered by change, {} rollouts, one at a time (quiet period {} s, included); \
+         baseline = a manual run of the same probe\n",
+        p["changes"],
+        fmt(num(p, "/quietSeconds")),
+    ));
+    let mut t = Table::new(&["path", "p50 ms", "p99 ms", "max ms"]);
+    for (name, key) in [
+        (
+            "rollout finished -> ProbeRun (Change) has its results",
+            "changeToResult",
+        ),
+        (
+            "manual ProbeRun created -> it has its results",
+            "manualRunToResult",
+        ),
+    ] {
+        t.row(vec![
+            name.into(),
+            fmt(num(p, &format!("/{key}/p50Ms"))),
+            fmt(num(p, &format!("/{key}/p99Ms"))),
+            fmt(num(p, &format!("/{key}/maxMs"))),
+        ]);
+    }
+    t.row(vec![
+        "change -> result, less the quiet period".into(),
+        fmt(num(p, "/changeMinusQuiet/p50Ms")),
+        fmt(num(p, "/changeMinusQuiet/p99Ms")),
+        String::new(),
+    ]);
     t.render(out);
     out.push('\n');
 }

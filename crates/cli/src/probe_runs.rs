@@ -19,6 +19,7 @@ pub const PROBERUNS: &str = "proberuns.diagnosis.netease.com";
 
 const CHECKERS_WIDTH: usize = 40;
 const ROOT_CAUSE_WIDTH: usize = 60;
+const TRIGGER_WIDTH: usize = 60;
 
 /// `kubectl diag probe …`.
 #[derive(clap::Subcommand, Debug, Clone)]
@@ -118,6 +119,7 @@ pub async fn run(
         spec: ProbeRunSpec {
             probe: name.clone(),
             trigger: ProbeRunTrigger::Manual,
+            ..Default::default()
         },
         status: None,
     };
@@ -288,7 +290,7 @@ pub fn table(
             .unwrap_or_else(|| st.message.clone());
         row.extend([
             r.spec.probe.clone(),
-            r.spec.trigger.as_str().to_owned(),
+            trigger_cell(r),
             style.paint(phase_tone(st.phase), st.phase.as_str()),
             style.paint(render::checker_tone(result), result),
             st.started_at
@@ -301,6 +303,31 @@ pub fn table(
         t.row(row);
     }
     t
+}
+
+/// The TRIGGER column: the trigger, and for a run started by change the first change of its
+/// batch (`Change: DaemonSet kube-proxy RolloutFinished +2`). A trigger only watches objects of
+/// its Probe's namespace (and Nodes), the run's own, so the namespace is left out.
+fn trigger_cell(r: &ProbeRun) -> String {
+    let Some(first) = r.spec.changes.first() else {
+        return r.spec.trigger.as_str().to_owned();
+    };
+    let more = r.spec.changes.len() as i64 - 1 + r.spec.changes_omitted.unwrap_or(0);
+    let more = if more > 0 {
+        format!(" +{more}")
+    } else {
+        String::new()
+    };
+    render::truncate(
+        &format!(
+            "{}: {} {} {}{more}",
+            r.spec.trigger.as_str(),
+            first.kind,
+            first.name,
+            first.change
+        ),
+        TRIGGER_WIDTH,
+    )
 }
 
 fn phase_tone(phase: ProbeRunPhase) -> Tone {
@@ -337,6 +364,21 @@ pub fn detail(r: &ProbeRun, now: jiff::Timestamp, style: Style) -> String {
     );
     line("Probe:", r.spec.probe.clone());
     line("Trigger:", r.spec.trigger.as_str().to_owned());
+    for c in &r.spec.changes {
+        let when =
+            c.at.as_ref()
+                .map(|t| format!(" at {}", render::timestamp(t.0)))
+                .unwrap_or_default();
+        let detail = if c.detail.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", c.detail)
+        };
+        line("Change:", format!("{}{detail}{when}", c.summary()));
+    }
+    if let Some(n) = r.spec.changes_omitted.filter(|n| *n > 0) {
+        line("Change:", format!("… and {n} more"));
+    }
     line(
         "Phase:",
         style.paint(phase_tone(st.phase), st.phase.as_str()),
@@ -483,5 +525,39 @@ mod tests {
             "{out}"
         );
         assert_eq!(exit_code(&r), 4);
+    }
+
+    #[test]
+    fn a_run_started_by_change_shows_what_changed_in_history_and_in_full() {
+        let mut raw = run();
+        raw["spec"] = json!({"probe": "k8s", "trigger": "Change", "changesOmitted": 3,
+            "changes": [
+                {"kind": "DaemonSet", "namespace": "kube-system", "name": "kube-proxy",
+                 "change": "RolloutFinished", "detail": "generation 4, 1/1 ready",
+                 "at": "2026-12-01T09:59:58Z"},
+                {"kind": "Node", "name": "n1", "change": "ConditionChanged",
+                 "detail": "Ready False -> True"}]});
+        let item = Fetched {
+            parsed: serde_json::from_value(raw.clone())
+                .map_err(|e: serde_json::Error| e.to_string()),
+            raw: raw.clone(),
+        };
+        let out = table(&[item], false, now(), Style::PLAIN).render();
+        assert!(
+            out.contains("Change: DaemonSet kube-proxy RolloutFinished +4"),
+            "{out}"
+        );
+        let r: ProbeRun = serde_json::from_value(raw).unwrap();
+        let out = detail(&r, now(), Style::PLAIN);
+        assert!(out.contains("Trigger:  Change\n"), "{out}");
+        assert!(
+            out.contains("Change:   DaemonSet kube-system/kube-proxy RolloutFinished (generation 4, 1/1 ready) at "),
+            "{out}"
+        );
+        assert!(
+            out.contains("Change:   Node n1 ConditionChanged (Ready False -> True)\n"),
+            "{out}"
+        );
+        assert!(out.contains("Change:   … and 3 more\n"), "{out}");
     }
 }

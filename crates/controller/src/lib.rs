@@ -65,6 +65,8 @@ pub struct ControllerConfig {
     pub probe_budgets: crate::probes::trigger::ProbeBudgets,
     /// The probe runner's settings.
     pub runner: crate::probes::runner::RunnerConfig,
+    /// Probes triggered by change: the quiet period and maximum wait of triggers that set none.
+    pub probe_triggers: crate::probes::change::Debounce,
     /// Budgets of Abnormals created by Event and alert sources.
     pub source_budgets: crate::sources::sink::SourceBudgets,
     /// The namespace Abnormals for alerts are created in.
@@ -102,6 +104,7 @@ impl Default for ControllerConfig {
             no_agent_grace: Some(cluster::no_agent::DEFAULT_GRACE),
             probe_budgets: Default::default(),
             runner: Default::default(),
+            probe_triggers: Default::default(),
             source_budgets: Default::default(),
             alert_namespace: kdiag_api::SYSTEM_NAMESPACE.into(),
             alert_token: None,
@@ -210,6 +213,12 @@ pub fn start(
     let probe_runner = crate::probes::runner::start(
         client.clone(),
         config.runner.clone(),
+        metrics.clone(),
+        leader_stop.clone(),
+    );
+    let probe_triggers = crate::probes::triggers::start(
+        client.clone(),
+        config.probe_triggers,
         metrics.clone(),
         leader_stop.clone(),
     );
@@ -352,6 +361,7 @@ pub fn start(
                     tokio::spawn(probe_trigger),
                     tokio::spawn(probe_runner),
                     tokio::spawn(continuous_run),
+                    tokio::spawn(probe_triggers),
                     tokio::spawn(events_run),
                     tokio::spawn(flusher),
                 ]

@@ -203,6 +203,14 @@ pub struct ControllerArgs {
     /// ProbeRuns (the history of probe runs) kept per probe; older finished runs are deleted.
     #[arg(long, default_value_t = kdiag_controller::probes::runs::DEFAULT_HISTORY)]
     pub probe_history: usize,
+    /// Probes triggered by change: a run starts once no further matching change came for this
+    /// long, for triggers that set no `quietSeconds`.
+    #[arg(long, default_value = "5s", value_parser = parse_seconds)]
+    pub probe_trigger_quiet: u32,
+    /// Probes triggered by change: a run starts at the latest this long after the first change of
+    /// its batch, for triggers that set no `maxWaitSeconds`.
+    #[arg(long, default_value = "60s", value_parser = parse_seconds)]
+    pub probe_trigger_max_wait: u32,
     /// The pod triage's collectors (comma-separated; a bare name is in kube-diagnoser), used when
     /// an Abnormal names a pod and no processors. Unregistered ones are left out.
     #[arg(
@@ -497,6 +505,13 @@ pub struct AgentArgs {
     /// would pass it is dropped, saying so (etcd refuses objects over 1.5 MiB).
     #[arg(long, default_value_t = 1280 * 1024)]
     pub max_object_bytes: usize,
+}
+
+/// A duration such as `5s` or `1m`, in whole seconds: kept small, as `ControllerArgs` is one
+/// variant of [`Command`] (clippy's large_enum_variant).
+fn parse_seconds(s: &str) -> Result<u32, String> {
+    let d = parse_duration(s)?;
+    u32::try_from(d.as_secs()).map_err(|_| format!("{s} is too long"))
 }
 
 #[cfg(test)]

@@ -203,6 +203,12 @@ async fn the_controller_may_admit_and_collect_abnormals_and_nothing_more() {
             "bind",
             "clusterroles.rbac.authorization.k8s.io/kubeprober-worker",
         ],
+        // Probes triggered by change (ClusterRole kdiag-probe-triggers): watches only.
+        &["watch", "daemonsets.apps", "-A"],
+        &["list", "deployments.apps", "-A"],
+        &["watch", "statefulsets.apps", "-A"],
+        &["watch", "configmaps", "-A"],
+        &["watch", "nodes"],
         // The admission webhook: reviews, its configuration's caBundle, its certificate.
         &["create", "subjectaccessreviews.authorization.k8s.io"],
         &[
@@ -282,6 +288,11 @@ async fn the_controller_may_admit_and_collect_abnormals_and_nothing_more() {
             "-n",
             "team",
         ],
+        // Probe triggers read and never write what they watch.
+        &["patch", "deployments.apps", "-n", "team"],
+        &["update", "daemonsets.apps", "-n", "team"],
+        &["patch", "configmaps", "-n", "team"],
+        &["patch", "nodes"],
         // Jobs only for probes: no CronJobs, no pods of its own, no exec.
         &["create", "cronjobs.batch", "-n", "team"],
         &["create", "pods/exec", "-n", "team"],

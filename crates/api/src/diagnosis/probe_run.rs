@@ -55,9 +55,15 @@ pub struct ProbeRunSpec {
     /// The Probe (kubeprober.erda.cloud/v1) to run, in the ProbeRun's namespace.
     pub probe: String,
     /// What started the run: Manual (a person or a pipeline created it), Schedule (the probe's
-    /// runInterval) or Change (reserved for change triggers).
+    /// runInterval) or Change (a change of an object the Probe's `spec.triggers` watch).
     #[serde(default)]
     pub trigger: ProbeRunTrigger,
+    /// With trigger Change: the changes this run was started for (the first ones of its batch).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<crate::probe_trigger::ProbeRunChange>,
+    /// With trigger Change: how many more changes the batch had beyond those listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes_omitted: Option<i64>,
 }
 
 /// What started a run.

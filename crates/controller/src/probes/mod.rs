@@ -1,6 +1,7 @@
 //! KubeProber's probes in kdiag: failed checkers become Abnormals (the trigger), their root causes
 //! are written next to the probe result (the writeback), and the release gate reads them.
 
+pub mod change;
 pub mod checks;
 pub mod continuous;
 pub mod denoise;
@@ -11,4 +12,5 @@ pub mod runner;
 pub mod runs;
 pub mod schedule;
 pub mod trigger;
+pub mod triggers;
 pub mod writeback;

@@ -67,6 +67,7 @@ pub(super) async fn run_scheduled(
         spec: ProbeRunSpec {
             probe: probe.name_any(),
             trigger: ProbeRunTrigger::Schedule,
+            ..Default::default()
         },
         status: None,
     };
@@ -165,8 +166,9 @@ pub(super) async fn reconcile(
     let api: Api<ProbeRun> = Api::namespaced(ctx.client.clone(), &ns);
     let status = run.status.clone().unwrap_or_default();
     match status.phase {
-        // The runner records its scheduled runs itself: only manual ones are claimed here.
-        ProbeRunPhase::Pending if run.spec.trigger != ProbeRunTrigger::Manual => {
+        // The runner records its scheduled runs itself: manual runs and runs started by a
+        // change (`triggers`) are claimed here.
+        ProbeRunPhase::Pending if run.spec.trigger == ProbeRunTrigger::Schedule => {
             Ok(Action::await_change())
         }
         ProbeRunPhase::Pending => {

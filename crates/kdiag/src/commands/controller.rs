@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kdiag_controller::{ControllerConfig, ControllerHandle};
 use kdiag_runtime::builtin::Builtins;
@@ -113,6 +114,10 @@ pub fn controller_config(args: &ControllerArgs) -> ControllerConfig {
             stale_intervals: args.probe_stale_intervals,
             history: args.probe_history,
             ..Default::default()
+        },
+        probe_triggers: kdiag_controller::probes::change::Debounce {
+            quiet: Duration::from_secs(args.probe_trigger_quiet.into()),
+            max_wait: Duration::from_secs(args.probe_trigger_max_wait.max(1).into()),
         },
         probe_budgets: kdiag_controller::probes::trigger::ProbeBudgets {
             per_probe: args.probe_budget,
