@@ -114,6 +114,7 @@ pub async fn run(
             generate_name: Some(format!("{}-", base.trim_end_matches('-'))),
             namespace: Some(ns.clone()),
             labels: Some([(PROBE_RUN_PROBE_LABEL.to_owned(), label_value(&name))].into()),
+            annotations: Some(kdiag_api::diagnosis::probe_run::requested_now()),
             ..Default::default()
         },
         spec: ProbeRunSpec {

@@ -447,6 +447,7 @@ async fn run_once(
             metadata: kube::api::ObjectMeta {
                 generate_name: Some(format!("{}-", base.trim_end_matches('-'))),
                 namespace: Some(namespace.to_owned()),
+                annotations: Some(kdiag_api::diagnosis::probe_run::requested_now()),
                 labels: Some(
                     [
                         (

@@ -20,6 +20,20 @@ pub const PROBE_RUN_PROBE_LABEL: &str = "kdiag.io/probe";
 /// The label on the Job of a run: the ProbeRun's name.
 pub const PROBE_RUN_LABEL: &str = "kdiag.io/probe-run";
 
+/// Annotation on a ProbeRun: when its creator asked for it, to the nanosecond (RFC 3339).
+/// Pruning keeps a probe's newest runs, and `creationTimestamp` has whole seconds: runs asked for
+/// one after another share one, and without this the newest could be the one deleted.
+pub const PROBE_RUN_REQUESTED_AT_ANNOTATION: &str = "kdiag.io/requested-at";
+
+/// The annotations a ProbeRun is created with: [`PROBE_RUN_REQUESTED_AT_ANNOTATION`], now.
+pub fn requested_now() -> std::collections::BTreeMap<String, String> {
+    [(
+        PROBE_RUN_REQUESTED_AT_ANNOTATION.to_owned(),
+        jiff::Timestamp::now().to_string(),
+    )]
+    .into()
+}
+
 /// The value of [`PROBE_RUN_PROBE_LABEL`] for a probe: its name, cut to a label value's 63
 /// characters (a name may have 253); `spec.probe` says which probe for sure.
 pub fn probe_label_value(probe: &str) -> String {

@@ -62,6 +62,7 @@ pub(super) async fn run_scheduled(
                 .into(),
             ),
             owner_references: probe.controller_owner_ref(&()).map(|o| vec![o]),
+            annotations: Some(kdiag_api::diagnosis::probe_run::requested_now()),
             ..Default::default()
         },
         spec: ProbeRunSpec {
@@ -322,10 +323,10 @@ async fn prune(ctx: &Ctx, ns: &str, probe: &str) -> Result<(), Error> {
         .map(|r| Listed {
             name: r.name_any(),
             created: r
-                .metadata
-                .creation_timestamp
-                .as_ref()
-                .map(|t| t.0)
+                .annotations()
+                .get(kdiag_api::diagnosis::probe_run::PROBE_RUN_REQUESTED_AT_ANNOTATION)
+                .and_then(|t| t.parse().ok())
+                .or_else(|| r.metadata.creation_timestamp.as_ref().map(|t| t.0))
                 .unwrap_or_default(),
             done: r.status.as_ref().is_some_and(|s| s.phase.is_final()),
         })
@@ -344,13 +345,14 @@ async fn prune(ctx: &Ctx, ns: &str, probe: &str) -> Result<(), Error> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {
     pub name: String,
+    /// When it was asked for: its requested-at annotation, else its creation (whole seconds).
     pub created: jiff::Timestamp,
     /// Finished or Failed; a run still going is never deleted.
     pub done: bool,
 }
 
 /// The runs to delete so that at most `keep` remain: the oldest finished ones beyond the newest
-/// `keep` (by creation, then name, so the choice is stable).
+/// `keep` (by when they were asked for, then name, so the choice is stable).
 pub fn to_prune(runs: &[Listed], keep: usize) -> Vec<String> {
     let mut sorted: Vec<&Listed> = runs.iter().collect();
     sorted.sort_by(|a, b| (b.created, &b.name).cmp(&(a.created, &a.name)));

@@ -438,6 +438,7 @@ async fn create_run(client: &Client, probe: &Probe, batch: change::Batch) -> Res
             generate_name: Some(format!("{}-", base.trim_end_matches('-'))),
             namespace: Some(ns.clone()),
             labels: Some([(PROBE_RUN_PROBE_LABEL.to_owned(), probe_label_value(&name))].into()),
+            annotations: Some(kdiag_api::diagnosis::probe_run::requested_now()),
             owner_references: probe.controller_owner_ref(&()).map(|o| vec![o]),
             ..Default::default()
         },
