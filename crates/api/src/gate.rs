@@ -342,6 +342,12 @@ fn diagnosis_from_json(v: &serde_json::Value) -> Option<CheckerDiagnosis> {
         abnormal: text("abnormal"),
         phase: text("phase"),
         root_cause,
+        reason: text("reason"),
+        message: text("message"),
+        evidence: o
+            .get("evidence")
+            .and_then(|e| serde_json::from_value(e.clone()).ok())
+            .unwrap_or_default(),
     })
 }
 

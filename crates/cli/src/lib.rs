@@ -263,7 +263,7 @@ async fn dispatch(flags: &Flags, command: DiagCommand, style: Style) -> Result<u
                 let _ = out(&format!("{line}\n"));
             };
             let mut warn = |line: &str| eprintln!("{line}");
-            run::run(&kube, &scope, &args, style, &mut print, &mut warn).await
+            run::run(&kube, &scope, &args, output, style, &mut print, &mut warn).await
         }
     }
 }

@@ -1090,3 +1090,48 @@ async fn the_rust_plugin_example_identifies_an_oom_kill_when_run_asks_for_it() {
         "{ran}"
     );
 }
+
+#[tokio::test]
+async fn kubectl_diag_run_with_o_json_or_yaml_prints_only_the_abnormal_as_stored() {
+    let cp = with_controller().await;
+    let (ns, _plugin) = namespace_with_plugins(cp, "run-json").await;
+    let node = format!("{ns}-node");
+    let _agent = TestAgent::start(cp, &node).await;
+    let echo = format!("{ns}/echo");
+    let finder = format!("{ns}/finder");
+    let base = [
+        "run", "-n", &ns, "--node", &node, "--collector", &echo, "--diagnoser", &finder,
+    ];
+
+    let mut args = base.to_vec();
+    args.extend(["--name", "as-json", "--wait", "-o", "json"]);
+    let ran = kubectl_diag(cp, &args).await;
+    assert_eq!(ran.code, 0, "{ran}");
+    // stdout is one JSON document: the Abnormal as the apiserver stores it, after its end.
+    let stored: serde_json::Value = serde_json::from_str(&ran.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {ran}"));
+    assert_eq!(stored["kind"], "Abnormal", "{ran}");
+    assert_eq!(stored["metadata"]["name"], "as-json");
+    assert_eq!(stored["status"]["phase"], "Succeeded");
+    assert_eq!(stored["status"]["rootCause"]["summary"], "found DiskFull");
+    let api: Api<Abnormal> = Api::namespaced(cp.client().await, &ns);
+    let read = serde_json::to_value(api.get("as-json").await.unwrap()).unwrap();
+    assert_eq!(stored["status"], read["status"], "as stored");
+    // The progress went to stderr.
+    assert!(
+        ran.stderr
+            .contains("abnormal.diagnosis.netease.com/as-json created"),
+        "{ran}"
+    );
+
+    let mut args = base.to_vec();
+    args.extend(["--name", "as-yaml", "-o", "yaml"]);
+    let ran = kubectl_diag(cp, &args).await;
+    assert_eq!(ran.code, 0, "{ran}");
+    let stored: serde_json::Value = serde_yaml::from_str(&ran.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not YAML ({e}): {ran}"));
+    assert_eq!(stored["metadata"]["name"], "as-yaml", "{ran}");
+    assert_eq!(stored["spec"]["nodeName"], json!(node));
+    // Without --wait: printed once admitted.
+    assert!(stored["status"]["phase"].is_string(), "{ran}");
+}

@@ -2,6 +2,7 @@
 //! are written next to the probe result (the writeback), and the release gate reads them.
 
 pub mod checks;
+pub mod cluster;
 pub mod episodes;
 pub mod gate;
 pub mod report;

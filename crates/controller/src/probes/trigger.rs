@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kdiag_api::kubeprober::labels as probe_labels;
+use kdiag_diagnosers::probe_failure;
 use kdiag_api::{
     Abnormal, AbnormalSource, AbnormalSourceType, ProbeCheckerStatus, ProbeReference, ProbeStatus,
 };
@@ -63,6 +64,8 @@ pub struct TriggerCtx {
     repaired: Mutex<Repaired>,
     /// The trigger's cache of ProbeStatus objects.
     probe_statuses: Store<DeserializeGuard<ProbeStatus>>,
+    /// Where a diagnosis without Abnormals is written (see writeback).
+    schema: super::writeback::SchemaProbe,
 }
 
 /// The ProbeStatus objects (namespace/name) already checked for Abnormals a crash left
@@ -119,6 +122,7 @@ pub fn start(
         nodes,
         repaired: Mutex::new(Repaired::default()),
         probe_statuses: controller.store(),
+        schema: Default::default(),
     });
     async move {
         kdiag_runtime::ready::store_ready(&ctx.sources).await;
@@ -172,6 +176,7 @@ async fn reconcile(
     let decisions = episodes::decide(ps, &open, &sources, &now);
 
     let mut to_create: Vec<Abnormal> = Vec::new();
+    let mut diagnosed_without_abnormals: Vec<String> = Vec::new();
     let mut suppressed_now = 0u64;
     for d in &decisions {
         match d {
@@ -186,6 +191,9 @@ async fn reconcile(
                 let (episode, abnormals, suppressed) =
                     open_episode(&ctx, ps, checker, source, since).await?;
                 suppressed_now += suppressed;
+                if episode.abnormals.is_empty() && episode.cluster.is_some() {
+                    diagnosed_without_abnormals.push(checker.name.clone());
+                }
                 open.insert(checker.name.clone(), episode);
                 to_create.extend(abnormals);
             }
@@ -240,6 +248,12 @@ async fn reconcile(
     for a in to_create {
         create(&ctx, &ns, &a).await?;
     }
+    // No Abnormal will change phase to bring these diagnoses to the ProbeStatus: write them now
+    // (after the episodes they are read from).
+    for checker in &diagnosed_without_abnormals {
+        super::writeback::write_without_abnormals(&ctx.client, &ctx.schema, &ns, &name, checker)
+            .await?;
+    }
     write_summary(&ctx, ps).await?;
     Ok(Action::await_change())
 }
@@ -255,7 +269,17 @@ async fn open_episode(
 ) -> Result<(Episode, Vec<Abnormal>, u64), Error> {
     let ns = ps.namespace().unwrap_or_default();
     let probe = ps.name_any();
-    let resolved = resolve_nodes(ctx, ps, checker, source).await?;
+    // The failure classified and judged on the cluster's objects (DNS Service, endpoints,
+    // apiserver checks): the lead of the diagnosis, and where there is no node, all of it.
+    let diagnosed = super::cluster::diagnose(&ctx.client, &format!("{ns}/{probe}"), checker).await;
+    let mut resolved = resolve_nodes(ctx, ps, checker, source).await?;
+    if resolved.is_empty()
+        && let Some((_, judgement)) = &diagnosed
+    {
+        // A cluster-level check: diagnose on the nodes of the component's pods (for DNS, the
+        // nodes of the DNS pods).
+        resolved = judgement.nodes.clone();
+    }
     // Names from a message or a source that are no Node: nothing is created for them and they
     // take no budget.
     let unknown: Vec<String> = ctx
@@ -276,6 +300,7 @@ async fn open_episode(
         abnormals: Vec::new(),
         nodes: Vec::new(),
         suppressed: String::new(),
+        cluster: diagnosed.as_ref().map(|(_, j)| j.cause.clone()),
     };
     if !unknown.is_empty() {
         ctx.metrics
@@ -293,6 +318,11 @@ async fn open_episode(
         if nodes.is_empty() {
             return Ok((episode, Vec::new(), unknown.len() as u64));
         }
+    }
+    if nodes.is_empty() && episode.cluster.is_some() {
+        // Diagnosed by the controller alone; nothing was suppressed.
+        tracing::info!(probe = %format!("{ns}/{probe}"), checker = %checker.name, "cluster-level probe failure diagnosed by the controller");
+        return Ok((episode, Vec::new(), 0));
     }
     if nodes.is_empty() {
         episode.suppressed = "no node: the source names none, the message lists none, and no probe pod was found; set probeStatusTemplate.nodeName".into();
@@ -328,7 +358,14 @@ async fn open_episode(
             continue;
         }
         let name = episodes::abnormal_name(&ns, &probe, &checker.name, since, &node);
-        abnormals.push(build_abnormal(ps, checker, source, &name, &node));
+        abnormals.push(build_abnormal(
+            ps,
+            checker,
+            source,
+            &name,
+            &node,
+            episode.cluster.as_ref(),
+        ));
         episode.abnormals.push(name);
         episode.nodes.push(node);
     }
@@ -397,6 +434,7 @@ fn build_abnormal(
     source: &CompiledSource,
     name: &str,
     node: &str,
+    cluster: Option<&kdiag_api::RootCause>,
 ) -> Abnormal {
     let ns = ps.namespace().unwrap_or_default();
     let mut spec = source.abnormal_spec();
@@ -431,6 +469,14 @@ fn build_abnormal(
         json!({"probe": format!("{ns}/{}", ps.name_any()), "checker": checker.name, "status": checker.status.as_str(),
                "message": checker.message, "lastRun": checker.last_run, "source": source.key.to_string()}),
     );
+    // What the failure means and what the controller found, for the processors (and people)
+    // working on this node.
+    if let Some(class) = probe_failure::classify(&checker.name, &checker.message) {
+        context.insert(
+            probe_failure::PROBE_FAILURE.into(),
+            json!({"classification": class, "cluster": cluster}),
+        );
+    }
     spec.context = Some(context);
     let mut a = Abnormal::new(name, spec);
     a.metadata.namespace = Some(ns);
@@ -469,7 +515,14 @@ async fn missing_abnormals(
                 .await
                 .map_err(|e| Error::kube("get", format!("Abnormal {ns}/{name}"), e))?;
             if exists.is_none() {
-                missing.push(build_abnormal(ps, checker, source, name, node));
+                missing.push(build_abnormal(
+                    ps,
+                    checker,
+                    source,
+                    name,
+                    node,
+                    episode.cluster.as_ref(),
+                ));
             }
         }
     }
