@@ -473,6 +473,7 @@ mod tests {
             abnormal: "a/probe-dns-resolve-1".into(),
             phase: "Succeeded".into(),
             root_cause: "coredns is down".into(),
+            ..Default::default()
         });
         let v = decide(&[asked(s)], MAX, now());
         assert!(!v.pass);

@@ -427,6 +427,17 @@ pub struct CheckerDiagnosis {
     pub evidence: Vec<crate::Evidence>,
 }
 
+impl CheckerDiagnosis {
+    /// The one line to show for it: the root cause, else the "no cause found: …" account.
+    pub fn cause_text(&self) -> &str {
+        if self.root_cause.is_empty() && self.reason == NO_CAUSE_FOUND {
+            &self.message
+        } else {
+            &self.root_cause
+        }
+    }
+}
+
 /// [`CheckerDiagnosis::reason`] when the diagnosis ended and no cause was found. It is not
 /// success: the checker still fails, kdiag only could not say why.
 pub const NO_CAUSE_FOUND: &str = "NoCauseFound";
