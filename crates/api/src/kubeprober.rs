@@ -402,7 +402,9 @@ pub struct ProbeCheckerStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CheckerDiagnosis {
-    /// The Abnormal, as namespace/name.
+    /// The Abnormal, as namespace/name (several joined by `, `); absent when the controller
+    /// diagnosed the failure alone, with no node to run an Abnormal on.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub abnormal: String,
     /// Its phase: Pending or the phase of an Abnormal still running; once all ended,
     /// Succeeded, or Failed when one failed or when nothing found a cause (reason

@@ -1127,6 +1127,8 @@ async fn a_dns_checker_failing_while_the_dns_service_has_no_ready_endpoint_is_di
     ensure_node(&client, &dns_node).await;
     // Cluster DNS as kubeadm installs it, its only pod crash-looping: no ready endpoint.
     let system = "kube-system";
+    // No controller-manager here makes kube-system's default ServiceAccount.
+    cp.service_account_token(system, "default").await;
     let svc: Service = serde_json::from_value(json!({"metadata": {"name": "kube-dns", "namespace": system},
         "spec": {"selector": {"k8s-app": "kube-dns"}, "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}}))
     .unwrap();
@@ -1134,7 +1136,8 @@ async fn a_dns_checker_failing_while_the_dns_service_has_no_ready_endpoint_is_di
         .create(&PostParams::default(), &svc)
         .await;
     let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "coredns-test", "namespace": system, "labels": {"k8s-app": "kube-dns"}},
-        "spec": {"nodeName": dns_node, "containers": [{"name": "coredns", "image": "coredns/coredns:1.8.0"}]}}))
+        "spec": {"nodeName": dns_node, "automountServiceAccountToken": false,
+                 "containers": [{"name": "coredns", "image": "coredns/coredns:1.8.0"}]}}))
     .unwrap();
     let pods = Api::<Pod>::namespaced(client.clone(), system);
     pods.create(&PostParams::default(), &pod).await.unwrap();

@@ -176,7 +176,6 @@ async fn reconcile(
     let decisions = episodes::decide(ps, &open, &sources, &now);
 
     let mut to_create: Vec<Abnormal> = Vec::new();
-    let mut diagnosed_without_abnormals: Vec<String> = Vec::new();
     let mut suppressed_now = 0u64;
     for d in &decisions {
         match d {
@@ -191,9 +190,6 @@ async fn reconcile(
                 let (episode, abnormals, suppressed) =
                     open_episode(&ctx, ps, checker, source, since).await?;
                 suppressed_now += suppressed;
-                if episode.abnormals.is_empty() && episode.cluster.is_some() {
-                    diagnosed_without_abnormals.push(checker.name.clone());
-                }
                 open.insert(checker.name.clone(), episode);
                 to_create.extend(abnormals);
             }
@@ -248,14 +244,27 @@ async fn reconcile(
     for a in to_create {
         create(&ctx, &ns, &a).await?;
     }
-    // No Abnormal will change phase to bring these diagnoses to the ProbeStatus: write them now
-    // (after the episodes they are read from).
-    for checker in &diagnosed_without_abnormals {
-        super::writeback::write_without_abnormals(&ctx.client, &ctx.schema, &ns, &name, checker)
+    // No Abnormal will change phase to bring these diagnoses to the ProbeStatus: the trigger
+    // writes them (after the episodes they are read from), on every pass until they are there.
+    for checker in unwritten_cluster_diagnoses(ps, &open) {
+        super::writeback::write_without_abnormals(&ctx.client, &ctx.schema, &ns, &name, &checker)
             .await?;
     }
     write_summary(&ctx, ps).await?;
     Ok(Action::await_change())
+}
+
+/// Checkers whose open episode the controller diagnosed alone (no Abnormal) and whose
+/// diagnosis on `ps` is not that one yet.
+fn unwritten_cluster_diagnoses(ps: &ProbeStatus, open: &Episodes) -> Vec<String> {
+    open.iter()
+        .filter(|(_, e)| e.abnormals.is_empty() && e.cluster.is_some())
+        .filter(|(checker, e)| {
+            kdiag_api::gate::diagnosis(ps, checker)
+                != Some(super::writeback::combine(e.cluster.as_ref(), &[]))
+        })
+        .map(|(checker, _)| checker.clone())
+        .collect()
 }
 
 /// Resolves the episode's nodes, applies the budgets, and returns the episode with the
