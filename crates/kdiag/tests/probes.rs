@@ -563,7 +563,10 @@ async fn the_release_gate_fails_with_the_root_cause_while_a_checker_fails_and_pa
         .find(|l| l.contains("dns-resolution-check"))
         .unwrap_or_else(|| panic!("the failing checker is named: {out}"));
     assert!(
-        row.contains("ERROR") && row.contains("failing") && row.contains("found CoreDNSDown"),
+        // The controller's finding about cluster DNS leads the root cause (the node's follows).
+        row.contains("ERROR")
+            && row.contains("failing")
+            && row.contains("lookups of kubernetes.default fail (i/o timeout): the cluster DNS"),
         "with its status and root cause: {out}"
     );
     assert!(
