@@ -22,6 +22,7 @@ pub mod probes;
 pub mod render;
 pub mod run;
 pub mod watch;
+pub mod workload;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;

@@ -235,7 +235,10 @@ k8s-probe   kubelet        ERROR    not ready                                  3
         }));
         let out = table(&[p], false, false, now(), Style::PLAIN).render();
         assert!(
-            out.lines().nth(1).unwrap().contains("   no cause found: on node n1 (probe-web-1)"),
+            out.lines()
+                .nth(1)
+                .unwrap()
+                .contains("   no cause found: on node n1 (probe-web-1)"),
             "{out}"
         );
     }

@@ -21,7 +21,7 @@ use super::{DiagError, Output, Scope};
 pub const PROCESSOR_NAMESPACE: &str = kdiag_api::SYSTEM_NAMESPACE;
 
 #[derive(clap::Args, Debug, Clone)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["node", "pod"])))]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["node", "pod", "service", "job"])))]
 pub struct RunArgs {
     /// The node to diagnose.
     #[arg(long)]
@@ -30,6 +30,15 @@ pub struct RunArgs {
     /// its node.
     #[arg(long)]
     pub pod: Option<String>,
+    /// A Service without ready endpoints: NAME (in the -n namespace) or NAMESPACE/NAME. Judged
+    /// at once from the Service, its Endpoints and the pods its selector matches; no Abnormal
+    /// is created.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// A Job that gave up (past its backoffLimit or deadline): NAME or NAMESPACE/NAME, judged at
+    /// once from its status and its pods; no Abnormal is created.
+    #[arg(long)]
+    pub job: Option<String>,
     /// The container of the pod concerned.
     #[arg(long)]
     pub container: Option<String>,
@@ -434,6 +443,12 @@ pub async fn run(
     print: &mut dyn FnMut(&str),
     warn: &mut dyn FnMut(&str),
 ) -> Result<u8, DiagError> {
+    if let Some(service) = &args.service {
+        return super::workload::service(kube, &scope.namespace, service, output, print).await;
+    }
+    if let Some(job) = &args.job {
+        return super::workload::job(kube, &scope.namespace, job, output, print).await;
+    }
     if !matches!(output, Some(Output::Json | Output::Yaml)) {
         return report(kube, scope, args, style, print, warn)
             .await
@@ -446,7 +461,11 @@ pub async fn run(
         let mut warnings = |line: &str| (warn.borrow_mut())(line);
         report(kube, scope, args, style, &mut progress, &mut warnings).await?
     };
-    print(super::describe::run(kube, &scope.namespace, &name, output, style).await?.trim_end());
+    print(
+        super::describe::run(kube, &scope.namespace, &name, output, style)
+            .await?
+            .trim_end(),
+    );
     Ok(code)
 }
 

@@ -1072,8 +1072,7 @@ async fn wait_diagnosis(
 }
 
 #[tokio::test]
-async fn a_probe_whose_processors_find_nothing_says_what_was_checked_and_that_no_cause_was_found()
-{
+async fn a_probe_whose_processors_find_nothing_says_what_was_checked_and_that_no_cause_was_found() {
     let cp = with_controller().await;
     let ns = cp.create_namespace("probe-nocause").await;
     let client = cp.client().await;
@@ -1108,8 +1107,10 @@ async fn a_probe_whose_processors_find_nothing_says_what_was_checked_and_that_no
     assert_eq!(d.phase, "Failed");
     assert_eq!(d.root_cause, "");
     assert!(
-        d.message.starts_with(&format!("no cause found: on node {node} ("))
-            && d.message.contains("ran collectors collect, no diagnoser (the source names none)")
+        d.message
+            .starts_with(&format!("no cause found: on node {node} ("))
+            && d.message
+                .contains("ran collectors collect, no diagnoser (the source names none)")
             && d.message.ends_with("none of them named a cause"),
         "{}",
         d.message
@@ -1175,7 +1176,10 @@ async fn a_dns_checker_failing_while_the_dns_service_has_no_ready_endpoint_is_di
         !d.root_cause.is_empty()
     })
     .await;
-    eprintln!("DNS checker ERROR → root cause on the ProbeStatus in {:?}", started.elapsed());
+    eprintln!(
+        "DNS checker ERROR → root cause on the ProbeStatus in {:?}",
+        started.elapsed()
+    );
     assert_eq!(d.reason, "ClusterDNSNoReadyEndpoints", "{d:?}");
     assert!(
         d.root_cause.starts_with(
@@ -1185,8 +1189,10 @@ async fn a_dns_checker_failing_while_the_dns_service_has_no_ready_endpoint_is_di
         d.root_cause
     );
     assert!(
-        d.evidence.iter().any(|e| e.object == "endpoints/kube-system/kube-dns"
-            && e.message == "0 ready address(es), 1 not ready (10.244.9.9)"),
+        d.evidence
+            .iter()
+            .any(|e| e.object == "endpoints/kube-system/kube-dns"
+                && e.message == "0 ready address(es), 1 not ready (10.244.9.9)"),
         "{:?}",
         d.evidence
     );
@@ -1225,13 +1231,20 @@ async fn an_etcd_checker_timing_out_with_no_node_is_diagnosed_by_the_controller_
         !d.reason.is_empty()
     })
     .await;
-    assert_eq!((d.reason.as_str(), d.phase.as_str(), d.abnormal.as_str()), ("EtcdUnavailable", "Succeeded", ""));
+    assert_eq!(
+        (d.reason.as_str(), d.phase.as_str(), d.abnormal.as_str()),
+        ("EtcdUnavailable", "Succeeded", "")
+    );
     // The test apiserver's etcd is healthy: kdiag says the check passes now, with its line.
     assert!(
         d.root_cause.starts_with("etcd did not answer checker etcd-put in time (context deadline exceeded); the apiserver's readiness check passes now ([+]etcd ok)"),
         "{}",
         d.root_cause
     );
-    assert!(d.evidence.iter().any(|e| e.kind == "Readyz"), "{:?}", d.evidence);
+    assert!(
+        d.evidence.iter().any(|e| e.kind == "Readyz"),
+        "{:?}",
+        d.evidence
+    );
     assert!(abnormals_of(&client, &ns).await.is_empty());
 }

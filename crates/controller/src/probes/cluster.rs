@@ -9,8 +9,8 @@ use kdiag_api::ProbeCheckerStatus;
 use kdiag_diagnosers::probe_failure::{
     self, Classification, ClusterFacts, Component, DNS_SERVICE, Fault, Judgement, ServiceFacts,
 };
-use kube::api::{Api, ListParams};
 use kube::Client;
+use kube::api::{Api, ListParams};
 
 /// Classifies the checker's failure and judges it on what the apiserver says now; None when the
 /// message is of no known family (then only the Abnormals' processors diagnose it).
@@ -71,7 +71,10 @@ fn host(addr: &str) -> Option<&str> {
 /// does not exist, None when it could not be read.
 async fn service(client: &Client, ns: &str, name: &str) -> Option<ServiceFacts> {
     let key = format!("{ns}/{name}");
-    let svc = match Api::<Service>::namespaced(client.clone(), ns).get_opt(name).await {
+    let svc = match Api::<Service>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+    {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(service = %key, error = %e, "probe diagnosis: cannot read the Service");

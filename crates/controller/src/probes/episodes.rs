@@ -49,7 +49,7 @@ pub type Episodes = BTreeMap<String, Episode>;
 pub enum Decision {
     /// Start an episode: create an Abnormal per node (after storm control).
     Open {
-        checker: ProbeCheckerStatus,
+        checker: Box<ProbeCheckerStatus>,
         source: Box<CompiledSource>,
         since: String,
     },
@@ -101,7 +101,7 @@ pub fn decide(
                     .map(|t| t.0.to_string())
                     .unwrap_or_else(|| now.to_owned());
                 out.push(Decision::Open {
-                    checker: checker.clone(),
+                    checker: Box::new(checker.clone()),
                     source: Box::new(source.clone()),
                     since,
                 });

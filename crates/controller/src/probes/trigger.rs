@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kdiag_api::kubeprober::labels as probe_labels;
-use kdiag_diagnosers::probe_failure;
 use kdiag_api::{
     Abnormal, AbnormalSource, AbnormalSourceType, ProbeCheckerStatus, ProbeReference, ProbeStatus,
 };
+use kdiag_diagnosers::probe_failure;
 use kdiag_pipeline::templates::{CompiledSource, compile, order, slug};
 use kdiag_runtime::metrics::Metrics;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use backon::Retryable;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kdiag_api::labels::DIAGNOSES_ANNOTATION;
 use kdiag_api::kubeprober::NO_CAUSE_FOUND;
+use kdiag_api::labels::DIAGNOSES_ANNOTATION;
 use kdiag_api::{Abnormal, AbnormalPhase, CheckerDiagnosis, ProbeStatus, RootCause};
 use kdiag_runtime::metrics::Metrics;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -439,12 +439,15 @@ mod tests {
 
     #[test]
     fn one_abnormal_gives_its_phase_and_root_cause() {
-        let d = combine(None, &[ab(
-            "a",
-            "n1",
-            Some(AbnormalPhase::Succeeded),
-            Some("kubelet is down"),
-        )]);
+        let d = combine(
+            None,
+            &[ab(
+                "a",
+                "n1",
+                Some(AbnormalPhase::Succeeded),
+                Some("kubelet is down"),
+            )],
+        );
         assert_eq!(
             d,
             CheckerDiagnosis {
@@ -459,17 +462,23 @@ mod tests {
 
     #[test]
     fn several_nodes_are_named_and_the_episode_is_running_until_all_end() {
-        let d = combine(None, &[
-            ab("a", "n1", Some(AbnormalPhase::Succeeded), Some("disk full")),
-            ab("b", "n2", Some(AbnormalPhase::Diagnosing), None),
-        ]);
+        let d = combine(
+            None,
+            &[
+                ab("a", "n1", Some(AbnormalPhase::Succeeded), Some("disk full")),
+                ab("b", "n2", Some(AbnormalPhase::Diagnosing), None),
+            ],
+        );
         assert_eq!(d.phase, "Diagnosing");
         assert_eq!(d.abnormal, "kubeprober/a, kubeprober/b");
         assert_eq!(d.root_cause, "node n1: disk full");
-        let d = combine(None, &[
-            ab("a", "n1", Some(AbnormalPhase::Succeeded), None),
-            ab("b", "n2", Some(AbnormalPhase::Failed), None),
-        ]);
+        let d = combine(
+            None,
+            &[
+                ab("a", "n1", Some(AbnormalPhase::Succeeded), None),
+                ab("b", "n2", Some(AbnormalPhase::Failed), None),
+            ],
+        );
         assert_eq!(d.phase, "Failed");
     }
 
@@ -481,7 +490,10 @@ mod tests {
             "node-collector",
         )];
         let d = combine(None, std::slice::from_ref(&a));
-        assert_eq!((d.phase.as_str(), d.reason.as_str()), ("Failed", NO_CAUSE_FOUND));
+        assert_eq!(
+            (d.phase.as_str(), d.reason.as_str()),
+            ("Failed", NO_CAUSE_FOUND)
+        );
         assert_eq!(d.root_cause, "");
         assert_eq!(
             d.message,
@@ -496,7 +508,10 @@ mod tests {
         st.reason = "NotIdentified".into();
         st.message = "no diagnoser identified the cause: checked node n2".into();
         let d = combine(None, &[a.clone(), b]);
-        assert_eq!((d.phase.as_str(), d.reason.as_str()), ("Failed", NO_CAUSE_FOUND));
+        assert_eq!(
+            (d.phase.as_str(), d.reason.as_str()),
+            ("Failed", NO_CAUSE_FOUND)
+        );
         assert!(
             d.message.contains(
                 "on node n2 (b) ran diagnosers node-triage-diagnoser — ended NotIdentified: no diagnoser identified the cause: checked node n2"
@@ -525,7 +540,12 @@ mod tests {
         };
         let d = combine(
             Some(&cluster),
-            &[ab("a", "n1", Some(AbnormalPhase::Succeeded), Some("pod coredns-1 crash-loops"))],
+            &[ab(
+                "a",
+                "n1",
+                Some(AbnormalPhase::Succeeded),
+                Some("pod coredns-1 crash-loops"),
+            )],
         );
         assert_eq!(d.reason, "ClusterDNSNoReadyEndpoints");
         assert_eq!(

@@ -83,46 +83,46 @@ pub struct Classification {
 pub fn classify(checker: &str, message: &str) -> Option<Classification> {
     let lower = message.to_lowercase();
     let nodes = nodes_listed(message);
-    let mut c = if lower.contains("failed to create pod sandbox")
-        || lower.contains("createpodsandbox")
-    {
-        sandbox(message, &lower)
-    } else if let Some(c) = dns(checker, message, &lower) {
-        c
-    } else if let Some(addr) = refused_address(message) {
-        Classification {
-            fault: Fault::ConnectionRefused,
-            component: by_port(&addr).unwrap_or_else(|| named(checker, &lower, Component::Endpoint)),
-            endpoint: addr,
-            error: "connection refused".into(),
-            ..empty(Fault::ConnectionRefused)
-        }
-    } else if lower.contains("deadline exceeded")
-        || lower.contains("timed out")
-        || lower.contains("timeout")
-    {
-        Classification {
-            component: named(checker, &lower, Component::Checker),
-            error: if lower.contains("context deadline exceeded") {
-                "context deadline exceeded".into()
-            } else {
-                tail_error(message)
-            },
-            ..empty(Fault::DeadlineExceeded)
-        }
-    } else if !nodes.is_empty() {
-        let before = message[..message.find("node:").unwrap_or(message.len())]
-            .trim_end_matches(|ch: char| ch == ',' || ch.is_whitespace())
-            .trim_end_matches("error")
-            .trim_end_matches(|ch: char| ch == ',' || ch.is_whitespace());
-        Classification {
-            component: named(checker, &lower, Component::Checker),
-            error: before.to_owned(),
-            ..empty(Fault::NodesFailing)
-        }
-    } else {
-        return None;
-    };
+    let mut c =
+        if lower.contains("failed to create pod sandbox") || lower.contains("createpodsandbox") {
+            sandbox(message, &lower)
+        } else if let Some(c) = dns(checker, message, &lower) {
+            c
+        } else if let Some(addr) = refused_address(message) {
+            Classification {
+                fault: Fault::ConnectionRefused,
+                component: by_port(&addr)
+                    .unwrap_or_else(|| named(checker, &lower, Component::Endpoint)),
+                endpoint: addr,
+                error: "connection refused".into(),
+                ..empty(Fault::ConnectionRefused)
+            }
+        } else if lower.contains("deadline exceeded")
+            || lower.contains("timed out")
+            || lower.contains("timeout")
+        {
+            Classification {
+                component: named(checker, &lower, Component::Checker),
+                error: if lower.contains("context deadline exceeded") {
+                    "context deadline exceeded".into()
+                } else {
+                    tail_error(message)
+                },
+                ..empty(Fault::DeadlineExceeded)
+            }
+        } else if !nodes.is_empty() {
+            let before = message[..message.find("node:").unwrap_or(message.len())]
+                .trim_end_matches(|ch: char| ch == ',' || ch.is_whitespace())
+                .trim_end_matches("error")
+                .trim_end_matches(|ch: char| ch == ',' || ch.is_whitespace());
+            Classification {
+                component: named(checker, &lower, Component::Checker),
+                error: before.to_owned(),
+                ..empty(Fault::NodesFailing)
+            }
+        } else {
+            return None;
+        };
     c.nodes = nodes;
     c.error = without_node_list(&c.error);
     Some(c)
@@ -251,12 +251,21 @@ fn named(checker: &str, lower_message: &str, fallback: Component) -> Component {
     let checker = checker.to_lowercase();
     let rules: [(&[&str], Component); 8] = [
         (&["etcd"], Component::Etcd),
-        (&["apiserver", "api-server", "kube-api"], Component::Apiserver),
+        (
+            &["apiserver", "api-server", "kube-api"],
+            Component::Apiserver,
+        ),
         (&["dns"], Component::ClusterDns),
         (&["kubelet"], Component::Kubelet),
         (&["scheduler"], Component::Scheduler),
-        (&["controller-manager", "controllermanager"], Component::ControllerManager),
-        (&["containerd", "docker", "cri-o", "runtime", "sandbox"], Component::ContainerRuntime),
+        (
+            &["controller-manager", "controllermanager"],
+            Component::ControllerManager,
+        ),
+        (
+            &["containerd", "docker", "cri-o", "runtime", "sandbox"],
+            Component::ContainerRuntime,
+        ),
         (&["cni", "calico", "flannel", "cilium"], Component::Cni),
     ];
     for text in [checker.as_str(), lower_message] {
@@ -348,7 +357,10 @@ mod tests {
             "deployment-check",
             "Failed to create pod sandbox: rpc error: code = Unknown desc = failed to set up sandbox container network for pod \"web\": networkPlugin cni failed to set up pod \"web_shop\" network: failed to find plugin \"flannel\" in path [/opt/cni/bin]",
         );
-        assert_eq!((y.component, y.plugin.as_str()), (Component::Cni, "flannel"));
+        assert_eq!(
+            (y.component, y.plugin.as_str()),
+            (Component::Cni, "flannel")
+        );
     }
 
     #[test]
@@ -356,14 +368,22 @@ mod tests {
         let x = c("etcd-put", "context deadline exceeded");
         assert_eq!(
             (x.fault, x.component, x.error.as_str()),
-            (Fault::DeadlineExceeded, Component::Etcd, "context deadline exceeded")
+            (
+                Fault::DeadlineExceeded,
+                Component::Etcd,
+                "context deadline exceeded"
+            )
         );
         assert_eq!(
             c("k8s-get-namespaces", "Get \"https://10.96.0.1:443/api/v1/namespaces\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)").component,
             Component::Checker
         );
         assert_eq!(
-            c("control-plane", "kube-apiserver health: context deadline exceeded").component,
+            c(
+                "control-plane",
+                "kube-apiserver health: context deadline exceeded"
+            )
+            .component,
             Component::Apiserver
         );
     }
@@ -376,13 +396,20 @@ mod tests {
         );
         assert_eq!(
             (x.fault, x.component, x.endpoint.as_str()),
-            (Fault::ConnectionRefused, Component::Endpoint, "10.96.14.3:80")
+            (
+                Fault::ConnectionRefused,
+                Component::Endpoint,
+                "10.96.14.3:80"
+            )
         );
         let y = c(
             "etcd-health",
             "dial tcp 127.0.0.1:2379: connect: connection refused",
         );
-        assert_eq!((y.component, y.endpoint.as_str()), (Component::Etcd, "127.0.0.1:2379"));
+        assert_eq!(
+            (y.component, y.endpoint.as_str()),
+            (Component::Etcd, "127.0.0.1:2379")
+        );
     }
 
     #[test]
@@ -392,7 +419,13 @@ mod tests {
             "lookup kubernetes.default.svc.cluster.local on 10.96.0.10:53: read udp 10.244.0.7:41234->10.96.0.10:53: i/o timeout",
         );
         assert_eq!(
-            (x.fault, x.component, x.name.as_str(), x.endpoint.as_str(), x.error.as_str()),
+            (
+                x.fault,
+                x.component,
+                x.name.as_str(),
+                x.endpoint.as_str(),
+                x.error.as_str()
+            ),
             (
                 Fault::DnsLookupFailed,
                 Component::ClusterDns,
@@ -401,8 +434,14 @@ mod tests {
                 "i/o timeout"
             )
         );
-        let y = c("dns-resolution-check", "lookup kubernetes.default: i/o timeout");
-        assert_eq!((y.name.as_str(), y.endpoint.as_str()), ("kubernetes.default", ""));
+        let y = c(
+            "dns-resolution-check",
+            "lookup kubernetes.default: i/o timeout",
+        );
+        assert_eq!(
+            (y.name.as_str(), y.endpoint.as_str()),
+            ("kubernetes.default", "")
+        );
         assert_eq!(c("dns", "SERVFAIL").component, Component::ClusterDns);
     }
 
@@ -422,8 +461,14 @@ mod tests {
             )
         );
         // Nodes are kept whatever the fault.
-        let y = c("etcd-put", "context deadline exceeded, error node: [ cp-1 ]");
-        assert_eq!((y.fault, y.nodes.clone()), (Fault::DeadlineExceeded, vec!["cp-1".to_owned()]));
+        let y = c(
+            "etcd-put",
+            "context deadline exceeded, error node: [ cp-1 ]",
+        );
+        assert_eq!(
+            (y.fault, y.nodes.clone()),
+            (Fault::DeadlineExceeded, vec!["cp-1".to_owned()])
+        );
     }
 
     #[test]

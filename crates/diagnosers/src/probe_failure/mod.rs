@@ -49,7 +49,13 @@ pub struct Judgement {
 
 /// The root cause of checker `checker` (of ProbeStatus `probe`, namespace/name) from its
 /// classification and the facts read for it.
-pub fn judge(probe: &str, checker: &str, message: &str, c: &Classification, facts: &ClusterFacts) -> Judgement {
+pub fn judge(
+    probe: &str,
+    checker: &str,
+    message: &str,
+    c: &Classification,
+    facts: &ClusterFacts,
+) -> Judgement {
     let reported = Evidence {
         kind: "ProbeChecker".into(),
         object: format!("probestatus/{probe}"),
@@ -160,7 +166,10 @@ fn dns(c: &Classification, facts: Option<&ServiceFacts>) -> Verdict {
     let Some(svc) = &f.service else {
         return (
             "ClusterDNSServiceMissing",
-            format!("{lookup} fail ({}): the cluster DNS Service {} does not exist", c.error, f.key),
+            format!(
+                "{lookup} fail ({}): the cluster DNS Service {} does not exist",
+                c.error, f.key
+            ),
             "reinstall the cluster DNS add-on (CoreDNS) and its Service".into(),
             vec![Evidence {
                 kind: "MissingObject".into(),
@@ -201,14 +210,20 @@ fn refused(c: &Classification, facts: &ClusterFacts) -> Verdict {
         return match why {
             Some(why) => (
                 "ServiceNoReadyEndpoints",
-                format!("connections to {} are refused: it is Service {}, which has no ready endpoint: {why}", c.endpoint, f.key),
+                format!(
+                    "connections to {} are refused: it is Service {}, which has no ready endpoint: {why}",
+                    c.endpoint, f.key
+                ),
                 "make the Service's pods ready or fix its selector".into(),
                 evidence,
                 nodes,
             ),
             None => (
                 "EndpointRefused",
-                format!("connections to {} (Service {}) are refused although it has ready endpoints: the Service's targetPort is not where its pods listen", c.endpoint, f.key),
+                format!(
+                    "connections to {} (Service {}) are refused although it has ready endpoints: the Service's targetPort is not where its pods listen",
+                    c.endpoint, f.key
+                ),
                 "compare the Service's targetPort with the container's listening port".into(),
                 evidence,
                 nodes,
@@ -224,7 +239,9 @@ fn refused(c: &Classification, facts: &ClusterFacts) -> Verdict {
                 c.endpoint,
                 pod.metadata.namespace.as_deref().unwrap_or_default(),
                 pod.metadata.name.as_deref().unwrap_or_default(),
-                node.as_ref().map(|n| format!(" on node {n}")).unwrap_or_default(),
+                node.as_ref()
+                    .map(|n| format!(" on node {n}"))
+                    .unwrap_or_default(),
                 pod_state(pod)
             ),
             "check that the pod's program listens on that port (kubectl diag run --pod)".into(),
@@ -241,7 +258,11 @@ fn refused(c: &Classification, facts: &ClusterFacts) -> Verdict {
     )
 }
 
-fn control_plane(c: &Classification, readyz: Option<&Result<String, String>>, checker: &str) -> (&'static str, String, String, Vec<Evidence>) {
+fn control_plane(
+    c: &Classification,
+    readyz: Option<&Result<String, String>>,
+    checker: &str,
+) -> (&'static str, String, String, Vec<Evidence>) {
     let (reason, check) = match c.component {
         Component::Etcd => ("EtcdUnavailable", "etcd"),
         _ => ("ApiserverUnavailable", "ping"),
@@ -254,12 +275,20 @@ fn control_plane(c: &Classification, readyz: Option<&Result<String, String>>, ch
         None => (String::new(), Vec::new()),
         Some(Err(e)) => (
             format!("; the apiserver does not answer kdiag either: {e}"),
-            vec![Evidence { kind: "Readyz".into(), message: e.clone(), object: "apiserver/readyz".into(), ..Default::default() }],
+            vec![Evidence {
+                kind: "Readyz".into(),
+                message: e.clone(),
+                object: "apiserver/readyz".into(),
+                ..Default::default()
+            }],
         ),
         Some(Ok(body)) => {
             let line = body
                 .lines()
-                .find(|l| l.trim_start_matches(['[', '+', '-', ']']).starts_with(check))
+                .find(|l| {
+                    l.trim_start_matches(['[', '+', '-', ']'])
+                        .starts_with(check)
+                })
                 .unwrap_or("")
                 .trim()
                 .to_owned();
@@ -268,10 +297,16 @@ fn control_plane(c: &Classification, readyz: Option<&Result<String, String>>, ch
             } else if line.is_empty() {
                 String::new()
             } else {
-                format!("; the apiserver's readiness check passes now ({line}): the fault was transient or is on the path from the checker")
+                format!(
+                    "; the apiserver's readiness check passes now ({line}): the fault was transient or is on the path from the checker"
+                )
             };
             let failing: Vec<&str> = body.lines().filter(|l| l.starts_with("[-]")).collect();
-            let message = if failing.is_empty() { line.clone() } else { failing.join("; ") };
+            let message = if failing.is_empty() {
+                line.clone()
+            } else {
+                failing.join("; ")
+            };
             (
                 text,
                 vec![Evidence {
@@ -294,7 +329,11 @@ fn control_plane(c: &Classification, readyz: Option<&Result<String, String>>, ch
 /// Why a Service has no ready endpoint (None when it has some), its evidence and the nodes of
 /// its pods.
 fn backing(f: &ServiceFacts, svc: &Service) -> (Option<String>, Vec<Evidence>, Vec<String>) {
-    let subsets = f.endpoints.as_ref().and_then(|e| e.subsets.clone()).unwrap_or_default();
+    let subsets = f
+        .endpoints
+        .as_ref()
+        .and_then(|e| e.subsets.clone())
+        .unwrap_or_default();
     let ready: Vec<String> = subsets
         .iter()
         .flat_map(|s| s.addresses.iter().flatten())
@@ -313,9 +352,17 @@ fn backing(f: &ServiceFacts, svc: &Service) -> (Option<String>, Vec<Evidence>, V
             Some(_) => format!(
                 "{} ready address(es){}, {} not ready{}",
                 ready.len(),
-                if ready.is_empty() { String::new() } else { format!(" ({})", ready.join(", ")) },
+                if ready.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", ready.join(", "))
+                },
                 not_ready.len(),
-                if not_ready.is_empty() { String::new() } else { format!(" ({})", not_ready.join(", ")) }
+                if not_ready.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", not_ready.join(", "))
+                }
             ),
         },
         ..Default::default()
@@ -334,7 +381,11 @@ fn backing(f: &ServiceFacts, svc: &Service) -> (Option<String>, Vec<Evidence>, V
         .as_ref()
         .and_then(|s| s.selector.clone())
         .unwrap_or_default();
-    let selector_text = selector.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+    let selector_text = selector
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
     let why = if selector.is_empty() {
         "it has no selector and nothing fills its Endpoints".to_owned()
     } else if f.pods.is_empty() {
@@ -376,14 +427,22 @@ fn pod_state(p: &Pod) -> String {
         let what = if let Some(w) = state.and_then(|s| s.waiting.as_ref()) {
             format!("waiting {}", w.reason.as_deref().unwrap_or("?"))
         } else if let Some(t) = state.and_then(|s| s.terminated.as_ref()) {
-            format!("terminated {} (exit {})", t.reason.as_deref().unwrap_or("?"), t.exit_code)
+            format!(
+                "terminated {} (exit {})",
+                t.reason.as_deref().unwrap_or("?"),
+                t.exit_code
+            )
         } else {
             "running, not ready".into()
         };
         parts.push(format!(
             "container {} {what}{}",
             c.name,
-            if c.restart_count > 0 { format!(", {} restart(s)", c.restart_count) } else { String::new() }
+            if c.restart_count > 0 {
+                format!(", {} restart(s)", c.restart_count)
+            } else {
+                String::new()
+            }
         ));
     }
     parts.join(", ")
@@ -400,6 +459,119 @@ fn pod_evidence(p: &Pod) -> Evidence {
         message: pod_state(p),
         ..Default::default()
     }
+}
+
+/// `kubectl diag run --service`: why a Service has no ready endpoint (its selector matches no
+/// pod, or which pods are not ready and why), or None when it has ready endpoints.
+pub fn service_without_endpoints(f: &ServiceFacts) -> Option<RootCause> {
+    let Some(svc) = &f.service else {
+        return Some(RootCause {
+            reason: "ServiceNotFound".into(),
+            summary: format!("Service {} does not exist", f.key),
+            ..Default::default()
+        });
+    };
+    let (why, evidence, _) = backing(f, svc);
+    Some(RootCause {
+        reason: "ServiceNoReadyEndpoints".into(),
+        summary: format!("Service {} has no ready endpoint: {}", f.key, why?),
+        suggestion: "make the Service's pods ready (kubectl diag run --pod NAME), or fix its selector to match their labels".into(),
+        evidence,
+        ..Default::default()
+    })
+}
+
+/// `kubectl diag run --job`: a Job that gave up (condition Failed, such as
+/// BackoffLimitExceeded or DeadlineExceeded), named with its pods' last failures; None while it
+/// has not failed.
+pub fn job_failed(key: &str, job: &k8s_openapi::api::batch::v1::Job, pods: &[Pod]) -> Option<RootCause> {
+    let status = job.status.as_ref()?;
+    let failed = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Failed" && c.status == "True")?;
+    let reason = failed.reason.clone().unwrap_or_else(|| "Failed".into());
+    let limit = job.spec.as_ref().and_then(|s| s.backoff_limit).unwrap_or(6);
+    // The pods' own terminations say why each attempt failed; newest first.
+    let mut attempts: Vec<(&Pod, String)> = pods
+        .iter()
+        .filter_map(|p| {
+            let st = p.status.as_ref()?;
+            let t = st
+                .container_statuses
+                .iter()
+                .flatten()
+                .find_map(|c| {
+                    let t = c.state.as_ref()?.terminated.as_ref()?;
+                    (t.exit_code != 0).then(|| {
+                        format!(
+                            "container {} exited {} ({}){}",
+                            c.name,
+                            t.exit_code,
+                            t.reason.as_deref().unwrap_or("Error"),
+                            t.message.as_deref().map(|m| format!(": {}", m.trim())).unwrap_or_default()
+                        )
+                    })
+                })
+                .or_else(|| (st.phase.as_deref() == Some("Failed")).then(|| {
+                    st.reason.clone().unwrap_or_else(|| "Failed".into())
+                }))?;
+            Some((p, t))
+        })
+        .collect();
+    // The attempt that ended last (else was created last) is the one to read first.
+    let ended = |p: &Pod| {
+        let finished = p
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.clone())
+            .map(|t| t.0)
+            .max();
+        (finished, p.metadata.creation_timestamp.clone().map(|t| t.0))
+    };
+    attempts.sort_by_key(|(p, _)| std::cmp::Reverse(ended(p)));
+    let last = attempts
+        .first()
+        .map(|(p, why)| format!("; the last attempt, pod {}, failed: {why}", p.metadata.name.as_deref().unwrap_or_default()))
+        .unwrap_or_else(|| "; no failed pod is left to say why".into());
+    let mut evidence = vec![Evidence {
+        kind: "JobStatus".into(),
+        object: format!("job/{key}"),
+        message: format!(
+            "condition Failed {reason}: {}; {} failed, {} succeeded",
+            failed.message.as_deref().unwrap_or(""),
+            status.failed.unwrap_or(0),
+            status.succeeded.unwrap_or(0)
+        ),
+        timestamp: failed.last_transition_time.clone(),
+        ..Default::default()
+    }];
+    evidence.extend(attempts.iter().take(3).map(|(p, why)| Evidence {
+        kind: "PodStatus".into(),
+        object: format!("pod/{}/{}", p.metadata.namespace.as_deref().unwrap_or_default(), p.metadata.name.as_deref().unwrap_or_default()),
+        message: why.clone(),
+        ..Default::default()
+    }));
+    let summary = if reason == "BackoffLimitExceeded" {
+        format!(
+            "Job {key} gave up after {} failed attempt(s), past its backoffLimit {limit}{last}",
+            status.failed.unwrap_or(0)
+        )
+    } else {
+        format!("Job {key} failed ({reason}: {}){last}", failed.message.as_deref().unwrap_or(""))
+    };
+    Some(RootCause {
+        reason: if reason == "BackoffLimitExceeded" { "JobBackoffLimitExceeded".into() } else { format!("Job{reason}") },
+        summary,
+        suggestion: "fix what the last attempt's container says (kubectl logs of that pod), then delete and recreate the Job; raise spec.backoffLimit only for failures that retrying fixes".into(),
+        evidence,
+        since: failed.last_transition_time.clone(),
+        ..Default::default()
+    })
 }
 
 #[cfg(test)]
