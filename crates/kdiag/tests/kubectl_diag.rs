@@ -1162,17 +1162,21 @@ async fn kubectl_diag_run_on_a_service_without_ready_endpoints_names_its_unready
         services.create(&Default::default(), &svc).await.unwrap();
     }
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "web-1", "labels": {"app": "web"}},
+    let pod: Pod = serde_json::from_value(
+        json!({"metadata": {"name": "web-1", "labels": {"app": "web"}},
         "spec": {"nodeName": node, "automountServiceAccountToken": false,
-                 "containers": [{"name": "app", "image": "web:1"}]}}))
+                 "containers": [{"name": "app", "image": "web:1"}]}}),
+    )
     .unwrap();
     pods.create(&Default::default(), &pod).await.unwrap();
     pods.patch_status(
         "web-1",
         &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(json!({"status": {"phase": "Running", "podIP": "10.244.7.7", "containerStatuses": [{
+        &kube::api::Patch::Merge(
+            json!({"status": {"phase": "Running", "podIP": "10.244.7.7", "containerStatuses": [{
             "name": "app", "ready": false, "restartCount": 3, "image": "web:1", "imageID": "",
-            "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}})),
+            "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}}),
+        ),
     )
     .await
     .unwrap();
@@ -1194,7 +1198,10 @@ async fn kubectl_diag_run_on_a_service_without_ready_endpoints_names_its_unready
         )),
         "{ran}"
     );
-    assert!(ran.stdout.contains("  Reason:     ServiceNoReadyEndpoints"), "{ran}");
+    assert!(
+        ran.stdout.contains("  Reason:     ServiceNoReadyEndpoints"),
+        "{ran}"
+    );
     assert!(
         ran.stdout.contains(&format!(
             "- [Endpoints] endpoints/{ns}/web: 0 ready address(es), 1 not ready (10.244.7.7)"
@@ -1202,7 +1209,11 @@ async fn kubectl_diag_run_on_a_service_without_ready_endpoints_names_its_unready
         "{ran}"
     );
 
-    let orphan = kubectl_diag(cp, &["run", "--service", &format!("{ns}/orphan"), "-o", "json"]).await;
+    let orphan = kubectl_diag(
+        cp,
+        &["run", "--service", &format!("{ns}/orphan"), "-o", "json"],
+    )
+    .await;
     assert_eq!(orphan.code, 0, "{orphan}");
     let v: serde_json::Value = serde_json::from_str(&orphan.stdout).unwrap();
     assert_eq!(
@@ -1267,5 +1278,8 @@ async fn kubectl_diag_run_on_a_job_past_its_backoff_limit_names_its_last_attempt
         )),
         "{ran}"
     );
-    assert!(ran.stdout.contains("  Reason:     JobBackoffLimitExceeded"), "{ran}");
+    assert!(
+        ran.stdout.contains("  Reason:     JobBackoffLimitExceeded"),
+        "{ran}"
+    );
 }

@@ -484,7 +484,11 @@ pub fn service_without_endpoints(f: &ServiceFacts) -> Option<RootCause> {
 /// `kubectl diag run --job`: a Job that gave up (condition Failed, such as
 /// BackoffLimitExceeded or DeadlineExceeded), named with its pods' last failures; None while it
 /// has not failed.
-pub fn job_failed(key: &str, job: &k8s_openapi::api::batch::v1::Job, pods: &[Pod]) -> Option<RootCause> {
+pub fn job_failed(
+    key: &str,
+    job: &k8s_openapi::api::batch::v1::Job,
+    pods: &[Pod],
+) -> Option<RootCause> {
     let status = job.status.as_ref()?;
     let failed = status
         .conditions
@@ -510,13 +514,17 @@ pub fn job_failed(key: &str, job: &k8s_openapi::api::batch::v1::Job, pods: &[Pod
                             c.name,
                             t.exit_code,
                             t.reason.as_deref().unwrap_or("Error"),
-                            t.message.as_deref().map(|m| format!(": {}", m.trim())).unwrap_or_default()
+                            t.message
+                                .as_deref()
+                                .map(|m| format!(": {}", m.trim()))
+                                .unwrap_or_default()
                         )
                     })
                 })
-                .or_else(|| (st.phase.as_deref() == Some("Failed")).then(|| {
-                    st.reason.clone().unwrap_or_else(|| "Failed".into())
-                }))?;
+                .or_else(|| {
+                    (st.phase.as_deref() == Some("Failed"))
+                        .then(|| st.reason.clone().unwrap_or_else(|| "Failed".into()))
+                })?;
             Some((p, t))
         })
         .collect();
@@ -536,7 +544,12 @@ pub fn job_failed(key: &str, job: &k8s_openapi::api::batch::v1::Job, pods: &[Pod
     attempts.sort_by_key(|(p, _)| std::cmp::Reverse(ended(p)));
     let last = attempts
         .first()
-        .map(|(p, why)| format!("; the last attempt, pod {}, failed: {why}", p.metadata.name.as_deref().unwrap_or_default()))
+        .map(|(p, why)| {
+            format!(
+                "; the last attempt, pod {}, failed: {why}",
+                p.metadata.name.as_deref().unwrap_or_default()
+            )
+        })
         .unwrap_or_else(|| "; no failed pod is left to say why".into());
     let mut evidence = vec![Evidence {
         kind: "JobStatus".into(),
@@ -552,7 +565,11 @@ pub fn job_failed(key: &str, job: &k8s_openapi::api::batch::v1::Job, pods: &[Pod
     }];
     evidence.extend(attempts.iter().take(3).map(|(p, why)| Evidence {
         kind: "PodStatus".into(),
-        object: format!("pod/{}/{}", p.metadata.namespace.as_deref().unwrap_or_default(), p.metadata.name.as_deref().unwrap_or_default()),
+        object: format!(
+            "pod/{}/{}",
+            p.metadata.namespace.as_deref().unwrap_or_default(),
+            p.metadata.name.as_deref().unwrap_or_default()
+        ),
         message: why.clone(),
         ..Default::default()
     }));
@@ -562,7 +579,10 @@ pub fn job_failed(key: &str, job: &k8s_openapi::api::batch::v1::Job, pods: &[Pod
             status.failed.unwrap_or(0)
         )
     } else {
-        format!("Job {key} failed ({reason}: {}){last}", failed.message.as_deref().unwrap_or(""))
+        format!(
+            "Job {key} failed ({reason}: {}){last}",
+            failed.message.as_deref().unwrap_or("")
+        )
     };
     Some(RootCause {
         reason: if reason == "BackoffLimitExceeded" { "JobBackoffLimitExceeded".into() } else { format!("Job{reason}") },

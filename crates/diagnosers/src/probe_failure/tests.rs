@@ -193,7 +193,10 @@ fn a_service_without_ready_endpoints_names_its_not_ready_pods_and_one_with_some_
         cause.summary,
         "Service shop/web has no ready endpoint: none of the 1 pod(s) its selector k8s-app=kube-dns matches is ready: coredns-7f9c on node cp-1 (Running, container coredns waiting CrashLoopBackOff, 6 restart(s))"
     );
-    assert_eq!(service_without_endpoints(&dns_service(json!([]), &["10.244.0.3"])), None);
+    assert_eq!(
+        service_without_endpoints(&dns_service(json!([]), &["10.244.0.3"])),
+        None
+    );
 }
 
 #[test]
@@ -210,7 +213,10 @@ fn a_job_past_its_backoff_limit_is_named_with_its_last_attempts_failure() {
                 "state": {"terminated": {"exitCode": code, "reason": "Error", "finishedAt": at, "message": "relation \"users\" does not exist"}}}]}}))
         .unwrap()
     };
-    let pods = [pod("migrate-a", "2026-12-01T09:58:00Z", 1), pod("migrate-b", "2026-12-01T09:59:00Z", 3)];
+    let pods = [
+        pod("migrate-a", "2026-12-01T09:58:00Z", 1),
+        pod("migrate-b", "2026-12-01T09:59:00Z", 3),
+    ];
     let c = job_failed("shop/migrate", &job, &pods).unwrap();
     assert_eq!(c.reason, "JobBackoffLimitExceeded");
     assert_eq!(
@@ -219,6 +225,7 @@ fn a_job_past_its_backoff_limit_is_named_with_its_last_attempts_failure() {
     );
     assert_eq!(c.evidence[0].kind, "JobStatus");
     let running: k8s_openapi::api::batch::v1::Job =
-        serde_json::from_value(json!({"metadata": {"name": "j"}, "status": {"active": 1}})).unwrap();
+        serde_json::from_value(json!({"metadata": {"name": "j"}, "status": {"active": 1}}))
+            .unwrap();
     assert_eq!(job_failed("shop/j", &running, &[]), None);
 }
