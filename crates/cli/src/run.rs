@@ -226,7 +226,7 @@ pub fn parse_target(args: &RunArgs, namespace: &str) -> Result<Target, DiagError
             }))
         }
         _ => Err(DiagError::Usage(
-            "say what to diagnose: --node NODE or --pod [NAMESPACE/]NAME".into(),
+            "say what to diagnose: --node NODE, --pod [NAMESPACE/]NAME, --service [NAMESPACE/]NAME or --job [NAMESPACE/]NAME".into(),
         )),
     }
 }
