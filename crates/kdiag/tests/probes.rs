@@ -279,6 +279,21 @@ async fn a_node_check_naming_three_nodes_makes_three_abnormals() {
     let mut nodes: Vec<String> = list.iter().map(|a| a.spec.node_name.clone()).collect();
     nodes.sort();
     assert_eq!(nodes, ["worker-1", "worker-2", "worker-3"]);
+    // Classified as a node check of the kubelet: the node triage is chosen for each node.
+    assert!(
+        list.iter().all(|a| a
+            .spec
+            .assigned_diagnosers
+            .iter()
+            .any(|d| d.name == "node-triage-diagnoser")),
+        "{:?}",
+        list[0].spec.assigned_diagnosers
+    );
+    let context = list[0].spec.context.clone().unwrap_or_default();
+    assert_eq!(
+        context["probeFailure"]["classification"]["fault"],
+        json!("NodesFailing")
+    );
 }
 
 #[tokio::test]

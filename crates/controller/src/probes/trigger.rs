@@ -437,6 +437,19 @@ async fn resolve_nodes(
 const NODE_DEFAULT_COLLECTORS: [&str; 3] =
     ["node-collector", "kernel-log-collector", "pod-collector"];
 
+/// The diagnoser a node-level probe failure gets when its source names none.
+const NODE_TRIAGE_DIAGNOSER: &str = "node-triage-diagnoser";
+
+/// Whether a classified failure is about the node it happened on.
+fn node_level(c: &probe_failure::Classification) -> bool {
+    use probe_failure::{Component, Fault};
+    c.fault == Fault::NodesFailing
+        || matches!(
+            c.component,
+            Component::ContainerRuntime | Component::Cni | Component::Kubelet
+        )
+}
+
 fn build_abnormal(
     ps: &ProbeStatus,
     checker: &ProbeCheckerStatus,
@@ -463,6 +476,16 @@ fn build_abnormal(
                 .iter()
                 .map(|n| kdiag_api::NamespacedName::new(kdiag_api::SYSTEM_NAMESPACE, *n))
                 .collect();
+            // A fault the classification puts on the node (its runtime, CNI or kubelet, a node
+            // check): the node triage looks at that node's conditions and top consumers.
+            if probe_failure::classify(&checker.name, &checker.message)
+                .is_some_and(|c| node_level(&c))
+            {
+                spec.assigned_diagnosers = vec![kdiag_api::NamespacedName::new(
+                    kdiag_api::SYSTEM_NAMESPACE,
+                    NODE_TRIAGE_DIAGNOSER,
+                )];
+            }
         }
     }
     spec.probe_status = Some(ProbeReference {
