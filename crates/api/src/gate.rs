@@ -342,6 +342,12 @@ fn diagnosis_from_json(v: &serde_json::Value) -> Option<CheckerDiagnosis> {
         abnormal: text("abnormal"),
         phase: text("phase"),
         root_cause,
+        reason: text("reason"),
+        message: text("message"),
+        evidence: o
+            .get("evidence")
+            .and_then(|e| serde_json::from_value(e.clone()).ok())
+            .unwrap_or_default(),
     })
 }
 
@@ -467,6 +473,7 @@ mod tests {
             abnormal: "a/probe-dns-resolve-1".into(),
             phase: "Succeeded".into(),
             root_cause: "coredns is down".into(),
+            ..Default::default()
         });
         let v = decide(&[asked(s)], MAX, now());
         assert!(!v.pass);

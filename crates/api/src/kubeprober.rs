@@ -468,15 +468,47 @@ pub struct CheckerWindow {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CheckerDiagnosis {
-    /// The Abnormal, as namespace/name.
+    /// The Abnormal, as namespace/name (several joined by `, `); absent when the controller
+    /// diagnosed the failure alone, with no node to run an Abnormal on.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub abnormal: String,
-    /// Its phase.
+    /// Its phase: Pending or the phase of an Abnormal still running; once all ended,
+    /// Succeeded, or Failed when one failed or when nothing found a cause (reason
+    /// `NoCauseFound`) — an Abnormal that only collected ends Succeeded, its diagnosis does not.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub phase: String,
-    /// Its root cause's summary.
+    /// Its root cause's summary; with several nodes (or the controller's finding about the
+    /// cluster first) each node's as `node N: …`, joined by `; `.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub root_cause: String,
+    /// The root cause's reason code (such as `ClusterDNSNoReadyEndpoints`), or
+    /// [`NO_CAUSE_FOUND`] once every Abnormal of the episode ended and nothing found a cause:
+    /// then `message` says what was checked. Empty while the diagnosis runs.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// With reason `NoCauseFound`: what was checked (the processors that ran, on which nodes)
+    /// and that none of them found a cause.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// The facts the root cause rests on (at most five), as in the Abnormal's rootCause.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evidence: Vec<crate::Evidence>,
 }
+
+impl CheckerDiagnosis {
+    /// The one line to show for it: the root cause, else the "no cause found: …" account.
+    pub fn cause_text(&self) -> &str {
+        if self.root_cause.is_empty() && self.reason == NO_CAUSE_FOUND {
+            &self.message
+        } else {
+            &self.root_cause
+        }
+    }
+}
+
+/// [`CheckerDiagnosis::reason`] when the diagnosis ended and no cause was found. It is not
+/// success: the checker still fails, kdiag only could not say why.
+pub const NO_CAUSE_FOUND: &str = "NoCauseFound";
 
 /// The per-probe summary: the worst checker, its message and the latest lastRun.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

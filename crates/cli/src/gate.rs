@@ -143,7 +143,7 @@ pub fn text(verdict: &Verdict, all_namespaces: bool, now: jiff::Timestamp, style
                 .diagnosis
                 .as_ref()
                 .map(|d| {
-                    let mut s = d.root_cause.clone();
+                    let mut s = d.cause_text().to_owned();
                     if s.is_empty() && !d.abnormal.is_empty() {
                         s = format!("diagnosing ({})", d.abnormal);
                     }

@@ -23,6 +23,7 @@ pub mod probes;
 pub mod render;
 pub mod run;
 pub mod watch;
+pub mod workload;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -344,7 +345,7 @@ async fn dispatch(flags: &Flags, command: DiagCommand, style: Style) -> Result<u
                 let _ = out(&format!("{line}\n"));
             };
             let mut warn = |line: &str| eprintln!("{line}");
-            run::run(&kube, &scope, &args, style, &mut print, &mut warn).await
+            run::run(&kube, &scope, &args, output, style, &mut print, &mut warn).await
         }
     }
 }

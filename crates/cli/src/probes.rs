@@ -215,7 +215,7 @@ pub fn table(
                     .as_ref()
                     .map(|t| render::age_at(t.0, now))
                     .unwrap_or_default(),
-                cut(&d.root_cause, ROOT_CAUSE_WIDTH),
+                cut(d.cause_text(), ROOT_CAUSE_WIDTH),
             ]);
             if wide {
                 row.extend([d.abnormal, d.phase]);
@@ -270,6 +270,26 @@ k8s-probe   coredns-pods   ERROR    2 of 2 coredns pods are CrashLoopBackOff   3
 k8s-probe   etcd           WARN     slow                                       30s       etcd member 2 is down
 k8s-probe   kubelet        ERROR    not ready                                  30s       kubelet on node-b cannot reach the apiserver
 "
+        );
+    }
+
+    #[test]
+    fn a_diagnosis_that_found_nothing_shows_what_was_checked_not_a_blank() {
+        let p = fetched(json!({
+            "apiVersion": "kubeprober.erda.cloud/v1", "kind": "ProbeStatus",
+            "metadata": {"name": "web", "namespace": "kubeprober"},
+            "spec": {"checkers": [{"name": "http-get", "status": "ERROR", "message": "unexpected status 500",
+                "lastRun": "2026-11-22T10:04:30Z",
+                "diagnosis": {"abnormal": "kubeprober/probe-web-1", "phase": "Failed", "reason": "NoCauseFound",
+                              "message": "no cause found: on node n1 (probe-web-1) ran collectors node-collector"}}]}
+        }));
+        let out = table(&[p], false, false, now(), Style::PLAIN).render();
+        assert!(
+            out.lines()
+                .nth(1)
+                .unwrap()
+                .contains("   no cause found: on node n1 (probe-web-1)"),
+            "{out}"
         );
     }
 

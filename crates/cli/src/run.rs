@@ -14,14 +14,14 @@ use kube::api::{Api, ObjectMeta, PostParams};
 use super::client::{Kube, Request};
 use super::render::Style;
 use super::watch::{self, Follow};
-use super::{DiagError, Scope};
+use super::{DiagError, Output, Scope};
 
 /// Where processors named without a namespace are looked up: where kdiag registers its
 /// built-ins (and Kube Diagnoser did).
 pub const PROCESSOR_NAMESPACE: &str = kdiag_api::SYSTEM_NAMESPACE;
 
 #[derive(clap::Args, Debug, Clone)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["node", "pod"])))]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["node", "pod", "service", "job"])))]
 pub struct RunArgs {
     /// The node to diagnose.
     #[arg(long)]
@@ -30,6 +30,15 @@ pub struct RunArgs {
     /// its node.
     #[arg(long)]
     pub pod: Option<String>,
+    /// A Service without ready endpoints: NAME (in the -n namespace) or NAMESPACE/NAME. Judged
+    /// at once from the Service, its Endpoints and the pods its selector matches; no Abnormal
+    /// is created.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// A Job that gave up (past its backoffLimit or deadline): NAME or NAMESPACE/NAME, judged at
+    /// once from its status and its pods; no Abnormal is created.
+    #[arg(long)]
+    pub job: Option<String>,
     /// The container of the pod concerned.
     #[arg(long)]
     pub container: Option<String>,
@@ -217,7 +226,7 @@ pub fn parse_target(args: &RunArgs, namespace: &str) -> Result<Target, DiagError
             }))
         }
         _ => Err(DiagError::Usage(
-            "say what to diagnose: --node NODE or --pod [NAMESPACE/]NAME".into(),
+            "say what to diagnose: --node NODE, --pod [NAMESPACE/]NAME, --service [NAMESPACE/]NAME or --job [NAMESPACE/]NAME".into(),
         )),
     }
 }
@@ -422,14 +431,53 @@ async fn registered(
 
 /// Creates the Abnormal and reports on it. Returns the exit code: 0 when admitted (or, with
 /// --wait, when it Succeeded), 1 when it was rejected or Failed.
+///
+/// With `-o json|yaml` stdout holds only the Abnormal as stored (after admission, or with
+/// --wait after its end), so it can be piped to `jq` or saved; the progress goes to stderr.
 pub async fn run(
+    kube: &Kube,
+    scope: &Scope,
+    args: &RunArgs,
+    output: Option<Output>,
+    style: Style,
+    print: &mut dyn FnMut(&str),
+    warn: &mut dyn FnMut(&str),
+) -> Result<u8, DiagError> {
+    if let Some(service) = &args.service {
+        return super::workload::service(kube, &scope.namespace, service, output, print).await;
+    }
+    if let Some(job) = &args.job {
+        return super::workload::job(kube, &scope.namespace, job, output, print).await;
+    }
+    if !matches!(output, Some(Output::Json | Output::Yaml)) {
+        return report(kube, scope, args, style, print, warn)
+            .await
+            .map(|(code, _)| code);
+    }
+    let (code, name) = {
+        // Progress lines and warnings both go to stderr, in the order they come.
+        let warn = std::cell::RefCell::new(warn);
+        let mut progress = |line: &str| (warn.borrow_mut())(line);
+        let mut warnings = |line: &str| (warn.borrow_mut())(line);
+        report(kube, scope, args, style, &mut progress, &mut warnings).await?
+    };
+    print(
+        super::describe::run(kube, &scope.namespace, &name, output, style)
+            .await?
+            .trim_end(),
+    );
+    Ok(code)
+}
+
+/// `run`'s text report; also returns the Abnormal's name.
+async fn report(
     kube: &Kube,
     scope: &Scope,
     args: &RunArgs,
     style: Style,
     print: &mut dyn FnMut(&str),
     warn: &mut dyn FnMut(&str),
-) -> Result<u8, DiagError> {
+) -> Result<(u8, String), DiagError> {
     if scope.all_namespaces {
         return Err(DiagError::Usage(
             "run creates an Abnormal in one namespace: use -n NAMESPACE, not -A".into(),
@@ -481,7 +529,7 @@ pub async fn run(
         print("");
         let events = super::describe::run(kube, namespace, &name, None, style).await?;
         print(events.trim_end());
-        return Ok(exit_code(&done));
+        return Ok((exit_code(&done), name));
     }
 
     // Without --wait, still wait for admission: a rejection or a missing controller is worth
@@ -497,7 +545,7 @@ pub async fn run(
             Ok(a) => {
                 if let Some((line, code)) = admission_outcome(&a, namespace, &name) {
                     print(&line);
-                    return Ok(code);
+                    return Ok((code, name));
                 }
             }
             // An apiserver that is briefly unreachable or overloaded is read again.

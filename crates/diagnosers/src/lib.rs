@@ -3,6 +3,7 @@
 
 pub mod pod_disk_usage;
 pub mod pods;
+pub mod probe_failure;
 pub mod quantity;
 pub mod terminating_pod;
 pub mod triage;

@@ -173,6 +173,10 @@ async fn the_controller_may_admit_and_collect_abnormals_and_nothing_more() {
             "team",
         ],
         &["get", "pods", "-n", "team"],
+        // A failing probe checker judged on its component: the DNS Service (or the Service
+        // behind a refused address), its Endpoints, in any namespace.
+        &["list", "services", "-A"],
+        &["get", "endpoints", "-n", "kube-system"],
         // Reports: who sent one (TokenReview), the alert token Secret, the round trip check.
         &["create", "tokenreviews.authentication.k8s.io"],
         &["get", "secrets/kdiag-alert-token", "-n", "kube-diagnoser"],

@@ -1105,3 +1105,196 @@ async fn the_rust_plugin_example_identifies_an_oom_kill_when_run_asks_for_it() {
         "{ran}"
     );
 }
+
+#[tokio::test]
+async fn kubectl_diag_run_with_o_json_or_yaml_prints_only_the_abnormal_as_stored() {
+    let cp = with_controller().await;
+    let (ns, _plugin) = namespace_with_plugins(cp, "run-json").await;
+    let node = format!("{ns}-node");
+    let _agent = TestAgent::start(cp, &node).await;
+    let echo = format!("{ns}/echo");
+    let finder = format!("{ns}/finder");
+    let base = [
+        "run",
+        "-n",
+        &ns,
+        "--node",
+        &node,
+        "--collector",
+        &echo,
+        "--diagnoser",
+        &finder,
+    ];
+
+    let mut args = base.to_vec();
+    args.extend(["--name", "as-json", "--wait", "-o", "json"]);
+    let ran = kubectl_diag(cp, &args).await;
+    assert_eq!(ran.code, 0, "{ran}");
+    // stdout is one JSON document: the Abnormal as the apiserver stores it, after its end.
+    let stored: serde_json::Value = serde_json::from_str(&ran.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {ran}"));
+    assert_eq!(stored["kind"], "Abnormal", "{ran}");
+    assert_eq!(stored["metadata"]["name"], "as-json");
+    assert_eq!(stored["status"]["phase"], "Succeeded");
+    assert_eq!(stored["status"]["rootCause"]["summary"], "found DiskFull");
+    let api: Api<Abnormal> = Api::namespaced(cp.client().await, &ns);
+    let read = serde_json::to_value(api.get("as-json").await.unwrap()).unwrap();
+    assert_eq!(stored["status"], read["status"], "as stored");
+    // The progress went to stderr.
+    assert!(
+        ran.stderr
+            .contains("abnormal.diagnosis.netease.com/as-json created"),
+        "{ran}"
+    );
+
+    let mut args = base.to_vec();
+    args.extend(["--name", "as-yaml", "-o", "yaml"]);
+    let ran = kubectl_diag(cp, &args).await;
+    assert_eq!(ran.code, 0, "{ran}");
+    let stored: serde_json::Value = serde_yaml::from_str(&ran.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not YAML ({e}): {ran}"));
+    assert_eq!(stored["metadata"]["name"], "as-yaml", "{ran}");
+    assert_eq!(stored["spec"]["nodeName"], json!(node));
+    // Without --wait: printed once admitted.
+    assert!(stored["status"]["phase"].is_string(), "{ran}");
+}
+
+#[tokio::test]
+async fn kubectl_diag_run_on_a_service_without_ready_endpoints_names_its_unready_pods_or_its_empty_selector()
+ {
+    use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("run-service").await;
+    let client = cp.client().await;
+    let node = format!("{ns}-node");
+    ensure_node(&client, &node).await;
+    cp.service_account_token(&ns, "default").await;
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    for (name, app) in [("web", "web"), ("orphan", "nothing")] {
+        let svc: Service = serde_json::from_value(json!({"metadata": {"name": name},
+            "spec": {"selector": {"app": app}, "ports": [{"port": 80, "targetPort": 8080}]}}))
+        .unwrap();
+        services.create(&Default::default(), &svc).await.unwrap();
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pod: Pod = serde_json::from_value(
+        json!({"metadata": {"name": "web-1", "labels": {"app": "web"}},
+        "spec": {"nodeName": node, "automountServiceAccountToken": false,
+                 "containers": [{"name": "app", "image": "web:1"}]}}),
+    )
+    .unwrap();
+    pods.create(&Default::default(), &pod).await.unwrap();
+    pods.patch_status(
+        "web-1",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(
+            json!({"status": {"phase": "Running", "podIP": "10.244.7.7", "containerStatuses": [{
+            "name": "app", "ready": false, "restartCount": 3, "image": "web:1", "imageID": "",
+            "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}}),
+        ),
+    )
+    .await
+    .unwrap();
+    // What the endpoints controller would write for it (none runs here).
+    let endpoints: Endpoints = serde_json::from_value(json!({"metadata": {"name": "web"},
+        "subsets": [{"notReadyAddresses": [{"ip": "10.244.7.7", "nodeName": node,
+            "targetRef": {"kind": "Pod", "name": "web-1", "namespace": ns}}], "ports": [{"port": 8080}]}]}))
+    .unwrap();
+    Api::<Endpoints>::namespaced(client.clone(), &ns)
+        .create(&Default::default(), &endpoints)
+        .await
+        .unwrap();
+
+    let ran = kubectl_diag(cp, &["run", "--service", "web", "-n", &ns]).await;
+    assert_eq!(ran.code, 0, "{ran}");
+    assert!(
+        ran.stdout.starts_with(&format!(
+            "Root cause:   Service {ns}/web has no ready endpoint: none of the 1 pod(s) its selector app=web matches is ready: web-1 on node {node} (Running, container app waiting CrashLoopBackOff, 3 restart(s))"
+        )),
+        "{ran}"
+    );
+    assert!(
+        ran.stdout.contains("  Reason:     ServiceNoReadyEndpoints"),
+        "{ran}"
+    );
+    assert!(
+        ran.stdout.contains(&format!(
+            "- [Endpoints] endpoints/{ns}/web: 0 ready address(es), 1 not ready (10.244.7.7)"
+        )),
+        "{ran}"
+    );
+
+    let orphan = kubectl_diag(
+        cp,
+        &["run", "--service", &format!("{ns}/orphan"), "-o", "json"],
+    )
+    .await;
+    assert_eq!(orphan.code, 0, "{orphan}");
+    let v: serde_json::Value = serde_json::from_str(&orphan.stdout).unwrap();
+    assert_eq!(
+        v["rootCause"]["summary"],
+        json!(format!(
+            "Service {ns}/orphan has no ready endpoint: its selector app=nothing matches no pod"
+        ))
+    );
+}
+
+#[tokio::test]
+async fn kubectl_diag_run_on_a_job_past_its_backoff_limit_names_its_last_attempts_failure() {
+    use k8s_openapi::api::batch::v1::Job;
+    use k8s_openapi::api::core::v1::Pod;
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("run-job").await;
+    let client = cp.client().await;
+    let node = format!("{ns}-node");
+    ensure_node(&client, &node).await;
+    cp.service_account_token(&ns, "default").await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let job: Job = serde_json::from_value(json!({"metadata": {"name": "migrate"},
+        "spec": {"backoffLimit": 1, "template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "migrate", "image": "migrate:1"}]}}}}))
+    .unwrap();
+    jobs.create(&Default::default(), &job).await.unwrap();
+    // No job controller runs here: its pods and its verdict are written as it would.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    for (i, name) in ["migrate-a", "migrate-b"].iter().enumerate() {
+        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": name, "labels": {"job-name": "migrate"}},
+            "spec": {"nodeName": node, "restartPolicy": "Never", "automountServiceAccountToken": false,
+                     "containers": [{"name": "migrate", "image": "migrate:1"}]}}))
+        .unwrap();
+        pods.create(&Default::default(), &pod).await.unwrap();
+        pods.patch_status(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"status": {"phase": "Failed", "containerStatuses": [{
+                "name": "migrate", "ready": false, "restartCount": 0, "image": "migrate:1", "imageID": "",
+                "state": {"terminated": {"exitCode": 2 + i, "reason": "Error",
+                    "finishedAt": format!("2026-12-01T10:0{i}:00Z"),
+                    "message": "relation \"users\" does not exist"}}}]}})),
+        )
+        .await
+        .unwrap();
+    }
+    jobs.patch_status(
+        "migrate",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"status": {"failed": 2, "conditions": [{"type": "Failed", "status": "True",
+            "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit",
+            "lastTransitionTime": jiff::Timestamp::now().to_string()}]}})),
+    )
+    .await
+    .unwrap();
+
+    let ran = kubectl_diag(cp, &["run", "--job", "migrate", "-n", &ns]).await;
+    assert_eq!(ran.code, 0, "{ran}");
+    assert!(
+        ran.stdout.starts_with(&format!(
+            "Root cause:   Job {ns}/migrate gave up after 2 failed attempt(s), past its backoffLimit 1; the last attempt, pod migrate-b, failed: container migrate exited 3 (Error): relation \"users\" does not exist"
+        )),
+        "{ran}"
+    );
+    assert!(
+        ran.stdout.contains("  Reason:     JobBackoffLimitExceeded"),
+        "{ran}"
+    );
+}

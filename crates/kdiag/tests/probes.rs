@@ -173,7 +173,15 @@ async fn a_checker_turning_error_is_diagnosed_and_the_root_cause_sits_next_to_th
         diagnosis.abnormal,
         format!("{ns}/{}", kube::ResourceExt::name_any(a))
     );
-    assert_eq!(diagnosis.root_cause, "found CoreDNSDown");
+    // The controller's look at cluster DNS leads; the node's diagnoser follows.
+    assert!(
+        diagnosis
+            .root_cause
+            .ends_with(&format!("node {node}: found CoreDNSDown")),
+        "{}",
+        diagnosis.root_cause
+    );
+    assert!(diagnosis.reason.starts_with("ClusterDNS"), "{diagnosis:?}");
     // The per-probe summary KubeProber stopped writing: the worst checker.
     let ps = api.get("k8s").await.unwrap();
     let summary = ps.status.unwrap();
@@ -271,6 +279,21 @@ async fn a_node_check_naming_three_nodes_makes_three_abnormals() {
     let mut nodes: Vec<String> = list.iter().map(|a| a.spec.node_name.clone()).collect();
     nodes.sort();
     assert_eq!(nodes, ["worker-1", "worker-2", "worker-3"]);
+    // Classified as a node check of the kubelet: the node triage is chosen for each node.
+    assert!(
+        list.iter().all(|a| a
+            .spec
+            .assigned_diagnosers
+            .iter()
+            .any(|d| d.name == "node-triage-diagnoser")),
+        "{:?}",
+        list[0].spec.assigned_diagnosers
+    );
+    let context = list[0].spec.context.clone().unwrap_or_default();
+    assert_eq!(
+        context["probeFailure"]["classification"]["fault"],
+        json!("NodesFailing")
+    );
 }
 
 #[tokio::test]
@@ -555,7 +578,10 @@ async fn the_release_gate_fails_with_the_root_cause_while_a_checker_fails_and_pa
         .find(|l| l.contains("dns-resolution-check"))
         .unwrap_or_else(|| panic!("the failing checker is named: {out}"));
     assert!(
-        row.contains("ERROR") && row.contains("failing") && row.contains("found CoreDNSDown"),
+        // The controller's finding about cluster DNS leads the root cause (the node's follows).
+        row.contains("ERROR")
+            && row.contains("failing")
+            && row.contains("lookups of kubernetes.default fail (i/o timeout): the cluster DNS"),
         "with its status and root cause: {out}"
     );
     assert!(
@@ -1027,4 +1053,213 @@ async fn the_root_cause_of_a_failed_run_lands_in_its_history() {
         "{out}"
     );
     agent.stop().await;
+}
+
+/// The checker's diagnosis once `done` holds for it.
+async fn wait_diagnosis(
+    client: &kube::Client,
+    ns: &str,
+    probe: &str,
+    checker: &str,
+    done: impl Fn(&CheckerDiagnosis) -> bool,
+) -> CheckerDiagnosis {
+    let api: Api<ProbeStatus> = Api::namespaced(client.clone(), ns);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ps = api.get(probe).await.unwrap();
+        let d = ps
+            .spec
+            .checkers
+            .iter()
+            .find(|c| c.name == checker)
+            .and_then(|c| c.diagnosis.clone());
+        if let Some(d) = d.filter(|d| done(d)) {
+            return d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no such diagnosis on checker {checker}: {:#?} (annotations {:?})",
+            ps.spec.checkers,
+            ps.metadata.annotations
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_probe_whose_processors_find_nothing_says_what_was_checked_and_that_no_cause_was_found() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("probe-nocause").await;
+    let client = cp.client().await;
+    let node = format!("{ns}-node");
+    let plugin = TestPlugin::start().await;
+    register_plugin(
+        &client,
+        &ns,
+        "InformationCollector",
+        "collect",
+        plugin.port,
+        "/echo/collected",
+        5,
+    )
+    .await;
+    probe_source(&client, &ns, "web-failures", json!({"priority": 10,
+        "sourceTemplate": {"type": "ProbeStatus", "probeStatusTemplate": {"match": {"probeNamespace": ns}, "nodeName": node}},
+        "assignedInformationCollectors": [{"name": "collect"}]})).await;
+    wait_source_valid(&client, &ns, "web-failures").await;
+    let agent = TestAgent::start(cp, &node).await;
+    // A message of no known family: only the Abnormal's processors could explain it.
+    put_checkers(
+        &client,
+        &ns,
+        "web",
+        json!([{"name": "http-get", "status": "ERROR", "message": "unexpected status 500", "lastRun": now()}]),
+    )
+    .await;
+    let d = wait_diagnosis(&client, &ns, "web", "http-get", |d| !d.reason.is_empty()).await;
+    assert_eq!(d.reason, kdiag_api::kubeprober::NO_CAUSE_FOUND, "{d:?}");
+    // The Abnormal only collected, so it Succeeded; the checker's diagnosis did not.
+    assert_eq!(d.phase, "Failed");
+    assert_eq!(d.root_cause, "");
+    assert!(
+        d.message
+            .starts_with(&format!("no cause found: on node {node} ("))
+            && d.message
+                .contains("ran collectors collect, no diagnoser (the source names none)")
+            && d.message.ends_with("none of them named a cause"),
+        "{}",
+        d.message
+    );
+    let a = &abnormals_of(&client, &ns).await[0];
+    assert_eq!(a.phase(), Some(AbnormalPhase::Succeeded));
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn a_dns_checker_failing_while_the_dns_service_has_no_ready_endpoint_is_diagnosed_to_the_service_and_its_pods()
+ {
+    use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("probe-dns").await;
+    let client = cp.client().await;
+    let dns_node = format!("{ns}-dns-node");
+    ensure_node(&client, &dns_node).await;
+    // Cluster DNS as kubeadm installs it, its only pod crash-looping: no ready endpoint.
+    let system = "kube-system";
+    // No controller-manager here makes kube-system's default ServiceAccount.
+    cp.service_account_token(system, "default").await;
+    let svc: Service = serde_json::from_value(json!({"metadata": {"name": "kube-dns", "namespace": system},
+        "spec": {"selector": {"k8s-app": "kube-dns"}, "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}}))
+    .unwrap();
+    let _ = Api::<Service>::namespaced(client.clone(), system)
+        .create(&PostParams::default(), &svc)
+        .await;
+    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "coredns-test", "namespace": system, "labels": {"k8s-app": "kube-dns"}},
+        "spec": {"nodeName": dns_node, "automountServiceAccountToken": false,
+                 "containers": [{"name": "coredns", "image": "coredns/coredns:1.8.0"}]}}))
+    .unwrap();
+    let pods = Api::<Pod>::namespaced(client.clone(), system);
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    pods.patch_status(
+        "coredns-test",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Running", "podIP": "10.244.9.9", "containerStatuses": [{
+            "name": "coredns", "ready": false, "restartCount": 5, "image": "coredns/coredns:1.8.0", "imageID": "",
+            "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 2m40s restarting failed container"}}}]}})),
+    )
+    .await
+    .unwrap();
+    let endpoints: Endpoints = serde_json::from_value(json!({"metadata": {"name": "kube-dns", "namespace": system},
+        "subsets": [{"notReadyAddresses": [{"ip": "10.244.9.9", "nodeName": dns_node,
+            "targetRef": {"kind": "Pod", "name": "coredns-test", "namespace": system}}], "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}]}))
+    .unwrap();
+    Api::<Endpoints>::namespaced(client.clone(), system)
+        .create(&PostParams::default(), &endpoints)
+        .await
+        .unwrap();
+
+    // Names no node, no processors; no checker pod: a cluster-level check.
+    probe_source(&client, &ns, "k8s-failures", json!({"priority": 10,
+        "sourceTemplate": {"type": "ProbeStatus", "probeStatusTemplate": {"match": {"probeNamespace": ns}}}})).await;
+    wait_source_valid(&client, &ns, "k8s-failures").await;
+    let started = Instant::now();
+    put_checkers(&client, &ns, "k8s", json!([
+        {"name": "dns-resolution-check", "status": "ERROR", "lastRun": now(),
+         "message": "lookup kubernetes.default.svc.cluster.local on 10.96.0.10:53: read udp 10.244.0.7:41234->10.96.0.10:53: i/o timeout"}])).await;
+
+    let d = wait_diagnosis(&client, &ns, "k8s", "dns-resolution-check", |d| {
+        !d.root_cause.is_empty()
+    })
+    .await;
+    eprintln!(
+        "DNS checker ERROR → root cause on the ProbeStatus in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(d.reason, "ClusterDNSNoReadyEndpoints", "{d:?}");
+    assert!(
+        d.root_cause.starts_with(
+            "lookups of kubernetes.default.svc.cluster.local fail (i/o timeout): the cluster DNS Service kube-system/kube-dns has no ready endpoint: none of the 1 pod(s) its selector k8s-app=kube-dns matches is ready: coredns-test on node"
+        ) && d.root_cause.contains("waiting CrashLoopBackOff, 5 restart(s)"),
+        "{}",
+        d.root_cause
+    );
+    assert!(
+        d.evidence
+            .iter()
+            .any(|e| e.object == "endpoints/kube-system/kube-dns"
+                && e.message == "0 ready address(es), 1 not ready (10.244.9.9)"),
+        "{:?}",
+        d.evidence
+    );
+    // And an Abnormal on the node of the DNS pod, carrying the classification.
+    let list = wait_count(&client, &ns, 1).await;
+    assert_eq!(list[0].spec.node_name, dns_node);
+    let context = list[0].spec.context.clone().unwrap_or_default();
+    assert_eq!(
+        context["probeFailure"]["classification"]["component"],
+        json!("ClusterDns"),
+        "{context:?}"
+    );
+    assert_eq!(
+        context["probeFailure"]["cluster"]["reason"],
+        json!("ClusterDNSNoReadyEndpoints")
+    );
+    let ps = Api::<ProbeStatus>::namespaced(client.clone(), &ns)
+        .get("k8s")
+        .await
+        .unwrap();
+    let episodes = ps.metadata.annotations.unwrap()["kdiag.io/episodes"].clone();
+    assert!(!episodes.contains("no node"), "{episodes}");
+}
+
+#[tokio::test]
+async fn an_etcd_checker_timing_out_with_no_node_is_diagnosed_by_the_controller_not_suppressed() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("probe-etcd").await;
+    let client = cp.client().await;
+    probe_source(&client, &ns, "all", json!({"priority": 10,
+        "sourceTemplate": {"type": "ProbeStatus", "probeStatusTemplate": {"match": {"probeNamespace": ns}}}})).await;
+    wait_source_valid(&client, &ns, "all").await;
+    put_checkers(&client, &ns, "control-plane", json!([
+        {"name": "etcd-put", "status": "ERROR", "message": "context deadline exceeded", "lastRun": now()}])).await;
+    let d = wait_diagnosis(&client, &ns, "control-plane", "etcd-put", |d| {
+        !d.reason.is_empty()
+    })
+    .await;
+    assert_eq!(
+        (d.reason.as_str(), d.phase.as_str(), d.abnormal.as_str()),
+        ("EtcdUnavailable", "Succeeded", "")
+    );
+    // The test apiserver's etcd is healthy: kdiag says the check passes now, with its line.
+    assert!(
+        d.root_cause.starts_with("etcd did not answer checker etcd-put in time (context deadline exceeded); the apiserver's readiness check passes now ([+]etcd ok)"),
+        "{}",
+        d.root_cause
+    );
+    assert!(
+        d.evidence.iter().any(|e| e.kind == "Readyz"),
+        "{:?}",
+        d.evidence
+    );
+    assert!(abnormals_of(&client, &ns).await.is_empty());
 }

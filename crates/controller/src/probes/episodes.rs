@@ -18,7 +18,7 @@ pub const EPISODES_ANNOTATION: &str = "kdiag.io/episodes";
 pub const SUPPRESSED_ANNOTATION: &str = "kdiag.io/suppressed";
 
 /// One open failure episode.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Episode {
     /// When it started: the failing result's lastRun (or the time it was seen).
@@ -36,6 +36,10 @@ pub struct Episode {
     /// Why no Abnormal was created, if none was.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub suppressed: String,
+    /// What the controller found about the cluster when the episode opened (the probe failure
+    /// classified to a component and checked: `probes::cluster`), ahead of any node's cause.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<kdiag_api::RootCause>,
 }
 
 pub type Episodes = BTreeMap<String, Episode>;
@@ -213,6 +217,7 @@ mod tests {
             abnormals: vec!["a".into()],
             nodes: vec!["n".into()],
             suppressed: String::new(),
+            cluster: None,
         }
     }
 

@@ -3,6 +3,7 @@
 
 pub mod change;
 pub mod checks;
+pub mod cluster;
 pub mod continuous;
 pub mod denoise;
 pub mod episodes;

@@ -12,6 +12,7 @@ use kdiag_api::kubeprober::labels as probe_labels;
 use kdiag_api::{
     Abnormal, AbnormalSource, AbnormalSourceType, ProbeCheckerStatus, ProbeReference, ProbeStatus,
 };
+use kdiag_diagnosers::probe_failure;
 use kdiag_pipeline::templates::{CompiledSource, compile, order, slug};
 use kdiag_runtime::metrics::Metrics;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -63,6 +64,8 @@ pub struct TriggerCtx {
     repaired: Mutex<Repaired>,
     /// The trigger's cache of ProbeStatus objects.
     probe_statuses: Store<DeserializeGuard<ProbeStatus>>,
+    /// Where a diagnosis without Abnormals is written (see writeback).
+    schema: super::writeback::SchemaProbe,
 }
 
 /// The ProbeStatus objects (namespace/name) already checked for Abnormals a crash left
@@ -119,6 +122,7 @@ pub fn start(
         nodes,
         repaired: Mutex::new(Repaired::default()),
         probe_statuses: controller.store(),
+        schema: Default::default(),
     });
     async move {
         kdiag_runtime::ready::store_ready(&ctx.sources).await;
@@ -240,8 +244,27 @@ async fn reconcile(
     for a in to_create {
         create(&ctx, &ns, &a).await?;
     }
+    // No Abnormal will change phase to bring these diagnoses to the ProbeStatus: the trigger
+    // writes them (after the episodes they are read from), on every pass until they are there.
+    for checker in unwritten_cluster_diagnoses(ps, &open) {
+        super::writeback::write_without_abnormals(&ctx.client, &ctx.schema, &ns, &name, &checker)
+            .await?;
+    }
     write_summary(&ctx, ps).await?;
     Ok(Action::await_change())
+}
+
+/// Checkers whose open episode the controller diagnosed alone (no Abnormal) and whose
+/// diagnosis on `ps` is not that one yet.
+fn unwritten_cluster_diagnoses(ps: &ProbeStatus, open: &Episodes) -> Vec<String> {
+    open.iter()
+        .filter(|(_, e)| e.abnormals.is_empty() && e.cluster.is_some())
+        .filter(|(checker, e)| {
+            kdiag_api::gate::diagnosis(ps, checker)
+                != Some(super::writeback::combine(e.cluster.as_ref(), &[]))
+        })
+        .map(|(checker, _)| checker.clone())
+        .collect()
 }
 
 /// Resolves the episode's nodes, applies the budgets, and returns the episode with the
@@ -255,7 +278,17 @@ async fn open_episode(
 ) -> Result<(Episode, Vec<Abnormal>, u64), Error> {
     let ns = ps.namespace().unwrap_or_default();
     let probe = ps.name_any();
-    let resolved = resolve_nodes(ctx, ps, checker, source).await?;
+    // The failure classified and judged on the cluster's objects (DNS Service, endpoints,
+    // apiserver checks): the lead of the diagnosis, and where there is no node, all of it.
+    let diagnosed = super::cluster::diagnose(&ctx.client, &format!("{ns}/{probe}"), checker).await;
+    let mut resolved = resolve_nodes(ctx, ps, checker, source).await?;
+    if resolved.is_empty()
+        && let Some((_, judgement)) = &diagnosed
+    {
+        // A cluster-level check: diagnose on the nodes of the component's pods (for DNS, the
+        // nodes of the DNS pods).
+        resolved = judgement.nodes.clone();
+    }
     // Names from a message or a source that are no Node: nothing is created for them and they
     // take no budget.
     let unknown: Vec<String> = ctx
@@ -276,6 +309,7 @@ async fn open_episode(
         abnormals: Vec::new(),
         nodes: Vec::new(),
         suppressed: String::new(),
+        cluster: diagnosed.as_ref().map(|(_, j)| j.cause.clone()),
     };
     if !unknown.is_empty() {
         ctx.metrics
@@ -293,6 +327,11 @@ async fn open_episode(
         if nodes.is_empty() {
             return Ok((episode, Vec::new(), unknown.len() as u64));
         }
+    }
+    if nodes.is_empty() && episode.cluster.is_some() {
+        // Diagnosed by the controller alone; nothing was suppressed.
+        tracing::info!(probe = %format!("{ns}/{probe}"), checker = %checker.name, "cluster-level probe failure diagnosed by the controller");
+        return Ok((episode, Vec::new(), 0));
     }
     if nodes.is_empty() {
         episode.suppressed = "no node: the source names none, the message lists none, and no probe pod was found; set probeStatusTemplate.nodeName".into();
@@ -328,7 +367,14 @@ async fn open_episode(
             continue;
         }
         let name = episodes::abnormal_name(&ns, &probe, &checker.name, since, &node);
-        abnormals.push(build_abnormal(ps, checker, source, &name, &node));
+        abnormals.push(build_abnormal(
+            ps,
+            checker,
+            source,
+            &name,
+            &node,
+            episode.cluster.as_ref(),
+        ));
         episode.abnormals.push(name);
         episode.nodes.push(node);
     }
@@ -391,12 +437,26 @@ async fn resolve_nodes(
 const NODE_DEFAULT_COLLECTORS: [&str; 3] =
     ["node-collector", "kernel-log-collector", "pod-collector"];
 
+/// The diagnoser a node-level probe failure gets when its source names none.
+const NODE_TRIAGE_DIAGNOSER: &str = "node-triage-diagnoser";
+
+/// Whether a classified failure is about the node it happened on.
+fn node_level(c: &probe_failure::Classification) -> bool {
+    use probe_failure::{Component, Fault};
+    c.fault == Fault::NodesFailing
+        || matches!(
+            c.component,
+            Component::ContainerRuntime | Component::Cni | Component::Kubelet
+        )
+}
+
 fn build_abnormal(
     ps: &ProbeStatus,
     checker: &ProbeCheckerStatus,
     source: &CompiledSource,
     name: &str,
     node: &str,
+    cluster: Option<&kdiag_api::RootCause>,
 ) -> Abnormal {
     let ns = ps.namespace().unwrap_or_default();
     let mut spec = source.abnormal_spec();
@@ -416,6 +476,16 @@ fn build_abnormal(
                 .iter()
                 .map(|n| kdiag_api::NamespacedName::new(kdiag_api::SYSTEM_NAMESPACE, *n))
                 .collect();
+            // A fault the classification puts on the node (its runtime, CNI or kubelet, a node
+            // check): the node triage looks at that node's conditions and top consumers.
+            if probe_failure::classify(&checker.name, &checker.message)
+                .is_some_and(|c| node_level(&c))
+            {
+                spec.assigned_diagnosers = vec![kdiag_api::NamespacedName::new(
+                    kdiag_api::SYSTEM_NAMESPACE,
+                    NODE_TRIAGE_DIAGNOSER,
+                )];
+            }
         }
     }
     spec.probe_status = Some(ProbeReference {
@@ -431,6 +501,14 @@ fn build_abnormal(
         json!({"probe": format!("{ns}/{}", ps.name_any()), "checker": checker.name, "status": checker.status.as_str(),
                "message": checker.message, "lastRun": checker.last_run, "source": source.key.to_string()}),
     );
+    // What the failure means and what the controller found, for the processors (and people)
+    // working on this node.
+    if let Some(class) = probe_failure::classify(&checker.name, &checker.message) {
+        context.insert(
+            probe_failure::PROBE_FAILURE.into(),
+            json!({"classification": class, "cluster": cluster}),
+        );
+    }
     spec.context = Some(context);
     let mut a = Abnormal::new(name, spec);
     a.metadata.namespace = Some(ns);
@@ -469,7 +547,14 @@ async fn missing_abnormals(
                 .await
                 .map_err(|e| Error::kube("get", format!("Abnormal {ns}/{name}"), e))?;
             if exists.is_none() {
-                missing.push(build_abnormal(ps, checker, source, name, node));
+                missing.push(build_abnormal(
+                    ps,
+                    checker,
+                    source,
+                    name,
+                    node,
+                    episode.cluster.as_ref(),
+                ));
             }
         }
     }

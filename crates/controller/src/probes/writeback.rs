@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use backon::Retryable;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kdiag_api::kubeprober::NO_CAUSE_FOUND;
 use kdiag_api::labels::DIAGNOSES_ANNOTATION;
-use kdiag_api::{Abnormal, AbnormalPhase, CheckerDiagnosis, ProbeStatus};
+use kdiag_api::{Abnormal, AbnormalPhase, CheckerDiagnosis, ProbeStatus, RootCause};
 use kdiag_runtime::metrics::Metrics;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::DeserializeGuard;
@@ -120,8 +121,16 @@ pub fn crd_keeps_diagnosis(crd: &CustomResourceDefinition) -> bool {
     })
 }
 
-/// The diagnosis of a checker from the Abnormals of its episode (one per node).
-pub fn combine(abnormals: &[Abnormal]) -> CheckerDiagnosis {
+/// The most evidence copied next to a checker: the rest is on the Abnormal.
+const MAX_EVIDENCE: usize = 5;
+
+/// The diagnosis of a checker from what the controller found about the cluster when the episode
+/// opened (`cluster`, see `probes::cluster`) and the Abnormals of its episode (one per node).
+///
+/// A root cause found by either is the diagnosis; once every Abnormal ended and neither found
+/// one, the reason is [`NO_CAUSE_FOUND`] and the message says what was checked, so an episode
+/// that found nothing never reads like one that succeeded.
+pub fn combine(cluster: Option<&RootCause>, abnormals: &[Abnormal]) -> CheckerDiagnosis {
     let names: Vec<String> = abnormals
         .iter()
         .map(|a| format!("{}/{}", a.namespace().unwrap_or_default(), a.name_any()))
@@ -133,12 +142,15 @@ pub fn combine(abnormals: &[Abnormal]) -> CheckerDiagnosis {
     {
         Some(Some(p)) => p.as_str().to_owned(),
         Some(None) => "Pending".to_owned(),
+        // Only the controller's look at the cluster: it ended when the episode opened.
+        None if abnormals.is_empty() && cluster.is_some() => "Succeeded".to_owned(),
+        None if abnormals.is_empty() => "Failed".to_owned(),
         None if phases.iter().all(|p| *p == Some(AbnormalPhase::Succeeded)) => {
             "Succeeded".to_owned()
         }
         None => "Failed".to_owned(),
     };
-    let causes: Vec<String> = abnormals
+    let node_causes: Vec<(&Abnormal, &RootCause)> = abnormals
         .iter()
         .filter_map(|a| {
             a.status
@@ -146,19 +158,108 @@ pub fn combine(abnormals: &[Abnormal]) -> CheckerDiagnosis {
                 .and_then(|s| s.root_cause.as_ref())
                 .map(|r| (a, r))
         })
-        .map(|(a, r)| {
-            if abnormals.len() > 1 {
-                format!("{}: {}", a.spec.node_name, r.summary)
-            } else {
-                r.summary.clone()
-            }
-        })
         .collect();
+    let prefix_nodes = abnormals.len() > 1 || cluster.is_some();
+    let mut causes: Vec<String> = cluster.iter().map(|r| r.summary.clone()).collect();
+    for (a, r) in &node_causes {
+        let text = if prefix_nodes {
+            format!("node {}: {}", a.spec.node_name, r.summary)
+        } else {
+            r.summary.clone()
+        };
+        if !causes.contains(&text) {
+            causes.push(text);
+        }
+    }
+    let first = cluster.or(node_causes.first().map(|(_, r)| *r));
+    let ended = phase == "Succeeded" || phase == "Failed";
+    let (reason, message) = match first {
+        Some(r) => (r.reason.clone(), String::new()),
+        None if ended => (NO_CAUSE_FOUND.to_owned(), what_was_checked(abnormals)),
+        None => (String::new(), String::new()),
+    };
+    // An Abnormal that ran only collectors ends Succeeded; the checker's diagnosis did not.
+    let phase = if reason == NO_CAUSE_FOUND {
+        "Failed".to_owned()
+    } else {
+        phase
+    };
     CheckerDiagnosis {
         abnormal: names.join(", "),
         phase,
         root_cause: causes.join("; "),
+        reason,
+        message,
+        evidence: first
+            .map(|r| r.evidence.iter().take(MAX_EVIDENCE).cloned().collect())
+            .unwrap_or_default(),
     }
+}
+
+/// "no cause found: …" naming, per node, the processors each Abnormal ran and how it ended.
+/// Built from the spec and the end reason only: the controller's cache keeps no step records.
+fn what_was_checked(abnormals: &[Abnormal]) -> String {
+    if abnormals.is_empty() {
+        return "no cause found: no Abnormal was created and the controller's checks of the cluster found nothing (see the episode in the annotation kdiag.io/episodes)".into();
+    }
+    let names = |list: &[kdiag_api::NamespacedName]| {
+        list.iter()
+            .map(|n| n.name.clone())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let per_node: Vec<String> = abnormals
+        .iter()
+        .map(|a| {
+            let mut ran = Vec::new();
+            if let Some(p) = &a.spec.pod_reference {
+                ran.push(format!("the pod triage of pod {}/{}", p.namespace, p.name));
+            }
+            if !a.spec.assigned_information_collectors.is_empty() {
+                ran.push(format!(
+                    "collectors {}",
+                    names(&a.spec.assigned_information_collectors)
+                ));
+            }
+            if a.spec.assigned_diagnosers.is_empty() && a.spec.pod_reference.is_none() {
+                ran.push("no diagnoser (the source names none)".into());
+            } else if !a.spec.assigned_diagnosers.is_empty() {
+                ran.push(format!("diagnosers {}", names(&a.spec.assigned_diagnosers)));
+            }
+            let end = a
+                .status
+                .as_ref()
+                .map(|s| match (s.reason.as_str(), s.message.as_str()) {
+                    ("", _) => String::new(),
+                    (r, "") => format!(" — ended {r}"),
+                    (r, m) => format!(" — ended {r}: {}", cut(m, 400)),
+                })
+                .unwrap_or_default();
+            format!(
+                "on node {} ({}) ran {}{end}",
+                a.spec.node_name,
+                a.name_any(),
+                if ran.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    ran.join(", ")
+                }
+            )
+        })
+        .collect();
+    format!(
+        "no cause found: {}; none of them named a cause",
+        per_node.join("; ")
+    )
+}
+
+fn cut(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_owned();
+    }
+    let mut out: String = s.chars().take(max).collect();
+    out.push('…');
+    out
 }
 
 /// Brings the checker's diagnosis up to date with `abnormal` and its siblings. Idempotent; an
@@ -185,11 +286,13 @@ pub async fn sync(
             .get(EPISODES_ANNOTATION)
             .and_then(|a| serde_json::from_str(a).ok())
             .unwrap_or_default();
-        let names: Vec<String> = match episodes.get(&probe.checker) {
-            Some(e) if e.abnormals.contains(&abnormal.name_any()) => e.abnormals.clone(),
+        let (names, cluster) = match episodes.get(&probe.checker) {
+            Some(e) if e.abnormals.contains(&abnormal.name_any()) => {
+                (e.abnormals.clone(), e.cluster.clone())
+            }
             // A newer episode is open: this Abnormal's news is stale.
             Some(_) => return Ok(()),
-            None => vec![abnormal.name_any()],
+            None => (vec![abnormal.name_any()], None),
         };
         let siblings: Vec<Abnormal> = names
             .iter()
@@ -203,43 +306,8 @@ pub async fn sync(
             })
             .collect::<Option<Vec<_>>>()
             .unwrap_or_else(|| vec![abnormal.clone()]);
-        let diagnosis = combine(&siblings);
-
-        if field_mode {
-            let mut updated = ps.clone();
-            let Some(entry) = updated
-                .spec
-                .checkers
-                .iter_mut()
-                .find(|c| c.name == probe.checker)
-            else {
-                return Ok(());
-            };
-            if entry.diagnosis.as_ref() == Some(&diagnosis) {
-                return Ok(());
-            }
-            entry.diagnosis = Some(diagnosis);
-            api.replace(&probe.name, &PostParams::default(), &updated)
-                .await
-                .map(|_| ())
-        } else {
-            let mut all: BTreeMap<String, CheckerDiagnosis> = ps
-                .annotations()
-                .get(DIAGNOSES_ANNOTATION)
-                .and_then(|a| serde_json::from_str(a).ok())
-                .unwrap_or_default();
-            if all.get(&probe.checker) == Some(&diagnosis) {
-                return Ok(());
-            }
-            all.insert(probe.checker.clone(), diagnosis);
-            let patch = json!({"metadata": {
-                "resourceVersion": ps.resource_version(),
-                "annotations": {DIAGNOSES_ANNOTATION: serde_json::to_string(&all).unwrap_or_default()},
-            }});
-            api.patch(&probe.name, &PatchParams::default(), &Patch::Merge(patch))
-                .await
-                .map(|_| ())
-        }
+        let diagnosis = combine(cluster.as_ref(), &siblings);
+        put(api, &ps, &probe.checker, field_mode, diagnosis).await
     };
     match write
         .retry(retry::on_conflict(CONFLICT_ATTEMPTS))
@@ -265,6 +333,89 @@ pub async fn sync(
     }
 }
 
+/// Writes `diagnosis` next to `checker` (the extension field, else the annotation) unless it is
+/// there already. A conflict is returned for the caller to retry on a fresh read.
+async fn put(
+    api: &Api<ProbeStatus>,
+    ps: &ProbeStatus,
+    checker: &str,
+    field_mode: bool,
+    diagnosis: CheckerDiagnosis,
+) -> Result<(), kube::Error> {
+    let name = ps.name_any();
+    if field_mode {
+        let mut updated = ps.clone();
+        let Some(entry) = updated.spec.checkers.iter_mut().find(|c| c.name == checker) else {
+            return Ok(());
+        };
+        if entry.diagnosis.as_ref() == Some(&diagnosis) {
+            return Ok(());
+        }
+        entry.diagnosis = Some(diagnosis);
+        api.replace(&name, &PostParams::default(), &updated)
+            .await
+            .map(|_| ())
+    } else {
+        let mut all: BTreeMap<String, CheckerDiagnosis> = ps
+            .annotations()
+            .get(DIAGNOSES_ANNOTATION)
+            .and_then(|a| serde_json::from_str(a).ok())
+            .unwrap_or_default();
+        if all.get(checker) == Some(&diagnosis) {
+            return Ok(());
+        }
+        all.insert(checker.to_owned(), diagnosis);
+        let patch = json!({"metadata": {
+            "resourceVersion": ps.resource_version(),
+            "annotations": {DIAGNOSES_ANNOTATION: serde_json::to_string(&all).unwrap_or_default()},
+        }});
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Writes the diagnosis of an episode that has no Abnormal: a cluster-level check the
+/// controller diagnosed itself when the episode opened (no Abnormal changes phase to bring it
+/// here). Idempotent; called by the trigger after it recorded the episode.
+pub async fn write_without_abnormals(
+    client: &Client,
+    schema: &SchemaProbe,
+    namespace: &str,
+    probe: &str,
+    checker: &str,
+) -> Result<(), Error> {
+    let api: &Api<ProbeStatus> = &Api::namespaced(client.clone(), namespace);
+    let field_mode = schema.keeps_diagnosis_field(client).await;
+    let write = move || async move {
+        let Some(ps) = api.get_opt(probe).await? else {
+            return Ok(());
+        };
+        let episodes: Episodes = ps
+            .annotations()
+            .get(EPISODES_ANNOTATION)
+            .and_then(|a| serde_json::from_str(a).ok())
+            .unwrap_or_default();
+        let Some(episode) = episodes.get(checker).filter(|e| e.abnormals.is_empty()) else {
+            return Ok(());
+        };
+        let diagnosis = combine(episode.cluster.as_ref(), &[]);
+        put(api, &ps, checker, field_mode, diagnosis).await
+    };
+    write
+        .retry(retry::on_conflict(CONFLICT_ATTEMPTS))
+        .sleep(tokio::time::sleep)
+        .when(retry::is_conflict)
+        .await
+        .map_err(|e| {
+            Error::kube(
+                "write diagnosis to ProbeStatus",
+                format!("ProbeStatus {namespace}/{probe}"),
+                e,
+            )
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,36 +439,125 @@ mod tests {
 
     #[test]
     fn one_abnormal_gives_its_phase_and_root_cause() {
-        let d = combine(&[ab(
-            "a",
-            "n1",
-            Some(AbnormalPhase::Succeeded),
-            Some("kubelet is down"),
-        )]);
+        let d = combine(
+            None,
+            &[ab(
+                "a",
+                "n1",
+                Some(AbnormalPhase::Succeeded),
+                Some("kubelet is down"),
+            )],
+        );
         assert_eq!(
             d,
             CheckerDiagnosis {
                 abnormal: "kubeprober/a".into(),
                 phase: "Succeeded".into(),
-                root_cause: "kubelet is down".into()
+                root_cause: "kubelet is down".into(),
+                reason: "X".into(),
+                ..Default::default()
             }
         );
     }
 
     #[test]
     fn several_nodes_are_named_and_the_episode_is_running_until_all_end() {
-        let d = combine(&[
-            ab("a", "n1", Some(AbnormalPhase::Succeeded), Some("disk full")),
-            ab("b", "n2", Some(AbnormalPhase::Diagnosing), None),
-        ]);
+        let d = combine(
+            None,
+            &[
+                ab("a", "n1", Some(AbnormalPhase::Succeeded), Some("disk full")),
+                ab("b", "n2", Some(AbnormalPhase::Diagnosing), None),
+            ],
+        );
         assert_eq!(d.phase, "Diagnosing");
         assert_eq!(d.abnormal, "kubeprober/a, kubeprober/b");
-        assert_eq!(d.root_cause, "n1: disk full");
-        let d = combine(&[
-            ab("a", "n1", Some(AbnormalPhase::Succeeded), None),
-            ab("b", "n2", Some(AbnormalPhase::Failed), None),
-        ]);
+        assert_eq!(d.root_cause, "node n1: disk full");
+        let d = combine(
+            None,
+            &[
+                ab("a", "n1", Some(AbnormalPhase::Succeeded), None),
+                ab("b", "n2", Some(AbnormalPhase::Failed), None),
+            ],
+        );
         assert_eq!(d.phase, "Failed");
+    }
+
+    #[test]
+    fn an_episode_whose_abnormals_found_nothing_says_what_was_checked_not_success() {
+        let mut a = ab("a", "n1", Some(AbnormalPhase::Succeeded), None);
+        a.spec.assigned_information_collectors = vec![kdiag_api::NamespacedName::new(
+            "kube-diagnoser",
+            "node-collector",
+        )];
+        let d = combine(None, std::slice::from_ref(&a));
+        assert_eq!(
+            (d.phase.as_str(), d.reason.as_str()),
+            ("Failed", NO_CAUSE_FOUND)
+        );
+        assert_eq!(d.root_cause, "");
+        assert_eq!(
+            d.message,
+            "no cause found: on node n1 (a) ran collectors node-collector, no diagnoser (the source names none); none of them named a cause"
+        );
+        let mut b = ab("b", "n2", Some(AbnormalPhase::Failed), None);
+        b.spec.assigned_diagnosers = vec![kdiag_api::NamespacedName::new(
+            "kube-diagnoser",
+            "node-triage-diagnoser",
+        )];
+        let st = b.status.as_mut().unwrap();
+        st.reason = "NotIdentified".into();
+        st.message = "no diagnoser identified the cause: checked node n2".into();
+        let d = combine(None, &[a.clone(), b]);
+        assert_eq!(
+            (d.phase.as_str(), d.reason.as_str()),
+            ("Failed", NO_CAUSE_FOUND)
+        );
+        assert!(
+            d.message.contains(
+                "on node n2 (b) ran diagnosers node-triage-diagnoser — ended NotIdentified: no diagnoser identified the cause: checked node n2"
+            ),
+            "{}",
+            d.message
+        );
+        // Still running: neither a cause nor "no cause".
+        let running = ab("c", "n1", Some(AbnormalPhase::Diagnosing), None);
+        let d = combine(None, &[running]);
+        assert_eq!((d.reason.as_str(), d.message.as_str()), ("", ""));
+    }
+
+    #[test]
+    fn the_controllers_finding_about_the_cluster_comes_first_and_counts_as_a_cause() {
+        let cluster = RootCause {
+            reason: "ClusterDNSNoReadyEndpoints".into(),
+            summary: "cluster DNS Service kube-system/kube-dns has no ready endpoint".into(),
+            evidence: vec![kdiag_api::Evidence {
+                kind: "Endpoints".into(),
+                message: "no ready address".into(),
+                object: "endpoints/kube-system/kube-dns".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let d = combine(
+            Some(&cluster),
+            &[ab(
+                "a",
+                "n1",
+                Some(AbnormalPhase::Succeeded),
+                Some("pod coredns-1 crash-loops"),
+            )],
+        );
+        assert_eq!(d.reason, "ClusterDNSNoReadyEndpoints");
+        assert_eq!(
+            d.root_cause,
+            "cluster DNS Service kube-system/kube-dns has no ready endpoint; node n1: pod coredns-1 crash-loops"
+        );
+        assert_eq!(d.evidence.len(), 1);
+        // Alone (no node to diagnose on), it is the whole, finished diagnosis.
+        let d = combine(Some(&cluster), &[]);
+        assert_eq!((d.phase.as_str(), d.abnormal.as_str()), ("Succeeded", ""));
+        let d = combine(None, &[]);
+        assert_eq!(d.reason, NO_CAUSE_FOUND);
     }
 
     #[test]
