@@ -466,6 +466,7 @@ async fn run_once(
             spec: kdiag_api::ProbeRunSpec {
                 probe: name.clone(),
                 trigger: kdiag_api::ProbeRunTrigger::Manual,
+                ..Default::default()
             },
             status: None,
         };
