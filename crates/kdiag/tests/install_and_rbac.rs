@@ -207,6 +207,9 @@ async fn the_controller_may_admit_and_collect_abnormals_and_nothing_more() {
             "bind",
             "clusterroles.rbac.authorization.k8s.io/kubeprober-worker",
         ],
+        // A continuous probe's resident checker pod: a Deployment the Probe owns.
+        &["create", "deployments.apps", "-n", "team"],
+        &["patch", "deployments.apps", "-n", "team"],
         // Probes triggered by change (ClusterRole kdiag-probe-triggers): watches only.
         &["watch", "daemonsets.apps", "-A"],
         &["list", "deployments.apps", "-A"],
@@ -292,9 +295,10 @@ async fn the_controller_may_admit_and_collect_abnormals_and_nothing_more() {
             "-n",
             "team",
         ],
-        // Probe triggers read and never write what they watch.
-        &["patch", "deployments.apps", "-n", "team"],
+        // Probe triggers read and never write what they watch (Deployments are written only as
+        // continuous probes' resident pods, above).
         &["update", "daemonsets.apps", "-n", "team"],
+        &["patch", "statefulsets.apps", "-n", "team"],
         &["patch", "configmaps", "-n", "team"],
         &["patch", "nodes"],
         // Jobs only for probes: no CronJobs, no pods of its own, no exec.
