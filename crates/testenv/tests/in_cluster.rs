@@ -548,7 +548,16 @@ async fn kdiag_installed_from_its_image_diagnoses_a_filling_emptydir_and_uninsta
     );
     assert_eq!(checker["status"], "ERROR", "{checker}");
     assert_eq!(checker["message"], "/data is 97% full", "{checker}");
-    assert_eq!(checker["diagnosis"]["phase"], "Succeeded", "{checker}");
+    // The source names no diagnoser and the collectors name no cause: that is said, not shown
+    // as success (issue 18).
+    assert_eq!(checker["diagnosis"]["phase"], "Failed", "{checker}");
+    assert_eq!(checker["diagnosis"]["reason"], "NoCauseFound", "{checker}");
+    assert!(
+        checker["diagnosis"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("no cause found: on node ")),
+        "{checker}"
+    );
 
     // Work in flight across rolling restarts of both workloads, then 2,000 Abnormals through
     // the pods the restarts made.
