@@ -10,8 +10,9 @@
 //! - The controller admits Abnormals without a phase from its cache and writes their status back
 //!   whole, so those are kept whole. Once admitted it reads phase, conditions, start time, root
 //!   cause, spec, labels and annotations (routing, GC, ProbeStatus write-back, incident grouping),
-//!   never the context or the execution records. A finished one is never routed again: it keeps
-//!   only what GC, the write-back and incident grouping read ([`summarize_finished`]).
+//!   never the context or the execution records. A finished one is never routed again: unless a
+//!   probe created it (the write-back reports what it ran), it keeps only what GC and incident
+//!   grouping read ([`summarize_finished`]).
 //! - managedFields are read by nobody, and a status written from a copy without them leaves the
 //!   stored ones as they are (the apiserver keeps them when a write carries none).
 
@@ -170,7 +171,11 @@ pub fn slim(reader: Reader, obj: &mut Guarded) {
             a.spec = Default::default();
         }
         Reader::Agent => status.context = None,
-        Reader::Controller if phase.is_final() => summarize_finished(a),
+        // A probe's Abnormal feeds the ProbeStatus write-back, which says what ran and why it
+        // ended when nothing was found: it keeps its spec, message and evidence. There are few.
+        Reader::Controller if phase.is_final() && a.spec.probe_status.is_none() => {
+            summarize_finished(a)
+        }
         Reader::Controller => {
             status.context = None;
             status.processors = Vec::new();
@@ -180,10 +185,10 @@ pub fn slim(reader: Reader, obj: &mut Guarded) {
     }
 }
 
-/// What the controller keeps of a finished Abnormal: nothing routes or admits it again, so only
-/// what garbage collection (phase, node label, the latest time its status records), the
-/// ProbeStatus write-back (probe reference, node, root cause summary), incident grouping (labels,
-/// when its trigger was last seen) and the gauges read. A node full of finished Abnormals is
+/// What the controller keeps of a finished Abnormal that no probe created: nothing routes or
+/// admits it again, so only what garbage collection (phase, node label, the latest time its
+/// status records), incident grouping (labels, when its trigger was last seen) and the gauges
+/// read. A node full of finished Abnormals is
 /// most of the controller's memory: this keeps each to its names and a few short strings.
 fn summarize_finished(a: &mut Abnormal) {
     let m = &mut a.metadata;
@@ -339,7 +344,6 @@ mod tests {
                 .unwrap(),
             );
             status.root_cause.as_mut().unwrap().evidence = vec![Default::default()];
-            a.spec.probe_status = Some(Default::default());
         }
         let before = g.0.as_ref().unwrap().clone();
         slim(Reader::Controller, &mut g);
@@ -351,7 +355,6 @@ mod tests {
         );
         assert!(a.spec.assigned_diagnosers.is_empty());
         assert_eq!(a.spec.node_name, "x");
-        assert!(a.spec.probe_status.is_some());
         let status = a.status.clone().unwrap();
         assert_eq!(status.conditions.len(), 1, "only the latest condition");
         assert!(status.conditions[0].message.is_empty());
@@ -364,6 +367,21 @@ mod tests {
         );
         assert_eq!(a.phase(), before.phase());
         assert_eq!(a.labels(), before.labels());
+    }
+
+    #[test]
+    fn a_finished_probe_abnormal_keeps_what_the_probestatus_write_back_reports() {
+        let mut g = abnormal(Some("Succeeded"));
+        if let Ok(a) = &mut g.0 {
+            a.spec.probe_status = Some(Default::default());
+            a.status.as_mut().unwrap().message = "ended".into();
+        }
+        slim(Reader::Controller, &mut g);
+        let a = g.0.unwrap();
+        assert_eq!(a.spec.assigned_diagnosers.len(), 1, "what ran is reported");
+        let status = a.status.unwrap();
+        assert_eq!(status.message, "ended");
+        assert!(status.context.is_none() && status.processors.is_empty());
     }
 
     /// The end garbage collection computes (the latest time the status records).
