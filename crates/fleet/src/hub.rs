@@ -465,8 +465,55 @@ async fn member_frames(
                 }
                 reply(ws, &HubMessage::Ack { seq }).await?;
             }
+            MemberMessage::OnceFinished {
+                id,
+                probes,
+                finish_time,
+            } => once_finished(hub, cluster, &id, &probes, &finish_time).await?,
         }
     }
+}
+
+/// Records that the one-time run `id` finished: `finishTime` in its `status.onceProbeList`
+/// entry. Read from the apiserver, not the cache: the entry was written moments before.
+async fn once_finished(
+    hub: &Hub,
+    cluster: &str,
+    id: &str,
+    probes: &[String],
+    finish_time: &str,
+) -> Result<(), Error> {
+    let api = hub.clusters_api();
+    // Conditional on the version read, so a concurrent write of the list is not lost: on a
+    // conflict, read again (a few times; a heartbeat's write is the usual one in between).
+    for _ in 0..5 {
+        let c = api
+            .get_status(cluster)
+            .await
+            .map_err(|e| Error::kube("get", format!("Cluster {cluster}"), e))?;
+        let list = c.status.map(|s| s.once_probe_list).unwrap_or_default();
+        let Some(list) = state::once_list_finished(&list, id, finish_time, probes) else {
+            return Ok(());
+        };
+        let patch = json!({"metadata": {"resourceVersion": c.metadata.resource_version},
+                           "status": {"onceProbeList": list}});
+        match api
+            .patch_status(cluster, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => break,
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) => {
+                return Err(Error::kube(
+                    "record the end of a one-time run of",
+                    format!("Cluster {cluster}"),
+                    e,
+                ));
+            }
+        }
+    }
+    tracing::info!(%cluster, %id, "fleet: one-time run finished");
+    Ok(())
 }
 
 /// Sends a one-time run asked for on the Cluster down, once, and records it in

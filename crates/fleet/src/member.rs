@@ -177,7 +177,8 @@ async fn watch_probe_statuses(client: kube::Client, shared: Arc<Shared>) {
     }
 }
 
-type Link = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
+/// A member's side of a link: a WebSocket on TLS, upgraded with the cluster's credential.
+pub type Link = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
 
 /// One link, from dialling to its end. `linked` turns true once the hub took it.
 async fn link(
@@ -203,6 +204,9 @@ async fn link(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
     let silence = config.heartbeat * 3;
+    // One-time runs whose end this link reported. Per link: a new link reports them all again
+    // (the hub ignores those it recorded), so an end sent just before a drop is not lost.
+    let mut once_reported = std::collections::HashSet::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
@@ -226,6 +230,19 @@ async fn link(
                 };
                 send(&mut ws, &MemberMessage::Heartbeat(facts)).await?;
                 send_unsent(&mut ws, shared).await?;
+                if config.accept_probes {
+                    match finished_once_runs(client, &config.probe_namespace, &once_reported).await {
+                        Ok(finished) => {
+                            for m in finished {
+                                send(&mut ws, &m).await?;
+                                if let MemberMessage::OnceFinished { id, .. } = m {
+                                    once_reported.insert(id);
+                                }
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "fleet: the one-time runs' ProbeRuns"),
+                    }
+                }
             }
             _ = shared.changed.notified() => send_unsent(&mut ws, shared).await?,
             frame = ws.next() => {
@@ -245,8 +262,15 @@ async fn link(
                             }
                         }
                         Ok(HubMessage::RunOnce { id, probes }) if config.accept_probes => {
-                            if let Err(e) = run_once(client, &config.probe_namespace, &id, &probes).await {
-                                tracing::warn!(error = %e, %id, "fleet: a one-time run the hub asked for");
+                            match run_once(client, &config.probe_namespace, &id, &probes).await {
+                                // Nothing to run: it is over now (it would never end otherwise).
+                                Ok(0) => {
+                                    let finish_time = jiff::Timestamp::now().to_string();
+                                    send(&mut ws, &MemberMessage::OnceFinished { id: id.clone(), probes: Vec::new(), finish_time }).await?;
+                                    once_reported.insert(id);
+                                }
+                                Ok(_) => {}
+                                Err(e) => tracing::warn!(error = %e, %id, "fleet: a one-time run the hub asked for"),
                             }
                         }
                         Ok(HubMessage::RunOnce { id, .. }) => {
@@ -309,7 +333,9 @@ pub fn hub_address(url: &str) -> Result<(String, u16), Error> {
 }
 
 /// TCP, TLS with the hub's certificate checked, then the WebSocket upgrade with the credential.
-async fn dial(config: &MemberConfig) -> Result<Link, Error> {
+/// Public for tools that speak [`crate::protocol`] themselves (the fleet benchmark's simulated
+/// members); a controller runs [`run`].
+pub async fn dial(config: &MemberConfig) -> Result<Link, Error> {
     let (host, port) = hub_address(&config.hub_url)?;
     let addr = format!("{host}:{port}");
     let tls = crate::tls::client_config(&config.hub_ca_file)?;
@@ -423,13 +449,13 @@ async fn apply_probes(
 pub const ONCE_LABEL: &str = "kdiag.io/fleet-once";
 
 /// Starts a one-time run of the named managed Probes (all when `probes` is empty): one manual
-/// ProbeRun each, which kdiag's probe runner runs (docs/probes.md).
+/// ProbeRun each, which kdiag's probe runner runs (docs/probes.md). Returns how many it started.
 async fn run_once(
     client: &kube::Client,
     namespace: &str,
     id: &str,
     probes: &[String],
-) -> Result<(), Error> {
+) -> Result<usize, Error> {
     let managed: Api<kdiag_api::Probe> = Api::namespaced(client.clone(), namespace);
     let names: Vec<String> = managed
         .list(&ListParams::default().labels(MANAGED_LABEL))
@@ -441,6 +467,7 @@ async fn run_once(
         .filter(|n| probes.is_empty() || probes.contains(n))
         .collect();
     let runs: Api<kdiag_api::ProbeRun> = Api::namespaced(client.clone(), namespace);
+    let started = names.len();
     for name in names {
         let base: String = name.chars().take(50).collect();
         let run = kdiag_api::ProbeRun {
@@ -460,6 +487,7 @@ async fn run_once(
                     ]
                     .into(),
                 ),
+                annotations: Some([(ONCE_ID_ANNOTATION.to_owned(), id.to_owned())].into()),
                 ..Default::default()
             },
             spec: kdiag_api::ProbeRunSpec {
@@ -472,7 +500,52 @@ async fn run_once(
             .await
             .map_err(|e| Error::kube("create", format!("a ProbeRun of {namespace}/{name}"), e))?;
     }
-    Ok(())
+    Ok(started)
+}
+
+/// The annotation on a one-time run's ProbeRuns holding its id as the hub sent it (the label
+/// holds it as a label value).
+pub const ONCE_ID_ANNOTATION: &str = "kdiag.io/fleet-once-id";
+
+/// An [`MemberMessage::OnceFinished`] for each one-time run not in `reported` whose ProbeRuns
+/// all ended.
+async fn finished_once_runs(
+    client: &kube::Client,
+    namespace: &str,
+    reported: &std::collections::HashSet<String>,
+) -> Result<Vec<MemberMessage>, Error> {
+    let runs: Api<kdiag_api::ProbeRun> = Api::namespaced(client.clone(), namespace);
+    let list = runs
+        .list(&ListParams::default().labels(ONCE_LABEL))
+        .await
+        .map_err(|e| Error::kube("list", format!("the one-time ProbeRuns of {namespace}"), e))?;
+    let mut by_id: std::collections::BTreeMap<String, Vec<kdiag_api::ProbeRun>> =
+        Default::default();
+    for r in list.items {
+        let id = r
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ONCE_ID_ANNOTATION))
+            .cloned();
+        if let Some(id) = id.filter(|id| !reported.contains(id)) {
+            by_id.entry(id).or_default().push(r);
+        }
+    }
+    Ok(by_id
+        .into_iter()
+        .filter_map(|(id, runs)| {
+            let finish_time = crate::state::once_finished(&runs)?;
+            let mut probes: Vec<String> = runs.iter().map(|r| r.spec.probe.clone()).collect();
+            probes.sort();
+            probes.dedup();
+            Some(MemberMessage::OnceFinished {
+                id,
+                probes,
+                finish_time,
+            })
+        })
+        .collect())
 }
 
 /// The cluster's nodes, counted page by page from their metadata.
