@@ -129,18 +129,18 @@ pub async fn run(s: &Settings) -> Result<Value> {
     for &n in &s.clusters {
         eprintln!("  {n} clusters: linking {} more", n - members.len());
         let started = Instant::now();
-        let new: Vec<String> = (members.len()..n)
-            .map(|i| format!("bench-{i:04}"))
-            .collect();
-        let linked = futures::stream::iter(new.into_iter().map(|name| {
-            let (secrets, url, beats, stop) =
-                (secrets.clone(), url.clone(), beats.clone(), stop.clone());
+        // Every credential first: the hub learns of them through its watch, moments later.
+        let mut configs = Vec::new();
+        for i in members.len()..n {
+            configs.push(credential(&secrets, pki, &url, &format!("bench-{i:04}")).await?);
+        }
+        let linked = futures::stream::iter(configs.into_iter().map(|config| {
+            let (beats, stop) = (beats.clone(), stop.clone());
             let heartbeat = s.heartbeat;
             async move {
-                let config = credential(&secrets, pki, &url, &name).await?;
                 link(&config, heartbeat, beats, stop)
                     .await
-                    .with_context(|| format!("linking {name}"))
+                    .with_context(|| format!("linking {}", config.cluster))
             }
         }))
         .buffer_unordered(16)
@@ -268,7 +268,17 @@ async fn link(
     beats: Arc<AtomicU64>,
     stop: CancellationToken,
 ) -> Result<MemberHandle> {
-    let mut ws = kdiag_fleet::member::dial(config).await?;
+    // A credential created moments ago may not be in the hub's cache yet: 401 until it is.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut ws = loop {
+        match kdiag_fleet::member::dial(config).await {
+            Ok(ws) => break ws,
+            Err(kdiag_fleet::Error::Refused { status: 401, .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     send(&mut ws, &MemberMessage::Heartbeat(facts())).await?;
     let deadline = tokio::time::sleep(Duration::from_secs(60));
     tokio::pin!(deadline);

@@ -573,7 +573,7 @@ fn fleet(out: &mut String, f: &Value) {
     for s in f["sizes"].as_array().into_iter().flatten() {
         let q = |p: &str| num(s, p);
         t.row(vec![
-            fmt(q("/clusters")),
+            s["clusters"].to_string(),
             fmt(q("/hubRssMiB")),
             fmt(q("/perCluster/rssKiBAboveNoLinks")),
             fmt(q("/hubCpuPercentOfCore")),

@@ -469,7 +469,12 @@ async fn member_frames(
                 id,
                 probes,
                 finish_time,
-            } => once_finished(hub, cluster, &id, &probes, &finish_time).await?,
+            } => {
+                // Not worth ending the link over: the member reports it again on its next link.
+                if let Err(e) = once_finished(hub, cluster, &id, &probes, &finish_time).await {
+                    tracing::warn!(%cluster, %id, error = %e, "fleet: recording the end of a one-time run");
+                }
+            }
         }
     }
 }
@@ -488,7 +493,7 @@ async fn once_finished(
     // conflict, read again (a few times; a heartbeat's write is the usual one in between).
     for _ in 0..5 {
         let c = api
-            .get_status(cluster)
+            .get(cluster)
             .await
             .map_err(|e| Error::kube("get", format!("Cluster {cluster}"), e))?;
         let list = c.status.map(|s| s.once_probe_list).unwrap_or_default();
