@@ -465,6 +465,12 @@ async fn member_frames(
                 }
                 reply(ws, &HubMessage::Ack { seq }).await?;
             }
+            MemberMessage::Inventory { probe_statuses } => {
+                let present = probe_statuses.into_iter().collect();
+                for stale in resync(hub, cluster, &present).await? {
+                    counts.remove(&stale);
+                }
+            }
             MemberMessage::OnceFinished {
                 id,
                 probes,
@@ -477,6 +483,57 @@ async fn member_frames(
             }
         }
     }
+}
+
+/// Deletes the results stored for `cluster` whose source the member no longer has; returns
+/// their stored names.
+async fn resync(
+    hub: &Hub,
+    cluster: &str,
+    present: &std::collections::BTreeSet<String>,
+) -> Result<Vec<String>, Error> {
+    let stored = hub
+        .results_api()
+        .list_metadata(
+            &ListParams::default().labels(&format!("{}={cluster}", state::CLUSTER_LABEL)),
+        )
+        .await
+        .map_err(|e| Error::kube("list", format!("the ProbeStatuses of {cluster}"), e))?;
+    let pairs: Vec<(String, Option<String>)> = stored
+        .items
+        .into_iter()
+        .map(|m| {
+            let source = m
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(state::SOURCE_ANNOTATION).cloned());
+            (m.metadata.name.unwrap_or_default(), source)
+        })
+        .collect();
+    let stale = state::stale_results(
+        pairs.iter().map(|(n, s)| (n.as_str(), s.as_deref())),
+        present,
+    );
+    for name in &stale {
+        match hub
+            .results_api()
+            .delete(name, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                return Err(Error::kube(
+                    "delete",
+                    format!("ProbeStatus {}/{name}", hub.config.namespace),
+                    e,
+                ));
+            }
+        }
+        tracing::info!(%cluster, stored = %name, "fleet: a result the member no longer has, deleted");
+    }
+    Ok(stale)
 }
 
 /// Records that the one-time run `id` finished: `finishTime` in its `status.onceProbeList`

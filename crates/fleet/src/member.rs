@@ -90,6 +90,9 @@ impl MemberConfig {
 struct Shared {
     outbox: Mutex<Outbox>,
     changed: Notify,
+    /// Every ProbeStatus the cluster has (`namespace/name`), once the watch listed them all:
+    /// what each link's inventory says.
+    present: Mutex<Option<std::collections::BTreeSet<String>>>,
 }
 
 impl Shared {
@@ -108,6 +111,7 @@ pub async fn run(client: kube::Client, config: MemberConfig, shutdown: Cancellat
     let shared = Arc::new(Shared {
         outbox: Mutex::new(Outbox::new(config.queue_capacity)),
         changed: Notify::new(),
+        present: Mutex::new(None),
     });
     let watch = tokio::spawn(watch_probe_statuses(client.clone(), shared.clone()));
     let mut backoff = backoff(&config);
@@ -154,11 +158,20 @@ async fn watch_probe_statuses(client: kube::Client, shared: Arc<Shared>) {
     let api: Api<DeserializeGuard<ProbeStatus>> = Api::all(client);
     let events = watcher(api, watcher::Config::default()).default_backoff();
     let mut events = std::pin::pin!(events);
+    // A (re)list builds the set of what exists anew: deletions missed meanwhile drop out of it.
+    let mut listing: Option<std::collections::BTreeSet<String>> = None;
     while let Some(event) = events.next().await {
         let (object, deleted) = match event {
+            Ok(watcher::Event::Init) => {
+                listing = Some(Default::default());
+                continue;
+            }
+            Ok(watcher::Event::InitDone) => {
+                *shared.present.lock().unwrap_or_else(|e| e.into_inner()) = listing.take();
+                continue;
+            }
             Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => (o, false),
             Ok(watcher::Event::Delete(o)) => (o, true),
-            Ok(_) => continue,
             Err(e) => {
                 tracing::warn!(error = %e, "fleet: watching ProbeStatuses; retrying");
                 continue;
@@ -171,6 +184,21 @@ async fn watch_probe_statuses(client: kube::Client, shared: Arc<Shared>) {
             name: p.metadata.name.clone().unwrap_or_default(),
             object: (!deleted).then(|| ProbeResult::of(&p)),
         };
+        let key = format!("{}/{}", update.namespace, update.name);
+        if let Some(l) = listing.as_mut() {
+            l.insert(key);
+        } else if let Some(present) = shared
+            .present
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            if deleted {
+                present.remove(&key);
+            } else {
+                present.insert(key);
+            }
+        }
         if shared.outbox().push(update) {
             shared.changed.notify_one();
         }
@@ -207,6 +235,7 @@ async fn link(
     // One-time runs whose end this link reported. Per link: a new link reports them all again
     // (the hub ignores those it recorded), so an end sent just before a drop is not lost.
     let mut once_reported = std::collections::HashSet::new();
+    let mut inventory_sent = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
@@ -230,6 +259,15 @@ async fn link(
                 };
                 send(&mut ws, &MemberMessage::Heartbeat(facts)).await?;
                 send_unsent(&mut ws, shared).await?;
+                // Once per link, after what was queued: a full resync of what exists.
+                if !inventory_sent {
+                    let present = shared.present.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    if let Some(present) = present {
+                        let probe_statuses = present.into_iter().collect();
+                        send(&mut ws, &MemberMessage::Inventory { probe_statuses }).await?;
+                        inventory_sent = true;
+                    }
+                }
                 if config.accept_probes {
                     match finished_once_runs(client, &config.probe_namespace, &once_reported).await {
                         Ok(finished) => {

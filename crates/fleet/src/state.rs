@@ -256,6 +256,22 @@ pub fn once_list_with(
     Some(out.split_off(skip))
 }
 
+/// Of the results stored for a cluster (stored name, and the member's `namespace/name` from
+/// [`SOURCE_ANNOTATION`]), those whose source the member no longer has. A stored result without
+/// a source is left alone: it cannot be matched.
+pub fn stale_results<'a>(
+    stored: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
+    present: &std::collections::BTreeSet<String>,
+) -> Vec<String> {
+    stored
+        .into_iter()
+        .filter_map(|(name, source)| {
+            let source = source?;
+            (!present.contains(source)).then(|| name.to_owned())
+        })
+        .collect()
+}
+
 /// `status.onceProbeList` with the run `id` marked finished at `finish_time` (and, when it was
 /// asked for every assigned Probe, the Probes it ran), or None when the run is not in the list
 /// or already finished.
@@ -511,5 +527,21 @@ mod tests {
             Some("2026-12-04T10:02:00Z")
         );
         assert_eq!(once_finished(&[finished, run("Running", None)]), None);
+    }
+
+    #[test]
+    fn a_stored_result_whose_source_the_member_no_longer_has_is_stale() {
+        let present = ["kubeprober/dns".to_string(), "team/k8s".to_string()].into();
+        let stored = [
+            ("c.kubeprober.dns", Some("kubeprober/dns")),
+            ("c.kubeprober.gone", Some("kubeprober/gone")),
+            ("c.team.k8s", Some("team/k8s")),
+            ("c.unmatched", None),
+        ];
+        assert_eq!(stale_results(stored, &present), ["c.kubeprober.gone"]);
+        assert_eq!(
+            stale_results(stored, &Default::default()),
+            ["c.kubeprober.dns", "c.kubeprober.gone", "c.team.k8s"]
+        );
     }
 }

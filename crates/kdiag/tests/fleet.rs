@@ -879,3 +879,44 @@ async fn probe_once_wait_returns_when_the_member_reports_the_run_finished_and_hi
     hub.stop().await;
     let _ = probes.delete(&probe_name, &DeleteParams::default()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_deleted_while_the_member_was_not_running_is_removed_at_the_hub_on_its_next_link()
+{
+    let hub = TestHub::start(0, None).await;
+    let files = tempfile::tempdir().unwrap();
+    let cluster = unique("resync");
+    let token_file = add_credential(hub_cp().await, &cluster, files.path());
+    let ns = member_cp().await.create_namespace("fleet-resync").await;
+    write_result(&ns, "kept", "disk pressure on node-1").await;
+    write_result(&ns, "gone", "a Probe removed while the controller was down").await;
+    let config = member_config(&hub, &cluster, token_file, "ca.crt");
+    let link = start_link(config.clone()).await;
+    wait_stored(&cluster, &ns, "kept").await;
+    wait_stored(&cluster, &ns, "gone").await;
+
+    // The member's controller stops (its watch too): this deletion is never queued.
+    link.cancel();
+    wait_cluster(&cluster, |c| {
+        c.status.as_ref().is_some_and(|s| s.state == "Offline")
+    })
+    .await;
+    let member: Api<ProbeStatus> = Api::namespaced(member_cp().await.client().await, &ns);
+    member
+        .delete("gone", &DeleteParams::default())
+        .await
+        .unwrap();
+
+    let link = start_link(config).await;
+    let deadline = Instant::now() + WAIT;
+    while stored_exists(&cluster, &ns, "gone").await {
+        assert!(
+            Instant::now() < deadline,
+            "the hub still stores a result the member no longer has"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(stored_exists(&cluster, &ns, "kept").await);
+    link.cancel();
+    hub.stop().await;
+}
