@@ -146,7 +146,7 @@ pub fn exit_code(items: &[Fetched<ProbeStatus>]) -> u8 {
     let checkers: Vec<CheckerStatus> = items
         .iter()
         .filter_map(|i| i.parsed.as_ref().ok())
-        .flat_map(|p| p.spec.checkers.iter().map(|c| c.status.clone()))
+        .flat_map(|p| p.spec.checkers.iter().map(|c| c.status))
         .collect();
     if checkers.is_empty() {
         6

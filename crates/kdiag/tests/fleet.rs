@@ -859,7 +859,7 @@ async fn probe_once_wait_returns_when_the_member_reports_the_run_finished_and_hi
         .find(|i| i.id == id)
         .unwrap();
     assert_eq!(item.finish_time, finished_at.to_string());
-    assert_eq!(item.probes, [probe_name.clone()]);
+    assert_eq!(item.probes, std::slice::from_ref(&probe_name));
 
     let (ok, out, err) = kdiag_diag(cp, &["probe", "history", "-c", &cluster, "-i", &id]);
     assert!(ok, "{out}{err}");
