@@ -289,6 +289,26 @@ mod tests {
         }
     }
 
+    #[test]
+    fn results_exit_like_probe_run_wait_error_or_warn_4_all_passing_0_nothing_6() {
+        let with = |statuses: &[&str]| {
+            let checkers: Vec<_> = statuses
+                .iter()
+                .enumerate()
+                .map(|(i, s)| json!({"name": format!("c{i}"), "status": s}))
+                .collect();
+            fetched(
+                json!({"apiVersion": "kubeprober.erda.cloud/v1", "kind": "ProbeStatus",
+                           "metadata": {"name": "p"}, "spec": {"checkers": checkers}}),
+            )
+        };
+        assert_eq!(exit_code(&[example()]), 4);
+        assert_eq!(exit_code(&[with(&["PASS", "INFO"])]), 0);
+        assert_eq!(exit_code(&[with(&["PASS", "UNKNOWN"])]), 6);
+        assert_eq!(exit_code(&[with(&["PASS"]), with(&["WARN"])]), 4);
+        assert_eq!(exit_code(&[]), 6);
+    }
+
     fn example() -> Fetched<ProbeStatus> {
         fetched(json!({
             "apiVersion": "kubeprober.erda.cloud/v1", "kind": "ProbeStatus",
