@@ -613,11 +613,38 @@ async fn run_once(
         },
     )
     .await?;
-    let patch = json!({"status": {"onceProbeList": list}});
-    hub.clusters_api()
-        .patch_status(cluster, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(|e| Error::kube("record a one-time run of", format!("Cluster {cluster}"), e))?;
+    // Recorded conditionally on the version read, so it cannot overwrite a `finishTime` written
+    // since the cache was filled: on a conflict, read again and add it to what is there.
+    let (mut list, mut version) = (list, c.metadata.resource_version.clone());
+    for _ in 0..5 {
+        let patch = json!({"metadata": {"resourceVersion": version},
+                           "status": {"onceProbeList": list}});
+        match hub
+            .clusters_api()
+            .patch_status(cluster, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => break,
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => {
+                return Err(Error::kube(
+                    "record a one-time run of",
+                    format!("Cluster {cluster}"),
+                    e,
+                ));
+            }
+        }
+        let now = hub
+            .clusters_api()
+            .get(cluster)
+            .await
+            .map_err(|e| Error::kube("get", format!("Cluster {cluster}"), e))?;
+        let current = now.status.map(|s| s.once_probe_list).unwrap_or_default();
+        let Some(next) = state::once_list_with(&current, &request) else {
+            break;
+        };
+        (list, version) = (next, now.metadata.resource_version);
+    }
     tracing::info!(%cluster, id = %request.id, "fleet: one-time run sent");
     *sent = Some(request.id);
     Ok(())
