@@ -10,7 +10,10 @@
 //! 5. `collectors`: kdiag-collectors' benchmark against `ps` and `du`;
 //! 6. `probes`: continuous probes' controller CPU and apiserver writes against periodic ones.
 //! 7. `probe-triggers`: a change a Probe's triggers watch → the probe's result, against a manual
-//!    run → its result.
+//!    run → its result;
+//! 8. `fleet`: the real `kdiag hub` with 50, 200, 500 member links (simulated members, real
+//!    WebSocket+TLS links): its memory and CPU, heartbeat cost, and change-to-stored latency
+//!    against its own direct write.
 //!
 //! Prints a table and writes `latest.json`, a timestamped copy and `latest.txt` to `--out`. A
 //! number never fails the run; a section that cannot run does (after the others have run).
@@ -18,6 +21,7 @@
 mod apiserver;
 mod collectors;
 mod env;
+mod fleet;
 mod floor;
 mod load;
 mod pipeline;
@@ -45,7 +49,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "pipeline,scale,triggers,collectors,probes,probe-triggers"
+        default_value = "pipeline,scale,triggers,collectors,probes,probe-triggers,fleet"
     )]
     sections: Vec<String>,
     /// The kdiag binary run as agent and controller processes (a release build).
@@ -115,6 +119,18 @@ struct Args {
     /// 7. Rollouts that trigger the probe (and as many manual runs).
     #[arg(long, default_value_t = 20)]
     trigger_changes: usize,
+    /// 8. Member cluster counts, ascending (members are added to one hub to reach each).
+    #[arg(long, value_delimiter = ',', default_value = "50,200,500")]
+    fleet_clusters: Vec<usize>,
+    /// 8. Seconds between each simulated member's heartbeats.
+    #[arg(long, default_value_t = 10)]
+    fleet_heartbeat_seconds: u64,
+    /// 8. Seconds the hub is measured idle (heartbeats only) at each size.
+    #[arg(long, default_value_t = 30)]
+    fleet_seconds: u64,
+    /// 8. ProbeStatus changes sent up at each size (and as many floor writes).
+    #[arg(long, default_value_t = 200)]
+    fleet_changes: usize,
 }
 
 fn main() -> ExitCode {
@@ -216,6 +232,17 @@ async fn run(args: Args) -> ExitCode {
             seconds: args.probe_seconds,
         };
         record(&mut results, &mut errors, "probes", probes::run(&s).await);
+    }
+    if wants("fleet") {
+        eprintln!("== 8. the fleet hub with many member links");
+        let s = fleet::Settings {
+            kdiag: args.kdiag.clone(),
+            clusters: args.fleet_clusters.clone(),
+            heartbeat: std::time::Duration::from_secs(args.fleet_heartbeat_seconds.max(1)),
+            seconds: args.fleet_seconds,
+            changes: args.fleet_changes,
+        };
+        record(&mut results, &mut errors, "fleet", fleet::run(&s).await);
     }
     results.insert(
         "durationSeconds".into(),

@@ -238,6 +238,9 @@ pub fn render(r: &Value) -> String {
     if let Some(p) = r.get("probeTriggers").filter(|v| !v.is_null()) {
         probe_triggers(&mut out, p);
     }
+    if let Some(f) = r.get("fleet").filter(|v| !v.is_null()) {
+        fleet(&mut out, f);
+    }
     let t = targets(r);
     if !t.is_empty() {
         out.push_str("Targets (issues 9 and 19)\n");
@@ -583,6 +586,46 @@ fn probe_triggers(out: &mut String, p: &Value) {
         fmt(num(p, "/changeMinusQuiet/p99Ms")),
         String::new(),
     ]);
+fn fleet(out: &mut String, f: &Value) {
+    out.push_str(&format!(
+        "8. Fleet: the kdiag hub process with N member links (simulated members, real \
+         WebSocket+TLS links), heartbeats every {} s, measured idle for {} s per size; {} \
+         ProbeStatus changes per size, member send to hub ack (stored), against the floor: the \
+         hub's two writes of that object done directly. Hub RSS with no links: {} MiB\n",
+        f["heartbeatSeconds"],
+        f["idleSeconds"],
+        f["changes"],
+        fmt(num(f, "/hubWithoutLinks/rssMiB")),
+    ));
+    let mut t = Table::new(&[
+        "clusters",
+        "hub RSS MiB",
+        "KiB/cluster",
+        "hub CPU % core",
+        "% core/cluster",
+        "heartbeats/s",
+        "CPU ms/heartbeat",
+        "change p50 ms",
+        "change p99 ms",
+        "floor p99 ms",
+        "p99 ratio",
+    ]);
+    for s in f["sizes"].as_array().into_iter().flatten() {
+        let q = |p: &str| num(s, p);
+        t.row(vec![
+            s["clusters"].to_string(),
+            fmt(q("/hubRssMiB")),
+            fmt(q("/perCluster/rssKiBAboveNoLinks")),
+            fmt(q("/hubCpuPercentOfCore")),
+            fmt(q("/perCluster/cpuPercentOfCore")),
+            fmt(q("/heartbeatsPerSecond")),
+            fmt(q("/hubCpuMsPerHeartbeat")),
+            fmt(q("/changeToStored/p50Ms")),
+            fmt(q("/changeToStored/p99Ms")),
+            fmt(q("/floorDirectWrite/p99Ms")),
+            fmt(q("/ratioToFloor/p99")),
+        ]);
+    }
     t.render(out);
     out.push('\n');
 }

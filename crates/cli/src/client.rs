@@ -110,6 +110,15 @@ pub enum DiagError {
         waited: Duration,
     },
 
+    #[error(
+        "one-time run {id} of cluster {cluster} has not finished after {waited:?}; it goes on in the member. See it with: kubectl diag probe history -c {cluster} -i {id}"
+    )]
+    OnceTimeout {
+        cluster: String,
+        id: String,
+        waited: Duration,
+    },
+
     #[error("{doing}: {source}")]
     Api {
         doing: String,
@@ -183,7 +192,7 @@ impl DiagError {
             Self::UnknownProcessor { .. } => "unknown_processor",
             Self::Usage(_) => "usage",
             Self::Deleted { .. } => "deleted",
-            Self::Timeout { .. } | Self::RunTimeout { .. } => "timeout",
+            Self::Timeout { .. } | Self::RunTimeout { .. } | Self::OnceTimeout { .. } => "timeout",
             Self::Api { .. } => "api",
             Self::Output(_) => "output",
             Self::Runtime(_) => "runtime",

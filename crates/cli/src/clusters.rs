@@ -192,7 +192,7 @@ pub async fn once(
     fleet_namespace: &str,
     cluster: &str,
     probes: &[String],
-) -> Result<String, DiagError> {
+) -> Result<(String, String), DiagError> {
     let now = jiff::Timestamp::now();
     let suffix =
         kdiag_fleet::credential::generate_token().map_err(|e| DiagError::Usage(e.to_string()))?;
@@ -213,12 +213,104 @@ pub async fn once(
     )
     .await
     .map_err(|e| request_for("patch", fleet_namespace, cluster).explain(e, &kube.url))?;
-    Ok(format!(
+    let text = format!(
         "{id}
 one-time run of cluster {cluster} asked for: the hub sends it at the member's next heartbeat.
-         Its results: kubectl diag probes -c {cluster}; the runs: kubectl diag probe history -c {cluster}
+         Its results: kubectl diag probe history -c {cluster} -i {id}; all runs: kubectl diag probe history -c {cluster}
 "
-    ))
+    );
+    Ok((id, text))
+}
+
+/// `probe once --wait`: follows the run in the Cluster's `status.onceProbeList` until the member
+/// reported it finished (`finishTime`), then its results as [`once_run`] prints them, with the
+/// exit code of `probe run --wait`.
+pub async fn wait_once(
+    kube: &Kube,
+    fleet_namespace: &str,
+    cluster: &str,
+    id: &str,
+    timeout: std::time::Duration,
+    style: Style,
+) -> Result<(u8, String), DiagError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match once_run(kube, fleet_namespace, cluster, id, style).await {
+            Ok((Some(code), text)) => return Ok((code, text)),
+            Ok((None, _)) => {}
+            // Not recorded yet (the hub sends it at the next heartbeat), or a passing failure.
+            Err(DiagError::Usage(_)) => {}
+            Err(e) if e.is_transient() => {}
+            Err(e) => return Err(e),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(DiagError::OnceTimeout {
+                cluster: cluster.to_owned(),
+                id: id.to_owned(),
+                waited: timeout,
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// `probe history -c CLUSTER -i ID`: one one-time run (when it was asked for and finished, the
+/// Probes it ran) and the latest results the hub stores for those Probes, with root causes.
+/// The exit code of its results once it finished: 0 all PASS or INFO, 4 an ERROR or WARN, 6 none;
+/// None while it runs.
+pub async fn once_run(
+    kube: &Kube,
+    fleet_namespace: &str,
+    cluster: &str,
+    id: &str,
+    style: Style,
+) -> Result<(Option<u8>, String), DiagError> {
+    let c = kube
+        .get::<Cluster>(
+            fleet_namespace,
+            cluster,
+            request_for("get", fleet_namespace, cluster),
+        )
+        .await?;
+    let list = c
+        .parsed
+        .ok()
+        .and_then(|c| c.status)
+        .map(|s| s.once_probe_list)
+        .unwrap_or_default();
+    let Some(item) = list.into_iter().find(|i| i.id == id) else {
+        return Err(DiagError::Usage(format!(
+            "cluster {cluster} has no one-time run {id} (the hub keeps the last {}; see kubectl diag probe history -c {cluster})",
+            kdiag_fleet::state::ONCE_HISTORY
+        )));
+    };
+    let probes = if item.probes.is_empty() {
+        "<all assigned>".to_owned()
+    } else {
+        item.probes.join(",")
+    };
+    let finished = if item.finish_time.is_empty() {
+        "not yet".to_owned()
+    } else {
+        item.finish_time.clone()
+    };
+    let mut text = format!(
+        "one-time run {id} of cluster {cluster}\ncreated:  {}\nfinished: {finished}\nprobes:   {probes}\n",
+        item.create_time
+    );
+    let results =
+        super::probes::stored_results(kube, fleet_namespace, cluster, &item.probes).await?;
+    let code = super::probes::exit_code(&results);
+    if results.is_empty() {
+        text.push_str("\nNo results from the cluster for these Probes yet.\n");
+    } else {
+        // The latest result of each Probe: this run's, or a later run's (its LAST RUN says).
+        text.push('\n');
+        text.push_str(
+            &super::probes::table(&results, false, true, jiff::Timestamp::now(), style).render(),
+        );
+    }
+    Ok(((!item.finish_time.is_empty()).then_some(code), text))
 }
 
 /// `probe history -c`: the cluster's last one-time runs (`status.onceProbeList`).
@@ -241,14 +333,19 @@ pub async fn once_history(
     if list.is_empty() {
         return Ok(String::new());
     }
-    let mut t = Table::new(["ID", "CREATED", "PROBES"]);
+    let mut t = Table::new(["ID", "CREATED", "FINISHED", "PROBES"]);
     for item in list.iter().rev() {
         let probes = if item.probes.is_empty() {
             "<all assigned>".to_owned()
         } else {
             item.probes.join(",")
         };
-        t.row([item.id.clone(), item.create_time.clone(), probes]);
+        let finished = if item.finish_time.is_empty() {
+            "-".to_owned()
+        } else {
+            item.finish_time.clone()
+        };
+        t.row([item.id.clone(), item.create_time.clone(), finished, probes]);
     }
     Ok(t.render())
 }

@@ -297,8 +297,38 @@ async fn dispatch(flags: &Flags, command: DiagCommand, style: Style) -> Result<u
                 };
                 probe_runs::run(&kube, &scope, &probe, wait, timeout, style, &mut print).await
             }
-            probe_runs::ProbeCommand::Once { cluster, probes } => {
-                let text = clusters::once(&kube, &flags.fleet_namespace, &cluster, &probes).await?;
+            probe_runs::ProbeCommand::Once {
+                cluster,
+                probes,
+                wait,
+                timeout,
+            } => {
+                let (id, text) =
+                    clusters::once(&kube, &flags.fleet_namespace, &cluster, &probes).await?;
+                if !wait {
+                    out(&text)?;
+                    return Ok(0);
+                }
+                out(&format!("{id}\n"))?;
+                let (code, text) = clusters::wait_once(
+                    &kube,
+                    &flags.fleet_namespace,
+                    &cluster,
+                    &id,
+                    timeout,
+                    style,
+                )
+                .await?;
+                out(&text)?;
+                Ok(code)
+            }
+            probe_runs::ProbeCommand::History {
+                cluster: Some(cluster),
+                id: Some(id),
+                ..
+            } => {
+                let (_, text) =
+                    clusters::once_run(&kube, &flags.fleet_namespace, &cluster, &id, style).await?;
                 out(&text)?;
                 Ok(0)
             }

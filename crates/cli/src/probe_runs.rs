@@ -47,19 +47,33 @@ ERROR or WARN; 6 a checker UNKNOWN, no result, or the run could not start; 3 tim
         #[arg(short = 'i', long = "id", value_name = "ID")]
         id: Option<String>,
         /// A member cluster's one-time runs, as the fleet hub records them (from the hub's
-        /// cluster; as `kubectl probe oncestatus -c -l`).
-        #[arg(short = 'c', long, value_name = "CLUSTER", conflicts_with_all = ["probe", "id"])]
+        /// cluster; as `kubectl probe oncestatus -c -l`); with -i, one of them with the results
+        /// of its Probes and their root causes (as `kubectl probe oncestatus -c -i`).
+        #[arg(short = 'c', long, value_name = "CLUSTER", conflicts_with = "probe")]
         cluster: Option<String>,
+        /// With -c, list the one-time runs (the default; KubeProber's `oncestatus -l`).
+        #[arg(short = 'l', long, requires = "cluster", conflicts_with = "id")]
+        list: bool,
     },
     /// Run a member cluster's assigned Probes once, now, through the fleet hub (from the hub's
     /// cluster; as `kubectl probe once -c`). Prints the run's id; the results arrive as the
     /// cluster's (`kubectl diag probes -c CLUSTER`).
+    #[command(
+        after_help = "Exit codes with --wait: 0 every checker PASS or INFO; 4 a checker \
+ERROR or WARN; 6 no result; 3 timeout or other errors."
+    )]
     Once {
         #[arg(short = 'c', long, value_name = "CLUSTER")]
         cluster: String,
         /// Only these Probes (comma-separated); default every Probe assigned to the cluster.
         #[arg(short = 'p', long, value_delimiter = ',', value_name = "PROBES")]
         probes: Vec<String>,
+        /// Wait until the member reports the run finished, and print its results.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait, give up after this long (exit code 3); the run goes on in the member.
+        #[arg(long, default_value = "10m", value_parser = crate::duration::parse_duration)]
+        timeout: Duration,
     },
 }
 

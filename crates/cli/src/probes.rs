@@ -114,6 +114,57 @@ pub async fn run_for_cluster(
     }
 }
 
+/// The results the fleet hub stores for `cluster` from the Probes named `probes` (any
+/// namespace in the member; every result of the cluster when `probes` is empty).
+pub async fn stored_results(
+    kube: &Kube,
+    fleet_namespace: &str,
+    cluster: &str,
+    probes: &[String],
+) -> Result<Vec<Fetched<ProbeStatus>>, DiagError> {
+    let selector = super::clusters::results_selector(cluster);
+    let mut items = kube
+        .list_selected::<ProbeStatus>(
+            Some(fleet_namespace),
+            Some(&selector),
+            request("list", Some(fleet_namespace)),
+        )
+        .await?;
+    items.retain(|i| {
+        let source = source(i).unwrap_or_default();
+        let name = source.rsplit_once('/').map_or(source.as_str(), |(_, n)| n);
+        probes.is_empty() || probes.iter().any(|p| p == name)
+    });
+    items.sort_by_key(source);
+    Ok(items)
+}
+
+/// The exit code of results, as `probe run --wait`'s: 0 every checker PASS or INFO, 4 a
+/// checker ERROR or WARN, 6 no checker or one UNKNOWN.
+pub fn exit_code(items: &[Fetched<ProbeStatus>]) -> u8 {
+    use kdiag_api::CheckerStatus;
+    let checkers: Vec<CheckerStatus> = items
+        .iter()
+        .filter_map(|i| i.parsed.as_ref().ok())
+        .flat_map(|p| p.spec.checkers.iter().map(|c| c.status))
+        .collect();
+    if checkers.is_empty() {
+        6
+    } else if checkers
+        .iter()
+        .any(|c| matches!(c, CheckerStatus::Error | CheckerStatus::Warn))
+    {
+        4
+    } else if checkers
+        .iter()
+        .all(|c| matches!(c, CheckerStatus::Pass | CheckerStatus::Info))
+    {
+        0
+    } else {
+        6
+    }
+}
+
 /// Where a result the fleet hub stores comes from: namespace/name in its member cluster.
 fn source<K>(item: &Fetched<K>) -> Option<String> {
     item.raw["metadata"]["annotations"][kdiag_fleet::state::SOURCE_ANNOTATION]
@@ -236,6 +287,26 @@ mod tests {
             parsed: serde_json::from_value(v.clone()).map_err(|e| e.to_string()),
             raw: v,
         }
+    }
+
+    #[test]
+    fn results_exit_like_probe_run_wait_error_or_warn_4_all_passing_0_nothing_6() {
+        let with = |statuses: &[&str]| {
+            let checkers: Vec<_> = statuses
+                .iter()
+                .enumerate()
+                .map(|(i, s)| json!({"name": format!("c{i}"), "status": s}))
+                .collect();
+            fetched(
+                json!({"apiVersion": "kubeprober.erda.cloud/v1", "kind": "ProbeStatus",
+                           "metadata": {"name": "p"}, "spec": {"checkers": checkers}}),
+            )
+        };
+        assert_eq!(exit_code(&[example()]), 4);
+        assert_eq!(exit_code(&[with(&["PASS", "INFO"])]), 0);
+        assert_eq!(exit_code(&[with(&["PASS", "UNKNOWN"])]), 6);
+        assert_eq!(exit_code(&[with(&["PASS"]), with(&["WARN"])]), 4);
+        assert_eq!(exit_code(&[]), 6);
     }
 
     fn example() -> Fetched<ProbeStatus> {

@@ -465,8 +465,117 @@ async fn member_frames(
                 }
                 reply(ws, &HubMessage::Ack { seq }).await?;
             }
+            MemberMessage::Inventory { probe_statuses } => {
+                let present = probe_statuses.into_iter().collect();
+                for stale in resync(hub, cluster, &present).await? {
+                    counts.remove(&stale);
+                }
+            }
+            MemberMessage::OnceFinished {
+                id,
+                probes,
+                finish_time,
+            } => {
+                // Not worth ending the link over: the member reports it again on its next link.
+                if let Err(e) = once_finished(hub, cluster, &id, &probes, &finish_time).await {
+                    tracing::warn!(%cluster, %id, error = %e, "fleet: recording the end of a one-time run");
+                }
+            }
         }
     }
+}
+
+/// Deletes the results stored for `cluster` whose source the member no longer has; returns
+/// their stored names.
+async fn resync(
+    hub: &Hub,
+    cluster: &str,
+    present: &std::collections::BTreeSet<String>,
+) -> Result<Vec<String>, Error> {
+    let stored = hub
+        .results_api()
+        .list_metadata(
+            &ListParams::default().labels(&format!("{}={cluster}", state::CLUSTER_LABEL)),
+        )
+        .await
+        .map_err(|e| Error::kube("list", format!("the ProbeStatuses of {cluster}"), e))?;
+    let pairs: Vec<(String, Option<String>)> = stored
+        .items
+        .into_iter()
+        .map(|m| {
+            let source = m
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(state::SOURCE_ANNOTATION).cloned());
+            (m.metadata.name.unwrap_or_default(), source)
+        })
+        .collect();
+    let stale = state::stale_results(
+        pairs.iter().map(|(n, s)| (n.as_str(), s.as_deref())),
+        present,
+    );
+    for name in &stale {
+        match hub
+            .results_api()
+            .delete(name, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                return Err(Error::kube(
+                    "delete",
+                    format!("ProbeStatus {}/{name}", hub.config.namespace),
+                    e,
+                ));
+            }
+        }
+        tracing::info!(%cluster, stored = %name, "fleet: a result the member no longer has, deleted");
+    }
+    Ok(stale)
+}
+
+/// Records that the one-time run `id` finished: `finishTime` in its `status.onceProbeList`
+/// entry. Read from the apiserver, not the cache: the entry was written moments before.
+async fn once_finished(
+    hub: &Hub,
+    cluster: &str,
+    id: &str,
+    probes: &[String],
+    finish_time: &str,
+) -> Result<(), Error> {
+    let api = hub.clusters_api();
+    // Conditional on the version read, so a concurrent write of the list is not lost: on a
+    // conflict, read again (a few times; a heartbeat's write is the usual one in between).
+    for _ in 0..5 {
+        let c = api
+            .get(cluster)
+            .await
+            .map_err(|e| Error::kube("get", format!("Cluster {cluster}"), e))?;
+        let list = c.status.map(|s| s.once_probe_list).unwrap_or_default();
+        let Some(list) = state::once_list_finished(&list, id, finish_time, probes) else {
+            return Ok(());
+        };
+        let patch = json!({"metadata": {"resourceVersion": c.metadata.resource_version},
+                           "status": {"onceProbeList": list}});
+        match api
+            .patch_status(cluster, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => break,
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) => {
+                return Err(Error::kube(
+                    "record the end of a one-time run of",
+                    format!("Cluster {cluster}"),
+                    e,
+                ));
+            }
+        }
+    }
+    tracing::info!(%cluster, %id, "fleet: one-time run finished");
+    Ok(())
 }
 
 /// Sends a one-time run asked for on the Cluster down, once, and records it in
@@ -504,11 +613,38 @@ async fn run_once(
         },
     )
     .await?;
-    let patch = json!({"status": {"onceProbeList": list}});
-    hub.clusters_api()
-        .patch_status(cluster, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(|e| Error::kube("record a one-time run of", format!("Cluster {cluster}"), e))?;
+    // Recorded conditionally on the version read, so it cannot overwrite a `finishTime` written
+    // since the cache was filled: on a conflict, read again and add it to what is there.
+    let (mut list, mut version) = (list, c.metadata.resource_version.clone());
+    for _ in 0..5 {
+        let patch = json!({"metadata": {"resourceVersion": version},
+                           "status": {"onceProbeList": list}});
+        match hub
+            .clusters_api()
+            .patch_status(cluster, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => break,
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => {
+                return Err(Error::kube(
+                    "record a one-time run of",
+                    format!("Cluster {cluster}"),
+                    e,
+                ));
+            }
+        }
+        let now = hub
+            .clusters_api()
+            .get(cluster)
+            .await
+            .map_err(|e| Error::kube("get", format!("Cluster {cluster}"), e))?;
+        let current = now.status.map(|s| s.once_probe_list).unwrap_or_default();
+        let Some(next) = state::once_list_with(&current, &request) else {
+            break;
+        };
+        (list, version) = (next, now.metadata.resource_version);
+    }
     tracing::info!(%cluster, id = %request.id, "fleet: one-time run sent");
     *sent = Some(request.id);
     Ok(())

@@ -90,6 +90,9 @@ impl MemberConfig {
 struct Shared {
     outbox: Mutex<Outbox>,
     changed: Notify,
+    /// Every ProbeStatus the cluster has (`namespace/name`), once the watch listed them all:
+    /// what each link's inventory says.
+    present: Mutex<Option<std::collections::BTreeSet<String>>>,
 }
 
 impl Shared {
@@ -108,6 +111,7 @@ pub async fn run(client: kube::Client, config: MemberConfig, shutdown: Cancellat
     let shared = Arc::new(Shared {
         outbox: Mutex::new(Outbox::new(config.queue_capacity)),
         changed: Notify::new(),
+        present: Mutex::new(None),
     });
     let watch = tokio::spawn(watch_probe_statuses(client.clone(), shared.clone()));
     let mut backoff = backoff(&config);
@@ -154,11 +158,20 @@ async fn watch_probe_statuses(client: kube::Client, shared: Arc<Shared>) {
     let api: Api<DeserializeGuard<ProbeStatus>> = Api::all(client);
     let events = watcher(api, watcher::Config::default()).default_backoff();
     let mut events = std::pin::pin!(events);
+    // A (re)list builds the set of what exists anew: deletions missed meanwhile drop out of it.
+    let mut listing: Option<std::collections::BTreeSet<String>> = None;
     while let Some(event) = events.next().await {
         let (object, deleted) = match event {
+            Ok(watcher::Event::Init) => {
+                listing = Some(Default::default());
+                continue;
+            }
+            Ok(watcher::Event::InitDone) => {
+                *shared.present.lock().unwrap_or_else(|e| e.into_inner()) = listing.take();
+                continue;
+            }
             Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => (o, false),
             Ok(watcher::Event::Delete(o)) => (o, true),
-            Ok(_) => continue,
             Err(e) => {
                 tracing::warn!(error = %e, "fleet: watching ProbeStatuses; retrying");
                 continue;
@@ -171,13 +184,29 @@ async fn watch_probe_statuses(client: kube::Client, shared: Arc<Shared>) {
             name: p.metadata.name.clone().unwrap_or_default(),
             object: (!deleted).then(|| ProbeResult::of(&p)),
         };
+        let key = format!("{}/{}", update.namespace, update.name);
+        if let Some(l) = listing.as_mut() {
+            l.insert(key);
+        } else if let Some(present) = shared
+            .present
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            if deleted {
+                present.remove(&key);
+            } else {
+                present.insert(key);
+            }
+        }
         if shared.outbox().push(update) {
             shared.changed.notify_one();
         }
     }
 }
 
-type Link = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
+/// A member's side of a link: a WebSocket on TLS, upgraded with the cluster's credential.
+pub type Link = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
 
 /// One link, from dialling to its end. `linked` turns true once the hub took it.
 async fn link(
@@ -203,6 +232,10 @@ async fn link(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
     let silence = config.heartbeat * 3;
+    // One-time runs whose end this link reported. Per link: a new link reports them all again
+    // (the hub ignores those it recorded), so an end sent just before a drop is not lost.
+    let mut once_reported = std::collections::HashSet::new();
+    let mut inventory_sent = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
@@ -226,6 +259,28 @@ async fn link(
                 };
                 send(&mut ws, &MemberMessage::Heartbeat(facts)).await?;
                 send_unsent(&mut ws, shared).await?;
+                // Once per link, after what was queued: a full resync of what exists.
+                if !inventory_sent {
+                    let present = shared.present.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    if let Some(present) = present {
+                        let probe_statuses = present.into_iter().collect();
+                        send(&mut ws, &MemberMessage::Inventory { probe_statuses }).await?;
+                        inventory_sent = true;
+                    }
+                }
+                if config.accept_probes {
+                    match finished_once_runs(client, &config.probe_namespace, &once_reported).await {
+                        Ok(finished) => {
+                            for m in finished {
+                                send(&mut ws, &m).await?;
+                                if let MemberMessage::OnceFinished { id, .. } = m {
+                                    once_reported.insert(id);
+                                }
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "fleet: the one-time runs' ProbeRuns"),
+                    }
+                }
             }
             _ = shared.changed.notified() => send_unsent(&mut ws, shared).await?,
             frame = ws.next() => {
@@ -245,8 +300,15 @@ async fn link(
                             }
                         }
                         Ok(HubMessage::RunOnce { id, probes }) if config.accept_probes => {
-                            if let Err(e) = run_once(client, &config.probe_namespace, &id, &probes).await {
-                                tracing::warn!(error = %e, %id, "fleet: a one-time run the hub asked for");
+                            match run_once(client, &config.probe_namespace, &id, &probes).await {
+                                // Nothing to run: it is over now (it would never end otherwise).
+                                Ok(0) => {
+                                    let finish_time = jiff::Timestamp::now().to_string();
+                                    send(&mut ws, &MemberMessage::OnceFinished { id: id.clone(), probes: Vec::new(), finish_time }).await?;
+                                    once_reported.insert(id);
+                                }
+                                Ok(_) => {}
+                                Err(e) => tracing::warn!(error = %e, %id, "fleet: a one-time run the hub asked for"),
                             }
                         }
                         Ok(HubMessage::RunOnce { id, .. }) => {
@@ -309,7 +371,9 @@ pub fn hub_address(url: &str) -> Result<(String, u16), Error> {
 }
 
 /// TCP, TLS with the hub's certificate checked, then the WebSocket upgrade with the credential.
-async fn dial(config: &MemberConfig) -> Result<Link, Error> {
+/// Public for tools that speak [`crate::protocol`] themselves (the fleet benchmark's simulated
+/// members); a controller runs [`run`].
+pub async fn dial(config: &MemberConfig) -> Result<Link, Error> {
     let (host, port) = hub_address(&config.hub_url)?;
     let addr = format!("{host}:{port}");
     let tls = crate::tls::client_config(&config.hub_ca_file)?;
@@ -423,13 +487,13 @@ async fn apply_probes(
 pub const ONCE_LABEL: &str = "kdiag.io/fleet-once";
 
 /// Starts a one-time run of the named managed Probes (all when `probes` is empty): one manual
-/// ProbeRun each, which kdiag's probe runner runs (docs/probes.md).
+/// ProbeRun each, which kdiag's probe runner runs (docs/probes.md). Returns how many it started.
 async fn run_once(
     client: &kube::Client,
     namespace: &str,
     id: &str,
     probes: &[String],
-) -> Result<(), Error> {
+) -> Result<usize, Error> {
     let managed: Api<kdiag_api::Probe> = Api::namespaced(client.clone(), namespace);
     let names: Vec<String> = managed
         .list(&ListParams::default().labels(MANAGED_LABEL))
@@ -441,6 +505,7 @@ async fn run_once(
         .filter(|n| probes.is_empty() || probes.contains(n))
         .collect();
     let runs: Api<kdiag_api::ProbeRun> = Api::namespaced(client.clone(), namespace);
+    let started = names.len();
     for name in names {
         let base: String = name.chars().take(50).collect();
         let run = kdiag_api::ProbeRun {
@@ -461,6 +526,7 @@ async fn run_once(
                     ]
                     .into(),
                 ),
+                annotations: Some([(ONCE_ID_ANNOTATION.to_owned(), id.to_owned())].into()),
                 ..Default::default()
             },
             spec: kdiag_api::ProbeRunSpec {
@@ -474,7 +540,52 @@ async fn run_once(
             .await
             .map_err(|e| Error::kube("create", format!("a ProbeRun of {namespace}/{name}"), e))?;
     }
-    Ok(())
+    Ok(started)
+}
+
+/// The annotation on a one-time run's ProbeRuns holding its id as the hub sent it (the label
+/// holds it as a label value).
+pub const ONCE_ID_ANNOTATION: &str = "kdiag.io/fleet-once-id";
+
+/// An [`MemberMessage::OnceFinished`] for each one-time run not in `reported` whose ProbeRuns
+/// all ended.
+async fn finished_once_runs(
+    client: &kube::Client,
+    namespace: &str,
+    reported: &std::collections::HashSet<String>,
+) -> Result<Vec<MemberMessage>, Error> {
+    let runs: Api<kdiag_api::ProbeRun> = Api::namespaced(client.clone(), namespace);
+    let list = runs
+        .list(&ListParams::default().labels(ONCE_LABEL))
+        .await
+        .map_err(|e| Error::kube("list", format!("the one-time ProbeRuns of {namespace}"), e))?;
+    let mut by_id: std::collections::BTreeMap<String, Vec<kdiag_api::ProbeRun>> =
+        Default::default();
+    for r in list.items {
+        let id = r
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ONCE_ID_ANNOTATION))
+            .cloned();
+        if let Some(id) = id.filter(|id| !reported.contains(id)) {
+            by_id.entry(id).or_default().push(r);
+        }
+    }
+    Ok(by_id
+        .into_iter()
+        .filter_map(|(id, runs)| {
+            let finish_time = crate::state::once_finished(&runs)?;
+            let mut probes: Vec<String> = runs.iter().map(|r| r.spec.probe.clone()).collect();
+            probes.sort();
+            probes.dedup();
+            Some(MemberMessage::OnceFinished {
+                id,
+                probes,
+                finish_time,
+            })
+        })
+        .collect())
 }
 
 /// The cluster's nodes, counted page by page from their metadata.

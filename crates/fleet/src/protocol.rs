@@ -34,6 +34,22 @@ pub enum MemberMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         object: Option<ProbeResult>,
     },
+    /// Every ProbeStatus the member has now, as `namespace/name`: the hub deletes the results
+    /// it stores for the cluster that are not among them (deleted while the member's controller
+    /// was not running, so no deletion was ever queued). Sent once per link, after the results
+    /// queued before it.
+    #[serde(rename_all = "camelCase")]
+    Inventory { probe_statuses: Vec<String> },
+    /// Every ProbeRun of the one-time run `id` ended (finished or could not run); `probes` are
+    /// those it ran. Sent once per run (again after a member restart: the hub ignores a run it
+    /// already recorded as finished).
+    #[serde(rename_all = "camelCase")]
+    OnceFinished {
+        id: String,
+        probes: Vec<String>,
+        /// RFC 3339: when its last ProbeRun ended.
+        finish_time: String,
+    },
 }
 
 /// What the hub sends.

@@ -256,6 +256,63 @@ pub fn once_list_with(
     Some(out.split_off(skip))
 }
 
+/// Of the results stored for a cluster (stored name, and the member's `namespace/name` from
+/// [`SOURCE_ANNOTATION`]), those whose source the member no longer has. A stored result without
+/// a source is left alone: it cannot be matched.
+pub fn stale_results<'a>(
+    stored: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
+    present: &std::collections::BTreeSet<String>,
+) -> Vec<String> {
+    stored
+        .into_iter()
+        .filter_map(|(name, source)| {
+            let source = source?;
+            (!present.contains(source)).then(|| name.to_owned())
+        })
+        .collect()
+}
+
+/// `status.onceProbeList` with the run `id` marked finished at `finish_time` (and, when it was
+/// asked for every assigned Probe, the Probes it ran), or None when the run is not in the list
+/// or already finished.
+pub fn once_list_finished(
+    list: &[kdiag_api::OnceProbeItem],
+    id: &str,
+    finish_time: &str,
+    probes: &[String],
+) -> Option<Vec<kdiag_api::OnceProbeItem>> {
+    let i = list.iter().position(|i| i.id == id)?;
+    if !list[i].finish_time.is_empty() {
+        return None;
+    }
+    let mut out = list.to_vec();
+    out[i].finish_time = finish_time.to_owned();
+    if out[i].probes.is_empty() {
+        out[i].probes = probes.to_vec();
+    }
+    Some(out)
+}
+
+/// Whether every ProbeRun of a one-time run ended, and when the last did (RFC 3339): None while
+/// one is pending or running (or there are none yet).
+pub fn once_finished(runs: &[kdiag_api::ProbeRun]) -> Option<String> {
+    use kdiag_api::ProbeRunPhase::{Failed, Finished};
+    if runs.is_empty() {
+        return None;
+    }
+    let mut last: Option<Timestamp> = None;
+    for r in runs {
+        let status = r.status.as_ref()?;
+        if !matches!(status.phase, Finished | Failed) {
+            return None;
+        }
+        if let Some(t) = &status.finished_at {
+            last = last.max(Some(t.0));
+        }
+    }
+    Some(last.unwrap_or_else(Timestamp::now).to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -428,5 +485,63 @@ mod tests {
             "kubeprober/k8s"
         );
         assert_eq!(o["metadata"]["annotations"]["kdiag.io/diagnoses"], "{}");
+    }
+
+    #[test]
+    fn a_one_time_run_is_finished_once_with_the_probes_it_ran() {
+        let item = |id: &str, probes: &[&str]| kdiag_api::OnceProbeItem {
+            id: id.into(),
+            create_time: "2026-12-04T10:00:00Z".into(),
+            finish_time: String::new(),
+            probes: probes.iter().map(|p| p.to_string()).collect(),
+        };
+        let list = [item("a", &["dns"]), item("b", &[])];
+        let ran = ["dns".to_string(), "k8s".to_string()];
+        let done = once_list_finished(&list, "b", "2026-12-04T10:01:00Z", &ran).unwrap();
+        assert_eq!(done[1].finish_time, "2026-12-04T10:01:00Z");
+        assert_eq!(done[1].probes, ran, "asked for all: the Probes it ran");
+        let done = once_list_finished(&done, "a", "2026-12-04T10:02:00Z", &ran).unwrap();
+        assert_eq!(done[0].probes, ["dns"], "asked for some: kept as asked");
+        assert_eq!(
+            once_list_finished(&done, "a", "2026-12-04T10:03:00Z", &ran),
+            None
+        );
+        assert_eq!(once_list_finished(&done, "gone", "x", &ran), None);
+    }
+
+    #[test]
+    fn a_one_time_run_is_finished_when_every_probe_run_ended() {
+        let run = |phase: &str, at: Option<&str>| -> kdiag_api::ProbeRun {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "diagnosis.netease.com/v1", "kind": "ProbeRun", "metadata": {"name": "r"},
+                "spec": {"probe": "dns", "trigger": "Manual"},
+                "status": {"phase": phase, "finishedAt": at}
+            }))
+            .unwrap()
+        };
+        assert_eq!(once_finished(&[]), None);
+        let finished = run("Finished", Some("2026-12-04T10:01:00Z"));
+        let failed = run("Failed", Some("2026-12-04T10:02:00Z"));
+        assert_eq!(
+            once_finished(&[finished.clone(), failed.clone()]).as_deref(),
+            Some("2026-12-04T10:02:00Z")
+        );
+        assert_eq!(once_finished(&[finished, run("Running", None)]), None);
+    }
+
+    #[test]
+    fn a_stored_result_whose_source_the_member_no_longer_has_is_stale() {
+        let present = ["kubeprober/dns".to_string(), "team/k8s".to_string()].into();
+        let stored = [
+            ("c.kubeprober.dns", Some("kubeprober/dns")),
+            ("c.kubeprober.gone", Some("kubeprober/gone")),
+            ("c.team.k8s", Some("team/k8s")),
+            ("c.unmatched", None),
+        ];
+        assert_eq!(stale_results(stored, &present), ["c.kubeprober.gone"]);
+        assert_eq!(
+            stale_results(stored, &Default::default()),
+            ["c.kubeprober.dns", "c.kubeprober.gone", "c.team.k8s"]
+        );
     }
 }

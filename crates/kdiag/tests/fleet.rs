@@ -730,3 +730,193 @@ async fn labelling_a_cluster_probe_slash_name_assigns_that_probe_it_runs_once_on
     hub.stop().await;
     let _ = probes.delete(&probe_name, &DeleteParams::default()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_once_wait_returns_when_the_member_reports_the_run_finished_and_history_shows_its_root_causes()
+ {
+    let hub = TestHub::start(0, None).await;
+    let files = tempfile::tempdir().unwrap();
+    let cluster = unique("once");
+    let token_file = add_credential(hub_cp().await, &cluster, files.path());
+    let probe_name = unique("coredns");
+    let probes: Api<kdiag_api::Probe> = Api::namespaced(hub_admin().await, FLEET_NAMESPACE);
+    let probe: kdiag_api::Probe = serde_json::from_value(json!({
+        "apiVersion": "kubeprober.erda.cloud/v1", "kind": "Probe",
+        "metadata": {"name": probe_name},
+        "spec": {"policy": {"runInterval": 60},
+                 "checks": [{"name": "resolves", "dns": {"names": ["kubernetes.default.svc"]}}]}
+    }))
+    .unwrap();
+    probes.create(&PostParams::default(), &probe).await.unwrap();
+    let member_ns = member_cp().await.create_namespace("fleet-once").await;
+    let mut config = member_config(&hub, &cluster, token_file, "ca.crt");
+    config.accept_probes = true;
+    config.probe_namespace = member_ns.clone();
+    let link = start_link(config).await;
+    wait_cluster(&cluster, |c| {
+        c.status.as_ref().is_some_and(|s| s.state == "Connected")
+    })
+    .await;
+    let out = hub_cp()
+        .await
+        .kubectl()
+        .args(["-n", FLEET_NAMESPACE, "label", "cluster", &cluster])
+        .arg(format!("probe/{probe_name}=true"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    wait_member_probe(&member_ns, &probe_name, true).await;
+    // The probe's latest result in the member, with kdiag's root cause, and at the hub.
+    write_result(
+        &member_ns,
+        &probe_name,
+        "coredns cannot reach the upstream resolver",
+    )
+    .await;
+    wait_stored(&cluster, &member_ns, &probe_name).await;
+
+    // `probe once --wait` blocks until the member reports the run's ProbeRuns ended.
+    let cp = hub_cp().await;
+    let waiting = {
+        let cluster = cluster.clone();
+        std::thread::spawn(move || {
+            std::process::Command::new(KDIAG)
+                .arg("diag")
+                .arg("--kubeconfig")
+                .arg(cp.kubeconfig_path())
+                .args([
+                    "probe",
+                    "once",
+                    "-c",
+                    &cluster,
+                    "--wait",
+                    "--timeout",
+                    "60s",
+                ])
+                .output()
+                .unwrap()
+        })
+    };
+    // No probe runner in this member: the test ends the one-time run's ProbeRun itself.
+    let runs: Api<kdiag_api::ProbeRun> =
+        Api::namespaced(member_cp().await.client().await, &member_ns);
+    let deadline = Instant::now() + WAIT;
+    let run = loop {
+        let list = runs
+            .list(&kube::api::ListParams::default().labels(kdiag_fleet::member::ONCE_LABEL))
+            .await
+            .unwrap();
+        if let Some(run) = list.items.into_iter().next() {
+            break run;
+        }
+        assert!(Instant::now() < deadline, "no one-time ProbeRun");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        !waiting.is_finished(),
+        "--wait returned before the run ended"
+    );
+    let finished_at = jiff::Timestamp::now().round(jiff::Unit::Second).unwrap();
+    let status = json!({"status": {"phase": "Finished", "result": "ERROR",
+                                   "finishedAt": finished_at.to_string()}});
+    runs.patch_status(
+        run.metadata.name.as_deref().unwrap(),
+        &PatchParams::default(),
+        &Patch::Merge(&status),
+    )
+    .await
+    .unwrap();
+
+    let out = waiting.join().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "a checker ERROR: {stdout}{stderr}"
+    );
+    let id = stdout.lines().next().unwrap_or_default().trim().to_owned();
+    assert!(
+        stdout.contains(&format!("finished: {finished_at}")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("coredns cannot reach the upstream resolver"),
+        "{stdout}"
+    );
+    // KubeProber's finishTime, and the Probes it ran (all assigned: the one).
+    let c = wait_cluster(&cluster, |c| {
+        c.status
+            .as_ref()
+            .is_some_and(|s| s.once_probe_list.iter().any(|i| i.id == id))
+    })
+    .await;
+    let item = c
+        .status
+        .unwrap()
+        .once_probe_list
+        .into_iter()
+        .find(|i| i.id == id)
+        .unwrap();
+    assert_eq!(item.finish_time, finished_at.to_string());
+    assert_eq!(item.probes, std::slice::from_ref(&probe_name));
+
+    let (ok, out, err) = kdiag_diag(cp, &["probe", "history", "-c", &cluster, "-i", &id]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("coredns-pods") && out.contains("upstream resolver"),
+        "{out}"
+    );
+    let (ok, out, err) = kdiag_diag(cp, &["probe", "history", "-c", &cluster, "-l"]);
+    assert!(ok && out.contains(&finished_at.to_string()), "{out}{err}");
+    let (ok, _, err) = kdiag_diag(
+        cp,
+        &["probe", "history", "-c", &cluster, "-i", "no-such-run"],
+    );
+    assert!(!ok && err.contains("no one-time run no-such-run"), "{err}");
+
+    link.cancel();
+    hub.stop().await;
+    let _ = probes.delete(&probe_name, &DeleteParams::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_deleted_while_the_member_was_not_running_is_removed_at_the_hub_on_its_next_link()
+{
+    let hub = TestHub::start(0, None).await;
+    let files = tempfile::tempdir().unwrap();
+    let cluster = unique("resync");
+    let token_file = add_credential(hub_cp().await, &cluster, files.path());
+    let ns = member_cp().await.create_namespace("fleet-resync").await;
+    write_result(&ns, "kept", "disk pressure on node-1").await;
+    write_result(&ns, "gone", "a Probe removed while the controller was down").await;
+    let config = member_config(&hub, &cluster, token_file, "ca.crt");
+    let link = start_link(config.clone()).await;
+    wait_stored(&cluster, &ns, "kept").await;
+    wait_stored(&cluster, &ns, "gone").await;
+
+    // The member's controller stops (its watch too): this deletion is never queued.
+    link.cancel();
+    wait_cluster(&cluster, |c| {
+        c.status.as_ref().is_some_and(|s| s.state == "Offline")
+    })
+    .await;
+    let member: Api<ProbeStatus> = Api::namespaced(member_cp().await.client().await, &ns);
+    member
+        .delete("gone", &DeleteParams::default())
+        .await
+        .unwrap();
+
+    let link = start_link(config).await;
+    let deadline = Instant::now() + WAIT;
+    while stored_exists(&cluster, &ns, "gone").await {
+        assert!(
+            Instant::now() < deadline,
+            "the hub still stores a result the member no longer has"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(stored_exists(&cluster, &ns, "kept").await);
+    link.cancel();
+    hub.stop().await;
+}
