@@ -586,6 +586,10 @@ fn probe_triggers(out: &mut String, p: &Value) {
         fmt(num(p, "/changeMinusQuiet/p99Ms")),
         String::new(),
     ]);
+    t.render(out);
+    out.push('\n');
+}
+
 fn fleet(out: &mut String, f: &Value) {
     out.push_str(&format!(
         "8. Fleet: the kdiag hub process with N member links (simulated members, real \

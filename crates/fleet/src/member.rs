@@ -512,7 +512,6 @@ async fn run_once(
             metadata: kube::api::ObjectMeta {
                 generate_name: Some(format!("{}-", base.trim_end_matches('-'))),
                 namespace: Some(namespace.to_owned()),
-                annotations: Some(kdiag_api::diagnosis::probe_run::requested_now()),
                 labels: Some(
                     [
                         (
@@ -526,7 +525,11 @@ async fn run_once(
                     ]
                     .into(),
                 ),
-                annotations: Some([(ONCE_ID_ANNOTATION.to_owned(), id.to_owned())].into()),
+                annotations: Some({
+                    let mut a = kdiag_api::diagnosis::probe_run::requested_now();
+                    a.insert(ONCE_ID_ANNOTATION.to_owned(), id.to_owned());
+                    a
+                }),
                 ..Default::default()
             },
             spec: kdiag_api::ProbeRunSpec {
