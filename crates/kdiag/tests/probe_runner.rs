@@ -100,18 +100,6 @@ async fn setup() -> &'static Cluster {
     c
 }
 
-async fn create_probe(client: &kube::Client, ns: &str, name: &str, spec: serde_json::Value) {
-    let p: Probe = serde_json::from_value(
-        json!({"apiVersion": "kubeprober.erda.cloud/v1", "kind": "Probe",
-        "metadata": {"name": name, "namespace": ns}, "spec": spec}),
-    )
-    .unwrap();
-    Api::<Probe>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &p)
-        .await
-        .unwrap();
-}
-
 async fn wait_checker(
     client: &kube::Client,
     ns: &str,

@@ -17,35 +17,6 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-async fn create_probe(client: &kube::Client, ns: &str, name: &str, spec: serde_json::Value) {
-    let p: Probe = serde_json::from_value(
-        json!({"apiVersion": "kubeprober.erda.cloud/v1", "kind": "Probe",
-        "metadata": {"name": name, "namespace": ns}, "spec": spec}),
-    )
-    .unwrap();
-    Api::<Probe>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &p)
-        .await
-        .unwrap();
-}
-
-/// `kdiag diag <args>` (the CLI as `kubectl diag` runs it) with this control plane's kubeconfig.
-async fn kubectl_diag(cp: &kdiag_testenv::ControlPlane, args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kdiag"))
-        .arg("diag")
-        .args(args)
-        .env("KUBECONFIG", cp.kubeconfig_path())
-        .env("NO_COLOR", "1")
-        .output()
-        .await
-        .expect("the kdiag binary runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// Waits for the probe's TriggersValid condition to have `status`, and returns it.
 async fn wait_triggers_valid(
     client: &kube::Client,

@@ -487,23 +487,6 @@ async fn with_kubeprobers_own_crd_the_diagnosis_goes_into_an_annotation() {
     controller.abort();
 }
 
-/// `kdiag diag <args>` (the CLI as `kubectl diag` runs it) with this control plane's kubeconfig.
-async fn kubectl_diag(cp: &kdiag_testenv::ControlPlane, args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kdiag"))
-        .arg("diag")
-        .args(args)
-        .env("KUBECONFIG", cp.kubeconfig_path())
-        .env("NO_COLOR", "1")
-        .output()
-        .await
-        .expect("the kdiag binary runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// Waits until kdiag has written a finished diagnosis next to `checker`.
 async fn wait_diagnosed(
     client: &kube::Client,

@@ -684,3 +684,33 @@ pub async fn event_reasons(client: &Client, ns: &str, name: &str) -> Vec<String>
     list.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
     list.into_iter().filter_map(|e| e.reason).collect()
 }
+
+/// Creates the KubeProber Probe `ns/name` with `spec`.
+pub async fn create_probe(client: &Client, ns: &str, name: &str, spec: serde_json::Value) {
+    let p: kdiag_api::Probe = serde_json::from_value(serde_json::json!({
+        "apiVersion": "kubeprober.erda.cloud/v1", "kind": "Probe",
+        "metadata": {"name": name, "namespace": ns}, "spec": spec}))
+    .unwrap();
+    Api::<kdiag_api::Probe>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &p)
+        .await
+        .unwrap();
+}
+
+/// `kdiag diag <args>` (the CLI as `kubectl diag` runs it) with this control plane's kubeconfig:
+/// exit code, stdout, stderr.
+pub async fn kubectl_diag(cp: &ControlPlane, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kdiag"))
+        .arg("diag")
+        .args(args)
+        .env("KUBECONFIG", cp.kubeconfig_path())
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .expect("the kdiag binary runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
