@@ -337,13 +337,13 @@ impl AlertSource {
         let mut spec = source.abnormal_spec();
         spec.source = AbnormalSourceType::PrometheusAlert;
         spec.node_name = node.to_owned();
-        spec.prometheus_alert = Some(PrometheusAlert {
+        spec.prometheus_alert = Some(Box::new(PrometheusAlert {
             labels: alert.labels.clone(),
             annotations: alert.annotations.clone(),
             starts_at: time(&alert.starts_at),
             ends_at: time(&alert.ends_at),
             generator_url: alert.generator_url.clone().unwrap_or_default(),
-        });
+        }));
         let mut a = Abnormal::new(name, spec);
         a.metadata.namespace = Some(self.namespace.clone());
         a.metadata.labels = Some(

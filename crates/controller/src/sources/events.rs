@@ -374,7 +374,7 @@ pub fn build(event: &Event, source: &CompiledSource, key: &str, node: &str) -> A
     let ns = abnormal_namespace(event);
     let mut spec = source.abnormal_spec();
     spec.source = AbnormalSourceType::KubernetesEvent;
-    spec.kubernetes_event = Some(event.clone());
+    spec.kubernetes_event = Some(Box::new(event.clone()));
     spec.node_name = node.to_owned();
     if o.kind.as_deref() == Some("Pod") {
         spec.pod_reference = Some(PodReference {
