@@ -11,6 +11,10 @@ use kdiag_collectors::pod_detail::resources::human_bytes;
 use kdiag_collectors::pod_detail::{NodeDetail, POD_DETAIL_INFORMATION};
 use serde_json::Value;
 
+use kdiag_collectors::cri::probe::RuntimeProbe;
+use kdiag_collectors::listener::DaemonProcess;
+use kdiag_collectors::pids::PodPids;
+
 use super::facts::Proc;
 use super::finding::{Finding, Rank, quote};
 
@@ -22,6 +26,104 @@ pub struct NodeInputs<'a> {
     pub pod_names: &'a BTreeMap<String, String>,
     /// The evidence's context key for the node object.
     pub node_key: &'a str,
+    /// The node's own kubelet process, when the node's /proc was searched for it.
+    pub kubelet: Option<&'a KubeletSearch>,
+    /// The container runtime's answer to a CRI call, when it was asked.
+    pub runtime: Option<&'a RuntimeProbe>,
+    /// The pids cgroups of the pods with the most processes.
+    pub pod_pids: &'a [PodPids],
+    pub now: jiff::Timestamp,
+}
+
+/// Where the node's kubelet was looked for, and what was found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KubeletSearch {
+    /// The port the Node object advertises (`status.daemonEndpoints`).
+    pub port: i32,
+    /// The process listening there; None when none does.
+    pub process: Option<DaemonProcess>,
+}
+
+/// How findings of rank Node order among themselves: what stops the node outright first.
+pub const WEIGHT_KUBELET: i64 = 100;
+pub const WEIGHT_RUNTIME: i64 = 90;
+pub const WEIGHT_NOT_READY: i64 = 80;
+pub const WEIGHT_PRESSURE: i64 = 50;
+
+/// The kubelet stopped posting the node's status and its process was looked for on the node:
+/// named by what /proc shows (stopped, running but silent, or gone) and since when.
+fn kubelet_not_reporting(
+    node: &NodeDetail,
+    ready: &NodeCondition,
+    inputs: &NodeInputs,
+) -> Option<Finding> {
+    let message = ready.message.as_deref().unwrap_or("").to_ascii_lowercase();
+    if ready.status != "Unknown" && !message.contains("stopped posting node status") {
+        return None;
+    }
+    let search = inputs.kubelet?;
+    let heartbeat = ready.last_heartbeat_time.as_ref().map(|t| t.0);
+    let since = match heartbeat {
+        Some(t) => format!(
+            "; it last posted the node's status at {} ({} ago)",
+            t.round(jiff::Unit::Second).unwrap_or(t),
+            human_duration(inputs.now.duration_since(t).as_secs().max(0))
+        ),
+        None => String::new(),
+    };
+    let name = &node.name;
+    let (reason, summary, suggestion) = match &search.process {
+        Some(p) if p.stopped() => (
+            "KubeletStopped",
+            format!(
+                "node {name} is NotReady: its kubelet (pid {}) is {}, so it posts no status{since}",
+                p.pid,
+                p.state_words()
+            ),
+            format!(
+                "Something stopped the kubelet's process: resume it (kill -CONT {}) or restart the kubelet (systemctl restart kubelet), then find what sent the stop (a debugger, an operator's Ctrl-Z, a freezer cgroup).",
+                p.pid
+            ),
+        ),
+        Some(p) => (
+            "KubeletNotReporting",
+            format!(
+                "node {name} is NotReady: its kubelet (pid {}, {}) runs but posts no status: it is hung or cannot reach the apiserver{since}",
+                p.pid,
+                p.state_words()
+            ),
+            "Read the kubelet's log on the node (journalctl -u kubelet): a deadlock, a runtime call that never returns, or no route, DNS or certificate to the apiserver; restart the kubelet if it is hung.".into(),
+        ),
+        None => (
+            "KubeletNotRunning",
+            format!(
+                "node {name} is NotReady: no kubelet process serves its port {} on the node: the kubelet is not running{since}",
+                search.port
+            ),
+            "Start the kubelet (systemctl start kubelet) and read why it ended: journalctl -u kubelet (a bad flag or configuration, an expired certificate, the runtime's socket missing, out of memory).".into(),
+        ),
+    };
+    let mut f = Finding::new(reason, Rank::Node, summary, suggestion)
+        .weighted(WEIGHT_KUBELET)
+        .with(Evidence {
+            kind: "Process".into(),
+            message: match &search.process {
+                Some(p) => format!(
+                    "pid {} `{}` listens on port {}, state {} ({})",
+                    p.pid,
+                    quote(&p.command.join(" "), 80),
+                    search.port,
+                    p.state,
+                    p.state_words()
+                ),
+                None => format!("no kubelet process listens on port {}", search.port),
+            },
+            object: format!("node/{name}"),
+            context_key: inputs.node_key.to_owned(),
+            timestamp: None,
+        });
+    f.seen(heartbeat, None);
+    Some(f)
 }
 
 fn condition<'a>(node: &'a NodeDetail, type_: &str) -> Option<&'a NodeCondition> {
@@ -84,12 +186,16 @@ pub fn check(node: &NodeDetail, inputs: &NodeInputs) -> Vec<Finding> {
         && ready.status != "True"
     {
         let (why, suggestion) = not_ready_cause(ready);
-        let mut f = Finding::new(
-            "NodeNotReady",
-            Rank::Node,
-            format!("node {} is NotReady: {why}", node.name),
-            suggestion,
-        )
+        let mut f = match kubelet_not_reporting(node, ready, inputs) {
+            Some(f) => f,
+            None => Finding::new(
+                "NodeNotReady",
+                Rank::Node,
+                format!("node {} is NotReady: {why}", node.name),
+                suggestion,
+            )
+            .weighted(WEIGHT_NOT_READY),
+        }
         .with(condition_evidence(node, ready, inputs.node_key));
         f.seen(ready.last_transition_time.as_ref().map(|t| t.0), None);
         for e in node
@@ -101,6 +207,17 @@ pub fn check(node: &NodeDetail, inputs: &NodeInputs) -> Vec<Finding> {
         }
         out.push(f);
     }
+    if let Some(probe) = inputs.runtime {
+        out.extend(super::runtime::node_finding(node, probe, inputs.node_key));
+    }
+    if let Some(procs) = inputs.processes {
+        out.extend(super::processes::zombies(procs, inputs.pod_names));
+    }
+    out.extend(super::processes::pids_limits(
+        inputs.pod_pids,
+        inputs.processes,
+        inputs.pod_names,
+    ));
     for (type_, reason, resource) in [
         ("MemoryPressure", "NodeMemoryPressure", "memory"),
         ("DiskPressure", "NodeDiskPressure", "disk"),
@@ -136,6 +253,7 @@ pub fn check(node: &NodeDetail, inputs: &NodeInputs) -> Vec<Finding> {
                 _ => "Processes or threads near the node's limit: find the pod forking most (listed) and set a pod PID limit (--pod-max-pids).".into(),
             },
         )
+        .weighted(WEIGHT_PRESSURE)
         .with(condition_evidence(node, c, inputs.node_key))
         .with_all(evidence);
         f.seen(c.last_transition_time.as_ref().map(|t| t.0), None);
@@ -280,16 +398,17 @@ fn certificates(node: &NodeDetail, info: &Value) -> Vec<Finding> {
 }
 
 /// `93784` → "1 d 2 h", `300` → "5 min".
-fn human_duration(seconds: i64) -> String {
+pub fn human_duration(seconds: i64) -> String {
     let (d, h, m) = (seconds / 86400, seconds % 86400 / 3600, seconds % 3600 / 60);
     match (d, h) {
-        (0, 0) => format!("{} min", m.max(1)),
+        (0, 0) if m == 0 => format!("{seconds} s"),
+        (0, 0) => format!("{m} min"),
         (0, h) => format!("{h} h {m} min"),
         (d, h) => format!("{d} d {h} h"),
     }
 }
 
-fn pod_of(p: &Proc, names: &BTreeMap<String, String>) -> String {
+pub fn pod_of(p: &Proc, names: &BTreeMap<String, String>) -> String {
     match &p.pod_uid {
         Some(uid) => match names.get(uid) {
             Some(n) => format!("pod {n}"),
@@ -299,7 +418,7 @@ fn pod_of(p: &Proc, names: &BTreeMap<String, String>) -> String {
     }
 }
 
-fn command(p: &Proc) -> String {
+pub fn command(p: &Proc) -> String {
     if p.command.is_empty() {
         format!("[{}]", p.name)
     } else {
@@ -429,6 +548,12 @@ pub fn for_pod(f: &super::facts::Facts) -> Vec<Finding> {
         node_info: f.node_info.as_ref(),
         pod_names: &f.pod_names,
         node_key: POD_DETAIL_INFORMATION,
+        // The runtime is judged by the pod rule (it names the pod waiting for it); the kubelet
+        // and the pids cgroups only by the node triage.
+        kubelet: None,
+        runtime: None,
+        pod_pids: &[],
+        now: f.now,
     };
     check(node, &inputs)
 }
@@ -454,6 +579,10 @@ mod tests {
             node_info: None,
             pod_names: &names,
             node_key: "x",
+            kubelet: None,
+            runtime: None,
+            pod_pids: &[],
+            now: jiff::Timestamp::now(),
         };
         let f = check(
             &node(
@@ -496,6 +625,10 @@ mod tests {
             node_info: None,
             pod_names: &names,
             node_key: "x",
+            kubelet: None,
+            runtime: None,
+            pod_pids: &[],
+            now: jiff::Timestamp::now(),
         };
         let f = check(
             &node(json!([{"type": "Ready", "status": "True"},
@@ -519,6 +652,10 @@ mod tests {
             node_info: Some(info),
             pod_names: NAMES.get_or_init(BTreeMap::new),
             node_key: POD_DETAIL_INFORMATION,
+            kubelet: None,
+            runtime: None,
+            pod_pids: &[],
+            now: jiff::Timestamp::now(),
         }
     }
 

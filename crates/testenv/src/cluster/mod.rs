@@ -94,6 +94,9 @@ pub struct ClusterOptions {
     pub apiserver_args: Vec<String>,
     /// Extra kubelet flags, after the built-in ones (a repeated flag wins).
     pub kubelet_args: Vec<String>,
+    /// Extra kube-controller-manager flags, after the built-in ones: a shorter
+    /// `--node-monitor-grace-period`, for a test that waits for a node to turn NotReady.
+    pub controller_manager_args: Vec<String>,
     /// Runs kube-proxy (iptables mode): ClusterIP Services work from pods and from the node,
     /// and pods reach the apiserver through the `kubernetes` Service, as in-cluster clients do.
     /// The apiserver then listens on the node's bridge address ([`Cluster::node_ip`]) instead
@@ -219,7 +222,12 @@ impl Cluster {
         let cp = &self.control_plane;
 
         // The controllers need only the API; they get going while the node starts.
-        self.push(components::start_controller_manager(&run, bins, cp)?)?;
+        self.push(components::start_controller_manager(
+            &run,
+            bins,
+            cp,
+            &options.controller_manager_args,
+        )?)?;
         self.push(components::start_scheduler(&run, bins, cp)?)?;
 
         let t = Instant::now();
@@ -421,6 +429,13 @@ impl Cluster {
     /// hierarchy, as the kernel's OOM messages show.
     pub fn cgroup_root(&self) -> String {
         format!("/{}", self.run().cgroup())
+    }
+
+    /// The directory containerd's CRI plugin reads the pod network's configuration from
+    /// (`10-kdiag.conflist`); it reloads what is written there, so a test can break and restore
+    /// the pod network of this run alone.
+    pub fn cni_conf_dir(&self) -> PathBuf {
+        self.run().cni_conf_dir()
     }
 
     /// The run's CNI bridge.
