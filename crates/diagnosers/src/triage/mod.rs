@@ -397,6 +397,15 @@ impl Processor for NodeTriageDiagnoser {
                 }
                 _ => Vec::new(),
             };
+            let pod_disk = if here && node_condition_true(&node, "DiskPressure") {
+                let pods_dir = ctx.node.kubelet_root.join("pods");
+                blocking("measuring the pods' directories", move || {
+                    pod_disk_usage(&pods_dir, deadline)
+                })
+                .await?
+            } else {
+                Vec::new()
+            };
             let inputs = node::NodeInputs {
                 processes: processes.as_deref(),
                 node_info: node_info.as_ref(),
@@ -405,6 +414,7 @@ impl Processor for NodeTriageDiagnoser {
                 kubelet: kubelet.as_ref(),
                 runtime: runtime.as_ref(),
                 pod_pids: &pod_pids,
+                pod_disk: &pod_disk,
                 now: jiff::Timestamp::now(),
             };
             let mut findings = node::check(&node, &inputs);
@@ -433,6 +443,7 @@ impl Processor for NodeTriageDiagnoser {
                         "kubelet": kubelet.as_ref().map(|k| json!({"port": k.port, "process": k.process})),
                         "runtime": runtime,
                         "podPids": pod_pids,
+                        "podDisk": pod_disk,
                         "causes": findings.iter().map(cause_json).collect::<Vec<_>>(),
                     }),
                 );
@@ -440,6 +451,43 @@ impl Processor for NodeTriageDiagnoser {
         }
         .boxed()
     }
+}
+
+fn node_condition_true(node: &kdiag_collectors::pod_detail::NodeDetail, type_: &str) -> bool {
+    node.conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == "True")
+}
+
+/// What each pod directory under the kubelet's `pods` holds (on the same filesystem: the
+/// kubelet's, which its disk pressure is about).
+fn pod_disk_usage(pods_dir: &std::path::Path, deadline: Deadline) -> Vec<node::PodDisk> {
+    let Ok(entries) = std::fs::read_dir(pods_dir) else {
+        return Vec::new();
+    };
+    let dirs: Vec<std::path::PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    let roots: Vec<_> = dirs
+        .iter()
+        .map(|d| kdiag_collectors::du::WalkRoot::new(d.clone()))
+        .collect();
+    let usage =
+        kdiag_collectors::du::walk(&roots, kdiag_collectors::du::default_threads(), deadline);
+    dirs.iter()
+        .zip(usage)
+        .map(|(d, u)| node::PodDisk {
+            pod_uid: d
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            dir: d.display().to_string(),
+            bytes: u.allocated_bytes,
+            files: u.files,
+        })
+        .collect()
 }
 
 #[cfg(test)]

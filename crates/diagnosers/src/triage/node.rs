@@ -32,7 +32,20 @@ pub struct NodeInputs<'a> {
     pub runtime: Option<&'a RuntimeProbe>,
     /// The pids cgroups of the pods with the most processes.
     pub pod_pids: &'a [PodPids],
+    /// What each pod's directory under the kubelet's root holds, measured under disk pressure.
+    pub pod_disk: &'a [PodDisk],
     pub now: jiff::Timestamp,
+}
+
+/// One pod's directory under the kubelet's root (`pods/<uid>`: its volumes and emptyDirs).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodDisk {
+    #[serde(rename = "podUID")]
+    pub pod_uid: String,
+    pub dir: String,
+    pub bytes: u64,
+    pub files: u64,
 }
 
 /// Where the node's kubelet was looked for, and what was found.
@@ -474,37 +487,87 @@ fn top_memory(inputs: &NodeInputs) -> (String, Vec<Evidence>) {
 
 /// The three fullest filesystems, from node-collector.
 fn top_disk(inputs: &NodeInputs) -> (String, Vec<Evidence>) {
-    let Some(fs) = inputs
+    let fs: Vec<&Value> = inputs
         .node_info
         .and_then(|v| v.get("filesystems"))
         .and_then(Value::as_array)
-    else {
-        return (String::new(), Vec::new());
-    };
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
     let used = |v: &Value| v.get("usedPercent").and_then(Value::as_f64).unwrap_or(0.0);
-    let mut sorted: Vec<&Value> = fs.iter().collect();
-    sorted.sort_by(|a, b| used(b).total_cmp(&used(a)));
+    let inodes = |v: &Value| {
+        v.get("inodesUsedPercent")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0)
+    };
+    // Bytes or inodes, whichever is fuller: either runs a filesystem out.
+    let fullest = |v: &Value| used(v).max(inodes(v));
+    let mut sorted = fs;
+    sorted.sort_by(|a, b| fullest(b).total_cmp(&fullest(a)));
     let top: Vec<&Value> = sorted.into_iter().take(3).collect();
     let line = |v: &Value| {
         format!(
-            "{} {:.0}% used ({} free)",
+            "{} {:.0}% used ({} free, {:.0}% of inodes)",
             v.get("mountPoint").and_then(Value::as_str).unwrap_or("?"),
             used(v),
-            human_bytes(v.get("availableBytes").and_then(Value::as_i64).unwrap_or(0))
+            human_bytes(v.get("availableBytes").and_then(Value::as_i64).unwrap_or(0)),
+            inodes(v)
         )
     };
-    (
-        top.iter().map(|v| line(v)).collect::<Vec<_>>().join(", "),
-        top.iter()
-            .map(|v| Evidence {
+    let mut pods: Vec<&PodDisk> = inputs.pod_disk.iter().collect();
+    pods.sort_by_key(|p| std::cmp::Reverse(p.bytes));
+    pods.truncate(5);
+    let pod_name = |p: &PodDisk| {
+        inputs
+            .pod_names
+            .get(&p.pod_uid)
+            .map(|n| format!("pod {n}"))
+            .unwrap_or_else(|| format!("pod UID {}", p.pod_uid))
+    };
+    let pod_line = |p: &PodDisk| {
+        format!(
+            "{} {} in {} file(s)",
+            pod_name(p),
+            human_bytes(p.bytes as i64),
+            p.files
+        )
+    };
+    let mut text = top.iter().map(|v| line(v)).collect::<Vec<_>>().join(", ");
+    if !pods.is_empty() {
+        if !text.is_empty() {
+            text.push_str("; ");
+        }
+        text.push_str(&format!(
+            "largest pods (their volumes and emptyDirs): {}",
+            pods.iter()
+                .map(|p| pod_line(p))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let evidence = top
+        .iter()
+        .map(|v| Evidence {
+            kind: "DiskUsage".into(),
+            message: line(v),
+            object: String::new(),
+            context_key: NODE_INFORMATION.into(),
+            timestamp: None,
+        })
+        .chain(pods.iter().map(|p| {
+            Evidence {
                 kind: "DiskUsage".into(),
-                message: line(v),
-                object: String::new(),
-                context_key: NODE_INFORMATION.into(),
+                message: format!("{}: {}", p.dir, pod_line(p)),
+                object: inputs
+                    .pod_names
+                    .get(&p.pod_uid)
+                    .map(|n| format!("pod/{n}"))
+                    .unwrap_or_default(),
+                context_key: inputs.node_key.to_owned(),
                 timestamp: None,
-            })
-            .collect(),
-    )
+            }
+        }))
+        .collect();
+    (text, evidence)
 }
 
 /// The five pods with the most processes.
@@ -553,6 +616,7 @@ pub fn for_pod(f: &super::facts::Facts) -> Vec<Finding> {
         kubelet: None,
         runtime: None,
         pod_pids: &[],
+        pod_disk: &[],
         now: f.now,
     };
     check(node, &inputs)
@@ -582,6 +646,7 @@ mod tests {
             kubelet: None,
             runtime: None,
             pod_pids: &[],
+            pod_disk: &[],
             now: jiff::Timestamp::now(),
         };
         let f = check(
@@ -628,6 +693,7 @@ mod tests {
             kubelet: None,
             runtime: None,
             pod_pids: &[],
+            pod_disk: &[],
             now: jiff::Timestamp::now(),
         };
         let f = check(
@@ -645,6 +711,113 @@ mod tests {
         assert!(f[0].evidence.iter().any(|e| e.object == "pod/shop/cache"));
     }
 
+    #[test]
+    fn disk_pressure_names_the_fullest_filesystems_by_bytes_or_inodes_and_the_largest_pods() {
+        let mut names = BTreeMap::new();
+        names.insert("u1".to_owned(), "shop/logs".to_owned());
+        let info = json!({"filesystems": [
+            {"mountPoint": "/", "usedPercent": 40.0, "inodesUsedPercent": 97.0, "availableBytes": 1_000_000_000},
+            {"mountPoint": "/var/lib/containerd", "usedPercent": 91.0, "inodesUsedPercent": 10.0, "availableBytes": 100_000_000},
+            {"mountPoint": "/boot", "usedPercent": 20.0, "inodesUsedPercent": 1.0, "availableBytes": 100_000_000}]});
+        let pod_disk = [
+            PodDisk {
+                pod_uid: "u1".into(),
+                dir: "/var/lib/kubelet/pods/u1".into(),
+                bytes: 3 << 30,
+                files: 120_000,
+            },
+            PodDisk {
+                pod_uid: "u2".into(),
+                dir: "/var/lib/kubelet/pods/u2".into(),
+                bytes: 1 << 20,
+                files: 3,
+            },
+        ];
+        let inputs = NodeInputs {
+            processes: None,
+            node_info: Some(&info),
+            pod_names: &names,
+            node_key: "x",
+            kubelet: None,
+            runtime: None,
+            pod_pids: &[],
+            pod_disk: &pod_disk,
+            now: jiff::Timestamp::now(),
+        };
+        let f = check(
+            &node(json!([{"type": "Ready", "status": "True"},
+                {"type": "DiskPressure", "status": "True", "reason": "KubeletHasDiskPressure", "message": "kubelet has disk pressure"}])),
+            &inputs,
+        );
+        assert_eq!(f[0].reason, "NodeDiskPressure");
+        assert!(
+            f[0].summary.contains("top consumers: / 40% used (953.7 MiB free, 97% of inodes), /var/lib/containerd 91% used"),
+            "{}",
+            f[0].summary
+        );
+        assert!(
+            f[0].summary.contains("largest pods (their volumes and emptyDirs): pod shop/logs 3.0 GiB in 120000 file(s), pod UID u2 1.0 MiB"),
+            "{}",
+            f[0].summary
+        );
+        assert!(f[0].evidence.iter().any(|e| e.object == "pod/shop/logs"));
+    }
+
+    #[test]
+    fn a_stopped_kubelet_an_absent_one_and_a_silent_one_are_told_apart() {
+        let names = BTreeMap::new();
+        let not_posting = node(
+            json!([{"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
+            "message": "Kubelet stopped posting node status.",
+            "lastHeartbeatTime": "2026-12-05T01:00:00Z", "lastTransitionTime": "2026-12-05T01:00:20Z"}]),
+        );
+        let judge = |process: Option<DaemonProcess>| {
+            let search = KubeletSearch {
+                port: 10250,
+                process,
+            };
+            let inputs = NodeInputs {
+                processes: None,
+                node_info: None,
+                pod_names: &names,
+                node_key: "x",
+                kubelet: Some(&search),
+                runtime: None,
+                pod_pids: &[],
+                pod_disk: &[],
+                now: "2026-12-05T01:02:00Z".parse().unwrap(),
+            };
+            check(&not_posting, &inputs).remove(0)
+        };
+        let kubelet = |state: &str| DaemonProcess {
+            pid: 7,
+            name: "kubelet".into(),
+            state: state.into(),
+            command: vec!["/usr/bin/kubelet".into()],
+        };
+        let f = judge(Some(kubelet("T")));
+        assert_eq!(f.reason, "KubeletStopped");
+        assert!(
+            f.summary
+                .contains("its kubelet (pid 7) is stopped (SIGSTOP")
+                && f.summary
+                    .contains("last posted the node's status at 2026-12-05T01:00:00Z (2 min ago)"),
+            "{}",
+            f.summary
+        );
+        assert_eq!(f.since.unwrap().to_string(), "2026-12-05T01:00:00Z");
+        assert!(f.suggestion.contains("kill -CONT 7"), "{}", f.suggestion);
+        assert_eq!(judge(Some(kubelet("S"))).reason, "KubeletNotReporting");
+        let f = judge(None);
+        assert_eq!(f.reason, "KubeletNotRunning");
+        assert!(
+            f.summary
+                .contains("no kubelet process serves its port 10250"),
+            "{}",
+            f.summary
+        );
+    }
+
     fn inputs_with(info: &Value) -> NodeInputs<'_> {
         static NAMES: std::sync::OnceLock<BTreeMap<String, String>> = std::sync::OnceLock::new();
         NodeInputs {
@@ -655,6 +828,7 @@ mod tests {
             kubelet: None,
             runtime: None,
             pod_pids: &[],
+            pod_disk: &[],
             now: jiff::Timestamp::now(),
         }
     }
