@@ -387,16 +387,23 @@ async fn wait_ready_untainted(nodes: &Api<Node>, node: &str) {
 }
 
 #[tokio::test]
-async fn zombies_a_pod_at_its_pids_limit_a_stopped_kubelet_a_stopped_runtime_and_a_broken_cni_plugin_are_each_named()
+async fn zombies_a_pod_at_its_pids_limit_a_stopped_kubelet_a_stopped_runtime_a_broken_cni_plugin_and_a_full_kubelet_filesystem_are_each_named()
  {
     // The node lifecycle controller calls a silent node NotReady after 20 s instead of 40 s
-    // (the kubelet renews its lease every 10 s); every pod may hold 24 pids.
+    // (the kubelet renews its lease every 10 s); every pod may hold 24 pids; the kubelet's
+    // filesystem is a 128 MiB of its own, under disk pressure once less than half is free
+    // (soft, with a grace period longer than the test: reported, nothing evicted).
     let c = Cluster::start_with(ClusterOptions {
         controller_manager_args: vec![
             "--node-monitor-grace-period=20s".into(),
             "--node-monitor-period=1s".into(),
         ],
-        kubelet_args: vec!["--pod-max-pids=24".into()],
+        kubelet_args: vec![
+            "--pod-max-pids=24".into(),
+            "--eviction-soft=nodefs.available<50%".into(),
+            "--eviction-soft-grace-period=nodefs.available=30m".into(),
+        ],
+        kubelet_root_mib: Some(128),
         ..Default::default()
     })
     .await
@@ -618,5 +625,51 @@ async fn zombies_a_pod_at_its_pids_limit_a_stopped_kubelet_a_stopped_runtime_and
         rc.summary
     );
     wait_running(&pods, "no-network").await;
+
+    // Disk pressure: a pod writes 80 MiB into an emptyDir on the kubelet's 128 MiB filesystem.
+    let filler: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "filler"},
+        "spec": {"terminationGracePeriodSeconds": 1, "automountServiceAccountToken": false,
+            "volumes": [{"name": "scratch", "emptyDir": {}}],
+            "containers": [{"name": "app", "image": BUSYBOX_IMAGE, "imagePullPolicy": "IfNotPresent",
+                "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
+                "command": ["sh", "-c", "dd if=/dev/zero of=/scratch/fill bs=1M count=80; exec sleep 3600"]}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &filler).await.unwrap();
+    let message = wait_for("DiskPressure=True", Duration::from_secs(90), async || {
+        condition(&nodes, &node, "DiskPressure")
+            .await
+            .filter(|(s, _)| s == "True")
+            .map(|(_, m)| m)
+    })
+    .await;
+    eprintln!("DiskPressure: {message}");
+    let asked = Instant::now();
+    let rc = node_triage()
+        .await
+        .expect("the node triage identifies the disk pressure");
+    eprintln!(
+        "node triage ({:?}): {}: {}",
+        asked.elapsed(),
+        rc.reason,
+        rc.summary
+    );
+    assert!(
+        names(
+            &rc,
+            "NodeDiskPressure",
+            &format!("largest pods (their volumes and emptyDirs): pod {ns}/filler 80.")
+        ),
+        "{rc:#?}"
+    );
+    assert!(
+        names(
+            &rc,
+            "NodeDiskPressure",
+            &format!("{} ", c.kubelet_root_dir().display())
+        ),
+        "the kubelet's filesystem is among the fullest: {rc:#?}"
+    );
     drop(c);
 }

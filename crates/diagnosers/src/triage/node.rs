@@ -503,7 +503,18 @@ fn top_disk(inputs: &NodeInputs) -> (String, Vec<Evidence>) {
     let fullest = |v: &Value| used(v).max(inodes(v));
     let mut sorted = fs;
     sorted.sort_by(|a, b| fullest(b).total_cmp(&fullest(a)));
-    let top: Vec<&Value> = sorted.into_iter().take(3).collect();
+    // A container's overlay root shows the numbers of the filesystem below it: one line each.
+    let mut seen = std::collections::BTreeSet::new();
+    let top: Vec<&Value> = sorted
+        .into_iter()
+        .filter(|v| {
+            seen.insert((
+                v.get("sizeBytes").and_then(Value::as_u64),
+                v.get("availableBytes").and_then(Value::as_u64),
+            ))
+        })
+        .take(3)
+        .collect();
     let line = |v: &Value| {
         format!(
             "{} {:.0}% used ({} free, {:.0}% of inodes)",

@@ -97,6 +97,10 @@ pub struct ClusterOptions {
     /// Extra kube-controller-manager flags, after the built-in ones: a shorter
     /// `--node-monitor-grace-period`, for a test that waits for a node to turn NotReady.
     pub controller_manager_args: Vec<String>,
+    /// Puts the kubelet's root directory (its filesystem is the node's `nodefs`: pod volumes
+    /// and emptyDirs) on a tmpfs of this many MiB of its own, so a test can fill it and make
+    /// disk pressure real without touching the machine's disk.
+    pub kubelet_root_mib: Option<u64>,
     /// Runs kube-proxy (iptables mode): ClusterIP Services work from pods and from the node,
     /// and pods reach the apiserver through the `kubernetes` Service, as in-cluster clients do.
     /// The apiserver then listens on the node's bridge address ([`Cluster::node_ip`]) instead
@@ -249,6 +253,13 @@ impl Cluster {
             .map_err(|e| TestEnvError::Other(format!("image import task: {e}")))??;
         self.phase("image import", t.elapsed());
 
+        if let Some(mib) = options.kubelet_root_mib {
+            mounts::mount_tmpfs(
+                &run.kubelet_root(),
+                mib,
+                &format!("kdiag-nodefs-{}", run.id),
+            )?;
+        }
         let t = Instant::now();
         host::save_sysctls_once()?;
         self.push(components::start_kubelet(
