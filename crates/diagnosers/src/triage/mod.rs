@@ -44,7 +44,7 @@ pub const POD_TRIAGE_DIAGNOSIS: &str = "podTriageDiagnosis";
 pub const NODE_TRIAGE_DIAGNOSIS: &str = "nodeTriageDiagnosis";
 
 /// The classes of failure the pod triage checks, in words, for "nothing found" messages.
-const POD_RULES: &str = "OOM kills, crash loops, start and configuration errors (command, ConfigMap, Secret, volume, sandbox), image pulls, scheduling, probes, stuck termination, eviction and the node's conditions";
+const POD_RULES: &str = "OOM kills, crash loops, start and configuration errors (command, ConfigMap, Secret, volume, sandbox, CNI plugin), the runtime's answer for a pod waiting to be created on this node, image pulls, scheduling, probes, stuck termination, eviction and the node's conditions";
 
 pub struct PodTriageDiagnoser;
 
