@@ -170,7 +170,7 @@ mod tests {
         // Bound then closed: the file stays, as a killed runtime leaves it.
         drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
         let p = probe(
-            &[socket.clone()],
+            std::slice::from_ref(&socket),
             Path::new("/proc"),
             Duration::from_secs(1),
         )

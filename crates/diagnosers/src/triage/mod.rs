@@ -351,61 +351,17 @@ impl Processor for NodeTriageDiagnoser {
                 Ok(p) => names_by_uid(&p),
                 Err(_) => BTreeMap::new(),
             };
-            // The node's own daemons, asked directly: only this agent's node can be. The pids
-            // cgroups of the 20 pods with the most processes: two small files each.
-            let here = name == ctx.node_name;
-            let kubelet = match node.kubelet_port.and_then(|p| u16::try_from(p).ok()) {
-                Some(port) if here => {
-                    let proc_root = ctx.node.proc_root.clone();
-                    let process = blocking("looking for the kubelet's process", move || {
-                        listener::find(&proc_root, &["kubelet"], &Listen::Tcp(port))
-                    })
-                    .await?;
-                    Some(node::KubeletSearch {
-                        port: port.into(),
-                        process,
-                    })
-                }
-                _ => None,
-            };
-            let runtime = if here {
-                Some(
-                    cri_probe::probe(
-                        &ctx.node.cri_sockets,
-                        &ctx.node.proc_root,
-                        cri_probe::RUNTIME_PROBE_TIMEOUT,
-                    )
-                    .await,
-                )
+            let own = if name == ctx.node_name {
+                OwnNode::read(ctx, &node, processes.as_deref(), deadline).await?
             } else {
-                None
+                OwnNode::default()
             };
-            let pod_pids = match (&processes, here) {
-                (Some(procs), true) => {
-                    let busiest = processes::busiest_pods(procs, 20);
-                    let (proc_root, sys_root) =
-                        (ctx.node.proc_root.clone(), ctx.node.sys_root.clone());
-                    blocking("reading the pods' pids cgroups", move || {
-                        busiest
-                            .iter()
-                            .filter_map(|(_, pid)| {
-                                kdiag_collectors::pids::of_process(&proc_root, &sys_root, *pid)
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                    .await?
-                }
-                _ => Vec::new(),
-            };
-            let pod_disk = if here && node_condition_true(&node, "DiskPressure") {
-                let pods_dir = ctx.node.kubelet_root.join("pods");
-                blocking("measuring the pods' directories", move || {
-                    pod_disk_usage(&pods_dir, deadline)
-                })
-                .await?
-            } else {
-                Vec::new()
-            };
+            let OwnNode {
+                kubelet,
+                runtime,
+                pod_pids,
+                pod_disk,
+            } = own;
             let inputs = node::NodeInputs {
                 processes: processes.as_deref(),
                 node_info: node_info.as_ref(),
@@ -450,6 +406,75 @@ impl Processor for NodeTriageDiagnoser {
             Ok(out.with_root_cause(root))
         }
         .boxed()
+    }
+}
+
+/// What only the node's own agent can read: its kubelet's process, its runtime's answer, its
+/// pods' pids cgroups and, under disk pressure, its pods' directories.
+#[derive(Default)]
+struct OwnNode {
+    kubelet: Option<node::KubeletSearch>,
+    runtime: Option<cri_probe::RuntimeProbe>,
+    pod_pids: Vec<kdiag_collectors::pids::PodPids>,
+    pod_disk: Vec<node::PodDisk>,
+}
+
+impl OwnNode {
+    async fn read(
+        ctx: &ProcessorContext,
+        node: &kdiag_collectors::pod_detail::NodeDetail,
+        processes: Option<&[facts::Proc]>,
+        deadline: Deadline,
+    ) -> Result<Self, ProcessorError> {
+        let kubelet = match node.kubelet_port.and_then(|p| u16::try_from(p).ok()) {
+            Some(port) => {
+                let proc_root = ctx.node.proc_root.clone();
+                let process = blocking("looking for the kubelet's process", move || {
+                    listener::find(&proc_root, &["kubelet"], &Listen::Tcp(port))
+                })
+                .await?;
+                Some(node::KubeletSearch {
+                    port: port.into(),
+                    process,
+                })
+            }
+            None => None,
+        };
+        let runtime = cri_probe::probe(
+            &ctx.node.cri_sockets,
+            &ctx.node.proc_root,
+            cri_probe::RUNTIME_PROBE_TIMEOUT,
+        )
+        .await;
+        // The pids cgroups of the 20 pods with the most processes: two small files each.
+        let busiest = processes
+            .map(|p| processes::busiest_pods(p, 20))
+            .unwrap_or_default();
+        let (proc_root, sys_root) = (ctx.node.proc_root.clone(), ctx.node.sys_root.clone());
+        let pod_pids = blocking("reading the pods' pids cgroups", move || {
+            busiest
+                .iter()
+                .filter_map(|(_, pid)| {
+                    kdiag_collectors::pids::of_process(&proc_root, &sys_root, *pid)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await?;
+        let pod_disk = if node_condition_true(node, "DiskPressure") {
+            let pods_dir = ctx.node.kubelet_root.join("pods");
+            blocking("measuring the pods' directories", move || {
+                pod_disk_usage(&pods_dir, deadline)
+            })
+            .await?
+        } else {
+            Vec::new()
+        };
+        Ok(Self {
+            kubelet,
+            runtime: Some(runtime),
+            pod_pids,
+            pod_disk,
+        })
     }
 }
 
