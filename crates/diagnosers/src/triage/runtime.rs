@@ -10,14 +10,18 @@ use super::facts::Facts;
 use super::finding::{Finding, Rank};
 use super::node::WEIGHT_RUNTIME;
 
-/// (reason, what is wrong in words) of a broken runtime; None when it answers.
-fn fault(p: &RuntimeProbe) -> Option<(&'static str, String)> {
+/// (reason, what is wrong in words) of a broken runtime; None when it answers. A socket that
+/// does not exist is a runtime down only when something else says so too (`corroborated`: the
+/// node not Ready, the pod's sandbox failing): otherwise it is more likely an agent pointed at
+/// the wrong path (`--cri-socket`) than a runtime that removed its socket.
+fn fault(p: &RuntimeProbe, corroborated: bool) -> Option<(&'static str, String)> {
     let process = match &p.process {
         Some(d) => format!(" ({} pid {} is {})", d.name, d.pid, d.state_words()),
         None => String::new(),
     };
     match p.state {
         RuntimeState::Answering => None,
+        RuntimeState::NoSocket if !corroborated => None,
         RuntimeState::NoSocket => Some((
             "ContainerRuntimeDown",
             format!("is down: its socket {} does not exist", p.socket),
@@ -90,7 +94,7 @@ fn evidence(node: &NodeDetail, p: &RuntimeProbe, key: &str) -> Evidence {
 
 /// The node's runtime, when it does not answer.
 pub fn node_finding(node: &NodeDetail, p: &RuntimeProbe, key: &str) -> Option<Finding> {
-    let (reason, what) = fault(p)?;
+    let (reason, what) = fault(p, !node_ready(node))?;
     Some(
         Finding::new(
             reason,
@@ -104,6 +108,12 @@ pub fn node_finding(node: &NodeDetail, p: &RuntimeProbe, key: &str) -> Option<Fi
         .weighted(WEIGHT_RUNTIME)
         .with(evidence(node, p, key)),
     )
+}
+
+fn node_ready(node: &NodeDetail) -> bool {
+    node.conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
 /// Whether the pod waits for the runtime: on a node, not deleted, and some container not yet
@@ -142,7 +152,8 @@ pub fn check(f: &Facts) -> Vec<Finding> {
     if !waits_for_runtime(f) {
         return Vec::new();
     }
-    let Some((reason, what)) = fault(p) else {
+    let sandbox_failing = f.events_with("FailedCreatePodSandBox").next().is_some();
+    let Some((reason, what)) = fault(p, sandbox_failing || !node_ready(node)) else {
         return Vec::new();
     };
     let object = f.object();
@@ -218,6 +229,22 @@ mod tests {
         assert!(
             node_finding(&node(), &RuntimeProbe::default(), "k").is_none(),
             "an answering runtime is no finding"
+        );
+        let missing = RuntimeProbe {
+            state: RuntimeState::NoSocket,
+            ..Default::default()
+        };
+        let mut ready = node();
+        ready.conditions =
+            serde_json::from_value(serde_json::json!([{"type": "Ready", "status": "True"}]))
+                .unwrap();
+        assert!(
+            node_finding(&ready, &missing, "k").is_none(),
+            "no socket on a Ready node is the agent's configuration, not the runtime"
+        );
+        assert_eq!(
+            node_finding(&node(), &missing, "k").map(|f| f.reason),
+            Some("ContainerRuntimeDown")
         );
     }
 }
