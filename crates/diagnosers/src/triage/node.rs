@@ -226,6 +226,13 @@ pub fn check(node: &NodeDetail, inputs: &NodeInputs) -> Vec<Finding> {
     if let Some(procs) = inputs.processes {
         out.extend(super::processes::zombies(procs, inputs.pod_names));
     }
+    // The node's own pid space, when no PIDPressure condition reports it already (the
+    // kubelet sets one only with a pid.available eviction threshold, which is off by default).
+    if !condition(node, "PIDPressure").is_some_and(|c| c.status == "True")
+        && let Some(f) = node_pids_near_limit(node, inputs)
+    {
+        out.push(f);
+    }
     out.extend(super::processes::pids_limits(
         inputs.pod_pids,
         inputs.processes,
@@ -581,6 +588,41 @@ fn top_disk(inputs: &NodeInputs) -> (String, Vec<Evidence>) {
     (text, evidence)
 }
 
+/// The node's threads (each takes a pid) at [`super::processes::PIDS_LIMIT_PERCENT`] of its
+/// pid_max, from node-collector, with the pods running the most processes.
+fn node_pids_near_limit(node: &NodeDetail, inputs: &NodeInputs) -> Option<Finding> {
+    let pids = inputs.node_info?.get("pids")?;
+    let threads = pids.get("threads")?.as_u64()?;
+    let max = pids.get("pidMax")?.as_u64().filter(|m| *m > 0)?;
+    let percent = threads * 100 / max;
+    if percent < super::processes::PIDS_LIMIT_PERCENT {
+        return None;
+    }
+    let (top, evidence) = top_pids(inputs);
+    Some(
+        Finding::new(
+            "NodePidsNearLimit",
+            Rank::Node,
+            format!(
+                "node {} uses {threads} of its {max} pids ({percent}%): new processes and threads anywhere on it will fail to start{}",
+                node.name,
+                if top.is_empty() {
+                    String::new()
+                } else {
+                    format!("; most processes: {top}")
+                }
+            ),
+            "Find the pod or program forking most (listed) and stop the leak; set the kubelet's podPidsLimit so one pod cannot take the node's pid space, or raise kernel.pid_max.".into(),
+        )
+        .weighted(super::processes::WEIGHT_PIDS + 1)
+        .with(info_evidence(
+            node,
+            format!("{threads} threads of pid_max {max} ({percent}%)"),
+        ))
+        .with_all(evidence),
+    )
+}
+
 /// The five pods with the most processes.
 fn top_pids(inputs: &NodeInputs) -> (String, Vec<Evidence>) {
     let Some(procs) = inputs.processes else {
@@ -827,6 +869,43 @@ mod tests {
             "{}",
             f.summary
         );
+    }
+
+    #[test]
+    fn a_node_near_its_pid_max_names_the_pod_running_the_most_processes() {
+        let mut names = BTreeMap::new();
+        names.insert("u1".to_owned(), "shop/forker".to_owned());
+        let procs: Vec<Proc> = serde_json::from_value(json!([
+            {"pid": 10, "name": "sh", "podUID": "u1"},
+            {"pid": 11, "name": "sh", "podUID": "u1"},
+            {"pid": 12, "name": "sshd"}
+        ]))
+        .unwrap();
+        let full = json!({"pids": {"threads": 31000, "pidMax": 32768}});
+        let inputs = |info| NodeInputs {
+            processes: Some(&procs),
+            node_info: Some(info),
+            pod_names: &names,
+            node_key: "x",
+            kubelet: None,
+            runtime: None,
+            pod_pids: &[],
+            pod_disk: &[],
+            now: jiff::Timestamp::now(),
+        };
+        let ready = node(json!([{"type": "Ready", "status": "True"}]));
+        let f = check(&ready, &inputs(&full));
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].reason, "NodePidsNearLimit");
+        assert!(
+            f[0].summary
+                .starts_with("node n1 uses 31000 of its 32768 pids (94%)")
+                && f[0].summary.contains("pod shop/forker: 2 processes"),
+            "{}",
+            f[0].summary
+        );
+        let roomy = json!({"pids": {"threads": 3000, "pidMax": 32768}});
+        assert!(check(&ready, &inputs(&roomy)).is_empty());
     }
 
     fn inputs_with(info: &Value) -> NodeInputs<'_> {
