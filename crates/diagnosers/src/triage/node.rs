@@ -228,7 +228,7 @@ pub fn check(node: &NodeDetail, inputs: &NodeInputs) -> Vec<Finding> {
     }
     // The node's own pid space, when no PIDPressure condition reports it already (the
     // kubelet sets one only with a pid.available eviction threshold, which is off by default).
-    if !condition(node, "PIDPressure").is_some_and(|c| c.status == "True")
+    if condition(node, "PIDPressure").is_none_or(|c| c.status != "True")
         && let Some(f) = node_pids_near_limit(node, inputs)
     {
         out.push(f);
