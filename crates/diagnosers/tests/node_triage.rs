@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kdiag_api::plugin::{NodeEnvironment, Processor, ProcessorContext};
 use kdiag_api::{Abnormal, AbnormalSpec, AbnormalStatus, PodReference, RootCause};
 use kdiag_collectors::{KernelLogCollector, NodeCollector, PodDetailCollector, ProcessCollector};
@@ -228,7 +228,7 @@ async fn memory_pressure_names_the_top_consumer_the_taint_keeps_pods_off_and_a_d
     }))
     .unwrap();
     pods.create(&PostParams::default(), &late).await.unwrap();
-    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), &ns);
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
     wait_for(
         "FailedScheduling for the taint",
         Duration::from_secs(60),
@@ -294,13 +294,382 @@ async fn memory_pressure_names_the_top_consumer_the_taint_keeps_pods_off_and_a_d
     eprintln!("Ready: {message}");
     let rc = triage(&ctx, node_abnormal(&node), &[], &NodeTriageDiagnoser)
         .await
-        .expect("the node triage identifies NotReady");
+        .expect("the node triage identifies the dead runtime");
     eprintln!("node triage: {}: {}", rc.reason, rc.summary);
-    assert_eq!(rc.reason, "NodeNotReady", "{rc:?}");
+    // The runtime's own socket, asked, is the cause; the kubelet's NotReady follows from it.
+    assert_eq!(rc.reason, "ContainerRuntimeDown", "{rc:?}");
     assert!(
-        rc.summary.contains("container runtime is down"),
+        rc.summary.contains(&format!(
+            "its socket {} refuses connections",
+            c.cri_socket().display()
+        )),
         "{}",
         rc.summary
+    );
+    assert!(
+        rc.others
+            .iter()
+            .any(|o| o.reason == "NodeNotReady" && o.summary.contains("container runtime is down")),
+        "{:?}",
+        rc.others
+    );
+    drop(c);
+}
+
+/// Whether the root cause, or one of the causes ranked below it, has this reason and says this.
+fn names(rc: &RootCause, reason: &str, needle: &str) -> bool {
+    (rc.reason == reason && rc.summary.contains(needle))
+        || rc
+            .others
+            .iter()
+            .any(|o| o.reason == reason && o.summary.contains(needle))
+}
+
+fn busybox(name: &str, script: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"terminationGracePeriodSeconds": 1, "automountServiceAccountToken": false,
+            "containers": [{"name": "app", "image": BUSYBOX_IMAGE, "imagePullPolicy": "IfNotPresent",
+                "command": ["sh", "-c", script]}]}
+    }))
+    .unwrap()
+}
+
+/// Sends `signal` (STOP, CONT) to one process of the cluster, by its pid alone: a stopped
+/// kubelet or containerd is the fault, not its process group.
+fn signal(c: &Cluster, component: &str, signal: &str) -> i32 {
+    let pid = c
+        .pids()
+        .into_iter()
+        .find(|(name, _)| name == component)
+        .map(|(_, pid)| pid)
+        .unwrap_or_else(|| panic!("the cluster's {component} pid"));
+    let sent = std::process::Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "kill -{signal} {pid}");
+    pid
+}
+
+async fn wait_running(pods: &Api<Pod>, name: &str) {
+    wait_for(
+        &format!("pod {name} Running"),
+        Duration::from_secs(90),
+        async || {
+            let p = pods.get(name).await.ok()?;
+            (p.status?.phase.as_deref() == Some("Running")).then_some(())
+        },
+    )
+    .await;
+}
+
+async fn wait_ready_untainted(nodes: &Api<Node>, node: &str) {
+    wait_for(
+        "the node Ready again and untainted",
+        Duration::from_secs(60),
+        async || {
+            let n = nodes.get(node).await.ok()?;
+            let tainted = n
+                .spec
+                .as_ref()
+                .and_then(|s| s.taints.as_ref())
+                .is_some_and(|t| !t.is_empty());
+            let ready = n
+                .status?
+                .conditions?
+                .into_iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            (ready && !tainted).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn zombies_a_pod_at_its_pids_limit_a_stopped_kubelet_a_stopped_runtime_a_broken_cni_plugin_and_a_full_kubelet_filesystem_are_each_named()
+ {
+    // The node lifecycle controller calls a silent node NotReady after 20 s instead of 40 s
+    // (the kubelet renews its lease every 10 s); every pod may hold 24 pids; the kubelet's
+    // filesystem is a 128 MiB of its own, under disk pressure once less than half is free
+    // (soft, with a grace period longer than the test: reported, nothing evicted).
+    let c = Cluster::start_with(ClusterOptions {
+        controller_manager_args: vec![
+            "--node-monitor-grace-period=20s".into(),
+            "--node-monitor-period=1s".into(),
+        ],
+        kubelet_args: vec![
+            "--pod-max-pids=24".into(),
+            "--eviction-soft=nodefs.available<50%".into(),
+            "--eviction-soft-grace-period=nodefs.available=30m".into(),
+        ],
+        kubelet_root_mib: Some(128),
+        ..Default::default()
+    })
+    .await
+    .expect("a cluster of this test's own");
+    let client = c.client().await;
+    let ctx = context(&c, client.clone());
+    let node = c.node_name().to_owned();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let ns = c.create_namespace("faults").await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let node_triage = async || {
+        triage(
+            &ctx,
+            node_abnormal(&node),
+            &[&ProcessCollector],
+            &NodeTriageDiagnoser,
+        )
+        .await
+    };
+
+    // Zombies: six children that exit at once, and a parent (exec'd sleep, the container's
+    // pid 1) that never waits for them. PIDs: a shell starting 21 sleeps, 22 of the pod's 24
+    // pids with the sandbox's pause.
+    pods.create(
+        &PostParams::default(),
+        &busybox(
+            "reaper",
+            "for i in 1 2 3 4 5 6; do sleep 0 & done; exec sleep 3600",
+        ),
+    )
+    .await
+    .unwrap();
+    pods.create(
+        &PostParams::default(),
+        &busybox("forker", "for i in $(seq 21); do sleep 3600 & done; wait"),
+    )
+    .await
+    .unwrap();
+    let began = Instant::now();
+    let rc = wait_for(
+        "the node triage names the zombies' parent and the pod at its pids limit",
+        Duration::from_secs(90),
+        async || {
+            let rc = node_triage().await.ok()?;
+            (names(&rc, "ZombieProcesses", &format!("of pod {ns}/reaper"))
+                && names(
+                    &rc,
+                    "PodPidsLimitReached",
+                    &format!("pod {ns}/forker holds"),
+                ))
+            .then_some(rc)
+        },
+    )
+    .await;
+    eprintln!(
+        "node triage ({:?} from the pods' creation): {}: {}\n  others: {:#?}",
+        began.elapsed(),
+        rc.reason,
+        rc.summary,
+        rc.others
+    );
+    assert!(
+        names(&rc, "ZombieProcesses", "`sleep 3600` of pod")
+            && names(
+                &rc,
+                "ZombieProcesses",
+                "never reaps its children: 6 zombie(s) (sleep)"
+            ),
+        "{rc:#?}"
+    );
+    assert!(
+        names(&rc, "PodPidsLimitReached", "of its 24 pids")
+            && names(&rc, "PodPidsLimitReached", "× sleep"),
+        "{rc:#?}"
+    );
+
+    // The kubelet stopped (hung): the node turns NotReady, and the triage names the process.
+    let kubelet = signal(&c, "kubelet", "STOP");
+    let stopped_at = Instant::now();
+    let message = wait_for("Ready=Unknown", Duration::from_secs(90), async || {
+        condition(&nodes, &node, "Ready")
+            .await
+            .filter(|(s, _)| s != "True")
+            .map(|(_, m)| m)
+    })
+    .await;
+    eprintln!("Ready after {:?}: {message}", stopped_at.elapsed());
+    let asked = Instant::now();
+    let rc = node_triage().await;
+    let took = asked.elapsed();
+    signal(&c, "kubelet", "CONT");
+    let rc = rc.expect("the node triage identifies the stopped kubelet");
+    eprintln!("node triage ({took:?}): {}: {}", rc.reason, rc.summary);
+    assert_eq!(rc.reason, "KubeletStopped", "{rc:#?}");
+    assert!(
+        rc.summary
+            .contains(&format!("its kubelet (pid {kubelet}) is stopped (SIGSTOP"))
+            && rc.summary.contains("it last posted the node's status at"),
+        "{}",
+        rc.summary
+    );
+    assert!(rc.since.is_some(), "since when: {rc:?}");
+    assert!(
+        rc.evidence
+            .iter()
+            .any(|e| e.kind == "Process" && e.message.contains(", state T")),
+        "{:?}",
+        rc.evidence
+    );
+    wait_ready_untainted(&nodes, &node).await;
+
+    // The runtime stopped (hung): pods created meanwhile wait, each pointing at it.
+    let containerd = signal(&c, "containerd", "STOP");
+    for name in ["waits-1", "waits-2"] {
+        pods.create(&PostParams::default(), &busybox(name, "sleep 3600"))
+            .await
+            .unwrap();
+    }
+    let socket = c.cri_socket().display().to_string();
+    let mut pod_causes = Vec::new();
+    for name in ["waits-1", "waits-2"] {
+        wait_for(
+            &format!("{name} scheduled"),
+            Duration::from_secs(30),
+            async || {
+                pods.get(name)
+                    .await
+                    .ok()?
+                    .spec?
+                    .node_name
+                    .filter(|n| !n.is_empty())
+            },
+        )
+        .await;
+        let asked = Instant::now();
+        let rc = triage(
+            &ctx,
+            pod_abnormal(&ns, name),
+            &[&PodDetailCollector],
+            &PodTriageDiagnoser,
+        )
+        .await;
+        eprintln!("pod triage of {name} ({:?}): {rc:?}", asked.elapsed());
+        pod_causes.push(rc);
+    }
+    let asked = Instant::now();
+    let node_rc = node_triage().await;
+    let node_took = asked.elapsed();
+    signal(&c, "containerd", "CONT");
+    for (name, rc) in ["waits-1", "waits-2"].iter().zip(pod_causes) {
+        let rc = rc.unwrap_or_else(|e| panic!("the pod triage of {name}: {e}"));
+        assert_eq!(rc.reason, "ContainerRuntimeHung", "{rc:#?}");
+        assert!(
+            rc.summary.starts_with(&format!(
+                "pod {ns}/{name} cannot start: the container runtime on node {node} is hung: its socket {socket} accepts connections"
+            )) && rc.summary.contains(&format!("containerd pid {containerd} is stopped")),
+            "{}",
+            rc.summary
+        );
+    }
+    let rc = node_rc.expect("the node triage identifies the hung runtime");
+    eprintln!("node triage ({node_took:?}): {}: {}", rc.reason, rc.summary);
+    assert_eq!(rc.reason, "ContainerRuntimeHung", "{rc:#?}");
+    assert!(rc.summary.contains(&socket), "{}", rc.summary);
+    for name in ["waits-1", "waits-2"] {
+        wait_running(&pods, name).await;
+    }
+
+    // The CNI plugin broken: the network's configuration names a plugin that does not exist.
+    let conflist = c.cni_conf_dir().join("10-kdiag.conflist");
+    let original = std::fs::read_to_string(&conflist).unwrap();
+    let mut broken: serde_json::Value = serde_json::from_str(&original).unwrap();
+    broken["plugins"][0]["type"] = json!("kdiag-missing");
+    let staged = c.cni_conf_dir().join(".broken.tmp");
+    std::fs::write(&staged, broken.to_string()).unwrap();
+    std::fs::rename(&staged, &conflist).unwrap();
+    pods.create(&PostParams::default(), &busybox("no-network", "sleep 3600"))
+        .await
+        .unwrap();
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let sandbox_event = wait_for(
+        "FailedCreatePodSandBox",
+        Duration::from_secs(60),
+        async || {
+            let lp = kube::api::ListParams::default().fields("involvedObject.name=no-network");
+            events
+                .list(&lp)
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some("FailedCreatePodSandBox"))
+        },
+    )
+    .await;
+    eprintln!("event: {}", sandbox_event.message.unwrap_or_default());
+    let asked = Instant::now();
+    let rc = triage(
+        &ctx,
+        pod_abnormal(&ns, "no-network"),
+        &[&PodDetailCollector],
+        &PodTriageDiagnoser,
+    )
+    .await;
+    let took = asked.elapsed();
+    std::fs::write(&staged, &original).unwrap();
+    std::fs::rename(&staged, &conflist).unwrap();
+    let rc = rc.expect("the pod triage identifies the CNI failure");
+    eprintln!(
+        "pod triage of no-network ({took:?}): {}: {}",
+        rc.reason, rc.summary
+    );
+    assert_eq!(rc.reason, "CNISetupFailed", "{rc:#?}");
+    assert!(
+        rc.summary.starts_with(&format!(
+            "pod {ns}/no-network cannot start: the CNI plugin kdiag-missing on node {node} fails to set up its sandbox's network: "
+        )) && rc.summary.contains("failed to find plugin \"kdiag-missing\""),
+        "{}",
+        rc.summary
+    );
+    wait_running(&pods, "no-network").await;
+
+    // Disk pressure: a pod writes 80 MiB into an emptyDir on the kubelet's 128 MiB filesystem.
+    let filler: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "filler"},
+        "spec": {"terminationGracePeriodSeconds": 1, "automountServiceAccountToken": false,
+            "volumes": [{"name": "scratch", "emptyDir": {}}],
+            "containers": [{"name": "app", "image": BUSYBOX_IMAGE, "imagePullPolicy": "IfNotPresent",
+                "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
+                "command": ["sh", "-c", "dd if=/dev/zero of=/scratch/fill bs=1M count=80; exec sleep 3600"]}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &filler).await.unwrap();
+    let message = wait_for("DiskPressure=True", Duration::from_secs(90), async || {
+        condition(&nodes, &node, "DiskPressure")
+            .await
+            .filter(|(s, _)| s == "True")
+            .map(|(_, m)| m)
+    })
+    .await;
+    eprintln!("DiskPressure: {message}");
+    let asked = Instant::now();
+    let rc = node_triage()
+        .await
+        .expect("the node triage identifies the disk pressure");
+    eprintln!(
+        "node triage ({:?}): {}: {}",
+        asked.elapsed(),
+        rc.reason,
+        rc.summary
+    );
+    assert!(
+        names(
+            &rc,
+            "NodeDiskPressure",
+            &format!("largest pods (their volumes and emptyDirs): pod {ns}/filler 80.")
+        ),
+        "{rc:#?}"
+    );
+    assert!(
+        names(
+            &rc,
+            "NodeDiskPressure",
+            &format!("{} ", c.kubelet_root_dir().display())
+        ),
+        "the kubelet's filesystem is among the fullest: {rc:#?}"
     );
     drop(c);
 }

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod docker_shape;
+pub mod probe;
 pub mod proto;
 
 use std::collections::BTreeMap;

@@ -377,6 +377,11 @@ pub async fn node(client: &Client, name: &str) -> NodeDetail {
             };
             d.allocatable = plain(status.allocatable);
             d.capacity = plain(status.capacity);
+            d.kubelet_port = status
+                .daemon_endpoints
+                .and_then(|e| e.kubelet_endpoint)
+                .map(|e| e.port)
+                .filter(|p| *p > 0);
             if let Some(info) = status.node_info {
                 d.kubelet_version = info.kubelet_version;
                 d.container_runtime_version = info.container_runtime_version;

@@ -114,6 +114,10 @@ pub struct NodeDetail {
     pub kubelet_version: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub container_runtime_version: String,
+    /// The port the kubelet serves its API on (`status.daemonEndpoints`): how the node's own
+    /// kubelet is told apart from other kubelets of the machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubelet_port: Option<i32>,
     /// Recent Events about the node (NodeNotReady, EvictionThresholdMet, SystemOOM…).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<Event>,

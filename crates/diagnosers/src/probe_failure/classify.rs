@@ -151,7 +151,7 @@ fn empty(fault: Fault) -> Classification {
 
 /// A sandbox failure is the CNI plugin's when the runtime says the network setup failed, else
 /// the runtime's own (its socket, a shim, the pause image).
-fn sandbox(message: &str, lower: &str) -> Classification {
+pub(crate) fn sandbox(message: &str, lower: &str) -> Classification {
     let network = lower.contains("network for sandbox")
         || lower.contains("networkplugin")
         || lower.contains("plugin type=")

@@ -38,7 +38,10 @@ pub struct OomKill {
 #[serde(rename_all = "camelCase", default)]
 pub struct Proc {
     pub pid: i32,
+    pub ppid: i32,
     pub name: String,
+    /// The state letter: Z for a zombie.
+    pub status: String,
     pub command: Vec<String>,
     pub memory_info: ProcMemory,
     #[serde(rename = "podUID")]
@@ -74,6 +77,9 @@ pub struct Facts {
     pub terminating: Option<(PodFacts, Verdict, String)>,
     /// Pods of the node by UID (`namespace/name`), to name a process's pod.
     pub pod_names: BTreeMap<String, String>,
+    /// The node's container runtime asked now, for a pod waiting to be created on this
+    /// agent's node.
+    pub runtime: Option<kdiag_collectors::cri::probe::RuntimeProbe>,
     pub now: jiff::Timestamp,
 }
 
@@ -122,6 +128,7 @@ impl Facts {
             node_info,
             terminating: None,
             pod_names: BTreeMap::new(),
+            runtime: None,
             now: jiff::Timestamp::now(),
         })
     }

@@ -17,6 +17,8 @@ pub mod image;
 pub mod node;
 pub mod oom;
 pub mod probe;
+pub mod processes;
+pub mod runtime;
 pub mod schedule;
 pub mod start;
 pub mod terminating;
@@ -29,6 +31,8 @@ use kdiag_api::Abnormal;
 use kdiag_api::context_keys::{NODE_INFORMATION, PROCESS_INFORMATION, SIGNAL_RECOVERY};
 use kdiag_api::plugin::{Processor, ProcessorContext, ProcessorError, ProcessorOutput};
 use kdiag_collectors::budget::{Deadline, blocking};
+use kdiag_collectors::cri::probe as cri_probe;
+use kdiag_collectors::listener::{self, Listen};
 use serde_json::{Value, json};
 
 pub use facts::Facts;
@@ -40,7 +44,7 @@ pub const POD_TRIAGE_DIAGNOSIS: &str = "podTriageDiagnosis";
 pub const NODE_TRIAGE_DIAGNOSIS: &str = "nodeTriageDiagnosis";
 
 /// The classes of failure the pod triage checks, in words, for "nothing found" messages.
-const POD_RULES: &str = "OOM kills, crash loops, start and configuration errors (command, ConfigMap, Secret, volume, sandbox), image pulls, scheduling, probes, stuck termination, eviction and the node's conditions";
+const POD_RULES: &str = "OOM kills, crash loops, start and configuration errors (command, ConfigMap, Secret, volume, sandbox, CNI plugin), the runtime's answer for a pod waiting to be created on this node, image pulls, scheduling, probes, stuck termination, eviction and the node's conditions";
 
 pub struct PodTriageDiagnoser;
 
@@ -57,6 +61,24 @@ impl Processor for PodTriageDiagnoser {
         async move {
             let mut facts = Facts::load(ctx, abnormal).await?;
             terminating::gather(ctx, &mut facts).await;
+            // A pod still waiting for its sandbox or containers on this node: ask the runtime,
+            // which answers in milliseconds when it works.
+            let on_this_node = facts
+                .pod()
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_deref())
+                == Some(ctx.node_name.as_str());
+            if on_this_node && runtime::waits_for_runtime(&facts) {
+                facts.runtime = Some(
+                    cri_probe::probe(
+                        &ctx.node.cri_sockets,
+                        &ctx.node.proc_root,
+                        cri_probe::RUNTIME_PROBE_TIMEOUT,
+                    )
+                    .await,
+                );
+            }
             let mut findings = pod_findings(&facts);
             // Name the pods of the top consumers only when a node pressure finding lists them.
             if findings.iter().any(|f| f.reason.starts_with("Node"))
@@ -77,6 +99,7 @@ pub fn pod_findings(f: &Facts) -> Vec<Finding> {
     let mut all = Vec::new();
     all.extend(terminating::check(f));
     all.extend(start::check(f));
+    all.extend(runtime::check(f));
     all.extend(image::check(f));
     all.extend(oom::check(f));
     all.extend(evicted::check(f));
@@ -279,11 +302,17 @@ impl Processor for NodeTriageDiagnoser {
                 return Err(ProcessorError::Failed(node.error));
             }
             // The processes and filesystems: from the collectors when they ran, else read now
-            // (only this agent's own node can be read).
-            let processes: Option<Vec<facts::Proc>> = match abnormal
+            // (only this agent's own node can be read). A process list the collector had to
+            // cut to fit its output is read again here: zombies and a pod's processes may be
+            // in the part that was cut.
+            let truncated = abnormal
+                .context_value(&kdiag_collectors::budget::truncated_key(PROCESS_INFORMATION))
+                .is_some();
+            let collected = abnormal
                 .context_value(PROCESS_INFORMATION)
                 .and_then(|v| serde_json::from_value(v.clone()).ok())
-            {
+                .filter(|_| !(truncated && name == ctx.node_name));
+            let processes: Option<Vec<facts::Proc>> = match collected {
                 Some(p) => Some(p),
                 None if name == ctx.node_name => {
                     let proc_root = ctx.node.proc_root.clone();
@@ -322,11 +351,27 @@ impl Processor for NodeTriageDiagnoser {
                 Ok(p) => names_by_uid(&p),
                 Err(_) => BTreeMap::new(),
             };
+            let own = if name == ctx.node_name {
+                OwnNode::read(ctx, &node, processes.as_deref(), deadline).await?
+            } else {
+                OwnNode::default()
+            };
+            let OwnNode {
+                kubelet,
+                runtime,
+                pod_pids,
+                pod_disk,
+            } = own;
             let inputs = node::NodeInputs {
                 processes: processes.as_deref(),
                 node_info: node_info.as_ref(),
                 pod_names: &pod_names,
                 node_key: NODE_TRIAGE_DIAGNOSIS,
+                kubelet: kubelet.as_ref(),
+                runtime: runtime.as_ref(),
+                pod_pids: &pod_pids,
+                pod_disk: &pod_disk,
+                now: jiff::Timestamp::now(),
             };
             let mut findings = node::check(&node, &inputs);
             finding::rank(&mut findings);
@@ -338,9 +383,10 @@ impl Processor for NodeTriageDiagnoser {
                 .join(", ");
             let Some(root) = finding::root_cause(&findings) else {
                 return Err(ProcessorError::NotIdentified(format!(
-                    "checked node {name}: conditions {conditions}; {} process(es), {}; rules: NotReady (kubelet, runtime, PLEG, network plugin), memory, disk and PID pressure, network unavailable; none found a cause",
+                    "checked node {name}: conditions {conditions}; {} process(es), {}; rules: NotReady (kubelet, runtime, PLEG, network plugin), the kubelet's process, the runtime's answer to CRI Version ({}), memory, disk and PID pressure, zombies, pods at their pids limit, network unavailable, clock skew, certificates; none found a cause",
                     processes.as_ref().map_or(0, Vec::len),
-                    if node_info.is_some() { "its filesystems" } else { "no filesystem data" }
+                    if node_info.is_some() { "its filesystems" } else { "no filesystem data" },
+                    runtime.as_ref().map_or("not asked: another node".to_owned(), |r| format!("{} answered in {} ms", r.runtime, r.took_millis))
                 )));
             };
             let out = ProcessorOutput::message(format!("{}: {}", root.reason, root.summary))
@@ -350,6 +396,10 @@ impl Processor for NodeTriageDiagnoser {
                         "node": name,
                         "conditions": node.conditions,
                         "events": node.events,
+                        "kubelet": kubelet.as_ref().map(|k| json!({"port": k.port, "process": k.process})),
+                        "runtime": runtime,
+                        "podPids": pod_pids,
+                        "podDisk": pod_disk,
                         "causes": findings.iter().map(cause_json).collect::<Vec<_>>(),
                     }),
                 );
@@ -357,6 +407,112 @@ impl Processor for NodeTriageDiagnoser {
         }
         .boxed()
     }
+}
+
+/// What only the node's own agent can read: its kubelet's process, its runtime's answer, its
+/// pods' pids cgroups and, under disk pressure, its pods' directories.
+#[derive(Default)]
+struct OwnNode {
+    kubelet: Option<node::KubeletSearch>,
+    runtime: Option<cri_probe::RuntimeProbe>,
+    pod_pids: Vec<kdiag_collectors::pids::PodPids>,
+    pod_disk: Vec<node::PodDisk>,
+}
+
+impl OwnNode {
+    async fn read(
+        ctx: &ProcessorContext,
+        node: &kdiag_collectors::pod_detail::NodeDetail,
+        processes: Option<&[facts::Proc]>,
+        deadline: Deadline,
+    ) -> Result<Self, ProcessorError> {
+        let kubelet = match node.kubelet_port.and_then(|p| u16::try_from(p).ok()) {
+            Some(port) => {
+                let proc_root = ctx.node.proc_root.clone();
+                let process = blocking("looking for the kubelet's process", move || {
+                    listener::find(&proc_root, &["kubelet"], &Listen::Tcp(port))
+                })
+                .await?;
+                Some(node::KubeletSearch {
+                    port: port.into(),
+                    process,
+                })
+            }
+            None => None,
+        };
+        let runtime = cri_probe::probe(
+            &ctx.node.cri_sockets,
+            &ctx.node.proc_root,
+            cri_probe::RUNTIME_PROBE_TIMEOUT,
+        )
+        .await;
+        // The pids cgroups of the 20 pods with the most processes: two small files each.
+        let busiest = processes
+            .map(|p| processes::busiest_pods(p, 20))
+            .unwrap_or_default();
+        let (proc_root, sys_root) = (ctx.node.proc_root.clone(), ctx.node.sys_root.clone());
+        let pod_pids = blocking("reading the pods' pids cgroups", move || {
+            busiest
+                .iter()
+                .filter_map(|(_, pid)| {
+                    kdiag_collectors::pids::of_process(&proc_root, &sys_root, *pid)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await?;
+        let pod_disk = if node_condition_true(node, "DiskPressure") {
+            let pods_dir = ctx.node.kubelet_root.join("pods");
+            blocking("measuring the pods' directories", move || {
+                pod_disk_usage(&pods_dir, deadline)
+            })
+            .await?
+        } else {
+            Vec::new()
+        };
+        Ok(Self {
+            kubelet,
+            runtime: Some(runtime),
+            pod_pids,
+            pod_disk,
+        })
+    }
+}
+
+fn node_condition_true(node: &kdiag_collectors::pod_detail::NodeDetail, type_: &str) -> bool {
+    node.conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == "True")
+}
+
+/// What each pod directory under the kubelet's `pods` holds (on the same filesystem: the
+/// kubelet's, which its disk pressure is about).
+fn pod_disk_usage(pods_dir: &std::path::Path, deadline: Deadline) -> Vec<node::PodDisk> {
+    let Ok(entries) = std::fs::read_dir(pods_dir) else {
+        return Vec::new();
+    };
+    let dirs: Vec<std::path::PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    let roots: Vec<_> = dirs
+        .iter()
+        .map(|d| kdiag_collectors::du::WalkRoot::new(d.clone()))
+        .collect();
+    let usage =
+        kdiag_collectors::du::walk(&roots, kdiag_collectors::du::default_threads(), deadline);
+    dirs.iter()
+        .zip(usage)
+        .map(|(d, u)| node::PodDisk {
+            pod_uid: d
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            dir: d.display().to_string(),
+            bytes: u.allocated_bytes,
+            files: u.files,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -378,6 +534,7 @@ mod tests {
             node_info: None,
             terminating: None,
             pod_names: BTreeMap::new(),
+            runtime: None,
             now: "2026-11-22T10:10:00Z".parse().unwrap(),
         }
     }
@@ -480,6 +637,52 @@ mod tests {
         let rc = finding::root_cause(&pod_findings(&f)).unwrap();
         assert!(rc.summary.contains("statuscode: 500"), "{}", rc.summary);
         assert_eq!(rc.since.unwrap().0.to_string(), "2026-11-22T10:00:00Z");
+    }
+
+    #[test]
+    fn a_sandbox_whose_network_setup_fails_names_the_cni_plugin_and_its_error() {
+        let f = facts(
+            pod(
+                json!({"phase": "Pending", "containerStatuses": [{"name": "app", "image": "web:1",
+                "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": "ContainerCreating"}}}]}),
+            ),
+            json!([{"metadata": {"name": "e1"}, "type": "Warning", "reason": "FailedCreatePodSandBox",
+                "message": "Failed to create pod sandbox: rpc error: code = Unknown desc = failed to setup network for sandbox \"ab12\": failed to find plugin \"kdiag-missing\" in path [/usr/lib/cni]",
+                "count": 2, "firstTimestamp": "2026-11-22T10:09:00Z", "lastTimestamp": "2026-11-22T10:09:30Z",
+                "involvedObject": {"kind": "Pod", "name": "web", "namespace": "shop", "uid": "u1"}}]),
+        );
+        assert_eq!(reasons(&f), ["CNISetupFailed"]);
+        let rc = finding::root_cause(&pod_findings(&f)).unwrap();
+        assert!(
+            rc.summary.contains("the CNI plugin kdiag-missing on node n1 fails to set up its sandbox's network: failed to find plugin \"kdiag-missing\" in path [/usr/lib/cni]"),
+            "{}",
+            rc.summary
+        );
+    }
+
+    #[test]
+    fn every_pod_waiting_on_a_hung_runtime_points_at_the_runtime_of_its_node() {
+        let mut f = facts(pod(json!({"phase": "Pending"})), json!([]));
+        f.detail.node = Some(kdiag_collectors::pod_detail::NodeDetail {
+            name: "n1".into(),
+            ..Default::default()
+        });
+        f.runtime = Some(kdiag_collectors::cri::probe::RuntimeProbe {
+            socket: "/run/k/containerd.sock".into(),
+            state: kdiag_collectors::cri::probe::RuntimeState::TimedOut,
+            timeout_millis: 2000,
+            ..Default::default()
+        });
+        assert_eq!(reasons(&f), ["ContainerRuntimeHung"]);
+        let rc = finding::root_cause(&pod_findings(&f)).unwrap();
+        assert!(
+            rc.summary.starts_with("pod shop/web cannot start: the container runtime on node n1 is hung: its socket /run/k/containerd.sock accepts connections"),
+            "{}",
+            rc.summary
+        );
+        f.runtime.as_mut().unwrap().state = kdiag_collectors::cri::probe::RuntimeState::Answering;
+        assert!(reasons(&f).is_empty());
     }
 
     #[test]

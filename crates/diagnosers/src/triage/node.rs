@@ -11,6 +11,10 @@ use kdiag_collectors::pod_detail::resources::human_bytes;
 use kdiag_collectors::pod_detail::{NodeDetail, POD_DETAIL_INFORMATION};
 use serde_json::Value;
 
+use kdiag_collectors::cri::probe::RuntimeProbe;
+use kdiag_collectors::listener::DaemonProcess;
+use kdiag_collectors::pids::PodPids;
+
 use super::facts::Proc;
 use super::finding::{Finding, Rank, quote};
 
@@ -22,6 +26,117 @@ pub struct NodeInputs<'a> {
     pub pod_names: &'a BTreeMap<String, String>,
     /// The evidence's context key for the node object.
     pub node_key: &'a str,
+    /// The node's own kubelet process, when the node's /proc was searched for it.
+    pub kubelet: Option<&'a KubeletSearch>,
+    /// The container runtime's answer to a CRI call, when it was asked.
+    pub runtime: Option<&'a RuntimeProbe>,
+    /// The pids cgroups of the pods with the most processes.
+    pub pod_pids: &'a [PodPids],
+    /// What each pod's directory under the kubelet's root holds, measured under disk pressure.
+    pub pod_disk: &'a [PodDisk],
+    pub now: jiff::Timestamp,
+}
+
+/// One pod's directory under the kubelet's root (`pods/<uid>`: its volumes and emptyDirs).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodDisk {
+    #[serde(rename = "podUID")]
+    pub pod_uid: String,
+    pub dir: String,
+    pub bytes: u64,
+    pub files: u64,
+}
+
+/// Where the node's kubelet was looked for, and what was found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KubeletSearch {
+    /// The port the Node object advertises (`status.daemonEndpoints`).
+    pub port: i32,
+    /// The process listening there; None when none does.
+    pub process: Option<DaemonProcess>,
+}
+
+/// How findings of rank Node order among themselves: what stops the node outright first.
+pub const WEIGHT_KUBELET: i64 = 100;
+pub const WEIGHT_RUNTIME: i64 = 90;
+pub const WEIGHT_NOT_READY: i64 = 80;
+pub const WEIGHT_PRESSURE: i64 = 50;
+
+/// The kubelet stopped posting the node's status and its process was looked for on the node:
+/// named by what /proc shows (stopped, running but silent, or gone) and since when.
+fn kubelet_not_reporting(
+    node: &NodeDetail,
+    ready: &NodeCondition,
+    inputs: &NodeInputs,
+) -> Option<Finding> {
+    let message = ready.message.as_deref().unwrap_or("").to_ascii_lowercase();
+    if ready.status != "Unknown" && !message.contains("stopped posting node status") {
+        return None;
+    }
+    let search = inputs.kubelet?;
+    let heartbeat = ready.last_heartbeat_time.as_ref().map(|t| t.0);
+    let since = match heartbeat {
+        Some(t) => format!(
+            "; it last posted the node's status at {} ({} ago)",
+            t.round(jiff::Unit::Second).unwrap_or(t),
+            human_duration(inputs.now.duration_since(t).as_secs().max(0))
+        ),
+        None => String::new(),
+    };
+    let name = &node.name;
+    let (reason, summary, suggestion) = match &search.process {
+        Some(p) if p.stopped() => (
+            "KubeletStopped",
+            format!(
+                "node {name} is NotReady: its kubelet (pid {}) is {}, so it posts no status{since}",
+                p.pid,
+                p.state_words()
+            ),
+            format!(
+                "Something stopped the kubelet's process: resume it (kill -CONT {}) or restart the kubelet (systemctl restart kubelet), then find what sent the stop (a debugger, an operator's Ctrl-Z, a freezer cgroup).",
+                p.pid
+            ),
+        ),
+        Some(p) => (
+            "KubeletNotReporting",
+            format!(
+                "node {name} is NotReady: its kubelet (pid {}, {}) runs but posts no status: it is hung or cannot reach the apiserver{since}",
+                p.pid,
+                p.state_words()
+            ),
+            "Read the kubelet's log on the node (journalctl -u kubelet): a deadlock, a runtime call that never returns, or no route, DNS or certificate to the apiserver; restart the kubelet if it is hung.".into(),
+        ),
+        None => (
+            "KubeletNotRunning",
+            format!(
+                "node {name} is NotReady: no kubelet process serves its port {} on the node: the kubelet is not running{since}",
+                search.port
+            ),
+            "Start the kubelet (systemctl start kubelet) and read why it ended: journalctl -u kubelet (a bad flag or configuration, an expired certificate, the runtime's socket missing, out of memory).".into(),
+        ),
+    };
+    let mut f = Finding::new(reason, Rank::Node, summary, suggestion)
+        .weighted(WEIGHT_KUBELET)
+        .with(Evidence {
+            kind: "Process".into(),
+            message: match &search.process {
+                Some(p) => format!(
+                    "pid {} `{}` listens on port {}, state {} ({})",
+                    p.pid,
+                    quote(&p.command.join(" "), 80),
+                    search.port,
+                    p.state,
+                    p.state_words()
+                ),
+                None => format!("no kubelet process listens on port {}", search.port),
+            },
+            object: format!("node/{name}"),
+            context_key: inputs.node_key.to_owned(),
+            timestamp: None,
+        });
+    f.seen(heartbeat, None);
+    Some(f)
 }
 
 fn condition<'a>(node: &'a NodeDetail, type_: &str) -> Option<&'a NodeCondition> {
@@ -84,12 +199,16 @@ pub fn check(node: &NodeDetail, inputs: &NodeInputs) -> Vec<Finding> {
         && ready.status != "True"
     {
         let (why, suggestion) = not_ready_cause(ready);
-        let mut f = Finding::new(
-            "NodeNotReady",
-            Rank::Node,
-            format!("node {} is NotReady: {why}", node.name),
-            suggestion,
-        )
+        let mut f = match kubelet_not_reporting(node, ready, inputs) {
+            Some(f) => f,
+            None => Finding::new(
+                "NodeNotReady",
+                Rank::Node,
+                format!("node {} is NotReady: {why}", node.name),
+                suggestion,
+            )
+            .weighted(WEIGHT_NOT_READY),
+        }
         .with(condition_evidence(node, ready, inputs.node_key));
         f.seen(ready.last_transition_time.as_ref().map(|t| t.0), None);
         for e in node
@@ -101,6 +220,24 @@ pub fn check(node: &NodeDetail, inputs: &NodeInputs) -> Vec<Finding> {
         }
         out.push(f);
     }
+    if let Some(probe) = inputs.runtime {
+        out.extend(super::runtime::node_finding(node, probe, inputs.node_key));
+    }
+    if let Some(procs) = inputs.processes {
+        out.extend(super::processes::zombies(procs, inputs.pod_names));
+    }
+    // The node's own pid space, when no PIDPressure condition reports it already (the
+    // kubelet sets one only with a pid.available eviction threshold, which is off by default).
+    if condition(node, "PIDPressure").is_none_or(|c| c.status != "True")
+        && let Some(f) = node_pids_near_limit(node, inputs)
+    {
+        out.push(f);
+    }
+    out.extend(super::processes::pids_limits(
+        inputs.pod_pids,
+        inputs.processes,
+        inputs.pod_names,
+    ));
     for (type_, reason, resource) in [
         ("MemoryPressure", "NodeMemoryPressure", "memory"),
         ("DiskPressure", "NodeDiskPressure", "disk"),
@@ -136,6 +273,7 @@ pub fn check(node: &NodeDetail, inputs: &NodeInputs) -> Vec<Finding> {
                 _ => "Processes or threads near the node's limit: find the pod forking most (listed) and set a pod PID limit (--pod-max-pids).".into(),
             },
         )
+        .weighted(WEIGHT_PRESSURE)
         .with(condition_evidence(node, c, inputs.node_key))
         .with_all(evidence);
         f.seen(c.last_transition_time.as_ref().map(|t| t.0), None);
@@ -280,16 +418,17 @@ fn certificates(node: &NodeDetail, info: &Value) -> Vec<Finding> {
 }
 
 /// `93784` → "1 d 2 h", `300` → "5 min".
-fn human_duration(seconds: i64) -> String {
+pub fn human_duration(seconds: i64) -> String {
     let (d, h, m) = (seconds / 86400, seconds % 86400 / 3600, seconds % 3600 / 60);
     match (d, h) {
-        (0, 0) => format!("{} min", m.max(1)),
+        (0, 0) if m == 0 => format!("{seconds} s"),
+        (0, 0) => format!("{m} min"),
         (0, h) => format!("{h} h {m} min"),
         (d, h) => format!("{d} d {h} h"),
     }
 }
 
-fn pod_of(p: &Proc, names: &BTreeMap<String, String>) -> String {
+pub fn pod_of(p: &Proc, names: &BTreeMap<String, String>) -> String {
     match &p.pod_uid {
         Some(uid) => match names.get(uid) {
             Some(n) => format!("pod {n}"),
@@ -299,7 +438,7 @@ fn pod_of(p: &Proc, names: &BTreeMap<String, String>) -> String {
     }
 }
 
-fn command(p: &Proc) -> String {
+pub fn command(p: &Proc) -> String {
     if p.command.is_empty() {
         format!("[{}]", p.name)
     } else {
@@ -355,36 +494,132 @@ fn top_memory(inputs: &NodeInputs) -> (String, Vec<Evidence>) {
 
 /// The three fullest filesystems, from node-collector.
 fn top_disk(inputs: &NodeInputs) -> (String, Vec<Evidence>) {
-    let Some(fs) = inputs
+    let fs: Vec<&Value> = inputs
         .node_info
         .and_then(|v| v.get("filesystems"))
         .and_then(Value::as_array)
-    else {
-        return (String::new(), Vec::new());
-    };
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
     let used = |v: &Value| v.get("usedPercent").and_then(Value::as_f64).unwrap_or(0.0);
-    let mut sorted: Vec<&Value> = fs.iter().collect();
-    sorted.sort_by(|a, b| used(b).total_cmp(&used(a)));
-    let top: Vec<&Value> = sorted.into_iter().take(3).collect();
+    let inodes = |v: &Value| {
+        v.get("inodesUsedPercent")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0)
+    };
+    // Bytes or inodes, whichever is fuller: either runs a filesystem out.
+    let fullest = |v: &Value| used(v).max(inodes(v));
+    let mut sorted = fs;
+    sorted.sort_by(|a, b| fullest(b).total_cmp(&fullest(a)));
+    // A container's overlay root shows the numbers of the filesystem below it: one line each.
+    let mut seen = std::collections::BTreeSet::new();
+    let top: Vec<&Value> = sorted
+        .into_iter()
+        .filter(|v| {
+            seen.insert((
+                v.get("sizeBytes").and_then(Value::as_u64),
+                v.get("availableBytes").and_then(Value::as_u64),
+            ))
+        })
+        .take(3)
+        .collect();
     let line = |v: &Value| {
         format!(
-            "{} {:.0}% used ({} free)",
+            "{} {:.0}% used ({} free, {:.0}% of inodes)",
             v.get("mountPoint").and_then(Value::as_str).unwrap_or("?"),
             used(v),
-            human_bytes(v.get("availableBytes").and_then(Value::as_i64).unwrap_or(0))
+            human_bytes(v.get("availableBytes").and_then(Value::as_i64).unwrap_or(0)),
+            inodes(v)
         )
     };
-    (
-        top.iter().map(|v| line(v)).collect::<Vec<_>>().join(", "),
-        top.iter()
-            .map(|v| Evidence {
+    let mut pods: Vec<&PodDisk> = inputs.pod_disk.iter().collect();
+    pods.sort_by_key(|p| std::cmp::Reverse(p.bytes));
+    pods.truncate(5);
+    let pod_name = |p: &PodDisk| {
+        inputs
+            .pod_names
+            .get(&p.pod_uid)
+            .map(|n| format!("pod {n}"))
+            .unwrap_or_else(|| format!("pod UID {}", p.pod_uid))
+    };
+    let pod_line = |p: &PodDisk| {
+        format!(
+            "{} {} in {} file(s)",
+            pod_name(p),
+            human_bytes(p.bytes as i64),
+            p.files
+        )
+    };
+    let mut text = top.iter().map(|v| line(v)).collect::<Vec<_>>().join(", ");
+    if !pods.is_empty() {
+        if !text.is_empty() {
+            text.push_str("; ");
+        }
+        text.push_str(&format!(
+            "largest pods (their volumes and emptyDirs): {}",
+            pods.iter()
+                .map(|p| pod_line(p))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let evidence = top
+        .iter()
+        .map(|v| Evidence {
+            kind: "DiskUsage".into(),
+            message: line(v),
+            object: String::new(),
+            context_key: NODE_INFORMATION.into(),
+            timestamp: None,
+        })
+        .chain(pods.iter().map(|p| {
+            Evidence {
                 kind: "DiskUsage".into(),
-                message: line(v),
-                object: String::new(),
-                context_key: NODE_INFORMATION.into(),
+                message: format!("{}: {}", p.dir, pod_line(p)),
+                object: inputs
+                    .pod_names
+                    .get(&p.pod_uid)
+                    .map(|n| format!("pod/{n}"))
+                    .unwrap_or_default(),
+                context_key: inputs.node_key.to_owned(),
                 timestamp: None,
-            })
-            .collect(),
+            }
+        }))
+        .collect();
+    (text, evidence)
+}
+
+/// The node's threads (each takes a pid) at [`super::processes::PIDS_LIMIT_PERCENT`] of its
+/// pid_max, from node-collector, with the pods running the most processes.
+fn node_pids_near_limit(node: &NodeDetail, inputs: &NodeInputs) -> Option<Finding> {
+    let pids = inputs.node_info?.get("pids")?;
+    let threads = pids.get("threads")?.as_u64()?;
+    let max = pids.get("pidMax")?.as_u64().filter(|m| *m > 0)?;
+    let percent = threads * 100 / max;
+    if percent < super::processes::PIDS_LIMIT_PERCENT {
+        return None;
+    }
+    let (top, evidence) = top_pids(inputs);
+    Some(
+        Finding::new(
+            "NodePidsNearLimit",
+            Rank::Node,
+            format!(
+                "node {} uses {threads} of its {max} pids ({percent}%): new processes and threads anywhere on it will fail to start{}",
+                node.name,
+                if top.is_empty() {
+                    String::new()
+                } else {
+                    format!("; most processes: {top}")
+                }
+            ),
+            "Find the pod or program forking most (listed) and stop the leak; set the kubelet's podPidsLimit so one pod cannot take the node's pid space, or raise kernel.pid_max.".into(),
+        )
+        .weighted(super::processes::WEIGHT_PIDS + 1)
+        .with(info_evidence(
+            node,
+            format!("{threads} threads of pid_max {max} ({percent}%)"),
+        ))
+        .with_all(evidence),
     )
 }
 
@@ -429,6 +664,13 @@ pub fn for_pod(f: &super::facts::Facts) -> Vec<Finding> {
         node_info: f.node_info.as_ref(),
         pod_names: &f.pod_names,
         node_key: POD_DETAIL_INFORMATION,
+        // The runtime is judged by the pod rule (it names the pod waiting for it); the kubelet
+        // and the pids cgroups only by the node triage.
+        kubelet: None,
+        runtime: None,
+        pod_pids: &[],
+        pod_disk: &[],
+        now: f.now,
     };
     check(node, &inputs)
 }
@@ -454,6 +696,11 @@ mod tests {
             node_info: None,
             pod_names: &names,
             node_key: "x",
+            kubelet: None,
+            runtime: None,
+            pod_pids: &[],
+            pod_disk: &[],
+            now: jiff::Timestamp::now(),
         };
         let f = check(
             &node(
@@ -496,6 +743,11 @@ mod tests {
             node_info: None,
             pod_names: &names,
             node_key: "x",
+            kubelet: None,
+            runtime: None,
+            pod_pids: &[],
+            pod_disk: &[],
+            now: jiff::Timestamp::now(),
         };
         let f = check(
             &node(json!([{"type": "Ready", "status": "True"},
@@ -512,6 +764,150 @@ mod tests {
         assert!(f[0].evidence.iter().any(|e| e.object == "pod/shop/cache"));
     }
 
+    #[test]
+    fn disk_pressure_names_the_fullest_filesystems_by_bytes_or_inodes_and_the_largest_pods() {
+        let mut names = BTreeMap::new();
+        names.insert("u1".to_owned(), "shop/logs".to_owned());
+        let info = json!({"filesystems": [
+            {"mountPoint": "/", "usedPercent": 40.0, "inodesUsedPercent": 97.0, "availableBytes": 1_000_000_000},
+            {"mountPoint": "/var/lib/containerd", "usedPercent": 91.0, "inodesUsedPercent": 10.0, "availableBytes": 100_000_000},
+            {"mountPoint": "/boot", "usedPercent": 20.0, "inodesUsedPercent": 1.0, "availableBytes": 100_000_000}]});
+        let pod_disk = [
+            PodDisk {
+                pod_uid: "u1".into(),
+                dir: "/var/lib/kubelet/pods/u1".into(),
+                bytes: 3 << 30,
+                files: 120_000,
+            },
+            PodDisk {
+                pod_uid: "u2".into(),
+                dir: "/var/lib/kubelet/pods/u2".into(),
+                bytes: 1 << 20,
+                files: 3,
+            },
+        ];
+        let inputs = NodeInputs {
+            processes: None,
+            node_info: Some(&info),
+            pod_names: &names,
+            node_key: "x",
+            kubelet: None,
+            runtime: None,
+            pod_pids: &[],
+            pod_disk: &pod_disk,
+            now: jiff::Timestamp::now(),
+        };
+        let f = check(
+            &node(json!([{"type": "Ready", "status": "True"},
+                {"type": "DiskPressure", "status": "True", "reason": "KubeletHasDiskPressure", "message": "kubelet has disk pressure"}])),
+            &inputs,
+        );
+        assert_eq!(f[0].reason, "NodeDiskPressure");
+        assert!(
+            f[0].summary.contains("top consumers: / 40% used (953.7 MiB free, 97% of inodes), /var/lib/containerd 91% used"),
+            "{}",
+            f[0].summary
+        );
+        assert!(
+            f[0].summary.contains("largest pods (their volumes and emptyDirs): pod shop/logs 3.0 GiB in 120000 file(s), pod UID u2 1.0 MiB"),
+            "{}",
+            f[0].summary
+        );
+        assert!(f[0].evidence.iter().any(|e| e.object == "pod/shop/logs"));
+    }
+
+    #[test]
+    fn a_stopped_kubelet_an_absent_one_and_a_silent_one_are_told_apart() {
+        let names = BTreeMap::new();
+        let not_posting = node(
+            json!([{"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
+            "message": "Kubelet stopped posting node status.",
+            "lastHeartbeatTime": "2026-12-05T01:00:00Z", "lastTransitionTime": "2026-12-05T01:00:20Z"}]),
+        );
+        let judge = |process: Option<DaemonProcess>| {
+            let search = KubeletSearch {
+                port: 10250,
+                process,
+            };
+            let inputs = NodeInputs {
+                processes: None,
+                node_info: None,
+                pod_names: &names,
+                node_key: "x",
+                kubelet: Some(&search),
+                runtime: None,
+                pod_pids: &[],
+                pod_disk: &[],
+                now: "2026-12-05T01:02:00Z".parse().unwrap(),
+            };
+            check(&not_posting, &inputs).remove(0)
+        };
+        let kubelet = |state: &str| DaemonProcess {
+            pid: 7,
+            name: "kubelet".into(),
+            state: state.into(),
+            command: vec!["/usr/bin/kubelet".into()],
+        };
+        let f = judge(Some(kubelet("T")));
+        assert_eq!(f.reason, "KubeletStopped");
+        assert!(
+            f.summary
+                .contains("its kubelet (pid 7) is stopped (SIGSTOP")
+                && f.summary
+                    .contains("last posted the node's status at 2026-12-05T01:00:00Z (2 min ago)"),
+            "{}",
+            f.summary
+        );
+        assert_eq!(f.since.unwrap().to_string(), "2026-12-05T01:00:00Z");
+        assert!(f.suggestion.contains("kill -CONT 7"), "{}", f.suggestion);
+        assert_eq!(judge(Some(kubelet("S"))).reason, "KubeletNotReporting");
+        let f = judge(None);
+        assert_eq!(f.reason, "KubeletNotRunning");
+        assert!(
+            f.summary
+                .contains("no kubelet process serves its port 10250"),
+            "{}",
+            f.summary
+        );
+    }
+
+    #[test]
+    fn a_node_near_its_pid_max_names_the_pod_running_the_most_processes() {
+        let mut names = BTreeMap::new();
+        names.insert("u1".to_owned(), "shop/forker".to_owned());
+        let procs: Vec<Proc> = serde_json::from_value(json!([
+            {"pid": 10, "name": "sh", "podUID": "u1"},
+            {"pid": 11, "name": "sh", "podUID": "u1"},
+            {"pid": 12, "name": "sshd"}
+        ]))
+        .unwrap();
+        let full = json!({"pids": {"threads": 31000, "pidMax": 32768}});
+        let inputs = |info| NodeInputs {
+            processes: Some(&procs),
+            node_info: Some(info),
+            pod_names: &names,
+            node_key: "x",
+            kubelet: None,
+            runtime: None,
+            pod_pids: &[],
+            pod_disk: &[],
+            now: jiff::Timestamp::now(),
+        };
+        let ready = node(json!([{"type": "Ready", "status": "True"}]));
+        let f = check(&ready, &inputs(&full));
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].reason, "NodePidsNearLimit");
+        assert!(
+            f[0].summary
+                .starts_with("node n1 uses 31000 of its 32768 pids (94%)")
+                && f[0].summary.contains("pod shop/forker: 2 processes"),
+            "{}",
+            f[0].summary
+        );
+        let roomy = json!({"pids": {"threads": 3000, "pidMax": 32768}});
+        assert!(check(&ready, &inputs(&roomy)).is_empty());
+    }
+
     fn inputs_with(info: &Value) -> NodeInputs<'_> {
         static NAMES: std::sync::OnceLock<BTreeMap<String, String>> = std::sync::OnceLock::new();
         NodeInputs {
@@ -519,6 +915,11 @@ mod tests {
             node_info: Some(info),
             pod_names: NAMES.get_or_init(BTreeMap::new),
             node_key: POD_DETAIL_INFORMATION,
+            kubelet: None,
+            runtime: None,
+            pod_pids: &[],
+            pod_disk: &[],
+            now: jiff::Timestamp::now(),
         }
     }
 

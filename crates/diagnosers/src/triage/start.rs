@@ -351,7 +351,8 @@ fn mount_errors(f: &Facts) -> Vec<Finding> {
     out
 }
 
-/// FailedCreatePodSandBox: the pod's network or sandbox could not be set up.
+/// FailedCreatePodSandBox: the pod's network (the CNI plugin, named with its own error) or
+/// sandbox could not be set up.
 fn sandbox_errors(f: &Facts) -> Vec<Finding> {
     if f.phase() != "Pending" || f.pod().metadata.deletion_timestamp.is_some() {
         return Vec::new();
@@ -362,26 +363,59 @@ fn sandbox_errors(f: &Facts) -> Vec<Finding> {
         return Vec::new();
     };
     let message = last.message.as_deref().unwrap_or("");
-    let network = message.contains("network") || message.contains("CNI") || message.contains("cni");
-    let mut finding = Finding::new(
-        "SandboxCreationFailed",
-        Rank::Definite,
-        format!(
-            "pod {} cannot start: its sandbox{} could not be created: {}",
-            f.key(),
-            if network { " (network)" } else { "" },
-            quote(message, 200)
-        ),
-        if network {
-            "The network plugin failed to set up the pod's network: check the CNI plugin's pods and logs on the node, and that its configuration and IP pool are not exhausted.".into()
+    let c = crate::probe_failure::classify::sandbox(message, &message.to_ascii_lowercase());
+    let node = f
+        .pod()
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .map(|n| format!(" on node {n}"))
+        .unwrap_or_default();
+    let mut finding = if c.component == crate::probe_failure::classify::Component::Cni {
+        let plugin = if c.plugin.is_empty() {
+            "the CNI plugin".to_owned()
         } else {
-            "The container runtime could not create the pod's sandbox: check the runtime's log on the node and that the sandbox (pause) image can be pulled.".into()
-        },
-    );
+            format!("the CNI plugin {}", c.plugin)
+        };
+        Finding::new(
+            "CNISetupFailed",
+            Rank::Definite,
+            format!(
+                "pod {} cannot start: {plugin}{node} fails to set up its sandbox's network: {}",
+                f.key(),
+                quote(plugin_error(&c.error), 200)
+            ),
+            format!(
+                "Fix {plugin}{node}: its configuration in /etc/cni/net.d (the type it names), its binary in /opt/cni/bin, its daemon's pods and log, its IP pool. Every new pod of the node fails the same way until it works; the kubelet retries by itself."
+            ),
+        )
+    } else {
+        Finding::new(
+            "SandboxCreationFailed",
+            Rank::Definite,
+            format!(
+                "pod {} cannot start: its sandbox could not be created: {}",
+                f.key(),
+                quote(message, 200)
+            ),
+            "The container runtime could not create the pod's sandbox: check the runtime's log on the node and that the sandbox (pause) image can be pulled.".into(),
+        )
+    };
     for e in &events {
         finding = finding.with_event(e, &object);
     }
     vec![finding]
+}
+
+/// The plugin's own error, without the runtime's `failed to setup network for sandbox "<id>": `.
+fn plugin_error(error: &str) -> &str {
+    match error.find("network for sandbox \"") {
+        Some(i) => {
+            let rest = &error[i + "network for sandbox \"".len()..];
+            rest.find("\": ").map_or(error, |j| &rest[j + 3..])
+        }
+        None => error,
+    }
 }
 
 #[cfg(test)]

@@ -124,8 +124,9 @@ pub(crate) fn start_controller_manager(
     run: &RunRecord,
     bins: &Binaries,
     cp: &ControlPlane,
+    extra_args: &[String],
 ) -> Result<ManagedProcess, TestEnvError> {
-    let args = vec![
+    let mut args = vec![
         format!("--kubeconfig={}", cp.kubeconfig_path().display()),
         // Node IPAM needs a cluster CIDR; the CNI bridge allocates pod addresses itself.
         "--controllers=*,-nodeipam".into(),
@@ -146,6 +147,7 @@ pub(crate) fn start_controller_manager(
         ),
         "--v=1".into(),
     ];
+    args.extend(extra_args.iter().cloned());
     ManagedProcess::spawn(
         "kube-controller-manager",
         &bins.kube_controller_manager,

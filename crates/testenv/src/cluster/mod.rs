@@ -94,6 +94,13 @@ pub struct ClusterOptions {
     pub apiserver_args: Vec<String>,
     /// Extra kubelet flags, after the built-in ones (a repeated flag wins).
     pub kubelet_args: Vec<String>,
+    /// Extra kube-controller-manager flags, after the built-in ones: a shorter
+    /// `--node-monitor-grace-period`, for a test that waits for a node to turn NotReady.
+    pub controller_manager_args: Vec<String>,
+    /// Puts the kubelet's root directory (its filesystem is the node's `nodefs`: pod volumes
+    /// and emptyDirs) on a tmpfs of this many MiB of its own, so a test can fill it and make
+    /// disk pressure real without touching the machine's disk.
+    pub kubelet_root_mib: Option<u64>,
     /// Runs kube-proxy (iptables mode): ClusterIP Services work from pods and from the node,
     /// and pods reach the apiserver through the `kubernetes` Service, as in-cluster clients do.
     /// The apiserver then listens on the node's bridge address ([`Cluster::node_ip`]) instead
@@ -219,7 +226,12 @@ impl Cluster {
         let cp = &self.control_plane;
 
         // The controllers need only the API; they get going while the node starts.
-        self.push(components::start_controller_manager(&run, bins, cp)?)?;
+        self.push(components::start_controller_manager(
+            &run,
+            bins,
+            cp,
+            &options.controller_manager_args,
+        )?)?;
         self.push(components::start_scheduler(&run, bins, cp)?)?;
 
         let t = Instant::now();
@@ -241,6 +253,13 @@ impl Cluster {
             .map_err(|e| TestEnvError::Other(format!("image import task: {e}")))??;
         self.phase("image import", t.elapsed());
 
+        if let Some(mib) = options.kubelet_root_mib {
+            mounts::mount_tmpfs(
+                &run.kubelet_root(),
+                mib,
+                &format!("kdiag-nodefs-{}", run.id),
+            )?;
+        }
         let t = Instant::now();
         host::save_sysctls_once()?;
         self.push(components::start_kubelet(
@@ -421,6 +440,13 @@ impl Cluster {
     /// hierarchy, as the kernel's OOM messages show.
     pub fn cgroup_root(&self) -> String {
         format!("/{}", self.run().cgroup())
+    }
+
+    /// The directory containerd's CRI plugin reads the pod network's configuration from
+    /// (`10-kdiag.conflist`); it reloads what is written there, so a test can break and restore
+    /// the pod network of this run alone.
+    pub fn cni_conf_dir(&self) -> PathBuf {
+        self.run().cni_conf_dir()
     }
 
     /// The run's CNI bridge.

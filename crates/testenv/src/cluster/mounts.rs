@@ -5,7 +5,28 @@
 
 use std::path::{Path, PathBuf};
 
-use nix::mount::{MntFlags, umount2};
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+
+use crate::TestEnvError;
+
+/// Mounts a tmpfs of `mib` MiB at `dir` (created first), named `source` in mountinfo so every
+/// run's is told apart. The stop unmounts it with everything else below the run directory.
+pub(crate) fn mount_tmpfs(dir: &Path, mib: u64, source: &str) -> Result<(), TestEnvError> {
+    std::fs::create_dir_all(dir).map_err(TestEnvError::io(dir))?;
+    mount(
+        Some(source),
+        dir,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some(format!("size={mib}m").as_str()),
+    )
+    .map_err(|e| {
+        TestEnvError::Other(format!(
+            "mounting a {mib} MiB tmpfs at {}: {e}",
+            dir.display()
+        ))
+    })
+}
 
 /// Mount points at or below `dir` in this process's mount namespace, in mountinfo order (a
 /// mount stacked on another comes after it).
