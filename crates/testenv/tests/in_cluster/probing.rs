@@ -49,11 +49,19 @@ fn gvk(group: &str, kind: &str) -> ApiResource {
 }
 
 fn probe_statuses(client: &kube::Client) -> Api<DynamicObject> {
-    Api::namespaced_with(client.clone(), NS, &gvk("kubeprober.erda.cloud", "ProbeStatus"))
+    Api::namespaced_with(
+        client.clone(),
+        NS,
+        &gvk("kubeprober.erda.cloud", "ProbeStatus"),
+    )
 }
 
 fn probe_runs(client: &kube::Client) -> Api<DynamicObject> {
-    Api::namespaced_with(client.clone(), NS, &gvk("diagnosis.netease.com", "ProbeRun"))
+    Api::namespaced_with(
+        client.clone(),
+        NS,
+        &gvk("diagnosis.netease.com", "ProbeRun"),
+    )
 }
 
 /// `kubectl apply` of these objects, as a user would write them.
@@ -100,12 +108,7 @@ fn describe_probing(c: &Cluster) -> String {
     ]);
     let mut yaml = c.kubectl();
     yaml.args(["get", "probestatuses,proberuns", "-n", NS, "-o", "yaml"]);
-    format!(
-        "{}{}\n{}",
-        text(&run(get)),
-        text(&run(yaml)),
-        describe(c)
-    )
+    format!("{}{}\n{}", text(&run(get)), text(&run(yaml)), describe(c))
 }
 
 /// Polls `what` every 250 ms until it gives Some; fails after `timeout` with `failing`'s
@@ -161,7 +164,9 @@ fn finished(run: &DynamicObject) -> bool {
 /// Abnormals the controller created for the probe's failures.
 async fn abnormals_of(client: &kube::Client, probe: &str) -> Vec<DynamicObject> {
     abnormals(client.clone(), NS)
-        .list(&ListParams::default().labels(&format!("kdiag.io/source=ProbeStatus,kdiag.io/probe={probe}")))
+        .list(&ListParams::default().labels(&format!(
+            "kdiag.io/source=ProbeStatus,kdiag.io/probe={probe}"
+        )))
         .await
         .map(|l| l.items)
         .unwrap_or_default()
@@ -273,7 +278,10 @@ async fn start_web_server(c: &Cluster, client: &kube::Client) -> String {
         .get("web")
         .await
         .unwrap();
-    let ip = svc.spec.and_then(|s| s.cluster_ip).expect("web's ClusterIP");
+    let ip = svc
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .expect("web's ClusterIP");
     format!("http://{ip}/cgi-bin/health")
 }
 
@@ -347,10 +355,12 @@ async fn a_rollout_triggers_exactly_one_run(c: &Cluster, client: &kube::Client) 
     apply(
         c,
         "probing-rollout.json",
-        vec![json!({"apiVersion": "kubeprober.erda.cloud/v1", "kind": "Probe",
+        vec![
+            json!({"apiVersion": "kubeprober.erda.cloud/v1", "kind": "Probe",
             "metadata": {"name": "rollout", "namespace": NS},
             "spec": {"checks": [{"name": "nodes", "nodes": {}}],
-                "triggers": [{"kind": "DaemonSet", "name": "rolling"}]}})],
+                "triggers": [{"kind": "DaemonSet", "name": "rolling"}]}}),
+        ],
     );
     let probes = Api::<DynamicObject>::namespaced_with(
         client.clone(),
@@ -394,21 +404,40 @@ async fn a_rollout_triggers_exactly_one_run(c: &Cluster, client: &kube::Client) 
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     let result_took = changed.elapsed();
-    let rollout_took = rollout_took.map_or_else(
-        || "(not seen before the run)".to_owned(),
-        |d| format!("{:.1}s", d.as_secs_f64()),
+    // The issue's target is from the change to the result; on one node most of it is the
+    // rollout itself and the trigger's quiet period (5 s by default).
+    let after_rollout = rollout_took.map_or_else(
+        || "the rollout's end was not seen before the run".to_owned(),
+        |d| {
+            format!(
+                "rollout {:.1}s, then {:.1}s to the result (quiet period and run)",
+                d.as_secs_f64(),
+                (result_took - d).as_secs_f64()
+            )
+        },
     );
     println!(
-        "probing: DaemonSet rollout finished after {rollout_took}; the probe's result {:.1}s after the change (issue 19: p99 under 10 s): {} {}",
+        "probing: the probe's result {:.1}s after the DaemonSet's change ({after_rollout}; issue 19: p99 under 10 s): {} {}",
         result_took.as_secs_f64(),
         run.name_any(),
         run.data["spec"]["changes"]
     );
-    let changes = run.data["spec"]["changes"].as_array().cloned().unwrap_or_default();
+    let changes = run.data["spec"]["changes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(changes.len(), 1, "{}", run.data);
     assert_eq!(
-        (&changes[0]["kind"], &changes[0]["name"], &changes[0]["change"]),
-        (&json!("DaemonSet"), &json!("rolling"), &json!("RolloutFinished")),
+        (
+            &changes[0]["kind"],
+            &changes[0]["name"],
+            &changes[0]["change"]
+        ),
+        (
+            &json!("DaemonSet"),
+            &json!("rolling"),
+            &json!("RolloutFinished")
+        ),
         "{}",
         run.data
     );
@@ -416,7 +445,9 @@ async fn a_rollout_triggers_exactly_one_run(c: &Cluster, client: &kube::Client) 
     assert!(
         run.data["status"]["checkers"]
             .as_array()
-            .is_some_and(|cs| cs.iter().any(|c| c["name"] == "nodes" && c["status"] == "PASS")),
+            .is_some_and(|cs| cs
+                .iter()
+                .any(|c| c["name"] == "nodes" && c["status"] == "PASS")),
         "{}",
         run.data
     );
@@ -430,7 +461,11 @@ async fn a_manual_run_appears_in_history_with_its_results(
     path: &str,
 ) {
     let t = Instant::now();
-    let (code, out) = diag(c, path, &["probe", "run", &format!("{NS}/rollout"), "--wait"]);
+    let (code, out) = diag(
+        c,
+        path,
+        &["probe", "run", &format!("{NS}/rollout"), "--wait"],
+    );
     println!(
         "probing: kubectl diag probe run {NS}/rollout --wait: exit {code:?} after {:.1}s",
         t.elapsed().as_secs_f64()
@@ -445,7 +480,10 @@ async fn a_manual_run_appears_in_history_with_its_results(
         .unwrap_or_else(|| panic!("no run id in:\n{out}"))
         .to_owned();
     assert!(
-        out.contains("Trigger:  Manual") && out.lines().any(|l| l.trim_start().starts_with("nodes") && l.contains("PASS")),
+        out.contains("Trigger:  Manual")
+            && out
+                .lines()
+                .any(|l| l.trim_start().starts_with("nodes") && l.contains("PASS")),
         "{out}"
     );
 
@@ -461,17 +499,25 @@ async fn a_manual_run_appears_in_history_with_its_results(
         "{row}"
     );
     assert!(
-        history.lines().any(|l| l.contains("Change: DaemonSet rolling RolloutFinished")),
+        history
+            .lines()
+            .any(|l| l.contains("Change: DaemonSet rolling RolloutFinished")),
         "the rollout's run is in the history too:\n{history}"
     );
 
-    let (code, detail) = diag(c, path, &["probe", "history", &format!("{NS}/rollout"), "-i", &id]);
+    let (code, detail) = diag(
+        c,
+        path,
+        &["probe", "history", &format!("{NS}/rollout"), "-i", &id],
+    );
     assert_eq!(code, Some(0), "{detail}");
     assert!(
         detail.contains(&format!("Run:      {NS}/{id}"))
             && detail.contains("Trigger:  Manual")
             && detail.contains("Result:   PASS")
-            && detail.lines().any(|l| l.trim_start().starts_with("nodes") && l.contains("PASS")),
+            && detail
+                .lines()
+                .any(|l| l.trim_start().starts_with("nodes") && l.contains("PASS")),
         "{detail}"
     );
 
@@ -511,7 +557,9 @@ async fn a_flapping_path_stays_pass_and_a_real_break_is_one_abnormal_with_its_ro
     let rate = flapping["window"]["successRate"].as_f64().unwrap();
     assert!((0.8..1.0).contains(&rate), "{flapping}");
     assert!(
-        flapping["window"]["results"].as_u64().is_some_and(|n| n >= 10),
+        flapping["window"]["results"]
+            .as_u64()
+            .is_some_and(|n| n >= 10),
         "{flapping}"
     );
     assert!(
@@ -571,7 +619,9 @@ async fn a_flapping_path_stays_pass_and_a_real_break_is_one_abnormal_with_its_ro
         stopped.elapsed().as_secs_f64(),
         diagnosed["diagnosis"]
     );
-    let root_cause = diagnosed["diagnosis"]["rootCause"].as_str().unwrap_or_default();
+    let root_cause = diagnosed["diagnosis"]["rootCause"]
+        .as_str()
+        .unwrap_or_default();
     assert_eq!(
         diagnosed["diagnosis"]["reason"], "ServiceNoReadyEndpoints",
         "{diagnosed}"
@@ -601,6 +651,12 @@ async fn a_flapping_path_stays_pass_and_a_real_break_is_one_abnormal_with_its_ro
             .is_some_and(|a| a.contains(&abnormal.name_any())),
         "{diagnosed}"
     );
+    // The phase next to the checker is the Abnormal's own, which the agent ended.
+    assert_eq!(
+        abnormal.data["status"]["phase"], diagnosed["diagnosis"]["phase"],
+        "{}",
+        abnormal.data["status"]
+    );
 }
 
 /// While checker web fails, `kubectl diag gate` exits 4 (failing) and prints it with its root
@@ -626,7 +682,10 @@ async fn the_gate_fails_while_the_checker_fails_and_passes_after_it_recovers(
 
     // The path restored: the Deployment replaces the stopped pod.
     let restored = Instant::now();
-    kubectl(c, &["-n", NS, "delete", "pods", "-l", "app=web", "--wait=false"]);
+    kubectl(
+        c,
+        &["-n", NS, "delete", "pods", "-l", "app=web", "--wait=false"],
+    );
     wait_for(c, "checker web returns to PASS", TIMEOUT, || async move {
         checker(client, "web", "web")
             .await
@@ -670,7 +729,9 @@ async fn a_resident_probe_pod_runs_on_the_kubelet_and_its_reports_reach_the_prob
         .clone()
         .unwrap_or_default();
     assert!(
-        owner.iter().any(|o| o.kind == "Probe" && o.name == "resident"),
+        owner
+            .iter()
+            .any(|o| o.kind == "Probe" && o.name == "resident"),
         "{owner:?}"
     );
     let pods = Api::<Pod>::namespaced(client.clone(), NS)
@@ -681,7 +742,12 @@ async fn a_resident_probe_pod_runs_on_the_kubelet_and_its_reports_reach_the_prob
     let message = reported["message"].as_str().unwrap_or_default();
     let pod = pods
         .iter()
-        .find(|p| p.metadata.name.as_deref().is_some_and(|n| message.ends_with(n)))
+        .find(|p| {
+            p.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| message.ends_with(n))
+        })
         .unwrap_or_else(|| panic!("no pod of the Probe sent {reported}"));
     assert_eq!(
         pod.spec.as_ref().and_then(|s| s.node_name.as_deref()),
@@ -689,7 +755,10 @@ async fn a_resident_probe_pod_runs_on_the_kubelet_and_its_reports_reach_the_prob
         "{reported}"
     );
     assert!(
-        pod.metadata.name.as_deref().is_some_and(|n| n.starts_with("resident-continuous-")),
+        pod.metadata
+            .name
+            .as_deref()
+            .is_some_and(|n| n.starts_with("resident-continuous-")),
         "{:?}",
         pod.metadata.name
     );

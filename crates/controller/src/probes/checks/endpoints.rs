@@ -46,7 +46,9 @@ pub async fn http(c: &HttpCheck) -> Outcome {
             timeout.as_secs()
         )),
         Err(e) if is_refused(&e) => match dialled(&c.url) {
-            Some(addr) => Outcome::error(format!("{} cannot be reached: {}", c.url, refused(&addr))),
+            Some(addr) => {
+                Outcome::error(format!("{} cannot be reached: {}", c.url, refused(&addr)))
+            }
             None => Outcome::error(format!("{} cannot be reached: {}", c.url, chain(&e))),
         },
         Err(e) => Outcome::error(format!("{} cannot be reached: {}", c.url, chain(&e))),
