@@ -235,6 +235,15 @@ pub async fn probes_run_on_change_on_demand_continuously_and_gate_a_release(
     a_resident_probe_pod_runs_on_the_kubelet_and_its_reports_reach_the_probe_status(c, client)
         .await;
 
+    // Still one run by change, half a minute after the rollout: nothing that followed it (its
+    // pods' status updates, the other probes) counted as another change.
+    let by_change = runs_of(client, "rollout")
+        .await
+        .iter()
+        .filter(|r| trigger(r) == "Change")
+        .count();
+    assert_eq!(by_change, 1, "one rollout, one run\n{}", describe_probing(c));
+
     // The probes stop with their namespace, before the rolling restarts.
     let mut delete = c.kubectl();
     delete.args(["delete", "namespace", NS, "--wait=true", "--timeout=120s"]);
