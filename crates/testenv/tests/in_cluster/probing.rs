@@ -242,7 +242,12 @@ pub async fn probes_run_on_change_on_demand_continuously_and_gate_a_release(
         .iter()
         .filter(|r| trigger(r) == "Change")
         .count();
-    assert_eq!(by_change, 1, "one rollout, one run\n{}", describe_probing(c));
+    assert_eq!(
+        by_change,
+        1,
+        "one rollout, one run\n{}",
+        describe_probing(c)
+    );
 
     // The probes stop with their namespace, before the rolling restarts.
     let mut delete = c.kubectl();

@@ -128,6 +128,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_http_check_names_the_address_it_dialled_as_the_classifier_reads_it() {
+        // What main does for the binary: reqwest's client needs one rustls provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let port = closed_port();
         let out = http(&HttpCheck {
             url: format!("http://127.0.0.1:{port}/healthz"),
