@@ -5,7 +5,8 @@
 //! the agent DaemonSet become Ready; then, through those pods only — nothing of kdiag runs in
 //! this process or on the host — a seed-style Abnormal on a pod filling its emptyDir gets its
 //! root cause, the agent's metrics answer on its pod IP, the default triage, the systemd
-//! collector and a probe checker run through the installed pods, a tenant of one namespace
+//! collector and a probe checker run through the installed pods, probes run on a rollout, on
+//! demand and continuously and gate a release (probing.rs), a tenant of one namespace
 //! diagnoses its own pod through the installed admission webhook (tenant.rs), rolling restarts of both
 //! workloads in the middle of work lose no Abnormal and repeat no recovery (restarts.rs),
 //! 2,000 Abnormals pass with both pods under their memory limits, and `kubectl delete -k`
@@ -25,6 +26,8 @@ use kdiag_testenv::install::{self, CONTROLLER_IP, NAMESPACE};
 use kdiag_testenv::{Cluster, ClusterOptions, kdiag_image};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
 
+#[path = "in_cluster/probing.rs"]
+mod probing;
 #[path = "in_cluster/restarts.rs"]
 mod restarts;
 #[path = "in_cluster/tenant.rs"]
@@ -558,6 +561,12 @@ async fn kdiag_installed_from_its_image_diagnoses_a_filling_emptydir_and_uninsta
             .is_some_and(|m| m.starts_with("no cause found: on node ")),
         "{checker}"
     );
+
+    // Probing (issue 19): a rollout triggers one run, a manual run lands in the history, a
+    // continuous probe rides out a flapping path and diagnoses its real break, the release gate
+    // follows it, and an image-based continuous probe's resident pod reports.
+    probing::probes_run_on_change_on_demand_continuously_and_gate_a_release(&c, &client, &path)
+        .await;
 
     // Work in flight across rolling restarts of both workloads, then 2,000 Abnormals through
     // the pods the restarts made.

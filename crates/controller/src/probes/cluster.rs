@@ -40,14 +40,21 @@ async fn read(client: &Client, class: &Classification) -> ClusterFacts {
                 None => service(client, DNS_SERVICE.0, DNS_SERVICE.1).await,
             };
         }
-        (Fault::ConnectionRefused, Component::Endpoint) => {
-            if let Some(ip) = host(&class.endpoint) {
+        (Fault::ConnectionRefused, Component::Endpoint) => match host(&class.endpoint) {
+            // A Service's DNS name (a native check's URL, usually): that Service.
+            Some(h) if h.parse::<std::net::IpAddr>().is_err() => {
+                if let Some((ns, name)) = service_named(h) {
+                    facts.service = service(client, ns, name).await;
+                }
+            }
+            Some(ip) => {
                 facts.service = service_by_ip(client, ip).await;
                 if facts.service.is_none() {
                     facts.pod = pod_by_ip(client, ip).await;
                 }
             }
-        }
+            None => {}
+        },
         (_, Component::Apiserver | Component::Etcd) => {
             let request = http::Request::get("/readyz?verbose").body(Vec::new());
             facts.readyz = Some(match request {
@@ -65,6 +72,14 @@ fn host(addr: &str) -> Option<&str> {
     let (h, _) = addr.rsplit_once(':')?;
     let h = h.trim_start_matches('[').trim_end_matches(']');
     (!h.is_empty()).then_some(h)
+}
+
+/// `(namespace, name)` of a Service's DNS name, `NAME.NAMESPACE.svc` with or without the
+/// cluster domain after it; None for any other host.
+fn service_named(host: &str) -> Option<(&str, &str)> {
+    let mut labels = host.trim_end_matches('.').split('.');
+    let (name, ns, svc) = (labels.next()?, labels.next()?, labels.next()?);
+    (svc == "svc" && !name.is_empty() && !ns.is_empty()).then_some((ns, name))
 }
 
 /// A Service, its Endpoints and the pods its selector matches; Some with no Service when it
@@ -152,4 +167,28 @@ async fn pod_by_ip(client: &Client, ip: &str) -> Option<Pod> {
         .items
         .into_iter()
         .find(|p| p.status.as_ref().and_then(|s| s.pod_ip.as_deref()) == Some(ip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_services_dns_name_names_its_namespace_and_name() {
+        assert_eq!(service_named("web.shop.svc"), Some(("shop", "web")));
+        assert_eq!(
+            service_named("web.shop.svc.cluster.local."),
+            Some(("shop", "web"))
+        );
+        assert_eq!(service_named("web.shop"), None);
+        assert_eq!(service_named("web.shop.example.com"), None);
+        assert_eq!(service_named("10.0.0.7"), None);
+    }
+
+    #[test]
+    fn the_host_of_an_address_drops_its_port_and_brackets() {
+        assert_eq!(host("web.shop.svc:80"), Some("web.shop.svc"));
+        assert_eq!(host("[fd00::1]:8443"), Some("fd00::1"));
+        assert_eq!(host("10.0.0.7"), None);
+    }
 }
