@@ -79,10 +79,10 @@ pub fn check(f: &Facts) -> Vec<Finding> {
 /// nothing will. The terminating-pod rules alone judge only what is already certain (a process
 /// that ignores SIGTERM).
 fn within_grace(f: &Facts, facts: &PodFacts, verdict: &Verdict) -> Vec<Finding> {
-    let left = -verdict.overdue_seconds;
     // The kubelet's SIGKILL comes at deletionTimestamp, the apiserver removes the pod once the
     // kubelet confirms and no finalizer is left.
     let kill_at = facts.deletion_timestamp;
+    let left = kill_at.duration_since(f.now).as_secs().max(0);
     let pod_object = format!("pod/{}", f.key());
     let state = Evidence {
         kind: "PodStatus".into(),
@@ -159,4 +159,99 @@ fn within_grace(f: &Facts, facts: &PodFacts, verdict: &Verdict) -> Vec<Finding> 
         finding.seen(Some(facts.requested_at()), Some(f.now));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use kdiag_collectors::pod_detail::PodDetail;
+    use serde_json::json;
+
+    use super::*;
+    use crate::terminating_pod::{ProcessFact, rules};
+
+    fn at(s: i64) -> jiff::Timestamp {
+        jiff::Timestamp::from_second(1_700_000_000 + s).unwrap()
+    }
+
+    /// A pod deleted at 0 with a 120 s grace period (deletionTimestamp 120), seen at `now`.
+    fn judged(finalizers: &[&str], processes: Vec<ProcessFact>, now: i64) -> Facts {
+        let pod = PodFacts {
+            key: "shop/web".into(),
+            uid: "u1".into(),
+            deletion_timestamp: at(120),
+            grace_seconds: 120,
+            finalizers: finalizers.iter().map(|f| f.to_string()).collect(),
+            processes,
+            mounts: Vec::new(),
+            pre_stop: false,
+            node: "n1".into(),
+        };
+        let verdict = rules::judge(&pod, at(now));
+        Facts {
+            detail: PodDetail {
+                pod: serde_json::from_value(json!({
+                    "metadata": {"name": "web", "namespace": "shop", "uid": "u1"},
+                    "spec": {"nodeName": "n1", "containers": [{"name": "app"}]}}))
+                .unwrap(),
+                ..Default::default()
+            },
+            detail_source: "test",
+            oom_kills: Some(Vec::new()),
+            processes: None,
+            node_info: None,
+            terminating: Some((pod, verdict, String::new())),
+            pod_names: BTreeMap::new(),
+            now: at(now),
+        }
+    }
+
+    fn process(ignores: bool) -> ProcessFact {
+        ProcessFact {
+            pid: 10,
+            ppid: 5,
+            command: "sh -c sleep 3600".into(),
+            state: "S".into(),
+            container_id: Some("c".repeat(64)),
+            role: Role::Container,
+            start_time: 1,
+            ignores_sigterm: ignores,
+        }
+    }
+
+    #[test]
+    fn a_finalizer_is_named_while_the_grace_period_still_runs() {
+        let found = check(&judged(&["example.com/guard"], vec![process(false)], 2));
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].reason, "FinalizersPresent");
+        assert!(
+            found[0].summary.starts_with(
+                "pod shop/web is terminating (118 s of its grace period left): finalizer(s) example.com/guard will keep it"
+            ),
+            "{}",
+            found[0].summary
+        );
+    }
+
+    #[test]
+    fn a_process_ignoring_sigterm_and_a_finalizer_are_both_named() {
+        let found = check(&judged(&["example.com/guard"], vec![process(true)], 1));
+        let reasons: Vec<&str> = found.iter().map(|f| f.reason).collect();
+        assert_eq!(reasons, ["SigtermIgnored", "FinalizersPresent"]);
+    }
+
+    #[test]
+    fn a_pod_nothing_holds_is_terminating_not_unidentified() {
+        let found = check(&judged(&[], vec![process(false)], 2));
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].reason, "PodTerminating");
+        assert!(
+            found[0]
+                .summary
+                .contains("no finalizer holds it and its 1 container process(es) do not ignore SIGTERM"),
+            "{}",
+            found[0].summary
+        );
+    }
 }
