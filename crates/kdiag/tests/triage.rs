@@ -257,7 +257,11 @@ async fn a_deleted_pod_held_by_a_finalizer_names_the_finalizer() {
 /// Deletes a running pod with a long grace period and asks about it at once, as a person does
 /// who wonders why it is still there; returns the Abnormal's root cause. The pod is then
 /// released (finalizers dropped) and deleted for good.
-async fn diagnose_right_after_deletion(name: &str, container: Value, finalizers: Value) -> kdiag_api::RootCause {
+async fn diagnose_right_after_deletion(
+    name: &str,
+    container: Value,
+    finalizers: Value,
+) -> kdiag_api::RootCause {
     let st = stack().await;
     let client = st.client().await;
     let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
@@ -275,7 +279,10 @@ async fn diagnose_right_after_deletion(name: &str, container: Value, finalizers:
             .and_then(|s| s.container_statuses)
             .is_some_and(|c| c.iter().all(|c| c.ready))
     }) {
-        assert!(begin.elapsed() < Duration::from_secs(60), "{name} never got ready");
+        assert!(
+            begin.elapsed() < Duration::from_secs(60),
+            "{name} never got ready"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     pods.delete(name, &Default::default()).await.unwrap();
@@ -291,10 +298,14 @@ async fn diagnose_right_after_deletion(name: &str, container: Value, finalizers:
     let _ = pods
         .delete(name, &kube::api::DeleteParams::default().grace_period(0))
         .await;
-    assert_eq!(ran.code, 0, "a terminating pod is an answer, not NotIdentified: {ran}");
+    assert_eq!(
+        ran.code, 0,
+        "a terminating pod is an answer, not NotIdentified: {ran}"
+    );
     let rc = a.status.and_then(|s| s.root_cause).expect("a root cause");
     assert!(
-        rc.summary.starts_with(&format!("pod {}/{name} is terminating", st.namespace)),
+        rc.summary
+            .starts_with(&format!("pod {}/{name} is terminating", st.namespace)),
         "{}",
         rc.summary
     );
@@ -313,7 +324,8 @@ async fn a_pod_asked_about_right_after_its_deletion_names_the_process_that_ignor
     .await;
     assert_eq!(rc.reason, "SigtermIgnored", "{rc:?}");
     assert!(
-        rc.summary.contains("sleep 3600") && rc.summary.contains("ignore")
+        rc.summary.contains("sleep 3600")
+            && rc.summary.contains("ignore")
             && rc.summary.contains("120 s grace period"),
         "{}",
         rc.summary
@@ -338,7 +350,9 @@ async fn a_pod_asked_about_right_after_its_deletion_names_the_finalizer_that_wil
     assert_eq!(rc.reason, "FinalizersPresent", "{rc:?}");
     assert!(
         rc.summary.contains("s of its grace period left")
-            && rc.summary.contains("finalizer(s) kdiag.test/held will keep it"),
+            && rc
+                .summary
+                .contains("finalizer(s) kdiag.test/held will keep it"),
         "{}",
         rc.summary
     );

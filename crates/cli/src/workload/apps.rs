@@ -73,7 +73,10 @@ impl Reader<'_> {
         Ok(Api::<K>::namespaced(self.kube.client.clone(), self.ns)
             .list(params)
             .await
-            .map_err(|e| self.request("list", kind, resource).explain(e, &self.kube.url))?
+            .map_err(|e| {
+                self.request("list", kind, resource)
+                    .explain(e, &self.kube.url)
+            })?
             .items)
     }
 

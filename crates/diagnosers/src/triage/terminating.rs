@@ -247,9 +247,9 @@ mod tests {
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].reason, "PodTerminating");
         assert!(
-            found[0]
-                .summary
-                .contains("no finalizer holds it and its 1 container process(es) do not ignore SIGTERM"),
+            found[0].summary.contains(
+                "no finalizer holds it and its 1 container process(es) do not ignore SIGTERM"
+            ),
             "{}",
             found[0].summary
         );

@@ -72,9 +72,7 @@ pub fn classify(message: &str) -> Refusal {
     }
     if let Some(start) = message.find("admission webhook \"") {
         let rest = &message[start..];
-        let (by, said) = rest
-            .split_once(" denied the request")
-            .unwrap_or((rest, ""));
+        let (by, said) = rest.split_once(" denied the request").unwrap_or((rest, ""));
         return Refusal::Denied {
             by: by.to_owned(),
             message: said.trim_start_matches(':').trim().to_owned(),

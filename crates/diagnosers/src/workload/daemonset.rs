@@ -181,10 +181,7 @@ pub fn daemonset_broken(f: &DaemonSetFacts) -> Option<RootCause> {
             .map(|(n, ts)| Evidence {
                 kind: "NodeTaints".into(),
                 object: format!("node/{n}"),
-                message: format!(
-                    "taints the DaemonSet does not tolerate: {}",
-                    listed(ts)
-                ),
+                message: format!("taints the DaemonSet does not tolerate: {}", listed(ts)),
                 ..Default::default()
             })
             .collect();
@@ -224,7 +221,11 @@ pub fn daemonset_broken(f: &DaemonSetFacts) -> Option<RootCause> {
                 "{what} runs on {} of {} node(s): it does not tolerate the taints of {nodes}, so the DaemonSet controller leaves {} out",
                 with_pod.len(),
                 f.nodes.len(),
-                if tainted.len() == 1 { "that node" } else { "those nodes" }
+                if tainted.len() == 1 {
+                    "that node"
+                } else {
+                    "those nodes"
+                }
             ),
             suggestion: format!(
                 "If it must run there, add a toleration to its pod template (spec.template.spec.tolerations: key {}, operator Exists, effect {}); else remove the taint (kubectl taint node {} {}-).",
@@ -246,9 +247,11 @@ pub fn daemonset_broken(f: &DaemonSetFacts) -> Option<RootCause> {
         "DaemonSetPodsNotReady",
     );
     if let Some(node) = pod_node(first) {
-        cause.summary = cause
-            .summary
-            .replacen(" is not ready:", &format!(" on node {node} is not ready:"), 1);
+        cause.summary = cause.summary.replacen(
+            " is not ready:",
+            &format!(" on node {node} is not ready:"),
+            1,
+        );
     }
     cause.evidence.push(status_evidence);
     Some(cause)
@@ -267,11 +270,13 @@ mod tests {
     fn facts(tolerations: Value, taints: Value, pods: Value) -> DaemonSetFacts {
         DaemonSetFacts {
             key: "infra/agent".into(),
-            daemon_set: Some(from(json!({"metadata": {"name": "agent", "namespace": "infra"},
+            daemon_set: Some(from(
+                json!({"metadata": {"name": "agent", "namespace": "infra"},
                 "spec": {"selector": {}, "template": {"spec": {"containers": [{"name": "agent"}],
                     "tolerations": tolerations}}},
                 "status": {"desiredNumberScheduled": 1, "currentNumberScheduled": 1, "numberReady": 1,
-                    "numberMisscheduled": 0}}))),
+                    "numberMisscheduled": 0}}),
+            )),
             nodes: from(json!([
                 {"metadata": {"name": "n1"}, "spec": {}},
                 {"metadata": {"name": "n2"}, "spec": {"taints": taints}}
@@ -305,7 +310,11 @@ mod tests {
             "DaemonSet infra/agent runs on 1 of 2 node(s): it does not tolerate the taints of node n2 (dedicated=gpu:NoSchedule), so the DaemonSet controller leaves that node out"
         );
         assert_eq!(c.evidence[0].object, "node/n2");
-        assert!(c.suggestion.contains("kubectl taint node n2 dedicated-"), "{}", c.suggestion);
+        assert!(
+            c.suggestion.contains("kubectl taint node n2 dedicated-"),
+            "{}",
+            c.suggestion
+        );
     }
 
     #[test]
@@ -323,7 +332,10 @@ mod tests {
         let f = facts(
             json!([]),
             json!([]),
-            json!([pod_on("agent-a", "n1", true), pod_on("agent-b", "n2", false)]),
+            json!([
+                pod_on("agent-a", "n1", true),
+                pod_on("agent-b", "n2", false)
+            ]),
         );
         let c = daemonset_broken(&f).unwrap();
         assert_eq!(c.reason, "DaemonSetPodsNotReady");

@@ -78,10 +78,7 @@ pub fn pod_cause(p: &Pod) -> String {
         .filter_map(|c| {
             container_state(c, false).or_else(|| {
                 Some(if readiness.contains(&c.name.as_str()) {
-                    format!(
-                        "container {} runs but fails its readiness probe",
-                        c.name
-                    )
+                    format!("container {} runs but fails its readiness probe", c.name)
                 } else {
                     format!("container {} runs but is not ready", c.name)
                 })
@@ -140,14 +137,12 @@ fn container_state(c: &ContainerStatus, init: bool) -> Option<String> {
 /// The unready pod to look at first: the oldest (it has had the most time to get ready), ties
 /// by name. StatefulSets pass their pods in ordinal order and take the first.
 pub fn oldest_unready(pods: &[Pod]) -> Option<&Pod> {
-    pods.iter()
-        .filter(|p| !ready(p))
-        .min_by_key(|p| {
-            (
-                p.metadata.creation_timestamp.clone().map(|t| t.0),
-                p.metadata.name.clone(),
-            )
-        })
+    pods.iter().filter(|p| !ready(p)).min_by_key(|p| {
+        (
+            p.metadata.creation_timestamp.clone().map(|t| t.0),
+            p.metadata.name.clone(),
+        )
+    })
 }
 
 /// `PodStatus` evidence: the pod and why it is not ready.
@@ -197,9 +192,11 @@ mod tests {
 
     #[test]
     fn a_pod_the_scheduler_refused_quotes_the_schedulers_message() {
-        let p = pod(json!({"metadata": {"name": "a"}, "status": {"phase": "Pending", "conditions": [
+        let p = pod(
+            json!({"metadata": {"name": "a"}, "status": {"phase": "Pending", "conditions": [
             {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-             "message": "0/1 nodes are available: 1 Insufficient cpu."}]}}));
+             "message": "0/1 nodes are available: 1 Insufficient cpu."}]}}),
+        );
         assert_eq!(
             pod_cause(&p),
             "it is not scheduled (Unschedulable: 0/1 nodes are available: 1 Insufficient cpu.)"
@@ -208,10 +205,12 @@ mod tests {
 
     #[test]
     fn a_waiting_container_is_named_with_its_reason_message_and_restarts() {
-        let p = pod(json!({"metadata": {"name": "a"}, "status": {"phase": "Pending",
+        let p = pod(
+            json!({"metadata": {"name": "a"}, "status": {"phase": "Pending",
             "containerStatuses": [{"name": "app", "ready": false, "restartCount": 2, "image": "x", "imageID": "",
                 "lastState": {"terminated": {"exitCode": 3}},
-                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 20s"}}}]}}));
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 20s"}}}]}}),
+        );
         assert_eq!(
             pod_cause(&p),
             "container app is waiting with CrashLoopBackOff: back-off 20s (2 restart(s), last exit code 3)"
@@ -233,11 +232,13 @@ mod tests {
 
     #[test]
     fn an_unfinished_init_container_comes_before_the_containers() {
-        let p = pod(json!({"metadata": {"name": "a"}, "status": {"phase": "Pending",
+        let p = pod(
+            json!({"metadata": {"name": "a"}, "status": {"phase": "Pending",
             "initContainerStatuses": [{"name": "migrate", "ready": false, "restartCount": 0, "image": "x", "imageID": "",
                 "state": {"terminated": {"exitCode": 1, "reason": "Error"}}}],
             "containerStatuses": [{"name": "app", "ready": false, "restartCount": 0, "image": "x", "imageID": "",
-                "state": {"waiting": {"reason": "PodInitializing"}}}]}}));
+                "state": {"waiting": {"reason": "PodInitializing"}}}]}}),
+        );
         assert_eq!(
             pod_cause(&p),
             "init container migrate exited with code 1 (Error)"

@@ -134,8 +134,10 @@ mod tests {
     fn facts(spec: Value, status: Value, pods: Value) -> PdbFacts {
         PdbFacts {
             key: "shop/web".into(),
-            pdb: Some(from(json!({"metadata": {"name": "web", "namespace": "shop"},
-                "spec": spec, "status": status}))),
+            pdb: Some(from(
+                json!({"metadata": {"name": "web", "namespace": "shop"},
+                "spec": spec, "status": status}),
+            )),
             pods: from(pods),
         }
     }

@@ -64,10 +64,7 @@ fn failed_create(events: &[Event], object: &str) -> Option<(Evidence, String)> {
         Evidence {
             kind: "Event".into(),
             object: object.into(),
-            message: format!(
-                "FailedCreate ({} time(s)): {message}",
-                e.count.unwrap_or(1)
-            ),
+            message: format!("FailedCreate ({} time(s)): {message}", e.count.unwrap_or(1)),
             timestamp: e.last_timestamp.clone(),
             ..Default::default()
         },
@@ -127,12 +124,7 @@ pub fn deployment_stuck(f: &DeploymentFacts) -> Option<RootCause> {
         });
     let rs = newest_replica_set(&f.replica_sets);
     let rs_key = rs
-        .map(|r| {
-            format!(
-                "{ns}/{}",
-                r.metadata.name.as_deref().unwrap_or_default()
-            )
-        })
+        .map(|r| format!("{ns}/{}", r.metadata.name.as_deref().unwrap_or_default()))
         .unwrap_or_default();
     let own_pods: Vec<Pod> = match rs.and_then(|r| r.metadata.uid.as_deref()) {
         Some(uid) => f

@@ -45,7 +45,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(begin.elapsed() < WAIT, "{what} did not happen within {WAIT:?}");
+        assert!(
+            begin.elapsed() < WAIT,
+            "{what} did not happen within {WAIT:?}"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
@@ -108,21 +111,26 @@ async fn a_rollout_over_the_namespaces_pod_quota_names_the_replicaset_the_quota_
         .await
         .unwrap();
     let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), &ns);
-    let rs = wait_for("the ReplicaSet's ReplicaFailure with one pod made", || async {
-        sets.list(&ListParams::default())
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .find(|rs| {
-                let st = rs.status.clone().unwrap_or_default();
-                st.replicas == 1
-                    && st.conditions.iter().flatten().any(|c| {
-                        c.type_ == "ReplicaFailure"
-                            && c.message.as_deref().is_some_and(|m| m.contains("exceeded quota"))
-                    })
-            })
-    })
+    let rs = wait_for(
+        "the ReplicaSet's ReplicaFailure with one pod made",
+        || async {
+            sets.list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|rs| {
+                    let st = rs.status.clone().unwrap_or_default();
+                    st.replicas == 1
+                        && st.conditions.iter().flatten().any(|c| {
+                            c.type_ == "ReplicaFailure"
+                                && c.message
+                                    .as_deref()
+                                    .is_some_and(|m| m.contains("exceeded quota"))
+                        })
+                })
+        },
+    )
     .await;
     let rs = rs.metadata.name.unwrap();
 
@@ -215,7 +223,10 @@ async fn a_rollout_whose_pod_never_gets_ready_points_at_that_pods_cause_and_its_
         ) && first.contains("it gave up after its progress deadline of 5 s"),
         "{ran}"
     );
-    assert!(ran.stdout.contains("  Reason:     RolloutPodsNotReady"), "{ran}");
+    assert!(
+        ran.stdout.contains("  Reason:     RolloutPodsNotReady"),
+        "{ran}"
+    );
     assert!(ran.stdout.contains("kubectl diag run --pod"), "{ran}");
     delete_namespace(&client, &ns).await;
 }
@@ -232,7 +243,12 @@ impl Drop for Taint<'_> {
         let _ = self
             .cluster
             .kubectl()
-            .args(["taint", "node", self.cluster.node_name(), format!("{}-", self.key).as_str()])
+            .args([
+                "taint",
+                "node",
+                self.cluster.node_name(),
+                format!("{}-", self.key).as_str(),
+            ])
             .output();
     }
 }
@@ -246,10 +262,19 @@ async fn a_daemonset_kept_off_a_tainted_node_names_the_node_and_the_taint_it_doe
     // NoSchedule only: NoExecute would evict the other tests' pods.
     let out = c
         .kubectl()
-        .args(["taint", "node", node.as_str(), "kdiag.test/dedicated=workloads:NoSchedule"])
+        .args([
+            "taint",
+            "node",
+            node.as_str(),
+            "kdiag.test/dedicated=workloads:NoSchedule",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let taint = Taint {
         cluster: c,
         key: "kdiag.test/dedicated",
@@ -285,7 +310,8 @@ async fn a_daemonset_kept_off_a_tainted_node_names_the_node_and_the_taint_it_doe
         "{ran}"
     );
     assert!(
-        ran.stdout.contains("  Reason:     DaemonSetTaintNotTolerated"),
+        ran.stdout
+            .contains("  Reason:     DaemonSetTaintNotTolerated"),
         "{ran}"
     );
     assert!(
@@ -304,8 +330,9 @@ async fn a_daemonset_kept_off_a_tainted_node_names_the_node_and_the_taint_it_doe
     let ran = diag_run(c, &["--daemonset", &format!("{ns}/agent")]).await;
     assert_eq!(ran.code, 1, "{ran}");
     assert!(
-        ran.stdout
-            .starts_with(&format!("no cause found: DaemonSet {ns}/agent runs ready on 1 of 1")),
+        ran.stdout.starts_with(&format!(
+            "no cause found: DaemonSet {ns}/agent runs ready on 1 of 1"
+        )),
         "{ran}"
     );
     delete_namespace(&client, &ns).await;
@@ -338,17 +365,22 @@ async fn a_disruption_budget_as_large_as_its_pods_blocks_evictions_and_names_the
     pdbs.patch(
         "web",
         &PatchParams::apply("kdiag-test"),
-        &Patch::Apply(json!({"apiVersion": "policy/v1beta1", "kind": "PodDisruptionBudget",
+        &Patch::Apply(
+            json!({"apiVersion": "policy/v1beta1", "kind": "PodDisruptionBudget",
             "metadata": {"name": "web"},
-            "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "web"}}}})),
+            "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "web"}}}}),
+        ),
     )
     .await
     .unwrap();
-    wait_for("the disruption controller's status with the pod healthy", || async {
-        let o = pdbs.get("web").await.ok()?;
-        let st = &o.data["status"];
-        (st["expectedPods"] == 1 && st["currentHealthy"] == 1).then_some(())
-    })
+    wait_for(
+        "the disruption controller's status with the pod healthy",
+        || async {
+            let o = pdbs.get("web").await.ok()?;
+            let st = &o.data["status"];
+            (st["expectedPods"] == 1 && st["currentHealthy"] == 1).then_some(())
+        },
+    )
     .await;
     let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), &ns)
         .list(&ListParams::default())
@@ -383,7 +415,8 @@ async fn a_disruption_budget_as_large_as_its_pods_blocks_evictions_and_names_the
         "{ran}"
     );
     assert!(
-        ran.stdout.contains("  Reason:     PodDisruptionBudgetTooStrict"),
+        ran.stdout
+            .contains("  Reason:     PodDisruptionBudgetTooStrict"),
         "{ran}"
     );
     assert!(

@@ -11,42 +11,56 @@ const QUOTA: &str = "pods \"web-5d9f-b\" is forbidden: exceeded quota: tiny, req
 fn deployment(conditions: Value) -> DeploymentFacts {
     DeploymentFacts {
         key: "shop/web".into(),
-        deployment: Some(from(json!({"metadata": {"name": "web", "namespace": "shop"},
+        deployment: Some(from(
+            json!({"metadata": {"name": "web", "namespace": "shop"},
             "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
                 "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "app"}]}}},
             "status": {"replicas": 1, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1,
-                "conditions": conditions}}))),
+                "conditions": conditions}}),
+        )),
         replica_sets: vec![
-            from(json!({"metadata": {"name": "web-old", "namespace": "shop", "uid": "rs-0",
+            from(
+                json!({"metadata": {"name": "web-old", "namespace": "shop", "uid": "rs-0",
                 "annotations": {"deployment.kubernetes.io/revision": "1"}},
-                "spec": {"replicas": 0, "selector": {}}, "status": {"replicas": 0}})),
-            from(json!({"metadata": {"name": "web-5d9f", "namespace": "shop", "uid": "rs-1",
+                "spec": {"replicas": 0, "selector": {}}, "status": {"replicas": 0}}),
+            ),
+            from(
+                json!({"metadata": {"name": "web-5d9f", "namespace": "shop", "uid": "rs-1",
                 "annotations": {"deployment.kubernetes.io/revision": "2"}},
                 "spec": {"replicas": 2, "selector": {}},
                 "status": {"replicas": 1, "conditions": [{"type": "ReplicaFailure", "status": "True",
-                    "reason": "FailedCreate", "message": QUOTA, "lastTransitionTime": "2026-12-01T10:00:00Z"}]}})),
+                    "reason": "FailedCreate", "message": QUOTA, "lastTransitionTime": "2026-12-01T10:00:00Z"}]}}),
+            ),
         ],
         pods: vec![ready_pod("web-5d9f-a", "rs-1")],
-        events: from(json!([{"metadata": {"name": "e1"}, "involvedObject": {"kind": "ReplicaSet", "name": "web-5d9f"},
+        events: from(
+            json!([{"metadata": {"name": "e1"}, "involvedObject": {"kind": "ReplicaSet", "name": "web-5d9f"},
             "reason": "FailedCreate", "count": 7, "lastTimestamp": "2026-12-01T10:01:00Z",
-            "message": format!("Error creating: {QUOTA}")}])),
-        quotas: vec![from(json!({"metadata": {"name": "tiny", "namespace": "shop"},
-            "spec": {"hard": {"pods": "1"}}, "status": {"hard": {"pods": "1"}, "used": {"pods": "1"}}}))],
+            "message": format!("Error creating: {QUOTA}")}]),
+        ),
+        quotas: vec![from(
+            json!({"metadata": {"name": "tiny", "namespace": "shop"},
+            "spec": {"hard": {"pods": "1"}}, "status": {"hard": {"pods": "1"}, "used": {"pods": "1"}}}),
+        )],
     }
 }
 
 fn ready_pod(name: &str, owner: &str) -> Pod {
-    from(json!({"metadata": {"name": name, "namespace": "shop", "creationTimestamp": "2026-12-01T09:00:00Z",
+    from(
+        json!({"metadata": {"name": name, "namespace": "shop", "creationTimestamp": "2026-12-01T09:00:00Z",
         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "x", "uid": owner}]},
-        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}))
+        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}),
+    )
 }
 
 fn waiting_pod(name: &str, owner: &str, reason: &str, message: &str) -> Pod {
-    from(json!({"metadata": {"name": name, "namespace": "shop", "creationTimestamp": "2026-12-01T09:00:00Z",
+    from(
+        json!({"metadata": {"name": name, "namespace": "shop", "creationTimestamp": "2026-12-01T09:00:00Z",
         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "x", "uid": owner}]},
         "status": {"phase": "Pending", "conditions": [{"type": "Ready", "status": "False"}],
             "containerStatuses": [{"name": "app", "ready": false, "restartCount": 0, "image": "x", "imageID": "",
-                "state": {"waiting": {"reason": reason, "message": message}}}]}}))
+                "state": {"waiting": {"reason": reason, "message": message}}}]}}),
+    )
 }
 
 #[test]
@@ -60,12 +74,25 @@ fn a_quota_without_room_names_the_replicaset_the_quota_and_what_it_lacks() {
     let kinds: Vec<&str> = c.evidence.iter().map(|e| e.kind.as_str()).collect();
     assert_eq!(
         kinds,
-        ["ReplicaSetStatus", "Event", "ResourceQuota", "DeploymentStatus"]
+        [
+            "ReplicaSetStatus",
+            "Event",
+            "ResourceQuota",
+            "DeploymentStatus"
+        ]
     );
     assert_eq!(c.evidence[2].object, "resourcequota/shop/tiny");
     assert_eq!(c.evidence[2].message, "hard pods=1; used pods=1");
-    assert!(c.evidence[1].message.starts_with("FailedCreate (7 time(s))"));
-    assert!(c.suggestion.contains("resourcequota -n shop tiny"), "{}", c.suggestion);
+    assert!(
+        c.evidence[1]
+            .message
+            .starts_with("FailedCreate (7 time(s))")
+    );
+    assert!(
+        c.suggestion.contains("resourcequota -n shop tiny"),
+        "{}",
+        c.suggestion
+    );
 }
 
 #[test]
@@ -79,14 +106,22 @@ fn a_refusal_only_in_the_events_counts_while_pods_are_missing() {
     // Once the ReplicaSet has its pods, an old FailedCreate is history.
     f.replica_sets[1].status.as_mut().unwrap().replicas = 2;
     f.pods.push(ready_pod("web-5d9f-b", "rs-1"));
-    f.deployment.as_mut().unwrap().status.as_mut().unwrap().ready_replicas = Some(2);
+    f.deployment
+        .as_mut()
+        .unwrap()
+        .status
+        .as_mut()
+        .unwrap()
+        .ready_replicas = Some(2);
     assert_eq!(deployment_stuck(&f), None);
 }
 
 #[test]
 fn a_rollout_on_an_unready_pod_points_at_that_pods_own_cause_and_the_deadline() {
-    let mut f = deployment(json!([{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
-        "message": "ReplicaSet \"web-5d9f\" has timed out progressing."}]));
+    let mut f = deployment(
+        json!([{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+        "message": "ReplicaSet \"web-5d9f\" has timed out progressing."}]),
+    );
     f.replica_sets[1].status = Some(from(json!({"replicas": 2})));
     f.pods.push(waiting_pod(
         "web-5d9f-b",
@@ -94,7 +129,13 @@ fn a_rollout_on_an_unready_pod_points_at_that_pods_own_cause_and_the_deadline() 
         "CreateContainerConfigError",
         "configmap \"web-config\" not found",
     ));
-    f.deployment.as_mut().unwrap().spec.as_mut().unwrap().progress_deadline_seconds = Some(10);
+    f.deployment
+        .as_mut()
+        .unwrap()
+        .spec
+        .as_mut()
+        .unwrap()
+        .progress_deadline_seconds = Some(10);
     let c = deployment_stuck(&f).unwrap();
     assert_eq!(c.reason, "RolloutPodsNotReady");
     assert_eq!(
@@ -102,7 +143,10 @@ fn a_rollout_on_an_unready_pod_points_at_that_pods_own_cause_and_the_deadline() 
         "Deployment shop/web has 1 of 2 pods ready: pod shop/web-5d9f-b is not ready: container app is waiting with CreateContainerConfigError: configmap \"web-config\" not found; it gave up after its progress deadline of 10 s (ReplicaSet \"web-5d9f\" has timed out progressing.)"
     );
     assert_eq!(c.evidence[0].object, "pod/shop/web-5d9f-b");
-    assert!(c.suggestion.contains("kubectl diag run --pod shop/web-5d9f-b"));
+    assert!(
+        c.suggestion
+            .contains("kubectl diag run --pod shop/web-5d9f-b")
+    );
 }
 
 #[test]
@@ -110,15 +154,24 @@ fn a_pod_of_an_older_revision_is_not_what_the_rollout_waits_for() {
     let mut f = deployment(json!([]));
     f.replica_sets[1].status = Some(from(json!({"replicas": 2})));
     f.pods.push(ready_pod("web-5d9f-b", "rs-1"));
-    f.pods.push(waiting_pod("web-old-a", "rs-0", "ImagePullBackOff", "old"));
-    f.deployment.as_mut().unwrap().status.as_mut().unwrap().ready_replicas = Some(2);
+    f.pods
+        .push(waiting_pod("web-old-a", "rs-0", "ImagePullBackOff", "old"));
+    f.deployment
+        .as_mut()
+        .unwrap()
+        .status
+        .as_mut()
+        .unwrap()
+        .ready_replicas = Some(2);
     assert_eq!(deployment_stuck(&f), None);
 }
 
 #[test]
 fn a_deadline_with_nothing_else_found_is_its_own_cause() {
-    let mut f = deployment(json!([{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
-        "message": "ReplicaSet \"web-5d9f\" has timed out progressing."}]));
+    let mut f = deployment(
+        json!([{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+        "message": "ReplicaSet \"web-5d9f\" has timed out progressing."}]),
+    );
     f.replica_sets[1].status = Some(from(json!({"replicas": 2})));
     f.pods.push(ready_pod("web-5d9f-b", "rs-1"));
     let c = deployment_stuck(&f).unwrap();
@@ -139,9 +192,11 @@ fn a_missing_deployment_is_said_so() {
 fn statefulset(created: i32, pods: Vec<Pod>, events: Value) -> StatefulSetFacts {
     StatefulSetFacts {
         key: "shop/db".into(),
-        stateful_set: Some(from(json!({"metadata": {"name": "db", "namespace": "shop"},
+        stateful_set: Some(from(
+            json!({"metadata": {"name": "db", "namespace": "shop"},
             "spec": {"replicas": 3, "serviceName": "db", "selector": {}, "template": {}},
-            "status": {"replicas": created, "readyReplicas": 0}}))),
+            "status": {"replicas": created, "readyReplicas": 0}}),
+        )),
         pods,
         events: from(events),
         quotas: Vec::new(),
@@ -152,7 +207,12 @@ fn statefulset(created: i32, pods: Vec<Pod>, events: Value) -> StatefulSetFacts 
 fn a_statefulset_waits_for_its_lowest_unready_ordinal() {
     let f = statefulset(
         1,
-        vec![waiting_pod("db-0", "ss", "CrashLoopBackOff", "back-off 40s")],
+        vec![waiting_pod(
+            "db-0",
+            "ss",
+            "CrashLoopBackOff",
+            "back-off 40s",
+        )],
         json!([]),
     );
     let c = statefulset_stuck(&f).unwrap();
@@ -163,7 +223,8 @@ fn a_statefulset_waits_for_its_lowest_unready_ordinal() {
         c.summary
     );
     assert!(
-        c.summary.ends_with("the 2 pod(s) after it are not created until it is ready"),
+        c.summary
+            .ends_with("the 2 pod(s) after it are not created until it is ready"),
         "{}",
         c.summary
     );
