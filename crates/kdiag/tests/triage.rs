@@ -303,6 +303,8 @@ async fn diagnose_right_after_deletion(
         "a terminating pod is an answer, not NotIdentified: {ran}"
     );
     let rc = a.status.and_then(|s| s.root_cause).expect("a root cause");
+    // The printed answer, for docs/triage.md's examples (cargo test … -- --nocapture).
+    eprintln!("{}", ran.stdout);
     assert!(
         rc.summary
             .starts_with(&format!("pod {}/{name} is terminating", st.namespace)),

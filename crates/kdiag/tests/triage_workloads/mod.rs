@@ -27,11 +27,14 @@ async fn diag_run(c: &Cluster, args: &[&str]) -> Ran {
         .output()
         .await
         .expect("the kdiag binary runs");
-    Ran {
+    let ran = Ran {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    };
+    // The printed answers, for docs/triage.md's examples (cargo test … -- --nocapture).
+    eprintln!("$ kubectl diag run {}\n{}", args.join(" "), ran.stdout);
+    ran
 }
 
 /// Polls `check` until it gives a value; panics with `what` after [`WAIT`].
