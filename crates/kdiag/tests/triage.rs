@@ -6,7 +6,9 @@
 //! node's agent, running under config/deploy's RBAC, and the root cause must name the reason
 //! and the object. The same stack runs two examples as shipped: examples/pods/emptydir-filling
 //! with its Abnormal, and the liveness-probe pod under config/deploy's liveness-failure-evidence
-//! source.
+//! source. Pods asked about right after their deletion (a process ignoring SIGTERM, a finalizer)
+//! are answered as terminating; workload-level causes (Deployment, StatefulSet, DaemonSet,
+//! PodDisruptionBudget) are in `triage_workloads`, on the same cluster.
 
 mod triage_support;
 mod triage_workloads;
