@@ -119,7 +119,7 @@ pub enum DiagCommand {
     },
     /// Start a diagnosis of a pod or a node without writing YAML.
     #[command(after_help = run_defaults_help())]
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// KubeProber checker results, one row per checker, with kdiag's root cause for failures.
     Probes {
         /// One ProbeStatus instead of all in the namespace (with -c: its name in the member).

@@ -21,7 +21,7 @@ use super::{DiagError, Output, Scope};
 pub const PROCESSOR_NAMESPACE: &str = kdiag_api::SYSTEM_NAMESPACE;
 
 #[derive(clap::Args, Debug, Clone)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["node", "pod", "service", "job"])))]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["node", "pod", "service", "job", "deployment", "statefulset", "daemonset", "pdb"])))]
 pub struct RunArgs {
     /// The node to diagnose.
     #[arg(long)]
@@ -39,6 +39,23 @@ pub struct RunArgs {
     /// once from its status and its pods; no Abnormal is created.
     #[arg(long)]
     pub job: Option<String>,
+    /// A Deployment whose rollout does not finish: NAME or NAMESPACE/NAME, judged at once from
+    /// its conditions, its newest ReplicaSet (its FailedCreate: a ResourceQuota, an admission
+    /// denial), its pods and the namespace's ResourceQuotas; no Abnormal is created.
+    #[arg(long)]
+    pub deployment: Option<String>,
+    /// A StatefulSet that does not reach its replicas: NAME or NAMESPACE/NAME, judged as
+    /// --deployment from its own Events and its pods in ordinal order.
+    #[arg(long)]
+    pub statefulset: Option<String>,
+    /// A DaemonSet missing from nodes (taints it does not tolerate) or whose pods fail: NAME or
+    /// NAMESPACE/NAME, judged at once from it, every node and its pods.
+    #[arg(long)]
+    pub daemonset: Option<String>,
+    /// A PodDisruptionBudget that blocks drains (disruptionsAllowed 0): NAME or NAMESPACE/NAME,
+    /// judged at once from its status and the pods it protects.
+    #[arg(long)]
+    pub pdb: Option<String>,
     /// The container of the pod concerned.
     #[arg(long)]
     pub container: Option<String>,
@@ -226,7 +243,7 @@ pub fn parse_target(args: &RunArgs, namespace: &str) -> Result<Target, DiagError
             }))
         }
         _ => Err(DiagError::Usage(
-            "say what to diagnose: --node NODE, --pod [NAMESPACE/]NAME, --service [NAMESPACE/]NAME or --job [NAMESPACE/]NAME".into(),
+            "say what to diagnose: --node NODE, --pod [NAMESPACE/]NAME, or a workload [NAMESPACE/]NAME: --service, --job, --deployment, --statefulset, --daemonset, --pdb".into(),
         )),
     }
 }
@@ -448,6 +465,20 @@ pub async fn run(
     }
     if let Some(job) = &args.job {
         return super::workload::job(kube, &scope.namespace, job, output, print).await;
+    }
+    let ns = &scope.namespace;
+    use super::workload::apps;
+    if let Some(d) = &args.deployment {
+        return apps::deployment(kube, ns, d, output, print).await;
+    }
+    if let Some(s) = &args.statefulset {
+        return apps::statefulset(kube, ns, s, output, print).await;
+    }
+    if let Some(d) = &args.daemonset {
+        return apps::daemonset(kube, ns, d, output, print).await;
+    }
+    if let Some(p) = &args.pdb {
+        return apps::pdb(kube, ns, p, output, print).await;
     }
     if !matches!(output, Some(Output::Json | Output::Yaml)) {
         return report(kube, scope, args, style, print, warn)

@@ -7,6 +7,7 @@ pub mod probe_failure;
 pub mod quantity;
 pub mod terminating_pod;
 pub mod triage;
+pub mod workload;
 
 use std::sync::Arc;
 

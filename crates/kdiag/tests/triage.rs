@@ -6,9 +6,12 @@
 //! node's agent, running under config/deploy's RBAC, and the root cause must name the reason
 //! and the object. The same stack runs two examples as shipped: examples/pods/emptydir-filling
 //! with its Abnormal, and the liveness-probe pod under config/deploy's liveness-failure-evidence
-//! source.
+//! source. Pods asked about right after their deletion (a process ignoring SIGTERM, a finalizer)
+//! are answered as terminating; workload-level causes (Deployment, StatefulSet, DaemonSet,
+//! PodDisruptionBudget) are in `triage_workloads`, on the same cluster.
 
 mod triage_support;
+mod triage_workloads;
 
 use std::time::Duration;
 
@@ -251,6 +254,112 @@ async fn a_deleted_pod_held_by_a_finalizer_names_the_finalizer() {
     let s = summary(&a);
     stack().await.release(&scenario("finalizer")).await;
     assert!(s.contains("kdiag.test/never-released"), "{s}");
+}
+
+/// Deletes a running pod with a long grace period and asks about it at once, as a person does
+/// who wonders why it is still there; returns the Abnormal's root cause. The pod is then
+/// released (finalizers dropped) and deleted for good.
+async fn diagnose_right_after_deletion(
+    name: &str,
+    container: Value,
+    finalizers: Value,
+) -> kdiag_api::RootCause {
+    let st = stack().await;
+    let client = st.client().await;
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(client, &st.namespace);
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "finalizers": finalizers},
+        "spec": {"terminationGracePeriodSeconds": 120, "automountServiceAccountToken": false,
+            "containers": [container]}
+    }))
+    .unwrap();
+    pods.create(&Default::default(), &pod).await.unwrap();
+    let begin = std::time::Instant::now();
+    while !pods.get(name).await.ok().is_some_and(|p| {
+        p.status
+            .and_then(|s| s.container_statuses)
+            .is_some_and(|c| c.iter().all(|c| c.ready))
+    }) {
+        assert!(
+            begin.elapsed() < Duration::from_secs(60),
+            "{name} never got ready"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    pods.delete(name, &Default::default()).await.unwrap();
+    let ran = st.kubectl_diag_run(name, &format!("triage-{name}")).await;
+    let a = st.abnormal(&format!("triage-{name}")).await;
+    let _ = pods
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}})),
+        )
+        .await;
+    let _ = pods
+        .delete(name, &kube::api::DeleteParams::default().grace_period(0))
+        .await;
+    assert_eq!(
+        ran.code, 0,
+        "a terminating pod is an answer, not NotIdentified: {ran}"
+    );
+    let rc = a.status.and_then(|s| s.root_cause).expect("a root cause");
+    // The printed answer, for docs/triage.md's examples (cargo test … -- --nocapture).
+    eprintln!("{}", ran.stdout);
+    assert!(
+        rc.summary
+            .starts_with(&format!("pod {}/{name} is terminating", st.namespace)),
+        "{}",
+        rc.summary
+    );
+    rc
+}
+
+#[tokio::test]
+async fn a_pod_asked_about_right_after_its_deletion_names_the_process_that_ignores_sigterm() {
+    let rc = diagnose_right_after_deletion(
+        "ignores-term",
+        serde_json::json!({"name": "app", "image": kdiag_testenv::BUSYBOX_IMAGE,
+            "imagePullPolicy": "IfNotPresent",
+            "command": ["sh", "-c", "trap '' TERM; sleep 3600"]}),
+        serde_json::json!([]),
+    )
+    .await;
+    assert_eq!(rc.reason, "SigtermIgnored", "{rc:?}");
+    assert!(
+        rc.summary.contains("sleep 3600")
+            && rc.summary.contains("ignore")
+            && rc.summary.contains("120 s grace period"),
+        "{}",
+        rc.summary
+    );
+    assert!(
+        rc.evidence.iter().any(|e| e.kind == "Process"),
+        "the process is evidence: {:?}",
+        rc.evidence
+    );
+}
+
+#[tokio::test]
+async fn a_pod_asked_about_right_after_its_deletion_names_the_finalizer_that_will_hold_it() {
+    let rc = diagnose_right_after_deletion(
+        "held-in-grace",
+        serde_json::json!({"name": "app", "image": kdiag_testenv::BUSYBOX_IMAGE,
+            "imagePullPolicy": "IfNotPresent",
+            "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]}),
+        serde_json::json!(["kdiag.test/held"]),
+    )
+    .await;
+    assert_eq!(rc.reason, "FinalizersPresent", "{rc:?}");
+    assert!(
+        rc.summary.contains("s of its grace period left")
+            && rc
+                .summary
+                .contains("finalizer(s) kdiag.test/held will keep it"),
+        "{}",
+        rc.summary
+    );
 }
 
 #[tokio::test]

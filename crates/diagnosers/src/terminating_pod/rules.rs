@@ -4,9 +4,6 @@ use kdiag_api::Evidence;
 use kdiag_api::context_keys::TERMINATING_POD_FINDINGS;
 use serde::Serialize;
 
-/// Seconds after the deletion request by which the kubelet has sent SIGTERM (when there is no
-/// preStop hook to run first).
-pub const SIGTERM_SETTLE_SECONDS: i64 = 3;
 pub const SIGKILL: i32 = 9;
 
 /// What a process is to the pod.
@@ -164,7 +161,6 @@ fn topmost<'a>(procs: &[&'a ProcessFact]) -> Vec<&'a ProcessFact> {
 pub fn judge(pod: &PodFacts, now: jiff::Timestamp) -> Verdict {
     let deadline = pod.deadline();
     let overdue = now.duration_since(deadline).as_secs();
-    let since_request = now.duration_since(pod.requested_at()).as_secs();
     let object = format!("pod/{}", pod.key);
     let mut causes = Vec::new();
     let containers: Vec<&ProcessFact> = pod
@@ -293,7 +289,9 @@ pub fn judge(pod: &PodFacts, now: jiff::Timestamp) -> Verdict {
         .filter(|p| p.ignores_sigterm)
         .copied()
         .collect();
-    if !ignoring.is_empty() && since_request >= SIGTERM_SETTLE_SECONDS {
+    // Whether SIGTERM went out yet does not matter: a process that ignores it will ignore it
+    // when it comes, so this is known from the moment of the deletion.
+    if !ignoring.is_empty() {
         let tops = topmost(&ignoring);
         // The kubelet's SIGKILL comes when the grace period ends: at deletionTimestamp.
         let kill_in = pod.deletion_timestamp.duration_since(now).as_secs().max(0);
@@ -422,8 +420,8 @@ mod tests {
         );
         assert_eq!(v.causes[0].signals.len(), 1);
         assert_eq!(v.causes[0].signals[0].pid, 10);
-        // Right after the request, SIGTERM may not have gone out yet: no verdict.
-        assert!(judge(&p, at(1)).causes.is_empty());
+        // Right after the request too: the process will ignore SIGTERM whenever it comes.
+        assert_eq!(judge(&p, at(0)).causes[0].reason, "SigtermIgnored");
     }
 
     #[test]

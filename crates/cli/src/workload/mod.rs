@@ -1,8 +1,12 @@
-//! `kubectl diag run --service` and `--job`: workload-level causes judged at once from objects
-//! the CLI reads — a Service without ready endpoints (its Endpoints and the pods its selector
-//! matches), a Job that gave up (its status and its pods). The judges are pure
-//! (`kdiag_diagnosers::probe_failure`; the Service's is the one the probe trigger uses).
-//! Nothing runs on a node, so no Abnormal is created.
+//! `kubectl diag run --service`, `--job`, `--deployment`, `--statefulset`, `--daemonset` and
+//! `--pdb`: workload-level causes judged at once from objects the CLI reads — a Service without
+//! ready endpoints (its Endpoints and the pods its selector matches), a Job that gave up (its
+//! status and its pods), and in [`apps`] a rollout that does not finish, a DaemonSet that skips
+//! nodes, a PodDisruptionBudget that blocks drains. The judges are pure
+//! (`kdiag_diagnosers::probe_failure` — the Service's is the one the probe trigger uses — and
+//! `kdiag_diagnosers::workload`). Nothing runs on a node, so no Abnormal is created.
+
+pub mod apps;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
@@ -78,7 +82,7 @@ pub async fn job(
     answer("job", &key, cause, none, output, print)
 }
 
-fn split<'a>(
+pub(crate) fn split<'a>(
     flag: &str,
     target: &'a str,
     namespace: &'a str,
@@ -93,7 +97,7 @@ fn split<'a>(
 }
 
 /// Prints the cause (text, or `{KIND: key, rootCause}` with -o json|yaml); 0 when one was found.
-fn answer(
+pub(crate) fn answer(
     kind: &str,
     key: &str,
     cause: Option<RootCause>,
