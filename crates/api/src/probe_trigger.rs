@@ -8,6 +8,11 @@ use serde::{Deserialize, Serialize};
 /// Seconds without a further matching change before a triggered run starts, unless a trigger
 /// or the controller (`--probe-trigger-quiet`) says otherwise.
 pub const DEFAULT_QUIET_SECONDS: i64 = 5;
+/// The same for a trigger that counts only finished rollouts (when the controller's default is
+/// longer): a rollout of 50 pods finishes once, so its end needs no folding beyond workloads of
+/// one upgrade finishing together, and a shorter wait is what brings the run within seconds of
+/// the rollout.
+pub const DEFAULT_ROLLOUT_QUIET_SECONDS: i64 = 1;
 /// Seconds after the first change of a batch by which its run starts even while changes keep
 /// coming (a rollout that never ends), unless a trigger or `--probe-trigger-max-wait` says
 /// otherwise.
@@ -121,7 +126,8 @@ pub struct ProbeTrigger {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub condition_types: Vec<String>,
     /// Seconds without a further matching change before the run starts. Default 5 (the
-    /// controller's `--probe-trigger-quiet`).
+    /// controller's `--probe-trigger-quiet`); 1 for a trigger that counts only RolloutFinished (a
+    /// rollout finishes once, however many pods it replaced).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quiet_seconds: Option<i64>,
     /// Seconds after the first change by which the run starts even while changes keep coming.

@@ -2,11 +2,12 @@
 //! against a real control plane, with the controller (its real RBAC) in this process.
 //!
 //! A Deployment's rollout finishes (the test writes its status as the Deployment controller
-//! would: there is none here) → the Probe watching it (`spec.triggers`, the default quiet period)
+//! would: there is none here) → the Probe watching it (`spec.triggers`, the default quiet period
+//! of a RolloutFinished trigger)
 //! is run → its ProbeRun with trigger Change is Finished with its native check's result. The
 //! baseline, one at a time and interleaved: a manual run (a ProbeRun created as `kubectl diag
 //! probe run` does) → the same ProbeRun Finished. Their difference is the watch, the debounce's
-//! quiet period (5 s by default, which dominates) and the ProbeRun's creation.
+//! quiet period (1 s by default for a RolloutFinished trigger) and the ProbeRun's creation.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +30,13 @@ pub async fn run(changes: usize) -> Result<Value> {
     let env = Env::start().await?;
     let ns = env.namespace("probe-triggers").await;
     let controller = InProcController::start(&env, ControllerConfig::default()).await?;
-    let quiet = ControllerConfig::default().probe_triggers.quiet;
+    // The trigger below counts only finished rollouts (the default for a Deployment).
+    let quiet = ControllerConfig::default()
+        .probe_triggers
+        .quiet
+        .min(Duration::from_secs(
+            kdiag_api::probe_trigger::DEFAULT_ROLLOUT_QUIET_SECONDS as u64,
+        ));
     let open = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let deployments: Api<Deployment> = Api::namespaced(env.admin.clone(), &ns);
     let d: Deployment = serde_json::from_value(json!({

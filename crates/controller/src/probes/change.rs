@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kdiag_api::probe_trigger::{
-    ChangeType, DEFAULT_MAX_WAIT_SECONDS, DEFAULT_QUIET_SECONDS, ProbeRunChange, ProbeTrigger,
-    TriggerKind,
+    ChangeType, DEFAULT_MAX_WAIT_SECONDS, DEFAULT_QUIET_SECONDS, DEFAULT_ROLLOUT_QUIET_SECONDS,
+    ProbeRunChange, ProbeTrigger, TriggerKind,
 };
 use kube::core::{Selector, SelectorExt};
 use serde_json::Value;
@@ -346,6 +346,14 @@ pub fn compile(
                 Some(s) if s >= min && s <= 3600 => Ok(Duration::from_secs(s as u64)),
                 Some(s) => Err(format!("{at}: {what} {s} is not between {min} and 3600")),
             };
+            // A finished rollout is already the end of its burst (docs/probes.md).
+            let default_quiet = if changes == BTreeSet::from([ChangeType::RolloutFinished]) {
+                defaults
+                    .quiet
+                    .min(Duration::from_secs(DEFAULT_ROLLOUT_QUIET_SECONDS as u64))
+            } else {
+                defaults.quiet
+            };
             Ok(Compiled {
                 kind: t.kind,
                 namespace,
@@ -353,7 +361,7 @@ pub fn compile(
                 selector,
                 changes,
                 condition_types: t.condition_types.iter().cloned().collect(),
-                quiet: seconds(t.quiet_seconds, defaults.quiet, "quietSeconds", 0)?,
+                quiet: seconds(t.quiet_seconds, default_quiet, "quietSeconds", 0)?,
                 max_wait: seconds(t.max_wait_seconds, defaults.max_wait, "maxWaitSeconds", 1)?,
             })
         })
@@ -693,6 +701,30 @@ mod tests {
         assert_eq!(ok[1].namespace, None);
         assert_eq!(ok[1].changes, [ChangeType::ConditionChanged].into());
         assert_eq!(ok[1].quiet, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_trigger_counting_only_finished_rollouts_waits_one_second_unless_it_says_otherwise() {
+        let d = Debounce::default();
+        let quiet = |t: serde_json::Value| compile("shop", &[trigger(t)], d).unwrap()[0].quiet;
+        assert_eq!(quiet(json!({"kind": "DaemonSet"})), Duration::from_secs(1));
+        assert_eq!(
+            quiet(json!({"kind": "DaemonSet", "changes": ["RolloutFinished", "SpecChanged"]})),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            quiet(json!({"kind": "DaemonSet", "quietSeconds": 7})),
+            Duration::from_secs(7)
+        );
+        let short = Debounce {
+            quiet: Duration::ZERO,
+            ..d
+        };
+        assert_eq!(
+            compile("shop", &[trigger(json!({"kind": "Deployment"}))], short).unwrap()[0].quiet,
+            Duration::ZERO,
+            "a controller default below a second stays"
+        );
     }
 
     fn change(

@@ -419,7 +419,7 @@ async fn a_rollout_triggers_exactly_one_run(c: &Cluster, client: &kube::Client) 
     };
     let result_took = changed.elapsed();
     // The target is from the change to the result; on one node most of it is the
-    // rollout itself and the trigger's quiet period (5 s by default).
+    // rollout itself and the trigger's quiet period (1 s by default for a RolloutFinished trigger).
     let after_rollout = rollout_took.map_or_else(
         || "the rollout's end was not seen before the run".to_owned(),
         |d| {
