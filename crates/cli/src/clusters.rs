@@ -205,7 +205,8 @@ pub fn diagnoses_table(
                 .as_ref()
                 .map(|t| render::age_at(t.0, now))
                 .unwrap_or_default(),
-            render::truncate(&cause, 80),
+            // One cluster's view: the whole root cause, as `probes -o wide` prints it.
+            cause,
         ]);
     }
     t
