@@ -144,7 +144,7 @@ pub async fn start(
     ),
     Error,
 > {
-    let tls = crate::tls::server_config(&config.tls_cert_file, &config.tls_key_file)?;
+    let tls = crate::tls::ServingCertificate::load(&config.tls_cert_file, &config.tls_key_file)?;
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .map_err(|source| Error::Listen {
@@ -202,14 +202,15 @@ pub async fn start(
         }
         tracing::info!(address = %local, namespace = %hub.config.namespace, "fleet hub taking member links");
         let sweeper = tokio::spawn(sweep(hub.clone(), shutdown.clone()));
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 a = listener.accept() => a,
             };
             let Ok((tcp, peer)) = accepted else { continue };
-            let (hub, acceptor, shutdown) = (hub.clone(), acceptor.clone(), shutdown.clone());
+            // Per link: a renewed certificate is served from the next link on.
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+            let (hub, shutdown) = (hub.clone(), shutdown.clone());
             tokio::spawn(async move {
                 if let Err(e) = serve_link(&hub, acceptor, tcp, &shutdown).await {
                     tracing::warn!(%peer, error = %e, "fleet link ended");

@@ -129,15 +129,27 @@ struct TestHub {
 impl TestHub {
     /// A hub on `port` (0: any) running as kdiag-hub's ServiceAccount.
     async fn start(port: u16, shared_secret_key: Option<&str>) -> TestHub {
+        let pki = Pki::get();
+        Self::start_serving(
+            port,
+            shared_secret_key,
+            pki.path("tls.crt"),
+            pki.path("tls.key"),
+        )
+        .await
+    }
+
+    /// … serving the certificate and key in these files.
+    async fn start_serving(
+        port: u16,
+        shared_secret_key: Option<&str>,
+        cert: PathBuf,
+        key: PathBuf,
+    ) -> TestHub {
         let cp = hub_cp().await;
         let token = cp.service_account_token(FLEET_NAMESPACE, "kdiag-hub").await;
         let client = cp.client_with_token(&token).await;
-        let pki = Pki::get();
-        let mut config = HubConfig::new(
-            ([127, 0, 0, 1], port).into(),
-            pki.path("tls.crt"),
-            pki.path("tls.key"),
-        );
+        let mut config = HubConfig::new(([127, 0, 0, 1], port).into(), cert, key);
         config.namespace = FLEET_NAMESPACE.into();
         config.offline_after = OFFLINE_AFTER;
         config.shared_secret_key = shared_secret_key.map(str::to_owned);
@@ -1084,4 +1096,64 @@ async fn each_abnormal_of_a_member_flows_up_and_its_cluster_shows_open_diagnoses
     wait_cluster(&cluster, |c| diagnosis(c, "oom-web").is_none()).await;
     link.cancel();
     hub.stop().await;
+}
+
+/// A CA of its own (PEM) and a certificate for 127.0.0.1 it signed, with its key.
+fn ca_and_leaf() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".into()])
+        .unwrap()
+        .signed_by(&leaf_key, &Issuer::new(ca, ca_key))
+        .unwrap();
+    (ca_cert.pem(), leaf.pem(), leaf_key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_hub_certificate_is_served_from_the_next_link_on_without_a_restart() {
+    let files = tempfile::tempdir().unwrap();
+    let dir = files.path();
+    let (old_ca, old_cert, old_key) = ca_and_leaf();
+    let (new_ca, new_cert, new_key) = ca_and_leaf();
+    std::fs::write(dir.join("old-ca.crt"), old_ca).unwrap();
+    std::fs::write(dir.join("new-ca.crt"), new_ca).unwrap();
+    std::fs::write(dir.join("tls.crt"), old_cert).unwrap();
+    std::fs::write(dir.join("tls.key"), old_key).unwrap();
+    let hub = TestHub::start_serving(0, None, dir.join("tls.crt"), dir.join("tls.key")).await;
+    let cluster = unique("renewed");
+    let token_file = add_credential(hub_cp().await, &cluster, dir);
+    let config =
+        |ca: &str| MemberConfig::new(hub.url(), &cluster, token_file.clone(), dir.join(ca));
+    kdiag_fleet::member::connect_once(&config("old-ca.crt"))
+        .await
+        .unwrap();
+    match kdiag_fleet::member::connect_once(&config("new-ca.crt")).await {
+        Err(kdiag_fleet::Error::HubCertificate { .. }) => {}
+        other => panic!("the renewed CA before the renewal got {other:?}"),
+    }
+
+    // Renewed as the kubelet updates a mounted Secret: the new files swapped in at once.
+    std::fs::write(dir.join("tls.key.new"), new_key).unwrap();
+    std::fs::write(dir.join("tls.crt.new"), new_cert).unwrap();
+    std::fs::rename(dir.join("tls.key.new"), dir.join("tls.key")).unwrap();
+    std::fs::rename(dir.join("tls.crt.new"), dir.join("tls.crt")).unwrap();
+    kdiag_fleet::member::connect_once(&config("new-ca.crt"))
+        .await
+        .unwrap();
+    match kdiag_fleet::member::connect_once(&config("old-ca.crt")).await {
+        Err(kdiag_fleet::Error::HubCertificate { .. }) => {}
+        other => panic!("the old CA after the renewal got {other:?}"),
+    }
+    // A half-written renewal (a certificate without its key) keeps the one that works.
+    std::fs::write(dir.join("tls.key"), "not a key").unwrap();
+    kdiag_fleet::member::connect_once(&config("new-ca.crt"))
+        .await
+        .unwrap();
+    hub.stop().await;
+    let clusters: Api<Cluster> = Api::namespaced(hub_admin().await, FLEET_NAMESPACE);
+    let _ = clusters.delete(&cluster, &DeleteParams::default()).await;
 }
