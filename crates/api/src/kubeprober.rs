@@ -626,7 +626,7 @@ pub struct ExtraVar {
     pub value: String,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterStatus {
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -661,9 +661,65 @@ pub struct ClusterStatus {
     /// kdiag extension: results the member dropped because its queue to the hub was full.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dropped_results: Option<i64>,
+    /// kdiag extension: the member's Abnormals now, by outcome (as its last heartbeat counted
+    /// them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abnormals: Option<AbnormalCounts>,
+    /// kdiag extension: the member's latest diagnoses, open ones first and then the most
+    /// recently finished, each with its root cause once found (the hub keeps a few).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub diagnoses: Vec<DiagnosisSummary>,
 }
 
+/// kdiag extension: a member cluster's Abnormals by outcome.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AbnormalCounts {
+    /// Not finished yet: admitted or not, collecting, diagnosing or recovering.
+    #[serde(default)]
+    pub open: i64,
+    #[serde(default)]
+    pub failed: i64,
+    #[serde(default)]
+    pub succeeded: i64,
+}
+
+/// kdiag extension: what the hub keeps of one Abnormal of a member cluster.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DiagnosisSummary {
+    pub namespace: String,
+    pub name: String,
+    /// The node it runs on, once known.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
+    /// Its phase; empty before the controller admitted it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub phase: String,
+    /// The reason of its phase (status.reason).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// Its root cause's summary, once found.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub root_cause: String,
+    /// Its root cause's reason code.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub root_cause_reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_time: Option<Time>,
+    /// When it reached Succeeded or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_time: Option<Time>,
+}
+
+impl DiagnosisSummary {
+    /// Still running (or not admitted yet): neither Succeeded nor Failed.
+    pub fn is_open(&self) -> bool {
+        self.phase != "Succeeded" && self.phase != "Failed"
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OnceProbeItem {
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -674,4 +730,22 @@ pub struct OnceProbeItem {
     pub finish_time: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub probes: Vec<String>,
+    /// kdiag extension: what this run found, per Probe (each checker with kdiag's diagnosis),
+    /// as the member reported its ProbeRuns once they ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub results: Vec<OnceProbeResult>,
+}
+
+/// kdiag extension: one Probe's results in a one-time run.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OnceProbeResult {
+    pub probe: String,
+    /// The ProbeRun's phase: Finished, or Failed when it could not run.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub phase: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checkers: Vec<ProbeCheckerStatus>,
 }

@@ -51,13 +51,15 @@ pub use diagnosis::source::{
     PrometheusAlertTemplate, PrometheusAlertTemplateRegexp, SourceCondition, SourceTemplate,
 };
 pub use kubeprober::{
+    AbnormalCounts, CheckerWindow, Denoise, DiagnosisSummary, OnceProbeResult, ProbeMode,
+};
+pub use kubeprober::{
     ApiserverCheck, CheckerDiagnosis, CheckerStatus, Cluster, ClusterConfig, ClusterSpec,
     ClusterStatus, DnsCheck, EtcdCheck, ExtraVar, HttpCheck, NamespaceRoundTripCheck, NativeCheck,
     NodesCheck, OnceProbeItem, Probe, ProbeCheckerStatus, ProbeConfig, ProbePolicy, ProbeSpec,
     ProbeStates, ProbeStatus, ProbeStatusSpec, ProbeStatusStates, ReportProbeStatusSpec, TcpCheck,
     TlsCheck,
 };
-pub use kubeprober::{CheckerWindow, Denoise, ProbeMode};
 pub use probe_trigger::{ChangeType, ProbeCondition, ProbeRunChange, ProbeTrigger, TriggerKind};
 
 /// The API group of the Kube Diagnoser kinds.

@@ -252,6 +252,7 @@ fn facts() -> Facts {
         kubernetes_version: "v1.20.2".into(),
         node_count: 3,
         dropped_results: 0,
+        abnormals: None,
     }
 }
 

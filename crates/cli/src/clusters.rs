@@ -2,6 +2,7 @@
 //! - `kubectl diag clusters`: every member cluster, connected or not, with its health summary;
 //! - `kubectl diag clusters add NAME`: a credential of its own for a new member (printed once;
 //!   the hub keeps only its hash);
+//! - `kubectl diag clusters show NAME`: one cluster and its latest diagnoses, with root causes;
 //! - `kubectl diag clusters revoke NAME`: deletes that credential; the member is refused from
 //!   its next heartbeat on;
 //! - `kubectl diag probes -c NAME` (in `probes`): one cluster's latest checker results.
@@ -30,6 +31,9 @@ pub enum ClustersCommand {
     /// Revoke a member's credential: its link is refused, and a live one closed at its next
     /// heartbeat. Its Cluster and results stay.
     Revoke { name: String },
+    /// One cluster: its row of the list, then its latest diagnoses (open ones first) with their
+    /// root causes.
+    Show { name: String },
 }
 
 fn request<'a>(verb: &'static str, namespace: &'a str) -> Request<'a> {
@@ -72,6 +76,7 @@ pub fn table(items: &[Fetched<Cluster>], now: jiff::Timestamp, style: Style) -> 
         "NODES",
         "KDIAG",
         "CHECKERS",
+        "DIAGNOSES",
         "HEARTBEAT",
         "MESSAGE",
     ]);
@@ -96,6 +101,7 @@ pub fn table(items: &[Fetched<Cluster>], now: jiff::Timestamp, style: Style) -> 
             Some((_, e)) if e.trim() != "0" => style.paint(Tone::Bad, &s.checkers),
             _ => s.checkers.clone(),
         };
+        let diagnoses_cell = diagnoses(&s, style);
         t.row([
             item.name().to_owned(),
             style.paint(tone, &state),
@@ -106,10 +112,101 @@ pub fn table(items: &[Fetched<Cluster>], now: jiff::Timestamp, style: Style) -> 
             s.node_count.map(|n| n.to_string()).unwrap_or_default(),
             s.kdiag_version.clone(),
             checkers,
+            diagnoses_cell,
             s.last_heartbeat_time
                 .map(|t| render::age_at(t.0, now))
                 .unwrap_or_default(),
             render::truncate(&s.message, 60),
+        ]);
+    }
+    t
+}
+
+/// The member's Abnormals in a few words: `2 open, 1 failed` (succeeded ones only when there is
+/// nothing else to say); empty from a member that does not report them.
+fn diagnoses(s: &kdiag_api::ClusterStatus, style: Style) -> String {
+    let Some(a) = s.abnormals else {
+        return String::new();
+    };
+    let mut parts = Vec::new();
+    if a.open > 0 {
+        parts.push(style.paint(Tone::Warn, &format!("{} open", a.open)));
+    }
+    if a.failed > 0 {
+        parts.push(style.paint(Tone::Bad, &format!("{} failed", a.failed)));
+    }
+    if parts.is_empty() {
+        return format!("{} succeeded", a.succeeded);
+    }
+    parts.join(", ")
+}
+
+/// `clusters CLUSTER`: one cluster in full: its link, facts, checkers, the member's Abnormals by
+/// outcome and its latest diagnoses with their root causes.
+pub async fn show(
+    kube: &Kube,
+    fleet_namespace: &str,
+    cluster: &str,
+    output: Option<Output>,
+    style: Style,
+) -> Result<String, DiagError> {
+    let c = kube
+        .get::<Cluster>(
+            fleet_namespace,
+            cluster,
+            request_for("get", fleet_namespace, cluster),
+        )
+        .await?;
+    if matches!(output, Some(Output::Json) | Some(Output::Yaml)) {
+        return super::objects(vec![c.raw], true, output);
+    }
+    let now = jiff::Timestamp::now();
+    let mut text = table(std::slice::from_ref(&c), now, style).render();
+    let Ok(c) = c.parsed else {
+        return Ok(text);
+    };
+    let s = c.status.unwrap_or_default();
+    if s.diagnoses.is_empty() {
+        return Ok(text);
+    }
+    text.push_str("\nLatest diagnoses:\n");
+    text.push_str(&diagnoses_table(&s.diagnoses, now, style).render());
+    Ok(text)
+}
+
+/// One row per diagnosis the hub keeps for a cluster.
+pub fn diagnoses_table(
+    list: &[kdiag_api::DiagnosisSummary],
+    now: jiff::Timestamp,
+    style: Style,
+) -> Table {
+    let mut t = Table::new(["ABNORMAL", "NODE", "PHASE", "AGE", "ROOT CAUSE"]);
+    for d in list {
+        let phase = if d.phase.is_empty() {
+            "Pending".to_owned()
+        } else {
+            d.phase.clone()
+        };
+        let tone = match phase.as_str() {
+            "Succeeded" => Tone::Good,
+            "Failed" => Tone::Bad,
+            _ => Tone::Warn,
+        };
+        let cause = if d.root_cause.is_empty() {
+            d.reason.clone()
+        } else {
+            d.root_cause.clone()
+        };
+        t.row([
+            format!("{}/{}", d.namespace, d.name),
+            d.node.clone(),
+            style.paint(tone, &phase),
+            d.create_time
+                .as_ref()
+                .map(|t| render::age_at(t.0, now))
+                .unwrap_or_default(),
+            // One cluster's view: the whole root cause, as `probes -o wide` prints it.
+            cause,
         ]);
     }
     t
@@ -255,7 +352,7 @@ pub async fn wait_once(
 }
 
 /// `probe history -c CLUSTER -i ID`: one one-time run (when it was asked for and finished, the
-/// Probes it ran) and the latest results the hub stores for those Probes, with root causes.
+/// Probes it ran) and that run's results, with root causes.
 /// The exit code of its results once it finished: 0 all PASS or INFO, 4 an ERROR or WARN, 6 none;
 /// None while it runs.
 pub async fn once_run(
@@ -298,19 +395,50 @@ pub async fn once_run(
         "one-time run {id} of cluster {cluster}\ncreated:  {}\nfinished: {finished}\nprobes:   {probes}\n",
         item.create_time
     );
-    let results =
-        super::probes::stored_results(kube, fleet_namespace, cluster, &item.probes).await?;
+    // This run's own results, as the member reported its ProbeRuns; from a member that does not
+    // report them, each Probe's latest result the hub stores (this run's or a later one's).
+    let own = !item.results.is_empty();
+    let results = if own {
+        run_results(&item.results)
+    } else {
+        super::probes::stored_results(kube, fleet_namespace, cluster, &item.probes).await?
+    };
     let code = super::probes::exit_code(&results);
     if results.is_empty() {
         text.push_str("\nNo results from the cluster for these Probes yet.\n");
     } else {
-        // The latest result of each Probe: this run's, or a later run's (its LAST RUN says).
         text.push('\n');
+        if !own {
+            text.push_str(
+                "Each Probe's latest result (the member did not report this run's own):\n",
+            );
+        }
         text.push_str(
             &super::probes::table(&results, false, true, jiff::Timestamp::now(), style).render(),
         );
     }
+    for r in item.results.iter().filter(|r| !r.message.is_empty()) {
+        text.push_str(&format!("{}: {} {}\n", r.probe, r.phase, r.message));
+    }
     Ok(((!item.finish_time.is_empty()).then_some(code), text))
+}
+
+/// A one-time run's results as ProbeStatuses named after their Probe, for the probes table.
+fn run_results(results: &[kdiag_api::OnceProbeResult]) -> Vec<Fetched<kdiag_api::ProbeStatus>> {
+    results
+        .iter()
+        .map(|r| {
+            let raw = serde_json::json!({
+                "apiVersion": "kubeprober.erda.cloud/v1", "kind": "ProbeStatus",
+                "metadata": {"name": r.probe},
+                "spec": {"checkers": r.checkers},
+            });
+            Fetched {
+                parsed: serde_json::from_value(raw.clone()).map_err(|e| e.to_string()),
+                raw,
+            }
+        })
+        .collect()
 }
 
 /// `probe history -c`: the cluster's last one-time runs (`status.onceProbeList`).

@@ -277,6 +277,9 @@ async fn dispatch(flags: &Flags, command: DiagCommand, style: Style) -> Result<u
                 Some(clusters::ClustersCommand::Revoke { name }) => {
                     clusters::revoke(&kube, ns, &name).await?
                 }
+                Some(clusters::ClustersCommand::Show { name }) => {
+                    clusters::show(&kube, ns, &name, output, style).await?
+                }
             };
             out(&text)?;
             Ok(0)

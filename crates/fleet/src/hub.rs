@@ -45,6 +45,10 @@ pub struct HubConfig {
     pub offline_after: Duration,
     /// KubeProber's shared SECRET_KEY, accepted from any cluster: only when set (migration).
     pub shared_secret_key: Option<String>,
+    /// A Cluster's status is written when something in it changed; its heartbeat time alone is
+    /// refreshed at most this often (and at least every third of `offline_after`, which reads
+    /// it), so a quiet fleet does not write on every heartbeat.
+    pub heartbeat_write_interval: Duration,
 }
 
 impl HubConfig {
@@ -60,9 +64,19 @@ impl HubConfig {
             tls_key_file,
             offline_after: Duration::from_secs(90),
             shared_secret_key: None,
+            heartbeat_write_interval: DEFAULT_HEARTBEAT_WRITE_INTERVAL,
         }
     }
+
+    /// How often a heartbeat that changed nothing else is written: the configured interval, but
+    /// never more than a third of `offline_after` (the sweeper must see a fresh time).
+    pub fn heartbeat_refresh(&self) -> Duration {
+        self.heartbeat_write_interval.min(self.offline_after / 3)
+    }
 }
+
+/// The heartbeat time is written at most this often by default.
+pub const DEFAULT_HEARTBEAT_WRITE_INTERVAL: Duration = Duration::from_secs(30);
 
 /// The fleet namespace by default.
 pub const DEFAULT_NAMESPACE: &str = "kdiag-fleet";
@@ -130,7 +144,7 @@ pub async fn start(
     ),
     Error,
 > {
-    let tls = crate::tls::server_config(&config.tls_cert_file, &config.tls_key_file)?;
+    let tls = crate::tls::ServingCertificate::load(&config.tls_cert_file, &config.tls_key_file)?;
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .map_err(|source| Error::Listen {
@@ -188,14 +202,15 @@ pub async fn start(
         }
         tracing::info!(address = %local, namespace = %hub.config.namespace, "fleet hub taking member links");
         let sweeper = tokio::spawn(sweep(hub.clone(), shutdown.clone()));
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 a = listener.accept() => a,
             };
             let Ok((tcp, peer)) = accepted else { continue };
-            let (hub, acceptor, shutdown) = (hub.clone(), acceptor.clone(), shutdown.clone());
+            // Per link: a renewed certificate is served from the next link on.
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+            let (hub, shutdown) = (hub.clone(), shutdown.clone());
             tokio::spawn(async move {
                 if let Err(e) = serve_link(&hub, acceptor, tcp, &shutdown).await {
                     tracing::warn!(%peer, error = %e, "fleet link ended");
@@ -370,6 +385,12 @@ async fn member_frames(
     let mut assigned: Option<String> = None;
     // The one-time run last sent down on this link (the cache may lag behind its record).
     let mut sent_once: Option<String> = None;
+    // The diagnoses the Cluster shows, as this link last wrote them (or found them).
+    let mut diagnoses = hub
+        .cluster(cluster)
+        .and_then(|c| c.status.clone())
+        .map(|s| s.diagnoses)
+        .unwrap_or_default();
     loop {
         let frame = tokio::select! {
             f = ws.next() => f,
@@ -414,7 +435,7 @@ async fn member_frames(
                     });
                 }
                 let total = counts.values().fold((0, 0), |a, c| (a.0 + c.0, a.1 + c.1));
-                written = Some(heartbeat(hub, cluster, &facts, total, written).await?);
+                written = heartbeat(hub, cluster, &facts, total, written).await?;
                 reply(ws, &HubMessage::HeartbeatAck).await?;
                 // Checked at each heartbeat: a label change reaches the member within one.
                 let labels = hub
@@ -465,6 +486,27 @@ async fn member_frames(
                 }
                 reply(ws, &HubMessage::Ack { seq }).await?;
             }
+            MemberMessage::Abnormal {
+                seq,
+                namespace,
+                name,
+                object,
+            } => {
+                if let Some(next) =
+                    state::diagnoses_with(&diagnoses, &namespace, &name, object.as_ref())
+                {
+                    write_diagnoses(hub, cluster, &next).await?;
+                    diagnoses = next;
+                }
+                reply(ws, &HubMessage::Ack { seq }).await?;
+            }
+            MemberMessage::AbnormalInventory { abnormals } => {
+                let present = abnormals.into_iter().collect();
+                if let Some(next) = state::diagnoses_present(&diagnoses, &present) {
+                    write_diagnoses(hub, cluster, &next).await?;
+                    diagnoses = next;
+                }
+            }
             MemberMessage::Inventory { probe_statuses } => {
                 let present = probe_statuses.into_iter().collect();
                 for stale in resync(hub, cluster, &present).await? {
@@ -475,9 +517,12 @@ async fn member_frames(
                 id,
                 probes,
                 finish_time,
+                results,
             } => {
                 // Not worth ending the link over: the member reports it again on its next link.
-                if let Err(e) = once_finished(hub, cluster, &id, &probes, &finish_time).await {
+                if let Err(e) =
+                    once_finished(hub, cluster, &id, &probes, &finish_time, &results).await
+                {
                     tracing::warn!(%cluster, %id, error = %e, "fleet: recording the end of a one-time run");
                 }
             }
@@ -544,6 +589,7 @@ async fn once_finished(
     id: &str,
     probes: &[String],
     finish_time: &str,
+    results: &[kdiag_api::OnceProbeResult],
 ) -> Result<(), Error> {
     let api = hub.clusters_api();
     // Conditional on the version read, so a concurrent write of the list is not lost: on a
@@ -554,7 +600,7 @@ async fn once_finished(
             .await
             .map_err(|e| Error::kube("get", format!("Cluster {cluster}"), e))?;
         let list = c.status.map(|s| s.once_probe_list).unwrap_or_default();
-        let Some(list) = state::once_list_finished(&list, id, finish_time, probes) else {
+        let Some(list) = state::once_list_finished(&list, id, finish_time, probes, results) else {
             return Ok(());
         };
         let patch = json!({"metadata": {"resourceVersion": c.metadata.resource_version},
@@ -706,14 +752,30 @@ async fn seed_counts(hub: &Hub, cluster: &str) -> Result<HashMap<String, (u64, u
         .collect())
 }
 
-/// The Cluster after a heartbeat: KubeProber's spec.k8sVersion, and its status.
+/// Writes the diagnoses the Cluster shows.
+async fn write_diagnoses(
+    hub: &Hub,
+    cluster: &str,
+    list: &[kdiag_api::DiagnosisSummary],
+) -> Result<(), Error> {
+    let patch = state::diagnoses_patch(list);
+    hub.clusters_api()
+        .patch_status(cluster, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| Error::kube("patch diagnoses of", format!("Cluster {cluster}"), e))?;
+    Ok(())
+}
+
+/// The Cluster after a heartbeat: KubeProber's spec.k8sVersion, and its status when something
+/// changed or the written heartbeat time is due ([`state::heartbeat_status`]). Returns what this
+/// link wrote last.
 async fn heartbeat(
     hub: &Hub,
     cluster: &str,
     facts: &Facts,
     checkers: (u64, u64),
     written: Option<ClusterStatus>,
-) -> Result<ClusterStatus, Error> {
+) -> Result<Option<ClusterStatus>, Error> {
     let api = hub.clusters_api();
     let cached = hub.cluster(cluster);
     if cached
@@ -725,13 +787,34 @@ async fn heartbeat(
             .await
             .map_err(|e| Error::kube("patch", format!("Cluster {cluster}"), e))?;
     }
-    let previous = written.or_else(|| cached.and_then(|c| c.status.clone()));
-    let patch = state::connected(previous.as_ref(), facts, checkers, jiff::Timestamp::now());
+    // What this link wrote, while the cache may not have caught up with it; the cache when it
+    // marked the cluster offline after that write (the sweeper, while this hub was stalled).
+    let cached_status = cached.and_then(|c| c.status.clone());
+    let previous = match (written, cached_status) {
+        (Some(w), Some(c))
+            if c.state == state::OFFLINE
+                && c.state_since.as_ref().map(|t| t.0)
+                    > w.last_heartbeat_time.as_ref().map(|t| t.0) =>
+        {
+            Some(c)
+        }
+        (Some(w), _) => Some(w),
+        (None, c) => c,
+    };
+    let Some(patch) = state::heartbeat_status(
+        previous.as_ref(),
+        facts,
+        checkers,
+        jiff::Timestamp::now(),
+        hub.config.heartbeat_refresh(),
+    ) else {
+        return Ok(previous);
+    };
     let status = state::status_of(&patch);
     api.patch_status(cluster, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map_err(|e| Error::kube("patch status of", format!("Cluster {cluster}"), e))?;
-    Ok(status)
+    Ok(Some(status))
 }
 
 /// Stores (or deletes) one result of the cluster.

@@ -93,6 +93,9 @@ struct Shared {
     /// Every ProbeStatus the cluster has (`namespace/name`), once the watch listed them all:
     /// what each link's inventory says.
     present: Mutex<Option<std::collections::BTreeSet<String>>>,
+    /// Every Abnormal the cluster has (`namespace/name` to its phase), once listed: the
+    /// heartbeat's counts and each link's Abnormal inventory.
+    abnormals: Mutex<Option<std::collections::BTreeMap<String, String>>>,
 }
 
 impl Shared {
@@ -112,8 +115,10 @@ pub async fn run(client: kube::Client, config: MemberConfig, shutdown: Cancellat
         outbox: Mutex::new(Outbox::new(config.queue_capacity)),
         changed: Notify::new(),
         present: Mutex::new(None),
+        abnormals: Mutex::new(None),
     });
     let watch = tokio::spawn(watch_probe_statuses(client.clone(), shared.clone()));
+    let abnormal_watch = tokio::spawn(watch_abnormals(client.clone(), shared.clone()));
     let mut backoff = backoff(&config);
     while !shutdown.is_cancelled() {
         let mut linked = false;
@@ -142,6 +147,7 @@ pub async fn run(client: kube::Client, config: MemberConfig, shutdown: Cancellat
         }
     }
     watch.abort();
+    abnormal_watch.abort();
 }
 
 fn backoff(config: &MemberConfig) -> impl Iterator<Item = Duration> + use<> {
@@ -179,12 +185,14 @@ async fn watch_probe_statuses(client: kube::Client, shared: Arc<Shared>) {
         };
         // A ProbeStatus kdiag cannot read is not sent: the hub would store it no better.
         let Ok(p) = object.0 else { continue };
-        let update = Update {
-            namespace: p.metadata.namespace.clone().unwrap_or_default(),
-            name: p.metadata.name.clone().unwrap_or_default(),
+        let namespace = p.metadata.namespace.clone().unwrap_or_default();
+        let name = p.metadata.name.clone().unwrap_or_default();
+        let key = format!("{namespace}/{name}");
+        let update = Update::ProbeStatus {
+            namespace,
+            name,
             object: (!deleted).then(|| ProbeResult::of(&p)),
         };
-        let key = format!("{}/{}", update.namespace, update.name);
         if let Some(l) = listing.as_mut() {
             l.insert(key);
         } else if let Some(present) = shared
@@ -199,6 +207,55 @@ async fn watch_probe_statuses(client: kube::Client, shared: Arc<Shared>) {
                 present.insert(key);
             }
         }
+        if shared.outbox().push(update) {
+            shared.changed.notify_one();
+        }
+    }
+}
+
+/// Every Abnormal of the cluster, as a summary into the queue; their phases for the heartbeat's
+/// counts. A summary changes with the phase and the root cause, not with each step's record, so
+/// this sends a few changes per Abnormal.
+async fn watch_abnormals(client: kube::Client, shared: Arc<Shared>) {
+    let api: Api<DeserializeGuard<kdiag_api::Abnormal>> = Api::all(client);
+    let events = watcher(api, watcher::Config::default()).default_backoff();
+    let mut events = std::pin::pin!(events);
+    let mut listing: Option<std::collections::BTreeMap<String, String>> = None;
+    while let Some(event) = events.next().await {
+        let (object, deleted) = match event {
+            Ok(watcher::Event::Init) => {
+                listing = Some(Default::default());
+                continue;
+            }
+            Ok(watcher::Event::InitDone) => {
+                *shared.abnormals.lock().unwrap_or_else(|e| e.into_inner()) = listing.take();
+                shared.changed.notify_one();
+                continue;
+            }
+            Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => (o, false),
+            Ok(watcher::Event::Delete(o)) => (o, true),
+            Err(e) => {
+                tracing::warn!(error = %e, "fleet: watching Abnormals; retrying");
+                continue;
+            }
+        };
+        let Ok(a) = object.0 else { continue };
+        let summary = crate::protocol::summary_of(&a);
+        let key = format!("{}/{}", summary.namespace, summary.name);
+        let mut guard = shared.abnormals.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(phases) = listing.as_mut().or(guard.as_mut()) {
+            if deleted {
+                phases.remove(&key);
+            } else {
+                phases.insert(key, summary.phase.clone());
+            }
+        }
+        drop(guard);
+        let update = Update::Abnormal {
+            namespace: summary.namespace.clone(),
+            name: summary.name.clone(),
+            object: (!deleted).then_some(summary),
+        };
         if shared.outbox().push(update) {
             shared.changed.notify_one();
         }
@@ -234,8 +291,9 @@ async fn link(
     let silence = config.heartbeat * 3;
     // One-time runs whose end this link reported. Per link: a new link reports them all again
     // (the hub ignores those it recorded), so an end sent just before a drop is not lost.
-    let mut once_reported = std::collections::HashSet::new();
+    let mut once_reported = std::collections::HashMap::new();
     let mut inventory_sent = false;
+    let mut abnormal_inventory_sent = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
@@ -250,12 +308,21 @@ async fn link(
                     Ok(n) => node_count = n,
                     Err(e) => tracing::warn!(error = %e, "fleet: counting nodes"),
                 }
+                let (abnormals, abnormal_names) = {
+                    let phases = shared.abnormals.lock().unwrap_or_else(|e| e.into_inner());
+                    let counts = phases.as_ref().map(|p| crate::protocol::count_abnormals(p.values().map(String::as_str)));
+                    let names: Option<Vec<String>> = (!abnormal_inventory_sent)
+                        .then(|| phases.as_ref().map(|p| p.keys().cloned().collect()))
+                        .flatten();
+                    (counts, names)
+                };
                 let facts = Facts {
                     protocol: crate::protocol::VERSION,
                     kdiag_version: crate::KDIAG_VERSION.into(),
                     kubernetes_version: kubernetes_version.clone(),
                     node_count,
                     dropped_results: shared.outbox().dropped(),
+                    abnormals,
                 };
                 send(&mut ws, &MemberMessage::Heartbeat(facts)).await?;
                 send_unsent(&mut ws, shared).await?;
@@ -268,13 +335,17 @@ async fn link(
                         inventory_sent = true;
                     }
                 }
+                if let Some(abnormals) = abnormal_names {
+                    send(&mut ws, &MemberMessage::AbnormalInventory { abnormals }).await?;
+                    abnormal_inventory_sent = true;
+                }
                 if config.accept_probes {
                     match finished_once_runs(client, &config.probe_namespace, &once_reported).await {
                         Ok(finished) => {
-                            for m in finished {
+                            for (m, fingerprint) in finished {
                                 send(&mut ws, &m).await?;
                                 if let MemberMessage::OnceFinished { id, .. } = m {
-                                    once_reported.insert(id);
+                                    once_reported.insert(id, fingerprint);
                                 }
                             }
                         }
@@ -304,8 +375,8 @@ async fn link(
                                 // Nothing to run: it is over now (it would never end otherwise).
                                 Ok(0) => {
                                     let finish_time = jiff::Timestamp::now().to_string();
-                                    send(&mut ws, &MemberMessage::OnceFinished { id: id.clone(), probes: Vec::new(), finish_time }).await?;
-                                    once_reported.insert(id);
+                                    send(&mut ws, &MemberMessage::OnceFinished { id: id.clone(), probes: Vec::new(), finish_time, results: Vec::new() }).await?;
+                                    once_reported.insert(id, 0);
                                 }
                                 Ok(_) => {}
                                 Err(e) => tracing::warn!(error = %e, %id, "fleet: a one-time run the hub asked for"),
@@ -550,13 +621,14 @@ async fn run_once(
 /// holds it as a label value).
 pub const ONCE_ID_ANNOTATION: &str = "kdiag.io/fleet-once-id";
 
-/// An [`MemberMessage::OnceFinished`] for each one-time run not in `reported` whose ProbeRuns
-/// all ended.
+/// An [`MemberMessage::OnceFinished`] for each one-time run whose ProbeRuns all ended and that
+/// `reported` lacks or holds with other results (a root cause written back since), with the
+/// fingerprint of what it says.
 async fn finished_once_runs(
     client: &kube::Client,
     namespace: &str,
-    reported: &std::collections::HashSet<String>,
-) -> Result<Vec<MemberMessage>, Error> {
+    reported: &std::collections::HashMap<String, u64>,
+) -> Result<Vec<(MemberMessage, u64)>, Error> {
     let runs: Api<kdiag_api::ProbeRun> = Api::namespaced(client.clone(), namespace);
     let list = runs
         .list(&ListParams::default().labels(ONCE_LABEL))
@@ -571,7 +643,7 @@ async fn finished_once_runs(
             .as_ref()
             .and_then(|a| a.get(ONCE_ID_ANNOTATION))
             .cloned();
-        if let Some(id) = id.filter(|id| !reported.contains(id)) {
+        if let Some(id) = id {
             by_id.entry(id).or_default().push(r);
         }
     }
@@ -582,11 +654,26 @@ async fn finished_once_runs(
             let mut probes: Vec<String> = runs.iter().map(|r| r.spec.probe.clone()).collect();
             probes.sort();
             probes.dedup();
-            Some(MemberMessage::OnceFinished {
+            let results = crate::state::once_results(&runs);
+            let fingerprint = {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                serde_json::to_string(&results)
+                    .unwrap_or_default()
+                    .hash(&mut h);
+                // Never 0: that marks a run reported with nothing to run.
+                h.finish().max(1)
+            };
+            if reported.get(&id) == Some(&fingerprint) || reported.get(&id) == Some(&0) {
+                return None;
+            }
+            let m = MemberMessage::OnceFinished {
                 id,
                 probes,
                 finish_time,
-            })
+                results,
+            };
+            Some((m, fingerprint))
         })
         .collect())
 }

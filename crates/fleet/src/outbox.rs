@@ -1,29 +1,97 @@
-//! The member's queue of results for the hub: bounded, and coalescing, since the hub keeps only
-//! each ProbeStatus's latest state. A result stays queued until the hub acknowledges it, so a
-//! reconnect sends again whatever was not acknowledged; when the queue is full the oldest result
-//! is dropped and counted (the count goes up with every heartbeat).
+//! The member's queue of changes for the hub: ProbeStatuses and Abnormal summaries. Bounded, and
+//! coalescing, since the hub keeps only each object's latest state. A change stays queued until
+//! the hub acknowledges it, so a reconnect sends again whatever was not acknowledged; when one
+//! kind has `capacity` objects waiting, the oldest of that kind is dropped and counted (the count
+//! goes up with every heartbeat). Each kind has its own bound so a burst of Abnormals cannot push
+//! probe results out.
 //!
 //! Pure: no IO, no clock. The link drives it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 
+use kdiag_api::DiagnosisSummary;
+
 use crate::protocol::{MemberMessage, ProbeResult};
 
-/// A ProbeStatus by namespace and name.
-pub type Key = (String, String);
+/// What an object is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    ProbeStatus,
+    Abnormal,
+}
+
+/// An object by kind, namespace and name.
+pub type Key = (Kind, String, String);
 
 /// One change to send: the object's new state, or None when it was deleted.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Update {
-    pub namespace: String,
-    pub name: String,
-    pub object: Option<ProbeResult>,
+pub enum Update {
+    ProbeStatus {
+        namespace: String,
+        name: String,
+        object: Option<ProbeResult>,
+    },
+    Abnormal {
+        namespace: String,
+        name: String,
+        object: Option<DiagnosisSummary>,
+    },
 }
 
 impl Update {
     fn key(&self) -> Key {
-        (self.namespace.clone(), self.name.clone())
+        match self {
+            Self::ProbeStatus {
+                namespace, name, ..
+            } => (Kind::ProbeStatus, namespace.clone(), name.clone()),
+            Self::Abnormal {
+                namespace, name, ..
+            } => (Kind::Abnormal, namespace.clone(), name.clone()),
+        }
+    }
+
+    fn is_deletion(&self) -> bool {
+        match self {
+            Self::ProbeStatus { object, .. } => object.is_none(),
+            Self::Abnormal { object, .. } => object.is_none(),
+        }
+    }
+
+    fn message(&self, seq: u64) -> MemberMessage {
+        match self.clone() {
+            Self::ProbeStatus {
+                namespace,
+                name,
+                object,
+            } => MemberMessage::ProbeStatus {
+                seq,
+                namespace,
+                name,
+                object,
+            },
+            Self::Abnormal {
+                namespace,
+                name,
+                object,
+            } => MemberMessage::Abnormal {
+                seq,
+                namespace,
+                name,
+                object,
+            },
+        }
+    }
+
+    fn fingerprint(&self) -> u64 {
+        // DefaultHasher::new() has fixed keys: stable within the process, which is all it needs.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let json = match self {
+            Self::ProbeStatus { object, .. } => serde_json::to_string(object),
+            Self::Abnormal { object, .. } => serde_json::to_string(object),
+        };
+        json.unwrap_or_default().hash(&mut h);
+        h.finish()
     }
 }
 
@@ -67,7 +135,7 @@ impl Outbox {
     /// nothing new to send (the hub has this very state, or it is already queued).
     pub fn push(&mut self, update: Update) -> bool {
         let key = update.key();
-        let fingerprint = fingerprint(&update.object);
+        let fingerprint = update.fingerprint();
         if let Some(p) = self.pending.get(&key) {
             if p.fingerprint == fingerprint {
                 return false;
@@ -80,8 +148,10 @@ impl Outbox {
         }
         // A deletion of an object this run never sent still goes up: the hub may hold it from
         // an earlier run of this member.
-        if self.pending.len() >= self.capacity
-            && let Some((_, oldest)) = self.order.pop_first()
+        let kind = key.0;
+        if self.pending.keys().filter(|k| k.0 == kind).count() >= self.capacity
+            && let Some((&seq, _)) = self.order.iter().find(|(_, k)| k.0 == kind)
+            && let Some(oldest) = self.order.remove(&seq)
         {
             self.pending.remove(&oldest);
             self.dropped += 1;
@@ -106,12 +176,7 @@ impl Outbox {
             .order
             .range(self.sent_up_to + 1..)
             .filter_map(|(_, key)| self.pending.get(key))
-            .map(|p| MemberMessage::ProbeStatus {
-                seq: p.seq,
-                namespace: p.update.namespace.clone(),
-                name: p.update.name.clone(),
-                object: p.update.object.clone(),
-            })
+            .map(|p| p.update.message(p.seq))
             .collect();
         if let Some((&last, _)) = self.order.last_key_value() {
             self.sent_up_to = self.sent_up_to.max(last);
@@ -126,10 +191,10 @@ impl Outbox {
             return;
         };
         if let Some(p) = self.pending.remove(&key) {
-            if p.update.object.is_some() {
-                self.acknowledged.insert(key, p.fingerprint);
-            } else {
+            if p.update.is_deletion() {
                 self.acknowledged.remove(&key);
+            } else {
+                self.acknowledged.insert(key, p.fingerprint);
             }
         }
     }
@@ -154,22 +219,13 @@ impl Outbox {
     }
 }
 
-fn fingerprint(object: &Option<ProbeResult>) -> u64 {
-    // DefaultHasher::new() has fixed keys: stable within the process, which is all it needs.
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    serde_json::to_string(object)
-        .unwrap_or_default()
-        .hash(&mut h);
-    h.finish()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use kdiag_api::{CheckerStatus, ProbeCheckerStatus, ProbeStatusSpec};
 
     fn update(name: &str, status: CheckerStatus) -> Update {
-        Update {
+        Update::ProbeStatus {
             namespace: "ns".into(),
             name: name.into(),
             object: Some(ProbeResult {
@@ -189,7 +245,8 @@ mod tests {
         messages
             .iter()
             .map(|m| match m {
-                MemberMessage::ProbeStatus { seq, name, .. } => (*seq, name.clone()),
+                MemberMessage::ProbeStatus { seq, name, .. }
+                | MemberMessage::Abnormal { seq, name, .. } => (*seq, name.clone()),
                 other => panic!("not a result: {other:?}"),
             })
             .collect()
@@ -254,7 +311,7 @@ mod tests {
         o.push(update("a", CheckerStatus::Pass));
         let _ = o.unsent();
         o.ack(1);
-        assert!(o.push(Update {
+        assert!(o.push(Update::ProbeStatus {
             namespace: "ns".into(),
             name: "a".into(),
             object: None,
@@ -267,5 +324,44 @@ mod tests {
         o.ack(2);
         // Created again after the deletion: news.
         assert!(o.push(update("a", CheckerStatus::Pass)));
+    }
+
+    fn abnormal(name: &str, phase: &str) -> Update {
+        Update::Abnormal {
+            namespace: "ns".into(),
+            name: name.into(),
+            object: Some(DiagnosisSummary {
+                namespace: "ns".into(),
+                name: name.into(),
+                phase: phase.into(),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn a_burst_of_abnormals_drops_older_abnormals_but_never_a_probe_result() {
+        let mut o = Outbox::new(2);
+        o.push(update("p", CheckerStatus::Error));
+        for n in ["a", "b", "c", "d"] {
+            o.push(abnormal(n, "Diagnosing"));
+        }
+        assert_eq!(o.dropped(), 2);
+        assert_eq!(
+            seqs(&o.unsent()),
+            [(1, "p".into()), (4, "c".into()), (5, "d".into())]
+        );
+    }
+
+    #[test]
+    fn an_abnormal_and_a_probe_status_of_the_same_name_are_different_objects() {
+        let mut o = Outbox::new(10);
+        assert!(o.push(update("x", CheckerStatus::Pass)));
+        assert!(o.push(abnormal("x", "Succeeded")));
+        assert_eq!(o.len(), 2);
+        let sent = o.unsent();
+        assert!(matches!(sent[1], MemberMessage::Abnormal { seq: 2, .. }));
+        o.ack(2);
+        assert!(!o.push(abnormal("x", "Succeeded")), "acknowledged already");
     }
 }

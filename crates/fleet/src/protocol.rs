@@ -8,7 +8,9 @@
 
 use std::collections::BTreeMap;
 
-use kdiag_api::{ProbeStatusSpec, ProbeStatusStates};
+use kdiag_api::{
+    Abnormal, AbnormalCounts, DiagnosisSummary, OnceProbeResult, ProbeStatusSpec, ProbeStatusStates,
+};
 use serde::{Deserialize, Serialize};
 
 /// The path the hub serves the link on.
@@ -34,12 +36,26 @@ pub enum MemberMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         object: Option<ProbeResult>,
     },
+    /// An Abnormal of the member changed (or, with `object` None, was deleted): its summary.
+    /// Queued, sequenced and acknowledged like a ProbeStatus.
+    #[serde(rename_all = "camelCase")]
+    Abnormal {
+        seq: u64,
+        namespace: String,
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        object: Option<DiagnosisSummary>,
+    },
     /// Every ProbeStatus the member has now, as `namespace/name`: the hub deletes the results
     /// it stores for the cluster that are not among them (deleted while the member's controller
     /// was not running, so no deletion was ever queued). Sent once per link, after the results
     /// queued before it.
     #[serde(rename_all = "camelCase")]
     Inventory { probe_statuses: Vec<String> },
+    /// Every Abnormal the member has now, as `namespace/name`: the hub drops the diagnoses it
+    /// shows that are not among them. Sent once per link, like [`MemberMessage::Inventory`].
+    #[serde(rename_all = "camelCase")]
+    AbnormalInventory { abnormals: Vec<String> },
     /// Every ProbeRun of the one-time run `id` ended (finished or could not run); `probes` are
     /// those it ran. Sent once per run (again after a member restart: the hub ignores a run it
     /// already recorded as finished).
@@ -49,6 +65,10 @@ pub enum MemberMessage {
         probes: Vec<String>,
         /// RFC 3339: when its last ProbeRun ended.
         finish_time: String,
+        /// What each of its ProbeRuns found. Sent again when it changes (a root cause kdiag
+        /// wrote back after the run ended).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        results: Vec<OnceProbeResult>,
     },
 }
 
@@ -86,6 +106,9 @@ pub struct Facts {
     pub node_count: i64,
     /// Results the member dropped so far because its queue was full.
     pub dropped_results: u64,
+    /// The member's Abnormals by outcome (absent from members that do not count them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abnormals: Option<AbnormalCounts>,
 }
 
 /// A ProbeStatus as it travels: its spec (checkers, with kdiag's diagnosis), its summary, and
@@ -131,6 +154,45 @@ impl ProbeResult {
     }
 }
 
+/// What of an Abnormal goes up: who and where, how far it got, and its root cause. Its finish
+/// time is the latest condition change once it is Succeeded or Failed.
+pub fn summary_of(a: &Abnormal) -> DiagnosisSummary {
+    let status = a.status.as_ref();
+    let phase = a.phase().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    let root = status.and_then(|s| s.root_cause.as_ref());
+    let finished = a.phase().is_some_and(|p| p.is_final());
+    let finish_time = status.filter(|_| finished).and_then(|s| {
+        s.conditions
+            .iter()
+            .filter_map(|c| c.last_transition_time.clone())
+            .max_by_key(|t| t.0)
+    });
+    DiagnosisSummary {
+        namespace: a.metadata.namespace.clone().unwrap_or_default(),
+        name: a.metadata.name.clone().unwrap_or_default(),
+        node: a.spec.node_name.clone(),
+        phase,
+        reason: status.map(|s| s.reason.clone()).unwrap_or_default(),
+        root_cause: root.map(|r| r.summary.clone()).unwrap_or_default(),
+        root_cause_reason: root.map(|r| r.reason.clone()).unwrap_or_default(),
+        create_time: a.metadata.creation_timestamp.clone(),
+        finish_time,
+    }
+}
+
+/// Abnormals counted by outcome, from their phases.
+pub fn count_abnormals<'a>(phases: impl IntoIterator<Item = &'a str>) -> AbnormalCounts {
+    let mut c = AbnormalCounts::default();
+    for phase in phases {
+        match phase {
+            "Succeeded" => c.succeeded += 1,
+            "Failed" => c.failed += 1,
+            _ => c.open += 1,
+        }
+    }
+    c
+}
+
 /// The annotations kdiag keeps root causes in (`kdiag_api::labels`).
 pub fn is_diagnosis_annotation(key: &str) -> bool {
     key == kdiag_api::labels::DIAGNOSES_ANNOTATION
@@ -150,6 +212,7 @@ mod tests {
             kubernetes_version: "v1.20.2".into(),
             node_count: 3,
             dropped_results: 0,
+            abnormals: None,
         });
         assert_eq!(
             serde_json::to_value(&hb).unwrap(),

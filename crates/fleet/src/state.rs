@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
-use kdiag_api::ClusterStatus;
+use kdiag_api::{ClusterStatus, DiagnosisSummary};
 use serde_json::{Value, json};
 
 use crate::protocol::{Facts, ProbeResult};
@@ -110,12 +110,100 @@ pub fn connected(
         "kdiagVersion": facts.kdiag_version,
         "droppedResults": facts.dropped_results,
     }});
+    if let Some(abnormals) = &facts.abnormals {
+        patch["status"]["abnormals"] = json!(abnormals);
+    }
     // An offline reason is removed (null deletes a key in a merge patch); a null or an empty
     // string for a key the object lacks fails validation on the 1.20 apiserver.
     if previous.is_some_and(|p| !p.message.is_empty()) {
         patch["status"]["message"] = Value::Null;
     }
     patch
+}
+
+/// The Cluster's status after a heartbeat, or None when writing it would change nothing but the
+/// heartbeat time and that was written less than `refresh` ago. So a quiet fleet costs one
+/// write per cluster per `refresh`, not one per heartbeat; `refresh` must stay well below the
+/// offline timeout, which reads the written time.
+pub fn heartbeat_status(
+    previous: Option<&ClusterStatus>,
+    facts: &Facts,
+    checkers: (u64, u64),
+    now: Timestamp,
+    refresh: Duration,
+) -> Option<Value> {
+    let patch = connected(previous, facts, checkers, now);
+    let Some(p) = previous else {
+        return Some(patch);
+    };
+    let next = status_of(&patch);
+    let same = p.state == next.state
+        && p.message.is_empty()
+        && p.node_count == next.node_count
+        && p.checkers == next.checkers
+        && p.kdiag_version == next.kdiag_version
+        && p.dropped_results == next.dropped_results
+        && (facts.abnormals.is_none() || p.abnormals == next.abnormals);
+    let fresh = p
+        .last_heartbeat_time
+        .as_ref()
+        .is_some_and(|t| now.duration_since(t.0).as_secs_f64() < refresh.as_secs_f64());
+    (!same || !fresh).then_some(patch)
+}
+
+/// The latest diagnoses a Cluster's status shows.
+pub const DIAGNOSES_KEPT: usize = 5;
+
+/// `status.diagnoses` after the member's Abnormal `namespace/name` changed to `summary` (None:
+/// deleted), or None when the list stays as it is. Open Abnormals come first, newest first, then
+/// the most recently finished; only [`DIAGNOSES_KEPT`] are kept.
+pub fn diagnoses_with(
+    list: &[DiagnosisSummary],
+    namespace: &str,
+    name: &str,
+    summary: Option<&DiagnosisSummary>,
+) -> Option<Vec<DiagnosisSummary>> {
+    let mut out: Vec<DiagnosisSummary> = list
+        .iter()
+        .filter(|d| !(d.namespace == namespace && d.name == name))
+        .cloned()
+        .collect();
+    out.extend(summary.cloned());
+    out.sort_by(|a, b| {
+        let time =
+            |d: &DiagnosisSummary| d.finish_time.clone().or(d.create_time.clone()).map(|t| t.0);
+        b.is_open()
+            .cmp(&a.is_open())
+            .then_with(|| time(b).cmp(&time(a)))
+            .then_with(|| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)))
+    });
+    out.truncate(DIAGNOSES_KEPT);
+    (out != list).then_some(out)
+}
+
+/// `status.diagnoses` without the Abnormals the member no longer has (`namespace/name` in
+/// `present`), or None when all are there.
+pub fn diagnoses_present(
+    list: &[DiagnosisSummary],
+    present: &std::collections::BTreeSet<String>,
+) -> Option<Vec<DiagnosisSummary>> {
+    let out: Vec<DiagnosisSummary> = list
+        .iter()
+        .filter(|d| present.contains(&format!("{}/{}", d.namespace, d.name)))
+        .cloned()
+        .collect();
+    (out.len() != list.len()).then_some(out)
+}
+
+/// A merge patch writing `status.diagnoses` (an empty list deletes the key: see
+/// [`attached_probes`]).
+pub fn diagnoses_patch(list: &[DiagnosisSummary]) -> Value {
+    let value = if list.is_empty() {
+        Value::Null
+    } else {
+        json!(list)
+    };
+    json!({"status": {"diagnoses": value}})
 }
 
 /// The status a merge patch from [`connected`] or [`offline`] leaves (without its deletions).
@@ -251,6 +339,7 @@ pub fn once_list_with(
         create_time: request.create_time.clone(),
         finish_time: String::new(),
         probes: request.probes.clone(),
+        results: Vec::new(),
     });
     let skip = out.len().saturating_sub(ONCE_HISTORY);
     Some(out.split_off(skip))
@@ -273,24 +362,59 @@ pub fn stale_results<'a>(
 }
 
 /// `status.onceProbeList` with the run `id` marked finished at `finish_time` (and, when it was
-/// asked for every assigned Probe, the Probes it ran), or None when the run is not in the list
-/// or already finished.
+/// asked for every assigned Probe, the Probes it ran) and its `results`, or None when the run is
+/// not in the list or already says so. A finished run keeps its `finishTime`; its results are
+/// replaced when they changed (a root cause kdiag wrote back after the run ended).
 pub fn once_list_finished(
     list: &[kdiag_api::OnceProbeItem],
     id: &str,
     finish_time: &str,
     probes: &[String],
+    results: &[kdiag_api::OnceProbeResult],
 ) -> Option<Vec<kdiag_api::OnceProbeItem>> {
     let i = list.iter().position(|i| i.id == id)?;
-    if !list[i].finish_time.is_empty() {
-        return None;
-    }
     let mut out = list.to_vec();
-    out[i].finish_time = finish_time.to_owned();
-    if out[i].probes.is_empty() {
-        out[i].probes = probes.to_vec();
+    let item = &mut out[i];
+    if item.finish_time.is_empty() {
+        item.finish_time = finish_time.to_owned();
     }
-    Some(out)
+    if item.probes.is_empty() {
+        item.probes = probes.to_vec();
+    }
+    if !results.is_empty() {
+        item.results = results.to_vec();
+    }
+    (out[i] != list[i]).then_some(out)
+}
+
+/// What each ProbeRun of a one-time run found, by Probe name: its phase, message and checkers
+/// (with the diagnoses kdiag wrote into the run).
+pub fn once_results(runs: &[kdiag_api::ProbeRun]) -> Vec<kdiag_api::OnceProbeResult> {
+    let mut out: Vec<kdiag_api::OnceProbeResult> = runs
+        .iter()
+        .map(|r| {
+            let status = r.status.clone().unwrap_or_default();
+            kdiag_api::OnceProbeResult {
+                probe: r.spec.probe.clone(),
+                phase: status.phase.as_str().to_owned(),
+                message: status.message,
+                checkers: status
+                    .checkers
+                    .into_iter()
+                    .map(|c| kdiag_api::ProbeCheckerStatus {
+                        name: c.name,
+                        status: c.status,
+                        message: c.message,
+                        last_run: c.last_run,
+                        diagnosis: c.diagnosis,
+                        window: None,
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.probe.cmp(&b.probe));
+    out
 }
 
 /// Whether every ProbeRun of a one-time run ended, and when the last did (RFC 3339): None while
@@ -329,6 +453,11 @@ mod tests {
             kubernetes_version: "v1.20.2".into(),
             node_count: 3,
             dropped_results: 0,
+            abnormals: Some(kdiag_api::AbnormalCounts {
+                open: 1,
+                failed: 0,
+                succeeded: 2,
+            }),
         }
     }
 
@@ -494,19 +623,43 @@ mod tests {
             create_time: "2026-12-04T10:00:00Z".into(),
             finish_time: String::new(),
             probes: probes.iter().map(|p| p.to_string()).collect(),
+            results: Vec::new(),
         };
         let list = [item("a", &["dns"]), item("b", &[])];
         let ran = ["dns".to_string(), "k8s".to_string()];
-        let done = once_list_finished(&list, "b", "2026-12-04T10:01:00Z", &ran).unwrap();
+        let done = once_list_finished(&list, "b", "2026-12-04T10:01:00Z", &ran, &[]).unwrap();
         assert_eq!(done[1].finish_time, "2026-12-04T10:01:00Z");
         assert_eq!(done[1].probes, ran, "asked for all: the Probes it ran");
-        let done = once_list_finished(&done, "a", "2026-12-04T10:02:00Z", &ran).unwrap();
+        let done = once_list_finished(&done, "a", "2026-12-04T10:02:00Z", &ran, &[]).unwrap();
         assert_eq!(done[0].probes, ["dns"], "asked for some: kept as asked");
         assert_eq!(
-            once_list_finished(&done, "a", "2026-12-04T10:03:00Z", &ran),
+            once_list_finished(&done, "a", "2026-12-04T10:03:00Z", &ran, &[]),
             None
         );
-        assert_eq!(once_list_finished(&done, "gone", "x", &ran), None);
+        assert_eq!(once_list_finished(&done, "gone", "x", &ran, &[]), None);
+        // The run's results, and a root cause that came after it ended, replace what it said;
+        // its finishTime stays.
+        let result = |root_cause: &str| kdiag_api::OnceProbeResult {
+            probe: "dns".into(),
+            phase: "Finished".into(),
+            checkers: vec![kdiag_api::ProbeCheckerStatus {
+                name: "resolves".into(),
+                status: kdiag_api::CheckerStatus::Error,
+                diagnosis: Some(kdiag_api::CheckerDiagnosis {
+                    root_cause: root_cause.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let with =
+            once_list_finished(&done, "a", "2026-12-04T10:03:00Z", &ran, &[result("")]).unwrap();
+        assert_eq!(with[0].finish_time, "2026-12-04T10:02:00Z");
+        let later = [result("coredns is down")];
+        let with = once_list_finished(&with, "a", "x", &ran, &later).unwrap();
+        assert_eq!(with[0].results, later);
+        assert_eq!(once_list_finished(&with, "a", "x", &ran, &later), None);
     }
 
     #[test]
@@ -543,5 +696,123 @@ mod tests {
             stale_results(stored, &Default::default()),
             ["c.kubeprober.dns", "c.kubeprober.gone", "c.team.k8s"]
         );
+    }
+
+    fn diagnosis(
+        name: &str,
+        phase: &str,
+        created: &str,
+        finished: Option<&str>,
+    ) -> DiagnosisSummary {
+        DiagnosisSummary {
+            namespace: "ns".into(),
+            name: name.into(),
+            phase: phase.into(),
+            root_cause: format!("cause of {name}"),
+            create_time: Some(Time(t(created))),
+            finish_time: finished.map(|f| Time(t(f))),
+            ..Default::default()
+        }
+    }
+
+    fn names(list: &[DiagnosisSummary]) -> Vec<&str> {
+        list.iter().map(|d| d.name.as_str()).collect()
+    }
+
+    #[test]
+    fn the_cluster_shows_open_diagnoses_first_then_the_latest_finished_and_only_a_few() {
+        let mut list = Vec::new();
+        for (i, phase) in [
+            "Succeeded",
+            "Failed",
+            "Succeeded",
+            "Succeeded",
+            "Succeeded",
+            "Succeeded",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let at = format!("2026-12-04T10:0{i}:00Z");
+            let d = diagnosis(&format!("done-{i}"), phase, &at, Some(&at));
+            list = diagnoses_with(&list, "ns", &d.name, Some(&d)).unwrap_or(list);
+        }
+        assert_eq!(
+            names(&list),
+            ["done-5", "done-4", "done-3", "done-2", "done-1"]
+        );
+        // An old, finished one ranks below all kept: nothing to write.
+        let old = diagnosis(
+            "old",
+            "Succeeded",
+            "2026-12-04T09:00:00Z",
+            Some("2026-12-04T09:00:00Z"),
+        );
+        assert_eq!(diagnoses_with(&list, "ns", "old", Some(&old)), None);
+        // An open one comes first, even when older.
+        let open = diagnosis("open", "Diagnosing", "2026-12-04T09:30:00Z", None);
+        let list = diagnoses_with(&list, "ns", "open", Some(&open)).unwrap();
+        assert_eq!(
+            names(&list),
+            ["open", "done-5", "done-4", "done-3", "done-2"]
+        );
+        // It finishes: it moves to its place among the finished, with its root cause.
+        let done = diagnosis(
+            "open",
+            "Succeeded",
+            "2026-12-04T09:30:00Z",
+            Some("2026-12-04T10:09:00Z"),
+        );
+        let list = diagnoses_with(&list, "ns", "open", Some(&done)).unwrap();
+        assert_eq!(list[0].phase, "Succeeded");
+        assert_eq!(list[0].root_cause, "cause of open");
+        // Deleted in the member: gone; the same state again: nothing to write.
+        let list = diagnoses_with(&list, "ns", "open", None).unwrap();
+        assert_eq!(names(&list), ["done-5", "done-4", "done-3", "done-2"]);
+        assert_eq!(diagnoses_with(&list, "ns", "open", None), None);
+        let present = ["ns/done-5".to_string(), "ns/done-2".to_string()].into();
+        assert_eq!(
+            names(&diagnoses_present(&list, &present).unwrap()),
+            ["done-5", "done-2"]
+        );
+        assert!(diagnoses_patch(&[])["status"]["diagnoses"].is_null());
+    }
+
+    #[test]
+    fn a_heartbeat_that_changes_nothing_is_written_only_once_the_refresh_interval_passed() {
+        let refresh = Duration::from_secs(30);
+        let first = t("2026-12-04T10:00:00Z");
+        let written = status(&heartbeat_status(None, &facts(), (4, 1), first, refresh).unwrap());
+        assert_eq!(written.abnormals.unwrap().succeeded, 2);
+        let soon = t("2026-12-04T10:00:10Z");
+        assert_eq!(
+            heartbeat_status(Some(&written), &facts(), (4, 1), soon, refresh),
+            None
+        );
+        // A change is written at once: checkers, node count, Abnormals.
+        assert!(heartbeat_status(Some(&written), &facts(), (4, 2), soon, refresh).is_some());
+        let more_nodes = Facts {
+            node_count: 4,
+            ..facts()
+        };
+        assert!(heartbeat_status(Some(&written), &more_nodes, (4, 1), soon, refresh).is_some());
+        let more_abnormals = Facts {
+            abnormals: Some(kdiag_api::AbnormalCounts {
+                open: 2,
+                ..Default::default()
+            }),
+            ..facts()
+        };
+        assert!(heartbeat_status(Some(&written), &more_abnormals, (4, 1), soon, refresh).is_some());
+        // Nothing changed, but the written heartbeat is getting old.
+        let later = t("2026-12-04T10:00:31Z");
+        assert!(heartbeat_status(Some(&written), &facts(), (4, 1), later, refresh).is_some());
+        // An offline cluster that heartbeats again is written at once.
+        let off = ClusterStatus {
+            state: OFFLINE.into(),
+            message: "gone".into(),
+            ..written
+        };
+        assert!(heartbeat_status(Some(&off), &facts(), (4, 1), soon, refresh).is_some());
     }
 }

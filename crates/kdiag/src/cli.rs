@@ -65,6 +65,11 @@ pub struct HubArgs {
     /// A connected cluster without a heartbeat for this long is marked Offline.
     #[arg(long, default_value = "90s", value_parser = parse_duration)]
     pub offline_after: Duration,
+    /// A Cluster's status is written when something in it changed; a heartbeat that changed
+    /// nothing refreshes its heartbeat time at most this often (never less often than a third
+    /// of --offline-after).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub heartbeat_write_interval: Duration,
     /// Also accept KubeProber's single SECRET_KEY (from the environment variable SECRET_KEY)
     /// from any cluster, for migrating KubeProber agents. Anyone holding it can then report as
     /// any cluster; by default each cluster needs its own credential.

@@ -129,15 +129,27 @@ struct TestHub {
 impl TestHub {
     /// A hub on `port` (0: any) running as kdiag-hub's ServiceAccount.
     async fn start(port: u16, shared_secret_key: Option<&str>) -> TestHub {
+        let pki = Pki::get();
+        Self::start_serving(
+            port,
+            shared_secret_key,
+            pki.path("tls.crt"),
+            pki.path("tls.key"),
+        )
+        .await
+    }
+
+    /// … serving the certificate and key in these files.
+    async fn start_serving(
+        port: u16,
+        shared_secret_key: Option<&str>,
+        cert: PathBuf,
+        key: PathBuf,
+    ) -> TestHub {
         let cp = hub_cp().await;
         let token = cp.service_account_token(FLEET_NAMESPACE, "kdiag-hub").await;
         let client = cp.client_with_token(&token).await;
-        let pki = Pki::get();
-        let mut config = HubConfig::new(
-            ([127, 0, 0, 1], port).into(),
-            pki.path("tls.crt"),
-            pki.path("tls.key"),
-        );
+        let mut config = HubConfig::new(([127, 0, 0, 1], port).into(), cert, key);
         config.namespace = FLEET_NAMESPACE.into();
         config.offline_after = OFFLINE_AFTER;
         config.shared_secret_key = shared_secret_key.map(str::to_owned);
@@ -732,7 +744,7 @@ async fn labelling_a_cluster_probe_slash_name_assigns_that_probe_it_runs_once_on
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn probe_once_wait_returns_when_the_member_reports_the_run_finished_and_history_shows_its_root_causes()
+async fn probe_once_wait_returns_when_the_member_reports_the_run_finished_and_history_shows_that_runs_own_results_and_root_causes()
  {
     let hub = TestHub::start(0, None).await;
     let files = tempfile::tempdir().unwrap();
@@ -817,8 +829,15 @@ async fn probe_once_wait_returns_when_the_member_reports_the_run_finished_and_hi
         "--wait returned before the run ended"
     );
     let finished_at = jiff::Timestamp::now().round(jiff::Unit::Second).unwrap();
+    // The run's own checker, still being diagnosed when it ends; the Probe's latest result at
+    // the hub (coredns-pods, written above) is another one.
+    let checker = |diagnosis: serde_json::Value| {
+        json!([{"name": "resolves", "status": "ERROR", "message": "no answer from 10.96.0.10",
+                "lastRun": finished_at.to_string(), "diagnosis": diagnosis}])
+    };
     let status = json!({"status": {"phase": "Finished", "result": "ERROR",
-                                   "finishedAt": finished_at.to_string()}});
+                                   "finishedAt": finished_at.to_string(),
+                                   "checkers": checker(json!({"abnormal": format!("{member_ns}/resolves-x"), "phase": "Diagnosing"}))}});
     runs.patch_status(
         run.metadata.name.as_deref().unwrap(),
         &PatchParams::default(),
@@ -841,8 +860,12 @@ async fn probe_once_wait_returns_when_the_member_reports_the_run_finished_and_hi
         "{stdout}"
     );
     assert!(
-        stdout.contains("coredns cannot reach the upstream resolver"),
-        "{stdout}"
+        stdout.contains("resolves") && stdout.contains("no answer from 10.96.0.10"),
+        "this run's own result: {stdout}"
+    );
+    assert!(
+        !stdout.contains("coredns-pods"),
+        "not the Probe's latest result: {stdout}"
     );
     // KubeProber's finishTime, and the Probes it ran (all assigned: the one).
     let c = wait_cluster(&cluster, |c| {
@@ -861,12 +884,36 @@ async fn probe_once_wait_returns_when_the_member_reports_the_run_finished_and_hi
     assert_eq!(item.finish_time, finished_at.to_string());
     assert_eq!(item.probes, std::slice::from_ref(&probe_name));
 
-    let (ok, out, err) = kdiag_diag(cp, &["probe", "history", "-c", &cluster, "-i", &id]);
-    assert!(ok, "{out}{err}");
-    assert!(
-        out.contains("coredns-pods") && out.contains("upstream resolver"),
-        "{out}"
-    );
+    // kdiag writes the root cause into the run after it ended: it comes up and replaces what
+    // the run said, and the Probe's later results do not.
+    let status = json!({"status": {"checkers": checker(json!({
+        "abnormal": format!("{member_ns}/resolves-x"), "phase": "Succeeded",
+        "rootCause": "kube-dns has no ready endpoints"}))}});
+    runs.patch_status(
+        run.metadata.name.as_deref().unwrap(),
+        &PatchParams::default(),
+        &Patch::Merge(&status),
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (ok, out, err) = kdiag_diag(cp, &["probe", "history", "-c", &cluster, "-i", &id]);
+        assert!(ok, "{out}{err}");
+        if out.contains("kube-dns has no ready endpoints") {
+            assert!(
+                out.contains("resolves") && !out.contains("coredns-pods"),
+                "{out}"
+            );
+            assert!(!out.contains("upstream resolver"), "{out}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run's root cause never reached the hub: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let (ok, out, err) = kdiag_diag(cp, &["probe", "history", "-c", &cluster, "-l"]);
     assert!(ok && out.contains(&finished_at.to_string()), "{out}{err}");
     let (ok, _, err) = kdiag_diag(
@@ -919,4 +966,194 @@ async fn a_result_deleted_while_the_member_was_not_running_is_removed_at_the_hub
     assert!(stored_exists(&cluster, &ns, "kept").await);
     link.cancel();
     hub.stop().await;
+}
+
+/// An Abnormal in the member, with the status its agent would write (no agent runs here).
+async fn write_abnormal(namespace: &str, name: &str, status: serde_json::Value) {
+    let client = member_cp().await.client().await;
+    let api: Api<kdiag_api::Abnormal> = Api::namespaced(client, namespace);
+    let a: kdiag_api::Abnormal = serde_json::from_value(json!({
+        "apiVersion": "diagnosis.netease.com/v1", "kind": "Abnormal",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"source": "Custom", "nodeName": "fleet-node-a"}
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &a).await.unwrap();
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"status": status})),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_abnormal_of_a_member_flows_up_and_its_cluster_shows_open_diagnoses_and_root_causes() {
+    let hub = TestHub::start(0, None).await;
+    let files = tempfile::tempdir().unwrap();
+    let cluster = unique("diag");
+    let token_file = add_credential(hub_cp().await, &cluster, files.path());
+    let ns = member_cp().await.create_namespace("fleet-abnormals").await;
+    let now = jiff::Timestamp::now().round(jiff::Unit::Second).unwrap();
+    let at = now.to_string();
+    write_abnormal(
+        &ns,
+        "oom-web",
+        json!({"phase": "Succeeded", "identifiable": true,
+               "conditions": [{"type": "Identified", "status": "True", "lastTransitionTime": at}],
+               "rootCause": {"summary": "web-0 is OOM-killed at its 256Mi limit", "reason": "OOMKilled"}}),
+    )
+    .await;
+    write_abnormal(
+        &ns,
+        "no-cause",
+        json!({"phase": "Failed", "reason": "NoCauseFound",
+               "conditions": [{"type": "Identified", "status": "False", "lastTransitionTime": at}]}),
+    )
+    .await;
+    let link = start_link(member_config(&hub, &cluster, token_file, "ca.crt")).await;
+    let diagnosis = |c: &Cluster, name: &str| {
+        c.status.as_ref().and_then(|s| {
+            s.diagnoses
+                .iter()
+                .find(|d| d.name == name && d.namespace == ns)
+                .cloned()
+        })
+    };
+    // The counts come with each heartbeat; the summaries through the acknowledged queue.
+    let c = wait_cluster(&cluster, |c| {
+        c.status
+            .as_ref()
+            .and_then(|s| s.abnormals)
+            .is_some_and(|a| a.failed >= 1 && a.succeeded >= 1)
+            && diagnosis(c, "oom-web").is_some()
+            && diagnosis(c, "no-cause").is_some()
+    })
+    .await;
+    let found = diagnosis(&c, "oom-web").unwrap();
+    assert_eq!(found.phase, "Succeeded");
+    assert_eq!(found.root_cause, "web-0 is OOM-killed at its 256Mi limit");
+    assert_eq!(found.root_cause_reason, "OOMKilled");
+    assert_eq!(found.node, "fleet-node-a");
+    assert_eq!(found.finish_time.map(|t| t.0), Some(now));
+    assert_eq!(diagnosis(&c, "no-cause").unwrap().reason, "NoCauseFound");
+
+    // One that opens while the link is up comes first.
+    write_abnormal(&ns, "disk-db", json!({"phase": "Diagnosing"})).await;
+    let c = wait_cluster(&cluster, |c| {
+        c.status
+            .as_ref()
+            .and_then(|s| s.abnormals)
+            .is_some_and(|a| a.open >= 1)
+            && diagnosis(c, "disk-db").is_some()
+    })
+    .await;
+    let s = c.status.unwrap();
+    assert!(s.diagnoses[0].is_open(), "{:?}", s.diagnoses);
+    let (ok, out, err) = kdiag_diag(hub_cp().await, &["clusters"]);
+    assert!(ok, "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(&cluster))
+        .unwrap_or_else(|| panic!("{cluster} not listed: {out}"));
+    assert!(line.contains("open") && line.contains("failed"), "{out}");
+    let (ok, out, err) = kdiag_diag(hub_cp().await, &["clusters", "show", &cluster]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("{ns}/disk-db")) && out.contains("Diagnosing"),
+        "{out}"
+    );
+    assert!(
+        out.contains("web-0 is OOM-killed at its 256Mi limit"),
+        "{out}"
+    );
+
+    // Deleted in the member while its link is down: gone from the Cluster at the next link.
+    link.cancel();
+    wait_cluster(&cluster, |c| {
+        c.status.as_ref().is_some_and(|s| s.state == "Offline")
+    })
+    .await;
+    let abnormals: Api<kdiag_api::Abnormal> =
+        Api::namespaced(member_cp().await.client().await, &ns);
+    abnormals
+        .delete("disk-db", &DeleteParams::default())
+        .await
+        .unwrap();
+    let token_file = files.path().join(format!("{cluster}.token"));
+    let link = start_link(member_config(&hub, &cluster, token_file, "ca.crt")).await;
+    wait_cluster(&cluster, |c| {
+        c.status.as_ref().is_some_and(|s| s.state == "Connected")
+            && diagnosis(c, "disk-db").is_none()
+    })
+    .await;
+    // And deleted while it is up: gone at once.
+    abnormals
+        .delete("oom-web", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_cluster(&cluster, |c| diagnosis(c, "oom-web").is_none()).await;
+    link.cancel();
+    hub.stop().await;
+}
+
+/// A CA of its own (PEM) and a certificate for 127.0.0.1 it signed, with its key.
+fn ca_and_leaf() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".into()])
+        .unwrap()
+        .signed_by(&leaf_key, &Issuer::new(ca, ca_key))
+        .unwrap();
+    (ca_cert.pem(), leaf.pem(), leaf_key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_hub_certificate_is_served_from_the_next_link_on_without_a_restart() {
+    let files = tempfile::tempdir().unwrap();
+    let dir = files.path();
+    let (old_ca, old_cert, old_key) = ca_and_leaf();
+    let (new_ca, new_cert, new_key) = ca_and_leaf();
+    std::fs::write(dir.join("old-ca.crt"), old_ca).unwrap();
+    std::fs::write(dir.join("new-ca.crt"), new_ca).unwrap();
+    std::fs::write(dir.join("tls.crt"), old_cert).unwrap();
+    std::fs::write(dir.join("tls.key"), old_key).unwrap();
+    let hub = TestHub::start_serving(0, None, dir.join("tls.crt"), dir.join("tls.key")).await;
+    let cluster = unique("renewed");
+    let token_file = add_credential(hub_cp().await, &cluster, dir);
+    let config =
+        |ca: &str| MemberConfig::new(hub.url(), &cluster, token_file.clone(), dir.join(ca));
+    kdiag_fleet::member::connect_once(&config("old-ca.crt"))
+        .await
+        .unwrap();
+    match kdiag_fleet::member::connect_once(&config("new-ca.crt")).await {
+        Err(kdiag_fleet::Error::HubCertificate { .. }) => {}
+        other => panic!("the renewed CA before the renewal got {other:?}"),
+    }
+
+    // Renewed as the kubelet updates a mounted Secret: the new files swapped in at once.
+    std::fs::write(dir.join("tls.key.new"), new_key).unwrap();
+    std::fs::write(dir.join("tls.crt.new"), new_cert).unwrap();
+    std::fs::rename(dir.join("tls.key.new"), dir.join("tls.key")).unwrap();
+    std::fs::rename(dir.join("tls.crt.new"), dir.join("tls.crt")).unwrap();
+    kdiag_fleet::member::connect_once(&config("new-ca.crt"))
+        .await
+        .unwrap();
+    match kdiag_fleet::member::connect_once(&config("old-ca.crt")).await {
+        Err(kdiag_fleet::Error::HubCertificate { .. }) => {}
+        other => panic!("the old CA after the renewal got {other:?}"),
+    }
+    // A half-written renewal (a certificate without its key) keeps the one that works.
+    std::fs::write(dir.join("tls.key"), "not a key").unwrap();
+    kdiag_fleet::member::connect_once(&config("new-ca.crt"))
+        .await
+        .unwrap();
+    hub.stop().await;
+    let clusters: Api<Cluster> = Api::namespaced(hub_admin().await, FLEET_NAMESPACE);
+    let _ = clusters.delete(&cluster, &DeleteParams::default()).await;
 }

@@ -19,6 +19,7 @@ pub async fn run(args: HubArgs) -> Result<ExitCode, CommandError> {
     );
     config.namespace = args.namespace;
     config.offline_after = args.offline_after;
+    config.heartbeat_write_interval = args.heartbeat_write_interval;
     if args.accept_shared_secret_key {
         let key = std::env::var("SECRET_KEY").unwrap_or_default();
         if key.trim().is_empty() {
