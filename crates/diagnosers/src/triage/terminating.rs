@@ -202,6 +202,7 @@ mod tests {
             processes: None,
             node_info: None,
             terminating: Some((pod, verdict, String::new())),
+            runtime: None,
             pod_names: BTreeMap::new(),
             now: at(now),
         }
