@@ -12,8 +12,8 @@ use super::node::WEIGHT_RUNTIME;
 
 /// (reason, what is wrong in words) of a broken runtime; None when it answers. A socket that
 /// does not exist is a runtime down only when something else says so too (`corroborated`: the
-/// node not Ready, the pod's sandbox failing): otherwise it is more likely an agent pointed at
-/// the wrong path (`--cri-socket`) than a runtime that removed its socket.
+/// kubelet reporting its node not Ready, the pod's sandbox failing): otherwise it is more likely
+/// an agent pointed at the wrong path (`--cri-socket`) than a runtime that removed its socket.
 fn fault(p: &RuntimeProbe, corroborated: bool) -> Option<(&'static str, String)> {
     let process = match &p.process {
         Some(d) => format!(" ({} pid {} is {})", d.name, d.pid, d.state_words()),
@@ -94,7 +94,7 @@ fn evidence(node: &NodeDetail, p: &RuntimeProbe, key: &str) -> Evidence {
 
 /// The node's runtime, when it does not answer.
 pub fn node_finding(node: &NodeDetail, p: &RuntimeProbe, key: &str) -> Option<Finding> {
-    let (reason, what) = fault(p, !node_ready(node))?;
+    let (reason, what) = fault(p, kubelet_reports_not_ready(node))?;
     Some(
         Finding::new(
             reason,
@@ -110,10 +110,13 @@ pub fn node_finding(node: &NodeDetail, p: &RuntimeProbe, key: &str) -> Option<Fi
     )
 }
 
-fn node_ready(node: &NodeDetail) -> bool {
+/// Ready False: a kubelet is alive and says the node is not ready (a dead runtime is one of its
+/// reasons). Unknown or no condition at all means no kubelet reports: that is the kubelet's
+/// fault or a node that never ran one, and says nothing about the runtime.
+fn kubelet_reports_not_ready(node: &NodeDetail) -> bool {
     node.conditions
         .iter()
-        .any(|c| c.type_ == "Ready" && c.status == "True")
+        .any(|c| c.type_ == "Ready" && c.status == "False")
 }
 
 /// Whether the pod waits for the runtime: on a node, not deleted, and some container not yet
@@ -153,7 +156,7 @@ pub fn check(f: &Facts) -> Vec<Finding> {
         return Vec::new();
     }
     let sandbox_failing = f.events_with("FailedCreatePodSandBox").next().is_some();
-    let Some((reason, what)) = fault(p, sandbox_failing || !node_ready(node)) else {
+    let Some((reason, what)) = fault(p, sandbox_failing || kubelet_reports_not_ready(node)) else {
         return Vec::new();
     };
     let object = f.object();
@@ -242,8 +245,17 @@ mod tests {
             node_finding(&ready, &missing, "k").is_none(),
             "no socket on a Ready node is the agent's configuration, not the runtime"
         );
+        assert!(
+            node_finding(&node(), &missing, "k").is_none(),
+            "no socket on a node no kubelet reports for (no Ready condition) blames nothing"
+        );
+        let mut not_ready = node();
+        not_ready.conditions = serde_json::from_value(serde_json::json!([
+            {"type": "Ready", "status": "False", "message": "container runtime is down"}
+        ]))
+        .unwrap();
         assert_eq!(
-            node_finding(&node(), &missing, "k").map(|f| f.reason),
+            node_finding(&not_ready, &missing, "k").map(|f| f.reason),
             Some("ContainerRuntimeDown")
         );
     }
