@@ -21,12 +21,11 @@ use kdiag_fleet::member::MemberConfig;
 use kdiag_pipeline::Limits;
 use kdiag_runtime::builtin::Builtins;
 use kdiag_runtime::metrics::Metrics;
-use kdiag_testenv::{BUSYBOX_IMAGE, ControlPlane, cluster};
+use kdiag_testenv::{BUSYBOX_IMAGE, cluster};
 use kube::api::{Api, PostParams};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-const KDIAG: &str = env!("CARGO_BIN_EXE_kdiag");
 const FLEET_NAMESPACE: &str = "kdiag-fleet";
 /// Long enough for the checker pod to be OOM-killed, recorded and triaged on the node.
 const WAIT: Duration = Duration::from_secs(120);
@@ -46,22 +45,6 @@ fn pki(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
     std::fs::write(&paths.1, leaf_cert.pem()).unwrap();
     std::fs::write(&paths.2, leaf_key.serialize_pem()).unwrap();
     paths
-}
-
-/// `kdiag diag <args>` against the hub's control plane.
-fn kdiag_diag(cp: &ControlPlane, args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(KDIAG)
-        .arg("diag")
-        .arg("--kubeconfig")
-        .arg(cp.kubeconfig_path())
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// kdiag's controller (with `fleet` as its member link) and this node's agent, on a runtime of
@@ -198,8 +181,8 @@ async fn a_probe_assigned_from_the_hub_runs_its_checker_job_on_the_real_member_n
     let probe_ns = member.create_namespace("fleet-probes").await;
 
     let cluster_name = "single-node";
-    let (ok, out, err) = kdiag_diag(hub_cp, &["clusters", "add", cluster_name]);
-    assert!(ok, "clusters add: {out}{err}");
+    let (code, out, err) = kubectl_diag(hub_cp, &["clusters", "add", cluster_name]).await;
+    assert_eq!(code, 0, "clusters add: {out}{err}");
     let token = out
         .split_whitespace()
         .find(|w| w.len() == 64 && w.bytes().all(|b| b.is_ascii_hexdigit()))
@@ -264,8 +247,9 @@ async fn a_probe_assigned_from_the_hub_runs_its_checker_job_on_the_real_member_n
     // From the hub only: the checker's result, and then the node's root cause next to it.
     let deadline = Instant::now() + WAIT;
     let out = loop {
-        let (ok, out, err) = kdiag_diag(hub_cp, &["probes", "-c", cluster_name, "-o", "wide"]);
-        assert!(ok, "{err}");
+        let (code, out, err) =
+            kubectl_diag(hub_cp, &["probes", "-c", cluster_name, "-o", "wide"]).await;
+        assert_eq!(code, 0, "{err}");
         // The pod triage's root cause names the limit; the runner's message does not.
         if out.contains("was OOM-killed") && out.contains("32Mi") && out.contains("Succeeded") {
             break out;
@@ -291,8 +275,8 @@ async fn a_probe_assigned_from_the_hub_runs_its_checker_job_on_the_real_member_n
     // The Abnormal behind it is among the Cluster's diagnoses, with the same root cause.
     let deadline = Instant::now() + WAIT;
     loop {
-        let (ok, out, err) = kdiag_diag(hub_cp, &["clusters", "show", cluster_name]);
-        assert!(ok, "{err}");
+        let (code, out, err) = kubectl_diag(hub_cp, &["clusters", "show", cluster_name]).await;
+        assert_eq!(code, 0, "{err}");
         if out.contains(&format!("{probe_ns}/probe-memory-hungry")) && out.contains("OOM-killed") {
             break;
         }
