@@ -296,6 +296,18 @@ async fn start_web_server(c: &Cluster, client: &kube::Client) -> String {
         .spec
         .and_then(|s| s.cluster_ip)
         .expect("web's ClusterIP");
+    // The pod is ready before kube-proxy routes its Service: wait until the ClusterIP answers, so
+    // the probe's first results are the path's, not the Service's setup.
+    wait_for(c, "the web Service answers at its ClusterIP", TIMEOUT, || {
+        let ip = ip.clone();
+        async move {
+            tokio::task::block_in_place(|| http_get(&ip, 80, "/cgi-bin/health"))
+                .ok()
+                .filter(|body| body.contains("request "))
+                .map(|_| ())
+        }
+    })
+    .await;
     format!("http://{ip}/cgi-bin/health")
 }
 
@@ -557,12 +569,15 @@ async fn a_flapping_path_stays_pass_and_a_real_break_is_one_abnormal_with_its_ro
 ) {
     let flapping = wait_for(
         c,
-        "the window of checker web shows the failures of the flapping path",
+        "the window of checker web shows at least 30 results with failures of the flapping path",
         TIMEOUT,
+        // At least 30 results: the first ones can fail while the Service is not yet routed (a
+        // window then showed 1 failure in 2), which is not the flapping this waits for.
         || async move {
-            checker(client, "web", "web")
-                .await
-                .filter(|c| c["window"]["successRate"].as_f64().is_some_and(|r| r < 1.0))
+            checker(client, "web", "web").await.filter(|c| {
+                c["window"]["successRate"].as_f64().is_some_and(|r| r < 1.0)
+                    && c["window"]["results"].as_u64().is_some_and(|n| n >= 30)
+            })
         },
     )
     .await;
