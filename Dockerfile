@@ -2,7 +2,9 @@
 # (ps, df, lsblk, ss, … from Debian's packages, with the libraries they load: see
 # hack/image-tools.txt; /usr/share/kdiag/image-packages.txt in the image lists each file's
 # package and version). No shell, no package manager. The same image runs the controller
-# (`kdiag controller`) and the node agent (`kdiag agent`); config/deploy sets the arguments.
+# (/kdiag-controller) and the node agent (/kdiag-agent): `kdiag controller` and `kdiag agent`
+# as binaries of their own, each linking only its role's code so that it maps less memory;
+# /kdiag has every command (the hub, the CLI). config/deploy sets the command and arguments.
 #
 # Two ways to build, both through hack/image-rootfs.sh:
 #   - from source, where a registry is reachable (the rust image and musl):
@@ -19,7 +21,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends musl-tools proc
     && rustup target add x86_64-unknown-linux-musl
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --target x86_64-unknown-linux-musl --bin kdiag \
+RUN cargo build --release --locked --target x86_64-unknown-linux-musl \
+      --bin kdiag --bin kdiag-controller --bin kdiag-agent \
     && hack/image-rootfs.sh /out/rootfs target/x86_64-unknown-linux-musl/release/kdiag
 
 FROM scratch AS build-prebuilt

@@ -36,7 +36,7 @@ test: setup
 ## bench: benchmarks on a real control plane, each figure next to a same-run baseline; prints a
 ## table and writes bench/results/latest.json (docs/performance.md). BENCH_ARGS="--help" for options.
 bench: setup
-	$(CARGO) build --release --bin kdiag --bin kdiag-bench --example bench_collectors
+	$(CARGO) build --release --bin kdiag --bin kdiag-controller --bin kdiag-agent --bin kdiag-bench --example bench_collectors
 	$(TARGET_DIR)/release/kdiag-bench --kdiag $(TARGET_DIR)/release/kdiag \
 		--collectors $(TARGET_DIR)/release/examples/bench_collectors $(BENCH_ARGS)
 	$(MAKE) bench-triage

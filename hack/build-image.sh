@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the kdiag container image without a Docker daemon or a registry (`make image`):
-#   1. the kdiag binary: the workspace's release build (`cargo build --release --bin kdiag`,
-#      the same one `make plugin` and `make bench` use: nothing is rebuilt when it is current),
-#      or the binary given with --binary;
+#   1. the kdiag binaries: the workspace's release build (`cargo build --release --bin kdiag
+#      --bin kdiag-controller --bin kdiag-agent`, the same one `make plugin` and `make bench`
+#      use: nothing is rebuilt when it is current), or the binary given with --binary and the
+#      role binaries next to it;
 #   2. its root filesystem (hack/image-rootfs.sh): /kdiag, and every program the default node
 #      policy allows (hack/image-tools.txt) from this machine's Debian packages, with the shared
 #      libraries they load and a record of each file's package and version;
@@ -14,7 +15,8 @@
 #
 # Usage: hack/build-image.sh [--tag kdiag:0.1.0] [--out target/image] [--binary PATH]
 #                            [--storage DIR]
-#   --binary PATH  put this kdiag binary in the image instead of the release build
+#   --binary PATH  put this kdiag binary (and kdiag-controller, kdiag-agent from its directory)
+#                  in the image instead of the release build
 #   --storage DIR  keep buildah's images and containers under DIR instead of the machine's
 #                  /var/lib/containers (tests: concurrent builds never share a tag); DIR is
 #                  emptied at the end, only the archive stays
@@ -48,8 +50,8 @@ if [[ -n $storage ]]; then
 fi
 
 if [[ -z $binary ]]; then
-  echo "==> kdiag: cargo build --release --bin kdiag"
-  (cd "$repo" && cargo build --release --locked --bin kdiag)
+  echo "==> kdiag: cargo build --release --bin kdiag --bin kdiag-controller --bin kdiag-agent"
+  (cd "$repo" && cargo build --release --locked --bin kdiag --bin kdiag-controller --bin kdiag-agent)
   binary="${CARGO_TARGET_DIR:-$repo/target}/release/kdiag"
 fi
 [[ -x $binary ]] || { echo "no kdiag binary at $binary" >&2; exit 1; }
@@ -59,7 +61,9 @@ context="$out/context"
 rm -rf "$context"
 mkdir -p "$context"
 "$repo/hack/image-rootfs.sh" "$context/rootfs" "$binary"
-strip "$context/rootfs/kdiag" 2>/dev/null || true
+for b in kdiag kdiag-controller kdiag-agent; do
+  strip "$context/rootfs/$b" 2>/dev/null || true
+done
 
 echo "==> image $tag"
 "${buildah[@]}" bud --quiet --layers=false --build-arg KDIAG_BUILD=prebuilt \
@@ -82,6 +86,11 @@ run() { "${buildah[@]}" run "${run_flags[@]}" "$container" -- "$@"; }
 inside=$(run /kdiag --version)
 [[ $inside == "kdiag $version" ]] || { echo "expected \"kdiag $version\", got \"$inside\"" >&2; exit 1; }
 echo "    /kdiag --version: $inside"
+for role in kdiag-controller kdiag-agent; do
+  inside=$(run "/$role" --version)
+  [[ $inside == "$role $version" ]] || { echo "expected \"$role $version\", got \"$inside\"" >&2; exit 1; }
+done
+echo "    /kdiag-controller and /kdiag-agent --version: $version"
 failed=()
 while read -r -a argv; do
   if ! output=$(run "${argv[@]}" 2>&1); then

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Assembles the kdiag image's root filesystem in a directory:
 #   /kdiag                        the binary given (static or not);
+#   /kdiag-controller, /kdiag-agent  the role binaries found next to it (what config/deploy
+#                                 runs: each links only its role's code, so maps less memory);
 #   the programs of hack/image-tools.txt, from this machine's Debian packages, at their paths;
 #   every shared library those programs and kdiag load (ldd), with the dynamic loader;
 #   /etc/ssl/certs/ca-certificates.crt, /etc/passwd, /etc/group, /etc/nsswitch.conf, /tmp;
@@ -47,6 +49,17 @@ libs_of() {
 
 add "$kdiag" /kdiag
 libs=$(libs_of "$kdiag")
+roles=()
+for role in kdiag-controller kdiag-agent; do
+  bin="$(dirname "$kdiag")/$role"
+  [[ -x $bin ]] || {
+    echo "image-rootfs: no $role next to $kdiag (build it: cargo build --release --bin kdiag --bin kdiag-controller --bin kdiag-agent)" >&2
+    exit 1
+  }
+  add "$bin" "/$role"
+  roles+=("$bin")
+  libs+=$'\n'$(libs_of "$bin")
+done
 
 missing=()
 while read -r tool _; do
@@ -97,7 +110,8 @@ version_of() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo -; }
   echo "# path in the image (= on the build machine): Debian package and version"
   for f in "${copied[@]}"; do
     case $f in
-      "$kdiag") echo "/kdiag <- $f: kdiag $(sed -n 's/^version = "\(.*\)"/\1/p' "$here/../Cargo.toml" | head -1)" ;;
+      "$kdiag" | "${roles[0]}" | "${roles[1]}")
+        echo "/$(basename "$f") <- $f: kdiag $(sed -n 's/^version = "\(.*\)"/\1/p' "$here/../Cargo.toml" | head -1)" ;;
       # Made by update-ca-certificates from the package's certificates.
       /etc/ssl/certs/ca-certificates.crt) echo "$f: ca-certificates $(version_of ca-certificates) (generated)" ;;
       *) pkg=$(package_of "$f"); echo "$f: $pkg $( [[ $pkg == - ]] && echo - || version_of "$pkg")" ;;

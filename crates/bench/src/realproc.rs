@@ -19,6 +19,8 @@ pub struct RealProc {
 
 impl RealProc {
     /// Starts `kdiag <args>` with `--bind-address 127.0.0.1 --port <free>`, logging to `log`.
+    /// `kdiag controller …` and `kdiag agent …` run as the shipped manifests run them: the role
+    /// binary next to `kdiag` (`kdiag-controller …`, `kdiag-agent …`) when it is there.
     ///
     /// `wrapper` is a command line put in front, for profiling: it must exec kdiag (`env
     /// LD_PRELOAD=… kdiag`), so the process measured and signalled is kdiag itself.
@@ -32,6 +34,18 @@ impl RealProc {
     ) -> Result<Self> {
         let port = crate::env::free_port()?;
         let log_file = std::fs::File::create(log)?;
+        let (kdiag, args) = match args.split_first() {
+            Some((role, rest)) if role == "controller" || role == "agent" => {
+                let binary = kdiag.with_file_name(format!("kdiag-{role}"));
+                if binary.is_file() {
+                    (binary, rest)
+                } else {
+                    (kdiag.to_path_buf(), args)
+                }
+            }
+            _ => (kdiag.to_path_buf(), args),
+        };
+        let kdiag = kdiag.as_path();
         let mut words = wrapper.unwrap_or_default().split_whitespace();
         let mut cmd = match words.next() {
             Some(program) => {

@@ -53,3 +53,18 @@ pub fn all() -> Vec<Arc<dyn Processor>> {
         Arc::new(NodeCollector),
     ]
 }
+
+/// The names of [`all`], by static calls: a process that only needs the names (the controller,
+/// admitting an Abnormal that names a built-in) then does not link the collectors' code.
+pub fn names() -> Vec<&'static str> {
+    vec![
+        PodCollector.name(),
+        PodDetailCollector.name(),
+        ContainerCollector.name(),
+        ProcessCollector.name(),
+        SystemdCollector.name(),
+        FileStatusCollector.name(),
+        KernelLogCollector.name(),
+        NodeCollector.name(),
+    ]
+}

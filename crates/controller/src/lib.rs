@@ -290,6 +290,23 @@ pub fn start(
         lost_leadership: lost_leadership.clone(),
     };
 
+    // Boxed before the driver captures them: each is a large state machine, and the driver (run
+    // on the main thread) would carry them all inline and copy them through its stack, which
+    // then stays resident (docs/performance.md: idle memory).
+    let (probe_trigger, probe_runner, continuous_run, probe_triggers, events_run, flusher) = (
+        Box::pin(probe_trigger),
+        Box::pin(probe_runner),
+        Box::pin(continuous_run),
+        Box::pin(probe_triggers),
+        Box::pin(events_run),
+        Box::pin(flusher),
+    );
+    let (registrations_driver, sources_driver, watch_abnormals) = (
+        Box::pin(registrations_driver),
+        Box::pin(sources_driver),
+        Box::pin(watch_abnormals),
+    );
+    let (fleet_link, webhook_run) = (fleet_link.map(Box::pin), webhook_run.map(Box::pin));
     let driver = async move {
         let registrations_task = tokio::spawn(registrations_driver);
         let webhook_task = webhook_run.map(tokio::spawn);
@@ -349,7 +366,7 @@ pub fn start(
                     candidacy
                 })
             });
-            lead(Leading {
+            Box::pin(lead(Leading {
                 ctx,
                 store: store.clone(),
                 registrations: registrations.clone(),
@@ -368,7 +385,7 @@ pub fn start(
                 .into_iter()
                 .chain(fleet_link.map(tokio::spawn))
                 .collect(),
-            })
+            }))
             .await;
         }
         let _ = sources_task.await;
@@ -388,7 +405,7 @@ pub fn start(
         }
         tracing::info!("controller stopped");
     };
-    (handle, driver)
+    (handle, Box::pin(driver))
 }
 
 /// What the leader runs, and what it runs it with.

@@ -26,3 +26,14 @@ pub fn all() -> Vec<Arc<dyn Processor>> {
         Arc::new(NodeTriageDiagnoser),
     ]
 }
+
+/// The names of [`all`], by static calls: a process that only needs the names (the controller)
+/// then does not link the diagnosers it does not run.
+pub fn names() -> Vec<&'static str> {
+    vec![
+        PodDiskUsageDiagnoser.name(),
+        TerminatingPodDiagnoser.name(),
+        PodTriageDiagnoser.name(),
+        NodeTriageDiagnoser.name(),
+    ]
+}

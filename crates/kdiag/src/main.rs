@@ -3,12 +3,10 @@
 //! (`kdiag crd`) and, built with the `local` feature, `kdiag local`. It only parses the command
 //! line and hands over to the crate of each role; the wiring of a process is in `commands/`.
 
-mod cli;
-mod commands;
-
 use std::process::ExitCode;
 
 use clap::Parser;
+use kdiag::{cli, commands};
 
 /// Parses the command line, runs the command and turns its outcome into an exit code.
 fn main() -> ExitCode {

@@ -16,3 +16,9 @@ use kdiag_api::plugin::Processor;
 pub fn all(policy: policy::PolicyHandle) -> Vec<Arc<dyn Processor>> {
     vec![Arc::new(signal::SignalRecoverer::new(policy))]
 }
+
+/// The names of [`all`], without building the recoverers: a process that only needs the names
+/// (the controller) then does not link the code that changes a node.
+pub fn names() -> Vec<&'static str> {
+    vec![signal::SignalRecoverer::new(policy::PolicyHandle::not_loaded()).name()]
+}

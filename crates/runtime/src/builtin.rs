@@ -9,6 +9,8 @@ use kdiag_api::plugin::Processor;
 #[derive(Clone, Default)]
 pub struct Builtins {
     by_name: BTreeMap<&'static str, Arc<dyn Processor>>,
+    /// Built-ins this process knows by name only ([`Builtins::standard_names`]).
+    named: BTreeSet<&'static str>,
     /// The recoverers among them (they change the node; never served over HTTP).
     recoverers: BTreeSet<&'static str>,
 }
@@ -26,6 +28,23 @@ impl Builtins {
         }
         b.bind_policy(kdiag_recoverers::policy::PolicyHandle::not_loaded());
         b
+    }
+
+    /// The names of [`Builtins::standard`] without the processors: for the controller, which
+    /// admits Abnormals that name built-ins but never runs them. Its binary then leaves out the
+    /// agent's processors (`kdiag-controller`, docs/performance.md: idle memory);
+    /// [`Builtins::get`] finds nothing.
+    pub fn standard_names() -> Self {
+        let recoverers = kdiag_recoverers::names();
+        Self {
+            by_name: BTreeMap::new(),
+            named: kdiag_collectors::names()
+                .into_iter()
+                .chain(kdiag_diagnosers::names())
+                .chain(recoverers.iter().copied())
+                .collect(),
+            recoverers: recoverers.into_iter().collect(),
+        }
     }
 
     /// Binds the recoverers to `policy`.
@@ -51,6 +70,23 @@ impl Builtins {
 
     /// The names, for error messages that list what exists.
     pub fn names(&self) -> Vec<&'static str> {
-        self.by_name.keys().copied().collect()
+        let all: BTreeSet<&'static str> = self.by_name.keys().chain(&self.named).copied().collect();
+        all.into_iter().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_controllers_names_only_builtins_are_exactly_the_agents_builtins() {
+        let (full, named) = (Builtins::standard(), Builtins::standard_names());
+        assert_eq!(full.names(), named.names());
+        for name in full.names() {
+            assert_eq!(full.is_recoverer(name), named.is_recoverer(name), "{name}");
+            assert!(named.get(name).is_none(), "{name} is only a name");
+        }
+        assert!(named.is_recoverer("signal-recoverer"));
     }
 }

@@ -3,13 +3,15 @@
 //! kdiag as users do and import it into a cluster ([`Cluster::import_image_archive`]).
 //!
 //! Built once and cached under `$KDIAG_CACHE_DIR/kdiag-image/<key>/`, where the key is the
-//! digest of the kdiag binary and of the recipe (the scripts, the tool list, the Dockerfile):
-//! a run whose binary did not change reuses the archive.
+//! digest of the kdiag binaries and of the recipe (the scripts, the tool list, the Dockerfile):
+//! a run whose binaries did not change reuses the archive.
 //!
-//! The binary: `KDIAG_IMAGE_BINARY` when set; else the workspace's release build when it is
+//! The binaries are `kdiag` and, next to it, the role binaries `kdiag-controller` and
+//! `kdiag-agent` that the shipped manifests run. `kdiag`: `KDIAG_IMAGE_BINARY` when set; else
+//! the workspace's release build when it is
 //! newer than every source file of the workspace (`make image`, `make plugin` or `make bench`
 //! built it since the last change); else the debug build when it is (`make test`'s build made
-//! it moments ago); else the debug build brought up to date by `cargo build --bin kdiag`. A
+//! it moments ago); else the debug build brought up to date by `cargo build --bin kdiag …`. A
 //! release build of kdiag takes 10 minutes or more on 2 cores (thin LTO), too long to add to a
 //! test run. The image is the same recipe either way.
 //!
@@ -26,7 +28,10 @@ use nix::fcntl::{Flock, FlockArg};
 use crate::TestEnvError;
 use crate::binaries::cache_dir;
 
-/// Files whose change changes the image besides the binary.
+/// The binaries of the image, next to each other in one directory.
+const BINARIES: [&str; 3] = ["kdiag", "kdiag-controller", "kdiag-agent"];
+
+/// Files whose change changes the image besides the binaries.
 const RECIPE: [&str; 4] = [
     "hack/build-image.sh",
     "hack/image-rootfs.sh",
@@ -66,7 +71,9 @@ pub fn kdiag_image() -> Result<KdiagImage, TestEnvError> {
     let cargo_build = t.elapsed();
 
     let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
-    for file in std::iter::once(binary.clone()).chain(RECIPE.iter().map(|f| repo.join(f))) {
+    let dir = binary.parent().unwrap_or(Path::new("."));
+    let binaries = BINARIES.iter().map(|b| dir.join(b));
+    for file in binaries.chain(RECIPE.iter().map(|f| repo.join(f))) {
         let mut bytes = Vec::new();
         File::open(&file)
             .and_then(|mut f| f.read_to_end(&mut bytes))
@@ -159,8 +166,8 @@ pub fn kdiag_image() -> Result<KdiagImage, TestEnvError> {
     Ok(image(Some(t.elapsed())))
 }
 
-/// The workspace's kdiag: a release or debug build newer than the sources, else the debug build
-/// brought up to date.
+/// The workspace's kdiag (with its role binaries): a release or debug build newer than the
+/// sources, else the debug build brought up to date.
 fn workspace_binary(repo: &Path) -> Result<PathBuf, TestEnvError> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -174,15 +181,19 @@ fn workspace_binary(repo: &Path) -> Result<PathBuf, TestEnvError> {
         .max(mtime(&repo.join("Cargo.toml")))
         .max(mtime(&repo.join("Cargo.lock")));
     for profile in ["release", "debug"] {
-        let binary = target.join(profile).join("kdiag");
-        if binary.is_file() && mtime(&binary) > newest_source {
-            return Ok(binary);
+        let current = BINARIES.iter().all(|b| {
+            let binary = target.join(profile).join(b);
+            binary.is_file() && mtime(&binary) > newest_source
+        });
+        if current {
+            return Ok(target.join(profile).join("kdiag"));
         }
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(&cargo);
     cmd.current_dir(repo)
-        .args(["build", "--locked", "--bin", "kdiag"]);
+        .args(["build", "--locked"])
+        .args(BINARIES.iter().flat_map(|b| ["--bin", b]));
     // Without what cargo set for this test process (CARGO_PKG_*, CARGO_MANIFEST_DIR, OUT_DIR,
     // LD_LIBRARY_PATH…): build scripts that watch such variables would otherwise be rerun, and
     // the next `cargo test` would rebuild their crates again, each build undoing the other's.

@@ -29,7 +29,8 @@ pub async fn run(args: ControllerArgs) -> Result<ExitCode, CommandError> {
     let (handle, driver) = kdiag_controller::start(
         client.clone(),
         config,
-        Builtins::standard(),
+        // Names only: the controller admits Abnormals naming built-ins; the agents run them.
+        Builtins::standard_names(),
         metrics.clone(),
         shutdown.clone(),
     );

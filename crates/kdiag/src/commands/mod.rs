@@ -1,9 +1,9 @@
 //! One module per subcommand.
 
-mod agent;
-mod controller;
+pub mod agent;
+pub mod controller;
 mod crd;
-mod hub;
+pub mod hub;
 #[cfg(feature = "local")]
 mod local;
 
@@ -20,14 +20,8 @@ pub type CommandError = anyhow::Error;
 pub fn run(cli: Cli) -> Result<ExitCode, CommandError> {
     match cli.command {
         Command::Crd(args) => crd::run(args),
-        Command::Controller(args) => {
-            process::init_logging(cli.log_format == LogFormat::Json);
-            process::block_on(controller::run(*args))
-        }
-        Command::Agent(args) => {
-            process::init_logging(cli.log_format == LogFormat::Json);
-            process::block_on(agent::run(args))
-        }
+        Command::Controller(args) => run_controller(*args, cli.log_format),
+        Command::Agent(args) => run_agent(args, cli.log_format),
         Command::Diag(args) => Ok(kdiag_cli::run(args)?),
         Command::Hub(args) => {
             process::init_logging(cli.log_format == LogFormat::Json);
@@ -39,4 +33,22 @@ pub fn run(cli: Cli) -> Result<ExitCode, CommandError> {
             process::block_on(local::run(args))
         }
     }
+}
+
+/// `kdiag controller`, also the whole of the `kdiag-controller` binary.
+pub fn run_controller(
+    args: crate::cli::ControllerArgs,
+    log_format: LogFormat,
+) -> Result<ExitCode, CommandError> {
+    process::init_logging(log_format == LogFormat::Json);
+    process::block_on(controller::run(args))
+}
+
+/// `kdiag agent`, also the whole of the `kdiag-agent` binary.
+pub fn run_agent(
+    args: crate::cli::AgentArgs,
+    log_format: LogFormat,
+) -> Result<ExitCode, CommandError> {
+    process::init_logging(log_format == LogFormat::Json);
+    process::block_on(agent::run(args))
 }
