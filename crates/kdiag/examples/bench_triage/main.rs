@@ -138,6 +138,8 @@ pub struct Class {
     samples: Vec<f64>,
     seen: Vec<String>,
     steps: Vec<f64>,
+    /// The steps of the slowest answer, to see where its time went.
+    slowest_steps: Vec<Value>,
 }
 
 impl Class {
@@ -150,6 +152,7 @@ impl Class {
             samples: Vec::new(),
             seen: Vec::new(),
             steps: Vec::new(),
+            slowest_steps: Vec::new(),
         }
     }
 
@@ -187,6 +190,8 @@ struct Answer {
     ms: f64,
     reason: String,
     steps: Option<f64>,
+    /// Each step: processor, result, milliseconds.
+    step_list: Vec<Value>,
 }
 
 /// Asks once. A command that fails is an error; an answer with an unexpected reason is not
@@ -246,6 +251,7 @@ async fn once(st: &Stack, ask: &Ask, name: &str) -> Result<Answer, String> {
                 ms,
                 reason,
                 steps: None,
+                step_list: Vec::new(),
             });
         }
     };
@@ -256,6 +262,14 @@ async fn once(st: &Stack, ask: &Ask, name: &str) -> Result<Answer, String> {
         .iter()
         .filter_map(|p| p.duration_milliseconds)
         .sum();
+    let step_list = status
+        .processors
+        .iter()
+        .map(|p| {
+            json!({"processor": p.processor, "result": format!("{:?}", p.result),
+                "ms": p.duration_milliseconds, "message": p.message})
+        })
+        .collect();
     let reason = match status.root_cause {
         Some(r) => r.reason,
         None => format!(
@@ -267,6 +281,7 @@ async fn once(st: &Stack, ask: &Ask, name: &str) -> Result<Answer, String> {
         ms,
         reason,
         steps: Some(steps as f64),
+        step_list,
     })
 }
 
@@ -286,6 +301,9 @@ async fn record(st: &Stack, class: &mut Class, run: usize) -> Result<(), String>
     let a = once(st, &class.ask, &format!("bench-{}-{run}", class.name))
         .await
         .map_err(|e| format!("run {run} of {}: {e}", class.name))?;
+    if class.samples.iter().all(|ms| *ms < a.ms) {
+        class.slowest_steps = a.step_list;
+    }
     class.samples.push(a.ms);
     class.seen.push(a.reason);
     if let Some(s) = a.steps {
@@ -409,6 +427,15 @@ fn report(classes: &[Class], args: &Args, took: Duration) -> Result<(), String> 
         );
         if p99 > TARGET_MS {
             over.push(c.name.as_str());
+            // Where the time of an answer over the target went.
+            let steps: Vec<String> = c
+                .slowest_steps
+                .iter()
+                .map(|s| format!("{} {} ms", s["processor"].as_str().unwrap_or("?"), s["ms"]))
+                .collect();
+            if !steps.is_empty() {
+                println!("{:<17} slowest answer's steps: {}", "", steps.join(", "));
+            }
         }
         if !wrong.is_empty() {
             wrong_classes.push(c.name.as_str());
@@ -426,6 +453,7 @@ fn report(classes: &[Class], args: &Args, took: Duration) -> Result<(), String> 
             "maxMs": max,
             "stepsMs": c.steps,
             "stepsP50Ms": if c.steps.is_empty() { Value::Null } else { json!(steps_p50) },
+            "slowestSteps": c.slowest_steps,
         }));
     }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
