@@ -104,8 +104,10 @@ impl CriClient {
                 ),
             )
             .await
+            // Worded as tonic words its own timeout, which the runtime probe reads as "hung"
+            // (both timers are 2 s, so either may fire first).
             .map_err(|_| {
-                format!("no answer to CRI Version within {handshake:?}: the runtime is hung")
+                format!("CRI Version: Timeout expired ({handshake:?} without an answer)")
             })?;
             match asked {
                 Ok(v) => {
@@ -246,7 +248,7 @@ mod tests {
         assert!(took < Duration::from_secs(5), "gave up after {took:?}");
         assert!(
             err.to_string()
-                .contains("no answer to CRI Version within 2s: the runtime is hung"),
+                .contains("CRI Version: Timeout expired (2s without an answer)"),
             "{err}"
         );
     }
