@@ -157,7 +157,11 @@ impl Class {
     }
 
     fn of_scenario(s: &Scenario, pod: String) -> Class {
-        let via = if s.via_cli { Via::CliPod } else { Via::Abnormal };
+        let via = if s.via_cli {
+            Via::CliPod
+        } else {
+            Via::Abnormal
+        };
         let ask = Ask::Pod {
             pod,
             via_cli: s.via_cli,
@@ -241,8 +245,9 @@ async fn once(st: &Stack, ask: &Ask, name: &str) -> Result<Answer, String> {
         Ask::Workload(args) => {
             let ran = st.diag_run(args).await;
             let ms = begin.elapsed().as_secs_f64() * 1000.0;
-            let v: Value = serde_json::from_str(&ran.stdout)
-                .map_err(|e| format!("kubectl diag run {}: not JSON ({e}): {ran}", args.join(" ")))?;
+            let v: Value = serde_json::from_str(&ran.stdout).map_err(|e| {
+                format!("kubectl diag run {}: not JSON ({e}): {ran}", args.join(" "))
+            })?;
             let reason = v["rootCause"]["reason"]
                 .as_str()
                 .map(str::to_owned)
@@ -357,7 +362,11 @@ async fn steady_classes(st: &Stack, args: &Args) -> Result<Vec<Class>, String> {
         for class in classes.iter_mut() {
             record(st, class, run).await?;
         }
-        eprintln!("run {}/{} of the pod and workload classes done", run + 1, args.runs);
+        eprintln!(
+            "run {}/{} of the pod and workload classes done",
+            run + 1,
+            args.runs
+        );
     }
     Ok(classes)
 }

@@ -189,8 +189,7 @@ impl Faults<'_> {
                     .is_some_and(|t| !t.is_empty());
                 let conditions = n.status?.conditions?;
                 let fine = conditions.iter().all(|c| {
-                    (c.type_ == "Ready") == (c.status == "True")
-                        || c.type_ == "NetworkUnavailable"
+                    (c.type_ == "Ready") == (c.status == "True") || c.type_ == "NetworkUnavailable"
                 });
                 (fine && !tainted).then_some(())
             },
@@ -379,9 +378,7 @@ impl Faults<'_> {
         .expect("a valid pod");
         self.create(&filler).await?;
         let shown = wait_for("DiskPressure True", FAULT_TIMEOUT, async || {
-            self.condition("DiskPressure")
-                .await
-                .filter(|s| s == "True")
+            self.condition("DiskPressure").await.filter(|s| s == "True")
         })
         .await;
         let mut class = self.class("disk-pressure", Ask::Node, &["NodeDiskPressure"]);

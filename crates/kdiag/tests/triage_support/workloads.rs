@@ -76,8 +76,10 @@ fn template(app: &str, container: Value) -> Value {
 }
 
 fn deployment(name: &str, replicas: i32, container: Value) -> Deployment {
-    from(json!({"metadata": {"name": name}, "spec": {"replicas": replicas,
-        "selector": {"matchLabels": {"app": name}}, "template": template(name, container)}}))
+    from(
+        json!({"metadata": {"name": name}, "spec": {"replicas": replicas,
+        "selector": {"matchLabels": {"app": name}}, "template": template(name, container)}}),
+    )
 }
 
 /// A Deployment of 2 and a StatefulSet of 1 in a namespace whose ResourceQuota allows 1 pod:
@@ -217,20 +219,25 @@ pub async fn disruption_budget_too_strict(c: &Cluster) -> WorkloadCase {
     pdbs.patch(
         "web",
         &PatchParams::apply("kdiag-bench"),
-        &Patch::Apply(json!({"apiVersion": "policy/v1beta1", "kind": "PodDisruptionBudget",
+        &Patch::Apply(
+            json!({"apiVersion": "policy/v1beta1", "kind": "PodDisruptionBudget",
             "metadata": {"name": "web"},
-            "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "web"}}}})),
+            "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "web"}}}}),
+        ),
     )
     .await
     .unwrap();
-    wait_for("the disruption controller's status, its pod healthy", || async {
-        let o = tokio::time::timeout(Duration::from_secs(10), pdbs.get("web"))
-            .await
-            .ok()?
-            .ok()?;
-        let st = &o.data["status"];
-        (st["expectedPods"] == 1 && st["currentHealthy"] == 1).then_some(())
-    })
+    wait_for(
+        "the disruption controller's status, its pod healthy",
+        || async {
+            let o = tokio::time::timeout(Duration::from_secs(10), pdbs.get("web"))
+                .await
+                .ok()?
+                .ok()?;
+            let st = &o.data["status"];
+            (st["expectedPods"] == 1 && st["currentHealthy"] == 1).then_some(())
+        },
+    )
     .await;
     WorkloadCase {
         name: "pdb-too-strict",
@@ -261,26 +268,31 @@ pub async fn service_without_ready_endpoints(c: &Cluster) -> WorkloadCase {
         .unwrap();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), &ns);
-    wait_for("the pod running, not ready, in the Service's Endpoints", || async {
-        let running = pods
-            .list(&ListParams::default())
-            .await
-            .ok()?
-            .items
-            .iter()
-            .any(|p| {
-                p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-            });
-        let not_ready = endpoints
-            .get("web")
-            .await
-            .ok()?
-            .subsets
-            .iter()
-            .flatten()
-            .any(|s| s.not_ready_addresses.as_ref().is_some_and(|a| !a.is_empty()));
-        (running && not_ready).then_some(())
-    })
+    wait_for(
+        "the pod running, not ready, in the Service's Endpoints",
+        || async {
+            let running = pods
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .iter()
+                .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"));
+            let not_ready = endpoints
+                .get("web")
+                .await
+                .ok()?
+                .subsets
+                .iter()
+                .flatten()
+                .any(|s| {
+                    s.not_ready_addresses
+                        .as_ref()
+                        .is_some_and(|a| !a.is_empty())
+                });
+            (running && not_ready).then_some(())
+        },
+    )
     .await;
     WorkloadCase {
         name: "service-unready",
@@ -297,12 +309,14 @@ pub async fn job_past_backoff_limit(c: &Cluster) -> WorkloadCase {
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
     jobs.create(
         &PostParams::default(),
-        &from(json!({"metadata": {"name": "migrate"}, "spec": {"backoffLimit": 0,
+        &from(
+            json!({"metadata": {"name": "migrate"}, "spec": {"backoffLimit": 0,
             "template": {"spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
                 "automountServiceAccountToken": false,
                 "containers": [{"name": "migrate", "image": BUSYBOX_IMAGE,
                     "imagePullPolicy": "IfNotPresent", "command": ["sh", "-c",
-                        "echo 'relation \"users\" does not exist' >&2; exit 3"]}]}}}})),
+                        "echo 'relation \"users\" does not exist' >&2; exit 3"]}]}}}}),
+        ),
     )
     .await
     .unwrap();
