@@ -41,8 +41,8 @@ bench: setup
 		--collectors $(TARGET_DIR)/release/examples/bench_collectors $(BENCH_ARGS)
 	$(MAKE) bench-triage
 
-## bench-triage: `kubectl diag run --pod … --wait` to the answer, per failure class of the pod
-## triage, on a real single-node cluster (needs root); writes bench/results/triage.json
+## bench-triage: `kubectl diag run` to the answer, per triage class (pod, workload, node faults),
+## on a real single-node cluster of its own (needs root, ~5 min); writes bench/results/triage.json
 bench-triage: setup
 	$(CARGO) build --release --bin kdiag -p kdiag --example bench_triage
 	$(TARGET_DIR)/release/examples/bench_triage --runs 10 bench/results/triage.json

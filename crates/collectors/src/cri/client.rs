@@ -90,15 +90,26 @@ impl CriClient {
                 socket: socket.to_path_buf(),
                 version: VersionResponse::default(),
             };
-            match c
-                .unary::<_, VersionResponse>(
+            // A working runtime answers Version in milliseconds; one that does not within the
+            // probe's timeout is hung, and waiting out the caller's whole budget (30 s for a
+            // collector) would only delay the answer that says so.
+            let handshake = timeout.min(super::probe::RUNTIME_PROBE_TIMEOUT);
+            let asked = tokio::time::timeout(
+                handshake,
+                c.unary::<_, VersionResponse>(
                     "Version",
                     VersionRequest {
                         version: "v1".into(),
                     },
-                )
-                .await
-            {
+                ),
+            )
+            .await
+            // Worded as tonic words its own timeout, which the runtime probe reads as "hung"
+            // (both timers are 2 s, so either may fire first).
+            .map_err(|_| {
+                format!("CRI Version: Timeout expired ({handshake:?} without an answer)")
+            })?;
+            match asked {
                 Ok(v) => {
                     c.version = v;
                     return Ok(c);
@@ -216,5 +227,29 @@ mod tests {
             "{msg}"
         );
         assert!(msg.contains("--cri-socket"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn a_runtime_that_accepts_and_never_answers_is_given_up_on_after_the_probes_timeout() {
+        let dir = std::env::temp_dir().join(format!("kdiag-cri-hung-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("containerd.sock");
+        let _ = std::fs::remove_file(&socket);
+        // Listening, never accepting: connections wait in the backlog, as with a stopped
+        // runtime.
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let begin = std::time::Instant::now();
+        let err = CriClient::connect(std::slice::from_ref(&socket), Duration::from_secs(30))
+            .await
+            .err()
+            .unwrap();
+        let took = begin.elapsed();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(took < Duration::from_secs(5), "gave up after {took:?}");
+        assert!(
+            err.to_string()
+                .contains("CRI Version: Timeout expired (2s without an answer)"),
+            "{err}"
+        );
     }
 }

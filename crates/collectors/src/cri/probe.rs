@@ -125,8 +125,8 @@ async fn ask(socket: &Path, timeout: Duration) -> (RuntimeState, String, String)
             );
         }
     }
-    // The client's own timeout is longer than ours, so a silent runtime always ends as our
-    // timeout, not as one of the client's transport errors.
+    // A silent runtime ends as our timeout or as the client's (its Version handshake gives up
+    // after the same 2 s, saying "Timeout expired" as tonic does): both are "hung".
     match tokio::time::timeout(
         timeout,
         CriClient::connect(std::slice::from_ref(&socket.to_path_buf()), timeout * 2),
@@ -185,6 +185,25 @@ mod tests {
         )
         .await;
         assert_eq!(p.state, RuntimeState::NoSocket, "{p:?}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[tokio::test]
+    async fn a_hung_runtime_is_hung_at_the_shipped_timeout_whichever_timer_fires_first() {
+        // The client's Version handshake gives up after the same 2 s as the probe: its error
+        // must read as a timeout too, not as a runtime that answers with an error.
+        let d = dir("hung-shipped");
+        let socket = d.join("containerd.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        for _ in 0..3 {
+            let p = probe(
+                std::slice::from_ref(&socket),
+                Path::new("/proc"),
+                RUNTIME_PROBE_TIMEOUT,
+            )
+            .await;
+            assert_eq!(p.state, RuntimeState::TimedOut, "{p:?}");
+        }
         let _ = std::fs::remove_dir_all(&d);
     }
 

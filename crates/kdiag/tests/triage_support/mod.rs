@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod workloads;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -171,6 +173,23 @@ impl Stack {
             .args(["diag", "run", "-n", &self.namespace, "--pod"])
             .arg(format!("{}/{pod}", self.namespace))
             .args(["--name", name, "--wait", "--timeout", "60s"])
+            .env("KUBECONFIG", self.cluster.kubeconfig_path())
+            .env("NO_COLOR", "1")
+            .output()
+            .await
+            .expect("the kdiag binary runs");
+        Ran {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// `kdiag diag run <args>` against the cluster, as an operator types it.
+    pub async fn diag_run(&self, args: &[String]) -> Ran {
+        let out = tokio::process::Command::new(kdiag_binary())
+            .args(["diag", "run"])
+            .args(args)
             .env("KUBECONFIG", self.cluster.kubeconfig_path())
             .env("NO_COLOR", "1")
             .output()
