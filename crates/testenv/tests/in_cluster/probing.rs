@@ -298,15 +298,20 @@ async fn start_web_server(c: &Cluster, client: &kube::Client) -> String {
         .expect("web's ClusterIP");
     // The pod is ready before kube-proxy routes its Service: wait until the ClusterIP answers, so
     // the probe's first results are the path's, not the Service's setup.
-    wait_for(c, "the web Service answers at its ClusterIP", TIMEOUT, || {
-        let ip = ip.clone();
-        async move {
-            tokio::task::block_in_place(|| http_get(&ip, 80, "/cgi-bin/health"))
-                .ok()
-                .filter(|body| body.contains("request "))
-                .map(|_| ())
-        }
-    })
+    wait_for(
+        c,
+        "the web Service answers at its ClusterIP",
+        TIMEOUT,
+        || {
+            let ip = ip.clone();
+            async move {
+                tokio::task::block_in_place(|| http_get(&ip, 80, "/cgi-bin/health"))
+                    .ok()
+                    .filter(|body| body.contains("request "))
+                    .map(|_| ())
+            }
+        },
+    )
     .await;
     format!("http://{ip}/cgi-bin/health")
 }
