@@ -339,7 +339,7 @@ fn busybox(name: &str, script: &str) -> Pod {
     .unwrap()
 }
 
-/// Sends `signal` (STOP, CONT) to one process of the cluster, by its pid alone: a stopped
+/// Sends `signal` (STOP, CONT, KILL) to one process of the cluster, by its pid alone: a stopped
 /// kubelet or containerd is the fault, not its process group.
 fn signal(c: &Cluster, component: &str, signal: &str) -> i32 {
     let pid = c
@@ -391,7 +391,7 @@ async fn wait_ready_untainted(nodes: &Api<Node>, node: &str) {
 }
 
 #[tokio::test]
-async fn zombies_a_pod_at_its_pids_limit_a_drain_held_by_a_disruption_budget_a_stopped_kubelet_a_stopped_runtime_a_broken_cni_plugin_and_a_kubelet_filesystem_out_of_inodes_then_bytes_are_each_named()
+async fn zombies_a_pod_at_its_pids_limit_a_drain_held_by_a_disruption_budget_a_stopped_kubelet_a_stopped_runtime_a_broken_cni_plugin_and_a_kubelet_filesystem_out_of_inodes_then_bytes_and_a_killed_kubelet_are_each_named()
  {
     // The node lifecycle controller calls a silent node NotReady after 20 s instead of 40 s
     // (the kubelet renews its lease every 10 s); every pod may hold 24 pids; the kubelet's
@@ -832,6 +832,42 @@ async fn zombies_a_pod_at_its_pids_limit_a_drain_held_by_a_disruption_budget_a_s
             &format!("{} ", c.kubelet_root_dir().display())
         ),
         "the kubelet's filesystem is among the fullest: {rc:#?}"
+    );
+
+    // Last, since nothing here can start it again: the kubelet killed outright. The node turns
+    // NotReady, and the triage finds no process on the kubelet's port.
+    let kubelet = signal(&c, "kubelet", "KILL");
+    let killed_at = Instant::now();
+    let message = wait_for(
+        "Ready=Unknown after the kill",
+        Duration::from_secs(90),
+        async || {
+            condition(&nodes, &node, "Ready")
+                .await
+                .filter(|(s, _)| s != "True")
+                .map(|(_, m)| m)
+        },
+    )
+    .await;
+    eprintln!("Ready after {:?}: {message}", killed_at.elapsed());
+    let asked = Instant::now();
+    let rc = node_triage()
+        .await
+        .expect("the node triage identifies the dead kubelet");
+    eprintln!(
+        "node triage ({:?}): {}: {}",
+        asked.elapsed(),
+        rc.reason,
+        rc.summary
+    );
+    assert_eq!(rc.reason, "KubeletNotRunning", "{rc:#?}");
+    assert!(
+        rc.summary.starts_with(&format!(
+            "node {node} is NotReady: no kubelet process serves its port {} on the node: the kubelet is not running",
+            c.kubelet_address().port()
+        )),
+        "{} (kubelet pid {kubelet} was killed)",
+        rc.summary
     );
     drop(c);
 }
