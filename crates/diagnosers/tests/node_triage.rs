@@ -14,7 +14,7 @@ use kdiag_api::{Abnormal, AbnormalSpec, AbnormalStatus, PodReference, RootCause}
 use kdiag_collectors::{KernelLogCollector, NodeCollector, PodDetailCollector, ProcessCollector};
 use kdiag_diagnosers::{NodeTriageDiagnoser, PodTriageDiagnoser};
 use kdiag_testenv::{BUSYBOX_IMAGE, Cluster, ClusterOptions};
-use kube::api::{Api, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 const GIB: u64 = 1024 * 1024 * 1024;
@@ -316,6 +316,10 @@ async fn memory_pressure_names_the_top_consumer_the_taint_keeps_pods_off_and_a_d
     drop(c);
 }
 
+/// The inodes of the kubelet's own filesystem in the test that fills them: a few hundred are
+/// the kubelet's and its pods' own directories.
+const INODES: u64 = 4096;
+
 /// Whether the root cause, or one of the causes ranked below it, has this reason and says this.
 fn names(rc: &RootCause, reason: &str, needle: &str) -> bool {
     (rc.reason == reason && rc.summary.contains(needle))
@@ -335,7 +339,7 @@ fn busybox(name: &str, script: &str) -> Pod {
     .unwrap()
 }
 
-/// Sends `signal` (STOP, CONT) to one process of the cluster, by its pid alone: a stopped
+/// Sends `signal` (STOP, CONT, KILL) to one process of the cluster, by its pid alone: a stopped
 /// kubelet or containerd is the fault, not its process group.
 fn signal(c: &Cluster, component: &str, signal: &str) -> i32 {
     let pid = c
@@ -387,7 +391,7 @@ async fn wait_ready_untainted(nodes: &Api<Node>, node: &str) {
 }
 
 #[tokio::test]
-async fn zombies_a_pod_at_its_pids_limit_a_stopped_kubelet_a_stopped_runtime_a_broken_cni_plugin_and_a_full_kubelet_filesystem_are_each_named()
+async fn zombies_a_pod_at_its_pids_limit_a_drain_held_by_a_disruption_budget_a_stopped_kubelet_a_stopped_runtime_a_broken_cni_plugin_and_a_kubelet_filesystem_out_of_inodes_then_bytes_and_a_killed_kubelet_are_each_named()
  {
     // The node lifecycle controller calls a silent node NotReady after 20 s instead of 40 s
     // (the kubelet renews its lease every 10 s); every pod may hold 24 pids; the kubelet's
@@ -400,10 +404,13 @@ async fn zombies_a_pod_at_its_pids_limit_a_stopped_kubelet_a_stopped_runtime_a_b
         ],
         kubelet_args: vec![
             "--pod-max-pids=24".into(),
-            "--eviction-soft=nodefs.available<50%".into(),
-            "--eviction-soft-grace-period=nodefs.available=30m".into(),
+            "--eviction-soft=nodefs.available<50%,nodefs.inodesFree<50%".into(),
+            "--eviction-soft-grace-period=nodefs.available=30m,nodefs.inodesFree=30m".into(),
+            // DiskPressure clears 5 s after the inodes are freed, not 5 min: the bytes come next.
+            "--eviction-pressure-transition-period=5s".into(),
         ],
         kubelet_root_mib: Some(128),
+        kubelet_root_inodes: Some(INODES),
         ..Default::default()
     })
     .await
@@ -479,6 +486,95 @@ async fn zombies_a_pod_at_its_pids_limit_a_stopped_kubelet_a_stopped_runtime_a_b
             && names(&rc, "PodPidsLimitReached", "× sleep"),
         "{rc:#?}"
     );
+
+    // A drain held by a disruption budget: the reaper pod is protected by a budget that allows
+    // no eviction, and `kubectl drain` (cordon, then evict) gives up after its timeout.
+    pods.patch(
+        "reaper",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"app": "guarded"}}})),
+    )
+    .await
+    .unwrap();
+    let budgets: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns,
+        &ApiResource {
+            group: "policy".into(),
+            version: "v1beta1".into(),
+            api_version: "policy/v1beta1".into(),
+            kind: "PodDisruptionBudget".into(),
+            plural: "poddisruptionbudgets".into(),
+        },
+    );
+    budgets
+        .patch(
+            "guard",
+            &PatchParams::apply("kdiag-test"),
+            &Patch::Apply(
+                json!({"apiVersion": "policy/v1beta1", "kind": "PodDisruptionBudget",
+                "metadata": {"name": "guard"},
+                "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "guarded"}}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    wait_for(
+        "the disruption controller's status with the reaper healthy",
+        Duration::from_secs(60),
+        async || {
+            let st = budgets.get("guard").await.ok()?.data["status"].clone();
+            // Healthy too: the eviction API lets a pod still Pending go whatever the budget
+            // says, and the pods may be that young here.
+            (st["expectedPods"] == 1 && st["currentHealthy"] == 1 && st["disruptionsAllowed"] == 0)
+                .then_some(())
+        },
+    )
+    .await;
+    let drain = c
+        .kubectl()
+        .args([
+            "drain",
+            node.as_str(),
+            "--pod-selector=app=guarded",
+            // The reaper is a bare pod: drain refuses those without --force, which still
+            // evicts through the budget.
+            "--force",
+            "--timeout=4s",
+        ])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&drain.stderr).into_owned();
+    eprintln!("kubectl drain: {said}");
+    assert!(
+        !drain.status.success() && said.contains("disruption budget"),
+        "the drain is refused by the budget: {said}"
+    );
+    let asked = Instant::now();
+    let rc = node_triage().await;
+    let took = asked.elapsed();
+    let uncordon = c
+        .kubectl()
+        .args(["uncordon", node.as_str()])
+        .output()
+        .unwrap();
+    assert!(uncordon.status.success(), "kubectl uncordon");
+    let rc = rc.expect("the node triage names the blocked drain");
+    eprintln!(
+        "node triage ({took:?}): {}: {}\n  others: {:#?}",
+        rc.reason, rc.summary, rc.others
+    );
+    assert!(
+        names(
+            &rc,
+            "NodeDrainBlocked",
+            &format!(
+                "node {node} is cordoned and cannot be drained: 1 pod(s) on it (reaper) may not be evicted, because PodDisruptionBudget {ns}/guard allows no eviction (disruptionsAllowed 0)"
+            )
+        ),
+        "{rc:#?}"
+    );
+    wait_ready_untainted(&nodes, &node).await;
 
     // The kubelet stopped (hung): the node turns NotReady, and the triage names the process.
     let kubelet = signal(&c, "kubelet", "STOP");
@@ -626,6 +722,72 @@ async fn zombies_a_pod_at_its_pids_limit_a_stopped_kubelet_a_stopped_runtime_a_b
     );
     wait_running(&pods, "no-network").await;
 
+    // Inode pressure: a pod creates 3600 empty files in an emptyDir, nine tenths of the
+    // kubelet filesystem's 4096 inodes and none of its bytes: fuller than the machine's own
+    // disk is by bytes, which the triage compares it with.
+    let many_files: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "many-files"},
+        "spec": {"terminationGracePeriodSeconds": 1, "automountServiceAccountToken": false,
+            "volumes": [{"name": "scratch", "emptyDir": {}}],
+            "containers": [{"name": "app", "image": BUSYBOX_IMAGE, "imagePullPolicy": "IfNotPresent",
+                "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
+                "command": ["sh", "-c", "cd /scratch && for i in $(seq 3600); do : > f$i; done; exec sleep 3600"]}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &many_files)
+        .await
+        .unwrap();
+    let message = wait_for(
+        "DiskPressure=True from inodes",
+        Duration::from_secs(90),
+        async || {
+            condition(&nodes, &node, "DiskPressure")
+                .await
+                .filter(|(s, _)| s == "True")
+                .map(|(_, m)| m)
+        },
+    )
+    .await;
+    eprintln!("DiskPressure: {message}");
+    let asked = Instant::now();
+    let rc = node_triage()
+        .await
+        .expect("the node triage identifies the inode pressure");
+    eprintln!(
+        "node triage ({:?}): {}: {}",
+        asked.elapsed(),
+        rc.reason,
+        rc.summary
+    );
+    let kubelet_root = c.kubelet_root_dir().display().to_string();
+    assert!(
+        names(
+            &rc,
+            "NodeDiskPressure",
+            &format!("under disk pressure from inodes, not bytes: {kubelet_root} has ")
+        ) && names(
+            &rc,
+            "NodeDiskPressure",
+            &format!(
+                "pods with the most files (their volumes and emptyDirs): pod {ns}/many-files 36"
+            )
+        ),
+        "{rc:#?}"
+    );
+    pods.delete("many-files", &Default::default())
+        .await
+        .unwrap();
+    wait_for(
+        "DiskPressure=False once the files are gone",
+        Duration::from_secs(90),
+        async || {
+            condition(&nodes, &node, "DiskPressure")
+                .await
+                .filter(|(s, _)| s == "False")
+        },
+    )
+    .await;
+
     // Disk pressure: a pod writes 80 MiB into an emptyDir on the kubelet's 128 MiB filesystem.
     let filler: Pod = serde_json::from_value(json!({
         "metadata": {"name": "filler"},
@@ -670,6 +832,42 @@ async fn zombies_a_pod_at_its_pids_limit_a_stopped_kubelet_a_stopped_runtime_a_b
             &format!("{} ", c.kubelet_root_dir().display())
         ),
         "the kubelet's filesystem is among the fullest: {rc:#?}"
+    );
+
+    // Last, since nothing here can start it again: the kubelet killed outright. The node turns
+    // NotReady, and the triage finds no process on the kubelet's port.
+    let kubelet = signal(&c, "kubelet", "KILL");
+    let killed_at = Instant::now();
+    let message = wait_for(
+        "Ready=Unknown after the kill",
+        Duration::from_secs(90),
+        async || {
+            condition(&nodes, &node, "Ready")
+                .await
+                .filter(|(s, _)| s != "True")
+                .map(|(_, m)| m)
+        },
+    )
+    .await;
+    eprintln!("Ready after {:?}: {message}", killed_at.elapsed());
+    let asked = Instant::now();
+    let rc = node_triage()
+        .await
+        .expect("the node triage identifies the dead kubelet");
+    eprintln!(
+        "node triage ({:?}): {}: {}",
+        asked.elapsed(),
+        rc.reason,
+        rc.summary
+    );
+    assert_eq!(rc.reason, "KubeletNotRunning", "{rc:#?}");
+    assert!(
+        rc.summary.starts_with(&format!(
+            "node {node} is NotReady: no kubelet process serves its port {} on the node: the kubelet is not running",
+            c.kubelet_address().port()
+        )),
+        "{} (kubelet pid {kubelet} was killed)",
+        rc.summary
     );
     drop(c);
 }

@@ -119,6 +119,8 @@ async fn the_agent_may_process_its_abnormals_and_nothing_more() {
         &["get", "daemonsets.apps", "-n", "team"],
         &["get", "jobs.batch", "-n", "team"],
         &["get", "cronjobs.batch", "-n", "team"],
+        // The node triage of a cordoned node: the budgets that hold its drain.
+        &["list", "poddisruptionbudgets.policy", "-A"],
         // The node API checks its callers' tokens and rights (docs/security.md).
         &["create", "tokenreviews.authentication.k8s.io"],
         &["create", "subjectaccessreviews.authorization.k8s.io"],
@@ -140,6 +142,7 @@ async fn the_agent_may_process_its_abnormals_and_nothing_more() {
         &["delete", "events", "-n", "team"],
         &["update", "deployments.apps", "-n", "team"],
         &["list", "persistentvolumeclaims", "-A"],
+        &["delete", "poddisruptionbudgets.policy", "-n", "team"],
         // What the node API asks of its callers, the agent does not have itself.
         &["get", "nodes", "--subresource=proxy"],
         &[

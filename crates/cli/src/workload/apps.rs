@@ -1,9 +1,13 @@
 //! `kubectl diag run --deployment`, `--statefulset`, `--daemonset` and `--pdb`: the objects each
 //! judgement needs, read at once; the judging is `kdiag_diagnosers::workload`'s.
 
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{Event, Node, Pod, ResourceQuota};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kdiag_diagnosers::workload::create::{AdmissionWebhook, admission_webhooks};
 use kdiag_diagnosers::workload::{
     self, DaemonSetFacts, DeploymentFacts, PdbFacts, StatefulSetFacts, rollout,
 };
@@ -109,6 +113,25 @@ impl Reader<'_> {
         self.list(&ListParams::default(), "ResourceQuota", "resourcequotas")
             .await
     }
+
+    /// The cluster's admission webhooks, to name the configuration behind a refusal. Many who
+    /// may read a namespace may not read these cluster-wide objects: then the answer names
+    /// the webhook only, from the apiserver's message, and nothing fails.
+    async fn webhooks(&self) -> Vec<AdmissionWebhook> {
+        let client = &self.kube.client;
+        let params = ListParams::default();
+        let validating = Api::<ValidatingWebhookConfiguration>::all(client.clone())
+            .list(&params)
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        let mutating = Api::<MutatingWebhookConfiguration>::all(client.clone())
+            .list(&params)
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        admission_webhooks(&validating, &mutating)
+    }
 }
 
 /// A label selector as `kubectl -l` takes it.
@@ -181,6 +204,7 @@ pub async fn deployment(
             f.events = r.events("ReplicaSet", rs_name).await?;
         }
         f.quotas = r.quotas().await?;
+        f.webhooks = r.webhooks().await;
     }
     let cause = workload::deployment_stuck(&f);
     let none = || {
@@ -225,6 +249,7 @@ pub async fn statefulset(
         f.pods = r.pods(s.spec.as_ref().map(|s| &s.selector)).await?;
         f.events = r.events("StatefulSet", name).await?;
         f.quotas = r.quotas().await?;
+        f.webhooks = r.webhooks().await;
     }
     let cause = workload::statefulset_stuck(&f);
     let none = || {
@@ -260,6 +285,7 @@ pub async fn daemonset(
         f.pods = r.pods(d.spec.as_ref().map(|s| &s.selector)).await?;
         f.events = r.events("DaemonSet", name).await?;
         f.quotas = r.quotas().await?;
+        f.webhooks = r.webhooks().await;
         f.nodes = Api::<Node>::all(kube.client.clone())
             .list(&ListParams::default())
             .await

@@ -9,6 +9,7 @@
 //! [`finding::Finding`]s, so the rules are tested on real objects without a cluster.
 
 pub mod crash;
+pub mod drain;
 pub mod evicted;
 pub mod exit_codes;
 pub mod facts;
@@ -342,14 +343,25 @@ impl Processor for NodeTriageDiagnoser {
                 }
                 None => None,
             };
-            let pod_names = match kdiag_collectors::pod::node_pods(&ProcessorContext {
+            let node_pods = kdiag_collectors::pod::node_pods(&ProcessorContext {
                 node_name: name.clone(),
                 ..ctx.clone()
             })
             .await
-            {
-                Ok(p) => names_by_uid(&p),
-                Err(_) => BTreeMap::new(),
+            .unwrap_or_default();
+            let pod_names = names_by_uid(&node_pods);
+            // A cordoned node is being drained, or about to be: the budgets that would hold
+            // its pods. Read only then (a list of every namespace's budgets).
+            let (budgets, budgets_read) = if node.unschedulable {
+                match disruption_budgets(&ctx.client).await {
+                    Ok(b) => {
+                        let n = b.len();
+                        (b, format!("{n} PodDisruptionBudget(s) (it is cordoned)"))
+                    }
+                    Err(e) => (Vec::new(), format!("no PodDisruptionBudget: {e}")),
+                }
+            } else {
+                (Vec::new(), "no PodDisruptionBudget (it is not cordoned)".to_owned())
             };
             let own = if name == ctx.node_name {
                 OwnNode::read(ctx, &node, processes.as_deref(), deadline).await?
@@ -374,6 +386,12 @@ impl Processor for NodeTriageDiagnoser {
                 now: jiff::Timestamp::now(),
             };
             let mut findings = node::check(&node, &inputs);
+            findings.extend(drain::blocked_drain(
+                &node,
+                &node_pods,
+                &budgets,
+                NODE_TRIAGE_DIAGNOSIS,
+            ));
             finding::rank(&mut findings);
             let conditions = node
                 .conditions
@@ -383,7 +401,7 @@ impl Processor for NodeTriageDiagnoser {
                 .join(", ");
             let Some(root) = finding::root_cause(&findings) else {
                 return Err(ProcessorError::NotIdentified(format!(
-                    "checked node {name}: conditions {conditions}; {} process(es), {}; rules: NotReady (kubelet, runtime, PLEG, network plugin), the kubelet's process, the runtime's answer to CRI Version ({}), memory, disk and PID pressure, zombies, pods at their pids limit, network unavailable, clock skew, certificates; none found a cause",
+                    "checked node {name}: conditions {conditions}; {} process(es), {}, {budgets_read}; rules: NotReady (kubelet, runtime, PLEG, network plugin), the kubelet's process, the runtime's answer to CRI Version ({}), memory, disk and PID pressure, zombies, pods at their pids limit, network unavailable, clock skew, certificates, a drain blocked by disruption budgets; none found a cause",
                     processes.as_ref().map_or(0, Vec::len),
                     if node_info.is_some() { "its filesystems" } else { "no filesystem data" },
                     runtime.as_ref().map_or("not asked: another node".to_owned(), |r| format!("{} answered in {} ms", r.runtime, r.took_millis))
@@ -407,6 +425,52 @@ impl Processor for NodeTriageDiagnoser {
         }
         .boxed()
     }
+}
+
+/// Every namespace's PodDisruptionBudgets: `policy/v1`, else `policy/v1beta1` on clusters
+/// before 1.21 (the same fields), read as `policy/v1`.
+async fn disruption_budgets(
+    client: &kube::Client,
+) -> Result<Vec<k8s_openapi::api::policy::v1::PodDisruptionBudget>, String> {
+    use kube::api::{ApiResource, DynamicObject, ListParams};
+    let list = |version: &str| {
+        let resource = ApiResource {
+            group: "policy".into(),
+            version: version.into(),
+            api_version: format!("policy/{version}"),
+            kind: "PodDisruptionBudget".into(),
+            plural: "poddisruptionbudgets".into(),
+        };
+        kube::Api::<DynamicObject>::all_with(client.clone(), &resource)
+    };
+    let params = ListParams::default();
+    let items =
+        match list("v1").list(&params).await {
+            Ok(l) => l.items,
+            Err(kube::Error::Api(s)) if s.code == 404 => list("v1beta1")
+                .list(&params)
+                .await
+                .map_err(|e| {
+                    format!(
+                        "listing them: {e} (the agent needs list on poddisruptionbudgets.policy)"
+                    )
+                })?
+                .items,
+            Err(e) => {
+                return Err(format!(
+                    "listing them: {e} (the agent needs list on poddisruptionbudgets.policy)"
+                ));
+            }
+        };
+    Ok(items
+        .into_iter()
+        .filter_map(|o| {
+            let mut v = serde_json::to_value(&o).ok()?;
+            v["apiVersion"] = json!("policy/v1");
+            v["kind"] = json!("PodDisruptionBudget");
+            serde_json::from_value(v).ok()
+        })
+        .collect())
 }
 
 /// What only the node's own agent can read: its kubelet's process, its runtime's answer, its

@@ -249,16 +249,30 @@ pub fn check(node: &NodeDetail, inputs: &NodeInputs) -> Vec<Finding> {
         if c.status != "True" {
             continue;
         }
+        // Disk pressure from inodes is a different fix (many small files, not big ones): said
+        // first, with the pods holding the most files.
+        let inodes = (type_ == "DiskPressure")
+            .then(|| inode_bound(inputs))
+            .flatten();
         let (top, evidence) = match type_ {
             "MemoryPressure" => top_memory(inputs),
-            "DiskPressure" => top_disk(inputs),
+            "DiskPressure" => top_disk(inputs, inodes.is_some()),
             _ => top_pids(inputs),
         };
+        let from_inodes = inodes
+            .as_ref()
+            .map(|i| {
+                format!(
+                    " from inodes, not bytes: {} has {:.0}% of its inodes used and {:.0}% of its bytes",
+                    i.mount, i.inodes_percent, i.bytes_percent
+                )
+            })
+            .unwrap_or_default();
         let mut f = Finding::new(
             reason,
             Rank::Node,
             format!(
-                "node {} is under {resource} pressure ({}){}",
+                "node {} is under {resource} pressure{from_inodes} ({}){}",
                 node.name,
                 quote(c.message.as_deref().unwrap_or(""), 100),
                 if top.is_empty() {
@@ -269,6 +283,7 @@ pub fn check(node: &NodeDetail, inputs: &NodeInputs) -> Vec<Finding> {
             ),
             match type_ {
                 "MemoryPressure" => "The kubelet evicts pods above their memory requests until memory.available is above its eviction threshold again. Find the largest consumers (listed), set memory requests and limits close to real use, or add memory.".into(),
+                "DiskPressure" if inodes.is_some() => "Every file takes an inode, and the filesystem has few left although bytes are free: remove the many small files the pods listed write (caches, temporary files in emptyDirs, unrotated logs), or give the filesystem more inodes (mkfs -i, tmpfs nr_inodes). The kubelet evicts the pods with the most inodes first once its grace period is over.".into(),
                 "DiskPressure" => "The kubelet removes unused images and evicts pods by disk use until the filesystem is below its threshold. Free space on the fullest filesystem (listed): container logs, unused images (crictl rmi --prune), emptyDirs, or grow the disk.".into(),
                 _ => "Processes or threads near the node's limit: find the pod forking most (listed) and set a pod PID limit (--pod-max-pids).".into(),
             },
@@ -493,7 +508,37 @@ fn top_memory(inputs: &NodeInputs) -> (String, Vec<Evidence>) {
 }
 
 /// The three fullest filesystems, from node-collector.
-fn top_disk(inputs: &NodeInputs) -> (String, Vec<Evidence>) {
+/// The fullest filesystem, when its inodes are fuller than its bytes: the pressure comes from
+/// the number of files.
+struct InodeBound {
+    mount: String,
+    inodes_percent: f64,
+    bytes_percent: f64,
+}
+
+fn inode_bound(inputs: &NodeInputs) -> Option<InodeBound> {
+    let fs = inputs.node_info?.get("filesystems")?.as_array()?;
+    let num = |v: &Value, k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+    let fullest = fs.iter().max_by(|a, b| {
+        let f = |v: &Value| num(v, "usedPercent").max(num(v, "inodesUsedPercent"));
+        f(a).total_cmp(&f(b))
+    })?;
+    let (inodes, bytes) = (
+        num(fullest, "inodesUsedPercent"),
+        num(fullest, "usedPercent"),
+    );
+    (inodes > bytes).then(|| InodeBound {
+        mount: fullest
+            .get("mountPoint")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_owned(),
+        inodes_percent: inodes,
+        bytes_percent: bytes,
+    })
+}
+
+fn top_disk(inputs: &NodeInputs, by_files: bool) -> (String, Vec<Evidence>) {
     let fs: Vec<&Value> = inputs
         .node_info
         .and_then(|v| v.get("filesystems"))
@@ -532,7 +577,11 @@ fn top_disk(inputs: &NodeInputs) -> (String, Vec<Evidence>) {
         )
     };
     let mut pods: Vec<&PodDisk> = inputs.pod_disk.iter().collect();
-    pods.sort_by_key(|p| std::cmp::Reverse(p.bytes));
+    if by_files {
+        pods.sort_by_key(|p| std::cmp::Reverse(p.files));
+    } else {
+        pods.sort_by_key(|p| std::cmp::Reverse(p.bytes));
+    }
     pods.truncate(5);
     let pod_name = |p: &PodDisk| {
         inputs
@@ -542,12 +591,21 @@ fn top_disk(inputs: &NodeInputs) -> (String, Vec<Evidence>) {
             .unwrap_or_else(|| format!("pod UID {}", p.pod_uid))
     };
     let pod_line = |p: &PodDisk| {
-        format!(
-            "{} {} in {} file(s)",
-            pod_name(p),
-            human_bytes(p.bytes as i64),
-            p.files
-        )
+        if by_files {
+            format!(
+                "{} {} file(s) ({})",
+                pod_name(p),
+                p.files,
+                human_bytes(p.bytes as i64)
+            )
+        } else {
+            format!(
+                "{} {} in {} file(s)",
+                pod_name(p),
+                human_bytes(p.bytes as i64),
+                p.files
+            )
+        }
     };
     let mut text = top.iter().map(|v| line(v)).collect::<Vec<_>>().join(", ");
     if !pods.is_empty() {
@@ -555,7 +613,12 @@ fn top_disk(inputs: &NodeInputs) -> (String, Vec<Evidence>) {
             text.push_str("; ");
         }
         text.push_str(&format!(
-            "largest pods (their volumes and emptyDirs): {}",
+            "{} (their volumes and emptyDirs): {}",
+            if by_files {
+                "pods with the most files"
+            } else {
+                "largest pods"
+            },
             pods.iter()
                 .map(|p| pod_line(p))
                 .collect::<Vec<_>>()
@@ -804,12 +867,36 @@ mod tests {
         );
         assert_eq!(f[0].reason, "NodeDiskPressure");
         assert!(
+            f[0].summary.starts_with("node n1 is under disk pressure from inodes, not bytes: / has 97% of its inodes used and 40% of its bytes (kubelet has disk pressure)"),
+            "{}",
+            f[0].summary
+        );
+        assert!(
             f[0].summary.contains("top consumers: / 40% used (953.7 MiB free, 97% of inodes), /var/lib/containerd 91% used"),
             "{}",
             f[0].summary
         );
         assert!(
-            f[0].summary.contains("largest pods (their volumes and emptyDirs): pod shop/logs 3.0 GiB in 120000 file(s), pod UID u2 1.0 MiB"),
+            f[0].summary.contains("pods with the most files (their volumes and emptyDirs): pod shop/logs 120000 file(s) (3.0 GiB), pod UID u2 3 file(s)"),
+            "{}",
+            f[0].summary
+        );
+        assert!(f[0].suggestion.starts_with("Every file takes an inode"));
+        // The same node with its fullest filesystem full by bytes: the largest pods by bytes.
+        let info = json!({"filesystems": [
+            {"mountPoint": "/", "usedPercent": 98.0, "inodesUsedPercent": 9.0, "availableBytes": 1_000_000}]});
+        let f = check(
+            &node(
+                json!([{"type": "DiskPressure", "status": "True", "message": "kubelet has disk pressure"}]),
+            ),
+            &NodeInputs {
+                node_info: Some(&info),
+                ..inputs
+            },
+        );
+        assert!(
+            f[0].summary.starts_with("node n1 is under disk pressure (kubelet has disk pressure); top consumers: / 98% used")
+                && f[0].summary.contains("largest pods (their volumes and emptyDirs): pod shop/logs 3.0 GiB in 120000 file(s)"),
             "{}",
             f[0].summary
         );

@@ -6,7 +6,7 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Event, Node, Pod, ResourceQuota, Taint, Toleration};
 use kdiag_api::{Evidence, RootCause};
 
-use super::create::Refused;
+use super::create::{AdmissionWebhook, Refused};
 use super::rollout::{not_found, not_ready};
 use super::{oldest_unready, ready, taint_text};
 use crate::triage::schedule::tolerates;
@@ -22,6 +22,8 @@ pub struct DaemonSetFacts {
     /// The DaemonSet's own Events.
     pub events: Vec<Event>,
     pub quotas: Vec<ResourceQuota>,
+    /// The cluster's admission webhooks (empty when they cannot be read).
+    pub webhooks: Vec<AdmissionWebhook>,
 }
 
 /// The tolerations the DaemonSet controller adds to every pod it creates (Kubernetes 1.20's
@@ -129,6 +131,8 @@ pub fn daemonset_broken(f: &DaemonSetFacts) -> Option<RootCause> {
             },
             quotas: &f.quotas,
             namespace: ns,
+            webhooks: &f.webhooks,
+            template: ds.spec.as_ref().and_then(|s| s.template.spec.as_ref()),
         }
         .cause();
         cause.evidence.push(status_evidence);
@@ -284,6 +288,7 @@ mod tests {
             pods: from(pods),
             events: Vec::new(),
             quotas: Vec::new(),
+            webhooks: Vec::new(),
         }
     }
 

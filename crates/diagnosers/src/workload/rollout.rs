@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::{Event, Pod, ResourceQuota};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kdiag_api::{Evidence, RootCause};
 
-use super::create::Refused;
+use super::create::{AdmissionWebhook, Refused};
 use super::{oldest_unready, pod_cause, pod_evidence, ready};
 
 /// A Deployment with what it owns, as read from the apiserver.
@@ -24,6 +24,8 @@ pub struct DeploymentFacts {
     pub events: Vec<Event>,
     /// The namespace's ResourceQuotas.
     pub quotas: Vec<ResourceQuota>,
+    /// The cluster's admission webhooks (empty when they cannot be read).
+    pub webhooks: Vec<AdmissionWebhook>,
 }
 
 /// A StatefulSet with its pods and Events, as read from the apiserver.
@@ -35,6 +37,8 @@ pub struct StatefulSetFacts {
     /// The StatefulSet's own Events (it creates its pods itself).
     pub events: Vec<Event>,
     pub quotas: Vec<ResourceQuota>,
+    /// The cluster's admission webhooks (empty when they cannot be read).
+    pub webhooks: Vec<AdmissionWebhook>,
 }
 
 /// The ReplicaSet of the Deployment's current revision (annotation
@@ -186,6 +190,13 @@ pub fn deployment_stuck(f: &DeploymentFacts) -> Option<RootCause> {
                 seen,
                 quotas: &f.quotas,
                 namespace: ns,
+                webhooks: &f.webhooks,
+                template: rs
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.template.as_ref())
+                    .and_then(|t| t.spec.as_ref())
+                    .or(spec.and_then(|s| s.template.spec.as_ref())),
             }
             .cause();
             // The event says how often, the condition what it was: keep both.
@@ -281,6 +292,8 @@ pub fn statefulset_stuck(f: &StatefulSetFacts) -> Option<RootCause> {
             seen,
             quotas: &f.quotas,
             namespace: ns,
+            webhooks: &f.webhooks,
+            template: spec.and_then(|s| s.template.spec.as_ref()),
         }
         .cause();
         cause.evidence.push(status_evidence);

@@ -4,6 +4,8 @@
 //! (the built binary, as an operator types it) must name the object, the fault and the
 //! evidence. These need no kdiag controller or agent: the CLI judges the objects itself.
 
+mod admission;
+
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};

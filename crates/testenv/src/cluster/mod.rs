@@ -101,6 +101,9 @@ pub struct ClusterOptions {
     /// and emptyDirs) on a tmpfs of this many MiB of its own, so a test can fill it and make
     /// disk pressure real without touching the machine's disk.
     pub kubelet_root_mib: Option<u64>,
+    /// With [`Self::kubelet_root_mib`]: that tmpfs holds at most this many inodes (files and
+    /// directories), so a pod writing many small files makes inode pressure real.
+    pub kubelet_root_inodes: Option<u64>,
     /// Runs kube-proxy (iptables mode): ClusterIP Services work from pods and from the node,
     /// and pods reach the apiserver through the `kubernetes` Service, as in-cluster clients do.
     /// The apiserver then listens on the node's bridge address ([`Cluster::node_ip`]) instead
@@ -257,6 +260,7 @@ impl Cluster {
             mounts::mount_tmpfs(
                 &run.kubelet_root(),
                 mib,
+                options.kubelet_root_inodes,
                 &format!("kdiag-nodefs-{}", run.id),
             )?;
         }

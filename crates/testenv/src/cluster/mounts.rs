@@ -9,16 +9,26 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
 use crate::TestEnvError;
 
-/// Mounts a tmpfs of `mib` MiB at `dir` (created first), named `source` in mountinfo so every
-/// run's is told apart. The stop unmounts it with everything else below the run directory.
-pub(crate) fn mount_tmpfs(dir: &Path, mib: u64, source: &str) -> Result<(), TestEnvError> {
+/// Mounts a tmpfs of `mib` MiB (and `inodes` inodes, when given) at `dir` (created first),
+/// named `source` in mountinfo so every run's is told apart. The stop unmounts it with
+/// everything else below the run directory.
+pub(crate) fn mount_tmpfs(
+    dir: &Path,
+    mib: u64,
+    inodes: Option<u64>,
+    source: &str,
+) -> Result<(), TestEnvError> {
     std::fs::create_dir_all(dir).map_err(TestEnvError::io(dir))?;
+    let mut options = format!("size={mib}m");
+    if let Some(n) = inodes {
+        options.push_str(&format!(",nr_inodes={n}"));
+    }
     mount(
         Some(source),
         dir,
         Some("tmpfs"),
         MsFlags::empty(),
-        Some(format!("size={mib}m").as_str()),
+        Some(options.as_str()),
     )
     .map_err(|e| {
         TestEnvError::Other(format!(

@@ -42,6 +42,7 @@ fn deployment(conditions: Value) -> DeploymentFacts {
             json!({"metadata": {"name": "tiny", "namespace": "shop"},
             "spec": {"hard": {"pods": "1"}}, "status": {"hard": {"pods": "1"}, "used": {"pods": "1"}}}),
         )],
+        webhooks: Vec::new(),
     }
 }
 
@@ -200,6 +201,7 @@ fn statefulset(created: i32, pods: Vec<Pod>, events: Value) -> StatefulSetFacts 
         pods,
         events: from(events),
         quotas: Vec::new(),
+        webhooks: Vec::new(),
     }
 }
 

@@ -1,0 +1,345 @@
+//! Pods the apiserver refuses to a ReplicaSet, for real: an admission webhook that denies them,
+//! one the apiserver cannot call (its Service does not exist) under failurePolicy Fail, and a
+//! ResourceQuota on requests that the pod template does not set.
+//!
+//! The webhooks run on the cluster every test shares, so they are scoped to leave everything
+//! else alone: only pods, only CREATE, only in a namespace carrying this test's own label and
+//! only pods with this test's `app` labels; a guard deletes the configuration even when an
+//! assertion fails.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ResourceQuota};
+use kdiag_testenv::Cluster;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use super::{delete_namespace, diag_run, from, sleeper, template, wait_for};
+
+/// What the denying webhook answers.
+const DENIAL: &str = "kdiag test policy: pods labelled app=denied are not admitted here";
+
+/// Deletes the webhook configuration when dropped, also after a failed assertion: a leftover
+/// configuration with failurePolicy Fail would refuse pods until someone removes it.
+struct WebhookConfiguration<'a> {
+    cluster: &'a Cluster,
+    name: String,
+}
+
+impl Drop for WebhookConfiguration<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .cluster
+            .kubectl()
+            .args([
+                "delete",
+                "validatingwebhookconfiguration",
+                self.name.as_str(),
+                "--ignore-not-found",
+                "--wait=false",
+            ])
+            .output();
+    }
+}
+
+/// An HTTPS server on 127.0.0.1 that denies every AdmissionReview it gets with [`DENIAL`];
+/// returns its port and the CA to trust. HTTP/1.1, one request per connection: all the
+/// apiserver needs.
+async fn denying_webhook() -> (u16, String) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let serving = kdiag_controller::webhook::cert::generate(&["127.0.0.1".into()], now)
+        .expect("a certificate for 127.0.0.1");
+    let certs = CertificateDer::pem_slice_iter(serving.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(serving.key_pem.as_bytes()).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Some(review) = read_request(&mut tls).await else {
+                    return;
+                };
+                let body = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                    "response": {"uid": review["request"]["uid"], "allowed": false,
+                        "status": {"code": 403, "message": DENIAL}}})
+                .to_string();
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(reply.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (port, serving.ca_pem)
+}
+
+/// The JSON body of one HTTP/1.1 request (its Content-Length).
+async fn read_request(stream: &mut (impl AsyncReadExt + Unpin)) -> Option<Value> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())?;
+        while buf.len() < end + 4 + length {
+            let n = stream.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        return serde_json::from_slice(&buf[end + 4..end + 4 + length]).ok();
+    }
+}
+
+/// One webhook of the configuration: pods, CREATE, this namespace's label and one `app`.
+fn webhook(name: &str, ns: &str, app: &str, client_config: Value) -> Value {
+    json!({"name": name, "clientConfig": client_config,
+        "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+            "resources": ["pods"], "scope": "Namespaced"}],
+        "namespaceSelector": {"matchLabels": {"kdiag.test/webhook-scope": ns}},
+        "objectSelector": {"matchLabels": {"app": app}},
+        "failurePolicy": "Fail", "sideEffects": "None", "timeoutSeconds": 5,
+        "admissionReviewVersions": ["v1"]})
+}
+
+/// Polls a dry-run create of a pod labelled `app` until the apiserver refuses it with a message
+/// containing `needle`: the apiserver picks a new webhook configuration up a moment later, and
+/// a pod created before that would get through.
+async fn wait_refused(pods: &Api<Pod>, app: &str, needle: &str) {
+    let pod: Pod = from(
+        json!({"metadata": {"generateName": "probe-", "labels": {"app": app}},
+        "spec": {"containers": [sleeper()]}}),
+    );
+    let params = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    wait_for(&format!("the webhook for app={app} in effect"), || async {
+        match pods.create(&params, &pod).await {
+            Err(e) if e.to_string().contains(needle) => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+}
+
+/// The ReplicaSet of Deployment `name` once its ReplicaFailure condition is set; its name and
+/// the condition's message.
+async fn refused_replica_set(sets: &Api<ReplicaSet>, name: &str) -> (String, String) {
+    wait_for(
+        &format!("ReplicaFailure on {name}'s ReplicaSet"),
+        || async {
+            sets.list(&ListParams::default().labels(&format!("app={name}")))
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find_map(|rs| {
+                    let message = rs
+                        .status?
+                        .conditions?
+                        .into_iter()
+                        .find(|c| c.type_ == "ReplicaFailure" && c.status == "True")?
+                        .message?;
+                    Some((rs.metadata.name?, message))
+                })
+        },
+    )
+    .await
+}
+
+async fn deploy(deployments: &Api<Deployment>, app: &str) {
+    deployments
+        .create(
+            &PostParams::default(),
+            &from(json!({"metadata": {"name": app}, "spec": {"replicas": 1,
+                "selector": {"matchLabels": {"app": app}}, "template": template(app, sleeper())}})),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_rollout_refused_by_an_admission_webhook_names_the_webhook_its_configuration_the_replicaset_and_what_it_said()
+ {
+    let c = kdiag_testenv::cluster().await;
+    let client = c.client().await;
+    let ns = c.create_namespace("webhook").await;
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            &ns,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"kdiag.test/webhook-scope": ns}}})),
+        )
+        .await
+        .unwrap();
+    let (port, ca) = denying_webhook().await;
+    let name = format!("kdiag-test-{ns}");
+    let configurations: Api<
+        k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration,
+    > = Api::all(client.clone());
+    configurations
+        .create(
+            &PostParams::default(),
+            &from(json!({"metadata": {"name": name}, "webhooks": [
+                webhook("deny.kdiag.test", &ns, "denied", json!({
+                    "url": format!("https://127.0.0.1:{port}/deny"),
+                    "caBundle": k8s_openapi::ByteString(ca.into_bytes())})),
+                webhook("gone.kdiag.test", &ns, "unreachable", json!({
+                    "service": {"namespace": ns, "name": "kdiag-gone", "path": "/validate"}})),
+            ]})),
+        )
+        .await
+        .unwrap();
+    let guard = WebhookConfiguration {
+        cluster: c,
+        name: name.clone(),
+    };
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    wait_refused(&pods, "denied", DENIAL).await;
+    wait_refused(&pods, "unreachable", "failed calling webhook").await;
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    deploy(&deployments, "denied").await;
+    deploy(&deployments, "unreachable").await;
+    let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), &ns);
+    let (denied_rs, message) = refused_replica_set(&sets, "denied").await;
+    eprintln!("ReplicaFailure of {denied_rs}: {message}");
+    let (unreachable_rs, message) = refused_replica_set(&sets, "unreachable").await;
+    eprintln!("ReplicaFailure of {unreachable_rs}: {message}");
+
+    let denied = diag_run(c, &["--deployment", &format!("{ns}/denied")]).await;
+    let unreachable = diag_run(c, &["--deployment", &format!("{ns}/unreachable")]).await;
+    drop(guard);
+
+    assert_eq!(denied.code, 0, "{denied}");
+    assert!(
+        denied.stdout.starts_with(&format!(
+            "Root cause:   Deployment {ns}/denied cannot create its pods (0 of 1 exist): its ReplicaSet {ns}/{denied_rs} is refused by admission webhook \"deny.kdiag.test\" (of ValidatingWebhookConfiguration {name}): {DENIAL}\n"
+        )),
+        "{denied}"
+    );
+    assert!(
+        denied.stdout.contains("  Reason:     PodCreationDenied"),
+        "{denied}"
+    );
+    assert!(
+        denied.stdout.contains(&format!(
+            "- [AdmissionWebhook] validatingwebhookconfiguration/{name}: webhook deny.kdiag.test calls URL https://127.0.0.1:{port}/deny, failurePolicy Fail, timeout 5 s"
+        )),
+        "{denied}"
+    );
+
+    assert_eq!(unreachable.code, 0, "{unreachable}");
+    assert!(
+        unreachable.stdout.starts_with(&format!(
+            "Root cause:   Deployment {ns}/unreachable cannot create its pods (0 of 1 exist): its ReplicaSet {ns}/{unreachable_rs} is refused because the apiserver cannot call admission webhook \"gone.kdiag.test\" (of ValidatingWebhookConfiguration {name}, calling service {ns}/kdiag-gone:443/validate) and its failurePolicy is Fail: service \"kdiag-gone\" not found"
+        )),
+        "{unreachable}"
+    );
+    assert!(
+        unreachable
+            .stdout
+            .contains("  Reason:     AdmissionWebhookFailing"),
+        "{unreachable}"
+    );
+    assert!(
+        unreachable.stdout.contains(&format!(
+            "kubectl delete validatingwebhookconfiguration {name}"
+        )),
+        "{unreachable}"
+    );
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn a_quota_on_requests_refuses_pods_that_set_none_and_names_the_quota_and_the_containers_lacking_them()
+ {
+    let c = kdiag_testenv::cluster().await;
+    let client = c.client().await;
+    let ns = c.create_namespace("quota-requests").await;
+    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), &ns);
+    quotas
+        .create(
+            &PostParams::default(),
+            &from(json!({"metadata": {"name": "compute"},
+                "spec": {"hard": {"requests.cpu": "1", "requests.memory": "1Gi"}}})),
+        )
+        .await
+        .unwrap();
+    // Until the quota controller has written its status, admission refuses every pod with
+    // "status unknown": wait for it so the refusal is the one this test is about.
+    wait_for("the quota's status", || async {
+        quotas
+            .get("compute")
+            .await
+            .ok()?
+            .status?
+            .hard
+            .filter(|h| h.contains_key("requests.cpu"))
+    })
+    .await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    deploy(&deployments, "web").await;
+    let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), &ns);
+    let (rs, message) = refused_replica_set(&sets, "web").await;
+    eprintln!("ReplicaFailure of {rs}: {message}");
+
+    let ran = diag_run(c, &["--deployment", &format!("{ns}/web")]).await;
+    assert_eq!(ran.code, 0, "{ran}");
+    assert!(
+        ran.stdout.starts_with(&format!(
+            "Root cause:   Deployment {ns}/web cannot create its pods (0 of 1 exist): its ReplicaSet {ns}/{rs} is refused by ResourceQuota {ns}/compute, which requires every pod to set requests.cpu,requests.memory; in the pod template container app sets no requests.cpu, requests.memory\n"
+        )),
+        "{ran}"
+    );
+    assert!(
+        ran.stdout
+            .contains("  Reason:     ResourceQuotaMissingRequests"),
+        "{ran}"
+    );
+    assert!(
+        ran.stdout.contains(&format!(
+            "- [ResourceQuota] resourcequota/{ns}/compute: hard requests.cpu=1, requests.memory=1Gi; used requests.cpu=0, requests.memory=0"
+        )),
+        "{ran}"
+    );
+    delete_namespace(&client, &ns).await;
+}
