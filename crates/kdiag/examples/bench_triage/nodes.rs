@@ -442,7 +442,7 @@ impl Faults<'_> {
                     .kubectl()
                     .args([
                         "-n",
-                        &self.st.namespace,
+                        self.st.namespace.as_str(),
                         "get",
                         "pdb",
                         "guard",
@@ -500,7 +500,7 @@ impl Faults<'_> {
         let _ = self
             .c
             .kubectl()
-            .args(["-n", &self.st.namespace, "delete", "pdb", "guard"])
+            .args(["-n", self.st.namespace.as_str(), "delete", "pdb", "guard"])
             .output();
         self.delete("guarded").await?;
         self.healthy().await?;
