@@ -1,7 +1,6 @@
 //! An admission webhook that denies pods, served from the test's (or the bench's) own process,
 //! and the guard that removes its configuration: shared by `triage_workloads/admission.rs` and
-//! the benchmark's workload classes (`workloads::refused_by_admission_webhooks`). Self-contained
-//! (no helper of either includer), so both can include the file by path.
+//! the benchmark's workload classes (`workloads::refused_by_admission_webhooks`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -9,14 +9,13 @@
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Namespace, Pod, ResourceQuota};
-use kdiag_testenv::Cluster;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use super::{delete_namespace, diag_run, from, sleeper, template, wait_for};
-#[path = "../triage_support/webhook.rs"]
-mod webhook;
-use webhook::{DENIAL, WebhookConfiguration, denying_webhook, wait_refused, webhook};
+use crate::triage_support::webhook::{
+    DENIAL, WebhookConfiguration, denying_webhook, wait_refused, webhook,
+};
 
 /// The ReplicaSet of Deployment `name` once its ReplicaFailure condition is set; its name and
 /// the condition's message.
