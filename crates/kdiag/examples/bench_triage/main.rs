@@ -12,14 +12,21 @@
 //!   --job NS/NAME -o json` — judged by the CLI at once from the objects, no Abnormal: a rollout
 //!   over its ResourceQuota (Deployment and StatefulSet), a rollout whose pod never gets ready,
 //!   a PodDisruptionBudget allowing no eviction, a Service whose pod is not ready, a Job past its
-//!   backoffLimit, and a DaemonSet kept off the tainted node (timed while the taint is on).
+//!   backoffLimit, a Deployment whose pods set no requests under a ResourceQuota on
+//!   requests.cpu, one whose pods an admission webhook denies and one whose webhook's Service
+//!   does not exist (failurePolicy Fail; the webhook is served by the bench process, scoped to
+//!   its own namespace and labels, its configuration deleted at the end), and a DaemonSet kept
+//!   off the tainted node (timed while the taint is on).
 //! - **cli node**: `kubectl diag run --node NODE --wait` — the node collectors and
 //!   node-triage-diagnoser on the agent. These change the node, so they come after the others,
 //!   one fault at a time (inject, wait until it shows, time, restore, wait until the node is
-//!   healthy): zombies, a pod at its pids limit, the kubelet stopped (SIGSTOP), containerd
-//!   stopped (SIGSTOP), the CNI configuration naming a missing plugin, disk pressure on the
-//!   kubelet's filesystem, and last containerd killed (not restorable: `--no-kill-runtime`
-//!   leaves it out).
+//!   healthy): zombies, a pod at its pids limit, a drain held by a PodDisruptionBudget (`kubectl
+//!   drain` refused, the node cordoned until it is timed), the kubelet stopped (SIGSTOP),
+//!   containerd stopped (SIGSTOP), the CNI configuration naming a missing plugin, inode pressure
+//!   then disk pressure on the kubelet's filesystem, and last the two that cannot be restored:
+//!   containerd killed, then the kubelet killed (in that order: with the kubelet gone nothing
+//!   reports the runtime down, while a dead kubelet outranks a dead runtime).
+//!   `--no-kill-runtime` and `--no-kill-kubelet` leave them out.
 //! - **abnormal**: an Abnormal created directly (no class uses it today; kept for pods the CLI
 //!   cannot route).
 //!
@@ -54,6 +61,7 @@ struct Args {
     out: std::path::PathBuf,
     groups: Vec<String>,
     kill_runtime: bool,
+    kill_kubelet: bool,
 }
 
 const GROUPS: &[&str] = &["pod", "workload", "node"];
@@ -63,6 +71,7 @@ fn args() -> Result<Args, String> {
     let mut out = None;
     let mut groups: Vec<String> = GROUPS.iter().map(|g| g.to_string()).collect();
     let mut kill_runtime = true;
+    let mut kill_kubelet = true;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -85,6 +94,7 @@ fn args() -> Result<Args, String> {
                 }
             }
             "--no-kill-runtime" => kill_runtime = false,
+            "--no-kill-kubelet" => kill_kubelet = false,
             "-h" | "--help" => return Err(String::new()),
             p if out.is_none() && !p.starts_with('-') => out = Some(p.into()),
             other => return Err(format!("unexpected argument {other:?}")),
@@ -95,6 +105,7 @@ fn args() -> Result<Args, String> {
         out: out.ok_or("give the path to write the JSON results to")?,
         groups,
         kill_runtime,
+        kill_kubelet,
     })
 }
 
@@ -334,24 +345,29 @@ async fn steady_classes(st: &Stack, args: &Args) -> Result<Vec<Class>, String> {
     };
     let workload_classes = async {
         if !want("workload") {
-            return Vec::new();
+            return (Vec::new(), None);
         }
         let c = st.cluster;
-        let (quota, unready, pdb, service, job) = tokio::join!(
+        let (quota, unready, pdb, service, job, requests, (webhooks, guard)) = tokio::join!(
             workloads::over_quota(c),
             workloads::rollout_never_ready(c),
             workloads::disruption_budget_too_strict(c),
             workloads::service_without_ready_endpoints(c),
             workloads::job_past_backoff_limit(c),
+            workloads::quota_missing_requests(c),
+            workloads::refused_by_admission_webhooks(c),
         );
         eprintln!("the workload failures show");
-        quota
+        let classes = quota
             .iter()
-            .chain([&unready, &pdb, &service, &job])
+            .chain([&unready, &pdb, &service, &job, &requests])
+            .chain(&webhooks)
             .map(Class::of_workload)
-            .collect()
+            .collect();
+        (classes, Some(guard))
     };
-    let (mut classes, workloads) = tokio::join!(pod_classes, workload_classes);
+    // The webhook configuration stays until this function returns (its guard deletes it).
+    let (mut classes, (workloads, _webhooks)) = tokio::join!(pod_classes, workload_classes);
     classes.extend(workloads);
     for class in &classes {
         once(st, &class.ask, &format!("warm-{}", class.name))
@@ -389,7 +405,7 @@ async fn bench(st: &Stack, args: &Args, classes: &mut Vec<Class>) -> Result<(), 
         classes.push(class);
     }
     if args.groups.iter().any(|g| g == "node") {
-        nodes::run(st, args.runs, args.kill_runtime, classes).await?;
+        nodes::run(st, args.runs, args.kill_runtime, args.kill_kubelet, classes).await?;
     }
     Ok(())
 }
@@ -506,7 +522,7 @@ async fn main() -> std::process::ExitCode {
         Ok(a) => a,
         Err(e) => {
             eprintln!(
-                "{e}\nusage: bench_triage [--runs N] [--only pod,workload,node] [--no-kill-runtime] OUT.json\n  (N ≥ 1, default 5; needs root and `make setup`)"
+                "{e}\nusage: bench_triage [--runs N] [--only pod,workload,node] [--no-kill-runtime] [--no-kill-kubelet] OUT.json\n  (N ≥ 1, default 5; needs root and `make setup`)"
             );
             return std::process::ExitCode::from(2);
         }

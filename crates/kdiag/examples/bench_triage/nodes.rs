@@ -27,8 +27,9 @@ const FAULT_TIMEOUT: Duration = Duration::from_secs(120);
 /// The cluster options the node faults need (as node_triage.rs's second test): the node
 /// lifecycle controller calls a silent node NotReady after 20 s; pods may hold 24 pids; the
 /// kubelet's root is a 128 MiB tmpfs under soft disk pressure below half free (with a grace
-/// period longer than the bench, so nothing is evicted for it), and the pressure condition
-/// clears 5 s after the pressure does instead of 5 min.
+/// period longer than the bench, so nothing is evicted for it) and below half its inodes free
+/// (it has [`INODES`]), and the pressure condition clears 5 s after the pressure does instead
+/// of 5 min.
 pub fn cluster_options() -> kdiag_testenv::ClusterOptions {
     kdiag_testenv::ClusterOptions {
         controller_manager_args: vec![
@@ -37,14 +38,19 @@ pub fn cluster_options() -> kdiag_testenv::ClusterOptions {
         ],
         kubelet_args: vec![
             "--pod-max-pids=24".into(),
-            "--eviction-soft=nodefs.available<50%".into(),
-            "--eviction-soft-grace-period=nodefs.available=30m".into(),
+            "--eviction-soft=nodefs.available<50%,nodefs.inodesFree<50%".into(),
+            "--eviction-soft-grace-period=nodefs.available=30m,nodefs.inodesFree=30m".into(),
             "--eviction-pressure-transition-period=5s".into(),
         ],
         kubelet_root_mib: Some(128),
+        kubelet_root_inodes: Some(INODES),
         ..Default::default()
     }
 }
+
+/// The inodes of the kubelet's filesystem: the bench's pods and their directories take a few
+/// hundred, the inode fault most of the rest.
+const INODES: u64 = 4096;
 
 struct Faults<'a> {
     st: &'a Stack,
@@ -56,12 +62,15 @@ struct Faults<'a> {
     runs: usize,
 }
 
-/// Runs every node fault in turn and returns its classes, timed. The runtime killed comes last:
-/// the test cluster cannot restart containerd, so it is left dead until the cluster stops.
+/// Runs every node fault in turn and returns its classes, timed. The runtime killed, then the
+/// kubelet killed, come last: the test cluster cannot restart either, so they stay dead until
+/// the cluster stops. In that order because a dead kubelet reports nothing (so the runtime's
+/// death must be seen first), while the triage ranks a dead kubelet above a dead runtime.
 pub async fn run(
     st: &Stack,
     runs: usize,
     kill_runtime: bool,
+    kill_kubelet: bool,
     out: &mut Vec<Class>,
 ) -> Result<(), String> {
     let client = st.client().await;
@@ -76,12 +85,17 @@ pub async fn run(
     };
     out.push(f.zombies().await?);
     out.push(f.pids_limit().await?);
+    out.push(f.drain_blocked().await?);
     out.push(f.kubelet_stopped().await?);
     out.extend(f.runtime_hung().await?);
     out.push(f.cni_broken().await?);
+    out.push(f.inode_pressure().await?);
     out.push(f.disk_pressure().await?);
     if kill_runtime {
         out.push(f.runtime_killed().await?);
+    }
+    if kill_kubelet {
+        out.push(f.kubelet_killed().await?);
     }
     Ok(())
 }
@@ -405,10 +419,191 @@ impl Faults<'_> {
         self.time(&mut class).await?;
         Ok(class)
     }
+
+    /// A bare pod protected by a PodDisruptionBudget that allows no eviction, and `kubectl
+    /// drain` refused by it: the node stays cordoned while the class is timed, then uncordoned.
+    async fn drain_blocked(&self) -> Result<Class, String> {
+        eprintln!("node fault: a drain held by a disruption budget");
+        let mut guarded = busybox("guarded", "exec sleep 3600");
+        guarded.metadata.labels = Some([("app".to_owned(), "guarded".to_owned())].into());
+        self.create(&guarded).await?;
+        self.running("guarded").await?;
+        // policy/v1beta1: the cluster is Kubernetes 1.20.
+        let budget = json!({"apiVersion": "policy/v1beta1", "kind": "PodDisruptionBudget",
+            "metadata": {"name": "guard", "namespace": self.st.namespace},
+            "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "guarded"}}}});
+        self.kubectl_stdin(&["apply", "-f", "-"], &budget.to_string())?;
+        wait_for(
+            "the budget's status: 1 healthy, no disruption allowed",
+            FAULT_TIMEOUT,
+            async || {
+                let out = self
+                    .c
+                    .kubectl()
+                    .args([
+                        "-n",
+                        self.st.namespace.as_str(),
+                        "get",
+                        "pdb",
+                        "guard",
+                        "-o",
+                        "json",
+                    ])
+                    .output()
+                    .ok()?;
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+                let st = &v["status"];
+                // Healthy too: eviction lets a pod still Pending go whatever the budget says.
+                (st["expectedPods"] == 1
+                    && st["currentHealthy"] == 1
+                    && st["disruptionsAllowed"] == 0)
+                    .then_some(())
+            },
+        )
+        .await?;
+        let drain = self
+            .c
+            .kubectl()
+            .args([
+                "drain",
+                self.node.as_str(),
+                "--pod-selector=app=guarded",
+                // A bare pod: drain refuses those without --force, which still evicts through
+                // the budget.
+                "--force",
+                "--timeout=4s",
+            ])
+            .output()
+            .map_err(|e| format!("kubectl drain: {e}"))?;
+        let said = String::from_utf8_lossy(&drain.stderr).into_owned();
+        let mut class = self.class("drain-blocked", Ask::Node, &["NodeDrainBlocked"]);
+        let timed = if drain.status.success() || !said.contains("disruption budget") {
+            Err(format!(
+                "kubectl drain was not refused by the budget: {said}"
+            ))
+        } else {
+            self.time(&mut class).await
+        };
+        let uncordon = self
+            .c
+            .kubectl()
+            .args(["uncordon", self.node.as_str()])
+            .output()
+            .map_err(|e| format!("kubectl uncordon: {e}"))?;
+        if !uncordon.status.success() {
+            return Err(format!(
+                "kubectl uncordon: {}",
+                String::from_utf8_lossy(&uncordon.stderr)
+            ));
+        }
+        timed?;
+        let _ = self
+            .c
+            .kubectl()
+            .args(["-n", self.st.namespace.as_str(), "delete", "pdb", "guard"])
+            .output();
+        self.delete("guarded").await?;
+        self.healthy().await?;
+        Ok(class)
+    }
+
+    /// Runs kubectl with `input` on its stdin.
+    fn kubectl_stdin(&self, args: &[&str], input: &str) -> Result<(), String> {
+        use std::io::Write;
+        let mut child = self
+            .c
+            .kubectl()
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("kubectl: {e}"))?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(input.as_bytes())
+            .map_err(|e| format!("kubectl stdin: {e}"))?;
+        let out = child
+            .wait_with_output()
+            .map_err(|e| format!("kubectl: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "kubectl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(())
+    }
+
+    /// A pod creates empty files in an emptyDir until a quarter of the kubelet filesystem's
+    /// inodes are left (below the half the kubelet wants free) and none of its bytes are used.
+    /// How many it creates is counted from what is free now: the bench's other pods hold some.
+    async fn inode_pressure(&self) -> Result<Class, String> {
+        eprintln!("node fault: the kubelet's filesystem out of inodes");
+        let free = free_inodes(&self.c.kubelet_root_dir())?;
+        let files = free.saturating_sub(INODES / 4);
+        let script =
+            format!("cd /scratch && for i in $(seq {files}); do : > f$i; done; exec sleep 3600");
+        let many: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "many-files"},
+            "spec": {"terminationGracePeriodSeconds": 1, "automountServiceAccountToken": false,
+                "volumes": [{"name": "scratch", "emptyDir": {}}],
+                "containers": [{"name": "app", "image": BUSYBOX_IMAGE, "imagePullPolicy": "IfNotPresent",
+                    "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
+                    "command": ["sh", "-c", script]}]}
+        }))
+        .expect("a valid pod");
+        self.create(&many).await?;
+        let shown = wait_for("DiskPressure True (inodes)", FAULT_TIMEOUT, async || {
+            self.condition("DiskPressure").await.filter(|s| s == "True")
+        })
+        .await;
+        let mut class = self.class("inode-pressure", Ask::Node, &["NodeDiskPressure"]);
+        let timed = match shown {
+            Ok(_) => self.time(&mut class).await,
+            Err(e) => Err(e),
+        };
+        self.delete("many-files").await?;
+        timed?;
+        self.healthy().await?;
+        Ok(class)
+    }
+
+    /// The kubelet killed outright: the node lifecycle controller turns Ready Unknown (from
+    /// False when containerd was killed before), and the agent finds no process on the
+    /// kubelet's port. Not restored: the cluster stops after it.
+    async fn kubelet_killed(&self) -> Result<Class, String> {
+        eprintln!("node fault: the kubelet killed (last: not restored; about 25 s until Unknown)");
+        self.signal("kubelet", "KILL")?;
+        wait_for("Ready Unknown", FAULT_TIMEOUT, async || {
+            self.condition("Ready").await.filter(|s| s == "Unknown")
+        })
+        .await?;
+        let mut class = self.class("kubelet-killed", Ask::Node, &["KubeletNotRunning"]);
+        self.time(&mut class).await?;
+        Ok(class)
+    }
 }
 
 /// Writes `text` to `path` through a rename, so containerd never reads half a file.
 fn replace(staged: &Path, path: &Path, text: &str) -> Result<(), String> {
     std::fs::write(staged, text).map_err(|e| format!("{}: {e}", staged.display()))?;
     std::fs::rename(staged, path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Free inodes of the filesystem holding `path`, from `df` (coreutils).
+fn free_inodes(path: &Path) -> Result<u64, String> {
+    let out = std::process::Command::new("df")
+        .args(["--output=iavail"])
+        .arg(path)
+        .output()
+        .map_err(|e| format!("df: {e}"))?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .ok_or_else(|| format!("df --output=iavail {}: no number", path.display()))
 }

@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod webhook;
 pub mod workloads;
 
 use std::path::{Path, PathBuf};

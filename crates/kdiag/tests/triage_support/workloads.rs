@@ -408,3 +408,132 @@ pub async fn daemonset_kept_off_by_taint(c: &Cluster) -> (WorkloadCase, Taint<'_
         taint,
     )
 }
+
+/// A ResourceQuota on requests.cpu in a namespace whose Deployment's pods set no requests: the
+/// quota admission refuses every pod of its ReplicaSet (as the test in triage_workloads).
+pub async fn quota_missing_requests(c: &Cluster) -> WorkloadCase {
+    let client = c.client().await;
+    let ns = c.create_namespace("bench-requests").await;
+    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), &ns);
+    quotas
+        .create(
+            &PostParams::default(),
+            &from(
+                json!({"metadata": {"name": "compute"}, "spec": {"hard": {"requests.cpu": "1"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    // Before its status is written the quota refuses pods as "status unknown", another answer.
+    wait_for("the requests quota's status", || async {
+        quotas
+            .get("compute")
+            .await
+            .ok()?
+            .status?
+            .hard
+            .filter(|h| h.contains_key("requests.cpu"))
+    })
+    .await;
+    Api::<Deployment>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &deployment("web", 1, sleeper()))
+        .await
+        .unwrap();
+    replica_failure(&client, &ns, "web", "must specify").await;
+    WorkloadCase {
+        name: "quota-requests",
+        flag: "deployment",
+        target: format!("{ns}/web"),
+        reasons: &["ResourceQuotaMissingRequests"],
+    }
+}
+
+/// Waits until the ReplicaSet of Deployment `app` has a ReplicaFailure whose message holds
+/// `needle`.
+async fn replica_failure(client: &kube::Client, ns: &str, app: &str, needle: &str) {
+    let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
+    wait_for(&format!("ReplicaFailure on {app}'s ReplicaSet"), || async {
+        sets.list(&ListParams::default().labels(&format!("app={app}")))
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|rs| {
+                rs.status
+                    .iter()
+                    .flat_map(|s| s.conditions.iter().flatten())
+                    .any(|c| {
+                        c.type_ == "ReplicaFailure"
+                            && c.status == "True"
+                            && c.message.as_deref().is_some_and(|m| m.contains(needle))
+                    })
+            })
+    })
+    .await;
+}
+
+/// Two Deployments in a namespace of their own whose pods a ValidatingWebhookConfiguration
+/// refuses: one webhook (served by this process, [`super::webhook::denying_webhook`]) denies
+/// them, the other's Service does not exist under failurePolicy Fail. Scoped to pods created in
+/// this namespace with these `app` labels only; the returned guard deletes the configuration,
+/// so it must live until the classes are timed.
+pub async fn refused_by_admission_webhooks(
+    c: &Cluster,
+) -> (Vec<WorkloadCase>, super::webhook::WebhookConfiguration<'_>) {
+    use super::webhook::{DENIAL, WebhookConfiguration, denying_webhook, wait_refused, webhook};
+    use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+    use k8s_openapi::api::core::v1::Namespace;
+    let client = c.client().await;
+    let ns = c.create_namespace("bench-webhook").await;
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            &ns,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"kdiag.test/webhook-scope": ns}}})),
+        )
+        .await
+        .unwrap();
+    let (port, ca) = denying_webhook().await;
+    let name = format!("kdiag-bench-{ns}");
+    Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &from(json!({"metadata": {"name": name}, "webhooks": [
+                webhook("deny.kdiag.test", &ns, "denied", json!({
+                    "url": format!("https://127.0.0.1:{port}/deny"),
+                    "caBundle": k8s_openapi::ByteString(ca.into_bytes())})),
+                webhook("gone.kdiag.test", &ns, "unreachable", json!({
+                    "service": {"namespace": ns, "name": "kdiag-gone", "path": "/validate"}})),
+            ]})),
+        )
+        .await
+        .unwrap();
+    let guard = WebhookConfiguration { cluster: c, name };
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    wait_refused(&pods, "denied", DENIAL).await;
+    wait_refused(&pods, "unreachable", "failed calling webhook").await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    for app in ["denied", "unreachable"] {
+        deployments
+            .create(&PostParams::default(), &deployment(app, 1, sleeper()))
+            .await
+            .unwrap();
+    }
+    replica_failure(&client, &ns, "denied", DENIAL).await;
+    replica_failure(&client, &ns, "unreachable", "failed calling webhook").await;
+    let cases = vec![
+        WorkloadCase {
+            name: "webhook-denies",
+            flag: "deployment",
+            target: format!("{ns}/denied"),
+            reasons: &["PodCreationDenied"],
+        },
+        WorkloadCase {
+            name: "webhook-failing",
+            flag: "deployment",
+            target: format!("{ns}/unreachable"),
+            reasons: &["AdmissionWebhookFailing"],
+        },
+    ];
+    (cases, guard)
+}
