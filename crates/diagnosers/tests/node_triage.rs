@@ -329,6 +329,19 @@ fn names(rc: &RootCause, reason: &str, needle: &str) -> bool {
             .any(|o| o.reason == reason && o.summary.contains(needle))
 }
 
+/// A self-signed serving certificate for the kubelet that expired on 2025-01-01.
+fn expired_serving_certificate() -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "kubelet-expired");
+    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2025, 1, 1);
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
 fn busybox(name: &str, script: &str) -> Pod {
     serde_json::from_value(json!({
         "metadata": {"name": name},
@@ -410,6 +423,7 @@ async fn zombies_a_pod_at_its_pids_limit_a_drain_held_by_a_disruption_budget_a_s
             "--eviction-pressure-transition-period=5s".into(),
         ],
         kubelet_root_mib: Some(128),
+        kubelet_serving_certificate: Some(expired_serving_certificate()),
         kubelet_root_inodes: Some(INODES),
         ..Default::default()
     })
@@ -430,6 +444,29 @@ async fn zombies_a_pod_at_its_pids_limit_a_drain_held_by_a_disruption_budget_a_s
         )
         .await
     };
+
+    // The kubelet serves with a certificate that expired (installed before it started, see the
+    // options): node-collector reads it from the kubelet's cert dir and the triage names it.
+    let rc = triage(
+        &ctx,
+        node_abnormal(&node),
+        &[&NodeCollector],
+        &NodeTriageDiagnoser,
+    )
+    .await
+    .expect("the node triage names the kubelet's expired certificate");
+    eprintln!("node triage: {}: {}", rc.reason, rc.summary);
+    assert!(
+        names(
+            &rc,
+            "NodeCertificateExpired",
+            &format!(
+                "the kubelet's certificate {}/pki/kubelet.crt (CN=kubelet-expired) expired ",
+                c.kubelet_root_dir().display()
+            )
+        ),
+        "{rc:#?}"
+    );
 
     // Zombies: six children that exit at once, and a parent (exec'd sleep, the container's
     // pid 1) that never waits for them. PIDs: a shell starting 21 sleeps, 22 of the pod's 24

@@ -176,6 +176,22 @@ pub(crate) fn start_scheduler(
     )
 }
 
+/// Puts a serving certificate where the kubelet looks for its own (`<root>/pki/kubelet.crt` and
+/// `kubelet.key`, its `--cert-dir`): finding both, it serves with them.
+pub(crate) fn install_kubelet_serving_certificate(
+    root: &std::path::Path,
+    cert: &str,
+    key: &str,
+) -> Result<(), TestEnvError> {
+    let pki = root.join("pki");
+    std::fs::create_dir_all(&pki).map_err(TestEnvError::io(&pki))?;
+    for (name, pem) in [("kubelet.crt", cert), ("kubelet.key", key)] {
+        let path = pki.join(name);
+        std::fs::write(&path, pem).map_err(TestEnvError::io(&path))?;
+    }
+    Ok(())
+}
+
 pub(crate) fn start_kubelet(
     run: &RunRecord,
     bins: &Binaries,

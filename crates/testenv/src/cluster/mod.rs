@@ -104,6 +104,11 @@ pub struct ClusterOptions {
     /// With [`Self::kubelet_root_mib`]: that tmpfs holds at most this many inodes (files and
     /// directories), so a pod writing many small files makes inode pressure real.
     pub kubelet_root_inodes: Option<u64>,
+    /// The kubelet's serving certificate and key (PEM), put where it looks for its own
+    /// (`<root>/pki/kubelet.crt`, `.key`) before it starts: finding them, it serves with them
+    /// instead of making a self-signed pair. An expired one makes an expired kubelet
+    /// certificate real.
+    pub kubelet_serving_certificate: Option<(String, String)>,
     /// Runs kube-proxy (iptables mode): ClusterIP Services work from pods and from the node,
     /// and pods reach the apiserver through the `kubernetes` Service, as in-cluster clients do.
     /// The apiserver then listens on the node's bridge address ([`Cluster::node_ip`]) instead
@@ -263,6 +268,9 @@ impl Cluster {
                 options.kubelet_root_inodes,
                 &format!("kdiag-nodefs-{}", run.id),
             )?;
+        }
+        if let Some((cert, key)) = &options.kubelet_serving_certificate {
+            components::install_kubelet_serving_certificate(&run.kubelet_root(), cert, key)?;
         }
         let t = Instant::now();
         host::save_sysctls_once()?;
