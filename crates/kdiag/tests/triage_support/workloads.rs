@@ -59,17 +59,17 @@ where
     }
 }
 
-fn from<T: serde::de::DeserializeOwned>(v: Value) -> T {
+pub fn from<T: serde::de::DeserializeOwned>(v: Value) -> T {
     serde_json::from_value(v).unwrap()
 }
 
 /// A busybox container that sleeps and stops at once on SIGTERM.
-fn sleeper() -> Value {
+pub fn sleeper() -> Value {
     json!({"name": "app", "image": BUSYBOX_IMAGE, "imagePullPolicy": "IfNotPresent",
         "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]})
 }
 
-fn template(app: &str, container: Value) -> Value {
+pub fn template(app: &str, container: Value) -> Value {
     json!({"metadata": {"labels": {"app": app}},
         "spec": {"terminationGracePeriodSeconds": 1, "automountServiceAccountToken": false,
             "containers": [container]}})
@@ -340,8 +340,8 @@ pub async fn job_past_backoff_limit(c: &Cluster) -> WorkloadCase {
 
 /// Removes the taint from the node when dropped, also on a panic: the node is shared.
 pub struct Taint<'a> {
-    cluster: &'a Cluster,
-    key: &'static str,
+    pub cluster: &'a Cluster,
+    pub key: &'static str,
 }
 
 impl Drop for Taint<'_> {

@@ -6,18 +6,17 @@
 
 mod admission;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{Event, Namespace, Node, ResourceQuota};
-use kdiag_testenv::{BUSYBOX_IMAGE, Cluster, cluster};
+use kdiag_testenv::{Cluster, cluster};
 use kube::Client;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
+use crate::triage_support::workloads::{Taint, from, sleeper, template, wait_for};
 use crate::triage_support::{Ran, kdiag_binary};
-
-const WAIT: Duration = Duration::from_secs(120);
 
 /// `kdiag diag run <args>` against the cluster.
 async fn diag_run(c: &Cluster, args: &[&str]) -> Ran {
@@ -37,41 +36,6 @@ async fn diag_run(c: &Cluster, args: &[&str]) -> Ran {
     // The printed answers, for docs/triage.md's examples (cargo test … -- --nocapture).
     eprintln!("$ kubectl diag run {}\n{}", args.join(" "), ran.stdout);
     ran
-}
-
-/// Polls `check` until it gives a value; panics with `what` after [`WAIT`].
-async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let begin = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            begin.elapsed() < WAIT,
-            "{what} did not happen within {WAIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
-fn from<T: serde::de::DeserializeOwned>(v: Value) -> T {
-    serde_json::from_value(v).unwrap()
-}
-
-/// A busybox container that sleeps and stops at once on SIGTERM.
-fn sleeper() -> Value {
-    json!({"name": "app", "image": BUSYBOX_IMAGE, "imagePullPolicy": "IfNotPresent",
-        "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]})
-}
-
-fn template(app: &str, container: Value) -> Value {
-    json!({"metadata": {"labels": {"app": app}},
-        "spec": {"terminationGracePeriodSeconds": 1, "automountServiceAccountToken": false,
-            "containers": [container]}})
 }
 
 async fn delete_namespace(client: &Client, ns: &str) {
@@ -234,28 +198,6 @@ async fn a_rollout_whose_pod_never_gets_ready_points_at_that_pods_cause_and_its_
     );
     assert!(ran.stdout.contains("kubectl diag run --pod"), "{ran}");
     delete_namespace(&client, &ns).await;
-}
-
-/// Removes the test's taint from the node when dropped, also when an assertion failed: the
-/// other tests share the node.
-struct Taint<'a> {
-    cluster: &'a Cluster,
-    key: &'static str,
-}
-
-impl Drop for Taint<'_> {
-    fn drop(&mut self) {
-        let _ = self
-            .cluster
-            .kubectl()
-            .args([
-                "taint",
-                "node",
-                self.cluster.node_name(),
-                format!("{}-", self.key).as_str(),
-            ])
-            .output();
-    }
 }
 
 #[tokio::test]
