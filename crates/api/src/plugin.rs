@@ -40,6 +40,9 @@ pub struct NodeEnvironment {
     pub cri_sockets: Vec<PathBuf>,
     /// The kernel message device.
     pub kmsg: PathBuf,
+    /// The apiserver's URL as this node reaches it (the server of the agent's own client, such
+    /// as `https://10.96.0.1:443` in a pod): node-collector reads the certificate served there.
+    pub apiserver: Option<String>,
 }
 
 impl Default for NodeEnvironment {
@@ -53,6 +56,7 @@ impl Default for NodeEnvironment {
                 "/var/run/crio/crio.sock".into(),
             ],
             kmsg: "/dev/kmsg".into(),
+            apiserver: None,
         }
     }
 }

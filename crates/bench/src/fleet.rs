@@ -1,4 +1,4 @@
-//! Section 7: the fleet hub with many member links. The real `kdiag hub` runs as its own process
+//! Section 8: the fleet hub with many member links. The real `kdiag hub` runs as its own process
 //! (kdiag-hub's ServiceAccount, config/deploy/hub's RBAC) on a real control plane; the members
 //! are simulated in this process, but their links are real: TCP, TLS with the hub's certificate
 //! checked against a CA made here, the WebSocket upgrade with each cluster's own credential, and
@@ -7,7 +7,8 @@
 //!
 //! - **idle**: for `seconds`, every member heartbeats every `heartbeat` (first beats spread over
 //!   one interval); the hub's RSS and CPU (utime + stime from /proc, as a share of one core), and
-//!   CPU per heartbeat (the hub writes the Cluster's status at each one);
+//!   CPU per heartbeat (the hub writes a Cluster's status when a heartbeat changes what it shows,
+//!   and otherwise at most every `--heartbeat-write-interval` of the hub, 30 s by default);
 //! - **latency**: `changes` ProbeStatus changes, each sent up by a member (one after another,
 //!   over the members in turn), timed from the frame sent to the hub's acknowledgement (which the
 //!   hub sends only once both of its writes of the stored copy returned); alternating with the

@@ -25,6 +25,7 @@ pub mod pod;
 pub mod pod_detail;
 pub mod process;
 pub mod quantity;
+pub mod served_certs;
 pub mod systemd;
 
 use std::sync::Arc;

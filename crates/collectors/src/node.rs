@@ -1,6 +1,7 @@
 //! `node-collector` → `nodeInformation`: load, memory, pressure (PSI), filesystems (bytes and
 //! inodes), pid usage, uptime, clock synchronization and offset from the apiserver's clock, and
-//! the kubelet's certificates with their expiry.
+//! the kubelet's certificates with their expiry, and the certificate chain the apiserver serves to
+//! this node.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -42,6 +43,8 @@ const VIRTUAL_FS: &[&str] = &[
 ];
 /// Filesystems listed at most; a node with many pods has hundreds of tmpfs and overlay mounts.
 const MAX_FILESYSTEMS: usize = 64;
+/// How long the apiserver has to present its certificate (as for its clock, 5 s).
+const APISERVER_TLS_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub struct NodeCollector;
 
@@ -59,17 +62,20 @@ impl Processor for NodeCollector {
             let proc_root = ctx.node.proc_root.clone();
             let pki = ctx.node.kubelet_root.join("pki");
             let deadline = Deadline::within(ctx.timeout);
-            let (value, skew) = tokio::join!(
+            let apiserver = ctx.node.apiserver.as_deref();
+            let (value, skew, apiserver_certificate) = tokio::join!(
                 blocking("reading the node's state", move || {
                     collect(&proc_root, deadline).map(|mut v| {
                         v["certificates"] = certificates(&pki, jiff::Timestamp::now());
                         v
                     })
                 }),
-                apiserver_skew(&ctx.client)
+                apiserver_skew(&ctx.client),
+                crate::served_certs::apiserver_certificate(apiserver, APISERVER_TLS_WITHIN),
             );
             let mut value = value?.map_err(ProcessorError::Failed)?;
             value["clock"]["apiserver"] = skew;
+            value["apiserverCertificate"] = apiserver_certificate;
             let message = describe(&value, &ctx.node_name);
             Ok(ProcessorOutput::message(message).with_context(NODE_INFORMATION, value))
         }

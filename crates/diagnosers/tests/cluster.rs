@@ -27,6 +27,7 @@ async fn context(c: &Cluster) -> ProcessorContext {
             kubelet_root: c.kubelet_root_dir(),
             cri_sockets: vec![c.cri_socket()],
             kmsg: "/dev/kmsg".into(),
+            apiserver: Some(c.control_plane().url().to_owned()),
         }),
     }
 }

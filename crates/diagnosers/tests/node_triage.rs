@@ -51,6 +51,7 @@ fn context(c: &Cluster, client: kube::Client) -> ProcessorContext {
         node: Arc::new(NodeEnvironment {
             kubelet_root: c.kubelet_root_dir(),
             cri_sockets: vec![c.cri_socket()],
+            apiserver: Some(c.control_plane().url().to_owned()),
             ..Default::default()
         }),
     }
@@ -425,6 +426,8 @@ async fn zombies_a_pod_at_its_pids_limit_a_drain_held_by_a_disruption_budget_a_s
         kubelet_root_mib: Some(128),
         kubelet_serving_certificate: Some(expired_serving_certificate()),
         kubelet_root_inodes: Some(INODES),
+        // The apiserver serves a certificate with three days left.
+        apiserver_certificate_lifetime: Some(Duration::from_secs(3 * 86400)),
         ..Default::default()
     })
     .await
@@ -446,7 +449,9 @@ async fn zombies_a_pod_at_its_pids_limit_a_drain_held_by_a_disruption_budget_a_s
     };
 
     // The kubelet serves with a certificate that expired (installed before it started, see the
-    // options): node-collector reads it from the kubelet's cert dir and the triage names it.
+    // options): node-collector reads it from the kubelet's cert dir and the triage names it. The
+    // apiserver's has under three days left: node-collector reads it from a handshake with the
+    // apiserver's address, as this node reaches it.
     let rc = triage(
         &ctx,
         node_abnormal(&node),
@@ -463,6 +468,17 @@ async fn zombies_a_pod_at_its_pids_limit_a_drain_held_by_a_disruption_budget_a_s
             &format!(
                 "the kubelet's certificate {}/pki/kubelet.crt (CN=kubelet-expired) expired ",
                 c.kubelet_root_dir().display()
+            )
+        ),
+        "{rc:#?}"
+    );
+    assert!(
+        names(
+            &rc,
+            "ApiserverCertificateExpiring",
+            &format!(
+                "the apiserver at {}, as node {node} reaches it: its serving certificate (CN=kdiag-test-apiserver) expires in 2 d 23 h",
+                c.control_plane().url()
             )
         ),
         "{rc:#?}"

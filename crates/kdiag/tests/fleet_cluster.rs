@@ -84,6 +84,7 @@ fn start_member(c: &'static kdiag_testenv::Cluster, fleet: MemberConfig) {
                 node: kdiag_api::plugin::NodeEnvironment {
                     kubelet_root: c.kubelet_root_dir(),
                     cri_sockets: vec![c.cri_socket()],
+                    apiserver: Some(c.control_plane().url().to_owned()),
                     ..Default::default()
                 },
                 deadline: Some(kdiag_agent::DEFAULT_DEADLINE),
@@ -283,6 +284,54 @@ async fn a_probe_assigned_from_the_hub_runs_its_checker_job_on_the_real_member_n
         assert!(Instant::now() < deadline, "no diagnosis at the hub: {out}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+
+    // A one-time run of that probe through the hub (`probe once -p`), run by the member's real
+    // probe runner: a new checker Job on the kubelet, OOM-killed again, so its checker is
+    // UNKNOWN (exit code 6), and the run is in the cluster's history.
+    let (code, out, err) = kubectl_diag(
+        hub_cp,
+        &[
+            "probe",
+            "once",
+            "-c",
+            cluster_name,
+            "-p",
+            "memory-hungry",
+            "--wait",
+            "--timeout",
+            "150s",
+        ],
+    )
+    .await;
+    assert_eq!(
+        code, 6,
+        "the one-time run's checker pod was OOM-killed: {out}{err}"
+    );
+    let id = out.lines().next().unwrap_or_default().trim().to_owned();
+    assert!(
+        out.contains("memory-hungry") && out.contains("UNKNOWN"),
+        "the run's own result: {out}"
+    );
+    let runs: Api<kdiag_api::ProbeRun> = Api::namespaced(member.client().await, &probe_ns);
+    let once = runs
+        .list(&kube::api::ListParams::default().labels(kdiag_fleet::member::ONCE_LABEL))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(
+        once.len(),
+        1,
+        "one one-time ProbeRun in the member: {once:?}"
+    );
+    let status = once[0].status.clone().unwrap_or_default();
+    assert!(
+        status.phase == kdiag_api::ProbeRunPhase::Finished && !status.jobs.is_empty(),
+        "the member's runner ran it as a Job: {status:?}"
+    );
+    let (code, out, err) =
+        kubectl_diag(hub_cp, &["probe", "history", "-c", cluster_name, "-l"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&id), "the run {id} is listed: {out}");
 
     stop_hub.cancel();
     let _ = hub.await;

@@ -549,6 +549,28 @@ async fn a_first_failed_liveness_probe_collects_the_failing_containers_processes
         .expect("create the example pod");
     let uid = pod.metadata.uid.clone().unwrap();
 
+    // Every instance of the app container the pod ever had. The container restarts every ~20 s
+    // and the status only keeps the current and the last one, so by the time the Abnormal is final
+    // the instance that was collected may be gone from it; a poller keeps them all (each instance
+    // lives far longer than the poll interval).
+    let instances = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    let poller = tokio::spawn({
+        let (pods, instances) = (pods.clone(), instances.clone());
+        async move {
+            loop {
+                if let Ok(pod) = pods.get("liveness-probe").await {
+                    let statuses = pod.status.and_then(|s| s.container_statuses);
+                    for cs in statuses.into_iter().flatten().filter(|c| c.name == "app") {
+                        let last = cs.last_state.and_then(|s| s.terminated);
+                        let ids = [cs.container_id, last.and_then(|t| t.container_id)];
+                        instances.lock().unwrap().extend(ids.into_iter().flatten());
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    });
+
     // The Abnormal the source makes for the pod's first Unhealthy event.
     let abnormals = kube::Api::<Abnormal>::namespaced(client.clone(), &ns);
     let begin = std::time::Instant::now();
@@ -577,13 +599,8 @@ async fn a_first_failed_liveness_probe_collects_the_failing_containers_processes
     };
     let a = st.wait_final(&name, Duration::from_secs(60)).await;
 
-    // The first instance of the container: still the current one, or the last terminated one.
-    let now = pods.get("liveness-probe").await.unwrap();
-    let cs = now.status.unwrap().container_statuses.unwrap().remove(0);
-    let mut instances = vec![cs.container_id.clone().unwrap_or_default()];
-    if let Some(t) = cs.last_state.and_then(|s| s.terminated) {
-        instances.push(t.container_id.unwrap_or_default());
-    }
+    poller.abort();
+    let instances = instances.lock().unwrap().clone();
     let _ = pods.delete("liveness-probe", &Default::default()).await;
 
     let processes = context(&a, "processInformation");

@@ -35,11 +35,20 @@ pub fn init_logging(json: bool) {
 
 /// A client from the in-cluster service account or the kubeconfig, like kubectl.
 pub async fn client() -> Result<Client, crate::Error> {
-    Client::try_default()
+    client_and_url().await.map(|(client, _)| client)
+}
+
+/// [`client`] and the apiserver URL it talks to (the agent reads the certificate served there).
+pub async fn client_and_url() -> Result<(Client, String), crate::Error> {
+    let no_client = |e: kube::Error| crate::Error::NoClient {
+        source: Box::new(e),
+    };
+    let config = kube::Config::infer()
         .await
-        .map_err(|e| crate::Error::NoClient {
-            source: Box::new(e),
-        })
+        .map_err(|e| no_client(kube::Error::InferConfig(e)))?;
+    let url = config.cluster_url.to_string();
+    let client = Client::try_from(config).map_err(no_client)?;
+    Ok((client, url))
 }
 
 /// A token cancelled on the first SIGTERM or SIGINT.

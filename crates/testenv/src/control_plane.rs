@@ -41,7 +41,6 @@ struct Inner {
     kubeconfig: PathBuf,
     processes: Mutex<Vec<ManagedProcess>>,
     /// Extra apiserver flags this instance was started with (level 2 adds some).
-    #[allow(dead_code)]
     extra_args: Vec<String>,
     /// Set by level 2 once the controller-manager runs: a new namespace is only usable for pods
     /// once its default ServiceAccount has a token.
@@ -223,7 +222,7 @@ impl ControlPlane {
             .unwrap_or("127.0.0.1");
         let url = format!("https://{host}:{api_port}");
         self.wait_for_ready(&url, &log).await?;
-        let ca_path = cert_dir.join("apiserver.crt");
+        let ca_path = self.ca_path();
         let ca_pem = std::fs::read_to_string(&ca_path).map_err(TestEnvError::io(&ca_path))?;
         Ok((url, ca_pem))
     }
@@ -425,7 +424,17 @@ impl ControlPlane {
 
     /// The apiserver's self-signed serving certificate, which is also the CA that verifies it.
     pub(crate) fn ca_path(&self) -> PathBuf {
-        self.inner.dir.join("certs").join("apiserver.crt")
+        // The one a caller gave it (--tls-cert-file, the last flag wins), or the pair it made
+        // in --cert-dir.
+        self.inner
+            .extra_args
+            .iter()
+            .rev()
+            .find_map(|a| a.strip_prefix("--tls-cert-file="))
+            .map_or_else(
+                || self.inner.dir.join("certs").join("apiserver.crt"),
+                PathBuf::from,
+            )
     }
 
     /// Creates the ServiceAccount if needed and returns a fresh token for it (TokenRequest API;

@@ -13,10 +13,8 @@ use super::proto::*;
 /// Why the runtime could not be asked.
 #[derive(Debug, thiserror::Error)]
 pub enum CriError {
-    #[error(
-        "no CRI runtime answered on {tried}; pass the runtime's socket to the agent (--cri-socket), e.g. /run/containerd/containerd.sock or /var/run/crio/crio.sock"
-    )]
-    NoRuntime { tried: String },
+    #[error("no CRI runtime answered on {tried}; {hint}")]
+    NoRuntime { tried: String, hint: &'static str },
     #[error("CRI {method} on {socket}: {status}")]
     Call {
         method: &'static str,
@@ -58,11 +56,19 @@ impl CriClient {
                 Err(e) => tried.push(format!("{} ({e})", socket.display())),
             }
         }
+        // A socket that exists but does not answer is the runtime's fault, not the agent's
+        // configuration: say so rather than suggest another socket.
+        let hint = if sockets.iter().any(|s| s.exists()) {
+            "the runtime behind an existing socket is down or hung (kubectl diag run --node NODE names which); if the kubelet uses another runtime, pass its socket to the agent (--cri-socket)"
+        } else {
+            "pass the runtime's socket to the agent (--cri-socket), e.g. /run/containerd/containerd.sock or /var/run/crio/crio.sock"
+        };
         if tried.is_empty() {
             tried.push("no socket configured".into());
         }
         Err(CriError::NoRuntime {
             tried: tried.join("; "),
+            hint,
         })
     }
 
@@ -250,6 +256,10 @@ mod tests {
             err.to_string()
                 .contains("CRI Version: Timeout expired (2s without an answer)"),
             "{err}"
+        );
+        assert!(
+            err.to_string().contains("is down or hung") && !err.to_string().contains("e.g."),
+            "an existing socket that does not answer is the runtime's fault: {err}"
         );
     }
 }

@@ -321,6 +321,7 @@ pub fn check(node: &NodeDetail, inputs: &NodeInputs) -> Vec<Finding> {
     if let Some(info) = inputs.node_info {
         out.extend(clock_skew(node, info));
         out.extend(certificates(node, info));
+        out.extend(apiserver_certificates(node, info));
     }
     out
 }
@@ -426,6 +427,66 @@ fn certificates(node: &NodeDetail, info: &Value) -> Vec<Finding> {
                 .with(info_evidence(
                     node,
                     format!("{path}: subject {subject}, notAfter {not_after}"),
+                )),
+            )
+        })
+        .collect()
+}
+
+/// The chain the apiserver serves to this node (node-collector's `apiserverCertificate`): its
+/// leaf or a CA in it expired or within [`CERTIFICATE_WARNING_SECONDS`]. Once it expires every
+/// kubelet, controller and user is refused at once; checked from the node, it also catches a
+/// load balancer in front of the apiserver that still serves an old certificate.
+fn apiserver_certificates(node: &NodeDetail, info: &Value) -> Vec<Finding> {
+    let Some(served) = info.get("apiserverCertificate") else {
+        return Vec::new();
+    };
+    let address = served.get("address").and_then(Value::as_str).unwrap_or("?");
+    let Some(chain) = served.get("chain").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    chain
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| {
+            let left = c.get("expiresInSeconds")?.as_i64()?;
+            if left > CERTIFICATE_WARNING_SECONDS {
+                return None;
+            }
+            let subject = c.get("subject").and_then(Value::as_str).unwrap_or("?");
+            let issuer = c.get("issuer").and_then(Value::as_str).unwrap_or("?");
+            let not_after = c.get("notAfter").and_then(Value::as_str).unwrap_or("?");
+            let which = if i == 0 {
+                format!("serving certificate ({subject})")
+            } else {
+                format!("certificate chain's {subject}")
+            };
+            let (reason, state) = if left <= 0 {
+                (
+                    "ApiserverCertificateExpired",
+                    format!("expired {} ago", human_duration(-left)),
+                )
+            } else {
+                (
+                    "ApiserverCertificateExpiring",
+                    format!("expires in {}", human_duration(left)),
+                )
+            };
+            Some(
+                Finding::new(
+                    reason,
+                    Rank::Node,
+                    format!(
+                        "the apiserver at {address}, as node {} reaches it: its {which} {state}",
+                        node.name
+                    ),
+                    "Renew the apiserver's serving certificate (kubeadm certs renew apiserver, or your provisioner) and restart kube-apiserver; if a load balancer or proxy answers at this address, give it the new certificate too. Check from the node with: openssl s_client -connect <address> </dev/null | openssl x509 -noout -dates".into(),
+                )
+                .with(info_evidence(
+                    node,
+                    format!(
+                        "TLS handshake with {address}: certificate #{i} subject {subject}, issuer {issuer}, notAfter {not_after}"
+                    ),
                 )),
             )
         })
@@ -1064,5 +1125,46 @@ mod tests {
             "{}",
             f[1].summary
         );
+    }
+
+    #[test]
+    fn an_apiserver_chain_within_a_week_of_expiry_is_named_with_its_address_and_a_healthy_one_is_not()
+     {
+        let ready = node(json!([{"type": "Ready", "status": "True"}]));
+        let info = json!({"apiserverCertificate": {"address": "https://10.0.0.1:443/", "chain": [
+            {"subject": "CN=kube-apiserver", "issuer": "CN=kubernetes",
+             "notAfter": "2026-12-08T00:00:00Z", "expiresInSeconds": 2 * 86400 + 7200},
+            {"subject": "CN=kubernetes", "issuer": "CN=kubernetes",
+             "notAfter": "2036-12-08T00:00:00Z", "expiresInSeconds": 3650 * 86400}]}});
+        let f = check(&ready, &inputs_with(&info));
+        assert_eq!(
+            f.iter().map(|f| f.reason).collect::<Vec<_>>(),
+            ["ApiserverCertificateExpiring"]
+        );
+        assert_eq!(
+            f[0].summary,
+            "the apiserver at https://10.0.0.1:443/, as node n1 reaches it: its serving certificate (CN=kube-apiserver) expires in 2 d 2 h"
+        );
+        assert!(
+            f[0].evidence[0]
+                .message
+                .contains("notAfter 2026-12-08T00:00:00Z")
+        );
+
+        let expired_ca = json!({"apiserverCertificate": {"address": "https://lb:6443", "chain": [
+            {"subject": "CN=kube-apiserver", "issuer": "CN=kubernetes", "expiresInSeconds": 86400 * 300},
+            {"subject": "CN=kubernetes", "issuer": "CN=kubernetes", "expiresInSeconds": -60}]}});
+        let f = check(&ready, &inputs_with(&expired_ca));
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].reason, "ApiserverCertificateExpired");
+        assert!(
+            f[0].summary
+                .ends_with("its certificate chain's CN=kubernetes expired 1 min ago"),
+            "{}",
+            f[0].summary
+        );
+
+        let unreadable = json!({"apiserverCertificate": {"address": "https://lb:6443", "error": "connecting to lb:6443: refused"}});
+        assert!(check(&ready, &inputs_with(&unreadable)).is_empty());
     }
 }

@@ -23,17 +23,17 @@ pub async fn run(args: AgentArgs) -> Result<ExitCode, CommandError> {
             "--node-name (or NODE_NAME) is empty: the agent must know which node's Abnormals to process"
         );
     }
-    let client = process::client().await?;
+    let (client, apiserver) = process::client_and_url().await?;
     let shutdown = process::shutdown_on_signals();
     let metrics = Arc::new(Metrics::new());
     let (handle, driver) = agent::start(
         client.clone(),
-        agent_config(&args),
+        agent_config(&args, &apiserver),
         Builtins::standard(),
         metrics.clone(),
         shutdown.clone(),
     );
-    let state = agent_server_state(&args, client.clone(), &metrics, &handle);
+    let state = agent_server_state(&args, &apiserver, client.clone(), &metrics, &handle);
     let state_base = state.clone();
     let addr = SocketAddr::new(args.server.bind_address, args.server.port);
     let serving = server::serve(addr, state, shutdown.clone().cancelled_owned())
@@ -48,7 +48,9 @@ pub async fn run(args: AgentArgs) -> Result<ExitCode, CommandError> {
         Some(port) => {
             let addr = SocketAddr::new(args.server.bind_address, port);
             let state = ServerState {
-                routes: agent::upstream::routes(Some(processor_service(&args, client, &handle))),
+                routes: agent::upstream::routes(Some(processor_service(
+                    &args, &apiserver, client, &handle,
+                ))),
                 ..state_base
             };
             let serving = server::serve(addr, state, shutdown.clone().cancelled_owned())
@@ -71,7 +73,8 @@ pub async fn run(args: AgentArgs) -> Result<ExitCode, CommandError> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn agent_config(args: &AgentArgs) -> AgentConfig {
+/// `apiserver`: the URL the agent's client talks to (see [`node_environment`]).
+pub fn agent_config(args: &AgentArgs, apiserver: &str) -> AgentConfig {
     let advertise = args
         .advertise_address
         .map(|a| a.to_string())
@@ -88,26 +91,30 @@ pub fn agent_config(args: &AgentArgs) -> AgentConfig {
         policy_configmap: (args.policy_namespace.clone(), args.policy_configmap.clone()),
         data_root: args.data_root.clone(),
         public_url: format!("http://{advertise}:{}", args.server.port),
-        node: node_environment(args),
+        node: node_environment(args, apiserver),
         deadline: Some(args.abnormal_deadline).filter(|d| !d.is_zero()),
         turn: args.turn,
         go_profile_dirs: args.go_profile_dirs.clone(),
     }
 }
 
-pub fn node_environment(args: &AgentArgs) -> kdiag_api::plugin::NodeEnvironment {
+/// Where the built-ins find this node; `apiserver` is the URL of the agent's own client, whose
+/// served certificate node-collector checks.
+pub fn node_environment(args: &AgentArgs, apiserver: &str) -> kdiag_api::plugin::NodeEnvironment {
     kdiag_api::plugin::NodeEnvironment {
         proc_root: args.proc_root.clone(),
         sys_root: args.sys_root.clone(),
         kubelet_root: args.kubelet_root.clone(),
         cri_sockets: args.cri_sockets.clone(),
         kmsg: args.kmsg.clone(),
+        apiserver: Some(apiserver.to_owned()),
     }
 }
 
 /// The agent's part of the HTTP server: readiness, phase gauges, built-ins.
 pub fn agent_server_state(
     args: &AgentArgs,
+    apiserver: &str,
     client: kube::Client,
     metrics: &Arc<Metrics>,
     handle: &agent::AgentHandle,
@@ -132,7 +139,7 @@ pub fn agent_server_state(
         }),
         ready: handle.readiness(),
         routes: server::join(
-            agent::server::routes(Some(processor_service(args, client, handle))),
+            agent::server::routes(Some(processor_service(args, apiserver, client, handle))),
             kdiag_controller::server::routes(None, None),
         ),
     }
@@ -141,6 +148,7 @@ pub fn agent_server_state(
 /// The built-ins as the agent serves them over HTTP.
 fn processor_service(
     args: &AgentArgs,
+    apiserver: &str,
     client: kube::Client,
     handle: &agent::AgentHandle,
 ) -> ProcessorService {
@@ -150,7 +158,7 @@ fn processor_service(
         client,
         node_name: args.node_name.clone(),
         max_output_bytes: args.max_step_output_bytes,
-        node: Arc::new(node_environment(args)),
+        node: Arc::new(node_environment(args, apiserver)),
         data_root: args.data_root.clone(),
     }
 }

@@ -120,6 +120,7 @@ async fn serve(
     let node_env = kdiag_api::plugin::NodeEnvironment {
         kubelet_root: cluster.kubelet_root_dir(),
         cri_sockets: vec![cluster.cri_socket()],
+        apiserver: Some(cluster.control_plane().url().to_owned()),
         ..Default::default()
     };
     let addr = SocketAddr::new(args.bind_address, args.port);

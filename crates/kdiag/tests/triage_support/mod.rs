@@ -324,6 +324,7 @@ fn start_pipeline(cluster: &'static Cluster) {
                 node: kdiag_api::plugin::NodeEnvironment {
                     kubelet_root: cluster.kubelet_root_dir(),
                     cri_sockets: vec![cluster.cri_socket()],
+                    apiserver: Some(cluster.control_plane().url().to_owned()),
                     ..Default::default()
                 },
                 deadline: Some(kdiag_agent::DEFAULT_DEADLINE),

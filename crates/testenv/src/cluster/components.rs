@@ -192,6 +192,65 @@ pub(crate) fn install_kubelet_serving_certificate(
     Ok(())
 }
 
+/// A CA and an apiserver serving certificate signed by it that expires `lifetime` from now,
+/// written under `dir`; returns the apiserver flags that serve it. The file holds the
+/// certificate then the CA, as the apiserver's own self-signed pair does, so what reads it as
+/// the cluster's CA trusts it. Names: loopback, `extra_hosts`, the `kubernetes` Service's
+/// ClusterIP and DNS names.
+pub(crate) fn apiserver_serving_certificate(
+    dir: &std::path::Path,
+    extra_hosts: &[String],
+    lifetime: std::time::Duration,
+) -> Result<Vec<String>, TestEnvError> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let fail = |what: &str, e: rcgen::Error| {
+        TestEnvError::Other(format!("generating the apiserver's {what}: {e}"))
+    };
+    let now = std::time::SystemTime::now();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(|e| fail("CA", e))?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "kdiag-test-apiserver-ca");
+    ca.not_before = (now - std::time::Duration::from_secs(3600)).into();
+    ca.not_after = (now + std::time::Duration::from_secs(10 * 365 * 86400)).into();
+    let ca_key = KeyPair::generate().map_err(|e| fail("CA key", e))?;
+    let ca_cert = ca.self_signed(&ca_key).map_err(|e| fail("CA", e))?;
+
+    let mut names: Vec<String> = [
+        "127.0.0.1",
+        "10.0.0.1",
+        "localhost",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+    ]
+    .map(String::from)
+    .into();
+    names.extend(extra_hosts.iter().cloned());
+    let mut leaf = CertificateParams::new(names).map_err(|e| fail("names", e))?;
+    leaf.distinguished_name
+        .push(DnType::CommonName, "kdiag-test-apiserver");
+    leaf.not_before = (now - std::time::Duration::from_secs(3600)).into();
+    leaf.not_after = (now + lifetime).into();
+    let key = KeyPair::generate().map_err(|e| fail("key", e))?;
+    let cert = leaf
+        .signed_by(&key, &Issuer::new(ca, ca_key))
+        .map_err(|e| fail("certificate", e))?;
+
+    let (cert_path, key_path) = (
+        dir.join("apiserver-serving.crt"),
+        dir.join("apiserver-serving.key"),
+    );
+    std::fs::write(&cert_path, format!("{}{}", cert.pem(), ca_cert.pem()))
+        .map_err(TestEnvError::io(&cert_path))?;
+    std::fs::write(&key_path, key.serialize_pem()).map_err(TestEnvError::io(&key_path))?;
+    Ok(vec![
+        format!("--tls-cert-file={}", cert_path.display()),
+        format!("--tls-private-key-file={}", key_path.display()),
+    ])
+}
+
 pub(crate) fn start_kubelet(
     run: &RunRecord,
     bins: &Binaries,

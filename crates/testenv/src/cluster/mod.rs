@@ -109,6 +109,10 @@ pub struct ClusterOptions {
     /// instead of making a self-signed pair. An expired one makes an expired kubelet
     /// certificate real.
     pub kubelet_serving_certificate: Option<(String, String)>,
+    /// The apiserver serves a certificate that expires this long after the start (signed by a
+    /// CA of the run's own, which kubeconfigs then trust), instead of the one-year certificate it
+    /// makes itself: a short one makes an apiserver certificate about to expire real.
+    pub apiserver_certificate_lifetime: Option<std::time::Duration>,
     /// Runs kube-proxy (iptables mode): ClusterIP Services work from pods and from the node,
     /// and pods reach the apiserver through the `kubernetes` Service, as in-cluster clients do.
     /// The apiserver then listens on the node's bridge address ([`Cluster::node_ip`]) instead
@@ -627,6 +631,16 @@ async fn start_control_plane(
     } else {
         None
     };
+    if let Some(lifetime) = options.apiserver_certificate_lifetime {
+        let hosts = if options.kube_proxy {
+            vec![run.gateway().to_string()]
+        } else {
+            Vec::new()
+        };
+        apiserver_args.extend(components::apiserver_serving_certificate(
+            &run.dir, &hosts, lifetime,
+        )?);
+    }
     apiserver_args.extend(options.apiserver_args.iter().cloned());
     match ControlPlane::start_with(apiserver_args).await {
         Ok(cp) => Ok((cp, claim)),
