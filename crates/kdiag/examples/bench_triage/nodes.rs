@@ -44,8 +44,26 @@ pub fn cluster_options() -> kdiag_testenv::ClusterOptions {
         ],
         kubelet_root_mib: Some(128),
         kubelet_root_inodes: Some(INODES),
+        // The certificates class, in place from the start: the kubelet serves a certificate
+        // that expired, the apiserver one with three days left.
+        kubelet_serving_certificate: Some(expired_kubelet_certificate()),
+        apiserver_certificate_lifetime: Some(Duration::from_secs(3 * 86400)),
         ..Default::default()
     }
+}
+
+/// A self-signed serving certificate for the kubelet that expired on 2025-01-01.
+fn expired_kubelet_certificate() -> (String, String) {
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("valid names");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "kubelet-expired");
+    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2025, 1, 1);
+    let cert = params.self_signed(&key).expect("a certificate");
+    (cert.pem(), key.serialize_pem())
 }
 
 /// The inodes of the kubelet's filesystem: the bench's pods and their directories take a few
@@ -83,6 +101,7 @@ pub async fn run(
         events: Api::namespaced(client, &st.namespace),
         runs,
     };
+    out.push(f.certificates().await?);
     out.push(f.zombies().await?);
     out.push(f.pids_limit().await?);
     out.push(f.drain_blocked().await?);
@@ -228,6 +247,20 @@ impl Faults<'_> {
             return Err(format!("kill -{signal} {pid} failed"));
         }
         Ok(pid)
+    }
+
+    /// Nothing to inject: the kubelet's expired certificate and the apiserver's with three days
+    /// left are there from the start (cluster_options); the node is otherwise healthy, so they are
+    /// the answer.
+    async fn certificates(&self) -> Result<Class, String> {
+        eprintln!("node fault: certificates (in place since the cluster started)");
+        let mut class = self.class(
+            "certificates",
+            Ask::Node,
+            &["NodeCertificateExpired", "ApiserverCertificateExpiring"],
+        );
+        self.time(&mut class).await?;
+        Ok(class)
     }
 
     /// A pod whose pid 1 (an exec'd sleep) never reaps six children that exited at once.
