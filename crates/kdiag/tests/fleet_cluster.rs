@@ -3,7 +3,9 @@
 //! against it, and the hub runs on a control plane of its own. Labelling the member's Cluster in
 //! the hub assigns a Probe whose checker Job really runs on the kubelet and is OOM-killed; the
 //! pod triage finds why on the node, and that root cause is read from the hub with
-//! `kubectl diag probes -c`, never reaching into the member.
+//! `kubectl diag probes -c`, never reaching into the member. A one-time run through the hub then
+//! runs on the member's own probe runner, and a second member (a bare control plane) linked to
+//! the same hub meanwhile is kept apart from the first.
 
 mod common;
 
@@ -182,21 +184,9 @@ async fn a_probe_assigned_from_the_hub_runs_its_checker_job_on_the_real_member_n
     let probe_ns = member.create_namespace("fleet-probes").await;
 
     let cluster_name = "single-node";
-    let (code, out, err) = kubectl_diag(hub_cp, &["clusters", "add", cluster_name]).await;
-    assert_eq!(code, 0, "clusters add: {out}{err}");
-    let token = out
-        .split_whitespace()
-        .find(|w| w.len() == 64 && w.bytes().all(|b| b.is_ascii_hexdigit()))
-        .unwrap_or_else(|| panic!("no token printed: {out}"))
-        .to_owned();
-    let token_file = files.path().join("token");
-    std::fs::write(&token_file, token).unwrap();
-    let mut fleet = MemberConfig::new(
-        format!("wss://127.0.0.1:{}", addr.port()),
-        cluster_name,
-        token_file,
-        ca,
-    );
+    let token_file = add_cluster(hub_cp, cluster_name, files.path()).await;
+    let hub_url = format!("wss://127.0.0.1:{}", addr.port());
+    let mut fleet = MemberConfig::new(&hub_url, cluster_name, token_file, ca.clone());
     fleet.heartbeat = Duration::from_secs(1);
     fleet.retry_min = Duration::from_millis(200);
     fleet.retry_max = Duration::from_secs(2);
@@ -217,6 +207,32 @@ async fn a_probe_assigned_from_the_hub_runs_its_checker_job_on_the_real_member_n
         assert!(Instant::now() < deadline, "never connected: {c:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // A second member linked to the same hub at the same time: a bare control plane (no
+    // kubelet), its link as its controller's ServiceAccount. The hub keeps the two apart.
+    let bare_cp = kdiag_testenv::ControlPlane::start()
+        .await
+        .expect("the second member's control plane");
+    bare_cp.apply_crds(&kdiag_api::crds::all()).await.unwrap();
+    kubectl_apply(&bare_cp, "config/deploy/00-namespace.yaml");
+    kubectl_apply(&bare_cp, "config/deploy");
+    remove_webhook(bare_cp.kubectl());
+    let bare_probe_ns = bare_cp.create_namespace("fleet-probes").await;
+    let mut bare = MemberConfig::new(
+        &hub_url,
+        "bare",
+        add_cluster(hub_cp, "bare", files.path()).await,
+        ca.clone(),
+    );
+    bare.heartbeat = Duration::from_secs(1);
+    bare.accept_probes = true;
+    bare.probe_namespace = bare_probe_ns.clone();
+    let stop_bare = CancellationToken::new();
+    tokio::spawn(kdiag_fleet::member::run(
+        service_account_client(&bare_cp, "kdiag-controller").await,
+        bare,
+        stop_bare.clone(),
+    ));
 
     // In the hub: a Probe whose checker buffers 256 MiB under a 32 Mi limit, assigned by label.
     let probe: Probe = serde_json::from_value(json!({
@@ -333,8 +349,53 @@ async fn a_probe_assigned_from_the_hub_runs_its_checker_job_on_the_real_member_n
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&id), "the run {id} is listed: {out}");
 
+    // Both members are connected to the one hub, each with its own view: the probe assigned to
+    // the single-node cluster by its label never went to the bare one.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (code, out, err) = kubectl_diag(hub_cp, &["clusters"]).await;
+        assert_eq!(code, 0, "{err}");
+        let connected = |name: &str| {
+            out.lines()
+                .any(|l| l.split_whitespace().next() == Some(name) && l.contains("Connected"))
+        };
+        if connected(cluster_name) && connected("bare") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "both members connected: {out}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let bare_probes = Api::<Probe>::namespaced(bare_cp.client().await, &bare_probe_ns)
+        .list(&Default::default())
+        .await
+        .unwrap();
+    assert!(
+        bare_probes.items.is_empty(),
+        "no probe assigned to the bare member: {:?}",
+        bare_probes.items
+    );
+    stop_bare.cancel();
+
     stop_hub.cancel();
     let _ = hub.await;
+}
+
+/// `kubectl diag clusters add NAME` in the hub: the member's credential, written to a file.
+async fn add_cluster(
+    hub: &kdiag_testenv::ControlPlane,
+    name: &str,
+    dir: &std::path::Path,
+) -> PathBuf {
+    let (code, out, err) = kubectl_diag(hub, &["clusters", "add", name]).await;
+    assert_eq!(code, 0, "clusters add {name}: {out}{err}");
+    let token = out
+        .split_whitespace()
+        .find(|w| w.len() == 64 && w.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or_else(|| panic!("no token printed: {out}"))
+        .to_owned();
+    let path = dir.join(format!("{name}.token"));
+    std::fs::write(&path, token).unwrap();
+    path
 }
 
 /// The member's Jobs in `namespace`, with the node their pods ran on, for messages.
