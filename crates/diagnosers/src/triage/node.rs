@@ -403,17 +403,8 @@ fn certificates(node: &NodeDetail, info: &Value) -> Vec<Finding> {
             let path = c.get("path").and_then(Value::as_str).unwrap_or("?");
             let subject = c.get("subject").and_then(Value::as_str).unwrap_or("?");
             let not_after = c.get("notAfter").and_then(Value::as_str).unwrap_or("?");
-            let (reason, state) = if left <= 0 {
-                (
-                    "NodeCertificateExpired",
-                    format!("expired {} ago", human_duration(-left)),
-                )
-            } else {
-                (
-                    "NodeCertificateExpiring",
-                    format!("expires in {}", human_duration(left)),
-                )
-            };
+            let (reason, state) =
+                expiry(left, ["NodeCertificateExpired", "NodeCertificateExpiring"]);
             Some(
                 Finding::new(
                     reason,
@@ -461,17 +452,10 @@ fn apiserver_certificates(node: &NodeDetail, info: &Value) -> Vec<Finding> {
             } else {
                 format!("certificate chain's {subject}")
             };
-            let (reason, state) = if left <= 0 {
-                (
-                    "ApiserverCertificateExpired",
-                    format!("expired {} ago", human_duration(-left)),
-                )
-            } else {
-                (
-                    "ApiserverCertificateExpiring",
-                    format!("expires in {}", human_duration(left)),
-                )
-            };
+            let (reason, state) = expiry(
+                left,
+                ["ApiserverCertificateExpired", "ApiserverCertificateExpiring"],
+            );
             Some(
                 Finding::new(
                     reason,
@@ -491,6 +475,16 @@ fn apiserver_certificates(node: &NodeDetail, info: &Value) -> Vec<Finding> {
             )
         })
         .collect()
+}
+
+/// A certificate `left` seconds from its expiry (negative: past it): the first reason of
+/// `[expired, expiring]` that applies, and the words for it.
+fn expiry(left: i64, [expired, expiring]: [&'static str; 2]) -> (&'static str, String) {
+    if left <= 0 {
+        (expired, format!("expired {} ago", human_duration(-left)))
+    } else {
+        (expiring, format!("expires in {}", human_duration(left)))
+    }
 }
 
 /// `93784` → "1 d 2 h", `300` → "5 min".
