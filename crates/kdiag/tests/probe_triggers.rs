@@ -1,5 +1,6 @@
 //! Probes triggered by change on a real apiserver, with the controller running as its own
-//! ServiceAccount (config/deploy's RBAC): a finished rollout, a Node's Ready flip run the probe
+//! ServiceAccount (config/deploy's RBAC): a finished rollout, a ConfigMap's data changing, a
+//! Node's Ready flip run the probe
 //! once as a ProbeRun with trigger Change that records what changed; changes within the quiet
 //! period are one run; changes no trigger matches run nothing; triggers on another namespace are
 //! refused. There is no controller-manager here: a rollout finishes when the test writes the
@@ -321,6 +322,63 @@ async fn a_change_no_trigger_matches_runs_nothing() {
     assert_eq!(
         changed(&runs[0]),
         [format!("Deployment {ns}/web RolloutFinished")]
+    );
+    drop(open);
+}
+
+#[tokio::test]
+async fn a_configmaps_data_changing_runs_the_probe_once_and_its_labels_changing_does_not() {
+    let cp = with_controller().await;
+    let ns = cp.create_namespace("trigger-configmap").await;
+    let client = cp.client().await;
+    let open = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let maps = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+    let settings: ConfigMap = serde_json::from_value(
+        json!({"metadata": {"name": "web-config"}, "data": {"level": "info"}}),
+    )
+    .unwrap();
+    maps.create(&PostParams::default(), &settings)
+        .await
+        .unwrap();
+    probe_with_triggers(
+        &client,
+        &ns,
+        "config",
+        &open,
+        json!([{"kind": "ConfigMap", "name": "web-config", "quietSeconds": 1}]),
+    )
+    .await;
+    // A label is not the data the workloads read: no run.
+    maps.patch(
+        "web-config",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"owner": "team-a"}}})),
+    )
+    .await
+    .unwrap();
+    // The data changing is: one run, which says so.
+    maps.patch(
+        "web-config",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"level": "debug"}})),
+    )
+    .await
+    .unwrap();
+    let runs = wait_change_runs(&client, &ns, "config", "the run of the data change", |r| {
+        r.iter().any(finished)
+    })
+    .await;
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    let c = &runs[0].spec.changes;
+    assert_eq!(c.len(), 1, "{c:#?}");
+    assert_eq!(
+        (
+            c[0].kind.as_str(),
+            c[0].name.as_str(),
+            c[0].change.as_str(),
+            c[0].detail.as_str()
+        ),
+        ("ConfigMap", "web-config", "SpecChanged", "data")
     );
     drop(open);
 }
