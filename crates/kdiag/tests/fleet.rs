@@ -195,14 +195,7 @@ fn kdiag_diag(cp: &ControlPlane, args: &[&str]) -> (bool, String, String) {
 fn add_credential(cp: &ControlPlane, cluster: &str, dir: &Path) -> PathBuf {
     let (ok, out, err) = kdiag_diag(cp, &["clusters", "add", cluster]);
     assert!(ok, "clusters add: {out}{err}");
-    let token = out
-        .split_whitespace()
-        .find(|w| w.len() == 64 && w.bytes().all(|b| b.is_ascii_hexdigit()))
-        .unwrap_or_else(|| panic!("no token printed: {out}"))
-        .to_owned();
-    let path = dir.join(format!("{cluster}.token"));
-    std::fs::write(&path, format!("{token}\n")).unwrap();
-    path
+    save_printed_credential(&out, cluster, dir)
 }
 
 fn member_config(hub: &TestHub, cluster: &str, token_file: PathBuf, ca: &str) -> MemberConfig {

@@ -388,14 +388,7 @@ async fn add_cluster(
 ) -> PathBuf {
     let (code, out, err) = kubectl_diag(hub, &["clusters", "add", name]).await;
     assert_eq!(code, 0, "clusters add {name}: {out}{err}");
-    let token = out
-        .split_whitespace()
-        .find(|w| w.len() == 64 && w.bytes().all(|b| b.is_ascii_hexdigit()))
-        .unwrap_or_else(|| panic!("no token printed: {out}"))
-        .to_owned();
-    let path = dir.join(format!("{name}.token"));
-    std::fs::write(&path, token).unwrap();
-    path
+    save_printed_credential(&out, name, dir)
 }
 
 /// The member's Jobs in `namespace`, with the node their pods ran on, for messages.

@@ -129,6 +129,24 @@ async fn set_rollout(client: &kube::Client, ns: &str, name: &str, updated: i64) 
     .unwrap();
 }
 
+/// A ConfigMap `name` holding `data`.
+async fn create_configmap(client: &kube::Client, ns: &str, name: &str, data: serde_json::Value) {
+    let map: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": name}, "data": data})).unwrap();
+    Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &map)
+        .await
+        .unwrap();
+}
+
+/// A merge patch of ConfigMap `name`.
+async fn patch_configmap(client: &kube::Client, ns: &str, name: &str, patch: serde_json::Value) {
+    Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+}
+
 /// A probe with one native check that passes (a TCP port of the test), and `triggers`.
 async fn probe_with_triggers(
     client: &kube::Client,
@@ -279,14 +297,7 @@ async fn a_change_no_trigger_matches_runs_nothing() {
     let open = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     create_deployment(&client, &ns, "web", "web").await;
     create_deployment(&client, &ns, "batch", "batch").await;
-    let settings: ConfigMap = serde_json::from_value(
-        json!({"metadata": {"name": "settings"}, "data": {"level": "info"}}),
-    )
-    .unwrap();
-    let maps = Api::<ConfigMap>::namespaced(client.clone(), &ns);
-    maps.create(&PostParams::default(), &settings)
-        .await
-        .unwrap();
+    create_configmap(&client, &ns, "settings", json!({"level": "info"})).await;
     probe_with_triggers(
         &client,
         &ns,
@@ -302,13 +313,13 @@ async fn a_change_no_trigger_matches_runs_nothing() {
     // a spec change: none is a change the triggers count.
     change_image(&client, &ns, "batch", "batch:2").await;
     set_rollout(&client, &ns, "batch", 2).await;
-    maps.patch(
+    patch_configmap(
+        &client,
+        &ns,
         "settings",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"data": {"level": "debug"}})),
+        json!({"data": {"level": "debug"}}),
     )
-    .await
-    .unwrap();
+    .await;
     set_rollout(&client, &ns, "web", 1).await;
     set_rollout(&client, &ns, "web", 2).await;
     // Then one that counts: the only run is its own.
@@ -332,14 +343,7 @@ async fn a_configmaps_data_changing_runs_the_probe_once_and_its_labels_changing_
     let ns = cp.create_namespace("trigger-configmap").await;
     let client = cp.client().await;
     let open = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let maps = Api::<ConfigMap>::namespaced(client.clone(), &ns);
-    let settings: ConfigMap = serde_json::from_value(
-        json!({"metadata": {"name": "web-config"}, "data": {"level": "info"}}),
-    )
-    .unwrap();
-    maps.create(&PostParams::default(), &settings)
-        .await
-        .unwrap();
+    create_configmap(&client, &ns, "web-config", json!({"level": "info"})).await;
     probe_with_triggers(
         &client,
         &ns,
@@ -349,21 +353,21 @@ async fn a_configmaps_data_changing_runs_the_probe_once_and_its_labels_changing_
     )
     .await;
     // A label is not the data the workloads read: no run.
-    maps.patch(
+    patch_configmap(
+        &client,
+        &ns,
         "web-config",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"labels": {"owner": "team-a"}}})),
+        json!({"metadata": {"labels": {"owner": "team-a"}}}),
     )
-    .await
-    .unwrap();
+    .await;
     // The data changing is: one run, which says so.
-    maps.patch(
+    patch_configmap(
+        &client,
+        &ns,
         "web-config",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"data": {"level": "debug"}})),
+        json!({"data": {"level": "debug"}}),
     )
-    .await
-    .unwrap();
+    .await;
     let runs = wait_change_runs(&client, &ns, "config", "the run of the data change", |r| {
         r.iter().any(finished)
     })

@@ -714,3 +714,19 @@ pub async fn kubectl_diag(cp: &ControlPlane, args: &[&str]) -> (i32, String, Str
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The credential `kubectl diag clusters add` printed (64 hex digits), written to
+/// `<dir>/<cluster>.token` as a member's controller reads it.
+pub fn save_printed_credential(
+    out: &str,
+    cluster: &str,
+    dir: &std::path::Path,
+) -> std::path::PathBuf {
+    let token = out
+        .split_whitespace()
+        .find(|w| w.len() == 64 && w.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or_else(|| panic!("no token printed: {out}"));
+    let path = dir.join(format!("{cluster}.token"));
+    std::fs::write(&path, format!("{token}\n")).unwrap();
+    path
+}
